@@ -1,0 +1,70 @@
+//! The processor's view of everything outside it: RAM, MMIO, I/O ports, time and randomness.
+//!
+//! The CPU knows nothing of devices. The machine implements [`Bus`] and hands it to
+//! [`crate::Cpu::run`]; every nondeterministic value (random numbers, time) reaches the CPU
+//! through it, so the machine can route them through its input seam.
+
+/// A physical address in the guest.
+pub type GuestPhysAddr = u64;
+
+/// What kind of random number the guest asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RandomSource {
+    /// RDRAND.
+    Rdrand,
+    /// RDSEED.
+    Rdseed,
+}
+
+/// Where an access from a CPU stands, for devices and inputs that need to know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuClock {
+    /// Index of the CPU making the access.
+    pub cpu: u32,
+    /// Instructions this CPU had retired before the current one.
+    pub retired: u64,
+}
+
+/// The machine as seen by a CPU.
+pub trait Bus {
+    /// Guest RAM, one contiguous slice; physical address `pa` is RAM at index `pa` when
+    /// `pa < ram().len()` and [`Bus::is_mmio`] says no.
+    fn ram(&mut self) -> &mut [u8];
+
+    /// Whether a physical address inside the RAM range is claimed by a device instead
+    /// (for example the LAPIC page). Addresses beyond RAM are always device space.
+    fn is_mmio(&self, pa: GuestPhysAddr) -> bool;
+
+    /// A read of `size` (1, 2, 4 or 8) bytes of device memory.
+    fn mmio_read(&mut self, clock: CpuClock, pa: GuestPhysAddr, size: u8) -> u64;
+
+    /// A write of `size` bytes of device memory.
+    fn mmio_write(&mut self, clock: CpuClock, pa: GuestPhysAddr, size: u8, value: u64);
+
+    /// An `IN` of `size` (1, 2 or 4) bytes from an I/O port.
+    fn io_in(&mut self, clock: CpuClock, port: u16, size: u8) -> u32;
+
+    /// An `OUT` of `size` bytes to an I/O port.
+    fn io_out(&mut self, clock: CpuClock, port: u16, size: u8, value: u32);
+
+    /// A value for RDRAND/RDSEED; `None` means "not ready" (the instruction clears CF).
+    fn random(&mut self, clock: CpuClock, source: RandomSource) -> Option<u64>;
+
+    /// The time-stamp counter before the CPU's own offset is added.
+    fn tsc(&mut self, clock: CpuClock) -> u64;
+
+    /// Whether the machine wants the CPU to stop at the next instruction boundary
+    /// (a device asked to end the run, an interrupt became pending, ...).
+    fn wants_exit(&self) -> bool;
+
+    /// Read a model-specific register the CPU itself does not keep (the LAPIC's, say).
+    /// `None` means the MSR does not exist (the guest gets #GP).
+    fn rdmsr(&mut self, _clock: CpuClock, _msr: u32) -> Option<u64> {
+        None
+    }
+
+    /// Write a model-specific register the CPU does not keep; `false` means #GP.
+    fn wrmsr(&mut self, _clock: CpuClock, _msr: u32, _value: u64) -> bool {
+        false
+    }
+}

@@ -1,0 +1,204 @@
+//! Memory accesses of an executing instruction: linear address → physical → RAM or MMIO,
+//! with page-crossing splits, self-modifying-code detection and observer reports.
+
+use crate::bus::Bus;
+use crate::exec::Exec;
+use crate::fault::Exit;
+use crate::mmu::{self, Intent};
+use crate::observer::{Access, AccessKind, Observer};
+
+impl<B: Bus, O: Observer> Exec<'_, B, O> {
+    /// Translate a linear address for this instruction at the current privilege level.
+    #[inline(always)]
+    pub fn translate(&mut self, lin: u64, intent: Intent) -> Result<u64, Exit> {
+        let cpl = self.cpu.state.cpl();
+        self.translate_at(lin, intent, cpl)
+    }
+
+    /// Translate a linear address at a given privilege level (0 for implicit supervisor
+    /// accesses such as descriptor-table reads).
+    #[inline(always)]
+    pub fn translate_at(&mut self, lin: u64, intent: Intent, cpl: u8) -> Result<u64, Exit> {
+        mmu::translate(
+            &self.cpu.state,
+            &mut self.cpu.tlb,
+            self.bus,
+            lin,
+            intent,
+            cpl,
+        )
+        .map_err(Exit::Fault)
+    }
+
+    /// Read `size` (1..=8) bytes of physical memory.
+    #[inline(always)]
+    pub fn phys_read(&mut self, pa: u64, size: usize) -> u64 {
+        let i = pa as usize;
+        if !self.bus.is_mmio(pa) {
+            let ram = self.bus.ram();
+            if let Some(b) = ram.get(i..i + size) {
+                let mut buf = [0u8; 8];
+                buf[..size].copy_from_slice(b);
+                return u64::from_le_bytes(buf);
+            }
+        }
+        let clock = self.clock();
+        self.bus.mmio_read(clock, pa, size as u8)
+    }
+
+    /// Write `size` (1..=8) bytes of physical memory.
+    #[inline(always)]
+    pub fn phys_write(&mut self, pa: u64, size: usize, value: u64) {
+        let i = pa as usize;
+        if !self.bus.is_mmio(pa) {
+            let page = pa >> 12;
+            if self.code.is_code_page(page) || self.code.is_code_page((pa + size as u64 - 1) >> 12)
+            {
+                self.code.invalidate_page(page);
+                self.code.invalidate_page((pa + size as u64 - 1) >> 12);
+                self.code_modified = true;
+            }
+            let ram = self.bus.ram();
+            if let Some(b) = ram.get_mut(i..i + size) {
+                b.copy_from_slice(&value.to_le_bytes()[..size]);
+                return;
+            }
+        }
+        let clock = self.clock();
+        self.bus.mmio_write(clock, pa, size as u8, value)
+    }
+
+    fn report(&mut self, lin: u64, pa: u64, size: usize, kind: AccessKind, value: u64) {
+        let access = Access {
+            cpu: self.cpu.index,
+            retired: self.cpu.state.retired,
+            pc: self.rip,
+            vaddr: lin,
+            paddr: pa,
+            size: size as u8,
+            kind,
+            locked: self.locked,
+            cpl: self.cpu.state.cpl(),
+            value,
+        };
+        self.obs.access(&access);
+    }
+
+    /// Read `size` (1, 2, 4 or 8) bytes at a linear address.
+    #[inline(always)]
+    pub fn read(&mut self, lin: u64, size: usize) -> Result<u64, Exit> {
+        self.read_as(lin, size, Intent::Read, AccessKind::Read)
+    }
+
+    /// Read for a read-modify-write: checks write permission first, reports nothing (the
+    /// matching [`Exec::write_rmw`] reports one read-modify-write access).
+    #[inline(always)]
+    pub fn read_rmw(&mut self, lin: u64, size: usize) -> Result<u64, Exit> {
+        self.read_as(lin, size, Intent::Write, AccessKind::ReadModifyWrite)
+    }
+
+    #[inline(always)]
+    fn read_as(
+        &mut self,
+        lin: u64,
+        size: usize,
+        intent: Intent,
+        kind: AccessKind,
+    ) -> Result<u64, Exit> {
+        if (lin & 0xfff) as usize + size <= 0x1000 {
+            let pa = self.translate(lin, intent)?;
+            let v = self.phys_read(pa, size);
+            if O::ENABLED && kind == AccessKind::Read {
+                self.report(lin, pa, size, kind, v);
+            }
+            Ok(v)
+        } else {
+            // Straddles a page: translate both halves before touching either.
+            let first = 0x1000 - (lin & 0xfff) as usize;
+            let pa0 = self.translate(lin, intent)?;
+            let pa1 = self.translate(lin.wrapping_add(first as u64), intent)?;
+            let lo = self.phys_read_bytes(pa0, first);
+            let hi = self.phys_read_bytes(pa1, size - first);
+            let v = lo | (hi << (first * 8));
+            if O::ENABLED && kind == AccessKind::Read {
+                self.report(lin, pa0, first, kind, lo);
+                self.report(lin.wrapping_add(first as u64), pa1, size - first, kind, hi);
+            }
+            Ok(v)
+        }
+    }
+
+    fn phys_read_bytes(&mut self, pa: u64, n: usize) -> u64 {
+        let mut v = 0u64;
+        for k in 0..n {
+            v |= self.phys_read(pa + k as u64, 1) << (k * 8);
+        }
+        v
+    }
+
+    /// Write `size` (1, 2, 4 or 8) bytes at a linear address.
+    #[inline(always)]
+    pub fn write(&mut self, lin: u64, size: usize, value: u64) -> Result<(), Exit> {
+        self.write_as(lin, size, value, AccessKind::Write)
+    }
+
+    /// The write half of a read-modify-write started with [`Exec::read_rmw`].
+    #[inline(always)]
+    pub fn write_rmw(&mut self, lin: u64, size: usize, value: u64) -> Result<(), Exit> {
+        self.write_as(lin, size, value, AccessKind::ReadModifyWrite)
+    }
+
+    #[inline(always)]
+    fn write_as(
+        &mut self,
+        lin: u64,
+        size: usize,
+        value: u64,
+        kind: AccessKind,
+    ) -> Result<(), Exit> {
+        if (lin & 0xfff) as usize + size <= 0x1000 {
+            let pa = self.translate(lin, Intent::Write)?;
+            self.phys_write(pa, size, value);
+            if O::ENABLED {
+                self.report(lin, pa, size, kind, value & crate::flags::mask(size));
+            }
+        } else {
+            let first = 0x1000 - (lin & 0xfff) as usize;
+            let pa0 = self.translate(lin, Intent::Write)?;
+            let pa1 = self.translate(lin.wrapping_add(first as u64), Intent::Write)?;
+            for k in 0..size {
+                let pa = if k < first {
+                    pa0 + k as u64
+                } else {
+                    pa1 + (k - first) as u64
+                };
+                self.phys_write(pa, 1, value >> (k * 8));
+            }
+            if O::ENABLED {
+                let lo = value & crate::flags::mask(first);
+                let hi = (value >> (first * 8)) & crate::flags::mask(size - first);
+                self.report(lin, pa0, first, kind, lo);
+                self.report(lin.wrapping_add(first as u64), pa1, size - first, kind, hi);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read 16 bytes at a linear address (SSE loads, CMPXCHG16B).
+    pub fn read_u128(&mut self, lin: u64) -> Result<u128, Exit> {
+        // Check both halves are readable before either read, so a fault leaves no trace.
+        self.translate(lin, Intent::Read)?;
+        self.translate(lin.wrapping_add(15), Intent::Read)?;
+        let lo = self.read(lin, 8)?;
+        let hi = self.read(lin.wrapping_add(8), 8)?;
+        Ok(lo as u128 | (hi as u128) << 64)
+    }
+
+    /// Write 16 bytes at a linear address.
+    pub fn write_u128(&mut self, lin: u64, value: u128) -> Result<(), Exit> {
+        self.translate(lin, Intent::Write)?;
+        self.translate(lin.wrapping_add(15), Intent::Write)?;
+        self.write(lin, 8, value as u64)?;
+        self.write(lin.wrapping_add(8), 8, (value >> 64) as u64)
+    }
+}

@@ -1,0 +1,267 @@
+//! Address translation: 4-level paging with accessed/dirty bits, NX, global pages, and a
+//! software TLB that is flushed where the SDM says (CR3 writes, INVLPG, CR0/CR4 paging bits).
+
+use crate::bus::{Bus, GuestPhysAddr};
+use crate::fault::Fault;
+use crate::state::{cr0, cr4, efer, CpuState};
+
+/// Why the CPU wants a translation; decides the permission checks and the #PF error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// A data read.
+    Read,
+    /// A data write (or the write half of a read-modify-write).
+    Write,
+    /// An instruction fetch.
+    Execute,
+}
+
+/// Page-table entry bits.
+mod pte {
+    pub const P: u64 = 1 << 0;
+    pub const RW: u64 = 1 << 1;
+    pub const US: u64 = 1 << 2;
+    pub const A: u64 = 1 << 5;
+    pub const D: u64 = 1 << 6;
+    pub const PS: u64 = 1 << 7;
+    pub const G: u64 = 1 << 8;
+    pub const NX: u64 = 1 << 63;
+    /// Physical-address bits of an entry (52-bit physical addresses).
+    pub const ADDR: u64 = 0x000f_ffff_ffff_f000;
+}
+
+/// #PF error-code bits.
+mod pf {
+    pub const PRESENT: u32 = 1 << 0;
+    pub const WRITE: u32 = 1 << 1;
+    pub const USER: u32 = 1 << 2;
+    pub const RSVD: u32 = 1 << 3;
+    pub const FETCH: u32 = 1 << 4;
+}
+
+const TLB_ENTRIES: usize = 1024;
+
+/// One cached translation of a 4 KiB virtual page.
+#[derive(Clone, Copy, Debug, Default)]
+struct TlbEntry {
+    /// Virtual page number + 1 (0 = empty).
+    tag: u64,
+    /// Physical page base.
+    phys: u64,
+    /// Writable at the page-table level (all levels).
+    writable: bool,
+    /// User-accessible at all levels.
+    user: bool,
+    /// Execute-disabled at some level.
+    nx: bool,
+    /// The dirty bit is known to be set in the leaf entry.
+    dirty: bool,
+    /// A global page (survives CR3 writes).
+    global: bool,
+}
+
+/// The software TLB of one CPU. Not part of the architectural state: rebuilt on demand.
+#[derive(Clone)]
+pub struct Tlb {
+    entries: Box<[TlbEntry; TLB_ENTRIES]>,
+}
+
+impl Default for Tlb {
+    fn default() -> Self {
+        Tlb {
+            entries: Box::new([TlbEntry::default(); TLB_ENTRIES]),
+        }
+    }
+}
+
+impl Tlb {
+    /// Forget every translation (CR3 write with global pages kept when `keep_global`).
+    pub fn flush(&mut self, keep_global: bool) {
+        for e in self.entries.iter_mut() {
+            if !(keep_global && e.global) {
+                *e = TlbEntry::default();
+            }
+        }
+    }
+
+    /// Forget the translation of one virtual address (INVLPG).
+    pub fn flush_page(&mut self, vaddr: u64) {
+        // A large page may cover this address under another slot's tag; flushing all
+        // entries whose physical page is in the same large page would need more
+        // bookkeeping, so INVLPG simply drops every slot mapping the same 2 MiB region.
+        let vpn = vaddr >> 12;
+        let region = vpn >> 9;
+        for e in self.entries.iter_mut() {
+            if e.tag != 0 && ((e.tag - 1) >> 9) == region {
+                *e = TlbEntry::default();
+            }
+        }
+    }
+}
+
+/// Translate a linear address, walking the page tables on a TLB miss.
+///
+/// `cpl` is the privilege level the access is checked at (3 = user).
+#[inline]
+pub fn translate<B: Bus>(
+    s: &CpuState,
+    tlb: &mut Tlb,
+    bus: &mut B,
+    vaddr: u64,
+    intent: Intent,
+    cpl: u8,
+) -> Result<GuestPhysAddr, Fault> {
+    if s.cr0 & cr0::PG == 0 {
+        return Ok(if s.msr.efer & efer::LMA != 0 {
+            vaddr
+        } else {
+            vaddr & 0xffff_ffff
+        });
+    }
+    let vpn = vaddr >> 12;
+    let slot = (vpn as usize) & (TLB_ENTRIES - 1);
+    let e = tlb.entries[slot];
+    if e.tag == vpn.wrapping_add(1) && permits(s, &e, intent, cpl) {
+        return Ok(e.phys | (vaddr & 0xfff));
+    }
+    let e = walk(s, bus, vaddr, intent, cpl)?;
+    tlb.entries[slot] = e;
+    Ok(e.phys | (vaddr & 0xfff))
+}
+
+/// Whether a cached entry allows the access without a walk (a write to a clean page
+/// needs a walk to set the dirty bit).
+#[inline(always)]
+fn permits(s: &CpuState, e: &TlbEntry, intent: Intent, cpl: u8) -> bool {
+    let user = cpl == 3;
+    if user && !e.user {
+        return false;
+    }
+    match intent {
+        Intent::Read => true,
+        Intent::Write => e.dirty && (e.writable || (!user && s.cr0 & cr0::WP == 0)),
+        Intent::Execute => !e.nx,
+    }
+}
+
+fn read_pte<B: Bus>(bus: &mut B, pa: u64) -> Option<u64> {
+    let ram = bus.ram();
+    let i = pa as usize;
+    ram.get(i..i + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+}
+
+fn write_pte<B: Bus>(bus: &mut B, pa: u64, v: u64) {
+    let ram = bus.ram();
+    let i = pa as usize;
+    if let Some(b) = ram.get_mut(i..i + 8) {
+        b.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn walk<B: Bus>(
+    s: &CpuState,
+    bus: &mut B,
+    vaddr: u64,
+    intent: Intent,
+    cpl: u8,
+) -> Result<TlbEntry, Fault> {
+    let user = cpl == 3;
+    let mut code = 0u32;
+    if intent == Intent::Write {
+        code |= pf::WRITE;
+    }
+    if user {
+        code |= pf::USER;
+    }
+    if intent == Intent::Execute && s.msr.efer & efer::NXE != 0 {
+        code |= pf::FETCH;
+    }
+    if s.msr.efer & efer::LMA == 0 || s.cr4 & cr4::PAE == 0 {
+        // 32-bit and PAE paging arrive with the system-mode work; until then, say so loudly
+        // through a reserved-bit fault rather than translate wrongly.
+        return Err(Fault::page(vaddr, code | pf::RSVD | pf::PRESENT));
+    }
+    // Canonical check: bits 63..47 must all equal bit 47.
+    let top = (vaddr as i64) >> 47;
+    if top != 0 && top != -1 {
+        return Err(Fault::GP0);
+    }
+    let nxe = s.msr.efer & efer::NXE != 0;
+    let reserved_nx = if nxe { 0 } else { pte::NX };
+    let mut table = s.cr3 & pte::ADDR;
+    let mut writable = true;
+    let mut usr = true;
+    let mut nx = false;
+    let mut level = 4u32;
+    loop {
+        let shift = 12 + 9 * (level - 1);
+        let idx = (vaddr >> shift) & 0x1ff;
+        let entry_pa = table + idx * 8;
+        let Some(entry) = read_pte(bus, entry_pa) else {
+            return Err(Fault::page(vaddr, code | pf::RSVD | pf::PRESENT));
+        };
+        if entry & pte::P == 0 {
+            return Err(Fault::page(vaddr, code));
+        }
+        if entry & reserved_nx != 0 {
+            return Err(Fault::page(vaddr, code | pf::RSVD | pf::PRESENT));
+        }
+        writable &= entry & pte::RW != 0;
+        usr &= entry & pte::US != 0;
+        nx |= nxe && entry & pte::NX != 0;
+        let leaf = level == 1 || (entry & pte::PS != 0 && level <= 3);
+        if entry & pte::PS != 0 && level == 4 {
+            return Err(Fault::page(vaddr, code | pf::RSVD | pf::PRESENT));
+        }
+        if !leaf {
+            if entry & pte::A == 0 {
+                write_pte(bus, entry_pa, entry | pte::A);
+            }
+            table = entry & pte::ADDR;
+            level -= 1;
+            continue;
+        }
+        // Permission checks on the combined rights.
+        let fault = |c: u32| Err(Fault::page(vaddr, c | pf::PRESENT));
+        if user && !usr {
+            return fault(code);
+        }
+        match intent {
+            Intent::Write => {
+                let wp = s.cr0 & cr0::WP != 0;
+                if !writable && (user || wp) {
+                    return fault(code);
+                }
+            }
+            Intent::Execute => {
+                if nx {
+                    return fault(code);
+                }
+                if !user && usr && s.cr4 & cr4::SMEP != 0 {
+                    return fault(code);
+                }
+            }
+            Intent::Read => {}
+        }
+        let mut new = entry | pte::A;
+        if intent == Intent::Write {
+            new |= pte::D;
+        }
+        if new != entry {
+            write_pte(bus, entry_pa, new);
+        }
+        let page_mask = (1u64 << shift) - 1;
+        let base = (entry & pte::ADDR) & !page_mask;
+        let phys = (base | (vaddr & page_mask)) & !0xfff;
+        return Ok(TlbEntry {
+            tag: (vaddr >> 12).wrapping_add(1),
+            phys,
+            writable,
+            user: usr,
+            nx,
+            dirty: new & pte::D != 0,
+            global: entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
+        });
+    }
+}

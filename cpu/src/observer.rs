@@ -1,0 +1,63 @@
+//! The access observer: how the CPU reports memory accesses to a tracer.
+//!
+//! The observer is a generic parameter of [`crate::Cpu::run`], so `run` and `record`, which use
+//! [`NoObserver`], pay nothing: every call compiles away.
+
+/// What an access did to memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessKind {
+    /// A load.
+    Read,
+    /// A store.
+    Write,
+    /// A read-modify-write of the same location by one instruction.
+    ReadModifyWrite,
+    /// An instruction fetch.
+    Fetch,
+}
+
+/// One memory access by a CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Index of the CPU.
+    pub cpu: u32,
+    /// Instructions that CPU had retired before this one.
+    pub retired: u64,
+    /// Address of the instruction making the access.
+    pub pc: u64,
+    /// Virtual (linear) address.
+    pub vaddr: u64,
+    /// Physical address.
+    pub paddr: u64,
+    /// Size in bytes.
+    pub size: u8,
+    /// Read, write or both.
+    pub kind: AccessKind,
+    /// The instruction carries a LOCK prefix (or is implicitly locked, like XCHG with memory).
+    pub locked: bool,
+    /// Privilege level the access was made at.
+    pub cpl: u8,
+    /// The value read or written (low `size` bytes).
+    pub value: u64,
+}
+
+/// Receives the CPU's memory accesses.
+pub trait Observer {
+    /// Whether this observer wants anything at all; when false the CPU skips building
+    /// [`Access`] records.
+    const ENABLED: bool;
+
+    /// Called once per access (split at cache-line boundaries by the caller's policy).
+    fn access(&mut self, access: &Access);
+}
+
+/// The observer that observes nothing; used by `run` and `record`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    const ENABLED: bool = false;
+
+    #[inline(always)]
+    fn access(&mut self, _access: &Access) {}
+}
