@@ -513,3 +513,296 @@ fn integer_to_float_matches_host() {
         }
     }
 }
+
+/// Random XMM values rich in lane-level corner cases: zeros, all-ones, sign bits, small
+/// integers (shift counts), and float specials in both single and double lanes.
+fn xmm_value(rng: &mut Rng) -> u128 {
+    let mut v = 0u128;
+    for q in 0..2 {
+        let r = rng.next();
+        let qword = match r % 8 {
+            0 => [
+                0u64,
+                1,
+                u64::MAX,
+                1 << 63,
+                0x7ff8_0000_0000_0000,
+                0x7ff0_0000_0000_0001,
+            ][(r >> 8) as usize % 6],
+            1 => [1.0f64, -2.5, 1e300, -1e-310, 0.1, 3.0][(r >> 8) as usize % 6].to_bits(),
+            2 => (r >> 8) % 40,
+            _ => {
+                let mut d = [0u32; 2];
+                for x in d.iter_mut() {
+                    let s = rng.next();
+                    *x = match s % 8 {
+                        0 => [
+                            0u32,
+                            u32::MAX,
+                            0x8000_0000,
+                            0x7fff_ffff,
+                            0x80,
+                            0x7f,
+                            0xff00_ff00,
+                        ][(s >> 8) as usize % 7],
+                        1 => [1.0f32, -0.0, f32::NAN, 1e-40, 3e38, -7.25, 0.3]
+                            [(s >> 8) as usize % 7]
+                            .to_bits(),
+                        2 => 0x7f80_0001, // signalling NaN
+                        3 => (s >> 8) as u32 % 300,
+                        _ => (s >> 16) as u32,
+                    };
+                }
+                d[0] as u64 | (d[1] as u64) << 32
+            }
+        };
+        v |= (qword as u128) << (64 * q);
+    }
+    v
+}
+
+/// Define a case: the host running `op xmm_a, xmm_b[, imm]` and the same instruction
+/// assembled for the emulator.
+macro_rules! case {
+    ($op:ident $(, $imm:literal)?) => {{
+        fn host(a: u128, b: u128, m: u32) -> (u128, u32) {
+            let mut a = to_m(a);
+            let b = to_m(b);
+            let mut m = m;
+            let mut saved = 0u32;
+            // SAFETY: as in `host_xx`.
+            unsafe {
+                asm!(
+                    "stmxcsr [{saved}]",
+                    "ldmxcsr [{m}]",
+                    concat!(stringify!($op), " {a}, {b}" $(, ", ", stringify!($imm))?),
+                    "stmxcsr [{m}]",
+                    "ldmxcsr [{saved}]",
+                    saved = in(reg) &mut saved,
+                    m = in(reg) &mut m,
+                    a = inout(xmm_reg) a,
+                    b = in(xmm_reg) b,
+                    options(nostack),
+                );
+            }
+            (from_m(a), m)
+        }
+        fn emit(c: &mut iced_x86::code_asm::CodeAssembler) -> Result<(), iced_x86::IcedError> {
+            use iced_x86::code_asm::*;
+            c.$op(xmm0, xmm1 $(, $imm)?)
+        }
+        (stringify!($op), host as HostXx, emit as Emit)
+    }};
+}
+
+/// Emit one instruction with the assembler.
+type Emit = fn(&mut iced_x86::code_asm::CodeAssembler) -> Result<(), iced_x86::IcedError>;
+
+/// Run each case on the emulator and on the host over many operand pairs and MXCSR settings;
+/// compare XMM0 and MXCSR.
+fn check_instructions(cases: &[(&str, HostXx, Emit)], pairs: usize) {
+    use crate::exec::RunExit;
+    use crate::testing::{TestMachine, CODE_BASE};
+    let mut failures = Vec::new();
+    for &(name, host, emit) in cases {
+        let mut machine = TestMachine::assemble(|c| {
+            emit(c)?;
+            c.hlt()
+        });
+        let mut rng = Rng(0x1234_5678 ^ name.len() as u64 * 977);
+        let configs = settings();
+        for n in 0..pairs {
+            let (a, b) = (xmm_value(&mut rng), xmm_value(&mut rng));
+            let m = configs[n % configs.len()];
+            let (want, want_m) = host(a, b, m);
+            let s = &mut machine.cpu.state;
+            s.xmm[0] = a;
+            s.xmm[1] = b;
+            s.mxcsr = m;
+            s.rip = CODE_BASE;
+            s.halted = false;
+            let exit = machine.run(10);
+            let s = &machine.cpu.state;
+            if exit != RunExit::Halted || s.xmm[0] != want || s.mxcsr != want_m {
+                failures.push(format!(
+                    "{name} a={a:#034x} b={b:#034x} mxcsr={m:#x}: host {want:#034x} \
+                     mxcsr {want_m:#x}, emulator {:#034x} mxcsr {:#x} ({exit:?})",
+                    s.xmm[0], s.mxcsr
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches, first:\n{}",
+        failures.len(),
+        failures[..failures.len().min(20)].join("\n")
+    );
+}
+
+#[test]
+fn integer_instructions_match_host() {
+    let cases = [
+        case!(pxor),
+        case!(por),
+        case!(pand),
+        case!(pandn),
+        case!(andps),
+        case!(andnpd),
+        case!(orps),
+        case!(xorpd),
+        case!(pcmpeqb),
+        case!(pcmpeqw),
+        case!(pcmpeqd),
+        case!(pcmpgtb),
+        case!(pcmpgtw),
+        case!(pcmpgtd),
+        case!(pminub),
+        case!(pmaxub),
+        case!(pminsw),
+        case!(pmaxsw),
+        case!(paddb),
+        case!(paddw),
+        case!(paddd),
+        case!(paddq),
+        case!(psubb),
+        case!(psubw),
+        case!(psubd),
+        case!(psubq),
+        case!(paddusb),
+        case!(paddusw),
+        case!(psubusb),
+        case!(psubusw),
+        case!(paddsb),
+        case!(paddsw),
+        case!(psubsb),
+        case!(psubsw),
+        case!(pshufd, 0x1b),
+        case!(pshufd, 0xe4),
+        case!(pshuflw, 0x93),
+        case!(pshufhw, 0x4e),
+        case!(punpcklbw),
+        case!(punpcklwd),
+        case!(punpckldq),
+        case!(punpcklqdq),
+        case!(punpckhbw),
+        case!(punpckhwd),
+        case!(punpckhdq),
+        case!(punpckhqdq),
+        case!(packuswb),
+        case!(packsswb),
+        case!(packssdw),
+        case!(psllw),
+        case!(pslld),
+        case!(psllq),
+        case!(psrlw),
+        case!(psrld),
+        case!(psrlq),
+        case!(psraw),
+        case!(psrad),
+        case!(pmullw),
+        case!(pmulhw),
+        case!(pmulhuw),
+        case!(pmuludq),
+        case!(pmaddwd),
+        case!(psadbw),
+        case!(pavgb),
+        case!(pavgw),
+        case!(shufps, 0x4e),
+        case!(shufps, 0xb1),
+        case!(shufpd, 1),
+        case!(shufpd, 2),
+        case!(unpcklps),
+        case!(unpckhps),
+        case!(unpcklpd),
+        case!(unpckhpd),
+        case!(movhlps),
+        case!(movlhps),
+        case!(movss),
+        case!(movq),
+        case!(movaps),
+        case!(movdqu),
+    ];
+    check_instructions(&cases, 400);
+}
+
+#[test]
+fn float_instructions_match_host() {
+    let cases = [
+        case!(addps),
+        case!(addpd),
+        case!(addss),
+        case!(addsd),
+        case!(subps),
+        case!(subpd),
+        case!(subss),
+        case!(subsd),
+        case!(mulps),
+        case!(mulpd),
+        case!(mulss),
+        case!(mulsd),
+        case!(divps),
+        case!(divpd),
+        case!(divss),
+        case!(divsd),
+        case!(sqrtps),
+        case!(sqrtpd),
+        case!(sqrtss),
+        case!(sqrtsd),
+        case!(minps),
+        case!(minpd),
+        case!(minss),
+        case!(minsd),
+        case!(maxps),
+        case!(maxpd),
+        case!(maxss),
+        case!(maxsd),
+        case!(cmpps, 0),
+        case!(cmpps, 1),
+        case!(cmpps, 2),
+        case!(cmpps, 3),
+        case!(cmpps, 4),
+        case!(cmpps, 5),
+        case!(cmpps, 6),
+        case!(cmpps, 7),
+        case!(cmppd, 1),
+        case!(cmppd, 4),
+        case!(cmpss, 2),
+        case!(cmpss, 7),
+        case!(cvtdq2ps),
+        case!(cvtdq2pd),
+        case!(cvtps2pd),
+        case!(cvtpd2ps),
+        case!(cvtps2dq),
+        case!(cvttps2dq),
+        case!(cvtpd2dq),
+        case!(cvttpd2dq),
+        case!(cvtss2sd),
+        case!(cvtsd2ss),
+    ];
+    check_instructions(&cases, 600);
+}
+
+#[test]
+#[ignore = "timing only"]
+fn soft_float_speed() {
+    let mut rng = Rng(5);
+    let vals: Vec<u64> = (0..4096)
+        .map(|_| (1.0 + (rng.next() >> 12) as f64 / 1e6).to_bits())
+        .collect();
+    for m in [0x1f80, 0x1f80 | mxcsr::PE] {
+        let t = std::time::Instant::now();
+        let mut acc = 0u64;
+        for _ in 0..100 {
+            for w in vals.windows(2) {
+                let mut env = Env::new(m);
+                acc ^= softfloat::add(F64, &mut env, w[0], w[1], false);
+                acc ^= softfloat::mul(F64, &mut env, w[0], w[1]);
+                acc ^= softfloat::div(F64, &mut env, w[0], w[1]);
+                acc ^= softfloat::sqrt(F64, &mut env, w[0]);
+            }
+        }
+        let per = t.elapsed().as_nanos() as f64 / (100.0 * 4095.0 * 4.0);
+        eprintln!("mxcsr {m:#x}: {per:.1} ns per op ({acc:x})");
+    }
+}

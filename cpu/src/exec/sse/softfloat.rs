@@ -87,6 +87,8 @@ pub(crate) struct Env {
     pub um_masked: bool,
     /// Exception flags raised so far, at their MXCSR positions.
     pub flags: u32,
+    /// PE is already set and masked: inexactness need not be worked out.
+    pe_known: bool,
 }
 
 impl Env {
@@ -99,6 +101,7 @@ impl Env {
             daz: m & mxcsr::DAZ != 0,
             um_masked,
             flags: 0,
+            pe_known: m & mxcsr::PE != 0 && m & (mxcsr::PE << mxcsr::MASK_SHIFT) != 0,
         }
     }
 
@@ -403,10 +406,14 @@ fn normalize(f: Fmt, exp: i32, sig: u128) -> (i32, u128) {
 
 /// `a + b` (or `a - b` with `negate_b`).
 pub(crate) fn add(f: Fmt, env: &mut Env, a: u64, b: u64, negate_b: bool) -> u64 {
+    let b2 = if negate_b { b ^ f.sign_bit() } else { b };
+    if let Some(r) = fast::add(f, env, a, b2) {
+        return r;
+    }
     if let Some(n) = propagate(f, env, a, b) {
         return n;
     }
-    let b = if negate_b { b ^ f.sign_bit() } else { b };
+    let b = b2;
     let (da, db) = (f.daz(env, a), f.daz(env, b));
     match (f.unpack(da), f.unpack(db)) {
         (Val::Inf(sa), Val::Inf(sb)) if sa != sb => invalid(f, env),
@@ -465,6 +472,9 @@ pub(crate) fn add(f: Fmt, env: &mut Env, a: u64, b: u64, negate_b: bool) -> u64 
 
 /// `a * b`.
 pub(crate) fn mul(f: Fmt, env: &mut Env, a: u64, b: u64) -> u64 {
+    if let Some(r) = fast::mul(f, env, a, b) {
+        return r;
+    }
     if let Some(n) = propagate(f, env, a, b) {
         return n;
     }
@@ -495,6 +505,9 @@ pub(crate) fn mul(f: Fmt, env: &mut Env, a: u64, b: u64) -> u64 {
 
 /// `a / b`.
 pub(crate) fn div(f: Fmt, env: &mut Env, a: u64, b: u64) -> u64 {
+    if let Some(r) = fast::div(f, env, a, b) {
+        return r;
+    }
     if let Some(n) = propagate(f, env, a, b) {
         return n;
     }
@@ -565,6 +578,9 @@ fn isqrt(v: u128) -> (u128, bool) {
 
 /// `sqrt(a)`.
 pub(crate) fn sqrt(f: Fmt, env: &mut Env, a: u64) -> u64 {
+    if let Some(r) = fast::sqrt(f, env, a) {
+        return r;
+    }
     if f.is_nan(a) {
         if f.is_snan(a) {
             env.flags |= mxcsr::IE;
@@ -712,4 +728,136 @@ pub(crate) fn to_int(f: Fmt, env: &mut Env, a: u64, bits: u32) -> u64 {
         mag as u64
     };
     v & crate::flags::mask(bits as usize / 8)
+}
+
+/// Fast paths for the common case: round to nearest with normal operands. The host's IEEE
+/// arithmetic gives the correctly rounded result (the same on every IEEE-754 host for these
+/// inputs); when that result is comfortably inside the normal range (biased exponent at least
+/// 2, so neither overflow nor tininess is possible), the only flag left to decide is PE,
+/// worked out exactly with integers (or TwoSum for addition), and skipped when PE is already
+/// set and masked. Anything else returns `None` and takes the exact path.
+mod fast {
+    use super::{mxcsr, Env, Fmt, Round, F64};
+
+    /// Biased exponent and significand (with the hidden bit) of a normal number.
+    #[inline(always)]
+    fn parts(f: Fmt, v: u64) -> (i32, u128) {
+        let e = ((v & f.exp_mask()) >> f.frac_bits) as i32;
+        (e, (v & f.frac_mask()) as u128 | 1u128 << f.frac_bits)
+    }
+
+    #[inline(always)]
+    fn normal(f: Fmt, v: u64) -> bool {
+        let e = v & f.exp_mask();
+        e != 0 && e != f.exp_mask()
+    }
+
+    /// Operands qualify for the fast path.
+    #[inline(always)]
+    fn eligible(f: Fmt, env: &Env, a: u64, b: u64) -> bool {
+        env.rc == Round::Nearest && normal(f, a) && normal(f, b)
+    }
+
+    /// The result is far enough from both ends of the normal range.
+    #[inline(always)]
+    fn safe(f: Fmt, r: u64) -> bool {
+        let e = (r & f.exp_mask()) >> f.frac_bits;
+        e >= 2 && e < (1 << f.exp_bits) - 1
+    }
+
+    /// `x == y` for values `mx * 2^ex` and `my * 2^ey` (nonzero significands).
+    #[inline(always)]
+    fn same_value(mx: u128, ex: i32, my: u128, ey: i32) -> bool {
+        let (tx, ty) = (mx.trailing_zeros(), my.trailing_zeros());
+        mx >> tx == my >> ty && ex + tx as i32 == ey + ty as i32
+    }
+
+    #[inline(always)]
+    fn finish(f: Fmt, env: &mut Env, r: u64, inexact: impl FnOnce() -> bool) -> Option<u64> {
+        if !safe(f, r) {
+            return None;
+        }
+        if !env.pe_known && inexact() {
+            env.flags |= mxcsr::PE;
+        }
+        Some(r)
+    }
+
+    /// `a + b`.
+    #[inline(always)]
+    pub(super) fn add(f: Fmt, env: &mut Env, a: u64, b: u64) -> Option<u64> {
+        if !eligible(f, env, a, b) {
+            return None;
+        }
+        // TwoSum: the rounding error of s = x + y, exactly.
+        if f == F64 {
+            let (x, y) = (f64::from_bits(a), f64::from_bits(b));
+            let s = x + y;
+            finish(f, env, s.to_bits(), || {
+                let bb = s - x;
+                (x - (s - bb)) + (y - bb) != 0.0
+            })
+        } else {
+            let (x, y) = (f32::from_bits(a as u32), f32::from_bits(b as u32));
+            let s = x + y;
+            finish(f, env, s.to_bits() as u64, || {
+                let bb = s - x;
+                (x - (s - bb)) + (y - bb) != 0.0
+            })
+        }
+    }
+
+    /// `a * b`: exact iff the integer product of the significands fits the precision.
+    #[inline(always)]
+    pub(super) fn mul(f: Fmt, env: &mut Env, a: u64, b: u64) -> Option<u64> {
+        if !eligible(f, env, a, b) {
+            return None;
+        }
+        let r = if f == F64 {
+            (f64::from_bits(a) * f64::from_bits(b)).to_bits()
+        } else {
+            (f32::from_bits(a as u32) * f32::from_bits(b as u32)).to_bits() as u64
+        };
+        finish(f, env, r, || {
+            let p = parts(f, a).1 * parts(f, b).1;
+            128 - p.leading_zeros() - p.trailing_zeros() > f.prec()
+        })
+    }
+
+    /// `a / b`: exact iff `r * b == a`.
+    #[inline(always)]
+    pub(super) fn div(f: Fmt, env: &mut Env, a: u64, b: u64) -> Option<u64> {
+        if !eligible(f, env, a, b) {
+            return None;
+        }
+        let r = if f == F64 {
+            (f64::from_bits(a) / f64::from_bits(b)).to_bits()
+        } else {
+            (f32::from_bits(a as u32) / f32::from_bits(b as u32)).to_bits() as u64
+        };
+        finish(f, env, r, || {
+            // Values are m * 2^(E - K) with K = bias + frac_bits; K cancels out as below.
+            let k = f.bias() + f.frac_bits as i32;
+            let ((ea, ma), (eb, mb), (er, mr)) = (parts(f, a), parts(f, b), parts(f, r));
+            !same_value(mr * mb, er + eb - k, ma, ea)
+        })
+    }
+
+    /// `sqrt(a)`: exact iff `r * r == a`.
+    #[inline(always)]
+    pub(super) fn sqrt(f: Fmt, env: &mut Env, a: u64) -> Option<u64> {
+        if !eligible(f, env, a, a) || a & f.sign_bit() != 0 {
+            return None;
+        }
+        let r = if f == F64 {
+            f64::from_bits(a).sqrt().to_bits()
+        } else {
+            f32::from_bits(a as u32).sqrt().to_bits() as u64
+        };
+        finish(f, env, r, || {
+            let k = f.bias() + f.frac_bits as i32;
+            let ((ea, ma), (er, mr)) = (parts(f, a), parts(f, r));
+            !same_value(mr * mr, 2 * er - k, ma, ea)
+        })
+    }
 }
