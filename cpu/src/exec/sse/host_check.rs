@@ -609,7 +609,7 @@ fn check_instructions(cases: &[(&str, HostXx, Emit)], pairs: usize) {
             emit(c)?;
             c.hlt()
         });
-        let mut rng = Rng(0x1234_5678 ^ name.len() as u64 * 977);
+        let mut rng = Rng(0x1234_5678 ^ (name.len() as u64 * 977));
         let configs = settings();
         for n in 0..pairs {
             let (a, b) = (xmm_value(&mut rng), xmm_value(&mut rng));
