@@ -214,13 +214,21 @@ fn write_mem<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction, v: u128) 
 
 /// Merge the exception flags an instruction raised into MXCSR. An unmasked one raises #XM
 /// (or #UD when the OS did not enable SIMD exceptions, CR4.OSXMMEXCPT = 0) and the caller
-/// must not write its destination.
+/// must not write its destination. As on the hardware, the pre-computation exceptions (IE,
+/// DE, ZE) of all elements come first: if one of them is unmasked the instruction stops
+/// there and the post-computation ones (OE, UE, PE) are neither detected nor flagged.
 fn finish_fp<B: Bus, O: Observer>(x: &mut Exec<B, O>, flags: u32) -> ExecResult {
     use softfloat::mxcsr;
     let m = x.cpu.state.mxcsr;
-    x.cpu.state.mxcsr = m | (flags & mxcsr::FLAGS);
-    let masks = (m >> mxcsr::MASK_SHIFT) & mxcsr::FLAGS;
-    if flags & !masks & mxcsr::FLAGS != 0 {
+    let unmasked = !(m >> mxcsr::MASK_SHIFT) & mxcsr::FLAGS;
+    let pre = flags & (mxcsr::IE | mxcsr::DE | mxcsr::ZE);
+    let raised = if pre & unmasked != 0 {
+        pre
+    } else {
+        flags & mxcsr::FLAGS
+    };
+    x.cpu.state.mxcsr = m | raised;
+    if raised & unmasked != 0 {
         return Err(if x.cpu.state.cr4 & cr4::OSXMMEXCPT != 0 {
             Fault::new(vector::XM).into()
         } else {

@@ -83,8 +83,11 @@ pub(crate) struct Env {
     pub ftz: bool,
     /// Treat denormal sources as zero (MXCSR.DAZ).
     pub daz: bool,
-    /// Underflow is masked (changes when UE is signalled for exact tiny results).
+    /// Underflow is masked (decides UE for exact tiny results, and which rounding PE
+    /// describes).
     pub um_masked: bool,
+    /// Overflow is masked (decides which rounding PE describes).
+    pub om_masked: bool,
     /// Exception flags raised so far, at their MXCSR positions.
     pub flags: u32,
     /// PE is already set and masked: inexactness need not be worked out.
@@ -100,6 +103,7 @@ impl Env {
             ftz: m & mxcsr::FTZ != 0 && um_masked,
             daz: m & mxcsr::DAZ != 0,
             um_masked,
+            om_masked: m & (mxcsr::OE << mxcsr::MASK_SHIFT) != 0,
             flags: 0,
             pe_known: m & mxcsr::PE != 0 && m & (mxcsr::PE << mxcsr::MASK_SHIFT) != 0,
         }
@@ -338,12 +342,25 @@ fn round_pack(f: Fmt, env: &mut Env, sign: bool, exp: i32, sig: u128, sticky: bo
         q >>= 1;
         lsb += 1;
     }
+    // An unmasked overflow or underflow hands the handler the result rounded to full
+    // precision with an unbounded exponent (as x87 does), so PE then tells whether *that*
+    // rounding was inexact. (The destination is not written; the value returned is moot.)
+    let inexact_at_p = sticky || (n > p && sig & ((1u128 << (n - p)) - 1) != 0);
+    if tiny && !env.um_masked {
+        env.flags |= UE | if inexact_at_p { PE } else { 0 };
+        return f.zero(sign);
+    }
     if tiny && env.ftz {
         env.flags |= UE | PE;
         return f.zero(sign);
     }
-    if tiny && (inexact || !env.um_masked) {
+    if tiny && inexact {
         env.flags |= UE;
+    }
+    let e = lsb + p - 1;
+    if q >> (p - 1) != 0 && e > f.emax() && !env.om_masked {
+        env.flags |= OE | if inexact_at_p { PE } else { 0 };
+        return f.inf(sign);
     }
     if inexact {
         env.flags |= PE;
@@ -352,7 +369,6 @@ fn round_pack(f: Fmt, env: &mut Env, sign: bool, exp: i32, sig: u128, sticky: bo
         // Denormal (or zero after rounding down).
         return f.signed(sign) | q as u64;
     }
-    let e = lsb + p - 1;
     if e > f.emax() {
         env.flags |= OE | PE;
         let to_inf = match env.rc {

@@ -583,3 +583,62 @@ fn fxsave_fxrstor_round_trip() {
     assert_eq!(area(32 + 3 * 16), 0x4000_c000_0000_0000_0000);
     assert_eq!(area(160 + 15 * 16), s.xmm[15]);
 }
+
+/// Flags left in MXCSR by `op xmm0, xmm1` under `mx` (the instruction may fault).
+fn flags_after(mx: u32, a: [f32; 4], b: [f32; 4], emit: Emit) -> u32 {
+    let mut m = TestMachine::assemble(|c| {
+        emit(c)?;
+        c.hlt()
+    });
+    m.cpu.state.mxcsr = mx;
+    m.cpu.state.xmm[0] = f32x4(a);
+    m.cpu.state.xmm[1] = f32x4(b);
+    m.run(10);
+    m.cpu.state.mxcsr & mxcsr::FLAGS
+}
+
+type Emit = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+
+#[test]
+fn unmasked_exception_flags_match_hardware() {
+    // Values observed on an Intel Xeon with a SIGFPE handler reading MXCSR.
+    let mulps: Emit = |c| c.mulps(xmm0, xmm1);
+    let cvtps2dq: Emit = |c| c.cvtps2dq(xmm0, xmm1);
+    let unmask = |e: u32| 0x1f80 & !(e << mxcsr::MASK_SHIFT);
+    let p127 = f32::from_bits(0x7f00_0000);
+    let one_ulp = f32::from_bits(0x3f80_0001);
+    let (m63, m64) = (f32::from_bits(64 << 23), f32::from_bits(63 << 23));
+    // An exact overflow: OE alone when unmasked (PE describes the unbounded rounding).
+    let r = flags_after(
+        unmask(mxcsr::OE),
+        [1.0, 1.0, 1.0, p127],
+        [1.0, 1.0, 1.0, 4.0],
+        mulps,
+    );
+    assert_eq!(r, mxcsr::OE);
+    // ... but flags of all lanes are gathered: lane 0 is inexact.
+    let r = flags_after(
+        unmask(mxcsr::OE),
+        [1.1, 1.0, 1.0, p127],
+        [1.1, 1.0, 1.0, 4.0],
+        mulps,
+    );
+    assert_eq!(r, mxcsr::OE | mxcsr::PE);
+    let r = flags_after(0x1f80, [1.0, 1.0, 1.0, p127], [1.0, 1.0, 1.0, 4.0], mulps);
+    assert_eq!(r, mxcsr::OE | mxcsr::PE);
+    // A tiny result with 24 significant bits: exact at full precision, inexact as a
+    // denormal.
+    let (a, b) = ([1.0, 1.0, 1.0, one_ulp * m63], [1.0, 1.0, 1.0, m64]);
+    assert_eq!(flags_after(unmask(mxcsr::UE), a, b, mulps), mxcsr::UE);
+    assert_eq!(flags_after(0x1f80, a, b, mulps), mxcsr::UE | mxcsr::PE);
+    // An unmasked invalid operation stops before the precision exception of lane 1.
+    let b = [f32::NAN, 1.5, 1.0, 1.0];
+    assert_eq!(
+        flags_after(unmask(mxcsr::IE), [0.0; 4], b, cvtps2dq),
+        mxcsr::IE
+    );
+    assert_eq!(
+        flags_after(0x1f80, [0.0; 4], b, cvtps2dq),
+        mxcsr::IE | mxcsr::PE
+    );
+}
