@@ -147,6 +147,7 @@ enum Val {
 }
 
 impl Fmt {
+    /// The exponent bias.
     fn bias(self) -> i32 {
         (1 << (self.exp_bits - 1)) - 1
     }
@@ -166,12 +167,15 @@ impl Fmt {
     pub fn sign_bit(self) -> u64 {
         1 << (self.exp_bits + self.frac_bits)
     }
+    /// The exponent field.
     fn exp_mask(self) -> u64 {
         ((1u64 << self.exp_bits) - 1) << self.frac_bits
     }
+    /// The fraction field.
     fn frac_mask(self) -> u64 {
         (1u64 << self.frac_bits) - 1
     }
+    /// The fraction's top bit, set in quiet NaNs.
     fn quiet_bit(self) -> u64 {
         1 << (self.frac_bits - 1)
     }
@@ -195,9 +199,11 @@ impl Fmt {
     pub fn is_denormal(self, v: u64) -> bool {
         v & self.exp_mask() == 0 && v & self.frac_mask() != 0
     }
+    /// Whether `v` is negative (its sign bit).
     fn sign(self, v: u64) -> bool {
         v & self.sign_bit() != 0
     }
+    /// The sign bit if `sign`.
     fn signed(self, sign: bool) -> u64 {
         if sign {
             self.sign_bit()
@@ -205,12 +211,15 @@ impl Fmt {
             0
         }
     }
+    /// A signed zero.
     fn zero(self, sign: bool) -> u64 {
         self.signed(sign)
     }
+    /// A signed infinity.
     fn inf(self, sign: bool) -> u64 {
         self.signed(sign) | self.exp_mask()
     }
+    /// The largest finite magnitude with a sign.
     fn max_finite(self, sign: bool) -> u64 {
         self.signed(sign) | (self.exp_mask() - (1 << self.frac_bits)) | self.frac_mask()
     }
@@ -405,6 +414,7 @@ fn note_denormals(f: Fmt, env: &mut Env, srcs: &[u64]) {
     }
 }
 
+/// An invalid operation without NaN sources: IE and the default NaN.
 fn invalid(f: Fmt, env: &mut Env) -> u64 {
     env.flags |= mxcsr::IE;
     f.default_nan()
@@ -762,6 +772,7 @@ mod fast {
         (e, (v & f.frac_mask()) as u128 | 1u128 << f.frac_bits)
     }
 
+    /// Whether `v` is a normal number (not zero, denormal, infinite or NaN).
     #[inline(always)]
     fn normal(f: Fmt, v: u64) -> bool {
         let e = v & f.exp_mask();
@@ -788,6 +799,8 @@ mod fast {
         mx >> tx == my >> ty && ex + tx as i32 == ey + ty as i32
     }
 
+    /// Accept the native result `r` if it is safely normal, raising PE when `inexact` says
+    /// so (evaluated only when PE is not already known).
     #[inline(always)]
     fn finish(f: Fmt, env: &mut Env, r: u64, inexact: impl FnOnce() -> bool) -> Option<u64> {
         if !safe(f, r) {
