@@ -329,6 +329,6 @@ mod tests {
                 .count();
             assert!(n <= 1, "{c:?} claimed twice");
         }
-        assert_eq!(counts, [196, 108, 25, 48]);
+        assert_eq!(counts, [196, 108, 25, 52]);
     }
 }

@@ -1,5 +1,6 @@
 //! Bit instructions: BT, BTS, BTR, BTC (register and immediate bit offsets), BSF, BSR, LZCNT,
-//! TZCNT, POPCNT and BSWAP.
+//! TZCNT, POPCNT, BSWAP, and the rest of BMI1 (ANDN, BEXTR, BLSI, BLSMSK, BLSR), which the
+//! default CPUID profile advertises along with TZCNT.
 //!
 //! With a memory operand and a register bit offset, BTx addresses a bit string: the offset
 //! is signed (of the operand size) and may reach any operand-sized word before or after the
@@ -21,14 +22,42 @@ use crate::exec::Exec;
 use crate::fault::{ExecResult, Fault};
 use crate::flags::{mask, sign_extend, szp};
 use crate::observer::Observer;
-use crate::state::rflags::{CF, PF, STATUS, ZF};
+use crate::state::rflags::{CF, PF, SF, STATUS, ZF};
 
 /// Whether this module executes `code`.
 pub(crate) fn claims(code: Code) -> bool {
     use Mnemonic::*;
+    let knc = matches!(
+        code,
+        // Knights Corner encodings, which iced decodes only on request.
+        Code::VEX_KNC_Popcnt_r32_r32
+            | Code::VEX_KNC_Popcnt_r64_r64
+            | Code::VEX_KNC_Tzcnt_r32_r32
+            | Code::VEX_KNC_Tzcnt_r64_r64
+            | Code::VEX_KNC_Lzcnt_r32_r32
+            | Code::VEX_KNC_Lzcnt_r64_r64
+    );
     matches!(
         code.mnemonic(),
         Bt | Bts | Btr | Btc | Bsf | Bsr | Lzcnt | Tzcnt | Popcnt | Bswap
+    ) && !knc
+        || is_bmi1(code)
+}
+
+/// The VEX-encoded BMI1 codes (AMD's XOP/TBM forms of BEXTR are not advertised).
+fn is_bmi1(code: Code) -> bool {
+    matches!(
+        code,
+        Code::VEX_Andn_r32_r32_rm32
+            | Code::VEX_Andn_r64_r64_rm64
+            | Code::VEX_Bextr_r32_rm32_r32
+            | Code::VEX_Bextr_r64_rm64_r64
+            | Code::VEX_Blsi_r32_rm32
+            | Code::VEX_Blsi_r64_rm64
+            | Code::VEX_Blsmsk_r32_rm32
+            | Code::VEX_Blsmsk_r64_rm64
+            | Code::VEX_Blsr_r32_rm32
+            | Code::VEX_Blsr_r64_rm64
     )
 }
 
@@ -38,6 +67,19 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
     let old = x.cpu.state.rflags & STATUS;
     match m {
         Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => bit_test(x, i, m, old),
+        Mnemonic::Andn | Mnemonic::Bextr | Mnemonic::Blsi | Mnemonic::Blsmsk | Mnemonic::Blsr => {
+            let size = op_size(i, 0);
+            let a = x.read_op(i, 1)?;
+            let b = if i.op_count() > 2 {
+                x.read_op(i, 2)?
+            } else {
+                0
+            };
+            let (r, f) = bmi1(m, a, b, size);
+            x.write_op(i, 0, r)?;
+            x.set_status(f);
+            Ok(())
+        }
         Mnemonic::Bswap => {
             let size = op_size(i, 0);
             let v = x.read_op(i, 0)?;
@@ -173,6 +215,40 @@ fn bit(cond: bool, flag: u64) -> u64 {
     }
 }
 
+/// A BMI1 operation on operands of `size` bytes: ANDN `!a & b`, BEXTR of `a` with the
+/// start:length control `b`, or BLSI/BLSMSK/BLSR of `a`. Returns the result and the status
+/// flags; of the undefined ones AF and PF are cleared, as are SF after BEXTR (as on Intel).
+pub(crate) fn bmi1(m: Mnemonic, a: u64, b: u64, size: usize) -> (u64, u64) {
+    let mk = mask(size);
+    let bits = (size * 8) as u64;
+    let a = a & mk;
+    let (r, cf) = match m {
+        Mnemonic::Andn => (!a & b & mk, false),
+        Mnemonic::Bextr => {
+            let start = b & 0xff;
+            let len = (b >> 8) & 0xff;
+            let v = if start >= bits { 0 } else { a >> start };
+            let r = if len >= 64 {
+                v
+            } else {
+                v & ((1u64 << len) - 1)
+            };
+            (r & mk, false)
+        }
+        // Isolate the lowest set bit; CF says there was one.
+        Mnemonic::Blsi => (a & a.wrapping_neg() & mk, a != 0),
+        // Mask up to and including the lowest set bit; CF says there was none.
+        Mnemonic::Blsmsk => ((a ^ a.wrapping_sub(1)) & mk, a == 0),
+        // Clear the lowest set bit; CF says there was none.
+        _ => (a & a.wrapping_sub(1) & mk, a == 0),
+    };
+    let mut f = szp(r, size) & (ZF | SF);
+    if m == Mnemonic::Bextr {
+        f &= !SF;
+    }
+    (r, f | bit(cf, CF))
+}
+
 /// BSWAP of a register of `size` bytes; the undefined 16-bit form gives 0.
 pub(crate) fn bswap(v: u64, size: usize) -> u64 {
     match size {
@@ -305,6 +381,38 @@ mod tests {
         });
         assert_eq!(m.cpu.state.gpr[0], 0x1234_5678_9abc_def0);
         assert_eq!(m.cpu.state.gpr[3], 8);
+    }
+
+    #[test]
+    fn bmi1_operations() {
+        assert_eq!(bmi1(Mnemonic::Andn, 0xf0, 0xff, 4), (0x0f, 0));
+        assert_eq!(bmi1(Mnemonic::Andn, u64::MAX, 0xff, 8), (0, ZF));
+        // BEXTR: start 4, length 8; a start past the operand gives 0; a long length keeps all.
+        assert_eq!(bmi1(Mnemonic::Bextr, 0x1234_5678, 0x0804, 4), (0x67, 0));
+        assert_eq!(bmi1(Mnemonic::Bextr, 0x1234_5678, 0x0820, 4), (0, ZF));
+        assert_eq!(
+            bmi1(Mnemonic::Bextr, 1 << 63, 0xff00, 8),
+            (1 << 63, 0) // SF is cleared after BEXTR
+        );
+        assert_eq!(bmi1(Mnemonic::Blsi, 0b1011000, 0, 4), (0b1000, CF));
+        assert_eq!(bmi1(Mnemonic::Blsi, 0, 0, 4), (0, ZF));
+        assert_eq!(bmi1(Mnemonic::Blsmsk, 0b1011000, 0, 4), (0b1111, 0));
+        assert_eq!(bmi1(Mnemonic::Blsmsk, 0, 0, 4), (0xffff_ffff, CF | SF));
+        assert_eq!(bmi1(Mnemonic::Blsr, 0b1011000, 0, 8), (0b1010000, 0));
+        assert_eq!(bmi1(Mnemonic::Blsr, 0, 0, 8), (0, ZF | CF));
+        assert_eq!(bmi1(Mnemonic::Blsr, 1 << 31, 0, 4), (0, ZF));
+        let m = run(|a| {
+            a.mov(ecx, 0xf0f0)?;
+            a.mov(edx, 0xffff)?;
+            a.andn(rax, rcx, rdx)?;
+            a.mov(esi, 0x0404)?;
+            a.bextr(ebx, ecx, esi)?;
+            a.blsr(rdi, rcx)?;
+            Ok(())
+        });
+        assert_eq!(m.cpu.state.gpr[0], 0x0f0f);
+        assert_eq!(m.cpu.state.gpr[3], 0xf);
+        assert_eq!(m.cpu.state.gpr[7], 0xf0e0);
     }
 
     #[test]
