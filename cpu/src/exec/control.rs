@@ -66,8 +66,8 @@ pub(crate) fn is_canonical(v: u64) -> bool {
 
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// Transfer control to `target` (an instruction pointer of the current code size):
-    /// #GP(0) if it is non-canonical in 64-bit mode or beyond CS's limit in protected mode,
-    /// raised by the branch itself so nothing else has changed.
+    /// #GP(0) if it is non-canonical in 64-bit mode or beyond CS's limit otherwise, raised
+    /// by the branch itself so nothing else has changed.
     #[inline(always)]
     pub fn branch_to(&mut self, target: u64) -> ExecResult {
         match self.mode {
@@ -81,8 +81,14 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
                     return Err(Fault::GP0.into());
                 }
             }
-            // Real mode: the reset state does not always set a CS limit; IP wraps at 64 KiB.
-            CpuMode::Real => {}
+            // Real mode: the limit is 64 KiB unless a protected-mode excursion left a larger
+            // one ("unreal" mode); a state built without a CS limit still gets 64 KiB.
+            CpuMode::Real => {
+                let limit = self.cpu.state.seg[SegReg::Cs as usize].limit.max(0xffff);
+                if target > limit as u64 {
+                    return Err(Fault::GP0.into());
+                }
+            }
         }
         self.next_rip = target;
         Ok(())
@@ -408,6 +414,89 @@ mod tests {
             a.hlt()
         });
         assert_eq!(m.cpu.state.gpr[7], 0);
+    }
+
+    /// A machine running `f` assembled for `bitness` (32 or 16) in a code segment of that
+    /// size under long mode (compatibility mode), with a stack of the same width.
+    fn legacy_machine(
+        bitness: u32,
+        f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    ) -> TestMachine {
+        use crate::state::SegReg;
+        let mut a = CodeAssembler::new(bitness).unwrap();
+        f(&mut a).unwrap();
+        let base = if bitness == 16 { 0 } else { CODE_BASE };
+        let bytes = a.assemble(base).unwrap();
+        let mut m = TestMachine::with_code(&bytes);
+        let s = &mut m.cpu.state;
+        if bitness == 16 {
+            // CS based at the code, IP from 0; SS based at 0x200000 with a 16-bit SP.
+            s.seg[SegReg::Cs as usize].base = CODE_BASE;
+            s.seg[SegReg::Cs as usize].limit = 0xffff;
+            s.seg[SegReg::Cs as usize].attrs = 0x009b;
+            s.seg[SegReg::Ss as usize].base = 0x20_0000;
+            s.seg[SegReg::Ss as usize].limit = 0xffff;
+            s.seg[SegReg::Ss as usize].attrs = 0x0093;
+            s.rip = 0;
+            s.gpr[4] = 0xdead_0000_1000;
+        } else {
+            s.seg[SegReg::Cs as usize].attrs = 0xc09b;
+            s.gpr[4] = 0x7f_f000;
+        }
+        m
+    }
+
+    #[test]
+    fn call_ret_push_enter_in_32_bit_code() {
+        let mut m = legacy_machine(32, |a| {
+            let mut f = a.create_label();
+            a.call(f)?;
+            a.hlt()?;
+            a.set_label(&mut f)?;
+            a.push(0x1234_5678)?;
+            a.pop(eax)?;
+            a.mov(ebp, 0x7f_f800)?;
+            a.enter(16u32, 1u32)?;
+            a.mov(ebx, esp)?;
+            a.mov(ecx, ebp)?;
+            a.leave()?;
+            a.ret()
+        });
+        assert_eq!(m.cpu.state.mode(), crate::state::CpuMode::Protected32);
+        assert_eq!(m.run(100), RunExit::Halted);
+        let s = &m.cpu.state;
+        assert_eq!(s.gpr[0], 0x1234_5678);
+        // The call pushed 4 bytes; ENTER pushed EBP and the frame pointer, then 16 bytes.
+        assert_eq!(s.gpr[1], 0x7f_f000 - 8);
+        assert_eq!(s.gpr[3], 0x7f_f000 - 12 - 16);
+        assert_eq!(s.gpr[4], 0x7f_f000);
+        assert_eq!(s.gpr[5], 0x7f_f800);
+        assert_eq!(s.rip, CODE_BASE + 6);
+    }
+
+    #[test]
+    fn call_ret_and_stack_in_16_bit_code() {
+        let mut m = legacy_machine(16, |a| {
+            let mut f = a.create_label();
+            a.mov(ax, 0x4242)?;
+            a.call(f)?;
+            a.hlt()?;
+            a.set_label(&mut f)?;
+            a.push(ax)?;
+            a.pop(bx)?;
+            a.pushf()?;
+            a.pop(cx)?;
+            a.ret()
+        });
+        assert_eq!(m.cpu.state.mode(), crate::state::CpuMode::Protected16);
+        assert_eq!(m.run(100), RunExit::Halted);
+        let s = &m.cpu.state;
+        assert_eq!(s.gpr[3] & 0xffff, 0x4242);
+        assert_eq!(s.gpr[1] & 0xffff, 2);
+        // A 16-bit stack changes SP only; the return address went to SS.base + 0xffe.
+        assert_eq!(s.gpr[4], 0xdead_0000_1000);
+        assert_eq!(m.bus.ram[0x20_0ffe], 6);
+        assert_eq!(s.rip, 7);
     }
 
     #[test]

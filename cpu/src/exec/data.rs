@@ -370,10 +370,16 @@ mod tests {
         code.extend_from_slice(&0x20_0018u64.to_le_bytes()); // mov [moffs64], rax
         code.push(0xa0);
         code.extend_from_slice(&0x20_0019u64.to_le_bytes()); // mov al, [moffs64]
+                                                             // 67-prefixed: a 32-bit moffs, zero-extended.
+        code.extend_from_slice(&[0x67, 0x8b, 0x1c, 0x25]); // mov ebx, [disp32] (SIB, no base)
+        code.extend_from_slice(&0x20_0018u32.to_le_bytes());
+        code.extend_from_slice(&[0x67, 0x66, 0xa1]); // mov ax, [moffs32]
+        code.extend_from_slice(&0x20_001au32.to_le_bytes());
         code.push(0xf4);
         let mut m = TestMachine::with_code(&code);
         assert_eq!(m.run(100), RunExit::Halted);
-        assert_eq!(m.cpu.state.gpr[0], 0xdead_bebe);
+        assert_eq!(m.cpu.state.gpr[0], 0xdead_dead);
+        assert_eq!(m.cpu.state.gpr[3], 0xdead_beef);
         assert_eq!(&m.bus.ram[0x20_0018..0x20_001c], &[0xef, 0xbe, 0xad, 0xde]);
     }
 
