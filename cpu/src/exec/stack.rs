@@ -165,13 +165,10 @@ fn push<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResult 
                 Code::Pushq_FS | Code::Pushq_GS => 8,
                 _ => 4,
             };
-            // Recent Intel processors store only the 16-bit selector and leave the rest of
-            // a wider slot as it was (SDM, PUSH); RSP moves by the full operand size.
+            // The SDM allows either a zero-extended store or a 16-bit one; the Xeon the
+            // differential suite runs on stores the zero-extended selector, so do that.
             let selector = x.cpu.state.seg[s].selector as u64;
-            let rsp = x.cpu.state.gpr[4].wrapping_sub(size as u64);
-            let addr = x.stack_addr(rsp);
-            x.write(addr, 2, selector)?;
-            x.set_rsp(rsp);
+            x.push(selector, size)?;
             return Ok(());
         }
     }
@@ -382,7 +379,7 @@ mod tests {
     }
 
     #[test]
-    fn push_fs_writes_only_the_selector() {
+    fn push_fs_writes_the_zero_extended_selector() {
         let mut m = TestMachine::assemble(|a| {
             a.mov(qword_ptr(STACK_TOP - 8), -1)?;
             a.push(fs)?;
@@ -391,7 +388,7 @@ mod tests {
         });
         m.cpu.state.seg[crate::state::SegReg::Fs as usize].selector = 0x2b;
         assert_eq!(m.run(100), RunExit::Halted);
-        assert_eq!(m.cpu.state.gpr[0], 0xffff_ffff_ffff_002b);
+        assert_eq!(m.cpu.state.gpr[0], 0x2b);
     }
 
     #[test]

@@ -127,6 +127,16 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
     let rep = i.has_rep_prefix() || i.has_repne_prefix();
     let mut count = if rep { x.gpr(creg) } else { 1 };
     if count == 0 {
+        // Nothing to do, but with 32-bit addressing in 64-bit mode the hardware still
+        // writes (so zero-extends) the count and index registers.
+        if asize == 4 {
+            for (used, reg) in [(true, creg), (op.uses_si(), sreg), (op.uses_di(), dreg)] {
+                if used {
+                    let v = x.gpr(reg);
+                    x.set_gpr(reg, v);
+                }
+            }
+        }
         return Ok(());
     }
     let step = if x.flag(DF) {
@@ -447,6 +457,19 @@ mod tests {
         let s = &m.cpu.state;
         assert_eq!(s.gpr[0], 0x1122_3344);
         assert_eq!(s.gpr[3], 0x20_0004);
+    }
+
+    #[test]
+    fn rep_with_zero_count_and_32_bit_addressing_zero_extends() {
+        let m = run(|a| {
+            a.mov(rcx, 0xffff_ffff_0000_0000u64)?;
+            a.mov(rdi, 0xffff_ffff_0020_0000u64)?;
+            a.mov(rsi, 0xffff_ffff_0020_0000u64)?;
+            a.db(&[0x67, 0xf3, 0xaa]) // rep stosb, 32-bit addressing
+        });
+        let s = &m.cpu.state;
+        assert_eq!((s.gpr[1], s.gpr[7]), (0, 0x20_0000));
+        assert_eq!(s.gpr[6], 0xffff_ffff_0020_0000);
     }
 
     #[test]
