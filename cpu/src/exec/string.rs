@@ -229,7 +229,7 @@ fn room(
 ) -> u64 {
     let lin = x.linear(seg, off);
     let in_page = (0x1000 - (lin & 0xfff)) / size as u64;
-    let to_wrap = (amask - off) / size as u64 + 1;
+    let to_wrap = ((amask - off) / size as u64).saturating_add(1);
     in_page.min(to_wrap)
 }
 
