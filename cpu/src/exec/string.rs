@@ -612,6 +612,21 @@ mod tests {
     }
 
     #[test]
+    fn rep_stosb_at_address_zero() {
+        let m = run(|a| {
+            a.mov(edi, 0)?;
+            a.mov(ecx, 16)?;
+            a.mov(al, 0x11)?;
+            a.rep().stosb()
+        });
+        assert_eq!(m.cpu.state.gpr[7], 16);
+        assert_eq!(
+            &m.bus.ram[..17],
+            &[0x11; 16].iter().chain(&[0]).copied().collect::<Vec<u8>>()[..]
+        );
+    }
+
+    #[test]
     fn outsb_writes_ports() {
         let mut m = TestMachine::assemble(|a| {
             a.mov(rsi, 0x20_0000u64)?;
