@@ -127,10 +127,14 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
     let rep = i.has_rep_prefix() || i.has_repne_prefix();
     let mut count = if rep { x.gpr(creg) } else { 1 };
     if count == 0 {
-        // Nothing to do, but with 32-bit addressing in 64-bit mode the hardware still
-        // writes (so zero-extends) the count and index registers.
+        // Nothing to do, but with 32-bit addressing in 64-bit mode the host (an Intel
+        // Xeon) still writes, so zero-extends, ECX, and for MOVS and STOS the index
+        // registers they use; LODS, CMPS and SCAS leave RSI/RDI alone.
         if asize == 4 {
-            for (used, reg) in [(true, creg), (op.uses_si(), sreg), (op.uses_di(), dreg)] {
+            let fast = matches!(op, Op::Movs | Op::Stos);
+            let si = fast && op.uses_si();
+            let di = fast && op.uses_di();
+            for (used, reg) in [(true, creg), (si, sreg), (di, dreg)] {
                 if used {
                     let v = x.gpr(reg);
                     x.set_gpr(reg, v);
@@ -470,6 +474,13 @@ mod tests {
         let s = &m.cpu.state;
         assert_eq!((s.gpr[1], s.gpr[7]), (0, 0x20_0000));
         assert_eq!(s.gpr[6], 0xffff_ffff_0020_0000);
+        let m = run(|a| {
+            a.mov(rcx, 0xffff_ffff_0000_0000u64)?;
+            a.mov(rdi, 0xffff_ffff_0020_0000u64)?;
+            a.db(&[0x67, 0xf2, 0xae]) // repne scasb, 32-bit addressing
+        });
+        assert_eq!(m.cpu.state.gpr[1], 0);
+        assert_eq!(m.cpu.state.gpr[7], 0xffff_ffff_0020_0000);
     }
 
     #[test]
