@@ -17,13 +17,13 @@ pub const RAM_ALIGN: u64 = 4 << 10;
 #[derive(Debug, thiserror::Error)]
 pub enum RamError {
     /// Below [`MIN_RAM_BYTES`].
-    #[error("RAM size {0} bytes is too small: at least 2 MiB is needed")]
+    #[error("RAM size {0} B is too small: at least 2 MiB is needed")]
     TooSmall(u64),
     /// Above [`MAX_RAM_BYTES`].
-    #[error("RAM size {0} bytes is too large: at most 64 GiB is supported")]
+    #[error("RAM size {0} B is too large: at most 64 GiB is supported")]
     TooLarge(u64),
     /// Not a multiple of [`RAM_ALIGN`].
-    #[error("RAM size {0} bytes is not a multiple of 4 KiB")]
+    #[error("RAM size {0} B is not a multiple of 4 KiB")]
     Unaligned(u64),
     /// The host refused the mapping.
     #[error("cannot allocate {bytes} bytes of guest RAM: {source}")]
