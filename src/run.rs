@@ -56,9 +56,19 @@ fn option_error(args: &RunArgs, e: ConfigError) -> anyhow::Error {
     let option = match &e {
         ConfigError::NoCpus | ConfigError::TooManyCpus(_) => format!("--cpus {}", args.cpus),
         ConfigError::ZeroQuantum => format!("--quantum {}", args.quantum),
-        ConfigError::Ram(_) => format!("--mem {}", args.mem),
+        ConfigError::Ram(_) => format!("--mem {}", size_text(args.mem)),
     };
     anyhow::Error::new(e).context(option)
+}
+
+/// A byte count the way a user would write it: `128G`, `256M`, `3001K` or plain bytes.
+fn size_text(bytes: u64) -> String {
+    for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
+            return format!("{}{suffix}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 /// Say how the run ended (on stderr, when there is something to say) and pick the status.

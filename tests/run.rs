@@ -218,8 +218,14 @@ fn bad_options_give_one_line_and_status_1() {
         ),
         (&["--cpus", "256"][..], "at most 255"),
         (&["--mem", "1"][..], "--mem 1: RAM size 1 B is too small"),
-        (&["--mem", "3000K"][..], "not a multiple of 4 KiB"),
-        (&["--mem", "128G"][..], "too large"),
+        (
+            &["--mem", "3001K"][..],
+            "--mem 3001K: RAM size 3073024 B is not a multiple of 4 KiB",
+        ),
+        (
+            &["--mem", "128G"][..],
+            "--mem 128G: RAM size 137438953472 B is too large",
+        ),
         (&["--quantum", "0"][..], "--quantum 0"),
         (&["--cpus", "40", "--mem", "2M"][..], "40 CPUs need"),
         (&["--mem", "8G"][..], "at most 4 GiB"),
