@@ -86,3 +86,23 @@ pub fn run_image(options: &[&str], image: &Path) -> Run {
     args.push(image.into());
     reprise(&args)
 }
+
+/// `reprise run OPTIONS... IMAGE` with `input` on stdin (closed after it).
+pub fn run_image_with_input(options: &[&str], image: &Path, input: &[u8]) -> Run {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .arg("run")
+        .args(options)
+        .arg(image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running reprise");
+    let mut stdin = child.stdin.take().expect("a stdin pipe");
+    // The guest may exit before reading everything: a broken pipe is fine.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    Run::from(child.wait_with_output().expect("waiting for reprise"))
+}
