@@ -33,7 +33,10 @@ use crate::uart::{Uart, UartState};
 pub const COM1_BASE: u16 = 0x3f8;
 /// Number of COM1 ports (0x3f8–0x3ff).
 pub const COM1_PORTS: u16 = 8;
-/// The default quantum (instructions each CPU runs before the next takes over).
+/// The default quantum (instructions each CPU runs before the next takes over). Measured on
+/// a tight loop: 100 costs about a third of the speed in switching, 1000 and above are all
+/// within noise of each other; 10 000 keeps switching cost negligible while still letting
+/// a spinning CPU hand over within microseconds of virtual time.
 pub const DEFAULT_QUANTUM: u64 = 10_000;
 /// The most vCPUs a machine may have (8-bit APIC IDs, 0xff being broadcast).
 pub const MAX_CPUS: u32 = 255;

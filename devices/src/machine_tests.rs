@@ -463,3 +463,34 @@ fn state_round_trips_and_hashes_cover_ram() {
         Err(StateError::Mismatch { .. })
     ));
 }
+
+#[test]
+fn rdrand_and_rdtsc_through_the_machine_see_exact_positions() {
+    // Needs RDRAND/RDTSC in the CPU (misc.rs).
+    let elf = image(|a| {
+        a.mov(rax, 1u64)?;
+        a.rdrand(rbx)?;
+        a.rdtsc()?;
+        a.mov(qword_ptr(rdi * 8 + 0x30_0000), rax)?;
+        a.mov(qword_ptr(rdi * 8 + 0x30_0100), rbx)?;
+        a.hlt()
+    });
+    let inputs = ScriptedInputs::new().with_random([0xaaaa, 0xbbbb]);
+    let (mut m, _) = machine_with(2, 3, inputs);
+    bare::load(&mut m, "x", &elf).unwrap();
+    let r = m.run(u64::MAX);
+    assert!(matches!(r.outcome, RunOutcome::AllHalted(_)), "{r:?}");
+    // cpu0 runs instructions 0-2 (RDRAND at global 1, RDTSC at 2), cpu1 runs 3-5
+    // (RDRAND at 4, RDTSC at 5), then each finishes.
+    let at = |instructions, cpu| Position { instructions, cpu };
+    let log: Vec<_> = m.inputs().random_log.iter().map(|e| (e.0, e.2)).collect();
+    assert_eq!(
+        log,
+        vec![(at(1, 0), Some(0xaaaa)), (at(4, 1), Some(0xbbbb))]
+    );
+    let ram = m.ram();
+    assert_eq!(ram.read_u64(0x30_0000), Some(2), "cpu0's TSC");
+    assert_eq!(ram.read_u64(0x30_0008), Some(5), "cpu1's TSC");
+    assert_eq!(ram.read_u64(0x30_0100), Some(0xaaaa));
+    assert_eq!(ram.read_u64(0x30_0108), Some(0xbbbb));
+}
