@@ -160,9 +160,9 @@ pub enum StateError {
         /// RAM here.
         ram: u64,
     },
-    /// The scheduler points at a CPU that does not exist.
-    #[error("the scheduler's current CPU {0} does not exist")]
-    BadScheduler(u32),
+    /// The scheduler points at a CPU that does not exist, or past the end of a quantum.
+    #[error("impossible scheduler state {0:?}")]
+    BadScheduler(SchedulerState),
 }
 
 /// How a run ended.
@@ -498,7 +498,7 @@ impl<I: Inputs> Machine<I> {
             if self.sched.used == 0 {
                 self.poll_inputs(global, i as u32);
             }
-            let budget = (quantum - self.sched.used).min(limit - global);
+            let budget = quantum.saturating_sub(self.sched.used).min(limit - global);
             let cpu = &mut self.cpus[i];
             let before = cpu.state.retired;
             self.board.slice_global = global;
@@ -587,10 +587,12 @@ impl<I: Inputs> Machine<I> {
                 ram: self.config.ram_bytes,
             });
         }
-        if state.scheduler.current >= self.config.cpus {
-            return Err(StateError::BadScheduler(state.scheduler.current));
+        if state.scheduler.current >= self.config.cpus
+            || state.scheduler.used >= state.config.quantum
+        {
+            return Err(StateError::BadScheduler(state.scheduler));
         }
-        self.config.quantum = state.config.quantum.max(1);
+        self.config.quantum = state.config.quantum;
         self.config.exit_code = state.config.exit_code;
         for (cpu, s) in self.cpus.iter_mut().zip(&state.cpus) {
             cpu.state = s.clone();

@@ -456,6 +456,19 @@ fn state_round_trips_and_hashes_cover_ram() {
     // One byte of RAM changes the hash.
     b.ram_mut().as_mut_slice()[0x20_0000] ^= 1;
     assert_ne!(a.state_hash(), b.state_hash());
+    // Impossible scheduler positions are refused.
+    let mut bad = state.clone();
+    bad.scheduler.used = 7;
+    assert!(matches!(
+        b.set_state(&bad),
+        Err(StateError::BadScheduler(_))
+    ));
+    let mut bad = state.clone();
+    bad.scheduler.current = 2;
+    assert!(matches!(
+        b.set_state(&bad),
+        Err(StateError::BadScheduler(_))
+    ));
     // A state from another shape of machine is refused.
     let (mut c, _) = boot(3, 7, &interleaved_writes());
     assert!(matches!(
