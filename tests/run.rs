@@ -312,3 +312,35 @@ fn bad_files_give_one_line_naming_the_file_and_status_1() {
     let r = run_image(&[], &support::scratch_dir());
     assert_one_line_error(&r);
 }
+
+#[test]
+fn a_closed_stdout_ends_an_endless_printer_with_status_1() {
+    use std::process::{Command, Stdio};
+    let image = write_file(
+        "forever.elf",
+        &guest(&[], |a| {
+            let mut top = a.create_label();
+            a.mov(dx, 0x3f8u32)?;
+            a.mov(al, b'y' as u32)?;
+            a.set_label(&mut top)?;
+            a.out(dx, al)?;
+            a.jmp(top)
+        }),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .arg("run")
+        .arg(&image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away: writes fail with EPIPE
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("reprise: serial output failed: "),
+        "{stderr}"
+    );
+}
