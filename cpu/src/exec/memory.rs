@@ -42,6 +42,9 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
                 return u64::from_le_bytes(buf);
             }
         }
+        // A device may now want the CPU to stop: have the run loop look after this
+        // instruction.
+        self.stop_after = true;
         let clock = self.clock();
         self.bus.mmio_read(clock, pa, size as u8)
     }
@@ -64,6 +67,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
                 return;
             }
         }
+        self.stop_after = true;
         let clock = self.clock();
         self.bus.mmio_write(clock, pa, size as u8, value)
     }

@@ -9,18 +9,19 @@ use iced_x86::{Code, Decoder, DecoderOptions, Formatter, Instruction, IntelForma
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{Bus, CpuClock};
-use crate::code_cache::{Block, CodeCache, DecodedInsn};
+use crate::code_cache::{Block, BlockId, CodeCache, DecodedInsn};
 use crate::cpuid::CpuidProfile;
 use crate::fault::{vector, ExecResult, Exit, Fault, StopReason};
 use crate::mmu::{Intent, Tlb};
 use crate::observer::Observer;
-use crate::state::{CpuMode, CpuState};
+use crate::state::{rflags, CpuMode, CpuState};
 
 mod alu;
 mod bits;
 mod control;
 mod data;
 mod deliver;
+pub(crate) mod fast;
 mod memory;
 mod misc;
 mod muldiv;
@@ -269,7 +270,7 @@ impl Cpu {
                 return RunExit::BusExit;
             }
             let mode = self.state.mode();
-            let block = match self.fetch_block(bus, code, mode) {
+            let (id, block) = match self.fetch_block(bus, code, mode) {
                 Ok(b) => b,
                 Err(Exit::Fault(f)) => {
                     let rip = self.state.rip;
@@ -280,49 +281,72 @@ impl Cpu {
                 }
                 Err(Exit::Stop(s)) => return RunExit::Stop(s),
             };
-            let mut x = Exec {
-                cpu: self,
-                bus,
-                obs,
-                code,
-                rip: 0,
-                next_rip: 0,
-                mode,
-                locked: false,
-                code_modified: false,
-                stop_after: false,
-            };
-            for d in block.insns.iter() {
-                let rip = x.cpu.state.rip;
-                x.rip = rip;
-                x.next_rip = x.mask_ip(rip.wrapping_add(d.len as u64));
-                x.locked = d.insn.has_lock_prefix();
-                let fall_through = x.next_rip;
-                match dispatch(&mut x, d) {
-                    Ok(()) => {
-                        x.cpu.state.rip = x.next_rip;
-                        x.cpu.state.retired += 1;
+            let result = self.run_block(bus, obs, code, mode, &block, end);
+            code.put_back(id, block);
+            match result {
+                Ok(()) => {}
+                Err((Exit::Fault(f), rip)) => {
+                    if let Err(stop) = self.raise(bus, obs, code, f, rip) {
+                        return RunExit::Stop(stop);
                     }
-                    Err(Exit::Fault(f)) => {
-                        let (cpu, bus, obs, code) =
-                            (&mut *x.cpu, &mut *x.bus, &mut *x.obs, &mut *x.code);
-                        if let Err(stop) = cpu.raise(bus, obs, code, f, rip) {
-                            return RunExit::Stop(stop);
-                        }
-                        break;
-                    }
-                    Err(Exit::Stop(s)) => return RunExit::Stop(s),
                 }
-                if x.next_rip != fall_through
-                    || x.code_modified
-                    || x.stop_after
-                    || x.cpu.state.retired >= end
-                    || x.bus.wants_exit()
-                {
-                    break;
-                }
+                Err((Exit::Stop(s), _)) => return RunExit::Stop(s),
             }
         }
+    }
+
+    /// Execute the instructions of `block` from its start, stopping early at the end of the
+    /// budget (`end` retired), after a control transfer, after a write to cached code, when
+    /// an instruction asks to leave the run loop, or when the bus wants the CPU to stop.
+    /// An instruction's exit comes back with the instruction's address.
+    #[inline(always)]
+    fn run_block<B: Bus, O: Observer>(
+        &mut self,
+        bus: &mut B,
+        obs: &mut O,
+        code: &mut CodeCache,
+        mode: CpuMode,
+        block: &Block,
+        end: u64,
+    ) -> Result<(), (Exit, u64)> {
+        // The budget bounds the instructions run, so the loop needs no check of its own.
+        let left = end.saturating_sub(self.state.retired);
+        let insns = &block.insns[..block.insns.len().min(left as usize)];
+        let mut x = Exec {
+            cpu: self,
+            bus,
+            obs,
+            code,
+            rip: 0,
+            next_rip: 0,
+            mode,
+            locked: false,
+            code_modified: false,
+            stop_after: false,
+        };
+        let long = mode == CpuMode::Long64;
+        let mut rip = x.cpu.state.rip;
+        for d in insns {
+            x.rip = rip;
+            let next = rip.wrapping_add(d.len as u64);
+            // Outside 64-bit mode the instruction pointer wraps at the code size.
+            let fall_through = if long { next } else { x.mask_ip(next) };
+            x.next_rip = fall_through;
+            x.locked = d.locked;
+            if let Err(e) = dispatch(&mut x, d) {
+                return Err((e, rip));
+            }
+            rip = x.next_rip;
+            x.cpu.state.rip = rip;
+            x.cpu.state.retired += 1;
+            if x.code_modified | x.stop_after {
+                break;
+            }
+            if d.check_exit && (rip != fall_through || x.bus.wants_exit()) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Find or decode the block at the current RIP.
@@ -331,13 +355,15 @@ impl Cpu {
         bus: &mut B,
         code: &mut CodeCache,
         mode: CpuMode,
-    ) -> Result<std::sync::Arc<Block>, Exit> {
+    ) -> Result<(BlockId, Block), Exit> {
         let rip = self.fetch_address(mode);
         let cpl = self.state.cpl();
         let pa = crate::mmu::translate(&self.state, &mut self.tlb, bus, rip, Intent::Execute, cpl)?;
         let bitness = mode.bitness();
-        if let Some(b) = code.get(pa, bitness) {
-            return Ok(b);
+        if let Some(id) = code.lookup(pa, bitness) {
+            if let Some(b) = code.take(id) {
+                return Ok((id, b));
+            }
         }
         // Gather the bytes from here to the end of the page, plus up to 15 bytes of the next
         // page when it is mapped (an instruction may straddle the boundary).
@@ -388,18 +414,36 @@ impl Cpu {
             // (branch targets, RIP-relative displacements) is relative to the instruction.
             rebase(&mut insn, start as u64);
             let group = code.group(insn.code());
+            let (op, ops) = if code.fast_paths() {
+                fast::classify(&insn, group, bitness)
+            } else {
+                (fast::generic(group), fast::Operands::default())
+            };
             let ends_block = group == Group::System
                 || !matches!(insn.flow_control(), iced_x86::FlowControl::Next);
             insns.push(DecodedInsn {
                 insn,
                 group,
+                op,
+                ops,
                 len: len as u8,
+                locked: insn.has_lock_prefix(),
+                check_exit: may_call_bus(group),
             });
             if ends_block || start + len >= in_page {
                 break;
             }
         }
-        Ok(code.insert(pa, bitness, Block { insns, pages }))
+        let id = code.insert(pa, bitness, Block { insns, pages });
+        match code.take(id) {
+            Some(b) => Ok((id, b)),
+            // Just inserted, so it is there; say so rather than panic if it were not.
+            None => Err(Exit::Stop(Box::new(StopReason::Unsupported {
+                cpu: self.index,
+                rip: self.state.rip,
+                what: "a freshly decoded block vanished from the code cache".into(),
+            }))),
+        }
     }
 
     /// The linear address of the next instruction (CS base applies outside 64-bit mode).
@@ -574,23 +618,199 @@ pub fn format_insn(insn: &Instruction) -> String {
     out
 }
 
-/// Execute one decoded instruction.
+/// Whether instructions of `group` may call the bus beyond RAM accesses (port I/O, MSRs,
+/// time, randomness), which can make [`Bus::wants_exit`] true, or set `next_rip` without
+/// ending their block (a REP string instruction resuming later). Memory-mapped I/O, which
+/// any memory operand may reach, is handled where it happens (`memory.rs` asks the run
+/// loop to look after the instruction).
+fn may_call_bus(group: Group) -> bool {
+    match group {
+        Group::Data
+        | Group::Alu
+        | Group::Shift
+        | Group::MulDiv
+        | Group::Bits
+        | Group::Control
+        | Group::Stack
+        | Group::Sse => false,
+        Group::String | Group::Misc | Group::System | Group::Unimplemented => true,
+    }
+}
+
+/// Execute one decoded instruction: its fast form, or its group's handler.
 #[inline(always)]
 fn dispatch<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> ExecResult {
+    use fast::{kind as k, Op};
     let i = &d.insn;
-    match d.group {
-        Group::Data => data::exec(x, i),
-        Group::Alu => alu::exec(x, i),
-        Group::Shift => shift::exec(x, i),
-        Group::MulDiv => muldiv::exec(x, i),
-        Group::Bits => bits::exec(x, i),
-        Group::Control => control::exec(x, i),
-        Group::Stack => stack::exec(x, i),
-        Group::String => string::exec(x, i),
-        Group::Misc => misc::exec(x, i),
-        Group::Sse => sse::exec(x, i),
-        Group::System => system::exec(x, i),
-        Group::Unimplemented => Err(unimplemented(x, i)),
+    let o = &d.ops;
+    let size = o.size as usize;
+    // Flags for the conditional jumps (evaluated only in their arms).
+    let cf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::CF != 0;
+    let zf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::ZF != 0;
+    let sf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::SF != 0;
+    let of = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::OF != 0;
+    let pf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::PF != 0;
+    // Call a fast-form function specialized for the operand size (constant masks and sign
+    // bits make the flag computations a few instructions each).
+    macro_rules! sized {
+        ($f:ident, $($k:tt),*) => {
+            match o.size {
+                8 => fast::$f::<$($k,)* 8, B, O>(x, o),
+                4 => fast::$f::<$($k,)* 4, B, O>(x, o),
+                2 => fast::$f::<$($k,)* 2, B, O>(x, o),
+                _ => fast::$f::<$($k,)* 1, B, O>(x, o),
+            }
+        };
+    }
+    match d.op {
+        Op::GData => data::exec(x, i),
+        Op::GAlu => alu::exec(x, i),
+        Op::GShift => shift::exec(x, i),
+        Op::GMulDiv => muldiv::exec(x, i),
+        Op::GBits => bits::exec(x, i),
+        Op::GControl => control::exec(x, i),
+        Op::GStack => stack::exec(x, i),
+        Op::GString => string::exec(x, i),
+        Op::GMisc => misc::exec(x, i),
+        Op::GSse => sse::exec(x, i),
+        Op::GSystem => system::exec(x, i),
+        Op::GUnimplemented => Err(unimplemented(x, i)),
+
+        Op::MovRR => {
+            let v = x.reg_get(o.r1, size);
+            x.reg_put(o.r0, size, v);
+            Ok(())
+        }
+        Op::MovRI => {
+            x.reg_put(o.r0, size, o.imm);
+            Ok(())
+        }
+        Op::MovRM => {
+            let addr = x.fast_addr(o);
+            let v = x.read(addr, size)?;
+            x.reg_put(o.r0, size, v);
+            Ok(())
+        }
+        Op::MovMR => {
+            let addr = x.fast_addr(o);
+            let v = x.reg_get(o.r1, size);
+            x.write(addr, size, v)
+        }
+        Op::MovMI => {
+            let addr = x.fast_addr(o);
+            x.write(addr, size, o.imm)
+        }
+        Op::MovzxRR => {
+            let v = x.reg_get(o.r1, o.imm as usize);
+            x.reg_put(o.r0, size, v);
+            Ok(())
+        }
+        Op::MovzxRM => {
+            let addr = x.fast_addr(o);
+            let v = x.read(addr, o.imm as usize)?;
+            x.reg_put(o.r0, size, v);
+            Ok(())
+        }
+        Op::MovsxRR => {
+            let v = x.reg_get(o.r1, o.imm as usize);
+            x.reg_put(o.r0, size, crate::flags::sign_extend(v, o.imm as usize));
+            Ok(())
+        }
+        Op::MovsxRM => {
+            let addr = x.fast_addr(o);
+            let v = x.read(addr, o.imm as usize)?;
+            x.reg_put(o.r0, size, crate::flags::sign_extend(v, o.imm as usize));
+            Ok(())
+        }
+        Op::Lea => {
+            let v = x.fast_addr(o);
+            x.reg_put(o.r0, size, v);
+            Ok(())
+        }
+
+        Op::AddRR => sized!(alu_rr, { k::ADD }),
+        Op::AddRI => sized!(alu_ri, { k::ADD }),
+        Op::AddRM => sized!(alu_rm, { k::ADD }),
+        Op::AddMR => sized!(alu_m, { k::ADD }, false),
+        Op::AddMI => sized!(alu_m, { k::ADD }, true),
+        Op::OrRR => sized!(alu_rr, { k::OR }),
+        Op::OrRI => sized!(alu_ri, { k::OR }),
+        Op::OrRM => sized!(alu_rm, { k::OR }),
+        Op::OrMR => sized!(alu_m, { k::OR }, false),
+        Op::OrMI => sized!(alu_m, { k::OR }, true),
+        Op::AdcRR => sized!(alu_rr, { k::ADC }),
+        Op::AdcRI => sized!(alu_ri, { k::ADC }),
+        Op::AdcRM => sized!(alu_rm, { k::ADC }),
+        Op::AdcMR => sized!(alu_m, { k::ADC }, false),
+        Op::AdcMI => sized!(alu_m, { k::ADC }, true),
+        Op::SbbRR => sized!(alu_rr, { k::SBB }),
+        Op::SbbRI => sized!(alu_ri, { k::SBB }),
+        Op::SbbRM => sized!(alu_rm, { k::SBB }),
+        Op::SbbMR => sized!(alu_m, { k::SBB }, false),
+        Op::SbbMI => sized!(alu_m, { k::SBB }, true),
+        Op::AndRR => sized!(alu_rr, { k::AND }),
+        Op::AndRI => sized!(alu_ri, { k::AND }),
+        Op::AndRM => sized!(alu_rm, { k::AND }),
+        Op::AndMR => sized!(alu_m, { k::AND }, false),
+        Op::AndMI => sized!(alu_m, { k::AND }, true),
+        Op::SubRR => sized!(alu_rr, { k::SUB }),
+        Op::SubRI => sized!(alu_ri, { k::SUB }),
+        Op::SubRM => sized!(alu_rm, { k::SUB }),
+        Op::SubMR => sized!(alu_m, { k::SUB }, false),
+        Op::SubMI => sized!(alu_m, { k::SUB }, true),
+        Op::XorRR => sized!(alu_rr, { k::XOR }),
+        Op::XorRI => sized!(alu_ri, { k::XOR }),
+        Op::XorRM => sized!(alu_rm, { k::XOR }),
+        Op::XorMR => sized!(alu_m, { k::XOR }, false),
+        Op::XorMI => sized!(alu_m, { k::XOR }, true),
+        Op::CmpRR => sized!(alu_rr, { k::CMP }),
+        Op::CmpRI => sized!(alu_ri, { k::CMP }),
+        Op::CmpRM => sized!(alu_rm, { k::CMP }),
+        Op::CmpMR => sized!(alu_m, { k::CMP }, false),
+        Op::CmpMI => sized!(alu_m, { k::CMP }, true),
+        Op::TestRR => sized!(alu_rr, { k::TEST }),
+        Op::TestRI => sized!(alu_ri, { k::TEST }),
+        Op::TestMR => sized!(alu_m, { k::TEST }, false),
+        Op::TestMI => sized!(alu_m, { k::TEST }, true),
+        Op::IncR | Op::DecR | Op::NegR | Op::NotR => fast::unary(x, o, d.op),
+
+        Op::ShlRI => sized!(shift_ri, { fast::shift_kind::SHL }),
+        Op::ShrRI => sized!(shift_ri, { fast::shift_kind::SHR }),
+        Op::SarRI => sized!(shift_ri, { fast::shift_kind::SAR }),
+        Op::RolRI => sized!(shift_ri, { fast::shift_kind::ROL }),
+        Op::RorRI => sized!(shift_ri, { fast::shift_kind::ROR }),
+        Op::ImulRR | Op::ImulRM | Op::ImulRRI => fast::imul(x, o, d.op),
+        Op::CmovRR | Op::CmovRM | Op::SetccR | Op::SetccM => fast::conditional(x, o, d.op),
+
+        Op::Jo => fast::jump(x, o, of(x)),
+        Op::Jno => fast::jump(x, o, !of(x)),
+        Op::Jb => fast::jump(x, o, cf(x)),
+        Op::Jae => fast::jump(x, o, !cf(x)),
+        Op::Je => fast::jump(x, o, zf(x)),
+        Op::Jne => fast::jump(x, o, !zf(x)),
+        Op::Jbe => fast::jump(x, o, cf(x) || zf(x)),
+        Op::Ja => fast::jump(x, o, !cf(x) && !zf(x)),
+        Op::Js => fast::jump(x, o, sf(x)),
+        Op::Jns => fast::jump(x, o, !sf(x)),
+        Op::Jp => fast::jump(x, o, pf(x)),
+        Op::Jnp => fast::jump(x, o, !pf(x)),
+        Op::Jl => fast::jump(x, o, sf(x) != of(x)),
+        Op::Jge => fast::jump(x, o, sf(x) == of(x)),
+        Op::Jle => fast::jump(x, o, zf(x) || sf(x) != of(x)),
+        Op::Jg => fast::jump(x, o, !zf(x) && sf(x) == of(x)),
+        Op::JmpRel => fast::jump(x, o, true),
+        Op::CallRel => fast::call_rel(x, o),
+        Op::Ret => fast::ret(x),
+        Op::PushR => {
+            // Read first: `push rsp` pushes the value before the push.
+            let v = x.reg_get(o.r0, 8);
+            x.push(v, 8)
+        }
+        Op::PopR => fast::pop_r(x, o),
+
+        Op::SseMov => sse::exec_mov(x, i),
+        Op::SseFloat => sse::exec_float(x, i),
+        Op::SseInt => sse::exec_int(x, i),
     }
 }
 
