@@ -1,0 +1,124 @@
+//! Running a test sequence in the emulator, one instruction at a time.
+//!
+//! The machine is reprise-cpu's flat test machine: identity-mapped long mode, CPL 0, no IDT
+//! (so any guest exception ends in a triple fault naming the first exception). The test code
+//! sits at [`TEST`] followed by a HLT; scratch memory at [`DATA`].
+
+use reprise_cpu::testing::{setup_long_mode, write_boot_tables, FlatBus, RecordingObserver};
+use reprise_cpu::{Access, CodeCache, Cpu, CpuState, CpuidProfile, RunExit, StopReason};
+
+use crate::common::{fl, Regs, DATA, RAM, RSP, SCRATCH, TEST};
+
+/// How the emulated run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EmuEnd {
+    /// Reached the HLT after the sequence.
+    Halted,
+    /// A guest exception (a triple fault, as there is no IDT).
+    Fault {
+        /// The first exception's vector.
+        vector: u8,
+        /// Its error code, if any.
+        error_code: Option<u32>,
+        /// The faulting linear address for #PF.
+        cr2: Option<u64>,
+    },
+    /// Anything else (unimplemented instruction, unsupported feature, no halt...).
+    Other(String),
+}
+
+/// One executed instruction.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// The state before it.
+    pub pre: CpuState,
+    /// Its memory accesses.
+    pub accesses: Vec<Access>,
+}
+
+/// What the emulator produced.
+#[derive(Clone, Debug)]
+pub struct EmuOutcome {
+    /// How it ended.
+    pub end: EmuEnd,
+    /// Registers at the end (or at the faulting instruction).
+    pub regs: Regs,
+    /// RIP at the end: the HLT's address, or the faulting instruction's.
+    pub rip: u64,
+    /// The scratch region at the end.
+    pub scratch: Vec<u8>,
+    /// Every instruction executed, in order (including a faulting one, without the HLT).
+    pub steps: Vec<Step>,
+}
+
+/// Instructions executed at most before the run is declared stuck.
+const MAX_STEPS: usize = 10_000;
+
+/// Run `code` (the test sequence followed by a HLT) from `input` with the given scratch.
+pub fn run_emulator(code: &[u8], input: &Regs, scratch: &[u8]) -> EmuOutcome {
+    let mut bus = FlatBus::new(RAM);
+    write_boot_tables(&mut bus.ram);
+    bus.ram[DATA as usize..DATA as usize + SCRATCH].copy_from_slice(scratch);
+    bus.ram[TEST as usize..TEST as usize + code.len()].copy_from_slice(code);
+    let mut cpu = Cpu::new(0, CpuidProfile::default());
+    setup_long_mode(&mut cpu, TEST, input.gpr[RSP]);
+    cpu.state.gpr = input.gpr;
+    // IF as on the host, where user code always runs with interrupts enabled (PUSHF sees it).
+    cpu.state.rflags = input.rflags | fl::FIXED | fl::IF;
+    cpu.state.mxcsr = input.mxcsr as u32;
+    cpu.state.xmm = input.xmm;
+    let mut cache = CodeCache::new(RAM as u64);
+    let mut obs = RecordingObserver::default();
+    let hlt = TEST + code.len() as u64 - 1;
+    let mut steps = Vec::new();
+    let end = loop {
+        if steps.len() >= MAX_STEPS {
+            break EmuEnd::Other(format!("no HLT after {MAX_STEPS} instructions"));
+        }
+        let pre = cpu.state.clone();
+        obs.accesses.clear();
+        let exit = cpu.run(&mut bus, &mut obs, &mut cache, 1);
+        let at_hlt = pre.rip == hlt;
+        if !at_hlt {
+            steps.push(Step {
+                pre: pre.clone(),
+                accesses: std::mem::take(&mut obs.accesses),
+            });
+        }
+        match exit {
+            RunExit::Budget => {}
+            RunExit::Halted if at_hlt => {
+                cpu.state.rip = hlt;
+                break EmuEnd::Halted;
+            }
+            RunExit::Halted => {
+                break EmuEnd::Other(format!("halted at {:#x}, not at the final HLT", pre.rip))
+            }
+            RunExit::BusExit => break EmuEnd::Other("bus exit".into()),
+            RunExit::Stop(reason) => match *reason {
+                StopReason::TripleFault { first, rip, .. } => {
+                    cpu.state.rip = rip;
+                    break EmuEnd::Fault {
+                        vector: first.vector,
+                        error_code: first.error_code,
+                        cr2: first.cr2,
+                    };
+                }
+                other => break EmuEnd::Other(other.to_string()),
+            },
+        }
+    };
+    let s = &cpu.state;
+    EmuOutcome {
+        end,
+        regs: Regs {
+            gpr: s.gpr,
+            rflags: s.rflags,
+            mxcsr: s.mxcsr as u64,
+            xmm: s.xmm,
+        },
+        rip: s.rip,
+        scratch: bus.ram[DATA as usize..DATA as usize + SCRATCH].to_vec(),
+        steps,
+    }
+}
