@@ -1157,6 +1157,12 @@ impl<'a> Gen<'a> {
                 let mut enc = iced_x86::Encoder::new(64);
                 enc.encode(&ins, TEST)
                     .map_err(|_| "the encoder rejected the operands")?;
+                // Some forms (reserved NOPs) decode as another instruction for some operands.
+                let bytes = enc.take_buffer();
+                let back = Decoder::with_ip(64, &bytes, TEST, DecoderOptions::NONE).decode();
+                if back.code() != code {
+                    return Err("decodes as another instruction");
+                }
                 self.admit(&ins)?;
                 Ok(ins)
             });
