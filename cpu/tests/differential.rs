@@ -14,6 +14,8 @@
 //! - `REPRISE_DIFF_SOAK=SECONDS`: instead, generate fresh random cases for that long and
 //!   print the per-code coverage.
 //! - `REPRISE_DIFF_CASE=SPEC`: run one case (as printed in a mismatch report) and print it.
+//! - `REPRISE_DIFF_KEEP_GOING=1`: do not stop at the first mismatch; shrink and collect every
+//!   mismatch, then print one report per distinct shrunk sequence of codes.
 //!
 //! Layout: `differential/common.rs` (addresses, state block, RNG), `gen.rs` (which codes,
 //! and the generator), `native.rs` (host runner), `emu.rs` (emulator runner), `compare.rs`
@@ -250,14 +252,77 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
-fn run_cases(runner: &mut TestRunner) {
-    match runner.run(&CaseStrategy, |case| check(&case)) {
+/// Mismatches collected in keep-going mode, keyed by the codes of the shrunk case:
+/// (how many cases shrank to this key, the first report).
+type Collected = BTreeMap<Vec<Code>, (u64, String)>;
+
+fn collected() -> std::sync::MutexGuard<'static, Collected> {
+    static COLLECTED: OnceLock<Mutex<Collected>> = OnceLock::new();
+    COLLECTED
+        .get_or_init(|| Mutex::new(BTreeMap::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Remove instructions one at a time while the case still fails; the smallest case and its
+/// report.
+fn shrink(case: Case, report: String) -> (Case, String) {
+    let (mut cur, mut report) = (case, report);
+    'outer: loop {
+        for i in 0..cur.insns.len() {
+            if cur.insns.len() == 1 {
+                break 'outer;
+            }
+            let smaller = cur.without(i);
+            if let Err(TestCaseError::Fail(r)) = check(&smaller) {
+                cur = smaller;
+                report = r.message().to_string();
+                continue 'outer;
+            }
+        }
+        break;
+    }
+    (cur, report)
+}
+
+/// Run one case; in keep-going mode a mismatch is shrunk and collected instead of failing.
+fn check_or_collect(case: Case, keep_going: bool) -> Result<(), TestCaseError> {
+    match check(&case) {
+        Err(TestCaseError::Fail(r)) if keep_going => {
+            let (small, report) = shrink(case, r.message().to_string());
+            let key: Vec<Code> = small.insns.iter().map(|i| i.code()).collect();
+            collected().entry(key).or_insert((0, report)).0 += 1;
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn run_cases(runner: &mut TestRunner, keep_going: bool) {
+    match runner.run(&CaseStrategy, |case| check_or_collect(case, keep_going)) {
         Ok(()) => {}
         Err(TestError::Fail(reason, case)) => {
             panic!("differential test failed on {case:?}\n{reason}")
         }
         Err(TestError::Abort(reason)) => panic!("differential test aborted: {reason}"),
     }
+}
+
+/// Print the mismatches collected in keep-going mode; panics if there were any.
+fn report_collected() {
+    let c = collected();
+    if c.is_empty() {
+        return;
+    }
+    let mut out = format!("{} distinct mismatches (by the codes of the shrunk case):", c.len());
+    for (key, (n, _)) in c.iter() {
+        out.push_str(&format!("\n  {n:>5} x {key:?}"));
+    }
+    for (_, (_, report)) in c.iter() {
+        out.push_str(report);
+    }
+    say(&out);
+    panic!("{} distinct mismatches", c.len());
 }
 
 fn config(cases: u32) -> Config {
@@ -353,14 +418,16 @@ fn differential_random_sequences() {
         return;
     }
     let start = Instant::now();
+    let keep_going = std::env::var_os("REPRISE_DIFF_KEEP_GOING").is_some();
     if let Some(secs) = env_u64("REPRISE_DIFF_SOAK") {
         let deadline = start + Duration::from_secs(secs);
         while Instant::now() < deadline {
             let mut runner = TestRunner::new(config(250));
-            run_cases(&mut runner);
+            run_cases(&mut runner, keep_going);
         }
         say(&format!("soak: {:.1}s", start.elapsed().as_secs_f64()));
         coverage(true);
+        report_collected();
         return;
     }
     let cases = env_u64("REPRISE_DIFF_CASES").unwrap_or(3000) as u32;
@@ -369,12 +436,13 @@ fn differential_random_sequences() {
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
     let mut runner = TestRunner::new_with_rng(config(cases), rng);
-    run_cases(&mut runner);
+    run_cases(&mut runner, keep_going);
     say(&format!(
         "differential: normal run of {cases} cases (seed {seed:#x}) took {:.1}s",
         start.elapsed().as_secs_f64()
     ));
     let (eligible, exercised, missing) = coverage(false);
+    report_collected();
     assert!(
         exercised * 10 >= eligible * 9,
         "the generator exercised only {exercised} of {eligible} testable codes; missing:\n{}",
