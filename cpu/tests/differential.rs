@@ -109,10 +109,14 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         Ok(e) => e,
         Err(e) => return Err(TestCaseError::fail(format!("{case:?}: {e}"))),
     };
-    let scratch = scratch_from_seed(case.scratch_seed);
-    let emu = run_emulator(&enc.bytes, &case.init, &scratch);
+    let mut scratch = scratch_from_seed(case.scratch_seed);
+    for &(addr, value, _) in &enc.patches {
+        let off = (addr - DATA) as usize;
+        scratch[off..off + 8].copy_from_slice(&value.to_le_bytes());
+    }
+    let emu = run_emulator(&enc.bytes, &enc.init, &scratch);
     let native_code = &enc.bytes[..enc.bytes.len() - 1];
-    let native = run_native(native_code, &case.init, &scratch)
+    let native = run_native(native_code, &enc.init, &scratch)
         .map_err(|e| TestCaseError::fail(format!("{case:?}: native harness: {e}")))?;
 
     // Walk the emulator's trace: undefined flags along the executed path, value-dependent
@@ -131,6 +135,20 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         };
         let ins = &enc.insns[k];
         executed.push(ins.code());
+        // A code address planted for this instruction must not have been overwritten.
+        for &(addr, _, user) in &enc.patches {
+            if user != Some(step.pre.rip) {
+                continue;
+            }
+            let clobbered = emu.steps[..si].iter().flat_map(|s| &s.accesses).any(|a| {
+                a.kind != reprise_cpu::AccessKind::Read
+                    && a.vaddr < addr + 8
+                    && addr < a.vaddr + a.size as u64
+            });
+            if clobbered {
+                return Err(reject("a planted code address was overwritten"));
+            }
+        }
         if step.pre.rflags & (fl::TF | fl::AC) != 0 {
             return Err(reject("POPF set TF or AC (single-step / alignment checks)"));
         }
@@ -314,7 +332,10 @@ fn report_collected() {
     if c.is_empty() {
         return;
     }
-    let mut out = format!("{} distinct mismatches (by the codes of the shrunk case):", c.len());
+    let mut out = format!(
+        "{} distinct mismatches (by the codes of the shrunk case):",
+        c.len()
+    );
     for (key, (n, _)) in c.iter() {
         out.push_str(&format!("\n  {n:>5} x {key:?}"));
     }
@@ -410,7 +431,7 @@ fn differential_random_sequences() {
             case.spec(),
             compare::listing(&enc)
         ));
-        say(&compare::regs_text(&case.init));
+        say(&compare::regs_text(&enc.init));
         if let Err(e) = check(&case) {
             panic!("{e}");
         }
@@ -529,6 +550,8 @@ fn mov_sequence_agrees() {
         scratch_seed: 1,
         kept: (0..insns.len()).collect(),
         insns,
+        code_regs: Vec::new(),
+        code_slots: Vec::new(),
     };
     if let Err(e) = check(&case) {
         panic!("{e}");

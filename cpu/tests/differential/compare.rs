@@ -219,7 +219,7 @@ pub fn report(
     let _ = writeln!(s, "  code:");
     s.push_str(&listing(enc));
     let _ = writeln!(s, "  initial state:");
-    s.push_str(&regs_text(&case.init));
+    s.push_str(&regs_text(&enc.init));
     let _ = writeln!(
         s,
         "    scratch {:#x}..{:#x} filled from seed {:#x}; bytes the emulator accessed:",
@@ -227,6 +227,9 @@ pub fn report(
         DATA + SCRATCH as u64,
         case.scratch_seed
     );
+    for &(addr, value, _) in &enc.patches {
+        let _ = writeln!(s, "      planted code address: [{addr:#x}] = {value:#x}");
+    }
     let mut seen = std::collections::BTreeSet::new();
     for step in &e.steps {
         for a in &step.accesses {

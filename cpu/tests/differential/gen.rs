@@ -91,6 +91,26 @@ fn xmm_of(n: usize) -> Register {
         .unwrap_or(Register::None)
 }
 
+/// A CPUID output register.
+enum Reg {
+    Ebx,
+    Ecx,
+}
+
+/// Whether bit `bit` of `reg` of CPUID leaf `leaf` (subleaf 0) is set on the host.
+fn cpuid_bit(leaf: u32, reg: Reg, bit: u32) -> bool {
+    let max = std::arch::x86_64::__cpuid(leaf & 0x8000_0000).eax;
+    if leaf > max {
+        return false;
+    }
+    let r = std::arch::x86_64::__cpuid_count(leaf, 0);
+    let v = match reg {
+        Reg::Ebx => r.ebx,
+        Reg::Ecx => r.ecx,
+    };
+    v >> bit & 1 != 0
+}
+
 /// Whether the host processor has a CPUID feature (only the features the suite may test;
 /// everything else counts as absent, which excludes the codes that need it).
 fn host_has(f: CpuidFeature) -> bool {
@@ -116,6 +136,11 @@ fn host_has(f: CpuidFeature) -> bool {
         F::AVX2 => std::is_x86_feature_detected!("avx2"),
         F::FMA => std::is_x86_feature_detected!("fma"),
         F::F16C => std::is_x86_feature_detected!("f16c"),
+        F::PREFETCHW => cpuid_bit(0x8000_0001, Reg::Ecx, 8),
+        F::CLFLUSHOPT => cpuid_bit(7, Reg::Ebx, 23),
+        F::CLWB => cpuid_bit(7, Reg::Ebx, 24),
+        // ENDBR32/64 execute as NOPs wherever CET is off, as in user mode here.
+        F::CET_IBT => true,
         _ => false,
     }
 }
@@ -204,6 +229,8 @@ fn operand_supported(k: K) -> bool {
             | K::es_rDI
             | K::seg_rDI
             | K::seg_rBX_al
+            | K::br64_1
+            | K::br64_4
     )
 }
 
@@ -233,14 +260,28 @@ pub fn exclusion(code: Code) -> Option<String> {
             return Some(format!("needs {f:?} (absent on the host or not compared)"));
         }
     }
+    if code.is_jmp_far()
+        || code.is_call_far()
+        || code.is_jmp_far_indirect()
+        || code.is_call_far_indirect()
+        || code.mnemonic() == Mnemonic::Retf
+    {
+        return Some("far control transfer".into());
+    }
     let exception_ok = matches!(
         code.mnemonic(),
         Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2
     );
     match code.flow_control() {
-        FlowControl::Next => {}
+        FlowControl::Next
+        | FlowControl::UnconditionalBranch
+        | FlowControl::ConditionalBranch
+        | FlowControl::IndirectBranch
+        | FlowControl::Call
+        | FlowControl::IndirectCall
+        | FlowControl::Return => {}
         FlowControl::Exception if exception_ok => {}
-        _ => return Some("control transfer (not generated yet)".into()),
+        f => return Some(format!("control transfer ({f:?})")),
     }
     for &k in op.op_kinds() {
         if !operand_supported(k) {
@@ -267,6 +308,8 @@ enum Role {
     Count,
     /// A small signed bit offset for BT* with a memory operand.
     BitOff,
+    /// The address of a later instruction (an indirect branch target).
+    CodePtr,
 }
 
 /// A generated test case.
@@ -282,6 +325,22 @@ pub struct Case {
     pub insns: Vec<Instruction>,
     /// Which of the originally generated instructions remain (shrinking removes some).
     pub kept: Vec<usize>,
+    /// Registers that hold the address of a later instruction: (register, target label).
+    pub code_regs: Vec<(usize, u64)>,
+    /// Scratch qwords that hold the address of a later instruction (RET and indirect
+    /// branch targets).
+    pub code_slots: Vec<CodeSlot>,
+}
+
+/// A scratch qword patched with the address of an instruction.
+#[derive(Clone, Copy, Debug)]
+pub struct CodeSlot {
+    /// Where in the scratch region.
+    pub addr: u64,
+    /// The label of the instruction whose address it holds.
+    pub target: u64,
+    /// The label of the instruction that consumes it.
+    pub user: u64,
 }
 
 impl Case {
@@ -349,25 +408,66 @@ pub struct Encoded {
     pub bytes: Vec<u8>,
     /// The instructions as decoded from `bytes` at their final addresses (without the HLT).
     pub insns: Vec<Instruction>,
+    /// The initial registers, with code addresses filled in.
+    pub init: Regs,
+    /// Scratch qwords to patch with code addresses: (address, value, address of the
+    /// instruction that consumes it, if still present).
+    pub patches: Vec<(u64, u64, Option<u64>)>,
 }
 
-/// IP label of the i-th instruction (for branch targets); the final HLT is `label(len)`.
+/// IP label of the instruction generated at position `i` (labels survive shrinking).
 pub fn label(i: usize) -> u64 {
     0x7000_0000 + 0x10 * i as u64
 }
 
+/// The label of the end of the sequence (the HLT in the emulator, the epilogue natively).
+pub const END: u64 = 0x7fff_0000;
+
 /// Encode a case at [`TEST`] and append a HLT.
 pub fn encode(case: &Case) -> Result<Encoded, String> {
+    let labels: Vec<u64> = case.kept.iter().map(|&k| label(k)).collect();
+    // A branch to a removed instruction goes to the next remaining one.
+    let resolve = |l: u64| -> u64 {
+        if l == END || labels.contains(&l) {
+            l
+        } else {
+            labels.iter().copied().find(|&x| x > l).unwrap_or(END)
+        }
+    };
     let mut all = case.insns.clone();
-    for (i, ins) in all.iter_mut().enumerate() {
-        ins.set_ip(label(i));
+    for (ins, &l) in all.iter_mut().zip(&labels) {
+        ins.set_ip(l);
+        for n in 0..ins.op_count() {
+            if ins.op_kind(n) == OpKind::NearBranch64 {
+                let t = resolve(ins.near_branch64());
+                ins.set_near_branch64(t);
+            }
+        }
     }
     let mut hlt = Instruction::with(Code::Hlt);
-    hlt.set_ip(label(case.insns.len()));
+    hlt.set_ip(END);
     all.push(hlt);
     let block = InstructionBlock::new(&all, TEST);
-    let r = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE)
-        .map_err(|e| format!("encoding failed: {e}"))?;
+    let options = BlockEncoderOptions::DONT_FIX_BRANCHES
+        | BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS;
+    let r =
+        BlockEncoder::encode(64, block, options).map_err(|e| format!("encoding failed: {e}"))?;
+    let address_of = |l: u64| -> u64 {
+        let i = labels.iter().position(|&x| x == l).unwrap_or(labels.len());
+        TEST + r.new_instruction_offsets.get(i).copied().unwrap_or(0) as u64
+    };
+    let mut init = case.init;
+    for &(reg, target) in &case.code_regs {
+        init.gpr[reg] = address_of(resolve(target));
+    }
+    let patches = case
+        .code_slots
+        .iter()
+        .map(|s| {
+            let user = labels.contains(&s.user).then(|| address_of(s.user));
+            (s.addr, address_of(resolve(s.target)), user)
+        })
+        .collect();
     let bytes = r.code_buffer;
     let mut dec = Decoder::with_ip(64, &bytes, TEST, DecoderOptions::NONE);
     let mut insns = Vec::new();
@@ -390,7 +490,12 @@ pub fn encode(case: &Case) -> Result<Encoded, String> {
             ));
         }
     }
-    Ok(Encoded { bytes, insns })
+    Ok(Encoded {
+        bytes,
+        insns,
+        init,
+        patches,
+    })
 }
 
 /// How an instruction affects RFLAGS, refined beyond iced's static tables where the SDM makes
@@ -488,6 +593,17 @@ pub struct Gen<'a> {
     undefined: u64,
     insns: Vec<Instruction>,
     info: InstructionInfoFactory,
+    /// Instructions planned for the current case.
+    plan_len: usize,
+    /// RSP's displacement from its initial value after the instructions so far (valid while
+    /// `branched` is false).
+    stack_delta: i64,
+    /// An earlier instruction transfers control (the path is no longer known statically).
+    branched: bool,
+    code_regs: Vec<(usize, u64)>,
+    code_slots: Vec<CodeSlot>,
+    /// Effective address of the last explicit memory operand built.
+    last_ea: Option<u64>,
     /// Why the last attempt to generate each code failed (for the coverage report).
     pub failures: Vec<(Code, &'static str)>,
 }
@@ -499,6 +615,10 @@ struct Snapshot {
     roles: [Role; 16],
     tainted: [bool; 16],
     undefined: u64,
+    stack_delta: i64,
+    branched: bool,
+    code_regs: usize,
+    code_slots: usize,
 }
 
 /// A pointer target for an access of up to this many bytes stays inside the scratch region
@@ -517,6 +637,12 @@ impl<'a> Gen<'a> {
             undefined: 0,
             insns: Vec::new(),
             info: InstructionInfoFactory::new(),
+            plan_len: 0,
+            stack_delta: 0,
+            branched: false,
+            code_regs: Vec::new(),
+            code_slots: Vec::new(),
+            last_ea: None,
             failures: Vec::new(),
         }
     }
@@ -527,6 +653,10 @@ impl<'a> Gen<'a> {
             roles: self.roles,
             tainted: self.tainted,
             undefined: self.undefined,
+            stack_delta: self.stack_delta,
+            branched: self.branched,
+            code_regs: self.code_regs.len(),
+            code_slots: self.code_slots.len(),
         }
     }
 
@@ -535,6 +665,10 @@ impl<'a> Gen<'a> {
         self.roles = s.roles;
         self.tainted = s.tainted;
         self.undefined = s.undefined;
+        self.stack_delta = s.stack_delta;
+        self.branched = s.branched;
+        self.code_regs.truncate(s.code_regs);
+        self.code_slots.truncate(s.code_slots);
     }
 
     /// An interesting 64-bit value.
@@ -697,7 +831,7 @@ impl<'a> Gen<'a> {
                     Role::Idx32 => hi | (self.rng.range(-16, 16) as u64 & 0xffff_ffff),
                     Role::Count => self.rng.below(13),
                     Role::BitOff => self.rng.range(-512, 511) as u64,
-                    Role::Free => self.init.gpr[i],
+                    Role::Free | Role::CodePtr => self.init.gpr[i],
                 };
                 self.init.gpr[i] = v;
                 self.roles[i] = role;
@@ -734,6 +868,7 @@ impl<'a> Gen<'a> {
 
     /// Build an explicit memory operand that lands inside the scratch region.
     fn memory_operand(&mut self, ins: &mut Instruction, n: u32) -> Result<(), &'static str> {
+        self.last_ea = None;
         let addr32 = self.rng.chance(1, 6);
         let size = if addr32 { 4 } else { 8 };
         let target = self.scratch_target();
@@ -751,6 +886,7 @@ impl<'a> Gen<'a> {
             ins.set_memory_displ_size(size);
             ins.set_op_kind(n, OpKind::Memory);
             ins.set_segment_prefix(Register::None);
+            self.last_ea = Some(target);
             return Ok(());
         }
         if form < 3 {
@@ -833,7 +969,29 @@ impl<'a> Gen<'a> {
             Register::None
         };
         ins.set_segment_prefix(seg);
+        // The address, unless it depends on a pointer that instructions move implicitly.
+        let moving = |r: Register| matches!(gpr_index(r), Some(4 | 6 | 7));
+        if !moving(base) && !moving(index) {
+            let value = |r: Register, g: &Gen| gpr_index(r).map_or(0, |i| g.init.gpr[i]);
+            let ea = value(base, self)
+                .wrapping_add(value(index, self).wrapping_mul(scale as u64))
+                .wrapping_add(disp as u64);
+            self.last_ea = Some(if addr32 { ea & 0xffff_ffff } else { ea });
+        }
         Ok(())
+    }
+
+    /// A random label after the current instruction (possibly the end).
+    fn forward_label(&mut self) -> u64 {
+        let k = self.insns.len();
+        let j = self
+            .rng
+            .range(k as i64 + 1, self.plan_len.max(k + 1) as i64) as usize;
+        if j >= self.plan_len {
+            END
+        } else {
+            label(j)
+        }
     }
 
     /// An immediate of `bits` bits (as an unsigned value of that width).
@@ -1009,6 +1167,11 @@ impl<'a> Gen<'a> {
                     ins.set_memory_index_scale(1);
                     ins.set_memory_displ_size(0);
                 }
+                K::br64_1 | K::br64_4 => {
+                    let t = self.forward_label();
+                    ins.set_op_kind(n, OpKind::NearBranch64);
+                    ins.set_near_branch64(t);
+                }
                 _ => return Err("unsupported operand kind"),
             }
             if ins.op_kind(n) == OpKind::Register {
@@ -1056,6 +1219,44 @@ impl<'a> Gen<'a> {
                 if level > 0 && !self.require(5, Role::Ptr64) {
                     return Err("ENTER frame pointer unusable");
                 }
+            }
+            // Indirect branches: the register or memory operand holds a later instruction's
+            // address (filled in when the case is encoded).
+            M::Jmp | M::Call if ins.op_kind(0) == OpKind::Register => {
+                let i = gpr_index(ins.op_register(0)).ok_or("branch register")?;
+                if self.tainted[i] || self.roles[i] != Role::Free {
+                    return Err("branch target register unusable");
+                }
+                self.roles[i] = Role::CodePtr;
+                let t = self.forward_label();
+                self.code_regs.push((i, t));
+            }
+            M::Jmp | M::Call if ins.op_kind(0) == OpKind::Memory => {
+                let addr = self.last_ea.ok_or("branch target address unknown")?;
+                let t = self.forward_label();
+                let user = label(self.insns.len());
+                self.code_slots.push(CodeSlot {
+                    addr,
+                    target: t,
+                    user,
+                });
+            }
+            // RET pops a later instruction's address, planted where RSP will point.
+            M::Ret => {
+                if self.branched || self.tainted[RSP] {
+                    return Err("RET needs a statically known stack pointer");
+                }
+                if ins.op_count() == 1 {
+                    ins.set_immediate16(8 * self.rng.below(16) as u16);
+                }
+                let addr = self.init.gpr[RSP].wrapping_add(self.stack_delta as u64);
+                let t = self.forward_label();
+                let user = label(self.insns.len());
+                self.code_slots.push(CodeSlot {
+                    addr,
+                    target: t,
+                    user,
+                });
             }
             // Divisions: keep the high half of the dividend small often enough that the
             // quotient fits (otherwise nearly every case would be #DE).
@@ -1109,6 +1310,10 @@ impl<'a> Gen<'a> {
         if fe.read & self.undefined != 0 {
             return Err("reads a flag left undefined by an earlier instruction");
         }
+        self.stack_delta += ins.stack_pointer_increment() as i64;
+        if ins.flow_control() != FlowControl::Next {
+            self.branched = true;
+        }
         self.undefined = (self.undefined & !fe.defined) | fe.undefined;
         // Registers written from here on no longer hold their initial values.
         for r in info.used_registers() {
@@ -1146,16 +1351,28 @@ impl<'a> Gen<'a> {
         self.tainted = [false; 16];
         self.undefined = 0;
         self.insns.clear();
+        self.stack_delta = 0;
+        self.branched = false;
+        self.code_regs.clear();
+        self.code_slots.clear();
         self.random_state();
         let len = 1 + self.rng.below(max_len as u64) as usize;
+        self.plan_len = len;
         let mut attempts = 0;
         while self.insns.len() < len && attempts < 50 {
             attempts += 1;
             let code = self.rng.pick(self.codes);
             let snap = self.snapshot();
             let result = self.build(code).and_then(|ins| {
+                // Probe-encode alone (branch targets moved near, as labels are far away).
+                let mut probe = ins;
+                for n in 0..probe.op_count() {
+                    if probe.op_kind(n) == OpKind::NearBranch64 {
+                        probe.set_near_branch64(TEST + 0x20);
+                    }
+                }
                 let mut enc = iced_x86::Encoder::new(64);
-                enc.encode(&ins, TEST)
+                enc.encode(&probe, TEST)
                     .map_err(|_| "the encoder rejected the operands")?;
                 // Some forms (reserved NOPs) decode as another instruction for some operands.
                 let bytes = enc.take_buffer();
@@ -1180,6 +1397,8 @@ impl<'a> Gen<'a> {
             scratch_seed: self.rng.next(),
             insns: self.insns.clone(),
             kept: (0..self.insns.len()).collect(),
+            code_regs: self.code_regs.clone(),
+            code_slots: self.code_slots.clone(),
         }
     }
 }
