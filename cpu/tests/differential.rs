@@ -115,9 +115,6 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         scratch[off..off + 8].copy_from_slice(&value.to_le_bytes());
     }
     let emu = run_emulator(&enc.bytes, &enc.init, &scratch);
-    let native_code = &enc.bytes[..enc.bytes.len() - 1];
-    let native = run_native(native_code, &enc.init, &scratch)
-        .map_err(|e| TestCaseError::fail(format!("{case:?}: native harness: {e}")))?;
 
     // Walk the emulator's trace: undefined flags along the executed path, value-dependent
     // discards, and memory accesses that leave the scratch region.
@@ -177,6 +174,11 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     if emu.regs.rflags & (fl::TF | fl::AC) != 0 {
         return Err(reject("POPF set TF or AC (single-step / alignment checks)"));
     }
+    // The native run comes after the discards above, some of which (an overwritten code
+    // address) would send the host astray.
+    let native_code = &enc.bytes[..enc.bytes.len() - 1];
+    let native = run_native(native_code, &enc.init, &scratch)
+        .map_err(|e| TestCaseError::fail(format!("{case:?}: native harness: {e}")))?;
     {
         let mut s = stats();
         s.cases += 1;

@@ -18,6 +18,15 @@ pub const STATE_SIZE: usize = 0x1000;
 /// Emulator RAM: enough to hold everything above (page tables live at 0x1000..0x8000).
 pub const RAM: usize = 0x40_0000;
 
+/// All-ones in the low `bytes` bytes.
+pub fn mask(bytes: usize) -> u64 {
+    if bytes >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * bytes)) - 1
+    }
+}
+
 /// Names of the general-purpose registers in encoding order.
 pub const GPR_NAMES: [&str; 16] = [
     "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",

@@ -604,6 +604,12 @@ pub struct Gen<'a> {
     code_slots: Vec<CodeSlot>,
     /// Effective address of the last explicit memory operand built.
     last_ea: Option<u64>,
+    /// Scratch ranges written by the instructions so far, as far as known statically.
+    writes: Vec<(u64, u64)>,
+    /// Some earlier write's address is not known statically.
+    unknown_writes: bool,
+    /// RSI/RDI were moved by a string instruction.
+    moved: [bool; 16],
     /// Why the last attempt to generate each code failed (for the coverage report).
     pub failures: Vec<(Code, &'static str)>,
 }
@@ -619,6 +625,9 @@ struct Snapshot {
     branched: bool,
     code_regs: usize,
     code_slots: usize,
+    writes: usize,
+    unknown_writes: bool,
+    moved: [bool; 16],
 }
 
 /// A pointer target for an access of up to this many bytes stays inside the scratch region
@@ -643,6 +652,9 @@ impl<'a> Gen<'a> {
             code_regs: Vec::new(),
             code_slots: Vec::new(),
             last_ea: None,
+            writes: Vec::new(),
+            unknown_writes: false,
+            moved: [false; 16],
             failures: Vec::new(),
         }
     }
@@ -657,6 +669,9 @@ impl<'a> Gen<'a> {
             branched: self.branched,
             code_regs: self.code_regs.len(),
             code_slots: self.code_slots.len(),
+            writes: self.writes.len(),
+            unknown_writes: self.unknown_writes,
+            moved: self.moved,
         }
     }
 
@@ -669,6 +684,64 @@ impl<'a> Gen<'a> {
         self.branched = s.branched;
         self.code_regs.truncate(s.code_regs);
         self.code_slots.truncate(s.code_slots);
+        self.writes.truncate(s.writes);
+        self.unknown_writes = s.unknown_writes;
+        self.moved = s.moved;
+    }
+
+    /// The value of a register when the current instruction runs, if known statically.
+    fn reg_value(&self, r: Register) -> Option<u64> {
+        let i = gpr_index(r)?;
+        if self.tainted[i] || self.moved[i] {
+            return None;
+        }
+        let mut v = self.init.gpr[i];
+        if i == RSP {
+            if self.branched {
+                return None;
+            }
+            v = v.wrapping_add(self.stack_delta as u64);
+        }
+        Some(if r.size() == 8 {
+            v
+        } else {
+            v & crate::common::mask(r.size())
+        })
+    }
+
+    /// The address of a memory access of the current instruction, if known statically.
+    fn access_address(&self, m: &iced_x86::UsedMemory) -> Option<u64> {
+        let base = match m.base() {
+            Register::None => 0,
+            Register::RIP | Register::EIP => return Some(m.displacement()),
+            r => self.reg_value(r)?,
+        };
+        let index = match m.index() {
+            Register::None => 0,
+            r => self.reg_value(r)?,
+        };
+        let ea = base
+            .wrapping_add(index.wrapping_mul(m.scale() as u64))
+            .wrapping_add(m.displacement());
+        Some(match m.address_size() {
+            iced_x86::CodeSize::Code32 => ea & 0xffff_ffff,
+            _ => ea,
+        })
+    }
+
+    /// Plant a code address at `addr` for the current instruction, unless an earlier
+    /// instruction may write there first.
+    fn plant(&mut self, addr: u64) -> Result<(), &'static str> {
+        if self.unknown_writes {
+            return Err("earlier writes could clobber a planted code address");
+        }
+        if self.writes.iter().any(|&(a, b)| a < addr + 8 && addr < b) {
+            return Err("an earlier write clobbers the planted code address");
+        }
+        let target = self.forward_label();
+        let user = label(self.insns.len());
+        self.code_slots.push(CodeSlot { addr, target, user });
+        Ok(())
     }
 
     /// An interesting 64-bit value.
@@ -1233,13 +1306,7 @@ impl<'a> Gen<'a> {
             }
             M::Jmp | M::Call if ins.op_kind(0) == OpKind::Memory => {
                 let addr = self.last_ea.ok_or("branch target address unknown")?;
-                let t = self.forward_label();
-                let user = label(self.insns.len());
-                self.code_slots.push(CodeSlot {
-                    addr,
-                    target: t,
-                    user,
-                });
+                self.plant(addr)?;
             }
             // RET pops a later instruction's address, planted where RSP will point.
             M::Ret => {
@@ -1250,13 +1317,7 @@ impl<'a> Gen<'a> {
                     ins.set_immediate16(8 * self.rng.below(16) as u16);
                 }
                 let addr = self.init.gpr[RSP].wrapping_add(self.stack_delta as u64);
-                let t = self.forward_label();
-                let user = label(self.insns.len());
-                self.code_slots.push(CodeSlot {
-                    addr,
-                    target: t,
-                    user,
-                });
+                self.plant(addr)?;
             }
             // Divisions: keep the high half of the dividend small often enough that the
             // quotient fits (otherwise nearly every case would be #DE).
@@ -1310,6 +1371,21 @@ impl<'a> Gen<'a> {
         if fe.read & self.undefined != 0 {
             return Err("reads a flag left undefined by an earlier instruction");
         }
+        for m in info.used_memory() {
+            let writes = matches!(
+                m.access(),
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
+            );
+            if writes {
+                match self.access_address(m) {
+                    Some(a) => self.writes.push((a, a + m.memory_size().size() as u64)),
+                    None => self.unknown_writes = true,
+                }
+            }
+        }
         self.stack_delta += ins.stack_pointer_increment() as i64;
         if ins.flow_control() != FlowControl::Next {
             self.branched = true;
@@ -1337,6 +1413,9 @@ impl<'a> Gen<'a> {
             // within the margins of the scratch region.
             let stack_move = i == RSP && !explicit && m != Mnemonic::Leave;
             let string_move = ins.is_string_instruction() && (i == 6 || i == 7);
+            if string_move {
+                self.moved[i] = true;
+            }
             if !(stack_move || string_move) {
                 self.tainted[i] = true;
             }
@@ -1355,6 +1434,9 @@ impl<'a> Gen<'a> {
         self.branched = false;
         self.code_regs.clear();
         self.code_slots.clear();
+        self.writes.clear();
+        self.unknown_writes = false;
+        self.moved = [false; 16];
         self.random_state();
         let len = 1 + self.rng.below(max_len as u64) as usize;
         self.plan_len = len;
