@@ -1,9 +1,13 @@
 //! Running a test sequence in the emulator, one instruction at a time.
 //!
-//! The machine is reprise-cpu's flat test machine: identity-mapped long mode, CPL 0, no IDT
-//! (so any guest exception ends in a triple fault naming the first exception). The test code
-//! sits at [`TEST`] followed by a HLT; scratch memory at [`DATA`].
+//! The machine is reprise-cpu's flat test machine (identity-mapped long mode, no IDT, so any
+//! guest exception ends in a triple fault naming the first exception), switched to CPL 3 like
+//! the host's test process: user-accessible pages, DPL-3 code and data segments, CR0.AM. The
+//! test code sits at [`TEST`] followed by a HLT, which at CPL 3 raises #GP: that #GP at the
+//! final HLT is the normal end. Scratch memory is at [`DATA`].
 
+use reprise_cpu::state::{cr0, SegReg, Segment};
+use reprise_cpu::testing::GDT;
 use reprise_cpu::testing::{setup_long_mode, write_boot_tables, FlatBus, RecordingObserver};
 use reprise_cpu::{Access, CodeCache, Cpu, CpuState, CpuidProfile, RunExit, StopReason};
 
@@ -54,6 +58,45 @@ pub struct EmuOutcome {
 /// Instructions executed at most before the run is declared stuck.
 const MAX_STEPS: usize = 10_000;
 
+/// User code and data selectors (RPL 3) in the GDT extended by [`enter_user_mode`].
+const USER_CS: u16 = 0x18 | 3;
+const USER_DS: u16 = 0x20 | 3;
+
+/// Make the test machine run at CPL 3: every page-table entry user-accessible, DPL-3 code and
+/// data descriptors appended to the GDT and loaded, and CR0.AM set as Linux sets it.
+fn enter_user_mode(cpu: &mut Cpu, ram: &mut [u8]) {
+    // write_boot_tables puts the PML4, PDPT and page directories at 0x1000..0x7000.
+    for at in (0x1000..0x7000).step_by(8) {
+        let mut e = u64::from_le_bytes(ram[at..at + 8].try_into().expect("8 bytes"));
+        if e & 1 != 0 {
+            e |= 1 << 2;
+            ram[at..at + 8].copy_from_slice(&e.to_le_bytes());
+        }
+    }
+    let gdt = GDT as usize;
+    ram[gdt + 24..gdt + 32].copy_from_slice(&0x00af_fb00_0000_ffffu64.to_le_bytes());
+    ram[gdt + 32..gdt + 40].copy_from_slice(&0x00cf_f300_0000_ffffu64.to_le_bytes());
+    let s = &mut cpu.state;
+    s.gdtr.limit = 39;
+    s.seg[SegReg::Cs as usize] = Segment {
+        selector: USER_CS,
+        base: 0,
+        limit: 0xffff_ffff,
+        attrs: 0xa0fb,
+    };
+    let data = Segment {
+        selector: USER_DS,
+        base: 0,
+        limit: 0xffff_ffff,
+        attrs: 0xc0f3,
+    };
+    for r in [SegReg::Ds, SegReg::Es, SegReg::Ss] {
+        s.seg[r as usize] = data;
+    }
+    s.cr0 |= cr0::AM;
+    cpu.flush_tlb();
+}
+
 /// Run `code` (the test sequence followed by a HLT) from `input` with the given scratch.
 pub fn run_emulator(code: &[u8], input: &Regs, scratch: &[u8]) -> EmuOutcome {
     let mut bus = FlatBus::new(RAM);
@@ -62,6 +105,7 @@ pub fn run_emulator(code: &[u8], input: &Regs, scratch: &[u8]) -> EmuOutcome {
     bus.ram[TEST as usize..TEST as usize + code.len()].copy_from_slice(code);
     let mut cpu = Cpu::new(0, CpuidProfile::default());
     setup_long_mode(&mut cpu, TEST, input.gpr[RSP]);
+    enter_user_mode(&mut cpu, &mut bus.ram);
     cpu.state.gpr = input.gpr;
     // IF as on the host, where user code always runs with interrupts enabled (PUSHF sees it).
     cpu.state.rflags = input.rflags | fl::FIXED | fl::IF;
@@ -96,6 +140,10 @@ pub fn run_emulator(code: &[u8], input: &Regs, scratch: &[u8]) -> EmuOutcome {
             }
             RunExit::BusExit => break EmuEnd::Other("bus exit".into()),
             RunExit::Stop(reason) => match *reason {
+                StopReason::TripleFault { first, rip, .. } if rip == hlt && first.vector == 13 => {
+                    cpu.state.rip = hlt;
+                    break EmuEnd::Halted;
+                }
                 StopReason::TripleFault { first, rip, .. } => {
                     cpu.state.rip = rip;
                     break EmuEnd::Fault {

@@ -149,7 +149,6 @@ fn host_has(f: CpuidFeature) -> bool {
 fn mnemonic_exclusion(m: Mnemonic) -> Option<&'static str> {
     use Mnemonic as M;
     Some(match m {
-        M::Hlt => "ends every emulated sequence",
         M::Cpuid | M::Xgetbv => "reports the host's configuration",
         M::Rdtsc | M::Rdtscp | M::Rdrand | M::Rdseed | M::Rdpid | M::Rdpmc => {
             "nondeterministic / host-dependent"
@@ -164,9 +163,8 @@ fn mnemonic_exclusion(m: Mnemonic) -> Option<&'static str> {
         | M::Int
         | M::Int1
         | M::Int3
-        | M::Into => "enters the host kernel",
+        | M::Into => "enters the host kernel (or traps, with another RIP convention)",
         M::Iret | M::Iretd | M::Iretq => "far control transfer",
-        M::Cli | M::Sti => "IOPL-sensitive (host CPL 3, emulator CPL 0)",
         M::Lss | M::Lfs | M::Lgs | M::Swapgs => "segment loads",
         M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => "the host uses FS/GS bases",
         M::Fxsave | M::Fxsave64 | M::Fxrstor | M::Fxrstor64 => "x87 state is not compared",
@@ -231,6 +229,9 @@ fn operand_supported(k: K) -> bool {
             | K::seg_rBX_al
             | K::br64_1
             | K::br64_4
+            | K::dx
+            | K::cr_reg
+            | K::dr_reg
     )
 }
 
@@ -243,17 +244,10 @@ pub fn exclusion(code: Code) -> Option<String> {
     if !matches!(op.encoding(), EncodingKind::Legacy | EncodingKind::VEX) {
         return Some(format!("{:?} encoding (state not compared)", op.encoding()));
     }
-    if op.is_input_output() {
-        return Some("port I/O".into());
-    }
-    if op.must_be_cpl0() || op.is_privileged() {
-        return Some("privileged".into());
-    }
+    // Privileged and port-I/O instructions stay in: at CPL 3 with IOPL 0 both sides must
+    // raise #GP.
     if let Some(r) = mnemonic_exclusion(code.mnemonic()) {
         return Some(r.into());
-    }
-    if op.may_require_cpl0() {
-        return Some("may require CPL 0 on the host".into());
     }
     for &f in code.cpuid_features() {
         if !host_has(f) {
@@ -1129,6 +1123,28 @@ impl<'a> Gen<'a> {
                 K::ax => ins.set_op_register(n, Register::AX),
                 K::eax => ins.set_op_register(n, Register::EAX),
                 K::rax => ins.set_op_register(n, Register::RAX),
+                K::dx => ins.set_op_register(n, Register::DX),
+                K::cr_reg => {
+                    let cr = [
+                        Register::CR0,
+                        Register::CR2,
+                        Register::CR3,
+                        Register::CR4,
+                        Register::CR8,
+                    ];
+                    ins.set_op_register(n, self.rng.pick(&cr));
+                }
+                K::dr_reg => {
+                    let dr = [
+                        Register::DR0,
+                        Register::DR1,
+                        Register::DR2,
+                        Register::DR3,
+                        Register::DR6,
+                        Register::DR7,
+                    ];
+                    ins.set_op_register(n, self.rng.pick(&dr));
+                }
                 K::imm8 => {
                     let v = self.immediate(8) as u8;
                     if imm_count == 0 {
