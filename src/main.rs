@@ -1,1 +1,27 @@
-fn main() {}
+//! `reprise`: the command-line tool.
+//!
+//! Guest serial output goes to stdout; reprise's own messages go to stderr, one line each,
+//! prefixed `reprise: `. Exit statuses are listed in [`status`].
+
+mod cli;
+mod run;
+mod status;
+
+use clap::Parser;
+
+fn main() {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; everything else a usage error (status 1,
+            // not clap's 2, so that 2 stays free for guests).
+            let code = if e.use_stderr() { status::ERROR } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match cli.command {
+        cli::Command::Run(args) => run::run(&args),
+    };
+    std::process::exit(code);
+}

@@ -33,7 +33,7 @@ pub fn sign_extend(v: u64, size: usize) -> u64 {
 pub fn szp(result: u64, size: usize) -> u64 {
     let r = result & mask(size);
     let mut f = 0;
-    if (r as u8).count_ones() % 2 == 0 {
+    if (r as u8).count_ones().is_multiple_of(2) {
         f |= PF;
     }
     if r == 0 {

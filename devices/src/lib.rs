@@ -1,1 +1,29 @@
-//! placeholder
+//! reprise-devices: guest RAM, the platform devices, boot loaders, and the machine that runs
+//! vCPUs under a deterministic round-robin scheduler.
+//!
+//! ```text
+//! Machine ── cpus: Vec<Cpu> ─┐
+//!         ── CodeCache       ├─ Cpu::run(board, …) per quantum, in index order
+//!         ── Board (Bus) ────┘   ├─ GuestRam
+//!                                ├─ Uart (0x3f8), DebugExit (0xf4), ResetControl (0xcf9), I8042
+//!                                └─ Inputs: the only source of nondeterminism
+//! ```
+//!
+//! Every device is a small struct answering register reads and writes by offset, with a
+//! plain serde state struct (`state()` / `from_state()`), so checkpoints and state hashes see
+//! the whole machine ([`machine::MachineState`]).
+#![warn(missing_docs)]
+
+pub mod boot;
+pub mod debug_exit;
+pub mod elf;
+pub mod inputs;
+pub mod machine;
+pub mod ram;
+pub mod reset;
+pub mod uart;
+
+pub use debug_exit::{ExitCodeStyle, ExitRequest};
+pub use inputs::{HostInputs, Inputs, Position, ScriptedInputs};
+pub use machine::{Machine, MachineConfig, MachineState, RunOutcome, RunResult};
+pub use ram::GuestRam;

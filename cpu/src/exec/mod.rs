@@ -70,9 +70,12 @@ pub(crate) fn group_table() -> Vec<Group> {
     table
 }
 
+/// A module's `claims` function.
+type Claims = fn(Code) -> bool;
+
 fn classify(code: Code) -> Group {
     // Order matters only if two modules claim one code, which the tests forbid.
-    let modules: [(fn(Code) -> bool, Group); 11] = [
+    let modules: [(Claims, Group); 11] = [
         (data::claims, Group::Data),
         (alu::claims, Group::Alu),
         (shift::claims, Group::Shift),
@@ -383,7 +386,6 @@ impl Cpu {
             }
             // Decoded at 0 relative to the block start: re-base so the decoded address
             // (branch targets, RIP-relative displacements) is relative to the instruction.
-            let mut insn = insn;
             rebase(&mut insn, start as u64);
             let group = code.group(insn.code());
             let ends_block = group == Group::System

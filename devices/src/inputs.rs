@@ -1,0 +1,270 @@
+//! The input seam: the one door through which nondeterministic values enter the machine.
+//!
+//! The machine is a pure function of its configuration, its boot images and the values it
+//! receives through [`Inputs`]. Each request carries the exact [`Position`] at which the
+//! machine asks, so a recorder can log `(position, value)` and a replayer can check that it
+//! is asked the same question at the same instant.
+//!
+//! Synchronous inputs (RDRAND/RDSEED, the RTC's start time) are asked for when the guest
+//! needs them. Asynchronous inputs (bytes typed on the serial console, and later host-paced
+//! timer events) are *polled* by the machine at instruction boundaries it chooses itself
+//! (the start of a vCPU's quantum), never pushed in from outside: that is what makes them
+//! replayable.
+//!
+//! Implementations:
+//! - [`HostInputs`] for `reprise run`: the host's randomness, clock and stdin;
+//! - [`ScriptedInputs`] for tests: fixed values, bytes delivered at given positions;
+//! - the recorder and replayer (in their own crates) wrap or replace these.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+
+use serde::{Deserialize, Serialize};
+
+pub use reprise_cpu::RandomSource;
+
+/// Where the machine stands when it asks for an input.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Position {
+    /// Instructions retired by all vCPUs together before this point (the global count).
+    pub instructions: u64,
+    /// The vCPU that is executing (or about to execute) at this point.
+    pub cpu: u32,
+}
+
+/// Every nondeterministic value the machine consumes.
+///
+/// Keep this trait small: each method is a kind of record in the input log.
+/// Host timer events (`--clock host`) will be added as one more polled method.
+pub trait Inputs {
+    /// A value for RDRAND or RDSEED executed at `at`; `None` means "no entropy now" (the
+    /// instruction reports failure with CF = 0 and the guest retries).
+    fn random(&mut self, at: Position, source: RandomSource) -> Option<u64>;
+
+    /// The wall-clock time the RTC starts from, in seconds since the Unix epoch. Asked once,
+    /// when the machine is built.
+    fn rtc_start_time(&mut self) -> u64;
+
+    /// The next byte typed on the serial console, if one is waiting. The machine polls this
+    /// at instruction boundaries of its choosing, only when the UART can take a byte.
+    fn serial_input(&mut self, at: Position) -> Option<u8>;
+}
+
+impl<T: Inputs + ?Sized> Inputs for Box<T> {
+    fn random(&mut self, at: Position, source: RandomSource) -> Option<u64> {
+        (**self).random(at, source)
+    }
+    fn rtc_start_time(&mut self) -> u64 {
+        (**self).rtc_start_time()
+    }
+    fn serial_input(&mut self, at: Position) -> Option<u8> {
+        (**self).serial_input(at)
+    }
+}
+
+/// The host's inputs, for `reprise run`: random numbers from the host (RDRAND when the host
+/// has it, `/dev/urandom` otherwise), the host's clock, and bytes read from stdin.
+pub struct HostInputs {
+    /// Bytes from the stdin reader thread; `None` when serial input is disabled.
+    stdin: Option<Receiver<u8>>,
+    /// `/dev/urandom`, opened on first use when the host has no RDRAND.
+    urandom: Option<std::fs::File>,
+}
+
+impl HostInputs {
+    /// Host inputs; when `read_stdin` is true, a background thread reads stdin and hands its
+    /// bytes to the machine. The thread is detached: it never holds up the end of the process,
+    /// even when stdin stays open.
+    pub fn new(read_stdin: bool) -> HostInputs {
+        let stdin = read_stdin.then(|| {
+            let (tx, rx) = mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("stdin-reader".into())
+                .spawn(move || {
+                    let mut stdin = std::io::stdin().lock();
+                    let mut buf = [0u8; 256];
+                    loop {
+                        match stdin.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => {
+                                for &b in &buf[..n] {
+                                    if tx.send(b).is_err() {
+                                        return; // the machine is gone
+                                    }
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            Err(_) => return,
+                        }
+                    }
+                });
+            // If no thread can be had, the guest simply sees no input.
+            if spawned.is_err() {
+                let (_, rx) = mpsc::channel();
+                return rx;
+            }
+            rx
+        });
+        HostInputs {
+            stdin,
+            urandom: None,
+        }
+    }
+
+    fn host_random(&mut self) -> Option<u64> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("rdrand") {
+            let mut v = 0u64;
+            // SAFETY: the CPU has RDRAND (checked just above).
+            if unsafe { std::arch::x86_64::_rdrand64_step(&mut v) } == 1 {
+                return Some(v);
+            }
+        }
+        if self.urandom.is_none() {
+            self.urandom = std::fs::File::open("/dev/urandom").ok();
+        }
+        let mut buf = [0u8; 8];
+        self.urandom.as_mut()?.read_exact(&mut buf).ok()?;
+        Some(u64::from_le_bytes(buf))
+    }
+}
+
+impl Inputs for HostInputs {
+    fn random(&mut self, _at: Position, _source: RandomSource) -> Option<u64> {
+        self.host_random()
+    }
+
+    fn rtc_start_time(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn serial_input(&mut self, _at: Position) -> Option<u8> {
+        let rx = self.stdin.as_ref()?;
+        match rx.try_recv() {
+            Ok(b) => Some(b),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                // End of stdin: stop asking the channel.
+                self.stdin = None;
+                None
+            }
+        }
+    }
+}
+
+/// Inputs fixed in advance, for tests; also keeps a log of what was asked, and when.
+#[derive(Clone, Debug, Default)]
+pub struct ScriptedInputs {
+    /// Values handed out by [`Inputs::random`], in order; when empty, `None` (no entropy).
+    pub random_values: VecDeque<u64>,
+    /// What [`Inputs::rtc_start_time`] answers.
+    pub rtc_time: u64,
+    /// Serial bytes with the global instruction count from which each may be delivered,
+    /// in delivery order.
+    pub serial: VecDeque<(u64, u8)>,
+    /// Every random request: where it was made, what was asked, what was answered.
+    pub random_log: Vec<(Position, RandomSource, Option<u64>)>,
+    /// Every serial byte delivered and where.
+    pub serial_log: Vec<(Position, u8)>,
+}
+
+impl ScriptedInputs {
+    /// No random values, time 0, no serial input.
+    pub fn new() -> ScriptedInputs {
+        ScriptedInputs::default()
+    }
+
+    /// Hand out these random values, in order.
+    pub fn with_random(mut self, values: impl IntoIterator<Item = u64>) -> ScriptedInputs {
+        self.random_values.extend(values);
+        self
+    }
+
+    /// Deliver `bytes`, all available from the start.
+    pub fn with_serial(mut self, bytes: &[u8]) -> ScriptedInputs {
+        self.serial.extend(bytes.iter().map(|&b| (0, b)));
+        self
+    }
+
+    /// Deliver `byte` once the global instruction count reaches `at`.
+    pub fn with_serial_at(mut self, at: u64, byte: u8) -> ScriptedInputs {
+        self.serial.push_back((at, byte));
+        self
+    }
+}
+
+impl Inputs for ScriptedInputs {
+    fn random(&mut self, at: Position, source: RandomSource) -> Option<u64> {
+        let v = self.random_values.pop_front();
+        self.random_log.push((at, source, v));
+        v
+    }
+
+    fn rtc_start_time(&mut self) -> u64 {
+        self.rtc_time
+    }
+
+    fn serial_input(&mut self, at: Position) -> Option<u8> {
+        match self.serial.front() {
+            Some(&(from, b)) if from <= at.instructions => {
+                self.serial.pop_front();
+                self.serial_log.push((at, b));
+                Some(b)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(instructions: u64) -> Position {
+        Position {
+            instructions,
+            cpu: 0,
+        }
+    }
+
+    #[test]
+    fn scripted_inputs_follow_the_script() {
+        let mut s = ScriptedInputs::new()
+            .with_random([7, 8])
+            .with_serial_at(100, b'a')
+            .with_serial_at(100, b'b')
+            .with_serial_at(500, b'c');
+        assert_eq!(s.random(at(1), RandomSource::Rdrand), Some(7));
+        assert_eq!(s.random(at(2), RandomSource::Rdseed), Some(8));
+        assert_eq!(s.random(at(3), RandomSource::Rdrand), None);
+        assert_eq!(s.random_log.len(), 3);
+        assert_eq!(s.random_log[1], (at(2), RandomSource::Rdseed, Some(8)));
+        assert_eq!(s.serial_input(at(99)), None);
+        assert_eq!(s.serial_input(at(100)), Some(b'a'));
+        assert_eq!(s.serial_input(at(100)), Some(b'b'));
+        assert_eq!(s.serial_input(at(499)), None);
+        assert_eq!(s.serial_input(at(1000)), Some(b'c'));
+        assert_eq!(s.serial_input(at(2000)), None);
+        assert_eq!(
+            s.serial_log,
+            vec![(at(100), b'a'), (at(100), b'b'), (at(1000), b'c')]
+        );
+    }
+
+    #[test]
+    fn host_inputs_give_randomness_and_time() {
+        let mut h = HostInputs::new(false);
+        let a = h.random(at(0), RandomSource::Rdrand);
+        let b = h.random(at(0), RandomSource::Rdrand);
+        assert!(a.is_some() && b.is_some());
+        assert_ne!(a, b, "two host random values should differ");
+        assert!(h.rtc_start_time() > 1_600_000_000);
+        assert_eq!(h.serial_input(at(0)), None);
+    }
+}

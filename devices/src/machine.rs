@@ -1,0 +1,626 @@
+//! The machine: vCPUs, RAM and devices, run by a deterministic round-robin scheduler.
+//!
+//! All vCPUs run on the calling thread. CPU `current` runs until it has used its quantum
+//! (`quantum` instructions), halts, stops, or a device asks to end the run; then the next
+//! CPU in index order takes over. Halted CPUs are skipped. Because the interleaving depends
+//! only on instruction counts, two runs with the same configuration, image and inputs are
+//! identical, and the interleaving itself never needs to be logged.
+//!
+//! Positions and time: the *global instruction count* is the sum of every CPU's retired
+//! instructions. Inputs are asked for at exact positions (global count, cpu) computed from
+//! the running CPU's [`CpuClock`]. Virtual time is derived from the same count:
+//! [`NS_PER_INSTRUCTION`] nanoseconds per instruction retired by any CPU, and the TSC ticks
+//! at [`TSC_HZ`]; it is shared by all CPUs, so it never goes backwards from one CPU to
+//! another.
+//!
+//! Asynchronous inputs (serial bytes) are polled at the start of each CPU's quantum.
+
+use std::io::Write;
+
+use reprise_cpu::{
+    Bus, CodeCache, Cpu, CpuClock, CpuState, CpuidProfile, GuestPhysAddr, NoObserver, Observer,
+    RandomSource, RunExit, StopReason,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::debug_exit::{DebugExit, ExitCodeStyle, ExitRequest, DEBUG_EXIT_PORT};
+use crate::inputs::{Inputs, Position};
+use crate::ram::{GuestRam, RamError};
+use crate::reset::{ResetControl, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, RESET_CONTROL_PORT};
+use crate::uart::{Uart, UartState};
+
+/// Base port of the COM1 UART.
+pub const COM1_BASE: u16 = 0x3f8;
+/// Number of COM1 ports (0x3f8–0x3ff).
+pub const COM1_PORTS: u16 = 8;
+/// The default quantum (instructions each CPU runs before the next takes over). Measured on
+/// a tight loop: 100 costs about a third of the speed in switching, 1000 and above are all
+/// within noise of each other; 10 000 keeps switching cost negligible while still letting
+/// a spinning CPU hand over within microseconds of virtual time.
+pub const DEFAULT_QUANTUM: u64 = 10_000;
+/// The most vCPUs a machine may have (8-bit APIC IDs, 0xff being broadcast).
+pub const MAX_CPUS: u32 = 255;
+/// Virtual nanoseconds per retired instruction (of any CPU).
+pub const NS_PER_INSTRUCTION: u64 = 1;
+/// Frequency of the virtual time-stamp counter: one tick per virtual nanosecond.
+pub const TSC_HZ: u64 = 1_000_000_000;
+
+/// What a machine is made of; fixed for its lifetime (and stored in recordings).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineConfig {
+    /// Number of vCPUs (1..=[`MAX_CPUS`]).
+    pub cpus: u32,
+    /// RAM size in bytes (see [`GuestRam::check_size`]).
+    pub ram_bytes: u64,
+    /// Instructions per scheduling quantum (at least 1).
+    pub quantum: u64,
+    /// How debug-exit values become exit statuses.
+    pub exit_code: ExitCodeStyle,
+}
+
+impl MachineConfig {
+    /// `cpus` CPUs and `ram_bytes` of RAM, with the default quantum and plain exit codes.
+    pub fn new(cpus: u32, ram_bytes: u64) -> MachineConfig {
+        MachineConfig {
+            cpus,
+            ram_bytes,
+            quantum: DEFAULT_QUANTUM,
+            exit_code: ExitCodeStyle::Plain,
+        }
+    }
+
+    /// Check the configuration without building anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cpus == 0 {
+            return Err(ConfigError::NoCpus);
+        }
+        if self.cpus > MAX_CPUS {
+            return Err(ConfigError::TooManyCpus(self.cpus));
+        }
+        if self.quantum == 0 {
+            return Err(ConfigError::ZeroQuantum);
+        }
+        GuestRam::check_size(self.ram_bytes)?;
+        Ok(())
+    }
+}
+
+/// Why a machine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Zero CPUs.
+    #[error("a machine needs at least one CPU")]
+    NoCpus,
+    /// More than [`MAX_CPUS`].
+    #[error("{0} CPUs is too many: at most 255 are supported")]
+    TooManyCpus(u32),
+    /// A zero quantum would never run anything.
+    #[error("the quantum must be at least 1 instruction")]
+    ZeroQuantum,
+    /// A bad RAM size, or no memory for it.
+    #[error(transparent)]
+    Ram(#[from] RamError),
+}
+
+/// A device's request to end the run, kept until the run loop acts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndRequest {
+    /// The guest wrote to the debug-exit port.
+    Exit(ExitRequest),
+    /// The guest reset the machine (port 0xcf9 or the i8042).
+    Reset,
+}
+
+/// Where the scheduler stands; part of the machine state so a run can stop anywhere, even
+/// mid-quantum, and resume with the same interleaving.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerState {
+    /// The CPU whose turn it is.
+    pub current: u32,
+    /// Instructions it has already run in its current quantum.
+    pub used: u64,
+    /// Virtual nanoseconds added to instruction-derived time by idle skips (none yet: with
+    /// no timers, an idle machine ends).
+    pub skipped_ns: u64,
+}
+
+/// Every piece of machine state except RAM, as one plain serde struct.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MachineState {
+    /// The configuration.
+    pub config: MachineConfig,
+    /// Each CPU's architectural state, by index.
+    pub cpus: Vec<CpuState>,
+    /// The scheduler.
+    pub scheduler: SchedulerState,
+    /// COM1.
+    pub uart: UartState,
+    /// Port 0xcf9.
+    pub reset_control: ResetControl,
+    /// The i8042 stub.
+    pub i8042: I8042,
+    /// The wall-clock time the RTC starts from (from the input seam; Unix seconds).
+    pub rtc_start: u64,
+    /// A pending request to end the run.
+    pub end_request: Option<EndRequest>,
+}
+
+/// Why [`Machine::set_state`] refused a state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The state was taken from a differently built machine.
+    #[error("the state is of a machine with {state_cpus} CPUs and {state_ram:#x} bytes of RAM; this one has {cpus} and {ram:#x}")]
+    Mismatch {
+        /// CPUs in the state.
+        state_cpus: u32,
+        /// RAM in the state.
+        state_ram: u64,
+        /// CPUs here.
+        cpus: u32,
+        /// RAM here.
+        ram: u64,
+    },
+    /// The scheduler points at a CPU that does not exist, or past the end of a quantum.
+    #[error("impossible scheduler state {0:?}")]
+    BadScheduler(SchedulerState),
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The guest wrote to the debug-exit port.
+    Exit(ExitRequest),
+    /// The guest reset the machine.
+    Reset,
+    /// A CPU stopped the machine: triple fault, unimplemented instruction, unsupported mode.
+    Stopped(Box<StopReason>),
+    /// Every CPU is halted and nothing can wake any of them.
+    AllHalted(AllHalted),
+    /// The instruction limit given to [`Machine::run`] was reached.
+    InstructionLimit,
+    /// The serial output sink failed (a closed pipe, say); the run was abandoned.
+    OutputFailed(String),
+}
+
+/// The details of [`RunOutcome::AllHalted`]: where each CPU sleeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllHalted {
+    /// `(rip, interrupts enabled)` of each CPU, by index.
+    pub cpus: Vec<(u64, bool)>,
+}
+
+impl std::fmt::Display for AllHalted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "all vCPUs halted with nothing to wake them")?;
+        const SHOWN: usize = 8;
+        for (k, (rip, intr)) in self.cpus.iter().take(SHOWN).enumerate() {
+            let sep = if k == 0 { ": " } else { "; " };
+            let i = if *intr {
+                "interrupts on"
+            } else {
+                "interrupts off"
+            };
+            write!(f, "{sep}cpu {k} halted before {rip:#x} ({i})")?;
+        }
+        if self.cpus.len() > SHOWN {
+            write!(f, "; … ({} more)", self.cpus.len() - SHOWN)?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of [`Machine::run`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunResult {
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// Instructions retired by each CPU since boot, by index.
+    pub retired: Vec<u64>,
+}
+
+impl RunResult {
+    /// Instructions retired by all CPUs together.
+    pub fn total(&self) -> u64 {
+        self.retired.iter().sum()
+    }
+}
+
+/// RAM, devices and the input seam: everything a CPU reaches through the [`Bus`].
+struct Board<I: Inputs> {
+    ram: GuestRam,
+    uart: Uart<Box<dyn Write>>,
+    debug_exit: DebugExit,
+    reset_control: ResetControl,
+    i8042: I8042,
+    inputs: I,
+    rtc_start: u64,
+    end_request: Option<EndRequest>,
+    /// Global instruction count when the running CPU's current slice began.
+    slice_global: u64,
+    /// That CPU's own retired count when its slice began.
+    slice_retired: u64,
+    skipped_ns: u64,
+}
+
+impl<I: Inputs> Board<I> {
+    /// The exact position of the instruction a CPU is executing.
+    #[inline]
+    fn position(&self, clock: CpuClock) -> Position {
+        Position {
+            instructions: self
+                .slice_global
+                .wrapping_add(clock.retired.wrapping_sub(self.slice_retired)),
+            cpu: clock.cpu,
+        }
+    }
+
+    fn request_end(&mut self, r: EndRequest) {
+        // The first request wins; a guest cannot take back an exit.
+        self.end_request.get_or_insert(r);
+    }
+
+    fn read_port_byte(&mut self, port: u16) -> u8 {
+        match port {
+            p if (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&p) => {
+                self.uart.read((p - COM1_BASE) as u8)
+            }
+            RESET_CONTROL_PORT => self.reset_control.read(),
+            I8042_DATA_PORT | I8042_COMMAND_PORT => self.i8042.read(port),
+            _ => 0xff, // nothing there: the bus floats high
+        }
+    }
+
+    fn write_port_byte(&mut self, port: u16, value: u8) {
+        if (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&port) {
+            self.uart.write((port - COM1_BASE) as u8, value);
+        }
+    }
+}
+
+impl<I: Inputs> Bus for Board<I> {
+    #[inline(always)]
+    fn ram(&mut self) -> &mut [u8] {
+        self.ram.as_mut_slice()
+    }
+
+    #[inline(always)]
+    fn is_mmio(&self, _pa: GuestPhysAddr) -> bool {
+        false
+    }
+
+    fn mmio_read(&mut self, _clock: CpuClock, _pa: GuestPhysAddr, size: u8) -> u64 {
+        reprise_cpu::flags::mask(size as usize)
+    }
+
+    fn mmio_write(&mut self, _clock: CpuClock, _pa: GuestPhysAddr, _size: u8, _value: u64) {}
+
+    fn io_in(&mut self, _clock: CpuClock, port: u16, size: u8) -> u32 {
+        // A wide access reads consecutive ports, lowest port in the lowest byte.
+        let mut v = 0u32;
+        for k in 0..size.min(4) {
+            v |= (self.read_port_byte(port.wrapping_add(k as u16)) as u32) << (8 * k);
+        }
+        v
+    }
+
+    fn io_out(&mut self, _clock: CpuClock, port: u16, size: u8, value: u32) {
+        match (port, size) {
+            // Debug exit takes the whole value, whatever its width.
+            (DEBUG_EXIT_PORT, _) => {
+                let r = self.debug_exit.write(size, value);
+                self.request_end(EndRequest::Exit(r));
+            }
+            // Byte accesses only: a dword at 0xcf8 is the PCI config address, not a reset.
+            (RESET_CONTROL_PORT, 1) => {
+                if self.reset_control.write(value as u8) {
+                    self.request_end(EndRequest::Reset);
+                }
+            }
+            (I8042_DATA_PORT | I8042_COMMAND_PORT, 1) => {
+                if self.i8042.write(port, value as u8) {
+                    self.request_end(EndRequest::Reset);
+                }
+            }
+            _ => {
+                for k in 0..size.min(4) {
+                    self.write_port_byte(port.wrapping_add(k as u16), (value >> (8 * k)) as u8);
+                }
+            }
+        }
+    }
+
+    fn random(&mut self, clock: CpuClock, source: RandomSource) -> Option<u64> {
+        let at = self.position(clock);
+        self.inputs.random(at, source)
+    }
+
+    fn tsc(&mut self, clock: CpuClock) -> u64 {
+        // TSC_HZ is 1 GHz: one tick per virtual nanosecond.
+        self.position(clock)
+            .instructions
+            .wrapping_mul(NS_PER_INSTRUCTION)
+            .wrapping_add(self.skipped_ns)
+    }
+
+    #[inline(always)]
+    fn wants_exit(&self) -> bool {
+        self.end_request.is_some()
+    }
+}
+
+/// A whole machine: CPUs, RAM, devices, the shared decoded-code cache and the scheduler.
+pub struct Machine<I: Inputs> {
+    config: MachineConfig,
+    cpus: Vec<Cpu>,
+    code: CodeCache,
+    board: Board<I>,
+    sched: SchedulerState,
+}
+
+impl<I: Inputs> Machine<I> {
+    /// Build a machine with zeroed RAM and CPUs in their reset state (a boot loader sets
+    /// them up). Serial output goes to `serial_out`.
+    pub fn new(
+        config: MachineConfig,
+        mut inputs: I,
+        serial_out: Box<dyn Write>,
+    ) -> Result<Machine<I>, ConfigError> {
+        config.validate()?;
+        let ram = GuestRam::new(config.ram_bytes)?;
+        let cpuid = CpuidProfile::default();
+        let cpus = (0..config.cpus)
+            .map(|i| Cpu::new(i, cpuid.clone()))
+            .collect();
+        let rtc_start = inputs.rtc_start_time();
+        Ok(Machine {
+            code: CodeCache::new(config.ram_bytes),
+            board: Board {
+                ram,
+                uart: Uart::new(serial_out),
+                debug_exit: DebugExit::new(config.exit_code),
+                reset_control: ResetControl::default(),
+                i8042: I8042::default(),
+                inputs,
+                rtc_start,
+                end_request: None,
+                slice_global: 0,
+                slice_retired: 0,
+                skipped_ns: 0,
+            },
+            cpus,
+            config,
+            sched: SchedulerState::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.board.ram
+    }
+
+    /// Guest RAM for writing from outside (a loader, a checkpoint restore). Drops every
+    /// decoded instruction, since the caller may overwrite code.
+    pub fn ram_mut(&mut self) -> &mut GuestRam {
+        self.code.clear();
+        &mut self.board.ram
+    }
+
+    /// The CPUs, by index.
+    pub fn cpus(&self) -> &[Cpu] {
+        &self.cpus
+    }
+
+    /// The CPUs, for a loader to set up. Callers that replace `state` must call
+    /// `flush_tlb` on the CPU.
+    pub fn cpus_mut(&mut self) -> &mut [Cpu] {
+        &mut self.cpus
+    }
+
+    /// The input seam.
+    pub fn inputs(&self) -> &I {
+        &self.board.inputs
+    }
+
+    /// The input seam, mutably.
+    pub fn inputs_mut(&mut self) -> &mut I {
+        &mut self.board.inputs
+    }
+
+    /// The serial output sink.
+    pub fn serial_output(&mut self) -> &mut Box<dyn Write> {
+        self.board.uart.output()
+    }
+
+    /// Instructions retired by each CPU, by index.
+    pub fn retired(&self) -> Vec<u64> {
+        self.cpus.iter().map(|c| c.state.retired).collect()
+    }
+
+    /// The global instruction count: instructions retired by all CPUs together.
+    pub fn instructions(&self) -> u64 {
+        self.cpus.iter().map(|c| c.state.retired).sum()
+    }
+
+    /// Run until the guest ends the run, a CPU stops, every CPU is halted, or the global
+    /// instruction count reaches `limit` (pass `u64::MAX` for no limit).
+    pub fn run(&mut self, limit: u64) -> RunResult {
+        self.run_observed(&mut NoObserver, limit)
+    }
+
+    /// [`Machine::run`] reporting every memory access to `obs`.
+    pub fn run_observed<O: Observer>(&mut self, obs: &mut O, limit: u64) -> RunResult {
+        let outcome = self.run_loop(obs, limit);
+        self.board.uart.flush();
+        // A guest's own ending stands even if the output broke meanwhile.
+        let outcome = match (outcome, self.board.uart.take_output_error()) {
+            (RunOutcome::InstructionLimit, Some(e)) => RunOutcome::OutputFailed(e.to_string()),
+            (o, _) => o,
+        };
+        RunResult {
+            outcome,
+            retired: self.retired(),
+        }
+    }
+
+    fn run_loop<O: Observer>(&mut self, obs: &mut O, limit: u64) -> RunOutcome {
+        let n = self.cpus.len();
+        let quantum = self.config.quantum;
+        let mut global = self.instructions();
+        // CPUs found halted in a row; n of them means all are (nothing wakes a CPU yet).
+        let mut halted_in_a_row = 0usize;
+        loop {
+            match self.board.end_request {
+                Some(EndRequest::Exit(r)) => return RunOutcome::Exit(r),
+                Some(EndRequest::Reset) => return RunOutcome::Reset,
+                None => {}
+            }
+            if let Some(e) = self.board.uart.take_output_error() {
+                return RunOutcome::OutputFailed(e.to_string());
+            }
+            if global >= limit {
+                return RunOutcome::InstructionLimit;
+            }
+            let i = self.sched.current as usize % n;
+            if self.cpus[i].state.halted {
+                halted_in_a_row += 1;
+                if halted_in_a_row >= n {
+                    return RunOutcome::AllHalted(self.all_halted());
+                }
+                self.next_cpu();
+                continue;
+            }
+            halted_in_a_row = 0;
+            if self.sched.used == 0 {
+                self.poll_inputs(global, i as u32);
+            }
+            let budget = quantum.saturating_sub(self.sched.used).min(limit - global);
+            let cpu = &mut self.cpus[i];
+            let before = cpu.state.retired;
+            self.board.slice_global = global;
+            self.board.slice_retired = before;
+            let exit = cpu.run(&mut self.board, obs, &mut self.code, budget);
+            let ran = cpu.state.retired - before;
+            global += ran;
+            self.sched.used += ran;
+            match exit {
+                RunExit::Stop(reason) => return RunOutcome::Stopped(reason),
+                RunExit::Halted => self.next_cpu(),
+                RunExit::Budget if self.sched.used >= quantum => {
+                    self.board.uart.flush();
+                    self.next_cpu();
+                }
+                // The limit was reached mid-quantum, or a device asked to end the run:
+                // both are seen at the top of the loop.
+                RunExit::Budget | RunExit::BusExit => {}
+            }
+        }
+    }
+
+    fn next_cpu(&mut self) {
+        self.sched.current = (self.sched.current + 1) % self.config.cpus;
+        self.sched.used = 0;
+    }
+
+    /// Deliver waiting serial bytes while the UART has room for them.
+    fn poll_inputs(&mut self, global: u64, cpu: u32) {
+        let at = Position {
+            instructions: global,
+            cpu,
+        };
+        while self.board.uart.rx_room() > 0 {
+            match self.board.inputs.serial_input(at) {
+                Some(b) => {
+                    self.board.uart.receive(b);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn all_halted(&self) -> AllHalted {
+        AllHalted {
+            cpus: self
+                .cpus
+                .iter()
+                .map(|c| {
+                    let on = c.state.rflags & reprise_cpu::state::rflags::IF != 0;
+                    (c.state.rip, on)
+                })
+                .collect(),
+        }
+    }
+
+    /// All machine state except RAM.
+    pub fn state(&self) -> MachineState {
+        MachineState {
+            config: self.config.clone(),
+            cpus: self.cpus.iter().map(|c| c.state.clone()).collect(),
+            scheduler: SchedulerState {
+                skipped_ns: self.board.skipped_ns,
+                ..self.sched
+            },
+            uart: self.board.uart.state(),
+            reset_control: self.board.reset_control,
+            i8042: self.board.i8042,
+            rtc_start: self.board.rtc_start,
+            end_request: self.board.end_request,
+        }
+    }
+
+    /// Replace all machine state except RAM (which the caller restores through
+    /// [`Machine::ram_mut`]). The state must come from a machine with the same CPU count and
+    /// RAM size; the quantum and exit-code style are taken from it.
+    pub fn set_state(&mut self, state: &MachineState) -> Result<(), StateError> {
+        if state.config.cpus != self.config.cpus
+            || state.config.ram_bytes != self.config.ram_bytes
+            || state.cpus.len() != self.cpus.len()
+        {
+            return Err(StateError::Mismatch {
+                state_cpus: state.cpus.len() as u32,
+                state_ram: state.config.ram_bytes,
+                cpus: self.config.cpus,
+                ram: self.config.ram_bytes,
+            });
+        }
+        if state.scheduler.current >= self.config.cpus
+            || state.scheduler.used >= state.config.quantum
+        {
+            return Err(StateError::BadScheduler(state.scheduler));
+        }
+        self.config.quantum = state.config.quantum;
+        self.config.exit_code = state.config.exit_code;
+        for (cpu, s) in self.cpus.iter_mut().zip(&state.cpus) {
+            cpu.state = s.clone();
+            cpu.flush_tlb();
+        }
+        self.code.clear();
+        self.sched = state.scheduler;
+        self.board.skipped_ns = state.scheduler.skipped_ns;
+        let out = self.board.uart.replace_output(Box::new(std::io::sink()));
+        self.board.uart = Uart::from_state(state.uart.clone(), out);
+        self.board.debug_exit = DebugExit::new(state.config.exit_code);
+        self.board.reset_control = state.reset_control;
+        self.board.i8042 = state.i8042;
+        self.board.rtc_start = state.rtc_start;
+        self.board.end_request = state.end_request;
+        Ok(())
+    }
+
+    /// A blake3 hash of the whole machine: its serialized state, then all of RAM.
+    pub fn state_hash(&self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        // Serializing plain structs of integers into a hasher cannot fail.
+        postcard::to_io(&self.state(), &mut h).expect("machine state serializes");
+        h.update(self.board.ram.as_slice());
+        h.finalize()
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

@@ -1,0 +1,122 @@
+//! `reprise run`: boot an image on a fresh machine, run it to its end, report.
+
+use std::io::{BufWriter, Write};
+use std::time::Instant;
+
+use reprise_devices::boot::bare;
+use reprise_devices::machine::ConfigError;
+use reprise_devices::{HostInputs, Machine, MachineConfig, RunOutcome, RunResult};
+
+use crate::cli::RunArgs;
+use crate::status;
+
+/// Run the command; returns the process exit status.
+pub fn run(args: &RunArgs) -> i32 {
+    match run_inner(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("reprise: {e:#}");
+            status::ERROR
+        }
+    }
+}
+
+fn run_inner(args: &RunArgs) -> anyhow::Result<i32> {
+    let config = MachineConfig {
+        cpus: args.cpus,
+        ram_bytes: args.mem,
+        quantum: args.quantum,
+        exit_code: args.exit_code.into(),
+    };
+    // Options first (cheap and independent of the image), each named in its message.
+    config.validate().map_err(|e| option_error(args, e))?;
+
+    // Guest serial output: buffered, flushed by the machine at the end of every quantum
+    // that wrote something, so output appears promptly without a system call per byte.
+    let stdout = BufWriter::with_capacity(1 << 16, std::io::stdout());
+    let inputs = HostInputs::new(!args.no_stdin);
+    let mut machine =
+        Machine::new(config, inputs, Box::new(stdout)).map_err(|e| option_error(args, e))?;
+    bare::load_file(&mut machine, &args.image)?;
+
+    let limit = args.max_instructions.unwrap_or(u64::MAX);
+    let started = Instant::now();
+    let result = machine.run(limit);
+    let wall = started.elapsed();
+    let _ = machine.serial_output().flush();
+
+    if args.summary {
+        eprintln!("reprise: {}", summary(&result, wall.as_secs_f64()));
+    }
+    Ok(report(&result, limit))
+}
+
+/// Name the option at fault in a configuration error.
+fn option_error(args: &RunArgs, e: ConfigError) -> anyhow::Error {
+    let option = match &e {
+        ConfigError::NoCpus | ConfigError::TooManyCpus(_) => format!("--cpus {}", args.cpus),
+        ConfigError::ZeroQuantum => format!("--quantum {}", args.quantum),
+        ConfigError::Ram(_) => format!("--mem {}", size_text(args.mem)),
+    };
+    anyhow::Error::new(e).context(option)
+}
+
+/// A byte count the way a user would write it: `128G`, `256M`, `3001K` or plain bytes.
+fn size_text(bytes: u64) -> String {
+    for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
+            return format!("{}{suffix}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Say how the run ended (on stderr, when there is something to say) and pick the status.
+fn report(result: &RunResult, limit: u64) -> i32 {
+    match &result.outcome {
+        RunOutcome::Exit(r) => (r.status & 0xff) as i32,
+        RunOutcome::Reset => {
+            eprintln!("reprise: guest reset the machine");
+            status::RESET
+        }
+        RunOutcome::Stopped(reason) => {
+            eprintln!("reprise: guest stopped: {reason}");
+            status::CRASH
+        }
+        RunOutcome::AllHalted(h) => {
+            eprintln!("reprise: guest stopped: {h}");
+            status::CRASH
+        }
+        RunOutcome::InstructionLimit => {
+            eprintln!("reprise: instruction limit reached ({limit} instructions)");
+            status::LIMIT
+        }
+        RunOutcome::OutputFailed(e) => {
+            eprintln!("reprise: serial output failed: {e}");
+            status::ERROR
+        }
+    }
+}
+
+/// One line: instructions per vCPU, total, wall time, MIPS.
+fn summary(result: &RunResult, seconds: f64) -> String {
+    let per_cpu: Vec<String> = result
+        .retired
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("cpu{i}={n}"))
+        .collect();
+    let total = result.total();
+    let mips = if seconds > 0.0 {
+        total as f64 / seconds / 1e6
+    } else {
+        0.0
+    };
+    format!(
+        "retired {} total={} in {:.3} s ({:.1} MIPS)",
+        per_cpu.join(" "),
+        total,
+        seconds,
+        mips
+    )
+}

@@ -1,0 +1,20 @@
+//! The exit statuses of `reprise` (see also `reprise run --help`).
+//!
+//! | status | meaning |
+//! |---|---|
+//! | `v & 0xff` | the guest wrote `v` to the debug-exit port 0xf4 (`(v<<1)\|1` with `--exit-code qemu`) |
+//! | 0 | the guest reset the machine (0xcf9 or the i8042); stderr says so |
+//! | 1 | reprise error: bad options, unreadable or invalid image, serial output failed |
+//! | 124 | `--max-instructions` reached (as `timeout` does) |
+//! | 125 | the guest crashed: triple fault, unimplemented instruction, all vCPUs halted |
+//!
+//! A guest can of course exit with 1, 124 or 125 itself; stderr tells the cases apart.
+
+/// Reprise itself failed (options, image, host).
+pub const ERROR: i32 = 1;
+/// The instruction limit was reached.
+pub const LIMIT: i32 = 124;
+/// The guest crashed or can make no progress.
+pub const CRASH: i32 = 125;
+/// The guest reset the machine.
+pub const RESET: i32 = 0;

@@ -1,0 +1,108 @@
+//! Helpers for the end-to-end tests: hand-assembled guest images and a runner for the
+//! `reprise` binary.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use iced_x86::code_asm::{CodeAssembler, IcedError};
+use reprise_devices::elf::{build_exec, SegmentSpec};
+
+/// Where guest code is linked.
+pub const CODE: u64 = 0x10_0000;
+/// Where guest data tables are linked.
+pub const DATA: u64 = 0x20_0000;
+
+/// An ELF64 image: the code `f` assembles at [`CODE`], plus `data` at [`DATA`].
+pub fn guest(data: &[u8], f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).expect("64-bit assembler");
+    f(&mut a).expect("assembling the test guest");
+    let code = a.assemble(CODE).expect("assembling the test guest");
+    let mut segments = vec![SegmentSpec::rwx(CODE, code)];
+    if !data.is_empty() {
+        segments.push(SegmentSpec::rwx(DATA, data.to_vec()));
+    }
+    build_exec(CODE, &segments)
+}
+
+/// A scratch directory for this test process's files.
+pub fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reprise-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}
+
+/// Write `bytes` to a file called `name` in the scratch directory.
+pub fn write_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let path = scratch_dir().join(name);
+    std::fs::write(&path, bytes).expect("writing a test file");
+    path
+}
+
+/// The result of one `reprise` invocation.
+pub struct Run {
+    /// Exit status (-1 if killed by a signal).
+    pub status: i32,
+    /// Guest serial output.
+    pub stdout: String,
+    /// reprise's messages.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            status: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {}\n--- stdout\n{}--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Run `reprise` with these arguments (stdin closed).
+pub fn reprise<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(args)
+        .output()
+        .expect("running reprise");
+    Run::from(out)
+}
+
+/// `reprise run OPTIONS... IMAGE`.
+pub fn run_image(options: &[&str], image: &Path) -> Run {
+    let mut args: Vec<std::ffi::OsString> = vec!["run".into()];
+    args.extend(options.iter().map(|s| s.into()));
+    args.push(image.into());
+    reprise(&args)
+}
+
+/// `reprise run OPTIONS... IMAGE` with `input` on stdin (closed after it).
+pub fn run_image_with_input(options: &[&str], image: &Path, input: &[u8]) -> Run {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .arg("run")
+        .args(options)
+        .arg(image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running reprise");
+    let mut stdin = child.stdin.take().expect("a stdin pipe");
+    // The guest may exit before reading everything: a broken pipe is fine.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    Run::from(child.wait_with_output().expect("waiting for reprise"))
+}
