@@ -9,7 +9,7 @@
 //! with the state at the fault compared too.
 //!
 //! Environment knobs:
-//! - `REPRISE_DIFF_CASES=N`: cases in the normal run (default 3000).
+//! - `REPRISE_DIFF_CASES=N`: cases in the normal run (default 5000).
 //! - `REPRISE_DIFF_SEED=HEX`: seed of the normal run (default fixed, so runs repeat).
 //! - `REPRISE_DIFF_SOAK=SECONDS`: instead, generate fresh random cases for that long and
 //!   print the per-code coverage.
@@ -460,7 +460,7 @@ fn differential_random_sequences() {
         report_collected();
         return;
     }
-    let cases = env_u64("REPRISE_DIFF_CASES").unwrap_or(3000) as u32;
+    let cases = env_u64("REPRISE_DIFF_CASES").unwrap_or(5000) as u32;
     let seed = env_u64("REPRISE_DIFF_SEED").unwrap_or(0x5eed_d1ff);
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());

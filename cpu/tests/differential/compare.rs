@@ -102,8 +102,23 @@ pub fn differences(n: &NativeOutcome, e: &EmuOutcome, undefined: u64) -> Vec<Str
     let mut d = Vec::new();
     match (&n.end, &e.end) {
         (NativeEnd::Completed, EmuEnd::Halted) => {}
-        (NativeEnd::Signal { vector, .. }, EmuEnd::Fault { vector: ev, .. })
-            if *vector == *ev as u64 => {}
+        // Error codes are compared except for #PF, whose U/S and other bits reflect the
+        // host's page tables; for #PF the faulting address is compared instead.
+        (
+            NativeEnd::Signal {
+                vector,
+                error_code,
+                addr,
+                ..
+            },
+            EmuEnd::Fault {
+                vector: ev,
+                error_code: ee,
+                cr2,
+            },
+        ) if *vector == *ev as u64
+            && (*vector == 14 && Some(*addr) == *cr2
+                || *vector != 14 && *error_code == ee.unwrap_or(0) as u64) => {}
         _ => d.push(format!(
             "outcome: native {}; emulator {}",
             describe_native(n),

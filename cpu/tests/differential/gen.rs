@@ -118,6 +118,7 @@ fn host_has(f: CpuidFeature) -> bool {
     match f {
         F::INTEL8086 | F::INTEL186 | F::INTEL286 | F::INTEL386 | F::INTEL486 | F::X64 => true,
         F::CMOV | F::CX8 | F::MULTIBYTENOP | F::PAUSE | F::SSE | F::SSE2 | F::CLFSH => true,
+        F::FXSR => true,
         F::SSE3 => std::is_x86_feature_detected!("sse3"),
         F::SSSE3 => std::is_x86_feature_detected!("ssse3"),
         F::SSE4_1 => std::is_x86_feature_detected!("sse4.1"),
@@ -156,16 +157,11 @@ fn mnemonic_exclusion(m: Mnemonic) -> Option<&'static str> {
         M::Xbegin | M::Xend | M::Xabort | M::Xtest => "transactional memory",
         M::Sgdt | M::Sidt | M::Sldt | M::Str | M::Smsw => "descriptor-table state differs (UMIP)",
         M::Lar | M::Lsl | M::Verr | M::Verw => "segment descriptors differ from the host's",
-        M::Syscall
-        | M::Sysret
-        | M::Sysenter
-        | M::Sysexit
-        | M::Int
-        | M::Int1
-        | M::Int3
-        | M::Into => "enters the host kernel (or traps, with another RIP convention)",
+        M::Syscall | M::Sysenter | M::Int1 | M::Int3 | M::Into => {
+            "enters the host kernel (or traps, with another RIP convention)"
+        }
         M::Iret | M::Iretd | M::Iretq => "far control transfer",
-        M::Lss | M::Lfs | M::Lgs | M::Swapgs => "segment loads",
+        M::Lss | M::Lfs | M::Lgs => "segment loads (the GDTs differ)",
         M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => "the host uses FS/GS bases",
         M::Xsave | M::Xsave64 | M::Xrstor | M::Xrstor64 | M::Xsaveopt | M::Xsaveopt64 => {
             "XSAVE state is not compared"
@@ -229,6 +225,8 @@ fn operand_supported(k: K) -> bool {
             | K::br64_1
             | K::br64_4
             | K::dx
+            | K::fs
+            | K::gs
             | K::cr_reg
             | K::dr_reg
     )
@@ -1147,6 +1145,15 @@ impl<'a> Gen<'a> {
                 K::eax => ins.set_op_register(n, Register::EAX),
                 K::rax => ins.set_op_register(n, Register::RAX),
                 K::dx => ins.set_op_register(n, Register::DX),
+                // PUSH FS/GS: both sides hold null selectors (POP would load them: excluded).
+                K::fs | K::gs if code.mnemonic() == Mnemonic::Push => ins.set_op_register(
+                    n,
+                    if k == K::fs {
+                        Register::FS
+                    } else {
+                        Register::GS
+                    },
+                ),
                 K::cr_reg => {
                     let cr = [
                         Register::CR0,
@@ -1357,6 +1364,15 @@ impl<'a> Gen<'a> {
                 }
                 let addr = self.init.gpr[RSP].wrapping_add(self.stack_delta as u64);
                 self.plant(addr)?;
+            }
+            // INT n raises #GP(n*8+2) at CPL 3 except for the host's user gates: INT3 (#BP)
+            // and INTO (#OF) traps, and 0x80 (system calls).
+            M::Int => {
+                let mut n = self.rng.next() as u8;
+                while matches!(n, 3 | 4 | 0x80) {
+                    n = self.rng.next() as u8;
+                }
+                ins.set_immediate8(n);
             }
             // Divisions: keep the high half of the dividend small often enough that the
             // quotient fits (otherwise nearly every case would be #DE).
