@@ -11,7 +11,7 @@ use reprise_cpu::testing::GDT;
 use reprise_cpu::testing::{setup_long_mode, write_boot_tables, FlatBus, RecordingObserver};
 use reprise_cpu::{Access, CodeCache, Cpu, CpuState, CpuidProfile, RunExit, StopReason};
 
-use crate::common::{fl, Regs, DATA, RAM, RSP, SCRATCH, TEST};
+use crate::common::{fl, Regs, CODE, CODE_SIZE, DATA, RAM, RSP, SCRATCH, TEST};
 
 /// How the emulated run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,17 +62,40 @@ const MAX_STEPS: usize = 10_000;
 const USER_CS: u16 = 0x18 | 3;
 const USER_DS: u16 = 0x20 | 3;
 
-/// Make the test machine run at CPL 3: every page-table entry user-accessible, DPL-3 code and
-/// data descriptors appended to the GDT and loaded, and CR0.AM set as Linux sets it.
-fn enter_user_mode(cpu: &mut Cpu, ram: &mut [u8]) {
-    // write_boot_tables puts the PML4, PDPT and page directories at 0x1000..0x7000.
-    for at in (0x1000..0x7000).step_by(8) {
-        let mut e = u64::from_le_bytes(ram[at..at + 8].try_into().expect("8 bytes"));
-        if e & 1 != 0 {
-            e |= 1 << 2;
-            ram[at..at + 8].copy_from_slice(&e.to_le_bytes());
-        }
+/// Page-table entry bits.
+const P: u64 = 1;
+const RW: u64 = 1 << 1;
+const US: u64 = 1 << 2;
+const NX: u64 = 1 << 63;
+
+fn put(ram: &mut [u8], at: u64, v: u64) {
+    ram[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Replace the identity map of `write_boot_tables` (PML4 at 0x1000, PDPT at 0x2000,
+/// directories from 0x3000) by one that maps exactly what the host's test process maps at
+/// low addresses: the scratch region (user, writable, not executable) and the two code pages
+/// (user, writable, executable). Everything else is not present, so a stray access faults on
+/// both sides. Page tables at 0x8000 (0..2 MiB) and 0x9000 (2..4 MiB).
+fn map_like_host(ram: &mut [u8]) {
+    ram[0x2000..0xa000].fill(0);
+    put(ram, 0x1000, 0x2000 | P | RW | US);
+    put(ram, 0x2000, 0x3000 | P | RW | US);
+    put(ram, 0x3000, 0x8000 | P | RW | US);
+    put(ram, 0x3008, 0x9000 | P | RW | US);
+    for page in (DATA..DATA + SCRATCH as u64).step_by(0x1000) {
+        put(ram, 0x8000 + (page >> 12) * 8, page | P | RW | US | NX);
     }
+    for page in (CODE..CODE + CODE_SIZE as u64).step_by(0x1000) {
+        put(ram, 0x9000 + ((page >> 12) & 0x1ff) * 8, page | P | RW | US);
+    }
+}
+
+/// Make the test machine run at CPL 3 with the host's low mappings ([`map_like_host`]):
+/// DPL-3 code and data descriptors appended to the GDT and loaded, and CR0.AM set as Linux
+/// sets it.
+fn enter_user_mode(cpu: &mut Cpu, ram: &mut [u8]) {
+    map_like_host(ram);
     let gdt = GDT as usize;
     ram[gdt + 24..gdt + 32].copy_from_slice(&0x00af_fb00_0000_ffffu64.to_le_bytes());
     ram[gdt + 32..gdt + 40].copy_from_slice(&0x00cf_f300_0000_ffffu64.to_le_bytes());

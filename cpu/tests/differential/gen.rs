@@ -959,7 +959,18 @@ impl<'a> Gen<'a> {
         self.last_ea = None;
         let addr32 = self.rng.chance(1, 6);
         let size = if addr32 { 4 } else { 8 };
-        let target = self.scratch_target();
+        // Now and then an access that straddles an end of the scratch region, into a page
+        // that is mapped on neither side: a #PF that must leave no partial effects.
+        let access = ins.memory_size().size() as u64;
+        let target = if access > 1 && self.rng.chance(1, 24) {
+            if self.rng.chance(3, 4) {
+                DATA + SCRATCH as u64 - 1 - self.rng.below(access - 1)
+            } else {
+                DATA - 1 - self.rng.below(access - 1)
+            }
+        } else {
+            self.scratch_target()
+        };
         let mut base = Register::None;
         let mut index = Register::None;
         let mut scale = 1u32;
