@@ -747,6 +747,9 @@ impl<'a> Gen<'a> {
     /// Plant a code address at `addr` for the current instruction, unless an earlier
     /// instruction may write there first.
     fn plant(&mut self, addr: u64) -> Result<(), &'static str> {
+        if addr < DATA || addr + 8 > DATA + SCRATCH as u64 {
+            return Err("the code address would lie outside the scratch region");
+        }
         if self.unknown_writes {
             return Err("earlier writes could clobber a planted code address");
         }
