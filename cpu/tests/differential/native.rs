@@ -283,7 +283,7 @@ unsafe fn child(job: &Job, result: *mut ResultPage) -> ! {
         rlim_max: 0,
     };
     libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-    libc::alarm(2);
+    libc::alarm(10);
     RESULT.store(result, Ordering::SeqCst);
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let altstack_size = 0x10000;
