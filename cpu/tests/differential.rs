@@ -1,12 +1,21 @@
 //! Differential tests of reprise's CPU against the host processor.
 //!
 //! Random sequences of 1-4 instructions, drawn from every iced `Code` reprise implements
-//! (minus a documented exclusion list), are run natively in a forked child and in the
-//! emulator from the same registers, flags, MXCSR, XMM registers and scratch memory; then
-//! every GPR, RIP, RFLAGS (minus the flags left architecturally undefined), MXCSR, XMM0-15
-//! and the scratch memory are compared. A native fault (signal) must match the emulator's
-//! exception (a triple fault, as the test machine has no IDT) by vector and faulting RIP,
-//! with the state at the fault compared too.
+//! (minus the exclusions of `gen::exclusion`, printed by every run), are run natively in a
+//! forked child and in the emulator from the same registers, flags, MXCSR, XMM registers and
+//! scratch memory; then every GPR, RIP, RFLAGS (minus the flags left architecturally
+//! undefined, per iced-x86 refined by the SDM's count-dependent shift rules), MXCSR,
+//! XMM0-15 and the scratch memory are compared. Both sides run at CPL 3 with the same low
+//! mappings (scratch data and code pages only), so privileged instructions, port I/O and
+//! stray accesses fault alike. A native fault (signal) must match the emulator's exception (a
+//! triple fault, as the test machine has no IDT) by vector, error code (or #PF address) and
+//! faulting RIP, with the state at the fault compared too.
+//!
+//! Control transfers are generated forward only: Jcc/JMP/CALL/LOOP to a later instruction,
+//! and RET / indirect JMP / CALL through a register or scratch qword planted with a later
+//! instruction's address. Cases whose outcome is architecturally undefined (a flag read
+//! after it became undefined, SHLD/SHRD counts beyond the operand size) or that POPF into
+//! single-step or alignment-check mode are discarded; the run prints how many.
 //!
 //! Environment knobs:
 //! - `REPRISE_DIFF_CASES=N`: cases in the normal run (default 5000).
