@@ -23,6 +23,8 @@
 //! - `REPRISE_DIFF_SOAK=SECONDS`: instead, generate fresh random cases for that long and
 //!   print the per-code coverage.
 //! - `REPRISE_DIFF_CASE=SPEC`: run one case (as printed in a mismatch report) and print it.
+//! - `REPRISE_DIFF_ONLY=shl,movups`: draw only codes whose iced names contain one of these
+//!   (case-insensitive; the coverage figures then count only those).
 //! - `REPRISE_DIFF_KEEP_GOING=1`: do not stop at the first mismatch; shrink and collect every
 //!   mismatch, then print one report per distinct shrunk sequence of codes.
 //!
@@ -74,7 +76,15 @@ fn catalog() -> &'static Catalog {
         let mut eligible = Vec::new();
         let mut excluded = Vec::new();
         let mut g = Gen::new(1, &[]);
-        for &c in &implemented {
+        // Optional focus: only codes whose names contain one of these (case-insensitive).
+        let only: Vec<String> = std::env::var("REPRISE_DIFF_ONLY")
+            .map(|v| v.split(',').map(|s| s.trim().to_lowercase()).collect())
+            .unwrap_or_default();
+        let wanted = |c: Code| {
+            let name = format!("{c:?}").to_lowercase();
+            only.is_empty() || only.iter().any(|o| name.contains(o.as_str()))
+        };
+        for &c in implemented.iter().filter(|&&c| wanted(c)) {
             match exclusion(c) {
                 None if g.round_trips(c) => eligible.push(c),
                 None => excluded.push((

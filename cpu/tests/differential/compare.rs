@@ -273,9 +273,13 @@ pub fn report(
     for d in diffs {
         let _ = writeln!(s, "    {d}");
     }
+    // A case is regenerated from its seed and the set of codes drawn from.
+    let only = std::env::var("REPRISE_DIFF_ONLY")
+        .map(|o| format!("REPRISE_DIFF_ONLY={o} "))
+        .unwrap_or_default();
     let _ = writeln!(
         s,
-        "  rerun: REPRISE_DIFF_CASE={} cargo test --release -p reprise-cpu --test differential",
+        "  rerun: {only}REPRISE_DIFF_CASE={} cargo test --release -p reprise-cpu --test differential",
         case.spec()
     );
     s

@@ -272,6 +272,9 @@ pub fn exclusion(code: Code) -> Option<String> {
         | FlowControl::IndirectCall
         | FlowControl::Return => {}
         FlowControl::Exception if exception_ok => {}
+        // INT n with a vector whose gate is not open to user mode: #GP (see
+        // `special_operands`).
+        FlowControl::Interrupt if code == Code::Int_imm8 => {}
         f => return Some(format!("control transfer ({f:?})")),
     }
     for &k in op.op_kinds() {
