@@ -6,6 +6,9 @@
 //! - [`format`]: [`format::TraceWriter`] and [`format::TraceReader`], the only code that
 //!   writes or reads trace files (built on `reprise_record::container`);
 //! - [`filter`]: the [`filter::Filter`] trait, the command-line filters and their parsers;
+//! - [`tracer`]: [`tracer::Tracer`], the CPU observer that runs accesses through filters and
+//!   a policy into a sink (a trace writer, or an analysis fed live);
+//! - [`stats`]: counts of a trace by record type, CPU and policy outcome;
 //! - [`policy`]: the [`policy::CacheLinePolicy`] trait and the policies `all`, `movement`,
 //!   `mesi`, `first-touch` and `sample`.
 //!
@@ -19,3 +22,5 @@ pub mod filter;
 pub mod format;
 pub mod policy;
 pub mod record;
+pub mod stats;
+pub mod tracer;
