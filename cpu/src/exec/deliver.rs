@@ -18,6 +18,11 @@ use crate::mmu::Intent;
 use crate::observer::Observer;
 use crate::state::{cr0, efer, rflags, CpuState, SegReg, Segment, TableReg};
 
+/// CR0.NW (not write-through).
+const CR0_NW: u64 = 1 << 29;
+/// CR0.CD (cache disable).
+const CR0_CD: u64 = 1 << 30;
+
 /// Where an event comes from; decides the gate DPL check and the EXT bit of error codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -108,7 +113,9 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
     };
     match result {
         Ok(()) => {
+            // The handler starts with no STI/SS-load shadow pending and not halted.
             x.cpu.state.halted = false;
+            x.cpu.state.interrupt_shadow = false;
             Ok(())
         }
         Err(Exit::Fault(f)) => Err(f),
@@ -565,7 +572,10 @@ impl Cpu {
     /// halted, and the machine must deliver no interrupt to it until [`Cpu::startup`]).
     pub fn init(&mut self) {
         let signature = self.cpuid.query(1, 0, 0)[0];
+        // INIT keeps CR0.CD and CR0.NW.
+        let cache_bits = self.state.cr0 & (CR0_CD | CR0_NW);
         self.enter_init_state();
+        self.state.cr0 = cr0::ET | cache_bits;
         self.state.gpr = [0; 16];
         self.state.gpr[2] = signature as u64;
         self.state.halted = true;
@@ -590,7 +600,7 @@ impl Cpu {
         };
         s.rip = 0xfff0;
         s.rflags = rflags::FIXED;
-        s.cr0 = cr0::ET | 1 << 29 | 1 << 30;
+        s.cr0 = cr0::ET | CR0_CD | CR0_NW;
         s.cr2 = 0;
         s.cr3 = 0;
         s.cr4 = 0;

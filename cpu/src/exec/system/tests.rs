@@ -1243,3 +1243,137 @@ fn software_interrupt_checks_gate_dpl_in_protected_mode() {
     assert_eq!(get_u32(&m, 0x7f000 - 20) as u64, CODE_BASE + 2);
     assert_eq!(get_u32(&m, 0x7f000 - 16), 0x1b);
 }
+
+/// Descriptor-table and segment instructions in 32-bit protected mode: SGDT/SIDT, LLDT/SLDT,
+/// STR, LFS from an LDT selector, POP GS, VERR/VERW, ARPL, LSS.
+#[test]
+fn protected_mode_descriptor_instructions() {
+    let out = 0x2_0000u64;
+    let code = asm(32, CODE_BASE, |a| {
+        a.sgdt(ptr(out))?;
+        a.sidt(ptr(out + 0x10))?;
+        a.mov(ax, 0x30)?;
+        a.lldt(ax)?;
+        a.sldt(bx)?;
+        a.str(cx)?;
+        a.mov(dword_ptr(out + 0x20), 0x1234_5678)?;
+        a.mov(word_ptr(out + 0x24), 0x0c)?;
+        a.lfs(edx, ptr(out + 0x20))?;
+        a.push(0x10)?;
+        a.pop(gs)?;
+        a.mov(ax, 0x10)?;
+        a.verr(ax)?;
+        a.sete(byte_ptr(out + 0x30))?;
+        a.verw(ax)?;
+        a.sete(byte_ptr(out + 0x31))?;
+        a.mov(ax, 0x08)?;
+        a.verw(ax)?;
+        a.sete(byte_ptr(out + 0x32))?;
+        a.mov(si, 0x10)?;
+        a.mov(di, 0x13)?;
+        a.arpl(si, di)?;
+        a.sete(byte_ptr(out + 0x33))?;
+        a.mov(dword_ptr(out + 0x40), 0x6_0000)?;
+        a.mov(word_ptr(out + 0x44), 0x10)?;
+        a.lss(esp, ptr(out + 0x40))?;
+        a.hlt()
+    });
+    let mut m = protected_machine(&code);
+    let ldt = 0x9000u64;
+    let ldt_desc = 0x0000_8200_0000_0017u64 | ldt << 16;
+    let [tss_lo, _] = tss_descriptor(TSS, 0x67);
+    gdt(
+        &mut m,
+        &[0, CODE32_K, DATA_K, CODE32_U, DATA_U, tss_lo, ldt_desc],
+    );
+    put_u64(&mut m, ldt + 8, DATA_K);
+    m.cpu.state.idtr.base = IDT;
+    m.cpu.state.idtr.limit = 0x7ff;
+    run_to_halt(&mut m);
+    let s = &m.cpu.state;
+    assert_eq!(get_u16(&m, out), 55, "GDT limit");
+    assert_eq!(get_u32(&m, out + 2) as u64, GDT);
+    assert_eq!(get_u16(&m, out + 0x10), 0x7ff);
+    assert_eq!(get_u32(&m, out + 0x12) as u64, IDT);
+    assert_eq!(s.ldtr.base, ldt);
+    assert_eq!(s.ldtr.limit, 0x17);
+    assert_eq!(s.gpr[3] & 0xffff, 0x30);
+    assert_eq!(s.gpr[1] & 0xffff, 0x28);
+    assert_eq!(s.gpr[2], 0x1234_5678);
+    assert_eq!(s.seg[SegReg::Fs as usize].selector, 0x0c);
+    assert_eq!(s.seg[SegReg::Gs as usize].selector, 0x10);
+    assert_eq!(
+        &m.bus.ram[out as usize + 0x30..out as usize + 0x34],
+        &[1, 1, 0, 1]
+    );
+    assert_eq!(s.gpr[6] & 0xffff, 0x13);
+    assert_eq!(s.gpr[4], 0x6_0000);
+}
+
+/// RETF to an outer privilege level pops SS:RSP too and nulls data segments the new level
+/// may not use.
+#[test]
+fn far_return_to_user_mode() {
+    let user = CODE_BASE + 0x1000;
+    let kernel = asm(64, CODE_BASE, |a| {
+        a.push(0x2b)?;
+        a.push(0x50_0000)?;
+        a.push(0x33)?;
+        a.mov(rax, user)?;
+        a.push(rax)?;
+        a.retf()
+    });
+    let mut m = TestMachine::with_code(&kernel);
+    identity_map_user(&mut m);
+    linux_like_gdt(&mut m);
+    m.cpu.state.seg[SegReg::Cs as usize].selector = 0x10;
+    m.cpu.state.seg[SegReg::Ss as usize].selector = 0x18;
+    m.cpu.state.seg[SegReg::Ds as usize].selector = 0x18;
+    put(&mut m, user, &[0xf4]);
+    put(&mut m, 0x30_0000, &[0xf4]);
+    gate64(&mut m, 13, 0x30_0000, 0x10, 0, 0, 0xe);
+    put_u64(&mut m, TSS + 4, 0x70_0000);
+    m.cpu.state.tr = Segment {
+        selector: 0x40,
+        base: TSS,
+        limit: 0x67,
+        attrs: 0x8b,
+    };
+    run_to_halt(&mut m);
+    let top = m.cpu.state.gpr[4];
+    assert_eq!(top, 0x70_0000 - 48);
+    assert_eq!(get_u64(&m, top + 8), user);
+    assert_eq!(get_u64(&m, top + 16), 0x33);
+    assert_eq!(get_u64(&m, top + 32), 0x50_0000);
+    assert_eq!(get_u64(&m, top + 40), 0x2b);
+    assert_eq!(m.cpu.state.seg[SegReg::Ds as usize].selector, 0);
+}
+
+/// INIT puts a CPU in real mode waiting for a startup IPI, keeping MSRs and SSE state;
+/// the SIPI starts it at vector << 12.
+#[test]
+fn init_and_startup_ipi() {
+    let mut m = TestMachine::with_code(&[]);
+    m.cpu.state.msr.apic_base = 0xfee0_0900;
+    m.cpu.state.mxcsr = 0x1fa0;
+    m.cpu.init();
+    let s = &m.cpu.state;
+    assert!(s.halted);
+    assert_eq!(s.mode(), CpuMode::Real);
+    assert_eq!(s.msr.efer, 0);
+    assert_eq!(s.msr.apic_base, 0xfee0_0900);
+    assert_eq!(s.mxcsr, 0x1fa0);
+    assert_eq!(m.run(10), RunExit::Halted);
+    put(
+        &mut m,
+        0x9_a000,
+        &asm(16, 0, |a| {
+            a.mov(ax, cs)?;
+            a.hlt()
+        }),
+    );
+    m.cpu.startup(0x9a);
+    run_to_halt(&mut m);
+    assert_eq!(m.cpu.state.gpr[0] & 0xffff, 0x9a00);
+    assert_eq!(m.cpu.state.rip, 3);
+}

@@ -148,10 +148,11 @@ fn store_env<B: Bus, O: Observer>(
     for k in 0..count {
         let at = x.address_after(addr, slot * k);
         let v = match words.get(k) {
-            // The upper half of each 32-bit slot is reserved and stored as ones, as
-            // Intel processors do.
+            // The upper halves of the control, status, tag and data-selector slots are
+            // reserved and stored as ones, as Intel processors do.
             Some(&w) if wide => 0xffff_0000 | w as u64,
             Some(&w) => w as u64,
+            None if wide && k == 6 => 0xffff_0000,
             None => 0,
         };
         x.write(at, slot, v)?;
