@@ -494,9 +494,8 @@ fn deliver_long<B: Bus, O: Observer>(x: &mut Exec<B, O>, ev: Event) -> ExecResul
 
 /// INT n, INT3 and INTO in every mode, as a trap: the gate's DPL is checked against the CPL
 /// (except in real mode), the return address is the next instruction, and a fault during
-/// delivery is reported on this instruction. `control.rs` owns these instructions and does
-/// the same in long mode only; it can call this to cover real and protected mode too.
-#[cfg_attr(not(test), allow(dead_code))]
+/// delivery is reported on this instruction. `control.rs` owns these instructions and calls
+/// this.
 pub(crate) fn software_interrupt<B: Bus, O: Observer>(x: &mut Exec<B, O>, vec: u8) -> ExecResult {
     let ev = Event {
         vector: vec,
