@@ -326,6 +326,10 @@ impl Cpu {
         };
         let long = mode == CpuMode::Long64;
         let mut rip = x.cpu.state.rip;
+        // An STI or SS-load shadow covers only the instruction after it: clear it before the
+        // block's first instruction; an instruction that sets it ends the block (below), so
+        // the next instruction is always the first of a block.
+        x.cpu.state.interrupt_shadow = false;
         for d in insns {
             x.rip = rip;
             let next = rip.wrapping_add(d.len as u64);
@@ -342,7 +346,9 @@ impl Cpu {
             if x.code_modified | x.stop_after {
                 break;
             }
-            if d.check_exit && (rip != fall_through || x.bus.wants_exit()) {
+            if d.check_exit
+                && (rip != fall_through || x.bus.wants_exit() || x.cpu.state.interrupt_shadow)
+            {
                 break;
             }
         }
@@ -619,8 +625,9 @@ pub fn format_insn(insn: &Instruction) -> String {
 }
 
 /// Whether instructions of `group` may call the bus beyond RAM accesses (port I/O, MSRs,
-/// time, randomness), which can make [`Bus::wants_exit`] true, or set `next_rip` without
-/// ending their block (a REP string instruction resuming later). Memory-mapped I/O, which
+/// time, randomness), which can make [`Bus::wants_exit`] true, set `next_rip` without
+/// ending their block (a REP string instruction resuming later), or set the interrupt
+/// shadow (STI). Memory-mapped I/O, which
 /// any memory operand may reach, is handled where it happens (`memory.rs` asks the run
 /// loop to look after the instruction).
 fn may_call_bus(group: Group) -> bool {
