@@ -248,6 +248,24 @@ pub enum Op {
     SseFloat,
     /// SSE packed integer and logic (`sse/int.rs`).
     SseInt,
+    /// MOVDQA/MOVDQU/MOVAPS/... xmm, xmm.
+    XmmMovRR,
+    /// MOVDQA/MOVDQU/MOVAPS/... xmm, m128 (`cc` = 1: must be aligned).
+    XmmLoad,
+    /// MOVDQA/MOVDQU/MOVAPS/MOVNTDQ/... m128, xmm (`cc` = 1: must be aligned).
+    XmmStore,
+    /// MOVQ xmm, xmm.
+    XmmMovqRR,
+    /// MOVQ xmm, m64.
+    XmmMovqRM,
+    /// MOVQ m64, xmm.
+    XmmMovqMR,
+    /// A bitwise, add/subtract, compare-equal or unpack operation, xmm, xmm (`cc` = which).
+    XmmBinRR,
+    /// The same with an aligned m128 source.
+    XmmBinRM,
+    /// A packed shift by an immediate (`cc` = which, `imm` = count).
+    XmmShiftI,
 }
 
 /// The operands of a fast form, resolved at decode time. Registers are indices into
@@ -311,7 +329,7 @@ fn reg(r: Register) -> Option<(u8, u8)> {
 
 /// The memory operand of `i` in fast form, if it has one that the fast paths handle:
 /// 64-bit address size (or an absolute address) and no segment base other than FS or GS.
-fn mem(i: &Instruction, o: &mut Operands) -> Option<()> {
+pub(crate) fn mem_operand(i: &Instruction, o: &mut Operands) -> Option<()> {
     let base = match i.memory_base() {
         Register::None => NO_REG,
         Register::RIP => RIP,
@@ -402,7 +420,7 @@ fn two_operand_form(i: &Instruction, o: &mut Operands) -> Option<Form> {
             if i.memory_size().size() != s0 as usize {
                 return None;
             }
-            mem(i, o)?;
+            mem_operand(i, o)?;
             (o.r0, o.size) = (r0, s0);
             Some(Form::RM)
         }
@@ -411,7 +429,7 @@ fn two_operand_form(i: &Instruction, o: &mut Operands) -> Option<Form> {
             if i.memory_size().size() != s1 as usize {
                 return None;
             }
-            mem(i, o)?;
+            mem_operand(i, o)?;
             (o.r1, o.size) = (r1, s1);
             Some(Form::MR)
         }
@@ -420,7 +438,7 @@ fn two_operand_form(i: &Instruction, o: &mut Operands) -> Option<Form> {
             if !matches!(size, 1 | 2 | 4 | 8) {
                 return None;
             }
-            mem(i, o)?;
+            mem_operand(i, o)?;
             (o.size, o.imm) = (size as u8, i.immediate(1));
             Some(Form::MI)
         }
@@ -517,7 +535,7 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
                         if !matches!(s1, 1 | 2 | 4) {
                             return None;
                         }
-                        mem(i, o)?;
+                        mem_operand(i, o)?;
                         o.imm = s1 as u64;
                         Some(if zx { Op::MovzxRM } else { Op::MovsxRM })
                     }
@@ -529,7 +547,7 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
                     return None;
                 }
                 let (r0, s0) = reg(i.op0_register())?;
-                mem(i, o)?;
+                mem_operand(i, o)?;
                 // No segment base applies to LEA.
                 o.seg = 0;
                 (o.r0, o.size) = (r0, s0);
@@ -553,7 +571,7 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
                             Some(Op::SetccR)
                         }
                         OpKind::Memory => {
-                            mem(i, o)?;
+                            mem_operand(i, o)?;
                             o.size = 1;
                             Some(Op::SetccM)
                         }
@@ -654,7 +672,7 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
                 Op::PopR
             })
         }
-        Group::Sse => super::sse::fast_kind(m),
+        Group::Sse => super::sse::fast_kind(i, o),
         _ => None,
     }
 }

@@ -59,7 +59,9 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
             {
                 self.code.invalidate_page(page);
                 self.code.invalidate_page((pa + size as u64 - 1) >> 12);
+                // The run loop looks at `stop_after` after every instruction.
                 self.code_modified = true;
+                self.stop_after = true;
             }
             let ram = self.bus.ram();
             if let Some(b) = ram.get_mut(i..i + size) {

@@ -336,18 +336,22 @@ impl Cpu {
             // Outside 64-bit mode the instruction pointer wraps at the code size.
             let fall_through = if long { next } else { x.mask_ip(next) };
             x.next_rip = fall_through;
-            x.locked = d.locked;
             if let Err(e) = dispatch(&mut x, d) {
                 return Err((e, rip));
             }
             rip = x.next_rip;
             x.cpu.state.rip = rip;
             x.cpu.state.retired += 1;
-            if x.code_modified | x.stop_after {
+            // `memory.rs` sets `stop_after` with `code_modified`; only the check_exit groups
+            // (string.rs) set `code_modified` alone.
+            if x.stop_after {
                 break;
             }
             if d.check_exit
-                && (rip != fall_through || x.bus.wants_exit() || x.cpu.state.interrupt_shadow)
+                && (rip != fall_through
+                    || x.code_modified
+                    || x.bus.wants_exit()
+                    || x.cpu.state.interrupt_shadow)
             {
                 break;
             }
@@ -644,6 +648,21 @@ fn may_call_bus(group: Group) -> bool {
     }
 }
 
+/// Run a generic handler. `x.locked` is set for it and cleared after it: fast forms never
+/// carry a LOCK prefix, so the run loop need not store it for every instruction (a handler
+/// may also lock its accesses itself, as XCHG with memory does).
+#[inline(always)]
+fn generic<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+    handler: fn(&mut Exec<B, O>, &Instruction) -> ExecResult,
+) -> ExecResult {
+    x.locked = d.locked;
+    let r = handler(x, &d.insn);
+    x.locked = false;
+    r
+}
+
 /// Execute one decoded instruction: its fast form, or its group's handler.
 #[inline(always)]
 fn dispatch<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> ExecResult {
@@ -670,17 +689,17 @@ fn dispatch<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> ExecRes
         };
     }
     match d.op {
-        Op::GData => data::exec(x, i),
-        Op::GAlu => alu::exec(x, i),
-        Op::GShift => shift::exec(x, i),
-        Op::GMulDiv => muldiv::exec(x, i),
-        Op::GBits => bits::exec(x, i),
-        Op::GControl => control::exec(x, i),
-        Op::GStack => stack::exec(x, i),
-        Op::GString => string::exec(x, i),
-        Op::GMisc => misc::exec(x, i),
-        Op::GSse => sse::exec(x, i),
-        Op::GSystem => system::exec(x, i),
+        Op::GData => generic(x, d, data::exec),
+        Op::GAlu => generic(x, d, alu::exec),
+        Op::GShift => generic(x, d, shift::exec),
+        Op::GMulDiv => generic(x, d, muldiv::exec),
+        Op::GBits => generic(x, d, bits::exec),
+        Op::GControl => generic(x, d, control::exec),
+        Op::GStack => generic(x, d, stack::exec),
+        Op::GString => generic(x, d, string::exec),
+        Op::GMisc => generic(x, d, misc::exec),
+        Op::GSse => generic(x, d, sse::exec),
+        Op::GSystem => generic(x, d, system::exec),
         Op::GUnimplemented => Err(unimplemented(x, i)),
 
         Op::MovRR => {
@@ -818,6 +837,15 @@ fn dispatch<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> ExecRes
         Op::SseMov => sse::exec_mov(x, i),
         Op::SseFloat => sse::exec_float(x, i),
         Op::SseInt => sse::exec_int(x, i),
+        Op::XmmMovRR
+        | Op::XmmLoad
+        | Op::XmmStore
+        | Op::XmmMovqRR
+        | Op::XmmMovqRM
+        | Op::XmmMovqMR
+        | Op::XmmBinRR
+        | Op::XmmBinRM
+        | Op::XmmShiftI => sse::exec_fast(x, d.op, o),
     }
 }
 

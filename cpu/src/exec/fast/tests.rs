@@ -48,22 +48,34 @@ struct Machine {
 }
 
 impl Machine {
-    fn new(fast: bool, insn: &[u8], state: &CpuState, data: &[u8], stack: &[u8]) -> Machine {
-        let mut bus = FlatBus::new(RAM);
-        write_boot_tables(&mut bus.ram);
-        let c = CODE_BASE as usize;
-        bus.ram[c..c + insn.len()].copy_from_slice(insn);
-        bus.ram[c + insn.len()] = 0xf4; // hlt
-        let d = DATA as usize;
-        bus.ram[d..d + data.len()].copy_from_slice(data);
-        let s = (STACK - STACK_LEN) as usize;
-        bus.ram[s..s + stack.len()].copy_from_slice(stack);
-        let mut cpu = Cpu::new(0, CpuidProfile::default());
-        cpu.state = state.clone();
-        cpu.flush_tlb();
+    fn new(fast: bool) -> Machine {
         let mut code = CodeCache::new(RAM as u64);
         code.set_fast_paths(fast);
-        Machine { cpu, bus, code }
+        Machine {
+            cpu: Cpu::new(0, CpuidProfile::default()),
+            bus: FlatBus::new(RAM),
+            code,
+        }
+    }
+
+    /// Reset everything a run may have changed (RAM outside the areas set here is not
+    /// compared, and every write is also compared through the recorded accesses).
+    fn reset(&mut self, insn: &[u8], state: &CpuState, data: &[u8], stack: &[u8]) {
+        let ram = &mut self.bus.ram;
+        ram[..0x8000].fill(0);
+        write_boot_tables(ram);
+        let c = CODE_BASE as usize;
+        ram[c..c + 0x2000].fill(0);
+        ram[c..c + insn.len()].copy_from_slice(insn);
+        ram[c + insn.len()] = 0xf4; // hlt
+        let d = DATA as usize;
+        ram[d..d + data.len()].copy_from_slice(data);
+        let s = (STACK - STACK_LEN) as usize;
+        ram[s..s + stack.len()].copy_from_slice(stack);
+        self.bus.exit = None;
+        self.cpu.state = state.clone();
+        self.cpu.flush_tlb();
+        self.code.clear();
     }
 
     fn run<O: Observer>(&mut self, obs: &mut O) -> RunExit {
@@ -118,10 +130,15 @@ fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
     (0..n).map(|_| rng.next() as u8).collect()
 }
 
-/// Random instruction bytes, biased towards REX prefixes and two-byte opcodes.
+/// Random instruction bytes, biased towards operand-size/SSE prefixes, REX prefixes and
+/// two-byte opcodes.
 fn random_insn(rng: &mut Rng) -> Vec<u8> {
     let mut b = random_bytes(rng, 15);
     let mut at = 0;
+    if rng.below(4) == 0 {
+        b[at] = [0x66, 0xf2, 0xf3][rng.below(3) as usize];
+        at += 1;
+    }
     if rng.below(3) == 0 {
         b[at] = 0x40 | rng.below(16) as u8;
         at += 1;
@@ -132,11 +149,19 @@ fn random_insn(rng: &mut Rng) -> Vec<u8> {
     b
 }
 
+/// The three machines of the comparison.
+struct Trio {
+    fast: Machine,
+    slow: Machine,
+    plain: Machine,
+}
+
 /// Run one instruction from one state on the three machines and compare.
-fn check(insn: &[u8], state: &CpuState, data: &[u8], stack: &[u8], what: &str) {
-    let mut fast = Machine::new(true, insn, state, data, stack);
-    let mut slow = Machine::new(false, insn, state, data, stack);
-    let mut plain = Machine::new(true, insn, state, data, stack);
+fn check(t: &mut Trio, insn: &[u8], state: &CpuState, data: &[u8], stack: &[u8], what: &str) {
+    let Trio { fast, slow, plain } = t;
+    for m in [&mut *fast, &mut *slow, &mut *plain] {
+        m.reset(insn, state, data, stack);
+    }
     let mut fast_obs = RecordingObserver::default();
     let mut slow_obs = RecordingObserver::default();
     let e_fast = fast.run(&mut fast_obs);
@@ -162,8 +187,9 @@ fn check(insn: &[u8], state: &CpuState, data: &[u8], stack: &[u8], what: &str) {
 fn fast_forms_match_generic_handlers() {
     let mut rng = Rng(0x5eed_f00d_1234_5678);
     let groups = crate::exec::group_table();
-    // Up to this many distinct encodings per fast op, each from STATES random states.
-    const PER_OP: usize = 40;
+    // Up to this many distinct encodings per fast op, operand size and sub-kind (condition,
+    // SSE operation), each from STATES random states.
+    const PER_KEY: usize = 8;
     const STATES: usize = 4;
     let mut cases: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     for _ in 0..400_000 {
@@ -174,12 +200,14 @@ fn fast_forms_match_generic_handlers() {
             continue;
         }
         let group = groups[insn.code() as usize];
-        let (op, _) = classify(&insn, group, 64);
+        let (op, o) = classify(&insn, group, 64);
         if op == super::generic(group) {
             continue;
         }
-        let list = cases.entry(format!("{op:?}")).or_default();
-        if list.len() < PER_OP {
+        let list = cases
+            .entry(format!("{op:?} size {} kind {}", o.size, o.cc))
+            .or_default();
+        if list.len() < PER_KEY {
             list.push(bytes[..insn.len()].to_vec());
         }
     }
@@ -245,13 +273,29 @@ fn fast_forms_match_generic_handlers() {
         Op::SseMov,
         Op::SseFloat,
         Op::SseInt,
+        Op::XmmMovRR,
+        Op::XmmLoad,
+        Op::XmmStore,
+        Op::XmmMovqRR,
+        Op::XmmMovqRM,
+        Op::XmmMovqMR,
+        Op::XmmBinRR,
+        Op::XmmBinRM,
+        Op::XmmShiftI,
     ];
     for op in all {
+        let name = format!("{op:?} ");
         assert!(
-            cases.contains_key(&format!("{op:?}")),
+            cases.keys().any(|k| k.starts_with(&name)),
             "no random instruction decoded as {op:?}"
         );
     }
+    eprintln!("{} fast-form keys", cases.len());
+    let mut trio = Trio {
+        fast: Machine::new(true),
+        slow: Machine::new(false),
+        plain: Machine::new(true),
+    };
     let mut runs = 0;
     for (op, list) in &cases {
         for bytes in list {
@@ -261,7 +305,7 @@ fn fast_forms_match_generic_handlers() {
                 let stack = random_bytes(&mut rng, STACK_LEN as usize);
                 let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 let what = format!("{op} [{}]", hex.join(" "));
-                check(bytes, &state, &data, &stack, &what);
+                check(&mut trio, bytes, &state, &data, &stack, &what);
                 runs += 1;
             }
         }

@@ -16,6 +16,7 @@ use crate::fault::{vector, ExecResult, Exit, Fault};
 use crate::observer::Observer;
 use crate::state::{cr0, cr4};
 
+mod fast;
 mod float;
 mod int;
 mod mov;
@@ -112,9 +113,17 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
 /// The fast op of an instruction this module claims: its submodule resolved at decode time
 /// (the same choice [`exec`] makes at run time), or `None` for the forms [`exec`] treats
 /// specially (MOVNTI, FXSAVE/FXRSTOR, LDMXCSR/STMXCSR).
-pub(crate) fn fast_kind(m: Mnemonic) -> Option<crate::exec::fast::Op> {
+pub(crate) fn fast_kind(
+    i: &Instruction,
+    o: &mut crate::exec::fast::Operands,
+) -> Option<crate::exec::fast::Op> {
     use crate::exec::fast::Op;
     use Mnemonic as M;
+    let m = i.mnemonic();
+    if let Some(op) = fast::classify(i, o) {
+        return Some(op);
+    }
+    *o = Default::default();
     match m {
         M::Movnti
         | M::Fxsave
@@ -158,6 +167,16 @@ fn is_mov(m: Mnemonic) -> bool {
             | M::Pmovmskb
             | M::Maskmovdqu
     )
+}
+
+/// Execute a fast form [`fast_kind`] chose (`Xmm*`).
+#[inline(always)]
+pub(crate) fn exec_fast<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    op: crate::exec::fast::Op,
+    o: &crate::exec::fast::Operands,
+) -> ExecResult {
+    fast::exec(x, op, o)
 }
 
 /// Execute a data-movement instruction ([`fast_kind`] chose `SseMov`).
