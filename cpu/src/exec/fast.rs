@@ -20,7 +20,7 @@ use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind, Register};
 use crate::bus::Bus;
 use crate::exec::operand::gpr_slot;
 use crate::exec::{Exec, Group};
-use crate::fault::ExecResult;
+use crate::fault::{ExecResult, Exit, Fault};
 use crate::flags;
 use crate::observer::Observer;
 use crate::state::rflags::{CF, OF, PF, SF, STATUS, ZF};
@@ -739,6 +739,91 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     }
 }
 
+/// MOV r, r.
+#[inline(always)]
+pub(crate) fn mov_rr<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let v = x.reg_get(o.r1, S);
+    x.reg_put(o.r0, S, v);
+    Ok(())
+}
+
+/// MOV r, imm.
+#[inline(always)]
+pub(crate) fn mov_ri<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    x.reg_put(o.r0, S, o.imm);
+    Ok(())
+}
+
+/// MOV r, m.
+#[inline(always)]
+pub(crate) fn mov_rm<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let addr = x.fast_addr(o);
+    let v = x.read(addr, S)?;
+    x.reg_put(o.r0, S, v);
+    Ok(())
+}
+
+/// MOV m, r.
+#[inline(always)]
+pub(crate) fn mov_mr<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let addr = x.fast_addr(o);
+    let v = x.reg_get(o.r1, S);
+    x.write(addr, S, v)
+}
+
+/// MOV m, imm.
+#[inline(always)]
+pub(crate) fn mov_mi<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let addr = x.fast_addr(o);
+    x.write(addr, S, o.imm)
+}
+
+/// LEA r, m: the offset (no segment base), truncated by the register write.
+#[inline(always)]
+pub(crate) fn lea<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let v = x.fast_addr(o);
+    x.reg_put(o.r0, S, v);
+    Ok(())
+}
+
+/// MOVZX and MOVSX/MOVSXD (`imm` = source size).
+#[inline(always)]
+pub(crate) fn extend<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op) -> ExecResult {
+    let size = o.size as usize;
+    let from = o.imm as usize;
+    let v = match op {
+        Op::MovzxRR | Op::MovsxRR => x.reg_get(o.r1, from),
+        _ => {
+            let addr = x.fast_addr(o);
+            x.read(addr, from)?
+        }
+    };
+    let v = match op {
+        Op::MovsxRR | Op::MovsxRM => flags::sign_extend(v, from),
+        _ => v,
+    };
+    x.reg_put(o.r0, size, v);
+    Ok(())
+}
+
 /// ALU operation kinds for [`alu`].
 pub(crate) mod kind {
     pub const ADD: u8 = 0;
@@ -1017,39 +1102,56 @@ pub(crate) fn conditional<B: Bus, O: Observer>(
     }
 }
 
-/// A relative jump, taken when `taken`.
+/// The target of a relative branch of 64-bit code: #GP(0) if it is not canonical (what
+/// `branch_to` checks in 64-bit mode).
+#[inline(always)]
+fn rel_target<B: Bus, O: Observer>(x: &Exec<B, O>, o: &Operands) -> Result<u64, Exit> {
+    let target = x.rip.wrapping_add(o.imm);
+    if !super::control::is_canonical(target) {
+        return Err(Fault::GP0.into());
+    }
+    Ok(target)
+}
+
+/// A relative jump, taken when `taken`; returns the next instruction's address.
 #[inline(always)]
 pub(crate) fn jump<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     o: &Operands,
     taken: bool,
-) -> ExecResult {
+    fall_through: u64,
+) -> Result<u64, Exit> {
     if taken {
-        let target = x.rip.wrapping_add(o.imm);
-        x.branch_to(target)?;
+        rel_target(x, o)
+    } else {
+        Ok(fall_through)
     }
-    Ok(())
 }
 
-/// CALL rel (64-bit).
+/// CALL rel (64-bit); returns the target.
 #[inline(always)]
-pub(crate) fn call_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
-    let ret = x.next_rip;
-    let target = x.rip.wrapping_add(o.imm);
+pub(crate) fn call_rel<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+    fall_through: u64,
+) -> Result<u64, Exit> {
     // Check the target before pushing, so a bad target leaves the stack alone.
-    x.branch_to(target)?;
-    x.push(ret, 8)
+    let target = rel_target(x, o)?;
+    x.push(fall_through, 8)?;
+    Ok(target)
 }
 
-/// RET (64-bit, no immediate).
+/// RET (64-bit, no immediate); returns the target.
 #[inline(always)]
-pub(crate) fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> ExecResult {
+pub(crate) fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> Result<u64, Exit> {
     let rsp = x.cpu.state.gpr[4];
     let addr = x.stack_addr(rsp);
     let target = x.read(addr, 8)?;
-    x.branch_to(target)?;
+    if !super::control::is_canonical(target) {
+        return Err(Fault::GP0.into());
+    }
     x.set_rsp(rsp.wrapping_add(8));
-    Ok(())
+    Ok(target)
 }
 
 /// POP r64.

@@ -55,10 +55,12 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         let i = pa as usize;
         if !self.bus.is_mmio(pa) {
             let page = pa >> 12;
-            if self.code.is_code_page(page) || self.code.is_code_page((pa + size as u64 - 1) >> 12)
-            {
+            let last = (pa + size as u64 - 1) >> 12;
+            // The accesses of `write` never cross a page; test the second page only when
+            // another caller's does.
+            if self.code.is_code_page(page) || (last != page && self.code.is_code_page(last)) {
                 self.code.invalidate_page(page);
-                self.code.invalidate_page((pa + size as u64 - 1) >> 12);
+                self.code.invalidate_page(last);
                 // The run loop looks at `stop_after` after every instruction.
                 self.code_modified = true;
                 self.stop_after = true;

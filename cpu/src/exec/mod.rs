@@ -281,7 +281,12 @@ impl Cpu {
                 }
                 Err(Exit::Stop(s)) => return RunExit::Stop(s),
             };
-            let result = self.run_block(bus, obs, code, mode, &block, end);
+            // 64-bit code gets its own copy of the loop, with no instruction-pointer wrapping.
+            let result = if mode == CpuMode::Long64 {
+                self.run_block::<true, B, O>(bus, obs, code, mode, &block, end)
+            } else {
+                self.run_block::<false, B, O>(bus, obs, code, mode, &block, end)
+            };
             code.put_back(id, block);
             match result {
                 Ok(()) => {}
@@ -299,8 +304,9 @@ impl Cpu {
     /// budget (`end` retired), after a control transfer, after a write to cached code, when
     /// an instruction asks to leave the run loop, or when the bus wants the CPU to stop.
     /// An instruction's exit comes back with the instruction's address.
+    /// `LONG` says the mode is 64-bit.
     #[inline(always)]
-    fn run_block<B: Bus, O: Observer>(
+    fn run_block<const LONG: bool, B: Bus, O: Observer>(
         &mut self,
         bus: &mut B,
         obs: &mut O,
@@ -324,23 +330,24 @@ impl Cpu {
             code_modified: false,
             stop_after: false,
         };
-        let long = mode == CpuMode::Long64;
         let mut rip = x.cpu.state.rip;
         // An STI or SS-load shadow covers only the instruction after it: clear it before the
         // block's first instruction; an instruction that sets it ends the block (below), so
         // the next instruction is always the first of a block.
         x.cpu.state.interrupt_shadow = false;
+        let mut result = Ok(());
         for d in insns {
             x.rip = rip;
             let next = rip.wrapping_add(d.len as u64);
             // Outside 64-bit mode the instruction pointer wraps at the code size.
-            let fall_through = if long { next } else { x.mask_ip(next) };
-            x.next_rip = fall_through;
-            if let Err(e) = dispatch(&mut x, d) {
-                return Err((e, rip));
+            let fall_through = if LONG { next } else { x.mask_ip(next) };
+            match dispatch(&mut x, d, fall_through) {
+                Ok(next) => rip = next,
+                Err(e) => {
+                    result = Err((e, rip));
+                    break;
+                }
             }
-            rip = x.next_rip;
-            x.cpu.state.rip = rip;
             x.cpu.state.retired += 1;
             // `memory.rs` sets `stop_after` with `code_modified`; only the check_exit groups
             // (string.rs) set `code_modified` alone.
@@ -356,7 +363,11 @@ impl Cpu {
                 break;
             }
         }
-        Ok(())
+        // The instruction pointer is committed once per block: fast forms never read it
+        // (generic handlers get it set, see `generic`); after a fault it names the faulting
+        // instruction.
+        x.cpu.state.rip = rip;
+        result
     }
 
     /// Find or decode the block at the current RIP.
@@ -648,28 +659,37 @@ fn may_call_bus(group: Group) -> bool {
     }
 }
 
-/// Run a generic handler. `x.locked` is set for it and cleared after it: fast forms never
-/// carry a LOCK prefix, so the run loop need not store it for every instruction (a handler
-/// may also lock its accesses itself, as XCHG with memory does).
+/// Run a generic handler, returning the address of the next instruction. The handler gets
+/// the context the run loop keeps only for it: `next_rip` (the fall-through address, which a
+/// control transfer overwrites), the committed `state.rip` and `locked`, cleared after it
+/// (fast forms never carry a LOCK prefix; a handler may also lock its accesses itself, as
+/// XCHG with memory does).
 #[inline(always)]
 fn generic<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
+    fall_through: u64,
     handler: fn(&mut Exec<B, O>, &Instruction) -> ExecResult,
-) -> ExecResult {
+) -> Result<u64, Exit> {
+    x.next_rip = fall_through;
+    x.cpu.state.rip = x.rip;
     x.locked = d.locked;
     let r = handler(x, &d.insn);
     x.locked = false;
-    r
+    r.map(|()| x.next_rip)
 }
 
-/// Execute one decoded instruction: its fast form, or its group's handler.
+/// Execute one decoded instruction: its fast form, or its group's handler. Returns the
+/// address of the next instruction (`fall_through` unless it transferred control).
 #[inline(always)]
-fn dispatch<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> ExecResult {
+fn dispatch<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+    fall_through: u64,
+) -> Result<u64, Exit> {
     use fast::{kind as k, Op};
     let i = &d.insn;
     let o = &d.ops;
-    let size = o.size as usize;
     // Flags for the conditional jumps (evaluated only in their arms).
     let cf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::CF != 0;
     let zf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::ZF != 0;
@@ -688,71 +708,27 @@ fn dispatch<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> ExecRes
             }
         };
     }
-    match d.op {
-        Op::GData => generic(x, d, data::exec),
-        Op::GAlu => generic(x, d, alu::exec),
-        Op::GShift => generic(x, d, shift::exec),
-        Op::GMulDiv => generic(x, d, muldiv::exec),
-        Op::GBits => generic(x, d, bits::exec),
-        Op::GControl => generic(x, d, control::exec),
-        Op::GStack => generic(x, d, stack::exec),
-        Op::GString => generic(x, d, string::exec),
-        Op::GMisc => generic(x, d, misc::exec),
-        Op::GSse => generic(x, d, sse::exec),
-        Op::GSystem => generic(x, d, system::exec),
+    let r: ExecResult = match d.op {
+        Op::GData => return generic(x, d, fall_through, data::exec),
+        Op::GAlu => return generic(x, d, fall_through, alu::exec),
+        Op::GShift => return generic(x, d, fall_through, shift::exec),
+        Op::GMulDiv => return generic(x, d, fall_through, muldiv::exec),
+        Op::GBits => return generic(x, d, fall_through, bits::exec),
+        Op::GControl => return generic(x, d, fall_through, control::exec),
+        Op::GStack => return generic(x, d, fall_through, stack::exec),
+        Op::GString => return generic(x, d, fall_through, string::exec),
+        Op::GMisc => return generic(x, d, fall_through, misc::exec),
+        Op::GSse => return generic(x, d, fall_through, sse::exec),
+        Op::GSystem => return generic(x, d, fall_through, system::exec),
         Op::GUnimplemented => Err(unimplemented(x, i)),
 
-        Op::MovRR => {
-            let v = x.reg_get(o.r1, size);
-            x.reg_put(o.r0, size, v);
-            Ok(())
-        }
-        Op::MovRI => {
-            x.reg_put(o.r0, size, o.imm);
-            Ok(())
-        }
-        Op::MovRM => {
-            let addr = x.fast_addr(o);
-            let v = x.read(addr, size)?;
-            x.reg_put(o.r0, size, v);
-            Ok(())
-        }
-        Op::MovMR => {
-            let addr = x.fast_addr(o);
-            let v = x.reg_get(o.r1, size);
-            x.write(addr, size, v)
-        }
-        Op::MovMI => {
-            let addr = x.fast_addr(o);
-            x.write(addr, size, o.imm)
-        }
-        Op::MovzxRR => {
-            let v = x.reg_get(o.r1, o.imm as usize);
-            x.reg_put(o.r0, size, v);
-            Ok(())
-        }
-        Op::MovzxRM => {
-            let addr = x.fast_addr(o);
-            let v = x.read(addr, o.imm as usize)?;
-            x.reg_put(o.r0, size, v);
-            Ok(())
-        }
-        Op::MovsxRR => {
-            let v = x.reg_get(o.r1, o.imm as usize);
-            x.reg_put(o.r0, size, crate::flags::sign_extend(v, o.imm as usize));
-            Ok(())
-        }
-        Op::MovsxRM => {
-            let addr = x.fast_addr(o);
-            let v = x.read(addr, o.imm as usize)?;
-            x.reg_put(o.r0, size, crate::flags::sign_extend(v, o.imm as usize));
-            Ok(())
-        }
-        Op::Lea => {
-            let v = x.fast_addr(o);
-            x.reg_put(o.r0, size, v);
-            Ok(())
-        }
+        Op::MovRR => sized!(mov_rr,),
+        Op::MovRI => sized!(mov_ri,),
+        Op::MovRM => sized!(mov_rm,),
+        Op::MovMR => sized!(mov_mr,),
+        Op::MovMI => sized!(mov_mi,),
+        Op::MovzxRR | Op::MovzxRM | Op::MovsxRR | Op::MovsxRM => fast::extend(x, o, d.op),
+        Op::Lea => sized!(lea,),
 
         Op::AddRR => sized!(alu_rr, { k::ADD }),
         Op::AddRI => sized!(alu_ri, { k::ADD }),
@@ -808,25 +784,25 @@ fn dispatch<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> ExecRes
         Op::ImulRR | Op::ImulRM | Op::ImulRRI => fast::imul(x, o, d.op),
         Op::CmovRR | Op::CmovRM | Op::SetccR | Op::SetccM => fast::conditional(x, o, d.op),
 
-        Op::Jo => fast::jump(x, o, of(x)),
-        Op::Jno => fast::jump(x, o, !of(x)),
-        Op::Jb => fast::jump(x, o, cf(x)),
-        Op::Jae => fast::jump(x, o, !cf(x)),
-        Op::Je => fast::jump(x, o, zf(x)),
-        Op::Jne => fast::jump(x, o, !zf(x)),
-        Op::Jbe => fast::jump(x, o, cf(x) || zf(x)),
-        Op::Ja => fast::jump(x, o, !cf(x) && !zf(x)),
-        Op::Js => fast::jump(x, o, sf(x)),
-        Op::Jns => fast::jump(x, o, !sf(x)),
-        Op::Jp => fast::jump(x, o, pf(x)),
-        Op::Jnp => fast::jump(x, o, !pf(x)),
-        Op::Jl => fast::jump(x, o, sf(x) != of(x)),
-        Op::Jge => fast::jump(x, o, sf(x) == of(x)),
-        Op::Jle => fast::jump(x, o, zf(x) || sf(x) != of(x)),
-        Op::Jg => fast::jump(x, o, !zf(x) && sf(x) == of(x)),
-        Op::JmpRel => fast::jump(x, o, true),
-        Op::CallRel => fast::call_rel(x, o),
-        Op::Ret => fast::ret(x),
+        Op::Jo => return fast::jump(x, o, of(x), fall_through),
+        Op::Jno => return fast::jump(x, o, !of(x), fall_through),
+        Op::Jb => return fast::jump(x, o, cf(x), fall_through),
+        Op::Jae => return fast::jump(x, o, !cf(x), fall_through),
+        Op::Je => return fast::jump(x, o, zf(x), fall_through),
+        Op::Jne => return fast::jump(x, o, !zf(x), fall_through),
+        Op::Jbe => return fast::jump(x, o, cf(x) || zf(x), fall_through),
+        Op::Ja => return fast::jump(x, o, !cf(x) && !zf(x), fall_through),
+        Op::Js => return fast::jump(x, o, sf(x), fall_through),
+        Op::Jns => return fast::jump(x, o, !sf(x), fall_through),
+        Op::Jp => return fast::jump(x, o, pf(x), fall_through),
+        Op::Jnp => return fast::jump(x, o, !pf(x), fall_through),
+        Op::Jl => return fast::jump(x, o, sf(x) != of(x), fall_through),
+        Op::Jge => return fast::jump(x, o, sf(x) == of(x), fall_through),
+        Op::Jle => return fast::jump(x, o, zf(x) || sf(x) != of(x), fall_through),
+        Op::Jg => return fast::jump(x, o, !zf(x) && sf(x) == of(x), fall_through),
+        Op::JmpRel => return fast::jump(x, o, true, fall_through),
+        Op::CallRel => return fast::call_rel(x, o, fall_through),
+        Op::Ret => return fast::ret(x),
         Op::PushR => {
             // Read first: `push rsp` pushes the value before the push.
             let v = x.reg_get(o.r0, 8);
@@ -846,7 +822,8 @@ fn dispatch<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> ExecRes
         | Op::XmmBinRR
         | Op::XmmBinRM
         | Op::XmmShiftI => sse::exec_fast(x, d.op, o),
-    }
+    };
+    r.map(|()| fall_through)
 }
 
 /// The stop for an instruction reprise does not implement.
