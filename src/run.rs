@@ -95,6 +95,11 @@ fn report(result: &RunResult, limit: u64) -> i32 {
             eprintln!("reprise: serial output failed: {e}");
             status::ERROR
         }
+        RunOutcome::InputsStopped => {
+            // Host inputs never ask to stop; say so rather than guess if one ever does.
+            eprintln!("reprise: the input source stopped the run");
+            status::ERROR
+        }
     }
 }
 
