@@ -34,8 +34,8 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 
 use serde::{Deserialize, Serialize};
 
-pub use reprise_cpu::RandomSource;
 use reprise_cpu::Cpu;
+pub use reprise_cpu::RandomSource;
 
 /// Where the machine stands when it asks for an input.
 #[derive(

@@ -692,11 +692,7 @@ impl<I: Inputs> Machine<I> {
 
     /// A blake3 hash of the whole machine: its serialized state, then [`Machine::ram_hash`].
     pub fn state_hash(&self) -> blake3::Hash {
-        let mut h = blake3::Hasher::new();
-        // Serializing plain structs of integers into a hasher cannot fail.
-        postcard::to_io(&self.state(), &mut h).expect("machine state serializes");
-        h.update(self.ram_hash().as_bytes());
-        h.finalize()
+        state_hash_of(&self.state(), &self.ram_hash())
     }
 
     /// A blake3 hash of the contents of RAM (see [`ram_hash`]).
@@ -714,6 +710,16 @@ impl<I: Inputs> Machine<I> {
             None => format!("<no cpu {cpu}>"),
         }
     }
+}
+
+/// [`Machine::state_hash`] from its parts: blake3 of the postcard-serialized state followed
+/// by the RAM hash.
+pub fn state_hash_of(state: &MachineState, ram_hash: &blake3::Hash) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    // Serializing plain structs of integers into a hasher cannot fail.
+    postcard::to_io(state, &mut h).expect("machine state serializes");
+    h.update(ram_hash.as_bytes());
+    h.finalize()
 }
 
 /// Bytes of RAM per unit of [`ram_hash`].
@@ -740,7 +746,10 @@ pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
     };
     let backed = backed_pages(ram);
     for p in 0..pages {
-        if backed.as_ref().is_none_or(|b| b.get(p).copied().unwrap_or(true)) {
+        if backed
+            .as_ref()
+            .is_none_or(|b| b.get(p).copied().unwrap_or(true))
+        {
             hash_page(p, &mut h);
         }
     }
@@ -763,7 +772,7 @@ fn backed_pages(ram: &[u8]) -> Option<Vec<bool>> {
     }
     use std::io::{Read, Seek, SeekFrom};
     let start = ram.as_ptr() as usize;
-    if start % RAM_HASH_PAGE != 0 {
+    if !start.is_multiple_of(RAM_HASH_PAGE) {
         return None;
     }
     let pages = ram.len() / RAM_HASH_PAGE;

@@ -172,7 +172,7 @@ pub fn secs_from_civil(t: &CivilTime) -> i64 {
 }
 
 fn to_bcd(v: u32) -> u8 {
-    (((v / 10) % 10) << 4 | v % 10) as u8
+    ((((v / 10) % 10) << 4) | (v % 10)) as u8
 }
 
 fn from_bcd(v: u8) -> u32 {
