@@ -96,7 +96,9 @@ impl<I: Inputs> Recorder<I> {
     /// Create the log at `path` (it must not exist) and record what `inner` answers, with a
     /// sync record every `sync_every` instructions (0: none).
     pub fn create(path: &Path, inner: I, sync_every: u64) -> Result<Recorder<I>, ContainerError> {
-        let log = ContainerWriter::create(path, LOG_KIND, LOG_VERSION)?;
+        // No fsync at the end: it can cost more than a short run, and durability against a
+        // host crash is not what a recording promises (a killed recorder loses nothing).
+        let log = ContainerWriter::create(path, LOG_KIND, LOG_VERSION)?.with_fsync(false);
         Ok(Recorder {
             inner,
             path: path.to_path_buf(),
@@ -155,7 +157,7 @@ impl<I: Inputs> Recorder<I> {
         self.last_seal = Instant::now();
     }
 
-    /// Log the end of the run and finish the log (last chunk, trailer, fsync). The
+    /// Log the end of the run and finish the log (last chunk, trailer). The
     /// recorder logs nothing after this.
     pub fn finish(&mut self, end: EndRecord) -> Result<LogStats, ContainerError> {
         let at = Position {
