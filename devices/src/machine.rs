@@ -731,26 +731,24 @@ pub const RAM_HASH_PAGE: usize = 4096;
 /// Why not blake3 of all bytes: a fresh 256 MiB machine is almost all zero, and reading every
 /// page of it costs a fault per page (over 100 ms) where the guest itself ran for a few.
 /// Zero pages contribute nothing, so on Linux the pages the host never backed (never
-/// written: they are still zero) are found from `/proc/self/pagemap` without touching them.
+/// written: they are still zero) are skipped without touching them ([`backed_pages`]).
 /// That is only a shortcut: the hash depends on the contents alone, and anywhere the
 /// shortcut is unavailable every page is read.
 pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
     let pages = ram.len() / RAM_HASH_PAGE;
     let mut h = blake3::Hasher::new();
-    let hash_page = |p: usize, h: &mut blake3::Hasher| {
-        let bytes = &ram[p * RAM_HASH_PAGE..(p + 1) * RAM_HASH_PAGE];
-        if bytes.iter().any(|&b| b != 0) {
-            h.update(&(p as u64).to_le_bytes());
-            h.update(bytes);
-        }
-    };
     let backed = backed_pages(ram);
     for p in 0..pages {
         if backed
             .as_ref()
-            .is_none_or(|b| b.get(p).copied().unwrap_or(true))
+            .is_some_and(|b| !b.get(p).copied().unwrap_or(true))
         {
-            hash_page(p, &mut h);
+            continue;
+        }
+        let bytes = &ram[p * RAM_HASH_PAGE..(p + 1) * RAM_HASH_PAGE];
+        if bytes.iter().any(|&b| b != 0) {
+            h.update(&(p as u64).to_le_bytes());
+            h.update(bytes);
         }
     }
     // A partial last page (RAM is page-aligned, but stay total).
@@ -762,19 +760,65 @@ pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
     h.finalize()
 }
 
-/// For each 4 KiB page of `ram`, whether the host may hold anything but zeros for it
-/// (present in memory or swapped out), from `/proc/self/pagemap`; `None` where that
-/// cannot be known. RAM is a private anonymous mapping, so a page that is neither present
-/// nor swapped has never been written.
+/// For each 4 KiB page of `ram`, whether the host may hold anything but zeros for it; `None`
+/// where that cannot be known. RAM is a private anonymous mapping, so a page the host holds
+/// neither in memory nor in swap has never been written.
+///
+/// First choice, `mincore` (one byte per page, cheap even for huge holes), valid only when
+/// nothing of the process is in swap — a swapped-out page is "not resident" yet not zero —
+/// which `VmSwap` in `/proc/self/status` tells, read after `mincore` so that a page swapped
+/// out before it is seen. Otherwise `/proc/self/pagemap`, whose entries say present or
+/// swapped for each page (slower: the kernel formats 8 bytes per page).
 fn backed_pages(ram: &[u8]) -> Option<Vec<bool>> {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        return None; // pagemap entries are per host page; x86-64 Linux pages are 4 KiB
+        return None; // x86-64 Linux pages are 4 KiB, the unit of this hash
     }
-    use std::io::{Read, Seek, SeekFrom};
-    let start = ram.as_ptr() as usize;
-    if !start.is_multiple_of(RAM_HASH_PAGE) {
+    if !(ram.as_ptr() as usize).is_multiple_of(RAM_HASH_PAGE) {
         return None;
     }
+    resident_pages(ram)
+        .filter(|_| swapped_kib() == Some(0))
+        .or_else(|| pagemap_pages(ram))
+}
+
+/// `mincore`'s view: whether each page is resident.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn resident_pages(ram: &[u8]) -> Option<Vec<bool>> {
+    let pages = ram.len() / RAM_HASH_PAGE;
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `ram` is a live, page-aligned mapping (checked by the caller) of `ram.len()`
+    // bytes, and `vec` has one byte for each of its pages, as mincore requires.
+    let rc = unsafe {
+        libc::mincore(
+            ram.as_ptr() as *mut libc::c_void,
+            pages * RAM_HASH_PAGE,
+            vec.as_mut_ptr(),
+        )
+    };
+    (rc == 0).then(|| vec.iter().map(|&v| v & 1 != 0).collect())
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn resident_pages(_ram: &[u8]) -> Option<Vec<bool>> {
+    None
+}
+
+/// Kilobytes of this process in swap (`VmSwap` of `/proc/self/status`).
+fn swapped_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSwap:"))?;
+    line["VmSwap:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `/proc/self/pagemap`'s view: whether each page is present or swapped.
+fn pagemap_pages(ram: &[u8]) -> Option<Vec<bool>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let start = ram.as_ptr() as usize;
     let pages = ram.len() / RAM_HASH_PAGE;
     let mut f = std::fs::File::open("/proc/self/pagemap").ok()?;
     f.seek(SeekFrom::Start((start / RAM_HASH_PAGE) as u64 * 8))
