@@ -256,3 +256,104 @@ pub fn load_images(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Boot, Clock, MachineOptions, FORMAT_NAME, FORMAT_VERSION};
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("reprise-folder-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        let _ = std::fs::remove_dir_all(&p);
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    fn manifest(image: BootImage) -> Manifest {
+        Manifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            tool: "test".into(),
+            machine: MachineOptions {
+                cpus: 2,
+                ram_bytes: 16 << 20,
+                quantum: 100,
+                exit_code: reprise_devices::ExitCodeStyle::Qemu,
+                max_instructions: Some(5),
+                serial_input: false,
+            },
+            clock: Clock::Virtual,
+            sync_every: 1000,
+            boot: Boot {
+                protocol: "bare".into(),
+                images: vec![image],
+            },
+            log: LOG_FILE.into(),
+            checkpoints: CHECKPOINTS_DIR.into(),
+            cpuid: reprise_cpu::CpuidProfile::default(),
+        }
+    }
+
+    #[test]
+    fn prepare_creates_refuses_and_replaces() {
+        let dir = tmp("prep");
+        let rec = prepare(&dir, false).unwrap();
+        assert!(rec.checkpoints().is_dir());
+        // An empty recording folder (no manifest yet) is still just an empty-ish folder.
+        std::fs::write(rec.log(), b"x").unwrap();
+        assert!(matches!(
+            prepare(&dir, false),
+            Err(RecordingError::Exists { .. })
+        ));
+        prepare(&dir, true).unwrap();
+        assert!(!rec.log().exists());
+        let file = tmp("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            prepare(&file, true),
+            Err(RecordingError::Occupied { .. })
+        ));
+    }
+
+    #[test]
+    fn manifests_round_trip_and_images_are_checked() {
+        let dir = tmp("manifest");
+        std::fs::create_dir_all(&dir).unwrap();
+        let image_path = dir.join("image.bin");
+        std::fs::write(&image_path, b"an image").unwrap();
+        let image = read_image("kernel", &image_path).unwrap();
+        let m = manifest(image.entry.clone());
+        m.write(&dir).unwrap();
+        assert_eq!(Manifest::read(&dir).unwrap(), m);
+        let loaded = load_images(&m, &[]).unwrap();
+        assert_eq!(loaded[0].bytes, b"an image");
+        let other = dir.join("other.bin");
+        std::fs::write(&other, b"another image").unwrap();
+        let e = load_images(&m, std::slice::from_ref(&other)).unwrap_err();
+        assert!(
+            e.to_string().contains("other.bin is not the recorded one"),
+            "{e}"
+        );
+        assert!(matches!(
+            load_images(&m, &[other.clone(), other]),
+            Err(RecordingError::TooManyImages { .. })
+        ));
+        let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+        std::fs::write(
+            dir.join(MANIFEST_FILE),
+            text.replace("\"format_version\": 1", "\"format_version\": 2"),
+        )
+        .unwrap();
+        assert!(matches!(
+            Manifest::read(&dir),
+            Err(RecordingError::FutureVersion { found: 2, .. })
+        ));
+        std::fs::write(dir.join(MANIFEST_FILE), b"not json").unwrap();
+        assert!(matches!(
+            Manifest::read(&dir),
+            Err(RecordingError::NotARecording { .. })
+        ));
+    }
+}
