@@ -213,6 +213,17 @@ pub fn diff_cpu(cpu: u32, recorded: &CpuState, replayed: &CpuState) -> Vec<RegDi
     ] {
         cmp(name, h64(a), h64(b));
     }
+    cmp(
+        "msr.mtrr_def_type",
+        h64(rm.mtrr_def_type),
+        h64(pm.mtrr_def_type),
+    );
+    for (k, (a, b)) in rm.mtrr_var.iter().zip(&pm.mtrr_var).enumerate() {
+        cmp(&format!("msr.mtrr_var{k}"), h64(*a), h64(*b));
+    }
+    for (k, (a, b)) in rm.mtrr_fixed.iter().zip(&pm.mtrr_fixed).enumerate() {
+        cmp(&format!("msr.mtrr_fixed{k}"), h64(*a), h64(*b));
+    }
     for k in 0..16 {
         cmp(
             &format!("xmm{k}"),
@@ -241,6 +252,11 @@ pub fn diff_cpu(cpu: u32, recorded: &CpuState, replayed: &CpuState) -> Vec<RegDi
         "interrupt_shadow",
         r.interrupt_shadow.to_string(),
         p.interrupt_shadow.to_string(),
+    );
+    cmp(
+        "nmi_blocked",
+        r.nmi_blocked.to_string(),
+        p.nmi_blocked.to_string(),
     );
     cmp(
         "tsc_offset",

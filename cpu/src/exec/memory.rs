@@ -184,11 +184,21 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         Ok(())
     }
 
+    /// Check that `size` bytes at `lin` are accessible, faulting as the hardware does: on the
+    /// first page, else at the first byte of the second page (that is what CR2 reports).
+    pub fn check_span(&mut self, lin: u64, size: usize, intent: Intent) -> Result<(), Exit> {
+        self.translate(lin, intent)?;
+        let last = lin.wrapping_add(size as u64 - 1);
+        if last >> 12 != lin >> 12 {
+            self.translate(last & !0xfff, intent)?;
+        }
+        Ok(())
+    }
+
     /// Read 16 bytes at a linear address (SSE loads, CMPXCHG16B).
     pub fn read_u128(&mut self, lin: u64) -> Result<u128, Exit> {
         // Check both halves are readable before either read, so a fault leaves no trace.
-        self.translate(lin, Intent::Read)?;
-        self.translate(lin.wrapping_add(15), Intent::Read)?;
+        self.check_span(lin, 16, Intent::Read)?;
         let lo = self.read(lin, 8)?;
         let hi = self.read(lin.wrapping_add(8), 8)?;
         Ok(lo as u128 | (hi as u128) << 64)
@@ -196,8 +206,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
 
     /// Write 16 bytes at a linear address.
     pub fn write_u128(&mut self, lin: u64, value: u128) -> Result<(), Exit> {
-        self.translate(lin, Intent::Write)?;
-        self.translate(lin.wrapping_add(15), Intent::Write)?;
+        self.check_span(lin, 16, Intent::Write)?;
         self.write(lin, 8, value as u64)?;
         self.write(lin.wrapping_add(8), 8, (value >> 64) as u64)
     }
