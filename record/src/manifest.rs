@@ -11,10 +11,10 @@
 //!   "sync_every": 1000000,
 //!   "boot": { "protocol": "bare",
 //!             "images": [ { "role": "kernel", "path": "/abs/smp-counter.elf",
-//!                           "size": 9128, "blake3": "5f0c…" } ] },
+//!                           "size": 14624, "blake3": "f30f31f5…" } ] },
 //!   "log": "inputs.log",
 //!   "checkpoints": "checkpoints",
-//!   "cpuid": { "name": "reprise-v1", "leaves": [ … ] }
+//!   "cpuid": { "name": "reprise-default-v1", "leaves": [ … ] }
 //! }
 //! ```
 //!
