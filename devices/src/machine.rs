@@ -731,25 +731,34 @@ pub const RAM_HASH_PAGE: usize = 4096;
 /// Why not blake3 of all bytes: a fresh 256 MiB machine is almost all zero, and reading every
 /// page of it costs a fault per page (over 100 ms) where the guest itself ran for a few.
 /// Zero pages contribute nothing, so on Linux the pages the host never backed (never
-/// written: they are still zero) are skipped without touching them ([`backed_pages`]).
+/// written: they are still zero) are skipped without touching them (see `backed_pages`).
 /// That is only a shortcut: the hash depends on the contents alone, and anywhere the
 /// shortcut is unavailable every page is read.
 pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
     let pages = ram.len() / RAM_HASH_PAGE;
     let mut h = blake3::Hasher::new();
-    let backed = backed_pages(ram);
-    for p in 0..pages {
-        if backed
-            .as_ref()
-            .is_some_and(|b| !b.get(p).copied().unwrap_or(true))
-        {
-            continue;
-        }
+    let mut hash_page = |p: usize| {
         let bytes = &ram[p * RAM_HASH_PAGE..(p + 1) * RAM_HASH_PAGE];
         if bytes.iter().any(|&b| b != 0) {
             h.update(&(p as u64).to_le_bytes());
             h.update(bytes);
         }
+    };
+    match backed_pages(ram) {
+        Some(backed) => {
+            // Mostly zero bytes: skip them eight pages at a time.
+            for (k, group) in backed.chunks(8).enumerate() {
+                if group.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                for (j, &b) in group.iter().enumerate() {
+                    if b != 0 && k * 8 + j < pages {
+                        hash_page(k * 8 + j);
+                    }
+                }
+            }
+        }
+        None => (0..pages).for_each(hash_page),
     }
     // A partial last page (RAM is page-aligned, but stay total).
     let tail = &ram[pages * RAM_HASH_PAGE..];
@@ -760,16 +769,16 @@ pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
     h.finalize()
 }
 
-/// For each 4 KiB page of `ram`, whether the host may hold anything but zeros for it; `None`
-/// where that cannot be known. RAM is a private anonymous mapping, so a page the host holds
+/// For each 4 KiB page of `ram`, whether the host may hold anything but zeros for it
+/// (non-zero: maybe; zero: certainly not); `None` where that cannot be known. RAM is a private anonymous mapping, so a page the host holds
 /// neither in memory nor in swap has never been written.
 ///
 /// First choice, `mincore` (one byte per page, cheap even for huge holes), valid only when
 /// nothing of the process is in swap — a swapped-out page is "not resident" yet not zero —
-/// which `VmSwap` in `/proc/self/status` tells, read after `mincore` so that a page swapped
-/// out before it is seen. Otherwise `/proc/self/pagemap`, whose entries say present or
+/// which a host without swap guarantees, and otherwise `VmSwap` in `/proc/self/status`
+/// tells, read after `mincore` so that a page swapped out before it is seen. Otherwise `/proc/self/pagemap`, whose entries say present or
 /// swapped for each page (slower: the kernel formats 8 bytes per page).
-fn backed_pages(ram: &[u8]) -> Option<Vec<bool>> {
+fn backed_pages(ram: &[u8]) -> Option<Vec<u8>> {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
         return None; // x86-64 Linux pages are 4 KiB, the unit of this hash
     }
@@ -777,13 +786,13 @@ fn backed_pages(ram: &[u8]) -> Option<Vec<bool>> {
         return None;
     }
     resident_pages(ram)
-        .filter(|_| swapped_kib() == Some(0))
+        .filter(|_| host_has_no_swap() || swapped_kib() == Some(0))
         .or_else(|| pagemap_pages(ram))
 }
 
-/// `mincore`'s view: whether each page is resident.
+/// `mincore`'s view: whether each page is resident (bit 0).
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn resident_pages(ram: &[u8]) -> Option<Vec<bool>> {
+fn resident_pages(ram: &[u8]) -> Option<Vec<u8>> {
     let pages = ram.len() / RAM_HASH_PAGE;
     let mut vec = vec![0u8; pages];
     // SAFETY: `ram` is a live, page-aligned mapping (checked by the caller) of `ram.len()`
@@ -795,12 +804,32 @@ fn resident_pages(ram: &[u8]) -> Option<Vec<bool>> {
             vec.as_mut_ptr(),
         )
     };
-    (rc == 0).then(|| vec.iter().map(|&v| v & 1 != 0).collect())
+    if rc != 0 {
+        return None;
+    }
+    // Only bit 0 is defined; clear the others so that zero means "not resident".
+    vec.iter_mut().for_each(|v| *v &= 1);
+    Some(vec)
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-fn resident_pages(_ram: &[u8]) -> Option<Vec<bool>> {
+fn resident_pages(_ram: &[u8]) -> Option<Vec<u8>> {
     None
+}
+
+/// Whether the host has no swap space at all (then no page of ours can be swapped out).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn host_has_no_swap() -> bool {
+    // SAFETY: sysinfo is a plain struct of integers, for which all zeros is a valid value.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct; the call only writes it.
+    let rc = unsafe { libc::sysinfo(&mut info) };
+    rc == 0 && info.totalswap == 0
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn host_has_no_swap() -> bool {
+    false
 }
 
 /// Kilobytes of this process in swap (`VmSwap` of `/proc/self/status`).
@@ -816,7 +845,7 @@ fn swapped_kib() -> Option<u64> {
 }
 
 /// `/proc/self/pagemap`'s view: whether each page is present or swapped.
-fn pagemap_pages(ram: &[u8]) -> Option<Vec<bool>> {
+fn pagemap_pages(ram: &[u8]) -> Option<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let start = ram.as_ptr() as usize;
     let pages = ram.len() / RAM_HASH_PAGE;
@@ -831,7 +860,7 @@ fn pagemap_pages(ram: &[u8]) -> Option<Vec<bool>> {
         for e in buf[..want].chunks_exact(8) {
             let entry = u64::from_le_bytes(e.try_into().ok()?);
             // Bit 63: present; bit 62: swapped.
-            backed.push(entry >> 62 != 0);
+            backed.push(u8::from(entry >> 62 != 0));
         }
     }
     Some(backed)
