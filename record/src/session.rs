@@ -5,8 +5,10 @@
 //! manifest exist before the machine runs, the log grows chunk by chunk while it runs, and
 //! the end record and trailer come last.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use reprise_cpu::CpuidProfile;
 use reprise_devices::boot::bare::{self, ImageError};
@@ -79,7 +81,7 @@ pub struct RecordReport {
 
 /// Record `setup`'s image with `inputs` as the source of nondeterminism (the host's, for
 /// `reprise record`), the guest's console going to `console`.
-pub fn record<I: Inputs>(
+pub fn record<I: Inputs + 'static>(
     setup: &RecordSetup,
     inputs: I,
     console: Box<dyn Write>,
@@ -111,9 +113,17 @@ pub fn record<I: Inputs>(
     };
     let dir = prepare(&setup.dir, setup.force)?;
     manifest.write(&dir.dir)?;
-    let recorder = Recorder::create(&dir.log(), inputs, setup.sync_every)?;
+    // The machine sees the recorder through `Box<dyn Inputs>`, exactly as `run` sees the
+    // host: both run the same compiled machine loop, so recording costs only what the
+    // recorder itself does. The session keeps a handle to finish the log.
+    let recorder = Rc::new(RefCell::new(Recorder::create(
+        &dir.log(),
+        inputs,
+        setup.sync_every,
+    )?));
     let (tap, digester) = ConsoleTap::new(console);
-    let mut machine = Machine::with_cpuid(config, cpuid, recorder, Box::new(tap))?;
+    let boxed: Box<dyn Inputs> = Box::new(recorder.clone());
+    let mut machine = Machine::with_cpuid(config, cpuid, boxed, Box::new(tap))?;
     if let Err(e) = bare::load(&mut machine, &image.name, &image.bytes) {
         // Nothing was recorded: leave no half-made recording behind.
         drop(machine);
@@ -126,7 +136,7 @@ pub fn record<I: Inputs>(
     let console = digester.digest();
     let end = EndRecord::of(&machine, &result.outcome, console);
     let state_hash = end.state_hash;
-    let log = machine.inputs_mut().finish(end)?;
+    let log = recorder.borrow_mut().finish(end)?;
     Ok(RecordReport {
         result,
         log,

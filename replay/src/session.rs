@@ -5,16 +5,18 @@
 //! complete and where its intact part ends, so the machine can be given an instruction limit
 //! there; then again, record by record, as the machine asks.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use reprise_devices::boot::bare::{self, ImageError};
 use reprise_devices::machine::ConfigError;
-use reprise_devices::{Machine, RunOutcome, RunResult};
+use reprise_devices::{Inputs, Machine, RunOutcome, RunResult};
 use reprise_record::console::ConsoleTap;
 use reprise_record::container::ContainerError;
 use reprise_record::folder::{load_images, RecordingDir, RecordingError};
-use reprise_record::log::{EndRecord, Event, Outcome};
+use reprise_record::log::{EndRecord, Event, LogRecord, Outcome};
 use reprise_record::manifest::{Clock, Manifest};
 use reprise_record::recorder::EventCounts;
 use reprise_record::scan::LogScan;
@@ -177,9 +179,16 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
     }
     .min(recorded_max);
 
-    let replayer = Replayer::open(&log_path, manifest.sync_every)?;
+    // The machine sees the replayer through `Box<dyn Inputs>`, exactly as `run` sees the
+    // host and `record` the recorder: all three run the same compiled machine loop, so
+    // their speeds differ only by what the inputs themselves cost.
+    let replayer = Rc::new(RefCell::new(Replayer::open(
+        &log_path,
+        manifest.sync_every,
+    )?));
     let (tap, digester) = ConsoleTap::new(console);
-    let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), replayer, Box::new(tap))?;
+    let inputs: Box<dyn Inputs> = Box::new(replayer.clone());
+    let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), inputs, Box::new(tap))?;
     let image = &images[0];
     bare::load(&mut machine, &image.name, &image.bytes)?;
 
@@ -190,7 +199,8 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
     let state_hash = replayed_end.state_hash;
     let global = result.total();
 
-    let verdict = match machine.inputs_mut().take_stop() {
+    let stop = replayer.borrow_mut().take_stop();
+    let verdict = match stop {
         Some(ReplayStop::Diverged(mut d)) => {
             add_disassembly(&mut machine, &mut d);
             Verdict::Diverged(d)
@@ -200,10 +210,16 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
             why: incompleteness(damage.as_ref(), &scan),
         },
         None => {
-            let replayer = machine.inputs_mut();
-            match replayer.peek().map(|r| (r.at, &r.event)) {
-                Some((_, Event::End(recorded))) => {
-                    let recorded = recorded.clone();
+            let next = replayer.borrow().peek().cloned();
+            let (last_input, last_sync) = {
+                let r = replayer.borrow();
+                (r.last_input(), r.last_sync())
+            };
+            match next {
+                Some(LogRecord {
+                    event: Event::End(recorded),
+                    ..
+                }) => {
                     let (diffs, mut other) = diff_end(&recorded, &replayed_end);
                     // A recorder that abandoned its run stopped at that instruction; the
                     // replay stops there through its limit.
@@ -215,15 +231,15 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
                         other.retain(|o| !o.starts_with("outcome:"));
                     }
                     if diffs.is_empty() && other.is_empty() {
-                        replayer.take_next();
+                        replayer.borrow_mut().take_next();
                         Verdict::Identical
                     } else {
                         let mut d = Box::new(Divergence {
                             at: replayed_position(&machine),
                             cpu: diffs.first().map_or(0, |x| x.cpu),
                             kind: DivergenceKind::End { diffs, other },
-                            last_input: machine.inputs().last_input(),
-                            last_sync: machine.inputs().last_sync(),
+                            last_input,
+                            last_sync,
                             disassembly: Vec::new(),
                         });
                         add_disassembly(&mut machine, &mut d);
@@ -232,19 +248,19 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
                 }
                 Some(_) | None if !scan.is_complete() => Verdict::Incomplete {
                     at: global,
-                    why: incompleteness(machine.inputs().damage(), &scan),
+                    why: incompleteness(replayer.borrow().damage(), &scan),
                 },
-                Some((_, _)) => {
-                    let next = machine.inputs().peek().map(describe).unwrap_or_default();
+                Some(rec) => {
+                    let at = replayed_position(&machine);
                     let mut d = Box::new(Divergence {
-                        at: replayed_position(&machine),
-                        cpu: replayed_position(&machine).cpu,
+                        at,
+                        cpu: at.cpu,
                         kind: DivergenceKind::EndedEarly {
                             outcome: Outcome::from(&result.outcome).to_string(),
-                            recorded: next,
+                            recorded: describe(&rec),
                         },
-                        last_input: machine.inputs().last_input(),
-                        last_sync: machine.inputs().last_sync(),
+                        last_input,
+                        last_sync,
                         disassembly: Vec::new(),
                     });
                     add_disassembly(&mut machine, &mut d);
@@ -257,11 +273,12 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
             }
         }
     };
+    let consumed = replayer.borrow().consumed();
     Ok(ReplayReport {
         manifest,
         result,
         verdict,
-        consumed: machine.inputs().consumed(),
+        consumed,
         state_hash,
         recorded_outcome: scan.end.as_ref().map(|e| e.outcome.clone()),
     })
@@ -269,7 +286,7 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
 
 /// Run to `limit`, flipping a register on the way if asked.
 fn run_with_perturbation(
-    machine: &mut Machine<Replayer>,
+    machine: &mut Machine<Box<dyn Inputs>>,
     limit: u64,
     perturb: Option<&Perturb>,
 ) -> RunResult {
@@ -295,14 +312,14 @@ fn run_with_perturbation(
 }
 
 /// The replay's current position: the global count and the CPU whose turn it is.
-fn replayed_position(machine: &Machine<Replayer>) -> reprise_devices::Position {
+fn replayed_position(machine: &Machine<Box<dyn Inputs>>) -> reprise_devices::Position {
     reprise_devices::Position {
         instructions: machine.instructions(),
         cpu: machine.state().scheduler.current,
     }
 }
 
-fn add_disassembly(machine: &mut Machine<Replayer>, d: &mut Divergence) {
+fn add_disassembly(machine: &mut Machine<Box<dyn Inputs>>, d: &mut Divergence) {
     for cpu in d.cpus_of_interest() {
         if let Some(c) = machine.cpus().get(cpu as usize) {
             let rip = c.state.rip;
