@@ -49,6 +49,12 @@ pub trait Observer {
 
     /// Called once per access (split at cache-line boundaries by the caller's policy).
     fn access(&mut self, access: &Access);
+
+    /// The machine is about to run CPU `cpu` for a slice of its quantum, starting at global
+    /// instruction count `global`, with `retired` instructions of its own retired so far.
+    /// Lets an observer turn [`Access::retired`] into a global position. Called only when
+    /// [`Self::ENABLED`].
+    fn begin_slice(&mut self, _cpu: u32, _global: u64, _retired: u64) {}
 }
 
 /// The observer that observes nothing; used by `run` and `record`.

@@ -122,6 +122,10 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
 impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
     const ENABLED: bool = true;
 
+    fn begin_slice(&mut self, _cpu: u32, global: u64, retired: u64) {
+        self.begin_quantum(global, retired);
+    }
+
     fn access(&mut self, a: &Access) {
         self.counts.seen += 1;
         let position = self.position(a);
