@@ -209,3 +209,174 @@ fn bad_tracing_options_are_refused() {
     let s = trace(&["trace", "stats", f]);
     assert!(s.stdout.contains("policy: movement:line=128"), "{s:?}");
 }
+
+/// The value and size of symbol `name` in an ELF64 little-endian file's symbol table.
+fn elf_symbol(elf: &[u8], name: &str) -> Option<(u64, u64)> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    let shoff = u64_at(0x28)? as usize;
+    let shentsize = u16_at(0x3a)? as usize;
+    let shnum = u16_at(0x3c)? as usize;
+    let section = |i: usize| shoff + i * shentsize;
+    for i in 0..shnum {
+        let sh = section(i);
+        if u32_at(sh + 4)? != 2 {
+            continue; // not SHT_SYMTAB
+        }
+        let (off, size) = (u64_at(sh + 0x18)? as usize, u64_at(sh + 0x20)? as usize);
+        let strtab = section(u32_at(sh + 0x28)? as usize);
+        let stroff = u64_at(strtab + 0x18)? as usize;
+        for k in 0..size / 24 {
+            let sym = off + k * 24;
+            let n = stroff + u32_at(sym)? as usize;
+            let end = n + elf.get(n..)?.iter().position(|&b| b == 0)?;
+            if &elf[n..end] == name.as_bytes() {
+                return Some((u64_at(sym + 8)?, u64_at(sym + 16)?));
+            }
+        }
+    }
+    None
+}
+
+/// Replay `rec` with `options` into a fresh trace and return its records as JSON values.
+fn traced_records(rec: &Path, name: &str, options: &[&str]) -> Vec<serde_json::Value> {
+    let file = fresh(name);
+    let f = file.to_str().unwrap();
+    let mut args = vec!["--trace", f];
+    args.extend_from_slice(options);
+    let r = replay(rec, &args);
+    assert!(r.stderr.contains("identical"), "{r:?}");
+    let p = trace(&["trace", "print", "--json", f]);
+    assert_eq!(p.status, 0, "{p:?}");
+    p.stdout
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn access_of(r: &serde_json::Value) -> (u64, u64, u64, String) {
+    let a = &r["event"]["Access"];
+    (
+        r["position"].as_u64().unwrap(),
+        r["cpu"].as_u64().unwrap(),
+        a["pc"].as_u64().unwrap(),
+        a["kind"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The false-sharing fixture on 4 CPUs, traced with `--policy movement` (64-byte lines):
+/// the packed phase keeps exactly what the hand computation below predicts, the padded phase
+/// nothing after each CPU's first touch.
+#[test]
+fn movement_on_false_sharing_matches_the_hand_computation() {
+    const Q: u64 = 10_000; // the default quantum, which the recording used
+    const ITERATIONS: u64 = 10_000; // false-sharing.c
+    const CPUS: u64 = 4;
+    let elf = std::fs::read(fixture_path("false-sharing")).unwrap();
+    let (packed, packed_size) = elf_symbol(&elf, "packed_counters").expect("packed_counters");
+    let (padded, padded_size) = elf_symbol(&elf, "padded_counters").expect("padded_counters");
+    assert_eq!(packed_size, 64, "8 u64s in one line");
+    let packed_range = format!("{packed:#x}-{:#x}", packed + packed_size);
+    let padded_range = format!("{padded:#x}-{:#x}", padded + padded_size);
+    let rec = record("false-sharing", &["--cpus", "4"]);
+
+    // How gcc compiled `packed_counters[cpu]++` in its loop (objdump -d): a load
+    // `mov rax,[packed+rdi*8]`, `add rax,1`, a store `mov [packed+rdi*8],rax`, `sub rdx,1`,
+    // `jne`: L = 5 instructions per iteration, the store S = 2 instructions after the load.
+    // Measured from the trace rather than trusted: every access of CPU 3 to the array.
+    let all = traced_records(
+        &rec,
+        "fs-all.trace",
+        &["--addr", &packed_range, "--cpu", "3"],
+    );
+    let loop_reads: Vec<_> = all
+        .iter()
+        .map(access_of)
+        .filter(|a| a.3 == "Read")
+        .collect();
+    let loop_pc = loop_reads[0].2;
+    let loop_reads: Vec<_> = loop_reads.into_iter().filter(|a| a.2 == loop_pc).collect();
+    assert_eq!(loop_reads.len() as u64, ITERATIONS);
+    let l = loop_reads[1].0 - loop_reads[0].0;
+    let first_write = all.iter().map(access_of).find(|a| a.3 == "Write").unwrap();
+    let s = first_write.0 - loop_reads[0].0;
+    assert_eq!(
+        (l, s),
+        (5, 2),
+        "the loop's shape changed: redo the arithmetic"
+    );
+
+    // The movement trace of the packed array.
+    let kept: Vec<_> = traced_records(
+        &rec,
+        "fs-packed.trace",
+        &["--policy", "movement", "--addr", &packed_range],
+    )
+    .iter()
+    .map(access_of)
+    .collect();
+    // The hand computation. Every CPU runs full quanta of Q instructions in turn through the
+    // packed phase (nobody halts), so turns start at multiples of Q. CPU c leaves the barrier
+    // and makes its first load at offset o_c into one of its turns (read off the trace: it
+    // depends on where the barrier spin was when the last CPU arrived). Then:
+    // - its loop is L·ITERATIONS = 50000 instructions, so it spans ceil((o_c + 50000) / Q)
+    //   turns: the first plus `later_c` more;
+    // - first turn: the load is kept (another CPU wrote the line since, or nobody ever
+    //   touched it) and the store S instructions later is kept (another CPU holds the line)
+    //   — except for the very first CPU into the loop, whose store finds itself the only
+    //   holder: 2 per CPU, minus 1;
+    // - a later turn starts at loop instruction k_c = (Q − o_c) mod L (Q is a multiple of L,
+    //   so every later turn starts at the same k_c). If the turn starts after the load and
+    //   no later than the store (0 < k_c <= S), the store comes first: kept (others wrote
+    //   meanwhile), and every load after it finds the line its own: 1 kept per turn.
+    //   Otherwise a load comes first and is kept, then the store: 2 per turn;
+    // - after the phase CPU 0 sums the array: one read, kept (others wrote last).
+    let loop_kept: Vec<_> = kept
+        .iter()
+        .filter(|a| a.2 != kept.last().unwrap().2)
+        .collect();
+    let mut expected = 2 * CPUS - 1 + 1;
+    let mut arithmetic = String::new();
+    for c in 0..CPUS {
+        let first = loop_kept
+            .iter()
+            .find(|a| a.1 == c)
+            .expect("every CPU works");
+        assert_eq!(first.3, "Read");
+        let o = first.0 % Q;
+        assert!(o + s < Q, "CPU {c}'s first store falls in its next turn");
+        let later = (o + l * ITERATIONS).div_ceil(Q) - 1;
+        let k = (Q - o) % l;
+        let per_turn = if k > 0 && k <= s { 1 } else { 2 };
+        expected += later * per_turn;
+        arithmetic += &format!(" cpu{c}: o={o} later={later} k={k} per_turn={per_turn};");
+    }
+    assert_eq!(kept.len() as u64, expected, "{arithmetic} kept: {kept:?}");
+    // On this recording: 2·4 − 1 first-turn keeps, 4 CPUs × 5 later turns × 1, the final
+    // read: 28.
+    assert_eq!(expected, 28, "{arithmetic}");
+
+    // The padded phase: each CPU's first read of its own line is kept (first touch), its
+    // store is not (only holder), and nothing else of the loop is kept. After the phase,
+    // CPU 0's sum reads the 7 other lines: 3 written by the other CPUs and 4 never touched.
+    let kept: Vec<_> = traced_records(
+        &rec,
+        "fs-padded.trace",
+        &["--policy", "movement", "--addr", &padded_range],
+    )
+    .iter()
+    .map(access_of)
+    .collect();
+    let loop_pc = kept[0].2;
+    let in_loop: Vec<_> = kept.iter().filter(|a| a.2 == loop_pc).collect();
+    assert_eq!(in_loop.len() as u64, CPUS, "{kept:?}");
+    let mut cpus: Vec<u64> = in_loop.iter().map(|a| a.1).collect();
+    cpus.sort();
+    assert_eq!(cpus, vec![0, 1, 2, 3]);
+    assert!(in_loop.iter().all(|a| a.3 == "Read"));
+    let after: Vec<_> = kept.iter().filter(|a| a.2 != loop_pc).collect();
+    assert_eq!(after.len(), 7, "{kept:?}");
+    assert!(after.iter().all(|a| a.1 == 0 && a.3 == "Read"));
+}
