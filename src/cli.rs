@@ -27,6 +27,104 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Describe a recording: manifest, events, instructions, log size, completeness.
     Info(InfoArgs),
+    /// Read a trace written by `replay --trace`.
+    #[command(subcommand)]
+    Trace(TraceCommand),
+}
+
+/// `reprise trace` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Print a trace's header, then one line per record.
+    Print(TracePrintArgs),
+    /// Count a trace's records by type, CPU, access kind and policy outcome.
+    Stats(TraceStatsArgs),
+}
+
+/// Options of `reprise trace print`.
+#[derive(Debug, Args)]
+pub struct TracePrintArgs {
+    /// The trace file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Start at the first record at or after this global instruction count.
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub from: Option<u64>,
+
+    /// Print at most this many records.
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub limit: Option<u64>,
+
+    /// One JSON object per line (the header first) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `reprise trace stats`.
+#[derive(Debug, Args)]
+pub struct TraceStatsArgs {
+    /// The trace file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// The tracing options of `reprise replay`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Write a trace of the replay's memory accesses to FILE (and its index to FILE.idx);
+    /// neither may exist.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+
+    /// Trace only these CPUs, e.g. 0,2-3.
+    #[arg(long, value_name = "SET")]
+    pub cpu: Option<String>,
+
+    /// Trace only accesses made at CPL 0.
+    #[arg(long)]
+    pub kernel: bool,
+
+    /// Trace only accesses made at CPL 3.
+    #[arg(long)]
+    pub user: bool,
+
+    /// Trace only accesses overlapping LO-HI (virtual; `phys:LO-HI` for physical);
+    /// repeatable.
+    #[arg(long, value_name = "LO-HI")]
+    pub addr: Vec<String>,
+
+    /// Trace only accesses made by instructions in LO-HI; repeatable.
+    #[arg(long, value_name = "LO-HI")]
+    pub pc: Vec<String>,
+
+    /// Trace only accesses at global instruction counts FROM..TO.
+    #[arg(long, value_name = "FROM..TO")]
+    pub window: Option<String>,
+
+    /// Trace only between the guest's enable and disable hypercalls.
+    #[arg(long)]
+    pub hypercall_scope: bool,
+
+    /// Trace only reads (and read-modify-writes).
+    #[arg(long)]
+    pub reads: bool,
+
+    /// Trace only writes (and read-modify-writes).
+    #[arg(long)]
+    pub writes: bool,
+
+    /// Which filtered accesses to keep: all | movement[:line=N] | mesi:size=S,assoc=A,line=N[,...] | first-touch[:line=N] | sample:N.
+    #[arg(long, default_value = "all", value_name = "P")]
+    pub policy: String,
+
+    /// Line size for `movement` and `first-touch` (instead of `:line=N`).
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    pub line_size: Option<u64>,
+
+    /// Keep the value of each access in the trace.
+    #[arg(long)]
+    pub values: bool,
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -115,6 +213,10 @@ pub struct ReplayArgs {
     /// Testing only: flip bit 0 of register REG of CPU at global instruction INSN.
     #[arg(long, hide = true, value_name = "CPU:INSN:REG")]
     pub debug_perturb: Option<reprise_replay::Perturb>,
+
+    /// Tracing.
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// Options of `reprise info`.

@@ -9,6 +9,7 @@ mod record;
 mod replay;
 mod run;
 mod status;
+mod trace;
 
 use clap::Parser;
 
@@ -28,6 +29,7 @@ fn main() {
         cli::Command::Record(args) => record::record(&args),
         cli::Command::Replay(args) => replay::replay(&args),
         cli::Command::Info(args) => info::info(&args),
+        cli::Command::Trace(cmd) => trace::trace(&cmd),
     };
     std::process::exit(code);
 }

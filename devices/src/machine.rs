@@ -569,6 +569,9 @@ impl<I: Inputs> Machine<I> {
             let before = cpu.state.retired;
             self.board.slice_global = global;
             self.board.slice_retired = before;
+            if O::ENABLED {
+                obs.begin_slice(i as u32, global, before);
+            }
             let exit = cpu.run(&mut self.board, obs, &mut self.code, budget);
             let ran = cpu.state.retired - before;
             global += ran;

@@ -19,4 +19,6 @@ pub mod session;
 
 pub use divergence::{Divergence, DivergenceKind, RegDiff};
 pub use replayer::{ReplayStop, Replayer};
-pub use session::{replay, Perturb, ReplayError, ReplayReport, ReplaySetup, Verdict};
+pub use session::{
+    replay, replay_observed, Perturb, ReplayError, ReplayReport, ReplaySetup, Verdict,
+};

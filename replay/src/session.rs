@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use reprise_cpu::{NoObserver, Observer};
 use reprise_devices::boot::bare::{self, ImageError};
 use reprise_devices::machine::ConfigError;
 use reprise_devices::{Inputs, Machine, RunOutcome, RunResult};
@@ -142,6 +143,16 @@ pub struct ReplayReport {
 
 /// Replay `setup.dir`, sending the guest's console to `console`.
 pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayReport, ReplayError> {
+    replay_observed(setup, console, &mut NoObserver)
+}
+
+/// [`replay`], reporting every memory access of the replayed run to `obs` (a tracer). The
+/// observer only watches: the replay itself is the same.
+pub fn replay_observed<O: Observer>(
+    setup: &ReplaySetup,
+    console: Box<dyn Write>,
+    obs: &mut O,
+) -> Result<ReplayReport, ReplayError> {
     let manifest = Manifest::read(&setup.dir)?;
     if manifest.clock != Clock::Virtual {
         return Err(ReplayError::Unsupported(format!(
@@ -192,7 +203,7 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
     let image = &images[0];
     bare::load(&mut machine, &image.name, &image.bytes)?;
 
-    let result = run_with_perturbation(&mut machine, limit, setup.perturb.as_ref());
+    let result = run_with_perturbation(&mut machine, obs, limit, setup.perturb.as_ref());
     let _ = machine.serial_output().flush();
     let console = digester.digest();
     let replayed_end = EndRecord::of(&machine, &result.outcome, console);
@@ -285,14 +296,15 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
 }
 
 /// Run to `limit`, flipping a register on the way if asked.
-fn run_with_perturbation(
+fn run_with_perturbation<O: Observer>(
     machine: &mut Machine<Box<dyn Inputs>>,
+    obs: &mut O,
     limit: u64,
     perturb: Option<&Perturb>,
 ) -> RunResult {
     if let Some(p) = perturb {
         if p.instruction < limit {
-            let first = machine.run(p.instruction);
+            let first = machine.run_observed(obs, p.instruction);
             if first.outcome != RunOutcome::InstructionLimit {
                 return first;
             }
@@ -308,7 +320,7 @@ fn run_with_perturbation(
             }
         }
     }
-    machine.run(limit)
+    machine.run_observed(obs, limit)
 }
 
 /// The replay's current position: the global count and the CPU whose turn it is.
