@@ -27,6 +27,62 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Describe a recording: manifest, events, instructions, log size, completeness.
     Info(InfoArgs),
+    /// Add checkpoints to a recording by replaying it.
+    Checkpoint(CheckpointArgs),
+    /// Show the machine at one position of a recording (from the nearest checkpoint).
+    Seek(SeekArgs),
+}
+
+/// Options of `reprise checkpoint`.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// The recording folder.
+    #[arg(value_name = "REC")]
+    pub rec: PathBuf,
+
+    /// Instructions between checkpoints (one at every multiple of N).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub every: u64,
+
+    /// A boot image to use instead of the recorded path.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+}
+
+/// Options of `reprise seek`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The machine state alone goes to stdout (identical whichever checkpoint was used); how it got there (checkpoint, instructions replayed, time) to stderr."
+)]
+pub struct SeekArgs {
+    /// The recording folder.
+    #[arg(value_name = "REC")]
+    pub rec: PathBuf,
+
+    /// The position: a global instruction count, or `end`.
+    #[arg(long, value_name = "POS|end")]
+    pub at: String,
+
+    /// Dump LEN bytes of guest memory at ADDR (`phys:ADDR` for physical, otherwise virtual
+    /// through --cpu's page tables).
+    #[arg(long, num_args = 2, value_names = ["ADDR", "LEN"])]
+    pub mem: Vec<String>,
+
+    /// The CPU whose page tables translate a virtual --mem address.
+    #[arg(long, default_value_t = 0)]
+    pub cpu: u32,
+
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Replay from the start, ignoring checkpoints.
+    #[arg(long)]
+    pub no_checkpoints: bool,
+
+    /// A boot image to use instead of the recorded path.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
 }
 
 const RUN_AFTER_HELP: &str = "\
