@@ -126,13 +126,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Write `data` to `path` atomically: a temporary file in the same folder, synced, then
-/// renamed over `path`. A crash leaves either the old file, the new one, or a stray `.tmp`.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
+/// Write `data` to `path` atomically: a temporary file in the same folder, then renamed
+/// over `path`, so a killed writer leaves either no file or the whole file (and a stray
+/// `.tmp`). `sync`: flush it to disk first, for the checkpoint files; pages are not synced
+/// (one fsync per page would dominate), since after a power loss a lost page is caught by
+/// its hash when restoring, and the checkpoint skipped.
+fn write_atomic(path: &Path, data: &[u8], sync: bool) -> Result<(), CheckpointError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(data).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
+    if sync {
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
     drop(f);
     fs::rename(&tmp, path).map_err(io_err(path))
 }
@@ -169,8 +174,12 @@ impl Store {
         let ram = machine.ram().as_slice();
         let mut stats = SaveStats::default();
         let mut pages = Vec::new();
+        // Pages the host never backed are zero: skip them without reading (reading would
+        // fault each one in).
+        let backed = reprise_devices::machine::backed_pages(ram);
         for (n, page) in ram.chunks(PAGE).enumerate() {
-            if page.iter().all(|&b| b == 0) {
+            if backed.as_ref().is_some_and(|b| b.get(n) == Some(&0)) || page.iter().all(|&b| b == 0)
+            {
                 continue;
             }
             let key = *blake3::hash(page).as_bytes();
@@ -180,7 +189,7 @@ impl Store {
             // which restoring detects), so it is never rewritten.
             if !path.exists() {
                 let z = zstd::bulk::compress(page, ZSTD_LEVEL).map_err(io_err(&path))?;
-                write_atomic(&path, &z)?;
+                write_atomic(&path, &z, false)?;
                 stats.new_pages += 1;
                 stats.bytes_written += z.len() as u64;
             }
@@ -203,7 +212,7 @@ impl Store {
         let h = blake3::hash(&body);
         body.extend_from_slice(h.as_bytes());
         let path = self.dir.join(checkpoint_name(position));
-        write_atomic(&path, &body)?;
+        write_atomic(&path, &body, true)?;
         stats.bytes_written += body.len() as u64;
         Ok(stats)
     }
@@ -307,6 +316,7 @@ impl Store {
                 checkpoint: name.clone(),
                 what: e.to_string(),
             })?;
+        let backed = reprise_devices::machine::backed_pages(machine.ram().as_slice());
         let ram = machine.ram_mut().as_mut_slice();
         let mut listed = cp
             .pages
@@ -323,7 +333,8 @@ impl Store {
                 // Read before writing: writing zeros would back every page of a fresh,
                 // untouched RAM.
                 _ => {
-                    if dst.iter().any(|&b| b != 0) {
+                    let never_backed = backed.as_ref().is_some_and(|b| b.get(n) == Some(&0));
+                    if !never_backed && dst.iter().any(|&b| b != 0) {
                         dst.fill(0);
                     }
                 }

@@ -259,6 +259,7 @@ pub fn describe_state(
     json: bool,
 ) -> String {
     let position = m.instructions();
+    let hash = m.state_hash().to_hex();
     let n = m.cpus().len() as u32;
     let mut cpus = Vec::new();
     for c in 0..n {
@@ -286,7 +287,10 @@ pub fn describe_state(
     let bytes = mem.map(|(a, len)| (a, read_mem(m, a, len)));
     let mut out = String::new();
     if json {
-        let _ = write!(out, "{{\"position\":{position},\"cpus\":[");
+        let _ = write!(
+            out,
+            "{{\"position\":{position},\"state_hash\":\"{hash}\",\"cpus\":["
+        );
         for (k, (c, mode, retired, halted, regs, insn)) in cpus.iter().enumerate() {
             let sep = if k > 0 { "," } else { "" };
             let _ = write!(
@@ -318,7 +322,7 @@ pub fn describe_state(
         }
         out.push_str("}\n");
     } else {
-        let _ = writeln!(out, "position {position}");
+        let _ = writeln!(out, "position {position}, state hash {hash}");
         for (c, mode, retired, halted, regs, insn) in &cpus {
             let h = if *halted { ", halted" } else { "" };
             let _ = writeln!(out, "cpu {c}: {mode}, {retired} instructions retired{h}");
