@@ -117,6 +117,11 @@ Writes the folder REC: manifest.json (the machine, the boot image's blake3 hash,
 
 The guest's serial port (COM1) is connected to stdin and stdout as with `run`; reprise's own messages go to stderr. The exit status is that of `run`.";
 
+/// Default instructions between checkpoints while recording: a seek then replays at most
+/// this many instructions (well under a second), and each checkpoint costs a scan of the
+/// guest's non-zero pages plus the pages changed since the last one.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 20_000_000;
+
 /// Options of `reprise record`.
 #[derive(Debug, Args)]
 #[command(after_help = RECORD_AFTER_HELP)]
@@ -132,6 +137,11 @@ pub struct RecordArgs {
     /// Instructions between sync records (every CPU's registers); 0 for none.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SYNC_EVERY, value_parser = parse_count)]
     pub sync_every: u64,
+
+    /// Instructions between checkpoints (whole-machine snapshots that `seek` starts from);
+    /// 0 for none.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CHECKPOINT_EVERY, value_parser = parse_count)]
+    pub checkpoint_every: u64,
 
     /// The machine (as for `run`).
     #[command(flatten)]

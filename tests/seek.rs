@@ -160,3 +160,27 @@ fn checkpoints_share_unchanged_pages() {
     // Rewriting the same checkpoints writes no page at all.
     assert!(c.stderr.contains(" 0 of "), "{c:?}");
 }
+
+#[test]
+fn checkpoints_taken_while_recording_resume_exactly() {
+    let dir = scratch_dir().join("smp-rec-ckpt");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.display().to_string();
+    let r = reprise(&[
+        "record",
+        "-o",
+        &d,
+        "--cpus",
+        "4",
+        "--checkpoint-every",
+        "70000",
+        &fixture_path("smp-counter").display().to_string(),
+    ]);
+    assert_eq!(r.stdout, "total=400000\n", "{r:?}");
+    assert!(r.stderr.contains(" 11 checkpoints"), "{r:?}");
+    let p = reprise(&["replay", &d]);
+    assert!(p.stderr.contains("identical to the recording"), "{p:?}");
+    for at in [70_000, 123_457, 419_999, 790_001] {
+        same_as_straight_replay(&dir, at, false);
+    }
+}
