@@ -30,6 +30,10 @@ pub enum Command {
     /// Read a trace written by `replay --trace`.
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Add checkpoints to a recording by replaying it.
+    Checkpoint(CheckpointArgs),
+    /// Show the machine at one position of a recording (from the nearest checkpoint).
+    Seek(SeekArgs),
 }
 
 /// `reprise trace` subcommands.
@@ -127,6 +131,58 @@ pub struct TraceArgs {
     pub values: bool,
 }
 
+/// Options of `reprise checkpoint`.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// The recording folder.
+    #[arg(value_name = "REC")]
+    pub rec: PathBuf,
+
+    /// Instructions between checkpoints (one at every multiple of N).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub every: u64,
+
+    /// A boot image to use instead of the recorded path.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+}
+
+/// Options of `reprise seek`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The machine state alone goes to stdout (identical whichever checkpoint was used); how it got there (checkpoint, instructions replayed, time) to stderr."
+)]
+pub struct SeekArgs {
+    /// The recording folder.
+    #[arg(value_name = "REC")]
+    pub rec: PathBuf,
+
+    /// The position: a global instruction count, or `end`.
+    #[arg(long, value_name = "POS|end")]
+    pub at: String,
+
+    /// Dump LEN bytes of guest memory at ADDR (`phys:ADDR` for physical, otherwise virtual
+    /// through --cpu's page tables).
+    #[arg(long, num_args = 2, value_names = ["ADDR", "LEN"])]
+    pub mem: Vec<String>,
+
+    /// The CPU whose page tables translate a virtual --mem address.
+    #[arg(long, default_value_t = 0)]
+    pub cpu: u32,
+
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Replay from the start, ignoring checkpoints.
+    #[arg(long)]
+    pub no_checkpoints: bool,
+
+    /// A boot image to use instead of the recorded path.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+}
+
 const RUN_AFTER_HELP: &str = "\
 The guest's serial port (COM1) is connected to stdin and stdout; reprise's own messages go to stderr.
 
@@ -159,6 +215,11 @@ Writes the folder REC: manifest.json (the machine, the boot image's blake3 hash,
 
 The guest's serial port (COM1) is connected to stdin and stdout as with `run`; reprise's own messages go to stderr. The exit status is that of `run`.";
 
+/// Default instructions between checkpoints while recording: a seek then replays at most
+/// this many instructions (well under a second), and each checkpoint costs a scan of the
+/// guest's non-zero pages plus the pages changed since the last one.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 20_000_000;
+
 /// Options of `reprise record`.
 #[derive(Debug, Args)]
 #[command(after_help = RECORD_AFTER_HELP)]
@@ -174,6 +235,11 @@ pub struct RecordArgs {
     /// Instructions between sync records (every CPU's registers); 0 for none.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SYNC_EVERY, value_parser = parse_count)]
     pub sync_every: u64,
+
+    /// Instructions between checkpoints (whole-machine snapshots that `seek` starts from);
+    /// 0 for none.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CHECKPOINT_EVERY, value_parser = parse_count)]
+    pub checkpoint_every: u64,
 
     /// The machine (as for `run`).
     #[command(flatten)]

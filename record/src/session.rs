@@ -13,7 +13,7 @@ use std::rc::Rc;
 use reprise_cpu::CpuidProfile;
 use reprise_devices::boot::bare::{self, ImageError};
 use reprise_devices::machine::ConfigError;
-use reprise_devices::{Inputs, Machine, RunResult};
+use reprise_devices::{Inputs, Machine, RunOutcome, RunResult};
 
 use crate::console::{ConsoleDigest, ConsoleTap};
 use crate::container::ContainerError;
@@ -35,6 +35,8 @@ pub struct RecordSetup {
     pub clock: Clock,
     /// Instructions between sync records (0: none).
     pub sync_every: u64,
+    /// Instructions between checkpoints (0: none): one at every multiple.
+    pub checkpoint_every: u64,
     /// The bare-protocol boot image.
     pub image: PathBuf,
     /// The tool's name and version, for the manifest.
@@ -56,6 +58,9 @@ pub enum RecordError {
     /// Something this build cannot record.
     #[error("{0}")]
     Unsupported(String),
+    /// A checkpoint could not be written.
+    #[error(transparent)]
+    Checkpoint(#[from] reprise_checkpoints::CheckpointError),
 }
 
 impl From<ContainerError> for RecordError {
@@ -77,6 +82,8 @@ pub struct RecordReport {
     pub console: ConsoleDigest,
     /// The folder.
     pub dir: RecordingDir,
+    /// Checkpoints written.
+    pub checkpoints: u64,
 }
 
 /// Record `setup`'s image with `inputs` as the source of nondeterminism (the host's, for
@@ -131,7 +138,33 @@ pub fn record<I: Inputs + 'static>(
         return Err(e.into());
     }
     let limit = setup.machine.max_instructions.unwrap_or(u64::MAX);
-    let result = machine.run(limit);
+    // With checkpoints, run to each multiple of the interval in turn: a run stops exactly
+    // at its limit and the next continues identically, so the recording does not depend
+    // on the interval. The log index stored is the number of records logged so far, which
+    // is what a replay has consumed at the same position.
+    let store = reprise_checkpoints::Store::new(&dir.checkpoints());
+    let mut checkpoints = 0;
+    let result = loop {
+        let every = setup.checkpoint_every;
+        let next = machine
+            .instructions()
+            .checked_div(every)
+            .map_or(limit, |k| {
+                k.saturating_add(1).saturating_mul(every).min(limit)
+            });
+        let r = machine.run(next);
+        if r.outcome != RunOutcome::InstructionLimit || next >= limit {
+            break r;
+        }
+        let (failed, logged) = {
+            let r = recorder.borrow();
+            (r.error().is_some(), r.counts().total())
+        };
+        if !failed {
+            store.save(&machine, logged)?;
+            checkpoints += 1;
+        }
+    };
     let _ = machine.serial_output().flush();
     let console = digester.digest();
     let end = EndRecord::of(&machine, &result.outcome, console);
@@ -143,5 +176,6 @@ pub fn record<I: Inputs + 'static>(
         state_hash,
         console,
         dir,
+        checkpoints,
     })
 }

@@ -15,6 +15,7 @@
 
 pub mod divergence;
 pub mod replayer;
+pub mod seek;
 pub mod session;
 
 pub use divergence::{Divergence, DivergenceKind, RegDiff};
