@@ -3,9 +3,15 @@
 //! Guest serial output goes to stdout; reprise's own messages go to stderr, one line each,
 //! prefixed `reprise: `. Exit statuses are listed in [`status`].
 
+mod checkpoint;
 mod cli;
+mod info;
+mod record;
+mod replay;
 mod run;
+mod seek;
 mod status;
+mod trace;
 
 use clap::Parser;
 
@@ -22,6 +28,12 @@ fn main() {
     };
     let code = match cli.command {
         cli::Command::Run(args) => run::run(&args),
+        cli::Command::Record(args) => record::record(&args),
+        cli::Command::Replay(args) => replay::replay(&args),
+        cli::Command::Info(args) => info::info(&args),
+        cli::Command::Trace(cmd) => trace::trace(&cmd),
+        cli::Command::Checkpoint(args) => checkpoint::checkpoint(&args),
+        cli::Command::Seek(args) => seek::seek(&args),
     };
     std::process::exit(code);
 }

@@ -5,7 +5,8 @@
 //! Machine ── cpus: Vec<Cpu> ─┐
 //!         ── CodeCache       ├─ Cpu::run(board, …) per quantum, in index order
 //!         ── Board (Bus) ────┘   ├─ GuestRam
-//!                                ├─ Uart (0x3f8), DebugExit (0xf4), ResetControl (0xcf9), I8042
+//!                                ├─ Uart (0x3f8), DebugExit (0xf4), ResetControl (0xcf9), I8042,
+//!                                │  Rtc (0x70)
 //!                                └─ Inputs: the only source of nondeterminism
 //! ```
 //!
@@ -21,6 +22,7 @@ pub mod inputs;
 pub mod machine;
 pub mod ram;
 pub mod reset;
+pub mod rtc;
 pub mod uart;
 
 pub use debug_exit::{ExitCodeStyle, ExitRequest};

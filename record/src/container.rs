@@ -148,6 +148,7 @@ pub struct ContainerWriter<T: Serialize> {
     level: i32,
     compressed_bytes: u64,
     raw_bytes: u64,
+    fsync: bool,
     sealed: u64,
     _t: PhantomData<T>,
 }
@@ -181,6 +182,7 @@ impl<T: Serialize> ContainerWriter<T> {
             level: 3,
             compressed_bytes: 0,
             raw_bytes: 0,
+            fsync: true,
             sealed: 0,
             _t: PhantomData,
         })
@@ -189,6 +191,16 @@ impl<T: Serialize> ContainerWriter<T> {
     /// Set the uncompressed size at which a chunk is sealed (default 256 KiB).
     pub fn with_chunk_bytes(mut self, bytes: usize) -> Self {
         self.chunk_bytes = bytes.max(1);
+        self
+    }
+
+    /// Whether [`ContainerWriter::finish`] waits for the file to reach the disk (default
+    /// yes). Without it a finished file is still complete for any reader, and survives the
+    /// writer being killed; only a crash of the host itself may lose its tail, which a
+    /// reader then reports as a truncation. A writer whose cost matters (the input log of a
+    /// short recording, where an fsync can take longer than the run) turns it off.
+    pub fn with_fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
         self
     }
 
@@ -271,7 +283,10 @@ impl<T: Serialize> ContainerWriter<T> {
         t[24..56].copy_from_slice(&chain);
         self.out.write_all(&t).map_err(io_err(&self.path))?;
         self.out.flush().map_err(io_err(&self.path))?;
-        self.out.get_ref().sync_all().map_err(io_err(&self.path))
+        if self.fsync {
+            self.out.get_ref().sync_all().map_err(io_err(&self.path))?;
+        }
+        Ok(())
     }
 }
 

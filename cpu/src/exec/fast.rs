@@ -22,7 +22,7 @@ use crate::exec::operand::gpr_slot;
 use crate::exec::{Exec, Group};
 use crate::fault::{ExecResult, Exit, Fault};
 use crate::flags;
-use crate::observer::Observer;
+use crate::observer::{ContextEvent, Observer};
 use crate::state::rflags::{CF, OF, PF, SF, STATUS, ZF};
 use crate::state::SegReg;
 
@@ -1138,6 +1138,14 @@ pub(crate) fn call_rel<B: Bus, O: Observer>(
     // Check the target before pushing, so a bad target leaves the stack alone.
     let target = rel_target(x, o)?;
     x.push(fall_through, 8)?;
+    if O::ENABLED {
+        let ev = ContextEvent::Call {
+            target,
+            return_address: fall_through,
+            stack: x.cpu.state.gpr[4],
+        };
+        x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
+    }
     Ok(target)
 }
 
@@ -1149,6 +1157,10 @@ pub(crate) fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> Result<u64, Exit> 
     let target = x.read(addr, 8)?;
     if !super::control::is_canonical(target) {
         return Err(Fault::GP0.into());
+    }
+    if O::ENABLED {
+        let ev = ContextEvent::Return { target, stack: rsp };
+        x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
     }
     x.set_rsp(rsp.wrapping_add(8));
     Ok(target)

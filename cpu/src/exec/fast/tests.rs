@@ -1,7 +1,8 @@
 //! Fast forms against their generic handlers: random instruction bytes whose decoding is a
 //! fast form, each run from random states on three machines — fast paths with a recording
 //! observer, generic handlers with a recording observer, and fast paths with no observer —
-//! which must end in the same state, with the same memory and the same reported accesses.
+//! which must end in the same state, with the same memory and the same reported accesses
+//! and context events (calls, returns).
 
 use std::collections::BTreeMap;
 
@@ -11,9 +12,9 @@ use super::{classify, condition_bits, Op};
 use crate::code_cache::CodeCache;
 use crate::cpuid::CpuidProfile;
 use crate::exec::{Cpu, Group, RunExit};
-use crate::observer::{Access, NoObserver, Observer};
+use crate::observer::{Access, ContextEvent, NoObserver, Observer};
 use crate::state::{rflags, CpuState, SegReg};
-use crate::testing::{setup_long_mode, write_boot_tables, FlatBus, RecordingObserver, CODE_BASE};
+use crate::testing::{setup_long_mode, write_boot_tables, FlatBus, CODE_BASE};
 
 /// xorshift64*: a fixed, seedable generator (the tests must be repeatable).
 struct Rng(u64);
@@ -28,6 +29,22 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// Records accesses and context events, in order.
+#[derive(Default)]
+struct Recorder {
+    events: Vec<String>,
+}
+
+impl Observer for Recorder {
+    const ENABLED: bool = true;
+    fn access(&mut self, access: &Access) {
+        self.events.push(format!("{access:?}"));
+    }
+    fn context(&mut self, cpu: u32, retired: u64, event: &ContextEvent) {
+        self.events.push(format!("{cpu} {retired} {event:?}"));
     }
 }
 
@@ -162,8 +179,8 @@ fn check(t: &mut Trio, insn: &[u8], state: &CpuState, data: &[u8], stack: &[u8],
     for m in [&mut *fast, &mut *slow, &mut *plain] {
         m.reset(insn, state, data, stack);
     }
-    let mut fast_obs = RecordingObserver::default();
-    let mut slow_obs = RecordingObserver::default();
+    let mut fast_obs = Recorder::default();
+    let mut slow_obs = Recorder::default();
     let e_fast = fast.run(&mut fast_obs);
     let e_slow = slow.run(&mut slow_obs);
     let e_plain = plain.run(&mut NoObserver);
@@ -174,8 +191,10 @@ fn check(t: &mut Trio, insn: &[u8], state: &CpuState, data: &[u8], stack: &[u8],
         plain.cpu.state, slow.cpu.state,
         "{what}: state without observer"
     );
-    let accesses = |o: &RecordingObserver| -> Vec<Access> { o.accesses.clone() };
-    assert_eq!(accesses(&fast_obs), accesses(&slow_obs), "{what}: accesses");
+    assert_eq!(
+        fast_obs.events, slow_obs.events,
+        "{what}: accesses and events"
+    );
     assert!(fast.memory() == slow.memory(), "{what}: memory");
     assert!(
         plain.memory() == slow.memory(),
@@ -302,7 +321,14 @@ fn fast_forms_match_generic_handlers() {
             for _ in 0..STATES {
                 let state = random_state(&mut rng);
                 let data = random_bytes(&mut rng, DATA_LEN as usize);
-                let stack = random_bytes(&mut rng, STACK_LEN as usize);
+                let mut stack = random_bytes(&mut rng, STACK_LEN as usize);
+                if rng.below(2) == 0 {
+                    // A return address that RET can go to (else it would nearly always fault
+                    // on a non-canonical one).
+                    let at = (state.gpr[4] - (STACK - STACK_LEN)) as usize;
+                    let target = CODE_BASE + rng.below(0x1000);
+                    stack[at..at + 8].copy_from_slice(&target.to_le_bytes());
+                }
                 let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 let what = format!("{op} [{}]", hex.join(" "));
                 check(&mut trio, bytes, &state, &data, &stack, &what);
