@@ -334,46 +334,54 @@ fn movement_on_false_sharing_matches_the_hand_computation() {
     .iter()
     .map(access_of)
     .collect();
-    // The hand computation. Every CPU runs full quanta of Q instructions in turn through the
-    // packed phase (nobody halts), so turns start at multiples of Q. CPU c leaves the barrier
-    // and makes its first load at offset o_c into one of its turns (read off the trace: it
-    // depends on where the barrier spin was when the last CPU arrived). Then:
-    // - its loop is L·ITERATIONS = 50000 instructions, so it spans ceil((o_c + 50000) / Q)
-    //   turns: the first plus `later_c` more;
+    // The hand computation. Inside its loop no CPU executes PAUSE, so each runs it in turns
+    // of Q of its own instructions; turns do not start at multiples of Q globally, though,
+    // since a PAUSE (the barrier spins) ends a turn early. So each CPU's turns are read off
+    // the trace of every loop access to the array: within a turn a CPU's loop accesses are
+    // at most L apart; a larger gap is where other CPUs ran. Then:
     // - first turn: the load is kept (another CPU wrote the line since, or nobody ever
     //   touched it) and the store S instructions later is kept (another CPU holds the line)
     //   — except for the very first CPU into the loop, whose store finds itself the only
     //   holder: 2 per CPU, minus 1;
-    // - a later turn starts at loop instruction k_c = (Q − o_c) mod L (Q is a multiple of L,
-    //   so every later turn starts at the same k_c). If the turn starts after the load and
-    //   no later than the store (0 < k_c <= S), the store comes first: kept (others wrote
-    //   meanwhile), and every load after it finds the line its own: 1 kept per turn.
-    //   Otherwise a load comes first and is kept, then the store: 2 per turn;
+    // - a later turn (others wrote meanwhile) that starts after a load and no later than its
+    //   store begins with the store: kept, and every load after it finds the line its own:
+    //   1 kept. Otherwise a load comes first and is kept, then the store: 2;
     // - after the phase CPU 0 sums the array: one read, kept (others wrote last).
-    let loop_kept: Vec<_> = kept
+    let store_pc = first_write.2;
+    let every: Vec<_> = traced_records(&rec, "fs-every.trace", &["--addr", &packed_range])
         .iter()
-        .filter(|a| a.2 != kept.last().unwrap().2)
+        .map(access_of)
+        .filter(|a| a.2 == loop_pc || a.2 == store_pc)
         .collect();
     let mut expected = 2 * CPUS - 1 + 1;
     let mut arithmetic = String::new();
     for c in 0..CPUS {
-        let first = loop_kept
-            .iter()
-            .find(|a| a.1 == c)
-            .expect("every CPU works");
-        assert_eq!(first.3, "Read");
-        let o = first.0 % Q;
-        assert!(o + s < Q, "CPU {c}'s first store falls in its next turn");
-        let later = (o + l * ITERATIONS).div_ceil(Q) - 1;
-        let k = (Q - o) % l;
-        let per_turn = if k > 0 && k <= s { 1 } else { 2 };
-        expected += later * per_turn;
-        arithmetic += &format!(" cpu{c}: o={o} later={later} k={k} per_turn={per_turn};");
+        let mine: Vec<_> = every.iter().filter(|a| a.1 == c).collect();
+        assert_eq!(mine.len() as u64, 2 * ITERATIONS, "CPU {c}'s loop accesses");
+        assert_eq!(mine[0].3, "Read");
+        assert_eq!(
+            mine[1].0 - mine[0].0,
+            s,
+            "CPU {c}'s first store is in its first turn"
+        );
+        let turn_starts: Vec<_> = std::iter::once(mine[0])
+            .chain(
+                mine.windows(2)
+                    .filter(|w| w[1].0 - w[0].0 > l)
+                    .map(|w| w[1]),
+            )
+            .collect();
+        let later = turn_starts.len() as u64 - 1;
+        // L·ITERATIONS loop instructions take at least that many turns of Q.
+        assert!(
+            later + 1 >= (l * ITERATIONS).div_ceil(Q),
+            "CPU {c}: {later} later turns"
+        );
+        let store_first = turn_starts[1..].iter().filter(|a| a.3 == "Write").count() as u64;
+        expected += store_first + 2 * (later - store_first);
+        arithmetic += &format!(" cpu{c}: later={later} store_first={store_first};");
     }
     assert_eq!(kept.len() as u64, expected, "{arithmetic} kept: {kept:?}");
-    // On this recording: 2·4 − 1 first-turn keeps, 4 CPUs × 5 later turns × 1, the final
-    // read: 28.
-    assert_eq!(expected, 28, "{arithmetic}");
 
     // The padded phase: each CPU's first read of its own line is kept (first touch), its
     // store is not (only holder), and nothing else of the loop is kept. After the phase,

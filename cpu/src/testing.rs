@@ -172,10 +172,19 @@ impl TestMachine {
         TestMachine { cpu, bus, code }
     }
 
-    /// Run until HLT, a stop, or `max` instructions.
+    /// Run until HLT, a stop, or `max` instructions. PAUSE, which ends a CPU's turn, just
+    /// continues: this machine has no other CPU to run.
     pub fn run(&mut self, max: u64) -> RunExit {
         let mut obs = crate::observer::NoObserver;
-        self.cpu.run(&mut self.bus, &mut obs, &mut self.code, max)
+        let end = self.cpu.state.retired + max;
+        loop {
+            let left = end - self.cpu.state.retired;
+            match self.cpu.run(&mut self.bus, &mut obs, &mut self.code, left) {
+                RunExit::Paused if self.cpu.state.retired < end => {}
+                RunExit::Paused => return RunExit::Budget,
+                exit => return exit,
+            }
+        }
     }
 
     /// Assemble with iced's code assembler in 64-bit mode at [`CODE_BASE`] and build a machine.

@@ -1,8 +1,9 @@
 //! The machine: vCPUs, RAM and devices, run by a deterministic round-robin scheduler.
 //!
 //! All vCPUs run on the calling thread. CPU `current` runs until it has used its quantum
-//! (`quantum` instructions), halts, stops, or a device asks to end the run; then the next
-//! CPU in index order takes over. Halted CPUs are skipped. Because the interleaving depends
+//! (`quantum` instructions), halts, executes PAUSE (a spin-wait hint: what it waits for,
+//! another CPU must do), stops, or a device asks to end the run; then the next CPU in index
+//! order takes over. Halted CPUs are skipped. Because the interleaving depends
 //! only on instruction counts, two runs with the same configuration, image and inputs are
 //! identical, and the interleaving itself never needs to be logged.
 //!
@@ -591,6 +592,11 @@ impl<I: Inputs> Machine<I> {
             match exit {
                 RunExit::Stop(reason) => return RunOutcome::Stopped(reason),
                 RunExit::Halted => self.next_cpu(),
+                // A spin-wait hint: the CPU waits for another one, which runs now.
+                RunExit::Paused => {
+                    self.board.uart.flush();
+                    self.next_cpu();
+                }
                 RunExit::Budget if self.sched.used >= quantum => {
                     self.board.uart.flush();
                     self.next_cpu();

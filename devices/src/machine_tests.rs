@@ -604,3 +604,25 @@ fn the_ram_hash_depends_on_contents_only() {
     m.ram_mut().as_mut_slice()[0x30_0000] = 1;
     assert_ne!(m.ram_hash(), fresh);
 }
+
+/// PAUSE ends the CPU's turn: each CPU runs `mov; pause` and the next one takes over right
+/// after the PAUSE, so the quanta (100) are never used up.
+#[test]
+fn pause_ends_the_turn() {
+    let elf = image(|a| {
+        for k in 0..3u64 {
+            a.mov(rax, k)?;
+            a.pause()?;
+        }
+        a.hlt()
+    });
+    let (mut m, _) = boot(2, 100, &elf);
+    // cpu0: mov pause | cpu1: mov pause | cpu0: mov pause | cpu1: mov = 7.
+    let r = m.run(7);
+    assert_eq!(r.outcome, RunOutcome::InstructionLimit);
+    assert_eq!(r.retired, vec![4, 3]);
+    assert_eq!(m.state().scheduler.current, 1);
+    let r = m.run(u64::MAX);
+    assert!(matches!(r.outcome, RunOutcome::AllHalted(_)));
+    assert_eq!(r.retired, vec![7, 7]);
+}

@@ -54,6 +54,8 @@ pub enum Op {
     GSystem,
     /// No module implements it.
     GUnimplemented,
+    /// PAUSE: `misc.rs` executes it, then the run loop ends the CPU's turn.
+    Pause,
 
     /// MOV r, r.
     MovRR,

@@ -114,6 +114,9 @@ pub struct Cpu {
     pub cpuid: CpuidProfile,
     /// The software TLB.
     pub(crate) tlb: Tlb,
+    /// A PAUSE retired in the current [`Cpu::run`], which returns [`RunExit::Paused`] after
+    /// it. Never set between runs, so not part of the state.
+    pause_requested: bool,
 }
 
 /// Why [`Cpu::run`] returned.
@@ -125,6 +128,10 @@ pub enum RunExit {
     Halted,
     /// The bus asked the CPU to stop ([`Bus::wants_exit`]).
     BusExit,
+    /// The CPU executed PAUSE, the spin-wait hint: whatever it waits for, another CPU has
+    /// to do, so the machine should end its quantum now (as VMX pause-loop exiting does)
+    /// rather than let it spin to the end. Depends only on the instructions executed.
+    Paused,
     /// The machine must stop.
     Stop(Box<StopReason>),
 }
@@ -219,6 +226,14 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         }
     }
 
+    /// End the CPU's turn after this instruction: [`Cpu::run`] returns
+    /// [`RunExit::Paused`] once it retires (PAUSE does this).
+    #[inline]
+    pub fn pause(&mut self) {
+        self.cpu.pause_requested = true;
+        self.stop_after = true;
+    }
+
     /// Mask an instruction pointer to the current code size.
     #[inline(always)]
     pub fn mask_ip(&self, ip: u64) -> u64 {
@@ -241,6 +256,7 @@ impl Cpu {
             index,
             cpuid,
             tlb: Tlb::default(),
+            pause_requested: false,
         }
     }
 
@@ -295,7 +311,13 @@ impl Cpu {
             code.put_back(id, block);
             match result {
                 Ok(false) => {}
-                Ok(true) => (mode, cpl) = (self.state.mode(), self.state.cpl()),
+                Ok(true) => {
+                    if self.pause_requested {
+                        self.pause_requested = false;
+                        return RunExit::Paused;
+                    }
+                    (mode, cpl) = (self.state.mode(), self.state.cpl());
+                }
                 Err((Exit::Fault(f), rip)) => {
                     if let Err(stop) = self.raise(bus, obs, code, f, rip) {
                         return RunExit::Stop(stop);
@@ -464,7 +486,11 @@ impl Cpu {
             // (branch targets, RIP-relative displacements) is relative to the instruction.
             rebase(&mut insn, start as u64);
             let group = code.group(insn.code());
-            let (op, ops) = if code.fast_paths() {
+            let (op, ops) = if insn.code() == Code::Pause {
+                // Not a fast form but a scheduling rule of the run loop, so decided here
+                // whether fast forms are on or off.
+                (fast::Op::Pause, fast::Operands::default())
+            } else if code.fast_paths() {
                 fast::classify(&insn, group, bitness)
             } else {
                 (fast::generic(group), fast::Operands::default())
@@ -750,6 +776,13 @@ fn dispatch<B: Bus, O: Observer>(
         Op::GSse => return generic(x, d, fall_through, sse::exec),
         Op::GSystem => return generic(x, d, fall_through, system::exec),
         Op::GUnimplemented => Err(unimplemented(x, i)),
+        Op::Pause => {
+            // `misc.rs` executes PAUSE (a hint, nothing to do); the run loop then ends the
+            // CPU's turn.
+            let next = generic(x, d, fall_through, misc::exec)?;
+            x.pause();
+            return Ok(next);
+        }
 
         Op::MovRR => sized!(mov_rr,),
         Op::MovRI => sized!(mov_ri,),
@@ -940,6 +973,39 @@ mod tests {
         let mut m = TestMachine::with_code(&code);
         assert_eq!(m.run(1000), RunExit::Halted);
         assert_eq!(m.cpu.state.gpr[0] & 0xff, 0x42);
+    }
+
+    /// PAUSE retires and then ends the run with `Paused` (the machine moves on to another
+    /// CPU); the next run continues after it.
+    #[test]
+    fn pause_ends_the_run_after_it() {
+        let mut m = TestMachine::assemble(|a| {
+            a.mov(eax, 1)?;
+            a.pause()?;
+            a.mov(eax, 2)?;
+            a.hlt()
+        });
+        let mut obs = crate::observer::NoObserver;
+        let exit = m.cpu.run(&mut m.bus, &mut obs, &mut m.code, 100);
+        assert_eq!(exit, RunExit::Paused);
+        assert_eq!(m.cpu.state.retired, 2);
+        assert_eq!(m.cpu.state.gpr[0], 1);
+        assert_eq!(m.cpu.state.rip, CODE_BASE + 7);
+        let exit = m.cpu.run(&mut m.bus, &mut obs, &mut m.code, 100);
+        assert_eq!(exit, RunExit::Halted);
+        assert_eq!(m.cpu.state.gpr[0], 2);
+        // With fast forms off, the same.
+        let mut m2 = TestMachine::assemble(|a| {
+            a.mov(eax, 1)?;
+            a.pause()?;
+            a.hlt()
+        });
+        m2.code.set_fast_paths(false);
+        assert_eq!(
+            m2.cpu.run(&mut m2.bus, &mut obs, &mut m2.code, 100),
+            RunExit::Paused
+        );
+        assert_eq!(m2.cpu.state.retired, 2);
     }
 
     /// A loop that is one block and patches its own immediate each time round: every

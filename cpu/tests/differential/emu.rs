@@ -153,7 +153,7 @@ pub fn run_emulator(code: &[u8], input: &Regs, scratch: &[u8]) -> EmuOutcome {
             });
         }
         match exit {
-            RunExit::Budget => {}
+            RunExit::Budget | RunExit::Paused => {}
             RunExit::Halted if at_hlt => {
                 cpu.state.rip = hlt;
                 break EmuEnd::Halted;
