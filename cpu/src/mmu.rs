@@ -113,6 +113,24 @@ pub fn translate<B: Bus>(
     intent: Intent,
     cpl: u8,
 ) -> Result<GuestPhysAddr, Fault> {
+    if s.cr0 & cr0::PG != 0 {
+        if let Some(pa) = tlb.hit(s, vaddr, intent, cpl) {
+            return Ok(pa);
+        }
+    }
+    translate_slow(s, tlb, bus, vaddr, intent, cpl)
+}
+
+/// [`translate`] without paging, or after a TLB miss: walk the tables and refill the entry.
+#[inline(never)]
+pub(crate) fn translate_slow<B: Bus>(
+    s: &CpuState,
+    tlb: &mut Tlb,
+    bus: &mut B,
+    vaddr: u64,
+    intent: Intent,
+    cpl: u8,
+) -> Result<GuestPhysAddr, Fault> {
     if s.cr0 & cr0::PG == 0 {
         return Ok(if s.msr.efer & efer::LMA != 0 {
             vaddr
@@ -122,13 +140,24 @@ pub fn translate<B: Bus>(
     }
     let vpn = vaddr >> 12;
     let slot = (vpn as usize) & (TLB_ENTRIES - 1);
-    let e = tlb.entries[slot];
-    if e.tag == vpn.wrapping_add(1) && permits(s, &e, intent, cpl) {
-        return Ok(e.phys | (vaddr & 0xfff));
-    }
     let e = walk(s, bus, vaddr, intent, cpl)?;
     tlb.entries[slot] = e;
     Ok(e.phys | (vaddr & 0xfff))
+}
+
+impl Tlb {
+    /// The physical address of `vaddr` if its page is cached with the rights `intent` at
+    /// `cpl` needs (paging must be on).
+    #[inline(always)]
+    pub(crate) fn hit(&self, s: &CpuState, vaddr: u64, intent: Intent, cpl: u8) -> Option<u64> {
+        let vpn = vaddr >> 12;
+        let e = &self.entries[(vpn as usize) & (TLB_ENTRIES - 1)];
+        if e.tag == vpn.wrapping_add(1) && permits(s, e, intent, cpl) {
+            Some(e.phys | (vaddr & 0xfff))
+        } else {
+            None
+        }
+    }
 }
 
 /// Whether a cached entry allows the access without a walk (a write to a clean page

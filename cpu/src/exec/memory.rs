@@ -6,13 +6,34 @@ use crate::exec::Exec;
 use crate::fault::Exit;
 use crate::mmu::{self, Intent};
 use crate::observer::{Access, AccessKind, Observer};
+use crate::state::{cr0, SegReg};
 
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// Translate a linear address for this instruction at the current privilege level.
     #[inline(always)]
     pub fn translate(&mut self, lin: u64, intent: Intent) -> Result<u64, Exit> {
-        let cpl = self.cpu.state.cpl();
-        self.translate_at(lin, intent, cpl)
+        // The CPL (as `CpuState::cpl` computes it) and the TLB hit inline: this is on the
+        // path of every memory access.
+        let s = &self.cpu.state;
+        let cpl = if s.cr0 & cr0::PE == 0 {
+            0
+        } else {
+            (s.seg[SegReg::Cs as usize].selector & 3) as u8
+        };
+        if s.cr0 & cr0::PG != 0 {
+            if let Some(pa) = self.cpu.tlb.hit(s, lin, intent, cpl) {
+                return Ok(pa);
+            }
+        }
+        mmu::translate_slow(
+            &self.cpu.state,
+            &mut self.cpu.tlb,
+            self.bus,
+            lin,
+            intent,
+            cpl,
+        )
+        .map_err(Exit::Fault)
     }
 
     /// Translate a linear address at a given privilege level (0 for implicit supervisor

@@ -755,11 +755,16 @@ fn dispatch<B: Bus, O: Observer>(
     // bits make the flag computations a few instructions each).
     macro_rules! sized {
         ($f:ident, $($k:tt),*) => {
-            match o.size {
-                8 => fast::$f::<$($k,)* 8, B, O>(x, o),
-                4 => fast::$f::<$($k,)* 4, B, O>(x, o),
-                2 => fast::$f::<$($k,)* 2, B, O>(x, o),
-                _ => fast::$f::<$($k,)* 1, B, O>(x, o),
+            // Tests in order of frequency, not a jump table: a second indirect branch per
+            // instruction would cost more than two predictable compares.
+            if o.size == 8 {
+                fast::$f::<$($k,)* 8, B, O>(x, o)
+            } else if o.size == 4 {
+                fast::$f::<$($k,)* 4, B, O>(x, o)
+            } else if o.size == 1 {
+                fast::$f::<$($k,)* 1, B, O>(x, o)
+            } else {
+                fast::$f::<$($k,)* 2, B, O>(x, o)
             }
         };
     }
