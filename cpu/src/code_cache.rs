@@ -1,8 +1,9 @@
 //! Decoded instructions, cached by physical address so each instruction is decoded once.
 //!
 //! Instructions are grouped into blocks: a run of instructions starting at one physical
-//! address, ending at a control transfer, at a page boundary, or after an instruction that may
-//! change how the following ones decode. Blocks are keyed by physical address and code size.
+//! address, ending at an unconditional control transfer, at a page boundary, or after an
+//! instruction that may change how the following ones decode. A conditional branch does not
+//! end its block: when taken, execution leaves the block there (a side exit). Blocks are keyed by physical address and code size.
 //!
 //! Instructions are decoded as if they sat at address 0, so a cached block is independent of
 //! the virtual address it is reached through: a branch target or RIP-relative address is the
@@ -39,11 +40,19 @@ pub struct DecodedInsn {
     pub len: u8,
     /// It has a LOCK prefix (copied out of `insn` so the run loop need not decode it).
     pub locked: bool,
-    /// After it, the run loop must look beyond its own flags: the handler may have called
-    /// the bus (port I/O, MSRs, time, randomness: [`crate::Bus::wants_exit`] may have
-    /// changed) or set `next_rip` without being a branch (a REP string instruction that
-    /// resumes later).
-    pub check_exit: bool,
+    /// What the run loop must check after it ([`check`] bits; 0 for most instructions).
+    pub check: u8,
+}
+
+/// Bits of [`DecodedInsn::check`].
+pub mod check {
+    /// The handler may have called the bus (port I/O, MSRs, time, randomness:
+    /// [`crate::Bus::wants_exit`] may have changed), set `next_rip` without being a branch
+    /// (a REP string instruction that resumes later), set the interrupt shadow, or changed
+    /// the mode or CPL.
+    pub const EXIT: u8 = 1;
+    /// A conditional branch inside a block: when taken, the block ends there.
+    pub const BRANCH: u8 = 2;
 }
 
 /// A run of decoded instructions starting at one physical address.

@@ -9,7 +9,7 @@ use iced_x86::{Code, Decoder, DecoderOptions, Formatter, Instruction, IntelForma
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{Bus, CpuClock};
-use crate::code_cache::{Block, BlockId, CodeCache, DecodedInsn};
+use crate::code_cache::{check, Block, BlockId, CodeCache, DecodedInsn};
 use crate::cpuid::CpuidProfile;
 use crate::fault::{vector, ExecResult, Exit, Fault, StopReason};
 use crate::mmu::{Intent, Tlb};
@@ -275,7 +275,7 @@ impl Cpu {
         budget: u64,
     ) -> RunExit {
         let end = self.state.retired + budget;
-        // The mode and CPL change only through instructions of the check_exit groups (system
+        // The mode and CPL change only through instructions of the EXIT-checked groups (system
         // instructions, INT n), exception delivery, or from outside between runs: compute
         // them again only after those.
         let mut mode = self.state.mode();
@@ -333,7 +333,7 @@ impl Cpu {
     /// budget (`end` retired), after a control transfer, after a write to cached code, when
     /// an instruction asks to leave the run loop, or when the bus wants the CPU to stop.
     /// An instruction's exit comes back with the instruction's address; otherwise the result
-    /// says whether an instruction that may change the mode or CPL ran (a check_exit group,
+    /// says whether an instruction that may change the mode or CPL ran (an EXIT-checked group,
     /// or one that asked to leave the loop). `LONG` says the mode is 64-bit.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
@@ -384,20 +384,26 @@ impl Cpu {
                     }
                 }
                 x.cpu.state.retired += 1;
-                // `memory.rs` sets `stop_after` with `code_modified`; only the check_exit
+                // `memory.rs` sets `stop_after` with `code_modified`; only the EXIT-checked
                 // groups (string.rs) set `code_modified` alone.
                 if x.stop_after {
                     result = Ok(true);
                     break 'chain;
                 }
-                if d.check_exit {
-                    result = Ok(true);
-                    if rip != fall_through
-                        || x.code_modified
-                        || x.bus.wants_exit()
-                        || x.cpu.state.interrupt_shadow
-                    {
-                        break 'chain;
+                if d.check != 0 {
+                    if d.check & check::EXIT != 0 {
+                        result = Ok(true);
+                        if rip != fall_through
+                            || x.code_modified
+                            || x.bus.wants_exit()
+                            || x.cpu.state.interrupt_shadow
+                        {
+                            break 'chain;
+                        }
+                    }
+                    // A taken conditional branch leaves the block (maybe for its start).
+                    if rip != fall_through {
+                        break;
                     }
                 }
             }
@@ -495,8 +501,12 @@ impl Cpu {
             } else {
                 (fast::generic(group), fast::Operands::default())
             };
-            let ends_block = group == Group::System
-                || !matches!(insn.flow_control(), iced_x86::FlowControl::Next);
+            // A conditional branch continues the block along its fall-through path.
+            let flow = insn.flow_control();
+            let branch = flow == iced_x86::FlowControl::ConditionalBranch;
+            let continues =
+                flow == iced_x86::FlowControl::Next || (branch && group == Group::Control);
+            let ends_block = group == Group::System || !continues;
             insns.push(DecodedInsn {
                 insn,
                 group,
@@ -504,7 +514,8 @@ impl Cpu {
                 ops,
                 len: len as u8,
                 locked: insn.has_lock_prefix(),
-                check_exit: may_call_bus(group),
+                check: if may_call_bus(group) { check::EXIT } else { 0 }
+                    | if branch { check::BRANCH } else { 0 },
             });
             if ends_block || start + len >= in_page {
                 break;

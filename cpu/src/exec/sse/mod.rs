@@ -169,8 +169,9 @@ fn is_mov(m: Mnemonic) -> bool {
     )
 }
 
-/// Execute a fast form [`fast_kind`] chose (`Xmm*`).
-#[inline(always)]
+/// Execute a fast form [`fast_kind`] chose (`Xmm*`). Not inlined into the run loop: its
+/// 128-bit work would crowd the loop's registers.
+#[inline(never)]
 pub(crate) fn exec_fast<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     op: crate::exec::fast::Op,
@@ -180,21 +181,21 @@ pub(crate) fn exec_fast<B: Bus, O: Observer>(
 }
 
 /// Execute a data-movement instruction ([`fast_kind`] chose `SseMov`).
-#[inline(always)]
+#[inline(never)]
 pub(crate) fn exec_mov<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResult {
     check_enabled(x)?;
     mov::exec(x, i)
 }
 
 /// Execute a floating-point instruction ([`fast_kind`] chose `SseFloat`).
-#[inline(always)]
+#[inline(never)]
 pub(crate) fn exec_float<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResult {
     check_enabled(x)?;
     float::exec(x, i)
 }
 
 /// Execute a packed-integer or logic instruction ([`fast_kind`] chose `SseInt`).
-#[inline(always)]
+#[inline(never)]
 pub(crate) fn exec_int<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResult {
     check_enabled(x)?;
     int::exec(x, i)
