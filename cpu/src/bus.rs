@@ -55,6 +55,10 @@ pub trait Bus {
 
     /// Whether the machine wants the CPU to stop at the next instruction boundary
     /// (a device asked to end the run, an interrupt became pending, ...).
+    ///
+    /// The CPU asks before each block and after each instruction that called the bus for
+    /// something other than RAM (port I/O, device memory, MSRs, time, randomness), not after
+    /// every instruction: the answer may change only during such calls (or between runs).
     fn wants_exit(&self) -> bool;
 
     /// Read a model-specific register the CPU itself does not keep (the LAPIC's, say).

@@ -10,10 +10,15 @@
 //!
 //! Self-modifying code: every physical page that holds cached code has its bit set in
 //! `code_pages`; a write to such a page (by any CPU or device) drops every block on it.
+//!
+//! Lookups are on the hot path (one per executed block), so blocks live in a slab addressed
+//! by [`BlockId`], with a direct-mapped jump table in front of the hash map, and the run loop
+//! *checks a block out* of the cache while it executes it ([`CodeCache::take`] /
+//! [`CodeCache::put_back`]) instead of sharing it through reference counting: a checked-out
+//! block that a write invalidates meanwhile is simply dropped when it is put back.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 
 use iced_x86::{Code, Instruction};
 
@@ -26,8 +31,19 @@ pub struct DecodedInsn {
     pub insn: Instruction,
     /// Which handler module executes it.
     pub group: Group,
+    /// How it is executed: a fast form, or its group's handler.
+    pub op: crate::exec::fast::Op,
+    /// The operands of a fast form.
+    pub ops: crate::exec::fast::Operands,
     /// Its length in bytes.
     pub len: u8,
+    /// It has a LOCK prefix (copied out of `insn` so the run loop need not decode it).
+    pub locked: bool,
+    /// After it, the run loop must look beyond its own flags: the handler may have called
+    /// the bus (port I/O, MSRs, time, randomness: [`crate::Bus::wants_exit`] may have
+    /// changed) or set `next_rip` without being a branch (a REP string instruction that
+    /// resumes later).
+    pub check_exit: bool,
 }
 
 /// A run of decoded instructions starting at one physical address.
@@ -42,6 +58,9 @@ pub struct Block {
 
 /// The key of a block: physical address and code size (16, 32 or 64).
 type BlockKey = (u64, u32);
+
+/// Where a block lives in the cache; valid until the block is invalidated.
+pub type BlockId = u32;
 
 /// A fast hasher for integer keys (block lookups are on the hot path; order never matters:
 /// the map is only looked up, never iterated into guest state).
@@ -67,15 +86,52 @@ impl Hasher for IntHasher {
 
 type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
+/// One slab entry.
+#[derive(Debug)]
+struct Slot {
+    /// The key the block was cached under.
+    key: BlockKey,
+    /// The block is cached (false once invalidated, or while the slot is free).
+    live: bool,
+    /// The block; `None` while it is checked out by a running CPU (or the slot is free).
+    block: Option<Block>,
+}
+
+/// Entries of the direct-mapped jump table (a power of two).
+const JUMP_ENTRIES: usize = 2048;
+
+/// A jump-table entry: a hint that `key` is cached at `id`, checked against the slot.
+#[derive(Clone, Copy, Debug)]
+struct JumpEntry {
+    key: BlockKey,
+    id: BlockId,
+}
+
+/// The jump-table index of a block key.
+#[inline(always)]
+fn jump_index(key: BlockKey) -> usize {
+    let h = (key.0 ^ ((key.1 as u64) << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 40) as usize & (JUMP_ENTRIES - 1)
+}
+
 /// The decoded-instruction cache shared by all CPUs of a machine.
 pub struct CodeCache {
-    blocks: IntMap<BlockKey, Arc<Block>>,
-    /// Blocks that use each physical page, so a write can drop them.
+    /// The blocks, addressed by [`BlockId`].
+    slots: Vec<Slot>,
+    /// Free slots, reused first.
+    free: Vec<BlockId>,
+    /// Every live block by key.
+    index: IntMap<BlockKey, BlockId>,
+    /// A small direct-mapped cache of `index`, hit by almost every lookup.
+    jump: Box<[JumpEntry]>,
+    /// Keys of the blocks that use each physical page, so a write can drop them.
     page_blocks: IntMap<u64, Vec<BlockKey>>,
     /// One bit per 4 KiB physical page of RAM: set while cached code comes from it.
     code_pages: Vec<u64>,
     /// Handler group of every iced `Code`, indexed by `Code as usize`.
     groups: Vec<Group>,
+    /// Decode the fast forms (see `exec/fast.rs`); off only to test them.
+    fast_paths: bool,
 }
 
 impl CodeCache {
@@ -83,11 +139,37 @@ impl CodeCache {
     pub fn new(ram_bytes: u64) -> CodeCache {
         let pages = ram_bytes.div_ceil(4096) as usize;
         CodeCache {
-            blocks: IntMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: IntMap::default(),
+            // An entry naming no slot: every lookup through it misses.
+            jump: vec![
+                JumpEntry {
+                    key: (u64::MAX, 0),
+                    id: BlockId::MAX,
+                };
+                JUMP_ENTRIES
+            ]
+            .into_boxed_slice(),
             page_blocks: IntMap::default(),
             code_pages: vec![0; pages.div_ceil(64) + 1],
             groups: crate::exec::group_table(),
+            fast_paths: true,
         }
+    }
+
+    /// Decode instructions into their fast forms (the default) or always dispatch them to
+    /// their group's handler. Only tests turn the fast forms off, to compare both paths.
+    /// Drops every cached block.
+    pub fn set_fast_paths(&mut self, on: bool) {
+        self.clear();
+        self.fast_paths = on;
+    }
+
+    /// Whether instructions are decoded into their fast forms.
+    #[inline(always)]
+    pub fn fast_paths(&self) -> bool {
+        self.fast_paths
     }
 
     /// The handler group of an instruction code.
@@ -98,27 +180,101 @@ impl CodeCache {
 
     /// The block starting at physical address `pa` in the given code size, if cached.
     #[inline(always)]
-    pub fn get(&self, pa: u64, bitness: u32) -> Option<Arc<Block>> {
-        self.blocks.get(&(pa, bitness)).cloned()
+    pub fn lookup(&mut self, pa: u64, bitness: u32) -> Option<BlockId> {
+        let key = (pa, bitness);
+        let j = jump_index(key);
+        let hint = self.jump[j];
+        if hint.key == key {
+            if let Some(slot) = self.slots.get(hint.id as usize) {
+                if slot.live && slot.key == key {
+                    return Some(hint.id);
+                }
+            }
+        }
+        let id = *self.index.get(&key)?;
+        self.jump[j] = JumpEntry { key, id };
+        Some(id)
     }
 
-    /// Cache a block.
-    pub fn insert(&mut self, pa: u64, bitness: u32, block: Block) -> Arc<Block> {
+    /// Check a cached block out to execute it; give it back with [`CodeCache::put_back`].
+    /// `None` if `id` names no block that is cached and not already checked out.
+    #[inline(always)]
+    pub fn take(&mut self, id: BlockId) -> Option<Block> {
+        let slot = self.slots.get_mut(id as usize)?;
+        if !slot.live {
+            return None;
+        }
+        slot.block.take()
+    }
+
+    /// Return a block checked out with [`CodeCache::take`]. If its code was written while it
+    /// was out, it is dropped instead.
+    #[inline(always)]
+    pub fn put_back(&mut self, id: BlockId, block: Block) {
+        if let Some(slot) = self.slots.get_mut(id as usize) {
+            if slot.live {
+                slot.block = Some(block);
+            } else if slot.block.is_none() {
+                // Invalidated while out: the slot waited for its block to come back.
+                self.free.push(id);
+            }
+        }
+    }
+
+    /// Cache a block and return its id.
+    pub fn insert(&mut self, pa: u64, bitness: u32, block: Block) -> BlockId {
         let pages = block.pages;
-        let block = Arc::new(block);
         let key = (pa, bitness);
-        self.blocks.insert(key, block.clone());
+        if self.index.contains_key(&key) {
+            // Decoded again while cached (cannot happen through the run loop, which looks up
+            // first): replace the old block.
+            self.remove(key);
+        }
+        let slot = Slot {
+            key,
+            live: true,
+            block: Some(block),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = slot;
+                id
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as BlockId
+            }
+        };
+        self.index.insert(key, id);
+        self.jump[jump_index(key)] = JumpEntry { key, id };
         for (i, &page) in pages.iter().enumerate() {
             if i == 1 && page == pages[0] {
                 break;
             }
-            self.page_blocks.entry(page).or_default().push(key);
+            let keys = self.page_blocks.entry(page).or_default();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
             let p = page as usize;
             if let Some(w) = self.code_pages.get_mut(p / 64) {
                 *w |= 1 << (p % 64);
             }
         }
-        block
+        id
+    }
+
+    /// Drop the block cached under `key`, if any.
+    fn remove(&mut self, key: BlockKey) {
+        let Some(id) = self.index.remove(&key) else {
+            return;
+        };
+        if let Some(slot) = self.slots.get_mut(id as usize) {
+            slot.live = false;
+            if slot.block.take().is_some() {
+                self.free.push(id);
+            }
+            // Otherwise the block is checked out; `put_back` frees the slot.
+        }
     }
 
     /// Whether physical page `page` holds cached code.
@@ -138,30 +294,32 @@ impl CodeCache {
             *w &= !(1 << (p % 64));
         }
         if let Some(keys) = self.page_blocks.remove(&page) {
+            // A block spanning two pages is also listed under the other page; that stale
+            // key is harmless (at worst it drops a block decoded again since, which is then
+            // decoded once more).
             for key in keys {
-                if let Some(b) = self.blocks.remove(&key) {
-                    // A block spanning two pages is also listed under the other page; that
-                    // stale key is harmless (removing a missing key does nothing).
-                    let _ = b;
-                }
+                self.remove(key);
             }
         }
     }
 
     /// Drop everything (used when a snapshot is restored).
     pub fn clear(&mut self) {
-        self.blocks.clear();
+        let keys: Vec<BlockKey> = self.index.keys().copied().collect();
+        for key in keys {
+            self.remove(key);
+        }
         self.page_blocks.clear();
         self.code_pages.iter_mut().for_each(|w| *w = 0);
     }
 
     /// Number of cached blocks (for statistics).
     pub fn len(&self) -> usize {
-        self.blocks.len()
+        self.index.len()
     }
 
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
+        self.index.is_empty()
     }
 }

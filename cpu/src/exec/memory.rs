@@ -42,6 +42,9 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
                 return u64::from_le_bytes(buf);
             }
         }
+        // A device may now want the CPU to stop: have the run loop look after this
+        // instruction.
+        self.stop_after = true;
         let clock = self.clock();
         self.bus.mmio_read(clock, pa, size as u8)
     }
@@ -52,11 +55,15 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         let i = pa as usize;
         if !self.bus.is_mmio(pa) {
             let page = pa >> 12;
-            if self.code.is_code_page(page) || self.code.is_code_page((pa + size as u64 - 1) >> 12)
-            {
+            let last = (pa + size as u64 - 1) >> 12;
+            // The accesses of `write` never cross a page; test the second page only when
+            // another caller's does.
+            if self.code.is_code_page(page) || (last != page && self.code.is_code_page(last)) {
                 self.code.invalidate_page(page);
-                self.code.invalidate_page((pa + size as u64 - 1) >> 12);
+                self.code.invalidate_page(last);
+                // The run loop looks at `stop_after` after every instruction.
                 self.code_modified = true;
+                self.stop_after = true;
             }
             let ram = self.bus.ram();
             if let Some(b) = ram.get_mut(i..i + size) {
@@ -64,6 +71,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
                 return;
             }
         }
+        self.stop_after = true;
         let clock = self.clock();
         self.bus.mmio_write(clock, pa, size as u8, value)
     }

@@ -9,18 +9,19 @@ use iced_x86::{Code, Decoder, DecoderOptions, Formatter, Instruction, IntelForma
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{Bus, CpuClock};
-use crate::code_cache::{Block, CodeCache, DecodedInsn};
+use crate::code_cache::{Block, BlockId, CodeCache, DecodedInsn};
 use crate::cpuid::CpuidProfile;
 use crate::fault::{vector, ExecResult, Exit, Fault, StopReason};
 use crate::mmu::{Intent, Tlb};
 use crate::observer::Observer;
-use crate::state::{CpuMode, CpuState};
+use crate::state::{rflags, CpuMode, CpuState};
 
 mod alu;
 mod bits;
 mod control;
 mod data;
 mod deliver;
+pub(crate) mod fast;
 mod memory;
 mod misc;
 mod muldiv;
@@ -269,7 +270,7 @@ impl Cpu {
                 return RunExit::BusExit;
             }
             let mode = self.state.mode();
-            let block = match self.fetch_block(bus, code, mode) {
+            let (id, block) = match self.fetch_block(bus, code, mode) {
                 Ok(b) => b,
                 Err(Exit::Fault(f)) => {
                     let rip = self.state.rip;
@@ -280,51 +281,93 @@ impl Cpu {
                 }
                 Err(Exit::Stop(s)) => return RunExit::Stop(s),
             };
-            let mut x = Exec {
-                cpu: self,
-                bus,
-                obs,
-                code,
-                rip: 0,
-                next_rip: 0,
-                mode,
-                locked: false,
-                code_modified: false,
-                stop_after: false,
+            // 64-bit code gets its own copy of the loop, with no instruction-pointer wrapping.
+            let result = if mode == CpuMode::Long64 {
+                self.run_block::<true, B, O>(bus, obs, code, mode, &block, end)
+            } else {
+                self.run_block::<false, B, O>(bus, obs, code, mode, &block, end)
             };
-            for d in block.insns.iter() {
-                let rip = x.cpu.state.rip;
-                x.rip = rip;
-                x.next_rip = x.mask_ip(rip.wrapping_add(d.len as u64));
-                x.locked = d.insn.has_lock_prefix();
-                let fall_through = x.next_rip;
-                // An STI or SS-load shadow covers only the instruction after it.
-                x.cpu.state.interrupt_shadow = false;
-                match dispatch(&mut x, d) {
-                    Ok(()) => {
-                        x.cpu.state.rip = x.next_rip;
-                        x.cpu.state.retired += 1;
+            code.put_back(id, block);
+            match result {
+                Ok(()) => {}
+                Err((Exit::Fault(f), rip)) => {
+                    if let Err(stop) = self.raise(bus, obs, code, f, rip) {
+                        return RunExit::Stop(stop);
                     }
-                    Err(Exit::Fault(f)) => {
-                        let (cpu, bus, obs, code) =
-                            (&mut *x.cpu, &mut *x.bus, &mut *x.obs, &mut *x.code);
-                        if let Err(stop) = cpu.raise(bus, obs, code, f, rip) {
-                            return RunExit::Stop(stop);
-                        }
-                        break;
-                    }
-                    Err(Exit::Stop(s)) => return RunExit::Stop(s),
                 }
-                if x.next_rip != fall_through
-                    || x.code_modified
-                    || x.stop_after
-                    || x.cpu.state.retired >= end
-                    || x.bus.wants_exit()
-                {
+                Err((Exit::Stop(s), _)) => return RunExit::Stop(s),
+            }
+        }
+    }
+
+    /// Execute the instructions of `block` from its start, stopping early at the end of the
+    /// budget (`end` retired), after a control transfer, after a write to cached code, when
+    /// an instruction asks to leave the run loop, or when the bus wants the CPU to stop.
+    /// An instruction's exit comes back with the instruction's address.
+    /// `LONG` says the mode is 64-bit.
+    #[inline(always)]
+    fn run_block<const LONG: bool, B: Bus, O: Observer>(
+        &mut self,
+        bus: &mut B,
+        obs: &mut O,
+        code: &mut CodeCache,
+        mode: CpuMode,
+        block: &Block,
+        end: u64,
+    ) -> Result<(), (Exit, u64)> {
+        // The budget bounds the instructions run, so the loop needs no check of its own.
+        let left = end.saturating_sub(self.state.retired);
+        let insns = &block.insns[..block.insns.len().min(left as usize)];
+        let mut x = Exec {
+            cpu: self,
+            bus,
+            obs,
+            code,
+            rip: 0,
+            next_rip: 0,
+            mode,
+            locked: false,
+            code_modified: false,
+            stop_after: false,
+        };
+        let mut rip = x.cpu.state.rip;
+        // An STI or SS-load shadow covers only the instruction after it: clear it before the
+        // block's first instruction; an instruction that sets it ends the block (below), so
+        // the next instruction is always the first of a block.
+        x.cpu.state.interrupt_shadow = false;
+        let mut result = Ok(());
+        for d in insns {
+            x.rip = rip;
+            let next = rip.wrapping_add(d.len as u64);
+            // Outside 64-bit mode the instruction pointer wraps at the code size.
+            let fall_through = if LONG { next } else { x.mask_ip(next) };
+            match dispatch(&mut x, d, fall_through) {
+                Ok(next) => rip = next,
+                Err(e) => {
+                    result = Err((e, rip));
                     break;
                 }
             }
+            x.cpu.state.retired += 1;
+            // `memory.rs` sets `stop_after` with `code_modified`; only the check_exit groups
+            // (string.rs) set `code_modified` alone.
+            if x.stop_after {
+                break;
+            }
+            if d.check_exit
+                && (rip != fall_through
+                    || x.code_modified
+                    || x.bus.wants_exit()
+                    || x.cpu.state.interrupt_shadow)
+            {
+                break;
+            }
         }
+        // The instruction pointer is committed once per block: fast forms never read it
+        // (generic handlers get it set, see `generic`); after a fault it names the faulting
+        // instruction.
+        x.cpu.state.rip = rip;
+        result
     }
 
     /// Find or decode the block at the current RIP.
@@ -333,13 +376,15 @@ impl Cpu {
         bus: &mut B,
         code: &mut CodeCache,
         mode: CpuMode,
-    ) -> Result<std::sync::Arc<Block>, Exit> {
+    ) -> Result<(BlockId, Block), Exit> {
         let rip = self.fetch_address(mode);
         let cpl = self.state.cpl();
         let pa = crate::mmu::translate(&self.state, &mut self.tlb, bus, rip, Intent::Execute, cpl)?;
         let bitness = mode.bitness();
-        if let Some(b) = code.get(pa, bitness) {
-            return Ok(b);
+        if let Some(id) = code.lookup(pa, bitness) {
+            if let Some(b) = code.take(id) {
+                return Ok((id, b));
+            }
         }
         // Gather the bytes from here to the end of the page, plus up to 15 bytes of the next
         // page when it is mapped (an instruction may straddle the boundary).
@@ -390,18 +435,36 @@ impl Cpu {
             // (branch targets, RIP-relative displacements) is relative to the instruction.
             rebase(&mut insn, start as u64);
             let group = code.group(insn.code());
+            let (op, ops) = if code.fast_paths() {
+                fast::classify(&insn, group, bitness)
+            } else {
+                (fast::generic(group), fast::Operands::default())
+            };
             let ends_block = group == Group::System
                 || !matches!(insn.flow_control(), iced_x86::FlowControl::Next);
             insns.push(DecodedInsn {
                 insn,
                 group,
+                op,
+                ops,
                 len: len as u8,
+                locked: insn.has_lock_prefix(),
+                check_exit: may_call_bus(group),
             });
             if ends_block || start + len >= in_page {
                 break;
             }
         }
-        Ok(code.insert(pa, bitness, Block { insns, pages }))
+        let id = code.insert(pa, bitness, Block { insns, pages });
+        match code.take(id) {
+            Some(b) => Ok((id, b)),
+            // Just inserted, so it is there; say so rather than panic if it were not.
+            None => Err(Exit::Stop(Box::new(StopReason::Unsupported {
+                cpu: self.index,
+                rip: self.state.rip,
+                what: "a freshly decoded block vanished from the code cache".into(),
+            }))),
+        }
     }
 
     /// The linear address of the next instruction (CS base applies outside 64-bit mode).
@@ -576,24 +639,191 @@ pub fn format_insn(insn: &Instruction) -> String {
     out
 }
 
-/// Execute one decoded instruction.
-#[inline(always)]
-fn dispatch<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> ExecResult {
-    let i = &d.insn;
-    match d.group {
-        Group::Data => data::exec(x, i),
-        Group::Alu => alu::exec(x, i),
-        Group::Shift => shift::exec(x, i),
-        Group::MulDiv => muldiv::exec(x, i),
-        Group::Bits => bits::exec(x, i),
-        Group::Control => control::exec(x, i),
-        Group::Stack => stack::exec(x, i),
-        Group::String => string::exec(x, i),
-        Group::Misc => misc::exec(x, i),
-        Group::Sse => sse::exec(x, i),
-        Group::System => system::exec(x, i),
-        Group::Unimplemented => Err(unimplemented(x, i)),
+/// Whether instructions of `group` may call the bus beyond RAM accesses (port I/O, MSRs,
+/// time, randomness), which can make [`Bus::wants_exit`] true, set `next_rip` without
+/// ending their block (a REP string instruction resuming later), or set the interrupt
+/// shadow (STI). Memory-mapped I/O, which
+/// any memory operand may reach, is handled where it happens (`memory.rs` asks the run
+/// loop to look after the instruction).
+fn may_call_bus(group: Group) -> bool {
+    match group {
+        Group::Data
+        | Group::Alu
+        | Group::Shift
+        | Group::MulDiv
+        | Group::Bits
+        | Group::Control
+        | Group::Stack
+        | Group::Sse => false,
+        Group::String | Group::Misc | Group::System | Group::Unimplemented => true,
     }
+}
+
+/// Run a generic handler, returning the address of the next instruction. The handler gets
+/// the context the run loop keeps only for it: `next_rip` (the fall-through address, which a
+/// control transfer overwrites), the committed `state.rip` and `locked`, cleared after it
+/// (fast forms never carry a LOCK prefix; a handler may also lock its accesses itself, as
+/// XCHG with memory does).
+#[inline(always)]
+fn generic<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+    fall_through: u64,
+    handler: fn(&mut Exec<B, O>, &Instruction) -> ExecResult,
+) -> Result<u64, Exit> {
+    x.next_rip = fall_through;
+    x.cpu.state.rip = x.rip;
+    x.locked = d.locked;
+    let r = handler(x, &d.insn);
+    x.locked = false;
+    r.map(|()| x.next_rip)
+}
+
+/// Execute one decoded instruction: its fast form, or its group's handler. Returns the
+/// address of the next instruction (`fall_through` unless it transferred control).
+#[inline(always)]
+fn dispatch<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+    fall_through: u64,
+) -> Result<u64, Exit> {
+    use fast::{kind as k, Op};
+    let i = &d.insn;
+    let o = &d.ops;
+    // Flags for the conditional jumps (evaluated only in their arms).
+    let cf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::CF != 0;
+    let zf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::ZF != 0;
+    let sf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::SF != 0;
+    let of = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::OF != 0;
+    let pf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::PF != 0;
+    // Call a fast-form function specialized for the operand size (constant masks and sign
+    // bits make the flag computations a few instructions each).
+    macro_rules! sized {
+        ($f:ident, $($k:tt),*) => {
+            match o.size {
+                8 => fast::$f::<$($k,)* 8, B, O>(x, o),
+                4 => fast::$f::<$($k,)* 4, B, O>(x, o),
+                2 => fast::$f::<$($k,)* 2, B, O>(x, o),
+                _ => fast::$f::<$($k,)* 1, B, O>(x, o),
+            }
+        };
+    }
+    let r: ExecResult = match d.op {
+        Op::GData => return generic(x, d, fall_through, data::exec),
+        Op::GAlu => return generic(x, d, fall_through, alu::exec),
+        Op::GShift => return generic(x, d, fall_through, shift::exec),
+        Op::GMulDiv => return generic(x, d, fall_through, muldiv::exec),
+        Op::GBits => return generic(x, d, fall_through, bits::exec),
+        Op::GControl => return generic(x, d, fall_through, control::exec),
+        Op::GStack => return generic(x, d, fall_through, stack::exec),
+        Op::GString => return generic(x, d, fall_through, string::exec),
+        Op::GMisc => return generic(x, d, fall_through, misc::exec),
+        Op::GSse => return generic(x, d, fall_through, sse::exec),
+        Op::GSystem => return generic(x, d, fall_through, system::exec),
+        Op::GUnimplemented => Err(unimplemented(x, i)),
+
+        Op::MovRR => sized!(mov_rr,),
+        Op::MovRI => sized!(mov_ri,),
+        Op::MovRM => sized!(mov_rm,),
+        Op::MovMR => sized!(mov_mr,),
+        Op::MovMI => sized!(mov_mi,),
+        Op::MovzxRR | Op::MovzxRM | Op::MovsxRR | Op::MovsxRM => fast::extend(x, o, d.op),
+        Op::Lea => sized!(lea,),
+
+        Op::AddRR => sized!(alu_rr, { k::ADD }),
+        Op::AddRI => sized!(alu_ri, { k::ADD }),
+        Op::AddRM => sized!(alu_rm, { k::ADD }),
+        Op::AddMR => sized!(alu_m, { k::ADD }, false),
+        Op::AddMI => sized!(alu_m, { k::ADD }, true),
+        Op::OrRR => sized!(alu_rr, { k::OR }),
+        Op::OrRI => sized!(alu_ri, { k::OR }),
+        Op::OrRM => sized!(alu_rm, { k::OR }),
+        Op::OrMR => sized!(alu_m, { k::OR }, false),
+        Op::OrMI => sized!(alu_m, { k::OR }, true),
+        Op::AdcRR => sized!(alu_rr, { k::ADC }),
+        Op::AdcRI => sized!(alu_ri, { k::ADC }),
+        Op::AdcRM => sized!(alu_rm, { k::ADC }),
+        Op::AdcMR => sized!(alu_m, { k::ADC }, false),
+        Op::AdcMI => sized!(alu_m, { k::ADC }, true),
+        Op::SbbRR => sized!(alu_rr, { k::SBB }),
+        Op::SbbRI => sized!(alu_ri, { k::SBB }),
+        Op::SbbRM => sized!(alu_rm, { k::SBB }),
+        Op::SbbMR => sized!(alu_m, { k::SBB }, false),
+        Op::SbbMI => sized!(alu_m, { k::SBB }, true),
+        Op::AndRR => sized!(alu_rr, { k::AND }),
+        Op::AndRI => sized!(alu_ri, { k::AND }),
+        Op::AndRM => sized!(alu_rm, { k::AND }),
+        Op::AndMR => sized!(alu_m, { k::AND }, false),
+        Op::AndMI => sized!(alu_m, { k::AND }, true),
+        Op::SubRR => sized!(alu_rr, { k::SUB }),
+        Op::SubRI => sized!(alu_ri, { k::SUB }),
+        Op::SubRM => sized!(alu_rm, { k::SUB }),
+        Op::SubMR => sized!(alu_m, { k::SUB }, false),
+        Op::SubMI => sized!(alu_m, { k::SUB }, true),
+        Op::XorRR => sized!(alu_rr, { k::XOR }),
+        Op::XorRI => sized!(alu_ri, { k::XOR }),
+        Op::XorRM => sized!(alu_rm, { k::XOR }),
+        Op::XorMR => sized!(alu_m, { k::XOR }, false),
+        Op::XorMI => sized!(alu_m, { k::XOR }, true),
+        Op::CmpRR => sized!(alu_rr, { k::CMP }),
+        Op::CmpRI => sized!(alu_ri, { k::CMP }),
+        Op::CmpRM => sized!(alu_rm, { k::CMP }),
+        Op::CmpMR => sized!(alu_m, { k::CMP }, false),
+        Op::CmpMI => sized!(alu_m, { k::CMP }, true),
+        Op::TestRR => sized!(alu_rr, { k::TEST }),
+        Op::TestRI => sized!(alu_ri, { k::TEST }),
+        Op::TestMR => sized!(alu_m, { k::TEST }, false),
+        Op::TestMI => sized!(alu_m, { k::TEST }, true),
+        Op::IncR | Op::DecR | Op::NegR | Op::NotR => fast::unary(x, o, d.op),
+
+        Op::ShlRI => sized!(shift_ri, { fast::shift_kind::SHL }),
+        Op::ShrRI => sized!(shift_ri, { fast::shift_kind::SHR }),
+        Op::SarRI => sized!(shift_ri, { fast::shift_kind::SAR }),
+        Op::RolRI => sized!(shift_ri, { fast::shift_kind::ROL }),
+        Op::RorRI => sized!(shift_ri, { fast::shift_kind::ROR }),
+        Op::ImulRR | Op::ImulRM | Op::ImulRRI => fast::imul(x, o, d.op),
+        Op::CmovRR | Op::CmovRM | Op::SetccR | Op::SetccM => fast::conditional(x, o, d.op),
+
+        Op::Jo => return fast::jump(x, o, of(x), fall_through),
+        Op::Jno => return fast::jump(x, o, !of(x), fall_through),
+        Op::Jb => return fast::jump(x, o, cf(x), fall_through),
+        Op::Jae => return fast::jump(x, o, !cf(x), fall_through),
+        Op::Je => return fast::jump(x, o, zf(x), fall_through),
+        Op::Jne => return fast::jump(x, o, !zf(x), fall_through),
+        Op::Jbe => return fast::jump(x, o, cf(x) || zf(x), fall_through),
+        Op::Ja => return fast::jump(x, o, !cf(x) && !zf(x), fall_through),
+        Op::Js => return fast::jump(x, o, sf(x), fall_through),
+        Op::Jns => return fast::jump(x, o, !sf(x), fall_through),
+        Op::Jp => return fast::jump(x, o, pf(x), fall_through),
+        Op::Jnp => return fast::jump(x, o, !pf(x), fall_through),
+        Op::Jl => return fast::jump(x, o, sf(x) != of(x), fall_through),
+        Op::Jge => return fast::jump(x, o, sf(x) == of(x), fall_through),
+        Op::Jle => return fast::jump(x, o, zf(x) || sf(x) != of(x), fall_through),
+        Op::Jg => return fast::jump(x, o, !zf(x) && sf(x) == of(x), fall_through),
+        Op::JmpRel => return fast::jump(x, o, true, fall_through),
+        Op::CallRel => return fast::call_rel(x, o, fall_through),
+        Op::Ret => return fast::ret(x),
+        Op::PushR => {
+            // Read first: `push rsp` pushes the value before the push.
+            let v = x.reg_get(o.r0, 8);
+            x.push(v, 8)
+        }
+        Op::PopR => fast::pop_r(x, o),
+
+        Op::SseMov => sse::exec_mov(x, i),
+        Op::SseFloat => sse::exec_float(x, i),
+        Op::SseInt => sse::exec_int(x, i),
+        Op::XmmMovRR
+        | Op::XmmLoad
+        | Op::XmmStore
+        | Op::XmmMovqRR
+        | Op::XmmMovqRM
+        | Op::XmmMovqMR
+        | Op::XmmBinRR
+        | Op::XmmBinRM
+        | Op::XmmShiftI => sse::exec_fast(x, d.op, o),
+    };
+    r.map(|()| fall_through)
 }
 
 /// The stop for an instruction reprise does not implement.

@@ -13,7 +13,7 @@ use crate::observer::Observer;
 /// Apply `f` to each pair of `W`-byte lanes (zero-extended) of `a` and `b`; the results are
 /// truncated to the lane.
 #[inline(always)]
-fn map2<const W: u32>(a: u128, b: u128, f: impl Fn(u64, u64) -> u64) -> u128 {
+pub(super) fn map2<const W: u32>(a: u128, b: u128, f: impl Fn(u64, u64) -> u64) -> u128 {
     let bits = W * 8;
     let m = mask(W as usize);
     let mut r = 0u128;
@@ -29,13 +29,13 @@ fn map2<const W: u32>(a: u128, b: u128, f: impl Fn(u64, u64) -> u64) -> u128 {
 
 /// Lane `k` of `W` bytes, zero-extended.
 #[inline(always)]
-fn lane<const W: u32>(v: u128, k: u32) -> u64 {
+pub(super) fn lane<const W: u32>(v: u128, k: u32) -> u64 {
     (v >> (k * W * 8)) as u64 & mask(W as usize)
 }
 
 /// `v` with lane `k` of `W` bytes replaced by `x`.
 #[inline(always)]
-fn with_lane<const W: u32>(v: u128, k: u32, x: u64) -> u128 {
+pub(super) fn with_lane<const W: u32>(v: u128, k: u32, x: u64) -> u128 {
     let s = k * W * 8;
     let m = (mask(W as usize) as u128) << s;
     (v & !m) | (((x & mask(W as usize)) as u128) << s)
@@ -63,7 +63,7 @@ fn sat_u<const W: u32>(v: i64) -> u64 {
 
 /// All ones when `c`.
 #[inline(always)]
-fn ones(c: bool) -> u64 {
+pub(super) fn ones(c: bool) -> u64 {
     if c {
         u64::MAX
     } else {
@@ -73,7 +73,7 @@ fn ones(c: bool) -> u64 {
 
 /// Which way a shift goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Shift {
+pub(super) enum Shift {
     Left,
     Right,
     Arith,
@@ -82,7 +82,7 @@ enum Shift {
 /// Shift each `W`-byte lane by `count` bits; logical shifts past the lane width give zero,
 /// arithmetic ones fill with the sign.
 #[inline(always)]
-fn shift_lanes<const W: u32>(v: u128, count: u64, kind: Shift) -> u128 {
+pub(super) fn shift_lanes<const W: u32>(v: u128, count: u64, kind: Shift) -> u128 {
     let bits = (W * 8) as u64;
     map2::<W>(v, 0, |a, _| match kind {
         Shift::Left if count >= bits => 0,
@@ -96,7 +96,7 @@ fn shift_lanes<const W: u32>(v: u128, count: u64, kind: Shift) -> u128 {
 /// Interleave the lanes of the low (`high == false`) or high halves of `a` and `b`:
 /// a0 b0 a1 b1 ...
 #[inline(always)]
-fn unpack<const W: u32>(a: u128, b: u128, high: bool) -> u128 {
+pub(super) fn unpack<const W: u32>(a: u128, b: u128, high: bool) -> u128 {
     let half = 8 / W;
     let base = if high { half } else { 0 };
     (0..half).fold(0u128, |r, k| {

@@ -16,6 +16,7 @@ use crate::fault::{vector, ExecResult, Exit, Fault};
 use crate::observer::Observer;
 use crate::state::{cr0, cr4};
 
+mod fast;
 mod float;
 mod int;
 mod mov;
@@ -101,29 +102,7 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
             check_enabled(x)?;
             match m {
                 M::Ldmxcsr | M::Stmxcsr => state::exec(x, i),
-                M::Movd
-                | M::Movq
-                | M::Movdqa
-                | M::Movdqu
-                | M::Movaps
-                | M::Movapd
-                | M::Movups
-                | M::Movupd
-                | M::Movss
-                | M::Movsd
-                | M::Movlps
-                | M::Movhps
-                | M::Movlpd
-                | M::Movhpd
-                | M::Movhlps
-                | M::Movlhps
-                | M::Movntdq
-                | M::Movntps
-                | M::Movntpd
-                | M::Movmskps
-                | M::Movmskpd
-                | M::Pmovmskb
-                | M::Maskmovdqu => mov::exec(x, i),
+                _ if is_mov(m) => mov::exec(x, i),
                 _ if float::handles(m) => float::exec(x, i),
                 _ => int::exec(x, i),
             }
@@ -131,8 +110,99 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
     }
 }
 
+/// The fast op of an instruction this module claims: its submodule resolved at decode time
+/// (the same choice [`exec`] makes at run time), or `None` for the forms [`exec`] treats
+/// specially (MOVNTI, FXSAVE/FXRSTOR, LDMXCSR/STMXCSR).
+pub(crate) fn fast_kind(
+    i: &Instruction,
+    o: &mut crate::exec::fast::Operands,
+) -> Option<crate::exec::fast::Op> {
+    use crate::exec::fast::Op;
+    use Mnemonic as M;
+    let m = i.mnemonic();
+    if let Some(op) = fast::classify(i, o) {
+        return Some(op);
+    }
+    *o = Default::default();
+    match m {
+        M::Movnti
+        | M::Fxsave
+        | M::Fxsave64
+        | M::Fxrstor
+        | M::Fxrstor64
+        | M::Ldmxcsr
+        | M::Stmxcsr => None,
+        _ if is_mov(m) => Some(Op::SseMov),
+        _ if float::handles(m) => Some(Op::SseFloat),
+        _ => Some(Op::SseInt),
+    }
+}
+
+/// The data-movement mnemonics (`mov.rs`).
+fn is_mov(m: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(
+        m,
+        M::Movd
+            | M::Movq
+            | M::Movdqa
+            | M::Movdqu
+            | M::Movaps
+            | M::Movapd
+            | M::Movups
+            | M::Movupd
+            | M::Movss
+            | M::Movsd
+            | M::Movlps
+            | M::Movhps
+            | M::Movlpd
+            | M::Movhpd
+            | M::Movhlps
+            | M::Movlhps
+            | M::Movntdq
+            | M::Movntps
+            | M::Movntpd
+            | M::Movmskps
+            | M::Movmskpd
+            | M::Pmovmskb
+            | M::Maskmovdqu
+    )
+}
+
+/// Execute a fast form [`fast_kind`] chose (`Xmm*`).
+#[inline(always)]
+pub(crate) fn exec_fast<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    op: crate::exec::fast::Op,
+    o: &crate::exec::fast::Operands,
+) -> ExecResult {
+    fast::exec(x, op, o)
+}
+
+/// Execute a data-movement instruction ([`fast_kind`] chose `SseMov`).
+#[inline(always)]
+pub(crate) fn exec_mov<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResult {
+    check_enabled(x)?;
+    mov::exec(x, i)
+}
+
+/// Execute a floating-point instruction ([`fast_kind`] chose `SseFloat`).
+#[inline(always)]
+pub(crate) fn exec_float<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResult {
+    check_enabled(x)?;
+    float::exec(x, i)
+}
+
+/// Execute a packed-integer or logic instruction ([`fast_kind`] chose `SseInt`).
+#[inline(always)]
+pub(crate) fn exec_int<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResult {
+    check_enabled(x)?;
+    int::exec(x, i)
+}
+
 /// SSE instructions raise #UD unless the OS enabled them (CR4.OSFXSR) and x87 emulation is
 /// off, then #NM while CR0.TS is set (lazy FPU context switching).
+#[inline(always)]
 fn check_enabled<B: Bus, O: Observer>(x: &Exec<B, O>) -> Result<(), Exit> {
     let s = &x.cpu.state;
     if s.cr0 & cr0::EM != 0 || s.cr4 & cr4::OSFXSR == 0 {
