@@ -18,10 +18,15 @@ pub mod boot;
 pub mod debug_exit;
 pub mod elf;
 pub mod inputs;
+pub mod ioapic;
+pub mod lapic;
 pub mod machine;
+pub mod pic;
+pub mod pit;
 pub mod ram;
 pub mod reset;
 pub mod uart;
+pub mod vtime;
 
 pub use debug_exit::{ExitCodeStyle, ExitRequest};
 pub use inputs::{HostInputs, Inputs, Position, ScriptedInputs};
