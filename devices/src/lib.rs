@@ -14,17 +14,21 @@
 //! the whole machine ([`machine::MachineState`]).
 #![warn(missing_docs)]
 
+pub mod acpi;
 pub mod boot;
 pub mod debug_exit;
 pub mod elf;
+pub mod fw_cfg;
 pub mod inputs;
 pub mod ioapic;
 pub mod lapic;
 pub mod machine;
 pub mod pic;
 pub mod pit;
+pub mod pm;
 pub mod ram;
 pub mod reset;
+pub mod smp;
 pub mod uart;
 pub mod vtime;
 
