@@ -25,6 +25,7 @@ pub mod lapic;
 pub mod machine;
 pub mod pic;
 pub mod pit;
+pub mod platform;
 pub mod pm;
 pub mod ram;
 pub mod reset;
