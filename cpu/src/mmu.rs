@@ -5,6 +5,8 @@ use crate::bus::{Bus, GuestPhysAddr};
 use crate::fault::Fault;
 use crate::state::{cr0, cr4, efer, CpuState};
 
+mod legacy;
+
 /// Why the CPU wants a translation; decides the permission checks and the #PF error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Intent {
@@ -177,10 +179,9 @@ fn walk<B: Bus>(
     if intent == Intent::Execute && s.msr.efer & efer::NXE != 0 {
         code |= pf::FETCH;
     }
-    if s.msr.efer & efer::LMA == 0 || s.cr4 & cr4::PAE == 0 {
-        // 32-bit and PAE paging arrive with the system-mode work; until then, say so loudly
-        // through a reserved-bit fault rather than translate wrongly.
-        return Err(Fault::page(vaddr, code | pf::RSVD | pf::PRESENT));
+    if s.msr.efer & efer::LMA == 0 {
+        // 32-bit or PAE paging (legacy protected mode).
+        return legacy::walk(s, bus, vaddr, intent, cpl);
     }
     // Canonical check: bits 63..47 must all equal bit 47.
     let top = (vaddr as i64) >> 47;

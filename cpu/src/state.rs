@@ -188,7 +188,11 @@ pub mod efer {
 }
 
 /// The model-specific registers reprise keeps (others are handled by the MSR module).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// FS_BASE and GS_BASE live in the FS and GS segment registers' bases; the TSC is the bus's
+/// clock plus [`CpuState::tsc_offset`]. MSRs added after the first recordings default to
+/// their reset values when an older checkpoint is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct Msrs {
     pub efer: u64,
@@ -204,6 +208,53 @@ pub struct Msrs {
     pub tsc_aux: u64,
     pub apic_base: u64,
     pub misc_enable: u64,
+    /// IA32_MTRR_DEF_TYPE.
+    #[serde(default)]
+    pub mtrr_def_type: u64,
+    /// IA32_MTRR_PHYSBASE0/PHYSMASK0 .. PHYSBASE7/PHYSMASK7, in MSR order (0x200..=0x20f).
+    #[serde(default)]
+    pub mtrr_var: [u64; 16],
+    /// The fixed-range MTRRs in MSR order: 0x250, 0x258, 0x259, 0x268..=0x26f.
+    #[serde(default)]
+    pub mtrr_fixed: [u64; 11],
+}
+
+/// IA32_APIC_BASE bits.
+pub mod apic_base {
+    /// This is the bootstrap processor.
+    pub const BSP: u64 = 1 << 8;
+    /// x2APIC mode.
+    pub const EXTD: u64 = 1 << 10;
+    /// The local APIC is enabled.
+    pub const EN: u64 = 1 << 11;
+    /// The architectural default base of the local APIC page.
+    pub const DEFAULT_BASE: u64 = 0xfee0_0000;
+}
+
+impl Default for Msrs {
+    /// The values after power-on (the APIC enabled at its default base; the machine sets
+    /// [`apic_base::BSP`] on its bootstrap processor).
+    fn default() -> Self {
+        Msrs {
+            efer: 0,
+            star: 0,
+            lstar: 0,
+            cstar: 0,
+            sfmask: 0,
+            kernel_gs_base: 0,
+            sysenter_cs: 0,
+            sysenter_esp: 0,
+            sysenter_eip: 0,
+            pat: 0x0007_0406_0007_0406,
+            tsc_aux: 0,
+            apic_base: apic_base::DEFAULT_BASE | apic_base::EN,
+            // Fast strings enabled; branch trace and PEBS unavailable.
+            misc_enable: 1 | 1 << 11 | 1 << 12,
+            mtrr_def_type: 0,
+            mtrr_var: [0; 16],
+            mtrr_fixed: [0; 11],
+        }
+    }
 }
 
 /// The complete architectural state of one CPU.
@@ -261,6 +312,9 @@ pub struct CpuState {
     pub interrupt_shadow: bool,
     /// Offset added to virtual time to form the TSC (written by WRMSR to the TSC).
     pub tsc_offset: i64,
+    /// NMIs are blocked: an NMI handler runs and has not executed IRET yet.
+    #[serde(default)]
+    pub nmi_blocked: bool,
 }
 
 impl Default for CpuState {
@@ -292,6 +346,7 @@ impl Default for CpuState {
             halted: false,
             interrupt_shadow: false,
             tsc_offset: 0,
+            nmi_blocked: false,
         }
     }
 }

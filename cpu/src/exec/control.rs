@@ -8,7 +8,7 @@ use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 use crate::bus::Bus;
 use crate::exec::operand::op_size;
 use crate::exec::Exec;
-use crate::fault::{vector, ExecResult, Exit, Fault};
+use crate::fault::{vector, ExecResult, Fault};
 use crate::observer::Observer;
 use crate::state::{rflags, CpuMode, SegReg};
 
@@ -94,45 +94,11 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         Ok(())
     }
 
-    /// Raise software interrupt `vec` as a trap: delivered now through the IDT with the
-    /// *next* instruction as the return address, unlike a [`Fault`], which returns to the
-    /// faulting instruction. With `check_dpl` (INT n, INT3, INTO) a gate whose DPL is below
-    /// the CPL raises #GP(vec * 8 + 2) instead. A fault during delivery is returned and is
-    /// then reported on this instruction, as the SDM specifies.
-    pub fn software_interrupt(&mut self, vec: u8, check_dpl: bool) -> ExecResult {
-        if self.cpu.state.msr.efer & crate::state::efer::LMA == 0 {
-            return Err(self.unsupported(format!("software interrupt {vec:#x} outside long mode")));
-        }
-        if check_dpl {
-            let idtr = self.cpu.state.idtr;
-            let off = vec as u64 * 16;
-            // A gate beyond the limit is reported by the delivery itself.
-            if off + 15 <= idtr.limit as u64 {
-                let lo = super::deliver::read_sys(self, idtr.base.wrapping_add(off))?;
-                let dpl = ((lo >> 45) & 3) as u8;
-                let kind = (lo >> 40) & 0xf;
-                let is_gate = kind == 0xe || kind == 0xf;
-                if is_gate && self.cpu.state.cpl() > dpl {
-                    return Err(Fault::with_code(vector::GP, vec as u32 * 8 + 2).into());
-                }
-            }
-        }
-        let ret = self.next_rip;
-        super::deliver::deliver(
-            &mut *self.cpu,
-            &mut *self.bus,
-            &mut *self.obs,
-            &mut *self.code,
-            vec,
-            None,
-            ret,
-            false,
-        )
-        .map_err(Exit::Fault)?;
-        // The delivery loaded CS:RIP, RSP and RFLAGS; the run loop commits `next_rip`.
-        self.next_rip = self.cpu.state.rip;
-        self.stop_after = true;
-        Ok(())
+    /// Raise software interrupt `vec` (INT n, INT3, INTO) as a trap, in any mode: the gate's
+    /// DPL is checked against the CPL, the return address is the next instruction, and a fault
+    /// during delivery is reported on this instruction (see `deliver::software_interrupt`).
+    pub fn software_interrupt(&mut self, vec: u8) -> ExecResult {
+        super::deliver::software_interrupt(self, vec)
     }
 }
 
@@ -251,11 +217,11 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
             }
             Ok(())
         }
-        M::Int3 => x.software_interrupt(vector::BP, true),
-        M::Int => x.software_interrupt(i.immediate8(), true),
+        M::Int3 => x.software_interrupt(vector::BP),
+        M::Int => x.software_interrupt(i.immediate8()),
         M::Into => {
             if x.flag(rflags::OF) {
-                x.software_interrupt(vector::OF, true)
+                x.software_interrupt(vector::OF)
             } else {
                 Ok(())
             }

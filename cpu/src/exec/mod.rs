@@ -298,6 +298,8 @@ impl Cpu {
                 x.next_rip = x.mask_ip(rip.wrapping_add(d.len as u64));
                 x.locked = d.insn.has_lock_prefix();
                 let fall_through = x.next_rip;
+                // An STI or SS-load shadow covers only the instruction after it.
+                x.cpu.state.interrupt_shadow = false;
                 match dispatch(&mut x, d) {
                     Ok(()) => {
                         x.cpu.state.rip = x.next_rip;
