@@ -29,7 +29,6 @@ pub mod platform;
 pub mod pm;
 pub mod ram;
 pub mod reset;
-pub mod smp;
 pub mod uart;
 pub mod vtime;
 

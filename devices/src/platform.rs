@@ -39,9 +39,9 @@ pub const IRQ0_IOAPIC_PIN: usize = 2;
 /// What a CPU must do before its next instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuEvent {
-    /// INIT: reset the registers ([`crate::smp::init_state`]) and wait for a start-up IPI.
+    /// INIT: reset the registers ([`reprise_cpu::Cpu::init`]) and wait for a start-up IPI.
     Init,
-    /// A start-up IPI: start in real mode at `vector << 12` ([`crate::smp::startup_state`]).
+    /// A start-up IPI: start in real mode at `vector << 12` ([`reprise_cpu::Cpu::startup`]).
     StartUp(u8),
     /// A non-maskable interrupt.
     Nmi,
