@@ -521,6 +521,11 @@ impl Lapic {
         self.s.sipi_vector.take()
     }
 
+    /// Make an NMI pending again (the CPU could not take it: an NMI handler is running).
+    pub fn raise_nmi(&mut self) {
+        self.s.nmi_pending = true;
+    }
+
     /// Take a pending NMI.
     pub fn take_nmi(&mut self) -> bool {
         std::mem::take(&mut self.s.nmi_pending)

@@ -294,6 +294,13 @@ impl Platform {
         None
     }
 
+    /// Give CPU `cpu` back an NMI it could not take (NMIs were blocked): it stays pending.
+    pub fn requeue_nmi(&mut self, cpu: u32) {
+        if let Some(l) = self.lapics.get_mut(cpu as usize) {
+            l.raise_nmi();
+        }
+    }
+
     // ---- ports ----
 
     /// Whether `port` belongs to the platform.
@@ -560,6 +567,9 @@ mod tests {
         assert_eq!(p.take_event(0, true, true), Some(CpuEvent::Interrupt(0xfb)));
         // NMI to all but self ignores IF.
         lapic_write(&mut p, 0, reg::ICR_LOW, icr::ALL_BUT_SELF | 0x400);
+        assert_eq!(p.take_event(1, false, true), Some(CpuEvent::Nmi));
+        assert_eq!(p.take_event(1, false, true), None);
+        p.requeue_nmi(1);
         assert_eq!(p.take_event(1, false, true), Some(CpuEvent::Nmi));
     }
 
