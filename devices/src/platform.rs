@@ -162,6 +162,12 @@ impl Platform {
         std::mem::take(&mut self.touched)
     }
 
+    /// Whether a write changed interrupt or timer state since the last
+    /// [`Platform::take_touched`] (without clearing it).
+    pub fn touched(&self) -> bool {
+        self.touched
+    }
+
     /// Route the queued messages to the local APICs.
     fn route_messages(&mut self) {
         while let Some(m) = self.msgs.pop() {
