@@ -37,6 +37,7 @@ pub mod features {
         pub const CX8: u32 = 1 << 8;
         pub const APIC: u32 = 1 << 9;
         pub const PGE: u32 = 1 << 13;
+        pub const MTRR: u32 = 1 << 12;
         pub const CMOV: u32 = 1 << 15;
         pub const PAT: u32 = 1 << 16;
         pub const CLFSH: u32 = 1 << 19;
@@ -63,6 +64,11 @@ pub mod features {
     pub mod edx87 {
         /// Invariant TSC: constant rate, never stops.
         pub const INVARIANT_TSC: u32 = 1 << 8;
+    }
+    /// Leaf 7 sub-leaf 0 EDX.
+    pub mod edx7 {
+        /// IA32_ARCH_CAPABILITIES (MSR 0x10a) exists.
+        pub const ARCH_CAPABILITIES: u32 = 1 << 29;
     }
     /// Leaf 7 sub-leaf 0 EBX.
     pub mod ebx7 {
@@ -117,8 +123,10 @@ impl Default for CpuidProfile {
             subleaf: Some(s),
             regs,
         };
-        // Family 6, model 0x55-like signature; stepping 0.
-        let signature = (6 << 8) | (5 << 4) | (5 << 16);
+        // Family 6, model 0x6a (an Ice Lake server's), stepping 6. The model matters to
+        // Linux's tables of speculation bugs: this one is not listed as RETBleed-affected,
+        // and IA32_ARCH_CAPABILITIES (served by the platform) clears the rest.
+        let signature = (6 << 8) | (0xa << 4) | (6 << 16) | 6;
         CpuidProfile {
             name: "reprise-default-v2".to_string(),
             leaves: vec![
@@ -140,6 +148,7 @@ impl Default for CpuidProfile {
                             | edx1::PAE
                             | edx1::CX8
                             | edx1::APIC
+                            | edx1::MTRR
                             | edx1::PGE
                             | edx1::CMOV
                             | edx1::PAT
@@ -152,7 +161,11 @@ impl Default for CpuidProfile {
                 // Thermal and power management: only ARAT, so Linux needs no broadcast
                 // timer for idle CPUs.
                 leaf(6, [eax6::ARAT, 0, 0, 0]),
-                sub(7, 0, [0, ebx7::BMI1 | ebx7::RDSEED, 0, 0]),
+                sub(
+                    7,
+                    0,
+                    [0, ebx7::BMI1 | ebx7::RDSEED, 0, edx7::ARCH_CAPABILITIES],
+                ),
                 // Extended topology for a single CPU until `with_topology` says more: one
                 // thread per core, one core per package. EDX (the x2APIC ID) is filled in
                 // per CPU.

@@ -35,6 +35,27 @@ use crate::pm::{Pm, PmEvent, PmState};
 
 /// The IOAPIC pin ISA IRQ 0 is wired to (the MADT's interrupt source override).
 pub const IRQ0_IOAPIC_PIN: usize = 2;
+/// IA32_ARCH_CAPABILITIES, which CPUID leaf 7 EDX bit 29 advertises.
+pub const MSR_ARCH_CAPABILITIES: u32 = 0x10a;
+/// The value of IA32_ARCH_CAPABILITIES: the speculative-execution weaknesses the virtual
+/// processor does not have (an interpreter has none of them). With these bits Linux sets up
+/// no page-table isolation and no buffer clearing: RDCL_NO (0), SKIP_L1DFL_VMENTRY (3),
+/// SSB_NO (4), MDS_NO (5), PSCHANGE_MC_NO (6), TAA_NO (8), SBDR_SSDP_NO (13), FBSDP_NO (14),
+/// PSDP_NO (15), BHI_NO (20), PBRSB_NO (24), GDS_NO (26), RFDS_NO (27), ITS_NO (62).
+pub const ARCH_CAPABILITIES: u64 = 1
+    | 1 << 3
+    | 1 << 4
+    | 1 << 5
+    | 1 << 6
+    | 1 << 8
+    | 1 << 13
+    | 1 << 14
+    | 1 << 15
+    | 1 << 20
+    | 1 << 24
+    | 1 << 26
+    | 1 << 27
+    | 1 << 62;
 
 /// What a CPU must do before its next instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -416,10 +437,12 @@ impl Platform {
         self.route_messages();
     }
 
-    /// RDMSR of an MSR the platform keeps (IA32_TSC_DEADLINE); `None` for the others.
+    /// RDMSR of an MSR the platform keeps (IA32_TSC_DEADLINE, and the read-only
+    /// IA32_ARCH_CAPABILITIES); `None` for the others.
     pub fn rdmsr(&self, cpu: u32, msr: u32) -> Option<u64> {
         match msr {
             MSR_TSC_DEADLINE => self.lapics.get(cpu as usize).map(Lapic::read_tsc_deadline),
+            MSR_ARCH_CAPABILITIES => Some(ARCH_CAPABILITIES),
             _ => None,
         }
     }
@@ -542,6 +565,8 @@ mod tests {
         assert_eq!(p.rdmsr(1, MSR_TSC_DEADLINE), Some(5000));
         assert_eq!(p.rdmsr(0, MSR_TSC_DEADLINE), Some(0));
         assert_eq!(p.rdmsr(1, 0x10), None);
+        assert_eq!(p.rdmsr(1, MSR_ARCH_CAPABILITIES), Some(ARCH_CAPABILITIES));
+        assert!(!p.wrmsr(1, MSR_ARCH_CAPABILITIES, 0, 0, 0), "read-only");
         assert!(!p.wrmsr(1, 0x10, 0, 0, 0));
         assert_eq!(p.next_deadline(), Some(5000));
         p.advance(5000);

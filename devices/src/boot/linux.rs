@@ -60,6 +60,9 @@ pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// Offset of the 64-bit entry point from the load address.
 pub const STARTUP_64_OFFSET: u64 = 0x200;
+/// IA32_MTRR_DEF_TYPE at entry: MTRRs enabled, default type write-back, as firmware leaves
+/// them (Linux enables PAT only when MTRRs are on).
+pub const MTRR_DEF_TYPE: u64 = (1 << 11) | 6;
 
 /// GDT selectors the 64-bit boot protocol requires.
 pub mod selector {
@@ -561,6 +564,7 @@ pub fn bsp_state(entry: u64) -> CpuState {
     };
     s.msr.efer = efer::LME | efer::LMA;
     s.msr.apic_base = apic_base_msr(0);
+    s.msr.mtrr_def_type = MTRR_DEF_TYPE;
     s.gdtr.base = GDT_START;
     s.gdtr.limit = (GDT_ENTRIES.len() * 8 - 1) as u16;
     s
