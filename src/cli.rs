@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reprise_devices::machine::DEFAULT_QUANTUM;
 use reprise_devices::ExitCodeStyle;
+use reprise_record::manifest::DEFAULT_SYNC_EVERY;
 
 /// reprise: a deterministic record/replay tracer for x86-64 machines.
 #[derive(Debug, Parser)]
@@ -20,6 +21,12 @@ pub struct Cli {
 pub enum Command {
     /// Run a guest image (a bare-protocol ELF64, see BOOT-PROTOCOL.md).
     Run(RunArgs),
+    /// Run a guest image like `run` and record its nondeterministic inputs into a folder.
+    Record(RecordArgs),
+    /// Re-execute a recording bit for bit, checking it against the recording as it goes.
+    Replay(ReplayArgs),
+    /// Describe a recording: manifest, events, instructions, log size, completeness.
+    Info(InfoArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -36,6 +43,100 @@ Exit status:
 #[derive(Debug, Args)]
 #[command(after_help = RUN_AFTER_HELP)]
 pub struct RunArgs {
+    /// The machine.
+    #[command(flatten)]
+    pub machine: MachineArgs,
+
+    /// Print instructions retired per vCPU, total, wall time and MIPS to stderr at the end.
+    #[arg(long)]
+    pub summary: bool,
+
+    /// The guest image.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+}
+
+const RECORD_AFTER_HELP: &str = "\
+Writes the folder REC: manifest.json (the machine, the boot image's blake3 hash, the CPUID profile), inputs.log (every nondeterministic input with its position, and sync records of the CPUs' registers) and checkpoints/. An existing recording is never replaced without --force; any other non-empty REC is refused.
+
+The guest's serial port (COM1) is connected to stdin and stdout as with `run`; reprise's own messages go to stderr. The exit status is that of `run`.";
+
+/// Options of `reprise record`.
+#[derive(Debug, Args)]
+#[command(after_help = RECORD_AFTER_HELP)]
+pub struct RecordArgs {
+    /// The recording folder to create.
+    #[arg(short = 'o', long = "output", value_name = "REC")]
+    pub output: PathBuf,
+
+    /// Replace REC if it is an existing recording.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Instructions between sync records (every CPU's registers); 0 for none.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SYNC_EVERY, value_parser = parse_count)]
+    pub sync_every: u64,
+
+    /// The machine (as for `run`).
+    #[command(flatten)]
+    pub machine: MachineArgs,
+
+    /// The guest image.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+}
+
+const REPLAY_AFTER_HELP: &str = "\
+The guest's console goes to stdout (or --console FILE) exactly as it was recorded; a summary (instructions, events replayed, sync points verified, final state hash) goes to stderr.
+
+Exit status:
+  s        the replay matched the recording: s is the recorded run's own status (see `run --help`)
+  1        reprise error: REC is not a recording, is from a newer reprise, a boot image is missing or differs
+  3        the replay diverged from the recording (stderr says where: position, CPU, registers, last input, instruction)
+  4        the recording is incomplete or damaged: replayed as far as it is intact (stderr says where it stopped and why)";
+
+/// Options of `reprise replay`.
+#[derive(Debug, Args)]
+#[command(after_help = REPLAY_AFTER_HELP)]
+pub struct ReplayArgs {
+    /// The recording folder.
+    #[arg(value_name = "REC")]
+    pub rec: PathBuf,
+
+    /// A boot image to use instead of the recorded path (give it once per image, in the
+    /// manifest's order). Its content must be the recorded one.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+
+    /// Write the guest's console to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub console: Option<PathBuf>,
+
+    /// Testing only: flip bit 0 of register REG of CPU at global instruction INSN.
+    #[arg(long, hide = true, value_name = "CPU:INSN:REG")]
+    pub debug_perturb: Option<reprise_replay::Perturb>,
+}
+
+/// Options of `reprise info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The recording folder.
+    #[arg(value_name = "REC")]
+    pub rec: PathBuf,
+}
+
+/// Where time comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClockArg {
+    /// Virtual time derived from instruction counts (deterministic, nothing logged).
+    Virtual,
+    /// Host-paced timer events (not supported yet: there is no timer device).
+    Host,
+}
+
+/// The machine options shared by `run` and `record`.
+#[derive(Debug, Args)]
+pub struct MachineArgs {
     /// Number of vCPUs (1 to 255).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
@@ -56,17 +157,14 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = ExitCodeArg::Plain, value_name = "STYLE")]
     pub exit_code: ExitCodeArg,
 
-    /// Print instructions retired per vCPU, total, wall time and MIPS to stderr at the end.
-    #[arg(long)]
-    pub summary: bool,
+    /// Where time comes from: `virtual` (from instruction counts) or `host` (not supported
+    /// yet: there is no timer device to pace).
+    #[arg(long, value_enum, default_value_t = ClockArg::Virtual, value_name = "CLOCK")]
+    pub clock: ClockArg,
 
     /// Do not connect stdin to the guest's serial port.
     #[arg(long)]
     pub no_stdin: bool,
-
-    /// The guest image.
-    #[arg(value_name = "IMAGE")]
-    pub image: PathBuf,
 }
 
 /// `--exit-code` values.

@@ -4,6 +4,9 @@
 //! prefixed `reprise: `. Exit statuses are listed in [`status`].
 
 mod cli;
+mod info;
+mod record;
+mod replay;
 mod run;
 mod status;
 
@@ -22,6 +25,9 @@ fn main() {
     };
     let code = match cli.command {
         cli::Command::Run(args) => run::run(&args),
+        cli::Command::Record(args) => record::record(&args),
+        cli::Command::Replay(args) => replay::replay(&args),
+        cli::Command::Info(args) => info::info(&args),
     };
     std::process::exit(code);
 }

@@ -7,7 +7,7 @@ use reprise_devices::boot::bare;
 use reprise_devices::machine::ConfigError;
 use reprise_devices::{HostInputs, Machine, MachineConfig, RunOutcome, RunResult};
 
-use crate::cli::RunArgs;
+use crate::cli::{ClockArg, MachineArgs, RunArgs};
 use crate::status;
 
 /// Run the command; returns the process exit status.
@@ -22,24 +22,17 @@ pub fn run(args: &RunArgs) -> i32 {
 }
 
 fn run_inner(args: &RunArgs) -> anyhow::Result<i32> {
-    let config = MachineConfig {
-        cpus: args.cpus,
-        ram_bytes: args.mem,
-        quantum: args.quantum,
-        exit_code: args.exit_code.into(),
-    };
-    // Options first (cheap and independent of the image), each named in its message.
-    config.validate().map_err(|e| option_error(args, e))?;
+    let config = machine_config(&args.machine)?;
 
     // Guest serial output: buffered, flushed by the machine at the end of every quantum
     // that wrote something, so output appears promptly without a system call per byte.
     let stdout = BufWriter::with_capacity(1 << 16, std::io::stdout());
-    let inputs = HostInputs::new(!args.no_stdin);
-    let mut machine =
-        Machine::new(config, inputs, Box::new(stdout)).map_err(|e| option_error(args, e))?;
+    let inputs = HostInputs::new(!args.machine.no_stdin);
+    let mut machine = Machine::new(config, inputs, Box::new(stdout))
+        .map_err(|e| option_error(&args.machine, e))?;
     bare::load_file(&mut machine, &args.image)?;
 
-    let limit = args.max_instructions.unwrap_or(u64::MAX);
+    let limit = args.machine.max_instructions.unwrap_or(u64::MAX);
     let started = Instant::now();
     let result = machine.run(limit);
     let wall = started.elapsed();
@@ -51,18 +44,37 @@ fn run_inner(args: &RunArgs) -> anyhow::Result<i32> {
     Ok(report(&result, limit))
 }
 
+/// The machine configuration of the options, checked (each bad option named), and with
+/// `--clock host` refused while there is no timer device.
+pub fn machine_config(m: &MachineArgs) -> anyhow::Result<MachineConfig> {
+    if m.clock == ClockArg::Host {
+        anyhow::bail!(
+            "--clock host: host-paced timer events need a timer device, which reprise does not have yet; use --clock virtual"
+        );
+    }
+    let config = MachineConfig {
+        cpus: m.cpus,
+        ram_bytes: m.mem,
+        quantum: m.quantum,
+        exit_code: m.exit_code.into(),
+    };
+    // Options first (cheap and independent of the image), each named in its message.
+    config.validate().map_err(|e| option_error(m, e))?;
+    Ok(config)
+}
+
 /// Name the option at fault in a configuration error.
-fn option_error(args: &RunArgs, e: ConfigError) -> anyhow::Error {
+pub fn option_error(m: &MachineArgs, e: ConfigError) -> anyhow::Error {
     let option = match &e {
-        ConfigError::NoCpus | ConfigError::TooManyCpus(_) => format!("--cpus {}", args.cpus),
-        ConfigError::ZeroQuantum => format!("--quantum {}", args.quantum),
-        ConfigError::Ram(_) => format!("--mem {}", size_text(args.mem)),
+        ConfigError::NoCpus | ConfigError::TooManyCpus(_) => format!("--cpus {}", m.cpus),
+        ConfigError::ZeroQuantum => format!("--quantum {}", m.quantum),
+        ConfigError::Ram(_) => format!("--mem {}", size_text(m.mem)),
     };
     anyhow::Error::new(e).context(option)
 }
 
 /// A byte count the way a user would write it: `128G`, `256M`, `3001K` or plain bytes.
-fn size_text(bytes: u64) -> String {
+pub fn size_text(bytes: u64) -> String {
     for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
         if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{suffix}", bytes >> shift);
@@ -72,7 +84,7 @@ fn size_text(bytes: u64) -> String {
 }
 
 /// Say how the run ended (on stderr, when there is something to say) and pick the status.
-fn report(result: &RunResult, limit: u64) -> i32 {
+pub fn report(result: &RunResult, limit: u64) -> i32 {
     match &result.outcome {
         RunOutcome::Exit(r) => (r.status & 0xff) as i32,
         RunOutcome::Reset => {
@@ -95,11 +107,17 @@ fn report(result: &RunResult, limit: u64) -> i32 {
             eprintln!("reprise: serial output failed: {e}");
             status::ERROR
         }
+        RunOutcome::InputsStopped => {
+            // Host inputs never ask to stop; a recorder does when it cannot write its log,
+            // and says why itself.
+            eprintln!("reprise: the input source stopped the run");
+            status::ERROR
+        }
     }
 }
 
 /// One line: instructions per vCPU, total, wall time, MIPS.
-fn summary(result: &RunResult, seconds: f64) -> String {
+pub fn summary(result: &RunResult, seconds: f64) -> String {
     let per_cpu: Vec<String> = result
         .retired
         .iter()

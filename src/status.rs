@@ -4,11 +4,14 @@
 //! |---|---|
 //! | `v & 0xff` | the guest wrote `v` to the debug-exit port 0xf4 (`(v<<1)\|1` with `--exit-code qemu`) |
 //! | 0 | the guest reset the machine (0xcf9 or the i8042); stderr says so |
-//! | 1 | reprise error: bad options, unreadable or invalid image, serial output failed |
+//! | 1 | reprise error: bad options, unreadable or invalid image, serial output failed, not a recording |
+//! | 3 | `replay`: the replay diverged from the recording |
+//! | 4 | `replay`: the recording is incomplete or damaged (replayed as far as it is intact) |
 //! | 124 | `--max-instructions` reached (as `timeout` does) |
 //! | 125 | the guest crashed: triple fault, unimplemented instruction, all vCPUs halted |
 //!
-//! A guest can of course exit with 1, 124 or 125 itself; stderr tells the cases apart.
+//! A guest can of course exit with 1, 3, 4, 124 or 125 itself; stderr tells the cases apart.
+//! A replay that matches its recording exits with the recorded run's status.
 
 /// Reprise itself failed (options, image, host).
 pub const ERROR: i32 = 1;
@@ -18,3 +21,7 @@ pub const LIMIT: i32 = 124;
 pub const CRASH: i32 = 125;
 /// The guest reset the machine.
 pub const RESET: i32 = 0;
+/// A replay diverged from its recording.
+pub const DIVERGED: i32 = 3;
+/// A replayed recording is incomplete or damaged.
+pub const INCOMPLETE: i32 = 4;

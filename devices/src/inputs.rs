@@ -11,10 +11,22 @@
 //! (the start of a vCPU's quantum), never pushed in from outside: that is what makes them
 //! replayable.
 //!
+//! Besides the values themselves, the seam carries two things recording and replay need:
+//! *sync points* (the machine stops every [`Inputs::sync_interval`] instructions and shows
+//! every CPU's registers to [`Inputs::sync`], so a recorder can log them and a replayer can
+//! check them) and a way for the source to stop the machine ([`Inputs::stop_requested`],
+//! when a replayer finds a divergence or reaches the end of its log). Both cost nothing
+//! when unused: `run` has no sync points.
+//!
+//! Host timer events (`--clock host`) are not here yet: the machine has no timer device to
+//! deliver them to. They will be one more polled method, asked at the same boundaries as
+//! serial input and logged the same way.
+//!
 //! Implementations:
 //! - [`HostInputs`] for `reprise run`: the host's randomness, clock and stdin;
 //! - [`ScriptedInputs`] for tests: fixed values, bytes delivered at given positions;
-//! - the recorder and replayer (in their own crates) wrap or replace these.
+//! - the recorder (`reprise-record`) wraps any of these and logs what they answer; the
+//!   replayer (`reprise-replay`) answers from the log.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -22,6 +34,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 
 use serde::{Deserialize, Serialize};
 
+use reprise_cpu::Cpu;
 pub use reprise_cpu::RandomSource;
 
 /// Where the machine stands when it asks for an input.
@@ -39,6 +52,9 @@ pub struct Position {
 ///
 /// Keep this trait small: each method is a kind of record in the input log.
 /// Host timer events (`--clock host`) will be added as one more polled method.
+///
+/// The machine calls these only from its own loop, at instruction boundaries it chooses,
+/// so the same guest with the same answers asks the same questions at the same positions.
 pub trait Inputs {
     /// A value for RDRAND or RDSEED executed at `at`; `None` means "no entropy now" (the
     /// instruction reports failure with CF = 0 and the guest retries).
@@ -51,6 +67,24 @@ pub trait Inputs {
     /// The next byte typed on the serial console, if one is waiting. The machine polls this
     /// at instruction boundaries of its choosing, only when the UART can take a byte.
     fn serial_input(&mut self, at: Position) -> Option<u8>;
+
+    /// Instructions between sync points, or `None` for none. Asked once per run; the
+    /// machine then stops at every global instruction count that is a multiple of it and
+    /// calls [`Inputs::sync`] there.
+    fn sync_interval(&self) -> Option<u64> {
+        None
+    }
+
+    /// A sync point: every CPU's state at `at` (the global count is a multiple of
+    /// [`Inputs::sync_interval`]; `at.cpu` is the CPU that ran up to it).
+    fn sync(&mut self, _at: Position, _cpus: &[Cpu]) {}
+
+    /// Whether the source wants the machine to stop (a replayer found a divergence or ran
+    /// out of log). Checked after every request and between slices; the machine then ends
+    /// the run with [`crate::RunOutcome::InputsStopped`].
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 impl<T: Inputs + ?Sized> Inputs for Box<T> {
@@ -62,6 +96,15 @@ impl<T: Inputs + ?Sized> Inputs for Box<T> {
     }
     fn serial_input(&mut self, at: Position) -> Option<u8> {
         (**self).serial_input(at)
+    }
+    fn sync_interval(&self) -> Option<u64> {
+        (**self).sync_interval()
+    }
+    fn sync(&mut self, at: Position, cpus: &[Cpu]) {
+        (**self).sync(at, cpus)
+    }
+    fn stop_requested(&self) -> bool {
+        (**self).stop_requested()
     }
 }
 
@@ -172,6 +215,12 @@ pub struct ScriptedInputs {
     pub random_log: Vec<(Position, RandomSource, Option<u64>)>,
     /// Every serial byte delivered and where.
     pub serial_log: Vec<(Position, u8)>,
+    /// What [`Inputs::sync_interval`] answers.
+    pub sync_every: Option<u64>,
+    /// Every sync point: where, and each CPU's retired count and RIP there.
+    pub sync_log: Vec<(Position, Vec<(u64, u64)>)>,
+    /// Ask the machine to stop once this many sync points have been seen.
+    pub stop_after_syncs: Option<usize>,
 }
 
 impl ScriptedInputs {
@@ -197,6 +246,12 @@ impl ScriptedInputs {
         self.serial.push_back((at, byte));
         self
     }
+
+    /// Ask for a sync point every `n` instructions.
+    pub fn with_sync_every(mut self, n: u64) -> ScriptedInputs {
+        self.sync_every = Some(n);
+        self
+    }
 }
 
 impl Inputs for ScriptedInputs {
@@ -219,6 +274,23 @@ impl Inputs for ScriptedInputs {
             }
             _ => None,
         }
+    }
+
+    fn sync_interval(&self) -> Option<u64> {
+        self.sync_every
+    }
+
+    fn sync(&mut self, at: Position, cpus: &[Cpu]) {
+        let regs = cpus
+            .iter()
+            .map(|c| (c.state.retired, c.state.rip))
+            .collect();
+        self.sync_log.push((at, regs));
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop_after_syncs
+            .is_some_and(|n| self.sync_log.len() >= n)
     }
 }
 

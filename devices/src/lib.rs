@@ -5,7 +5,8 @@
 //! Machine ── cpus: Vec<Cpu> ─┐
 //!         ── CodeCache       ├─ Cpu::run(board, …) per quantum, in index order
 //!         ── Board (Bus) ────┘   ├─ GuestRam
-//!                                ├─ Uart (0x3f8), DebugExit (0xf4), ResetControl (0xcf9), I8042
+//!                                ├─ Uart (0x3f8), DebugExit (0xf4), ResetControl (0xcf9), I8042,
+//!                                │  Rtc (0x70)
 //!                                └─ Inputs: the only source of nondeterminism
 //! ```
 //!
@@ -29,6 +30,7 @@ pub mod platform;
 pub mod pm;
 pub mod ram;
 pub mod reset;
+pub mod rtc;
 pub mod uart;
 pub mod vtime;
 

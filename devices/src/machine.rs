@@ -14,6 +14,13 @@
 //! another.
 //!
 //! Asynchronous inputs (serial bytes) are polled at the start of each CPU's quantum.
+//!
+//! Sync points: when the input seam asks for them ([`Inputs::sync_interval`]), a slice is
+//! cut short so that the machine stands exactly at every multiple of the interval, and the
+//! seam sees all CPUs there. Cutting a slice changes nothing the guest can see: the
+//! scheduler's quantum accounting, input polling and device state depend only on instruction
+//! counts, never on where a slice was cut (interrupts, when they come, must be delivered at
+//! quantum starts for the same reason).
 
 use std::io::Write;
 
@@ -27,6 +34,7 @@ use crate::debug_exit::{DebugExit, ExitCodeStyle, ExitRequest, DEBUG_EXIT_PORT};
 use crate::inputs::{Inputs, Position};
 use crate::ram::{GuestRam, RamError};
 use crate::reset::{ResetControl, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, RESET_CONTROL_PORT};
+use crate::rtc::{Rtc, RtcState, RTC_DATA_PORT, RTC_INDEX_PORT};
 use crate::uart::{Uart, UartState};
 
 /// Base port of the COM1 UART.
@@ -139,8 +147,8 @@ pub struct MachineState {
     pub reset_control: ResetControl,
     /// The i8042 stub.
     pub i8042: I8042,
-    /// The wall-clock time the RTC starts from (from the input seam; Unix seconds).
-    pub rtc_start: u64,
+    /// The CMOS RTC (its start time came from the input seam).
+    pub rtc: RtcState,
     /// A pending request to end the run.
     pub end_request: Option<EndRequest>,
 }
@@ -180,6 +188,9 @@ pub enum RunOutcome {
     InstructionLimit,
     /// The serial output sink failed (a closed pipe, say); the run was abandoned.
     OutputFailed(String),
+    /// The input seam asked to stop ([`Inputs::stop_requested`]): a replay diverged or
+    /// reached the end of its log. The seam knows why.
+    InputsStopped,
 }
 
 /// The details of [`RunOutcome::AllHalted`]: where each CPU sleeps.
@@ -232,9 +243,12 @@ struct Board<I: Inputs> {
     debug_exit: DebugExit,
     reset_control: ResetControl,
     i8042: I8042,
+    rtc: Rtc,
     inputs: I,
-    rtc_start: u64,
     end_request: Option<EndRequest>,
+    /// The running CPU must leave its loop: a device asked to end the run, or the input
+    /// seam asked to stop. One flag, because the CPU checks it after every instruction.
+    exit_pending: bool,
     /// Global instruction count when the running CPU's current slice began.
     slice_global: u64,
     /// That CPU's own retired count when its slice began.
@@ -254,25 +268,48 @@ impl<I: Inputs> Board<I> {
         }
     }
 
+    /// Virtual nanoseconds at the instruction a CPU is executing.
+    #[inline]
+    fn virtual_ns(&self, clock: CpuClock) -> u64 {
+        self.position(clock)
+            .instructions
+            .wrapping_mul(NS_PER_INSTRUCTION)
+            .wrapping_add(self.skipped_ns)
+    }
+
     fn request_end(&mut self, r: EndRequest) {
         // The first request wins; a guest cannot take back an exit.
         self.end_request.get_or_insert(r);
+        self.exit_pending = true;
     }
 
-    fn read_port_byte(&mut self, port: u16) -> u8 {
+    /// After a request to the input seam: stop the CPU if the seam wants to stop.
+    #[inline]
+    fn check_inputs_stop(&mut self) {
+        if self.inputs.stop_requested() {
+            self.exit_pending = true;
+        }
+    }
+
+    fn read_port_byte(&mut self, port: u16, ns: u64) -> u8 {
         match port {
             p if (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&p) => {
                 self.uart.read((p - COM1_BASE) as u8)
             }
             RESET_CONTROL_PORT => self.reset_control.read(),
             I8042_DATA_PORT | I8042_COMMAND_PORT => self.i8042.read(port),
+            RTC_INDEX_PORT | RTC_DATA_PORT => self.rtc.read(port, ns),
             _ => 0xff, // nothing there: the bus floats high
         }
     }
 
-    fn write_port_byte(&mut self, port: u16, value: u8) {
-        if (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&port) {
-            self.uart.write((port - COM1_BASE) as u8, value);
+    fn write_port_byte(&mut self, port: u16, value: u8, ns: u64) {
+        match port {
+            p if (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&p) => {
+                self.uart.write((p - COM1_BASE) as u8, value);
+            }
+            RTC_INDEX_PORT | RTC_DATA_PORT => self.rtc.write(port, value, ns),
+            _ => {}
         }
     }
 }
@@ -294,16 +331,17 @@ impl<I: Inputs> Bus for Board<I> {
 
     fn mmio_write(&mut self, _clock: CpuClock, _pa: GuestPhysAddr, _size: u8, _value: u64) {}
 
-    fn io_in(&mut self, _clock: CpuClock, port: u16, size: u8) -> u32 {
+    fn io_in(&mut self, clock: CpuClock, port: u16, size: u8) -> u32 {
+        let ns = self.virtual_ns(clock);
         // A wide access reads consecutive ports, lowest port in the lowest byte.
         let mut v = 0u32;
         for k in 0..size.min(4) {
-            v |= (self.read_port_byte(port.wrapping_add(k as u16)) as u32) << (8 * k);
+            v |= (self.read_port_byte(port.wrapping_add(k as u16), ns) as u32) << (8 * k);
         }
         v
     }
 
-    fn io_out(&mut self, _clock: CpuClock, port: u16, size: u8, value: u32) {
+    fn io_out(&mut self, clock: CpuClock, port: u16, size: u8, value: u32) {
         match (port, size) {
             // Debug exit takes the whole value, whatever its width.
             (DEBUG_EXIT_PORT, _) => {
@@ -322,8 +360,10 @@ impl<I: Inputs> Bus for Board<I> {
                 }
             }
             _ => {
+                let ns = self.virtual_ns(clock);
                 for k in 0..size.min(4) {
-                    self.write_port_byte(port.wrapping_add(k as u16), (value >> (8 * k)) as u8);
+                    let byte = (value >> (8 * k)) as u8;
+                    self.write_port_byte(port.wrapping_add(k as u16), byte, ns);
                 }
             }
         }
@@ -331,20 +371,19 @@ impl<I: Inputs> Bus for Board<I> {
 
     fn random(&mut self, clock: CpuClock, source: RandomSource) -> Option<u64> {
         let at = self.position(clock);
-        self.inputs.random(at, source)
+        let v = self.inputs.random(at, source);
+        self.check_inputs_stop();
+        v
     }
 
     fn tsc(&mut self, clock: CpuClock) -> u64 {
         // TSC_HZ is 1 GHz: one tick per virtual nanosecond.
-        self.position(clock)
-            .instructions
-            .wrapping_mul(NS_PER_INSTRUCTION)
-            .wrapping_add(self.skipped_ns)
+        self.virtual_ns(clock)
     }
 
     #[inline(always)]
     fn wants_exit(&self) -> bool {
-        self.end_request.is_some()
+        self.exit_pending
     }
 }
 
@@ -359,15 +398,25 @@ pub struct Machine<I: Inputs> {
 
 impl<I: Inputs> Machine<I> {
     /// Build a machine with zeroed RAM and CPUs in their reset state (a boot loader sets
-    /// them up). Serial output goes to `serial_out`.
+    /// them up), with the default CPUID profile. Serial output goes to `serial_out`.
     pub fn new(
         config: MachineConfig,
+        inputs: I,
+        serial_out: Box<dyn Write>,
+    ) -> Result<Machine<I>, ConfigError> {
+        Machine::with_cpuid(config, CpuidProfile::default(), inputs, serial_out)
+    }
+
+    /// [`Machine::new`] with processors that report `cpuid` (a replay uses the profile its
+    /// recording was made with).
+    pub fn with_cpuid(
+        config: MachineConfig,
+        cpuid: CpuidProfile,
         mut inputs: I,
         serial_out: Box<dyn Write>,
     ) -> Result<Machine<I>, ConfigError> {
         config.validate()?;
         let ram = GuestRam::new(config.ram_bytes)?;
-        let cpuid = CpuidProfile::default();
         let cpus = (0..config.cpus)
             .map(|i| Cpu::new(i, cpuid.clone()))
             .collect();
@@ -380,9 +429,10 @@ impl<I: Inputs> Machine<I> {
                 debug_exit: DebugExit::new(config.exit_code),
                 reset_control: ResetControl::default(),
                 i8042: I8042::default(),
+                rtc: Rtc::new(rtc_start),
                 inputs,
-                rtc_start,
                 end_request: None,
+                exit_pending: false,
                 slice_global: 0,
                 slice_retired: 0,
                 skipped_ns: 0,
@@ -471,6 +521,13 @@ impl<I: Inputs> Machine<I> {
         let n = self.cpus.len();
         let quantum = self.config.quantum;
         let mut global = self.instructions();
+        // The next sync point: the first multiple of the interval after `global` (a sync at
+        // `global` itself, if any, was taken before the previous run returned).
+        let interval = self.board.inputs.sync_interval().filter(|&k| k > 0);
+        let mut next_sync = match interval {
+            Some(k) => (global / k).saturating_add(1).saturating_mul(k),
+            None => u64::MAX,
+        };
         // CPUs found halted in a row; n of them means all are (nothing wakes a CPU yet).
         let mut halted_in_a_row = 0usize;
         loop {
@@ -478,6 +535,9 @@ impl<I: Inputs> Machine<I> {
                 Some(EndRequest::Exit(r)) => return RunOutcome::Exit(r),
                 Some(EndRequest::Reset) => return RunOutcome::Reset,
                 None => {}
+            }
+            if self.board.inputs.stop_requested() {
+                return RunOutcome::InputsStopped;
             }
             if let Some(e) = self.board.uart.take_output_error() {
                 return RunOutcome::OutputFailed(e.to_string());
@@ -497,8 +557,14 @@ impl<I: Inputs> Machine<I> {
             halted_in_a_row = 0;
             if self.sched.used == 0 {
                 self.poll_inputs(global, i as u32);
+                if self.board.inputs.stop_requested() {
+                    return RunOutcome::InputsStopped;
+                }
             }
-            let budget = quantum.saturating_sub(self.sched.used).min(limit - global);
+            let budget = quantum
+                .saturating_sub(self.sched.used)
+                .min(limit - global)
+                .min(next_sync - global);
             let cpu = &mut self.cpus[i];
             let before = cpu.state.retired;
             self.board.slice_global = global;
@@ -507,6 +573,18 @@ impl<I: Inputs> Machine<I> {
             let ran = cpu.state.retired - before;
             global += ran;
             self.sched.used += ran;
+            if global >= next_sync {
+                let at = Position {
+                    instructions: global,
+                    cpu: i as u32,
+                };
+                self.board.inputs.sync(at, &self.cpus);
+                self.board.check_inputs_stop();
+                next_sync = match interval {
+                    Some(k) => next_sync.saturating_add(k),
+                    None => u64::MAX,
+                };
+            }
             match exit {
                 RunExit::Stop(reason) => return RunOutcome::Stopped(reason),
                 RunExit::Halted => self.next_cpu(),
@@ -567,7 +645,7 @@ impl<I: Inputs> Machine<I> {
             uart: self.board.uart.state(),
             reset_control: self.board.reset_control,
             i8042: self.board.i8042,
-            rtc_start: self.board.rtc_start,
+            rtc: self.board.rtc.state(),
             end_request: self.board.end_request,
         }
     }
@@ -606,19 +684,186 @@ impl<I: Inputs> Machine<I> {
         self.board.debug_exit = DebugExit::new(state.config.exit_code);
         self.board.reset_control = state.reset_control;
         self.board.i8042 = state.i8042;
-        self.board.rtc_start = state.rtc_start;
+        self.board.rtc = Rtc::from_state(state.rtc.clone());
         self.board.end_request = state.end_request;
+        self.board.exit_pending = state.end_request.is_some();
         Ok(())
     }
 
-    /// A blake3 hash of the whole machine: its serialized state, then all of RAM.
+    /// A blake3 hash of the whole machine: its serialized state, then [`Machine::ram_hash`].
     pub fn state_hash(&self) -> blake3::Hash {
-        let mut h = blake3::Hasher::new();
-        // Serializing plain structs of integers into a hasher cannot fail.
-        postcard::to_io(&self.state(), &mut h).expect("machine state serializes");
-        h.update(self.board.ram.as_slice());
-        h.finalize()
+        state_hash_of(&self.state(), &self.ram_hash())
     }
+
+    /// A blake3 hash of the contents of RAM (see [`ram_hash`]).
+    pub fn ram_hash(&self) -> blake3::Hash {
+        ram_hash(self.board.ram.as_slice())
+    }
+
+    /// The disassembled instruction at CPU `cpu`'s RIP (for reports), or why there is none.
+    pub fn disassemble(&mut self, cpu: u32) -> String {
+        match self.cpus.get_mut(cpu as usize) {
+            Some(c) => {
+                let rip = c.state.rip;
+                c.disassemble_at(&mut self.board, rip)
+            }
+            None => format!("<no cpu {cpu}>"),
+        }
+    }
+}
+
+/// [`Machine::state_hash`] from its parts: blake3 of the postcard-serialized state followed
+/// by the RAM hash.
+pub fn state_hash_of(state: &MachineState, ram_hash: &blake3::Hash) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    // Serializing plain structs of integers into a hasher cannot fail.
+    postcard::to_io(state, &mut h).expect("machine state serializes");
+    h.update(ram_hash.as_bytes());
+    h.finalize()
+}
+
+/// Bytes of RAM per unit of [`ram_hash`].
+pub const RAM_HASH_PAGE: usize = 4096;
+
+/// A blake3 hash of RAM contents that skips zero pages: for every 4 KiB page holding a
+/// non-zero byte, in address order, its page number (u64 little-endian) then its bytes.
+///
+/// Why not blake3 of all bytes: a fresh 256 MiB machine is almost all zero, and reading every
+/// page of it costs a fault per page (over 100 ms) where the guest itself ran for a few.
+/// Zero pages contribute nothing, so on Linux the pages the host never backed (never
+/// written: they are still zero) are skipped without touching them (see `backed_pages`).
+/// That is only a shortcut: the hash depends on the contents alone, and anywhere the
+/// shortcut is unavailable every page is read.
+pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
+    let pages = ram.len() / RAM_HASH_PAGE;
+    let mut h = blake3::Hasher::new();
+    let mut hash_page = |p: usize| {
+        let bytes = &ram[p * RAM_HASH_PAGE..(p + 1) * RAM_HASH_PAGE];
+        if bytes.iter().any(|&b| b != 0) {
+            h.update(&(p as u64).to_le_bytes());
+            h.update(bytes);
+        }
+    };
+    match backed_pages(ram) {
+        Some(backed) => {
+            // Mostly zero bytes: skip them eight pages at a time.
+            for (k, group) in backed.chunks(8).enumerate() {
+                if group.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                for (j, &b) in group.iter().enumerate() {
+                    if b != 0 && k * 8 + j < pages {
+                        hash_page(k * 8 + j);
+                    }
+                }
+            }
+        }
+        None => (0..pages).for_each(hash_page),
+    }
+    // A partial last page (RAM is page-aligned, but stay total).
+    let tail = &ram[pages * RAM_HASH_PAGE..];
+    if tail.iter().any(|&b| b != 0) {
+        h.update(&(pages as u64).to_le_bytes());
+        h.update(tail);
+    }
+    h.finalize()
+}
+
+/// For each 4 KiB page of `ram`, whether the host may hold anything but zeros for it
+/// (non-zero: maybe; zero: certainly not); `None` where that cannot be known. RAM is a private anonymous mapping, so a page the host holds
+/// neither in memory nor in swap has never been written.
+///
+/// First choice, `mincore` (one byte per page, cheap even for huge holes), valid only when
+/// nothing of the process is in swap — a swapped-out page is "not resident" yet not zero —
+/// which a host without swap guarantees, and otherwise `VmSwap` in `/proc/self/status`
+/// tells, read after `mincore` so that a page swapped out before it is seen. Otherwise `/proc/self/pagemap`, whose entries say present or
+/// swapped for each page (slower: the kernel formats 8 bytes per page).
+fn backed_pages(ram: &[u8]) -> Option<Vec<u8>> {
+    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        return None; // x86-64 Linux pages are 4 KiB, the unit of this hash
+    }
+    if !(ram.as_ptr() as usize).is_multiple_of(RAM_HASH_PAGE) {
+        return None;
+    }
+    resident_pages(ram)
+        .filter(|_| host_has_no_swap() || swapped_kib() == Some(0))
+        .or_else(|| pagemap_pages(ram))
+}
+
+/// `mincore`'s view: whether each page is resident (bit 0).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn resident_pages(ram: &[u8]) -> Option<Vec<u8>> {
+    let pages = ram.len() / RAM_HASH_PAGE;
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `ram` is a live, page-aligned mapping (checked by the caller) of `ram.len()`
+    // bytes, and `vec` has one byte for each of its pages, as mincore requires.
+    let rc = unsafe {
+        libc::mincore(
+            ram.as_ptr() as *mut libc::c_void,
+            pages * RAM_HASH_PAGE,
+            vec.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // Only bit 0 is defined; clear the others so that zero means "not resident".
+    vec.iter_mut().for_each(|v| *v &= 1);
+    Some(vec)
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn resident_pages(_ram: &[u8]) -> Option<Vec<u8>> {
+    None
+}
+
+/// Whether the host has no swap space at all (then no page of ours can be swapped out).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn host_has_no_swap() -> bool {
+    // SAFETY: sysinfo is a plain struct of integers, for which all zeros is a valid value.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct; the call only writes it.
+    let rc = unsafe { libc::sysinfo(&mut info) };
+    rc == 0 && info.totalswap == 0
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn host_has_no_swap() -> bool {
+    false
+}
+
+/// Kilobytes of this process in swap (`VmSwap` of `/proc/self/status`).
+fn swapped_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSwap:"))?;
+    line["VmSwap:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `/proc/self/pagemap`'s view: whether each page is present or swapped.
+fn pagemap_pages(ram: &[u8]) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let start = ram.as_ptr() as usize;
+    let pages = ram.len() / RAM_HASH_PAGE;
+    let mut f = std::fs::File::open("/proc/self/pagemap").ok()?;
+    f.seek(SeekFrom::Start((start / RAM_HASH_PAGE) as u64 * 8))
+        .ok()?;
+    let mut backed = Vec::with_capacity(pages);
+    let mut buf = vec![0u8; 8 * 4096];
+    while backed.len() < pages {
+        let want = (pages - backed.len()).min(4096) * 8;
+        f.read_exact(&mut buf[..want]).ok()?;
+        for e in buf[..want].chunks_exact(8) {
+            let entry = u64::from_le_bytes(e.try_into().ok()?);
+            // Bit 63: present; bit 62: swapped.
+            backed.push(u8::from(entry >> 62 != 0));
+        }
+    }
+    Some(backed)
 }
 
 #[cfg(test)]

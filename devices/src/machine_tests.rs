@@ -507,3 +507,100 @@ fn rdrand_and_rdtsc_through_the_machine_see_exact_positions() {
     assert_eq!(ram.read_u64(0x30_0100), Some(0xaaaa));
     assert_eq!(ram.read_u64(0x30_0108), Some(0xbbbb));
 }
+
+#[test]
+fn sync_points_fall_on_exact_multiples_and_change_nothing() {
+    // 3 CPUs, quantum 7, sync every 5: slices are cut at 5, 10, 15... yet every CPU's
+    // retired count, the final state and the outcome are those of a run without syncs.
+    let (mut plain, _) = boot(3, 7, &interleaved_writes());
+    let a = plain.run(u64::MAX);
+    let inputs = ScriptedInputs::new().with_sync_every(5);
+    let (mut synced, _) = machine_with(3, 7, inputs);
+    bare::load(&mut synced, "test.elf", &interleaved_writes()).unwrap();
+    let b = synced.run(u64::MAX);
+    assert_eq!(a, b);
+    assert_eq!(plain.state_hash(), synced.state_hash());
+    let log = &synced.inputs().sync_log;
+    assert!(!log.is_empty());
+    for (k, (at, regs)) in log.iter().enumerate() {
+        assert_eq!(at.instructions, 5 * (k as u64 + 1), "{log:?}");
+        let total: u64 = regs.iter().map(|r| r.0).sum();
+        assert_eq!(total, at.instructions, "the CPUs' counts add up at {at:?}");
+        // While no CPU has halted, the CPU named is the one whose turn covers that
+        // instant (quantum 7).
+        if at.instructions <= 21 {
+            let turn = (at.instructions - 1) / 7 % 3;
+            assert_eq!(at.cpu as u64, turn, "{at:?}");
+        }
+    }
+    // Stopping at a limit and resuming takes every sync point exactly once.
+    let inputs = ScriptedInputs::new().with_sync_every(5);
+    let (mut resumed, _) = machine_with(3, 7, inputs);
+    bare::load(&mut resumed, "test.elf", &interleaved_writes()).unwrap();
+    for limit in [3, 10, 11, 12, 30] {
+        resumed.run(limit);
+    }
+    assert_eq!(resumed.run(u64::MAX), b);
+    assert_eq!(resumed.inputs().sync_log, synced.inputs().sync_log);
+}
+
+#[test]
+fn the_input_seam_can_stop_the_machine() {
+    let mut inputs = ScriptedInputs::new().with_sync_every(4);
+    inputs.stop_after_syncs = Some(2);
+    let (mut m, _) = machine_with(1, 100, inputs);
+    bare::load(&mut m, "test.elf", &movs_then_hlt(50)).unwrap();
+    let r = m.run(u64::MAX);
+    assert_eq!(r.outcome, RunOutcome::InputsStopped);
+    assert_eq!(r.total(), 8);
+}
+
+#[test]
+fn the_rtc_answers_on_ports_0x70_and_0x71() {
+    // 2001-09-09 01:46:40 UTC.
+    let mut inputs = ScriptedInputs::new();
+    inputs.rtc_time = 1_000_000_000;
+    let (mut m, _) = machine_with(1, 100, inputs);
+    let c = CpuClock { cpu: 0, retired: 0 };
+    let read = |m: &mut Machine<ScriptedInputs>, index: u8| {
+        m.board.io_out(c, 0x70, 1, index as u32);
+        m.board.io_in(c, 0x71, 1) as u8
+    };
+    assert_eq!(read(&mut m, 0x00), 0x40);
+    assert_eq!(read(&mut m, 0x02), 0x46);
+    assert_eq!(read(&mut m, 0x04), 0x01);
+    assert_eq!(read(&mut m, 0x07), 0x09);
+    assert_eq!(read(&mut m, 0x08), 0x09);
+    assert_eq!(read(&mut m, 0x09), 0x01);
+    // Virtual time: one second later by instruction count.
+    m.board.slice_global = NS_PER_INSTRUCTION * 1_000_000_000;
+    assert_eq!(read(&mut m, 0x00), 0x41);
+    assert_eq!(m.state().rtc.start, 1_000_000_000);
+}
+
+#[test]
+fn the_ram_hash_depends_on_contents_only() {
+    let (mut m, _) = boot(1, 100, &movs_then_hlt(3));
+    let fresh = m.ram_hash();
+    // Every shortcut agrees with reading every page.
+    let ram = m.ram().as_slice();
+    let read_all = {
+        let mut h = blake3::Hasher::new();
+        for (p, page) in ram.chunks(RAM_HASH_PAGE).enumerate() {
+            if page.iter().any(|&b| b != 0) {
+                h.update(&(p as u64).to_le_bytes());
+                h.update(page);
+            }
+        }
+        h.finalize()
+    };
+    assert_eq!(fresh, read_all);
+    if let Some(b) = pagemap_pages(ram) {
+        assert!(b.len() == ram.len() / RAM_HASH_PAGE);
+    }
+    // Touching a page with zeros changes nothing; a byte does.
+    m.ram_mut().as_mut_slice()[0x30_0000] = 0;
+    assert_eq!(m.ram_hash(), fresh);
+    m.ram_mut().as_mut_slice()[0x30_0000] = 1;
+    assert_ne!(m.ram_hash(), fresh);
+}

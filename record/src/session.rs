@@ -1,0 +1,137 @@
+//! Recording a run: boot an image on a machine whose input seam is a [`Recorder`], run it to
+//! its end, and leave a complete recording folder.
+//!
+//! Order matters for a recorder that may be killed at any moment: the folder and its
+//! manifest exist before the machine runs, the log grows chunk by chunk while it runs, and
+//! the end record and trailer come last.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use reprise_cpu::CpuidProfile;
+use reprise_devices::boot::bare::{self, ImageError};
+use reprise_devices::machine::ConfigError;
+use reprise_devices::{Inputs, Machine, RunResult};
+
+use crate::console::{ConsoleDigest, ConsoleTap};
+use crate::container::ContainerError;
+use crate::folder::{prepare, read_image, RecordingDir, RecordingError};
+use crate::log::{EndRecord, LOG_FILE};
+use crate::manifest::{Boot, Clock, MachineOptions, Manifest, FORMAT_NAME, FORMAT_VERSION};
+use crate::recorder::{LogStats, Recorder};
+
+/// What to record.
+#[derive(Clone, Debug)]
+pub struct RecordSetup {
+    /// The recording folder to create.
+    pub dir: PathBuf,
+    /// Replace an existing recording there.
+    pub force: bool,
+    /// The machine.
+    pub machine: MachineOptions,
+    /// Where time comes from (only [`Clock::Virtual`] is supported).
+    pub clock: Clock,
+    /// Instructions between sync records (0: none).
+    pub sync_every: u64,
+    /// The bare-protocol boot image.
+    pub image: PathBuf,
+    /// The tool's name and version, for the manifest.
+    pub tool: String,
+}
+
+/// Why a recording could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The folder, the manifest, the image or the log.
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
+    /// The machine options are impossible.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The image does not boot.
+    #[error(transparent)]
+    Boot(#[from] ImageError),
+    /// Something this build cannot record.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<ContainerError> for RecordError {
+    fn from(e: ContainerError) -> RecordError {
+        RecordError::Recording(e.into())
+    }
+}
+
+/// A finished recording.
+#[derive(Debug)]
+pub struct RecordReport {
+    /// How the run ended, and the instructions each CPU retired.
+    pub result: RunResult,
+    /// What the log holds.
+    pub log: LogStats,
+    /// The final [`Machine::state_hash`].
+    pub state_hash: [u8; 32],
+    /// What the guest printed.
+    pub console: ConsoleDigest,
+    /// The folder.
+    pub dir: RecordingDir,
+}
+
+/// Record `setup`'s image with `inputs` as the source of nondeterminism (the host's, for
+/// `reprise record`), the guest's console going to `console`.
+pub fn record<I: Inputs>(
+    setup: &RecordSetup,
+    inputs: I,
+    console: Box<dyn Write>,
+) -> Result<RecordReport, RecordError> {
+    if setup.clock != Clock::Virtual {
+        return Err(RecordError::Unsupported(
+            "--clock host: host-paced timer events need a timer device, which reprise does not have yet; use --clock virtual".into(),
+        ));
+    }
+    let config = setup.machine.config();
+    config.validate()?;
+    // Read the image before touching the folder: a typo in its path leaves nothing behind.
+    let image = read_image("kernel", &setup.image)?;
+    let cpuid = CpuidProfile::default();
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        tool: setup.tool.clone(),
+        machine: setup.machine.clone(),
+        clock: setup.clock,
+        sync_every: setup.sync_every,
+        boot: Boot {
+            protocol: "bare".into(),
+            images: vec![image.entry.clone()],
+        },
+        log: LOG_FILE.into(),
+        checkpoints: crate::folder::CHECKPOINTS_DIR.into(),
+        cpuid: cpuid.clone(),
+    };
+    let dir = prepare(&setup.dir, setup.force)?;
+    manifest.write(&dir.dir)?;
+    let recorder = Recorder::create(&dir.log(), inputs, setup.sync_every)?;
+    let (tap, digester) = ConsoleTap::new(console);
+    let mut machine = Machine::with_cpuid(config, cpuid, recorder, Box::new(tap))?;
+    if let Err(e) = bare::load(&mut machine, &image.name, &image.bytes) {
+        // Nothing was recorded: leave no half-made recording behind.
+        drop(machine);
+        let _ = std::fs::remove_dir_all(&dir.dir);
+        return Err(e.into());
+    }
+    let limit = setup.machine.max_instructions.unwrap_or(u64::MAX);
+    let result = machine.run(limit);
+    let _ = machine.serial_output().flush();
+    let console = digester.digest();
+    let end = EndRecord::of(&machine, &result.outcome, console);
+    let state_hash = end.state_hash;
+    let log = machine.inputs_mut().finish(end)?;
+    Ok(RecordReport {
+        result,
+        log,
+        state_hash,
+        console,
+        dir,
+    })
+}

@@ -1,0 +1,324 @@
+//! A whole replay: read and check the recording, boot the same machine from the same images,
+//! run it with a [`Replayer`] as its input seam, and compare how it ends.
+//!
+//! The log is read twice: once whole, before running ([`LogScan`]), to learn whether it is
+//! complete and where its intact part ends, so the machine can be given an instruction limit
+//! there; then again, record by record, as the machine asks.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use reprise_devices::boot::bare::{self, ImageError};
+use reprise_devices::machine::ConfigError;
+use reprise_devices::{Machine, RunOutcome, RunResult};
+use reprise_record::console::ConsoleTap;
+use reprise_record::container::ContainerError;
+use reprise_record::folder::{load_images, RecordingDir, RecordingError};
+use reprise_record::log::{EndRecord, Event, Outcome};
+use reprise_record::manifest::{Clock, Manifest};
+use reprise_record::recorder::EventCounts;
+use reprise_record::scan::LogScan;
+
+use crate::divergence::{describe, diff_end, Divergence, DivergenceKind};
+use crate::replayer::{ReplayStop, Replayer};
+
+/// A planted divergence, for testing the detector: at global instruction `instruction`,
+/// flip bit 0 of register `register` of CPU `cpu` in the replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Perturb {
+    /// The CPU.
+    pub cpu: u32,
+    /// The global instruction count at which to change it.
+    pub instruction: u64,
+    /// A general-purpose register name (`rax`..`r15`), `rip` or `rflags`.
+    pub register: String,
+}
+
+impl std::str::FromStr for Perturb {
+    type Err = String;
+
+    /// `CPU:INSTRUCTION:REGISTER`, e.g. `0:150000:rbx`.
+    fn from_str(s: &str) -> Result<Perturb, String> {
+        let bad = || format!("'{s}' is not CPU:INSTRUCTION:REGISTER (e.g. 0:150000:rbx)");
+        let mut parts = s.split(':');
+        let (Some(cpu), Some(insn), Some(reg), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let register = reg.to_ascii_lowercase();
+        if register_index(&register).is_none() {
+            return Err(format!(
+                "'{reg}' is not a register that can be perturbed (rax..r15, rip, rflags)"
+            ));
+        }
+        Ok(Perturb {
+            cpu: cpu.parse().map_err(|_| bad())?,
+            instruction: insn.replace('_', "").parse().map_err(|_| bad())?,
+            register,
+        })
+    }
+}
+
+/// 0..=15 for a GPR, 16 for RIP, 17 for RFLAGS.
+fn register_index(name: &str) -> Option<usize> {
+    match name {
+        "rip" => Some(16),
+        "rflags" => Some(17),
+        _ => reprise_cpu::state::GPR_NAMES
+            .iter()
+            .position(|&n| n == name),
+    }
+}
+
+/// What to replay.
+#[derive(Clone, Debug, Default)]
+pub struct ReplaySetup {
+    /// The recording folder.
+    pub dir: PathBuf,
+    /// Boot images to use instead of the recorded paths (the i-th replaces the i-th).
+    pub images: Vec<PathBuf>,
+    /// A planted divergence (tests only).
+    pub perturb: Option<Perturb>,
+}
+
+/// Why a replay could not even start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The folder, its manifest, its images or its log.
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
+    /// The recorded machine cannot be built here.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The image does not boot.
+    #[error(transparent)]
+    Boot(#[from] ImageError),
+    /// Something this build cannot replay.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<ContainerError> for ReplayError {
+    fn from(e: ContainerError) -> ReplayError {
+        ReplayError::Recording(e.into())
+    }
+}
+
+/// How a replay compares with its recording.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Everything agreed: every event, every sync point, the end state.
+    Identical,
+    /// The replay diverged.
+    Diverged(Box<Divergence>),
+    /// The recording is incomplete or damaged; everything up to `at` agreed.
+    Incomplete {
+        /// Where the replay stopped.
+        at: u64,
+        /// Why the log ends there: damage (names the chunk and offset) or no trailer.
+        why: String,
+    },
+}
+
+/// The result of a replay.
+#[derive(Debug)]
+pub struct ReplayReport {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// How the replayed run ended.
+    pub result: RunResult,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Events consumed, by kind (sync: sync points verified).
+    pub consumed: EventCounts,
+    /// The replay's final state hash.
+    pub state_hash: [u8; 32],
+    /// How the recorded run ended (when the log says).
+    pub recorded_outcome: Option<Outcome>,
+}
+
+/// Replay `setup.dir`, sending the guest's console to `console`.
+pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayReport, ReplayError> {
+    let manifest = Manifest::read(&setup.dir)?;
+    if manifest.clock != Clock::Virtual {
+        return Err(ReplayError::Unsupported(format!(
+            "this recording uses --clock {}, which this reprise cannot replay",
+            manifest.clock
+        )));
+    }
+    if manifest.boot.protocol != "bare" || manifest.boot.images.len() != 1 {
+        return Err(ReplayError::Unsupported(format!(
+            "boot protocol '{}' with {} images is not supported (only 'bare' with one ELF)",
+            manifest.boot.protocol,
+            manifest.boot.images.len()
+        )));
+    }
+    let config = manifest.machine.config();
+    config.validate()?;
+    let images = load_images(&manifest, &setup.images)?;
+    let rec = RecordingDir::new(&setup.dir);
+    let log_path = rec.dir.join(&manifest.log);
+    let scan = LogScan::read(&log_path)?;
+
+    // Where the replay must stop: where the recorded run ended (one instruction later, so
+    // that a replay that would run on is caught), or where the intact log ends.
+    let recorded_max = manifest.machine.max_instructions.unwrap_or(u64::MAX);
+    let limit = match (&scan.end, scan.is_complete()) {
+        (Some(end), true) => {
+            let at: u64 = end.state.cpus.iter().map(|c| c.retired).sum();
+            match end.outcome {
+                // The recorder itself abandoned the run there.
+                Outcome::OutputFailed(_) | Outcome::InputsStopped => at,
+                _ => at.saturating_add(1),
+            }
+        }
+        _ => scan.last.map_or(0, |p| p.instructions.saturating_add(1)),
+    }
+    .min(recorded_max);
+
+    let replayer = Replayer::open(&log_path, manifest.sync_every)?;
+    let (tap, digester) = ConsoleTap::new(console);
+    let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), replayer, Box::new(tap))?;
+    let image = &images[0];
+    bare::load(&mut machine, &image.name, &image.bytes)?;
+
+    let result = run_with_perturbation(&mut machine, limit, setup.perturb.as_ref());
+    let _ = machine.serial_output().flush();
+    let console = digester.digest();
+    let replayed_end = EndRecord::of(&machine, &result.outcome, console);
+    let state_hash = replayed_end.state_hash;
+    let global = result.total();
+
+    let verdict = match machine.inputs_mut().take_stop() {
+        Some(ReplayStop::Diverged(mut d)) => {
+            add_disassembly(&mut machine, &mut d);
+            Verdict::Diverged(d)
+        }
+        Some(ReplayStop::LogEnded { damage, .. }) => Verdict::Incomplete {
+            at: global,
+            why: incompleteness(damage.as_ref(), &scan),
+        },
+        None => {
+            let replayer = machine.inputs_mut();
+            match replayer.peek().map(|r| (r.at, &r.event)) {
+                Some((_, Event::End(recorded))) => {
+                    let recorded = recorded.clone();
+                    let (diffs, mut other) = diff_end(&recorded, &replayed_end);
+                    // A recorder that abandoned its run stopped at that instruction; the
+                    // replay stops there through its limit.
+                    let abandoned = matches!(
+                        recorded.outcome,
+                        Outcome::OutputFailed(_) | Outcome::InputsStopped
+                    ) && result.outcome == RunOutcome::InstructionLimit;
+                    if abandoned {
+                        other.retain(|o| !o.starts_with("outcome:"));
+                    }
+                    if diffs.is_empty() && other.is_empty() {
+                        replayer.take_next();
+                        Verdict::Identical
+                    } else {
+                        let mut d = Box::new(Divergence {
+                            at: replayed_position(&machine),
+                            cpu: diffs.first().map_or(0, |x| x.cpu),
+                            kind: DivergenceKind::End { diffs, other },
+                            last_input: machine.inputs().last_input(),
+                            last_sync: machine.inputs().last_sync(),
+                            disassembly: Vec::new(),
+                        });
+                        add_disassembly(&mut machine, &mut d);
+                        Verdict::Diverged(d)
+                    }
+                }
+                Some(_) | None if !scan.is_complete() => Verdict::Incomplete {
+                    at: global,
+                    why: incompleteness(machine.inputs().damage(), &scan),
+                },
+                Some((_, _)) => {
+                    let next = machine.inputs().peek().map(describe).unwrap_or_default();
+                    let mut d = Box::new(Divergence {
+                        at: replayed_position(&machine),
+                        cpu: replayed_position(&machine).cpu,
+                        kind: DivergenceKind::EndedEarly {
+                            outcome: Outcome::from(&result.outcome).to_string(),
+                            recorded: next,
+                        },
+                        last_input: machine.inputs().last_input(),
+                        last_sync: machine.inputs().last_sync(),
+                        disassembly: Vec::new(),
+                    });
+                    add_disassembly(&mut machine, &mut d);
+                    Verdict::Diverged(d)
+                }
+                None => Verdict::Incomplete {
+                    at: global,
+                    why: "the log has no end record".into(),
+                },
+            }
+        }
+    };
+    Ok(ReplayReport {
+        manifest,
+        result,
+        verdict,
+        consumed: machine.inputs().consumed(),
+        state_hash,
+        recorded_outcome: scan.end.as_ref().map(|e| e.outcome.clone()),
+    })
+}
+
+/// Run to `limit`, flipping a register on the way if asked.
+fn run_with_perturbation(
+    machine: &mut Machine<Replayer>,
+    limit: u64,
+    perturb: Option<&Perturb>,
+) -> RunResult {
+    if let Some(p) = perturb {
+        if p.instruction < limit {
+            let first = machine.run(p.instruction);
+            if first.outcome != RunOutcome::InstructionLimit {
+                return first;
+            }
+            if let (Some(cpu), Some(k)) = (
+                machine.cpus_mut().get_mut(p.cpu as usize),
+                register_index(&p.register),
+            ) {
+                match k {
+                    16 => cpu.state.rip ^= 1,
+                    17 => cpu.state.rflags ^= 1,
+                    k => cpu.state.gpr[k] ^= 1,
+                }
+            }
+        }
+    }
+    machine.run(limit)
+}
+
+/// The replay's current position: the global count and the CPU whose turn it is.
+fn replayed_position(machine: &Machine<Replayer>) -> reprise_devices::Position {
+    reprise_devices::Position {
+        instructions: machine.instructions(),
+        cpu: machine.state().scheduler.current,
+    }
+}
+
+fn add_disassembly(machine: &mut Machine<Replayer>, d: &mut Divergence) {
+    for cpu in d.cpus_of_interest() {
+        if let Some(c) = machine.cpus().get(cpu as usize) {
+            let rip = c.state.rip;
+            let dis = machine.disassemble(cpu);
+            d.disassembly.push((cpu, rip, dis));
+        }
+    }
+}
+
+/// Why a log ends before its end record, in words.
+fn incompleteness(damage: Option<&ContainerError>, scan: &LogScan) -> String {
+    match damage.or(scan.damage.as_ref()) {
+        Some(e) => e.to_string(),
+        None => format!(
+            "the log ends after {} intact chunks without its end trailer (the recorder was stopped before it finished)",
+            scan.chunks
+        ),
+    }
+}

@@ -1,0 +1,26 @@
+//! reprise-trace: the trace format, the access filters and the cache-line policies of
+//! tracing on replay.
+//!
+//! - [`record`]: the record types a trace holds (accesses, calls and returns, interrupts,
+//!   CR3 writes, guest hypercall records, console output) and their delta encoding;
+//! - [`format`]: [`format::TraceWriter`] and [`format::TraceReader`], the only code that
+//!   writes or reads trace files (built on `reprise_record::container`);
+//! - [`filter`]: the [`filter::Filter`] trait, the command-line filters and their parsers;
+//! - [`tracer`]: [`tracer::Tracer`], the CPU observer that runs accesses through filters and
+//!   a policy into a sink (a trace writer, or an analysis fed live);
+//! - [`stats`]: counts of a trace by record type, CPU and policy outcome;
+//! - [`policy`]: the [`policy::CacheLinePolicy`] trait and the policies `all`, `movement`,
+//!   `mesi`, `first-touch` and `sample`.
+//!
+//! `reprise-replay` builds on this crate: the replayer feeds its observer's accesses through
+//! filters and a policy into a writer, and mscan reads through the reader. DESIGN.md places
+//! this code "in replay/"; it lives in its own crate below the replayer on purpose, so that
+//! the format could be built and tested before the replayer existed.
+#![warn(missing_docs)]
+
+pub mod filter;
+pub mod format;
+pub mod policy;
+pub mod record;
+pub mod stats;
+pub mod tracer;

@@ -1,0 +1,200 @@
+//! The pipeline a replay runs accesses through: filters → cache-line policy → sink.
+//!
+//! [`Tracer`] is a CPU [`Observer`]: the replayer hands it to the CPU, tells it where each
+//! quantum starts ([`Tracer::begin_quantum`]) so it can turn a CPU's own instruction count
+//! into the global position, and passes context records (hypercalls, console output, ...)
+//! through [`Tracer::context`]. Kept accesses and all context records go to a [`Sink`]: a
+//! [`TraceWriter`], or an analysis fed live with the same records a stored trace holds.
+
+use reprise_cpu::observer::{Access, Observer};
+
+use crate::filter::Filter;
+use crate::format::{TraceError, TraceWriter};
+use crate::policy::{split_lines, CacheLinePolicy};
+use crate::record::{AccessEvent, Event, Record};
+
+/// Where trace records go.
+pub trait Sink {
+    /// Take one record (positions never go backwards).
+    fn record(&mut self, r: &Record) -> Result<(), TraceError>;
+}
+
+impl Sink for TraceWriter {
+    fn record(&mut self, r: &Record) -> Result<(), TraceError> {
+        self.push(r)
+    }
+}
+
+impl Sink for Vec<Record> {
+    fn record(&mut self, r: &Record) -> Result<(), TraceError> {
+        self.push(r.clone());
+        Ok(())
+    }
+}
+
+/// Counts of what went through a [`Tracer`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracerCounts {
+    /// Accesses the CPU reported.
+    pub seen: u64,
+    /// Accesses (line pieces) the filters let through.
+    pub filtered_in: u64,
+    /// Accesses (line pieces) the policy kept.
+    pub kept: u64,
+}
+
+/// Filters, a policy and a sink, as one CPU observer.
+pub struct Tracer<F: Filter, P: CacheLinePolicy, S: Sink> {
+    filter: F,
+    policy: P,
+    sink: S,
+    values: bool,
+    /// Global position and the CPU's own count at the start of the current quantum.
+    base: (u64, u64),
+    last: u64,
+    counts: TracerCounts,
+    error: Option<TraceError>,
+}
+
+impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
+    /// A tracer; `values` keeps the value of each access.
+    pub fn new(filter: F, policy: P, sink: S, values: bool) -> Self {
+        Tracer {
+            filter,
+            policy,
+            sink,
+            values,
+            base: (0, 0),
+            last: 0,
+            counts: TracerCounts::default(),
+            error: None,
+        }
+    }
+
+    /// A CPU starts a quantum at global position `global`, having retired `retired`
+    /// instructions of its own.
+    pub fn begin_quantum(&mut self, global: u64, retired: u64) {
+        self.base = (global, retired);
+    }
+
+    /// The global position of an access (never before the last record: positions only go
+    /// up in a trace, whatever a confused caller says).
+    fn position(&self, a: &Access) -> u64 {
+        let p = self
+            .base
+            .0
+            .saturating_add(a.retired.saturating_sub(self.base.1));
+        p.max(self.last)
+    }
+
+    fn emit(&mut self, r: &Record) {
+        if self.error.is_none() {
+            self.last = r.position;
+            if let Err(e) = self.sink.record(r) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// A context record (hypercall, call, interrupt, CR3, console): filters see it, and it
+    /// goes to the sink unfiltered.
+    pub fn context(&mut self, r: &Record) {
+        self.filter.context(r);
+        let mut r = r.clone();
+        r.position = r.position.max(self.last);
+        self.emit(&r);
+    }
+
+    /// What went through so far.
+    pub fn counts(&self) -> TracerCounts {
+        self.counts
+    }
+
+    /// Hand back the sink, or the first error the sink reported.
+    pub fn finish(self) -> Result<(S, P, TracerCounts), TraceError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok((self.sink, self.policy, self.counts)),
+        }
+    }
+}
+
+impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
+    const ENABLED: bool = true;
+
+    fn access(&mut self, a: &Access) {
+        self.counts.seen += 1;
+        let position = self.position(a);
+        let line = self.policy.line_size();
+        let pieces: Vec<Access> = match line {
+            Some(l) => split_lines(a, l).collect(),
+            None => vec![*a],
+        };
+        for p in pieces {
+            if !self.filter.keep(position, &p) {
+                continue;
+            }
+            self.counts.filtered_in += 1;
+            let o = self.policy.observe(&p);
+            if o.keep {
+                self.counts.kept += 1;
+                let r = Record {
+                    position,
+                    cpu: p.cpu,
+                    event: Event::Access(AccessEvent::from_access(&p, self.values, o.note)),
+                };
+                self.emit(&r);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::{And, CpuSet};
+    use crate::policy::parse_policy;
+    use crate::record::Hypercall;
+    use reprise_cpu::observer::AccessKind;
+
+    #[test]
+    fn filters_then_policy_then_sink() {
+        let filter = And(vec![Box::new(CpuSet::parse("0-1").unwrap())]);
+        let policy = parse_policy("movement:line=64").unwrap();
+        let mut t = Tracer::new(filter, policy, Vec::new(), false);
+        t.context(&Record {
+            position: 0,
+            cpu: 0,
+            event: Event::Hypercall(Hypercall::Enable { name: "x".into() }),
+        });
+        let acc = |cpu, retired, paddr, kind| Access {
+            cpu,
+            retired,
+            pc: 0x1000,
+            vaddr: paddr,
+            paddr,
+            size: 8,
+            kind,
+            locked: false,
+            cpl: 0,
+            value: 0,
+        };
+        t.begin_quantum(100, 40);
+        t.access(&acc(0, 41, 0x3c, AccessKind::Write)); // two lines: both kept
+        t.access(&acc(0, 42, 0x40, AccessKind::Write)); // holds it alone: dropped
+        t.begin_quantum(200, 7);
+        t.access(&acc(2, 9, 0x40, AccessKind::Read)); // CPU 2 is filtered out
+        t.access(&acc(1, 9, 0x40, AccessKind::Read)); // moved from CPU 0: kept
+        let (recs, _, counts) = t.finish().unwrap();
+        let pos: Vec<(u64, u32)> = recs.iter().map(|r| (r.position, r.cpu)).collect();
+        assert_eq!(pos, vec![(0, 0), (101, 0), (101, 0), (202, 1)]);
+        assert_eq!(
+            counts,
+            TracerCounts {
+                seen: 4,
+                filtered_in: 4,
+                kept: 3
+            }
+        );
+    }
+}
