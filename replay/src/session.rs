@@ -8,9 +8,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use reprise_devices::boot::bare::{self, ImageError};
 use reprise_devices::machine::ConfigError;
 use reprise_devices::{Machine, RunOutcome, RunResult};
+use reprise_record::boot::{boot_machine, BootError};
 use reprise_record::console::ConsoleTap;
 use reprise_record::container::ContainerError;
 use reprise_record::folder::{load_images, RecordingDir, RecordingError};
@@ -91,9 +91,9 @@ pub enum ReplayError {
     /// The recorded machine cannot be built here.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The image does not boot.
+    /// The images do not boot.
     #[error(transparent)]
-    Boot(#[from] ImageError),
+    Boot(#[from] BootError),
     /// Something this build cannot replay.
     #[error("{0}")]
     Unsupported(String),
@@ -147,13 +147,6 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
             manifest.clock
         )));
     }
-    if manifest.boot.protocol != "bare" || manifest.boot.images.len() != 1 {
-        return Err(ReplayError::Unsupported(format!(
-            "boot protocol '{}' with {} images is not supported (only 'bare' with one ELF)",
-            manifest.boot.protocol,
-            manifest.boot.images.len()
-        )));
-    }
     let config = manifest.machine.config();
     config.validate()?;
     let images = load_images(&manifest, &setup.images)?;
@@ -180,8 +173,7 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
     let replayer = Replayer::open(&log_path, manifest.sync_every)?;
     let (tap, digester) = ConsoleTap::new(console);
     let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), replayer, Box::new(tap))?;
-    let image = &images[0];
-    bare::load(&mut machine, &image.name, &image.bytes)?;
+    boot_machine(&mut machine, &manifest.boot, &images)?;
 
     let result = run_with_perturbation(&mut machine, limit, setup.perturb.as_ref());
     let _ = machine.serial_output().flush();

@@ -91,7 +91,7 @@ proptest! {
             },
             clock: Clock::Virtual,
             sync_every,
-            image: fixture_path("echo"),
+            boot: reprise_record::boot::BootSpec::Bare(fixture_path("echo")),
             tool: "test".into(),
         };
         let recorded_console = Console::default();

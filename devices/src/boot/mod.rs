@@ -4,5 +4,6 @@
 //! Linux x86 boot protocol for bzImages ([`linux`]) and multiboot v1 ([`multiboot`]).
 
 pub mod bare;
+pub mod kernel;
 pub mod linux;
 pub mod multiboot;
