@@ -24,6 +24,7 @@ pub mod inputs;
 pub mod ioapic;
 pub mod lapic;
 pub mod machine;
+pub mod pci;
 pub mod pic;
 pub mod pit;
 pub mod platform;

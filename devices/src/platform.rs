@@ -1,6 +1,7 @@
 //! The PC platform's interrupt and timer hardware wired together: one local APIC per CPU,
-//! the IOAPIC, the 8259 pair, the 8254 PIT, the ACPI PM registers and fw_cfg — everything
-//! between the devices' IRQ lines and a CPU's interrupt acknowledge.
+//! the IOAPIC, the 8259 pair, the 8254 PIT, the ACPI PM registers, fw_cfg and the PCI host
+//! bridge — everything between the devices' IRQ lines and a CPU's interrupt acknowledge, and
+//! the chipset's other small registers.
 //!
 //! The machine owns one [`Platform`] and calls it from its bus: port I/O
 //! ([`Platform::claims_port`], [`Platform::io_in`], [`Platform::io_out`]), MMIO of the APIC
@@ -29,6 +30,7 @@ use crate::ioapic::{IoApic, IoApicState, IOAPIC_BASE, IOAPIC_SIZE};
 use crate::lapic::{
     self, ApicMessage, Lapic, LapicEffect, LapicState, LAPIC_BASE, LAPIC_SIZE, MSR_TSC_DEADLINE,
 };
+use crate::pci::{PciHost, PciState};
 use crate::pic::{self, Pic, PicState};
 use crate::pit::{self, Pit, PitState};
 use crate::pm::{Pm, PmEvent, PmState};
@@ -56,6 +58,19 @@ pub const ARCH_CAPABILITIES: u64 = 1
     | 1 << 26
     | 1 << 27
     | 1 << 62;
+
+/// Whether `port` is one of the 8259 pair's (commands, masks, ELCRs).
+fn is_pic_port(port: u16) -> bool {
+    matches!(
+        port,
+        pic::MASTER_COMMAND
+            | pic::MASTER_DATA
+            | pic::SLAVE_COMMAND
+            | pic::SLAVE_DATA
+            | pic::ELCR_MASTER
+            | pic::ELCR_SLAVE
+    )
+}
 
 /// What a CPU must do before its next instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +107,8 @@ pub struct PlatformState {
     pub pm: PmState,
     /// fw_cfg.
     pub fw_cfg: FwCfgState,
+    /// PCI configuration mechanism #1.
+    pub pci: PciState,
     /// The level of each ISA IRQ line as last driven (bit per IRQ), for edge detection.
     pub isa_lines: u16,
 }
@@ -105,6 +122,7 @@ pub struct Platform {
     pit: Pit,
     pm: Pm,
     fw_cfg: FwCfg,
+    pci: PciHost,
     isa_lines: u16,
     /// Messages waiting to be routed (kept to avoid an allocation per interrupt).
     msgs: Vec<ApicMessage>,
@@ -123,6 +141,7 @@ impl Platform {
             pit: Pit::new(),
             pm: Pm::new(),
             fw_cfg: FwCfg::new(cpus, ram_bytes),
+            pci: PciHost::new(),
             isa_lines: 0,
             msgs: Vec::new(),
             touched: false,
@@ -138,6 +157,7 @@ impl Platform {
             pit: self.pit.state(),
             pm: self.pm.state(),
             fw_cfg: self.fw_cfg.state(),
+            pci: self.pci.state(),
             isa_lines: self.isa_lines,
         }
     }
@@ -156,6 +176,7 @@ impl Platform {
             pit: Pit::from_state(state.pit),
             pm: Pm::from_state(state.pm),
             fw_cfg: FwCfg::from_state(state.fw_cfg),
+            pci: PciHost::from_state(state.pci),
             isa_lines: state.isa_lines,
             msgs: Vec::new(),
             touched: false,
@@ -343,6 +364,7 @@ impl Platform {
                 | 0x40..=0x43 | pit::PORT_B
         ) || Pm::claims(port)
             || FwCfg::claims(port)
+            || PciHost::claims(port)
     }
 
     /// An `IN` of `size` bytes at `port` (which [`Platform::claims_port`]) at `now`.
@@ -353,15 +375,16 @@ impl Platform {
         if FwCfg::claims(port) {
             return self.fw_cfg.read(port, size);
         }
+        if PciHost::claims(port) {
+            return self.pci.read(port, size);
+        }
         // The 8259 and 8254 are byte devices: a wide access reads consecutive ports.
         let mut v = 0u32;
         for k in 0..size.min(4) as u16 {
             let p = port.wrapping_add(k);
             let b = match p {
                 0x40..=0x43 | pit::PORT_B => self.pit.read(p, now),
-                _ if Platform::claims_port(p) && !Pm::claims(p) && !FwCfg::claims(p) => {
-                    self.pic.read(p)
-                }
+                _ if is_pic_port(p) => self.pic.read(p),
                 _ => 0xff,
             };
             v |= (b as u32) << (8 * k);
@@ -382,14 +405,16 @@ impl Platform {
             self.fw_cfg.write(port, size, value);
             return None;
         }
+        if PciHost::claims(port) {
+            self.pci.write(port, size, value);
+            return None;
+        }
         for k in 0..size.min(4) as u16 {
             let p = port.wrapping_add(k);
             let b = (value >> (8 * k)) as u8;
             match p {
                 0x40..=0x43 | pit::PORT_B => self.pit.write(p, b, now),
-                _ if Platform::claims_port(p) && !Pm::claims(p) && !FwCfg::claims(p) => {
-                    self.pic.write(p, b)
-                }
+                _ if is_pic_port(p) => self.pic.write(p, b),
                 _ => {}
             }
         }
@@ -637,7 +662,7 @@ mod tests {
         ] {
             assert!(Platform::claims_port(port), "{port:#x}");
         }
-        for port in [0x3f8, 0x70, 0xcf9, 0x64, 0x22, 0x60c] {
+        for port in [0x3f8, 0x70, 0xcf9, 0x64, 0x22, 0x60c, 0xcfa] {
             assert!(!Platform::claims_port(port), "{port:#x}");
         }
         // fw_cfg through a 16-bit selector write.
@@ -653,6 +678,9 @@ mod tests {
         );
         // PM timer.
         assert_eq!(p.io_in(0x608, 4, 1_000_000_000), 3_579_545);
+        // The PCI host bridge.
+        p.io_out(0xcf8, 4, 0x8000_0000, 0);
+        assert_eq!(p.io_in(0xcfc, 4, 0), 0x0008_1b36);
     }
 
     #[test]
