@@ -77,11 +77,22 @@ pub struct BootArgs {
 
     /// With --kernel: the initrd of a bzImage; for a multiboot kernel, its modules as
     /// "FILE [ARGS],FILE [ARGS],...".
-    #[arg(long, value_name = "FILE", requires = "kernel")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "kernel",
+        conflicts_with = "image"
+    )]
     pub initrd: Option<String>,
 
     /// With --kernel: the kernel command line.
-    #[arg(long, value_name = "CMDLINE", requires = "kernel", default_value = "")]
+    #[arg(
+        long,
+        value_name = "CMDLINE",
+        requires = "kernel",
+        conflicts_with = "image",
+        default_value = ""
+    )]
     pub append: String,
 }
 

@@ -127,11 +127,17 @@ pub fn boot_machine<I: Inputs>(
             boot_linux(machine, &k.name, &k.bytes, initrd, &boot.cmdline)?;
         }
         ("multiboot", [k, modules @ ..]) if k.entry.role == "kernel" => {
+            // The module strings are the description's (images read back for a replay
+            // carry only their identity).
             let modules: Vec<Module> = modules
                 .iter()
-                .map(|m| Module {
+                .enumerate()
+                .map(|(i, m)| Module {
                     data: m.bytes.clone(),
-                    cmdline: m.entry.args.clone(),
+                    cmdline: boot
+                        .images
+                        .get(i + 1)
+                        .map_or_else(|| m.entry.args.clone(), |e| e.args.clone()),
                 })
                 .collect();
             boot_multiboot(machine, &k.name, &k.bytes, &boot.cmdline, &modules)?;
