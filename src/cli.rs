@@ -29,6 +29,160 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Describe a recording: manifest, events, instructions, log size, completeness.
     Info(InfoArgs),
+    /// Read a trace written by `replay --trace`.
+    #[command(subcommand)]
+    Trace(TraceCommand),
+    /// Add checkpoints to a recording by replaying it.
+    Checkpoint(CheckpointArgs),
+    /// Show the machine at one position of a recording (from the nearest checkpoint).
+    Seek(SeekArgs),
+}
+
+/// `reprise trace` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Print a trace's header, then one line per record.
+    Print(TracePrintArgs),
+    /// Count a trace's records by type, CPU, access kind and policy outcome.
+    Stats(TraceStatsArgs),
+}
+
+/// Options of `reprise trace print`.
+#[derive(Debug, Args)]
+pub struct TracePrintArgs {
+    /// The trace file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Start at the first record at or after this global instruction count.
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub from: Option<u64>,
+
+    /// Print at most this many records.
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub limit: Option<u64>,
+
+    /// One JSON object per line (the header first) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `reprise trace stats`.
+#[derive(Debug, Args)]
+pub struct TraceStatsArgs {
+    /// The trace file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// The tracing options of `reprise replay`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Write a trace of the replay's memory accesses to FILE (and its index to FILE.idx);
+    /// neither may exist.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+
+    /// Trace only these CPUs, e.g. 0,2-3.
+    #[arg(long, value_name = "SET")]
+    pub cpu: Option<String>,
+
+    /// Trace only accesses made at CPL 0.
+    #[arg(long)]
+    pub kernel: bool,
+
+    /// Trace only accesses made at CPL 3.
+    #[arg(long)]
+    pub user: bool,
+
+    /// Trace only accesses overlapping LO-HI (virtual; `phys:LO-HI` for physical);
+    /// repeatable.
+    #[arg(long, value_name = "LO-HI")]
+    pub addr: Vec<String>,
+
+    /// Trace only accesses made by instructions in LO-HI; repeatable.
+    #[arg(long, value_name = "LO-HI")]
+    pub pc: Vec<String>,
+
+    /// Trace only accesses at global instruction counts FROM..TO.
+    #[arg(long, value_name = "FROM..TO")]
+    pub window: Option<String>,
+
+    /// Trace only between the guest's enable and disable hypercalls.
+    #[arg(long)]
+    pub hypercall_scope: bool,
+
+    /// Trace only reads (and read-modify-writes).
+    #[arg(long)]
+    pub reads: bool,
+
+    /// Trace only writes (and read-modify-writes).
+    #[arg(long)]
+    pub writes: bool,
+
+    /// Which filtered accesses to keep: all | movement[:line=N] | mesi:size=S,assoc=A,line=N[,...] | first-touch[:line=N] | sample:N.
+    #[arg(long, default_value = "all", value_name = "P")]
+    pub policy: String,
+
+    /// Line size for `movement` and `first-touch` (instead of `:line=N`).
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    pub line_size: Option<u64>,
+
+    /// Keep the value of each access in the trace.
+    #[arg(long)]
+    pub values: bool,
+}
+
+/// Options of `reprise checkpoint`.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// The recording folder.
+    #[arg(value_name = "REC")]
+    pub rec: PathBuf,
+
+    /// Instructions between checkpoints (one at every multiple of N).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub every: u64,
+
+    /// A boot image to use instead of the recorded path.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+}
+
+/// Options of `reprise seek`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The machine state alone goes to stdout (identical whichever checkpoint was used); how it got there (checkpoint, instructions replayed, time) to stderr."
+)]
+pub struct SeekArgs {
+    /// The recording folder.
+    #[arg(value_name = "REC")]
+    pub rec: PathBuf,
+
+    /// The position: a global instruction count, or `end`.
+    #[arg(long, value_name = "POS|end")]
+    pub at: String,
+
+    /// Dump LEN bytes of guest memory at ADDR (`phys:ADDR` for physical, otherwise virtual
+    /// through --cpu's page tables).
+    #[arg(long, num_args = 2, value_names = ["ADDR", "LEN"])]
+    pub mem: Vec<String>,
+
+    /// The CPU whose page tables translate a virtual --mem address.
+    #[arg(long, default_value_t = 0)]
+    pub cpu: u32,
+
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Replay from the start, ignoring checkpoints.
+    #[arg(long)]
+    pub no_checkpoints: bool,
+
+    /// A boot image to use instead of the recorded path.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -101,6 +255,11 @@ Writes the folder REC: manifest.json (the machine, the boot image's blake3 hash,
 
 The guest's serial port (COM1) is connected to stdin and stdout as with `run`; reprise's own messages go to stderr. The exit status is that of `run`.";
 
+/// Default instructions between checkpoints while recording: a seek then replays at most
+/// this many instructions (well under a second), and each checkpoint costs a scan of the
+/// guest's non-zero pages plus the pages changed since the last one.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 20_000_000;
+
 /// Options of `reprise record`.
 #[derive(Debug, Args)]
 #[command(after_help = RECORD_AFTER_HELP)]
@@ -116,6 +275,11 @@ pub struct RecordArgs {
     /// Instructions between sync records (every CPU's registers); 0 for none.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SYNC_EVERY, value_parser = parse_count)]
     pub sync_every: u64,
+
+    /// Instructions between checkpoints (whole-machine snapshots that `seek` starts from);
+    /// 0 for none.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CHECKPOINT_EVERY, value_parser = parse_count)]
+    pub checkpoint_every: u64,
 
     /// The machine (as for `run`).
     #[command(flatten)]
@@ -155,6 +319,10 @@ pub struct ReplayArgs {
     /// Testing only: flip bit 0 of register REG of CPU at global instruction INSN.
     #[arg(long, hide = true, value_name = "CPU:INSN:REG")]
     pub debug_perturb: Option<reprise_replay::Perturb>,
+
+    /// Tracing.
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// Options of `reprise info`.

@@ -3,12 +3,15 @@
 //! Guest serial output goes to stdout; reprise's own messages go to stderr, one line each,
 //! prefixed `reprise: `. Exit statuses are listed in [`status`].
 
+mod checkpoint;
 mod cli;
 mod info;
 mod record;
 mod replay;
 mod run;
+mod seek;
 mod status;
+mod trace;
 
 use clap::Parser;
 
@@ -28,6 +31,9 @@ fn main() {
         cli::Command::Record(args) => record::record(&args),
         cli::Command::Replay(args) => replay::replay(&args),
         cli::Command::Info(args) => info::info(&args),
+        cli::Command::Trace(cmd) => trace::trace(&cmd),
+        cli::Command::Checkpoint(args) => checkpoint::checkpoint(&args),
+        cli::Command::Seek(args) => seek::seek(&args),
     };
     std::process::exit(code);
 }

@@ -39,6 +39,7 @@ fn record_inner(args: &RecordArgs) -> anyhow::Result<i32> {
         },
         clock: Clock::Virtual,
         sync_every: args.sync_every,
+        checkpoint_every: args.checkpoint_every,
         boot: args.boot.spec(),
         tool: format!("reprise {}", env!("CARGO_PKG_VERSION")),
     };
@@ -50,12 +51,13 @@ fn record_inner(args: &RecordArgs) -> anyhow::Result<i32> {
     let code = report(&rec.result, m.max_instructions.unwrap_or(u64::MAX));
     let total = rec.result.total();
     eprintln!(
-        "reprise: recorded {total} instructions in {wall:.3} s into {}: {} events ({}), log {} bytes ({} raw), final state {}",
+        "reprise: recorded {total} instructions in {wall:.3} s into {}: {} events ({}), log {} bytes ({} raw), {} checkpoints, final state {}",
         args.output.display(),
         rec.log.counts.total(),
         rec.log.counts,
         rec.log.compressed_bytes,
         rec.log.raw_bytes,
+        rec.checkpoints,
         hex(&rec.state_hash),
     );
     Ok(code)

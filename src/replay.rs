@@ -1,13 +1,15 @@
 //! `reprise replay`: re-execute a recording and say whether it matched.
 
 use std::io::{BufWriter, Write};
+use std::path::Path;
 use std::time::Instant;
 
 use reprise_record::log::{hex, Outcome};
-use reprise_replay::{replay as replay_session, ReplaySetup, Verdict};
+use reprise_replay::{replay as replay_session, replay_observed, ReplaySetup, Verdict};
 
 use crate::cli::ReplayArgs;
 use crate::status;
+use crate::trace;
 
 /// Run the command; returns the process exit status.
 pub fn replay(args: &ReplayArgs) -> i32 {
@@ -34,8 +36,18 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
         images: args.images.clone(),
         perturb: args.debug_perturb.clone(),
     };
+    let tracer = trace::replay_tracer(&args.rec, &args.trace)?;
     let started = Instant::now();
-    let r = replay_session(&setup, console)?;
+    let r = match tracer {
+        None => replay_session(&setup, console)?,
+        Some(mut t) => {
+            let r = replay_observed(&setup, console, &mut t)?;
+            let wall = started.elapsed().as_secs_f64();
+            let path = args.trace.trace.as_deref().unwrap_or(Path::new(""));
+            trace::finish_tracer(t, path, wall)?;
+            r
+        }
+    };
     let wall = started.elapsed().as_secs_f64();
     let code = match &r.verdict {
         Verdict::Identical => {

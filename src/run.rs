@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use reprise_devices::boot::{bare, kernel};
 use reprise_devices::machine::ConfigError;
-use reprise_devices::{HostInputs, Machine, MachineConfig, RunOutcome, RunResult};
+use reprise_devices::{HostInputs, Inputs, Machine, MachineConfig, RunOutcome, RunResult};
 
 use crate::cli::{ClockArg, MachineArgs, RunArgs};
 use crate::status;
@@ -27,7 +27,9 @@ fn run_inner(args: &RunArgs) -> anyhow::Result<i32> {
     // Guest serial output: buffered, flushed by the machine at the end of every quantum
     // that wrote something, so output appears promptly without a system call per byte.
     let stdout = BufWriter::with_capacity(1 << 16, std::io::stdout());
-    let inputs = HostInputs::new(!args.machine.no_stdin);
+    // Behind `Box<dyn Inputs>`, as `record` and `replay` have theirs: the three commands
+    // run the very same compiled machine loop.
+    let inputs: Box<dyn Inputs> = Box::new(HostInputs::new(!args.machine.no_stdin));
     let mut machine = Machine::new(config, inputs, Box::new(stdout))
         .map_err(|e| option_error(&args.machine, e))?;
     match (&args.boot.kernel, &args.boot.image) {

@@ -29,5 +29,5 @@ pub use code_cache::CodeCache;
 pub use cpuid::CpuidProfile;
 pub use exec::{format_insn, implemented_codes, Cpu, Exec, Group, RunExit};
 pub use fault::{Exit, Fault, StopReason};
-pub use observer::{Access, AccessKind, NoObserver, Observer};
+pub use observer::{Access, AccessKind, ContextEvent, InterruptSource, NoObserver, Observer};
 pub use state::{CpuMode, CpuState, Segment};

@@ -41,6 +41,54 @@ pub struct Access {
     pub value: u64,
 }
 
+/// How control reached an interrupt or exception handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptSource {
+    /// From outside the CPU (LAPIC, PIC, NMI).
+    External,
+    /// An exception raised by an instruction.
+    Exception,
+    /// INT n, INT3 or INTO.
+    Software,
+}
+
+/// Control-flow and address-space events a tracer records beside the accesses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextEvent {
+    /// A near call, reported once it has pushed its return address.
+    Call {
+        /// Address called.
+        target: u64,
+        /// Address the call returns to.
+        return_address: u64,
+        /// Stack pointer after the push.
+        stack: u64,
+    },
+    /// A near return, reported before it pops.
+    Return {
+        /// Address returned to.
+        target: u64,
+        /// Stack pointer before the pop.
+        stack: u64,
+    },
+    /// An interrupt or exception was delivered.
+    Interrupt {
+        /// Vector number.
+        vector: u8,
+        /// How it was raised.
+        source: InterruptSource,
+        /// Address of the interrupted (or faulting) instruction.
+        from: u64,
+        /// Address of the handler.
+        to: u64,
+    },
+    /// CR3 was written (an address-space switch).
+    Cr3 {
+        /// The value written.
+        value: u64,
+    },
+}
+
 /// Receives the CPU's memory accesses.
 pub trait Observer {
     /// Whether this observer wants anything at all; when false the CPU skips building
@@ -49,6 +97,16 @@ pub trait Observer {
 
     /// Called once per access (split at cache-line boundaries by the caller's policy).
     fn access(&mut self, access: &Access);
+
+    /// The machine is about to run CPU `cpu` for a slice of its quantum, starting at global
+    /// instruction count `global`, with `retired` instructions of its own retired so far.
+    /// Lets an observer turn [`Access::retired`] into a global position. Called only when
+    /// [`Self::ENABLED`].
+    fn begin_slice(&mut self, _cpu: u32, _global: u64, _retired: u64) {}
+
+    /// CPU `cpu`, having retired `retired` instructions, did `event`. Called only when
+    /// [`Self::ENABLED`].
+    fn context(&mut self, _cpu: u32, _retired: u64, _event: &ContextEvent) {}
 }
 
 /// The observer that observes nothing; used by `run` and `record`.

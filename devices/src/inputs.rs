@@ -108,6 +108,29 @@ impl<T: Inputs + ?Sized> Inputs for Box<T> {
     }
 }
 
+/// Shared inputs: the machine owns one handle, the caller keeps another to look at (or
+/// finish) the inputs after a run while the machine still exists.
+impl<T: Inputs + ?Sized> Inputs for std::rc::Rc<std::cell::RefCell<T>> {
+    fn random(&mut self, at: Position, source: RandomSource) -> Option<u64> {
+        self.borrow_mut().random(at, source)
+    }
+    fn rtc_start_time(&mut self) -> u64 {
+        self.borrow_mut().rtc_start_time()
+    }
+    fn serial_input(&mut self, at: Position) -> Option<u8> {
+        self.borrow_mut().serial_input(at)
+    }
+    fn sync_interval(&self) -> Option<u64> {
+        self.borrow().sync_interval()
+    }
+    fn sync(&mut self, at: Position, cpus: &[Cpu]) {
+        self.borrow_mut().sync(at, cpus)
+    }
+    fn stop_requested(&self) -> bool {
+        self.borrow().stop_requested()
+    }
+}
+
 /// The host's inputs, for `reprise run`: random numbers from the host (RDRAND when the host
 /// has it, `/dev/urandom` otherwise), the host's clock, and bytes read from stdin.
 pub struct HostInputs {

@@ -698,6 +698,9 @@ impl<I: Inputs> Machine<I> {
             let before = cpu.state.retired;
             self.board.slice_global = global;
             self.board.slice_retired = before;
+            if O::ENABLED {
+                obs.begin_slice(i as u32, global, before);
+            }
             let exit = cpu.run(&mut self.board, obs, &mut self.code, budget);
             let ran = cpu.state.retired - before;
             global += ran;
@@ -971,7 +974,7 @@ pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
 /// which a host without swap guarantees, and otherwise `VmSwap` in `/proc/self/status`
 /// tells, read after `mincore` so that a page swapped out before it is seen. Otherwise `/proc/self/pagemap`, whose entries say present or
 /// swapped for each page (slower: the kernel formats 8 bytes per page).
-fn backed_pages(ram: &[u8]) -> Option<Vec<u8>> {
+pub fn backed_pages(ram: &[u8]) -> Option<Vec<u8>> {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
         return None; // x86-64 Linux pages are 4 KiB, the unit of this hash
     }

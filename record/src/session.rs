@@ -5,12 +5,14 @@
 //! manifest exist before the machine runs, the log grows chunk by chunk while it runs, and
 //! the end record and trailer come last.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use reprise_cpu::CpuidProfile;
 use reprise_devices::machine::ConfigError;
-use reprise_devices::{Inputs, Machine, RunResult};
+use reprise_devices::{Inputs, Machine, RunOutcome, RunResult};
 
 use crate::boot::{boot_machine, read_boot, BootError, BootSpec};
 use crate::console::{ConsoleDigest, ConsoleTap};
@@ -33,6 +35,8 @@ pub struct RecordSetup {
     pub clock: Clock,
     /// Instructions between sync records (0: none).
     pub sync_every: u64,
+    /// Instructions between checkpoints (0: none): one at every multiple.
+    pub checkpoint_every: u64,
     /// What to boot.
     pub boot: BootSpec,
     /// The tool's name and version, for the manifest.
@@ -54,6 +58,9 @@ pub enum RecordError {
     /// Something this build cannot record.
     #[error("{0}")]
     Unsupported(String),
+    /// A checkpoint could not be written.
+    #[error(transparent)]
+    Checkpoint(#[from] reprise_checkpoints::CheckpointError),
 }
 
 impl From<ContainerError> for RecordError {
@@ -75,11 +82,13 @@ pub struct RecordReport {
     pub console: ConsoleDigest,
     /// The folder.
     pub dir: RecordingDir,
+    /// Checkpoints written.
+    pub checkpoints: u64,
 }
 
 /// Record `setup`'s image with `inputs` as the source of nondeterminism (the host's, for
 /// `reprise record`), the guest's console going to `console`.
-pub fn record<I: Inputs>(
+pub fn record<I: Inputs + 'static>(
     setup: &RecordSetup,
     inputs: I,
     console: Box<dyn Write>,
@@ -109,9 +118,17 @@ pub fn record<I: Inputs>(
     };
     let dir = prepare(&setup.dir, setup.force)?;
     manifest.write(&dir.dir)?;
-    let recorder = Recorder::create(&dir.log(), inputs, setup.sync_every)?;
+    // The machine sees the recorder through `Box<dyn Inputs>`, exactly as `run` sees the
+    // host: both run the same compiled machine loop, so recording costs only what the
+    // recorder itself does. The session keeps a handle to finish the log.
+    let recorder = Rc::new(RefCell::new(Recorder::create(
+        &dir.log(),
+        inputs,
+        setup.sync_every,
+    )?));
     let (tap, digester) = ConsoleTap::new(console);
-    let mut machine = Machine::with_cpuid(config, cpuid, recorder, Box::new(tap))?;
+    let boxed: Box<dyn Inputs> = Box::new(recorder.clone());
+    let mut machine = Machine::with_cpuid(config, cpuid, boxed, Box::new(tap))?;
     if let Err(e) = boot_machine(&mut machine, &boot, &images) {
         // Nothing was recorded: leave no half-made recording behind.
         drop(machine);
@@ -119,17 +136,44 @@ pub fn record<I: Inputs>(
         return Err(e.into());
     }
     let limit = setup.machine.max_instructions.unwrap_or(u64::MAX);
-    let result = machine.run(limit);
+    // With checkpoints, run to each multiple of the interval in turn: a run stops exactly
+    // at its limit and the next continues identically, so the recording does not depend
+    // on the interval. The log index stored is the number of records logged so far, which
+    // is what a replay has consumed at the same position.
+    let store = reprise_checkpoints::Store::new(&dir.checkpoints());
+    let mut checkpoints = 0;
+    let result = loop {
+        let every = setup.checkpoint_every;
+        let next = machine
+            .instructions()
+            .checked_div(every)
+            .map_or(limit, |k| {
+                k.saturating_add(1).saturating_mul(every).min(limit)
+            });
+        let r = machine.run(next);
+        if r.outcome != RunOutcome::InstructionLimit || next >= limit {
+            break r;
+        }
+        let (failed, logged) = {
+            let r = recorder.borrow();
+            (r.error().is_some(), r.counts().total())
+        };
+        if !failed {
+            store.save(&machine, logged)?;
+            checkpoints += 1;
+        }
+    };
     let _ = machine.serial_output().flush();
     let console = digester.digest();
     let end = EndRecord::of(&machine, &result.outcome, console);
     let state_hash = end.state_hash;
-    let log = machine.inputs_mut().finish(end)?;
+    let log = recorder.borrow_mut().finish(end)?;
     Ok(RecordReport {
         result,
         log,
         state_hash,
         console,
         dir,
+        checkpoints,
     })
 }

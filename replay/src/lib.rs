@@ -15,8 +15,11 @@
 
 pub mod divergence;
 pub mod replayer;
+pub mod seek;
 pub mod session;
 
 pub use divergence::{Divergence, DivergenceKind, RegDiff};
 pub use replayer::{ReplayStop, Replayer};
-pub use session::{replay, Perturb, ReplayError, ReplayReport, ReplaySetup, Verdict};
+pub use session::{
+    replay, replay_observed, Perturb, ReplayError, ReplayReport, ReplaySetup, Verdict,
+};

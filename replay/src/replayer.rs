@@ -99,6 +99,17 @@ impl Replayer {
         r
     }
 
+    /// Consume records until `index` have been consumed in all (to resume at a checkpoint
+    /// that recorded this count); false if the log ends first.
+    pub fn skip_to(&mut self, index: u64) -> bool {
+        while self.consumed.total() < index {
+            if self.consume().is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// The last input event consumed, as a report shows it.
     pub fn last_input(&self) -> Option<String> {
         self.last_input.as_ref().map(describe)

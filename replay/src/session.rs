@@ -5,16 +5,19 @@
 //! complete and where its intact part ends, so the machine can be given an instruction limit
 //! there; then again, record by record, as the machine asks.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
+use std::rc::Rc;
 
+use reprise_cpu::{NoObserver, Observer};
 use reprise_devices::machine::ConfigError;
-use reprise_devices::{Machine, RunOutcome, RunResult};
+use reprise_devices::{Inputs, Machine, RunOutcome, RunResult};
 use reprise_record::boot::{boot_machine, BootError};
 use reprise_record::console::ConsoleTap;
 use reprise_record::container::ContainerError;
 use reprise_record::folder::{load_images, RecordingDir, RecordingError};
-use reprise_record::log::{EndRecord, Event, Outcome};
+use reprise_record::log::{EndRecord, Event, LogRecord, Outcome};
 use reprise_record::manifest::{Clock, Manifest};
 use reprise_record::recorder::EventCounts;
 use reprise_record::scan::LogScan;
@@ -140,6 +143,16 @@ pub struct ReplayReport {
 
 /// Replay `setup.dir`, sending the guest's console to `console`.
 pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayReport, ReplayError> {
+    replay_observed(setup, console, &mut NoObserver)
+}
+
+/// [`replay`], reporting every memory access of the replayed run to `obs` (a tracer). The
+/// observer only watches: the replay itself is the same.
+pub fn replay_observed<O: Observer>(
+    setup: &ReplaySetup,
+    console: Box<dyn Write>,
+    obs: &mut O,
+) -> Result<ReplayReport, ReplayError> {
     let manifest = Manifest::read(&setup.dir)?;
     if manifest.clock != Clock::Virtual {
         return Err(ReplayError::Unsupported(format!(
@@ -170,19 +183,27 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
     }
     .min(recorded_max);
 
-    let replayer = Replayer::open(&log_path, manifest.sync_every)?;
+    // The machine sees the replayer through `Box<dyn Inputs>`, exactly as `run` sees the
+    // host and `record` the recorder: all three run the same compiled machine loop, so
+    // their speeds differ only by what the inputs themselves cost.
+    let replayer = Rc::new(RefCell::new(Replayer::open(
+        &log_path,
+        manifest.sync_every,
+    )?));
     let (tap, digester) = ConsoleTap::new(console);
-    let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), replayer, Box::new(tap))?;
+    let inputs: Box<dyn Inputs> = Box::new(replayer.clone());
+    let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), inputs, Box::new(tap))?;
     boot_machine(&mut machine, &manifest.boot, &images)?;
 
-    let result = run_with_perturbation(&mut machine, limit, setup.perturb.as_ref());
+    let result = run_with_perturbation(&mut machine, obs, limit, setup.perturb.as_ref());
     let _ = machine.serial_output().flush();
     let console = digester.digest();
     let replayed_end = EndRecord::of(&machine, &result.outcome, console);
     let state_hash = replayed_end.state_hash;
     let global = result.total();
 
-    let verdict = match machine.inputs_mut().take_stop() {
+    let stop = replayer.borrow_mut().take_stop();
+    let verdict = match stop {
         Some(ReplayStop::Diverged(mut d)) => {
             add_disassembly(&mut machine, &mut d);
             Verdict::Diverged(d)
@@ -192,10 +213,16 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
             why: incompleteness(damage.as_ref(), &scan),
         },
         None => {
-            let replayer = machine.inputs_mut();
-            match replayer.peek().map(|r| (r.at, &r.event)) {
-                Some((_, Event::End(recorded))) => {
-                    let recorded = recorded.clone();
+            let next = replayer.borrow().peek().cloned();
+            let (last_input, last_sync) = {
+                let r = replayer.borrow();
+                (r.last_input(), r.last_sync())
+            };
+            match next {
+                Some(LogRecord {
+                    event: Event::End(recorded),
+                    ..
+                }) => {
                     let (diffs, mut other) = diff_end(&recorded, &replayed_end);
                     // A recorder that abandoned its run stopped at that instruction; the
                     // replay stops there through its limit.
@@ -207,15 +234,15 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
                         other.retain(|o| !o.starts_with("outcome:"));
                     }
                     if diffs.is_empty() && other.is_empty() {
-                        replayer.take_next();
+                        replayer.borrow_mut().take_next();
                         Verdict::Identical
                     } else {
                         let mut d = Box::new(Divergence {
                             at: replayed_position(&machine),
                             cpu: diffs.first().map_or(0, |x| x.cpu),
                             kind: DivergenceKind::End { diffs, other },
-                            last_input: machine.inputs().last_input(),
-                            last_sync: machine.inputs().last_sync(),
+                            last_input,
+                            last_sync,
                             disassembly: Vec::new(),
                         });
                         add_disassembly(&mut machine, &mut d);
@@ -224,19 +251,19 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
                 }
                 Some(_) | None if !scan.is_complete() => Verdict::Incomplete {
                     at: global,
-                    why: incompleteness(machine.inputs().damage(), &scan),
+                    why: incompleteness(replayer.borrow().damage(), &scan),
                 },
-                Some((_, _)) => {
-                    let next = machine.inputs().peek().map(describe).unwrap_or_default();
+                Some(rec) => {
+                    let at = replayed_position(&machine);
                     let mut d = Box::new(Divergence {
-                        at: replayed_position(&machine),
-                        cpu: replayed_position(&machine).cpu,
+                        at,
+                        cpu: at.cpu,
                         kind: DivergenceKind::EndedEarly {
                             outcome: Outcome::from(&result.outcome).to_string(),
-                            recorded: next,
+                            recorded: describe(&rec),
                         },
-                        last_input: machine.inputs().last_input(),
-                        last_sync: machine.inputs().last_sync(),
+                        last_input,
+                        last_sync,
                         disassembly: Vec::new(),
                     });
                     add_disassembly(&mut machine, &mut d);
@@ -249,25 +276,27 @@ pub fn replay(setup: &ReplaySetup, console: Box<dyn Write>) -> Result<ReplayRepo
             }
         }
     };
+    let consumed = replayer.borrow().consumed();
     Ok(ReplayReport {
         manifest,
         result,
         verdict,
-        consumed: machine.inputs().consumed(),
+        consumed,
         state_hash,
         recorded_outcome: scan.end.as_ref().map(|e| e.outcome.clone()),
     })
 }
 
 /// Run to `limit`, flipping a register on the way if asked.
-fn run_with_perturbation(
-    machine: &mut Machine<Replayer>,
+fn run_with_perturbation<O: Observer>(
+    machine: &mut Machine<Box<dyn Inputs>>,
+    obs: &mut O,
     limit: u64,
     perturb: Option<&Perturb>,
 ) -> RunResult {
     if let Some(p) = perturb {
         if p.instruction < limit {
-            let first = machine.run(p.instruction);
+            let first = machine.run_observed(obs, p.instruction);
             if first.outcome != RunOutcome::InstructionLimit {
                 return first;
             }
@@ -283,18 +312,18 @@ fn run_with_perturbation(
             }
         }
     }
-    machine.run(limit)
+    machine.run_observed(obs, limit)
 }
 
 /// The replay's current position: the global count and the CPU whose turn it is.
-fn replayed_position(machine: &Machine<Replayer>) -> reprise_devices::Position {
+fn replayed_position(machine: &Machine<Box<dyn Inputs>>) -> reprise_devices::Position {
     reprise_devices::Position {
         instructions: machine.instructions(),
         cpu: machine.state().scheduler.current,
     }
 }
 
-fn add_disassembly(machine: &mut Machine<Replayer>, d: &mut Divergence) {
+fn add_disassembly(machine: &mut Machine<Box<dyn Inputs>>, d: &mut Divergence) {
     for cpu in d.cpus_of_interest() {
         if let Some(c) = machine.cpus().get(cpu as usize) {
             let rip = c.state.rip;

@@ -91,6 +91,7 @@ proptest! {
             },
             clock: Clock::Virtual,
             sync_every,
+            checkpoint_every: 0,
             boot: reprise_record::boot::BootSpec::Bare(fixture_path("echo")),
             tool: "test".into(),
         };

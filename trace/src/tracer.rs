@@ -6,12 +6,12 @@
 //! through [`Tracer::context`]. Kept accesses and all context records go to a [`Sink`]: a
 //! [`TraceWriter`], or an analysis fed live with the same records a stored trace holds.
 
-use reprise_cpu::observer::{Access, Observer};
+use reprise_cpu::observer::{Access, ContextEvent, InterruptSource, Observer};
 
 use crate::filter::Filter;
 use crate::format::{TraceError, TraceWriter};
 use crate::policy::{split_lines, CacheLinePolicy};
-use crate::record::{AccessEvent, Event, Record};
+use crate::record::{AccessEvent, Event, InterruptKind, Record};
 
 /// Where trace records go.
 pub trait Sink {
@@ -80,10 +80,15 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
     /// The global position of an access (never before the last record: positions only go
     /// up in a trace, whatever a confused caller says).
     fn position(&self, a: &Access) -> u64 {
+        self.position_of(a.retired)
+    }
+
+    /// The global position of an event of the current CPU, which had retired `retired`.
+    fn position_of(&self, retired: u64) -> u64 {
         let p = self
             .base
             .0
-            .saturating_add(a.retired.saturating_sub(self.base.1));
+            .saturating_add(retired.saturating_sub(self.base.1));
         p.max(self.last)
     }
 
@@ -121,6 +126,47 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
 
 impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
     const ENABLED: bool = true;
+
+    fn begin_slice(&mut self, _cpu: u32, global: u64, retired: u64) {
+        self.begin_quantum(global, retired);
+    }
+
+    fn context(&mut self, cpu: u32, retired: u64, e: &ContextEvent) {
+        let event = match *e {
+            ContextEvent::Call {
+                target,
+                return_address,
+                stack,
+            } => Event::Call {
+                target,
+                return_address,
+                stack,
+            },
+            ContextEvent::Return { target, stack } => Event::Return { target, stack },
+            ContextEvent::Interrupt {
+                vector,
+                source,
+                from,
+                to,
+            } => Event::Interrupt {
+                vector,
+                kind: match source {
+                    InterruptSource::External => InterruptKind::External,
+                    InterruptSource::Exception => InterruptKind::Exception,
+                    InterruptSource::Software => InterruptKind::Software,
+                },
+                from,
+                to,
+            },
+            ContextEvent::Cr3 { value } => Event::Cr3 { value },
+        };
+        let r = Record {
+            position: self.position_of(retired),
+            cpu,
+            event,
+        };
+        Tracer::context(self, &r);
+    }
 
     fn access(&mut self, a: &Access) {
         self.counts.seen += 1;

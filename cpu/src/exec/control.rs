@@ -9,7 +9,7 @@ use crate::bus::Bus;
 use crate::exec::operand::op_size;
 use crate::exec::Exec;
 use crate::fault::{vector, ExecResult, Fault};
-use crate::observer::Observer;
+use crate::observer::{ContextEvent, Observer};
 use crate::state::{rflags, CpuMode, SegReg};
 
 /// Whether this module executes `code`.
@@ -172,7 +172,16 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
             let ret = x.next_rip;
             // Check the target before pushing, so a bad target leaves the stack alone.
             x.branch_to(target)?;
-            x.push(ret, size)
+            x.push(ret, size)?;
+            if O::ENABLED {
+                let ev = ContextEvent::Call {
+                    target,
+                    return_address: ret,
+                    stack: x.cpu.state.gpr[4],
+                };
+                x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
+            }
+            Ok(())
         }
         M::Ret => {
             let size = match i.code() {
@@ -184,6 +193,10 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
             let addr = x.stack_addr(rsp);
             let target = x.read(addr, size)?;
             x.branch_to(target)?;
+            if O::ENABLED {
+                let ev = ContextEvent::Return { target, stack: rsp };
+                x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
+            }
             let release = if i.op_count() > 0 {
                 i.immediate16() as u64
             } else {

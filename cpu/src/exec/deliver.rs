@@ -15,7 +15,7 @@ use crate::exec::system::descriptor::{fetch, is_null, real_segment, selector_err
 use crate::exec::{Cpu, Exec};
 use crate::fault::{vector, ExecResult, Exit, Fault, StopReason};
 use crate::mmu::Intent;
-use crate::observer::Observer;
+use crate::observer::{ContextEvent, InterruptSource, Observer};
 use crate::state::{cr0, efer, rflags, CpuState, SegReg, Segment, TableReg};
 
 /// CR0.NW (not write-through).
@@ -116,6 +116,20 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
             // The handler starts with no STI/SS-load shadow pending and not halted.
             x.cpu.state.halted = false;
             x.cpu.state.interrupt_shadow = false;
+            if O::ENABLED {
+                let source = match ev.source {
+                    Source::External => InterruptSource::External,
+                    Source::Exception => InterruptSource::Exception,
+                    Source::Software => InterruptSource::Software,
+                };
+                let e = ContextEvent::Interrupt {
+                    vector: ev.vector,
+                    source,
+                    from: ev.rip,
+                    to: x.cpu.state.rip,
+                };
+                x.obs.context(x.cpu.index, x.cpu.state.retired, &e);
+            }
             Ok(())
         }
         Err(Exit::Fault(f)) => Err(f),

@@ -12,7 +12,7 @@ use crate::bus::Bus;
 use crate::cpuid::features;
 use crate::exec::Exec;
 use crate::fault::{ExecResult, Exit, Fault};
-use crate::observer::Observer;
+use crate::observer::{ContextEvent, Observer};
 use crate::state::{cr0, cr4, efer, CpuMode, SegReg, Segment};
 
 /// CR0 bits software can change (ET is hardwired to 1; other low bits are ignored).
@@ -190,6 +190,10 @@ fn write_cr3<B: Bus, O: Observer>(x: &mut Exec<B, O>, v: u64) -> ExecResult {
     };
     x.cpu.state.cr3 = v;
     x.cpu.tlb.flush(true);
+    if O::ENABLED {
+        let ev = ContextEvent::Cr3 { value: v };
+        x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
+    }
     Ok(())
 }
 

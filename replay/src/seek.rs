@@ -1,0 +1,370 @@
+//! Reaching one position of a recording: from the nearest earlier checkpoint when there is
+//! one, by replay; and adding checkpoints to a recording by replaying it.
+//!
+//! A checkpoint stores how many input-log records had been consumed when it was taken, so
+//! a replay resuming there builds the machine as a replay from the start does (which takes
+//! the RTC's start record), skips the log to that record, and restores the checkpoint over
+//! the freshly booted machine.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use reprise_checkpoints::{CheckpointError, SaveStats, Store};
+use reprise_cpu::state::GPR_NAMES;
+use reprise_devices::{Machine, RunOutcome};
+use reprise_record::boot::boot_machine;
+use reprise_record::folder::{load_images, RecordingDir};
+use reprise_record::manifest::Manifest;
+use reprise_record::scan::LogScan;
+
+use crate::replayer::{ReplayStop, Replayer};
+use crate::session::ReplayError;
+
+/// A booted replay machine of a recording, at instruction 0.
+pub struct Replay {
+    /// The machine.
+    pub machine: Machine<Replayer>,
+    /// The recording's checkpoint store.
+    pub store: Store,
+    /// Where the recording ends (global instruction count), when its log says.
+    pub end: Option<u64>,
+    dir: PathBuf,
+    images: Vec<PathBuf>,
+}
+
+/// Boot the recording in `dir` for replay (guest console discarded).
+pub fn boot(dir: &Path, images: &[PathBuf]) -> Result<Replay, ReplayError> {
+    let manifest = Manifest::read(dir)?;
+    let config = manifest.machine.config();
+    config.validate()?;
+    let loaded = load_images(&manifest, images)?;
+    let rec = RecordingDir::new(dir);
+    let log_path = rec.dir.join(&manifest.log);
+    let scan = LogScan::read(&log_path)?;
+    let end = scan
+        .end
+        .as_ref()
+        .map(|e| e.state.cpus.iter().map(|c| c.retired).sum());
+    let replayer = Replayer::open(&log_path, manifest.sync_every)?;
+    let mut machine = Machine::with_cpuid(
+        config,
+        manifest.cpuid.clone(),
+        replayer,
+        Box::new(std::io::sink()),
+    )?;
+    boot_machine(&mut machine, &manifest.boot, &loaded)?;
+    Ok(Replay {
+        machine,
+        store: Store::new(&rec.checkpoints()),
+        end,
+        dir: dir.to_path_buf(),
+        images: images.to_vec(),
+    })
+}
+
+/// How [`seek`] got there.
+#[derive(Debug)]
+pub struct SeekReport {
+    /// The checkpoint restored (its position and file name), if any.
+    pub checkpoint: Option<(u64, String)>,
+    /// Instructions replayed after it.
+    pub replayed: u64,
+    /// Where the machine stands (less than asked when the run ended first).
+    pub reached: u64,
+    /// Damaged checkpoints that were skipped, as warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Why a seek failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeekError {
+    /// The replay could not start.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// The replay diverged or the log ended before the position.
+    #[error("the replay stopped at instruction {at} before reaching {target}: {why}")]
+    Stopped {
+        /// Where.
+        at: u64,
+        /// The position asked for.
+        target: u64,
+        /// Why.
+        why: String,
+    },
+    /// The checkpoint store.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// Bring `r` (freshly booted) to global instruction `target` (or the end of the run, if
+/// earlier), from the nearest usable checkpoint at or before it.
+pub fn seek(r: &mut Replay, target: u64, use_checkpoints: bool) -> Result<SeekReport, SeekError> {
+    let mut warnings = Vec::new();
+    let mut checkpoint = None;
+    if use_checkpoints {
+        // Latest first. A restore that fails its final state-hash check has already
+        // changed the machine, but the next restore overwrites all of it (state and every
+        // page); if none succeeds the machine is booted afresh. The log is skipped only
+        // once a restore succeeded (it has consumed just the RTC record until then).
+        let mut candidates = r.store.positions();
+        candidates.retain(|&p| p <= target);
+        for p in candidates.into_iter().rev() {
+            match r.store.restore(&mut r.machine, p) {
+                Ok(restored) => {
+                    if !r.machine.inputs_mut().skip_to(restored.log_index) {
+                        return Err(SeekError::Stopped {
+                            at: 0,
+                            target,
+                            why: format!(
+                                "checkpoint {} says {} log records were consumed, the log has fewer",
+                                restored.name, restored.log_index
+                            ),
+                        });
+                    }
+                    checkpoint = Some((restored.position, restored.name));
+                    break;
+                }
+                Err(e) => warnings.push(e.to_string()),
+            }
+        }
+    }
+    if checkpoint.is_none() && !warnings.is_empty() {
+        *r = boot(&r.dir.clone(), &r.images.clone())?;
+    }
+    let start = r.machine.instructions();
+    r.machine.run(target);
+    let reached = r.machine.instructions();
+    if let Some(stop) = r.machine.inputs_mut().take_stop() {
+        let why = match stop {
+            ReplayStop::Diverged(d) => d.to_string(),
+            ReplayStop::LogEnded { damage, .. } => damage.map_or_else(
+                || "the log ends there".to_string(),
+                |e| format!("the log is damaged: {e}"),
+            ),
+        };
+        return Err(SeekError::Stopped {
+            at: reached,
+            target,
+            why,
+        });
+    }
+    Ok(SeekReport {
+        checkpoint,
+        replayed: reached - start,
+        reached,
+        warnings,
+    })
+}
+
+/// Replay `r` from the start and save a checkpoint at every multiple of `every`
+/// instructions (exact positions: a run stops exactly at its limit and resumes from there
+/// identically, scheduler state included). Calls `progress` after each.
+pub fn add_checkpoints(
+    r: &mut Replay,
+    every: u64,
+    progress: &mut dyn FnMut(u64, &SaveStats),
+) -> Result<u64, SeekError> {
+    let every = every.max(1);
+    let mut made = 0;
+    let mut next = every;
+    loop {
+        let result = r.machine.run(next);
+        if r.machine.inputs().stop().is_some() || result.outcome != RunOutcome::InstructionLimit {
+            return Ok(made);
+        }
+        if r.end.is_some_and(|e| next >= e) {
+            return Ok(made);
+        }
+        let index = r.machine.inputs().consumed().total();
+        let stats = r.store.save(&r.machine, index)?;
+        made += 1;
+        progress(next, &stats);
+        next = next.saturating_add(every);
+    }
+}
+
+/// Where `--mem` reads: physical, or virtual through a CPU's page tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemAddr {
+    /// A guest-physical address.
+    Phys(u64),
+    /// A virtual (linear) address, translated by CPU `cpu`.
+    Virt {
+        /// The address.
+        addr: u64,
+        /// The CPU whose page tables translate it.
+        cpu: u32,
+    },
+}
+
+/// Translate a linear address through `cpu`'s page tables without touching them (no
+/// accessed/dirty bits are set: looking must not change the machine). 4-level long-mode
+/// paging, or paging off.
+pub fn translate(m: &Machine<Replayer>, cpu: u32, lin: u64) -> Option<u64> {
+    let s = &m.cpus().get(cpu as usize)?.state;
+    const PG: u64 = 1 << 31;
+    const LMA: u64 = 1 << 10;
+    if s.cr0 & PG == 0 {
+        return Some(lin & 0xffff_ffff);
+    }
+    if s.msr.efer & LMA == 0 || s.cr4 & (1 << 12) != 0 {
+        return None; // legacy/PAE and 5-level paging are not walked here
+    }
+    let mut table = s.cr3 & 0x000f_ffff_ffff_f000;
+    for level in (0..4).rev() {
+        let idx = (lin >> (12 + 9 * level)) & 0x1ff;
+        let e = m.ram().read_u64(table + idx * 8)?;
+        if e & 1 == 0 {
+            return None;
+        }
+        let frame = e & 0x000f_ffff_ffff_f000;
+        if level == 0 {
+            return Some(frame | (lin & 0xfff));
+        }
+        if (level == 1 || level == 2) && e & 0x80 != 0 {
+            let size = 1u64 << (12 + 9 * level);
+            return Some((frame & !(size - 1)) | (lin & (size - 1)));
+        }
+        table = frame;
+    }
+    None
+}
+
+/// Read `len` bytes at `at`; `None` for a byte that is unmapped or outside RAM.
+pub fn read_mem(m: &Machine<Replayer>, at: MemAddr, len: u64) -> Vec<Option<u8>> {
+    (0..len)
+        .map(|k| {
+            let phys = match at {
+                MemAddr::Phys(a) => Some(a.wrapping_add(k)),
+                MemAddr::Virt { addr, cpu } => translate(m, cpu, addr.wrapping_add(k)),
+            }?;
+            m.ram().get(phys, 1).map(|b| b[0])
+        })
+        .collect()
+}
+
+/// The machine's state as `seek` prints it: every CPU's registers, mode, and instruction at
+/// its pc, then the memory asked for; text, or JSON.
+pub fn describe_state(
+    m: &mut Machine<Replayer>,
+    mem: Option<(MemAddr, u64)>,
+    json: bool,
+) -> String {
+    let position = m.instructions();
+    let hash = m.state_hash().to_hex();
+    let n = m.cpus().len() as u32;
+    let mut cpus = Vec::new();
+    for c in 0..n {
+        let insn = m.disassemble(c);
+        let s = &m.cpus()[c as usize].state;
+        let mut regs: Vec<(String, u64)> = GPR_NAMES
+            .iter()
+            .zip(s.gpr.iter())
+            .map(|(n, v)| (n.to_string(), *v))
+            .collect();
+        regs.push(("rip".into(), s.rip));
+        regs.push(("rflags".into(), s.rflags));
+        regs.push(("cr0".into(), s.cr0));
+        regs.push(("cr3".into(), s.cr3));
+        regs.push(("cr4".into(), s.cr4));
+        cpus.push((
+            c,
+            format!("{:?}", s.mode()),
+            s.retired,
+            s.halted,
+            regs,
+            insn,
+        ));
+    }
+    let bytes = mem.map(|(a, len)| (a, read_mem(m, a, len)));
+    let mut out = String::new();
+    if json {
+        let _ = write!(
+            out,
+            "{{\"position\":{position},\"state_hash\":\"{hash}\",\"cpus\":["
+        );
+        for (k, (c, mode, retired, halted, regs, insn)) in cpus.iter().enumerate() {
+            let sep = if k > 0 { "," } else { "" };
+            let _ = write!(
+                out,
+                "{sep}{{\"cpu\":{c},\"mode\":\"{mode}\",\"retired\":{retired},\"halted\":{halted},\"registers\":{{"
+            );
+            for (j, (name, v)) in regs.iter().enumerate() {
+                let sep = if j > 0 { "," } else { "" };
+                let _ = write!(out, "{sep}\"{name}\":\"{v:#x}\"");
+            }
+            let _ = write!(out, "}},\"instruction\":\"{}\"}}", json_escape(insn));
+        }
+        out.push(']');
+        if let Some((a, b)) = &bytes {
+            let (kind, addr) = mem_name(a);
+            let _ = write!(out, ",\"memory\":{{\"{kind}\":\"{addr:#x}\",\"bytes\":[");
+            for (j, x) in b.iter().enumerate() {
+                let sep = if j > 0 { "," } else { "" };
+                match x {
+                    Some(v) => {
+                        let _ = write!(out, "{sep}{v}");
+                    }
+                    None => {
+                        let _ = write!(out, "{sep}null");
+                    }
+                }
+            }
+            out.push_str("]}");
+        }
+        out.push_str("}\n");
+    } else {
+        let _ = writeln!(out, "position {position}, state hash {hash}");
+        for (c, mode, retired, halted, regs, insn) in &cpus {
+            let h = if *halted { ", halted" } else { "" };
+            let _ = writeln!(out, "cpu {c}: {mode}, {retired} instructions retired{h}");
+            for row in regs.chunks(4) {
+                let line: Vec<String> = row
+                    .iter()
+                    .map(|(n, v)| format!("{n:>6}={v:016x}"))
+                    .collect();
+                let _ = writeln!(out, "  {}", line.join(" "));
+            }
+            let _ = writeln!(out, "  => {insn}");
+        }
+        if let Some((a, b)) = &bytes {
+            let (kind, addr) = mem_name(a);
+            let _ = writeln!(out, "memory ({kind}) {addr:#x}:");
+            for (row, chunk) in b.chunks(16).enumerate() {
+                let hexes: Vec<String> = chunk
+                    .iter()
+                    .map(|x| x.map_or("??".to_string(), |v| format!("{v:02x}")))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {:016x}  {}",
+                    addr.wrapping_add(row as u64 * 16),
+                    hexes.join(" ")
+                );
+            }
+        }
+    }
+    out
+}
+
+fn mem_name(a: &MemAddr) -> (String, u64) {
+    match a {
+        MemAddr::Phys(p) => ("phys".into(), *p),
+        MemAddr::Virt { addr, cpu } => (format!("virt cpu {cpu}"), *addr),
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    let mut o = String::new();
+    for ch in s.chars() {
+        match ch {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o
+}

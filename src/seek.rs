@@ -1,0 +1,82 @@
+//! `reprise seek`: the machine at one position of a recording.
+
+use std::io::Write;
+use std::time::Instant;
+
+use reprise_replay::seek::{boot, describe_state, seek as seek_to, MemAddr};
+
+use crate::cli::{parse_count, SeekArgs};
+use crate::status;
+
+/// Run the command; returns the process exit status.
+pub fn seek(args: &SeekArgs) -> i32 {
+    match inner(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("reprise: {e:#}");
+            status::ERROR
+        }
+    }
+}
+
+fn parse_addr(s: &str) -> anyhow::Result<u64> {
+    let t = s.replace('_', "");
+    let v = match t.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    v.map_err(|_| anyhow::anyhow!("'{s}' is not an address (decimal or 0x hex)"))
+}
+
+fn inner(args: &SeekArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mem = match args.mem.as_slice() {
+        [] => None,
+        [addr, len] => {
+            let len = parse_count(len).map_err(|e| anyhow::anyhow!("--mem LEN: {e}"))?;
+            let at = match addr.strip_prefix("phys:") {
+                Some(p) => MemAddr::Phys(parse_addr(p)?),
+                None => MemAddr::Virt {
+                    addr: parse_addr(addr)?,
+                    cpu: args.cpu,
+                },
+            };
+            Some((at, len.min(1 << 20)))
+        }
+        _ => anyhow::bail!("--mem takes ADDR LEN"),
+    };
+    let mut r = boot(&args.rec, &args.images)?;
+    let target = if args.at == "end" {
+        r.end
+            .ok_or_else(|| anyhow::anyhow!("the recording has no end record: give a position"))?
+    } else {
+        parse_count(&args.at).map_err(|e| anyhow::anyhow!("--at: {e}"))?
+    };
+    let report = seek_to(&mut r, target, !args.no_checkpoints)?;
+    for w in &report.warnings {
+        eprintln!("reprise: warning: skipped damaged {w}");
+    }
+    let text = describe_state(&mut r.machine, mem, args.json);
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    let from = report
+        .checkpoint
+        .as_ref()
+        .map_or("the start".to_string(), |(p, name)| {
+            format!("checkpoint {name} (instruction {p})")
+        });
+    eprintln!(
+        "reprise: reached instruction {} from {from}: {} instructions replayed in {:.3} s",
+        report.reached,
+        report.replayed,
+        started.elapsed().as_secs_f64()
+    );
+    if report.reached < target {
+        eprintln!(
+            "reprise: the run ended at instruction {} before {target}",
+            report.reached
+        );
+    }
+    Ok(())
+}

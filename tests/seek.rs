@@ -1,0 +1,186 @@
+//! `reprise checkpoint` and `reprise seek`: a seek through checkpoints prints exactly what a
+//! straight replay from the start prints, even when checkpoints are damaged.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use reprise_fixtures::fixture_path;
+use support::{reprise, scratch_dir};
+
+/// Record `fixture` with `options` into a fresh folder and checkpoint it every `every`.
+fn recording(name: &str, fixture: &str, options: &[&str], every: u64) -> (PathBuf, u64) {
+    let dir = scratch_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut args: Vec<String> = vec!["record".into(), "-o".into(), dir.display().to_string()];
+    args.extend(options.iter().map(|s| s.to_string()));
+    args.push(fixture_path(fixture).display().to_string());
+    let r = reprise(&args);
+    assert!(r.stderr.contains("recorded"), "{r:?}");
+    let end: u64 = r
+        .stderr
+        .split("recorded ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("instruction count");
+    let c = reprise(&[
+        "checkpoint",
+        &dir.display().to_string(),
+        "--every",
+        &every.to_string(),
+    ]);
+    assert_eq!(c.status, 0, "{c:?}");
+    (dir, end)
+}
+
+fn smp() -> &'static (PathBuf, u64) {
+    static R: OnceLock<(PathBuf, u64)> = OnceLock::new();
+    R.get_or_init(|| recording("smp", "smp-counter", &["--cpus", "4"], 100_000))
+}
+
+fn compute() -> &'static (PathBuf, u64) {
+    static R: OnceLock<(PathBuf, u64)> = OnceLock::new();
+    R.get_or_init(|| recording("compute", "compute-small", &[], 250_000))
+}
+
+fn seek(dir: &Path, at: u64, extra: &[&str]) -> support::Run {
+    let mut args = vec![
+        "seek".to_string(),
+        dir.display().to_string(),
+        "--at".into(),
+        at.to_string(),
+        "--mem".into(),
+        "phys:0x102000".into(),
+        "64".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let r = reprise(&args);
+    assert_eq!(r.status, 0, "{r:?}");
+    r
+}
+
+fn same_as_straight_replay(dir: &Path, at: u64, json: bool) {
+    let extra: &[&str] = if json { &["--json"] } else { &[] };
+    let via = seek(dir, at, extra);
+    let mut straight_args = extra.to_vec();
+    straight_args.push("--no-checkpoints");
+    let straight = seek(dir, at, &straight_args);
+    assert_eq!(via.stdout, straight.stdout, "at {at}");
+    assert!(straight.stderr.contains("from the start"), "{straight:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn seek_via_checkpoints_equals_a_straight_replay_smp(frac in 0.0f64..1.0, json: bool) {
+        let (dir, end) = smp();
+        same_as_straight_replay(dir, (frac * *end as f64) as u64, json);
+    }
+
+    #[test]
+    fn seek_via_checkpoints_equals_a_straight_replay_compute(frac in 0.0f64..1.0, json: bool) {
+        let (dir, end) = compute();
+        same_as_straight_replay(dir, (frac * *end as f64) as u64, json);
+    }
+}
+
+#[test]
+fn seek_uses_the_nearest_checkpoint_and_end_works() {
+    let (dir, end) = smp();
+    let r = seek(dir, 345_678, &[]);
+    assert!(
+        r.stderr
+            .contains("instruction 300000): 45678 instructions replayed"),
+        "{r:?}"
+    );
+    let e = reprise(&["seek", &dir.display().to_string(), "--at", "end"]);
+    assert_eq!(e.status, 0, "{e:?}");
+    assert!(e.stdout.starts_with(&format!("position {end},")), "{e:?}");
+}
+
+#[test]
+fn damaged_checkpoints_are_skipped_with_a_warning_and_the_answer_is_right() {
+    let (orig, _) = smp();
+    let dir = scratch_dir().join("smp-damaged");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("checkpoints/pages")).unwrap();
+    for entry in ["manifest.json", "inputs.log"] {
+        std::fs::copy(orig.join(entry), dir.join(entry)).unwrap();
+    }
+    for sub in ["checkpoints", "checkpoints/pages"] {
+        for e in std::fs::read_dir(orig.join(sub)).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dir.join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let reference = seek(orig, 650_000, &[]).stdout;
+    // Checkpoint 600000's file: one flipped byte.
+    let cp600 = dir.join("checkpoints/00000000000000600000.ckpt");
+    let mut b = std::fs::read(&cp600).unwrap();
+    let k = b.len() / 3;
+    b[k] ^= 1;
+    std::fs::write(&cp600, b).unwrap();
+    let r = seek(&dir, 650_000, &[]);
+    assert_eq!(r.stdout, reference);
+    assert!(
+        r.stderr
+            .contains("warning: skipped damaged checkpoint 00000000000000600000.ckpt"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("(instruction 500000)"), "{r:?}");
+
+    // Every page file: overwritten with another valid compressed page, so every checkpoint
+    // fails; the seek replays from the start and is still right.
+    for e in std::fs::read_dir(dir.join("checkpoints/pages")).unwrap() {
+        let p = e.unwrap().path();
+        let other = std::fs::read(dir.join("manifest.json")).unwrap();
+        std::fs::write(&p, &other).unwrap();
+    }
+    let r = seek(&dir, 650_000, &[]);
+    assert_eq!(r.stdout, reference);
+    assert!(r.stderr.contains(": page 0x"), "{r:?}");
+    assert!(r.stderr.contains("from the start"), "{r:?}");
+}
+
+#[test]
+fn checkpoints_share_unchanged_pages() {
+    let (dir, _) = smp();
+    let c = reprise(&[
+        "checkpoint",
+        &dir.display().to_string(),
+        "--every",
+        "100000",
+    ]);
+    // Rewriting the same checkpoints writes no page at all.
+    assert!(c.stderr.contains(" 0 of "), "{c:?}");
+}
+
+#[test]
+fn checkpoints_taken_while_recording_resume_exactly() {
+    let dir = scratch_dir().join("smp-rec-ckpt");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.display().to_string();
+    let r = reprise(&[
+        "record",
+        "-o",
+        &d,
+        "--cpus",
+        "4",
+        "--checkpoint-every",
+        "70000",
+        &fixture_path("smp-counter").display().to_string(),
+    ]);
+    assert_eq!(r.stdout, "total=400000\n", "{r:?}");
+    assert!(r.stderr.contains(" 11 checkpoints"), "{r:?}");
+    let p = reprise(&["replay", &d]);
+    assert!(p.stderr.contains("identical to the recording"), "{p:?}");
+    for at in [70_000, 123_457, 419_999, 790_001] {
+        same_as_straight_replay(&dir, at, false);
+    }
+}

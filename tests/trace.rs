@@ -1,0 +1,399 @@
+//! End-to-end tests of `reprise replay --trace` and `reprise trace print|stats`: tracing
+//! leaves the replay unchanged, the trace names what made it, and bad trace files are
+//! refused with a clear error, never a panic.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use reprise_fixtures::fixture_path;
+use support::{reprise, scratch_dir, Run};
+
+/// A fresh path in the scratch directory (removed if it exists, with its index).
+fn fresh(name: &str) -> PathBuf {
+    let p = scratch_dir().join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    let _ = std::fs::remove_file(&p);
+    let _ = std::fs::remove_file(p.with_extension("idx"));
+    let _ = std::fs::remove_file(format!("{}.idx", p.display()));
+    p
+}
+
+/// Record fixture `name` with `options` into a fresh folder.
+fn record(name: &str, options: &[&str]) -> PathBuf {
+    let rec = fresh(&format!("rec-{name}{}", options.join("")));
+    let mut args: Vec<std::ffi::OsString> = vec!["record".into(), "-o".into(), rec.clone().into()];
+    args.extend(options.iter().map(|s| s.into()));
+    args.push(fixture_path(name).into());
+    let r = reprise(&args);
+    assert!(r.stderr.contains("reprise: recorded "), "{r:?}");
+    rec
+}
+
+/// `reprise replay REC OPTIONS...`.
+fn replay(rec: &Path, options: &[&str]) -> Run {
+    let mut args: Vec<std::ffi::OsString> = vec!["replay".into(), rec.into()];
+    args.extend(options.iter().map(|s| s.into()));
+    let r = reprise(&args);
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+    r
+}
+
+/// `reprise trace ARGS...`.
+fn trace(args: &[&str]) -> Run {
+    let r = reprise(args);
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+    r
+}
+
+fn final_state(r: &Run) -> String {
+    let at = r
+        .stderr
+        .find("final state ")
+        .unwrap_or_else(|| panic!("no final state in {r:?}"));
+    r.stderr[at + 12..at + 12 + 64].to_string()
+}
+
+/// Replays with and without `--trace` (for two policies) agree on the console, the status
+/// and the final state; the traces name the recording, the filters and the policy.
+fn tracing_does_not_change(name: &str, options: &[&str]) {
+    let rec = record(name, options);
+    let plain = replay(&rec, &[]);
+    assert!(plain.stderr.contains("identical"), "{plain:?}");
+    for policy in ["all", "movement"] {
+        let file = fresh(&format!("{name}-{policy}.trace"));
+        let f = file.to_str().unwrap();
+        let traced = replay(&rec, &["--trace", f, "--policy", policy, "--cpu", "0-3"]);
+        assert_eq!(plain.stdout, traced.stdout, "{traced:?}");
+        assert_eq!(plain.status, traced.status, "{traced:?}");
+        assert_eq!(final_state(&plain), final_state(&traced), "{traced:?}");
+        assert!(traced.stderr.contains("kept"), "{traced:?}");
+        let s = trace(&["trace", "stats", f]);
+        assert_eq!(s.status, 0, "{s:?}");
+        let manifest = std::fs::read(rec.join("manifest.json")).unwrap();
+        let hash = blake3::hash(&manifest).to_hex().to_string();
+        assert!(s.stdout.contains(&format!("recording: {hash}")), "{s:?}");
+        assert!(s.stdout.contains("filters: --cpu 0-3"), "{s:?}");
+        assert!(s.stdout.contains("policy: "), "{s:?}");
+        assert!(s.stdout.contains("access"), "{s:?}");
+        // Every call the guests make returns (neither fixture ends inside a call but
+        // guest_main's, which returns to the startup code).
+        let count = |kind: &str| {
+            s.stdout
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(kind)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        assert!(count("call") > 0, "{s:?}");
+        assert_eq!(count("call"), count("return"), "{s:?}");
+    }
+}
+
+#[test]
+fn tracing_leaves_false_sharing_unchanged() {
+    tracing_does_not_change("false-sharing", &["--cpus", "4"]);
+}
+
+#[test]
+fn tracing_leaves_compute_small_unchanged() {
+    tracing_does_not_change("compute-small", &[]);
+}
+
+/// A small trace of compute-small, for the reader tests.
+fn small_trace(name: &str) -> PathBuf {
+    let rec = record("compute-small", &["--max-instructions", "20000"]);
+    let file = fresh(name);
+    let r = replay(&rec, &["--trace", file.to_str().unwrap()]);
+    assert!(r.stderr.contains("kept"), "{r:?}");
+    file
+}
+
+#[test]
+fn print_text_json_from_and_limit() {
+    let file = small_trace("print.trace");
+    let f = file.to_str().unwrap();
+    let all = trace(&["trace", "print", f]);
+    assert_eq!(all.status, 0, "{all:?}");
+    let lines: Vec<&str> = all.stdout.lines().collect();
+    assert!(lines[0].starts_with("# recording "), "{}", lines[0]);
+    assert!(lines.len() > 100, "{}", lines.len());
+    // Accesses, and the calls and returns the CPU reported beside them.
+    assert!(lines[1..]
+        .iter()
+        .all(|l| l.contains(" access ") || l.contains(" call ") || l.contains(" return ")));
+    let calls = lines.iter().filter(|l| l.contains(" call ")).count();
+    assert!(calls > 0);
+
+    let some = trace(&["trace", "print", f, "--limit", "5"]);
+    assert_eq!(some.stdout.lines().count(), 6, "{some:?}");
+
+    // --from: every record printed is at or after the position asked.
+    let from = trace(&["trace", "print", f, "--from", "10000", "--limit", "50"]);
+    assert_eq!(from.status, 0, "{from:?}");
+    for l in from.stdout.lines().skip(1) {
+        let pos: u64 = l.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(pos >= 10000, "{l}");
+    }
+
+    let json = trace(&["trace", "print", f, "--json", "--limit", "3"]);
+    assert_eq!(json.status, 0, "{json:?}");
+    let objs: Vec<serde_json::Value> = json
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(objs.len(), 4);
+    assert_eq!(objs[0]["header"]["policy"], "all");
+    assert!(objs[1]["position"].is_u64());
+    assert!(objs[1]["event"].is_object());
+}
+
+/// Run print and stats on a damaged file: both fail (status 1) with a message naming it.
+fn refused(file: &Path, expect: &str) {
+    let f = file.to_str().unwrap();
+    for cmd in ["print", "stats"] {
+        let r = trace(&["trace", cmd, f]);
+        assert_eq!(r.status, 1, "{cmd}: {r:?}");
+        assert!(r.stderr.contains(f), "{cmd}: {r:?}");
+        assert!(
+            r.stderr.to_lowercase().contains(expect),
+            "{cmd}: expected {expect:?}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_trace_files_are_refused() {
+    let good = small_trace("good.trace");
+    let bytes = std::fs::read(&good).unwrap();
+    assert!(bytes.len() > 200);
+
+    // A flipped byte in the middle of a record chunk.
+    let mut flipped = bytes.clone();
+    let k = bytes.len() * 2 / 3;
+    flipped[k] ^= 0x40;
+    let p = fresh("flipped.trace");
+    std::fs::write(&p, &flipped).unwrap();
+    refused(&p, "");
+
+    // Truncated in the middle.
+    let p = fresh("truncated.trace");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    refused(&p, "");
+
+    // A format version from the future: the container header's version field.
+    let p = fresh("future.trace");
+    // The container header is "RPRSCONT" kind[8] version:u32 0:u32.
+    let mut future = bytes.clone();
+    future[16..20].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&p, &future).unwrap();
+    refused(&p, "version");
+
+    // Not a trace at all.
+    let p = fresh("garbage.trace");
+    std::fs::write(&p, b"hello, world").unwrap();
+    refused(&p, "");
+    let r = trace(&["trace", "stats", "/nonexistent/x.trace"]);
+    assert_eq!(r.status, 1, "{r:?}");
+}
+
+#[test]
+fn bad_tracing_options_are_refused() {
+    let rec = record("compute-small", &["--max-instructions", "1000"]);
+    let file = fresh("opts.trace");
+    let f = file.to_str().unwrap();
+    let r = replay(&rec, &["--trace", f, "--policy", "lru"]);
+    assert_eq!(r.status, 1, "{r:?}");
+    assert!(r.stderr.contains("accepted: all | movement"), "{r:?}");
+    let r = replay(&rec, &["--trace", f, "--cpu", "x"]);
+    assert_eq!(r.status, 1, "{r:?}");
+    let r = replay(&rec, &["--policy", "movement"]);
+    assert_eq!(r.status, 1, "{r:?}");
+    assert!(r.stderr.contains("need --trace"), "{r:?}");
+    let r = replay(
+        &rec,
+        &["--trace", f, "--policy", "all", "--line-size", "64"],
+    );
+    assert_eq!(r.status, 1, "{r:?}");
+    // --line-size folds into movement's line option.
+    let r = replay(
+        &rec,
+        &["--trace", f, "--policy", "movement", "--line-size", "128"],
+    );
+    assert!(r.stderr.contains("kept"), "{r:?}");
+    let s = trace(&["trace", "stats", f]);
+    assert!(s.stdout.contains("policy: movement:line=128"), "{s:?}");
+}
+
+/// The value and size of symbol `name` in an ELF64 little-endian file's symbol table.
+fn elf_symbol(elf: &[u8], name: &str) -> Option<(u64, u64)> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    let shoff = u64_at(0x28)? as usize;
+    let shentsize = u16_at(0x3a)? as usize;
+    let shnum = u16_at(0x3c)? as usize;
+    let section = |i: usize| shoff + i * shentsize;
+    for i in 0..shnum {
+        let sh = section(i);
+        if u32_at(sh + 4)? != 2 {
+            continue; // not SHT_SYMTAB
+        }
+        let (off, size) = (u64_at(sh + 0x18)? as usize, u64_at(sh + 0x20)? as usize);
+        let strtab = section(u32_at(sh + 0x28)? as usize);
+        let stroff = u64_at(strtab + 0x18)? as usize;
+        for k in 0..size / 24 {
+            let sym = off + k * 24;
+            let n = stroff + u32_at(sym)? as usize;
+            let end = n + elf.get(n..)?.iter().position(|&b| b == 0)?;
+            if &elf[n..end] == name.as_bytes() {
+                return Some((u64_at(sym + 8)?, u64_at(sym + 16)?));
+            }
+        }
+    }
+    None
+}
+
+/// Replay `rec` with `options` into a fresh trace and return its records as JSON values.
+fn traced_records(rec: &Path, name: &str, options: &[&str]) -> Vec<serde_json::Value> {
+    let file = fresh(name);
+    let f = file.to_str().unwrap();
+    let mut args = vec!["--trace", f];
+    args.extend_from_slice(options);
+    let r = replay(rec, &args);
+    assert!(r.stderr.contains("identical"), "{r:?}");
+    let p = trace(&["trace", "print", "--json", f]);
+    assert_eq!(p.status, 0, "{p:?}");
+    // Accesses only: calls and returns are context, kept whatever the filters.
+    p.stdout
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"]["Access"].is_object())
+        .collect()
+}
+
+fn access_of(r: &serde_json::Value) -> (u64, u64, u64, String) {
+    let a = &r["event"]["Access"];
+    (
+        r["position"].as_u64().unwrap(),
+        r["cpu"].as_u64().unwrap(),
+        a["pc"].as_u64().unwrap(),
+        a["kind"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The false-sharing fixture on 4 CPUs, traced with `--policy movement` (64-byte lines):
+/// the packed phase keeps exactly what the hand computation below predicts, the padded phase
+/// nothing after each CPU's first touch.
+#[test]
+fn movement_on_false_sharing_matches_the_hand_computation() {
+    const Q: u64 = 10_000; // the default quantum, which the recording used
+    const ITERATIONS: u64 = 10_000; // false-sharing.c
+    const CPUS: u64 = 4;
+    let elf = std::fs::read(fixture_path("false-sharing")).unwrap();
+    let (packed, packed_size) = elf_symbol(&elf, "packed_counters").expect("packed_counters");
+    let (padded, padded_size) = elf_symbol(&elf, "padded_counters").expect("padded_counters");
+    assert_eq!(packed_size, 64, "8 u64s in one line");
+    let packed_range = format!("{packed:#x}-{:#x}", packed + packed_size);
+    let padded_range = format!("{padded:#x}-{:#x}", padded + padded_size);
+    let rec = record("false-sharing", &["--cpus", "4"]);
+
+    // How gcc compiled `packed_counters[cpu]++` in its loop (objdump -d): a load
+    // `mov rax,[packed+rdi*8]`, `add rax,1`, a store `mov [packed+rdi*8],rax`, `sub rdx,1`,
+    // `jne`: L = 5 instructions per iteration, the store S = 2 instructions after the load.
+    // Measured from the trace rather than trusted: every access of CPU 3 to the array.
+    let all = traced_records(
+        &rec,
+        "fs-all.trace",
+        &["--addr", &packed_range, "--cpu", "3"],
+    );
+    let loop_reads: Vec<_> = all
+        .iter()
+        .map(access_of)
+        .filter(|a| a.3 == "Read")
+        .collect();
+    let loop_pc = loop_reads[0].2;
+    let loop_reads: Vec<_> = loop_reads.into_iter().filter(|a| a.2 == loop_pc).collect();
+    assert_eq!(loop_reads.len() as u64, ITERATIONS);
+    let l = loop_reads[1].0 - loop_reads[0].0;
+    let first_write = all.iter().map(access_of).find(|a| a.3 == "Write").unwrap();
+    let s = first_write.0 - loop_reads[0].0;
+    assert_eq!(
+        (l, s),
+        (5, 2),
+        "the loop's shape changed: redo the arithmetic"
+    );
+
+    // The movement trace of the packed array.
+    let kept: Vec<_> = traced_records(
+        &rec,
+        "fs-packed.trace",
+        &["--policy", "movement", "--addr", &packed_range],
+    )
+    .iter()
+    .map(access_of)
+    .collect();
+    // The hand computation. Every CPU runs full quanta of Q instructions in turn through the
+    // packed phase (nobody halts), so turns start at multiples of Q. CPU c leaves the barrier
+    // and makes its first load at offset o_c into one of its turns (read off the trace: it
+    // depends on where the barrier spin was when the last CPU arrived). Then:
+    // - its loop is L·ITERATIONS = 50000 instructions, so it spans ceil((o_c + 50000) / Q)
+    //   turns: the first plus `later_c` more;
+    // - first turn: the load is kept (another CPU wrote the line since, or nobody ever
+    //   touched it) and the store S instructions later is kept (another CPU holds the line)
+    //   — except for the very first CPU into the loop, whose store finds itself the only
+    //   holder: 2 per CPU, minus 1;
+    // - a later turn starts at loop instruction k_c = (Q − o_c) mod L (Q is a multiple of L,
+    //   so every later turn starts at the same k_c). If the turn starts after the load and
+    //   no later than the store (0 < k_c <= S), the store comes first: kept (others wrote
+    //   meanwhile), and every load after it finds the line its own: 1 kept per turn.
+    //   Otherwise a load comes first and is kept, then the store: 2 per turn;
+    // - after the phase CPU 0 sums the array: one read, kept (others wrote last).
+    let loop_kept: Vec<_> = kept
+        .iter()
+        .filter(|a| a.2 != kept.last().unwrap().2)
+        .collect();
+    let mut expected = 2 * CPUS - 1 + 1;
+    let mut arithmetic = String::new();
+    for c in 0..CPUS {
+        let first = loop_kept
+            .iter()
+            .find(|a| a.1 == c)
+            .expect("every CPU works");
+        assert_eq!(first.3, "Read");
+        let o = first.0 % Q;
+        assert!(o + s < Q, "CPU {c}'s first store falls in its next turn");
+        let later = (o + l * ITERATIONS).div_ceil(Q) - 1;
+        let k = (Q - o) % l;
+        let per_turn = if k > 0 && k <= s { 1 } else { 2 };
+        expected += later * per_turn;
+        arithmetic += &format!(" cpu{c}: o={o} later={later} k={k} per_turn={per_turn};");
+    }
+    assert_eq!(kept.len() as u64, expected, "{arithmetic} kept: {kept:?}");
+    // On this recording: 2·4 − 1 first-turn keeps, 4 CPUs × 5 later turns × 1, the final
+    // read: 28.
+    assert_eq!(expected, 28, "{arithmetic}");
+
+    // The padded phase: each CPU's first read of its own line is kept (first touch), its
+    // store is not (only holder), and nothing else of the loop is kept. After the phase,
+    // CPU 0's sum reads the 7 other lines: 3 written by the other CPUs and 4 never touched.
+    let kept: Vec<_> = traced_records(
+        &rec,
+        "fs-padded.trace",
+        &["--policy", "movement", "--addr", &padded_range],
+    )
+    .iter()
+    .map(access_of)
+    .collect();
+    let loop_pc = kept[0].2;
+    let in_loop: Vec<_> = kept.iter().filter(|a| a.2 == loop_pc).collect();
+    assert_eq!(in_loop.len() as u64, CPUS, "{kept:?}");
+    let mut cpus: Vec<u64> = in_loop.iter().map(|a| a.1).collect();
+    cpus.sort();
+    assert_eq!(cpus, vec![0, 1, 2, 3]);
+    assert!(in_loop.iter().all(|a| a.3 == "Read"));
+    let after: Vec<_> = kept.iter().filter(|a| a.2 != loop_pc).collect();
+    assert_eq!(after.len(), 7, "{kept:?}");
+    assert!(after.iter().all(|a| a.1 == 0 && a.3 == "Read"));
+}
