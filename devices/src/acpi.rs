@@ -7,7 +7,7 @@
 //!
 //! [`build`] returns the bytes of every table laid out for [`RSDP_ADDR`] (in the BIOS area,
 //! which the e820 map marks reserved), with all pointers absolute and every checksum right;
-//! [`write`] copies them into guest RAM. The RSDP is also where a legacy scan of
+//! [`write()`] copies them into guest RAM. The RSDP is also where a legacy scan of
 //! 0xe0000–0xfffff finds it.
 //!
 //! What the tables say, for one machine with N CPUs:
