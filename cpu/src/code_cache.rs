@@ -94,7 +94,8 @@ struct Slot {
     /// The block is cached (false once invalidated, or while the slot is free).
     live: bool,
     /// The block; `None` while it is checked out by a running CPU (or the slot is free).
-    block: Option<Block>,
+    /// Boxed so that checking it out and back in moves one pointer.
+    block: Option<Box<Block>>,
 }
 
 /// Entries of the direct-mapped jump table (a power of two).
@@ -199,7 +200,7 @@ impl CodeCache {
     /// Check a cached block out to execute it; give it back with [`CodeCache::put_back`].
     /// `None` if `id` names no block that is cached and not already checked out.
     #[inline(always)]
-    pub fn take(&mut self, id: BlockId) -> Option<Block> {
+    pub fn take(&mut self, id: BlockId) -> Option<Box<Block>> {
         let slot = self.slots.get_mut(id as usize)?;
         if !slot.live {
             return None;
@@ -210,7 +211,7 @@ impl CodeCache {
     /// Return a block checked out with [`CodeCache::take`]. If its code was written while it
     /// was out, it is dropped instead.
     #[inline(always)]
-    pub fn put_back(&mut self, id: BlockId, block: Block) {
+    pub fn put_back(&mut self, id: BlockId, block: Box<Block>) {
         if let Some(slot) = self.slots.get_mut(id as usize) {
             if slot.live {
                 slot.block = Some(block);
@@ -233,7 +234,7 @@ impl CodeCache {
         let slot = Slot {
             key,
             live: true,
-            block: Some(block),
+            block: Some(Box::new(block)),
         };
         let id = match self.free.pop() {
             Some(id) => {

@@ -259,6 +259,11 @@ impl Cpu {
         budget: u64,
     ) -> RunExit {
         let end = self.state.retired + budget;
+        // The mode and CPL change only through instructions of the check_exit groups (system
+        // instructions, INT n), exception delivery, or from outside between runs: compute
+        // them again only after those.
+        let mut mode = self.state.mode();
+        let mut cpl = self.state.cpl();
         loop {
             if self.state.halted {
                 return RunExit::Halted;
@@ -269,31 +274,33 @@ impl Cpu {
             if bus.wants_exit() {
                 return RunExit::BusExit;
             }
-            let mode = self.state.mode();
-            let (id, block) = match self.fetch_block(bus, code, mode) {
+            let (id, block, pa) = match self.fetch_block(bus, code, mode, cpl) {
                 Ok(b) => b,
                 Err(Exit::Fault(f)) => {
                     let rip = self.state.rip;
                     if let Err(stop) = self.raise(bus, obs, code, f, rip) {
                         return RunExit::Stop(stop);
                     }
+                    (mode, cpl) = (self.state.mode(), self.state.cpl());
                     continue;
                 }
                 Err(Exit::Stop(s)) => return RunExit::Stop(s),
             };
             // 64-bit code gets its own copy of the loop, with no instruction-pointer wrapping.
             let result = if mode == CpuMode::Long64 {
-                self.run_block::<true, B, O>(bus, obs, code, mode, &block, end)
+                self.run_block::<true, B, O>(bus, obs, code, mode, cpl, &block, pa, end)
             } else {
-                self.run_block::<false, B, O>(bus, obs, code, mode, &block, end)
+                self.run_block::<false, B, O>(bus, obs, code, mode, cpl, &block, pa, end)
             };
             code.put_back(id, block);
             match result {
-                Ok(()) => {}
+                Ok(false) => {}
+                Ok(true) => (mode, cpl) = (self.state.mode(), self.state.cpl()),
                 Err((Exit::Fault(f), rip)) => {
                     if let Err(stop) = self.raise(bus, obs, code, f, rip) {
                         return RunExit::Stop(stop);
                     }
+                    (mode, cpl) = (self.state.mode(), self.state.cpl());
                 }
                 Err((Exit::Stop(s), _)) => return RunExit::Stop(s),
             }
@@ -303,21 +310,22 @@ impl Cpu {
     /// Execute the instructions of `block` from its start, stopping early at the end of the
     /// budget (`end` retired), after a control transfer, after a write to cached code, when
     /// an instruction asks to leave the run loop, or when the bus wants the CPU to stop.
-    /// An instruction's exit comes back with the instruction's address.
-    /// `LONG` says the mode is 64-bit.
+    /// An instruction's exit comes back with the instruction's address; otherwise the result
+    /// says whether an instruction that may change the mode or CPL ran (a check_exit group,
+    /// or one that asked to leave the loop). `LONG` says the mode is 64-bit.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn run_block<const LONG: bool, B: Bus, O: Observer>(
         &mut self,
         bus: &mut B,
         obs: &mut O,
         code: &mut CodeCache,
         mode: CpuMode,
+        cpl: u8,
         block: &Block,
+        pa: u64,
         end: u64,
-    ) -> Result<(), (Exit, u64)> {
-        // The budget bounds the instructions run, so the loop needs no check of its own.
-        let left = end.saturating_sub(self.state.retired);
-        let insns = &block.insns[..block.insns.len().min(left as usize)];
+    ) -> Result<bool, (Exit, u64)> {
         let mut x = Exec {
             cpu: self,
             bus,
@@ -330,37 +338,58 @@ impl Cpu {
             code_modified: false,
             stop_after: false,
         };
-        let mut rip = x.cpu.state.rip;
+        let start = x.cpu.state.rip;
+        let mut rip = start;
         // An STI or SS-load shadow covers only the instruction after it: clear it before the
         // block's first instruction; an instruction that sets it ends the block (below), so
         // the next instruction is always the first of a block.
         x.cpu.state.interrupt_shadow = false;
-        let mut result = Ok(());
-        for d in insns {
-            x.rip = rip;
-            let next = rip.wrapping_add(d.len as u64);
-            // Outside 64-bit mode the instruction pointer wraps at the code size.
-            let fall_through = if LONG { next } else { x.mask_ip(next) };
-            match dispatch(&mut x, d, fall_through) {
-                Ok(next) => rip = next,
-                Err(e) => {
-                    result = Err((e, rip));
-                    break;
+        let mut result = Ok(false);
+        'chain: loop {
+            // The budget bounds the instructions run, so the loop needs no check of its own.
+            let left = end.saturating_sub(x.cpu.state.retired);
+            let insns = &block.insns[..block.insns.len().min(left as usize)];
+            for d in insns {
+                x.rip = rip;
+                let next = rip.wrapping_add(d.len as u64);
+                // Outside 64-bit mode the instruction pointer wraps at the code size.
+                let fall_through = if LONG { next } else { x.mask_ip(next) };
+                match dispatch(&mut x, d, fall_through) {
+                    Ok(next) => rip = next,
+                    Err(e) => {
+                        result = Err((e, rip));
+                        break 'chain;
+                    }
+                }
+                x.cpu.state.retired += 1;
+                // `memory.rs` sets `stop_after` with `code_modified`; only the check_exit
+                // groups (string.rs) set `code_modified` alone.
+                if x.stop_after {
+                    result = Ok(true);
+                    break 'chain;
+                }
+                if d.check_exit {
+                    result = Ok(true);
+                    if rip != fall_through
+                        || x.code_modified
+                        || x.bus.wants_exit()
+                        || x.cpu.state.interrupt_shadow
+                    {
+                        break 'chain;
+                    }
                 }
             }
-            x.cpu.state.retired += 1;
-            // `memory.rs` sets `stop_after` with `code_modified`; only the check_exit groups
-            // (string.rs) set `code_modified` alone.
-            if x.stop_after {
+            // A loop that is one block of 64-bit code, with nothing special inside (which
+            // could have halted the CPU, changed its mode, or made the bus want an exit):
+            // run the block again here, if the budget allows and its address still
+            // translates to the same code, exactly as the run loop would look it up again.
+            if !LONG || rip != start || result != Ok(false) || x.cpu.state.retired >= end {
                 break;
             }
-            if d.check_exit
-                && (rip != fall_through
-                    || x.code_modified
-                    || x.bus.wants_exit()
-                    || x.cpu.state.interrupt_shadow)
-            {
-                break;
+            let cs = &mut *x.cpu;
+            match crate::mmu::translate(&cs.state, &mut cs.tlb, x.bus, rip, Intent::Execute, cpl) {
+                Ok(p) if p == pa => {}
+                _ => break,
             }
         }
         // The instruction pointer is committed once per block: fast forms never read it
@@ -376,14 +405,14 @@ impl Cpu {
         bus: &mut B,
         code: &mut CodeCache,
         mode: CpuMode,
-    ) -> Result<(BlockId, Block), Exit> {
+        cpl: u8,
+    ) -> Result<(BlockId, Box<Block>, u64), Exit> {
         let rip = self.fetch_address(mode);
-        let cpl = self.state.cpl();
         let pa = crate::mmu::translate(&self.state, &mut self.tlb, bus, rip, Intent::Execute, cpl)?;
         let bitness = mode.bitness();
         if let Some(id) = code.lookup(pa, bitness) {
             if let Some(b) = code.take(id) {
-                return Ok((id, b));
+                return Ok((id, b, pa));
             }
         }
         // Gather the bytes from here to the end of the page, plus up to 15 bytes of the next
@@ -457,7 +486,7 @@ impl Cpu {
         }
         let id = code.insert(pa, bitness, Block { insns, pages });
         match code.take(id) {
-            Some(b) => Ok((id, b)),
+            Some(b) => Ok((id, b, pa)),
             // Just inserted, so it is there; say so rather than panic if it were not.
             None => Err(Exit::Stop(Box::new(StopReason::Unsupported {
                 cpu: self.index,
@@ -911,5 +940,75 @@ mod tests {
         let mut m = TestMachine::with_code(&code);
         assert_eq!(m.run(1000), RunExit::Halted);
         assert_eq!(m.cpu.state.gpr[0] & 0xff, 0x42);
+    }
+
+    /// A loop that is one block and patches its own immediate each time round: every
+    /// iteration must see the previous one's write.
+    #[test]
+    fn self_modifying_loop_sees_each_write() {
+        // top: add eax, imm32 (05 xx xx xx xx) ; inc dword [top+1] ; dec ecx ; jnz top ; hlt
+        let imm_at = (CODE_BASE + 6) as u32;
+        let mut code = vec![0xb9, 10, 0, 0, 0]; // mov ecx, 10
+        code.extend_from_slice(&[0x05, 1, 0, 0, 0]); // top: add eax, 1
+        code.extend_from_slice(&[0xff, 0x04, 0x25]); // inc dword [imm_at]
+        code.extend_from_slice(&imm_at.to_le_bytes());
+        code.extend_from_slice(&[0xff, 0xc9]); // dec ecx
+        code.extend_from_slice(&[0x75, 0xf0]); // jnz top (-16)
+        code.push(0xf4);
+        let mut m = TestMachine::with_code(&code);
+        assert_eq!(m.run(10_000), RunExit::Halted);
+        // 1 + 2 + ... + 10.
+        assert_eq!(m.cpu.state.gpr[0], 55);
+    }
+
+    /// A program run in slices of any size ends in the same state, with the same count, as
+    /// in one run: budgets land on the same instruction whatever the blocks (self-loops run
+    /// inside the block loop included).
+    #[test]
+    fn slices_of_any_size_give_the_same_run() {
+        let program = |a: &mut CodeAssembler| {
+            let mut top = a.create_label();
+            let mut inner = a.create_label();
+            let mut f = a.create_label();
+            a.mov(ecx, 50)?;
+            a.mov(rbx, 0x20_0000u64)?;
+            a.set_label(&mut top)?;
+            a.mov(edx, 7)?;
+            a.set_label(&mut inner)?;
+            a.add(qword_ptr(rbx + rdx * 8), rcx)?;
+            a.xor(eax, edx)?;
+            a.ror(eax, 3)?;
+            a.dec(edx)?;
+            a.jnz(inner)?;
+            a.call(f)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()?;
+            a.set_label(&mut f)?;
+            a.push(rax)?;
+            a.imul_3(eax, eax, 13)?;
+            a.pop(rsi)?;
+            a.ret()
+        };
+        let mut whole = TestMachine::assemble(program);
+        assert_eq!(whole.run(1_000_000), RunExit::Halted);
+        for slice in [1, 2, 3, 5, 7, 64] {
+            let mut m = TestMachine::assemble(program);
+            let mut runs = 0;
+            loop {
+                let before = m.cpu.state.retired;
+                let exit = m.run(slice);
+                assert!(m.cpu.state.retired - before <= slice);
+                runs += 1;
+                match exit {
+                    RunExit::Budget => assert_eq!(m.cpu.state.retired - before, slice),
+                    RunExit::Halted => break,
+                    other => panic!("slice {slice}: {other:?}"),
+                }
+            }
+            assert!(runs > 1);
+            assert_eq!(m.cpu.state, whole.cpu.state, "slice {slice}");
+            assert!(m.bus.ram == whole.bus.ram, "slice {slice}");
+        }
     }
 }
