@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reprise_devices::machine::DEFAULT_QUANTUM;
 use reprise_devices::ExitCodeStyle;
+use reprise_record::boot::BootSpec;
 use reprise_record::manifest::DEFAULT_SYNC_EVERY;
 
 /// reprise: a deterministic record/replay tracer for x86-64 machines.
@@ -19,9 +20,10 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a guest image (a bare-protocol ELF64, see BOOT-PROTOCOL.md).
+    /// Run a guest: a bare-protocol ELF64 image (see BOOT-PROTOCOL.md), or with --kernel a
+    /// Linux bzImage or multiboot kernel.
     Run(RunArgs),
-    /// Run a guest image like `run` and record its nondeterministic inputs into a folder.
+    /// Run a guest like `run` and record its nondeterministic inputs into a folder.
     Record(RecordArgs),
     /// Re-execute a recording bit for bit, checking it against the recording as it goes.
     Replay(ReplayArgs),
@@ -188,10 +190,12 @@ The guest's serial port (COM1) is connected to stdin and stdout; reprise's own m
 
 Exit status:
   v        the guest wrote v to the debug-exit port 0xf4 (low 8 bits; (v<<1)|1 with --exit-code qemu)
-  0        the guest reset the machine (reported on stderr)
+  0        the guest reset the machine or powered it off (ACPI S5); stderr says which
   1        reprise error: bad options, unreadable or invalid image, serial output failed
   124      --max-instructions reached
-  125      the guest crashed: triple fault, unimplemented instruction, all vCPUs halted";
+  125      the guest crashed: triple fault, unimplemented instruction, all vCPUs halted
+
+With --kernel, the machine is a PC: local APICs, IOAPIC, 8259s, 8254 PIT, CMOS RTC, ACPI tables (MADT, FADT with S5 power-off and a reset register), fw_cfg. A bzImage is booted through the Linux 64-bit boot protocol (--initrd FILE, --append CMDLINE); a multiboot kernel is entered in 32-bit protected mode with its information block (--initrd \"FILE ARGS,FILE ARGS\" gives its modules, as QEMU's -initrd does).";
 
 /// Options of `reprise run`.
 #[derive(Debug, Args)]
@@ -205,9 +209,45 @@ pub struct RunArgs {
     #[arg(long)]
     pub summary: bool,
 
-    /// The guest image.
-    #[arg(value_name = "IMAGE")]
-    pub image: PathBuf,
+    /// What to boot.
+    #[command(flatten)]
+    pub boot: BootArgs,
+}
+
+/// What to boot: a bare-protocol image, or a kernel with QEMU's `-kernel` options.
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    /// The guest image (a bare-protocol ELF64, see BOOT-PROTOCOL.md); not with --kernel.
+    #[arg(
+        value_name = "IMAGE",
+        required_unless_present = "kernel",
+        conflicts_with = "kernel"
+    )]
+    pub image: Option<PathBuf>,
+
+    /// A Linux bzImage or a multiboot kernel, booted as QEMU's -kernel does.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+
+    /// With --kernel: the initrd of a bzImage; for a multiboot kernel, its modules as
+    /// "FILE [ARGS],FILE [ARGS],...".
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "kernel",
+        conflicts_with = "image"
+    )]
+    pub initrd: Option<String>,
+
+    /// With --kernel: the kernel command line.
+    #[arg(
+        long,
+        value_name = "CMDLINE",
+        requires = "kernel",
+        conflicts_with = "image",
+        default_value = ""
+    )]
+    pub append: String,
 }
 
 const RECORD_AFTER_HELP: &str = "\
@@ -245,9 +285,9 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub machine: MachineArgs,
 
-    /// The guest image.
-    #[arg(value_name = "IMAGE")]
-    pub image: PathBuf,
+    /// What to boot (as for `run`).
+    #[command(flatten)]
+    pub boot: BootArgs,
 }
 
 const REPLAY_AFTER_HELP: &str = "\
@@ -298,7 +338,7 @@ pub struct InfoArgs {
 pub enum ClockArg {
     /// Virtual time derived from instruction counts (deterministic, nothing logged).
     Virtual,
-    /// Host-paced timer events (not supported yet: there is no timer device).
+    /// Host-paced timer events (not supported yet).
     Host,
 }
 
@@ -326,7 +366,7 @@ pub struct MachineArgs {
     pub exit_code: ExitCodeArg,
 
     /// Where time comes from: `virtual` (from instruction counts) or `host` (not supported
-    /// yet: there is no timer device to pace).
+    /// yet).
     #[arg(long, value_enum, default_value_t = ClockArg::Virtual, value_name = "CLOCK")]
     pub clock: ClockArg,
 
@@ -342,6 +382,21 @@ pub enum ExitCodeArg {
     Plain,
     /// The status is (value << 1) | 1, as QEMU's isa-debug-exit reports it.
     Qemu,
+}
+
+impl BootArgs {
+    /// The boot description the options give.
+    pub fn spec(&self) -> BootSpec {
+        match (&self.kernel, &self.image) {
+            (Some(kernel), _) => BootSpec::Kernel {
+                kernel: kernel.clone(),
+                initrd: self.initrd.clone(),
+                append: self.append.clone(),
+            },
+            // clap requires one of the two.
+            (None, image) => BootSpec::Bare(image.clone().unwrap_or_default()),
+        }
+    }
 }
 
 impl From<ExitCodeArg> for ExitCodeStyle {

@@ -40,7 +40,7 @@ fn record_inner(args: &RecordArgs) -> anyhow::Result<i32> {
         clock: Clock::Virtual,
         sync_every: args.sync_every,
         checkpoint_every: args.checkpoint_every,
-        image: args.image.clone(),
+        boot: args.boot.spec(),
         tool: format!("reprise {}", env!("CARGO_PKG_VERSION")),
     };
     let stdout = BufWriter::with_capacity(1 << 16, std::io::stdout());

@@ -97,6 +97,10 @@ pub fn outcome_status(o: &Outcome, tell: bool) -> i32 {
             say("guest reset the machine".into());
             status::RESET
         }
+        Outcome::PowerOff => {
+            say("guest powered the machine off".into());
+            status::POWER_OFF
+        }
         Outcome::Stopped(s) => {
             say(format!("guest stopped: {s}"));
             status::CRASH

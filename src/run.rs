@@ -3,7 +3,7 @@
 use std::io::{BufWriter, Write};
 use std::time::Instant;
 
-use reprise_devices::boot::bare;
+use reprise_devices::boot::{bare, kernel};
 use reprise_devices::machine::ConfigError;
 use reprise_devices::{HostInputs, Inputs, Machine, MachineConfig, RunOutcome, RunResult};
 
@@ -32,7 +32,20 @@ fn run_inner(args: &RunArgs) -> anyhow::Result<i32> {
     let inputs: Box<dyn Inputs> = Box::new(HostInputs::new(!args.machine.no_stdin));
     let mut machine = Machine::new(config, inputs, Box::new(stdout))
         .map_err(|e| option_error(&args.machine, e))?;
-    bare::load_file(&mut machine, &args.image)?;
+    match (&args.boot.kernel, &args.boot.image) {
+        (Some(kernel), _) => {
+            kernel::boot_files(
+                &mut machine,
+                kernel,
+                args.boot.initrd.as_deref(),
+                &args.boot.append,
+            )?;
+        }
+        (None, Some(image)) => {
+            bare::load_file(&mut machine, image)?;
+        }
+        (None, None) => anyhow::bail!("nothing to boot: give an IMAGE or --kernel"),
+    }
 
     let limit = args.machine.max_instructions.unwrap_or(u64::MAX);
     let started = Instant::now();
@@ -47,11 +60,11 @@ fn run_inner(args: &RunArgs) -> anyhow::Result<i32> {
 }
 
 /// The machine configuration of the options, checked (each bad option named), and with
-/// `--clock host` refused while there is no timer device.
+/// `--clock host` refused (host-paced timers are not supported yet).
 pub fn machine_config(m: &MachineArgs) -> anyhow::Result<MachineConfig> {
     if m.clock == ClockArg::Host {
         anyhow::bail!(
-            "--clock host: host-paced timer events need a timer device, which reprise does not have yet; use --clock virtual"
+            "--clock host: host-paced timer events are not supported yet; use --clock virtual"
         );
     }
     let config = MachineConfig {
@@ -92,6 +105,10 @@ pub fn report(result: &RunResult, limit: u64) -> i32 {
         RunOutcome::Reset => {
             eprintln!("reprise: guest reset the machine");
             status::RESET
+        }
+        RunOutcome::PowerOff => {
+            eprintln!("reprise: guest powered the machine off");
+            status::POWER_OFF
         }
         RunOutcome::Stopped(reason) => {
             eprintln!("reprise: guest stopped: {reason}");

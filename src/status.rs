@@ -3,7 +3,7 @@
 //! | status | meaning |
 //! |---|---|
 //! | `v & 0xff` | the guest wrote `v` to the debug-exit port 0xf4 (`(v<<1)\|1` with `--exit-code qemu`) |
-//! | 0 | the guest reset the machine (0xcf9 or the i8042); stderr says so |
+//! | 0 | the guest reset the machine (0xcf9 or the i8042) or powered it off (ACPI S5); stderr says which |
 //! | 1 | reprise error: bad options, unreadable or invalid image, serial output failed, not a recording |
 //! | 3 | `replay`: the replay diverged from the recording |
 //! | 4 | `replay`: the recording is incomplete or damaged (replayed as far as it is intact) |
@@ -21,6 +21,8 @@ pub const LIMIT: i32 = 124;
 pub const CRASH: i32 = 125;
 /// The guest reset the machine.
 pub const RESET: i32 = 0;
+/// The guest powered the machine off.
+pub const POWER_OFF: i32 = 0;
 /// A replay diverged from its recording.
 pub const DIVERGED: i32 = 3;
 /// A replayed recording is incomplete or damaged.

@@ -16,12 +16,19 @@
 //!
 //! Asynchronous inputs (serial bytes) are polled at the start of each CPU's quantum.
 //!
+//! Interrupts ([`Platform`]: local APICs, IOAPIC, 8259s, PIT): a CPU takes what is pending
+//! for it only at points that depend on instruction counts alone — the start of its quantum,
+//! its turn while halted, and the end of a slice that stopped because a timer deadline was
+//! reached or because the CPU itself wrote to an interrupt or timer device (the slice ends
+//! right after that instruction). When every CPU is halted, virtual time jumps to the next
+//! timer deadline.
+//!
 //! Sync points: when the input seam asks for them ([`Inputs::sync_interval`]), a slice is
 //! cut short so that the machine stands exactly at every multiple of the interval, and the
 //! seam sees all CPUs there. Cutting a slice changes nothing the guest can see: the
 //! scheduler's quantum accounting, input polling and device state depend only on instruction
-//! counts, never on where a slice was cut (interrupts, when they come, must be delivered at
-//! quantum starts for the same reason).
+//! counts, never on where a slice was cut (interrupts are taken only at the points listed
+//! above, none of which is a slice end chosen for a sync point or an instruction limit).
 
 use std::io::Write;
 
@@ -33,6 +40,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::debug_exit::{DebugExit, ExitCodeStyle, ExitRequest, DEBUG_EXIT_PORT};
 use crate::inputs::{Inputs, Position};
+use crate::lapic::apic_base;
+use crate::platform::{CpuEvent, Platform, PlatformExit, PlatformState};
 use crate::ram::{GuestRam, RamError};
 use crate::reset::{ResetControl, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, RESET_CONTROL_PORT};
 use crate::rtc::{Rtc, RtcState, RTC_DATA_PORT, RTC_INDEX_PORT};
@@ -52,7 +61,13 @@ pub const MAX_CPUS: u32 = 255;
 /// Virtual nanoseconds per retired instruction (of any CPU).
 pub const NS_PER_INSTRUCTION: u64 = 1;
 /// Frequency of the virtual time-stamp counter: one tick per virtual nanosecond.
-pub const TSC_HZ: u64 = 1_000_000_000;
+pub const TSC_HZ: u64 = crate::vtime::TSC_HZ;
+/// ISA IRQ of COM1.
+pub const COM1_IRQ: u8 = 4;
+/// Idle time jumps in a row, with every CPU halted and none woken, after which the machine
+/// gives up ([`RunOutcome::AllHalted`]): each jump goes to the next timer event, so this
+/// many in vain means the timers fire into interrupts nobody takes.
+pub const MAX_IDLE_JUMPS: u32 = 100_000;
 
 /// What a machine is made of; fixed for its lifetime (and stored in recordings).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +133,8 @@ pub enum EndRequest {
     Exit(ExitRequest),
     /// The guest reset the machine (port 0xcf9 or the i8042).
     Reset,
+    /// The guest powered the machine off (ACPI S5).
+    PowerOff,
 }
 
 /// Where the scheduler stands; part of the machine state so a run can stop anywhere, even
@@ -128,8 +145,8 @@ pub struct SchedulerState {
     pub current: u32,
     /// Instructions it has already run in its current quantum.
     pub used: u64,
-    /// Virtual nanoseconds added to instruction-derived time by idle skips (none yet: with
-    /// no timers, an idle machine ends).
+    /// Virtual nanoseconds added to instruction-derived time by idle skips (when every CPU
+    /// was halted, time jumped to the next timer deadline).
     pub skipped_ns: u64,
 }
 
@@ -150,6 +167,8 @@ pub struct MachineState {
     pub i8042: I8042,
     /// The CMOS RTC (its start time came from the input seam).
     pub rtc: RtcState,
+    /// The interrupt controllers, timers, PM registers and fw_cfg.
+    pub platform: PlatformState,
     /// A pending request to end the run.
     pub end_request: Option<EndRequest>,
 }
@@ -181,6 +200,8 @@ pub enum RunOutcome {
     Exit(ExitRequest),
     /// The guest reset the machine.
     Reset,
+    /// The guest powered the machine off (ACPI S5, as `poweroff` does).
+    PowerOff,
     /// A CPU stopped the machine: triple fault, unimplemented instruction, unsupported mode.
     Stopped(Box<StopReason>),
     /// Every CPU is halted and nothing can wake any of them.
@@ -245,6 +266,7 @@ struct Board<I: Inputs> {
     reset_control: ResetControl,
     i8042: I8042,
     rtc: Rtc,
+    platform: Platform,
     inputs: I,
     end_request: Option<EndRequest>,
     /// The running CPU must leave its loop: a device asked to end the run, or the input
@@ -292,10 +314,28 @@ impl<I: Inputs> Board<I> {
         }
     }
 
+    /// Drive COM1's IRQ line from the UART's state, and stop the CPU if that raised an
+    /// interrupt (so it is taken right after this instruction).
+    fn update_uart_irq(&mut self) {
+        self.platform.set_isa_irq(COM1_IRQ, self.uart.irq_output());
+        self.note_platform_writes();
+    }
+
+    /// After a write to the platform: end the slice after this instruction if interrupt or
+    /// timer state changed, so the machine looks for events and deadlines again.
+    #[inline]
+    fn note_platform_writes(&mut self) {
+        if self.platform.touched() {
+            self.exit_pending = true;
+        }
+    }
+
     fn read_port_byte(&mut self, port: u16, ns: u64) -> u8 {
         match port {
             p if (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&p) => {
-                self.uart.read((p - COM1_BASE) as u8)
+                let v = self.uart.read((p - COM1_BASE) as u8);
+                self.update_uart_irq();
+                v
             }
             RESET_CONTROL_PORT => self.reset_control.read(),
             I8042_DATA_PORT | I8042_COMMAND_PORT => self.i8042.read(port),
@@ -308,6 +348,7 @@ impl<I: Inputs> Board<I> {
         match port {
             p if (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&p) => {
                 self.uart.write((p - COM1_BASE) as u8, value);
+                self.update_uart_irq();
             }
             RTC_INDEX_PORT | RTC_DATA_PORT => self.rtc.write(port, value, ns),
             _ => {}
@@ -326,14 +367,40 @@ impl<I: Inputs> Bus for Board<I> {
         false
     }
 
-    fn mmio_read(&mut self, _clock: CpuClock, _pa: GuestPhysAddr, size: u8) -> u64 {
+    fn mmio_read(&mut self, clock: CpuClock, pa: GuestPhysAddr, size: u8) -> u64 {
+        if Platform::claims_mmio(pa) {
+            let ns = self.virtual_ns(clock);
+            return self.platform.mmio_read(clock.cpu, pa, size, ns);
+        }
         reprise_cpu::flags::mask(size as usize)
     }
 
-    fn mmio_write(&mut self, _clock: CpuClock, _pa: GuestPhysAddr, _size: u8, _value: u64) {}
+    fn mmio_write(&mut self, clock: CpuClock, pa: GuestPhysAddr, size: u8, value: u64) {
+        if Platform::claims_mmio(pa) {
+            let ns = self.virtual_ns(clock);
+            self.platform.mmio_write(clock.cpu, pa, size, value, ns);
+            self.note_platform_writes();
+        }
+    }
+
+    fn rdmsr(&mut self, clock: CpuClock, msr: u32) -> Option<u64> {
+        self.platform.rdmsr(clock.cpu, msr)
+    }
+
+    fn wrmsr(&mut self, clock: CpuClock, msr: u32, value: u64) -> bool {
+        // The TSC-deadline MSR is compared with the bus TSC (the CPUs' TSC offsets are
+        // not visible here; Linux never moves the TSC).
+        let ns = self.virtual_ns(clock);
+        let ok = self.platform.wrmsr(clock.cpu, msr, value, ns, ns);
+        self.note_platform_writes();
+        ok
+    }
 
     fn io_in(&mut self, clock: CpuClock, port: u16, size: u8) -> u32 {
         let ns = self.virtual_ns(clock);
+        if Platform::claims_port(port) {
+            return self.platform.io_in(port, size, ns);
+        }
         // A wide access reads consecutive ports, lowest port in the lowest byte.
         let mut v = 0u32;
         for k in 0..size.min(4) {
@@ -359,6 +426,13 @@ impl<I: Inputs> Bus for Board<I> {
                 if self.i8042.write(port, value as u8) {
                     self.request_end(EndRequest::Reset);
                 }
+            }
+            (p, _) if Platform::claims_port(p) => {
+                let ns = self.virtual_ns(clock);
+                if let Some(PlatformExit::PowerOff) = self.platform.io_out(port, size, value, ns) {
+                    self.request_end(EndRequest::PowerOff);
+                }
+                self.note_platform_writes();
             }
             _ => {
                 let ns = self.virtual_ns(clock);
@@ -418,6 +492,8 @@ impl<I: Inputs> Machine<I> {
     ) -> Result<Machine<I>, ConfigError> {
         config.validate()?;
         let ram = GuestRam::new(config.ram_bytes)?;
+        // The topology leaves follow the CPU count (idempotent for a recorded profile).
+        let cpuid = cpuid.with_topology(config.cpus);
         let cpus = (0..config.cpus)
             .map(|i| Cpu::new(i, cpuid.clone()))
             .collect();
@@ -431,6 +507,7 @@ impl<I: Inputs> Machine<I> {
                 reset_control: ResetControl::default(),
                 i8042: I8042::default(),
                 rtc: Rtc::new(rtc_start),
+                platform: Platform::new(config.cpus, config.ram_bytes),
                 inputs,
                 end_request: None,
                 exit_pending: false,
@@ -470,6 +547,24 @@ impl<I: Inputs> Machine<I> {
     /// `flush_tlb` on the CPU.
     pub fn cpus_mut(&mut self) -> &mut [Cpu] {
         &mut self.cpus
+    }
+
+    /// The interrupt controllers and timers, for a loader to set up (which CPUs wait for a
+    /// start-up IPI, the BSP's virtual-wire LINT0).
+    pub fn platform_mut(&mut self) -> &mut Platform {
+        &mut self.board.platform
+    }
+
+    /// The interrupt controllers and timers.
+    pub fn platform(&self) -> &Platform {
+        &self.board.platform
+    }
+
+    /// Virtual time (ns) at global instruction count `global`.
+    fn now(&self, global: u64) -> u64 {
+        global
+            .wrapping_mul(NS_PER_INSTRUCTION)
+            .wrapping_add(self.board.skipped_ns)
     }
 
     /// The input seam.
@@ -529,12 +624,16 @@ impl<I: Inputs> Machine<I> {
             Some(k) => (global / k).saturating_add(1).saturating_mul(k),
             None => u64::MAX,
         };
-        // CPUs found halted in a row; n of them means all are (nothing wakes a CPU yet).
+        // CPUs found halted (with nothing to wake them) in a row; when all are, time jumps.
         let mut halted_in_a_row = 0usize;
+        // Time jumps in a row that woke nobody: a bound against timers that fire forever
+        // into masked or ignored interrupts.
+        let mut idle_jumps = 0u32;
         loop {
             match self.board.end_request {
                 Some(EndRequest::Exit(r)) => return RunOutcome::Exit(r),
                 Some(EndRequest::Reset) => return RunOutcome::Reset,
+                Some(EndRequest::PowerOff) => return RunOutcome::PowerOff,
                 None => {}
             }
             if self.board.inputs.stop_requested() {
@@ -546,26 +645,56 @@ impl<I: Inputs> Machine<I> {
             if global >= limit {
                 return RunOutcome::InstructionLimit;
             }
+            let now = self.now(global);
+            self.board.platform.advance(now);
             let i = self.sched.current as usize % n;
-            if self.cpus[i].state.halted {
-                halted_in_a_row += 1;
-                if halted_in_a_row >= n {
-                    return RunOutcome::AllHalted(self.all_halted());
-                }
-                self.next_cpu();
-                continue;
-            }
-            halted_in_a_row = 0;
-            if self.sched.used == 0 {
+            if self.sched.used == 0 && !self.cpus[i].state.halted {
                 self.poll_inputs(global, i as u32);
                 if self.board.inputs.stop_requested() {
                     return RunOutcome::InputsStopped;
                 }
             }
+            // Interrupts at the start of a quantum; a halted CPU looks at every turn.
+            if self.sched.used == 0 || self.cpus[i].state.halted {
+                if let Err(stop) = self.deliver_events(i, obs) {
+                    return RunOutcome::Stopped(stop);
+                }
+            }
+            if self.cpus[i].state.halted {
+                halted_in_a_row += 1;
+                if halted_in_a_row >= n {
+                    // Everyone sleeps: jump to the next timer event, unless no CPU could
+                    // take an interrupt (all have interrupts off, or wait for a start-up
+                    // IPI) or jumps keep waking nobody.
+                    let wakeable = self.cpus.iter().any(|c| {
+                        c.interrupts_enabled() && !self.board.platform.waiting_for_sipi(c.index)
+                    });
+                    match self.board.platform.next_deadline() {
+                        Some(d) if wakeable && idle_jumps < MAX_IDLE_JUMPS => {
+                            self.board.skipped_ns += d.saturating_sub(now);
+                            halted_in_a_row = 0;
+                            idle_jumps += 1;
+                            continue;
+                        }
+                        _ => return RunOutcome::AllHalted(self.all_halted()),
+                    }
+                }
+                self.next_cpu();
+                continue;
+            }
+            halted_in_a_row = 0;
+            idle_jumps = 0;
+            // Stop exactly at the next timer deadline, so it fires at a position that
+            // depends on instruction counts only.
+            let to_deadline = match self.board.platform.next_deadline() {
+                Some(d) => d.saturating_sub(now).div_ceil(NS_PER_INSTRUCTION).max(1),
+                None => u64::MAX,
+            };
             let budget = quantum
                 .saturating_sub(self.sched.used)
                 .min(limit - global)
-                .min(next_sync - global);
+                .min(next_sync - global)
+                .min(to_deadline);
             let cpu = &mut self.cpus[i];
             let before = cpu.state.retired;
             self.board.slice_global = global;
@@ -589,23 +718,82 @@ impl<I: Inputs> Machine<I> {
                     None => u64::MAX,
                 };
             }
+            if let RunExit::Stop(reason) = exit {
+                return RunOutcome::Stopped(reason);
+            }
+            // The slice ended at a deadline, after a write to the interrupt hardware, or at
+            // HLT: this CPU takes what is now pending for it, at this exact position.
+            let touched = self.board.platform.take_touched();
+            self.board.exit_pending = self.board.end_request.is_some();
+            let now = self.now(global);
+            let due = self
+                .board
+                .platform
+                .next_deadline()
+                .is_some_and(|d| d <= now);
+            if due {
+                self.board.platform.advance(now);
+            }
+            if touched || due || exit == RunExit::Halted {
+                if let Err(stop) = self.deliver_events(i, obs) {
+                    return RunOutcome::Stopped(stop);
+                }
+            }
             match exit {
-                RunExit::Stop(reason) => return RunOutcome::Stopped(reason),
-                RunExit::Halted => self.next_cpu(),
+                RunExit::Halted if self.cpus[i].state.halted => self.next_cpu(),
                 // A spin-wait hint: the CPU waits for another one, which runs now.
                 RunExit::Paused => {
                     self.board.uart.flush();
                     self.next_cpu();
                 }
-                RunExit::Budget if self.sched.used >= quantum => {
+                _ if self.sched.used >= quantum => {
                     self.board.uart.flush();
                     self.next_cpu();
                 }
-                // The limit was reached mid-quantum, or a device asked to end the run:
-                // both are seen at the top of the loop.
-                RunExit::Budget | RunExit::BusExit => {}
+                // Mid-quantum (the limit, a sync point, a deadline, a device write, an
+                // interrupt that woke the CPU from HLT): the CPU goes on.
+                _ => {}
             }
         }
+    }
+
+    /// Let CPU `i` take what the platform has for it: INIT, start-up, NMI, and at most one
+    /// interrupt vector (its handler runs before the next is considered).
+    fn deliver_events<O: Observer>(
+        &mut self,
+        i: usize,
+        obs: &mut O,
+    ) -> Result<(), Box<StopReason>> {
+        let cpu = &mut self.cpus[i];
+        // INIT, SIPI, NMI and one vector at most: a handful of rounds.
+        for _ in 0..4 {
+            let if_enabled = cpu.interrupts_enabled();
+            let apic_enabled = cpu.state.msr.apic_base & apic_base::ENABLE != 0;
+            let event = self
+                .board
+                .platform
+                .take_event(i as u32, if_enabled, apic_enabled);
+            match event {
+                None => break,
+                Some(CpuEvent::Init) => cpu.init(),
+                Some(CpuEvent::StartUp(v)) => cpu.startup(v),
+                Some(CpuEvent::Nmi) => {
+                    if !cpu.nmi(&mut self.board, obs, &mut self.code)? {
+                        self.board.platform.requeue_nmi(i as u32);
+                        break;
+                    }
+                }
+                Some(CpuEvent::Interrupt(v)) => {
+                    cpu.interrupt(&mut self.board, obs, &mut self.code, v)?;
+                    break;
+                }
+            }
+        }
+        // Delivery itself reads and writes memory only; it cannot have asked for an exit
+        // except through a device end request, which stays set.
+        self.board.platform.take_touched();
+        self.board.exit_pending = self.board.end_request.is_some();
+        Ok(())
     }
 
     fn next_cpu(&mut self) {
@@ -627,6 +815,9 @@ impl<I: Inputs> Machine<I> {
                 None => break,
             }
         }
+        self.board
+            .platform
+            .set_isa_irq(COM1_IRQ, self.board.uart.irq_output());
     }
 
     fn all_halted(&self) -> AllHalted {
@@ -655,6 +846,7 @@ impl<I: Inputs> Machine<I> {
             reset_control: self.board.reset_control,
             i8042: self.board.i8042,
             rtc: self.board.rtc.state(),
+            platform: self.board.platform.state(),
             end_request: self.board.end_request,
         }
     }
@@ -694,6 +886,7 @@ impl<I: Inputs> Machine<I> {
         self.board.reset_control = state.reset_control;
         self.board.i8042 = state.i8042;
         self.board.rtc = Rtc::from_state(state.rtc.clone());
+        self.board.platform = Platform::from_state(state.platform.clone());
         self.board.end_request = state.end_request;
         self.board.exit_pending = state.end_request.is_some();
         Ok(())

@@ -231,6 +231,13 @@ impl<W: Write> Uart<W> {
         self.state.irq
     }
 
+    /// The interrupt request as a PC's interrupt controllers see it: the UART's INTR
+    /// gated by MCR OUT2, which PC serial boards wire in front of the IRQ line (drivers set
+    /// OUT2 to enable interrupts).
+    pub fn irq_output(&self) -> bool {
+        self.state.irq && self.state.mcr & mcr::OUT2 != 0
+    }
+
     /// How many more received bytes the UART can hold.
     pub fn rx_room(&self) -> usize {
         self.rx_capacity().saturating_sub(self.state.rx.len())
@@ -502,6 +509,13 @@ mod tests {
         assert_eq!(u.read(reg::IIR_FCR), iir::RLS);
         u.read(reg::LSR);
         assert_eq!(u.read(reg::IIR_FCR), iir::RDA);
+        // The PC's IRQ line is gated by OUT2 (set at power-on here, as firmware leaves it).
+        assert!(u.irq_output());
+        u.write(reg::MCR, 0);
+        assert!(u.irq_level());
+        assert!(!u.irq_output());
+        u.write(reg::MCR, mcr::OUT2);
+        assert!(u.irq_output());
     }
 
     #[test]

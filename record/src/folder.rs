@@ -213,6 +213,7 @@ pub fn read_image(role: &str, path: &Path) -> Result<LoadedImage, RecordingError
             path: abs,
             size: bytes.len() as u64,
             blake3: hex(blake3::hash(&bytes).as_bytes()),
+            args: String::new(),
         },
         bytes,
     })
@@ -289,6 +290,7 @@ mod tests {
             boot: Boot {
                 protocol: "bare".into(),
                 images: vec![image],
+                cmdline: String::new(),
             },
             log: LOG_FILE.into(),
             checkpoints: CHECKPOINTS_DIR.into(),

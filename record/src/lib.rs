@@ -11,6 +11,7 @@
 //!   (and, in `reprise-replay`, the trace format) are written in.
 #![warn(missing_docs)]
 
+pub mod boot;
 pub mod console;
 pub mod container;
 pub mod folder;

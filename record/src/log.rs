@@ -158,6 +158,8 @@ pub enum Outcome {
     OutputFailed(String),
     /// The input seam stopped the run (a recorder that could not write its log).
     InputsStopped,
+    /// The guest powered the machine off.
+    PowerOff,
 }
 
 impl From<&RunOutcome> for Outcome {
@@ -173,6 +175,7 @@ impl From<&RunOutcome> for Outcome {
             RunOutcome::InstructionLimit => Outcome::InstructionLimit,
             RunOutcome::OutputFailed(e) => Outcome::OutputFailed(e.clone()),
             RunOutcome::InputsStopped => Outcome::InputsStopped,
+            RunOutcome::PowerOff => Outcome::PowerOff,
         }
     }
 }
@@ -189,6 +192,7 @@ impl std::fmt::Display for Outcome {
             Outcome::InstructionLimit => write!(f, "instruction limit"),
             Outcome::OutputFailed(e) => write!(f, "console output failed: {e}"),
             Outcome::InputsStopped => write!(f, "stopped by the input seam"),
+            Outcome::PowerOff => write!(f, "guest power-off"),
         }
     }
 }

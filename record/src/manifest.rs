@@ -100,7 +100,7 @@ impl MachineOptions {
 pub enum Clock {
     /// Virtual time, derived from instruction counts: nothing to log.
     Virtual,
-    /// Host-paced timer events, logged as inputs (not supported yet: no timer device).
+    /// Host-paced timer events, logged as inputs (not supported yet).
     Host,
 }
 
@@ -113,13 +113,16 @@ impl std::fmt::Display for Clock {
     }
 }
 
-/// How the machine was booted.
+/// How the machine was booted (see [`crate::boot`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Boot {
-    /// The boot protocol (`bare`: BOOT-PROTOCOL.md).
+    /// The boot protocol: `bare` (BOOT-PROTOCOL.md), `linux` or `multiboot`.
     pub protocol: String,
     /// The boot images, in the order the protocol takes them.
     pub images: Vec<BootImage>,
+    /// The kernel command line (`linux`, `multiboot`; empty for `bare`).
+    #[serde(default)]
+    pub cmdline: String,
 }
 
 /// One boot image, identified by its content.
@@ -133,6 +136,9 @@ pub struct BootImage {
     pub size: u64,
     /// Lowercase hex blake3 of its bytes.
     pub blake3: String,
+    /// A multiboot module's string (empty otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub args: String,
 }
 
 impl Manifest {

@@ -11,15 +11,15 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use reprise_cpu::CpuidProfile;
-use reprise_devices::boot::bare::{self, ImageError};
 use reprise_devices::machine::ConfigError;
 use reprise_devices::{Inputs, Machine, RunOutcome, RunResult};
 
+use crate::boot::{boot_machine, read_boot, BootError, BootSpec};
 use crate::console::{ConsoleDigest, ConsoleTap};
 use crate::container::ContainerError;
-use crate::folder::{prepare, read_image, RecordingDir, RecordingError};
+use crate::folder::{prepare, RecordingDir, RecordingError};
 use crate::log::{EndRecord, LOG_FILE};
-use crate::manifest::{Boot, Clock, MachineOptions, Manifest, FORMAT_NAME, FORMAT_VERSION};
+use crate::manifest::{Clock, MachineOptions, Manifest, FORMAT_NAME, FORMAT_VERSION};
 use crate::recorder::{LogStats, Recorder};
 
 /// What to record.
@@ -37,8 +37,8 @@ pub struct RecordSetup {
     pub sync_every: u64,
     /// Instructions between checkpoints (0: none): one at every multiple.
     pub checkpoint_every: u64,
-    /// The bare-protocol boot image.
-    pub image: PathBuf,
+    /// What to boot.
+    pub boot: BootSpec,
     /// The tool's name and version, for the manifest.
     pub tool: String,
 }
@@ -54,7 +54,7 @@ pub enum RecordError {
     Config(#[from] ConfigError),
     /// The image does not boot.
     #[error(transparent)]
-    Boot(#[from] ImageError),
+    Boot(#[from] BootError),
     /// Something this build cannot record.
     #[error("{0}")]
     Unsupported(String),
@@ -95,13 +95,14 @@ pub fn record<I: Inputs + 'static>(
 ) -> Result<RecordReport, RecordError> {
     if setup.clock != Clock::Virtual {
         return Err(RecordError::Unsupported(
-            "--clock host: host-paced timer events need a timer device, which reprise does not have yet; use --clock virtual".into(),
+            "--clock host: host-paced timer events are not supported yet; use --clock virtual"
+                .into(),
         ));
     }
     let config = setup.machine.config();
     config.validate()?;
-    // Read the image before touching the folder: a typo in its path leaves nothing behind.
-    let image = read_image("kernel", &setup.image)?;
+    // Read the images before touching the folder: a typo in a path leaves nothing behind.
+    let (boot, images) = read_boot(&setup.boot)?;
     let cpuid = CpuidProfile::default();
     let manifest = Manifest {
         format: FORMAT_NAME.into(),
@@ -110,10 +111,7 @@ pub fn record<I: Inputs + 'static>(
         machine: setup.machine.clone(),
         clock: setup.clock,
         sync_every: setup.sync_every,
-        boot: Boot {
-            protocol: "bare".into(),
-            images: vec![image.entry.clone()],
-        },
+        boot: boot.clone(),
         log: LOG_FILE.into(),
         checkpoints: crate::folder::CHECKPOINTS_DIR.into(),
         cpuid: cpuid.clone(),
@@ -131,7 +129,7 @@ pub fn record<I: Inputs + 'static>(
     let (tap, digester) = ConsoleTap::new(console);
     let boxed: Box<dyn Inputs> = Box::new(recorder.clone());
     let mut machine = Machine::with_cpuid(config, cpuid, boxed, Box::new(tap))?;
-    if let Err(e) = bare::load(&mut machine, &image.name, &image.bytes) {
+    if let Err(e) = boot_machine(&mut machine, &boot, &images) {
         // Nothing was recorded: leave no half-made recording behind.
         drop(machine);
         let _ = std::fs::remove_dir_all(&dir.dir);

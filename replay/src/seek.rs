@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use reprise_checkpoints::{CheckpointError, SaveStats, Store};
 use reprise_cpu::state::GPR_NAMES;
-use reprise_devices::boot::bare;
 use reprise_devices::{Machine, RunOutcome};
+use reprise_record::boot::boot_machine;
 use reprise_record::folder::{load_images, RecordingDir};
 use reprise_record::manifest::Manifest;
 use reprise_record::scan::LogScan;
@@ -35,13 +35,6 @@ pub struct Replay {
 /// Boot the recording in `dir` for replay (guest console discarded).
 pub fn boot(dir: &Path, images: &[PathBuf]) -> Result<Replay, ReplayError> {
     let manifest = Manifest::read(dir)?;
-    if manifest.boot.protocol != "bare" || manifest.boot.images.len() != 1 {
-        return Err(ReplayError::Unsupported(format!(
-            "boot protocol '{}' with {} images is not supported (only 'bare' with one ELF)",
-            manifest.boot.protocol,
-            manifest.boot.images.len()
-        )));
-    }
     let config = manifest.machine.config();
     config.validate()?;
     let loaded = load_images(&manifest, images)?;
@@ -59,8 +52,7 @@ pub fn boot(dir: &Path, images: &[PathBuf]) -> Result<Replay, ReplayError> {
         replayer,
         Box::new(std::io::sink()),
     )?;
-    let image = &loaded[0];
-    bare::load(&mut machine, &image.name, &image.bytes)?;
+    boot_machine(&mut machine, &manifest.boot, &loaded)?;
     Ok(Replay {
         machine,
         store: Store::new(&rec.checkpoints()),

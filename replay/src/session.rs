@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use reprise_cpu::{NoObserver, Observer};
-use reprise_devices::boot::bare::{self, ImageError};
 use reprise_devices::machine::ConfigError;
 use reprise_devices::{Inputs, Machine, RunOutcome, RunResult};
+use reprise_record::boot::{boot_machine, BootError};
 use reprise_record::console::ConsoleTap;
 use reprise_record::container::ContainerError;
 use reprise_record::folder::{load_images, RecordingDir, RecordingError};
@@ -94,9 +94,9 @@ pub enum ReplayError {
     /// The recorded machine cannot be built here.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The image does not boot.
+    /// The images do not boot.
     #[error(transparent)]
-    Boot(#[from] ImageError),
+    Boot(#[from] BootError),
     /// Something this build cannot replay.
     #[error("{0}")]
     Unsupported(String),
@@ -160,13 +160,6 @@ pub fn replay_observed<O: Observer>(
             manifest.clock
         )));
     }
-    if manifest.boot.protocol != "bare" || manifest.boot.images.len() != 1 {
-        return Err(ReplayError::Unsupported(format!(
-            "boot protocol '{}' with {} images is not supported (only 'bare' with one ELF)",
-            manifest.boot.protocol,
-            manifest.boot.images.len()
-        )));
-    }
     let config = manifest.machine.config();
     config.validate()?;
     let images = load_images(&manifest, &setup.images)?;
@@ -200,8 +193,7 @@ pub fn replay_observed<O: Observer>(
     let (tap, digester) = ConsoleTap::new(console);
     let inputs: Box<dyn Inputs> = Box::new(replayer.clone());
     let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), inputs, Box::new(tap))?;
-    let image = &images[0];
-    bare::load(&mut machine, &image.name, &image.bytes)?;
+    boot_machine(&mut machine, &manifest.boot, &images)?;
 
     let result = run_with_perturbation(&mut machine, obs, limit, setup.perturb.as_ref());
     let _ = machine.serial_output().flush();

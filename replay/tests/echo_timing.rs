@@ -92,7 +92,7 @@ proptest! {
             clock: Clock::Virtual,
             sync_every,
             checkpoint_every: 0,
-            image: fixture_path("echo"),
+            boot: reprise_record::boot::BootSpec::Bare(fixture_path("echo")),
             tool: "test".into(),
         };
         let recorded_console = Console::default();

@@ -1,0 +1,950 @@
+//! The local APIC of one CPU, in xAPIC mode (MMIO page at [`LAPIC_BASE`]; no x2APIC).
+//!
+//! A [`Lapic`] answers register reads and writes by offset in its page and keeps the
+//! interrupt state of its CPU: the 256-bit IRR/ISR/TMR, the task priority, the local vector
+//! table, the timer and the INIT/SIPI/NMI events that concern the CPU itself. It has no
+//! pointer to anything: what it sends out comes back from [`Lapic::write`] as a
+//! [`LapicEffect`] (an IPI to route, an EOI to broadcast to the IOAPIC), and messages for it
+//! arrive through [`route`], which matches destinations the way the APIC bus does.
+//!
+//! Interrupt acceptance follows the SDM (10.8): a fixed interrupt sets its IRR bit (and its
+//! TMR bit when level-triggered); [`Lapic::pending_vector`] is the highest IRR vector whose
+//! priority class is above the processor priority (PPR, from TPR and the highest ISR
+//! vector); [`Lapic::acknowledge`] moves it from IRR to ISR as the CPU's interrupt
+//! acknowledge cycle does; an EOI write retires the highest ISR vector and, when its TMR bit
+//! was set, asks for an EOI broadcast.
+//!
+//! The timer counts the core crystal clock ([`vtime::CRYSTAL_HZ`]) through the divide
+//! configuration register, in one-shot, periodic or TSC-deadline mode. Time is always a
+//! parameter (`now`, virtual nanoseconds); [`Lapic::next_deadline`] tells the machine when
+//! the timer next fires and [`Lapic::poll_timer`] makes it fire.
+//!
+//! The CPU-level events — INIT (the CPU goes to wait-for-SIPI), a start-up IPI (the CPU
+//! starts in real mode at the vector's page), NMI and ExtINT — are kept as flags for the
+//! machine to act on ([`Lapic::take_init`], [`Lapic::take_sipi`], [`Lapic::take_nmi`],
+//! [`Lapic::take_extint`]).
+//!
+//! Simplifications, each deliberate: the ID register is writable (as on P6/Pentium 4);
+//! focus checking and the arbitration priority are not modelled (lowest-priority delivery
+//! goes to the matching APIC with the lowest processor priority, ties to the lowest CPU
+//! index); there is no CMCI LVT (the version register says 6 LVT entries); directed EOI and
+//! EOI-broadcast suppression are not offered; SMI messages are ignored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::vtime::{self, CRYSTAL_HZ};
+
+/// Physical address of every CPU's local APIC page (the architectural default).
+pub const LAPIC_BASE: u64 = 0xfee0_0000;
+/// Size of the local APIC's MMIO page.
+pub const LAPIC_SIZE: u64 = 0x1000;
+/// The version register: version 0x14 (integrated APIC), 6 LVT entries (max LVT index 5).
+pub const LAPIC_VERSION: u32 = 0x0005_0014;
+/// The IA32_TSC_DEADLINE MSR.
+pub const MSR_TSC_DEADLINE: u32 = 0x6e0;
+/// The IA32_APIC_BASE MSR.
+pub const MSR_APIC_BASE: u32 = 0x1b;
+
+/// IA32_APIC_BASE bits.
+pub mod apic_base {
+    /// This CPU is the bootstrap processor.
+    pub const BSP: u64 = 1 << 8;
+    /// x2APIC mode (not offered).
+    pub const EXTD: u64 = 1 << 10;
+    /// The APIC is globally enabled.
+    pub const ENABLE: u64 = 1 << 11;
+}
+
+/// Register offsets in the APIC page.
+pub mod reg {
+    /// Local APIC ID (bits 31:24).
+    pub const ID: u32 = 0x020;
+    /// Version.
+    pub const VERSION: u32 = 0x030;
+    /// Task priority.
+    pub const TPR: u32 = 0x080;
+    /// Arbitration priority (reads 0: not modelled).
+    pub const APR: u32 = 0x090;
+    /// Processor priority (read-only).
+    pub const PPR: u32 = 0x0a0;
+    /// End of interrupt (write-only).
+    pub const EOI: u32 = 0x0b0;
+    /// Remote read (reads 0).
+    pub const RRD: u32 = 0x0c0;
+    /// Logical destination.
+    pub const LDR: u32 = 0x0d0;
+    /// Destination format.
+    pub const DFR: u32 = 0x0e0;
+    /// Spurious-interrupt vector.
+    pub const SVR: u32 = 0x0f0;
+    /// In-service register, 8 × 32 bits (0x100–0x170).
+    pub const ISR: u32 = 0x100;
+    /// Trigger-mode register, 8 × 32 bits (0x180–0x1f0).
+    pub const TMR: u32 = 0x180;
+    /// Interrupt request register, 8 × 32 bits (0x200–0x270).
+    pub const IRR: u32 = 0x200;
+    /// Error status.
+    pub const ESR: u32 = 0x280;
+    /// Interrupt command, low half (a write sends the IPI).
+    pub const ICR_LOW: u32 = 0x300;
+    /// Interrupt command, high half (destination in bits 31:24).
+    pub const ICR_HIGH: u32 = 0x310;
+    /// LVT timer.
+    pub const LVT_TIMER: u32 = 0x320;
+    /// LVT thermal sensor.
+    pub const LVT_THERMAL: u32 = 0x330;
+    /// LVT performance-monitoring counters.
+    pub const LVT_PERF: u32 = 0x340;
+    /// LVT LINT0.
+    pub const LVT_LINT0: u32 = 0x350;
+    /// LVT LINT1.
+    pub const LVT_LINT1: u32 = 0x360;
+    /// LVT error.
+    pub const LVT_ERROR: u32 = 0x370;
+    /// Timer initial count.
+    pub const TIMER_INITIAL: u32 = 0x380;
+    /// Timer current count (read-only).
+    pub const TIMER_CURRENT: u32 = 0x390;
+    /// Timer divide configuration.
+    pub const TIMER_DIVIDE: u32 = 0x3e0;
+}
+
+/// Bits of the local vector table entries.
+pub mod lvt {
+    /// The vector.
+    pub const VECTOR: u32 = 0xff;
+    /// Delivery mode (bits 10:8).
+    pub const DELIVERY_MODE: u32 = 0x700;
+    /// Delivery status (read-only; always idle here).
+    pub const DELIVERY_STATUS: u32 = 1 << 12;
+    /// Input pin polarity (LINT0/1).
+    pub const POLARITY: u32 = 1 << 13;
+    /// Remote IRR (LINT0/1, read-only).
+    pub const REMOTE_IRR: u32 = 1 << 14;
+    /// Level-triggered (LINT0/1).
+    pub const LEVEL: u32 = 1 << 15;
+    /// Masked.
+    pub const MASKED: u32 = 1 << 16;
+    /// Timer mode (bits 18:17).
+    pub const TIMER_MODE: u32 = 3 << 17;
+    /// Timer mode: one-shot.
+    pub const TIMER_ONE_SHOT: u32 = 0;
+    /// Timer mode: periodic.
+    pub const TIMER_PERIODIC: u32 = 1 << 17;
+    /// Timer mode: TSC-deadline.
+    pub const TIMER_TSC_DEADLINE: u32 = 2 << 17;
+    /// Delivery mode field value: fixed.
+    pub const DM_FIXED: u32 = 0 << 8;
+    /// Delivery mode field value: NMI.
+    pub const DM_NMI: u32 = 4 << 8;
+    /// Delivery mode field value: ExtINT.
+    pub const DM_EXTINT: u32 = 7 << 8;
+}
+
+/// Spurious-interrupt vector register bits.
+pub mod svr {
+    /// The spurious vector.
+    pub const VECTOR: u32 = 0xff;
+    /// APIC software enable.
+    pub const ENABLED: u32 = 1 << 8;
+    /// Focus processor checking disabled.
+    pub const FOCUS_DISABLED: u32 = 1 << 9;
+}
+
+/// Error status register bits.
+pub mod esr {
+    /// A fixed IPI with a vector below 16 was sent.
+    pub const SEND_ILLEGAL_VECTOR: u32 = 1 << 5;
+    /// An interrupt with a vector below 16 was received.
+    pub const RECEIVE_ILLEGAL_VECTOR: u32 = 1 << 6;
+    /// An access to an unimplemented register.
+    pub const ILLEGAL_REGISTER: u32 = 1 << 7;
+}
+
+/// Interrupt command register bits (low half unless said).
+pub mod icr {
+    /// The vector.
+    pub const VECTOR: u32 = 0xff;
+    /// Delivery mode (bits 10:8).
+    pub const DELIVERY_MODE: u32 = 0x700;
+    /// Logical destination mode.
+    pub const LOGICAL: u32 = 1 << 11;
+    /// Delivery status (always idle: IPIs are delivered at once).
+    pub const DELIVERY_STATUS: u32 = 1 << 12;
+    /// Level: assert (1) or de-assert (0); only INIT de-assert uses 0.
+    pub const ASSERT: u32 = 1 << 14;
+    /// Trigger mode: level.
+    pub const LEVEL: u32 = 1 << 15;
+    /// Destination shorthand (bits 19:18).
+    pub const SHORTHAND: u32 = 3 << 18;
+    /// Shorthand: self.
+    pub const SELF: u32 = 1 << 18;
+    /// Shorthand: all including self.
+    pub const ALL: u32 = 2 << 18;
+    /// Shorthand: all excluding self.
+    pub const ALL_BUT_SELF: u32 = 3 << 18;
+    /// The bits of the low half that are kept.
+    pub const LOW_MASK: u32 = 0x000c_cfff;
+}
+
+/// LVT indices in [`LapicState::lvt`], in register order.
+pub mod lvt_index {
+    /// Timer.
+    pub const TIMER: usize = 0;
+    /// Thermal sensor.
+    pub const THERMAL: usize = 1;
+    /// Performance counters.
+    pub const PERF: usize = 2;
+    /// LINT0.
+    pub const LINT0: usize = 3;
+    /// LINT1.
+    pub const LINT1: usize = 4;
+    /// Error.
+    pub const ERROR: usize = 5;
+}
+
+/// Number of LVT entries.
+const LVT_COUNT: usize = 6;
+
+/// Writable bits of each LVT entry, by [`lvt_index`].
+const LVT_WRITABLE: [u32; LVT_COUNT] = [
+    lvt::VECTOR | lvt::MASKED | lvt::TIMER_MODE,
+    lvt::VECTOR | lvt::DELIVERY_MODE | lvt::MASKED,
+    lvt::VECTOR | lvt::DELIVERY_MODE | lvt::MASKED,
+    lvt::VECTOR | lvt::DELIVERY_MODE | lvt::POLARITY | lvt::LEVEL | lvt::MASKED,
+    lvt::VECTOR | lvt::DELIVERY_MODE | lvt::POLARITY | lvt::LEVEL | lvt::MASKED,
+    lvt::VECTOR | lvt::MASKED,
+];
+
+/// How an interrupt message is delivered (the APIC delivery-mode field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryMode {
+    /// Deliver the vector to every destination.
+    Fixed,
+    /// Deliver the vector to the destination with the lowest priority.
+    LowestPriority,
+    /// System management interrupt (ignored).
+    Smi,
+    /// Non-maskable interrupt.
+    Nmi,
+    /// INIT: the destination CPUs reset and wait for a start-up IPI.
+    Init,
+    /// Start-up IPI: a CPU waiting for it starts at `vector << 12` in real mode.
+    StartUp,
+    /// External interrupt: the CPU takes the vector from the 8259 PIC.
+    ExtInt,
+}
+
+impl DeliveryMode {
+    /// Decode the 3-bit delivery-mode field; `None` for the reserved value 3.
+    pub fn from_bits(bits: u32) -> Option<DeliveryMode> {
+        Some(match bits & 7 {
+            0 => DeliveryMode::Fixed,
+            1 => DeliveryMode::LowestPriority,
+            2 => DeliveryMode::Smi,
+            4 => DeliveryMode::Nmi,
+            5 => DeliveryMode::Init,
+            6 => DeliveryMode::StartUp,
+            7 => DeliveryMode::ExtInt,
+            _ => return None,
+        })
+    }
+}
+
+/// Who an interrupt message is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Destination {
+    /// The APIC whose ID matches (0xff: all of them).
+    Physical(u8),
+    /// The APICs whose logical destination matches (flat or cluster model; 0xff: all).
+    Logical(u8),
+    /// Only the APIC of this CPU index (shorthand "self").
+    Only(u32),
+    /// Every APIC (shorthand "all including self").
+    All,
+    /// Every APIC except that of this CPU index (shorthand "all excluding self").
+    AllBut(u32),
+}
+
+/// An interrupt message on the (virtual) APIC bus, from an IOAPIC or an IPI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApicMessage {
+    /// The vector (the start-up page for a SIPI).
+    pub vector: u8,
+    /// How to deliver it.
+    pub mode: DeliveryMode,
+    /// To whom.
+    pub dest: Destination,
+    /// Level-triggered (sets the TMR bit, and the EOI is broadcast).
+    pub level: bool,
+}
+
+/// What a register write asks the rest of the machine to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LapicEffect {
+    /// Nothing beyond the APIC itself.
+    None,
+    /// Route this inter-processor interrupt ([`route`]).
+    Ipi(ApicMessage),
+    /// A level-triggered vector was retired: broadcast its EOI to the IOAPIC.
+    Eoi(u8),
+}
+
+/// The local APIC's complete state (plain data, for checkpoints and hashes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LapicState {
+    /// APIC ID (the ID register's bits 31:24).
+    pub id: u8,
+    /// Task priority.
+    pub tpr: u8,
+    /// Logical destination register.
+    pub ldr: u32,
+    /// Destination format register (bits 31:28; the rest read as ones).
+    pub dfr: u32,
+    /// Spurious-interrupt vector register.
+    pub svr: u32,
+    /// In-service register, bit `v` of the 256 in word `v / 32`.
+    pub isr: [u32; 8],
+    /// Trigger-mode register.
+    pub tmr: [u32; 8],
+    /// Interrupt request register.
+    pub irr: [u32; 8],
+    /// The error status register as the guest last latched it.
+    pub esr: u32,
+    /// Errors detected since the last ESR write.
+    pub esr_pending: u32,
+    /// Interrupt command register, low half.
+    pub icr_low: u32,
+    /// Interrupt command register, high half.
+    pub icr_high: u32,
+    /// LVT entries in register order (timer, thermal, perf, LINT0, LINT1, error).
+    pub lvt: [u32; LVT_COUNT],
+    /// Levels last seen on LINT0 and LINT1 (for edge detection).
+    pub lint_level: [bool; 2],
+    /// Timer initial-count register.
+    pub timer_initial: u32,
+    /// Timer divide-configuration register.
+    pub timer_divide: u32,
+    /// The count at `timer_start` (one-shot/periodic modes).
+    pub timer_base: u32,
+    /// When the count was `timer_base` (virtual ns).
+    pub timer_start: u64,
+    /// When the timer next fires (virtual ns), if armed.
+    pub timer_next: Option<u64>,
+    /// IA32_TSC_DEADLINE as written (0 = disarmed).
+    pub tsc_deadline: u64,
+    /// The CPU is in wait-for-SIPI (after INIT, or an AP at power-on).
+    pub wait_for_sipi: bool,
+    /// An INIT was accepted: the machine must reset the CPU's registers.
+    pub init_pending: bool,
+    /// A start-up IPI was accepted with this vector: the machine must start the CPU.
+    pub sipi_vector: Option<u8>,
+    /// An NMI is pending.
+    pub nmi_pending: bool,
+    /// An ExtINT message is pending: the CPU must take its vector from the PIC.
+    pub extint_pending: bool,
+}
+
+impl LapicState {
+    /// The power-on (and INIT) values, with the given APIC ID.
+    pub fn reset(id: u8) -> LapicState {
+        LapicState {
+            id,
+            tpr: 0,
+            ldr: 0,
+            dfr: 0xffff_ffff,
+            svr: 0xff,
+            isr: [0; 8],
+            tmr: [0; 8],
+            irr: [0; 8],
+            esr: 0,
+            esr_pending: 0,
+            icr_low: 0,
+            icr_high: 0,
+            lvt: [lvt::MASKED; LVT_COUNT],
+            lint_level: [false; 2],
+            timer_initial: 0,
+            timer_divide: 0,
+            timer_base: 0,
+            timer_start: 0,
+            timer_next: None,
+            tsc_deadline: 0,
+            wait_for_sipi: false,
+            init_pending: false,
+            sipi_vector: None,
+            nmi_pending: false,
+            extint_pending: false,
+        }
+    }
+}
+
+/// The local APIC of CPU `cpu`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lapic {
+    cpu: u32,
+    s: LapicState,
+}
+
+/// Set bit `v` of a 256-bit register.
+fn set_bit(r: &mut [u32; 8], v: u8) {
+    r[v as usize / 32] |= 1 << (v % 32);
+}
+
+/// Clear bit `v` of a 256-bit register.
+fn clear_bit(r: &mut [u32; 8], v: u8) {
+    r[v as usize / 32] &= !(1 << (v % 32));
+}
+
+/// Bit `v` of a 256-bit register.
+fn test_bit(r: &[u32; 8], v: u8) -> bool {
+    r[v as usize / 32] & (1 << (v % 32)) != 0
+}
+
+/// The highest set bit of a 256-bit register.
+fn highest(r: &[u32; 8]) -> Option<u8> {
+    (0..8)
+        .rev()
+        .find(|&w| r[w] != 0)
+        .map(|w| (w * 32 + 31 - r[w].leading_zeros() as usize) as u8)
+}
+
+/// The divisor selected by a divide-configuration value (bits 0, 1 and 3).
+pub fn timer_divisor(divide: u32) -> u64 {
+    let code = (divide & 3) | ((divide >> 1) & 4);
+    1 << ((code + 1) & 7)
+}
+
+impl Lapic {
+    /// The local APIC of CPU index `cpu` at power-on, with APIC ID `id`.
+    pub fn new(cpu: u32, id: u8) -> Lapic {
+        Lapic {
+            cpu,
+            s: LapicState::reset(id),
+        }
+    }
+
+    /// The state, for checkpoints.
+    pub fn state(&self) -> LapicState {
+        self.s.clone()
+    }
+
+    /// Rebuild CPU `cpu`'s APIC from a saved state.
+    pub fn from_state(cpu: u32, state: LapicState) -> Lapic {
+        Lapic { cpu, s: state }
+    }
+
+    /// The CPU index this APIC belongs to.
+    pub fn cpu(&self) -> u32 {
+        self.cpu
+    }
+
+    /// The APIC ID.
+    pub fn id(&self) -> u8 {
+        self.s.id
+    }
+
+    /// Whether software enabled the APIC (SVR bit 8).
+    pub fn software_enabled(&self) -> bool {
+        self.s.svr & svr::ENABLED != 0
+    }
+
+    /// Put the APIC in the "virtual wire" configuration a PC BIOS leaves behind: LINT0
+    /// takes external (8259) interrupts, LINT1 takes NMIs, both unmasked. A loader calls
+    /// this so that PIC interrupts reach the CPU before the guest programs its APIC.
+    pub fn set_virtual_wire(&mut self) {
+        self.s.lvt[lvt_index::LINT0] = lvt::DM_EXTINT;
+        self.s.lvt[lvt_index::LINT1] = lvt::DM_NMI;
+    }
+
+    /// Put the CPU in (or out of) wait-for-SIPI, as a loader does for application
+    /// processors at power-on.
+    pub fn set_wait_for_sipi(&mut self, wait: bool) {
+        self.s.wait_for_sipi = wait;
+    }
+
+    /// Whether the CPU is waiting for a start-up IPI (and so must not run).
+    pub fn waiting_for_sipi(&self) -> bool {
+        self.s.wait_for_sipi
+    }
+
+    /// Processor priority: the task priority, or the class of the highest in-service
+    /// vector if that is higher.
+    pub fn ppr(&self) -> u8 {
+        let isrv = highest(&self.s.isr).unwrap_or(0);
+        if self.s.tpr >> 4 >= isrv >> 4 {
+            self.s.tpr
+        } else {
+            isrv & 0xf0
+        }
+    }
+
+    /// The vector the CPU would take now if it accepted interrupts: the highest requested
+    /// vector whose priority class is above the processor priority.
+    pub fn pending_vector(&self) -> Option<u8> {
+        let v = highest(&self.s.irr)?;
+        (v >> 4 > self.ppr() >> 4).then_some(v)
+    }
+
+    /// The CPU's interrupt acknowledge: take [`Lapic::pending_vector`] from IRR into ISR
+    /// and return it.
+    pub fn acknowledge(&mut self) -> Option<u8> {
+        let v = self.pending_vector()?;
+        clear_bit(&mut self.s.irr, v);
+        set_bit(&mut self.s.isr, v);
+        Some(v)
+    }
+
+    /// Whether LINT0 passes external (8259) interrupts: unmasked, ExtINT delivery.
+    pub fn accepts_extint(&self) -> bool {
+        let l = self.s.lvt[lvt_index::LINT0];
+        l & lvt::MASKED == 0 && l & lvt::DELIVERY_MODE == lvt::DM_EXTINT
+    }
+
+    /// Whether anything is waiting for the CPU: a deliverable vector, an NMI, an ExtINT
+    /// message, INIT or a start-up IPI. (The machine still checks RFLAGS.IF for vectors.)
+    pub fn has_event(&self) -> bool {
+        self.pending_vector().is_some()
+            || self.s.nmi_pending
+            || self.s.extint_pending
+            || self.s.init_pending
+            || self.s.sipi_vector.is_some()
+    }
+
+    /// Take a pending INIT (the machine then puts the CPU in its INIT state).
+    pub fn take_init(&mut self) -> bool {
+        std::mem::take(&mut self.s.init_pending)
+    }
+
+    /// Take a pending start-up IPI's vector (the machine then starts the CPU at
+    /// `vector << 12` in real mode).
+    pub fn take_sipi(&mut self) -> Option<u8> {
+        self.s.sipi_vector.take()
+    }
+
+    /// Make an NMI pending again (the CPU could not take it: an NMI handler is running).
+    pub fn raise_nmi(&mut self) {
+        self.s.nmi_pending = true;
+    }
+
+    /// Take a pending NMI.
+    pub fn take_nmi(&mut self) -> bool {
+        std::mem::take(&mut self.s.nmi_pending)
+    }
+
+    /// Take a pending ExtINT message (the machine then acknowledges the PIC).
+    pub fn take_extint(&mut self) -> bool {
+        std::mem::take(&mut self.s.extint_pending)
+    }
+
+    /// Note an error in the ESR and raise the error interrupt if its LVT allows.
+    fn error(&mut self, bits: u32) {
+        self.s.esr_pending |= bits;
+        let l = self.s.lvt[lvt_index::ERROR];
+        let v = (l & lvt::VECTOR) as u8;
+        if l & lvt::MASKED == 0 && v >= 16 && self.software_enabled() {
+            set_bit(&mut self.s.irr, v);
+            clear_bit(&mut self.s.tmr, v);
+        }
+    }
+
+    /// Accept a fixed interrupt: set IRR (and TMR for level-triggered ones). Vectors
+    /// 0–15 are illegal and only set an error; a software-disabled APIC drops them.
+    pub fn accept_fixed(&mut self, vector: u8, level: bool) {
+        if vector < 16 {
+            self.error(esr::RECEIVE_ILLEGAL_VECTOR);
+            return;
+        }
+        if !self.software_enabled() {
+            return;
+        }
+        set_bit(&mut self.s.irr, vector);
+        if level {
+            set_bit(&mut self.s.tmr, vector);
+        } else {
+            clear_bit(&mut self.s.tmr, vector);
+        }
+    }
+
+    /// Receive a message from the APIC bus (already matched to this APIC by [`route`]).
+    pub fn receive(&mut self, msg: &ApicMessage) {
+        match msg.mode {
+            DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
+                self.accept_fixed(msg.vector, msg.level)
+            }
+            DeliveryMode::Nmi => self.s.nmi_pending = true,
+            DeliveryMode::Init => self.init(),
+            DeliveryMode::StartUp => {
+                // Only a CPU in wait-for-SIPI listens; Linux sends two and the second is
+                // ignored by design.
+                if self.s.wait_for_sipi {
+                    self.s.wait_for_sipi = false;
+                    self.s.sipi_vector = Some(msg.vector);
+                }
+            }
+            DeliveryMode::ExtInt => self.s.extint_pending = true,
+            DeliveryMode::Smi => {}
+        }
+    }
+
+    /// INIT: reset the APIC (keeping its ID) and put the CPU in wait-for-SIPI.
+    fn init(&mut self) {
+        let id = self.s.id;
+        self.s = LapicState::reset(id);
+        self.s.wait_for_sipi = true;
+        self.s.init_pending = true;
+    }
+
+    /// Drive the LINT0 (`pin` 0) or LINT1 (`pin` 1) input. An NMI-mode pin raises an NMI
+    /// on a rising edge; a fixed-mode pin raises its vector. ExtINT needs no edge: the
+    /// machine asks [`Lapic::accepts_extint`] and the PIC directly.
+    pub fn set_lint(&mut self, pin: usize, level: bool) {
+        if pin > 1 {
+            return;
+        }
+        let rising = level && !self.s.lint_level[pin];
+        self.s.lint_level[pin] = level;
+        let l = self.s.lvt[lvt_index::LINT0 + pin];
+        if l & lvt::MASKED != 0 || !rising {
+            return;
+        }
+        match l & lvt::DELIVERY_MODE {
+            lvt::DM_NMI => self.s.nmi_pending = true,
+            lvt::DM_FIXED => self.accept_fixed((l & lvt::VECTOR) as u8, false),
+            _ => {}
+        }
+    }
+
+    /// Whether `dest` names this APIC.
+    pub fn matches(&self, dest: &Destination) -> bool {
+        match *dest {
+            Destination::Physical(id) => id == 0xff || id == self.s.id,
+            Destination::Logical(mask) => {
+                let ldr = (self.s.ldr >> 24) as u8;
+                if mask == 0xff {
+                    true
+                } else if self.s.dfr >> 28 == 0xf {
+                    // Flat model: one bit per APIC.
+                    ldr & mask != 0
+                } else {
+                    // Cluster model: cluster in the high nibble, members in the low one.
+                    ldr >> 4 == mask >> 4 && ldr & mask & 0xf != 0
+                }
+            }
+            Destination::Only(cpu) => cpu == self.cpu,
+            Destination::All => true,
+            Destination::AllBut(cpu) => cpu != self.cpu,
+        }
+    }
+
+    // ---- the timer ----
+
+    fn timer_mode(&self) -> u32 {
+        self.s.lvt[lvt_index::TIMER] & lvt::TIMER_MODE
+    }
+
+    fn divisor(&self) -> u64 {
+        timer_divisor(self.s.timer_divide)
+    }
+
+    /// Nanoseconds for `count` ticks of the divided timer clock.
+    fn count_ns(&self, count: u64) -> u64 {
+        vtime::ns_for_ticks(count.saturating_mul(self.divisor()), CRYSTAL_HZ)
+    }
+
+    /// Divided-clock ticks between `timer_start` and `now`.
+    fn elapsed_counts(&self, now: u64) -> u64 {
+        vtime::ticks_in(now.saturating_sub(self.s.timer_start), CRYSTAL_HZ) / self.divisor()
+    }
+
+    /// The current-count register at `now`.
+    pub fn current_count(&self, now: u64) -> u32 {
+        if self.timer_mode() == lvt::TIMER_TSC_DEADLINE || self.s.timer_next.is_none() {
+            return 0;
+        }
+        let e = self.elapsed_counts(now);
+        let base = self.s.timer_base as u64;
+        if e < base {
+            (base - e) as u32
+        } else if self.timer_mode() == lvt::TIMER_PERIODIC && self.s.timer_initial != 0 {
+            // Not polled yet past a reload: the counter restarted from the initial count.
+            let n = self.s.timer_initial as u64;
+            (n - (e - base) % n) as u32
+        } else {
+            0
+        }
+    }
+
+    /// Start counting down from `count` at `now` (0 stops the timer).
+    fn start_count(&mut self, count: u32, now: u64) {
+        self.s.timer_base = count;
+        self.s.timer_start = now;
+        self.s.timer_next = (count != 0).then(|| now.saturating_add(self.count_ns(count as u64)));
+    }
+
+    /// When the timer fires next (virtual ns), in any mode, if it is armed.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.s.timer_next
+    }
+
+    /// Fire the timer if its deadline has passed: request the timer vector (unless the
+    /// LVT entry is masked) and rearm a periodic timer at its next period after `now`
+    /// (periods missed while nobody polled are coalesced, as a real APIC's IRR does).
+    /// Returns true if the timer fired.
+    pub fn poll_timer(&mut self, now: u64) -> bool {
+        let Some(due) = self.s.timer_next else {
+            return false;
+        };
+        if due > now {
+            return false;
+        }
+        let l = self.s.lvt[lvt_index::TIMER];
+        if l & lvt::MASKED == 0 {
+            self.accept_fixed((l & lvt::VECTOR) as u8, false);
+        }
+        match self.timer_mode() {
+            lvt::TIMER_PERIODIC if self.s.timer_initial != 0 => {
+                let period = self.count_ns(self.s.timer_initial as u64).max(1);
+                let last_reload = due + (now - due) / period * period;
+                self.s.timer_base = self.s.timer_initial;
+                self.s.timer_start = last_reload;
+                self.s.timer_next = Some(last_reload.saturating_add(period));
+            }
+            lvt::TIMER_TSC_DEADLINE => {
+                // The deadline MSR clears itself when the timer fires.
+                self.s.tsc_deadline = 0;
+                self.s.timer_next = None;
+            }
+            _ => {
+                self.s.timer_base = 0;
+                self.s.timer_next = None;
+            }
+        }
+        true
+    }
+
+    /// RDMSR IA32_TSC_DEADLINE: the armed deadline, 0 when disarmed or not in TSC-deadline
+    /// mode.
+    pub fn read_tsc_deadline(&self) -> u64 {
+        if self.timer_mode() == lvt::TIMER_TSC_DEADLINE {
+            self.s.tsc_deadline
+        } else {
+            0
+        }
+    }
+
+    /// WRMSR IA32_TSC_DEADLINE at `now`, when this CPU's TSC reads `tsc_now`: arm the timer
+    /// for when the TSC reaches `value` ([`vtime::TSC_HZ`] ticks per second; a deadline in
+    /// the past fires at once), or disarm it with 0. Ignored outside TSC-deadline mode.
+    pub fn write_tsc_deadline(&mut self, value: u64, tsc_now: u64, now: u64) {
+        if self.timer_mode() != lvt::TIMER_TSC_DEADLINE {
+            return;
+        }
+        self.s.tsc_deadline = value;
+        self.s.timer_next = (value != 0).then(|| {
+            let ticks = value.saturating_sub(tsc_now);
+            now.saturating_add(vtime::ns_for_ticks(ticks, vtime::TSC_HZ))
+        });
+    }
+
+    // ---- registers ----
+
+    /// An MMIO read of `size` bytes at `offset` in the APIC page. Registers are 32 bits
+    /// wide at 16-byte boundaries; the rest of each 16-byte slot reads as 0.
+    pub fn mmio_read(&self, offset: u64, size: u8, now: u64) -> u64 {
+        let slot = (offset & 0xff0) as u32;
+        let shift = (offset & 0xf) as u32;
+        if shift >= 4 {
+            return 0;
+        }
+        let v = (self.read(slot, now) >> (8 * shift)) as u64;
+        match size {
+            1 => v & 0xff,
+            2 => v & 0xffff,
+            _ => v,
+        }
+    }
+
+    /// An MMIO write of `size` bytes at `offset`. Only 32- and 64-bit writes at a
+    /// register's start are honoured (the low 32 bits), as on hardware where narrower
+    /// writes are undefined; the others are ignored.
+    pub fn mmio_write(&mut self, offset: u64, size: u8, value: u64, now: u64) -> LapicEffect {
+        if offset & 0xf != 0 || size < 4 {
+            return LapicEffect::None;
+        }
+        self.write((offset & 0xff0) as u32, value as u32, now)
+    }
+
+    /// Read the 32-bit register at `offset` (a multiple of 16).
+    pub fn read(&self, offset: u32, now: u64) -> u32 {
+        let s = &self.s;
+        match offset {
+            reg::ID => (s.id as u32) << 24,
+            reg::VERSION => LAPIC_VERSION,
+            reg::TPR => s.tpr as u32,
+            reg::PPR => self.ppr() as u32,
+            reg::LDR => s.ldr & 0xff00_0000,
+            reg::DFR => s.dfr | 0x0fff_ffff,
+            reg::SVR => s.svr,
+            o if (reg::ISR..reg::ISR + 0x80).contains(&o) => s.isr[((o - reg::ISR) / 16) as usize],
+            o if (reg::TMR..reg::TMR + 0x80).contains(&o) => s.tmr[((o - reg::TMR) / 16) as usize],
+            o if (reg::IRR..reg::IRR + 0x80).contains(&o) => s.irr[((o - reg::IRR) / 16) as usize],
+            reg::ESR => s.esr,
+            reg::ICR_LOW => s.icr_low,
+            reg::ICR_HIGH => s.icr_high,
+            o if (reg::LVT_TIMER..=reg::LVT_ERROR).contains(&o) => {
+                s.lvt[((o - reg::LVT_TIMER) / 16) as usize]
+            }
+            reg::TIMER_INITIAL => s.timer_initial,
+            reg::TIMER_CURRENT => self.current_count(now),
+            reg::TIMER_DIVIDE => s.timer_divide,
+            // APR, RRD, EOI and the reserved offsets.
+            _ => 0,
+        }
+    }
+
+    /// Write the 32-bit register at `offset` (a multiple of 16).
+    pub fn write(&mut self, offset: u32, value: u32, now: u64) -> LapicEffect {
+        match offset {
+            reg::ID => self.s.id = (value >> 24) as u8,
+            reg::TPR => self.s.tpr = value as u8,
+            reg::EOI => return self.eoi(),
+            reg::LDR => self.s.ldr = value & 0xff00_0000,
+            reg::DFR => self.s.dfr = value | 0x0fff_ffff,
+            reg::SVR => {
+                self.s.svr = value & (svr::VECTOR | svr::ENABLED | svr::FOCUS_DISABLED);
+                if !self.software_enabled() {
+                    // Software disable masks every LVT entry (SDM 10.4.7.2).
+                    for l in self.s.lvt.iter_mut() {
+                        *l |= lvt::MASKED;
+                    }
+                }
+            }
+            reg::ESR => {
+                // A write latches the errors seen since the previous write.
+                self.s.esr = std::mem::take(&mut self.s.esr_pending);
+            }
+            reg::ICR_LOW => {
+                self.s.icr_low = value & icr::LOW_MASK;
+                return self.send_ipi();
+            }
+            reg::ICR_HIGH => self.s.icr_high = value & 0xff00_0000,
+            o if (reg::LVT_TIMER..=reg::LVT_ERROR).contains(&o) => {
+                self.write_lvt(((o - reg::LVT_TIMER) / 16) as usize, value, now)
+            }
+            // The initial count is ignored in TSC-deadline mode.
+            reg::TIMER_INITIAL if self.timer_mode() != lvt::TIMER_TSC_DEADLINE => {
+                self.s.timer_initial = value;
+                self.start_count(value, now);
+            }
+            reg::TIMER_DIVIDE => {
+                // Keep the count reached so far; count on at the new rate.
+                let current = self.current_count(now);
+                let running =
+                    self.s.timer_next.is_some() && self.timer_mode() != lvt::TIMER_TSC_DEADLINE;
+                self.s.timer_divide = value & 0xb;
+                if running {
+                    self.start_count(current, now);
+                }
+            }
+            // Read-only and reserved registers ignore writes.
+            _ => {}
+        }
+        LapicEffect::None
+    }
+
+    fn write_lvt(&mut self, index: usize, value: u32, now: u64) {
+        let mut v = value & LVT_WRITABLE[index];
+        if !self.software_enabled() {
+            v |= lvt::MASKED;
+        }
+        let old = self.s.lvt[index];
+        // Remote IRR of LINT0/1 is read-only state.
+        self.s.lvt[index] = v | (old & lvt::REMOTE_IRR);
+        if index == lvt_index::TIMER {
+            let (was, is) = (old & lvt::TIMER_MODE, v & lvt::TIMER_MODE);
+            if (was == lvt::TIMER_TSC_DEADLINE) != (is == lvt::TIMER_TSC_DEADLINE) {
+                // Entering or leaving TSC-deadline mode disarms the timer.
+                self.s.timer_initial = 0;
+                self.s.timer_base = 0;
+                self.s.tsc_deadline = 0;
+                self.s.timer_next = None;
+                self.s.timer_start = now;
+            }
+        }
+    }
+
+    /// Retire the highest in-service vector.
+    fn eoi(&mut self) -> LapicEffect {
+        let Some(v) = highest(&self.s.isr) else {
+            return LapicEffect::None;
+        };
+        clear_bit(&mut self.s.isr, v);
+        if test_bit(&self.s.tmr, v) {
+            clear_bit(&mut self.s.tmr, v);
+            LapicEffect::Eoi(v)
+        } else {
+            LapicEffect::None
+        }
+    }
+
+    /// Turn the ICR into a message.
+    fn send_ipi(&mut self) -> LapicEffect {
+        let low = self.s.icr_low;
+        let vector = (low & icr::VECTOR) as u8;
+        let Some(mode) = DeliveryMode::from_bits((low & icr::DELIVERY_MODE) >> 8) else {
+            return LapicEffect::None;
+        };
+        let level = low & icr::LEVEL != 0;
+        match mode {
+            // INIT level de-assert only resynchronizes arbitration IDs.
+            DeliveryMode::Init if level && low & icr::ASSERT == 0 => return LapicEffect::None,
+            // ExtINT cannot be sent as an IPI.
+            DeliveryMode::ExtInt => return LapicEffect::None,
+            DeliveryMode::Fixed | DeliveryMode::LowestPriority if vector < 16 => {
+                self.error(esr::SEND_ILLEGAL_VECTOR);
+                return LapicEffect::None;
+            }
+            _ => {}
+        }
+        let target = (self.s.icr_high >> 24) as u8;
+        let dest = match low & icr::SHORTHAND {
+            icr::SELF => Destination::Only(self.cpu),
+            icr::ALL => Destination::All,
+            icr::ALL_BUT_SELF => Destination::AllBut(self.cpu),
+            _ if low & icr::LOGICAL != 0 => Destination::Logical(target),
+            _ => Destination::Physical(target),
+        };
+        LapicEffect::Ipi(ApicMessage {
+            vector,
+            mode,
+            dest,
+            // Only fixed IPIs can be level-triggered; INIT's trigger bit means de-assert.
+            level: level && matches!(mode, DeliveryMode::Fixed | DeliveryMode::LowestPriority),
+        })
+    }
+}
+
+/// Deliver `msg` to the APICs it names. Lowest-priority messages go to one APIC: the
+/// matching one with the lowest processor priority, the lowest CPU index among equals.
+/// Returns the indices (into `lapics`) of the APICs that received it.
+pub fn route(lapics: &mut [Lapic], msg: &ApicMessage) -> Vec<usize> {
+    let mut targets: Vec<usize> = lapics
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.matches(&msg.dest))
+        .map(|(k, _)| k)
+        .collect();
+    if msg.mode == DeliveryMode::LowestPriority {
+        if let Some(&best) = targets.iter().min_by_key(|&&k| (lapics[k].ppr(), k)) {
+            targets = vec![best];
+        }
+    }
+    for &k in &targets {
+        lapics[k].receive(msg);
+    }
+    targets
+}
+
+#[cfg(test)]
+#[path = "lapic_tests.rs"]
+mod tests;

@@ -1,0 +1,295 @@
+//! The platform inside a running machine: guests that take timer interrupts while halted
+//! (virtual time jumps), start a second CPU with INIT and a start-up IPI, take the PIT's
+//! interrupt through the 8259 and LINT0, power off through ACPI, and boot as multiboot
+//! kernels that read fw_cfg.
+
+use iced_x86::code_asm::*;
+use reprise_devices::boot::{bare, kernel, multiboot};
+use reprise_devices::elf::{build_exec, SegmentSpec};
+use reprise_devices::{Machine, MachineConfig, RunOutcome, ScriptedInputs};
+
+const BASE: u64 = 0x10_0000;
+const MIB: u64 = 1 << 20;
+/// Where the guests keep their IDT (256 × 16 bytes).
+const IDT: u64 = 0x20_0000;
+/// A counter the interrupt handlers increment.
+const COUNTER: u64 = 0x20_1000;
+/// The IDTR image for LIDT.
+const IDTR: u64 = 0x20_1100;
+const LAPIC: u64 = 0xfee0_0000;
+
+fn machine(cpus: u32) -> Machine<ScriptedInputs> {
+    Machine::new(
+        MachineConfig::new(cpus, 8 * MIB),
+        ScriptedInputs::new(),
+        Box::new(std::io::sink()),
+    )
+    .unwrap()
+}
+
+/// A bare-protocol image of the 64-bit code `f` assembles at [`BASE`].
+fn bare_image(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).unwrap();
+    f(&mut a).unwrap();
+    let code = a.assemble(BASE).unwrap();
+    build_exec(BASE, &[SegmentSpec::rwx(BASE, code)])
+}
+
+/// Install `handler` as the 64-bit interrupt gate for `vector` and load the IDT.
+fn set_gate(a: &mut CodeAssembler, vector: u8, handler: CodeLabel) -> Result<(), IcedError> {
+    let e = IDT + 16 * vector as u64;
+    a.lea(rax, ptr(handler))?;
+    a.mov(rdi, e)?;
+    a.mov(word_ptr(rdi), ax)?;
+    a.mov(word_ptr(rdi + 2), 0x08u32)?; // the bare protocol's code selector
+    a.mov(word_ptr(rdi + 4), 0x8e00u32)?; // present, DPL 0, interrupt gate
+    a.shr(rax, 16u32)?;
+    a.mov(word_ptr(rdi + 6), ax)?;
+    a.shr(rax, 16u32)?;
+    a.mov(dword_ptr(rdi + 8), eax)?;
+    a.mov(dword_ptr(rdi + 12), 0u32)?;
+    a.mov(rdi, IDTR)?;
+    a.mov(word_ptr(rdi), 0xfffu32)?;
+    a.mov(rax, IDT)?;
+    a.mov(qword_ptr(rdi + 2), rax)?;
+    a.lidt(ptr(rdi))
+}
+
+/// `hlt` until the counter reaches `n`, then exit with the counter's value.
+fn wait_for_interrupts(a: &mut CodeAssembler, n: u32) -> Result<(), IcedError> {
+    let mut again = a.create_label();
+    a.sti()?;
+    a.set_label(&mut again)?;
+    a.hlt()?;
+    a.mov(rdi, COUNTER)?;
+    a.cmp(qword_ptr(rdi), n as i32)?;
+    a.jb(again)?;
+    a.cli()?;
+    a.mov(eax, dword_ptr(rdi))?;
+    a.out(0xf4u32, eax)
+}
+
+#[test]
+fn lapic_timer_wakes_a_halted_cpu_and_idle_time_jumps() {
+    let elf = bare_image(|a| {
+        let mut handler = a.create_label();
+        set_gate(a, 0x40, handler)?;
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?; // software enable
+        a.mov(dword_ptr(rbx + 0x3e0), 0xbu32)?; // divide by 1: 25 MHz
+        a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?; // periodic, vector 0x40
+        a.mov(dword_ptr(rbx + 0x380), 2500u32)?; // 100 µs
+        wait_for_interrupts(a, 5)?;
+        a.set_label(&mut handler)?;
+        a.push(rdi)?;
+        a.push(rbx)?;
+        a.mov(rdi, COUNTER)?;
+        a.inc(qword_ptr(rdi))?;
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xb0), 0u32)?; // EOI
+        a.pop(rbx)?;
+        a.pop(rdi)?;
+        a.iretq()
+    });
+    let mut m = machine(1);
+    bare::load(&mut m, "timer.elf", &elf).unwrap();
+    let r = m.run(1_000_000);
+    match r.outcome {
+        RunOutcome::Exit(e) => assert_eq!(e.value, 5),
+        o => panic!("{o:?}"),
+    }
+    // A few hundred instructions, but five 100 µs periods of virtual time.
+    assert!(r.total() < 2_000, "{}", r.total());
+    assert!(m.state().scheduler.skipped_ns >= 450_000);
+}
+
+#[test]
+fn pit_interrupts_through_the_8259_and_lint0() {
+    let elf = bare_image(|a| {
+        let mut handler = a.create_label();
+        set_gate(a, 0x20, handler)?;
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        a.mov(dword_ptr(rbx + 0x350), 0x700u32)?; // LINT0: ExtINT
+                                                  // 8259: vectors 0x20/0x28, everything masked but IRQ 0.
+        for (port, v) in [
+            (0x20u32, 0x11u32),
+            (0x21, 0x20),
+            (0x21, 0x04),
+            (0x21, 0x01),
+            (0xa0, 0x11),
+            (0xa1, 0x28),
+            (0xa1, 0x02),
+            (0xa1, 0x01),
+            (0x21, 0xfe),
+            (0xa1, 0xff),
+        ] {
+            a.mov(al, v)?;
+            a.out(port, al)?;
+        }
+        // PIT channel 0, mode 2, 1193 ticks (1 ms).
+        a.mov(al, 0x34u32)?;
+        a.out(0x43u32, al)?;
+        a.mov(al, (1193 & 0xff) as u32)?;
+        a.out(0x40u32, al)?;
+        a.mov(al, (1193 >> 8) as u32)?;
+        a.out(0x40u32, al)?;
+        wait_for_interrupts(a, 3)?;
+        a.set_label(&mut handler)?;
+        a.push(rdi)?;
+        a.push(rax)?;
+        a.mov(rdi, COUNTER)?;
+        a.inc(qword_ptr(rdi))?;
+        a.mov(al, 0x20u32)?;
+        a.out(0x20u32, al)?; // non-specific EOI
+        a.pop(rax)?;
+        a.pop(rdi)?;
+        a.iretq()
+    });
+    let mut m = machine(1);
+    bare::load(&mut m, "pit.elf", &elf).unwrap();
+    let r = m.run(1_000_000);
+    match r.outcome {
+        RunOutcome::Exit(e) => assert_eq!(e.value, 3),
+        o => panic!("{o:?}"),
+    }
+    assert!(m.state().scheduler.skipped_ns >= 2_500_000);
+}
+
+#[test]
+fn init_and_startup_ipi_start_a_cpu_in_real_mode() {
+    let elf = bare_image(|a| {
+        let mut ap = a.create_label();
+        let mut wait = a.create_label();
+        a.test(rdi, rdi)?;
+        a.jnz(ap)?;
+        // The real-mode trampoline at 0x8000: mov byte [0x9000], 0x42; cli; hlt.
+        a.mov(rbx, 0x8000u64)?;
+        a.mov(dword_ptr(rbx), 0x9000_06c6u32)?;
+        a.mov(dword_ptr(rbx + 4), 0x00f4_fa42u32)?;
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        a.mov(dword_ptr(rbx + 0x310), 1u32 << 24)?; // APIC ID 1
+        a.mov(dword_ptr(rbx + 0x300), 0xc500u32)?; // INIT assert
+        a.mov(dword_ptr(rbx + 0x300), 0x8500u32)?; // INIT de-assert
+        a.mov(dword_ptr(rbx + 0x300), 0x0608u32)?; // start-up at 0x8000
+        a.mov(dword_ptr(rbx + 0x300), 0x0608u32)?; // (the second is ignored)
+        a.mov(rdi, 0x9000u64)?;
+        a.set_label(&mut wait)?;
+        a.cmp(byte_ptr(rdi), 0x42u32)?;
+        a.jne(wait)?;
+        a.mov(eax, 0x42u32)?;
+        a.out(0xf4u32, eax)?;
+        a.set_label(&mut ap)?;
+        a.cli()?;
+        a.hlt()?;
+        a.jmp(ap)
+    });
+    let mut m = machine(2);
+    bare::load(&mut m, "smp.elf", &elf).unwrap();
+    let r = m.run(10_000_000);
+    match r.outcome {
+        RunOutcome::Exit(e) => assert_eq!(e.value, 0x42),
+        o => panic!("{o:?}"),
+    }
+    let ap = &m.cpus()[1].state;
+    assert_eq!(ap.seg[1].base, 0x8000, "CPU 1 runs at the start-up page");
+    assert!(ap.halted);
+}
+
+#[test]
+fn acpi_power_off() {
+    let elf = bare_image(|a| {
+        a.mov(dx, 0x604u32)?;
+        a.mov(ax, 0x3400u32)?; // SLP_TYP 5 | SLP_EN
+        a.out(dx, ax)?;
+        a.hlt()
+    });
+    let mut m = machine(1);
+    bare::load(&mut m, "off.elf", &elf).unwrap();
+    assert_eq!(m.run(1000).outcome, RunOutcome::PowerOff);
+}
+
+#[test]
+fn all_halted_with_interrupts_off_ends_the_run_even_with_timers() {
+    let elf = bare_image(|a| {
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?; // periodic
+        a.mov(dword_ptr(rbx + 0x380), 1000u32)?;
+        a.cli()?;
+        a.hlt()
+    });
+    let mut m = machine(1);
+    bare::load(&mut m, "halt.elf", &elf).unwrap();
+    assert!(matches!(m.run(1000).outcome, RunOutcome::AllHalted(_)));
+}
+
+/// A multiboot kernel (a.out kludge, loaded at 1 MiB) checking its entry state, reading the
+/// CPU count from fw_cfg and exiting with 0x10 + CPUs (0xee on a bad entry state).
+fn multiboot_kernel(ram: u64) -> Vec<u8> {
+    let mut a = CodeAssembler::new(32).unwrap();
+    let mut fail = a.create_label();
+    let entry = BASE + 0x20;
+    (|| -> Result<(), IcedError> {
+        a.cmp(eax, multiboot::BOOTLOADER_MAGIC)?;
+        a.jne(fail)?;
+        a.test(dword_ptr(ebx), 1u32)?; // memory fields valid
+        a.jz(fail)?;
+        a.cmp(dword_ptr(ebx + 8), ((ram - MIB) / 1024) as u32)?; // mem_upper
+        a.jne(fail)?;
+        a.mov(dx, 0x510u32)?;
+        a.mov(ax, 5u32)?; // FW_CFG_NB_CPUS
+        a.out(dx, ax)?;
+        a.mov(dx, 0x511u32)?;
+        a.in_(al, dx)?;
+        a.movzx(eax, al)?;
+        a.add(eax, 0x10u32)?;
+        a.out(0xf4u32, eax)?;
+        a.set_label(&mut fail)?;
+        a.mov(eax, 0xeeu32)?;
+        a.out(0xf4u32, eax)
+    })()
+    .unwrap();
+    let code = a.assemble(entry).unwrap();
+    let flags = multiboot::flags::PAGE_ALIGN
+        | multiboot::flags::MEMORY_INFO
+        | multiboot::flags::AOUT_KLUDGE;
+    let mut k = Vec::new();
+    for v in [
+        multiboot::HEADER_MAGIC,
+        flags,
+        0u32.wrapping_sub(multiboot::HEADER_MAGIC)
+            .wrapping_sub(flags),
+        BASE as u32, // header_addr
+        BASE as u32, // load_addr
+        0,           // load_end_addr: the whole file
+        0,           // bss_end_addr
+        entry as u32,
+    ] {
+        k.extend_from_slice(&v.to_le_bytes());
+    }
+    k.resize(0x20, 0);
+    k.extend_from_slice(&code);
+    k
+}
+
+#[test]
+fn multiboot_kernel_reads_fw_cfg() {
+    let mut m = machine(3);
+    let k = multiboot_kernel(8 * MIB);
+    assert_eq!(
+        kernel::KernelKind::detect(&k),
+        Some(kernel::KernelKind::Multiboot)
+    );
+    let b = multiboot::load(m.ram_mut(), 3, &k, "test", &[]).unwrap();
+    kernel::start_cpus(&mut m, b.bsp);
+    let r = m.run(100_000);
+    match r.outcome {
+        RunOutcome::Exit(e) => assert_eq!(e.value, 0x13),
+        o => panic!("{o:?}"),
+    }
+    // The other CPUs never ran: they wait for a start-up IPI.
+    assert_eq!(r.retired[1], 0);
+    assert_eq!(r.retired[2], 0);
+}
