@@ -1,0 +1,197 @@
+//! `reprise symbols`: the symbols reprise finds for an image or a recording (a debugging aid
+//! for the analyses that name code and data).
+//!
+//! - an ELF (fixture, user program, `-dbg` vmlinux): its symbol table, plus DWARF names;
+//! - a bzImage: the kernel's own kallsyms table, at link-time addresses;
+//! - a `System.map` (`--system-map`);
+//! - a recording folder: kallsyms read from the guest's RAM at `--at` (default: the end), so
+//!   at run-time (KASLR) addresses; the slide from the recorded kernel image is printed.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use reprise_replay::seek::{boot, seek as seek_to};
+use reprise_symbols::{kallsyms, DebugInfo, SymbolTable};
+
+use crate::cli::parse_count;
+use crate::status;
+
+/// `reprise symbols` options.
+#[derive(Debug, Args)]
+pub struct SymbolsArgs {
+    /// An ELF file, a Linux bzImage, a System.map (with --system-map), or a recording folder.
+    #[arg(value_name = "IMAGE|REC")]
+    pub source: PathBuf,
+
+    /// The source is a System.map.
+    #[arg(long)]
+    pub system_map: bool,
+
+    /// For a recording: the position whose guest memory holds the kernel (`end` or an
+    /// instruction count; the kernel must be running by then).
+    #[arg(long, value_name = "POS|end", default_value = "end")]
+    pub at: String,
+
+    /// Print the symbol (and DWARF name, for an ELF) at each address (decimal or 0x hex).
+    #[arg(long, value_name = "ADDR")]
+    pub lookup: Vec<String>,
+
+    /// Print the address of each symbol name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Vec<String>,
+
+    /// Print every symbol: address, class, name.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// Run the command; returns the process exit status.
+pub fn symbols(args: &SymbolsArgs) -> i32 {
+    match inner(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("reprise: {e:#}");
+            status::ERROR
+        }
+    }
+}
+
+fn parse_addr(s: &str) -> anyhow::Result<u64> {
+    let t = s.replace('_', "");
+    let v = match t.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    v.map_err(|_| anyhow::anyhow!("'{s}' is not an address (decimal or 0x hex)"))
+}
+
+fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut debug = None;
+    let table = if args.source.is_dir() {
+        from_recording(&args.source, &args.at)?
+    } else if args.system_map {
+        SymbolTable::from_system_map(&args.source)?
+    } else {
+        let bytes = std::fs::read(&args.source)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.source.display()))?;
+        let origin = args.source.display().to_string();
+        if bytes.starts_with(b"\x7fELF") {
+            debug = DebugInfo::from_elf_bytes(&bytes, &origin).ok();
+            let t = SymbolTable::from_elf_bytes(&bytes, &origin)?;
+            if t.is_empty() {
+                // A stripped vmlinux still has its kallsyms.
+                SymbolTable::kallsyms_from_image_bytes(&bytes, &origin)?.table
+            } else {
+                t
+            }
+        } else {
+            let k = SymbolTable::kallsyms_from_image_bytes(&bytes, &origin)?;
+            eprintln!(
+                "reprise: kallsyms: {} symbols ({} per-CPU left out), _text at {:#x} (link time)",
+                k.table.len(),
+                k.percpu,
+                k.relative_base
+            );
+            k.table
+        }
+    };
+    eprintln!(
+        "reprise: {} symbols from {} in {:.3} s",
+        table.len(),
+        args.source.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if args.list {
+        for s in table.iter() {
+            println!("{:016x} {:?} {}", s.start, s.class, s.name);
+        }
+    }
+    for n in &args.name {
+        match table.by_name(n) {
+            Some(s) => println!("{n} = {:#x}", s.start),
+            None => println!("{n}: no such symbol"),
+        }
+    }
+    for a in &args.lookup {
+        let addr = parse_addr(a)?;
+        let sym = table
+            .lookup(addr)
+            .map_or_else(|| "?".to_owned(), |h| h.to_string());
+        let data = debug.as_ref().and_then(|d| d.name_data(addr));
+        let line = debug.as_ref().and_then(|d| d.source_line(addr));
+        let mut out = format!("{addr:#x} {sym}");
+        if let Some(d) = data {
+            out.push_str(&format!(" [{d}]"));
+        }
+        if let Some((file, line)) = line {
+            out.push_str(&format!(" at {file}:{line}"));
+        }
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// kallsyms from the RAM of a recording's machine at `at`, and the KASLR slide against the
+/// recorded kernel image when that is a readable bzImage.
+fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
+    let mut r = boot(dir, &[])?;
+    let target = if at == "end" {
+        r.end
+            .ok_or_else(|| anyhow::anyhow!("the recording has no end record: give --at"))?
+    } else {
+        parse_count(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?
+    };
+    let report = seek_to(&mut r, target, true)?;
+    let ram = r.machine.ram();
+    let bytes = ram
+        .get(0, ram.len())
+        .ok_or_else(|| anyhow::anyhow!("guest RAM is not readable as one range"))?;
+    let origin = format!("guest RAM at instruction {}", report.reached);
+    let k = kallsyms::find(bytes, 0, &origin)?;
+    eprintln!(
+        "reprise: kallsyms in guest RAM at physical {:#x}: {} symbols, _text at {:#x} (run time)",
+        k.token_table_at,
+        k.table.len(),
+        k.relative_base
+    );
+    // Early in the boot the decompressed kernel may not be relocated yet: then its table
+    // still holds link-time addresses. A CPU running kernel code outside them says so.
+    let end = k.table.by_name("_end").map_or(u64::MAX, |s| s.start);
+    for (c, cpu) in r.machine.cpus().iter().enumerate() {
+        let rip = cpu.state.rip;
+        if rip >= 0xffff_8000_0000_0000 && !(k.relative_base..end).contains(&rip) {
+            eprintln!(
+                "reprise: warning: CPU {c} runs kernel code at {rip:#x}, outside the table's \
+                 {:#x}..{end:#x}: the kernel may not be relocated yet; try a later --at",
+                k.relative_base
+            );
+        }
+    }
+    let manifest = reprise_record::manifest::Manifest::read(dir)?;
+    if let Some(kernel) = kernel_path(&manifest) {
+        if let Ok(img) = SymbolTable::kallsyms_from_image(&kernel) {
+            let slide = k.relative_base.wrapping_sub(img.relative_base) as i64;
+            eprintln!(
+                "reprise: KASLR slide from {}: {slide:+#x}",
+                kernel.display()
+            );
+        }
+    }
+    Ok(k.table)
+}
+
+/// The kernel image a recording booted (its `linux` boot image in the `kernel` role), if it
+/// is still at the recorded path.
+fn kernel_path(manifest: &reprise_record::manifest::Manifest) -> Option<PathBuf> {
+    let boot = &manifest.boot;
+    if boot.protocol != "linux" {
+        return None;
+    }
+    boot.images
+        .iter()
+        .find(|i| i.role == "kernel")
+        .map(|i| i.path.clone())
+        .filter(|p| p.is_file())
+}
