@@ -149,12 +149,14 @@ fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
         .get(0, ram.len())
         .ok_or_else(|| anyhow::anyhow!("guest RAM is not readable as one range"))?;
     let origin = format!("guest RAM at instruction {}", report.reached);
+    let found = Instant::now();
     let k = kallsyms::find(bytes, 0, &origin)?;
     eprintln!(
-        "reprise: kallsyms in guest RAM at physical {:#x}: {} symbols, _text at {:#x} (run time)",
+        "reprise: kallsyms in guest RAM at physical {:#x}: {} symbols, _text at {:#x} (run time), found in {:.3} s",
         k.token_table_at,
         k.table.len(),
-        k.relative_base
+        k.relative_base,
+        found.elapsed().as_secs_f64()
     );
     // Early in the boot the decompressed kernel may not be relocated yet: then its table
     // still holds link-time addresses. A CPU running kernel code outside them says so.

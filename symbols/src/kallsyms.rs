@@ -38,6 +38,13 @@ pub trait GuestMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
 }
 
+/// Any `Fn(addr, buf) -> bool` reads guest memory, e.g. a closure over a replay machine.
+impl<F: Fn(u64, &mut [u8]) -> bool> GuestMemory for F {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self(addr, buf)
+    }
+}
+
 /// Guest memory that is a byte slice starting at address `base`.
 impl GuestMemory for (u64, &[u8]) {
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
@@ -94,7 +101,7 @@ const DIGITS: &[u8] = b"0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00";
 /// Longest token accepted (real ones are a few characters; this only bounds a bad walk).
 const MAX_TOKEN: usize = 128;
 /// Candidate digit runs tried before giving up.
-const MAX_CANDIDATES: usize = 64;
+const MAX_CANDIDATES: usize = 4096;
 
 /// Finds and decodes the kallsyms table in `bytes`, which sit at address `base` (the
 /// alignment of the arrays is relative to addresses; an image file keeps its segments'
@@ -568,6 +575,16 @@ impl Scan<'_> {
             });
         }
         symtab.finish();
+        // kallsyms has no sizes: each symbol runs to the next. The last ones (`_end`) would
+        // then run to the top of memory and name module addresses; they end at once instead.
+        if let Some(last) = symtab.symbols.last().map(|s| s.start) {
+            for s in symtab.symbols.iter_mut().rev() {
+                if s.start != last {
+                    break;
+                }
+                s.size = 1;
+            }
+        }
         Kallsyms {
             table: symtab,
             num_syms: names.n,
@@ -674,11 +691,26 @@ mod tests {
         assert_eq!(k.relative_base, rb);
         assert_eq!(k.layout, KallsymsLayout::OffsetsFirst);
         assert_eq!(k.table.by_name("func_599").unwrap().start, rb + 0x10 * 599);
+        // The last symbol does not run on to the top of memory.
+        assert_eq!(
+            k.table.lookup(rb + 0x10 * 599).unwrap().symbol.name,
+            "func_599"
+        );
+        assert_eq!(k.table.lookup(rb + 0x10 * 600), None);
+        assert_eq!(k.table.lookup(rb + 0x25).unwrap().to_string(), "func_2+0x5");
         let d = k.table.by_name("some_data").unwrap();
         assert_eq!(d.class, SymbolClass::Data);
         // Found the same at any 8-aligned base address.
         let k2 = find(&bytes, 0x1000, "synthetic").unwrap();
         assert_eq!(k2.table.len(), 600);
+        let closure = |addr: u64, buf: &mut [u8]| (0x1000u64, &bytes[..]).read(addr, buf);
+        assert_eq!(
+            from_guest_memory(&closure, 0x1000, 0x1000 + bytes.len() as u64)
+                .unwrap()
+                .table
+                .len(),
+            600
+        );
         let mem = (0x4000u64, &bytes[..]);
         let k3 = from_guest_memory(&mem, 0x3000, 0x4000 + bytes.len() as u64).unwrap();
         assert_eq!(k3.table.len(), 600);

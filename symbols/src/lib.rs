@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 pub mod bzimage;
 pub mod dwarf;
@@ -168,6 +168,15 @@ impl SymbolTable {
                 _ => SymbolClass::Unknown,
             };
             let Ok(name) = sym.name() else { continue };
+            // A vmlinux's per-CPU variables are offsets into the per-CPU area, not addresses:
+            // they would name low (user) addresses.
+            let percpu = sym
+                .section_index()
+                .and_then(|i| file.section_by_index(i).ok())
+                .is_some_and(|sec| sec.name() == Ok(".data..percpu"));
+            if percpu {
+                continue;
+            }
             if name.is_empty() || sym.is_undefined() || sym.address() == 0 {
                 continue;
             }
@@ -359,6 +368,14 @@ impl SymbolTable {
     pub fn by_name(&self, name: &str) -> Option<&Symbol> {
         self.symbols.iter().find(|s| s.name == name)
     }
+
+    /// Every symbol whose name starts with `prefix`, in address order (e.g. the
+    /// `kmem_cache_alloc*` family).
+    pub fn by_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Symbol> + 'a {
+        self.symbols
+            .iter()
+            .filter(move |s| s.name.starts_with(prefix))
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +406,8 @@ mod tests {
         assert_eq!(t.lookup(0x2010), None, "past a sized symbol");
         assert_eq!(t.lookup(0x3007).unwrap().symbol.name, "c");
         assert_eq!(t.by_name("b").unwrap().start, 0x2000);
+        let names: Vec<&str> = t.by_prefix("").map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 
     #[test]

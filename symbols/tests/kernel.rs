@@ -53,6 +53,17 @@ fn kallsyms_from_the_debian_kernel() {
         assert_eq!(t.lookup(s.start + 1).unwrap().symbol.name, name);
     }
     assert_eq!(t.by_name("jiffies_64").unwrap().class, SymbolClass::Data);
+    // The allocator entry points mscan breaks on.
+    let allocs: Vec<&str> = t
+        .by_prefix("kmem_cache_alloc")
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(allocs.len() >= 2, "{allocs:?}");
+    assert!(t.by_name("__kmalloc").is_some());
+    // Module space, above the kernel image, is not named after the image's last symbol.
+    assert_eq!(t.lookup(0xffff_ffff_c000_1000), None);
+    // Nor is user space, though per-CPU offsets are small numbers.
+    assert_eq!(t.lookup(0x1000), None);
 
     // The same table read from "guest memory": the vmlinux bytes at some address.
     let mem = (0x100_0000u64, &elf[..]);
