@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use clap::Args;
 use reprise_replay::seek::{boot, seek as seek_to};
-use reprise_symbols::{kallsyms, DebugInfo, SymbolTable};
+use reprise_symbols::{kallsyms, DebugInfo, Kallsyms, SymbolTable};
 
 use crate::cli::parse_count;
 use crate::status;
@@ -133,15 +133,31 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// kallsyms from the RAM of a recording's machine at `at`, and the KASLR slide against the
-/// recorded kernel image when that is a readable bzImage.
-fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
+/// A recorded kernel's symbols, from its own kallsyms table in guest RAM.
+pub struct KernelSymbols {
+    /// The table, at run-time addresses (KASLR included).
+    pub kallsyms: Kallsyms,
+    /// The instruction whose machine state the table was read from.
+    pub position: u64,
+    /// Run-time minus link-time `_text`, when the recorded kernel image is still readable.
+    pub slide: Option<i64>,
+    /// Doubts about the table (a CPU running kernel code outside it: read too early).
+    pub warnings: Vec<String>,
+    /// Seconds spent finding the table in RAM.
+    pub find_seconds: f64,
+}
+
+/// Reads the kernel's symbols out of the guest RAM of the recording in `dir` at instruction
+/// `at` (`None`: its end), reached from the nearest checkpoint. The kernel must be running
+/// by then: before the boot code has unpacked and relocated it there is no table, or one
+/// still at link-time addresses (see [`KernelSymbols::warnings`]).
+pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Result<KernelSymbols> {
     let mut r = boot(dir, &[])?;
-    let target = if at == "end" {
-        r.end
-            .ok_or_else(|| anyhow::anyhow!("the recording has no end record: give --at"))?
-    } else {
-        parse_count(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?
+    let target = match at {
+        Some(p) => p,
+        None => r
+            .end
+            .ok_or_else(|| anyhow::anyhow!("the recording has no end record: give a position"))?,
     };
     let report = seek_to(&mut r, target, true)?;
     let ram = r.machine.ram();
@@ -150,38 +166,66 @@ fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
         .ok_or_else(|| anyhow::anyhow!("guest RAM is not readable as one range"))?;
     let origin = format!("guest RAM at instruction {}", report.reached);
     let found = Instant::now();
-    let k = kallsyms::find(bytes, 0, &origin)?;
-    eprintln!(
-        "reprise: kallsyms in guest RAM at physical {:#x}: {} symbols, _text at {:#x} (run time), found in {:.3} s",
-        k.token_table_at,
-        k.table.len(),
-        k.relative_base,
-        found.elapsed().as_secs_f64()
-    );
-    // Early in the boot the decompressed kernel may not be relocated yet: then its table
-    // still holds link-time addresses. A CPU running kernel code outside them says so.
+    let (k, copies) = kallsyms::find_running(bytes, 0, &origin)?;
+    let find_seconds = found.elapsed().as_secs_f64();
+    let mut warnings = Vec::new();
+    if copies > 1 {
+        warnings.push(format!(
+            "{copies} kallsyms tables in RAM (the boot's unpacked copy survives); using the one at {:#x}, with _text highest",
+            k.token_table_at
+        ));
+    }
+    // Early in the boot the unpacked kernel may not be relocated yet: then its table still
+    // holds link-time addresses. A CPU running kernel-image code outside the table says so.
     let end = k.table.by_name("_end").map_or(u64::MAX, |s| s.start);
     for (c, cpu) in r.machine.cpus().iter().enumerate() {
         let rip = cpu.state.rip;
-        if rip >= 0xffff_8000_0000_0000 && !(k.relative_base..end).contains(&rip) {
-            eprintln!(
-                "reprise: warning: CPU {c} runs kernel code at {rip:#x}, outside the table's \
-                 {:#x}..{end:#x}: the kernel may not be relocated yet; try a later --at",
+        let in_image_area = (0xffff_ffff_8000_0000..0xffff_ffff_c000_0000).contains(&rip);
+        if in_image_area && !(k.relative_base..end).contains(&rip) {
+            warnings.push(format!(
+                "CPU {c} runs kernel code at {rip:#x}, outside the table's {:#x}..{end:#x}: \
+                 the kernel may not be relocated yet; read it later",
                 k.relative_base
-            );
+            ));
         }
     }
     let manifest = reprise_record::manifest::Manifest::read(dir)?;
-    if let Some(kernel) = kernel_path(&manifest) {
-        if let Ok(img) = SymbolTable::kallsyms_from_image(&kernel) {
-            let slide = k.relative_base.wrapping_sub(img.relative_base) as i64;
-            eprintln!(
-                "reprise: KASLR slide from {}: {slide:+#x}",
-                kernel.display()
-            );
-        }
+    let slide = kernel_path(&manifest)
+        .and_then(|kernel| SymbolTable::kallsyms_from_image(&kernel).ok())
+        .map(|img| k.relative_base.wrapping_sub(img.relative_base) as i64);
+    Ok(KernelSymbols {
+        kallsyms: k,
+        position: report.reached,
+        slide,
+        warnings,
+        find_seconds,
+    })
+}
+
+/// [`kernel_symbols_of_recording`] for the command, reporting on stderr.
+fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
+    let at = if at == "end" {
+        None
+    } else {
+        Some(parse_count(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?)
+    };
+    let ks = kernel_symbols_of_recording(dir, at)?;
+    let k = &ks.kallsyms;
+    eprintln!(
+        "reprise: kallsyms in guest RAM at physical {:#x} (instruction {}): {} symbols, _text at {:#x} (run time), found in {:.3} s",
+        k.token_table_at,
+        ks.position,
+        k.table.len(),
+        k.relative_base,
+        ks.find_seconds
+    );
+    for w in &ks.warnings {
+        eprintln!("reprise: warning: {w}");
     }
-    Ok(k.table)
+    if let Some(slide) = ks.slide {
+        eprintln!("reprise: KASLR slide from the recorded kernel image: {slide:+#x}");
+    }
+    Ok(ks.kallsyms.table)
 }
 
 /// The kernel image a recording booted (its `linux` boot image in the `kernel` role), if it

@@ -107,9 +107,44 @@ const MAX_CANDIDATES: usize = 4096;
 /// alignment of the arrays is relative to addresses; an image file keeps its segments'
 /// offsets congruent to their addresses, so `base` 0 works for a file).
 pub fn find(bytes: &[u8], base: u64, origin: &str) -> Result<Kallsyms, SymbolError> {
+    search(bytes, base, origin, false).map(|mut all| all.swap_remove(0))
+}
+
+/// Every kallsyms table in `bytes`, in address order (at least one, or an error).
+///
+/// Guest RAM can hold more than one: while booting, the x86 decompressor unpacks the whole
+/// vmlinux ELF into a buffer, then moves its segments into place and applies the KASLR
+/// relocations there; the buffer's copy, with link-time addresses, may survive. See
+/// [`find_running`].
+pub fn find_all(bytes: &[u8], base: u64, origin: &str) -> Result<Vec<Kallsyms>, SymbolError> {
+    search(bytes, base, origin, true)
+}
+
+/// The table of the running kernel in guest RAM: of several (see [`find_all`]), the one
+/// with the highest `_text`, since x86-64 KASLR only ever moves the kernel up from its link
+/// address. Also returns how many tables there were.
+pub fn find_running(
+    bytes: &[u8],
+    base: u64,
+    origin: &str,
+) -> Result<(Kallsyms, usize), SymbolError> {
+    let all = find_all(bytes, base, origin)?;
+    let n = all.len();
+    let best = all
+        .into_iter()
+        .max_by_key(|k| (k.relative_base, std::cmp::Reverse(k.token_table_at)))
+        .ok_or_else(|| SymbolError::NoKallsyms {
+            origin: origin.to_owned(),
+            reason: "no table".into(),
+        })?;
+    Ok((best, n))
+}
+
+fn search(bytes: &[u8], base: u64, origin: &str, all: bool) -> Result<Vec<Kallsyms>, SymbolError> {
     let mut why = String::from("no token table (no run of one-digit tokens)");
     let mut depth = 0;
     let mut from = 0;
+    let mut found = Vec::new();
     for _ in 0..MAX_CANDIDATES {
         let Some(hit) = find_bytes(&bytes[from..], DIGITS).map(|h| h + from) else {
             break;
@@ -117,7 +152,12 @@ pub fn find(bytes: &[u8], base: u64, origin: &str) -> Result<Kallsyms, SymbolErr
         from = hit + 1;
         let scan = Scan { bytes, base };
         match scan.parse_at(hit) {
-            Ok(k) => return Ok(k),
+            Ok(k) => {
+                found.push(k);
+                if !all {
+                    break;
+                }
+            }
             // Report the candidate that got furthest: the others are mere digit runs.
             Err((stage, e)) if stage >= depth => {
                 depth = stage;
@@ -126,10 +166,13 @@ pub fn find(bytes: &[u8], base: u64, origin: &str) -> Result<Kallsyms, SymbolErr
             Err(_) => {}
         }
     }
-    Err(SymbolError::NoKallsyms {
-        origin: origin.to_owned(),
-        reason: why,
-    })
+    if found.is_empty() {
+        return Err(SymbolError::NoKallsyms {
+            origin: origin.to_owned(),
+            reason: why,
+        });
+    }
+    Ok(found)
 }
 
 /// Reads `[start, end)` of guest memory and finds the kallsyms table in it. Unreadable pages
@@ -729,6 +772,33 @@ mod tests {
             k.table.lookup(rb + 4 * 777 + 1).unwrap().to_string(),
             "f777+0x1"
         );
+    }
+
+    #[test]
+    fn prefers_the_relocated_copy() {
+        let link = 0xffff_ffff_8100_0000u64;
+        let slide = 0x1f80_0000u64;
+        let table = |rb: u64| {
+            let owned: Vec<(String, u64)> = (0..300)
+                .map(|i| (format!("Tf{i}"), rb + 8 * i as u64))
+                .collect();
+            let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+            synthetic(&names, rb)
+        };
+        // The relocated table first in memory, then a stale link-time copy, and the reverse.
+        for relocated_first in [true, false] {
+            let (a, b) = (table(link + slide), table(link));
+            let mut ram = if relocated_first {
+                a.clone()
+            } else {
+                b.clone()
+            };
+            ram.extend_from_slice(if relocated_first { &b } else { &a });
+            assert_eq!(find_all(&ram, 0, "ram").unwrap().len(), 2);
+            let (k, n) = find_running(&ram, 0, "ram").unwrap();
+            assert_eq!((k.relative_base, n), (link + slide, 2));
+            assert_eq!(k.table.by_name("f7").unwrap().start, link + slide + 56);
+        }
     }
 
     #[test]
