@@ -83,7 +83,9 @@ pub fn payload<'a>(image: &'a [u8], origin: &str) -> Result<(&'a [u8], Compressi
             "no bzImage setup header (no \"HdrS\" at 0x202)",
         ));
     }
-    let version = u16::from_le_bytes([image[VERSION], image[VERSION + 1]]);
+    let version = image
+        .get(VERSION..VERSION + 2)
+        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
     if version < 0x208 {
         return Err(bad(
             origin,
@@ -243,6 +245,10 @@ mod tests {
     fn garbage_is_a_clear_error() {
         let e = vmlinux(b"short", "k").unwrap_err().to_string();
         assert!(e.contains("no bzImage setup header"), "{e}");
+        // Cut right after the signature: no version field.
+        let mut img = vec![0u8; 0x206];
+        img[HEADER_MAGIC..HEADER_MAGIC + 4].copy_from_slice(b"HdrS");
+        assert!(vmlinux(&img, "k").is_err());
         let mut img = vec![0u8; 0x400];
         img[HEADER_MAGIC..HEADER_MAGIC + 4].copy_from_slice(b"HdrS");
         img[VERSION] = 0x0f;

@@ -477,8 +477,9 @@ impl Scan<'_> {
         let last = usize::try_from(markers[m - 1]).map_err(|_| "bad marker")?;
         // The last group of up to 256 names; a name is at most 2+255*... bytes, but real
         // groups are a few KiB: bound the walk generously.
-        let hi = markers_at
-            .checked_sub(last + 4)
+        let hi = last
+            .checked_add(4)
+            .and_then(|n| markers_at.checked_sub(n))
             .ok_or("markers point before the start of memory")?;
         let lo = hi.saturating_sub(256 * 300);
         let mut p = hi;
@@ -772,6 +773,33 @@ mod tests {
             k.table.lookup(rb + 4 * 777 + 1).unwrap().to_string(),
             "f777+0x1"
         );
+    }
+
+    /// Damaged tables (every byte of a small one in turn, and random bytes) give an error or
+    /// a table, never a panic.
+    #[test]
+    fn damage_never_panics() {
+        let rb = 0xffff_ffff_8100_0000;
+        let owned: Vec<(String, u64)> = (0..300)
+            .map(|i| (format!("Tf{i}"), rb + i as u64))
+            .collect();
+        let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        let bytes = synthetic(&names, rb);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for at in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[at] = next() as u8;
+            let _ = find(&bad, 0, "bad");
+            let _ = find(&bad[..at], 0, "bad");
+        }
+        let noise: Vec<u8> = (0..1 << 16).map(|_| next() as u8).collect();
+        assert!(find(&noise, 0, "noise").is_err());
     }
 
     #[test]
