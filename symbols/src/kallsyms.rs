@@ -26,7 +26,8 @@
 //! With `KALLSYMS_ABSOLUTE_PERCPU` (x86-64 SMP), per-CPU variables are stored as absolute
 //! offsets into the per-CPU area (small numbers such as 0x1a000). They are not addresses, so
 //! they are left out of the table (they would otherwise name low user addresses), and only
-//! counted in [`Kallsyms::percpu`].
+//! kept apart in [`Kallsyms::percpu_symbols`] ([`Kallsyms::percpu_at`] places them in one
+//! CPU's area).
 
 #[cfg(test)]
 use crate::SymbolClass;
@@ -90,10 +91,32 @@ pub struct Kallsyms {
     pub relative_base: u64,
     /// Per-CPU variables left out of `table` (see the module doc).
     pub percpu: usize,
+    /// Those per-CPU variables, at their offsets in the per-CPU area (sized to the next).
+    pub percpu_symbols: SymbolTable,
     /// Where the addresses were found.
     pub layout: KallsymsLayout,
     /// Address of `kallsyms_token_table` in the scanned memory (an offset for an image).
     pub token_table_at: u64,
+}
+
+impl Kallsyms {
+    /// The per-CPU variables of CPU `cpu`, whose per-CPU area starts at `base` (the
+    /// kernel's `__per_cpu_offset[cpu]`, which is also that CPU's GS base in the kernel),
+    /// named `NAME@cpuN`: merge them into [`Kallsyms::table`] to name per-CPU data such as
+    /// `runqueues@cpu2+0x40`.
+    pub fn percpu_at(&self, cpu: usize, base: u64) -> SymbolTable {
+        let mut t = SymbolTable::new();
+        for s in self.percpu_symbols.iter() {
+            t.insert(Symbol {
+                name: format!("{}@cpu{cpu}", s.name),
+                start: base.wrapping_add(s.start),
+                size: s.size,
+                class: s.class,
+            });
+        }
+        t.finish();
+        t
+    }
 }
 
 /// The one-character tokens of the digits, as they sit in every token table.
@@ -519,12 +542,18 @@ impl Scan<'_> {
         // Up to 6.3: offsets, then relative_base right before num_syms.
         if let Some(rb_at) = names.count_at.checked_sub(8) {
             if let Some(rb) = self.u64(rb_at) {
-                for pad in [0usize, 4] {
-                    if let Some(start) = rb_at.checked_sub(4 * n + pad) {
-                        if let Some(v) = self.offsets(start, n, rb) {
-                            return Ok((KallsymsLayout::OffsetsFirst, rb, v));
-                        }
+                // The array starts 8-aligned, so with an odd count 4 bytes of padding
+                // separate it from the base. (Both placements look sorted: they differ by
+                // one entry, so the alignment decides, not the check.)
+                let start = rb_at.checked_sub(4 * n).map(|s| {
+                    if self.aligned(s, 8) {
+                        s
+                    } else {
+                        s.saturating_sub(4)
                     }
+                });
+                if let Some(v) = start.and_then(|s| self.offsets(s, n, rb)) {
+                    return Ok((KallsymsLayout::OffsetsFirst, rb, v));
                 }
             }
             // No base-relative addresses: absolute u64s right before num_syms.
@@ -589,6 +618,7 @@ impl Scan<'_> {
         table: usize,
     ) -> Kallsyms {
         let mut symtab = SymbolTable::new();
+        let mut percpu_symbols = SymbolTable::new();
         let mut percpu = 0;
         let mut at = names.start;
         let mut buf = Vec::with_capacity(64);
@@ -603,14 +633,20 @@ impl Scan<'_> {
                 buf.extend_from_slice(tokens[t as usize]);
             }
             let addr = addr as u64;
-            // Per-CPU offsets and absolute symbols sit below the kernel's half.
-            if addr < 0xffff_8000_0000_0000 {
-                percpu += 1;
-                continue;
-            }
             let Some((&kind, name)) = buf.split_first() else {
                 continue;
             };
+            // Per-CPU offsets and absolute symbols sit below the kernel's half.
+            if addr < 0xffff_8000_0000_0000 {
+                percpu += 1;
+                percpu_symbols.insert(Symbol {
+                    name: String::from_utf8_lossy(name).into_owned(),
+                    start: addr,
+                    size: 0,
+                    class: crate::class_of_type(kind as char),
+                });
+                continue;
+            }
             symtab.insert(Symbol {
                 name: String::from_utf8_lossy(name).into_owned(),
                 start: addr,
@@ -629,11 +665,19 @@ impl Scan<'_> {
                 s.size = 1;
             }
         }
+        percpu_symbols.finish();
+        // Sized to the next one, so that placed in a CPU's area none runs past it.
+        let starts: Vec<u64> = percpu_symbols.symbols.iter().map(|s| s.start).collect();
+        for (i, s) in percpu_symbols.symbols.iter_mut().enumerate() {
+            let next = starts[i..].iter().find(|&&n| n > s.start);
+            s.size = next.map_or(1, |n| n - s.start);
+        }
         Kallsyms {
             table: symtab,
             num_syms: names.n,
             relative_base,
             percpu,
+            percpu_symbols,
             layout,
             token_table_at: self.base.wrapping_add(table as u64),
         }
@@ -673,7 +717,13 @@ mod tests {
         };
         pad8(&mut out);
         for (_, a) in names {
-            out.extend_from_slice(&(rb.wrapping_sub(1).wrapping_sub(*a) as i32).to_le_bytes());
+            // ABSOLUTE_PERCPU: per-CPU offsets as themselves, the rest below the base.
+            let stored = if *a < 0xffff_8000_0000_0000 {
+                *a as i32
+            } else {
+                rb.wrapping_sub(1).wrapping_sub(*a) as i32
+            };
+            out.extend_from_slice(&stored.to_le_bytes());
         }
         pad8(&mut out);
         out.extend_from_slice(&rb.to_le_bytes());
@@ -827,6 +877,35 @@ mod tests {
             assert_eq!((k.relative_base, n), (link + slide, 2));
             assert_eq!(k.table.by_name("f7").unwrap().start, link + slide + 56);
         }
+    }
+
+    #[test]
+    fn per_cpu_variables_are_kept_apart() {
+        let rb = 0xffff_ffff_8100_0000;
+        let mut names = vec![
+            ("Dfixed_percpu_data", 0),
+            ("Dcpu_number", 0x20),
+            ("drunqueues", 0x1000),
+            ("D__per_cpu_end", 0x2000),
+            ("T_text", rb),
+        ];
+        // Enough symbols for two markers.
+        let filler: Vec<String> = (0..300).map(|i| format!("tf{i}")).collect();
+        for (i, f) in filler.iter().enumerate() {
+            names.push((f, rb + 0x100 + i as u64));
+        }
+        let k = find(&synthetic(&names, rb), 0, "p").unwrap();
+        assert_eq!((k.table.len(), k.percpu), (301, 4));
+        assert_eq!(k.table.lookup(0x1010), None);
+        let cpu2 = k.percpu_at(2, 0xffff_8880_1f00_0000);
+        let hit = cpu2.lookup(0xffff_8880_1f00_1040).unwrap();
+        assert_eq!(hit.to_string(), "runqueues@cpu2+0x40");
+        assert_eq!(
+            cpu2.lookup(0xffff_8880_1f00_0010).unwrap().to_string(),
+            "fixed_percpu_data@cpu2+0x10"
+        );
+        // The end of the area does not run on past it.
+        assert_eq!(cpu2.lookup(0xffff_8880_1f00_2001), None);
     }
 
     #[test]
