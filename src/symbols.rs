@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use reprise_replay::seek::{boot, seek as seek_to};
+use reprise_replay::seek::{boot, read_mem, seek as seek_to, MemAddr};
 use reprise_symbols::{kallsyms, DebugInfo, Kallsyms, SymbolTable};
 
 use crate::cli::parse_count;
@@ -145,6 +145,21 @@ pub struct KernelSymbols {
     pub warnings: Vec<String>,
     /// Seconds spent finding the table in RAM.
     pub find_seconds: f64,
+    /// Each CPU's per-CPU area (`__per_cpu_offset[cpu]`), when readable.
+    pub percpu_bases: Vec<Option<u64>>,
+}
+
+impl KernelSymbols {
+    /// The kernel's symbols with every CPU's copy of the per-CPU variables (`NAME@cpuN`).
+    pub fn table_with_percpu(&self) -> SymbolTable {
+        let mut t = self.kallsyms.table.clone();
+        for (cpu, base) in self.percpu_bases.iter().enumerate() {
+            if let Some(base) = base {
+                t.merge(self.kallsyms.percpu_at(cpu, *base));
+            }
+        }
+        t
+    }
 }
 
 /// Reads the kernel's symbols out of the guest RAM of the recording in `dir` at instruction
@@ -189,6 +204,23 @@ pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Resul
             ));
         }
     }
+    // __per_cpu_offset[cpu], read through CPU 0's page tables (the kernel half is shared).
+    let ncpus = r.machine.cpus().len();
+    let percpu_bases = match k.table.by_name("__per_cpu_offset") {
+        Some(sym) => (0..ncpus)
+            .map(|c| {
+                let at = MemAddr::Virt {
+                    addr: sym.start.wrapping_add(8 * c as u64),
+                    cpu: 0,
+                };
+                let bytes: Option<Vec<u8>> = read_mem(&r.machine, at, 8).into_iter().collect();
+                let base = u64::from_le_bytes(bytes?.try_into().ok()?);
+                // Before the per-CPU areas are set up the entries are 0.
+                (base != 0).then_some(base)
+            })
+            .collect(),
+        None => vec![None; ncpus],
+    };
     let manifest = reprise_record::manifest::Manifest::read(dir)?;
     let slide = kernel_path(&manifest)
         .and_then(|kernel| SymbolTable::kallsyms_from_image(&kernel).ok())
@@ -199,6 +231,7 @@ pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Resul
         slide,
         warnings,
         find_seconds,
+        percpu_bases,
     })
 }
 
@@ -225,7 +258,17 @@ fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
     if let Some(slide) = ks.slide {
         eprintln!("reprise: KASLR slide from the recorded kernel image: {slide:+#x}");
     }
-    Ok(ks.kallsyms.table)
+    let bases: Vec<String> = ks
+        .percpu_bases
+        .iter()
+        .map(|b| b.map_or("?".into(), |b| format!("{b:#x}")))
+        .collect();
+    eprintln!(
+        "reprise: per-CPU areas: {} ({} per-CPU variables each, named NAME@cpuN)",
+        bases.join(" "),
+        k.percpu
+    );
+    Ok(ks.table_with_percpu())
 }
 
 /// The kernel image a recording booted (its `linux` boot image in the `kernel` role), if it

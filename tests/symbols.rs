@@ -99,9 +99,16 @@ fn kallsyms_of_the_linux_image_and_of_its_running_kernel() {
         "_text".as_ref(),
         "--name".as_ref(),
         "start_kernel".as_ref(),
+        "--name".as_ref(),
+        "runqueues@cpu0".as_ref(),
     ]);
     assert_eq!(r.status, 0, "{r:?}");
     assert!(!r.stderr.contains("warning"), "{r:?}");
+    // A per-CPU variable in CPU 0's per-CPU area, in the direct map.
+    assert!(
+        address_of(&r.stdout, "runqueues@cpu0") >= 0xffff_8880_0000_0000,
+        "{r:?}"
+    );
     let run_text = address_of(&r.stdout, "_text");
     let slide = run_text.wrapping_sub(text);
     assert_eq!(slide % (2 << 20), 0, "slide {slide:#x} not 2 MiB aligned");
