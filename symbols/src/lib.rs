@@ -4,6 +4,19 @@
 //! (fixtures, user programs, a `-dbg` vmlinux), a `System.map`, and for a stock kernel with no
 //! debug package the kallsyms table the kernel carries — and all end up in one
 //! [`SymbolTable`], a sorted list of address ranges with names.
+//!
+//! For a Linux guest with no debug package:
+//! - from the image, at link-time addresses: [`SymbolTable::from_kernel_image`] (or
+//!   [`SymbolTable::kallsyms_from_image`] for the details, `relative_base` being `_text`);
+//! - from a running guest, at run-time (KASLR) addresses: [`kallsyms::find_running`] on the
+//!   guest's physical RAM as one slice (read after the kernel is running, e.g. at the end of
+//!   a recording), or [`kallsyms::from_guest_memory`] over any [`GuestMemory`];
+//! - the KASLR slide is the run-time `relative_base` minus the image's; apply it to a
+//!   link-time table with [`SymbolTable::relocate`];
+//! - per-CPU variables are apart, in [`Kallsyms::percpu_symbols`]; [`Kallsyms::percpu_at`]
+//!   places them in one CPU's area (`__per_cpu_offset[cpu]`).
+//!
+//! [`DebugInfo`] adds DWARF (source lines, `var[i].field+off`) for images built with `-g`.
 
 use std::path::{Path, PathBuf};
 
