@@ -139,26 +139,28 @@ pub fn vmlinux(image: &[u8], origin: &str) -> Result<Vec<u8>, SymbolError> {
         .map(|n| n as usize)
         .filter(|&n| n <= MAX_KERNEL)
         .unwrap_or(0);
+    // The compressed stream without the appended size (xz rejects data after its stream).
+    let body = &payload[..payload.len().saturating_sub(4)];
     let mut out = Vec::with_capacity(size_hint);
     let fail = |what: &str, e: &dyn std::fmt::Display| bad(origin, format!("{what}: {e}"));
     match format {
         Compression::None => out.extend_from_slice(payload),
         Compression::Gzip => {
-            flate2::read::GzDecoder::new(payload)
+            flate2::read::GzDecoder::new(body)
                 .take(MAX_KERNEL as u64)
                 .read_to_end(&mut out)
                 .map_err(|e| fail("gzip payload", &e))?;
         }
         Compression::Xz => {
-            let mut input = payload;
+            let mut input = body;
             lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| fail("xz payload", &e))?;
         }
         Compression::Lzma => {
-            let mut input = payload;
+            let mut input = body;
             lzma_rs::lzma_decompress(&mut input, &mut out).map_err(|e| fail("lzma payload", &e))?;
         }
         Compression::Zstd => {
-            let mut input = payload;
+            let mut input = body;
             let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut input)
                 .map_err(|e| fail("zstd payload", &e))?;
             // The appended size follows the frame; the decoder stops at the frame's end.
@@ -257,6 +259,58 @@ mod tests {
         img[PAYLOAD_OFFSET + 4..PAYLOAD_OFFSET + 8].copy_from_slice(&0x1000u32.to_le_bytes());
         let e = vmlinux(&img, "k").unwrap_err().to_string();
         assert!(e.contains("truncated image"), "{e}");
+    }
+
+    /// A bzImage around `payload` (setup header only, as much as `payload` needs).
+    fn bzimage(payload: &[u8]) -> Vec<u8> {
+        let mut img = vec![0u8; 2 * 512];
+        img[SETUP_SECTS] = 1;
+        img[HEADER_MAGIC..HEADER_MAGIC + 4].copy_from_slice(b"HdrS");
+        img[VERSION..VERSION + 2].copy_from_slice(&0x20fu16.to_le_bytes());
+        img[PAYLOAD_OFFSET..PAYLOAD_OFFSET + 4].copy_from_slice(&0x10u32.to_le_bytes());
+        let len = payload.len() as u32 + 4;
+        img[PAYLOAD_OFFSET + 4..PAYLOAD_OFFSET + 8].copy_from_slice(&len.to_le_bytes());
+        img.extend_from_slice(&[0; 0x10]);
+        img.extend_from_slice(payload);
+        img.extend_from_slice(&1234u32.to_le_bytes());
+        img
+    }
+
+    #[test]
+    fn unpacks_every_compression() {
+        use std::io::Write;
+        let mut elf = b"\x7fELF".to_vec();
+        elf.extend((0..50_000u32).map(|i| (i * 7 % 13) as u8));
+        let gzip = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&elf).unwrap();
+            e.finish().unwrap()
+        };
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut &elf[..], &mut xz).unwrap();
+        let mut lzma = Vec::new();
+        lzma_rs::lzma_compress(&mut &elf[..], &mut lzma).unwrap();
+        let zstd = ruzstd::encoding::compress_to_vec(
+            &elf[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let mut lz4 = 0x184c_2102u32.to_le_bytes().to_vec();
+        let block = lz4_flex::block::compress(&elf);
+        lz4.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        lz4.extend_from_slice(&block);
+        for (name, payload) in [
+            ("gzip", gzip),
+            ("xz", xz),
+            ("lzma", lzma),
+            ("zstd", zstd),
+            ("lz4", lz4),
+        ] {
+            let out = vmlinux(&bzimage(&payload), name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(out == elf, "{name}: {} bytes out", out.len());
+            // The same payload cut short: an error, never a panic.
+            let cut = bzimage(&payload[..payload.len() / 2]);
+            assert!(vmlinux(&cut, name).is_err(), "{name} cut");
+        }
     }
 
     #[test]
