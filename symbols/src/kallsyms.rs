@@ -539,6 +539,19 @@ impl Scan<'_> {
         index: usize,
     ) -> Result<(KallsymsLayout, u64, Vec<i64>), String> {
         let n = names.n;
+        // No base-relative addresses: absolute u64s right before num_syms. Tried first: its
+        // last entry would pass for a relative base too, while offsets read as u64s are
+        // never sorted kernel addresses (small per-CPU offsets, or halves of two entries).
+        if let Some(start) = names.count_at.checked_sub(8 * n) {
+            let v: Option<Vec<u64>> = (0..n).map(|i| self.u64(start + 8 * i)).collect();
+            if let Some(v) = v.filter(|v| sorted_absolute(v)) {
+                return Ok((
+                    KallsymsLayout::Absolute,
+                    0,
+                    v.iter().map(|&a| a as i64).collect(),
+                ));
+            }
+        }
         // Up to 6.3: offsets, then relative_base right before num_syms.
         if let Some(rb_at) = names.count_at.checked_sub(8) {
             if let Some(rb) = self.u64(rb_at) {
@@ -554,15 +567,6 @@ impl Scan<'_> {
                 });
                 if let Some(v) = start.and_then(|s| self.offsets(s, n, rb)) {
                     return Ok((KallsymsLayout::OffsetsFirst, rb, v));
-                }
-            }
-            // No base-relative addresses: absolute u64s right before num_syms.
-            if let Some(start) = names.count_at.checked_sub(8 * n) {
-                let v: Option<Vec<i64>> = (0..n)
-                    .map(|i| self.u64(start + 8 * i).map(|a| a as i64))
-                    .collect();
-                if let Some(v) = v.filter(|v| sorted_kernel(v.iter().map(|&a| a as u64))) {
-                    return Ok((KallsymsLayout::Absolute, 0, v));
                 }
             }
         }
@@ -684,6 +688,16 @@ impl Scan<'_> {
     }
 }
 
+/// Whether absolute addresses are in ascending order and mostly kernel ones (per-CPU
+/// offsets, small, come first).
+fn sorted_absolute(addrs: &[u64]) -> bool {
+    let kernel = addrs
+        .iter()
+        .filter(|&&a| a >= 0xffff_8000_0000_0000)
+        .count();
+    addrs.windows(2).all(|w| w[0] <= w[1]) && kernel * 2 > addrs.len()
+}
+
 /// Whether kernel addresses are in ascending order and there are some.
 fn sorted_kernel(addrs: impl Iterator<Item = u64>) -> bool {
     let mut prev = 0;
@@ -709,24 +723,46 @@ mod tests {
 
     /// `seqs`: with `kallsyms_seqs_of_names` between the markers and the token table.
     fn synthetic_with(names: &[(&str, u64)], rb: u64, seqs: bool) -> Vec<u8> {
+        synthetic_layout(names, rb, seqs, KallsymsLayout::OffsetsFirst)
+    }
+
+    /// A table laid out as `layout` says (with `seqs_of_names` before the token table when
+    /// `seqs`, as 6.2 and 6.3 have it).
+    fn synthetic_layout(
+        names: &[(&str, u64)],
+        rb: u64,
+        seqs: bool,
+        layout: KallsymsLayout,
+    ) -> Vec<u8> {
         let mut out = vec![0xeeu8; 64];
         let pad8 = |out: &mut Vec<u8>| {
             while !out.len().is_multiple_of(8) {
                 out.push(0);
             }
         };
+        let offsets = |out: &mut Vec<u8>| {
+            for (_, a) in names {
+                // ABSOLUTE_PERCPU: per-CPU offsets as themselves, the rest below the base.
+                let stored = if *a < 0xffff_8000_0000_0000 {
+                    *a as i32
+                } else {
+                    rb.wrapping_sub(1).wrapping_sub(*a) as i32
+                };
+                out.extend_from_slice(&stored.to_le_bytes());
+            }
+            pad8(out);
+            out.extend_from_slice(&rb.to_le_bytes());
+        };
         pad8(&mut out);
-        for (_, a) in names {
-            // ABSOLUTE_PERCPU: per-CPU offsets as themselves, the rest below the base.
-            let stored = if *a < 0xffff_8000_0000_0000 {
-                *a as i32
-            } else {
-                rb.wrapping_sub(1).wrapping_sub(*a) as i32
-            };
-            out.extend_from_slice(&stored.to_le_bytes());
+        match layout {
+            KallsymsLayout::OffsetsFirst => offsets(&mut out),
+            KallsymsLayout::Absolute => {
+                for (_, a) in names {
+                    out.extend_from_slice(&a.to_le_bytes());
+                }
+            }
+            KallsymsLayout::OffsetsLast => {}
         }
-        pad8(&mut out);
-        out.extend_from_slice(&rb.to_le_bytes());
         out.extend_from_slice(&(names.len() as u32).to_le_bytes());
         pad8(&mut out);
         let names_start = out.len();
@@ -764,8 +800,33 @@ mod tests {
         for i in index {
             out.extend_from_slice(&i.to_le_bytes());
         }
+        if layout == KallsymsLayout::OffsetsLast {
+            pad8(&mut out);
+            offsets(&mut out);
+        }
         out.extend_from_slice(&[0xee; 64]);
         out
+    }
+
+    #[test]
+    fn decodes_every_layout() {
+        let rb = 0xffff_ffff_8100_0000;
+        // An odd count, so that alignment padding shows.
+        let owned: Vec<(String, u64)> = (0..513)
+            .map(|i| (format!("tf{i}"), rb + 0x20 * i as u64))
+            .collect();
+        let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        for layout in [
+            KallsymsLayout::OffsetsFirst,
+            KallsymsLayout::OffsetsLast,
+            KallsymsLayout::Absolute,
+        ] {
+            let k = find(&synthetic_layout(&names, rb, false, layout), 0, "l").unwrap();
+            assert_eq!(k.layout, layout);
+            assert_eq!(k.table.len(), 513, "{layout:?}");
+            assert_eq!(k.table.by_name("f0").unwrap().start, rb, "{layout:?}");
+            assert_eq!(k.table.by_name("f512").unwrap().start, rb + 0x20 * 512);
+        }
     }
 
     #[test]
