@@ -36,6 +36,9 @@ pub enum Command {
     Checkpoint(CheckpointArgs),
     /// Show the machine at one position of a recording (from the nearest checkpoint).
     Seek(SeekArgs),
+    /// List or look up the symbols of an ELF, a bzImage's kallsyms, a System.map, or the
+    /// kernel in a recording's guest memory.
+    Symbols(crate::symbols::SymbolsArgs),
 }
 
 /// `reprise trace` subcommands.

@@ -11,6 +11,7 @@ mod replay;
 mod run;
 mod seek;
 mod status;
+mod symbols;
 mod trace;
 
 use clap::Parser;
@@ -34,6 +35,7 @@ fn main() {
         cli::Command::Trace(cmd) => trace::trace(&cmd),
         cli::Command::Checkpoint(args) => checkpoint::checkpoint(&args),
         cli::Command::Seek(args) => seek::seek(&args),
+        cli::Command::Symbols(args) => symbols::symbols(&args),
     };
     std::process::exit(code);
 }
