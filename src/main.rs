@@ -3,9 +3,11 @@
 //! Guest serial output goes to stdout; reprise's own messages go to stderr, one line each,
 //! prefixed `reprise: `. Exit statuses are listed in [`status`].
 
+mod bisect;
 mod checkpoint;
 mod cli;
 mod info;
+mod interrupt;
 mod record;
 mod replay;
 mod run;
@@ -34,6 +36,7 @@ fn main() {
         cli::Command::Trace(cmd) => trace::trace(&cmd),
         cli::Command::Checkpoint(args) => checkpoint::checkpoint(&args),
         cli::Command::Seek(args) => seek::seek(&args),
+        cli::Command::Bisect(args) => bisect::bisect(&args),
     };
     std::process::exit(code);
 }

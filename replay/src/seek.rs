@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use reprise_checkpoints::{CheckpointError, SaveStats, Store};
 use reprise_cpu::state::GPR_NAMES;
@@ -30,28 +31,41 @@ pub struct Replay {
     pub end: Option<u64>,
     dir: PathBuf,
     images: Vec<PathBuf>,
+    console: ConsoleFactory,
 }
 
 /// Boot the recording in `dir` for replay (guest console discarded).
 pub fn boot(dir: &Path, images: &[PathBuf]) -> Result<Replay, ReplayError> {
+    boot_with_console(dir, images, Rc::new(|| Box::new(std::io::sink())), None)
+}
+
+/// Makes the writer a (re)booted replay machine's guest console goes to.
+pub type ConsoleFactory = Rc<dyn Fn() -> Box<dyn std::io::Write>>;
+
+/// Boot the recording in `dir` for replay, the guest's console going to `console`.
+/// `end`: the recording's end when already known (from an earlier boot), which saves
+/// reading the whole log once more.
+pub fn boot_with_console(
+    dir: &Path,
+    images: &[PathBuf],
+    console: ConsoleFactory,
+    end: Option<Option<u64>>,
+) -> Result<Replay, ReplayError> {
     let manifest = Manifest::read(dir)?;
     let config = manifest.machine.config();
     config.validate()?;
     let loaded = load_images(&manifest, images)?;
     let rec = RecordingDir::new(dir);
     let log_path = rec.dir.join(&manifest.log);
-    let scan = LogScan::read(&log_path)?;
-    let end = scan
-        .end
-        .as_ref()
-        .map(|e| e.state.cpus.iter().map(|c| c.retired).sum());
+    let end = match end {
+        Some(e) => e,
+        None => LogScan::read(&log_path)?
+            .end
+            .as_ref()
+            .map(|e| e.state.cpus.iter().map(|c| c.retired).sum()),
+    };
     let replayer = Replayer::open(&log_path, manifest.sync_every)?;
-    let mut machine = Machine::with_cpuid(
-        config,
-        manifest.cpuid.clone(),
-        replayer,
-        Box::new(std::io::sink()),
-    )?;
+    let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), replayer, console())?;
     boot_machine(&mut machine, &manifest.boot, &loaded)?;
     Ok(Replay {
         machine,
@@ -59,7 +73,21 @@ pub fn boot(dir: &Path, images: &[PathBuf]) -> Result<Replay, ReplayError> {
         end,
         dir: dir.to_path_buf(),
         images: images.to_vec(),
+        console,
     })
+}
+
+impl Replay {
+    /// A freshly booted replay of the same recording (at instruction 0), with the same
+    /// console factory.
+    pub fn reboot(&self) -> Result<Replay, ReplayError> {
+        boot_with_console(
+            &self.dir,
+            &self.images,
+            self.console.clone(),
+            Some(self.end),
+        )
+    }
 }
 
 /// How [`seek`] got there.
@@ -129,7 +157,7 @@ pub fn seek(r: &mut Replay, target: u64, use_checkpoints: bool) -> Result<SeekRe
         }
     }
     if checkpoint.is_none() && !warnings.is_empty() {
-        *r = boot(&r.dir.clone(), &r.images.clone())?;
+        *r = r.reboot()?;
     }
     let start = r.machine.instructions();
     r.machine.run(target);
