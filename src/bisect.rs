@@ -50,11 +50,14 @@ fn inner(args: &BisectArgs) -> anyhow::Result<i32> {
         interrupt: Some(crate::interrupt::install()),
         progress: None,
     };
+    let total = crate::progress::recording_total(&args.rec);
+    let progress = crate::progress::Progress::start("bisect", total);
     let outcome = if args.linear {
         linear_scan(&args.rec, &pred, &opts)?
     } else {
         search(&args.rec, &pred, &opts)?
     };
+    progress.finish();
     for w in &outcome.warnings {
         eprintln!("reprise: warning: skipped damaged {w}");
     }

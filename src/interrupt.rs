@@ -5,16 +5,15 @@
 //! The handler only sets a flag (the one thing a signal handler may safely do); the work
 //! loops look at it between slices of instructions.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-/// Set when SIGINT arrived.
-pub static FLAG: AtomicBool = AtomicBool::new(false);
+use reprise_replay::control;
 
 extern "C" fn on_sigint(_sig: libc::c_int) {
-    FLAG.store(true, Ordering::SeqCst);
+    control::request_stop();
 }
 
-/// Catch SIGINT from now on: a first Ctrl-C sets [`FLAG`]; the handler is then reset to the
+/// Catch SIGINT from now on: a first Ctrl-C asks replays to stop ([`control::request_stop`]); the handler is then reset to the
 /// default, so a second Ctrl-C kills the process as usual.
 pub fn install() -> &'static AtomicBool {
     // SAFETY: sigaction with a handler that only stores to an atomic (async-signal-safe);
@@ -26,10 +25,10 @@ pub fn install() -> &'static AtomicBool {
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
     }
-    &FLAG
+    control::stop_flag()
 }
 
 /// Whether Ctrl-C was pressed.
 pub fn requested() -> bool {
-    FLAG.load(Ordering::Relaxed)
+    control::stop_requested()
 }

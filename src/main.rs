@@ -8,6 +8,7 @@ mod checkpoint;
 mod cli;
 mod info;
 mod interrupt;
+mod progress;
 mod record;
 mod replay;
 mod run;

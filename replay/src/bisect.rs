@@ -645,6 +645,9 @@ fn reach(
         end,
     )?;
     let rep = seek(&mut r, target, true)?;
+    if interrupted(opts) {
+        return Err(stopped(rep.reached, target, "interrupted"));
+    }
     if rep.checkpoint.is_some() {
         work.restored.fetch_add(1, Ordering::Relaxed);
     }
@@ -689,6 +692,9 @@ fn step(
         }
         let now = r.machine.instructions();
         if now == pos {
+            if interrupted(opts) {
+                return Err(stopped(pos, to, "interrupted"));
+            }
             return Ok(None); // the run ended
         }
         work.replayed.fetch_add(now - pos, Ordering::Relaxed);
@@ -737,6 +743,9 @@ fn console_position(
         let out = cap.0.borrow();
         if let Some(need) = find(&out) {
             break need;
+        }
+        if interrupted(opts) {
+            return Err(stopped(now, end.unwrap_or(0), "interrupted"));
         }
         if r.machine.inputs().stop().is_some() || now == before.0 {
             return Ok(None); // the run (or the log) ended without it

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod bisect;
+pub mod control;
 pub mod divergence;
 pub mod replayer;
 pub mod seek;

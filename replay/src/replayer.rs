@@ -257,6 +257,7 @@ impl Inputs for Replayer {
     }
 
     fn serial_input(&mut self, at: Position) -> Option<u8> {
+        crate::control::note_position(at.instructions);
         if self.stop.is_some() {
             return None;
         }
@@ -316,6 +317,6 @@ impl Inputs for Replayer {
     }
 
     fn stop_requested(&self) -> bool {
-        self.stop.is_some()
+        self.stop.is_some() || crate::control::stop_requested()
     }
 }
