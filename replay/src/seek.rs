@@ -14,7 +14,9 @@ use reprise_checkpoints::{CheckpointError, SaveStats, Store};
 use reprise_cpu::state::GPR_NAMES;
 use reprise_devices::{Machine, RunOutcome};
 use reprise_record::boot::boot_machine;
+use reprise_record::container::{ContainerReader, Ending};
 use reprise_record::folder::{load_images, RecordingDir};
+use reprise_record::log::{Event, LogRecord, LOG_KIND, LOG_VERSION};
 use reprise_record::manifest::Manifest;
 use reprise_record::scan::LogScan;
 
@@ -59,10 +61,13 @@ pub fn boot_with_console(
     let log_path = rec.dir.join(&manifest.log);
     let end = match end {
         Some(e) => e,
-        None => LogScan::read(&log_path)?
-            .end
-            .as_ref()
-            .map(|e| e.state.cpus.iter().map(|c| c.retired).sum()),
+        None => match log_end(&log_path) {
+            Some(e) => Some(e),
+            None => LogScan::read(&log_path)?
+                .end
+                .as_ref()
+                .map(|e| e.state.cpus.iter().map(|c| c.retired).sum()),
+        },
     };
     let replayer = Replayer::open(&log_path, manifest.sync_every)?;
     let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), replayer, console())?;
@@ -75,6 +80,29 @@ pub fn boot_with_console(
         images: images.to_vec(),
         console,
     })
+}
+
+/// Where the log at `path` ends (global instruction count of its end record), reading it
+/// without decoding it: one pass over the chunks checking their hashes to count the
+/// records, a second that decodes only the last chunk. `None` when the log has no end
+/// record or is damaged (the caller then scans it whole, which reports why).
+fn log_end(path: &Path) -> Option<u64> {
+    let mut count = ContainerReader::<LogRecord>::open(path, LOG_KIND, LOG_VERSION).ok()?;
+    count.skip_chunks_before(u64::MAX);
+    if count.next_record().is_some() || *count.ending() != Ending::Complete {
+        return None;
+    }
+    let total = count.records_read();
+    let mut last = ContainerReader::<LogRecord>::open(path, LOG_KIND, LOG_VERSION).ok()?;
+    last.skip_chunks_before(total.checked_sub(1)?);
+    let mut end = None;
+    while let Some(r) = last.next_record() {
+        end = Some(r.ok()?);
+    }
+    match end?.event {
+        Event::End(e) => Some(e.state.cpus.iter().map(|c| c.retired).sum()),
+        _ => None,
+    }
 }
 
 impl Replay {
