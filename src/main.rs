@@ -3,9 +3,12 @@
 //! Guest serial output goes to stdout; reprise's own messages go to stderr, one line each,
 //! prefixed `reprise: `. Exit statuses are listed in [`status`].
 
+mod bisect;
 mod checkpoint;
 mod cli;
 mod info;
+mod interrupt;
+mod progress;
 mod record;
 mod replay;
 mod run;
@@ -36,6 +39,7 @@ fn main() {
         cli::Command::Checkpoint(args) => checkpoint::checkpoint(&args),
         cli::Command::Seek(args) => seek::seek(&args),
         cli::Command::Symbols(args) => symbols::symbols(&args),
+        cli::Command::Bisect(args) => bisect::bisect(&args),
     };
     std::process::exit(code);
 }
