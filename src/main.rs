@@ -6,6 +6,7 @@
 mod checkpoint;
 mod cli;
 mod info;
+mod mscan;
 mod record;
 mod replay;
 mod run;
@@ -34,6 +35,7 @@ fn main() {
         cli::Command::Trace(cmd) => trace::trace(&cmd),
         cli::Command::Checkpoint(args) => checkpoint::checkpoint(&args),
         cli::Command::Seek(args) => seek::seek(&args),
+        cli::Command::Mscan(args) => mscan::mscan(&args),
     };
     std::process::exit(code);
 }
