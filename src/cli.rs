@@ -48,7 +48,7 @@ Analyses (default policy in brackets):
   hot-lines      misses per line by class: cold, capacity, conflict, coherence [mesi:size=32K,assoc=8,line=64]
   misses         misses per function and per PC by class [mesi:size=32K,assoc=8,line=64]
   serial         locks (hypercalls, LOCK-prefixed lines): acquisitions, instructions held and waited [all]
-  calls          call stacks at the instructions of --pc LO-HI [all]
+  calls          call stacks at the instructions of --pc LO-HI or --function NAME [all]
   timeline       an SVG of shared-line traffic over time, per CPU and for the top lines [movement]
 
 SOURCE is a recording folder (replayed live, traced straight into the analysis) or a trace file written by `replay --trace` (then --policy may only repeat the trace's policy, or choose one over an `all` trace; filters add to the trace's own). The report goes to stdout (or --output FILE); progress to stderr. Ctrl-C stops and prints the report so far.
@@ -86,6 +86,10 @@ pub struct MscanArgs {
     /// With a trace file: the recording it was made from (for its guest's symbols).
     #[arg(long, value_name = "REC")]
     pub rec: Option<PathBuf>,
+
+    /// For `calls`: the stacks at this function (by symbol name, as --pc its range); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub function: Vec<String>,
 
     /// Write the report to FILE instead of stdout.
     #[arg(short = 'o', long, value_name = "FILE")]

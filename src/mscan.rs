@@ -92,16 +92,21 @@ fn policy_text(given: Option<&str>, default: &str, line: Option<u64>) -> String 
     }
 }
 
-fn pc_ranges(args: &MscanArgs) -> anyhow::Result<Vec<(u64, u64)>> {
-    args.trace
-        .pc
-        .iter()
-        .map(|s| {
-            AddrRange::parse("--pc", s, false)
-                .map(|r| (r.lo, r.hi))
-                .map_err(Into::into)
-        })
-        .collect()
+/// The instruction ranges of `--pc` and `--function` (a function's symbol range; one
+/// without a size covers its first byte).
+fn pc_ranges(args: &MscanArgs, symbols: &SymbolTable) -> anyhow::Result<Vec<(u64, u64)>> {
+    let mut v = Vec::new();
+    for s in &args.trace.pc {
+        let r = AddrRange::parse("--pc", s, false)?;
+        v.push((r.lo, r.hi));
+    }
+    for name in &args.function {
+        let Some(sym) = symbols.by_name(name) else {
+            bail!("--function {name}: no such symbol in the guest's symbols");
+        };
+        v.push((sym.start, sym.start.saturating_add(sym.size.max(1))));
+    }
+    Ok(v)
 }
 
 /// Print (or write to `--output`) the report.
@@ -235,7 +240,7 @@ fn live(
         cpus: manifest.machine.cpus,
         policy: policy.describe(),
         filters: filter.describe(),
-        pcs: pc_ranges(args)?,
+        pcs: pc_ranges(args, &symbols)?,
     };
     let scanner = Rc::new(RefCell::new(Scanner::new(&args.analysis, opts)?));
     let writer = match &ta.trace {
@@ -378,7 +383,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         cpus: header.cpus,
         policy: policy_name,
         filters,
-        pcs: pc_ranges(args)?,
+        pcs: pc_ranges(args, &symbols)?,
     };
     let mut scanner = Scanner::new(&args.analysis, opts)?;
     let (_, file_bytes) = reader.sizes();

@@ -178,6 +178,9 @@ fn calls_shows_the_call_chain() {
         .find(|p| p["pc"] == main.start)
         .unwrap_or_else(|| panic!("no entry of guest_main in {j:#}"));
     assert_eq!(entry["calls"], 4);
+    // --function names the same range by symbol (without filtering the trace by it).
+    let by_name = mscan(&["calls", p(&rec), "--function", "guest_main", "--json"]);
+    assert_eq!(json(&by_name)["report"], j["report"]);
 }
 
 #[test]

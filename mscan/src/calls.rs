@@ -98,7 +98,10 @@ impl Analysis for Calls {
             let mut sj = Vec::new();
             for (&id, &n) in st.into_iter().take(STACKS_PER_PC) {
                 let frames = names.stack(pc, ctx.stacks.get(id));
-                text.push_str(&format!("  {n:>10}  {}\n", frames.join(" <- ")));
+                text.push_str(&format!(
+                    "  {n:>10}  {}\n",
+                    crate::lines::stack_text(&frames)
+                ));
                 sj.push(json!({"count": n, "frames": frames}));
             }
             rows.push(json!({

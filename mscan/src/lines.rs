@@ -118,6 +118,23 @@ impl PcStat {
     }
 }
 
+/// Frames shown in a text report's stack (JSON has them all).
+const TEXT_FRAMES: usize = 12;
+
+/// A stack on one line: `f <- caller <- ...`, the outermost frames elided past
+/// [`TEXT_FRAMES`].
+pub fn stack_text(frames: &[String]) -> String {
+    if frames.len() <= TEXT_FRAMES {
+        frames.join(" <- ")
+    } else {
+        format!(
+            "{} <- ... ({} more)",
+            frames[..TEXT_FRAMES].join(" <- "),
+            frames.len() - TEXT_FRAMES
+        )
+    }
+}
+
 /// CPU numbers of a `cpu % 64` mask.
 pub fn cpu_list(mask: u64) -> Vec<u32> {
     (0..64).filter(|i| mask & (1 << i) != 0).collect()
@@ -145,7 +162,7 @@ pub fn top_pcs(
             s.count,
             s.writes,
             cpu_list(s.cpus),
-            stack.join(" <- ")
+            stack_text(&stack)
         ));
         json.push(json!({
             "pc": pc,
