@@ -24,7 +24,7 @@ use crate::{pieces, sort_key, Analysis, MscanError, Options, Report};
 
 const SORT_KEYS: &[&str] = &["false", "true", "address"];
 
-/// Most CPUs told apart per line; higher CPU numbers share slots (`cpu % MAX`).
+/// Most CPUs told apart per line; higher CPU numbers share slots (`cpu % slots`).
 const MAX_CPUS: usize = 64;
 
 #[derive(Default)]
@@ -50,6 +50,9 @@ struct Line {
 /// The `false-sharing` analysis.
 pub struct FalseSharing {
     line: u64,
+    /// CPU slots per line: the machine's CPUs (at most [`MAX_CPUS`]), so that a line's
+    /// per-CPU state costs what the machine needs.
+    slots: usize,
     top: usize,
     sort: &'static str,
     lines: HashMap<u64, Line>,
@@ -60,6 +63,7 @@ impl FalseSharing {
     pub fn new(opts: &Options) -> Result<Self, MscanError> {
         Ok(FalseSharing {
             line: opts.line_size,
+            slots: (opts.cpus as usize).clamp(1, MAX_CPUS),
             top: opts.top,
             sort: sort_key("false-sharing", &opts.sort, SORT_KEYS)?,
             lines: HashMap::new(),
@@ -68,15 +72,15 @@ impl FalseSharing {
 }
 
 impl Line {
-    fn new(vbase: u64, size: u64) -> Self {
+    fn new(vbase: u64, size: u64, slots: usize) -> Self {
         Line {
             vbase,
-            last: vec![0; MAX_CPUS],
-            last_write: vec![0; MAX_CPUS],
+            last: vec![0; slots],
+            last_write: vec![0; slots],
             writer: vec![0; size as usize],
             readers: vec![0; size as usize],
-            touched: vec![Bytes::default(); MAX_CPUS],
-            written: vec![Bytes::default(); MAX_CPUS],
+            touched: vec![Bytes::default(); slots],
+            written: vec![Bytes::default(); slots],
             ..Line::default()
         }
     }
@@ -90,7 +94,8 @@ impl Analysis for FalseSharing {
         }
         let reads = matches!(a.kind, Kind::Read | Kind::ReadModifyWrite);
         let writes = matches!(a.kind, Kind::Write | Kind::ReadModifyWrite);
-        let c = r.cpu as usize % MAX_CPUS;
+        let slots = self.slots;
+        let c = r.cpu as usize % slots;
         let me = 1u64 << c;
         for (paddr, vaddr, n) in pieces(a, self.line) {
             let key = paddr & !(self.line - 1);
@@ -98,7 +103,7 @@ impl Analysis for FalseSharing {
             let l = self
                 .lines
                 .entry(key)
-                .or_insert_with(|| Line::new(vaddr & !(size - 1), size));
+                .or_insert_with(|| Line::new(vaddr & !(size - 1), size, slots));
             let off = (paddr - key) as usize;
             let end = (off + n as usize).min(l.writer.len());
             let mine = l.last[c];
