@@ -5,12 +5,12 @@
 //! - **Lock hypercalls** (mtrace's acquire / acquired / release records): waiting is from
 //!   acquire to acquired, holding from acquired to release.
 //! - **LOCK-prefixed accesses**, for guests without hooks. Per CPU: a LOCK-prefixed write
-//!   to a line starts *waiting* for that line; further plain accesses to it are spinning;
-//!   the first access to another line means the lock is *held*; a plain write to the lock
-//!   line by the holder releases it (as `spin_unlock` and a ticket lock's release do). A
-//!   LOCK-prefixed write to the same line while holding means the line was an atomic
-//!   variable rather than a lock, and the section is dropped (a LOCK-prefixed write to
-//!   another line while holding is part of the section).
+//!   to a line starts *waiting* for that line; further plain reads of it are spinning; the
+//!   first access to another line means the lock is *held*; a plain write to the lock line
+//!   by the holder releases it (as `spin_unlock` and a ticket lock's release do). Another
+//!   LOCK-prefixed write to the same line starts over (the line was an atomic variable, or
+//!   is taken anew). A CPU follows up to eight such lines at once (nested locks), dropping
+//!   the oldest, so an atomic variable that is never released does not hide later locks.
 //!
 //! Times are global instruction counts (positions): all CPUs' instructions in between,
 //! since the trace orders CPUs by one global count. Under a policy that drops accesses
@@ -29,7 +29,7 @@ use crate::{pieces, sort_key, Analysis, MscanError, Options, Report};
 const SORT_KEYS: &[&str] = &["hold", "wait", "acquisitions", "address"];
 
 /// Accesses remembered per open section; beyond it the section's PCs are not all counted.
-const MAX_SECTION: usize = 1 << 16;
+const MAX_SECTION: usize = 4096;
 
 /// Most CPUs tracked (only a damaged trace names more).
 const MAX_CPUS: usize = 4096;
@@ -64,31 +64,25 @@ struct LockStat {
 /// An access made inside an open section: (pc, stack, write, line paddr, line vaddr).
 type Touch = (u64, u32, bool, u64, u64);
 
-#[derive(Default)]
-enum State {
-    #[default]
-    Idle,
-    Waiting {
-        line: u64,
-        vbase: u64,
-        since: u64,
-        pc: u64,
-        spins: u64,
-    },
-    Holding {
-        line: u64,
-        vbase: u64,
-        since: u64,
-        waited: u64,
-        spins: u64,
-        pc: u64,
-        touches: Vec<Touch>,
-    },
+/// Lines a CPU may be waiting for or holding at once (nested locks, and atomic variables
+/// that look like locks until they are dropped, oldest first).
+const MAX_CANDIDATES: usize = 8;
+
+/// A line a CPU wrote with a LOCK prefix: maybe a lock it waits for or holds.
+struct Candidate {
+    line: u64,
+    vbase: u64,
+    /// Position of the LOCK-prefixed write, and of the first access elsewhere (held).
+    since: u64,
+    held: Option<u64>,
+    spins: u64,
+    pc: u64,
+    touches: Vec<Touch>,
 }
 
 #[derive(Default)]
 struct Cpu {
-    state: State,
+    candidates: Vec<Candidate>,
     /// Hypercall locks: lock -> position of the acquire record.
     acquiring: HashMap<u64, u64>,
     /// Hypercall locks held, innermost last: (lock, acquired at).
@@ -188,110 +182,99 @@ impl Serial {
             let vbase = vaddr & !(line_size - 1);
             let stack = ctx.stack_id(cpu);
             let Some(c) = self.cpu(cpu) else { return };
-            let state = std::mem::take(&mut c.state);
-            let start_waiting = State::Waiting {
-                line: key,
-                vbase,
-                since: pos,
-                pc: a.pc,
-                spins: 0,
-            };
-            let next = match state {
-                State::Idle => {
-                    if a.locked && write {
-                        start_waiting
-                    } else {
-                        State::Idle
+            let mut cands = std::mem::take(&mut c.candidates);
+            let mut released = None;
+            let mut found = false;
+            cands.retain_mut(|k| {
+                if k.line != key {
+                    // An access elsewhere: a waited-for lock is now held.
+                    k.held.get_or_insert(pos);
+                    if k.held.is_some() && k.touches.len() < MAX_SECTION {
+                        k.touches.push((a.pc, stack, write, key, vbase));
                     }
+                    return true;
                 }
-                State::Waiting {
-                    line,
-                    vbase: lv,
-                    since,
-                    pc,
-                    spins,
-                } => {
-                    if a.locked && write {
-                        start_waiting
-                    } else if key == line {
-                        if write {
-                            // Released without touching anything else: nothing to learn.
-                            State::Idle
-                        } else {
-                            State::Waiting {
-                                line,
-                                vbase: lv,
-                                since,
-                                pc,
-                                spins: spins + 1,
-                            }
-                        }
-                    } else {
-                        State::Holding {
-                            line,
-                            vbase: lv,
-                            since: pos,
-                            waited: pos - since.min(pos),
-                            spins,
-                            pc,
-                            touches: vec![(a.pc, stack, write, key, vbase)],
-                        }
+                found = true;
+                if a.locked && write {
+                    // Taken again: an atomic variable so far, or a new acquisition.
+                    *k = Candidate {
+                        line: key,
+                        vbase,
+                        since: pos,
+                        held: None,
+                        spins: 0,
+                        pc: a.pc,
+                        touches: Vec::new(),
+                    };
+                    true
+                } else if write {
+                    // A plain write by the holder releases it; before any access
+                    // elsewhere there is nothing to learn.
+                    if k.held.is_some() {
+                        released = Some(std::mem::replace(
+                            k,
+                            Candidate {
+                                line: 0,
+                                vbase: 0,
+                                since: 0,
+                                held: None,
+                                spins: 0,
+                                pc: 0,
+                                touches: Vec::new(),
+                            },
+                        ));
                     }
-                }
-                State::Holding {
-                    line,
-                    vbase: lv,
-                    since,
-                    waited,
-                    spins,
-                    pc,
-                    mut touches,
-                } => {
-                    if key == line && a.locked && write {
-                        // An atomic variable, not a lock.
-                        start_waiting
-                    } else if key == line && write {
-                        let s = self.locks.entry(LockId::Line(line)).or_default();
-                        s.vaddr = lv;
-                        s.acquisitions += 1;
-                        s.contended += (spins > 1) as u64;
-                        s.spins += spins;
-                        s.wait += waited;
-                        let hold = pos - since.min(pos);
-                        s.hold += hold;
-                        s.max_hold = s.max_hold.max(hold);
-                        s.cpus |= 1 << (cpu % 64);
-                        *s.acquire_pcs.entry(pc).or_insert(0) += 1;
-                        *s.release_pcs.entry(a.pc).or_insert(0) += 1;
-                        for (tpc, tstack, tw, tline, tv) in touches {
-                            let p = s.held.entry(tpc).or_default();
-                            p.count += 1;
-                            p.writes += tw as u64;
-                            p.cpus |= 1 << (cpu % 64);
-                            *p.stacks.entry(tstack).or_insert(0) += 1;
-                            if tline != line {
-                                s.data.entry(tline).or_insert((tv, 0)).1 += 1;
-                            }
-                        }
-                        State::Idle
-                    } else {
-                        if touches.len() < MAX_SECTION {
-                            touches.push((a.pc, stack, write, key, vbase));
-                        }
-                        State::Holding {
-                            line,
-                            vbase: lv,
-                            since,
-                            waited,
-                            spins,
-                            pc,
-                            touches,
-                        }
+                    false
+                } else {
+                    if k.held.is_none() {
+                        k.spins += 1;
+                    } else if k.touches.len() < MAX_SECTION {
+                        k.touches.push((a.pc, stack, write, key, vbase));
                     }
+                    true
                 }
-            };
+            });
+            if !found && a.locked && write {
+                if cands.len() >= MAX_CANDIDATES {
+                    cands.remove(0);
+                }
+                cands.push(Candidate {
+                    line: key,
+                    vbase,
+                    since: pos,
+                    held: None,
+                    spins: 0,
+                    pc: a.pc,
+                    touches: Vec::new(),
+                });
+            }
             if let Some(c) = self.cpu(cpu) {
-                c.state = next;
+                c.candidates = cands;
+            }
+            if let Some(k) = released {
+                let held = k.held.unwrap_or(pos);
+                let s = self.locks.entry(LockId::Line(k.line)).or_default();
+                s.vaddr = k.vbase;
+                s.acquisitions += 1;
+                s.contended += (k.spins > 1) as u64;
+                s.spins += k.spins;
+                s.wait += held - k.since.min(held);
+                let hold = pos - held.min(pos);
+                s.hold += hold;
+                s.max_hold = s.max_hold.max(hold);
+                s.cpus |= 1 << (cpu % 64);
+                *s.acquire_pcs.entry(k.pc).or_insert(0) += 1;
+                *s.release_pcs.entry(a.pc).or_insert(0) += 1;
+                for (tpc, tstack, tw, tline, tv) in k.touches {
+                    let p = s.held.entry(tpc).or_default();
+                    p.count += 1;
+                    p.writes += tw as u64;
+                    p.cpus |= 1 << (cpu % 64);
+                    *p.stacks.entry(tstack).or_insert(0) += 1;
+                    if tline != k.line {
+                        s.data.entry(tline).or_insert((tv, 0)).1 += 1;
+                    }
+                }
             }
         }
     }

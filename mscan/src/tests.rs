@@ -290,3 +290,20 @@ fn every_analysis_reports_on_empty_and_full_streams() {
     .is_err());
     assert!(Scanner::new("nope", Options::default()).is_err());
 }
+
+#[test]
+fn an_atomic_variable_does_not_hide_a_later_lock() {
+    let recs = vec![
+        // An atomic increment, then work elsewhere: it looks held, and is never released.
+        access(0, 0, 0x40_0000, 0x2000, Kind::ReadModifyWrite, true),
+        access(1, 0, 0x40_0004, 0x3040, Kind::Read, false),
+        // A lock taken and released inside that.
+        access(2, 0, 0x40_0008, 0x3000, Kind::ReadModifyWrite, true),
+        access(3, 0, 0x40_0010, 0x3040, Kind::Write, false),
+        access(4, 0, 0x40_0018, 0x3000, Kind::Write, false),
+    ];
+    let j = run("serial", &recs);
+    assert_eq!(j["locks_found"], 1, "{j:#}");
+    assert_eq!(j["locks"][0]["name"], "lock");
+    assert_eq!(j["locks"][0]["hold"], 1);
+}
