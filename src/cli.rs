@@ -41,6 +41,76 @@ pub enum Command {
     Symbols(crate::symbols::SymbolsArgs),
     /// Find the first position of a recording at which a predicate holds.
     Bisect(BisectArgs),
+    /// Analyse cache-line sharing: over a recording (a live replay) or a stored trace.
+    Mscan(MscanArgs),
+}
+
+const MSCAN_AFTER_HELP: &str = "\
+Analyses (default policy in brackets):
+  summary        accesses per CPU, kernel/user split, lines touched, distinct PCs [all]
+  sharing        lines touched by several CPUs with a writer: data, CPUs, top PCs with stacks [movement]
+  false-sharing  lines where CPUs touch disjoint bytes: objects, padding that separates them [movement]
+  hot-lines      misses per line by class: cold, capacity, conflict, coherence [mesi:size=32K,assoc=8,line=64]
+  misses         misses per function and per PC by class [mesi:size=32K,assoc=8,line=64]
+  serial         locks (hypercalls, LOCK-prefixed lines): acquisitions, instructions held and waited [all]
+  calls          call stacks at the instructions of --pc LO-HI or --function NAME [all]
+  timeline       an SVG of shared-line traffic over time, per CPU and for the top lines [movement]
+
+SOURCE is a recording folder (replayed live, traced straight into the analysis) or a trace file written by `replay --trace` (then --policy may only repeat the trace's policy, or choose one over an `all` trace; filters add to the trace's own). The report goes to stdout (or --output FILE); progress to stderr. Ctrl-C stops and prints the report so far.
+
+Sort keys (--sort): sharing accesses|writes|cpus|address; false-sharing false|true|address; hot-lines and misses total|cold|capacity|conflict|coherence|invalidations|writebacks|address; serial hold|wait|acquisitions|address; calls count|address.";
+
+/// Options of `reprise mscan`.
+#[derive(Debug, Args)]
+#[command(after_help = MSCAN_AFTER_HELP)]
+pub struct MscanArgs {
+    /// The analysis: summary, sharing, false-sharing, hot-lines, misses, serial, calls, timeline.
+    #[arg(value_name = "ANALYSIS", value_parser = ["summary", "sharing", "false-sharing", "hot-lines", "misses", "serial", "calls", "timeline"])]
+    pub analysis: String,
+
+    /// A recording folder (replayed) or a trace file.
+    #[arg(value_name = "SOURCE")]
+    pub source: PathBuf,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Rows to show.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+
+    /// Sort key (see below).
+    #[arg(long, value_name = "KEY")]
+    pub sort: Option<String>,
+
+    /// Also name code and data with the symbols of this ELF file; repeatable.
+    #[arg(long, value_name = "ELF")]
+    pub symbols: Vec<PathBuf>,
+
+    /// With a trace file: the recording it was made from (for its guest's symbols).
+    #[arg(long, value_name = "REC")]
+    pub rec: Option<PathBuf>,
+
+    /// For `calls`: the stacks at this function (by symbol name, as --pc its range); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub function: Vec<String>,
+
+    /// Write the report to FILE instead of stdout.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// With a recording: a boot image to use instead of the recorded path.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+
+    /// Filters and policy (as for `replay`); with a recording, --trace FILE also stores the trace.
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// `reprise trace` subcommands.
@@ -125,9 +195,9 @@ pub struct TraceArgs {
     #[arg(long)]
     pub writes: bool,
 
-    /// Which filtered accesses to keep: all | movement[:line=N] | mesi:size=S,assoc=A,line=N[,...] | first-touch[:line=N] | sample:N.
-    #[arg(long, default_value = "all", value_name = "P")]
-    pub policy: String,
+    /// Which filtered accesses to keep: all | movement[:line=N] | mesi:size=S,assoc=A,line=N[,...] | first-touch[:line=N] | sample:N [default: all; for mscan, the analysis's own].
+    #[arg(long, value_name = "P")]
+    pub policy: Option<String>,
 
     /// Line size for `movement` and `first-touch` (instead of `:line=N`).
     #[arg(long, value_name = "N", value_parser = parse_size)]

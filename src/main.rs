@@ -9,6 +9,7 @@ mod cli;
 mod info;
 mod interrupt;
 mod progress;
+mod mscan;
 mod record;
 mod replay;
 mod run;
@@ -40,6 +41,7 @@ fn main() {
         cli::Command::Seek(args) => seek::seek(&args),
         cli::Command::Symbols(args) => symbols::symbols(&args),
         cli::Command::Bisect(args) => bisect::bisect(&args),
+        cli::Command::Mscan(args) => mscan::mscan(&args),
     };
     std::process::exit(code);
 }

@@ -19,7 +19,7 @@ use crate::status;
 pub type ReplayTracer = Tracer<And, Policy, TraceWriter>;
 
 /// The filters the options describe, in the library's terms.
-fn filters(args: &TraceArgs) -> Filters {
+pub(crate) fn filters(args: &TraceArgs) -> Filters {
     Filters {
         cpu: args.cpu.clone(),
         kernel: args.kernel,
@@ -37,23 +37,23 @@ fn filters(args: &TraceArgs) -> Filters {
 /// without it).
 fn any_option(args: &TraceArgs) -> bool {
     filters(args) != Filters::default()
-        || args.policy != "all"
+        || args.policy.is_some()
         || args.line_size.is_some()
         || args.values
 }
 
 /// The `--policy` string with `--line-size` folded in.
 fn policy_text(args: &TraceArgs) -> anyhow::Result<String> {
+    let policy = args.policy.as_deref().unwrap_or("all");
     let Some(line) = args.line_size else {
-        return Ok(args.policy.clone());
+        return Ok(policy.to_string());
     };
-    let name = args.policy.trim();
+    let name = policy.trim();
     if name == "movement" || name == "first-touch" {
         Ok(format!("{name}:line={line}"))
     } else {
         bail!(
-            "--line-size applies to --policy movement or first-touch without :line= (got --policy {:?}); give mesi its line= option",
-            args.policy
+            "--line-size applies to --policy movement or first-touch without :line= (got --policy {policy:?}); give mesi its line= option"
         )
     }
 }

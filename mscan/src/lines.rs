@@ -1,0 +1,197 @@
+//! Helpers the line-based analyses share: byte sets within a line, the objects those bytes
+//! belong to, per-PC statistics with their most frequent call stack.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use crate::context::Context;
+use crate::names::Names;
+
+/// A set of byte offsets within one line (up to 4096 bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bytes(Vec<u64>);
+
+impl Bytes {
+    /// Add `[off, off + n)`.
+    pub fn add(&mut self, off: u64, n: u64) {
+        for b in off..off.saturating_add(n).min(4096) {
+            let w = (b / 64) as usize;
+            if self.0.len() <= w {
+                self.0.resize(w + 1, 0);
+            }
+            self.0[w] |= 1 << (b % 64);
+        }
+    }
+
+    /// Whether byte `b` is in the set.
+    pub fn has(&self, b: u64) -> bool {
+        self.0
+            .get((b / 64) as usize)
+            .is_some_and(|w| w & (1 << (b % 64)) != 0)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+
+    /// Whether the two sets share a byte.
+    pub fn intersects(&self, o: &Bytes) -> bool {
+        self.0.iter().zip(&o.0).any(|(a, b)| a & b != 0)
+    }
+
+    /// The set as sorted half-open ranges.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = Vec::new();
+        for (w, &bits) in self.0.iter().enumerate() {
+            for i in 0..64 {
+                if bits & (1 << i) != 0 {
+                    let b = w as u64 * 64 + i;
+                    match v.last_mut() {
+                        Some(r) if r.1 == b => r.1 = b + 1,
+                        _ => v.push((b, b + 1)),
+                    }
+                }
+            }
+        }
+        v
+    }
+}
+
+/// The objects a byte range of the line at virtual `base` covers: `name[+off]` pieces, in
+/// address order, each with its offsets in the line.
+pub fn objects(names: &Names, base: u64, ranges: &[(u64, u64)]) -> Vec<(String, u64, u64)> {
+    let mut out: Vec<(String, u64, u64)> = Vec::new();
+    for &(lo, hi) in ranges {
+        for off in lo..hi {
+            let obj = names
+                .object(base.wrapping_add(off))
+                .unwrap_or_else(|| "?".to_string());
+            match out.last_mut() {
+                Some(o) if o.0 == obj && o.2 == off => o.2 = off + 1,
+                _ => out.push((obj, off, off + 1)),
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(obj, lo, hi)| {
+            let name = if obj == "?" {
+                format!("{:#x}", base.wrapping_add(lo))
+            } else {
+                names.data(base.wrapping_add(lo))
+            };
+            (name, lo, hi)
+        })
+        .collect()
+}
+
+/// Accesses of one PC to something, with the stacks they came from.
+#[derive(Clone, Debug, Default)]
+pub struct PcStat {
+    /// Accesses.
+    pub count: u64,
+    /// Of which writes (or read-modify-writes).
+    pub writes: u64,
+    /// CPUs that ran it (bit `cpu % 64`).
+    pub cpus: u64,
+    /// Interned stack id -> accesses.
+    pub stacks: HashMap<u32, u64>,
+}
+
+impl PcStat {
+    /// Count one access by `cpu`, taking its stack from the context.
+    pub fn add(&mut self, cpu: u32, write: bool, ctx: &mut Context) {
+        self.count += 1;
+        self.writes += write as u64;
+        self.cpus |= 1 << (cpu % 64);
+        let id = ctx.stack_id(cpu);
+        *self.stacks.entry(id).or_insert(0) += 1;
+    }
+
+    /// The most frequent stack (ties: the first seen).
+    pub fn top_stack(&self) -> Option<u32> {
+        self.stacks
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(&id, _)| id)
+    }
+}
+
+/// Frames shown in a text report's stack (JSON has them all).
+const TEXT_FRAMES: usize = 12;
+
+/// A stack on one line: `f <- caller <- ...`, the outermost frames elided past
+/// [`TEXT_FRAMES`].
+pub fn stack_text(frames: &[String]) -> String {
+    if frames.len() <= TEXT_FRAMES {
+        frames.join(" <- ")
+    } else {
+        format!(
+            "{} <- ... ({} more)",
+            frames[..TEXT_FRAMES].join(" <- "),
+            frames.len() - TEXT_FRAMES
+        )
+    }
+}
+
+/// CPU numbers of a `cpu % 64` mask.
+pub fn cpu_list(mask: u64) -> Vec<u32> {
+    (0..64).filter(|i| mask & (1 << i) != 0).collect()
+}
+
+/// The top `n` PCs of a map, by count (then address), as JSON and as text lines.
+pub fn top_pcs(
+    pcs: &HashMap<u64, PcStat>,
+    n: usize,
+    ctx: &Context,
+    names: &Names,
+    indent: &str,
+) -> (Vec<Value>, String) {
+    let mut v: Vec<(&u64, &PcStat)> = pcs.iter().collect();
+    v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+    let mut json = Vec::new();
+    let mut text = String::new();
+    for (&pc, s) in v.into_iter().take(n) {
+        let stack = s
+            .top_stack()
+            .map(|id| names.stack(pc, ctx.stacks.get(id)))
+            .unwrap_or_else(|| vec![names.code(pc)]);
+        text.push_str(&format!(
+            "{indent}{:>10} {:>8} w  pc {pc:#x} cpus {:?}  {}\n",
+            s.count,
+            s.writes,
+            cpu_list(s.cpus),
+            stack_text(&stack)
+        ));
+        json.push(json!({
+            "pc": pc,
+            "function": names.code(pc),
+            "accesses": s.count,
+            "writes": s.writes,
+            "cpus": cpu_list(s.cpus),
+            "stack": stack,
+        }));
+    }
+    (json, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sets() {
+        let mut a = Bytes::default();
+        a.add(0, 8);
+        a.add(16, 8);
+        a.add(4090, 100);
+        assert_eq!(a.ranges(), vec![(0, 8), (16, 24), (4090, 4096)]);
+        let mut b = Bytes::default();
+        b.add(8, 8);
+        assert!(!a.intersects(&b));
+        b.add(7, 1);
+        assert!(a.intersects(&b));
+        assert!(a.has(4095) && !a.has(8));
+    }
+}

@@ -1,0 +1,265 @@
+//! End-to-end tests of `reprise mscan`: exact reports on the SMP fixtures, through the
+//! command, live and from stored traces.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use reprise_fixtures::fixture_path;
+use reprise_symbols::SymbolTable;
+use serde_json::Value;
+use support::{reprise, scratch_dir, Run};
+
+/// A fresh path in the scratch directory (removed if it exists, with its index).
+fn fresh(name: &str) -> PathBuf {
+    let p = scratch_dir().join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    let _ = std::fs::remove_file(&p);
+    let _ = std::fs::remove_file(format!("{}.idx", p.display()));
+    p
+}
+
+/// Record fixture `name` on 4 CPUs into a fresh folder of its own for `test`. The spinlock fixture runs with a
+/// short quantum: with the default one, a waiting CPU spins for whole quanta and the
+/// recording is a hundred times longer for the same 80 000 critical sections.
+fn record(name: &str, test: &str) -> PathBuf {
+    let rec = fresh(&format!("mscan-rec-{name}-{test}"));
+    let image = fixture_path(name);
+    let quantum = if name == "spinlock" { "100" } else { "10000" };
+    let r = reprise(&[
+        "record",
+        "-o",
+        p(&rec),
+        "--cpus",
+        "4",
+        "--quantum",
+        quantum,
+        p(&image),
+    ]);
+    assert!(r.stderr.contains("reprise: recorded "), "{r:?}");
+    rec
+}
+
+/// `reprise mscan ARGS...`, which must succeed.
+fn mscan(args: &[&str]) -> Run {
+    let mut v = vec!["mscan", "--no-progress"];
+    v.extend(args);
+    let r = reprise(&v);
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+    assert_eq!(r.status, 0, "{r:?}");
+    r
+}
+
+fn json(r: &Run) -> Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("scratch paths are UTF-8")
+}
+
+/// The names of a report's lines.
+fn line_names(j: &Value, key: &str) -> Vec<String> {
+    j["report"][key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in {j:#}"))
+        .iter()
+        .map(|l| l["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn false_sharing_finds_the_packed_counters_not_the_padded_ones() {
+    let rec = record("false-sharing", "false_sharin");
+    let j = json(&mscan(&["false-sharing", p(&rec), "--json"]));
+    let names = line_names(&j, "lines");
+    // Exactly one line is falsely shared: the packed counters, named by their symbol.
+    assert_eq!(names, vec!["packed_counters".to_string()], "{j:#}");
+    let line = &j["report"]["lines"][0];
+    // Each of the 4 CPUs wrote its own counter: packed_counters+8*cpu, 8 bytes.
+    for cpu in 0..4u64 {
+        let c = &line["cpus"][cpu as usize];
+        assert_eq!(c["cpu"], cpu);
+        assert_eq!(
+            c["written"],
+            serde_json::json!([[8 * cpu, 8 * cpu + 8]]),
+            "{c:#}"
+        );
+        let want = if cpu == 0 {
+            "packed_counters".to_string()
+        } else {
+            format!("packed_counters+{:#x}", 8 * cpu)
+        };
+        assert_eq!(c["objects"][0]["name"], want.as_str());
+    }
+    assert_eq!(line["padding"]["bytes"], 56);
+    let text = mscan(&["false-sharing", p(&rec)]).stdout;
+    assert!(
+        text.contains("packed_counters") && !text.contains("padded_counters"),
+        "{text}"
+    );
+    assert!(text.contains("padding: 56 bytes"), "{text}");
+    // Under `movement` each padded counter stays with its CPU (only CPU 0's final reads
+    // of them are kept, with no write): no padded line is shared at all.
+    let j = json(&mscan(&["sharing", p(&rec), "--json", "--top", "100"]));
+    let names = line_names(&j, "lines");
+    assert_eq!(names[0], "packed_counters", "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("padded")), "{names:?}");
+}
+
+#[test]
+fn sharing_names_the_lock_and_the_shared_data() {
+    let rec = record("spinlock", "sharing_name");
+    let j = json(&mscan(&["sharing", p(&rec), "--json"]));
+    let names = line_names(&j, "lines");
+    assert!(names.contains(&"ticket_lock".to_string()), "{names:?}");
+    assert!(names.contains(&"shared_data".to_string()), "{names:?}");
+    let rec = record("smp-counter", "sharing_name");
+    let j = json(&mscan(&["sharing", p(&rec), "--json"]));
+    let names = line_names(&j, "lines");
+    assert_eq!(names[0], "shared_counter", "{j:#}");
+    let top = &j["report"]["lines"][0];
+    assert_eq!(top["cpus"].as_array().map(Vec::len), Some(4));
+    // LOCK INC and LOCK ADD, in guest_main.
+    assert!(
+        top["pcs"][0]["function"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("guest_main+")),
+        "{top:#}"
+    );
+    // Every kept access is LOCK-prefixed but CPU 0's final plain load of the total.
+    assert_eq!(
+        top["locked"].as_u64().map(|n| n + 1),
+        top["accesses"].as_u64(),
+        "{top:#}"
+    );
+}
+
+#[test]
+fn serial_finds_the_ticket_lock() {
+    let rec = record("spinlock", "serial_finds");
+    let r = mscan(&["serial", p(&rec), "--json"]);
+    let j = json(&r);
+    let locks = j["report"]["locks"].as_array().unwrap();
+    assert_eq!(locks.len(), 1, "{j:#}");
+    let l = &locks[0];
+    assert_eq!(l["name"], "ticket_lock");
+    assert_eq!(l["source"], "lock-prefix");
+    // 20000 sections per CPU, and CPU 0 takes the lock once more to read the result.
+    assert_eq!(l["acquisitions"], 4 * 20000 + 1, "{l:#}");
+    assert_eq!(l["cpus"], serde_json::json!([0, 1, 2, 3]));
+    assert_eq!(l["data"][0]["name"], "shared_data", "{l:#}");
+    // smp-counter's LOCK-prefixed counter is an atomic variable, not a lock.
+    let rec = record("smp-counter", "serial_finds");
+    let j = json(&mscan(&["serial", p(&rec), "--json"]));
+    assert_eq!(j["report"]["locks_found"], 0, "{j:#}");
+}
+
+#[test]
+fn calls_shows_the_call_chain() {
+    let rec = record("smp-counter", "calls_shows_");
+    let syms = SymbolTable::from_elf(&fixture_path("smp-counter")).unwrap();
+    let main = syms.by_name("guest_main").unwrap();
+    let range = format!("{:#x}-{:#x}", main.start, main.start + main.size.max(1));
+    let j = json(&mscan(&["calls", p(&rec), "--pc", &range, "--json"]));
+    let pcs = j["report"]["pcs"].as_array().unwrap();
+    assert!(!pcs.is_empty(), "{j:#}");
+    for pc in pcs {
+        let frames = &pc["stacks"][0]["frames"];
+        assert!(
+            frames[0].as_str().unwrap().starts_with("guest_main"),
+            "{pc:#}"
+        );
+        assert!(frames[1].as_str().unwrap().starts_with("_start+"), "{pc:#}");
+    }
+    // The call of guest_main itself counts once per CPU.
+    let entry = pcs
+        .iter()
+        .find(|p| p["pc"] == main.start)
+        .unwrap_or_else(|| panic!("no entry of guest_main in {j:#}"));
+    assert_eq!(entry["calls"], 4);
+    // --function names the same range by symbol (without filtering the trace by it).
+    let by_name = mscan(&["calls", p(&rec), "--function", "guest_main", "--json"]);
+    assert_eq!(json(&by_name)["report"], j["report"]);
+}
+
+#[test]
+fn live_and_stored_reports_are_identical() {
+    let rec = record("false-sharing", "live_and_sto");
+    for (policy, analyses, filters) in [
+        (
+            "movement",
+            &["sharing", "false-sharing", "timeline"][..],
+            &[][..],
+        ),
+        (
+            "all",
+            &["summary", "serial", "sharing"][..],
+            &["--cpu", "0-1"][..],
+        ),
+    ] {
+        let trace = fresh(&format!("mscan-{policy}.trace"));
+        let mut args = vec!["replay", p(&rec), "--trace", p(&trace), "--policy", policy];
+        args.extend(filters);
+        let r = reprise(&args);
+        assert_eq!(r.status, 0, "{r:?}");
+        for a in analyses {
+            let mut live = vec![*a, p(&rec), "--json", "--policy", policy];
+            live.extend(filters);
+            let live = mscan(&live);
+            let stored = mscan(&[a, p(&trace), "--json", "--rec", p(&rec)]);
+            assert_eq!(live.stdout, stored.stdout, "{a} with {policy}");
+        }
+    }
+    // A policy run over an `all` trace is the policy run during the replay.
+    let trace = fresh("mscan-all-unfiltered.trace");
+    let r = reprise(&["replay", p(&rec), "--trace", p(&trace)]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let live = mscan(&["false-sharing", p(&rec), "--json"]);
+    let stored = mscan(&[
+        "false-sharing",
+        p(&trace),
+        "--json",
+        "--rec",
+        p(&rec),
+        "--policy",
+        "movement",
+    ]);
+    assert_eq!(live.stdout, stored.stdout);
+    // And the other way round is refused: the accesses are gone.
+    let movement = fresh("mscan-movement-only.trace");
+    reprise(&[
+        "replay",
+        p(&rec),
+        "--trace",
+        p(&movement),
+        "--policy",
+        "movement",
+    ]);
+    let r = reprise(&["mscan", "summary", p(&movement), "--policy", "all"]);
+    assert_eq!(r.status, 1, "{r:?}");
+    assert!(r.stderr.contains("dropped accesses"), "{r:?}");
+}
+
+#[test]
+fn bad_options_are_errors_not_panics() {
+    let rec = record("hello", "bad_options_");
+    for args in [
+        &["mscan", "sharing", "/nonexistent/x"][..],
+        &["mscan", "sharing", p(&rec), "--sort", "colour"][..],
+        &["mscan", "misses", p(&rec), "--policy", "movement"][..],
+        &["mscan", "sharing", p(&rec), "--policy", "lru"][..],
+        &["mscan", "sharing", p(&rec), "--line-size", "3"][..],
+    ] {
+        let r = reprise(args);
+        assert_eq!(r.status, 1, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.starts_with("reprise: ") || r.stderr.contains("error"),
+            "{r:?}"
+        );
+        assert!(!r.stderr.contains("panicked"), "{r:?}");
+    }
+    // A recording folder given as a trace, a trace with the wrong --rec.
+    let r = reprise(&["mscan", "summary", p(&rec.join("manifest.json"))]);
+    assert_eq!(r.status, 1, "{r:?}");
+}
