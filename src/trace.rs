@@ -90,6 +90,16 @@ pub fn replay_tracer(rec: &Path, args: &TraceArgs) -> anyhow::Result<Option<Repl
 
 /// Seal the trace and say on stderr what went into it.
 pub fn finish_tracer(tracer: ReplayTracer, path: &Path, wall: f64) -> anyhow::Result<()> {
+    for w in tracer.warnings() {
+        eprintln!("reprise: warning: {w}");
+    }
+    let shown = tracer.warnings().len() as u64;
+    if tracer.malformed() > shown {
+        eprintln!(
+            "reprise: warning: {} more malformed hypercalls not shown",
+            tracer.malformed() - shown
+        );
+    }
     let (writer, _, counts) = tracer
         .finish()
         .with_context(|| format!("writing the trace {}", path.display()))?;

@@ -371,9 +371,11 @@ fn movement_on_false_sharing_matches_the_hand_computation() {
         arithmetic += &format!(" cpu{c}: o={o} later={later} k={k} per_turn={per_turn};");
     }
     assert_eq!(kept.len() as u64, expected, "{arithmetic} kept: {kept:?}");
-    // On this recording: 2·4 − 1 first-turn keeps, 4 CPUs × 5 later turns × 1, the final
-    // read: 28.
-    assert_eq!(expected, 28, "{arithmetic}");
+    // On this recording (the fixture labels its objects and enables tracing before the first
+    // barrier, which moves where each CPU enters its loop): o = 10, 10, 10, 22, so
+    // k = 0, 0, 0, 3 — every later turn starts at a load or after the store, 2 keeps each.
+    // 2·4 − 1 first-turn keeps, 4 CPUs × 5 later turns × 2, the final read: 7 + 40 + 1 = 48.
+    assert_eq!(expected, 48, "{arithmetic}");
 
     // The padded phase: each CPU's first read of its own line is kept (first touch), its
     // store is not (only holder), and nothing else of the loop is kept. After the phase,
