@@ -547,3 +547,45 @@ fn cpu_filter_applies_to_context_records() {
     assert_eq!(hyper.len(), 21, "{hyper:?}");
     assert!(hyper.iter().all(|v| v["cpu"] == 0));
 }
+
+/// `--label-alloc` turns calls of the fixture's bump allocator into labels: its ELF
+/// symbols give the functions; small_alloc(24) returns the pool's start, small_alloc(40)
+/// the next 16-byte boundary after 24 bytes (pool + 32); small_free(first) unlabels it.
+#[test]
+fn allocator_breakpoints_label_and_unlabel() {
+    let elf = std::fs::read(fixture_path("mtrace-calls")).unwrap();
+    let (pool, _) = elf_symbol(&elf, "pool").expect("pool");
+    let rec = record("mtrace-calls", &[]);
+    let file = fresh("alloc.trace");
+    let f = file.to_str().unwrap();
+    let r = replay(
+        &rec,
+        &[
+            "--trace",
+            f,
+            "--label-alloc",
+            "small_alloc:size=rdi:free=small_free",
+        ],
+    );
+    assert!(r.stderr.contains("identical"), "{r:?}");
+    let p = trace(&["trace", "print", f]);
+    let heap: Vec<&str> = p.stdout.lines().filter(|l| l.contains(" Heap ")).collect();
+    assert_eq!(heap.len(), 3, "{heap:?}");
+    assert!(heap[0].contains(&format!(
+        "label     Heap \"small_alloc(24)\" addr={pool:#x} bytes=24 "
+    )));
+    assert!(heap[1].contains(&format!(
+        "label     Heap \"small_alloc(40)\" addr={:#x} bytes=40 ",
+        pool + 32
+    )));
+    assert!(heap[2].contains(&format!("unlabel   Heap addr={pool:#x} ")));
+    // A spec that does not parse shows the syntax.
+    let bad = fresh("alloc-bad.trace");
+    let b = bad.to_str().unwrap();
+    let r = replay(
+        &rec,
+        &["--trace", b, "--label-alloc", "small_alloc:size=xmm0"],
+    );
+    assert_eq!(r.status, 1, "{r:?}");
+    assert!(r.stderr.contains("expected `linux` or FUNC"), "{r:?}");
+}

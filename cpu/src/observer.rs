@@ -63,6 +63,9 @@ pub enum ContextEvent {
         return_address: u64,
         /// Stack pointer after the push.
         stack: u64,
+        /// The general-purpose registers at the call (after the push; RAX..R15 in encoding
+        /// order), so a tracer can read arguments (allocator breakpoints).
+        regs: [u64; 16],
     },
     /// A near return, reported before it pops.
     Return {
@@ -70,6 +73,8 @@ pub enum ContextEvent {
         target: u64,
         /// Stack pointer before the pop.
         stack: u64,
+        /// RAX at the return (the return value).
+        rax: u64,
     },
     /// An interrupt or exception was delivered.
     Interrupt {

@@ -6,6 +6,7 @@
 //! - [`format`]: [`format::TraceWriter`] and [`format::TraceReader`], the only code that
 //!   writes or reads trace files (built on `reprise_record::container`);
 //! - [`filter`]: the [`filter::Filter`] trait, the command-line filters and their parsers;
+//! - [`alloc`]: allocation labels from breakpoints on allocator functions;
 //! - [`hypercall`]: decoding of the guests' mtrace hypercall records;
 //! - [`tracer`]: [`tracer::Tracer`], the CPU observer that runs accesses through filters and
 //!   a policy into a sink (a trace writer, or an analysis fed live);
@@ -19,6 +20,7 @@
 //! the format could be built and tested before the replayer existed.
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod filter;
 pub mod format;
 pub mod hypercall;

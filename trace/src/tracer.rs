@@ -11,6 +11,7 @@ use reprise_cpu::observer::{
     Observer,
 };
 
+use crate::alloc::AllocLabeler;
 use crate::filter::Filter;
 use crate::format::{TraceError, TraceWriter};
 use crate::hypercall::decode;
@@ -60,6 +61,7 @@ pub struct Tracer<F: Filter, P: CacheLinePolicy, S: Sink> {
     error: Option<TraceError>,
     warnings: Vec<String>,
     malformed: u64,
+    alloc: Option<AllocLabeler>,
 }
 
 /// Warnings kept in full; later ones are only counted.
@@ -79,7 +81,15 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
             error: None,
             warnings: Vec::new(),
             malformed: 0,
+            alloc: None,
         }
+    }
+
+    /// Also label allocations through breakpoints on allocator functions (`--label-alloc`):
+    /// their label records join the trace like a guest's own.
+    pub fn with_alloc_labels(mut self, labeler: AllocLabeler) -> Self {
+        self.alloc = (!labeler.is_empty()).then_some(labeler);
+        self
     }
 
     /// A CPU starts a quantum at global position `global`, having retired `retired`
@@ -169,12 +179,13 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
                 target,
                 return_address,
                 stack,
+                ..
             } => Event::Call {
                 target,
                 return_address,
                 stack,
             },
-            ContextEvent::Return { target, stack } => Event::Return { target, stack },
+            ContextEvent::Return { target, stack, .. } => Event::Return { target, stack },
             ContextEvent::Interrupt {
                 vector,
                 source,
@@ -192,12 +203,36 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
             },
             ContextEvent::Cr3 { value } => Event::Cr3 { value },
         };
+        let position = self.position_of(retired);
         let r = Record {
-            position: self.position_of(retired),
+            position,
             cpu,
             event,
         };
         Tracer::context(self, &r);
+        let label = match (&mut self.alloc, *e) {
+            (
+                Some(l),
+                ContextEvent::Call {
+                    target,
+                    return_address,
+                    stack,
+                    regs,
+                },
+            ) => l.call(cpu, target, return_address, stack, &regs),
+            (Some(l), ContextEvent::Return { target, stack, rax }) => {
+                l.ret(cpu, target, stack, rax)
+            }
+            _ => None,
+        };
+        if let Some(h) = label {
+            let r = Record {
+                position,
+                cpu,
+                event: Event::Hypercall(h),
+            };
+            Tracer::context(self, &r);
+        }
     }
 
     fn hypercall(&mut self, cpu: u32, retired: u64, c: &HypercallCall<'_>) {
@@ -326,6 +361,7 @@ mod tests {
         let ev = ContextEvent::Return {
             target: 1,
             stack: 2,
+            rax: 0,
         };
         Observer::context(&mut t, 0, 15, &ev);
         Observer::context(&mut t, 1, 16, &ev);
