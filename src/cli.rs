@@ -206,6 +206,16 @@ pub struct TraceArgs {
     /// Keep the value of each access in the trace.
     #[arg(long)]
     pub values: bool,
+
+    /// Label allocations by breakpoints on allocator functions:
+    /// FUNC[:size=REG|:order=REG][:free=FUNC][:ptr=REG] (FUNC may end in `*`), or `linux`
+    /// for the Linux allocators; repeatable.
+    #[arg(long, value_name = "SPEC")]
+    pub label_alloc: Vec<String>,
+
+    /// Symbols for --label-alloc: an ELF file (default: the recording's ELF boot image).
+    #[arg(long, value_name = "FILE")]
+    pub symbols: Option<PathBuf>,
 }
 
 /// Options of `reprise checkpoint`.

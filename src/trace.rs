@@ -5,6 +5,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use reprise_record::manifest::{Manifest, MANIFEST_FILE};
+use reprise_symbols::SymbolTable;
+use reprise_trace::alloc::{name_matches, AllocLabeler, AllocSpec};
 use reprise_trace::filter::{And, Filter, Filters};
 use reprise_trace::format::{TraceReader, TraceWriter};
 use reprise_trace::policy::{parse_policy, CacheLinePolicy, Policy};
@@ -40,6 +42,8 @@ fn any_option(args: &TraceArgs) -> bool {
         || args.policy.is_some()
         || args.line_size.is_some()
         || args.values
+        || !args.label_alloc.is_empty()
+        || args.symbols.is_some()
 }
 
 /// The `--policy` string with `--line-size` folded in.
@@ -83,13 +87,80 @@ pub fn replay_tracer(rec: &Path, args: &TraceArgs) -> anyhow::Result<Option<Repl
         cpus: manifest.machine.cpus,
         values: args.values,
     };
+    // Resolve the breakpoints before creating the file, so a bad spec leaves no file behind.
+    let labeler = alloc_labeler(&manifest, args)?;
     let writer = TraceWriter::create(path, &header)
         .with_context(|| format!("--trace {}", path.display()))?;
-    Ok(Some(Tracer::new(filter, policy, writer, args.values)))
+    Ok(Some(
+        Tracer::new(filter, policy, writer, args.values).with_alloc_labels(labeler),
+    ))
+}
+
+/// The `--label-alloc` breakpoints, resolved through the symbols of `--symbols` or of the
+/// recording's ELF boot image.
+fn alloc_labeler(manifest: &Manifest, args: &TraceArgs) -> anyhow::Result<AllocLabeler> {
+    let mut labeler = AllocLabeler::new();
+    if args.label_alloc.is_empty() {
+        return Ok(labeler);
+    }
+    let mut specs = Vec::new();
+    for s in &args.label_alloc {
+        specs.extend(AllocSpec::parse(s)?);
+    }
+    let path = match &args.symbols {
+        Some(p) => p.clone(),
+        None => manifest
+            .boot
+            .images
+            .iter()
+            .find(|i| i.role == "kernel")
+            .map(|i| i.path.clone())
+            .ok_or_else(|| {
+                anyhow!("--label-alloc: the recording has no kernel image; give --symbols FILE")
+            })?,
+    };
+    let table = SymbolTable::from_elf(&path).with_context(|| {
+        format!(
+            "--label-alloc needs symbols: {} (give --symbols FILE)",
+            path.display()
+        )
+    })?;
+    for spec in &specs {
+        let mut found = false;
+        for sym in table.iter() {
+            if name_matches(&spec.func, &sym.name) {
+                labeler.add_allocator(sym.start, &sym.name, spec.size);
+                found = true;
+            }
+            if let Some(free) = &spec.free {
+                if name_matches(free, &sym.name) {
+                    labeler.add_free(sym.start, spec.ptr);
+                }
+            }
+        }
+        if !found {
+            eprintln!(
+                "reprise: warning: --label-alloc: no symbol in {} matches {:?}",
+                path.display(),
+                spec.func
+            );
+        }
+    }
+    Ok(labeler)
 }
 
 /// Seal the trace and say on stderr what went into it.
 pub fn finish_tracer(tracer: ReplayTracer, path: &Path, wall: f64) -> anyhow::Result<()> {
+    for w in tracer.warnings() {
+        eprintln!("reprise: warning: {w}");
+    }
+    let shown = tracer.warnings().len() as u64;
+    if tracer.malformed() > shown {
+        eprintln!(
+            "reprise: warning: {} more malformed hypercalls not shown",
+            tracer.malformed() - shown
+        );
+    }
     let (writer, _, counts) = tracer
         .finish()
         .with_context(|| format!("writing the trace {}", path.display()))?;

@@ -405,3 +405,193 @@ fn movement_on_false_sharing_matches_the_hand_computation() {
     assert_eq!(after.len(), 7, "{kept:?}");
     assert!(after.iter().all(|a| a.1 == 0 && a.3 == "Read"));
 }
+
+/// The mtrace-calls fixture's hypercalls round-trip into the trace: `trace print` shows the
+/// labels, the region's enable and disable, the lock operations and the other record types
+/// with the names and addresses the guest gave; the malformed ones are warnings (CPU,
+/// position, type, length) and the replay still matches the recording's final state.
+#[test]
+fn hypercalls_round_trip_into_the_trace() {
+    let elf = std::fs::read(fixture_path("mtrace-calls")).unwrap();
+    let (table, table_size) = elf_symbol(&elf, "table").expect("table");
+    let (lock, _) = elf_symbol(&elf, "fake_lock").expect("fake_lock");
+    assert_eq!(table_size, 64);
+    let rec = record("mtrace-calls", &[]);
+    let plain = replay(&rec, &[]);
+    assert!(plain.stderr.contains("identical"), "{plain:?}");
+    let file = fresh("mtrace-calls.trace");
+    let f = file.to_str().unwrap();
+    let traced = replay(&rec, &["--trace", f]);
+    assert!(traced.stderr.contains("identical"), "{traced:?}");
+    assert_eq!(final_state(&plain), final_state(&traced));
+    assert_eq!(traced.stdout, "mtrace-calls: ok\n");
+
+    // Four malformed hypercalls, each a warning naming CPU, position, type and length.
+    let warnings: Vec<&str> = traced
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning: malformed hypercall on cpu0 at position "))
+        .collect();
+    assert_eq!(warnings.len(), 4, "{traced:?}");
+    assert!(warnings[0].contains("type 1 length 124 record 0x8000000000000000"));
+    assert!(warnings[0].contains("not mapped"));
+    assert!(warnings[1].contains("type 7 length 1099511627776"));
+    assert!(warnings[2].contains("unknown record type 2"));
+    assert!(warnings[3].contains("type 7 length 10") && warnings[3].contains("too short"));
+
+    let p = trace(&["trace", "print", f]);
+    assert_eq!(p.status, 0, "{p:?}");
+    let kinds = [
+        "label", "unlabel", "enable", "disable", "lock", "task", "sched", "segment", "fcall",
+    ];
+    let hyper: Vec<&str> = p
+        .stdout
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|k| kinds.contains(&k))
+        })
+        .collect();
+    let want = [
+        format!("label     Static \"table\" addr={table:#x} bytes=64 "),
+        "enable    \"region\"".to_string(),
+        format!("lock      Acquire \"fake_lock\" lock={lock:#x} "),
+        format!("lock      Acquired \"fake_lock\" lock={lock:#x} "),
+        format!("lock      Release \"fake_lock\" lock={lock:#x} "),
+        "task      Init tid=7 tgid=7 \"worker\"".to_string(),
+        "sched     tid=7".to_string(),
+        "segment   base=0x1000 end=0x2000 cpu=0 type=4".to_string(),
+        "fcall     Start tid=7 ".to_string(),
+        "disable   \"region\"".to_string(),
+        format!("unlabel   Static addr={table:#x} "),
+    ];
+    assert_eq!(hyper.len(), want.len(), "{hyper:#?}");
+    for (line, w) in hyper.iter().zip(&want) {
+        assert!(line.contains(w.as_str()), "{line:?} should contain {w:?}");
+    }
+}
+
+/// `--hypercall-scope` keeps only the accesses between the guest's enable and disable.
+/// mtrace-calls touches `table` 8 times (stores) before its region, 8 + 8 times (stores,
+/// then loads) inside, 8 times (loads) after: 32 in all, 16 inside.
+#[test]
+fn hypercall_scope_keeps_only_the_region() {
+    let elf = std::fs::read(fixture_path("mtrace-calls")).unwrap();
+    let (table, size) = elf_symbol(&elf, "table").expect("table");
+    let range = format!("{table:#x}-{:#x}", table + size);
+    let rec = record("mtrace-calls", &[]);
+    let all = traced_records(&rec, "scope-all.trace", &["--addr", &range]);
+    assert_eq!(all.len(), 32);
+    let inside = traced_records(
+        &rec,
+        "scope-in.trace",
+        &["--addr", &range, "--hypercall-scope"],
+    );
+    let kinds: Vec<String> = inside.iter().map(|r| access_of(r).3).collect();
+    assert_eq!(kinds.len(), 16, "{kinds:?}");
+    assert!(kinds[..8].iter().all(|k| k == "Write"), "{kinds:?}");
+    assert!(kinds[8..].iter().all(|k| k == "Read"), "{kinds:?}");
+    // The region lies between the first 8 and the last 8 accesses of the full trace.
+    assert_eq!(inside[0]["position"], all[8]["position"]);
+    assert_eq!(inside[15]["position"], all[23]["position"]);
+}
+
+/// `--values` keeps each access's value: the region's stores write 100 + i to table[i].
+#[test]
+fn values_are_kept_on_request() {
+    let elf = std::fs::read(fixture_path("mtrace-calls")).unwrap();
+    let (table, size) = elf_symbol(&elf, "table").expect("table");
+    let range = format!("{table:#x}-{:#x}", table + size);
+    let rec = record("mtrace-calls", &[]);
+    let opts = ["--addr", &range, "--hypercall-scope", "--writes"];
+    let without = traced_records(&rec, "novalues.trace", &opts);
+    assert!(without
+        .iter()
+        .all(|r| r["event"]["Access"]["value"].is_null()));
+    let mut with_values = opts.to_vec();
+    with_values.push("--values");
+    let with = traced_records(&rec, "values.trace", &with_values);
+    let got: Vec<(u64, u64)> = with
+        .iter()
+        .map(|r| {
+            let a = &r["event"]["Access"];
+            (a["vaddr"].as_u64().unwrap(), a["value"].as_u64().unwrap())
+        })
+        .collect();
+    let want: Vec<(u64, u64)> = (0..8).map(|i| (table + 8 * i, 100 + i)).collect();
+    assert_eq!(got, want);
+}
+
+/// `--cpu` drops the other CPUs' calls, returns, interrupts and CR3 writes, and keeps
+/// every CPU's hypercall records (CPU 0 labels and enables for all).
+#[test]
+fn cpu_filter_applies_to_context_records() {
+    let rec = record("false-sharing", &["--cpus", "4"]);
+    let file = fresh("fs-cpu1.trace");
+    let f = file.to_str().unwrap();
+    let r = replay(&rec, &["--trace", f, "--cpu", "1"]);
+    assert!(r.stderr.contains("identical"), "{r:?}");
+    let p = trace(&["trace", "print", "--json", f]);
+    let recs: Vec<serde_json::Value> = p
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let is_control = |v: &serde_json::Value| {
+        let e = &v["event"];
+        e.get("Call").is_some() || e.get("Return").is_some() || e.get("Interrupt").is_some()
+    };
+    assert!(recs.iter().any(is_control));
+    assert!(recs.iter().filter(|v| is_control(v)).all(|v| v["cpu"] == 1));
+    let hyper: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|v| v["event"]["Hypercall"].is_object())
+        .collect();
+    // 8 + 8 array elements and 3 lines labelled, enable, disable: all by CPU 0.
+    assert_eq!(hyper.len(), 21, "{hyper:?}");
+    assert!(hyper.iter().all(|v| v["cpu"] == 0));
+}
+
+/// `--label-alloc` turns calls of the fixture's bump allocator into labels: its ELF
+/// symbols give the functions; small_alloc(24) returns the pool's start, small_alloc(40)
+/// the next 16-byte boundary after 24 bytes (pool + 32); small_free(first) unlabels it.
+#[test]
+fn allocator_breakpoints_label_and_unlabel() {
+    let elf = std::fs::read(fixture_path("mtrace-calls")).unwrap();
+    let (pool, _) = elf_symbol(&elf, "pool").expect("pool");
+    let rec = record("mtrace-calls", &[]);
+    let file = fresh("alloc.trace");
+    let f = file.to_str().unwrap();
+    let r = replay(
+        &rec,
+        &[
+            "--trace",
+            f,
+            "--label-alloc",
+            "small_alloc:size=rdi:free=small_free",
+        ],
+    );
+    assert!(r.stderr.contains("identical"), "{r:?}");
+    let p = trace(&["trace", "print", f]);
+    let heap: Vec<&str> = p.stdout.lines().filter(|l| l.contains(" Heap ")).collect();
+    assert_eq!(heap.len(), 3, "{heap:?}");
+    assert!(heap[0].contains(&format!(
+        "label     Heap \"small_alloc(24)\" addr={pool:#x} bytes=24 "
+    )));
+    assert!(heap[1].contains(&format!(
+        "label     Heap \"small_alloc(40)\" addr={:#x} bytes=40 ",
+        pool + 32
+    )));
+    assert!(heap[2].contains(&format!("unlabel   Heap addr={pool:#x} ")));
+    // A spec that does not parse shows the syntax.
+    let bad = fresh("alloc-bad.trace");
+    let b = bad.to_str().unwrap();
+    let r = replay(
+        &rec,
+        &["--trace", b, "--label-alloc", "small_alloc:size=xmm0"],
+    );
+    assert_eq!(r.status, 1, "{r:?}");
+    assert!(r.stderr.contains("expected `linux` or FUNC"), "{r:?}");
+}

@@ -140,7 +140,7 @@ pub(crate) fn translate_slow<B: Bus>(
     }
     let vpn = vaddr >> 12;
     let slot = (vpn as usize) & (TLB_ENTRIES - 1);
-    let e = walk(s, bus, vaddr, intent, cpl)?;
+    let e = walk(s, bus, vaddr, intent, cpl, true)?;
     tlb.entries[slot] = e;
     Ok(e.phys | (vaddr & 0xfff))
 }
@@ -158,6 +158,33 @@ impl Tlb {
             None
         }
     }
+}
+
+/// Translate a linear address for a read without any effect on the machine: the TLB is
+/// consulted but not filled, and a walk sets no accessed bit. For tracers that look at guest
+/// memory (hypercall records) only in traced replays: whatever they read, the replay must go
+/// on exactly as the recording did.
+pub fn translate_quiet<B: Bus>(
+    s: &CpuState,
+    tlb: &Tlb,
+    bus: &mut B,
+    vaddr: u64,
+    cpl: u8,
+) -> Result<GuestPhysAddr, Fault> {
+    if s.cr0 & cr0::PG == 0 {
+        return Ok(if s.msr.efer & efer::LMA != 0 {
+            vaddr
+        } else {
+            vaddr & 0xffff_ffff
+        });
+    }
+    let vpn = vaddr >> 12;
+    let e = tlb.entries[(vpn as usize) & (TLB_ENTRIES - 1)];
+    if e.tag == vpn.wrapping_add(1) && permits(s, &e, Intent::Read, cpl) {
+        return Ok(e.phys | (vaddr & 0xfff));
+    }
+    let e = walk(s, bus, vaddr, Intent::Read, cpl, false)?;
+    Ok(e.phys | (vaddr & 0xfff))
 }
 
 /// Whether a cached entry allows the access without a walk (a write to a clean page
@@ -190,12 +217,15 @@ fn write_pte<B: Bus>(bus: &mut B, pa: u64, v: u64) {
     }
 }
 
+/// Walk the page tables; `update` sets the accessed and dirty bits as the processor does
+/// (false only for [`translate_quiet`]).
 fn walk<B: Bus>(
     s: &CpuState,
     bus: &mut B,
     vaddr: u64,
     intent: Intent,
     cpl: u8,
+    update: bool,
 ) -> Result<TlbEntry, Fault> {
     let user = cpl == 3;
     let mut code = 0u32;
@@ -210,7 +240,7 @@ fn walk<B: Bus>(
     }
     if s.msr.efer & efer::LMA == 0 {
         // 32-bit or PAE paging (legacy protected mode).
-        return legacy::walk(s, bus, vaddr, intent, cpl);
+        return legacy::walk(s, bus, vaddr, intent, cpl, update);
     }
     // Canonical check: bits 63..47 must all equal bit 47.
     let top = (vaddr as i64) >> 47;
@@ -245,7 +275,7 @@ fn walk<B: Bus>(
             return Err(Fault::page(vaddr, code | pf::RSVD | pf::PRESENT));
         }
         if !leaf {
-            if entry & pte::A == 0 {
+            if update && entry & pte::A == 0 {
                 write_pte(bus, entry_pa, entry | pte::A);
             }
             table = entry & pte::ADDR;
@@ -278,7 +308,7 @@ fn walk<B: Bus>(
         if intent == Intent::Write {
             new |= pte::D;
         }
-        if new != entry {
+        if update && new != entry {
             write_pte(bus, entry_pa, new);
         }
         let page_mask = (1u64 << shift) - 1;

@@ -63,6 +63,9 @@ pub enum ContextEvent {
         return_address: u64,
         /// Stack pointer after the push.
         stack: u64,
+        /// The general-purpose registers at the call (after the push; RAX..R15 in encoding
+        /// order), so a tracer can read arguments (allocator breakpoints).
+        regs: [u64; 16],
     },
     /// A near return, reported before it pops.
     Return {
@@ -70,6 +73,8 @@ pub enum ContextEvent {
         target: u64,
         /// Stack pointer before the pop.
         stack: u64,
+        /// RAX at the return (the return value).
+        rax: u64,
     },
     /// An interrupt or exception was delivered.
     Interrupt {
@@ -87,6 +92,45 @@ pub enum ContextEvent {
         /// The value written.
         value: u64,
     },
+}
+
+/// The most bytes a hypercall record may have; a longer one is reported unread (mtrace's
+/// records are under 200 bytes; this bounds what a guest can make the tracer copy).
+pub const MAX_HYPERCALL_BYTES: u64 = 4096;
+
+/// Why the CPU could not read a hypercall record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HypercallUnreadable {
+    /// The length (RDX) is above [`MAX_HYPERCALL_BYTES`].
+    TooLong,
+    /// The linear address `at` does not translate (not mapped, not readable at the
+    /// current privilege level, or not canonical).
+    Unmapped {
+        /// The first address that failed.
+        at: u64,
+    },
+    /// The linear address `at` maps to device memory or past RAM (never read: a device
+    /// read may have effects).
+    NotRam {
+        /// The first address that failed.
+        at: u64,
+    },
+}
+
+/// A guest hypercall in mtrace's convention (`xchg bx,bx` with RAX = 1), as the CPU saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hypercall<'a> {
+    /// Address of the `xchg` instruction.
+    pub pc: u64,
+    /// Guest virtual address of the record (RBX).
+    pub addr: u64,
+    /// Record type (RCX).
+    pub kind: u64,
+    /// Record length in bytes (RDX).
+    pub length: u64,
+    /// The record's bytes read through the MMU at the current privilege level, or why they
+    /// could not be read.
+    pub bytes: Result<&'a [u8], HypercallUnreadable>,
 }
 
 /// Receives the CPU's memory accesses.
@@ -107,6 +151,10 @@ pub trait Observer {
     /// CPU `cpu`, having retired `retired` instructions, did `event`. Called only when
     /// [`Self::ENABLED`].
     fn context(&mut self, _cpu: u32, _retired: u64, _event: &ContextEvent) {}
+
+    /// CPU `cpu`, having retired `retired` instructions, made hypercall `call`. Called only
+    /// when [`Self::ENABLED`]; reading the record had no effect on the machine.
+    fn hypercall(&mut self, _cpu: u32, _retired: u64, _call: &Hypercall<'_>) {}
 }
 
 /// The observer that observes nothing; used by `run` and `record`.

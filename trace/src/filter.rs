@@ -32,6 +32,12 @@ pub trait Filter {
     /// accesses that follow it. Filters that depend on guest context change state here.
     fn context(&mut self, _r: &Record) {}
 
+    /// Keep the context record `r` in the trace? (Called after [`Filter::context`].) Most
+    /// filters keep every context record; `--cpu` drops other CPUs' control flow.
+    fn keep_context(&mut self, _r: &Record) -> bool {
+        true
+    }
+
     /// The filter in command-line syntax (for the trace header).
     fn describe(&self) -> String;
 }
@@ -105,6 +111,19 @@ impl CpuSet {
 impl Filter for CpuSet {
     fn keep(&mut self, _position: u64, a: &Access) -> bool {
         self.contains(a.cpu)
+    }
+
+    /// Calls, returns, interrupts and CR3 writes describe one CPU's execution: kept for the
+    /// set's CPUs only. Hypercall records (labels, enable/disable, locks) and console output
+    /// describe the machine and are kept whichever CPU made them.
+    fn keep_context(&mut self, r: &Record) -> bool {
+        match r.event {
+            Event::Call { .. }
+            | Event::Return { .. }
+            | Event::Interrupt { .. }
+            | Event::Cr3 { .. } => self.contains(r.cpu),
+            _ => true,
+        }
     }
 
     fn describe(&self) -> String {
@@ -364,6 +383,14 @@ impl Filter for And {
         for f in &mut self.0 {
             f.context(r);
         }
+    }
+
+    fn keep_context(&mut self, r: &Record) -> bool {
+        let mut keep = true;
+        for f in &mut self.0 {
+            keep &= f.keep_context(r);
+        }
+        keep
     }
 
     fn describe(&self) -> String {

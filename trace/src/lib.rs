@@ -6,6 +6,8 @@
 //! - [`format`]: [`format::TraceWriter`] and [`format::TraceReader`], the only code that
 //!   writes or reads trace files (built on `reprise_record::container`);
 //! - [`filter`]: the [`filter::Filter`] trait, the command-line filters and their parsers;
+//! - [`alloc`]: allocation labels from breakpoints on allocator functions;
+//! - [`hypercall`]: decoding of the guests' mtrace hypercall records;
 //! - [`tracer`]: [`tracer::Tracer`], the CPU observer that runs accesses through filters and
 //!   a policy into a sink (a trace writer, or an analysis fed live);
 //! - [`stats`]: counts of a trace by record type, CPU and policy outcome;
@@ -18,8 +20,10 @@
 //! the format could be built and tested before the replayer existed.
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod filter;
 pub mod format;
+pub mod hypercall;
 pub mod policy;
 pub mod record;
 pub mod stats;

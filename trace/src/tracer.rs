@@ -6,10 +6,15 @@
 //! through [`Tracer::context`]. Kept accesses and all context records go to a [`Sink`]: a
 //! [`TraceWriter`], or an analysis fed live with the same records a stored trace holds.
 
-use reprise_cpu::observer::{Access, ContextEvent, InterruptSource, Observer};
+use reprise_cpu::observer::{
+    Access, ContextEvent, Hypercall as HypercallCall, HypercallUnreadable, InterruptSource,
+    Observer,
+};
 
+use crate::alloc::AllocLabeler;
 use crate::filter::Filter;
 use crate::format::{TraceError, TraceWriter};
+use crate::hypercall::decode;
 use crate::policy::{split_lines, CacheLinePolicy};
 use crate::record::{AccessEvent, Event, InterruptKind, Record};
 
@@ -54,7 +59,13 @@ pub struct Tracer<F: Filter, P: CacheLinePolicy, S: Sink> {
     last: u64,
     counts: TracerCounts,
     error: Option<TraceError>,
+    warnings: Vec<String>,
+    malformed: u64,
+    alloc: Option<AllocLabeler>,
 }
+
+/// Warnings kept in full; later ones are only counted.
+const MAX_WARNINGS: usize = 100;
 
 impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
     /// A tracer; `values` keeps the value of each access.
@@ -68,7 +79,17 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
             last: 0,
             counts: TracerCounts::default(),
             error: None,
+            warnings: Vec::new(),
+            malformed: 0,
+            alloc: None,
         }
+    }
+
+    /// Also label allocations through breakpoints on allocator functions (`--label-alloc`):
+    /// their label records join the trace like a guest's own.
+    pub fn with_alloc_labels(mut self, labeler: AllocLabeler) -> Self {
+        self.alloc = (!labeler.is_empty()).then_some(labeler);
+        self
     }
 
     /// A CPU starts a quantum at global position `global`, having retired `retired`
@@ -102,12 +123,33 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
     }
 
     /// A context record (hypercall, call, interrupt, CR3, console): filters see it, and it
-    /// goes to the sink unfiltered.
+    /// goes to the sink unless a filter drops it ([`Filter::keep_context`]: `--cpu` drops
+    /// other CPUs' calls, returns, interrupts and CR3 writes).
     pub fn context(&mut self, r: &Record) {
         self.filter.context(r);
+        if !self.filter.keep_context(r) {
+            return;
+        }
         let mut r = r.clone();
         r.position = r.position.max(self.last);
         self.emit(&r);
+    }
+
+    /// Warnings about the guest's hypercalls (malformed records), first ones in full.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// How many hypercalls were malformed (also those past the warnings kept).
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    fn warn(&mut self, w: String) {
+        self.malformed += 1;
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(w);
+        }
     }
 
     /// What went through so far.
@@ -137,12 +179,13 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
                 target,
                 return_address,
                 stack,
+                ..
             } => Event::Call {
                 target,
                 return_address,
                 stack,
             },
-            ContextEvent::Return { target, stack } => Event::Return { target, stack },
+            ContextEvent::Return { target, stack, .. } => Event::Return { target, stack },
             ContextEvent::Interrupt {
                 vector,
                 source,
@@ -160,12 +203,65 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
             },
             ContextEvent::Cr3 { value } => Event::Cr3 { value },
         };
+        let position = self.position_of(retired);
         let r = Record {
-            position: self.position_of(retired),
+            position,
             cpu,
             event,
         };
         Tracer::context(self, &r);
+        let label = match (&mut self.alloc, *e) {
+            (
+                Some(l),
+                ContextEvent::Call {
+                    target,
+                    return_address,
+                    stack,
+                    regs,
+                },
+            ) => l.call(cpu, target, return_address, stack, &regs),
+            (Some(l), ContextEvent::Return { target, stack, rax }) => {
+                l.ret(cpu, target, stack, rax)
+            }
+            _ => None,
+        };
+        if let Some(h) = label {
+            let r = Record {
+                position,
+                cpu,
+                event: Event::Hypercall(h),
+            };
+            Tracer::context(self, &r);
+        }
+    }
+
+    fn hypercall(&mut self, cpu: u32, retired: u64, c: &HypercallCall<'_>) {
+        let position = self.position_of(retired);
+        let decoded = match c.bytes {
+            Ok(bytes) => decode(c.kind, bytes).map_err(|e| e.to_string()),
+            Err(HypercallUnreadable::TooLong) => Err(format!(
+                "the length is above the {} bytes a record may have",
+                reprise_cpu::observer::MAX_HYPERCALL_BYTES
+            )),
+            Err(HypercallUnreadable::Unmapped { at }) => {
+                Err(format!("address {at:#x} is not mapped readable"))
+            }
+            Err(HypercallUnreadable::NotRam { at }) => Err(format!("address {at:#x} is not RAM")),
+        };
+        match decoded {
+            Ok(h) => {
+                let r = Record {
+                    position,
+                    cpu,
+                    event: Event::Hypercall(h),
+                };
+                Tracer::context(self, &r);
+            }
+            Err(why) => self.warn(format!(
+                "malformed hypercall on cpu{cpu} at position {position} (pc {:#x}): type {} length {} record {:#x}: {why}; ignored",
+                c.pc, c.kind, c.length, c.addr
+            )),
+        }
     }
 
     fn access(&mut self, a: &Access) {
@@ -242,5 +338,47 @@ mod tests {
                 kept: 3
             }
         );
+    }
+
+    #[test]
+    fn hypercalls_become_records_or_warnings_and_cpu_filters_context() {
+        let filter = And(vec![Box::new(CpuSet::parse("1").unwrap())]);
+        let mut t = Tracer::new(filter, parse_policy("all").unwrap(), Vec::new(), false);
+        t.begin_quantum(1000, 10);
+        let mut sched = vec![0u8; 24];
+        sched.extend_from_slice(&77u64.to_le_bytes());
+        let call = |bytes| HypercallCall {
+            pc: 0x100,
+            addr: 0x2000,
+            kind: 9,
+            length: 32,
+            bytes,
+        };
+        // Another CPU's hypercall is kept; its call record is not.
+        Observer::hypercall(&mut t, 0, 12, &call(Ok(&sched)));
+        Observer::hypercall(&mut t, 0, 13, &call(Ok(&sched[..31])));
+        Observer::hypercall(&mut t, 0, 14, &call(Err(HypercallUnreadable::TooLong)));
+        let ev = ContextEvent::Return {
+            target: 1,
+            stack: 2,
+            rax: 0,
+        };
+        Observer::context(&mut t, 0, 15, &ev);
+        Observer::context(&mut t, 1, 16, &ev);
+        assert_eq!(t.malformed(), 2);
+        assert!(
+            t.warnings()[0].contains("cpu0 at position 1003")
+                && t.warnings()[0].contains("type 9 length 32")
+                && t.warnings()[0].contains("too short"),
+            "{:?}",
+            t.warnings()
+        );
+        assert!(t.warnings()[1].contains("above"), "{:?}", t.warnings());
+        let (recs, _, _) = t.finish().unwrap();
+        let got: Vec<(u64, u32, &str)> = recs
+            .iter()
+            .map(|r| (r.position, r.cpu, r.event.type_name()))
+            .collect();
+        assert_eq!(got, vec![(1002, 0, "sched"), (1006, 1, "return")]);
     }
 }

@@ -178,6 +178,7 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
                     target,
                     return_address: ret,
                     stack: x.cpu.state.gpr[4],
+                    regs: x.cpu.state.gpr,
                 };
                 x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
             }
@@ -194,7 +195,11 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
             let target = x.read(addr, size)?;
             x.branch_to(target)?;
             if O::ENABLED {
-                let ev = ContextEvent::Return { target, stack: rsp };
+                let ev = ContextEvent::Return {
+                    target,
+                    stack: rsp,
+                    rax: x.cpu.state.gpr[0],
+                };
                 x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
             }
             let release = if i.op_count() > 0 {

@@ -206,12 +206,84 @@ fn xchg<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResult 
         }
         None => {
             let (r0, r1) = (i.op0_register(), i.op1_register());
+            if O::ENABLED && r0 == Register::BX && r1 == Register::BX {
+                hypercall(x);
+            }
             let (a, b) = (x.gpr(r0), x.gpr(r1));
             x.set_gpr(r0, b);
             x.set_gpr(r1, a);
             Ok(())
         }
     }
+}
+
+/// mtrace's hypercall: `xchg bx,bx` (a no-op) with RAX = 1 hands the tracer a record at RBX
+/// of type RCX and RDX bytes. Only traced replays look (the caller checks
+/// `Observer::ENABLED`); the record is read without any effect on the machine (no accessed
+/// bits, no TLB fill, no device reads), so a traced replay runs exactly as the recording did,
+/// and a record that cannot be read is reported as such, never as a fault.
+#[cold]
+fn hypercall<B: Bus, O: Observer>(x: &mut Exec<B, O>) {
+    use crate::observer::{Hypercall, HypercallUnreadable, MAX_HYPERCALL_BYTES};
+    // Outside 64-bit mode only the low halves of the registers are visible.
+    let visible = |v: u64| match x.mode {
+        crate::state::CpuMode::Long64 => v,
+        _ => v & 0xffff_ffff,
+    };
+    let g = &x.cpu.state.gpr;
+    if visible(g[0]) != 1 {
+        return;
+    }
+    let (addr, kind, length) = (visible(g[3]), visible(g[1]), visible(g[2]));
+    let mut buf = Vec::new();
+    let bytes = if length > MAX_HYPERCALL_BYTES {
+        Err(HypercallUnreadable::TooLong)
+    } else {
+        // RBX is an offset in DS, like any data pointer.
+        let lin = x.linear(Register::DS, addr);
+        read_quietly(x, lin, length as usize, &mut buf).map(|()| buf.as_slice())
+    };
+    let call = Hypercall {
+        pc: x.rip,
+        addr,
+        kind,
+        length,
+        bytes,
+    };
+    x.obs.hypercall(x.cpu.index, x.cpu.state.retired, &call);
+}
+
+/// Copy `len` bytes at linear address `lin` into `out`, page by page, through
+/// [`crate::mmu::translate_quiet`] and from RAM only.
+fn read_quietly<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    lin: u64,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), crate::observer::HypercallUnreadable> {
+    use crate::observer::HypercallUnreadable;
+    let cpl = x.cpu.state.cpl();
+    let mut done = 0usize;
+    while done < len {
+        let at = match x.mode {
+            crate::state::CpuMode::Long64 => lin.wrapping_add(done as u64),
+            _ => lin.wrapping_add(done as u64) & 0xffff_ffff,
+        };
+        let n = (0x1000 - (at & 0xfff) as usize).min(len - done);
+        let pa = crate::mmu::translate_quiet(&x.cpu.state, &x.cpu.tlb, x.bus, at, cpl)
+            .map_err(|_| HypercallUnreadable::Unmapped { at })?;
+        let ram_bytes = (!x.bus.is_mmio(pa))
+            .then(|| usize::try_from(pa).ok())
+            .flatten()
+            .and_then(|i| x.bus.ram().get(i..i.checked_add(n)?));
+        match ram_bytes {
+            // A page never straddles RAM and MMIO in our machines, so one check per piece.
+            Some(b) => out.extend_from_slice(b),
+            None => return Err(HypercallUnreadable::NotRam { at }),
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 /// The accumulator register of a given width.
@@ -570,5 +642,110 @@ mod tests {
         assert_eq!(s.gpr[2], u64::MAX);
         assert_eq!(s.gpr[6] & 0xff, 1);
         assert_eq!(m.bus.ram[0x20_0000], 0);
+    }
+
+    /// What a tracing observer saw of hypercalls: (pc, addr, kind, length, bytes or why).
+    type Seen = (u64, u64, u64, u64, Result<Vec<u8>, HypercallUnreadable>);
+
+    #[derive(Default)]
+    struct HypercallObserver {
+        calls: Vec<Seen>,
+    }
+
+    impl crate::observer::Observer for HypercallObserver {
+        const ENABLED: bool = true;
+        fn access(&mut self, _access: &crate::observer::Access) {}
+        fn hypercall(&mut self, _cpu: u32, _retired: u64, c: &crate::observer::Hypercall<'_>) {
+            let bytes = c.bytes.map(|b| b.to_vec());
+            self.calls.push((c.pc, c.addr, c.kind, c.length, bytes));
+        }
+    }
+
+    use crate::observer::HypercallUnreadable;
+
+    /// One hypercall with record address `addr`, type 7 and length `len`, after storing
+    /// 0x0102030405060708 at 0x20_0ffc (straddling a page boundary).
+    fn hypercall_program(addr: u64, len: u64) -> TestMachine {
+        TestMachine::assemble(|a| {
+            a.mov(rax, 0x0102_0304_0506_0708u64)?;
+            a.mov(qword_ptr(0x20_0ffc), rax)?;
+            a.mov(rax, 1u64)?;
+            a.mov(rbx, addr)?;
+            a.mov(rcx, 7u64)?;
+            a.mov(rdx, len)?;
+            a.xchg(bx, bx)?;
+            a.hlt()
+        })
+    }
+
+    /// Run the program traced and untraced: the hypercall changes nothing (registers, RAM
+    /// including the page tables' accessed bits), and the observer sees the call.
+    fn traced(addr: u64, len: u64) -> Vec<Seen> {
+        let mut plain = hypercall_program(addr, len);
+        assert_eq!(plain.run(100), RunExit::Halted);
+        let mut m = hypercall_program(addr, len);
+        let mut obs = HypercallObserver::default();
+        let exit = m.cpu.run(&mut m.bus, &mut obs, &mut m.code, 100);
+        assert_eq!(exit, RunExit::Halted);
+        assert_eq!(m.cpu.state.gpr, plain.cpu.state.gpr);
+        assert!(m.bus.ram == plain.bus.ram, "the hypercall changed RAM");
+        obs.calls
+    }
+
+    #[test]
+    fn hypercall_reads_the_record_across_a_page() {
+        let calls = traced(0x20_0ffc, 8);
+        assert_eq!(calls.len(), 1);
+        let (pc, addr, kind, len, bytes) = &calls[0];
+        // The pc is the xchg's: 66 87 DB (the 16-bit form).
+        let code = &hypercall_program(0, 0).bus.ram;
+        assert_eq!(&code[*pc as usize..*pc as usize + 3], &[0x66, 0x87, 0xdb]);
+        assert_eq!((*addr, *kind, *len), (0x20_0ffc, 7, 8));
+        assert_eq!(bytes.as_deref(), Ok(&[8u8, 7, 6, 5, 4, 3, 2, 1][..]));
+        // An empty record is read as empty.
+        assert_eq!(traced(0x20_0000, 0)[0].4, Ok(vec![]));
+    }
+
+    #[test]
+    fn unreadable_hypercall_records_are_reported_not_faulted() {
+        // Not mapped (the boot tables map 4 GiB), at the second page.
+        let calls = traced(0xffff_f000, 0x1000);
+        assert_eq!(
+            calls[0].4,
+            Err(HypercallUnreadable::NotRam { at: 0xffff_f000 })
+        );
+        let calls = traced(0x1_0000_0000, 8);
+        assert_eq!(
+            calls[0].4,
+            Err(HypercallUnreadable::Unmapped { at: 0x1_0000_0000 })
+        );
+        // Non-canonical.
+        let calls = traced(0x8000_0000_0000_0000, 8);
+        assert!(matches!(
+            calls[0].4,
+            Err(HypercallUnreadable::Unmapped { .. })
+        ));
+        let calls = traced(0x20_0000, u64::MAX);
+        assert_eq!(calls[0].4, Err(HypercallUnreadable::TooLong));
+        let calls = traced(0x20_0000, crate::observer::MAX_HYPERCALL_BYTES + 1);
+        assert_eq!(calls[0].4, Err(HypercallUnreadable::TooLong));
+    }
+
+    #[test]
+    fn xchg_bx_bx_without_rax_1_is_no_hypercall() {
+        let mut m = TestMachine::assemble(|a| {
+            a.mov(rax, 2u64)?;
+            a.mov(rbx, 0x1234u64)?;
+            a.xchg(bx, bx)?;
+            a.xchg(cx, bx)?;
+            a.hlt()
+        });
+        let mut obs = HypercallObserver::default();
+        assert_eq!(
+            m.cpu.run(&mut m.bus, &mut obs, &mut m.code, 100),
+            RunExit::Halted
+        );
+        assert!(obs.calls.is_empty());
+        assert_eq!(m.cpu.state.gpr[1] & 0xffff, 0x1234);
     }
 }

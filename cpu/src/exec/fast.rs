@@ -1145,6 +1145,7 @@ pub(crate) fn call_rel<B: Bus, O: Observer>(
             target,
             return_address: fall_through,
             stack: x.cpu.state.gpr[4],
+            regs: x.cpu.state.gpr,
         };
         x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
     }
@@ -1161,7 +1162,11 @@ pub(crate) fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> Result<u64, Exit> 
         return Err(Fault::GP0.into());
     }
     if O::ENABLED {
-        let ev = ContextEvent::Return { target, stack: rsp };
+        let ev = ContextEvent::Return {
+            target,
+            stack: rsp,
+            rax: x.cpu.state.gpr[0],
+        };
         x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
     }
     x.set_rsp(rsp.wrapping_add(8));

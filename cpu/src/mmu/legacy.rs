@@ -71,13 +71,15 @@ impl Rights {
     }
 }
 
-/// Walk 32-bit or PAE page tables for `vaddr` (a 32-bit linear address).
+/// Walk 32-bit or PAE page tables for `vaddr` (a 32-bit linear address); `update` sets the
+/// accessed and dirty bits (false for a side-effect-free look).
 pub(super) fn walk<B: Bus>(
     s: &CpuState,
     bus: &mut B,
     vaddr: u64,
     intent: Intent,
     cpl: u8,
+    update: bool,
 ) -> Result<TlbEntry, Fault> {
     let vaddr = vaddr & 0xffff_ffff;
     let pae = s.cr4 & cr4::PAE != 0;
@@ -102,9 +104,9 @@ pub(super) fn walk<B: Bus>(
         nx: false,
     };
     let leaf = if pae {
-        walk_pae(s, bus, vaddr, nxe, &mut rights)
+        walk_pae(s, bus, vaddr, nxe, &mut rights, update)
     } else {
-        walk_32(s, bus, vaddr, &mut rights)
+        walk_32(s, bus, vaddr, &mut rights, update)
     };
     let leaf = match leaf {
         Ok(l) => l,
@@ -133,7 +135,7 @@ pub(super) fn walk<B: Bus>(
     if intent == Intent::Write {
         new |= pte::D;
     }
-    if new != leaf.entry {
+    if update && new != leaf.entry {
         write_entry(bus, leaf.entry_pa, leaf.width, new);
     }
     let page_mask = (1u64 << leaf.shift) - 1;
@@ -179,6 +181,7 @@ fn walk_32<B: Bus>(
     bus: &mut B,
     vaddr: u64,
     rights: &mut Rights,
+    update: bool,
 ) -> Result<Leaf, Missing> {
     let pde_pa = (s.cr3 & 0xffff_f000) + ((vaddr >> 22) & 0x3ff) * 4;
     let pde = step(bus, pde_pa, 4)?;
@@ -198,7 +201,9 @@ fn walk_32<B: Bus>(
             shift: 22,
         });
     }
-    mark_accessed(bus, pde_pa, 4, pde);
+    if update {
+        mark_accessed(bus, pde_pa, 4, pde);
+    }
     let pte_pa = (pde & 0xffff_f000) + ((vaddr >> 12) & 0x3ff) * 4;
     let entry = step(bus, pte_pa, 4)?;
     rights.add(entry, false);
@@ -219,6 +224,7 @@ fn walk_pae<B: Bus>(
     vaddr: u64,
     nxe: bool,
     rights: &mut Rights,
+    update: bool,
 ) -> Result<Leaf, Missing> {
     let pdpte_pa = (s.cr3 & 0xffff_ffe0) + ((vaddr >> 30) & 3) * 8;
     let pdpte = step(bus, pdpte_pa, 8)?;
@@ -246,7 +252,9 @@ fn walk_pae<B: Bus>(
             shift: 21,
         });
     }
-    mark_accessed(bus, pde_pa, 8, pde);
+    if update {
+        mark_accessed(bus, pde_pa, 8, pde);
+    }
     let pte_pa = (pde & PAE_ADDR) + ((vaddr >> 12) & 0x1ff) * 8;
     let entry = step(bus, pte_pa, 8)?;
     if entry & reserved != 0 {
