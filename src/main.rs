@@ -3,6 +3,7 @@
 //! Guest serial output goes to stdout; reprise's own messages go to stderr, one line each,
 //! prefixed `reprise: `. Exit statuses are listed in [`status`].
 
+mod bench;
 mod checkpoint;
 mod cli;
 mod info;
@@ -34,6 +35,7 @@ fn main() {
         cli::Command::Trace(cmd) => trace::trace(&cmd),
         cli::Command::Checkpoint(args) => checkpoint::checkpoint(&args),
         cli::Command::Seek(args) => seek::seek(&args),
+        cli::Command::Bench(args) => bench::bench(&args),
     };
     std::process::exit(code);
 }

@@ -1,3 +1,7 @@
+//! A micro-benchmark of the run loop: a four-instruction loop body (`alu`, `mem` or `sse`,
+//! first argument) run N times (second argument, default 10M) on a test machine; prints
+//! instructions and MIPS. `cargo run --release -p reprise-cpu --example microloop -- mem`.
+
 use iced_x86::code_asm::*;
 use reprise_cpu::testing::TestMachine;
 fn main() {
