@@ -39,6 +39,9 @@ pub enum Command {
     /// Time run, record, replay and traced replay of the Linux fixture (or, with --quick,
     /// a bare fixture) in one table, with QEMU side by side.
     Bench(BenchArgs),
+    /// List or look up the symbols of an ELF, a bzImage's kallsyms, a System.map, or the
+    /// kernel in a recording's guest memory.
+    Symbols(crate::symbols::SymbolsArgs),
 }
 
 /// `reprise trace` subcommands.

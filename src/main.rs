@@ -12,6 +12,7 @@ mod replay;
 mod run;
 mod seek;
 mod status;
+mod symbols;
 mod trace;
 
 use clap::Parser;
@@ -36,6 +37,7 @@ fn main() {
         cli::Command::Checkpoint(args) => checkpoint::checkpoint(&args),
         cli::Command::Seek(args) => seek::seek(&args),
         cli::Command::Bench(args) => bench::bench(&args),
+        cli::Command::Symbols(args) => symbols::symbols(&args),
     };
     std::process::exit(code);
 }

@@ -4,10 +4,30 @@
 //! (fixtures, user programs, a `-dbg` vmlinux), a `System.map`, and for a stock kernel with no
 //! debug package the kallsyms table the kernel carries — and all end up in one
 //! [`SymbolTable`], a sorted list of address ranges with names.
+//!
+//! For a Linux guest with no debug package:
+//! - from the image, at link-time addresses: [`SymbolTable::from_kernel_image`] (or
+//!   [`SymbolTable::kallsyms_from_image`] for the details, `relative_base` being `_text`);
+//! - from a running guest, at run-time (KASLR) addresses: [`kallsyms::find_running`] on the
+//!   guest's physical RAM as one slice (read after the kernel is running, e.g. at the end of
+//!   a recording), or [`kallsyms::from_guest_memory`] over any [`GuestMemory`];
+//! - the KASLR slide is the run-time `relative_base` minus the image's; apply it to a
+//!   link-time table with [`SymbolTable::relocate`];
+//! - per-CPU variables are apart, in [`Kallsyms::percpu_symbols`]; [`Kallsyms::percpu_at`]
+//!   places them in one CPU's area (`__per_cpu_offset[cpu]`).
+//!
+//! [`DebugInfo`] adds DWARF (source lines, `var[i].field+off`) for images built with `-g`.
 
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+pub mod bzimage;
+pub mod dwarf;
+pub mod kallsyms;
+
+pub use dwarf::DebugInfo;
+pub use kallsyms::{GuestMemory, Kallsyms, KallsymsLayout};
 
 /// Why a symbol source could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +48,54 @@ pub enum SymbolError {
         /// What the parser said.
         reason: String,
     },
+    /// A kernel image (bzImage) could not be unpacked.
+    #[error("{origin}: not a usable kernel image: {reason}")]
+    BadImage {
+        /// Where the bytes came from.
+        origin: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No kallsyms table was found.
+    #[error("{origin}: no kallsyms table found: {reason}")]
+    NoKallsyms {
+        /// Where the bytes came from.
+        origin: String,
+        /// The last reason a candidate table was rejected.
+        reason: String,
+    },
+    /// A line of a System.map is not `ADDRESS TYPE NAME`.
+    #[error("{origin}:{line}: not a System.map line: {text:?}")]
+    BadSystemMap {
+        /// The file.
+        origin: String,
+        /// 1-based line number.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+    /// The DWARF debug information could not be read.
+    #[error("{origin}: bad DWARF: {reason}")]
+    Dwarf {
+        /// The file.
+        origin: String,
+        /// What gimli said.
+        reason: String,
+    },
 }
+
+/// The class of an `nm` type letter (as in System.map and kallsyms): `T`/`t` (and weak
+/// `W`/`w`) are code; `D`/`d`, `B`/`b`, `R`/`r` (and weak objects `V`/`v`) are data.
+pub fn class_of_type(kind: char) -> SymbolClass {
+    match kind {
+        'T' | 't' | 'W' | 'w' => SymbolClass::Code,
+        'D' | 'd' | 'B' | 'b' | 'R' | 'r' | 'V' | 'v' => SymbolClass::Data,
+        _ => SymbolClass::Unknown,
+    }
+}
+
+/// Addresses from here up are the kernel's half of the x86-64 address space.
+const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
 
 /// Whether a symbol names code or data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,6 +181,15 @@ impl SymbolTable {
                 _ => SymbolClass::Unknown,
             };
             let Ok(name) = sym.name() else { continue };
+            // A vmlinux's per-CPU variables are offsets into the per-CPU area, not addresses:
+            // they would name low (user) addresses.
+            let percpu = sym
+                .section_index()
+                .and_then(|i| file.section_by_index(i).ok())
+                .is_some_and(|sec| sec.name() == Ok(".data..percpu"));
+            if percpu {
+                continue;
+            }
             if name.is_empty() || sym.is_undefined() || sym.address() == 0 {
                 continue;
             }
@@ -126,6 +202,118 @@ impl SymbolTable {
         }
         table.finish();
         Ok(table)
+    }
+
+    /// Reads a `System.map` (`nm -n` output: `ADDRESS TYPE NAME` per line).
+    ///
+    /// Undefined (`U`), absolute (`A`/`a`) and debugging (`N`/`n`) entries are skipped. When
+    /// the map has kernel-half symbols, entries below the kernel half are per-CPU offsets,
+    /// not addresses, and are skipped too (they would otherwise name low user addresses).
+    pub fn from_system_map(path: &Path) -> Result<Self, SymbolError> {
+        let text = std::fs::read(path).map_err(|source| SymbolError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_system_map_text(&String::from_utf8_lossy(&text), &path.display().to_string())
+    }
+
+    /// [`SymbolTable::from_system_map`] on text in memory; `origin` names it in errors.
+    pub fn from_system_map_text(text: &str, origin: &str) -> Result<Self, SymbolError> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let mut f = line.split_whitespace();
+            let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+                // Blank lines, and `nm`'s undefined entries, which have no address.
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.is_empty() || (fields.len() == 2 && fields[0].len() == 1) {
+                    continue;
+                }
+                return Err(SymbolError::BadSystemMap {
+                    origin: origin.to_owned(),
+                    line: i + 1,
+                    text: line.to_owned(),
+                });
+            };
+            let mut kinds = kind.chars();
+            let (Ok(addr), Some(kind), None) =
+                (u64::from_str_radix(addr, 16), kinds.next(), kinds.next())
+            else {
+                return Err(SymbolError::BadSystemMap {
+                    origin: origin.to_owned(),
+                    line: i + 1,
+                    text: line.to_owned(),
+                });
+            };
+            if matches!(kind, 'U' | 'A' | 'a' | 'N' | 'n') || addr == 0 {
+                continue;
+            }
+            entries.push((addr, kind, name));
+        }
+        let kernel = entries.iter().any(|&(a, _, _)| a >= KERNEL_HALF);
+        let mut table = SymbolTable::new();
+        for (addr, kind, name) in entries {
+            if kernel && addr < KERNEL_HALF {
+                continue;
+            }
+            table.insert(Symbol {
+                name: name.to_owned(),
+                start: addr,
+                size: 0,
+                class: class_of_type(kind),
+            });
+        }
+        table.finish();
+        Ok(table)
+    }
+
+    /// The kernel's symbols from its own kallsyms table, read out of a kernel image: a
+    /// bzImage (the payload is unpacked, whatever its compression) or a vmlinux ELF. The
+    /// addresses are link-time ones; see [`SymbolTable::relocate`] for KASLR.
+    pub fn from_kernel_image(path: &Path) -> Result<Self, SymbolError> {
+        Ok(Self::kallsyms_from_image(path)?.table)
+    }
+
+    /// [`SymbolTable::from_kernel_image`] with the details of the table found.
+    pub fn kallsyms_from_image(path: &Path) -> Result<Kallsyms, SymbolError> {
+        let bytes = std::fs::read(path).map_err(|source| SymbolError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::kallsyms_from_image_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// [`SymbolTable::kallsyms_from_image`] on an image in memory; `origin` names it in errors.
+    pub fn kallsyms_from_image_bytes(bytes: &[u8], origin: &str) -> Result<Kallsyms, SymbolError> {
+        let elf = bzimage::vmlinux(bytes, origin)?;
+        kallsyms::find(&elf, 0, origin)
+    }
+
+    /// The kernel's symbols read from a running guest's memory `[start, end)` (see
+    /// [`kallsyms::from_guest_memory`]); the addresses are the run-time ones, KASLR included.
+    pub fn from_guest_memory(
+        mem: &dyn GuestMemory,
+        start: u64,
+        end: u64,
+    ) -> Result<Self, SymbolError> {
+        Ok(kallsyms::from_guest_memory(mem, start, end)?.table)
+    }
+
+    /// Moves every symbol by `delta` (wrapping), e.g. the KASLR slide: the run-time address
+    /// of `_text` minus its link-time address.
+    pub fn relocate(&mut self, delta: i64) {
+        for s in &mut self.symbols {
+            s.start = s.start.wrapping_add(delta as u64);
+        }
+        // A uniform shift keeps the order unless it wraps around; sort to be safe.
+        self.sorted = false;
+        self.finish();
+    }
+
+    /// The KASLR slide that makes this (link-time) table's `anchor` symbol land at
+    /// `runtime` (for example `_text` against the run-time table, or a known function
+    /// against a RIP seen in the trace); `None` when the table has no such symbol.
+    pub fn slide_to(&self, anchor: &str, runtime: u64) -> Option<i64> {
+        Some(runtime.wrapping_sub(self.by_name(anchor)?.start) as i64)
     }
 
     /// Adds a symbol; call [`SymbolTable::finish`] before looking anything up.
@@ -193,6 +381,14 @@ impl SymbolTable {
     pub fn by_name(&self, name: &str) -> Option<&Symbol> {
         self.symbols.iter().find(|s| s.name == name)
     }
+
+    /// Every symbol whose name starts with `prefix`, in address order (e.g. the
+    /// `kmem_cache_alloc*` family).
+    pub fn by_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Symbol> + 'a {
+        self.symbols
+            .iter()
+            .filter(move |s| s.name.starts_with(prefix))
+    }
 }
 
 #[cfg(test)]
@@ -223,6 +419,8 @@ mod tests {
         assert_eq!(t.lookup(0x2010), None, "past a sized symbol");
         assert_eq!(t.lookup(0x3007).unwrap().symbol.name, "c");
         assert_eq!(t.by_name("b").unwrap().start, 0x2000);
+        let names: Vec<&str> = t.by_prefix("").map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 
     #[test]
@@ -230,6 +428,45 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let t = SymbolTable::from_elf(&exe).unwrap();
         assert!(t.len() > 100, "{} symbols", t.len());
+    }
+
+    #[test]
+    fn reads_a_system_map() {
+        let map = "0000000000000000 D __per_cpu_start\n\
+                   ffffffff81000000 T _text\n\
+                   ffffffff81000000 T startup_64\n\
+                   ffffffff81001000 t helper\n\
+                   \n\
+                   ffffffff82000000 D jiffies\n\
+                   ffffffff82100000 B some_bss\n\
+                   ffffffff82200000 r some_rodata\n\
+                   ffffffff82300000 A absolute\n\
+                                    U undefined\n";
+        let t = SymbolTable::from_system_map_text(map, "m").unwrap();
+        assert_eq!(t.len(), 6, "{:?}", t.iter().collect::<Vec<_>>());
+        assert_eq!(t.by_name("helper").unwrap().class, SymbolClass::Code);
+        assert_eq!(t.by_name("jiffies").unwrap().class, SymbolClass::Data);
+        assert_eq!(t.by_name("some_bss").unwrap().class, SymbolClass::Data);
+        assert_eq!(t.by_name("some_rodata").unwrap().class, SymbolClass::Data);
+        assert!(t.by_name("__per_cpu_start").is_none());
+        assert_eq!(
+            t.lookup(0xffff_ffff_8100_1010).unwrap().to_string(),
+            "helper+0x10"
+        );
+        let e = SymbolTable::from_system_map_text("zz T x\n", "m").unwrap_err();
+        assert_eq!(e.to_string(), "m:1: not a System.map line: \"zz T x\"");
+        let e = SymbolTable::from_system_map_text("ffff\n", "m").unwrap_err();
+        assert!(e.to_string().starts_with("m:1:"), "{e}");
+    }
+
+    #[test]
+    fn relocates() {
+        let mut t = table();
+        t.relocate(0x10_0000);
+        assert_eq!(t.by_name("a").unwrap().start, 0x10_1000);
+        assert_eq!(t.slide_to("a", 0x1000), Some(-0x10_0000));
+        t.relocate(-0x10_0000);
+        assert_eq!(t.lookup(0x2000).unwrap().to_string(), "b");
     }
 
     #[test]

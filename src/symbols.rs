@@ -1,0 +1,286 @@
+//! `reprise symbols`: the symbols reprise finds for an image or a recording (a debugging aid
+//! for the analyses that name code and data).
+//!
+//! - an ELF (fixture, user program, `-dbg` vmlinux): its symbol table, plus DWARF names;
+//! - a bzImage: the kernel's own kallsyms table, at link-time addresses;
+//! - a `System.map` (`--system-map`);
+//! - a recording folder: kallsyms read from the guest's RAM at `--at` (default: the end), so
+//!   at run-time (KASLR) addresses; the slide from the recorded kernel image is printed.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use reprise_replay::seek::{boot, read_mem, seek as seek_to, MemAddr};
+use reprise_symbols::{kallsyms, DebugInfo, Kallsyms, SymbolTable};
+
+use crate::cli::parse_count;
+use crate::status;
+
+/// `reprise symbols` options.
+#[derive(Debug, Args)]
+pub struct SymbolsArgs {
+    /// An ELF file, a Linux bzImage, a System.map (with --system-map), or a recording folder.
+    #[arg(value_name = "IMAGE|REC")]
+    pub source: PathBuf,
+
+    /// The source is a System.map.
+    #[arg(long)]
+    pub system_map: bool,
+
+    /// For a recording: the position whose guest memory holds the kernel (`end` or an
+    /// instruction count; the kernel must be running by then).
+    #[arg(long, value_name = "POS|end", default_value = "end")]
+    pub at: String,
+
+    /// Print the symbol (and DWARF name, for an ELF) at each address (decimal or 0x hex).
+    #[arg(long, value_name = "ADDR")]
+    pub lookup: Vec<String>,
+
+    /// Print the address of each symbol name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Vec<String>,
+
+    /// Print every symbol: address, class, name.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// Run the command; returns the process exit status.
+pub fn symbols(args: &SymbolsArgs) -> i32 {
+    match inner(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("reprise: {e:#}");
+            status::ERROR
+        }
+    }
+}
+
+fn parse_addr(s: &str) -> anyhow::Result<u64> {
+    let t = s.replace('_', "");
+    let v = match t.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    v.map_err(|_| anyhow::anyhow!("'{s}' is not an address (decimal or 0x hex)"))
+}
+
+fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut debug = None;
+    let table = if args.source.is_dir() {
+        from_recording(&args.source, &args.at)?
+    } else if args.system_map {
+        SymbolTable::from_system_map(&args.source)?
+    } else {
+        let bytes = std::fs::read(&args.source)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.source.display()))?;
+        let origin = args.source.display().to_string();
+        if bytes.starts_with(b"\x7fELF") {
+            debug = DebugInfo::from_elf_bytes(&bytes, &origin).ok();
+            let t = SymbolTable::from_elf_bytes(&bytes, &origin)?;
+            if t.is_empty() {
+                // A stripped vmlinux still has its kallsyms.
+                SymbolTable::kallsyms_from_image_bytes(&bytes, &origin)?.table
+            } else {
+                t
+            }
+        } else {
+            let k = SymbolTable::kallsyms_from_image_bytes(&bytes, &origin)?;
+            eprintln!(
+                "reprise: kallsyms: {} symbols ({} per-CPU left out), _text at {:#x} (link time)",
+                k.table.len(),
+                k.percpu,
+                k.relative_base
+            );
+            k.table
+        }
+    };
+    eprintln!(
+        "reprise: {} symbols from {} in {:.3} s",
+        table.len(),
+        args.source.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if args.list {
+        for s in table.iter() {
+            println!("{:016x} {:?} {}", s.start, s.class, s.name);
+        }
+    }
+    for n in &args.name {
+        match table.by_name(n) {
+            Some(s) => println!("{n} = {:#x}", s.start),
+            None => println!("{n}: no such symbol"),
+        }
+    }
+    for a in &args.lookup {
+        let addr = parse_addr(a)?;
+        let sym = table
+            .lookup(addr)
+            .map_or_else(|| "?".to_owned(), |h| h.to_string());
+        let data = debug.as_ref().and_then(|d| d.name_data(addr));
+        let line = debug.as_ref().and_then(|d| d.source_line(addr));
+        let mut out = format!("{addr:#x} {sym}");
+        if let Some(d) = data {
+            out.push_str(&format!(" [{d}]"));
+        }
+        if let Some((file, line)) = line {
+            out.push_str(&format!(" at {file}:{line}"));
+        }
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// A recorded kernel's symbols, from its own kallsyms table in guest RAM.
+pub struct KernelSymbols {
+    /// The table, at run-time addresses (KASLR included).
+    pub kallsyms: Kallsyms,
+    /// The instruction whose machine state the table was read from.
+    pub position: u64,
+    /// Run-time minus link-time `_text`, when the recorded kernel image is still readable.
+    pub slide: Option<i64>,
+    /// Doubts about the table (a CPU running kernel code outside it: read too early).
+    pub warnings: Vec<String>,
+    /// Seconds spent finding the table in RAM.
+    pub find_seconds: f64,
+    /// Each CPU's per-CPU area (`__per_cpu_offset[cpu]`), when readable.
+    pub percpu_bases: Vec<Option<u64>>,
+}
+
+impl KernelSymbols {
+    /// The kernel's symbols with every CPU's copy of the per-CPU variables (`NAME@cpuN`).
+    pub fn table_with_percpu(&self) -> SymbolTable {
+        let mut t = self.kallsyms.table.clone();
+        for (cpu, base) in self.percpu_bases.iter().enumerate() {
+            if let Some(base) = base {
+                t.merge(self.kallsyms.percpu_at(cpu, *base));
+            }
+        }
+        t
+    }
+}
+
+/// Reads the kernel's symbols out of the guest RAM of the recording in `dir` at instruction
+/// `at` (`None`: its end), reached from the nearest checkpoint. The kernel must be running
+/// by then: before the boot code has unpacked and relocated it there is no table, or one
+/// still at link-time addresses (see [`KernelSymbols::warnings`]).
+pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Result<KernelSymbols> {
+    let mut r = boot(dir, &[])?;
+    let target = match at {
+        Some(p) => p,
+        None => r
+            .end
+            .ok_or_else(|| anyhow::anyhow!("the recording has no end record: give a position"))?,
+    };
+    let report = seek_to(&mut r, target, true)?;
+    let ram = r.machine.ram();
+    let bytes = ram
+        .get(0, ram.len())
+        .ok_or_else(|| anyhow::anyhow!("guest RAM is not readable as one range"))?;
+    let origin = format!("guest RAM at instruction {}", report.reached);
+    let found = Instant::now();
+    let (k, copies) = kallsyms::find_running(bytes, 0, &origin)?;
+    let find_seconds = found.elapsed().as_secs_f64();
+    let mut warnings = Vec::new();
+    if copies > 1 {
+        warnings.push(format!(
+            "{copies} kallsyms tables in RAM (the boot's unpacked copy survives); using the one at {:#x}, with _text highest",
+            k.token_table_at
+        ));
+    }
+    // Early in the boot the unpacked kernel may not be relocated yet: then its table still
+    // holds link-time addresses. A CPU running kernel-image code outside the table says so.
+    let end = k.table.by_name("_end").map_or(u64::MAX, |s| s.start);
+    for (c, cpu) in r.machine.cpus().iter().enumerate() {
+        let rip = cpu.state.rip;
+        let in_image_area = (0xffff_ffff_8000_0000..0xffff_ffff_c000_0000).contains(&rip);
+        if in_image_area && !(k.relative_base..end).contains(&rip) {
+            warnings.push(format!(
+                "CPU {c} runs kernel code at {rip:#x}, outside the table's {:#x}..{end:#x}: \
+                 the kernel may not be relocated yet; read it later",
+                k.relative_base
+            ));
+        }
+    }
+    // __per_cpu_offset[cpu], read through CPU 0's page tables (the kernel half is shared).
+    let ncpus = r.machine.cpus().len();
+    let percpu_bases = match k.table.by_name("__per_cpu_offset") {
+        Some(sym) => (0..ncpus)
+            .map(|c| {
+                let at = MemAddr::Virt {
+                    addr: sym.start.wrapping_add(8 * c as u64),
+                    cpu: 0,
+                };
+                let bytes: Option<Vec<u8>> = read_mem(&r.machine, at, 8).into_iter().collect();
+                let base = u64::from_le_bytes(bytes?.try_into().ok()?);
+                // Before the per-CPU areas are set up the entries are 0.
+                (base != 0).then_some(base)
+            })
+            .collect(),
+        None => vec![None; ncpus],
+    };
+    let manifest = reprise_record::manifest::Manifest::read(dir)?;
+    let slide = kernel_path(&manifest)
+        .and_then(|kernel| SymbolTable::kallsyms_from_image(&kernel).ok())
+        .map(|img| k.relative_base.wrapping_sub(img.relative_base) as i64);
+    Ok(KernelSymbols {
+        kallsyms: k,
+        position: report.reached,
+        slide,
+        warnings,
+        find_seconds,
+        percpu_bases,
+    })
+}
+
+/// [`kernel_symbols_of_recording`] for the command, reporting on stderr.
+fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
+    let at = if at == "end" {
+        None
+    } else {
+        Some(parse_count(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?)
+    };
+    let ks = kernel_symbols_of_recording(dir, at)?;
+    let k = &ks.kallsyms;
+    eprintln!(
+        "reprise: kallsyms in guest RAM at physical {:#x} (instruction {}): {} symbols, _text at {:#x} (run time), found in {:.3} s",
+        k.token_table_at,
+        ks.position,
+        k.table.len(),
+        k.relative_base,
+        ks.find_seconds
+    );
+    for w in &ks.warnings {
+        eprintln!("reprise: warning: {w}");
+    }
+    if let Some(slide) = ks.slide {
+        eprintln!("reprise: KASLR slide from the recorded kernel image: {slide:+#x}");
+    }
+    let bases: Vec<String> = ks
+        .percpu_bases
+        .iter()
+        .map(|b| b.map_or("?".into(), |b| format!("{b:#x}")))
+        .collect();
+    eprintln!(
+        "reprise: per-CPU areas: {} ({} per-CPU variables each, named NAME@cpuN)",
+        bases.join(" "),
+        k.percpu
+    );
+    Ok(ks.table_with_percpu())
+}
+
+/// The kernel image a recording booted (its `linux` boot image in the `kernel` role), if it
+/// is still at the recorded path.
+fn kernel_path(manifest: &reprise_record::manifest::Manifest) -> Option<PathBuf> {
+    let boot = &manifest.boot;
+    if boot.protocol != "linux" {
+        return None;
+    }
+    boot.images
+        .iter()
+        .find(|i| i.role == "kernel")
+        .map(|i| i.path.clone())
+        .filter(|p| p.is_file())
+}
