@@ -42,6 +42,8 @@ pub enum Command {
     /// List or look up the symbols of an ELF, a bzImage's kallsyms, a System.map, or the
     /// kernel in a recording's guest memory.
     Symbols(crate::symbols::SymbolsArgs),
+    /// Find the first position of a recording at which a predicate holds.
+    Bisect(BisectArgs),
 }
 
 /// `reprise trace` subcommands.
@@ -185,6 +187,44 @@ pub struct SeekArgs {
     /// Replay from the start, ignoring checkpoints.
     #[arg(long)]
     pub no_checkpoints: bool,
+
+    /// A boot image to use instead of the recorded path.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+}
+
+/// Options of `reprise bisect`.
+#[derive(Debug, Args)]
+#[command(after_help = crate::bisect::AFTER_HELP)]
+pub struct BisectArgs {
+    /// The recording folder.
+    #[arg(value_name = "REC")]
+    pub rec: PathBuf,
+
+    /// The predicate (see below).
+    #[arg(long, value_name = "PRED")]
+    pub until: String,
+
+    /// The CPU whose registers `reg` reads and whose page tables translate a virtual `mem`.
+    #[arg(long, default_value_t = 0)]
+    pub cpu: u32,
+
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Promise that the predicate's state conditions stay true once true (a counter that
+    /// only grows): only the segment before the first checkpoint where it holds is stepped.
+    #[arg(long)]
+    pub monotone: bool,
+
+    /// Threads stepping segments between checkpoints at once (default: the host's cores).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub jobs: usize,
+
+    /// The reference search: step from the start, checking after every instruction.
+    #[arg(long)]
+    pub linear: bool,
 
     /// A boot image to use instead of the recorded path.
     #[arg(long = "image", value_name = "PATH")]

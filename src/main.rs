@@ -4,9 +4,12 @@
 //! prefixed `reprise: `. Exit statuses are listed in [`status`].
 
 mod bench;
+mod bisect;
 mod checkpoint;
 mod cli;
 mod info;
+mod interrupt;
+mod progress;
 mod record;
 mod replay;
 mod run;
@@ -38,6 +41,7 @@ fn main() {
         cli::Command::Seek(args) => seek::seek(&args),
         cli::Command::Bench(args) => bench::bench(&args),
         cli::Command::Symbols(args) => symbols::symbols(&args),
+        cli::Command::Bisect(args) => bisect::bisect(&args),
     };
     std::process::exit(code);
 }

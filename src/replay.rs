@@ -37,6 +37,9 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
         perturb: args.debug_perturb.clone(),
     };
     let tracer = trace::replay_tracer(&args.rec, &args.trace)?;
+    crate::interrupt::install();
+    let progress =
+        crate::progress::Progress::start("replay", crate::progress::recording_total(&args.rec));
     let started = Instant::now();
     let r = match tracer {
         None => replay_session(&setup, console)?,
@@ -48,7 +51,16 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
             r
         }
     };
+    progress.finish();
     let wall = started.elapsed().as_secs_f64();
+    if crate::interrupt::requested() {
+        // Stopped at a slice boundary; the trace (finished above) is complete up to here.
+        eprintln!(
+            "reprise: interrupted: replay stopped at instruction {} after {wall:.3} s; everything up to there matched the recording and the files written are complete up to there",
+            r.result.total()
+        );
+        return Ok(status::INTERRUPTED);
+    }
     let code = match &r.verdict {
         Verdict::Identical => {
             let outcome = r.recorded_outcome.as_ref();

@@ -11,7 +11,7 @@ use crate::status;
 /// Run the command; returns the process exit status.
 pub fn seek(args: &SeekArgs) -> i32 {
     match inner(args) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("reprise: {e:#}");
             status::ERROR
@@ -28,7 +28,7 @@ fn parse_addr(s: &str) -> anyhow::Result<u64> {
     v.map_err(|_| anyhow::anyhow!("'{s}' is not an address (decimal or 0x hex)"))
 }
 
-fn inner(args: &SeekArgs) -> anyhow::Result<()> {
+fn inner(args: &SeekArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let mem = match args.mem.as_slice() {
         [] => None,
@@ -52,7 +52,18 @@ fn inner(args: &SeekArgs) -> anyhow::Result<()> {
     } else {
         parse_count(&args.at).map_err(|e| anyhow::anyhow!("--at: {e}"))?
     };
-    let report = seek_to(&mut r, target, !args.no_checkpoints)?;
+    crate::interrupt::install();
+    let progress = crate::progress::Progress::start("seek", Some(target));
+    let report = seek_to(&mut r, target, !args.no_checkpoints);
+    progress.finish();
+    let report = report?;
+    if crate::interrupt::requested() {
+        eprintln!(
+            "reprise: interrupted at instruction {} before reaching {target}",
+            report.reached
+        );
+        return Ok(status::INTERRUPTED);
+    }
     for w in &report.warnings {
         eprintln!("reprise: warning: skipped damaged {w}");
     }
@@ -78,5 +89,5 @@ fn inner(args: &SeekArgs) -> anyhow::Result<()> {
             report.reached
         );
     }
-    Ok(())
+    Ok(0)
 }

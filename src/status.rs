@@ -6,9 +6,11 @@
 //! | 0 | the guest reset the machine (0xcf9 or the i8042) or powered it off (ACPI S5); stderr says which |
 //! | 1 | reprise error: bad options, unreadable or invalid image, serial output failed, not a recording |
 //! | 3 | `replay`: the replay diverged from the recording |
+//! | 2 | `bisect`: the predicate holds nowhere in the recording |
 //! | 4 | `replay`: the recording is incomplete or damaged (replayed as far as it is intact) |
 //! | 124 | `--max-instructions` reached (as `timeout` does) |
 //! | 125 | the guest crashed: triple fault, unimplemented instruction, all vCPUs halted |
+//! | 130 | `replay`, `checkpoint`, `seek`, `bisect`: interrupted by Ctrl-C (SIGINT); files written are complete up to where it stopped |
 //!
 //! A guest can of course exit with 1, 3, 4, 124 or 125 itself; stderr tells the cases apart.
 //! A replay that matches its recording exits with the recorded run's status.
@@ -27,3 +29,7 @@ pub const POWER_OFF: i32 = 0;
 pub const DIVERGED: i32 = 3;
 /// A replayed recording is incomplete or damaged.
 pub const INCOMPLETE: i32 = 4;
+/// `bisect`: the predicate holds nowhere in the recording.
+pub const NOT_FOUND: i32 = 2;
+/// Interrupted by Ctrl-C (SIGINT), as shells report it (128 + 2).
+pub const INTERRUPTED: i32 = 130;

@@ -184,3 +184,51 @@ fn checkpoints_taken_while_recording_resume_exactly() {
         same_as_straight_replay(&dir, at, false);
     }
 }
+
+#[test]
+fn ctrl_c_stops_a_traced_replay_cleanly() {
+    let dir = scratch_dir().join("compute-sigint");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.display().to_string();
+    let r = reprise(&[
+        "record",
+        "-o",
+        &d,
+        "--checkpoint-every",
+        "0",
+        &fixture_path("compute-small").display().to_string(),
+    ]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let trace = scratch_dir().join("compute-sigint.trace");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(["replay", &d, "--trace", &trace.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting reprise");
+    // Well inside the replay (about 2.5 s in all with the trace).
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let out = child.wait_with_output().expect("waiting for reprise");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: replay stopped at instruction"),
+        "{stderr}"
+    );
+    // The trace is complete up to there: it reads, and its records end before the stop.
+    let s = reprise(&["trace", "stats", &trace.display().to_string()]);
+    assert_eq!(s.status, 0, "{s:?}");
+    assert!(s.stdout.contains("records: "), "{s:?}");
+    let p = reprise(&[
+        "trace",
+        "print",
+        &trace.display().to_string(),
+        "--limit",
+        "3",
+    ]);
+    assert_eq!(p.status, 0, "{p:?}");
+}

@@ -316,6 +316,8 @@ pub struct ContainerReader<T: DeserializeOwned> {
     ending: Ending,
     /// Raw and compressed bytes seen so far.
     sizes: (u64, u64),
+    /// Chunks whose records all come before this index are skipped whole.
+    skip_before: u64,
 }
 
 impl<T: DeserializeOwned> ContainerReader<T> {
@@ -363,6 +365,7 @@ impl<T: DeserializeOwned> ContainerReader<T> {
             version,
             ending: Ending::Reading,
             sizes: (0, 0),
+            skip_before: 0,
         })
     }
 
@@ -390,7 +393,15 @@ impl<T: DeserializeOwned> ContainerReader<T> {
         &self.ending
     }
 
-    /// Records returned so far.
+    /// From now on, skip whole chunks whose records all have an index below `index`
+    /// (hash-checked, not decoded): reading resumes at the chunk holding record `index`,
+    /// after the records already decoded; [`Self::records_read`] then jumps. 0 turns
+    /// skipping off.
+    pub fn skip_chunks_before(&mut self, index: u64) {
+        self.skip_before = index;
+    }
+
+    /// Records returned (or skipped) so far.
     pub fn records_read(&self) -> u64 {
         self.read
     }
@@ -490,6 +501,18 @@ impl<T: DeserializeOwned> ContainerReader<T> {
                 "chunk starts at record {first}, expected {}",
                 self.read
             )));
+        }
+        if first + u64::from(count) <= self.skip_before {
+            // Every record of this chunk comes before the one wanted: checked (the hash
+            // chain still covers it) but neither decompressed nor decoded.
+            self.chain = chain;
+            self.sizes.0 += raw_len as u64;
+            self.sizes.1 += CHUNK_HEADER_LEN + comp_len as u64;
+            self.offset += CHUNK_HEADER_LEN + comp_len as u64;
+            self.chunk += 1;
+            self.read += u64::from(count);
+            self.records = Vec::new().into_iter();
+            return Ok(true);
         }
         let raw = zstd::bulk::decompress(&body, raw_len as usize)
             .map_err(|e| self.corrupt(format!("cannot decompress: {e}")))?;
@@ -658,6 +681,42 @@ mod tests {
                 assert!(outcome, "flipping byte {at} went unnoticed");
             }
         }
+    }
+
+    #[test]
+    fn skipping_whole_chunks_lands_on_the_wanted_record() {
+        let p = tmp("skip");
+        write(&p, 200, true);
+        let all = read_all(&p).0;
+        for target in [0u64, 1, 57, 133, 199] {
+            let mut r = ContainerReader::<Rec>::open(&p, "test", 1).unwrap();
+            r.skip_chunks_before(target);
+            let mut first = None;
+            loop {
+                let v = r.next_record().unwrap().unwrap();
+                let idx = r.records_read() - 1;
+                first.get_or_insert(idx);
+                assert_eq!(v, all[idx as usize]);
+                if idx == target {
+                    break;
+                }
+                assert!(idx < target);
+            }
+            // The first record read is the first of the chunk holding `target`: it was
+            // jumped to, not read through (chunks hold a few records each).
+            let first = first.unwrap();
+            assert!(target - first < 20, "{target}: read from {first}");
+            while let Some(x) = r.next_record() {
+                x.unwrap();
+            }
+            assert_eq!(r.ending(), &Ending::Complete);
+        }
+        // Past the last record: everything is skipped, and the file still checks.
+        let mut r = ContainerReader::<Rec>::open(&p, "test", 1).unwrap();
+        r.skip_chunks_before(u64::MAX);
+        assert!(r.next_record().is_none());
+        assert_eq!(r.records_read(), 200);
+        assert_eq!(r.ending(), &Ending::Complete);
     }
 
     #[test]

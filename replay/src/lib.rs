@@ -13,6 +13,8 @@
 //! policies and the trace format (DESIGN.md).
 #![warn(missing_docs)]
 
+pub mod bisect;
+pub mod control;
 pub mod divergence;
 pub mod replayer;
 pub mod seek;

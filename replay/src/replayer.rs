@@ -101,13 +101,30 @@ impl Replayer {
 
     /// Consume records until `index` have been consumed in all (to resume at a checkpoint
     /// that recorded this count); false if the log ends first.
+    ///
+    /// Whole chunks before `index` are jumped over (hash-checked, not decoded); their
+    /// records are counted as sync records, since after a jump only the total matters (it
+    /// is the log index a later checkpoint saves).
     pub fn skip_to(&mut self, index: u64) -> bool {
+        self.reader.skip_chunks_before(index);
+        let mut ok = true;
         while self.consumed.total() < index {
             if self.consume().is_none() {
-                return false;
+                ok = false;
+                break;
+            }
+            // Records the reader jumped over lie between the last consumed and `next`.
+            let before_next = self
+                .reader
+                .records_read()
+                .saturating_sub(u64::from(self.next.is_some()));
+            let total = self.consumed.total();
+            if before_next > total {
+                self.consumed.sync += before_next - total;
             }
         }
-        true
+        self.reader.skip_chunks_before(0);
+        ok
     }
 
     /// The last input event consumed, as a report shows it.
@@ -257,6 +274,7 @@ impl Inputs for Replayer {
     }
 
     fn serial_input(&mut self, at: Position) -> Option<u8> {
+        crate::control::note_position(at.instructions);
         if self.stop.is_some() {
             return None;
         }
@@ -316,6 +334,6 @@ impl Inputs for Replayer {
     }
 
     fn stop_requested(&self) -> bool {
-        self.stop.is_some()
+        self.stop.is_some() || crate::control::stop_requested()
     }
 }

@@ -8,12 +8,15 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use reprise_checkpoints::{CheckpointError, SaveStats, Store};
 use reprise_cpu::state::GPR_NAMES;
 use reprise_devices::{Machine, RunOutcome};
 use reprise_record::boot::boot_machine;
+use reprise_record::container::{ContainerReader, Ending};
 use reprise_record::folder::{load_images, RecordingDir};
+use reprise_record::log::{Event, LogRecord, LOG_KIND, LOG_VERSION};
 use reprise_record::manifest::Manifest;
 use reprise_record::scan::LogScan;
 
@@ -30,28 +33,44 @@ pub struct Replay {
     pub end: Option<u64>,
     dir: PathBuf,
     images: Vec<PathBuf>,
+    console: ConsoleFactory,
 }
 
 /// Boot the recording in `dir` for replay (guest console discarded).
 pub fn boot(dir: &Path, images: &[PathBuf]) -> Result<Replay, ReplayError> {
+    boot_with_console(dir, images, Rc::new(|| Box::new(std::io::sink())), None)
+}
+
+/// Makes the writer a (re)booted replay machine's guest console goes to.
+pub type ConsoleFactory = Rc<dyn Fn() -> Box<dyn std::io::Write>>;
+
+/// Boot the recording in `dir` for replay, the guest's console going to `console`.
+/// `end`: the recording's end when already known (from an earlier boot), which saves
+/// reading the whole log once more.
+pub fn boot_with_console(
+    dir: &Path,
+    images: &[PathBuf],
+    console: ConsoleFactory,
+    end: Option<Option<u64>>,
+) -> Result<Replay, ReplayError> {
     let manifest = Manifest::read(dir)?;
     let config = manifest.machine.config();
     config.validate()?;
     let loaded = load_images(&manifest, images)?;
     let rec = RecordingDir::new(dir);
     let log_path = rec.dir.join(&manifest.log);
-    let scan = LogScan::read(&log_path)?;
-    let end = scan
-        .end
-        .as_ref()
-        .map(|e| e.state.cpus.iter().map(|c| c.retired).sum());
+    let end = match end {
+        Some(e) => e,
+        None => match log_end(&log_path) {
+            Some(e) => Some(e),
+            None => LogScan::read(&log_path)?
+                .end
+                .as_ref()
+                .map(|e| e.state.cpus.iter().map(|c| c.retired).sum()),
+        },
+    };
     let replayer = Replayer::open(&log_path, manifest.sync_every)?;
-    let mut machine = Machine::with_cpuid(
-        config,
-        manifest.cpuid.clone(),
-        replayer,
-        Box::new(std::io::sink()),
-    )?;
+    let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), replayer, console())?;
     boot_machine(&mut machine, &manifest.boot, &loaded)?;
     Ok(Replay {
         machine,
@@ -59,7 +78,44 @@ pub fn boot(dir: &Path, images: &[PathBuf]) -> Result<Replay, ReplayError> {
         end,
         dir: dir.to_path_buf(),
         images: images.to_vec(),
+        console,
     })
+}
+
+/// Where the log at `path` ends (global instruction count of its end record), reading it
+/// without decoding it: one pass over the chunks checking their hashes to count the
+/// records, a second that decodes only the last chunk. `None` when the log has no end
+/// record or is damaged (the caller then scans it whole, which reports why).
+fn log_end(path: &Path) -> Option<u64> {
+    let mut count = ContainerReader::<LogRecord>::open(path, LOG_KIND, LOG_VERSION).ok()?;
+    count.skip_chunks_before(u64::MAX);
+    if count.next_record().is_some() || *count.ending() != Ending::Complete {
+        return None;
+    }
+    let total = count.records_read();
+    let mut last = ContainerReader::<LogRecord>::open(path, LOG_KIND, LOG_VERSION).ok()?;
+    last.skip_chunks_before(total.checked_sub(1)?);
+    let mut end = None;
+    while let Some(r) = last.next_record() {
+        end = Some(r.ok()?);
+    }
+    match end?.event {
+        Event::End(e) => Some(e.state.cpus.iter().map(|c| c.retired).sum()),
+        _ => None,
+    }
+}
+
+impl Replay {
+    /// A freshly booted replay of the same recording (at instruction 0), with the same
+    /// console factory.
+    pub fn reboot(&self) -> Result<Replay, ReplayError> {
+        boot_with_console(
+            &self.dir,
+            &self.images,
+            self.console.clone(),
+            Some(self.end),
+        )
+    }
 }
 
 /// How [`seek`] got there.
@@ -129,7 +185,7 @@ pub fn seek(r: &mut Replay, target: u64, use_checkpoints: bool) -> Result<SeekRe
         }
     }
     if checkpoint.is_none() && !warnings.is_empty() {
-        *r = boot(&r.dir.clone(), &r.images.clone())?;
+        *r = r.reboot()?;
     }
     let start = r.machine.instructions();
     r.machine.run(target);
