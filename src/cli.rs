@@ -36,6 +36,9 @@ pub enum Command {
     Checkpoint(CheckpointArgs),
     /// Show the machine at one position of a recording (from the nearest checkpoint).
     Seek(SeekArgs),
+    /// Time run, record, replay and traced replay of the Linux fixture (or, with --quick,
+    /// a bare fixture) in one table, with QEMU side by side.
+    Bench(BenchArgs),
     /// List or look up the symbols of an ELF, a bzImage's kallsyms, a System.map, or the
     /// kernel in a recording's guest memory.
     Symbols(crate::symbols::SymbolsArgs),
@@ -600,4 +603,37 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+/// `reprise bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// vCPUs of every configuration (reprise and QEMU).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// Guest RAM.
+    #[arg(long, default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
+    pub mem: u64,
+    /// The Linux kernel (default: the cached fixture, target/linux-cache/vmlinuz).
+    #[arg(long, value_name = "FILE", requires = "initrd")]
+    pub kernel: Option<PathBuf>,
+    /// The initramfs (default: the cached fixture's).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Benchmark a bare fixture (compute, or --image) instead of Linux; no QEMU column.
+    #[arg(long)]
+    pub quick: bool,
+    /// The bare-protocol image for --quick.
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+    /// Leave QEMU out.
+    #[arg(long)]
+    pub no_qemu: bool,
+    /// Where the recording and trace go (default: a fresh directory under the system's
+    /// temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Keep the work files (the recording and the trace) afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }

@@ -3,6 +3,7 @@
 //! Guest serial output goes to stdout; reprise's own messages go to stderr, one line each,
 //! prefixed `reprise: `. Exit statuses are listed in [`status`].
 
+mod bench;
 mod bisect;
 mod checkpoint;
 mod cli;
@@ -39,6 +40,7 @@ fn main() {
         cli::Command::Trace(cmd) => trace::trace(&cmd),
         cli::Command::Checkpoint(args) => checkpoint::checkpoint(&args),
         cli::Command::Seek(args) => seek::seek(&args),
+        cli::Command::Bench(args) => bench::bench(&args),
         cli::Command::Symbols(args) => symbols::symbols(&args),
         cli::Command::Bisect(args) => bisect::bisect(&args),
         cli::Command::Mscan(args) => mscan::mscan(&args),

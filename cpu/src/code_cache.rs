@@ -77,17 +77,21 @@ pub type BlockId = u32;
 pub struct IntHasher(u64);
 
 impl Hasher for IntHasher {
+    #[inline(always)]
     fn finish(&self) -> u64 {
         self.0
     }
+    #[inline(always)]
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
         }
     }
+    #[inline(always)]
     fn write_u64(&mut self, v: u64) {
         self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
+    #[inline(always)]
     fn write_u32(&mut self, v: u32) {
         self.write_u64(v as u64);
     }
@@ -108,7 +112,7 @@ struct Slot {
 }
 
 /// Entries of the direct-mapped jump table (a power of two).
-const JUMP_ENTRIES: usize = 2048;
+const JUMP_ENTRIES: usize = 16384;
 
 /// A jump-table entry: a hint that `key` is cached at `id`, checked against the slot.
 #[derive(Clone, Copy, Debug)]

@@ -366,6 +366,7 @@ pub enum CpuMode {
 
 impl CpuMode {
     /// Code size in bits, as iced-x86's decoder wants it.
+    #[inline]
     pub fn bitness(self) -> u32 {
         match self {
             CpuMode::Real | CpuMode::Protected16 => 16,
@@ -377,6 +378,7 @@ impl CpuMode {
 
 impl CpuState {
     /// The current privilege level (CS.RPL in protected mode, 0 in real mode).
+    #[inline]
     pub fn cpl(&self) -> u8 {
         if self.cr0 & cr0::PE == 0 {
             0
@@ -386,6 +388,7 @@ impl CpuState {
     }
 
     /// The mode the CPU is in, derived from CR0, EFER and CS.
+    #[inline]
     pub fn mode(&self) -> CpuMode {
         let cs = &self.seg[SegReg::Cs as usize];
         if self.cr0 & cr0::PE == 0 {

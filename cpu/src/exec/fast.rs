@@ -741,14 +741,26 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     }
 }
 
+/// The operand size of a fast form specialized for size `S`: `S`, or for `S == 0` (the
+/// rarer 1- and 2-byte forms share one copy) the decoded size.
+#[inline(always)]
+fn sz<const S: usize>(o: &Operands) -> usize {
+    if S == 0 {
+        o.size as usize
+    } else {
+        S
+    }
+}
+
 /// MOV r, r.
 #[inline(always)]
 pub(crate) fn mov_rr<const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     o: &Operands,
 ) -> ExecResult {
-    let v = x.reg_get(o.r1, S);
-    x.reg_put(o.r0, S, v);
+    let size = sz::<S>(o);
+    let v = x.reg_get(o.r1, size);
+    x.reg_put(o.r0, size, v);
     Ok(())
 }
 
@@ -758,7 +770,8 @@ pub(crate) fn mov_ri<const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     o: &Operands,
 ) -> ExecResult {
-    x.reg_put(o.r0, S, o.imm);
+    let size = sz::<S>(o);
+    x.reg_put(o.r0, size, o.imm);
     Ok(())
 }
 
@@ -768,9 +781,10 @@ pub(crate) fn mov_rm<const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     o: &Operands,
 ) -> ExecResult {
+    let size = sz::<S>(o);
     let addr = x.fast_addr(o);
-    let v = x.read(addr, S)?;
-    x.reg_put(o.r0, S, v);
+    let v = x.read(addr, size)?;
+    x.reg_put(o.r0, size, v);
     Ok(())
 }
 
@@ -780,9 +794,10 @@ pub(crate) fn mov_mr<const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     o: &Operands,
 ) -> ExecResult {
+    let size = sz::<S>(o);
     let addr = x.fast_addr(o);
-    let v = x.reg_get(o.r1, S);
-    x.write(addr, S, v)
+    let v = x.reg_get(o.r1, size);
+    x.write(addr, size, v)
 }
 
 /// MOV m, imm.
@@ -791,8 +806,9 @@ pub(crate) fn mov_mi<const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     o: &Operands,
 ) -> ExecResult {
+    let size = sz::<S>(o);
     let addr = x.fast_addr(o);
-    x.write(addr, S, o.imm)
+    x.write(addr, size, o.imm)
 }
 
 /// LEA r, m: the offset (no segment base), truncated by the register write.
@@ -801,8 +817,9 @@ pub(crate) fn lea<const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     o: &Operands,
 ) -> ExecResult {
+    let size = sz::<S>(o);
     let v = x.fast_addr(o);
-    x.reg_put(o.r0, S, v);
+    x.reg_put(o.r0, size, v);
     Ok(())
 }
 
@@ -873,7 +890,7 @@ pub(crate) fn alu_rr<const K: u8, const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     o: &Operands,
 ) -> ExecResult {
-    let size = S;
+    let size = sz::<S>(o);
     let a = x.reg_get(o.r0, size);
     let b = x.reg_get(o.r1, size);
     let (r, f) = alu::<K>(a, b, x.cpu.state.rflags, size);
@@ -890,7 +907,7 @@ pub(crate) fn alu_ri<const K: u8, const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     o: &Operands,
 ) -> ExecResult {
-    let size = S;
+    let size = sz::<S>(o);
     let a = x.reg_get(o.r0, size);
     let (r, f) = alu::<K>(a, o.imm, x.cpu.state.rflags, size);
     if writes(K) {
@@ -906,7 +923,7 @@ pub(crate) fn alu_rm<const K: u8, const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     o: &Operands,
 ) -> ExecResult {
-    let size = S;
+    let size = sz::<S>(o);
     let a = x.reg_get(o.r0, size);
     let addr = x.fast_addr(o);
     let b = x.read(addr, size)?;
@@ -925,7 +942,7 @@ pub(crate) fn alu_m<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Obs
     x: &mut Exec<B, O>,
     o: &Operands,
 ) -> ExecResult {
-    let size = S;
+    let size = sz::<S>(o);
     let addr = x.fast_addr(o);
     let a = if writes(K) {
         x.read_rmw(addr, size)?
@@ -987,16 +1004,17 @@ pub(crate) fn shift_ri<const K: u8, const S: usize, B: Bus, O: Observer>(
 ) -> ExecResult {
     use crate::state::rflags::{AF, PF};
     use shift_kind::*;
-    let a = x.reg_get(o.r0, S);
-    let bits = (S * 8) as u32;
-    let c = (o.imm & if S == 8 { 0x3f } else { 0x1f }) as u32;
+    let size = sz::<S>(o);
+    let a = x.reg_get(o.r0, size);
+    let bits = (size * 8) as u32;
+    let c = (o.imm & if size == 8 { 0x3f } else { 0x1f }) as u32;
     if c == 0 {
         // A zero count still writes the register back (clearing the upper half of a 32-bit
         // one) but changes no flags.
-        x.reg_put(o.r0, S, a);
+        x.reg_put(o.r0, size, a);
         return Ok(());
     }
-    let mk = flags::mask(S);
+    let mk = flags::mask(size);
     let msb = |v: u64| (v >> (bits - 1)) & 1;
     let msb2 = |v: u64| (v >> (bits - 2)) & 1;
     let old = x.cpu.state.rflags & STATUS;
@@ -1004,18 +1022,21 @@ pub(crate) fn shift_ri<const K: u8, const S: usize, B: Bus, O: Observer>(
         SHL => {
             let r = (a << c) & mk;
             let cf = if c <= bits { (a >> (bits - c)) & 1 } else { 0 };
-            (r, flags::szp(r, S) | (cf * CF) | ((msb(a) ^ msb2(a)) * OF))
+            (
+                r,
+                flags::szp(r, size) | (cf * CF) | ((msb(a) ^ msb2(a)) * OF),
+            )
         }
         SHR => {
             let r = a >> c;
             let cf = (a >> (c - 1)) & 1;
-            (r, flags::szp(r, S) | (cf * CF) | (msb(a) * OF))
+            (r, flags::szp(r, size) | (cf * CF) | (msb(a) * OF))
         }
         SAR => {
-            let s = flags::sign_extend(a, S) as i64;
+            let s = flags::sign_extend(a, size) as i64;
             let r = (s >> c.min(63)) as u64 & mk;
             let cf = ((s >> (c - 1).min(63)) & 1) as u64;
-            (r, flags::szp(r, S) | (cf * CF))
+            (r, flags::szp(r, size) | (cf * CF))
         }
         _ => {
             // Rotates keep SF, ZF, AF and PF; by an immediate other than 1 they keep OF too.
@@ -1040,7 +1061,7 @@ pub(crate) fn shift_ri<const K: u8, const S: usize, B: Bus, O: Observer>(
             (r, kept | (cf * CF) | of)
         }
     };
-    x.reg_put(o.r0, S, r);
+    x.reg_put(o.r0, size, r);
     x.set_status(f);
     Ok(())
 }

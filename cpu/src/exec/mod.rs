@@ -367,9 +367,13 @@ impl Cpu {
         // the next instruction is always the first of a block.
         x.cpu.state.interrupt_shadow = false;
         let mut result = Ok(false);
+        // The instruction count lives in a register and is only stored per instruction
+        // (handlers may read it, none writes it): an increment in memory would chain every
+        // instruction to the previous one through a store and a load.
+        let mut retired = x.cpu.state.retired;
         'chain: loop {
             // The budget bounds the instructions run, so the loop needs no check of its own.
-            let left = end.saturating_sub(x.cpu.state.retired);
+            let left = end.saturating_sub(retired);
             let insns = &block.insns[..block.insns.len().min(left as usize)];
             for d in insns {
                 x.rip = rip;
@@ -383,7 +387,8 @@ impl Cpu {
                         break 'chain;
                     }
                 }
-                x.cpu.state.retired += 1;
+                retired += 1;
+                x.cpu.state.retired = retired;
                 // `memory.rs` sets `stop_after` with `code_modified`; only the EXIT-checked
                 // groups (string.rs) set `code_modified` alone.
                 if x.stop_after {
@@ -411,7 +416,7 @@ impl Cpu {
             // could have halted the CPU, changed its mode, or made the bus want an exit):
             // run the block again here, if the budget allows and its address still
             // translates to the same code, exactly as the run loop would look it up again.
-            if !LONG || rip != start || result != Ok(false) || x.cpu.state.retired >= end {
+            if !LONG || rip != start || result != Ok(false) || retired >= end {
                 break;
             }
             let cs = &mut *x.cpu;
@@ -768,14 +773,13 @@ fn dispatch<B: Bus, O: Observer>(
         ($f:ident, $($k:tt),*) => {
             // Tests in order of frequency, not a jump table: a second indirect branch per
             // instruction would cost more than two predictable compares.
+            // 1- and 2-byte operands share one copy that reads the size (0).
             if o.size == 8 {
                 fast::$f::<$($k,)* 8, B, O>(x, o)
             } else if o.size == 4 {
                 fast::$f::<$($k,)* 4, B, O>(x, o)
-            } else if o.size == 1 {
-                fast::$f::<$($k,)* 1, B, O>(x, o)
             } else {
-                fast::$f::<$($k,)* 2, B, O>(x, o)
+                fast::$f::<$($k,)* 0, B, O>(x, o)
             }
         };
     }

@@ -1,0 +1,571 @@
+//! `reprise bench`: one table, in one run, of how fast reprise runs, records, replays and
+//! traces a guest, with QEMU (TCG, its recorder and its replayer) side by side on the same
+//! kernel and initramfs.
+//!
+//! Every configuration runs as a child process (this executable, or `qemu-system-x86_64`),
+//! one after the other, so each gets the machine to itself as far as this benchmark goes.
+//! Per child it measures the wall time until the guest printed `INIT-DONE` (the end of the
+//! Linux fixture's workload), the wall time until it exited, and the user+system CPU time it
+//! used. The machine this runs on may be shared and noisy: CPU time is the steadier figure,
+//! so the ratios are computed from it (wall-time ratios follow in parentheses).
+//!
+//! `--quick` benchmarks a bare-protocol fixture (`compute` by default, or `--image`) instead
+//! of Linux: no QEMU column (QEMU cannot boot reprise's bare images), but the same table, so
+//! a test can exercise the command in seconds.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::cli::BenchArgs;
+use crate::status;
+
+/// The line the Linux fixture's /init prints when its workload is done.
+const DONE_MARKER: &str = "INIT-DONE";
+
+/// The QEMU binary the comparison runs (Debian package `qemu-system-x86`).
+const QEMU: &str = "qemu-system-x86_64";
+
+/// A child is killed after this long (a hung guest must not hang the benchmark).
+const CHILD_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// What one child process did.
+#[derive(Debug, Clone)]
+struct Measure {
+    /// Wall seconds from start until the guest printed [`DONE_MARKER`], if it did.
+    to_done: Option<f64>,
+    /// Wall seconds from start until the child exited.
+    wall: f64,
+    /// User + system CPU seconds of the child.
+    cpu: f64,
+    /// Guest instructions retired, when the child reports them (reprise does).
+    instructions: Option<u64>,
+}
+
+/// One row of the table: a configuration and its measurement, or why it has none.
+struct Row {
+    /// What ran, e.g. `reprise record`.
+    name: String,
+    /// The measurement, or the reason it was skipped or failed.
+    result: Result<Measure, String>,
+}
+
+/// `reprise bench`.
+pub fn bench(args: &BenchArgs) -> i32 {
+    match bench_inner(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("reprise: bench: {e:#}");
+            status::ERROR
+        }
+    }
+}
+
+/// The guest a benchmark boots: a Linux kernel and initramfs, or a bare-protocol image.
+enum Guest {
+    /// Kernel, initramfs, kernel command line.
+    Linux(PathBuf, PathBuf, String),
+    /// A bare-protocol ELF.
+    Bare(PathBuf),
+}
+
+fn bench_inner(args: &BenchArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the reprise executable")?;
+    let guest = if args.quick || args.image.is_some() {
+        let image = args
+            .image
+            .clone()
+            .unwrap_or_else(|| reprise_fixtures::fixture_path("compute"));
+        if !image.is_file() {
+            bail!(
+                "{} does not exist (build the fixtures: cargo build -p reprise-fixtures)",
+                image.display()
+            );
+        }
+        Guest::Bare(image)
+    } else {
+        let (kernel, initrd) = match (&args.kernel, &args.initrd) {
+            (Some(k), Some(i)) => (k.clone(), i.clone()),
+            (None, None) => {
+                let g = reprise_fixtures::linux_guest().ok_or_else(|| {
+                    anyhow!(
+                        "no Linux fixture in {} (run fixtures/linux/fetch.sh), or pass \
+                         --kernel and --initrd, or --quick",
+                        reprise_fixtures::linux_cache_dir().display()
+                    )
+                })?;
+                (g.kernel, g.initramfs)
+            }
+            _ => bail!("--kernel and --initrd go together"),
+        };
+        Guest::Linux(kernel, initrd, reprise_fixtures::LINUX_CMDLINE.to_string())
+    };
+    let work = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("reprise-bench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let rec = work.join("rec");
+    let trace = work.join("movement.trace");
+
+    let mem = format!("{}", args.mem);
+    let cpus = args.cpus.to_string();
+    // The machine options shared by run and record.
+    let mut machine: Vec<String> = vec!["--cpus".into(), cpus.clone(), "--mem".into(), mem];
+    machine.push("--no-stdin".into());
+    let boot: Vec<String> = match &guest {
+        Guest::Linux(k, i, cmdline) => vec![
+            "--kernel".into(),
+            k.display().to_string(),
+            "--initrd".into(),
+            i.display().to_string(),
+            "--append".into(),
+            cmdline.clone(),
+        ],
+        Guest::Bare(image) => vec![image.display().to_string()],
+    };
+    let what = match &guest {
+        Guest::Linux(k, ..) => format!("Linux {}", k.display()),
+        Guest::Bare(image) => format!("bare image {}", image.display()),
+    };
+    eprintln!(
+        "reprise: bench: {what}, {} CPU(s), {} bytes of RAM; work files in {}",
+        args.cpus,
+        args.mem,
+        work.display()
+    );
+
+    let mut rows = Vec::new();
+    let run_args: Vec<String> = ["run", "--summary"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(machine.iter().cloned())
+        .chain(boot.iter().cloned())
+        .collect();
+    rows.push(measure_row("reprise run", &exe, &run_args));
+
+    let record_args: Vec<String> = ["record", "--force", "-o"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([rec.display().to_string()])
+        .chain(machine.iter().cloned())
+        .chain(boot.iter().cloned())
+        .collect();
+    let recorded = measure_row("reprise record", &exe, &record_args);
+    let have_rec = recorded.result.is_ok();
+    rows.push(recorded);
+    // Checkpoints (whole-machine snapshots for `seek`, on by default) are a cost of their
+    // own: the recorder alone is measured without them.
+    let bare_rec = work.join("rec-no-checkpoints");
+    let bare_record_args: Vec<String> = ["record", "--force", "--checkpoint-every", "0", "-o"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([bare_rec.display().to_string()])
+        .chain(machine.iter().cloned())
+        .chain(boot.iter().cloned())
+        .collect();
+    rows.push(measure_row(
+        "reprise record, no checkpoints",
+        &exe,
+        &bare_record_args,
+    ));
+
+    let replay_args = vec!["replay".to_string(), rec.display().to_string()];
+    let traced_args: Vec<String> = replay_args
+        .iter()
+        .cloned()
+        .chain([
+            "--trace".to_string(),
+            trace.display().to_string(),
+            "--policy".to_string(),
+            "movement".to_string(),
+        ])
+        .collect();
+    for (name, a) in [
+        ("reprise replay", &replay_args),
+        ("reprise replay --trace movement", &traced_args),
+    ] {
+        if have_rec {
+            rows.push(measure_row(name, &exe, a));
+        } else {
+            rows.push(Row {
+                name: name.into(),
+                result: Err("skipped: the recording failed".into()),
+            });
+        }
+    }
+    rows.push(Row {
+        name: "reprise mesi -> mscan sharing".into(),
+        result: Err("skipped: this build has no mscan subcommand".into()),
+    });
+
+    // QEMU on the same kernel and initramfs.
+    match &guest {
+        Guest::Bare(_) => {
+            eprintln!("reprise: bench: QEMU skipped (it cannot boot a bare-protocol image)");
+        }
+        Guest::Linux(..) if args.no_qemu => {
+            eprintln!("reprise: bench: QEMU skipped (--no-qemu)");
+        }
+        Guest::Linux(kernel, initrd, cmdline) => {
+            if !qemu_present() {
+                eprintln!(
+                    "reprise: bench: QEMU skipped: {QEMU} not found (Debian package \
+                     qemu-system-x86)"
+                );
+            } else {
+                let rr = work.join("qemu.rr");
+                let base = qemu_args(args, kernel, initrd, cmdline);
+                let qemu = PathBuf::from(QEMU);
+                rows.push(measure_row("qemu tcg", &qemu, &base));
+                let icount = |mode: &str| {
+                    let mut a = base.clone();
+                    a.push("-icount".into());
+                    a.push(format!("shift=auto,rr={mode},rrfile={}", rr.display()));
+                    a
+                };
+                let qrec = measure_row("qemu tcg record (icount)", &qemu, &icount("record"));
+                let ok = qrec.result.is_ok();
+                rows.push(qrec);
+                if ok {
+                    rows.push(measure_row(
+                        "qemu tcg replay (icount)",
+                        &qemu,
+                        &icount("replay"),
+                    ));
+                }
+            }
+        }
+    }
+
+    print_table(&rows);
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    if rows
+        .iter()
+        .any(|r| matches!(&r.result, Err(e) if !e.starts_with("skipped")))
+    {
+        bail!("some configurations failed (see the table)");
+    }
+    Ok(())
+}
+
+/// QEMU's command line for the Linux fixture, as fixtures/linux/qemu-boot.sh boots it.
+fn qemu_args(args: &BenchArgs, kernel: &Path, initrd: &Path, cmdline: &str) -> Vec<String> {
+    let mem_mib = (args.mem >> 20).max(1);
+    [
+        "-accel",
+        "tcg",
+        "-m",
+        &mem_mib.to_string(),
+        "-smp",
+        &args.cpus.to_string(),
+        "-nographic",
+        "-nic",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        &kernel.display().to_string(),
+        "-initrd",
+        &initrd.display().to_string(),
+        "-append",
+        cmdline,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Whether QEMU can be started.
+fn qemu_present() -> bool {
+    Command::new(QEMU)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn measure_row(name: &str, program: &Path, args: &[String]) -> Row {
+    eprintln!("reprise: bench: {name} ...");
+    let result = measure(program, args).map_err(|e| format!("failed: {e:#}"));
+    match &result {
+        Ok(m) => eprintln!(
+            "reprise: bench: {name}: {:.2} s wall, {:.2} s CPU",
+            m.wall, m.cpu
+        ),
+        Err(e) => eprintln!("reprise: bench: {name}: {e}"),
+    }
+    Row {
+        name: name.to_string(),
+        result,
+    }
+}
+
+/// User + system CPU seconds of this process's reaped children (Linux `/proc/self/stat`
+/// fields cutime and cstime, in USER_HZ = 100 ticks a second on x86-64).
+fn children_cpu() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // The command name (field 2) may contain spaces: fields are counted after its ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("unexpected /proc/self/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; cutime and cstime are fields 16 and 17.
+    let tick = |n: usize| -> Result<f64> {
+        let v: u64 = fields
+            .get(n - 3)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("unexpected /proc/self/stat"))?;
+        Ok(v as f64 / 100.0)
+    };
+    Ok(tick(16)? + tick(17)?)
+}
+
+/// Run one child to its end, with stdin closed, watching its stdout for [`DONE_MARKER`].
+fn measure(program: &Path, args: &[String]) -> Result<Measure> {
+    let cpu_before = children_cpu()?;
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout pipe"))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow!("no stderr pipe"))?;
+    let (done_tx, done_rx) = mpsc::channel();
+    let out_thread = std::thread::spawn(move || {
+        let mut seen = false;
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if !seen && String::from_utf8_lossy(&line).trim_end() == DONE_MARKER {
+                seen = true;
+                let _ = done_tx.send(start.elapsed());
+            }
+        }
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status: ExitStatus = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > CHILD_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("timed out after {} s", CHILD_TIMEOUT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = children_cpu()? - cpu_before;
+    let _ = out_thread.join();
+    let err = err_thread.join().unwrap_or_default();
+    let to_done = done_rx.try_recv().ok().map(|d| d.as_secs_f64());
+    if !status.success() {
+        let tail: Vec<&str> = err.lines().rev().take(3).collect();
+        bail!(
+            "{status}: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    Ok(Measure {
+        to_done,
+        wall,
+        cpu,
+        instructions: instructions_in(&err),
+    })
+}
+
+/// The guest instruction count in reprise's closing message: `total=N` (run --summary),
+/// `recorded N instructions` (record) or `: N instructions in` (replay).
+fn instructions_in(stderr: &str) -> Option<u64> {
+    for line in stderr.lines().rev() {
+        if let Some(at) = line.find("total=") {
+            let digits: String = line[at + 6..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            return digits.parse().ok();
+        }
+        if let Some(at) = line.find(" instructions") {
+            let before = &line[..at];
+            let digits: String = before
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            if !digits.is_empty() {
+                return digits.parse().ok();
+            }
+        }
+    }
+    None
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<32} {:>12} {:>9} {:>9} {:>14} {:>10} {:>10}",
+        "configuration",
+        "to INIT-DONE",
+        "wall s",
+        "cpu s",
+        "instructions",
+        "MIPS(cpu)",
+        "MIPS(wall)"
+    );
+    // The instruction count of reprise's run stands for configurations that do not
+    // report one (QEMU executes a similar number, see fixtures/linux/qemu-insn-count.c).
+    let reference = rows
+        .iter()
+        .find(|r| r.name == "reprise run")
+        .and_then(|r| r.result.as_ref().ok())
+        .and_then(|m| m.instructions);
+    for r in rows {
+        match &r.result {
+            Ok(m) => {
+                let done = m
+                    .to_done
+                    .map_or_else(|| "-".to_string(), |t| format!("{t:.2}"));
+                let (n, mips_cpu, mips_wall) = match m.instructions {
+                    Some(n) => (
+                        n.to_string(),
+                        format!("{:.1}", n as f64 / m.cpu.max(1e-9) / 1e6),
+                        format!("{:.1}", n as f64 / m.wall.max(1e-9) / 1e6),
+                    ),
+                    None => match reference {
+                        // QEMU: about the same guest work, marked as borrowed with `~`.
+                        Some(n) => (
+                            format!("~{n}"),
+                            format!("~{:.1}", n as f64 / m.cpu.max(1e-9) / 1e6),
+                            format!("~{:.1}", n as f64 / m.wall.max(1e-9) / 1e6),
+                        ),
+                        None => ("-".into(), "-".into(), "-".into()),
+                    },
+                };
+                println!(
+                    "{:<32} {:>12} {:>9.2} {:>9.2} {:>14} {:>10} {:>10}",
+                    r.name, done, m.wall, m.cpu, n, mips_cpu, mips_wall
+                );
+            }
+            Err(e) => println!("{:<32} {e}", r.name),
+        }
+    }
+    let get = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.result.as_ref().ok())
+    };
+    println!();
+    println!("ratios (CPU time; wall time in parentheses):");
+    let ratios = [
+        ("record / run", "reprise record", "reprise run", "<= 1.03"),
+        (
+            "record, no checkpoints / run",
+            "reprise record, no checkpoints",
+            "reprise run",
+            "<= 1.03",
+        ),
+        (
+            "replay / record",
+            "reprise replay",
+            "reprise record",
+            "<= 1.05",
+        ),
+        (
+            "replay / record, no checkpoints",
+            "reprise replay",
+            "reprise record, no checkpoints",
+            "<= 1.05",
+        ),
+        (
+            "traced movement / replay",
+            "reprise replay --trace movement",
+            "reprise replay",
+            "<= 3",
+        ),
+        ("reprise run / qemu tcg", "reprise run", "qemu tcg", ""),
+        (
+            "reprise record / qemu tcg",
+            "reprise record",
+            "qemu tcg",
+            "<= 2",
+        ),
+        (
+            "reprise record / qemu record",
+            "reprise record",
+            "qemu tcg record (icount)",
+            "< 1",
+        ),
+        (
+            "reprise replay / qemu replay",
+            "reprise replay",
+            "qemu tcg replay (icount)",
+            "",
+        ),
+    ];
+    for (label, a, b, target) in ratios {
+        let target = if target.is_empty() {
+            String::new()
+        } else {
+            format!("   (target {target})")
+        };
+        match (get(a), get(b)) {
+            (Some(x), Some(y)) => println!(
+                "  {label:<32} {:>6.2} ({:.2}){target}",
+                x.cpu / y.cpu.max(1e-9),
+                x.wall / y.wall.max(1e-9)
+            ),
+            _ => println!("  {label:<32}      -"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instructions_in;
+
+    #[test]
+    fn instruction_counts_are_found_in_each_closing_message() {
+        assert_eq!(
+            instructions_in("reprise: retired cpu0=5 total=1234 in 0.1 s (1.0 MIPS)"),
+            Some(1234)
+        );
+        assert_eq!(
+            instructions_in("reprise: recorded 99 instructions in 2.0 s into x"),
+            Some(99)
+        );
+        assert_eq!(
+            instructions_in("reprise: replay identical to the recording: 77 instructions in 1 s"),
+            Some(77)
+        );
+        assert_eq!(instructions_in("nothing here"), None);
+    }
+}

@@ -1,0 +1,75 @@
+//! `reprise bench --quick`: the table's shape on a small bare fixture (timings are not
+//! checked; they depend on the machine).
+
+mod support;
+
+use support::{reprise, scratch_dir};
+
+#[test]
+fn quick_bench_prints_one_row_per_configuration_and_the_ratios() {
+    let image = reprise_fixtures::fixture_path("compute-small");
+    let work = scratch_dir().join("bench");
+    let r = reprise(&[
+        "bench".as_ref(),
+        "--quick".as_ref(),
+        "--image".as_ref(),
+        image.as_os_str(),
+        "--work-dir".as_ref(),
+        work.as_os_str(),
+    ]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].starts_with("configuration"), "{r:?}");
+    for col in [
+        "to INIT-DONE",
+        "wall s",
+        "cpu s",
+        "instructions",
+        "MIPS(cpu)",
+    ] {
+        assert!(lines[0].contains(col), "no {col:?} column: {r:?}");
+    }
+    // Every reprise configuration measured, with a number of instructions and MIPS.
+    for name in [
+        "reprise run ",
+        "reprise record ",
+        "reprise replay ",
+        "reprise replay --trace movement ",
+    ] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name:?}: {r:?}"));
+        let cols: Vec<&str> = row[32..].split_whitespace().collect();
+        assert_eq!(cols.len(), 6, "{row:?}");
+        let n: u64 = cols[3].parse().expect("an instruction count");
+        assert!(n > 1_000_000, "{row:?}");
+        assert!(cols[4].parse::<f64>().is_ok(), "{row:?}");
+    }
+    assert!(r.stdout.contains("mscan"), "{r:?}");
+    // QEMU is left out of a bare-image bench, and says so.
+    assert!(!lines.iter().any(|l| l.starts_with("qemu")), "{r:?}");
+    assert!(r.stderr.contains("QEMU skipped"), "{r:?}");
+    // The ratios: measured for reprise, "-" for QEMU.
+    for label in [
+        "record / run",
+        "replay / record",
+        "traced movement / replay",
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no ratio {label:?}: {r:?}"));
+        let v: f64 = line[2 + 32..]
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        assert!(v > 0.0, "{line:?}");
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l.trim_start().starts_with("reprise record / qemu tcg") && l.ends_with('-')));
+    // The work directory is removed afterwards unless --keep.
+    assert!(!work.exists());
+}
