@@ -6,6 +6,7 @@
 mod checkpoint;
 mod cli;
 mod info;
+mod interrupt;
 mod record;
 mod replay;
 mod run;

@@ -7,8 +7,10 @@
 //! | 1 | reprise error: bad options, unreadable or invalid image, serial output failed, not a recording |
 //! | 3 | `replay`: the replay diverged from the recording |
 //! | 4 | `replay`: the recording is incomplete or damaged (replayed as far as it is intact) |
+//! | 123 | the guest halted the machine: every vCPU halted with interrupts disabled and nothing pending (Linux's `halt`, or `poweroff` without ACPI, ends this way; a real PC would stay halted forever) |
 //! | 124 | `--max-instructions` reached (as `timeout` does) |
-//! | 125 | the guest crashed: triple fault, unimplemented instruction, all vCPUs halted |
+//! | 125 | the guest crashed: triple fault, unimplemented instruction, all vCPUs halted with interrupts enabled but nothing left to wake them |
+//! | 130 | `run`/`record` interrupted by SIGINT/SIGTERM (Ctrl-C; 128 + SIGINT, as shells report); `record` leaves a sealed recording that replays to that point |
 //!
 //! A guest can of course exit with 1, 3, 4, 124 or 125 itself; stderr tells the cases apart.
 //! A replay that matches its recording exits with the recorded run's status.
@@ -17,6 +19,8 @@
 pub const ERROR: i32 = 1;
 /// The instruction limit was reached.
 pub const LIMIT: i32 = 124;
+/// The guest halted every vCPU with interrupts disabled (a deliberate halt, not a crash).
+pub const HALTED: i32 = 123;
 /// The guest crashed or can make no progress.
 pub const CRASH: i32 = 125;
 /// The guest reset the machine.
@@ -27,3 +31,5 @@ pub const POWER_OFF: i32 = 0;
 pub const DIVERGED: i32 = 3;
 /// A replayed recording is incomplete or damaged.
 pub const INCOMPLETE: i32 = 4;
+/// `run` or `record` was interrupted (SIGINT/SIGTERM) and stopped at a quantum start.
+pub const INTERRUPTED: i32 = 130;

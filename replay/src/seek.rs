@@ -45,7 +45,8 @@ pub fn boot(dir: &Path, images: &[PathBuf]) -> Result<Replay, ReplayError> {
         .end
         .as_ref()
         .map(|e| e.state.cpus.iter().map(|c| c.retired).sum());
-    let replayer = Replayer::open(&log_path, manifest.sync_every)?;
+    let replayer = Replayer::open(&log_path, manifest.sync_every)?
+        .with_host_clock(manifest.clock == reprise_record::manifest::Clock::Host);
     let mut machine = Machine::with_cpuid(
         config,
         manifest.cpuid.clone(),
