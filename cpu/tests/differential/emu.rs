@@ -58,9 +58,26 @@ pub struct EmuOutcome {
 /// Instructions executed at most before the run is declared stuck.
 const MAX_STEPS: usize = 10_000;
 
-/// User code and data selectors (RPL 3) in the GDT extended by [`enter_user_mode`].
-const USER_CS: u16 = 0x18 | 3;
-const USER_DS: u16 = 0x20 | 3;
+/// User code and stack selectors (RPL 3) in the GDT extended by [`enter_user_mode`]: the
+/// ones x86-64 Linux gives its processes (GDT entries 6 and 5), so that MOV r/m, Sreg reads
+/// the same values on both sides. DS, ES, FS and GS are null there, as on Linux.
+const USER_CS: u16 = 0x30 | 3;
+const USER_SS: u16 = 0x28 | 3;
+
+/// The host's CS, SS, DS, ES, FS and GS selectors in this process.
+fn host_selectors() -> [u16; 6] {
+    let (mut cs, mut ss, mut ds, mut es, mut fs, mut gs): (u16, u16, u16, u16, u16, u16);
+    // SAFETY: reading segment selectors has no side effects.
+    unsafe {
+        std::arch::asm!(
+            "mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds",
+            "mov {3:x}, es", "mov {4:x}, fs", "mov {5:x}, gs",
+            out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    [cs, ss, ds, es, fs, gs]
+}
 
 /// Page-table entry bits.
 const P: u64 = 1;
@@ -96,25 +113,35 @@ fn map_like_host(ram: &mut [u8]) {
 /// sets it.
 fn enter_user_mode(cpu: &mut Cpu, ram: &mut [u8]) {
     map_like_host(ram);
+    let host = host_selectors();
+    assert_eq!(
+        host,
+        [USER_CS, USER_SS, 0, 0, 0, 0],
+        "the harness mirrors x86-64 Linux's user selectors (CS, SS, DS, ES, FS, GS)"
+    );
     let gdt = GDT as usize;
-    ram[gdt + 24..gdt + 32].copy_from_slice(&0x00af_fb00_0000_ffffu64.to_le_bytes());
-    ram[gdt + 32..gdt + 40].copy_from_slice(&0x00cf_f300_0000_ffffu64.to_le_bytes());
+    ram[gdt + 0x28..gdt + 0x30].copy_from_slice(&0x00cf_f300_0000_ffffu64.to_le_bytes());
+    ram[gdt + 0x30..gdt + 0x38].copy_from_slice(&0x00af_fb00_0000_ffffu64.to_le_bytes());
     let s = &mut cpu.state;
-    s.gdtr.limit = 39;
+    s.gdtr.limit = 0x37;
     s.seg[SegReg::Cs as usize] = Segment {
         selector: USER_CS,
         base: 0,
         limit: 0xffff_ffff,
         attrs: 0xa0fb,
     };
-    let data = Segment {
-        selector: USER_DS,
+    s.seg[SegReg::Ss as usize] = Segment {
+        selector: USER_SS,
         base: 0,
         limit: 0xffff_ffff,
         attrs: 0xc0f3,
     };
-    for r in [SegReg::Ds, SegReg::Es, SegReg::Ss] {
-        s.seg[r as usize] = data;
+    // Null data segments, usable in 64-bit mode.
+    for r in [SegReg::Ds, SegReg::Es, SegReg::Fs, SegReg::Gs] {
+        s.seg[r as usize] = Segment {
+            selector: 0,
+            ..s.seg[r as usize]
+        };
     }
     s.cr0 |= cr0::AM;
     cpu.flush_tlb();
