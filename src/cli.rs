@@ -318,8 +318,10 @@ Exit status:
   v        the guest wrote v to the debug-exit port 0xf4 (low 8 bits; (v<<1)|1 with --exit-code qemu)
   0        the guest reset the machine or powered it off (ACPI S5); stderr says which
   1        reprise error: bad options, unreadable or invalid image, serial output failed
+  123      the guest halted the machine: every vCPU halted with interrupts off (Linux halt, poweroff without ACPI)
   124      --max-instructions reached
   125      the guest crashed: triple fault, unimplemented instruction, all vCPUs halted
+  130      interrupted (SIGINT/SIGTERM, Ctrl-C); `record` seals the recording at that point
 
 With --kernel, the machine is a PC: local APICs, IOAPIC, 8259s, 8254 PIT, CMOS RTC, ACPI tables (MADT, FADT with S5 power-off and a reset register), fw_cfg. A bzImage is booted through the Linux 64-bit boot protocol (--initrd FILE, --append CMDLINE); a multiboot kernel is entered in 32-bit protected mode with its information block (--initrd \"FILE ARGS,FILE ARGS\" gives its modules, as QEMU's -initrd does).";
 
@@ -464,7 +466,8 @@ pub struct InfoArgs {
 pub enum ClockArg {
     /// Virtual time derived from instruction counts (deterministic, nothing logged).
     Virtual,
-    /// Host-paced timer events (not supported yet).
+    /// Time follows the host's clock (sampled and logged), so an idle guest waits in real
+    /// time; recordings still replay exactly.
     Host,
 }
 
@@ -491,8 +494,8 @@ pub struct MachineArgs {
     #[arg(long, value_enum, default_value_t = ExitCodeArg::Plain, value_name = "STYLE")]
     pub exit_code: ExitCodeArg,
 
-    /// Where time comes from: `virtual` (from instruction counts) or `host` (not supported
-    /// yet).
+    /// Where time comes from: `virtual` (from instruction counts) or `host` (the host's
+    /// monotonic clock, sampled at quantum starts and logged by `record`).
     #[arg(long, value_enum, default_value_t = ClockArg::Virtual, value_name = "CLOCK")]
     pub clock: ClockArg,
 

@@ -1,34 +1,40 @@
-//! Ctrl-C: the long commands (`replay`, `checkpoint`, `seek`, `bisect`) stop cleanly at the
-//! next point where the files they write are complete, say where, and exit with
-//! [`crate::status::INTERRUPTED`].
-//!
-//! The handler only sets a flag (the one thing a signal handler may safely do); the work
-//! loops look at it between slices of instructions.
+//! Ctrl-C for every long command: SIGINT and SIGTERM set one process-wide stop flag
+//! ([`reprise_replay::control`]); `run` and `record` poll it at quantum starts through the
+//! input seam, replays and analyses between slices of instructions, so each stops at a clean
+//! instruction boundary with the files it writes complete, says where, and exits with
+//! [`crate::status::INTERRUPTED`]. A second signal while the first is being handled ends the
+//! process at once, for a machine that never reaches a stopping point.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use reprise_replay::control;
 
-extern "C" fn on_sigint(_sig: libc::c_int) {
-    control::request_stop();
+extern "C" fn on_signal(_signal: libc::c_int) {
+    // Only async-signal-safe work here: an atomic swap and, the second time, _exit.
+    if control::stop_flag().swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe and ends the process without unwinding.
+        unsafe { libc::_exit(crate::status::INTERRUPTED) };
+    }
 }
 
-/// Catch SIGINT from now on: a first Ctrl-C asks replays to stop ([`control::request_stop`]); the handler is then reset to the
-/// default, so a second Ctrl-C kills the process as usual.
+/// Install the handler for SIGINT and SIGTERM; returns the flag it sets. Failing to
+/// install it only means Ctrl-C kills the process the default way.
 pub fn install() -> &'static AtomicBool {
-    // SAFETY: sigaction with a handler that only stores to an atomic (async-signal-safe);
-    // SA_RESETHAND restores the default action after the first signal.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as usize;
-        sa.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is valid; we fill in the handler and an empty mask,
+        // and `on_signal` is an `extern "C" fn(c_int)` that does only signal-safe work.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
     }
     control::stop_flag()
 }
 
-/// Whether Ctrl-C was pressed.
+/// Whether a signal asked the command to stop.
 pub fn requested() -> bool {
     control::stop_requested()
 }

@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -26,25 +25,6 @@ use reprise_trace::tracer::{Sink, Tracer};
 
 use crate::cli::MscanArgs;
 use crate::status;
-
-/// Exit status after Ctrl-C (128 + SIGINT, as shells report it).
-const INTERRUPTED: i32 = 130;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// Ctrl-C sets [`STOP`]; the replay or the trace reader notices it, and the report of what
-/// was analysed so far is printed.
-fn catch_ctrl_c() {
-    let handler: extern "C" fn(libc::c_int) = on_sigint;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-    }
-}
 
 /// Run the command; returns the process exit status.
 pub fn mscan(args: &MscanArgs) -> i32 {
@@ -142,7 +122,7 @@ fn mscan_inner(args: &MscanArgs) -> anyhow::Result<i32> {
     for path in &args.symbols {
         symbols.merge(SymbolTable::from_elf(path)?);
     }
-    catch_ctrl_c();
+    crate::interrupt::install();
     if args.source.join(MANIFEST_FILE).is_file() {
         live(args, info, symbols)
     } else if args.source.is_file() {
@@ -192,7 +172,7 @@ impl<O: Observer> Observer for Watch<'_, O> {
         if global >= self.next {
             self.next = global.saturating_add(self.step);
             self.bar.set_position(global);
-            if STOP.load(Ordering::Relaxed) {
+            if crate::interrupt::requested() {
                 self.bar.abandon();
                 (self.on_stop)(global);
             }
@@ -291,7 +271,7 @@ fn live(
             if let Err(e) = emit(args, &r) {
                 eprintln!("reprise: {e:#}");
             }
-            std::process::exit(INTERRUPTED);
+            std::process::exit(status::INTERRUPTED);
         }),
     };
     let setup = ReplaySetup {
@@ -408,7 +388,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         &mut scanner,
         |n, pos| {
             bar.set_position(n);
-            if STOP.load(Ordering::Relaxed) {
+            if crate::interrupt::requested() {
                 stopped_at = Some(pos);
                 return false;
             }
@@ -422,7 +402,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         eprintln!(
             "reprise: interrupted at instruction {at}; the report covers the trace up to there"
         );
-        code = INTERRUPTED;
+        code = status::INTERRUPTED;
     } else if reader.ending() != &reprise_record::container::Ending::Complete {
         eprintln!(
             "reprise: {} is incomplete (no trailer): the report covers its intact part",

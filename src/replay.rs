@@ -135,5 +135,13 @@ pub fn outcome_status(o: &Outcome, tell: bool) -> i32 {
             say("the recorded run was stopped by its recorder".into());
             status::ERROR
         }
+        Outcome::Halted(s) => {
+            say(s.clone());
+            status::HALTED
+        }
+        Outcome::Interrupted { .. } => {
+            say("the recorded run was interrupted (Ctrl-C); replayed up to there".into());
+            status::INTERRUPTED
+        }
     }
 }

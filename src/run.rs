@@ -29,7 +29,7 @@ fn run_inner(args: &RunArgs) -> anyhow::Result<i32> {
     let stdout = BufWriter::with_capacity(1 << 16, std::io::stdout());
     // Behind `Box<dyn Inputs>`, as `record` and `replay` have theirs: the three commands
     // run the very same compiled machine loop.
-    let inputs: Box<dyn Inputs> = Box::new(HostInputs::new(!args.machine.no_stdin));
+    let inputs: Box<dyn Inputs> = Box::new(host_inputs(&args.machine));
     let mut machine = Machine::new(config, inputs, Box::new(stdout))
         .map_err(|e| option_error(&args.machine, e))?;
     match (&args.boot.kernel, &args.boot.image) {
@@ -56,17 +56,29 @@ fn run_inner(args: &RunArgs) -> anyhow::Result<i32> {
     if args.summary {
         eprintln!("reprise: {}", summary(&result, wall.as_secs_f64()));
     }
+    if result.outcome == RunOutcome::InputsStopped && crate::interrupt::requested() {
+        let at = machine.state().scheduler.current;
+        eprintln!(
+            "reprise: interrupted at instruction {} (cpu {at})",
+            result.total()
+        );
+        return Ok(status::INTERRUPTED);
+    }
     Ok(report(&result, limit))
 }
 
-/// The machine configuration of the options, checked (each bad option named), and with
-/// `--clock host` refused (host-paced timers are not supported yet).
-pub fn machine_config(m: &MachineArgs) -> anyhow::Result<MachineConfig> {
-    if m.clock == ClockArg::Host {
-        anyhow::bail!(
-            "--clock host: host-paced timer events are not supported yet; use --clock virtual"
-        );
+/// The host's inputs for `run` and `record`: stdin unless `--no-stdin`, the host clock
+/// under `--clock host`, and Ctrl-C (SIGINT/SIGTERM) stopping the run at a quantum start.
+pub fn host_inputs(m: &MachineArgs) -> HostInputs {
+    let inputs = HostInputs::new(!m.no_stdin).with_interrupt(crate::interrupt::install());
+    match m.clock {
+        ClockArg::Host => inputs.with_host_clock(),
+        ClockArg::Virtual => inputs,
     }
+}
+
+/// The machine configuration of the options, checked (each bad option named).
+pub fn machine_config(m: &MachineArgs) -> anyhow::Result<MachineConfig> {
     let config = MachineConfig {
         cpus: m.cpus,
         ram_bytes: m.mem,
@@ -113,6 +125,10 @@ pub fn report(result: &RunResult, limit: u64) -> i32 {
         RunOutcome::Stopped(reason) => {
             eprintln!("reprise: guest stopped: {reason}");
             status::CRASH
+        }
+        RunOutcome::AllHalted(h) if h.interrupts_off() => {
+            eprintln!("reprise: {h}");
+            status::HALTED
         }
         RunOutcome::AllHalted(h) => {
             eprintln!("reprise: guest stopped: {h}");

@@ -18,9 +18,19 @@
 //! when a replayer finds a divergence or reaches the end of its log). Both cost nothing
 //! when unused: `run` has no sync points.
 //!
-//! Host timer events (`--clock host`) are not here yet: the machine has no timer device to
-//! deliver them to. They will be one more polled method, asked at the same boundaries as
-//! serial input and logged the same way.
+//! Host time (`--clock host`): when [`Inputs::host_clock`] says so, the machine's time base
+//! follows the host's monotonic clock instead of instruction counts alone. The machine asks
+//! [`Inputs::host_time`] at fixed, instruction-count-determined points (see
+//! `machine.rs`: a quantum start of a running CPU once [`HOST_SAMPLE_INSTRUCTIONS`] have
+//! passed since the last sample, and after every idle wait), and moves virtual time forward
+//! to the answer; between samples time still advances with instructions. When every CPU is
+//! halted it calls [`Inputs::idle_until`] so the host can sleep until the next timer
+//! deadline. A recorder logs each answer with its position and a replayer returns it at the
+//! same position (and does not sleep), so the recording replays exactly.
+//!
+//! Interruption (Ctrl-C): [`Inputs::interrupted`] is polled at the same quantum starts; a
+//! `true` stops the machine there ([`crate::RunOutcome::InputsStopped`]). A recorder logs
+//! the position as the end of the run; a replayer answers `true` at exactly that position.
 //!
 //! Implementations:
 //! - [`HostInputs`] for `reprise run`: the host's randomness, clock and stdin;
@@ -30,7 +40,9 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,10 +60,16 @@ pub struct Position {
     pub cpu: u32,
 }
 
+/// Under `--clock host`, the fewest instructions (of all CPUs together) between two host
+/// time samples taken at quantum starts. Between samples virtual time advances one
+/// nanosecond per instruction, and at a sample it jumps forward to the host's time, so
+/// this bounds how late a timer can fire (about 1 ms of host time at 100 MIPS) and sets
+/// the log's size (one record per sample: about a thousand per second at 100 MIPS).
+pub const HOST_SAMPLE_INSTRUCTIONS: u64 = 100_000;
+
 /// Every nondeterministic value the machine consumes.
 ///
 /// Keep this trait small: each method is a kind of record in the input log.
-/// Host timer events (`--clock host`) will be added as one more polled method.
 ///
 /// The machine calls these only from its own loop, at instruction boundaries it chooses,
 /// so the same guest with the same answers asks the same questions at the same positions.
@@ -85,6 +103,31 @@ pub trait Inputs {
     fn stop_requested(&self) -> bool {
         false
     }
+
+    /// Whether time follows the host clock (`--clock host`) rather than instruction counts
+    /// alone. Asked once per run.
+    fn host_clock(&self) -> bool {
+        false
+    }
+
+    /// Host time at `at`: nanoseconds on the host's monotonic clock since the inputs were
+    /// made. Asked only when [`Inputs::host_clock`] is true, at the points listed in the
+    /// module documentation.
+    fn host_time(&mut self, _at: Position) -> u64 {
+        0
+    }
+
+    /// Every CPU is halted and the next timer event is at `until_ns` (host time, as
+    /// [`Inputs::host_time`] counts it): wait for it, or less if serial input arrives or
+    /// the run is interrupted. Only under [`Inputs::host_clock`]; a replayer returns at once.
+    fn idle_until(&mut self, _until_ns: u64) {}
+
+    /// Whether the user interrupted the run (Ctrl-C): polled at every quantum start of a
+    /// running CPU (and after idle waits); `true` ends the run there with
+    /// [`crate::RunOutcome::InputsStopped`].
+    fn interrupted(&mut self, _at: Position) -> bool {
+        false
+    }
 }
 
 impl<T: Inputs + ?Sized> Inputs for Box<T> {
@@ -105,6 +148,18 @@ impl<T: Inputs + ?Sized> Inputs for Box<T> {
     }
     fn stop_requested(&self) -> bool {
         (**self).stop_requested()
+    }
+    fn host_clock(&self) -> bool {
+        (**self).host_clock()
+    }
+    fn host_time(&mut self, at: Position) -> u64 {
+        (**self).host_time(at)
+    }
+    fn idle_until(&mut self, until_ns: u64) {
+        (**self).idle_until(until_ns)
+    }
+    fn interrupted(&mut self, at: Position) -> bool {
+        (**self).interrupted(at)
     }
 }
 
@@ -129,6 +184,18 @@ impl<T: Inputs + ?Sized> Inputs for std::rc::Rc<std::cell::RefCell<T>> {
     fn stop_requested(&self) -> bool {
         self.borrow().stop_requested()
     }
+    fn host_clock(&self) -> bool {
+        self.borrow().host_clock()
+    }
+    fn host_time(&mut self, at: Position) -> u64 {
+        self.borrow_mut().host_time(at)
+    }
+    fn idle_until(&mut self, until_ns: u64) {
+        self.borrow_mut().idle_until(until_ns)
+    }
+    fn interrupted(&mut self, at: Position) -> bool {
+        self.borrow_mut().interrupted(at)
+    }
 }
 
 /// The host's inputs, for `reprise run`: random numbers from the host (RDRAND when the host
@@ -136,9 +203,25 @@ impl<T: Inputs + ?Sized> Inputs for std::rc::Rc<std::cell::RefCell<T>> {
 pub struct HostInputs {
     /// Bytes from the stdin reader thread; `None` when serial input is disabled.
     stdin: Option<Receiver<u8>>,
+    /// A byte that arrived while [`Inputs::idle_until`] waited, not yet handed over.
+    pending: Option<u8>,
     /// `/dev/urandom`, opened on first use when the host has no RDRAND.
     urandom: Option<std::fs::File>,
+    /// `--clock host`: where host time 0 is.
+    clock_start: Option<Instant>,
+    /// Set (by a signal handler, say) when the user wants the run to stop.
+    interrupt: Option<&'static AtomicBool>,
+    /// Told the global instruction count now and then (a progress display).
+    progress: Option<Box<dyn FnMut(u64)>>,
+    /// The count from which `progress` is told again.
+    next_progress: u64,
 }
+
+/// Instructions between two calls of a [`HostInputs::with_progress`] callback.
+const PROGRESS_EVERY: u64 = 1 << 24;
+
+/// The longest [`HostInputs::idle_until`] sleeps before looking at the interrupt flag again.
+const IDLE_SLICE: Duration = Duration::from_millis(20);
 
 impl HostInputs {
     /// Host inputs; when `read_stdin` is true, a background thread reads stdin and hands its
@@ -176,8 +259,43 @@ impl HostInputs {
         });
         HostInputs {
             stdin,
+            pending: None,
             urandom: None,
+            clock_start: None,
+            interrupt: None,
+            progress: None,
+            next_progress: 0,
         }
+    }
+
+    /// Call `progress` with the global instruction count every few million instructions
+    /// (at quantum starts). It sees nothing the guest does and changes nothing.
+    pub fn with_progress(mut self, progress: Box<dyn FnMut(u64)>) -> HostInputs {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Pace time with the host's monotonic clock (`--clock host`), counted from now.
+    pub fn with_host_clock(mut self) -> HostInputs {
+        self.clock_start = Some(Instant::now());
+        self
+    }
+
+    /// Stop the run at the next quantum start once `flag` is set (by a SIGINT handler).
+    pub fn with_interrupt(mut self, flag: &'static AtomicBool) -> HostInputs {
+        self.interrupt = Some(flag);
+        self
+    }
+
+    fn interrupt_set(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    fn host_ns(&self) -> u64 {
+        self.clock_start
+            .map_or(0, |s| s.elapsed().as_nanos().min(u64::MAX as u128) as u64)
     }
 
     fn host_random(&mut self) -> Option<u64> {
@@ -211,6 +329,9 @@ impl Inputs for HostInputs {
     }
 
     fn serial_input(&mut self, _at: Position) -> Option<u8> {
+        if let Some(b) = self.pending.take() {
+            return Some(b);
+        }
         let rx = self.stdin.as_ref()?;
         match rx.try_recv() {
             Ok(b) => Some(b),
@@ -221,6 +342,42 @@ impl Inputs for HostInputs {
                 None
             }
         }
+    }
+
+    fn host_clock(&self) -> bool {
+        self.clock_start.is_some()
+    }
+
+    fn host_time(&mut self, _at: Position) -> u64 {
+        self.host_ns()
+    }
+
+    fn idle_until(&mut self, until_ns: u64) {
+        // Sleep in short slices so that Ctrl-C is seen promptly; a byte on stdin ends the
+        // wait (the machine polls the serial port right after).
+        while self.pending.is_none() && !self.interrupt_set() {
+            let now = self.host_ns();
+            if now >= until_ns {
+                return;
+            }
+            let wait = Duration::from_nanos(until_ns - now).min(IDLE_SLICE);
+            match self.stdin.as_ref().map(|rx| rx.recv_timeout(wait)) {
+                Some(Ok(b)) => self.pending = Some(b),
+                Some(Err(RecvTimeoutError::Timeout)) => {}
+                Some(Err(RecvTimeoutError::Disconnected)) => self.stdin = None,
+                None => std::thread::sleep(wait),
+            }
+        }
+    }
+
+    fn interrupted(&mut self, at: Position) -> bool {
+        if at.instructions >= self.next_progress {
+            if let Some(p) = self.progress.as_mut() {
+                p(at.instructions);
+            }
+            self.next_progress = at.instructions.saturating_add(PROGRESS_EVERY);
+        }
+        self.interrupt_set()
     }
 }
 
@@ -244,6 +401,16 @@ pub struct ScriptedInputs {
     pub sync_log: Vec<(Position, Vec<(u64, u64)>)>,
     /// Ask the machine to stop once this many sync points have been seen.
     pub stop_after_syncs: Option<usize>,
+    /// A simulated host clock (`--clock host`): when set, each [`Inputs::host_time`]
+    /// answer is the previous one plus this many nanoseconds, and [`Inputs::idle_until`]
+    /// moves it straight to the deadline.
+    pub host_step_ns: Option<u64>,
+    /// The simulated host clock's current value.
+    pub host_now_ns: u64,
+    /// Every host time sample: where, and the answer.
+    pub host_log: Vec<(Position, u64)>,
+    /// Report an interruption at the first poll at or after this global count.
+    pub interrupt_at: Option<u64>,
 }
 
 impl ScriptedInputs {
@@ -273,6 +440,18 @@ impl ScriptedInputs {
     /// Ask for a sync point every `n` instructions.
     pub fn with_sync_every(mut self, n: u64) -> ScriptedInputs {
         self.sync_every = Some(n);
+        self
+    }
+
+    /// Simulate `--clock host` with a host clock advancing `step_ns` per sample.
+    pub fn with_host_clock(mut self, step_ns: u64) -> ScriptedInputs {
+        self.host_step_ns = Some(step_ns);
+        self
+    }
+
+    /// Interrupt the run at the first quantum start at or after global count `at`.
+    pub fn with_interrupt_at(mut self, at: u64) -> ScriptedInputs {
+        self.interrupt_at = Some(at);
         self
     }
 }
@@ -314,6 +493,26 @@ impl Inputs for ScriptedInputs {
     fn stop_requested(&self) -> bool {
         self.stop_after_syncs
             .is_some_and(|n| self.sync_log.len() >= n)
+    }
+
+    fn host_clock(&self) -> bool {
+        self.host_step_ns.is_some()
+    }
+
+    fn host_time(&mut self, at: Position) -> u64 {
+        self.host_now_ns = self
+            .host_now_ns
+            .saturating_add(self.host_step_ns.unwrap_or(0));
+        self.host_log.push((at, self.host_now_ns));
+        self.host_now_ns
+    }
+
+    fn idle_until(&mut self, until_ns: u64) {
+        self.host_now_ns = self.host_now_ns.max(until_ns);
+    }
+
+    fn interrupted(&mut self, at: Position) -> bool {
+        self.interrupt_at.is_some_and(|n| at.instructions >= n)
     }
 }
 

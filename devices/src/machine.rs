@@ -39,7 +39,7 @@ use reprise_cpu::{
 use serde::{Deserialize, Serialize};
 
 use crate::debug_exit::{DebugExit, ExitCodeStyle, ExitRequest, DEBUG_EXIT_PORT};
-use crate::inputs::{Inputs, Position};
+use crate::inputs::{Inputs, Position, HOST_SAMPLE_INSTRUCTIONS};
 use crate::lapic::apic_base;
 use crate::platform::{CpuEvent, Platform, PlatformExit, PlatformState};
 use crate::ram::{GuestRam, RamError};
@@ -146,8 +146,12 @@ pub struct SchedulerState {
     /// Instructions it has already run in its current quantum.
     pub used: u64,
     /// Virtual nanoseconds added to instruction-derived time by idle skips (when every CPU
-    /// was halted, time jumped to the next timer deadline).
+    /// was halted, time jumped to the next timer deadline) and, under `--clock host`, by
+    /// host time samples.
     pub skipped_ns: u64,
+    /// Under `--clock host`: the global instruction count from which the next quantum
+    /// start takes a host time sample.
+    pub next_host_sample: u64,
 }
 
 /// Every piece of machine state except RAM, as one plain serde struct.
@@ -222,9 +226,29 @@ pub struct AllHalted {
     pub cpus: Vec<(u64, bool)>,
 }
 
+impl AllHalted {
+    /// Whether every CPU halted with interrupts disabled: the guest halted the machine for
+    /// good on purpose. Linux's `halt`, and `poweroff` on a machine it cannot power off
+    /// (no ACPI: `acpi=off`), end with "reboot: System halted" and every CPU in
+    /// `cli; hlt`; so do many small kernels when they are done. A real PC would stay in
+    /// that state forever (nothing but an NMI, INIT or reset can wake it, and every CPU
+    /// that could send one is halted), so the machine ends the run — reported as a halt,
+    /// not as a crash.
+    pub fn interrupts_off(&self) -> bool {
+        self.cpus.iter().all(|&(_, on)| !on)
+    }
+}
+
 impl std::fmt::Display for AllHalted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "all vCPUs halted with nothing to wake them")?;
+        if self.interrupts_off() {
+            write!(
+                f,
+                "the guest halted the machine (every vCPU halted with interrupts disabled and nothing pending)"
+            )?;
+        } else {
+            write!(f, "all vCPUs halted with nothing to wake them")?;
+        }
         const SHOWN: usize = 8;
         for (k, (rip, intr)) in self.cpus.iter().take(SHOWN).enumerate() {
             let sep = if k == 0 { ": " } else { "; " };
@@ -277,6 +301,8 @@ struct Board<I: Inputs> {
     /// That CPU's own retired count when its slice began.
     slice_retired: u64,
     skipped_ns: u64,
+    /// `--clock host`: time follows the input seam's host time samples.
+    host_clock: bool,
 }
 
 impl<I: Inputs> Board<I> {
@@ -514,6 +540,7 @@ impl<I: Inputs> Machine<I> {
                 slice_global: 0,
                 slice_retired: 0,
                 skipped_ns: 0,
+                host_clock: false,
             },
             cpus,
             config,
@@ -624,6 +651,7 @@ impl<I: Inputs> Machine<I> {
             Some(k) => (global / k).saturating_add(1).saturating_mul(k),
             None => u64::MAX,
         };
+        self.board.host_clock = self.board.inputs.host_clock();
         // CPUs found halted (with nothing to wake them) in a row; when all are, time jumps.
         let mut halted_in_a_row = 0usize;
         // Time jumps in a row that woke nobody: a bound against timers that fire forever
@@ -645,9 +673,15 @@ impl<I: Inputs> Machine<I> {
             if global >= limit {
                 return RunOutcome::InstructionLimit;
             }
+            let i = self.sched.current as usize % n;
+            if self.sched.used == 0
+                && !self.cpus[i].state.halted
+                && self.quantum_start(global, i as u32, false)
+            {
+                return RunOutcome::InputsStopped;
+            }
             let now = self.now(global);
             self.board.platform.advance(now);
-            let i = self.sched.current as usize % n;
             if self.sched.used == 0 && !self.cpus[i].state.halted {
                 self.poll_inputs(global, i as u32);
                 if self.board.inputs.stop_requested() {
@@ -671,7 +705,13 @@ impl<I: Inputs> Machine<I> {
                     });
                     match self.board.platform.next_deadline() {
                         Some(d) if wakeable && idle_jumps < MAX_IDLE_JUMPS => {
-                            self.board.skipped_ns += d.saturating_sub(now);
+                            if self.board.host_clock {
+                                if self.idle_host(d, global, i as u32) {
+                                    return RunOutcome::InputsStopped;
+                                }
+                            } else {
+                                self.board.skipped_ns += d.saturating_sub(now);
+                            }
                             halted_in_a_row = 0;
                             idle_jumps += 1;
                             continue;
@@ -794,6 +834,37 @@ impl<I: Inputs> Machine<I> {
         self.board.platform.take_touched();
         self.board.exit_pending = self.board.end_request.is_some();
         Ok(())
+    }
+
+    /// At the start of a running CPU's quantum (and after an idle wait, with `force`): take
+    /// a host time sample if one is due (`--clock host`), then ask whether the run was
+    /// interrupted. Both happen at positions fixed by instruction counts, so a replay asks
+    /// the same questions at the same points. Returns whether the run must stop.
+    fn quantum_start(&mut self, global: u64, cpu: u32, force: bool) -> bool {
+        let at = Position {
+            instructions: global,
+            cpu,
+        };
+        if self.board.host_clock && (force || global >= self.sched.next_host_sample) {
+            let host = self.board.inputs.host_time(at);
+            // Time only moves forward: if instructions ran ahead of the host, keep theirs.
+            let now = self.now(global);
+            self.board.skipped_ns = self.board.skipped_ns.wrapping_add(host.saturating_sub(now));
+            self.sched.next_host_sample = global.saturating_add(HOST_SAMPLE_INSTRUCTIONS);
+        }
+        self.board.inputs.interrupted(at) || self.board.inputs.stop_requested()
+    }
+
+    /// `--clock host` with every CPU halted: sleep in host time until the next deadline
+    /// (or until input arrives), then sample the host clock and look for serial input at
+    /// this same position. Returns whether the run must stop.
+    fn idle_host(&mut self, deadline: u64, global: u64, cpu: u32) -> bool {
+        self.board.inputs.idle_until(deadline);
+        if self.quantum_start(global, cpu, true) {
+            return true;
+        }
+        self.poll_inputs(global, cpu);
+        self.board.inputs.stop_requested()
     }
 
     fn next_cpu(&mut self) {

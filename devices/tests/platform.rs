@@ -293,3 +293,292 @@ fn multiboot_kernel_reads_fw_cfg() {
     assert_eq!(r.retired[1], 0);
     assert_eq!(r.retired[2], 0);
 }
+
+/// The periodic-timer guest of `lapic_timer_wakes_a_halted_cpu_and_idle_time_jumps`, with
+/// `ticks` crystal ticks (25 MHz) per period and `n` periods.
+fn periodic_sleeper(ticks: u32, n: u32) -> Vec<u8> {
+    bare_image(|a| {
+        let mut handler = a.create_label();
+        set_gate(a, 0x40, handler)?;
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        a.mov(dword_ptr(rbx + 0x3e0), 0xbu32)?;
+        a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?;
+        a.mov(dword_ptr(rbx + 0x380), ticks)?;
+        wait_for_interrupts(a, n)?;
+        a.set_label(&mut handler)?;
+        a.push(rdi)?;
+        a.push(rbx)?;
+        a.mov(rdi, COUNTER)?;
+        a.inc(qword_ptr(rdi))?;
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xb0), 0u32)?;
+        a.pop(rbx)?;
+        a.pop(rdi)?;
+        a.iretq()
+    })
+}
+
+#[test]
+fn host_clock_samples_are_taken_at_fixed_positions_and_drive_time() {
+    // A loop of 600k instructions then two 1 s sleeps: the samples fall at quantum starts
+    // at least HOST_SAMPLE_INSTRUCTIONS apart, and after each idle wait.
+    let elf = bare_image(|a| {
+        let mut lp = a.create_label();
+        let mut handler = a.create_label();
+        set_gate(a, 0x40, handler)?;
+        a.mov(ecx, 300_000u32)?;
+        a.set_label(&mut lp)?;
+        a.dec(ecx)?;
+        a.jnz(lp)?;
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        a.mov(dword_ptr(rbx + 0x3e0), 0xbu32)?;
+        a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?;
+        a.mov(dword_ptr(rbx + 0x380), 25_000_000u32)?; // 1 s
+        wait_for_interrupts(a, 2)?;
+        a.set_label(&mut handler)?;
+        a.push(rdi)?;
+        a.mov(rdi, COUNTER)?;
+        a.inc(qword_ptr(rdi))?;
+        a.mov(rdi, LAPIC)?;
+        a.mov(dword_ptr(rdi + 0xb0), 0u32)?;
+        a.pop(rdi)?;
+        a.iretq()
+    });
+    let run = |step: u64| {
+        let mut m = Machine::new(
+            MachineConfig::new(1, 8 * MIB),
+            ScriptedInputs::new().with_host_clock(step),
+            Box::new(std::io::sink()),
+        )
+        .unwrap();
+        bare::load(&mut m, "host.elf", &elf).unwrap();
+        let r = m.run(10_000_000);
+        assert_eq!(r.outcome, RunOutcome::Exit(exit(2)), "{:?}", r.outcome);
+        let log = m.inputs().host_log.clone();
+        (m.state_hash(), log, m.state().scheduler.skipped_ns)
+    };
+    let (h1, log1, skipped) = run(5_000_000);
+    // 600k instructions of loop: a sample at 0 then one every 100,000; then one after
+    // each of the two idle waits.
+    assert!(log1.len() >= 9, "{}", log1.len());
+    for w in log1.windows(2) {
+        assert!(w[1].1 > w[0].1);
+    }
+    let loop_samples: Vec<_> = log1
+        .iter()
+        .filter(|(p, _)| p.instructions < 600_000)
+        .collect();
+    for w in loop_samples.windows(2) {
+        assert!(w[1].0.instructions - w[0].0.instructions >= 100_000);
+        assert!(
+            w[1].0.instructions % 10_000 == 0,
+            "samples at quantum starts"
+        );
+    }
+    // Time followed the (fast) simulated host clock: 5 ms per sample.
+    assert!(loop_samples.len() >= 6, "{log1:?}");
+    assert!(skipped >= 6 * 5_000_000, "{skipped}");
+    // Same answers, same run.
+    let (h2, log2, _) = run(5_000_000);
+    assert_eq!(h1, h2);
+    assert_eq!(log1, log2);
+    // Different host time, different machine.
+    let (h3, _, _) = run(7_000_000);
+    assert_ne!(h1, h3);
+}
+
+fn exit(value: u32) -> reprise_devices::debug_exit::ExitRequest {
+    reprise_devices::debug_exit::ExitRequest {
+        value,
+        status: value,
+    }
+}
+
+#[test]
+fn a_halted_guest_sleeps_in_host_time_under_the_host_clock() {
+    // Three periods of 50 ms: 150 ms of host time, a few hundred instructions.
+    let elf = periodic_sleeper(1_250_000, 3);
+    let mut m = Machine::new(
+        MachineConfig::new(1, 8 * MIB),
+        reprise_devices::HostInputs::new(false).with_host_clock(),
+        Box::new(std::io::sink()),
+    )
+    .unwrap();
+    bare::load(&mut m, "sleep.elf", &elf).unwrap();
+    let started = std::time::Instant::now();
+    let r = m.run(1_000_000);
+    let took = started.elapsed();
+    assert!(
+        matches!(r.outcome, RunOutcome::Exit(e) if e.value == 3),
+        "{:?}",
+        r.outcome
+    );
+    assert!(took >= std::time::Duration::from_millis(150), "{took:?}");
+    assert!(r.total() < 2_000, "{}", r.total());
+}
+
+#[test]
+fn an_interruption_stops_the_run_at_a_quantum_start() {
+    let elf = bare_image(|a| {
+        let mut lp = a.create_label();
+        a.set_label(&mut lp)?;
+        a.jmp(lp)
+    });
+    let mut m = Machine::new(
+        MachineConfig::new(2, 8 * MIB),
+        ScriptedInputs::new().with_interrupt_at(123_456),
+        Box::new(std::io::sink()),
+    )
+    .unwrap();
+    bare::load(&mut m, "spin.elf", &elf).unwrap();
+    let r = m.run(u64::MAX);
+    assert_eq!(r.outcome, RunOutcome::InputsStopped);
+    // The first quantum start at or after 123,456 (quanta of 10,000 instructions).
+    assert_eq!(r.total(), 130_000);
+    assert_eq!(m.state().scheduler.used, 0);
+}
+
+#[test]
+fn cr8_is_the_local_apic_task_priority() {
+    let elf = bare_image(|a| {
+        a.mov(rbx, LAPIC)?;
+        a.mov(eax, 5u32)?;
+        a.mov(cr8, rax)?;
+        a.mov(r8d, dword_ptr(rbx + 0x80))?; // TPR after MOV CR8: 0x50
+        a.mov(dword_ptr(rbx + 0x80), 0xa7u32)?;
+        a.mov(r9, cr8)?; // CR8 after a TPR write: 0xa
+        a.hlt()
+    });
+    let mut m = machine(1);
+    bare::load(&mut m, "cr8.elf", &elf).unwrap();
+    m.run(1000);
+    let s = &m.cpus()[0].state;
+    assert_eq!(s.gpr[8], 0x50);
+    assert_eq!(s.gpr[9], 0xa);
+}
+
+#[test]
+fn cr8_masks_interrupts_of_lower_priority() {
+    // TPR class 5 (CR8 = 5) holds back vector 0x40 (class 4) until CR8 drops to 0.
+    let elf = bare_image(|a| {
+        let mut handler = a.create_label();
+        set_gate(a, 0x40, handler)?;
+        a.mov(eax, 5u32)?;
+        a.mov(cr8, rax)?;
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        a.mov(dword_ptr(rbx + 0x300), 0x4_4040u32)?; // self IPI, vector 0x40
+        a.sti()?;
+        a.nop()?;
+        a.nop()?;
+        a.mov(rdi, COUNTER)?;
+        a.mov(r10, qword_ptr(rdi))?; // still 0: masked by CR8
+        a.xor(eax, eax)?;
+        a.mov(cr8, rax)?;
+        a.nop()?;
+        a.nop()?;
+        a.mov(r11, qword_ptr(rdi))?; // 1: delivered once CR8 dropped
+        a.cli()?;
+        a.hlt()?;
+        a.set_label(&mut handler)?;
+        a.push(rdi)?;
+        a.mov(rdi, COUNTER)?;
+        a.inc(qword_ptr(rdi))?;
+        a.mov(rdi, LAPIC)?;
+        a.mov(dword_ptr(rdi + 0xb0), 0u32)?;
+        a.pop(rdi)?;
+        a.iretq()
+    });
+    let mut m = machine(1);
+    bare::load(&mut m, "cr8irq.elf", &elf).unwrap();
+    m.run(10_000);
+    let s = &m.cpus()[0].state;
+    assert_eq!(s.gpr[10], 0);
+    assert_eq!(s.gpr[11], 1);
+}
+
+#[test]
+fn the_tsc_deadline_counts_in_the_cpus_own_tsc() {
+    // Move this CPU's TSC far ahead (WRMSR IA32_TSC), then arm a deadline 100 µs ahead of
+    // it: the CPU must wake after 100 µs of virtual time, not never.
+    let elf = bare_image(|a| {
+        let mut handler = a.create_label();
+        set_gate(a, 0x40, handler)?;
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        a.mov(dword_ptr(rbx + 0x320), 0x4_0040u32)?; // TSC-deadline mode, vector 0x40
+        a.mov(ecx, 0x10u32)?; // IA32_TSC
+        a.mov(edx, 0x1000u32)?; // 0x1000_0000_0000
+        a.xor(eax, eax)?;
+        a.wrmsr()?;
+        a.rdtsc()?;
+        a.shl(rdx, 32u32)?;
+        a.or(rax, rdx)?;
+        a.add(rax, 100_000i32)?;
+        a.mov(rdx, rax)?;
+        a.shr(rdx, 32u32)?;
+        a.mov(ecx, 0x6e0u32)?;
+        a.wrmsr()?;
+        a.rdmsr()?; // reads back this CPU's value
+        a.shl(rdx, 32u32)?;
+        a.or(rax, rdx)?;
+        a.mov(r12, rax)?;
+        wait_for_interrupts(a, 1)?;
+        a.set_label(&mut handler)?;
+        a.push(rdi)?;
+        a.mov(rdi, COUNTER)?;
+        a.inc(qword_ptr(rdi))?;
+        a.mov(rdi, LAPIC)?;
+        a.mov(dword_ptr(rdi + 0xb0), 0u32)?;
+        a.pop(rdi)?;
+        a.iretq()
+    });
+    let mut m = machine(1);
+    bare::load(&mut m, "deadline.elf", &elf).unwrap();
+    let r = m.run(100_000);
+    assert!(
+        matches!(r.outcome, RunOutcome::Exit(e) if e.value == 1),
+        "{:?}",
+        r.outcome
+    );
+    let skipped = m.state().scheduler.skipped_ns;
+    assert!((90_000..110_000).contains(&skipped), "{skipped}");
+    assert!(
+        m.cpus()[0].state.gpr[12] >> 44 == 1,
+        "{:#x}",
+        m.cpus()[0].state.gpr[12]
+    );
+}
+
+#[test]
+fn every_cpu_halted_with_interrupts_off_is_a_deliberate_halt() {
+    let elf = bare_image(|a| {
+        a.cli()?;
+        a.hlt()
+    });
+    let mut m = machine(2);
+    bare::load(&mut m, "halt.elf", &elf).unwrap();
+    match m.run(1000).outcome {
+        RunOutcome::AllHalted(h) => {
+            assert!(h.interrupts_off());
+            assert!(
+                h.to_string().contains("the guest halted the machine"),
+                "{h}"
+            );
+        }
+        o => panic!("{o:?}"),
+    }
+    // With interrupts on and nothing to wake it, it is a hang, not a halt.
+    let elf = bare_image(|a| {
+        a.sti()?;
+        a.hlt()
+    });
+    let mut m = machine(1);
+    bare::load(&mut m, "hang.elf", &elf).unwrap();
+    match m.run(1000).outcome {
+        RunOutcome::AllHalted(h) => assert!(!h.interrupts_off()),
+        o => panic!("{o:?}"),
+    }
+}

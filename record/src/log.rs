@@ -10,6 +10,7 @@
 //! | [`Event::Random`] | each RDRAND/RDSEED | same position, same instruction |
 //! | [`Event::Serial`] | each byte delivered to the UART (at a quantum start) | the replay polls there |
 //! | [`Event::Sync`] | every `sync_every` instructions: every CPU's full register file | registers equal |
+//! | [`Event::HostTime`] | `--clock host` only: each host time sample (quantum starts at least `HOST_SAMPLE_INSTRUCTIONS` apart, and after each idle wait) | same position |
 //! | [`Event::End`] | once, last: how the run ended, the whole machine state, RAM hash, console hash | all equal |
 //!
 //! Sync records hold the *full* register file of every CPU rather than a hash: a divergence
@@ -96,6 +97,12 @@ pub enum Event {
     },
     /// The end of the run.
     End(Box<EndRecord>),
+    /// `--clock host`: the host's monotonic time (ns since the recording started) sampled
+    /// at this position.
+    HostTime {
+        /// The sampled time.
+        ns: u64,
+    },
 }
 
 impl Event {
@@ -107,6 +114,7 @@ impl Event {
             Event::Serial { .. } => "serial",
             Event::Sync { .. } => "sync",
             Event::End(_) => "end",
+            Event::HostTime { .. } => "host-time",
         }
     }
 }
@@ -132,6 +140,7 @@ impl std::fmt::Display for LogRecord {
             }
             Event::Sync { .. } => write!(f, "sync point {at}"),
             Event::End(e) => write!(f, "end of run ({}) {at}", e.outcome),
+            Event::HostTime { ns } => write!(f, "host time {ns} ns {at}"),
         }
     }
 }
@@ -160,6 +169,16 @@ pub enum Outcome {
     InputsStopped,
     /// The guest powered the machine off.
     PowerOff,
+    /// The user interrupted the run (SIGINT/SIGTERM): the machine stopped at the
+    /// `polls`-th interruption poll at the end record's position (a poll happens at every
+    /// quantum start of a running CPU; usually there is one per position, so `polls` is 1).
+    Interrupted {
+        /// Which poll at that position said "interrupted" (1 for the first).
+        polls: u32,
+    },
+    /// Every CPU halted with interrupts disabled and nothing pending: the guest halted the
+    /// machine on purpose (see `AllHalted::interrupts_off`).
+    Halted(String),
 }
 
 impl From<&RunOutcome> for Outcome {
@@ -171,6 +190,7 @@ impl From<&RunOutcome> for Outcome {
             },
             RunOutcome::Reset => Outcome::Reset,
             RunOutcome::Stopped(s) => Outcome::Stopped(s.to_string()),
+            RunOutcome::AllHalted(h) if h.interrupts_off() => Outcome::Halted(h.to_string()),
             RunOutcome::AllHalted(h) => Outcome::AllHalted(h.to_string()),
             RunOutcome::InstructionLimit => Outcome::InstructionLimit,
             RunOutcome::OutputFailed(e) => Outcome::OutputFailed(e.clone()),
@@ -193,6 +213,8 @@ impl std::fmt::Display for Outcome {
             Outcome::OutputFailed(e) => write!(f, "console output failed: {e}"),
             Outcome::InputsStopped => write!(f, "stopped by the input seam"),
             Outcome::PowerOff => write!(f, "guest power-off"),
+            Outcome::Interrupted { .. } => write!(f, "interrupted (Ctrl-C)"),
+            Outcome::Halted(s) => write!(f, "{s}"),
         }
     }
 }

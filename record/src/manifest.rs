@@ -100,7 +100,8 @@ impl MachineOptions {
 pub enum Clock {
     /// Virtual time, derived from instruction counts: nothing to log.
     Virtual,
-    /// Host-paced timer events, logged as inputs (not supported yet).
+    /// Time follows the host's monotonic clock, sampled through the input seam and
+    /// logged (`Event::HostTime`), so an idle guest waits in real time.
     Host,
 }
 

@@ -33,6 +33,8 @@ pub struct EventCounts {
     pub sync: u64,
     /// End records.
     pub end: u64,
+    /// Host time samples (`--clock host`).
+    pub host_time: u64,
 }
 
 impl EventCounts {
@@ -44,12 +46,13 @@ impl EventCounts {
             Event::Serial { .. } => self.serial += 1,
             Event::Sync { .. } => self.sync += 1,
             Event::End(_) => self.end += 1,
+            Event::HostTime { .. } => self.host_time += 1,
         }
     }
 
     /// Input events (everything but sync and end records).
     pub fn inputs(&self) -> u64 {
-        self.rtc + self.random + self.serial
+        self.rtc + self.random + self.serial + self.host_time
     }
 
     /// All records.
@@ -64,7 +67,11 @@ impl std::fmt::Display for EventCounts {
             f,
             "{} rtc, {} random, {} serial, {} sync, {} end",
             self.rtc, self.random, self.serial, self.sync, self.end
-        )
+        )?;
+        if self.host_time > 0 {
+            write!(f, ", {} host-time", self.host_time)?;
+        }
+        Ok(())
     }
 }
 
@@ -90,6 +97,10 @@ pub struct Recorder<I: Inputs> {
     error: Option<ContainerError>,
     last_seal: Instant,
     dirty: bool,
+    /// The last interruption poll's position and how many polls were made there.
+    polls: (Position, u32),
+    /// Where the wrapped inputs reported an interruption (position, poll number there).
+    interrupted: Option<(Position, u32)>,
 }
 
 impl<I: Inputs> Recorder<I> {
@@ -108,6 +119,8 @@ impl<I: Inputs> Recorder<I> {
             error: None,
             last_seal: Instant::now(),
             dirty: false,
+            polls: (Position::default(), 0),
+            interrupted: None,
         })
     }
 
@@ -119,6 +132,12 @@ impl<I: Inputs> Recorder<I> {
     /// Events logged so far, by kind.
     pub fn counts(&self) -> EventCounts {
         self.counts
+    }
+
+    /// Where the run was interrupted, if it was: the position and which poll there (see
+    /// [`crate::log::Outcome::Interrupted`]).
+    pub fn interrupted_at(&self) -> Option<(Position, u32)> {
+        self.interrupted
     }
 
     /// The first error writing the log, if any.
@@ -230,5 +249,39 @@ impl<I: Inputs> Inputs for Recorder<I> {
 
     fn stop_requested(&self) -> bool {
         self.error.is_some() || self.inner.stop_requested()
+    }
+
+    fn host_clock(&self) -> bool {
+        self.inner.host_clock()
+    }
+
+    fn host_time(&mut self, at: Position) -> u64 {
+        let ns = self.inner.host_time(at);
+        self.push(at, Event::HostTime { ns });
+        self.maybe_seal();
+        ns
+    }
+
+    fn idle_until(&mut self, until_ns: u64) {
+        // Whatever waits in memory is sealed before a possibly long sleep.
+        if self.dirty {
+            self.seal();
+        }
+        self.inner.idle_until(until_ns);
+    }
+
+    fn interrupted(&mut self, at: Position) -> bool {
+        if self.interrupted.is_some() {
+            return true;
+        }
+        self.polls = match self.polls {
+            (p, n) if p == at => (p, n.saturating_add(1)),
+            _ => (at, 1),
+        };
+        if self.inner.interrupted(at) {
+            self.interrupted = Some(self.polls);
+            return true;
+        }
+        false
     }
 }

@@ -18,7 +18,7 @@ use crate::boot::{boot_machine, read_boot, BootError, BootSpec};
 use crate::console::{ConsoleDigest, ConsoleTap};
 use crate::container::ContainerError;
 use crate::folder::{prepare, RecordingDir, RecordingError};
-use crate::log::{EndRecord, LOG_FILE};
+use crate::log::{EndRecord, Outcome, LOG_FILE};
 use crate::manifest::{Clock, MachineOptions, Manifest, FORMAT_NAME, FORMAT_VERSION};
 use crate::recorder::{LogStats, Recorder};
 
@@ -31,7 +31,7 @@ pub struct RecordSetup {
     pub force: bool,
     /// The machine.
     pub machine: MachineOptions,
-    /// Where time comes from (only [`Clock::Virtual`] is supported).
+    /// Where time comes from; the inputs must agree ([`Inputs::host_clock`]).
     pub clock: Clock,
     /// Instructions between sync records (0: none).
     pub sync_every: u64,
@@ -84,6 +84,8 @@ pub struct RecordReport {
     pub dir: RecordingDir,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// Where the run was interrupted (Ctrl-C), if it was.
+    pub interrupted: Option<reprise_devices::Position>,
 }
 
 /// Record `setup`'s image with `inputs` as the source of nondeterminism (the host's, for
@@ -93,11 +95,17 @@ pub fn record<I: Inputs + 'static>(
     inputs: I,
     console: Box<dyn Write>,
 ) -> Result<RecordReport, RecordError> {
-    if setup.clock != Clock::Virtual {
-        return Err(RecordError::Unsupported(
-            "--clock host: host-paced timer events are not supported yet; use --clock virtual"
-                .into(),
-        ));
+    // The manifest must say what the inputs do: a replay takes its clock from it.
+    if (setup.clock == Clock::Host) != inputs.host_clock() {
+        return Err(RecordError::Unsupported(format!(
+            "the recording is set up for --clock {} but its inputs {} the host clock",
+            setup.clock,
+            if inputs.host_clock() {
+                "follow"
+            } else {
+                "do not follow"
+            }
+        )));
     }
     let config = setup.machine.config();
     config.validate()?;
@@ -165,7 +173,16 @@ pub fn record<I: Inputs + 'static>(
     };
     let _ = machine.serial_output().flush();
     let console = digester.digest();
-    let end = EndRecord::of(&machine, &result.outcome, console);
+    let mut end = EndRecord::of(&machine, &result.outcome, console);
+    // An interrupted run ended where the recorder saw the interruption: say so, with
+    // which poll it was, so that a replay stops at exactly the same point.
+    let mut interrupted = None;
+    if result.outcome == RunOutcome::InputsStopped {
+        if let Some((at, polls)) = recorder.borrow().interrupted_at() {
+            end.outcome = Outcome::Interrupted { polls };
+            interrupted = Some(at);
+        }
+    }
     let state_hash = end.state_hash;
     let log = recorder.borrow_mut().finish(end)?;
     Ok(RecordReport {
@@ -175,5 +192,6 @@ pub fn record<I: Inputs + 'static>(
         console,
         dir,
         checkpoints,
+        interrupted,
     })
 }

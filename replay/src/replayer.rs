@@ -16,7 +16,7 @@ use std::path::Path;
 use reprise_cpu::{Cpu, CpuState, RandomSource};
 use reprise_devices::{Inputs, Position};
 use reprise_record::container::{ContainerError, ContainerReader};
-use reprise_record::log::{Event, LogRecord, RandomKind, LOG_KIND, LOG_VERSION};
+use reprise_record::log::{Event, LogRecord, Outcome, RandomKind, LOG_KIND, LOG_VERSION};
 use reprise_record::recorder::EventCounts;
 
 use crate::divergence::{describe, diff_cpus, Divergence, DivergenceKind};
@@ -48,6 +48,10 @@ pub struct Replayer {
     last_input: Option<LogRecord>,
     last_sync: Option<Position>,
     stop: Option<ReplayStop>,
+    /// The recording used `--clock host`: time samples come from the log.
+    host_clock: bool,
+    /// The last interruption poll's position and how many polls were made there.
+    polls: (Position, u32),
 }
 
 impl Replayer {
@@ -64,9 +68,18 @@ impl Replayer {
             last_input: None,
             last_sync: None,
             stop: None,
+            host_clock: false,
+            polls: (Position::default(), 0),
         };
         r.advance();
         Ok(r)
+    }
+
+    /// Answer the machine's host time samples from the log (the recording's manifest says
+    /// `--clock host`).
+    pub fn with_host_clock(mut self, host_clock: bool) -> Replayer {
+        self.host_clock = host_clock;
+        self
     }
 
     /// Events consumed so far, by kind (sync points counted once verified).
@@ -335,5 +348,49 @@ impl Inputs for Replayer {
 
     fn stop_requested(&self) -> bool {
         self.stop.is_some() || crate::control::stop_requested()
+    }
+
+    fn host_clock(&self) -> bool {
+        self.host_clock
+    }
+
+    fn host_time(&mut self, at: Position) -> u64 {
+        if self.stop.is_some() {
+            return 0;
+        }
+        match &self.next {
+            Some(LogRecord {
+                at: a,
+                event: Event::HostTime { ns },
+            }) if *a == at => {
+                let ns = *ns;
+                self.consume();
+                ns
+            }
+            _ => {
+                self.mismatch(at, format!("sampled the host clock {}", at_text(at)));
+                0
+            }
+        }
+    }
+
+    // A replay never waits: the time the recording slept is in the next sample.
+    fn idle_until(&mut self, _until_ns: u64) {}
+
+    fn interrupted(&mut self, at: Position) -> bool {
+        self.polls = match self.polls {
+            (p, n) if p == at => (p, n.saturating_add(1)),
+            _ => (at, 1),
+        };
+        // The recorded run was interrupted at this very poll: stop here too; the session
+        // then compares the end record.
+        matches!(
+            &self.next,
+            Some(LogRecord {
+                at: a,
+                event: Event::End(end),
+            }) if *a == at
+                && end.outcome == (Outcome::Interrupted { polls: self.polls.1 })
+        )
     }
 }

@@ -69,7 +69,8 @@ pub fn boot_with_console(
                 .map(|e| e.state.cpus.iter().map(|c| c.retired).sum()),
         },
     };
-    let replayer = Replayer::open(&log_path, manifest.sync_every)?;
+    let replayer = Replayer::open(&log_path, manifest.sync_every)?
+        .with_host_clock(manifest.clock == reprise_record::manifest::Clock::Host);
     let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), replayer, console())?;
     boot_machine(&mut machine, &manifest.boot, &loaded)?;
     Ok(Replay {

@@ -154,12 +154,6 @@ pub fn replay_observed<O: Observer>(
     obs: &mut O,
 ) -> Result<ReplayReport, ReplayError> {
     let manifest = Manifest::read(&setup.dir)?;
-    if manifest.clock != Clock::Virtual {
-        return Err(ReplayError::Unsupported(format!(
-            "this recording uses --clock {}, which this reprise cannot replay",
-            manifest.clock
-        )));
-    }
     let config = manifest.machine.config();
     config.validate()?;
     let images = load_images(&manifest, &setup.images)?;
@@ -186,10 +180,10 @@ pub fn replay_observed<O: Observer>(
     // The machine sees the replayer through `Box<dyn Inputs>`, exactly as `run` sees the
     // host and `record` the recorder: all three run the same compiled machine loop, so
     // their speeds differ only by what the inputs themselves cost.
-    let replayer = Rc::new(RefCell::new(Replayer::open(
-        &log_path,
-        manifest.sync_every,
-    )?));
+    let replayer = Rc::new(RefCell::new(
+        Replayer::open(&log_path, manifest.sync_every)?
+            .with_host_clock(manifest.clock == Clock::Host),
+    ));
     let (tap, digester) = ConsoleTap::new(console);
     let inputs: Box<dyn Inputs> = Box::new(replayer.clone());
     let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), inputs, Box::new(tap))?;
@@ -226,10 +220,13 @@ pub fn replay_observed<O: Observer>(
                     let (diffs, mut other) = diff_end(&recorded, &replayed_end);
                     // A recorder that abandoned its run stopped at that instruction; the
                     // replay stops there through its limit.
-                    let abandoned = matches!(
+                    let abandoned = (matches!(
                         recorded.outcome,
                         Outcome::OutputFailed(_) | Outcome::InputsStopped
-                    ) && result.outcome == RunOutcome::InstructionLimit;
+                    ) && result.outcome == RunOutcome::InstructionLimit)
+                        // An interrupted recording: the replayer stopped at the same poll.
+                        || (matches!(recorded.outcome, Outcome::Interrupted { .. })
+                            && result.outcome == RunOutcome::InputsStopped);
                     if abandoned {
                         other.retain(|o| !o.starts_with("outcome:"));
                     }

@@ -58,9 +58,26 @@ pub struct EmuOutcome {
 /// Instructions executed at most before the run is declared stuck.
 const MAX_STEPS: usize = 10_000;
 
-/// User code and data selectors (RPL 3) in the GDT extended by [`enter_user_mode`].
-const USER_CS: u16 = 0x18 | 3;
-const USER_DS: u16 = 0x20 | 3;
+/// User code and stack selectors (RPL 3) in the GDT extended by [`enter_user_mode`]: the
+/// ones x86-64 Linux gives its processes (GDT entries 6 and 5), so that MOV r/m, Sreg reads
+/// the same values on both sides. DS, ES, FS and GS are null there, as on Linux.
+const USER_CS: u16 = 0x30 | 3;
+const USER_SS: u16 = 0x28 | 3;
+
+/// The host's CS, SS, DS, ES, FS and GS selectors in this process.
+fn host_selectors() -> [u16; 6] {
+    let (mut cs, mut ss, mut ds, mut es, mut fs, mut gs): (u16, u16, u16, u16, u16, u16);
+    // SAFETY: reading segment selectors has no side effects.
+    unsafe {
+        std::arch::asm!(
+            "mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds",
+            "mov {3:x}, es", "mov {4:x}, fs", "mov {5:x}, gs",
+            out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    [cs, ss, ds, es, fs, gs]
+}
 
 /// Page-table entry bits.
 const P: u64 = 1;
@@ -70,6 +87,33 @@ const NX: u64 = 1 << 63;
 
 fn put(ram: &mut [u8], at: u64, v: u64) {
     ram[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// LAR's answer on the host for every GDT selector from 0x08 to 0x7f that is visible at
+/// CPL 3 (the others, and selectors beyond the GDT, make LAR fail on both sides).
+fn host_visible_descriptors() -> &'static [(u16, u32)] {
+    static HOST: std::sync::OnceLock<Vec<(u16, u32)>> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        (0x08u16..0x80)
+            .step_by(8)
+            .filter_map(|sel| {
+                let mut rights = 0u32;
+                let ok: u8;
+                // SAFETY: LAR only reads the descriptor table; it writes a register and ZF.
+                unsafe {
+                    std::arch::asm!(
+                        "lar {r:e}, {s:e}",
+                        "setz {ok}",
+                        s = in(reg) u32::from(sel | 3),
+                        r = inout(reg) rights,
+                        ok = out(reg_byte) ok,
+                        options(nomem, nostack)
+                    );
+                }
+                (ok != 0).then_some((sel, rights))
+            })
+            .collect()
+    })
 }
 
 /// Replace the identity map of `write_boot_tables` (PML4 at 0x1000, PDPT at 0x2000,
@@ -83,6 +127,10 @@ fn map_like_host(ram: &mut [u8]) {
     put(ram, 0x2000, 0x3000 | P | RW | US);
     put(ram, 0x3000, 0x8000 | P | RW | US);
     put(ram, 0x3008, 0x9000 | P | RW | US);
+    // The GDT page, supervisor-only as the host kernel's GDT is (LAR/VERR/VERW read it
+    // with implicit supervisor accesses). A stray user access there would fault on both
+    // sides, only with the error code's P bit differing; generated cases never make one.
+    put(ram, 0x8000 + (GDT >> 12) * 8, GDT | P | RW | NX);
     for page in (DATA..DATA + SCRATCH as u64).step_by(0x1000) {
         put(ram, 0x8000 + (page >> 12) * 8, page | P | RW | US | NX);
     }
@@ -96,25 +144,44 @@ fn map_like_host(ram: &mut [u8]) {
 /// sets it.
 fn enter_user_mode(cpu: &mut Cpu, ram: &mut [u8]) {
     map_like_host(ram);
+    let host = host_selectors();
+    assert_eq!(
+        host,
+        [USER_CS, USER_SS, 0, 0, 0, 0],
+        "the harness mirrors x86-64 Linux's user selectors (CS, SS, DS, ES, FS, GS)"
+    );
     let gdt = GDT as usize;
-    ram[gdt + 24..gdt + 32].copy_from_slice(&0x00af_fb00_0000_ffffu64.to_le_bytes());
-    ram[gdt + 32..gdt + 40].copy_from_slice(&0x00cf_f300_0000_ffffu64.to_le_bytes());
+    ram[gdt + 0x28..gdt + 0x30].copy_from_slice(&0x00cf_f300_0000_ffffu64.to_le_bytes());
+    ram[gdt + 0x30..gdt + 0x38].copy_from_slice(&0x00af_fb00_0000_ffffu64.to_le_bytes());
+    // Every descriptor user code can see on the host (LAR, VERR and VERW look at them),
+    // rebuilt from LAR's answer: the access byte (bits 8-15) and the flags (bits 20-23);
+    // base and limit are not visible to those instructions (LSL is not compared).
+    for &(sel, rights) in host_visible_descriptors() {
+        let rights = u64::from(rights);
+        let d = 0xffff | (rights & 0xff00) << 32 | 0xf << 48 | ((rights >> 20) & 0xf) << 52;
+        let at = gdt + usize::from(sel & !7);
+        ram[at..at + 8].copy_from_slice(&d.to_le_bytes());
+    }
     let s = &mut cpu.state;
-    s.gdtr.limit = 39;
+    s.gdtr.limit = 0x7f;
     s.seg[SegReg::Cs as usize] = Segment {
         selector: USER_CS,
         base: 0,
         limit: 0xffff_ffff,
         attrs: 0xa0fb,
     };
-    let data = Segment {
-        selector: USER_DS,
+    s.seg[SegReg::Ss as usize] = Segment {
+        selector: USER_SS,
         base: 0,
         limit: 0xffff_ffff,
         attrs: 0xc0f3,
     };
-    for r in [SegReg::Ds, SegReg::Es, SegReg::Ss] {
-        s.seg[r as usize] = data;
+    // Null data segments, usable in 64-bit mode.
+    for r in [SegReg::Ds, SegReg::Es, SegReg::Fs, SegReg::Gs] {
+        s.seg[r as usize] = Segment {
+            selector: 0,
+            ..s.seg[r as usize]
+        };
     }
     s.cr0 |= cr0::AM;
     cpu.flush_tlb();

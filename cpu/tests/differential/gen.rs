@@ -142,6 +142,9 @@ fn host_has(f: CpuidFeature) -> bool {
         F::CLWB => cpuid_bit(7, Reg::Ebx, 24),
         // ENDBR32/64 execute as NOPs wherever CET is off, as in user mode here.
         F::CET_IBT => true,
+        // Only the x87 control subset (`x87_exclusion`): the harness starts both sides
+        // from FNINIT and compares what they store.
+        F::FPU | F::FPU287 | F::FPU387 => true,
         _ => false,
     }
 }
@@ -156,7 +159,8 @@ fn mnemonic_exclusion(m: Mnemonic) -> Option<&'static str> {
         }
         M::Xbegin | M::Xend | M::Xabort | M::Xtest => "transactional memory",
         M::Sgdt | M::Sidt | M::Sldt | M::Str | M::Smsw => "descriptor-table state differs (UMIP)",
-        M::Lar | M::Lsl | M::Verr | M::Verw => "segment descriptors differ from the host's",
+        // LAR, VERR and VERW are compared: emu.rs mirrors every descriptor visible at CPL 3.
+        M::Lsl => "its limit on Linux's per-CPU GDT entry is the host CPU's number",
         M::Syscall | M::Sysenter | M::Int1 | M::Int3 | M::Into => {
             "enters the host kernel (or traps, with another RIP convention)"
         }
@@ -174,6 +178,35 @@ fn mnemonic_exclusion(m: Mnemonic) -> Option<&'static str> {
         M::Vzeroupper | M::Vzeroall => "YMM state is not compared",
         _ => return None,
     })
+}
+
+/// x87 codes outside the control subset the harness compares. Both sides start from the
+/// FNINIT state and run no x87 arithmetic, so no exception is ever pending: the control
+/// and status words are all there is, and they reach the comparison through memory (FNSTCW,
+/// FNSTSW m16) or AX (FNSTSW AX), and the whole environment FNSTENV stores (all tags empty,
+/// instruction and data pointers zero after FNINIT). FLDENV stays out: after it, the tag
+/// word FNSTENV stores is recomputed from ST0-7's contents, which the harness neither sets
+/// nor compares.
+fn x87_exclusion(code: Code) -> Option<&'static str> {
+    let x87 = code.cpuid_features().iter().any(|f| {
+        matches!(
+            f,
+            CpuidFeature::FPU | CpuidFeature::FPU287 | CpuidFeature::FPU387
+        )
+    });
+    if !x87 {
+        return None;
+    }
+    match code {
+        Code::Fninit
+        | Code::Fnstcw_m2byte
+        | Code::Fnstsw_m2byte
+        | Code::Fnstsw_AX
+        | Code::Fldcw_m2byte
+        | Code::Fnclex
+        | Code::Fnstenv_m28byte => None,
+        _ => Some("x87 arithmetic and environment state are not compared"),
+    }
 }
 
 /// Operand kinds the generator can produce.
@@ -229,6 +262,7 @@ fn operand_supported(k: K) -> bool {
             | K::gs
             | K::cr_reg
             | K::dr_reg
+            | K::seg_reg
     )
 }
 
@@ -240,6 +274,15 @@ pub fn exclusion(code: Code) -> Option<String> {
     }
     if !matches!(op.encoding(), EncodingKind::Legacy | EncodingKind::VEX) {
         return Some(format!("{:?} encoding (state not compared)", op.encoding()));
+    }
+    if let Some(r) = x87_exclusion(code) {
+        return Some(r.into());
+    }
+    if matches!(
+        code,
+        Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16 | Code::Mov_Sreg_r64m16
+    ) {
+        return Some("segment loads (the GDTs differ)".into());
     }
     // Privileged and port-I/O instructions stay in: at CPL 3 with IOPL 0 both sides must
     // raise #GP.
@@ -1171,6 +1214,18 @@ impl<'a> Gen<'a> {
                         Register::GS
                     },
                 ),
+                // MOV r/m, Sreg: both sides hold the host's selectors (emu.rs mirrors them).
+                K::seg_reg => {
+                    let sr = [
+                        Register::ES,
+                        Register::CS,
+                        Register::SS,
+                        Register::DS,
+                        Register::FS,
+                        Register::GS,
+                    ];
+                    ins.set_op_register(n, self.rng.pick(&sr));
+                }
                 K::cr_reg => {
                     let cr = [
                         Register::CR0,

@@ -119,6 +119,8 @@ fn build_stubs() -> Result<(Vec<u8>, Vec<u8>), iced_x86::IcedError> {
         a.mov(qword_ptr(host + 8 * k as u64), r)?;
     }
     a.stmxcsr(dword_ptr(host + 56))?;
+    // The x87 starts from FNINIT's state, as the emulator's CPU does.
+    a.fninit()?;
     // POPFQ first: nothing after it changes flags.
     a.mov(rsp, state_field(input + offset_of!(Regs, rflags)))?;
     a.popfq()?;

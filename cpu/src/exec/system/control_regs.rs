@@ -13,7 +13,7 @@ use crate::cpuid::features;
 use crate::exec::Exec;
 use crate::fault::{ExecResult, Exit, Fault};
 use crate::observer::{ContextEvent, Observer};
-use crate::state::{cr0, cr4, efer, CpuMode, SegReg, Segment};
+use crate::state::{apic_base, cr0, cr4, efer, CpuMode, SegReg, Segment};
 
 /// CR0 bits software can change (ET is hardwired to 1; other low bits are ignored).
 const CR0_WRITABLE: u64 =
@@ -91,13 +91,12 @@ pub(super) fn mov_from_cr<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instructi
         return Err(Fault::INVALID_OPCODE.into());
     }
     require_cpl0(x)?;
-    let s = &x.cpu.state;
     let v = match n {
-        0 => s.cr0,
-        2 => s.cr2,
-        3 => s.cr3,
-        4 => s.cr4,
-        _ => s.cr8 & 0xf,
+        0 => x.cpu.state.cr0,
+        2 => x.cpu.state.cr2,
+        3 => x.cpu.state.cr3,
+        4 => x.cpu.state.cr4,
+        _ => read_cr8(x),
     };
     // The register operand is 64 bits in 64-bit mode, 32 bits elsewhere.
     x.set_gpr(i.op0_register(), v);
@@ -127,8 +126,39 @@ pub(super) fn mov_to_cr<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction
                 return Err(Fault::GP0.into());
             }
             x.cpu.state.cr8 = v;
+            if let Some(tpr) = local_apic_tpr(x) {
+                let clock = x.clock();
+                x.bus.mmio_write(clock, tpr, 4, v << 4);
+            }
             Ok(())
         }
+    }
+}
+
+/// Offset of the task-priority register in the local APIC's page.
+const APIC_TPR: u64 = 0x80;
+
+/// The physical address of this CPU's local APIC TPR, when its APIC is enabled.
+///
+/// CR8 is an alias of TPR bits 7:4 (SDM vol. 3, "Task Priority in IA-32e Mode"): with the
+/// APIC enabled, MOV to CR8 writes TPR = value << 4 and MOV from CR8 reads TPR >> 4, and a
+/// TPR written through the APIC page shows in CR8. Going through the APIC's own register
+/// (an access to its page on the bus) keeps one copy of the priority, where interrupt
+/// delivery looks at it; `state.cr8` then only remembers the last value written, which is
+/// what CR8 reads while the APIC is disabled.
+fn local_apic_tpr<B: Bus, O: Observer>(x: &Exec<B, O>) -> Option<u64> {
+    let base = x.cpu.state.msr.apic_base;
+    (base & apic_base::EN != 0).then(|| (base & 0xf_ffff_f000) + APIC_TPR)
+}
+
+/// CR8: TPR bits 7:4 when the local APIC is enabled, else the last value written.
+fn read_cr8<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> u64 {
+    match local_apic_tpr(x) {
+        Some(tpr) => {
+            let clock = x.clock();
+            (x.bus.mmio_read(clock, tpr, 4) >> 4) & 0xf
+        }
+        None => x.cpu.state.cr8 & 0xf,
     }
 }
 

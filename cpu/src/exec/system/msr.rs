@@ -149,9 +149,29 @@ pub(crate) fn read<B: Bus, O: Observer>(x: &mut Exec<B, O>, msr: u32) -> Result<
                 return Ok(m.mtrr_fixed[slot]);
             }
             let clock = x.clock();
-            return x.bus.rdmsr(clock, msr).ok_or(Fault::GP0.into());
+            let v = x.bus.rdmsr(clock, msr).ok_or(Fault::GP0)?;
+            if msr == TSC_DEADLINE && v != 0 {
+                // Back from the bus's TSC to this CPU's (see `deadline_to_bus`).
+                return Ok(v.wrapping_add(x.cpu.state.tsc_offset as u64));
+            }
+            return Ok(v);
         }
     })
+}
+
+/// IA32_TSC_DEADLINE, kept by the local APIC on the bus.
+const TSC_DEADLINE: u32 = 0x6e0;
+
+/// A TSC-deadline value of this CPU's TSC (the bus's TSC plus `offset`, which WRMSR to
+/// IA32_TSC moves) as a value of the bus's TSC, which the local APIC compares against.
+/// 0 disarms and stays 0; a deadline that falls before the bus's TSC started is in the past
+/// (1: fires at once); one beyond its range never comes.
+fn deadline_to_bus(v: u64, offset: i64) -> u64 {
+    if v == 0 {
+        return 0;
+    }
+    let bus = v as i128 - offset as i128;
+    bus.clamp(1, u64::MAX as i128) as u64
 }
 
 /// Write an MSR as WRMSR does, with its reserved-bit and canonical-address checks.
@@ -254,6 +274,11 @@ pub(crate) fn write<B: Bus, O: Observer>(x: &mut Exec<B, O>, msr: u32, v: u64) -
                 return Ok(());
             }
             let clock = x.clock();
+            let v = if msr == TSC_DEADLINE {
+                deadline_to_bus(v, x.cpu.state.tsc_offset)
+            } else {
+                v
+            };
             if !x.bus.wrmsr(clock, msr, v) {
                 return gp();
             }

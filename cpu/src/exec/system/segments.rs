@@ -182,8 +182,10 @@ pub(super) fn lar_lsl<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) 
         return Ok(());
     };
     let value = if lar {
-        // Bytes 5 and 6 of the descriptor (type, S, DPL, P, flags), limit bits masked out.
-        (d.raw >> 32) & 0x00f0_ff00
+        // Bytes 5 and 6 of the descriptor (type, S, DPL, P, limit 19:16, flags). The SDM
+        // leaves bits 19:16 undefined; Intel processors return the limit bits there (found
+        // by the differential suite: LAR of Linux's user CS reads 0x00affb00).
+        (d.raw >> 32) & 0x00ff_ff00
     } else {
         d.limit() as u64
     };

@@ -139,8 +139,11 @@ fn store_env<B: Bus, O: Observer>(
     let s = &x.cpu.state;
     let words = [s.fcw, s.fsw, full_tag_word(s)];
     let (slot, count) = if wide { (4, 7) } else { (2, 7) };
-    // Check the whole area first so a fault leaves memory untouched.
-    x.translate(addr, crate::mmu::Intent::Write)?;
+    // Check the area first so a fault leaves memory untouched, in the order Intel hardware
+    // does (found by the differential suite): the first slot as one access (a slot that
+    // crosses into an unmapped page reports that page's first byte in CR2), then the last
+    // byte (reported as itself).
+    x.check_span(addr, slot, crate::mmu::Intent::Write)?;
     x.translate(
         x.address_after(addr, slot * count - 1),
         crate::mmu::Intent::Write,
@@ -172,7 +175,7 @@ fn load_env<B: Bus, O: Observer>(
     let fsw = x.read(x.address_after(addr, slot), 2)? as u16;
     let tw = x.read(x.address_after(addr, 2 * slot), 2)? as u16;
     let s = &mut x.cpu.state;
-    s.fcw = fcw;
+    s.fcw = control_word(fcw);
     s.fsw = fsw;
     s.ftw = abridged_tag_word(tw);
     update_summary(s);
@@ -230,7 +233,7 @@ pub(super) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
             let addr = word_operand(x, i);
             let v = x.read(addr, 2)? as u16;
             let s = &mut x.cpu.state;
-            s.fcw = v;
+            s.fcw = control_word(v);
             update_summary(s);
             Ok(())
         }
@@ -251,6 +254,13 @@ pub(super) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
         }
         _ => Err(crate::exec::unimplemented(x, i)),
     }
+}
+
+/// The control word an FLDCW/FLDENV of `v` leaves: bits 13-15 are reserved and read as 0,
+/// bit 6 is reserved and reads as 1 (what Intel processors store: the differential suite
+/// found FLDCW 0x0202 reading back 0x0242; 0xffff reads back 0x1f7f).
+fn control_word(v: u16) -> u16 {
+    (v & 0x1f3f) | 0x0040
 }
 
 #[cfg(test)]

@@ -1,0 +1,259 @@
+//! End to end: `--clock host` (time follows the host clock, recordings still replay
+//! exactly) and clean interruption of `run` and `record` with SIGINT.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use iced_x86::code_asm::*;
+use reprise_fixtures::{fixture_path, linux_guest_for_test, LINUX_CMDLINE};
+use support::{guest, reprise, run_image, scratch_dir, write_file, Run};
+
+/// A fresh path for a recording folder (not created).
+fn rec_path(name: &str) -> PathBuf {
+    let p = scratch_dir().join(format!("rec-{name}"));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+fn record(rec: &Path, options: &[&str], image: &Path) -> Run {
+    let mut args: Vec<std::ffi::OsString> = vec!["record".into(), "-o".into(), rec.into()];
+    args.extend(options.iter().map(|s| s.into()));
+    args.push(image.into());
+    reprise(&args)
+}
+
+fn replay(rec: &Path) -> Run {
+    reprise(&["replay".as_ref(), rec.as_os_str()])
+}
+
+/// The final state hash a record or replay summary names.
+fn final_state(r: &Run) -> String {
+    let at = r
+        .stderr
+        .find("final state ")
+        .unwrap_or_else(|| panic!("no final state in {r:?}"));
+    r.stderr[at + 12..at + 12 + 64].to_string()
+}
+
+/// Record with `--clock host`, replay, and check both agree.
+fn host_clock_round_trip(name: &str, options: &[&str], image: &Path) -> (Run, Run) {
+    let rec = rec_path(name);
+    let mut opts = vec!["--clock", "host", "--no-stdin"];
+    opts.extend_from_slice(options);
+    let a = record(&rec, &opts, image);
+    assert!(a.stderr.contains("reprise: recorded "), "{a:?}");
+    let b = replay(&rec);
+    assert!(!b.stderr.contains("panicked"), "{b:?}");
+    assert!(
+        b.stderr.contains("replay identical to the recording"),
+        "{name}: {b:?}"
+    );
+    assert_eq!(a.stdout, b.stdout, "{name}: console differs");
+    assert_eq!(a.status, b.status, "{name}: status differs");
+    assert_eq!(final_state(&a), final_state(&b), "{name}: state differs");
+    let info = reprise(&["info".as_ref(), rec.as_os_str()]);
+    assert!(info.stdout.contains("host"), "{info:?}");
+    (a, b)
+}
+
+#[test]
+fn fixtures_record_and_replay_under_the_host_clock() {
+    for (name, options) in [
+        ("hello", &[][..]),
+        ("smp-counter", &["--cpus", "4"][..]),
+        ("compute-small", &[][..]),
+        ("rdrand", &[][..]),
+    ] {
+        let (a, _) = host_clock_round_trip(name, options, &fixture_path(name));
+        assert_eq!(a.status, 0, "{name}: {a:?}");
+    }
+}
+
+/// A guest that takes `periods` LAPIC timer interrupts of `ticks` crystal ticks (25 MHz)
+/// each, halted in between, then exits with the count.
+fn sleeper(periods: u32, ticks: u32) -> Vec<u8> {
+    const IDT: u64 = support::DATA;
+    const COUNTER: u64 = support::DATA + 0x1000;
+    const IDTR: u64 = support::DATA + 0x1100;
+    const LAPIC: u64 = 0xfee0_0000;
+    guest(&[0u8; 0x1200], |a| {
+        let mut handler = a.create_label();
+        let mut again = a.create_label();
+        a.lea(rax, ptr(handler))?;
+        a.mov(rdi, IDT + 16 * 0x40)?;
+        a.mov(word_ptr(rdi), ax)?;
+        a.mov(word_ptr(rdi + 2), 0x08u32)?;
+        a.mov(word_ptr(rdi + 4), 0x8e00u32)?;
+        a.shr(rax, 16u32)?;
+        a.mov(word_ptr(rdi + 6), ax)?;
+        a.shr(rax, 16u32)?;
+        a.mov(dword_ptr(rdi + 8), eax)?;
+        a.mov(dword_ptr(rdi + 12), 0u32)?;
+        a.mov(rdi, IDTR)?;
+        a.mov(word_ptr(rdi), 0xfffu32)?;
+        a.mov(rax, IDT)?;
+        a.mov(qword_ptr(rdi + 2), rax)?;
+        a.lidt(ptr(rdi))?;
+        a.mov(rbx, LAPIC)?;
+        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?; // software enable
+        a.mov(dword_ptr(rbx + 0x3e0), 0xbu32)?; // divide by 1
+        a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?; // periodic, vector 0x40
+        a.mov(dword_ptr(rbx + 0x380), ticks)?;
+        a.sti()?;
+        a.set_label(&mut again)?;
+        a.hlt()?;
+        a.mov(rdi, COUNTER)?;
+        a.cmp(qword_ptr(rdi), periods as i32)?;
+        a.jb(again)?;
+        a.cli()?;
+        a.mov(eax, dword_ptr(rdi))?;
+        a.out(0xf4u32, eax)?;
+        a.set_label(&mut handler)?;
+        a.push(rdi)?;
+        a.mov(rdi, COUNTER)?;
+        a.inc(qword_ptr(rdi))?;
+        a.mov(rdi, LAPIC)?;
+        a.mov(dword_ptr(rdi + 0xb0), 0u32)?; // EOI
+        a.pop(rdi)?;
+        a.iretq()
+    })
+}
+
+#[test]
+fn a_sleeping_guest_takes_host_time_under_the_host_clock() {
+    // Three periods of 100 ms (2.5M ticks of 25 MHz) in a few hundred instructions.
+    let image = write_file("sleeper.elf", &sleeper(3, 2_500_000));
+    let started = Instant::now();
+    let v = run_image(&["--no-stdin"], &image);
+    let virtual_wall = started.elapsed();
+    assert_eq!(v.status, 3, "{v:?}");
+    let started = Instant::now();
+    let h = run_image(&["--no-stdin", "--clock", "host"], &image);
+    let host_wall = started.elapsed();
+    assert_eq!(h.status, 3, "{h:?}");
+    assert!(
+        host_wall >= Duration::from_millis(300),
+        "the host clock run took {host_wall:?}"
+    );
+    assert!(
+        virtual_wall < host_wall,
+        "virtual {virtual_wall:?} host {host_wall:?}"
+    );
+    // Recorded under the host clock, it replays at once and identically.
+    let (a, _) = host_clock_round_trip("sleeper", &[], &image);
+    assert_eq!(a.status, 3, "{a:?}");
+}
+
+/// Start `reprise ARGS`, send SIGINT after `after`, and collect what it did.
+fn interrupt_after(args: &[std::ffi::OsString], after: Duration) -> Run {
+    let child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting reprise");
+    std::thread::sleep(after);
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().expect("waiting for reprise");
+    Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The instruction count in "interrupted at instruction N".
+fn interrupted_at(r: &Run) -> u64 {
+    let at = r
+        .stderr
+        .find("interrupted at instruction ")
+        .unwrap_or_else(|| panic!("not interrupted: {r:?}"));
+    r.stderr[at + 27..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count: {r:?}"))
+}
+
+#[test]
+fn sigint_stops_a_recording_cleanly_and_it_replays_to_that_point() {
+    // compute runs ~460M instructions: seconds, so the signal lands mid-run.
+    let rec = rec_path("interrupted");
+    let args: Vec<std::ffi::OsString> = vec![
+        "record".into(),
+        "-o".into(),
+        rec.clone().into(),
+        "--no-stdin".into(),
+        fixture_path("compute").into(),
+    ];
+    let a = interrupt_after(&args, Duration::from_millis(700));
+    assert_eq!(a.status, 130, "{a:?}");
+    let n = interrupted_at(&a);
+    assert!(n > 0, "{a:?}");
+    assert!(a.stderr.contains("reprise: recorded "), "{a:?}");
+    let b = replay(&rec);
+    assert_eq!(b.status, 130, "{b:?}");
+    assert!(
+        b.stderr.contains("replay identical to the recording"),
+        "{b:?}"
+    );
+    assert!(b.stderr.contains(&format!("{n} instructions")), "{b:?}");
+    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(final_state(&a), final_state(&b));
+    let info = reprise(&["info".as_ref(), rec.as_os_str()]);
+    assert!(info.stdout.contains("interrupted"), "{info:?}");
+}
+
+#[test]
+fn sigint_stops_run_with_its_status() {
+    let args: Vec<std::ffi::OsString> = vec![
+        "run".into(),
+        "--no-stdin".into(),
+        fixture_path("compute").into(),
+    ];
+    let r = interrupt_after(&args, Duration::from_millis(500));
+    assert_eq!(r.status, 130, "{r:?}");
+    assert!(interrupted_at(&r) > 0);
+}
+
+#[test]
+fn linux_records_and_replays_under_the_host_clock() {
+    let Some(g) = linux_guest_for_test("linux_records_and_replays_under_the_host_clock") else {
+        return;
+    };
+    let rec = rec_path("linux-host-1");
+    let mut args: Vec<std::ffi::OsString> = vec!["record".into(), "-o".into(), rec.clone().into()];
+    for s in [
+        "--clock",
+        "host",
+        "--cpus",
+        "1",
+        "--mem",
+        "512M",
+        "--no-stdin",
+        "--kernel",
+    ] {
+        args.push(s.into());
+    }
+    args.push(g.kernel.clone().into());
+    args.push("--initrd".into());
+    args.push(g.initramfs.clone().into());
+    args.push("--append".into());
+    args.push(LINUX_CMDLINE.into());
+    let a = reprise(&args);
+    assert_eq!(a.status, 0, "{a:?}");
+    assert!(a.stdout.contains("INIT-DONE"), "{a:?}");
+    let b = replay(&rec);
+    assert_eq!(b.status, 0, "{b:?}");
+    assert!(
+        b.stderr.contains("replay identical to the recording"),
+        "{b:?}"
+    );
+    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(final_state(&a), final_state(&b));
+}
