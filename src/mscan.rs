@@ -40,26 +40,35 @@ pub fn mscan(args: &MscanArgs) -> i32 {
 /// The symbols of a recording's guest: the ELF symbols of its boot image (a bare-protocol
 /// guest or a multiboot kernel). A Linux bzImage carries no ELF symbol table: its symbols
 /// come from [`linux_symbols`].
-pub fn symbols_for(manifest: &Manifest) -> SymbolTable {
+pub fn symbols_for(manifest: &Manifest, rec: &Path) -> SymbolTable {
     let mut table = SymbolTable::new();
     for image in manifest.boot.images.iter().filter(|i| i.role == "kernel") {
         match SymbolTable::from_elf(&image.path) {
             Ok(t) => table.merge(t),
-            Err(e) if manifest.boot.protocol == "linux" => {
-                let _ = e;
-                table.merge(linux_symbols(manifest, &image.path));
-            }
+            Err(_) if manifest.boot.protocol == "linux" => table.merge(linux_symbols(rec)),
             Err(e) => eprintln!("reprise: no symbols from the boot image: {e}"),
         }
     }
     table
 }
 
-/// Symbols of a Linux kernel without debug information: the hook for the kallsyms reader
-/// (the kernel's own symbol table, from the image or from guest memory). Until it lands, a
-/// Linux recording's code and data are named by address, or by `--symbols FILE`.
-fn linux_symbols(_manifest: &Manifest, _kernel: &Path) -> SymbolTable {
-    SymbolTable::new()
+/// Symbols of a Linux kernel without debug information: the kernel's own kallsyms table,
+/// read from guest RAM at the end of the recording, so KASLR's slide is already applied;
+/// per-CPU variables are named in each CPU's area (`NAME@cpuN`). Without it (a recording
+/// that ends before the kernel runs) code and data are named by address.
+fn linux_symbols(rec: &Path) -> SymbolTable {
+    match crate::symbols::kernel_symbols_of_recording(rec, None) {
+        Ok(k) => {
+            for w in &k.warnings {
+                eprintln!("reprise: kernel symbols: {w}");
+            }
+            k.table_with_percpu()
+        }
+        Err(e) => {
+            eprintln!("reprise: no kernel symbols from {}: {e:#}", rec.display());
+            SymbolTable::new()
+        }
+    }
 }
 
 /// The `--policy` text: the analysis's default when none is given, with `--line-size`
@@ -212,7 +221,7 @@ fn live(
     let manifest_bytes = std::fs::read(rec.join(MANIFEST_FILE))
         .with_context(|| format!("{} is not a recording", rec.display()))?;
     let manifest = Manifest::read(rec)?;
-    symbols.merge(symbols_for(&manifest));
+    symbols.merge(symbols_for(&manifest, rec));
     let opts = Options {
         line_size: ta.line_size.or(policy.line_size()).unwrap_or(64),
         top: args.top,
@@ -354,7 +363,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
                 path.display()
             );
         }
-        symbols.merge(symbols_for(&Manifest::read(rec)?));
+        symbols.merge(symbols_for(&Manifest::read(rec)?, rec));
     }
     let opts = Options {
         line_size: ta.line_size.or(stored_line).unwrap_or(64),

@@ -88,7 +88,7 @@ pub fn replay_tracer(rec: &Path, args: &TraceArgs) -> anyhow::Result<Option<Repl
         values: args.values,
     };
     // Resolve the breakpoints before creating the file, so a bad spec leaves no file behind.
-    let labeler = alloc_labeler(&manifest, args)?;
+    let labeler = alloc_labeler(&manifest, rec, args)?;
     let writer = TraceWriter::create(path, &header)
         .with_context(|| format!("--trace {}", path.display()))?;
     Ok(Some(
@@ -97,8 +97,12 @@ pub fn replay_tracer(rec: &Path, args: &TraceArgs) -> anyhow::Result<Option<Repl
 }
 
 /// The `--label-alloc` breakpoints, resolved through the symbols of `--symbols` or of the
-/// recording's ELF boot image.
-fn alloc_labeler(manifest: &Manifest, args: &TraceArgs) -> anyhow::Result<AllocLabeler> {
+/// recording's guest (its ELF boot image, or a Linux kernel's kallsyms).
+fn alloc_labeler(
+    manifest: &Manifest,
+    rec: &Path,
+    args: &TraceArgs,
+) -> anyhow::Result<AllocLabeler> {
     let mut labeler = AllocLabeler::new();
     if args.label_alloc.is_empty() {
         return Ok(labeler);
@@ -107,24 +111,15 @@ fn alloc_labeler(manifest: &Manifest, args: &TraceArgs) -> anyhow::Result<AllocL
     for s in &args.label_alloc {
         specs.extend(AllocSpec::parse(s)?);
     }
-    let path = match &args.symbols {
-        Some(p) => p.clone(),
-        None => manifest
-            .boot
-            .images
-            .iter()
-            .find(|i| i.role == "kernel")
-            .map(|i| i.path.clone())
-            .ok_or_else(|| {
-                anyhow!("--label-alloc: the recording has no kernel image; give --symbols FILE")
-            })?,
+    let table = match &args.symbols {
+        Some(path) => SymbolTable::from_elf(path)
+            .with_context(|| format!("--label-alloc needs symbols: {}", path.display()))?,
+        // The boot image's ELF symbols, or a Linux kernel's own kallsyms.
+        None => crate::mscan::symbols_for(manifest, rec),
     };
-    let table = SymbolTable::from_elf(&path).with_context(|| {
-        format!(
-            "--label-alloc needs symbols: {} (give --symbols FILE)",
-            path.display()
-        )
-    })?;
+    if table.is_empty() {
+        bail!("--label-alloc: no symbols for the recording's guest; give --symbols FILE");
+    }
     for spec in &specs {
         let mut found = false;
         for sym in table.iter() {
@@ -140,8 +135,7 @@ fn alloc_labeler(manifest: &Manifest, args: &TraceArgs) -> anyhow::Result<AllocL
         }
         if !found {
             eprintln!(
-                "reprise: warning: --label-alloc: no symbol in {} matches {:?}",
-                path.display(),
+                "reprise: warning: --label-alloc: no symbol of the guest matches {:?}",
                 spec.func
             );
         }
