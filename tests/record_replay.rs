@@ -347,7 +347,7 @@ fn a_recording_from_a_future_version_is_refused() {
     assert_eq!(record(&rec, &[], &fixture_path("hello")).status, 0);
     let manifest = rec.join("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    let text = text.replace("\"format_version\": 1", "\"format_version\": 99");
+    let text = text.replace("\"format_version\": 2", "\"format_version\": 99");
     std::fs::write(&manifest, text).unwrap();
     for cmd in ["replay", "info"] {
         let r = reprise(&[cmd.as_ref(), rec.as_os_str()]);
@@ -472,7 +472,7 @@ fn the_manifest_is_human_readable_and_host_clock_is_refused() {
     let text = std::fs::read_to_string(rec.join("manifest.json")).unwrap();
     for needle in [
         "\"format\": \"reprise-recording\"",
-        "\"format_version\": 1",
+        "\"format_version\": 2",
         "\"cpus\": 3",
         "\"quantum\": 500",
         "\"clock\": \"virtual\"",

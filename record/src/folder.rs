@@ -48,6 +48,16 @@ pub enum RecordingError {
         /// The newest this build reads.
         supported: u32,
     },
+    /// The recording was made by an older reprise whose format this build no longer reads.
+    #[error("{path}: recording format version {found} was written by an older reprise; this one reads version {supported} only: record it again (or replay it with the reprise that made it)")]
+    OldVersion {
+        /// The manifest.
+        path: PathBuf,
+        /// The version it states.
+        found: u64,
+        /// The version this build reads.
+        supported: u32,
+    },
     /// The manifest says it is a recording but cannot be understood.
     #[error("{path}: malformed manifest: {what}")]
     BadManifest {
@@ -345,13 +355,21 @@ mod tests {
         let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
         std::fs::write(
             dir.join(MANIFEST_FILE),
-            text.replace("\"format_version\": 1", "\"format_version\": 2"),
+            text.replace("\"format_version\": 2", "\"format_version\": 3"),
         )
         .unwrap();
         assert!(matches!(
             Manifest::read(&dir),
-            Err(RecordingError::FutureVersion { found: 2, .. })
+            Err(RecordingError::FutureVersion { found: 3, .. })
         ));
+        std::fs::write(
+            dir.join(MANIFEST_FILE),
+            text.replace("\"format_version\": 2", "\"format_version\": 1"),
+        )
+        .unwrap();
+        let old = Manifest::read(&dir).unwrap_err();
+        assert!(matches!(old, RecordingError::OldVersion { found: 1, .. }));
+        assert!(old.to_string().contains("older reprise"), "{old}");
         std::fs::write(dir.join(MANIFEST_FILE), b"not json").unwrap();
         assert!(matches!(
             Manifest::read(&dir),

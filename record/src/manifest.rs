@@ -3,7 +3,7 @@
 //! ```json
 //! {
 //!   "format": "reprise-recording",
-//!   "format_version": 1,
+//!   "format_version": 2,
 //!   "tool": "reprise 0.1.0",
 //!   "machine": { "cpus": 4, "ram_bytes": 268435456, "quantum": 10000, "exit_code": "Plain",
 //!                "max_instructions": null, "serial_input": true },
@@ -34,7 +34,10 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// The value of the manifest's `format` field.
 pub const FORMAT_NAME: &str = "reprise-recording";
 /// The recording format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: the end record's machine state gained devices' new state (TSC offsets, CR8/TPR,
+/// host-clock samples) and the log the `HostTime` event and the `Interrupted`/`Halted`
+/// outcomes; a version-1 log does not decode with this build's types.
+pub const FORMAT_VERSION: u32 = 2;
 /// The default sync interval: one sync record per million instructions. Measured on
 /// `compute`: well under 1% of the run time, and about a hundred bytes of log per million
 /// instructions.
@@ -178,6 +181,13 @@ impl Manifest {
         match version {
             Some(v) if v > FORMAT_VERSION as u64 => {
                 return Err(RecordingError::FutureVersion {
+                    path,
+                    found: v,
+                    supported: FORMAT_VERSION,
+                })
+            }
+            Some(v) if v < FORMAT_VERSION as u64 => {
+                return Err(RecordingError::OldVersion {
                     path,
                     found: v,
                     supported: FORMAT_VERSION,
