@@ -690,6 +690,10 @@ impl<I: Inputs> Machine<I> {
             }
             // Interrupts at the start of a quantum; a halted CPU looks at every turn.
             if self.sched.used == 0 || self.cpus[i].state.halted {
+                // Delivery writes the interrupt frame as CPU `i`: the observer (and the
+                // board) must count from this CPU's position before, or those accesses
+                // would be placed by the previous slice, maybe another CPU's.
+                self.begin_slice(i, global, obs);
                 if let Err(stop) = self.deliver_events(i, obs) {
                     return RunOutcome::Stopped(stop);
                 }
@@ -735,13 +739,9 @@ impl<I: Inputs> Machine<I> {
                 .min(limit - global)
                 .min(next_sync - global)
                 .min(to_deadline);
+            let before = self.cpus[i].state.retired;
+            self.begin_slice(i, global, obs);
             let cpu = &mut self.cpus[i];
-            let before = cpu.state.retired;
-            self.board.slice_global = global;
-            self.board.slice_retired = before;
-            if O::ENABLED {
-                obs.begin_slice(i as u32, global, before);
-            }
             let exit = cpu.run(&mut self.board, obs, &mut self.code, budget);
             let ran = cpu.state.retired - before;
             global += ran;
@@ -794,6 +794,17 @@ impl<I: Inputs> Machine<I> {
                 // interrupt that woke the CPU from HLT): the CPU goes on.
                 _ => {}
             }
+        }
+    }
+
+    /// CPU `i` acts next, at global instruction count `global`: the board and the observer
+    /// turn its own retired count into global positions from here (until another CPU acts).
+    fn begin_slice<O: Observer>(&mut self, i: usize, global: u64, obs: &mut O) {
+        let retired = self.cpus[i].state.retired;
+        self.board.slice_global = global;
+        self.board.slice_retired = retired;
+        if O::ENABLED {
+            obs.begin_slice(i as u32, global, retired);
         }
     }
 

@@ -628,3 +628,128 @@ fn pause_ends_the_turn() {
     assert!(matches!(r.outcome, RunOutcome::AllHalted(_)));
     assert_eq!(r.retired, vec![7, 7]);
 }
+
+/// An observer that places every report the way a tracer does (from the last
+/// `begin_slice`), and notes any report of a CPU other than the one that slice was for.
+#[derive(Default)]
+struct Placer {
+    /// CPU, global count and that CPU's own count at the last `begin_slice`.
+    slice: Option<(u32, u64, u64)>,
+    /// Interrupts delivered: (cpu, vector, position).
+    interrupts: Vec<(u32, u8, u64)>,
+    /// Accesses: (cpu, position).
+    accesses: Vec<(u32, u64)>,
+    /// Reports that came while another CPU's slice was current: (cpu reporting, slice's cpu).
+    misplaced: Vec<(u32, Option<u32>)>,
+}
+
+impl Placer {
+    fn place(&mut self, cpu: u32, retired: u64) -> u64 {
+        match self.slice {
+            Some((c, global, base)) if c == cpu => global + (retired - base),
+            other => {
+                self.misplaced.push((cpu, other.map(|s| s.0)));
+                u64::MAX
+            }
+        }
+    }
+}
+
+impl Observer for Placer {
+    const ENABLED: bool = true;
+
+    fn access(&mut self, a: &reprise_cpu::observer::Access) {
+        let p = self.place(a.cpu, a.retired);
+        self.accesses.push((a.cpu, p));
+    }
+
+    fn begin_slice(&mut self, cpu: u32, global: u64, retired: u64) {
+        self.slice = Some((cpu, global, retired));
+    }
+
+    fn context(&mut self, cpu: u32, retired: u64, e: &reprise_cpu::observer::ContextEvent) {
+        let p = self.place(cpu, retired);
+        if let reprise_cpu::observer::ContextEvent::Interrupt { vector, .. } = *e {
+            self.interrupts.push((cpu, vector, p));
+        }
+    }
+}
+
+/// An interrupt delivered at the start of a CPU's quantum is reported at that CPU's own
+/// position, after the observer learned the CPU's slice (not counted from the slice of the
+/// CPU that ran before it). CPU 0 sends CPU 1 an IPI and spins; CPU 1 sets up an IDT, enables
+/// interrupts and spins, and takes the IPI at the start of its second quantum, at 3 quanta.
+#[test]
+fn interrupts_at_quantum_starts_are_placed_at_their_cpu_position() {
+    const Q: u64 = 50;
+    const SCRATCH: u64 = 0x20_0000; // IDT at +0, IDTR at +0x1000, flag at +0x2000
+    const VECTOR: u8 = 0x40;
+    let elf = image(|a| {
+        let mut cpu1 = a.create_label();
+        let mut wait = a.create_label();
+        let mut spin = a.create_label();
+        let mut handler = a.create_label();
+        a.mov(rbx, 0xfee0_0000u64)?;
+        a.mov(rbp, SCRATCH)?;
+        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?; // software-enable the LAPIC
+        a.test(rdi, rdi)?;
+        a.jnz(cpu1)?;
+        // CPU 0: once CPU 1 is ready, a fixed IPI to APIC ID 1, then wait for its handler.
+        let mut armed = a.create_label();
+        a.set_label(&mut armed)?;
+        a.cmp(byte_ptr(rbp + 0x2001), 0)?;
+        a.je(armed)?;
+        a.mov(dword_ptr(rbx + 0x310), 1u32 << 24)?;
+        a.mov(dword_ptr(rbx + 0x300), 0x4000u32 | VECTOR as u32)?;
+        a.set_label(&mut wait)?;
+        a.cmp(byte_ptr(rbp + 0x2000), 0)?;
+        a.je(wait)?;
+        a.hlt()?;
+        // CPU 1: an interrupt gate for VECTOR, then interrupts on.
+        a.set_label(&mut cpu1)?;
+        a.lea(rax, ptr(handler))?;
+        let gate = VECTOR as u64 * 16;
+        a.mov(word_ptr(rbp + gate), ax)?;
+        a.mov(cx, cs)?;
+        a.mov(word_ptr(rbp + gate + 2), cx)?;
+        a.mov(word_ptr(rbp + gate + 4), 0x8e00u32)?;
+        a.shr(rax, 16)?;
+        a.mov(word_ptr(rbp + gate + 6), ax)?;
+        a.shr(rax, 16)?;
+        a.mov(dword_ptr(rbp + gate + 8), eax)?;
+        a.mov(dword_ptr(rbp + gate + 12), 0u32)?;
+        a.mov(word_ptr(rbp + 0x1000), 0xfffu32)?;
+        a.mov(qword_ptr(rbp + 0x1002), rbp)?;
+        a.lidt(ptr(rbp + 0x1000))?;
+        a.sti()?;
+        a.mov(byte_ptr(rbp + 0x2001), 1u32)?;
+        a.set_label(&mut spin)?;
+        a.jmp(spin)?;
+        a.set_label(&mut handler)?;
+        a.mov(byte_ptr(rbp + 0x2000), 1u32)?;
+        a.cli()?;
+        a.hlt()
+    });
+    let (mut m, _) = boot(2, Q, &elf);
+    let mut obs = Placer::default();
+    let r = m.run_observed(&mut obs, 10_000);
+    assert!(matches!(r.outcome, RunOutcome::AllHalted(_)), "{r:?}");
+    let total = m.instructions();
+    assert_eq!(obs.misplaced, vec![], "reports outside their CPU's slice");
+    // cpu0 [0, Q) waits; cpu1 [Q, 2Q) arms; cpu0 [2Q, 3Q) sends; cpu1 takes it at 3Q.
+    assert_eq!(obs.interrupts, vec![(1, VECTOR, 3 * Q)]);
+    // Each CPU's accesses in order, and none past the end.
+    for cpu in 0..2 {
+        let mine: Vec<u64> = obs
+            .accesses
+            .iter()
+            .filter(|a| a.0 == cpu)
+            .map(|a| a.1)
+            .collect();
+        assert!(mine.windows(2).all(|w| w[0] <= w[1]), "cpu{cpu}: {mine:?}");
+        assert!(
+            mine.iter().all(|&p| p < total),
+            "cpu{cpu}: {mine:?} ({total})"
+        );
+    }
+}
