@@ -560,6 +560,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{t}' is too large"))
 }
 
+/// An address given as decimal or `0x` hex, `_` allowed between digits.
+pub fn parse_addr(s: &str) -> anyhow::Result<u64> {
+    let t = s.replace('_', "");
+    let v = match t.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    v.map_err(|_| anyhow::anyhow!("'{s}' is not an address (decimal or 0x hex)"))
+}
+
 /// A count: decimal digits, underscores allowed as separators (`10_000_000`).
 pub fn parse_count(s: &str) -> Result<u64, String> {
     let digits: String = s.trim().chars().filter(|&c| c != '_').collect();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
-use reprise_cpu::observer::{Access, ContextEvent, Observer};
+use reprise_cpu::observer::{Access, ContextEvent, Hypercall, Observer};
 use reprise_mscan::source::{policy_over_stored, scan_stored};
 use reprise_mscan::{Options, Report, Scanner};
 use reprise_record::manifest::{Manifest, MANIFEST_FILE};
@@ -190,6 +190,10 @@ impl<O: Observer> Observer for Watch<'_, O> {
 
     fn context(&mut self, cpu: u32, retired: u64, e: &ContextEvent) {
         self.inner.context(cpu, retired, e);
+    }
+
+    fn hypercall(&mut self, cpu: u32, retired: u64, call: &Hypercall<'_>) {
+        self.inner.hypercall(cpu, retired, call);
     }
 }
 

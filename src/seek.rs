@@ -19,15 +19,6 @@ pub fn seek(args: &SeekArgs) -> i32 {
     }
 }
 
-fn parse_addr(s: &str) -> anyhow::Result<u64> {
-    let t = s.replace('_', "");
-    let v = match t.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => t.parse(),
-    };
-    v.map_err(|_| anyhow::anyhow!("'{s}' is not an address (decimal or 0x hex)"))
-}
-
 fn inner(args: &SeekArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let mem = match args.mem.as_slice() {
@@ -35,9 +26,9 @@ fn inner(args: &SeekArgs) -> anyhow::Result<i32> {
         [addr, len] => {
             let len = parse_count(len).map_err(|e| anyhow::anyhow!("--mem LEN: {e}"))?;
             let at = match addr.strip_prefix("phys:") {
-                Some(p) => MemAddr::Phys(parse_addr(p)?),
+                Some(p) => MemAddr::Phys(crate::cli::parse_addr(p)?),
                 None => MemAddr::Virt {
-                    addr: parse_addr(addr)?,
+                    addr: crate::cli::parse_addr(addr)?,
                     cpu: args.cpu,
                 },
             };

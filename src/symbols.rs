@@ -57,15 +57,6 @@ pub fn symbols(args: &SymbolsArgs) -> i32 {
     }
 }
 
-fn parse_addr(s: &str) -> anyhow::Result<u64> {
-    let t = s.replace('_', "");
-    let v = match t.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => t.parse(),
-    };
-    v.map_err(|_| anyhow::anyhow!("'{s}' is not an address (decimal or 0x hex)"))
-}
-
 fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut debug = None;
@@ -115,7 +106,7 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
         }
     }
     for a in &args.lookup {
-        let addr = parse_addr(a)?;
+        let addr = crate::cli::parse_addr(a)?;
         let sym = table
             .lookup(addr)
             .map_or_else(|| "?".to_owned(), |h| h.to_string());

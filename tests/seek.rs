@@ -8,42 +8,16 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use reprise_fixtures::fixture_path;
-use support::{reprise, scratch_dir};
-
-/// Record `fixture` with `options` into a fresh folder and checkpoint it every `every`.
-fn recording(name: &str, fixture: &str, options: &[&str], every: u64) -> (PathBuf, u64) {
-    let dir = scratch_dir().join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut args: Vec<String> = vec!["record".into(), "-o".into(), dir.display().to_string()];
-    args.extend(options.iter().map(|s| s.to_string()));
-    args.push(fixture_path(fixture).display().to_string());
-    let r = reprise(&args);
-    assert!(r.stderr.contains("recorded"), "{r:?}");
-    let end: u64 = r
-        .stderr
-        .split("recorded ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|s| s.parse().ok())
-        .expect("instruction count");
-    let c = reprise(&[
-        "checkpoint",
-        &dir.display().to_string(),
-        "--every",
-        &every.to_string(),
-    ]);
-    assert_eq!(c.status, 0, "{c:?}");
-    (dir, end)
-}
+use support::{record_and_checkpoint, reprise, scratch_dir};
 
 fn smp() -> &'static (PathBuf, u64) {
     static R: OnceLock<(PathBuf, u64)> = OnceLock::new();
-    R.get_or_init(|| recording("smp", "smp-counter", &["--cpus", "4"], 100_000))
+    R.get_or_init(|| record_and_checkpoint("smp", "smp-counter", &["--cpus", "4"], 100_000))
 }
 
 fn compute() -> &'static (PathBuf, u64) {
     static R: OnceLock<(PathBuf, u64)> = OnceLock::new();
-    R.get_or_init(|| recording("compute", "compute-small", &[], 250_000))
+    R.get_or_init(|| record_and_checkpoint("compute", "compute-small", &[], 250_000))
 }
 
 fn seek(dir: &Path, at: u64, extra: &[&str]) -> support::Run {

@@ -57,8 +57,33 @@ struct LockStat {
     acquire_pcs: HashMap<u64, u64>,
     release_pcs: HashMap<u64, u64>,
     held: HashMap<u64, PcStat>,
-    /// Lines touched while holding: paddr -> (vaddr, accesses).
-    data: HashMap<u64, (u64, u64)>,
+    /// Lines touched while holding, by physical address.
+    data: HashMap<u64, DataStat>,
+}
+
+/// One line touched inside a lock's sections.
+#[derive(Default)]
+struct DataStat {
+    vaddr: u64,
+    accesses: u64,
+    writes: u64,
+    /// Bit n: CPU n (mod 64) touched it while holding the lock.
+    cpus: u64,
+}
+
+impl DataStat {
+    fn add(&mut self, vaddr: u64, cpu: u32, write: bool) {
+        self.vaddr = vaddr;
+        self.accesses += 1;
+        self.writes += write as u64;
+        self.cpus |= 1 << (cpu % 64);
+    }
+
+    /// What the lock protects: data written inside its sections by more than one CPU.
+    /// A CPU's own stack, and constants read inside (a hypercall's name string), are not.
+    fn protected(&self) -> bool {
+        self.writes > 0 && self.cpus.count_ones() > 1
+    }
 }
 
 /// An access made inside an open section: (pc, stack, write, line paddr, line vaddr).
@@ -174,8 +199,10 @@ impl Serial {
             let s = self.locks.entry(LockId::Hypercall(lock)).or_default();
             s.held.entry(a.pc).or_default().add(cpu, write, ctx);
             let key = a.paddr & !(line_size - 1);
-            let d = s.data.entry(key).or_insert((a.vaddr & !(line_size - 1), 0));
-            d.1 += 1;
+            s.data
+                .entry(key)
+                .or_default()
+                .add(a.vaddr & !(line_size - 1), cpu, write);
         }
         for (paddr, vaddr, _) in pieces(a, line_size) {
             let key = paddr & !(line_size - 1);
@@ -272,7 +299,7 @@ impl Serial {
                     p.cpus |= 1 << (cpu % 64);
                     *p.stacks.entry(tstack).or_insert(0) += 1;
                     if tline != k.line {
-                        s.data.entry(tline).or_insert((tv, 0)).1 += 1;
+                        s.data.entry(tline).or_default().add(tv, cpu, tw);
                     }
                 }
             }
@@ -303,6 +330,16 @@ impl Analysis for Serial {
             .locks
             .iter()
             .filter(|(_, s)| s.acquisitions > 0)
+            // A lock the guest reports by hypercall is that lock; its LOCK-prefixed line
+            // seen again by the heuristic is not a second one.
+            .filter(|(id, s)| {
+                !matches!(id, LockId::Line(_))
+                    || !self.locks.iter().any(|(other, h)| {
+                        matches!(other, LockId::Hypercall(_))
+                            && h.acquisitions > 0
+                            && h.vaddr & !(self.line - 1) == s.vaddr
+                    })
+            })
             .collect();
         let found = v.len();
         v.sort_by(|a, b| {
@@ -356,13 +393,14 @@ impl Analysis for Serial {
                 fmt_pcs(&acq),
                 fmt_pcs(&rel)
             ));
-            let mut data: Vec<(&u64, &(u64, u64))> = s.data.iter().collect();
-            data.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then(a.0.cmp(b.0)));
+            let mut data: Vec<(&u64, &DataStat)> =
+                s.data.iter().filter(|(_, d)| d.protected()).collect();
+            data.sort_by(|a, b| b.1.accesses.cmp(&a.1.accesses).then(a.0.cmp(b.0)));
             let data: Vec<Value> = data
                 .into_iter()
                 .take(5)
-                .map(|(p, (va, n))| {
-                    json!({"line": va, "paddr": p, "name": names.data(*va), "accesses": n})
+                .map(|(p, d)| {
+                    json!({"line": d.vaddr, "paddr": p, "name": names.data(d.vaddr), "accesses": d.accesses, "writes": d.writes})
                 })
                 .collect();
             if !data.is_empty() {

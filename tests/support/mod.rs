@@ -106,3 +106,46 @@ pub fn run_image_with_input(options: &[&str], image: &Path, input: &[u8]) -> Run
     drop(stdin);
     Run::from(child.wait_with_output().expect("waiting for reprise"))
 }
+
+/// Record the fixture `fixture` with `options` into a fresh scratch folder `name` (no
+/// checkpoints while recording), then add checkpoints every `every` instructions with
+/// `reprise checkpoint`. Returns the folder and the recording's instruction count.
+pub fn record_and_checkpoint(
+    name: &str,
+    fixture: &str,
+    options: &[&str],
+    every: u64,
+) -> (PathBuf, u64) {
+    let dir = scratch_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut args: Vec<String> = vec![
+        "record".into(),
+        "-o".into(),
+        dir.display().to_string(),
+        "--checkpoint-every".into(),
+        "0".into(),
+    ];
+    args.extend(options.iter().map(|s| s.to_string()));
+    args.push(
+        reprise_fixtures::fixture_path(fixture)
+            .display()
+            .to_string(),
+    );
+    let r = reprise(&args);
+    assert!(r.stderr.contains("recorded"), "{r:?}");
+    let end: u64 = r
+        .stderr
+        .split("recorded ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("instruction count");
+    let c = reprise(&[
+        "checkpoint",
+        &dir.display().to_string(),
+        "--every",
+        &every.to_string(),
+    ]);
+    assert_eq!(c.status, 0, "{c:?}");
+    (dir, end)
+}
