@@ -18,9 +18,11 @@
 //! checkpoint.
 #![warn(missing_docs)]
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use reprise_devices::{Inputs, Machine, MachineState};
 use serde::{Deserialize, Serialize};
@@ -28,7 +30,7 @@ use serde::{Deserialize, Serialize};
 /// Bytes per stored page.
 pub const PAGE: usize = 4096;
 /// The version of the checkpoint file format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The zstd level pages are compressed at (fast: checkpoints are taken during recording).
 const ZSTD_LEVEL: i32 = 3;
 /// File name extension of a checkpoint file.
@@ -81,10 +83,12 @@ pub struct Checkpoint {
     pub log_index: u64,
     /// Every piece of machine state except RAM.
     pub state: MachineState,
-    /// [`Machine::state_hash`] at the checkpoint: checked after restoring.
+    /// [`checkpoint_hash`] of the state and the page list: checked after restoring,
+    /// against the restored machine's own state and RAM.
     pub state_hash: [u8; 32],
     /// RAM size in bytes.
     pub ram_bytes: u64,
+
     /// `(page number, blake3 of its bytes)` of every non-zero page, in address order.
     pub pages: Vec<(u64, [u8; 32])>,
 }
@@ -115,6 +119,52 @@ pub struct Restored {
 #[derive(Clone, Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// Page keys known to be in the store (written or seen by this process), so that a
+    /// checkpoint looks at the file system only for pages it has not met yet: a stat per
+    /// page per checkpoint cost more than the rest of the checkpoint. Shared by clones,
+    /// which name the same folder.
+    known: Arc<Mutex<HashSet<[u8; 32]>>>,
+}
+
+/// The hash a checkpoint carries of the machine it holds: blake3 of the serialized state,
+/// then of every listed page's number (u64 little-endian) and key, in address order.
+///
+/// Built from the page keys (the hashes of the page bytes) rather than from RAM itself so
+/// that saving reads RAM once; restoring recomputes it from the restored machine's own
+/// RAM ([`page_keys`]), so it still proves the restored machine is the one saved.
+pub fn checkpoint_hash(state: &MachineState, pages: &[(u64, [u8; 32])]) -> blake3::Hash {
+    let mut list = blake3::Hasher::new();
+    for (n, key) in pages {
+        list.update(&n.to_le_bytes());
+        list.update(key);
+    }
+    reprise_devices::machine::state_hash_of(state, &list.finalize())
+}
+
+/// Whether `page` is all zero bytes. OR-ing 64-byte blocks lets the compiler vectorize the
+/// test (a byte-wise `all` stopping at the first non-zero byte does not, and took a third
+/// as long as hashing the page).
+fn is_zero(page: &[u8]) -> bool {
+    let mut blocks = page.chunks_exact(64);
+    let any = blocks
+        .by_ref()
+        .fold(0u8, |acc, b| b.iter().fold(acc, |a, &x| a | x));
+    any == 0 && blocks.remainder().iter().all(|&b| b == 0)
+}
+
+/// `(page number, blake3 of its bytes)` of every non-zero page of `ram`, in address order.
+/// Pages the host never backed are zero and skipped without being read (reading would
+/// fault each one in).
+pub fn page_keys(ram: &[u8]) -> Vec<(u64, [u8; 32])> {
+    let backed = reprise_devices::machine::backed_pages(ram);
+    let mut pages = Vec::new();
+    for (n, page) in ram.chunks(PAGE).enumerate() {
+        if backed.as_ref().is_some_and(|b| b.get(n) == Some(&0)) || is_zero(page) {
+            continue;
+        }
+        pages.push((n as u64, *blake3::hash(page).as_bytes()));
+    }
+    pages
 }
 
 /// The file name of the checkpoint at `position` (zero-padded so names sort by position).
@@ -128,16 +178,14 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Write `data` to `path` atomically: a temporary file in the same folder, then renamed
 /// over `path`, so a killed writer leaves either no file or the whole file (and a stray
-/// `.tmp`). `sync`: flush it to disk first, for the checkpoint files; pages are not synced
-/// (one fsync per page would dominate), since after a power loss a lost page is caught by
-/// its hash when restoring, and the checkpoint skipped.
-fn write_atomic(path: &Path, data: &[u8], sync: bool) -> Result<(), CheckpointError> {
+/// `.tmp`). Nothing is fsynced: checkpoints are a cache of the replay, not the recording,
+/// and after a power loss a lost or torn page or checkpoint file fails its hash when
+/// restoring and the checkpoint is skipped (an fsync per checkpoint cost more than the
+/// rest of taking it).
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(data).map_err(io_err(&tmp))?;
-    if sync {
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
     drop(f);
     fs::rename(&tmp, path).map_err(io_err(path))
 }
@@ -147,6 +195,7 @@ impl Store {
     pub fn new(dir: &Path) -> Store {
         Store {
             dir: dir.to_path_buf(),
+            known: Arc::default(),
         }
     }
 
@@ -173,35 +222,46 @@ impl Store {
         fs::create_dir_all(&pages_dir).map_err(io_err(&pages_dir))?;
         let ram = machine.ram().as_slice();
         let mut stats = SaveStats::default();
-        let mut pages = Vec::new();
-        // Pages the host never backed are zero: skip them without reading (reading would
-        // fault each one in).
-        let backed = reprise_devices::machine::backed_pages(ram);
-        for (n, page) in ram.chunks(PAGE).enumerate() {
-            if backed.as_ref().is_some_and(|b| b.get(n) == Some(&0)) || page.iter().all(|&b| b == 0)
-            {
-                continue;
+        let pages = page_keys(ram);
+        stats.pages = pages.len() as u64;
+        {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            // One compression context for all the pages (creating one per page showed in
+            // profiles).
+            let mut zstd = None;
+            for (n, key) in &pages {
+                if known.contains(key) {
+                    continue;
+                }
+                let path = self.page_path(key);
+                // Content-addressed: a page file that exists holds these bytes (or is
+                // damaged, which restoring detects), so it is never rewritten.
+                if !path.exists() {
+                    let start = *n as usize * PAGE;
+                    let page = &ram[start..start + PAGE];
+                    let c = match &mut zstd {
+                        Some(c) => c,
+                        None => zstd.insert(
+                            zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(io_err(&path))?,
+                        ),
+                    };
+                    let z = c.compress(page).map_err(io_err(&path))?;
+                    write_atomic(&path, &z)?;
+                    stats.new_pages += 1;
+                    stats.bytes_written += z.len() as u64;
+                }
+                known.insert(*key);
             }
-            let key = *blake3::hash(page).as_bytes();
-            stats.pages += 1;
-            let path = self.page_path(&key);
-            // Content-addressed: a page file that exists holds these bytes (or is damaged,
-            // which restoring detects), so it is never rewritten.
-            if !path.exists() {
-                let z = zstd::bulk::compress(page, ZSTD_LEVEL).map_err(io_err(&path))?;
-                write_atomic(&path, &z, false)?;
-                stats.new_pages += 1;
-                stats.bytes_written += z.len() as u64;
-            }
-            pages.push((n as u64, key));
         }
         let position = machine.instructions();
+        let state = machine.state();
+        let state_hash = *checkpoint_hash(&state, &pages).as_bytes();
         let cp = Checkpoint {
             version: FORMAT_VERSION,
             position,
             log_index,
-            state: machine.state(),
-            state_hash: *machine.state_hash().as_bytes(),
+            state,
+            state_hash,
             ram_bytes: ram.len() as u64,
             pages,
         };
@@ -212,7 +272,7 @@ impl Store {
         let h = blake3::hash(&body);
         body.extend_from_slice(h.as_bytes());
         let path = self.dir.join(checkpoint_name(position));
-        write_atomic(&path, &body, true)?;
+        write_atomic(&path, &body)?;
         stats.bytes_written += body.len() as u64;
         Ok(stats)
     }
@@ -340,7 +400,8 @@ impl Store {
                 }
             }
         }
-        if machine.state_hash().as_bytes() != &cp.state_hash {
+        let restored = checkpoint_hash(&machine.state(), &page_keys(machine.ram().as_slice()));
+        if restored.as_bytes() != &cp.state_hash {
             return Err(CheckpointError::Damaged {
                 checkpoint: name,
                 what: "the restored machine fails the checkpoint's state hash".into(),
