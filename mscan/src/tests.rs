@@ -154,6 +154,8 @@ fn serial_from_lock_hypercalls() {
         access(15, 0, 0x40_0030, 0x3040, Kind::Write, false),
         lock(20, 0, LockOp::Release),
         lock(25, 1, LockOp::Acquired),
+        // Protected data: written inside the sections by more than one CPU.
+        access(30, 1, 0x40_0030, 0x3040, Kind::Write, false),
         lock(40, 1, LockOp::Release),
         // A release of a lock not held is ignored.
         lock(41, 2, LockOp::Release),
