@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use iced_x86::code_asm::*;
 use reprise_fixtures::{fixture_path, linux_guest_for_test, LINUX_CMDLINE};
 use support::{guest, reprise, run_image, scratch_dir, write_file, Run};
 
@@ -75,50 +74,13 @@ fn fixtures_record_and_replay_under_the_host_clock() {
 /// A guest that takes `periods` LAPIC timer interrupts of `ticks` crystal ticks (25 MHz)
 /// each, halted in between, then exits with the count.
 fn sleeper(periods: u32, ticks: u32) -> Vec<u8> {
-    const IDT: u64 = support::DATA;
-    const COUNTER: u64 = support::DATA + 0x1000;
-    const IDTR: u64 = support::DATA + 0x1100;
-    const LAPIC: u64 = 0xfee0_0000;
+    let layout = support::asm::Layout {
+        idt: support::DATA,
+        counter: support::DATA + 0x1000,
+        idtr: support::DATA + 0x1100,
+    };
     guest(&[0u8; 0x1200], |a| {
-        let mut handler = a.create_label();
-        let mut again = a.create_label();
-        a.lea(rax, ptr(handler))?;
-        a.mov(rdi, IDT + 16 * 0x40)?;
-        a.mov(word_ptr(rdi), ax)?;
-        a.mov(word_ptr(rdi + 2), 0x08u32)?;
-        a.mov(word_ptr(rdi + 4), 0x8e00u32)?;
-        a.shr(rax, 16u32)?;
-        a.mov(word_ptr(rdi + 6), ax)?;
-        a.shr(rax, 16u32)?;
-        a.mov(dword_ptr(rdi + 8), eax)?;
-        a.mov(dword_ptr(rdi + 12), 0u32)?;
-        a.mov(rdi, IDTR)?;
-        a.mov(word_ptr(rdi), 0xfffu32)?;
-        a.mov(rax, IDT)?;
-        a.mov(qword_ptr(rdi + 2), rax)?;
-        a.lidt(ptr(rdi))?;
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?; // software enable
-        a.mov(dword_ptr(rbx + 0x3e0), 0xbu32)?; // divide by 1
-        a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?; // periodic, vector 0x40
-        a.mov(dword_ptr(rbx + 0x380), ticks)?;
-        a.sti()?;
-        a.set_label(&mut again)?;
-        a.hlt()?;
-        a.mov(rdi, COUNTER)?;
-        a.cmp(qword_ptr(rdi), periods as i32)?;
-        a.jb(again)?;
-        a.cli()?;
-        a.mov(eax, dword_ptr(rdi))?;
-        a.out(0xf4u32, eax)?;
-        a.set_label(&mut handler)?;
-        a.push(rdi)?;
-        a.mov(rdi, COUNTER)?;
-        a.inc(qword_ptr(rdi))?;
-        a.mov(rdi, LAPIC)?;
-        a.mov(dword_ptr(rdi + 0xb0), 0u32)?; // EOI
-        a.pop(rdi)?;
-        a.iretq()
+        support::asm::periodic_sleeper(a, layout, ticks, periods)
     })
 }
 

@@ -178,10 +178,8 @@ pub fn translate_quiet<B: Bus>(
             vaddr & 0xffff_ffff
         });
     }
-    let vpn = vaddr >> 12;
-    let e = tlb.entries[(vpn as usize) & (TLB_ENTRIES - 1)];
-    if e.tag == vpn.wrapping_add(1) && permits(s, &e, Intent::Read, cpl) {
-        return Ok(e.phys | (vaddr & 0xfff));
+    if let Some(pa) = tlb.hit(s, vaddr, Intent::Read, cpl) {
+        return Ok(pa);
     }
     let e = walk(s, bus, vaddr, Intent::Read, cpl, false)?;
     Ok(e.phys | (vaddr & 0xfff))

@@ -8,15 +8,20 @@ use reprise_devices::boot::{bare, kernel, multiboot};
 use reprise_devices::elf::{build_exec, SegmentSpec};
 use reprise_devices::{Machine, MachineConfig, RunOutcome, ScriptedInputs};
 
+mod common;
+
+use common::{counting_handler, enable_lapic, Layout, LAPIC};
+
 const BASE: u64 = 0x10_0000;
 const MIB: u64 = 1 << 20;
-/// Where the guests keep their IDT (256 × 16 bytes).
-const IDT: u64 = 0x20_0000;
-/// A counter the interrupt handlers increment.
-const COUNTER: u64 = 0x20_1000;
-/// The IDTR image for LIDT.
-const IDTR: u64 = 0x20_1100;
-const LAPIC: u64 = 0xfee0_0000;
+/// Where these guests keep their IDT, IDTR image and interrupt counter.
+const L: Layout = Layout {
+    idt: 0x20_0000,
+    counter: 0x20_1000,
+    idtr: 0x20_1100,
+};
+/// The counter the interrupt handlers increment.
+const COUNTER: u64 = L.counter;
 
 fn machine(cpus: u32) -> Machine<ScriptedInputs> {
     Machine::new(
@@ -35,62 +40,20 @@ fn bare_image(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Ve
     build_exec(BASE, &[SegmentSpec::rwx(BASE, code)])
 }
 
-/// Install `handler` as the 64-bit interrupt gate for `vector` and load the IDT.
+/// [`common::set_gate`] with this file's layout.
 fn set_gate(a: &mut CodeAssembler, vector: u8, handler: CodeLabel) -> Result<(), IcedError> {
-    let e = IDT + 16 * vector as u64;
-    a.lea(rax, ptr(handler))?;
-    a.mov(rdi, e)?;
-    a.mov(word_ptr(rdi), ax)?;
-    a.mov(word_ptr(rdi + 2), 0x08u32)?; // the bare protocol's code selector
-    a.mov(word_ptr(rdi + 4), 0x8e00u32)?; // present, DPL 0, interrupt gate
-    a.shr(rax, 16u32)?;
-    a.mov(word_ptr(rdi + 6), ax)?;
-    a.shr(rax, 16u32)?;
-    a.mov(dword_ptr(rdi + 8), eax)?;
-    a.mov(dword_ptr(rdi + 12), 0u32)?;
-    a.mov(rdi, IDTR)?;
-    a.mov(word_ptr(rdi), 0xfffu32)?;
-    a.mov(rax, IDT)?;
-    a.mov(qword_ptr(rdi + 2), rax)?;
-    a.lidt(ptr(rdi))
+    common::set_gate(a, L, vector, handler)
 }
 
-/// `hlt` until the counter reaches `n`, then exit with the counter's value.
+/// [`common::wait_for_interrupts`] with this file's layout.
 fn wait_for_interrupts(a: &mut CodeAssembler, n: u32) -> Result<(), IcedError> {
-    let mut again = a.create_label();
-    a.sti()?;
-    a.set_label(&mut again)?;
-    a.hlt()?;
-    a.mov(rdi, COUNTER)?;
-    a.cmp(qword_ptr(rdi), n as i32)?;
-    a.jb(again)?;
-    a.cli()?;
-    a.mov(eax, dword_ptr(rdi))?;
-    a.out(0xf4u32, eax)
+    common::wait_for_interrupts(a, L, n)
 }
 
 #[test]
 fn lapic_timer_wakes_a_halted_cpu_and_idle_time_jumps() {
-    let elf = bare_image(|a| {
-        let mut handler = a.create_label();
-        set_gate(a, 0x40, handler)?;
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?; // software enable
-        a.mov(dword_ptr(rbx + 0x3e0), 0xbu32)?; // divide by 1: 25 MHz
-        a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?; // periodic, vector 0x40
-        a.mov(dword_ptr(rbx + 0x380), 2500u32)?; // 100 µs
-        wait_for_interrupts(a, 5)?;
-        a.set_label(&mut handler)?;
-        a.push(rdi)?;
-        a.push(rbx)?;
-        a.mov(rdi, COUNTER)?;
-        a.inc(qword_ptr(rdi))?;
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xb0), 0u32)?; // EOI
-        a.pop(rbx)?;
-        a.pop(rdi)?;
-        a.iretq()
-    });
+    // Five periods of 100 µs (2,500 ticks of 25 MHz).
+    let elf = periodic_sleeper(2500, 5);
     let mut m = machine(1);
     bare::load(&mut m, "timer.elf", &elf).unwrap();
     let r = m.run(1_000_000);
@@ -108,8 +71,7 @@ fn pit_interrupts_through_the_8259_and_lint0() {
     let elf = bare_image(|a| {
         let mut handler = a.create_label();
         set_gate(a, 0x20, handler)?;
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        enable_lapic(a)?;
         a.mov(dword_ptr(rbx + 0x350), 0x700u32)?; // LINT0: ExtINT
                                                   // 8259: vectors 0x20/0x28, everything masked but IRQ 0.
         for (port, v) in [
@@ -167,8 +129,7 @@ fn init_and_startup_ipi_start_a_cpu_in_real_mode() {
         a.mov(rbx, 0x8000u64)?;
         a.mov(dword_ptr(rbx), 0x9000_06c6u32)?;
         a.mov(dword_ptr(rbx + 4), 0x00f4_fa42u32)?;
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        enable_lapic(a)?;
         a.mov(dword_ptr(rbx + 0x310), 1u32 << 24)?; // APIC ID 1
         a.mov(dword_ptr(rbx + 0x300), 0xc500u32)?; // INIT assert
         a.mov(dword_ptr(rbx + 0x300), 0x8500u32)?; // INIT de-assert
@@ -213,8 +174,7 @@ fn acpi_power_off() {
 #[test]
 fn all_halted_with_interrupts_off_ends_the_run_even_with_timers() {
     let elf = bare_image(|a| {
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        enable_lapic(a)?;
         a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?; // periodic
         a.mov(dword_ptr(rbx + 0x380), 1000u32)?;
         a.cli()?;
@@ -294,29 +254,9 @@ fn multiboot_kernel_reads_fw_cfg() {
     assert_eq!(r.retired[2], 0);
 }
 
-/// The periodic-timer guest of `lapic_timer_wakes_a_halted_cpu_and_idle_time_jumps`, with
-/// `ticks` crystal ticks (25 MHz) per period and `n` periods.
+/// [`common::periodic_sleeper`] as a bare image: `n` periods of `ticks` crystal ticks.
 fn periodic_sleeper(ticks: u32, n: u32) -> Vec<u8> {
-    bare_image(|a| {
-        let mut handler = a.create_label();
-        set_gate(a, 0x40, handler)?;
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
-        a.mov(dword_ptr(rbx + 0x3e0), 0xbu32)?;
-        a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?;
-        a.mov(dword_ptr(rbx + 0x380), ticks)?;
-        wait_for_interrupts(a, n)?;
-        a.set_label(&mut handler)?;
-        a.push(rdi)?;
-        a.push(rbx)?;
-        a.mov(rdi, COUNTER)?;
-        a.inc(qword_ptr(rdi))?;
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xb0), 0u32)?;
-        a.pop(rbx)?;
-        a.pop(rdi)?;
-        a.iretq()
-    })
+    bare_image(|a| common::periodic_sleeper(a, L, ticks, n))
 }
 
 #[test]
@@ -331,20 +271,13 @@ fn host_clock_samples_are_taken_at_fixed_positions_and_drive_time() {
         a.set_label(&mut lp)?;
         a.dec(ecx)?;
         a.jnz(lp)?;
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        enable_lapic(a)?;
         a.mov(dword_ptr(rbx + 0x3e0), 0xbu32)?;
         a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?;
         a.mov(dword_ptr(rbx + 0x380), 25_000_000u32)?; // 1 s
         wait_for_interrupts(a, 2)?;
         a.set_label(&mut handler)?;
-        a.push(rdi)?;
-        a.mov(rdi, COUNTER)?;
-        a.inc(qword_ptr(rdi))?;
-        a.mov(rdi, LAPIC)?;
-        a.mov(dword_ptr(rdi + 0xb0), 0u32)?;
-        a.pop(rdi)?;
-        a.iretq()
+        counting_handler(a, L)
     });
     let run = |step: u64| {
         let mut m = Machine::new(
@@ -467,8 +400,7 @@ fn cr8_masks_interrupts_of_lower_priority() {
         set_gate(a, 0x40, handler)?;
         a.mov(eax, 5u32)?;
         a.mov(cr8, rax)?;
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        enable_lapic(a)?;
         a.mov(dword_ptr(rbx + 0x300), 0x4_4040u32)?; // self IPI, vector 0x40
         a.sti()?;
         a.nop()?;
@@ -483,13 +415,7 @@ fn cr8_masks_interrupts_of_lower_priority() {
         a.cli()?;
         a.hlt()?;
         a.set_label(&mut handler)?;
-        a.push(rdi)?;
-        a.mov(rdi, COUNTER)?;
-        a.inc(qword_ptr(rdi))?;
-        a.mov(rdi, LAPIC)?;
-        a.mov(dword_ptr(rdi + 0xb0), 0u32)?;
-        a.pop(rdi)?;
-        a.iretq()
+        counting_handler(a, L)
     });
     let mut m = machine(1);
     bare::load(&mut m, "cr8irq.elf", &elf).unwrap();
@@ -506,8 +432,7 @@ fn the_tsc_deadline_counts_in_the_cpus_own_tsc() {
     let elf = bare_image(|a| {
         let mut handler = a.create_label();
         set_gate(a, 0x40, handler)?;
-        a.mov(rbx, LAPIC)?;
-        a.mov(dword_ptr(rbx + 0xf0), 0x1ffu32)?;
+        enable_lapic(a)?;
         a.mov(dword_ptr(rbx + 0x320), 0x4_0040u32)?; // TSC-deadline mode, vector 0x40
         a.mov(ecx, 0x10u32)?; // IA32_TSC
         a.mov(edx, 0x1000u32)?; // 0x1000_0000_0000
@@ -527,13 +452,7 @@ fn the_tsc_deadline_counts_in_the_cpus_own_tsc() {
         a.mov(r12, rax)?;
         wait_for_interrupts(a, 1)?;
         a.set_label(&mut handler)?;
-        a.push(rdi)?;
-        a.mov(rdi, COUNTER)?;
-        a.inc(qword_ptr(rdi))?;
-        a.mov(rdi, LAPIC)?;
-        a.mov(dword_ptr(rdi + 0xb0), 0u32)?;
-        a.pop(rdi)?;
-        a.iretq()
+        counting_handler(a, L)
     });
     let mut m = machine(1);
     bare::load(&mut m, "deadline.elf", &elf).unwrap();

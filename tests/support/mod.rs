@@ -9,6 +9,11 @@ use std::process::{Command, Output};
 use iced_x86::code_asm::{CodeAssembler, IcedError};
 use reprise_devices::elf::{build_exec, SegmentSpec};
 
+/// Guest-assembly helpers shared with `devices/tests/platform.rs` (IDT gates, a counting
+/// interrupt handler, a periodic LAPIC timer sleeper).
+#[path = "../../devices/tests/common/mod.rs"]
+pub mod asm;
+
 /// Where guest code is linked.
 pub const CODE: u64 = 0x10_0000;
 /// Where guest data tables are linked.
