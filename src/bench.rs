@@ -30,6 +30,12 @@ const DONE_MARKER: &str = "INIT-DONE";
 /// The QEMU binary the comparison runs (Debian package `qemu-system-x86`).
 const QEMU: &str = "qemu-system-x86_64";
 
+/// The row of the traced replay that feeds the `mesi` policy into `mscan sharing`.
+const MESI_ROW: &str = "reprise mesi -> mscan sharing";
+
+/// The cache `mesi` models in that row: a typical L1 data cache.
+const MESI_POLICY: &str = "mesi:size=32K,assoc=8,line=64";
+
 /// A child is killed after this long (a hung guest must not hang the benchmark).
 const CHILD_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -198,10 +204,26 @@ fn bench_inner(args: &BenchArgs) -> Result<()> {
             });
         }
     }
-    rows.push(Row {
-        name: "reprise mesi -> mscan sharing".into(),
-        result: Err("skipped: this build has no mscan subcommand".into()),
-    });
+    // The other traced replay: a cache-coherence policy fed straight into an analysis
+    // (a live replay; nothing is written but the report).
+    let mesi_args: Vec<String> = [
+        "mscan",
+        "sharing",
+        &rec.display().to_string(),
+        "--policy",
+        MESI_POLICY,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if have_rec {
+        rows.push(measure_row(MESI_ROW, &exe, &mesi_args));
+    } else {
+        rows.push(Row {
+            name: MESI_ROW.into(),
+            result: Err("skipped: the recording failed".into()),
+        });
+    }
 
     // QEMU on the same kernel and initramfs.
     match &guest {
@@ -511,6 +533,7 @@ fn print_table(rows: &[Row]) {
             "reprise replay",
             "<= 3",
         ),
+        ("mesi -> mscan / replay", MESI_ROW, "reprise replay", "<= 4"),
         ("reprise run / qemu tcg", "reprise run", "qemu tcg", ""),
         (
             "reprise record / qemu tcg",

@@ -31,6 +31,14 @@ pub trait Bus {
     /// `pa < ram().len()` and [`Bus::is_mmio`] says no.
     fn ram(&mut self) -> &mut [u8];
 
+    /// Note that the RAM page holding `pa` is about to be written through [`Bus::ram`], for
+    /// a machine that tracks written pages (checkpoints store only those). The CPU calls it
+    /// when its TLB starts allowing stores to a page (once per page until
+    /// [`crate::Cpu::forget_written_pages`]), for every store with paging off, and for the
+    /// page walker's accessed/dirty-bit updates; so every byte the CPU writes is covered.
+    #[inline(always)]
+    fn mark_written(&mut self, _pa: GuestPhysAddr) {}
+
     /// Whether a physical address inside the RAM range is claimed by a device instead
     /// (for example the LAPIC page). Addresses beyond RAM are always device space.
     fn is_mmio(&self, pa: GuestPhysAddr) -> bool;

@@ -58,6 +58,10 @@ struct TlbEntry {
     nx: bool,
     /// The dirty bit is known to be set in the leaf entry.
     dirty: bool,
+    /// Stores may hit this entry: the dirty bit is set (`dirty`) and the page has been
+    /// reported to [`Bus::mark_written`] since the last [`Tlb::forget_written_pages`].
+    /// Only [`Tlb::install_writable`] sets it.
+    marked: bool,
     /// A global page (survives CR3 writes).
     global: bool,
 }
@@ -84,6 +88,25 @@ impl Tlb {
                 *e = TlbEntry::default();
             }
         }
+    }
+
+    /// Make every entry forget that its page was reported written, so the next store to
+    /// each page reports it again (after the machine starts a new dirty-page stretch).
+    /// Translations themselves are kept: what the guest sees does not change.
+    pub fn forget_written_pages(&mut self) {
+        for e in self.entries.iter_mut() {
+            e.marked = false;
+        }
+    }
+
+    /// Let stores hit `slot`'s entry from now on, reporting its page as written first.
+    /// Called for an entry that allows the store being made (just walked for a write, or
+    /// cached with its dirty bit set).
+    #[inline]
+    fn install_writable<B: Bus>(&mut self, bus: &mut B, slot: usize) {
+        let e = &mut self.entries[slot];
+        bus.mark_written(e.phys);
+        e.marked = true;
     }
 
     /// Forget the translation of one virtual address (INVLPG).
@@ -132,16 +155,36 @@ pub(crate) fn translate_slow<B: Bus>(
     cpl: u8,
 ) -> Result<GuestPhysAddr, Fault> {
     if s.cr0 & cr0::PG == 0 {
-        return Ok(if s.msr.efer & efer::LMA != 0 {
+        let pa = if s.msr.efer & efer::LMA != 0 {
             vaddr
         } else {
             vaddr & 0xffff_ffff
-        });
+        };
+        // No TLB without paging: every store reports its page (rare: early boot code).
+        if intent == Intent::Write {
+            bus.mark_written(pa);
+        }
+        return Ok(pa);
     }
     let vpn = vaddr >> 12;
     let slot = (vpn as usize) & (TLB_ENTRIES - 1);
+    if intent == Intent::Write {
+        // A cached entry that allows this store but is not yet marked (filled by a read,
+        // or its page was reported before the last checkpoint): report the page and let
+        // stores hit, without a walk — exactly as the TLB would have behaved unmarked.
+        let e = &tlb.entries[slot];
+        let mut cached = *e;
+        cached.marked = cached.dirty;
+        if e.tag == vpn.wrapping_add(1) && permits(s, &cached, intent, cpl) {
+            tlb.install_writable(bus, slot);
+            return Ok(cached.phys | (vaddr & 0xfff));
+        }
+    }
     let e = walk(s, bus, vaddr, intent, cpl, true)?;
     tlb.entries[slot] = e;
+    if intent == Intent::Write {
+        tlb.install_writable(bus, slot);
+    }
     Ok(e.phys | (vaddr & 0xfff))
 }
 
@@ -186,7 +229,8 @@ pub fn translate_quiet<B: Bus>(
 }
 
 /// Whether a cached entry allows the access without a walk (a write to a clean page
-/// needs a walk to set the dirty bit).
+/// needs a walk to set the dirty bit; one to a page not yet reported written goes through
+/// [`translate_slow`] to report it).
 #[inline(always)]
 fn permits(s: &CpuState, e: &TlbEntry, intent: Intent, cpl: u8) -> bool {
     let user = cpl == 3;
@@ -195,7 +239,7 @@ fn permits(s: &CpuState, e: &TlbEntry, intent: Intent, cpl: u8) -> bool {
     }
     match intent {
         Intent::Read => true,
-        Intent::Write => e.dirty && (e.writable || (!user && s.cr0 & cr0::WP == 0)),
+        Intent::Write => e.marked && (e.writable || (!user && s.cr0 & cr0::WP == 0)),
         Intent::Execute => !e.nx,
     }
 }
@@ -208,6 +252,7 @@ fn read_pte<B: Bus>(bus: &mut B, pa: u64) -> Option<u64> {
 }
 
 fn write_pte<B: Bus>(bus: &mut B, pa: u64, v: u64) {
+    bus.mark_written(pa);
     let ram = bus.ram();
     let i = pa as usize;
     if let Some(b) = ram.get_mut(i..i + 8) {
@@ -319,6 +364,7 @@ fn walk<B: Bus>(
             user: usr,
             nx,
             dirty: new & pte::D != 0,
+            marked: false,
             global: entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
         });
     }

@@ -385,7 +385,13 @@ impl<I: Inputs> Board<I> {
 impl<I: Inputs> Bus for Board<I> {
     #[inline(always)]
     fn ram(&mut self) -> &mut [u8] {
-        self.ram.as_mut_slice()
+        // The CPU reports the pages it writes through `mark_written`.
+        self.ram.cpu_slice()
+    }
+
+    #[inline(always)]
+    fn mark_written(&mut self, pa: GuestPhysAddr) {
+        self.ram.mark_written(pa);
     }
 
     #[inline(always)]
@@ -563,6 +569,16 @@ impl<I: Inputs> Machine<I> {
     pub fn ram_mut(&mut self) -> &mut GuestRam {
         self.code.clear();
         &mut self.board.ram
+    }
+
+    /// The RAM pages written since the previous call (or since the machine was made), and
+    /// start a new stretch: RAM's bitmap is cleared and every CPU's TLB forgets which pages
+    /// it reported, so their next stores report again. Nothing the guest sees changes.
+    pub fn take_dirty_pages(&mut self) -> crate::ram::DirtyPages {
+        for cpu in &mut self.cpus {
+            cpu.forget_written_pages();
+        }
+        self.board.ram.take_dirty()
     }
 
     /// The CPUs, by index.

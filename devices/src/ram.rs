@@ -2,6 +2,16 @@
 //!
 //! RAM is the only machine state that is not a serde struct: it is too big, so checkpoints
 //! store it page by page and state hashes read it directly ([`GuestRam::as_slice`]).
+//!
+//! RAM also keeps a dirty-page bitmap: which 4 KiB pages may have been written since the
+//! last [`GuestRam::take_dirty`], so that a checkpoint hashes and stores only those. Every
+//! writer marks what it writes: the writing methods here mark their range (and
+//! [`GuestRam::as_mut_slice`], which cannot know what its caller will write, marks all of
+//! RAM); the CPUs, which write through [`GuestRam::cpu_slice`] on every store, mark a page
+//! when their TLB first allows writes to it after a `take_dirty` (see
+//! `reprise_cpu::Bus::mark_written`), so an ordinary store costs nothing extra.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 
@@ -35,15 +45,84 @@ pub enum RamError {
     },
 }
 
+/// Bytes per page of the dirty bitmap.
+pub const DIRTY_PAGE: u64 = 4096;
+
+/// Gives every [`GuestRam`] of the process its own [`DirtyPages::ram`] number. Only ever
+/// compared for equality by checkpoint stores; it never reaches guest state.
+static NEXT_RAM_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Guest physical memory, addressed from 0.
 pub struct GuestRam {
     map: MmapMut,
+    /// One bit per page: written (or possibly written) since the last
+    /// [`GuestRam::take_dirty`]. All set at creation.
+    dirty: Vec<u64>,
+    /// This RAM's number (see [`NEXT_RAM_ID`]).
+    id: u64,
+    /// How many times [`GuestRam::take_dirty`] has been called.
+    epoch: u64,
+}
+
+/// The pages written during one stretch of a machine's life: from the previous
+/// [`GuestRam::take_dirty`] of the same RAM (or its creation) to this one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirtyPages {
+    /// Which RAM this is of (unique within the process).
+    pub ram: u64,
+    /// The stretch: 0 from creation to the first `take_dirty`, 1 to the second, ...
+    /// A consumer that saw stretch `k - 1` of the same RAM may update what it knew of
+    /// the RAM with the pages of stretch `k` alone; anything else must look at all of it.
+    pub epoch: u64,
+    /// One bit per page (bit `p % 64` of word `p / 64` for page `p`).
+    pub bits: Vec<u64>,
+}
+
+impl DirtyPages {
+    /// Whether page `page` may have been written in this stretch.
+    pub fn contains(&self, page: u64) -> bool {
+        usize::try_from(page / 64)
+            .ok()
+            .and_then(|w| self.bits.get(w))
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    /// The page numbers marked, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.iter().enumerate().flat_map(|(w, &bits)| {
+            let mut rest = bits;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let b = rest.trailing_zeros() as u64;
+                rest &= rest - 1;
+                Some(w as u64 * 64 + b)
+            })
+        })
+    }
+
+    /// How many pages are marked.
+    pub fn count(&self) -> u64 {
+        self.bits.iter().map(|w| w.count_ones() as u64).sum()
+    }
 }
 
 impl std::fmt::Debug for GuestRam {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "GuestRam({} bytes)", self.map.len())
     }
+}
+
+/// A dirty-page bitmap with each of `pages` pages marked (and no bit beyond them).
+fn every_page(pages: u64) -> Vec<u64> {
+    let mut bits = vec![u64::MAX; pages.div_ceil(64) as usize];
+    if !pages.is_multiple_of(64) {
+        if let Some(last) = bits.last_mut() {
+            *last = (1 << (pages % 64)) - 1;
+        }
+    }
+    bits
 }
 
 impl GuestRam {
@@ -67,7 +146,12 @@ impl GuestRam {
         let len = usize::try_from(bytes).map_err(|_| RamError::TooLarge(bytes))?;
         let map =
             MmapMut::map_anon(len).map_err(|source| RamError::Allocation { bytes, source })?;
-        Ok(GuestRam { map })
+        Ok(GuestRam {
+            map,
+            dirty: every_page(bytes / DIRTY_PAGE),
+            id: NEXT_RAM_ID.fetch_add(1, Ordering::Relaxed),
+            epoch: 0,
+        })
     }
 
     /// Size in bytes.
@@ -86,10 +170,65 @@ impl GuestRam {
         &self.map
     }
 
-    /// All of RAM.
-    #[inline(always)]
+    /// All of RAM for writing. Marks every page dirty, since the caller may write
+    /// anywhere; writers that know their range use [`GuestRam::get_mut`] or
+    /// [`GuestRam::write`] instead.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.mark_all();
         &mut self.map
+    }
+
+    /// All of RAM for a CPU, without marking anything: the CPU reports the pages it
+    /// writes through [`GuestRam::mark_written`] (once per page and per stretch, from its
+    /// TLB). Anything else writing through this slice would escape the dirty bitmap and
+    /// make checkpoints wrong.
+    #[inline(always)]
+    pub fn cpu_slice(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    /// Note that the page holding physical address `pa` may be written. Addresses outside
+    /// RAM are ignored.
+    #[inline]
+    pub fn mark_written(&mut self, pa: u64) {
+        let page = pa / DIRTY_PAGE;
+        if let Some(w) = usize::try_from(page / 64)
+            .ok()
+            .and_then(|w| self.dirty.get_mut(w))
+        {
+            *w |= 1 << (page % 64);
+        }
+    }
+
+    /// Mark the pages of `[addr, addr + len)` (already known to be inside RAM).
+    fn mark_range(&mut self, addr: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let last = (addr + len - 1) / DIRTY_PAGE;
+        for page in addr / DIRTY_PAGE..=last {
+            self.mark_written(page * DIRTY_PAGE);
+        }
+    }
+
+    /// Mark every page.
+    fn mark_all(&mut self) {
+        self.dirty = every_page(self.len() / DIRTY_PAGE);
+    }
+
+    /// The pages written since the previous call (or since creation), and start a new
+    /// stretch with none marked. The CPUs' TLBs must forget their write marks at the same
+    /// time (`Machine::take_dirty_pages` does both), or their next stores go unmarked.
+    pub fn take_dirty(&mut self) -> DirtyPages {
+        let words = self.dirty.len();
+        let bits = std::mem::replace(&mut self.dirty, vec![0; words]);
+        let taken = DirtyPages {
+            ram: self.id,
+            epoch: self.epoch,
+            bits,
+        };
+        self.epoch += 1;
+        taken
     }
 
     /// The bytes `[addr, addr + len)`, or `None` if any of them is outside RAM.
@@ -98,9 +237,11 @@ impl GuestRam {
         self.map.get(start..end)
     }
 
-    /// The bytes `[addr, addr + len)` for writing, or `None` if any is outside RAM.
+    /// The bytes `[addr, addr + len)` for writing (marked dirty), or `None` if any is
+    /// outside RAM.
     pub fn get_mut(&mut self, addr: u64, len: u64) -> Option<&mut [u8]> {
         let (start, end) = self.range(addr, len)?;
+        self.mark_range(addr, len);
         self.map.get_mut(start..end)
     }
 
@@ -171,5 +312,32 @@ mod tests {
         assert!(!ram.write_u64((2 << 20) - 7, 1));
         assert!(!ram.write(u64::MAX - 2, &[1, 2, 3, 4]));
         assert_eq!(ram.read_u64(u64::MAX), None);
+    }
+
+    #[test]
+    fn writers_mark_their_pages_and_take_dirty_starts_a_new_stretch() {
+        // 2 MiB + 12 KiB: 515 pages, so the last bitmap word is partial.
+        let mut ram = GuestRam::new((2 << 20) + 3 * 4096).unwrap();
+        let all = ram.take_dirty();
+        assert_eq!((all.epoch, all.count()), (0, 515), "new RAM is all dirty");
+        assert!(all.contains(514) && !all.contains(515));
+        assert_eq!(ram.take_dirty().count(), 0);
+
+        assert!(ram.write(0x1ffe, &[1, 2, 3, 4])); // straddles pages 1 and 2
+        ram.write_u64(0x5000, 9);
+        ram.get_mut(0x9000, 0x2001).unwrap()[0] = 1; // pages 9, 10, 11
+        ram.mark_written(0x20_2fff); // the last page
+        ram.mark_written(u64::MAX); // outside: ignored
+        assert!(!ram.write(0x20_3000, &[1])); // refused: marks nothing
+        let d = ram.take_dirty();
+        assert_eq!(d.epoch, 2);
+        assert_eq!(d.iter().collect::<Vec<_>>(), vec![1, 2, 5, 9, 10, 11, 514]);
+        assert_eq!(d.ram, ram.take_dirty().ram);
+
+        ram.cpu_slice()[0x7000] = 1; // the CPU's path marks nothing by itself
+        assert_eq!(ram.take_dirty().count(), 0);
+        let _ = ram.as_mut_slice();
+        assert_eq!(ram.take_dirty().count(), 515);
+        assert_ne!(GuestRam::new(2 << 20).unwrap().take_dirty().ram, d.ram);
     }
 }

@@ -167,7 +167,7 @@ pub fn record<I: Inputs + 'static>(
             (r.error().is_some(), r.counts().total())
         };
         if !failed {
-            store.save(&machine, logged)?;
+            store.save(&mut machine, logged)?;
             checkpoints += 1;
         }
     };

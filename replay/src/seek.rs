@@ -233,7 +233,7 @@ pub fn add_checkpoints(
             return Ok(made);
         }
         let index = r.machine.inputs().consumed().total();
-        let stats = r.store.save(&r.machine, index)?;
+        let stats = r.store.save(&mut r.machine, index)?;
         made += 1;
         progress(next, &stats);
         next = next.saturating_add(every);

@@ -265,6 +265,12 @@ impl Cpu {
         self.tlb.flush(false);
     }
 
+    /// The machine started a new dirty-page stretch: report each page again on its next
+    /// store ([`crate::Bus::mark_written`]). Changes nothing the guest can see.
+    pub fn forget_written_pages(&mut self) {
+        self.tlb.forget_written_pages();
+    }
+
     /// Run up to `budget` instructions. Returns early on HLT, when the bus wants the CPU to
     /// stop, or when the machine must stop.
     pub fn run<B: Bus, O: Observer>(

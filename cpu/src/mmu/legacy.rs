@@ -35,6 +35,7 @@ fn read_entry<B: Bus>(bus: &mut B, pa: u64, width: usize) -> Option<u64> {
 
 /// Write back an entry (to set its accessed or dirty bit).
 fn write_entry<B: Bus>(bus: &mut B, pa: u64, width: usize, v: u64) {
+    bus.mark_written(pa);
     let ram = bus.ram();
     let Ok(i) = usize::try_from(pa) else { return };
     if let Some(b) = i.checked_add(width).and_then(|end| ram.get_mut(i..end)) {
@@ -146,6 +147,7 @@ pub(super) fn walk<B: Bus>(
         user: rights.user,
         nx: rights.nx,
         dirty: new & pte::D != 0,
+        marked: false,
         global: leaf.entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
     })
 }
