@@ -107,6 +107,11 @@ pub struct MscanArgs {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// With a recording: replay the segments between checkpoints on N threads (default:
+    /// one per core; 1: one sequential replay). The report is the same either way.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+
     /// With a recording: a boot image to use instead of the recorded path.
     #[arg(long = "image", value_name = "PATH")]
     pub images: Vec<PathBuf>,
@@ -449,6 +454,11 @@ pub struct ReplayArgs {
     /// Testing only: flip bit 0 of register REG of CPU at global instruction INSN.
     #[arg(long, hide = true, value_name = "CPU:INSN:REG")]
     pub debug_perturb: Option<reprise_replay::Perturb>,
+
+    /// With --trace: replay the segments between checkpoints on N threads (default: one
+    /// per core; 1: one sequential replay). The trace is the same either way.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
 
     /// Tracing.
     #[command(flatten)]

@@ -15,11 +15,11 @@ use reprise_mscan::source::{policy_over_stored, scan_stored};
 use reprise_mscan::{Options, Report, Scanner};
 use reprise_record::manifest::{Manifest, MANIFEST_FILE};
 use reprise_record::scan::LogScan;
-use reprise_replay::{replay_observed, ReplaySetup, Verdict};
+use reprise_replay::{replay_observed, ReplayReport, ReplaySetup, Verdict};
 use reprise_symbols::SymbolTable;
-use reprise_trace::filter::{AddrRange, Filter};
+use reprise_trace::filter::{AddrRange, And, Filter};
 use reprise_trace::format::{TraceError, TraceReader, TraceWriter};
-use reprise_trace::policy::{parse_policy, CacheLinePolicy};
+use reprise_trace::policy::{parse_policy, CacheLinePolicy, Policy};
 use reprise_trace::record::{Header, Record};
 use reprise_trace::tracer::{Sink, Tracer};
 
@@ -271,31 +271,45 @@ fn live(
     } else {
         bar(total, "instructions")
     };
-    let stop_scanner = scanner.clone();
-    let stop_symbols = symbols.clone();
-    let mut watch = Watch {
-        inner: tracer,
-        bar: bar.clone(),
-        next: 0,
-        step: (total / 1000).max(100_000),
-        on_stop: Box::new(move |at| {
-            eprintln!("reprise: interrupted at instruction {at}; the report covers the replay up to there");
-            let r = stop_scanner.borrow().report(&stop_symbols);
-            if let Err(e) = emit(args, &r) {
-                eprintln!("reprise: {e:#}");
-            }
-            std::process::exit(status::INTERRUPTED);
-        }),
-    };
     let setup = ReplaySetup {
         dir: rec.clone(),
         images: args.images.clone(),
         perturb: None,
     };
     let started = std::time::Instant::now();
-    let report = replay_observed(&setup, Box::new(std::io::sink()), &mut watch)?;
-    bar.finish_and_clear();
-    let Watch { inner: tracer, .. } = watch;
+    let jobs = crate::replay::segment_jobs(rec, args.jobs);
+    let (report, tracer) = if jobs != 1 {
+        // Segments between checkpoints on several threads, merged in order into the
+        // policy and the scanner: the same records as one sequential replay.
+        let step = (total / 1000).max(100_000);
+        let mut next = 0u64;
+        let (report, tracer, stats) = crate::replay::traced_in_segments(
+            &setup,
+            Box::new(std::io::sink()),
+            jobs,
+            ta,
+            tracer,
+            &mut |pos| {
+                if pos >= next {
+                    next = pos.saturating_add(step);
+                    bar.set_position(pos);
+                }
+            },
+        )?;
+        bar.finish_and_clear();
+        crate::replay::note_segments(&stats);
+        if crate::interrupt::requested() {
+            eprintln!(
+                "reprise: interrupted at instruction {}; the report covers the replay up to there",
+                report.result.total()
+            );
+            emit(args, &scanner.borrow().report(&symbols))?;
+            return Ok(status::INTERRUPTED);
+        }
+        (report, tracer)
+    } else {
+        sequential(args, &setup, tracer, &bar, total, &scanner, &symbols)?
+    };
     let (tee, _, counts) = tracer.finish().context("tracing the replay")?;
     if let Some(w) = tee.writer {
         w.finish().context("writing the trace")?;
@@ -425,4 +439,39 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
     }
     emit(args, &scanner.report(&symbols))?;
     Ok(code)
+}
+
+/// The tracer of [`live`].
+type LiveTracer = Tracer<And, Policy, Tee>;
+
+/// [`live`]'s replay as one sequential run, the progress bar and Ctrl-C in its observer.
+fn sequential(
+    args: &MscanArgs,
+    setup: &ReplaySetup,
+    tracer: LiveTracer,
+    bar: &ProgressBar,
+    total: u64,
+    scanner: &Rc<RefCell<Scanner>>,
+    symbols: &SymbolTable,
+) -> anyhow::Result<(ReplayReport, LiveTracer)> {
+    let stop_scanner = scanner.clone();
+    let stop_symbols = symbols.clone();
+    let mut watch = Watch {
+        inner: tracer,
+        bar: bar.clone(),
+        next: 0,
+        step: (total / 1000).max(100_000),
+        on_stop: Box::new(move |at| {
+            eprintln!("reprise: interrupted at instruction {at}; the report covers the replay up to there");
+            let r = stop_scanner.borrow().report(&stop_symbols);
+            if let Err(e) = emit(args, &r) {
+                eprintln!("reprise: {e:#}");
+            }
+            std::process::exit(status::INTERRUPTED);
+        }),
+    };
+    let report = replay_observed(setup, Box::new(std::io::sink()), &mut watch)?;
+    bar.finish_and_clear();
+    let Watch { inner: tracer, .. } = watch;
+    Ok((report, tracer))
 }

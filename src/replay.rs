@@ -5,9 +5,15 @@ use std::path::Path;
 use std::time::Instant;
 
 use reprise_record::log::{hex, Outcome};
-use reprise_replay::{replay as replay_session, replay_observed, ReplaySetup, Verdict};
+use reprise_replay::parallel::{replay_segments, Piece, Segment, SegmentStats};
+use reprise_replay::{
+    replay as replay_session, replay_observed, ReplayReport, ReplaySetup, Verdict,
+};
+use reprise_trace::filter::{And, Filter};
+use reprise_trace::policy::CacheLinePolicy;
+use reprise_trace::tracer::{FilterStage, Filtered, SegmentTracer, Sink, Tracer};
 
-use crate::cli::ReplayArgs;
+use crate::cli::{ReplayArgs, TraceArgs};
 use crate::status;
 use crate::trace;
 
@@ -41,8 +47,18 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
     let progress =
         crate::progress::Progress::start("replay", crate::progress::recording_total(&args.rec));
     let started = Instant::now();
+    let jobs = segment_jobs(&args.rec, args.jobs);
     let r = match tracer {
         None => replay_session(&setup, console)?,
+        Some(t) if jobs != 1 && setup.perturb.is_none() && !t.labels_allocations() => {
+            let (r, t, stats) =
+                traced_in_segments(&setup, console, jobs, &args.trace, t, &mut |_| {})?;
+            let wall = started.elapsed().as_secs_f64();
+            note_segments(&stats);
+            let path = args.trace.trace.as_deref().unwrap_or(Path::new(""));
+            trace::finish_tracer(t, path, wall)?;
+            r
+        }
         Some(mut t) => {
             let r = replay_observed(&setup, console, &mut t)?;
             let wall = started.elapsed().as_secs_f64();
@@ -93,6 +109,95 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
         hex(&r.state_hash)
     );
     Ok(code)
+}
+
+/// The threads a traced replay of `rec` runs its segments on: `--jobs` (0 or none: one
+/// per core), and 1 when the recording has no checkpoint to cut it at.
+pub fn segment_jobs(rec: &Path, jobs: Option<usize>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = match jobs {
+        None | Some(0) => cores,
+        Some(j) => j,
+    };
+    if reprise_replay::parallel::checkpoint_count(rec) == 0 {
+        1
+    } else {
+        jobs
+    }
+}
+
+/// Say on stderr how a replay in segments went.
+pub fn note_segments(stats: &SegmentStats) {
+    for w in &stats.warnings {
+        eprintln!("reprise: warning: {w} (skipped; an earlier checkpoint was used)");
+    }
+    eprintln!(
+        "reprise: replayed in {} segments{}",
+        stats.segments,
+        if stats.reruns > 0 {
+            format!(
+                " ({} replayed again: their filter state at the start was guessed wrong)",
+                stats.reruns
+            )
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// A traced replay in segments between checkpoints on `jobs` threads: each segment runs
+/// the filter stage of `tracer` (a fresh copy of the filters of `args`, started from the
+/// state the previous segment ended in), and the policy stage takes the segments' output
+/// in order, so the records are the ones a sequential replay gives. `progress` is called
+/// with the position of the output reached. Gives back the tracer, as after a sequential
+/// replay.
+pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
+    setup: &ReplaySetup,
+    console: Box<dyn Write>,
+    jobs: usize,
+    args: &TraceArgs,
+    tracer: Tracer<And, P, S>,
+    progress: &mut dyn FnMut(u64),
+) -> anyhow::Result<(ReplayReport, Tracer<And, P, S>, SegmentStats)> {
+    let spec = trace::filters(args);
+    let (mut stage, mut policy) = tracer.into_stages();
+    let line = policy.policy().line_size();
+    let mut initial = Vec::new();
+    stage.filter().save_state(&mut initial);
+    let work =
+        |seg: &mut Segment<'_>, start: &Vec<u64>, emit: &mut dyn FnMut(Vec<Filtered>) -> bool| {
+            // The options parsed once already; a copy parses the same.
+            let mut filter = spec.build().unwrap_or_default();
+            filter.load_state(&mut start.as_slice());
+            let mut obs = SegmentTracer::new(FilterStage::new(filter, line), Box::new(emit));
+            seg.run(&mut obs);
+            let done = obs.finish();
+            let mut end = Vec::new();
+            done.filter().save_state(&mut end);
+            let (seen, filtered_in) = done.counts();
+            let summary = (
+                seen,
+                filtered_in,
+                done.warnings().to_vec(),
+                done.malformed(),
+            );
+            (end, summary)
+        };
+    let consume = |p: Piece<Vec<Filtered>, (u64, u64, Vec<String>, u64)>| match p {
+        Piece::Chunk(items) => {
+            if let Some(Filtered::Access { position, .. }) = items.last() {
+                progress(*position);
+            }
+            for f in items {
+                policy.take(f);
+            }
+        }
+        Piece::End((seen, filtered_in, warnings, malformed)) => {
+            stage.absorb(seen, filtered_in, warnings, malformed)
+        }
+    };
+    let (report, stats) = replay_segments(setup, console, jobs, initial, work, consume)?;
+    Ok((report, Tracer::from_stages(stage, policy), stats))
 }
 
 /// The exit status `run` gave for this outcome; says on stderr what `run` said, when

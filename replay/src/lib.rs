@@ -16,6 +16,7 @@
 pub mod bisect;
 pub mod control;
 pub mod divergence;
+pub mod parallel;
 pub mod replayer;
 pub mod seek;
 pub mod session;

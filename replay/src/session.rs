@@ -14,9 +14,9 @@ use reprise_cpu::{NoObserver, Observer};
 use reprise_devices::machine::ConfigError;
 use reprise_devices::{Inputs, Machine, RunOutcome, RunResult};
 use reprise_record::boot::{boot_machine, BootError};
-use reprise_record::console::ConsoleTap;
+use reprise_record::console::{ConsoleDigest, ConsoleDigester, ConsoleTap};
 use reprise_record::container::ContainerError;
-use reprise_record::folder::{load_images, RecordingDir, RecordingError};
+use reprise_record::folder::{load_images, LoadedImage, RecordingDir, RecordingError};
 use reprise_record::log::{EndRecord, Event, LogRecord, Outcome};
 use reprise_record::manifest::{Clock, Manifest};
 use reprise_record::recorder::EventCounts;
@@ -153,9 +153,38 @@ pub fn replay_observed<O: Observer>(
     console: Box<dyn Write>,
     obs: &mut O,
 ) -> Result<ReplayReport, ReplayError> {
+    let prepared = prepare(setup)?;
+    let mut booted = boot(&prepared, console)?;
+    let result = run_with_perturbation(
+        &mut booted.machine,
+        obs,
+        prepared.limit,
+        setup.perturb.as_ref(),
+    );
+    let console = booted.digester.digest();
+    Ok(conclude(&prepared, &mut booted, result, console))
+}
+
+/// A recording read and checked, ready to be replayed whole or in segments.
+pub(crate) struct Prepared {
+    /// The manifest.
+    pub(crate) manifest: Manifest,
+    /// The boot images.
+    pub(crate) images: Vec<LoadedImage>,
+    /// The input log.
+    pub(crate) log_path: PathBuf,
+    /// The checkpoint store's folder.
+    pub(crate) checkpoints: PathBuf,
+    /// The whole log, read once.
+    pub(crate) scan: LogScan,
+    /// Where the replay must stop (global instruction count).
+    pub(crate) limit: u64,
+}
+
+/// Read and check the recording of `setup`.
+pub(crate) fn prepare(setup: &ReplaySetup) -> Result<Prepared, ReplayError> {
     let manifest = Manifest::read(&setup.dir)?;
-    let config = manifest.machine.config();
-    config.validate()?;
+    manifest.machine.config().validate()?;
     let images = load_images(&manifest, &setup.images)?;
     let rec = RecordingDir::new(&setup.dir);
     let log_path = rec.dir.join(&manifest.log);
@@ -176,35 +205,75 @@ pub fn replay_observed<O: Observer>(
         _ => scan.last.map_or(0, |p| p.instructions.saturating_add(1)),
     }
     .min(recorded_max);
+    Ok(Prepared {
+        manifest,
+        images,
+        log_path,
+        checkpoints: rec.checkpoints(),
+        scan,
+        limit,
+    })
+}
 
+/// A booted replay machine, at instruction 0.
+pub(crate) struct Booted {
+    /// The machine.
+    pub(crate) machine: Machine<Box<dyn Inputs>>,
+    /// Its input seam.
+    pub(crate) replayer: Rc<RefCell<Replayer>>,
+    /// The digest of what the guest printed.
+    pub(crate) digester: ConsoleDigester,
+}
+
+/// Boot the prepared recording, the guest's console going to `console`.
+pub(crate) fn boot(p: &Prepared, console: Box<dyn Write>) -> Result<Booted, ReplayError> {
     // The machine sees the replayer through `Box<dyn Inputs>`, exactly as `run` sees the
     // host and `record` the recorder: all three run the same compiled machine loop, so
     // their speeds differ only by what the inputs themselves cost.
     let replayer = Rc::new(RefCell::new(
-        Replayer::open(&log_path, manifest.sync_every)?
-            .with_host_clock(manifest.clock == Clock::Host),
+        Replayer::open(&p.log_path, p.manifest.sync_every)?
+            .with_host_clock(p.manifest.clock == Clock::Host),
     ));
     let (tap, digester) = ConsoleTap::new(console);
     let inputs: Box<dyn Inputs> = Box::new(replayer.clone());
-    let mut machine = Machine::with_cpuid(config, manifest.cpuid.clone(), inputs, Box::new(tap))?;
-    boot_machine(&mut machine, &manifest.boot, &images)?;
+    let mut machine = Machine::with_cpuid(
+        p.manifest.machine.config(),
+        p.manifest.cpuid.clone(),
+        inputs,
+        Box::new(tap),
+    )?;
+    boot_machine(&mut machine, &p.manifest.boot, &p.images)?;
+    Ok(Booted {
+        machine,
+        replayer,
+        digester,
+    })
+}
 
-    let result = run_with_perturbation(&mut machine, obs, limit, setup.perturb.as_ref());
+/// Judge a replay that ran to `result`, the guest having printed what `console` digests.
+pub(crate) fn conclude(
+    p: &Prepared,
+    b: &mut Booted,
+    result: RunResult,
+    console: ConsoleDigest,
+) -> ReplayReport {
+    let machine = &mut b.machine;
+    let replayer = &b.replayer;
+    let scan = &p.scan;
     let _ = machine.serial_output().flush();
-    let console = digester.digest();
-    let replayed_end = EndRecord::of(&machine, &result.outcome, console);
+    let replayed_end = EndRecord::of(machine, &result.outcome, console);
     let state_hash = replayed_end.state_hash;
     let global = result.total();
 
     let stop = replayer.borrow_mut().take_stop();
     let verdict = match stop {
         Some(ReplayStop::Diverged(mut d)) => {
-            add_disassembly(&mut machine, &mut d);
+            add_disassembly(machine, &mut d);
             Verdict::Diverged(d)
         }
         Some(ReplayStop::LogEnded { damage, .. }) => Verdict::Incomplete {
             at: global,
-            why: incompleteness(damage.as_ref(), &scan),
+            why: incompleteness(damage.as_ref(), scan),
         },
         None => {
             let next = replayer.borrow().peek().cloned();
@@ -235,23 +304,23 @@ pub fn replay_observed<O: Observer>(
                         Verdict::Identical
                     } else {
                         let mut d = Box::new(Divergence {
-                            at: replayed_position(&machine),
+                            at: replayed_position(machine),
                             cpu: diffs.first().map_or(0, |x| x.cpu),
                             kind: DivergenceKind::End { diffs, other },
                             last_input,
                             last_sync,
                             disassembly: Vec::new(),
                         });
-                        add_disassembly(&mut machine, &mut d);
+                        add_disassembly(machine, &mut d);
                         Verdict::Diverged(d)
                     }
                 }
                 Some(_) | None if !scan.is_complete() => Verdict::Incomplete {
                     at: global,
-                    why: incompleteness(replayer.borrow().damage(), &scan),
+                    why: incompleteness(replayer.borrow().damage(), scan),
                 },
                 Some(rec) => {
-                    let at = replayed_position(&machine);
+                    let at = replayed_position(machine);
                     let mut d = Box::new(Divergence {
                         at,
                         cpu: at.cpu,
@@ -263,7 +332,7 @@ pub fn replay_observed<O: Observer>(
                         last_sync,
                         disassembly: Vec::new(),
                     });
-                    add_disassembly(&mut machine, &mut d);
+                    add_disassembly(machine, &mut d);
                     Verdict::Diverged(d)
                 }
                 None => Verdict::Incomplete {
@@ -274,14 +343,14 @@ pub fn replay_observed<O: Observer>(
         }
     };
     let consumed = replayer.borrow().consumed();
-    Ok(ReplayReport {
-        manifest,
+    ReplayReport {
+        manifest: p.manifest.clone(),
         result,
         verdict,
         consumed,
         state_hash,
         recorded_outcome: scan.end.as_ref().map(|e| e.outcome.clone()),
-    })
+    }
 }
 
 /// Run to `limit`, flipping a register on the way if asked.

@@ -40,6 +40,15 @@ pub trait Filter {
 
     /// The filter in command-line syntax (for the trace header).
     fn describe(&self) -> String;
+
+    /// Append the state that context records gave this filter (what [`Filter::context`]
+    /// changed), so a replay split into segments can start a segment's filter where the
+    /// previous segment's ended. Stateless filters append nothing.
+    fn save_state(&self, _out: &mut Vec<u64>) {}
+
+    /// Take back a state [`Filter::save_state`] wrote, consuming it from the front of
+    /// `input` (a missing value leaves the filter as it is).
+    fn load_state(&mut self, _input: &mut &[u64]) {}
 }
 
 /// A command-line option value that did not parse; the message shows the accepted syntax.
@@ -332,6 +341,17 @@ impl Filter for HypercallScope {
     fn describe(&self) -> String {
         "--hypercall-scope".into()
     }
+
+    fn save_state(&self, out: &mut Vec<u64>) {
+        out.push(u64::from(self.on));
+    }
+
+    fn load_state(&mut self, input: &mut &[u64]) {
+        if let Some((&v, rest)) = input.split_first() {
+            self.on = v != 0;
+            *input = rest;
+        }
+    }
 }
 
 /// Keeps accesses of some kinds: `--reads` keeps loads, `--writes` stores; a
@@ -396,6 +416,18 @@ impl Filter for And {
     fn describe(&self) -> String {
         let v: Vec<String> = self.0.iter().map(|f| f.describe()).collect();
         v.join(" ")
+    }
+
+    fn save_state(&self, out: &mut Vec<u64>) {
+        for f in &self.0 {
+            f.save_state(out);
+        }
+    }
+
+    fn load_state(&mut self, input: &mut &[u64]) {
+        for f in &mut self.0 {
+            f.load_state(input);
+        }
     }
 }
 

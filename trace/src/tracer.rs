@@ -5,6 +5,19 @@
 //! into the global position, and passes context records (hypercalls, console output, ...)
 //! through [`Tracer::context`]. Kept accesses and all context records go to a [`Sink`]: a
 //! [`TraceWriter`], or an analysis fed live with the same records a stored trace holds.
+//!
+//! The tracer is two stages, so a replay split into segments can run them apart:
+//!
+//! - [`FilterStage`] turns the CPU's reports into [`Filtered`] items: accesses split at the
+//!   policy's line size that passed the filters, with their global positions, and the
+//!   context records the filters keep. It depends only on the segment's own execution and
+//!   on the filters' state at its start ([`Filter::save_state`]), so segments run it on
+//!   separate threads ([`SegmentTracer`]).
+//! - [`PolicyStage`] runs those items, in order, through the cache-line policy (whose state
+//!   must carry from one segment to the next) into the sink.
+//!
+//! A sequential [`Tracer`] is the two stages back to back, so both ways produce the same
+//! records by construction.
 
 use reprise_cpu::observer::{
     Access, ContextEvent, Hypercall as HypercallCall, HypercallUnreadable, InterruptSource,
@@ -48,91 +61,83 @@ pub struct TracerCounts {
     pub kept: u64,
 }
 
-/// Filters, a policy and a sink, as one CPU observer.
-pub struct Tracer<F: Filter, P: CacheLinePolicy, S: Sink> {
-    filter: F,
-    policy: P,
-    sink: S,
-    values: bool,
-    /// Global position and the CPU's own count at the start of the current quantum.
-    base: (u64, u64),
-    last: u64,
-    counts: TracerCounts,
-    error: Option<TraceError>,
-    warnings: Vec<String>,
-    malformed: u64,
-    alloc: Option<AllocLabeler>,
+/// What the filter stage hands the policy stage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Filtered {
+    /// One access (one line's piece of it) that passed the filters.
+    Access {
+        /// Its global position (before the policy stage's never-backwards rule).
+        position: u64,
+        /// The access.
+        access: Access,
+    },
+    /// A context record the filters keep (boxed: accesses are the common item).
+    Context(Box<Record>),
 }
 
 /// Warnings kept in full; later ones are only counted.
 const MAX_WARNINGS: usize = 100;
 
-impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
-    /// A tracer; `values` keeps the value of each access.
-    pub fn new(filter: F, policy: P, sink: S, values: bool) -> Self {
-        Tracer {
+/// The first stage: filters (and hypercall decoding, allocation labels) of one stream of
+/// CPU reports.
+pub struct FilterStage<F: Filter> {
+    filter: F,
+    line: Option<u64>,
+    /// Global position and the CPU's own count at the start of the current quantum.
+    base: (u64, u64),
+    seen: u64,
+    filtered_in: u64,
+    warnings: Vec<String>,
+    malformed: u64,
+    alloc: Option<AllocLabeler>,
+}
+
+impl<F: Filter> FilterStage<F> {
+    /// A filter stage splitting accesses at `line` bytes (the policy's line size).
+    pub fn new(filter: F, line: Option<u64>) -> Self {
+        FilterStage {
             filter,
-            policy,
-            sink,
-            values,
+            line,
             base: (0, 0),
-            last: 0,
-            counts: TracerCounts::default(),
-            error: None,
+            seen: 0,
+            filtered_in: 0,
             warnings: Vec::new(),
             malformed: 0,
             alloc: None,
         }
     }
 
-    /// Also label allocations through breakpoints on allocator functions (`--label-alloc`):
-    /// their label records join the trace like a guest's own.
+    /// Also label allocations through breakpoints on allocator functions.
     pub fn with_alloc_labels(mut self, labeler: AllocLabeler) -> Self {
         self.alloc = (!labeler.is_empty()).then_some(labeler);
         self
     }
 
-    /// A CPU starts a quantum at global position `global`, having retired `retired`
-    /// instructions of its own.
+    /// The filters (to save or load their state between segments).
+    pub fn filter(&self) -> &F {
+        &self.filter
+    }
+
+    /// The filters, to change.
+    pub fn filter_mut(&mut self) -> &mut F {
+        &mut self.filter
+    }
+
+    /// A CPU starts a quantum at global position `global`, having retired `retired`.
     pub fn begin_quantum(&mut self, global: u64, retired: u64) {
         self.base = (global, retired);
     }
 
-    /// The global position of an access (never before the last record: positions only go
-    /// up in a trace, whatever a confused caller says).
-    fn position(&self, a: &Access) -> u64 {
-        self.position_of(a.retired)
-    }
-
     /// The global position of an event of the current CPU, which had retired `retired`.
     fn position_of(&self, retired: u64) -> u64 {
-        let p = self
-            .base
+        self.base
             .0
-            .saturating_add(retired.saturating_sub(self.base.1));
-        p.max(self.last)
+            .saturating_add(retired.saturating_sub(self.base.1))
     }
 
-    fn emit(&mut self, r: &Record) {
-        if self.error.is_none() {
-            self.last = r.position;
-            if let Err(e) = self.sink.record(r) {
-                self.error = Some(e);
-            }
-        }
-    }
-
-    /// A context record (hypercall, call, interrupt, CR3, console): filters see it, and it
-    /// goes to the sink unless a filter drops it ([`Filter::keep_context`]: `--cpu` drops
-    /// other CPUs' calls, returns, interrupts and CR3 writes).
-    pub fn context(&mut self, r: &Record) {
-        self.filter.context(r);
-        if !self.filter.keep_context(r) {
-            return;
-        }
-        let mut r = r.clone();
-        r.position = r.position.max(self.last);
-        self.emit(&r);
+    /// Accesses reported / accesses (line pieces) passed on.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.seen, self.filtered_in)
     }
 
     /// Warnings about the guest's hypercalls (malformed records), first ones in full.
@@ -152,28 +157,56 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
         }
     }
 
-    /// What went through so far.
-    pub fn counts(&self) -> TracerCounts {
-        self.counts
+    /// Add what a later segment's stage counted and warned about (in stream order).
+    pub fn absorb(&mut self, seen: u64, filtered_in: u64, warnings: Vec<String>, malformed: u64) {
+        self.seen += seen;
+        self.filtered_in += filtered_in;
+        let room = MAX_WARNINGS.saturating_sub(self.warnings.len());
+        self.warnings.extend(warnings.into_iter().take(room));
+        self.malformed += malformed;
     }
 
-    /// Hand back the sink, or the first error the sink reported.
-    pub fn finish(self) -> Result<(S, P, TracerCounts), TraceError> {
-        match self.error {
-            Some(e) => Err(e),
-            None => Ok((self.sink, self.policy, self.counts)),
+    /// A context record: the filters see it, and it is passed on unless a filter drops it
+    /// ([`Filter::keep_context`]: `--cpu` drops other CPUs' calls, returns, interrupts and
+    /// CR3 writes).
+    pub fn context(&mut self, r: &Record, out: &mut impl FnMut(Filtered)) {
+        self.filter.context(r);
+        if self.filter.keep_context(r) {
+            out(Filtered::Context(Box::new(r.clone())));
         }
     }
-}
 
-impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
-    const ENABLED: bool = true;
-
-    fn begin_slice(&mut self, _cpu: u32, global: u64, retired: u64) {
-        self.begin_quantum(global, retired);
+    /// One access as the CPU reported it.
+    pub fn access(&mut self, a: &Access, out: &mut impl FnMut(Filtered)) {
+        self.seen += 1;
+        let position = self.position_of(a.retired);
+        let mut one = |p: Access, stage: &mut Self| {
+            if stage.filter.keep(position, &p) {
+                stage.filtered_in += 1;
+                out(Filtered::Access {
+                    position,
+                    access: p,
+                });
+            }
+        };
+        match self.line {
+            Some(l) => {
+                for p in split_lines(a, l) {
+                    one(p, self);
+                }
+            }
+            None => one(*a, self),
+        }
     }
 
-    fn context(&mut self, cpu: u32, retired: u64, e: &ContextEvent) {
+    /// A call, return, interrupt or CR3 write.
+    pub fn context_event(
+        &mut self,
+        cpu: u32,
+        retired: u64,
+        e: &ContextEvent,
+        out: &mut impl FnMut(Filtered),
+    ) {
         let event = match *e {
             ContextEvent::Call {
                 target,
@@ -209,7 +242,7 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
             cpu,
             event,
         };
-        Tracer::context(self, &r);
+        self.context(&r, out);
         let label = match (&mut self.alloc, *e) {
             (
                 Some(l),
@@ -231,11 +264,18 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
                 cpu,
                 event: Event::Hypercall(h),
             };
-            Tracer::context(self, &r);
+            self.context(&r, out);
         }
     }
 
-    fn hypercall(&mut self, cpu: u32, retired: u64, c: &HypercallCall<'_>) {
+    /// A guest hypercall: a record, or a warning when malformed.
+    pub fn hypercall(
+        &mut self,
+        cpu: u32,
+        retired: u64,
+        c: &HypercallCall<'_>,
+        out: &mut impl FnMut(Filtered),
+    ) {
         let position = self.position_of(retired);
         let decoded = match c.bytes {
             Ok(bytes) => decode(c.kind, bytes).map_err(|e| e.to_string()),
@@ -255,7 +295,7 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
                     cpu,
                     event: Event::Hypercall(h),
                 };
-                Tracer::context(self, &r);
+                self.context(&r, out);
             }
             Err(why) => self.warn(format!(
                 "malformed hypercall on cpu{cpu} at position {position} (pc {:#x}): type {} length {} record {:#x}: {why}; ignored",
@@ -263,31 +303,269 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
             )),
         }
     }
+}
 
-    fn access(&mut self, a: &Access) {
-        self.counts.seen += 1;
-        let position = self.position(a);
-        let line = self.policy.line_size();
-        let pieces: Vec<Access> = match line {
-            Some(l) => split_lines(a, l).collect(),
-            None => vec![*a],
-        };
-        for p in pieces {
-            if !self.filter.keep(position, &p) {
-                continue;
-            }
-            self.counts.filtered_in += 1;
-            let o = self.policy.observe(&p);
-            if o.keep {
-                self.counts.kept += 1;
-                let r = Record {
-                    position,
-                    cpu: p.cpu,
-                    event: Event::Access(AccessEvent::from_access(&p, self.values, o.note)),
-                };
-                self.emit(&r);
+/// The second stage: the cache-line policy and the sink, fed [`Filtered`] items in order.
+pub struct PolicyStage<P: CacheLinePolicy, S: Sink> {
+    policy: P,
+    sink: S,
+    values: bool,
+    last: u64,
+    kept: u64,
+    error: Option<TraceError>,
+}
+
+impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
+    /// A policy stage; `values` keeps the value of each access.
+    pub fn new(policy: P, sink: S, values: bool) -> Self {
+        PolicyStage {
+            policy,
+            sink,
+            values,
+            last: 0,
+            kept: 0,
+            error: None,
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+
+    /// Accesses (line pieces) kept so far.
+    pub fn kept(&self) -> u64 {
+        self.kept
+    }
+
+    /// Whether the sink failed (later items are then dropped).
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Positions never go backwards in a trace, whatever a confused caller says: a record
+    /// is placed no earlier than the last one.
+    fn emit(&mut self, mut r: Record) {
+        if self.error.is_none() {
+            r.position = r.position.max(self.last);
+            self.last = r.position;
+            if let Err(e) = self.sink.record(&r) {
+                self.error = Some(e);
             }
         }
+    }
+
+    /// Take the next item of the stream.
+    pub fn take(&mut self, item: Filtered) {
+        match item {
+            Filtered::Context(r) => self.emit(*r),
+            Filtered::Access { position, access } => {
+                let o = self.policy.observe(&access);
+                if o.keep {
+                    self.kept += 1;
+                    let r = Record {
+                        position,
+                        cpu: access.cpu,
+                        event: Event::Access(AccessEvent::from_access(
+                            &access,
+                            self.values,
+                            o.note,
+                        )),
+                    };
+                    self.emit(r);
+                }
+            }
+        }
+    }
+
+    /// Hand back the sink and the policy, or the first error the sink reported.
+    pub fn finish(self) -> Result<(S, P), TraceError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok((self.sink, self.policy)),
+        }
+    }
+}
+
+/// Filters, a policy and a sink, as one CPU observer: the two stages back to back.
+pub struct Tracer<F: Filter, P: CacheLinePolicy, S: Sink> {
+    stage: FilterStage<F>,
+    policy: PolicyStage<P, S>,
+}
+
+impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
+    /// A tracer; `values` keeps the value of each access.
+    pub fn new(filter: F, policy: P, sink: S, values: bool) -> Self {
+        let line = policy.line_size();
+        Tracer {
+            stage: FilterStage::new(filter, line),
+            policy: PolicyStage::new(policy, sink, values),
+        }
+    }
+
+    /// Also label allocations through breakpoints on allocator functions (`--label-alloc`):
+    /// their label records join the trace like a guest's own.
+    pub fn with_alloc_labels(mut self, labeler: AllocLabeler) -> Self {
+        self.stage = self.stage.with_alloc_labels(labeler);
+        self
+    }
+
+    /// Whether allocation labels are on (they follow calls to returns, so they cannot be
+    /// split into segments).
+    pub fn labels_allocations(&self) -> bool {
+        self.stage.alloc.is_some()
+    }
+
+    /// The two stages, to run apart (the filter stage's counts and warnings stay in it).
+    pub fn into_stages(self) -> (FilterStage<F>, PolicyStage<P, S>) {
+        (self.stage, self.policy)
+    }
+
+    /// The two stages put back together.
+    pub fn from_stages(stage: FilterStage<F>, policy: PolicyStage<P, S>) -> Self {
+        Tracer { stage, policy }
+    }
+
+    /// A CPU starts a quantum at global position `global`, having retired `retired`
+    /// instructions of its own.
+    pub fn begin_quantum(&mut self, global: u64, retired: u64) {
+        self.stage.begin_quantum(global, retired);
+    }
+
+    /// A context record (hypercall, call, interrupt, CR3, console): filters see it, and it
+    /// goes to the sink unless a filter drops it ([`Filter::keep_context`]).
+    pub fn context(&mut self, r: &Record) {
+        let policy = &mut self.policy;
+        self.stage.context(r, &mut |f| policy.take(f));
+    }
+
+    /// Warnings about the guest's hypercalls (malformed records), first ones in full.
+    pub fn warnings(&self) -> &[String] {
+        self.stage.warnings()
+    }
+
+    /// How many hypercalls were malformed (also those past the warnings kept).
+    pub fn malformed(&self) -> u64 {
+        self.stage.malformed()
+    }
+
+    /// What went through so far.
+    pub fn counts(&self) -> TracerCounts {
+        let (seen, filtered_in) = self.stage.counts();
+        TracerCounts {
+            seen,
+            filtered_in,
+            kept: self.policy.kept(),
+        }
+    }
+
+    /// Hand back the sink, or the first error the sink reported.
+    pub fn finish(self) -> Result<(S, P, TracerCounts), TraceError> {
+        let counts = self.counts();
+        let (sink, policy) = self.policy.finish()?;
+        Ok((sink, policy, counts))
+    }
+}
+
+impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
+    const ENABLED: bool = true;
+
+    fn begin_slice(&mut self, _cpu: u32, global: u64, retired: u64) {
+        self.begin_quantum(global, retired);
+    }
+
+    fn context(&mut self, cpu: u32, retired: u64, e: &ContextEvent) {
+        let policy = &mut self.policy;
+        self.stage
+            .context_event(cpu, retired, e, &mut |f| policy.take(f));
+    }
+
+    fn hypercall(&mut self, cpu: u32, retired: u64, c: &HypercallCall<'_>) {
+        let policy = &mut self.policy;
+        self.stage
+            .hypercall(cpu, retired, c, &mut |f| policy.take(f));
+    }
+
+    fn access(&mut self, a: &Access) {
+        let policy = &mut self.policy;
+        self.stage.access(a, &mut |f| policy.take(f));
+    }
+}
+
+/// Items handed on per chunk by a [`SegmentTracer`].
+pub const CHUNK_ITEMS: usize = 1 << 14;
+
+/// The filter stage as the observer of one segment of a replay split into segments: it
+/// collects [`Filtered`] items in chunks of [`CHUNK_ITEMS`] and hands each full chunk to
+/// `out` (which returns false once nobody wants more: later items are then dropped).
+pub struct SegmentTracer<'a, F: Filter> {
+    stage: FilterStage<F>,
+    chunk: Vec<Filtered>,
+    out: Box<dyn FnMut(Vec<Filtered>) -> bool + 'a>,
+    open: bool,
+}
+
+impl<'a, F: Filter> SegmentTracer<'a, F> {
+    /// A segment's observer around `stage`.
+    pub fn new(stage: FilterStage<F>, out: Box<dyn FnMut(Vec<Filtered>) -> bool + 'a>) -> Self {
+        SegmentTracer {
+            stage,
+            chunk: Vec::with_capacity(CHUNK_ITEMS),
+            out,
+            open: true,
+        }
+    }
+
+    fn flush_if_full(&mut self) {
+        if self.chunk.len() >= CHUNK_ITEMS {
+            self.flush();
+        }
+    }
+
+    /// Hand on what is collected.
+    pub fn flush(&mut self) {
+        if self.chunk.is_empty() {
+            return;
+        }
+        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_ITEMS));
+        if self.open {
+            self.open = (self.out)(full);
+        }
+    }
+
+    /// Hand on the last items and give back the stage (its counts, warnings and the
+    /// filters' state at the segment's end).
+    pub fn finish(mut self) -> FilterStage<F> {
+        self.flush();
+        self.stage
+    }
+}
+
+impl<F: Filter> Observer for SegmentTracer<'_, F> {
+    const ENABLED: bool = true;
+
+    fn begin_slice(&mut self, _cpu: u32, global: u64, retired: u64) {
+        self.stage.begin_quantum(global, retired);
+    }
+
+    fn context(&mut self, cpu: u32, retired: u64, e: &ContextEvent) {
+        let chunk = &mut self.chunk;
+        self.stage
+            .context_event(cpu, retired, e, &mut |f| chunk.push(f));
+        self.flush_if_full();
+    }
+
+    fn hypercall(&mut self, cpu: u32, retired: u64, c: &HypercallCall<'_>) {
+        let chunk = &mut self.chunk;
+        self.stage
+            .hypercall(cpu, retired, c, &mut |f| chunk.push(f));
+        self.flush_if_full();
+    }
+
+    fn access(&mut self, a: &Access) {
+        let chunk = &mut self.chunk;
+        self.stage.access(a, &mut |f| chunk.push(f));
+        self.flush_if_full();
     }
 }
 

@@ -1,0 +1,529 @@
+//! Replaying a recording in segments on several threads, with the results merged in order.
+//!
+//! The checkpoints cut a recording into segments `[0, c1)`, `[c1, c2)`, ..., `[ck, end]`
+//! that replay independently: each worker thread boots its own machine, restores the latest
+//! usable checkpoint at or before its segment's start (a damaged one is skipped with a
+//! warning, and the gap replayed), and runs the segment with the caller's observer. What
+//! the observer produces goes, in chunks, to one consumer on the calling thread, which
+//! takes the segments strictly in order — so whatever it computes from them (a cache-line
+//! policy, a trace file, an analysis) sees exactly the stream a sequential replay gives.
+//!
+//! Segment state that depends on what came before (a filter's on/off state from guest
+//! hypercalls) is guessed when a segment starts — the end state some earlier segment
+//! reported — and checked when the consumer reaches it: a wrong guess throws the segment's
+//! output away and replays it again from the right state. Exact, and cheap as long as such
+//! state changes rarely.
+//!
+//! Memory is bounded: at most `jobs + 1` segments are in flight past the one being
+//! consumed, and the chunks waiting (of segments other than the one being consumed) are
+//! capped at [`BUFFERED_CHUNKS`]; a worker past the cap waits until the consumer reaches
+//! its segment, whose chunks it then takes as they come.
+//!
+//! The guest's console output of each segment is kept and written out in order; the last
+//! segment checks the recording's end (console digest included) exactly as a sequential
+//! replay does.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use reprise_checkpoints::Store;
+use reprise_cpu::{NoObserver, Observer};
+use reprise_devices::{Inputs, Machine, RunResult};
+use reprise_record::console::ConsoleDigest;
+
+use crate::session::{boot, conclude, prepare, Booted, Prepared};
+use crate::{ReplayError, ReplayReport, ReplaySetup};
+
+/// Chunks of segments other than the one being consumed that may wait in memory at once.
+pub const BUFFERED_CHUNKS: usize = 256;
+
+/// One segment of the replay, handed to the caller's work function on a worker thread.
+pub struct Segment<'m> {
+    /// Its number (0 is the first).
+    pub index: usize,
+    /// Where it starts (global instruction count).
+    pub from: u64,
+    /// Where it ends (exclusive), or the replay's limit for the last one.
+    pub to: u64,
+    machine: &'m mut Machine<Box<dyn Inputs>>,
+    result: Option<RunResult>,
+}
+
+impl Segment<'_> {
+    /// Replay the segment with `obs` watching (call it once).
+    pub fn run<O: Observer>(&mut self, obs: &mut O) {
+        self.result = Some(self.machine.run_observed(obs, self.to));
+    }
+}
+
+/// What a work function hands the consumer: chunks of a segment's output, then the
+/// segment's summary.
+pub enum Piece<C, U> {
+    /// Some output.
+    Chunk(C),
+    /// The segment is done; its summary (counts, warnings).
+    End(U),
+}
+
+/// How a parallel replay went, besides its report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SegmentStats {
+    /// Segments replayed.
+    pub segments: usize,
+    /// Segments replayed again because their start state was guessed wrong.
+    pub reruns: usize,
+    /// Damaged checkpoints skipped, as warnings.
+    pub warnings: Vec<String>,
+}
+
+/// How a segment's replay ended.
+enum Ending {
+    /// It reached its end; the next segment continues.
+    Reached,
+    /// The replay's final report (the last segment, or one that stopped early).
+    Final(Box<ReplayReport>),
+    /// It could not run.
+    Failed(ReplayError),
+}
+
+enum Msg<C, S, U> {
+    /// The segment starts from this guessed state.
+    Start(S),
+    Chunk(C),
+    End {
+        console: Vec<u8>,
+        state: S,
+        summary: Option<U>,
+        ending: Ending,
+        warnings: Vec<String>,
+    },
+}
+
+/// What the workers and the consumer share.
+struct Flow<S> {
+    /// The segment the consumer is taking.
+    head: usize,
+    /// Chunks sent and not yet taken by the consumer, by segment, and their sum.
+    pending: Vec<usize>,
+    total: usize,
+    /// Stop: the consumer has its answer (or gave up).
+    abort: bool,
+    /// End states the workers reported, by segment.
+    ends: Vec<Option<S>>,
+    /// The console output before the head segment: bytes and running hash.
+    prefix: (u64, blake3::Hasher),
+}
+
+struct Shared<S> {
+    flow: Mutex<Flow<S>>,
+    cv: Condvar,
+}
+
+impl<S> Shared<S> {
+    fn lock(&self) -> MutexGuard<'_, Flow<S>> {
+        self.flow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, Flow<S>>) -> MutexGuard<'a, Flow<S>> {
+        self.cv.wait(g).unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A console writer keeping what the guest wrote.
+#[derive(Clone, Default)]
+struct Capture(Rc<RefCell<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How many checkpoints the recording in `dir` has (each cuts its replay once more).
+pub fn checkpoint_count(dir: &std::path::Path) -> usize {
+    let rec = reprise_record::folder::RecordingDir::new(dir);
+    Store::new(&rec.checkpoints()).positions().len()
+}
+
+/// The segments of a replay to `limit` cut at the checkpoints in `store`.
+fn plan(store: &Store, limit: u64) -> Vec<(u64, u64)> {
+    let mut cuts: Vec<u64> = store
+        .positions()
+        .into_iter()
+        .filter(|&c| c > 0 && c < limit)
+        .collect();
+    cuts.dedup();
+    let mut bounds = vec![0u64];
+    bounds.extend(cuts);
+    bounds
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| (s, bounds.get(k + 1).copied().unwrap_or(limit)))
+        .collect()
+}
+
+/// Replay `setup` in segments on `jobs` threads (0: one per core). `work` runs on a worker
+/// thread for each segment: it gets the segment (to [`Segment::run`] with its observer),
+/// the state the segment starts from, and a function taking chunks of output (false:
+/// nobody wants more); it returns the state at the segment's end and a summary.
+/// `consume` gets every segment's chunks and then its summary, segments in order, on the
+/// calling thread. `console` receives the guest's output, in order.
+pub fn replay_segments<C, S, U, W, K>(
+    setup: &ReplaySetup,
+    mut console: Box<dyn Write>,
+    jobs: usize,
+    initial: S,
+    work: W,
+    mut consume: K,
+) -> Result<(ReplayReport, SegmentStats), ReplayError>
+where
+    C: Send,
+    S: Clone + PartialEq + Send + Sync,
+    U: Send,
+    W: Fn(&mut Segment<'_>, &S, &mut dyn FnMut(C) -> bool) -> (S, U) + Sync,
+    K: FnMut(Piece<C, U>),
+{
+    let prepared = prepare(setup)?;
+    let store = Store::new(&prepared.checkpoints);
+    let segments = plan(&store, prepared.limit);
+    let n = segments.len();
+    let jobs = match jobs {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        j => j,
+    }
+    .clamp(1, n.max(1));
+    let shared = Shared {
+        flow: Mutex::new(Flow {
+            head: 0,
+            pending: vec![0; n],
+            total: 0,
+            abort: false,
+            ends: vec![None; n],
+            prefix: (0, blake3::Hasher::new()),
+        }),
+        cv: Condvar::new(),
+    };
+    let mut txs = Vec::with_capacity(n);
+    let mut rxs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = channel::<Msg<C, S, U>>();
+        txs.push(tx);
+        rxs.push(rx);
+    }
+    let next = AtomicUsize::new(0);
+    let mut stats = SegmentStats {
+        segments: n,
+        ..SegmentStats::default()
+    };
+    let ctx = Ctx {
+        prepared: &prepared,
+        store: &store,
+        segments: &segments,
+        shared: &shared,
+        initial: &initial,
+        work: &work,
+    };
+
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            let ctx = &ctx;
+            let next = &next;
+            let txs = &txs;
+            s.spawn(move || loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(tx) = txs.get(k) else {
+                    return;
+                };
+                // At most `jobs` segments past the head start before the head is done.
+                let guess = {
+                    let mut g = ctx.shared.lock();
+                    while !g.abort && k > g.head + jobs {
+                        g = ctx.shared.wait(g);
+                    }
+                    if g.abort {
+                        return;
+                    }
+                    g.ends[..k]
+                        .iter()
+                        .rev()
+                        .find_map(|e| e.clone())
+                        .unwrap_or_else(|| ctx.initial.clone())
+                };
+                ctx.run_segment(k, guess, tx);
+            });
+        }
+        let result = consume_in_order(&ctx, s, &mut rxs, &mut console, &mut consume, &mut stats);
+        let mut g = shared.lock();
+        g.abort = true;
+        drop(g);
+        shared.cv.notify_all();
+        // Workers still running see their channel closed (or the abort) and stop.
+        drop(rxs);
+        result
+    })
+    .map(|r| (r, stats))
+}
+
+/// What a worker needs.
+struct Ctx<'a, S, W> {
+    prepared: &'a Prepared,
+    store: &'a Store,
+    segments: &'a [(u64, u64)],
+    shared: &'a Shared<S>,
+    initial: &'a S,
+    work: &'a W,
+}
+
+impl<S: Clone + PartialEq + Send + Sync, W> Ctx<'_, S, W> {
+    /// Replay segment `k` from state `guess`, sending its output to `tx`.
+    fn run_segment<C, U>(&self, k: usize, guess: S, tx: &Sender<Msg<C, S, U>>)
+    where
+        W: Fn(&mut Segment<'_>, &S, &mut dyn FnMut(C) -> bool) -> (S, U),
+    {
+        let (from, to) = self.segments[k];
+        let last = k + 1 == self.segments.len();
+        let cap = Capture::default();
+        let mut warnings = Vec::new();
+        let end = |console: Vec<u8>, state: S, summary, ending, warnings| Msg::End {
+            console,
+            state,
+            summary,
+            ending,
+            warnings,
+        };
+        let mut booted = match self.reach(from, &cap, &mut warnings) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(end(Vec::new(), guess, None, Ending::Failed(e), warnings));
+                return;
+            }
+        };
+        let reached = booted.machine.instructions();
+        if reached < from || booted.replayer.borrow().stop().is_some() {
+            // The run ended (or diverged) before the segment: the report says how.
+            let result = booted.machine.run(from);
+            let console = self.console_before(k, &[]);
+            let report = conclude(self.prepared, &mut booted, result, console);
+            let _ = tx.send(end(
+                Vec::new(),
+                guess,
+                None,
+                Ending::Final(Box::new(report)),
+                warnings,
+            ));
+            return;
+        }
+        // What the guest printed before `from` belongs to earlier segments.
+        cap.0.borrow_mut().clear();
+        if tx.send(Msg::Start(guess.clone())).is_err() {
+            return;
+        }
+        let mut seg = Segment {
+            index: k,
+            from,
+            to,
+            machine: &mut booted.machine,
+            result: None,
+        };
+        let shared = self.shared;
+        let mut emit = |c: C| -> bool {
+            {
+                let mut g = shared.lock();
+                // Past the cap, only the head's worker goes on (its chunks are taken as
+                // they come).
+                while !g.abort && g.head != k && g.total - g.pending[g.head] >= BUFFERED_CHUNKS {
+                    g = shared.wait(g);
+                }
+                if g.abort {
+                    return false;
+                }
+                g.pending[k] += 1;
+                g.total += 1;
+            }
+            tx.send(Msg::Chunk(c)).is_ok()
+        };
+        let (state, summary) = (self.work)(&mut seg, &guess, &mut emit);
+        let result = match seg.result.take() {
+            Some(r) => r,
+            // The work function did not run it: run it unobserved.
+            None => booted.machine.run(to),
+        };
+        {
+            let mut g = self.shared.lock();
+            if let Some(e) = g.ends.get_mut(k) {
+                *e = Some(state.clone());
+            }
+        }
+        let output = std::mem::take(&mut *cap.0.borrow_mut());
+        let stopped = booted.replayer.borrow().stop().is_some();
+        let ending = if last || stopped || booted.machine.instructions() < to {
+            let console = self.console_before(k, &output);
+            Ending::Final(Box::new(conclude(
+                self.prepared,
+                &mut booted,
+                result,
+                console,
+            )))
+        } else {
+            Ending::Reached
+        };
+        let _ = tx.send(end(output, state, Some(summary), ending, warnings));
+    }
+
+    /// A machine booted and brought to `from` (through the latest usable checkpoint).
+    fn reach(
+        &self,
+        from: u64,
+        cap: &Capture,
+        warnings: &mut Vec<String>,
+    ) -> Result<Booted, ReplayError> {
+        let mut booted = boot(self.prepared, Box::new(cap.clone()))?;
+        if from == 0 {
+            return Ok(booted);
+        }
+        let mut warn = |e: &reprise_checkpoints::CheckpointError| warnings.push(e.to_string());
+        match self
+            .store
+            .restore_latest(&mut booted.machine, from, &mut warn)
+        {
+            Some(restored) if !booted.replayer.borrow_mut().skip_to(restored.log_index) => {
+                return Err(ReplayError::Unsupported(format!(
+                    "checkpoint {} says {} log records were consumed, the log has fewer",
+                    restored.name, restored.log_index
+                )));
+            }
+            Some(_) => {}
+            None if !warnings.is_empty() => {
+                // A failed restore may have changed the machine: start afresh.
+                booted = boot(self.prepared, Box::new(cap.clone()))?;
+            }
+            None => {}
+        }
+        if booted.machine.instructions() < from {
+            booted.machine.run_observed(&mut NoObserver, from);
+        }
+        Ok(booted)
+    }
+
+    /// The console digest at the end of segment `k`, which printed `own`: waits until the
+    /// consumer reaches `k` and publishes what the earlier segments printed.
+    fn console_before(&self, k: usize, own: &[u8]) -> ConsoleDigest {
+        let mut g = self.shared.lock();
+        while !g.abort && g.head < k {
+            g = self.shared.wait(g);
+        }
+        let (bytes, mut hasher) = g.prefix.clone();
+        drop(g);
+        hasher.update(own);
+        ConsoleDigest {
+            bytes: bytes + own.len() as u64,
+            blake3: *hasher.finalize().as_bytes(),
+        }
+    }
+}
+
+/// The consumer: segments in order, rerunning one whose start state was guessed wrong.
+fn consume_in_order<'scope, 'env, C, S, U, W, K>(
+    ctx: &'scope Ctx<'env, S, W>,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    rxs: &mut [Receiver<Msg<C, S, U>>],
+    console: &mut Box<dyn Write>,
+    consume: &mut K,
+    stats: &mut SegmentStats,
+) -> Result<ReplayReport, ReplayError>
+where
+    C: Send + 'scope,
+    S: Clone + PartialEq + Send + Sync + 'scope,
+    U: Send + 'scope,
+    W: Fn(&mut Segment<'_>, &S, &mut dyn FnMut(C) -> bool) -> (S, U) + Sync,
+    K: FnMut(Piece<C, U>),
+{
+    let mut state = ctx.initial.clone();
+    let lost = || ReplayError::Unsupported("a replay thread stopped unexpectedly".into());
+    // (By index: a rerun replaces the segment's receiver.)
+    #[allow(clippy::needless_range_loop)]
+    for k in 0..rxs.len() {
+        ctx.shared.lock().head = k;
+        // The new head's chunks no longer count against the cap.
+        ctx.shared.cv.notify_all();
+        let mut discard = false;
+        loop {
+            let msg = rxs[k].recv().map_err(|_| lost())?;
+            match msg {
+                Msg::Start(guess) => discard = guess != state,
+                Msg::Chunk(c) => {
+                    {
+                        let mut g = ctx.shared.lock();
+                        g.pending[k] = g.pending[k].saturating_sub(1);
+                        g.total = g.total.saturating_sub(1);
+                    }
+                    ctx.shared.cv.notify_all();
+                    if !discard {
+                        consume(Piece::Chunk(c));
+                    }
+                }
+                Msg::End {
+                    console: out,
+                    state: end_state,
+                    summary,
+                    ending,
+                    warnings,
+                } => {
+                    stats.warnings.extend(warnings);
+                    if discard {
+                        // Replay it again from the right state, on a thread of its own,
+                        // taking its chunks as they come.
+                        stats.reruns += 1;
+                        discard = false;
+                        let (tx, rx) = channel();
+                        rxs[k] = rx;
+                        let start = state.clone();
+                        scope.spawn(move || ctx.run_segment(k, start, &tx));
+                        continue;
+                    }
+                    let _ = console.write_all(&out);
+                    {
+                        let mut g = ctx.shared.lock();
+                        g.prefix.0 += out.len() as u64;
+                        g.prefix.1.update(&out);
+                    }
+                    state = end_state;
+                    if let Some(u) = summary {
+                        consume(Piece::End(u));
+                    }
+                    match ending {
+                        Ending::Reached => break,
+                        Ending::Final(report) => {
+                            let _ = console.flush();
+                            return Ok(*report);
+                        }
+                        Ending::Failed(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+    Err(lost())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_the_run_cut_at_checkpoints() {
+        let dir = std::env::temp_dir().join(format!("reprise-plan-{}", std::process::id()));
+        let store = Store::new(&dir);
+        assert_eq!(plan(&store, 100), vec![(0, 100)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,140 @@
+//! Parallel traced replay: the segments between checkpoints replay on several threads and
+//! their output is merged in order, so `replay --trace` and `mscan` give exactly what one
+//! sequential replay gives — byte for byte, for every policy (whose state carries across
+//! segment boundaries) and with filters (`--hypercall-scope`'s state too).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use reprise_fixtures::fixture_path;
+use support::{reprise, scratch_dir};
+
+/// false-sharing on 4 CPUs (labels, enable/disable hypercalls), a checkpoint every 50,000
+/// instructions: 9 segments, the guest's enable and disable inside them.
+fn recording() -> &'static PathBuf {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| {
+        let dir = scratch_dir().join("fs-segments");
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = reprise(&[
+            "record",
+            "-o",
+            &dir.display().to_string(),
+            "--cpus",
+            "4",
+            "--checkpoint-every",
+            "50000",
+            &fixture_path("false-sharing").display().to_string(),
+        ]);
+        assert_eq!(r.status, 0, "{r:?}");
+        assert!(r.stderr.contains(" 8 checkpoints"), "{r:?}");
+        dir
+    })
+}
+
+/// `replay --trace` with `jobs` threads; the trace's and its index's bytes, the console.
+fn traced(rec: &Path, name: &str, jobs: usize, options: &[&str]) -> (Vec<u8>, Vec<u8>, String) {
+    let trace = scratch_dir().join(format!("{name}-{jobs}.trace"));
+    let index = PathBuf::from(format!("{}.idx", trace.display()));
+    let _ = std::fs::remove_file(&trace);
+    let _ = std::fs::remove_file(&index);
+    let mut args = vec![
+        "replay".to_string(),
+        rec.display().to_string(),
+        "--trace".into(),
+        trace.display().to_string(),
+        "--jobs".into(),
+        jobs.to_string(),
+    ];
+    args.extend(options.iter().map(|s| s.to_string()));
+    let r = reprise(&args);
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(r.stderr.contains("identical to the recording"), "{r:?}");
+    if jobs > 1 {
+        assert!(r.stderr.contains("replayed in 9 segments"), "{r:?}");
+    }
+    let t = std::fs::read(&trace).expect("the trace");
+    let i = std::fs::read(&index).unwrap_or_default();
+    (t, i, r.stdout)
+}
+
+fn same_trace_whatever_the_jobs(name: &str, options: &[&str]) {
+    let rec = recording();
+    let one = traced(rec, name, 1, options);
+    assert!(one.0.len() > 100, "{name}: an empty trace proves nothing");
+    for jobs in [2, 4] {
+        let many = traced(rec, name, jobs, options);
+        assert!(
+            one.0 == many.0,
+            "{name}: the trace differs with --jobs {jobs}"
+        );
+        assert!(
+            one.1 == many.1,
+            "{name}: the index differs with --jobs {jobs}"
+        );
+        assert_eq!(
+            one.2, many.2,
+            "{name}: the console differs with --jobs {jobs}"
+        );
+    }
+}
+
+#[test]
+fn policy_all_same_trace() {
+    same_trace_whatever_the_jobs("all", &["--policy", "all"]);
+    same_trace_whatever_the_jobs(
+        "all-scope",
+        &["--policy", "all", "--hypercall-scope", "--values"],
+    );
+}
+
+#[test]
+fn policy_movement_same_trace() {
+    same_trace_whatever_the_jobs("movement", &["--policy", "movement"]);
+    same_trace_whatever_the_jobs(
+        "movement-filters",
+        &[
+            "--policy",
+            "movement",
+            "--hypercall-scope",
+            "--cpu",
+            "1-3",
+            "--writes",
+        ],
+    );
+}
+
+#[test]
+fn policy_mesi_same_trace() {
+    let mesi = "mesi:size=4K,assoc=2,line=64";
+    same_trace_whatever_the_jobs("mesi", &["--policy", mesi]);
+    same_trace_whatever_the_jobs("mesi-scope", &["--policy", mesi, "--hypercall-scope"]);
+}
+
+#[test]
+fn mscan_live_same_report() {
+    let rec = recording().display().to_string();
+    let run = |jobs: &str, extra: &[&str]| {
+        let mut args = vec![
+            "mscan",
+            "sharing",
+            &rec,
+            "--json",
+            "--no-progress",
+            "--jobs",
+            jobs,
+        ];
+        args.extend_from_slice(extra);
+        let r = reprise(&args);
+        assert_eq!(r.status, 0, "{r:?}");
+        r.stdout
+    };
+    for extra in [&[][..], &["--hypercall-scope"][..]] {
+        let one = run("1", extra);
+        assert!(one.contains("lines"), "{one}");
+        assert_eq!(one, run("2", extra), "{extra:?}");
+        assert_eq!(one, run("4", extra), "{extra:?}");
+    }
+}
