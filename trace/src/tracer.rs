@@ -7,8 +7,8 @@
 //! [`TraceWriter`], or an analysis fed live with the same records a stored trace holds.
 
 use reprise_cpu::observer::{
-    Access, ContextEvent, Hypercall as HypercallCall, HypercallUnreadable, InterruptSource,
-    Observer,
+    Access, AccessKind, ContextEvent, DeviceWrite, Hypercall as HypercallCall, HypercallUnreadable,
+    InterruptSource, Observer,
 };
 
 use crate::alloc::AllocLabeler;
@@ -62,6 +62,8 @@ pub struct Tracer<F: Filter, P: CacheLinePolicy, S: Sink> {
     warnings: Vec<String>,
     malformed: u64,
     alloc: Option<AllocLabeler>,
+    /// `--fetch`: the CPU reports an instruction fetch per instruction.
+    fetches: bool,
 }
 
 /// Warnings kept in full; later ones are only counted.
@@ -82,7 +84,15 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
             warnings: Vec::new(),
             malformed: 0,
             alloc: None,
+            fetches: false,
         }
+    }
+
+    /// Also trace instruction fetches (`--fetch`): one fetch access per instruction
+    /// executed, split at lines like any access.
+    pub fn with_fetches(mut self, on: bool) -> Self {
+        self.fetches = on;
+        self
     }
 
     /// Also label allocations through breakpoints on allocator functions (`--label-alloc`):
@@ -264,29 +274,90 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
         }
     }
 
+    fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]) {
+        let r = Record {
+            position: self.position_of(retired),
+            cpu,
+            event: Event::Console {
+                bytes: bytes.to_vec(),
+            },
+        };
+        Tracer::context(self, &r);
+    }
+
+    /// A device's write into RAM: a write access whose `cpu` is the device's origin number
+    /// (after the CPUs), at no pc and privilege 0, cut into pieces of at most 64 bytes
+    /// (and at the policy's lines) so each fits an access record.
+    /// It is placed at the position of CPU `_cpu`'s instruction (or slice start).
+    fn device_write(&mut self, _cpu: u32, retired: u64, w: &DeviceWrite) {
+        const PIECE: u64 = 64;
+        let mut off = 0u64;
+        while off < w.len {
+            let paddr = w.paddr.wrapping_add(off);
+            let n = (PIECE - (paddr & (PIECE - 1))).min(w.len - off);
+            let a = Access {
+                cpu: w.origin,
+                retired,
+                pc: 0,
+                vaddr: paddr,
+                paddr,
+                size: n as u8,
+                kind: AccessKind::Write,
+                locked: false,
+                cpl: 0,
+                value: 0,
+            };
+            Observer::access(self, &a);
+            off += n;
+        }
+    }
+
+    fn wants_fetches(&self) -> bool {
+        self.fetches
+    }
+
+    #[inline]
     fn access(&mut self, a: &Access) {
         self.counts.seen += 1;
         let position = self.position(a);
-        let line = self.policy.line_size();
-        let pieces: Vec<Access> = match line {
-            Some(l) => split_lines(a, l).collect(),
-            None => vec![*a],
-        };
-        for p in pieces {
-            if !self.filter.keep(position, &p) {
-                continue;
+        match self.policy.line_size() {
+            // Most accesses lie in one line: judge them as they are, with no splitting.
+            Some(l) if !crosses_line(a, l) => self.piece(position, a),
+            Some(l) => {
+                for p in split_lines(a, l) {
+                    self.piece(position, &p);
+                }
             }
-            self.counts.filtered_in += 1;
-            let o = self.policy.observe(&p);
-            if o.keep {
-                self.counts.kept += 1;
-                let r = Record {
-                    position,
-                    cpu: p.cpu,
-                    event: Event::Access(AccessEvent::from_access(&p, self.values, o.note)),
-                };
-                self.emit(&r);
-            }
+            None => self.piece(position, a),
+        }
+    }
+}
+
+/// Whether `a` touches more than one line of `line` bytes (a power of two), or is one
+/// [`split_lines`] would reshape (size 0): such accesses take the general path.
+#[inline(always)]
+fn crosses_line(a: &Access, line: u64) -> bool {
+    let last = a.paddr.wrapping_add(a.size as u64).wrapping_sub(1);
+    a.size == 0 || (a.paddr ^ last) & !(line - 1) != 0 || last < a.paddr
+}
+
+impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
+    /// One line piece of an access at `position`: filters, then the policy, then the sink.
+    #[inline(always)]
+    fn piece(&mut self, position: u64, p: &Access) {
+        if !self.filter.keep(position, p) {
+            return;
+        }
+        self.counts.filtered_in += 1;
+        let o = self.policy.observe(p);
+        if o.keep {
+            self.counts.kept += 1;
+            let r = Record {
+                position,
+                cpu: p.cpu,
+                event: Event::Access(AccessEvent::from_access(p, self.values, o.note)),
+            };
+            self.emit(&r);
         }
     }
 }
@@ -296,8 +367,7 @@ mod tests {
     use super::*;
     use crate::filter::{And, CpuSet};
     use crate::policy::parse_policy;
-    use crate::record::Hypercall;
-    use reprise_cpu::observer::AccessKind;
+    use crate::record::{Hypercall, Kind};
 
     #[test]
     fn filters_then_policy_then_sink() {
@@ -380,5 +450,62 @@ mod tests {
             .map(|r| (r.position, r.cpu, r.event.type_name()))
             .collect();
         assert_eq!(got, vec![(1002, 0, "sched"), (1006, 1, "return")]);
+    }
+
+    /// Console output becomes a console record at its instruction's position; a device's
+    /// RAM write becomes write accesses of its origin, cut at 64-byte lines and judged by
+    /// the policy like a CPU's (a CPU's read of a line a device wrote is kept by movement).
+    #[test]
+    fn console_and_device_writes_become_records() {
+        let policy = parse_policy("movement").unwrap();
+        let mut t = Tracer::new(And(vec![]), policy, Vec::new(), false).with_fetches(true);
+        assert!(Observer::wants_fetches(&t));
+        t.begin_quantum(500, 20);
+        Observer::console(&mut t, 1, 23, b"ok");
+        let w = DeviceWrite {
+            origin: 4,
+            paddr: 0x1030,
+            len: 100,
+        };
+        Observer::device_write(&mut t, 1, 25, &w);
+        let read = Access {
+            cpu: 1,
+            retired: 26,
+            pc: 0x400,
+            vaddr: 0x1040,
+            paddr: 0x1040,
+            size: 8,
+            kind: AccessKind::Read,
+            locked: false,
+            cpl: 0,
+            value: 0,
+        };
+        t.access(&read);
+        t.access(&read);
+        let (recs, _, counts) = t.finish().unwrap();
+        assert_eq!(recs[0].position, 503);
+        assert_eq!(
+            recs[0].event,
+            Event::Console {
+                bytes: b"ok".to_vec()
+            }
+        );
+        let pieces: Vec<(u64, u32, u64, u8, Kind)> = recs[1..]
+            .iter()
+            .map(|r| match &r.event {
+                Event::Access(a) => (r.position, r.cpu, a.paddr, a.size, a.kind),
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(
+            pieces,
+            vec![
+                (505, 4, 0x1030, 16, Kind::Write),
+                (505, 4, 0x1040, 64, Kind::Write),
+                (505, 4, 0x1080, 20, Kind::Write),
+                (506, 1, 0x1040, 8, Kind::Read),
+            ]
+        );
+        assert_eq!(counts.seen, 5);
     }
 }
