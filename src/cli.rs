@@ -224,6 +224,11 @@ pub struct TraceArgs {
     /// Symbols for --label-alloc: an ELF file (default: the recording's ELF boot image).
     #[arg(long, value_name = "FILE")]
     pub symbols: Option<PathBuf>,
+
+    /// Also trace instruction fetches: one fetch access per instruction executed, over its
+    /// bytes' line(s), through the filters and the policy like any access.
+    #[arg(long)]
+    pub fetch: bool,
 }
 
 /// Options of `reprise checkpoint`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
-use reprise_cpu::observer::{Access, ContextEvent, Hypercall, Observer};
+use reprise_cpu::observer::{Access, ContextEvent, DeviceWrite, Hypercall, Observer};
 use reprise_mscan::source::{policy_over_stored, scan_stored};
 use reprise_mscan::{Options, Report, Scanner};
 use reprise_record::manifest::{Manifest, MANIFEST_FILE};
@@ -195,6 +195,18 @@ impl<O: Observer> Observer for Watch<'_, O> {
     fn hypercall(&mut self, cpu: u32, retired: u64, call: &Hypercall<'_>) {
         self.inner.hypercall(cpu, retired, call);
     }
+
+    fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]) {
+        self.inner.console(cpu, retired, bytes);
+    }
+
+    fn device_write(&mut self, cpu: u32, retired: u64, write: &DeviceWrite) {
+        self.inner.device_write(cpu, retired, write);
+    }
+
+    fn wants_fetches(&self) -> bool {
+        self.inner.wants_fetches()
+    }
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -256,7 +268,7 @@ fn live(
         scanner: scanner.clone(),
         writer,
     };
-    let tracer = Tracer::new(filter, policy, tee, ta.values);
+    let tracer = Tracer::new(filter, policy, tee, ta.values).with_fetches(ta.fetch);
     // The instructions to replay, for the progress bar (a log without its end: unknown).
     let total = LogScan::read(&rec.join(&manifest.log))
         .ok()

@@ -44,6 +44,7 @@ fn any_option(args: &TraceArgs) -> bool {
         || args.values
         || !args.label_alloc.is_empty()
         || args.symbols.is_some()
+        || args.fetch
 }
 
 /// The `--policy` string with `--line-size` folded in.
@@ -82,7 +83,12 @@ pub fn replay_tracer(rec: &Path, args: &TraceArgs) -> anyhow::Result<Option<Repl
     let manifest = Manifest::read(rec)?;
     let header = Header {
         recording: *blake3::hash(&manifest_bytes).as_bytes(),
-        filters: filter.describe(),
+        // `--fetch` is named with the filters: it decides which accesses exist to filter.
+        filters: match (filter.describe(), args.fetch) {
+            (f, false) => f,
+            (f, true) if f.is_empty() => "--fetch".to_string(),
+            (f, true) => format!("{f} --fetch"),
+        },
         policy: policy.describe(),
         cpus: manifest.machine.cpus,
         values: args.values,
@@ -92,7 +98,9 @@ pub fn replay_tracer(rec: &Path, args: &TraceArgs) -> anyhow::Result<Option<Repl
     let writer = TraceWriter::create(path, &header)
         .with_context(|| format!("--trace {}", path.display()))?;
     Ok(Some(
-        Tracer::new(filter, policy, writer, args.values).with_alloc_labels(labeler),
+        Tracer::new(filter, policy, writer, args.values)
+            .with_alloc_labels(labeler)
+            .with_fetches(args.fetch),
     ))
 }
 

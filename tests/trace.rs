@@ -595,3 +595,130 @@ fn allocator_breakpoints_label_and_unlabel() {
     assert_eq!(r.status, 1, "{r:?}");
     assert!(r.stderr.contains("expected `linux` or FUNC"), "{r:?}");
 }
+
+/// Record fixture `name` with `options`; returns the recording and its console output.
+fn record_with_console(name: &str, options: &[&str]) -> (PathBuf, String) {
+    let rec = fresh(&format!("rec-console-{name}{}", options.join("")));
+    let mut args: Vec<std::ffi::OsString> = vec!["record".into(), "-o".into(), rec.clone().into()];
+    args.extend(options.iter().map(|s| s.into()));
+    args.push(fixture_path(name).into());
+    let r = reprise(&args);
+    assert!(r.stderr.contains("reprise: recorded "), "{r:?}");
+    (rec, r.stdout)
+}
+
+/// Every record of a trace of `rec` made with `options`, as JSON values (header skipped),
+/// and the replay's run.
+fn all_records(rec: &Path, name: &str, options: &[&str]) -> (Vec<serde_json::Value>, Run) {
+    let file = fresh(name);
+    let f = file.to_str().unwrap();
+    let mut args = vec!["--trace", f];
+    args.extend_from_slice(options);
+    let r = replay(rec, &args);
+    assert!(r.stderr.contains("identical"), "{r:?}");
+    let p = trace(&["trace", "print", "--json", f]);
+    assert_eq!(p.status, 0, "{p:?}");
+    let records = p
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .collect();
+    (records, r)
+}
+
+/// Console output is in the trace, one record per OUT that transmitted: the bytes of the
+/// console records, in trace order, are exactly what the recording printed, on the machine's
+/// CPUs, and `trace print` shows them. Also on 4 CPUs, and whatever the filters keep.
+#[test]
+fn console_output_becomes_trace_records() {
+    for (name, options, cpus) in [
+        ("hello", &[][..], 1u64),
+        ("smp-counter", &["--cpus", "4"][..], 4),
+    ] {
+        let (rec, console) = record_with_console(name, options);
+        assert!(!console.is_empty(), "{name} prints");
+        let (records, run) = all_records(&rec, &format!("console-{name}.trace"), &["--writes"]);
+        assert_eq!(run.stdout, console);
+        let mut printed = Vec::new();
+        let mut last = 0;
+        for r in &records {
+            let Some(bytes) = r["event"]["Console"]["bytes"].as_array() else {
+                continue;
+            };
+            let position = r["position"].as_u64().unwrap();
+            assert!(position >= last, "{r}");
+            last = position;
+            assert!(r["cpu"].as_u64().unwrap() < cpus, "{r}");
+            printed.extend(bytes.iter().map(|b| b.as_u64().unwrap() as u8));
+        }
+        assert_eq!(String::from_utf8_lossy(&printed), console, "{name}");
+        let file = scratch_dir().join(format!("console-{name}.trace"));
+        let text = trace(&["trace", "print", file.to_str().unwrap()]);
+        let first_line = console.lines().next().unwrap();
+        assert!(
+            text.stdout
+                .lines()
+                .any(|l| l.contains(" console ") && l.contains(&first_line[..1])),
+            "{text:?}"
+        );
+    }
+}
+
+/// `--fetch` adds one fetch access per instruction executed: on compute-small (20,000
+/// instructions, one CPU, no faults) the fetches sit at exactly the positions 0..20,000,
+/// one per position unless the instruction's bytes cross a 64-byte line (then one piece per
+/// line, the first ending at the boundary), each group 1 to 15 bytes long; the state hash
+/// is the recording's; without `--fetch` there are none.
+#[test]
+fn fetch_reports_one_access_per_instruction() {
+    let rec = record("compute-small", &["--max-instructions", "20000"]);
+    let (records, run) = all_records(&rec, "fetch.trace", &["--fetch"]);
+    let plain = replay(&rec, &[]);
+    assert_eq!(final_state(&plain), final_state(&run), "{run:?}");
+    let mut groups: std::collections::BTreeMap<u64, Vec<(u64, u64, u64)>> = Default::default();
+    for r in &records {
+        let a = &r["event"]["Access"];
+        if a["kind"] == "Fetch" {
+            let p = r["position"].as_u64().unwrap();
+            let piece = (
+                a["paddr"].as_u64().unwrap(),
+                a["size"].as_u64().unwrap(),
+                a["pc"].as_u64().unwrap(),
+            );
+            groups.entry(p).or_default().push(piece);
+        }
+    }
+    let positions: Vec<u64> = groups.keys().copied().collect();
+    assert_eq!(positions, (0..20_000).collect::<Vec<u64>>());
+    let mut split = 0;
+    for (p, pieces) in &groups {
+        let len: u64 = pieces.iter().map(|x| x.1).sum();
+        assert!((1..=15).contains(&len), "position {p}: {pieces:?}");
+        assert!(pieces.iter().all(|x| x.2 == pieces[0].2), "{pieces:?}");
+        match pieces[..] {
+            [_] => {}
+            [(a, n, _), (b, _, _)] => {
+                assert_eq!((a + n) % 64, 0, "position {p}: {pieces:?}");
+                assert_eq!(b % 64, 0, "position {p}: {pieces:?}");
+                split += 1;
+            }
+            _ => panic!("position {p}: {pieces:?}"),
+        }
+    }
+    assert!(
+        run.stderr.contains(&format!(
+            "{} kept",
+            records
+                .iter()
+                .filter(|r| r["event"]["Access"].is_object())
+                .count()
+        )),
+        "{run:?}"
+    );
+    eprintln!("{split} of 20000 instruction fetches cross a line");
+    let (without, _) = all_records(&rec, "nofetch.trace", &[]);
+    assert!(without
+        .iter()
+        .all(|r| r["event"]["Access"]["kind"] != "Fetch"));
+}

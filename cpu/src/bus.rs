@@ -79,4 +79,11 @@ pub trait Bus {
     fn wrmsr(&mut self, _clock: CpuClock, _msr: u32, _value: u64) -> bool {
         false
     }
+
+    /// What devices produced during the last port write (console bytes, DMA writes), for
+    /// a CPU with an enabled observer to report at that instruction and empty; `None` when
+    /// the machine keeps no such record (it does only while traced).
+    fn device_output(&mut self) -> Option<&mut crate::observer::DeviceOutput> {
+        None
+    }
 }

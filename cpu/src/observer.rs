@@ -133,28 +133,89 @@ pub struct Hypercall<'a> {
     pub bytes: Result<&'a [u8], HypercallUnreadable>,
 }
 
-/// Receives the CPU's memory accesses.
+/// A device's write into guest RAM (DMA), as the machine saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceWrite {
+    /// Who wrote: the machine numbers devices after its CPUs (`cpus + device index`), so
+    /// an origin never collides with a CPU and traces can keep it in their `cpu` field.
+    pub origin: u32,
+    /// First physical address written.
+    pub paddr: u64,
+    /// Bytes written.
+    pub len: u64,
+}
+
+/// What devices produced during one bus call (or between CPU slices), held until the CPU or
+/// the machine hands it to an enabled observer at the position of the instruction (or
+/// slice start) that caused it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceOutput {
+    /// Bytes the guest's console (the UART) transmitted, in order.
+    pub console: Vec<u8>,
+    /// Device writes into guest RAM, in order.
+    pub ram_writes: Vec<DeviceWrite>,
+}
+
+impl DeviceOutput {
+    /// Nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.console.is_empty() && self.ram_writes.is_empty()
+    }
+
+    /// Hand what is waiting to `obs` as caused by CPU `cpu` having retired `retired`, and
+    /// empty the buffers (keeping their allocations).
+    pub fn report_to<O: Observer>(&mut self, obs: &mut O, cpu: u32, retired: u64) {
+        if !self.console.is_empty() {
+            obs.console(cpu, retired, &self.console);
+            self.console.clear();
+        }
+        for w in self.ram_writes.drain(..) {
+            obs.device_write(cpu, retired, &w);
+        }
+    }
+}
+
+/// Receives the CPU's memory accesses and the machine's context events.
+///
+/// No method has a default body: an observer that wraps another (a progress bar around the
+/// tracer, say) must say what it does with every kind of report, so a new kind of report
+/// cannot be dropped silently by a wrapper that predates it (a wrapper once lost every
+/// hypercall that way).
 pub trait Observer {
     /// Whether this observer wants anything at all; when false the CPU skips building
-    /// [`Access`] records.
+    /// [`Access`] records and every other call compiles away.
     const ENABLED: bool;
 
-    /// Called once per access (split at cache-line boundaries by the caller's policy).
+    /// Called once per access (split at page boundaries; cache-line splitting is the
+    /// tracer's business).
     fn access(&mut self, access: &Access);
 
     /// The machine is about to run CPU `cpu` for a slice of its quantum, starting at global
     /// instruction count `global`, with `retired` instructions of its own retired so far.
     /// Lets an observer turn [`Access::retired`] into a global position. Called only when
     /// [`Self::ENABLED`].
-    fn begin_slice(&mut self, _cpu: u32, _global: u64, _retired: u64) {}
+    fn begin_slice(&mut self, cpu: u32, global: u64, retired: u64);
 
-    /// CPU `cpu`, having retired `retired` instructions, did `event`. Called only when
+    /// CPU `cpu`, having retired `retired`, did `event`. Called only when
     /// [`Self::ENABLED`].
-    fn context(&mut self, _cpu: u32, _retired: u64, _event: &ContextEvent) {}
+    fn context(&mut self, cpu: u32, retired: u64, event: &ContextEvent);
 
-    /// CPU `cpu`, having retired `retired` instructions, made hypercall `call`. Called only
-    /// when [`Self::ENABLED`]; reading the record had no effect on the machine.
-    fn hypercall(&mut self, _cpu: u32, _retired: u64, _call: &Hypercall<'_>) {}
+    /// CPU `cpu`, having retired `retired`, made hypercall `call`. Called only when
+    /// [`Self::ENABLED`]; reading the record had no effect on the machine.
+    fn hypercall(&mut self, cpu: u32, retired: u64, call: &Hypercall<'_>);
+
+    /// The console transmitted `bytes` because of the instruction CPU `cpu` executed after
+    /// retiring `retired` (an OUT to the UART). Called only when [`Self::ENABLED`].
+    fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]);
+
+    /// A device wrote guest RAM: during the instruction CPU `cpu` executed after retiring
+    /// `retired`, or, for writes not caused by an instruction, at the start of that CPU's
+    /// slice. Called only when [`Self::ENABLED`].
+    fn device_write(&mut self, cpu: u32, retired: u64, write: &DeviceWrite);
+
+    /// Whether the CPU should report an instruction fetch ([`AccessKind::Fetch`]) for every
+    /// instruction it executes. Asked once per block, only when [`Self::ENABLED`].
+    fn wants_fetches(&self) -> bool;
 }
 
 /// The observer that observes nothing; used by `run` and `record`.
@@ -166,4 +227,24 @@ impl Observer for NoObserver {
 
     #[inline(always)]
     fn access(&mut self, _access: &Access) {}
+
+    #[inline(always)]
+    fn begin_slice(&mut self, _cpu: u32, _global: u64, _retired: u64) {}
+
+    #[inline(always)]
+    fn context(&mut self, _cpu: u32, _retired: u64, _event: &ContextEvent) {}
+
+    #[inline(always)]
+    fn hypercall(&mut self, _cpu: u32, _retired: u64, _call: &Hypercall<'_>) {}
+
+    #[inline(always)]
+    fn console(&mut self, _cpu: u32, _retired: u64, _bytes: &[u8]) {}
+
+    #[inline(always)]
+    fn device_write(&mut self, _cpu: u32, _retired: u64, _write: &DeviceWrite) {}
+
+    #[inline(always)]
+    fn wants_fetches(&self) -> bool {
+        false
+    }
 }

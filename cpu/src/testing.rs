@@ -84,6 +84,14 @@ impl Observer for RecordingObserver {
     fn access(&mut self, access: &Access) {
         self.accesses.push(*access);
     }
+    fn begin_slice(&mut self, _cpu: u32, _global: u64, _retired: u64) {}
+    fn context(&mut self, _cpu: u32, _retired: u64, _event: &crate::observer::ContextEvent) {}
+    fn hypercall(&mut self, _cpu: u32, _retired: u64, _call: &crate::observer::Hypercall<'_>) {}
+    fn console(&mut self, _cpu: u32, _retired: u64, _bytes: &[u8]) {}
+    fn device_write(&mut self, _cpu: u32, _retired: u64, _write: &crate::observer::DeviceWrite) {}
+    fn wants_fetches(&self) -> bool {
+        false
+    }
 }
 
 /// Physical address of the PML4 built by [`setup_long_mode`].

@@ -32,6 +32,7 @@
 
 use std::io::Write;
 
+use reprise_cpu::observer::{DeviceOutput, DeviceWrite};
 use reprise_cpu::{
     Bus, CodeCache, Cpu, CpuClock, CpuState, CpuidProfile, GuestPhysAddr, NoObserver, Observer,
     RandomSource, RunExit, StopReason,
@@ -303,6 +304,9 @@ struct Board<I: Inputs> {
     skipped_ns: u64,
     /// `--clock host`: time follows the input seam's host time samples.
     host_clock: bool,
+    /// Console bytes and device writes into RAM waiting for the observer; kept only while
+    /// an enabled observer watches (`None` in run and record, which pay nothing for it).
+    device_output: Option<DeviceOutput>,
 }
 
 impl<I: Inputs> Board<I> {
@@ -373,7 +377,10 @@ impl<I: Inputs> Board<I> {
     fn write_port_byte(&mut self, port: u16, value: u8, ns: u64) {
         match port {
             p if (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&p) => {
-                self.uart.write((p - COM1_BASE) as u8, value);
+                let sent = self.uart.write((p - COM1_BASE) as u8, value);
+                if let (Some(b), Some(out)) = (sent, &mut self.device_output) {
+                    out.console.push(b);
+                }
                 self.update_uart_irq();
             }
             RTC_INDEX_PORT | RTC_DATA_PORT => self.rtc.write(port, value, ns),
@@ -492,6 +499,10 @@ impl<I: Inputs> Bus for Board<I> {
     fn wants_exit(&self) -> bool {
         self.exit_pending
     }
+
+    fn device_output(&mut self) -> Option<&mut DeviceOutput> {
+        self.device_output.as_mut()
+    }
 }
 
 /// A whole machine: CPUs, RAM, devices, the shared decoded-code cache and the scheduler.
@@ -547,6 +558,7 @@ impl<I: Inputs> Machine<I> {
                 slice_retired: 0,
                 skipped_ns: 0,
                 host_clock: false,
+                device_output: None,
             },
             cpus,
             config,
@@ -643,6 +655,15 @@ impl<I: Inputs> Machine<I> {
 
     /// [`Machine::run`] reporting every memory access to `obs`.
     pub fn run_observed<O: Observer>(&mut self, obs: &mut O, limit: u64) -> RunResult {
+        // Device output is kept for an enabled observer only (what waits from before this
+        // run, e.g. a device write between runs, is reported at the first slice).
+        if O::ENABLED {
+            self.board
+                .device_output
+                .get_or_insert_with(DeviceOutput::default);
+        } else {
+            self.board.device_output = None;
+        }
         let outcome = self.run_loop(obs, limit);
         self.board.uart.flush();
         // A guest's own ending stands even if the output broke meanwhile.
@@ -821,7 +842,39 @@ impl<I: Inputs> Machine<I> {
         self.board.slice_retired = retired;
         if O::ENABLED {
             obs.begin_slice(i as u32, global, retired);
+            // Device output not caused by an instruction (or left from one the CPU did not
+            // report, such as a device memory write) is placed at the slice start.
+            if let Some(out) = &mut self.board.device_output {
+                out.report_to(obs, i as u32, retired);
+            }
         }
+    }
+
+    /// A device writes `bytes` into guest RAM at physical address `paddr` (DMA): the one
+    /// path for device writes after boot. `device` numbers the device among the machine's
+    /// devices; a traced run reports the write with origin `cpus + device`, placed at the
+    /// next slice start. Cached code on the pages written is dropped, as for a CPU's write.
+    /// Returns `false`, writing nothing, if the range is not all RAM.
+    pub fn dma_write(&mut self, device: u32, paddr: u64, bytes: &[u8]) -> bool {
+        if !self.board.ram.write(paddr, bytes) {
+            return false;
+        }
+        if !bytes.is_empty() {
+            let last = paddr.saturating_add(bytes.len() as u64 - 1);
+            for page in paddr >> 12..=last >> 12 {
+                if self.code.is_code_page(page) {
+                    self.code.invalidate_page(page);
+                }
+            }
+        }
+        if let Some(out) = &mut self.board.device_output {
+            out.ram_writes.push(DeviceWrite {
+                origin: self.config.cpus.saturating_add(device),
+                paddr,
+                len: bytes.len() as u64,
+            });
+        }
+        true
     }
 
     /// Let CPU `i` take what the platform has for it: INIT, start-up, NMI, and at most one

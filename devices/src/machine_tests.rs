@@ -673,6 +673,24 @@ impl Observer for Placer {
             self.interrupts.push((cpu, vector, p));
         }
     }
+    fn hypercall(
+        &mut self,
+        _cpu: u32,
+        _retired: u64,
+        _call: &reprise_cpu::observer::Hypercall<'_>,
+    ) {
+    }
+    fn console(&mut self, _cpu: u32, _retired: u64, _bytes: &[u8]) {}
+    fn device_write(
+        &mut self,
+        _cpu: u32,
+        _retired: u64,
+        _write: &reprise_cpu::observer::DeviceWrite,
+    ) {
+    }
+    fn wants_fetches(&self) -> bool {
+        false
+    }
 }
 
 /// An interrupt delivered at the start of a CPU's quantum is reported at that CPU's own
@@ -752,4 +770,80 @@ fn interrupts_at_quantum_starts_are_placed_at_their_cpu_position() {
             "cpu{cpu}: {mine:?} ({total})"
         );
     }
+}
+
+/// What an observer learned of devices: console bytes and RAM writes with the reporting CPU
+/// and its retired count.
+#[derive(Default)]
+struct DeviceSeen {
+    console: Vec<(u32, u64, Vec<u8>)>,
+    writes: Vec<(u32, u64, reprise_cpu::observer::DeviceWrite)>,
+}
+
+impl Observer for DeviceSeen {
+    const ENABLED: bool = true;
+    fn access(&mut self, _a: &reprise_cpu::observer::Access) {}
+    fn begin_slice(&mut self, _cpu: u32, _global: u64, _retired: u64) {}
+    fn context(&mut self, _cpu: u32, _retired: u64, _e: &reprise_cpu::observer::ContextEvent) {}
+    fn hypercall(&mut self, _cpu: u32, _retired: u64, _c: &reprise_cpu::observer::Hypercall<'_>) {}
+    fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]) {
+        self.console.push((cpu, retired, bytes.to_vec()));
+    }
+    fn device_write(&mut self, cpu: u32, retired: u64, w: &reprise_cpu::observer::DeviceWrite) {
+        self.writes.push((cpu, retired, *w));
+    }
+    fn wants_fetches(&self) -> bool {
+        false
+    }
+}
+
+/// Console bytes reach an enabled observer at the OUT that transmitted them (the 3rd and
+/// 5th instructions); a device's RAM write (`Machine::dma_write`, the one DMA path) lands in
+/// RAM and reaches it with the device's origin (CPUs first, then devices) at the next slice
+/// start; run and record keep nothing of either.
+#[test]
+fn console_bytes_and_device_writes_reach_the_observer() {
+    let elf = image(|a| {
+        a.mov(dx, COM1_BASE as u32)?;
+        a.mov(al, b'h' as u32)?;
+        a.out(dx, al)?; // retired 2
+        a.mov(al, b'i' as u32)?;
+        a.out(dx, al)?; // retired 4
+        a.cli()?;
+        a.hlt()
+    });
+    let (mut m, out) = boot(2, 1000, &elf);
+    assert!(m.dma_write(0, 0x30_0000, &[7; 100]));
+    assert!(!m.dma_write(0, 4 * MIB - 10, &[7; 100]), "past RAM");
+    let mut seen = DeviceSeen::default();
+    m.run_observed(&mut seen, 100_000);
+    assert_eq!(out.text(), "hihi", "both CPUs print");
+    assert_eq!(&m.ram().as_slice()[0x30_0000..0x30_0064], &[7; 100][..]);
+    // Written before the run with nobody watching: not reported.
+    assert!(seen.writes.is_empty());
+    assert_eq!(
+        seen.console,
+        vec![
+            (0, 2, b"h".to_vec()),
+            (0, 4, b"i".to_vec()),
+            (1, 2, b"h".to_vec()),
+            (1, 4, b"i".to_vec())
+        ]
+    );
+    // Between traced runs: reported at the next slice start, with origin 2 + 1.
+    assert!(m.dma_write(1, 0x30_1000, b"dma"));
+    m.run_observed(&mut seen, 100_000);
+    let w = reprise_cpu::observer::DeviceWrite {
+        origin: 3,
+        paddr: 0x30_1000,
+        len: 3,
+    };
+    assert_eq!(seen.writes.len(), 1, "{:?}", seen.writes);
+    assert_eq!(seen.writes[0].2, w);
+    // Untraced runs keep nothing.
+    let (mut plain, _) = boot(1, 1000, &elf);
+    plain.run(100_000);
+    assert!(plain.board.device_output.is_none());
+    assert!(plain.dma_write(0, 0x30_0000, b"x"));
+    assert!(plain.board.device_output.is_none());
 }

@@ -298,9 +298,12 @@ impl<W: Write> Uart<W> {
         v
     }
 
-    /// A register write at `offset` (0–7; higher bits are ignored).
-    pub fn write(&mut self, offset: u8, value: u8) {
+    /// A register write at `offset` (0–7; higher bits are ignored). Returns the byte put on
+    /// the line, if the write transmitted one (so a tracer can place console output at the
+    /// instruction that made it; loopback and divisor writes transmit nothing).
+    pub fn write(&mut self, offset: u8, value: u8) -> Option<u8> {
         let dlab = self.state.lcr & lcr::DLAB != 0;
+        let mut sent = None;
         match offset & 7 {
             reg::DATA if dlab => self.state.divisor = (self.state.divisor & 0xff00) | value as u16,
             reg::DATA => {
@@ -308,6 +311,7 @@ impl<W: Write> Uart<W> {
                     self.push_rx(value);
                 } else {
                     self.transmit(value);
+                    sent = Some(value);
                 }
                 // The byte leaves at once, so THR is empty again.
                 self.state.thre_pending = true;
@@ -340,6 +344,7 @@ impl<W: Write> Uart<W> {
             _ => self.state.scr = value,
         }
         self.update_irq();
+        sent
     }
 
     fn rx_capacity(&self) -> usize {
@@ -430,6 +435,19 @@ mod tests {
         }
         assert_eq!(u.output(), b"hi\n");
         assert_eq!(u.read(reg::LSR), 0x60);
+    }
+
+    #[test]
+    fn write_returns_only_the_bytes_put_on_the_line() {
+        let mut u = uart();
+        assert_eq!(u.write(reg::DATA, b'a'), Some(b'a'));
+        assert_eq!(u.write(reg::SCR, b'b'), None);
+        u.write(reg::LCR, lcr::DLAB);
+        assert_eq!(u.write(reg::DATA, 1), None, "a divisor byte");
+        u.write(reg::LCR, 0);
+        u.write(reg::MCR, mcr::LOOP);
+        assert_eq!(u.write(reg::DATA, b'c'), None, "looped back");
+        assert_eq!(u.output(), b"a");
     }
 
     #[test]

@@ -20,8 +20,8 @@
 //! records by construction.
 
 use reprise_cpu::observer::{
-    Access, ContextEvent, Hypercall as HypercallCall, HypercallUnreadable, InterruptSource,
-    Observer,
+    Access, AccessKind, ContextEvent, DeviceWrite, Hypercall as HypercallCall, HypercallUnreadable,
+    InterruptSource, Observer,
 };
 
 use crate::alloc::AllocLabeler;
@@ -90,6 +90,8 @@ pub struct FilterStage<F: Filter> {
     warnings: Vec<String>,
     malformed: u64,
     alloc: Option<AllocLabeler>,
+    /// `--fetch`: the CPU reports an instruction fetch per instruction.
+    fetches: bool,
 }
 
 impl<F: Filter> FilterStage<F> {
@@ -104,7 +106,20 @@ impl<F: Filter> FilterStage<F> {
             warnings: Vec::new(),
             malformed: 0,
             alloc: None,
+            fetches: false,
         }
+    }
+
+    /// Also trace instruction fetches (`--fetch`): one fetch access per instruction
+    /// executed, split at lines like any access.
+    pub fn with_fetches(mut self, on: bool) -> Self {
+        self.fetches = on;
+        self
+    }
+
+    /// Whether instruction fetches are traced.
+    pub fn fetches(&self) -> bool {
+        self.fetches
     }
 
     /// Also label allocations through breakpoints on allocator functions.
@@ -177,25 +192,76 @@ impl<F: Filter> FilterStage<F> {
     }
 
     /// One access as the CPU reported it.
+    #[inline]
     pub fn access(&mut self, a: &Access, out: &mut impl FnMut(Filtered)) {
         self.seen += 1;
         let position = self.position_of(a.retired);
-        let mut one = |p: Access, stage: &mut Self| {
-            if stage.filter.keep(position, &p) {
-                stage.filtered_in += 1;
-                out(Filtered::Access {
-                    position,
-                    access: p,
-                });
-            }
-        };
         match self.line {
+            // Most accesses lie in one line: judge them as they are, with no splitting.
+            Some(l) if !crosses_line(a, l) => self.piece(position, a, out),
             Some(l) => {
                 for p in split_lines(a, l) {
-                    one(p, self);
+                    self.piece(position, &p, out);
                 }
             }
-            None => one(*a, self),
+            None => self.piece(position, a, out),
+        }
+    }
+
+    /// One line piece of an access at `position`: passed on if the filters keep it.
+    #[inline(always)]
+    fn piece(&mut self, position: u64, p: &Access, out: &mut impl FnMut(Filtered)) {
+        if self.filter.keep(position, p) {
+            self.filtered_in += 1;
+            out(Filtered::Access {
+                position,
+                access: *p,
+            });
+        }
+    }
+
+    /// Console output: a console record at its instruction's position.
+    pub fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8], out: &mut impl FnMut(Filtered)) {
+        let r = Record {
+            position: self.position_of(retired),
+            cpu,
+            event: Event::Console {
+                bytes: bytes.to_vec(),
+            },
+        };
+        self.context(&r, out);
+    }
+
+    /// A device's write into RAM: a write access whose `cpu` is the device's origin number
+    /// (after the CPUs), at no pc and privilege 0, cut into pieces of at most 64 bytes
+    /// (and at the policy's lines) so each fits an access record. It is placed at the
+    /// position of CPU `_cpu`'s instruction (or slice start).
+    pub fn device_write(
+        &mut self,
+        _cpu: u32,
+        retired: u64,
+        w: &DeviceWrite,
+        out: &mut impl FnMut(Filtered),
+    ) {
+        const PIECE: u64 = 64;
+        let mut off = 0u64;
+        while off < w.len {
+            let paddr = w.paddr.wrapping_add(off);
+            let n = (PIECE - (paddr & (PIECE - 1))).min(w.len - off);
+            let a = Access {
+                cpu: w.origin,
+                retired,
+                pc: 0,
+                vaddr: paddr,
+                paddr,
+                size: n as u8,
+                kind: AccessKind::Write,
+                locked: false,
+                cpl: 0,
+                value: 0,
+            };
+            self.access(&a, out);
+            off += n;
         }
     }
 
@@ -305,6 +371,14 @@ impl<F: Filter> FilterStage<F> {
     }
 }
 
+/// Whether `a` touches more than one line of `line` bytes (a power of two), or is one
+/// [`split_lines`] would reshape (size 0): such accesses take the general path.
+#[inline(always)]
+fn crosses_line(a: &Access, line: u64) -> bool {
+    let last = a.paddr.wrapping_add(a.size as u64).wrapping_sub(1);
+    a.size == 0 || (a.paddr ^ last) & !(line - 1) != 0 || last < a.paddr
+}
+
 /// The second stage: the cache-line policy and the sink, fed [`Filtered`] items in order.
 pub struct PolicyStage<P: CacheLinePolicy, S: Sink> {
     policy: P,
@@ -403,6 +477,13 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
         }
     }
 
+    /// Also trace instruction fetches (`--fetch`): one fetch access per instruction
+    /// executed, split at lines like any access.
+    pub fn with_fetches(mut self, on: bool) -> Self {
+        self.stage = self.stage.with_fetches(on);
+        self
+    }
+
     /// Also label allocations through breakpoints on allocator functions (`--label-alloc`):
     /// their label records join the trace like a guest's own.
     pub fn with_alloc_labels(mut self, labeler: AllocLabeler) -> Self {
@@ -486,9 +567,26 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
             .hypercall(cpu, retired, c, &mut |f| policy.take(f));
     }
 
+    #[inline]
     fn access(&mut self, a: &Access) {
         let policy = &mut self.policy;
         self.stage.access(a, &mut |f| policy.take(f));
+    }
+
+    fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]) {
+        let policy = &mut self.policy;
+        self.stage
+            .console(cpu, retired, bytes, &mut |f| policy.take(f));
+    }
+
+    fn device_write(&mut self, cpu: u32, retired: u64, w: &DeviceWrite) {
+        let policy = &mut self.policy;
+        self.stage
+            .device_write(cpu, retired, w, &mut |f| policy.take(f));
+    }
+
+    fn wants_fetches(&self) -> bool {
+        self.stage.fetches
     }
 }
 
@@ -567,6 +665,24 @@ impl<F: Filter> Observer for SegmentTracer<'_, F> {
         self.stage.access(a, &mut |f| chunk.push(f));
         self.flush_if_full();
     }
+
+    fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]) {
+        let chunk = &mut self.chunk;
+        self.stage
+            .console(cpu, retired, bytes, &mut |f| chunk.push(f));
+        self.flush_if_full();
+    }
+
+    fn device_write(&mut self, cpu: u32, retired: u64, w: &DeviceWrite) {
+        let chunk = &mut self.chunk;
+        self.stage
+            .device_write(cpu, retired, w, &mut |f| chunk.push(f));
+        self.flush_if_full();
+    }
+
+    fn wants_fetches(&self) -> bool {
+        self.stage.fetches
+    }
 }
 
 #[cfg(test)]
@@ -574,8 +690,7 @@ mod tests {
     use super::*;
     use crate::filter::{And, CpuSet};
     use crate::policy::parse_policy;
-    use crate::record::Hypercall;
-    use reprise_cpu::observer::AccessKind;
+    use crate::record::{Hypercall, Kind};
 
     #[test]
     fn filters_then_policy_then_sink() {
@@ -658,5 +773,62 @@ mod tests {
             .map(|r| (r.position, r.cpu, r.event.type_name()))
             .collect();
         assert_eq!(got, vec![(1002, 0, "sched"), (1006, 1, "return")]);
+    }
+
+    /// Console output becomes a console record at its instruction's position; a device's
+    /// RAM write becomes write accesses of its origin, cut at 64-byte lines and judged by
+    /// the policy like a CPU's (a CPU's read of a line a device wrote is kept by movement).
+    #[test]
+    fn console_and_device_writes_become_records() {
+        let policy = parse_policy("movement").unwrap();
+        let mut t = Tracer::new(And(vec![]), policy, Vec::new(), false).with_fetches(true);
+        assert!(Observer::wants_fetches(&t));
+        t.begin_quantum(500, 20);
+        Observer::console(&mut t, 1, 23, b"ok");
+        let w = DeviceWrite {
+            origin: 4,
+            paddr: 0x1030,
+            len: 100,
+        };
+        Observer::device_write(&mut t, 1, 25, &w);
+        let read = Access {
+            cpu: 1,
+            retired: 26,
+            pc: 0x400,
+            vaddr: 0x1040,
+            paddr: 0x1040,
+            size: 8,
+            kind: AccessKind::Read,
+            locked: false,
+            cpl: 0,
+            value: 0,
+        };
+        t.access(&read);
+        t.access(&read);
+        let (recs, _, counts) = t.finish().unwrap();
+        assert_eq!(recs[0].position, 503);
+        assert_eq!(
+            recs[0].event,
+            Event::Console {
+                bytes: b"ok".to_vec()
+            }
+        );
+        let pieces: Vec<(u64, u32, u64, u8, Kind)> = recs[1..]
+            .iter()
+            .map(|r| match &r.event {
+                Event::Access(a) => (r.position, r.cpu, a.paddr, a.size, a.kind),
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(
+            pieces,
+            vec![
+                (505, 4, 0x1030, 16, Kind::Write),
+                (505, 4, 0x1040, 64, Kind::Write),
+                (505, 4, 0x1080, 20, Kind::Write),
+                (506, 1, 0x1040, 8, Kind::Read),
+            ]
+        );
+        assert_eq!(counts.seen, 5);
     }
 }

@@ -659,6 +659,19 @@ mod tests {
             let bytes = c.bytes.map(|b| b.to_vec());
             self.calls.push((c.pc, c.addr, c.kind, c.length, bytes));
         }
+        fn begin_slice(&mut self, _cpu: u32, _global: u64, _retired: u64) {}
+        fn context(&mut self, _cpu: u32, _retired: u64, _event: &crate::observer::ContextEvent) {}
+        fn console(&mut self, _cpu: u32, _retired: u64, _bytes: &[u8]) {}
+        fn device_write(
+            &mut self,
+            _cpu: u32,
+            _retired: u64,
+            _write: &crate::observer::DeviceWrite,
+        ) {
+        }
+        fn wants_fetches(&self) -> bool {
+            false
+        }
     }
 
     use crate::observer::HypercallUnreadable;

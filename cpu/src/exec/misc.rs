@@ -239,6 +239,7 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
             let v = x.gpr(src);
             let clock = x.clock();
             x.bus.io_out(clock, port, src.size() as u8, v as u32);
+            report_device_output(x);
             Ok(())
         }
         M::Xlatb => {
@@ -250,6 +251,19 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
         // NOPs, hints, prefetches, fences, ENDBR, PAUSE: no architectural effect and no
         // memory access (prefetches never fault).
         _ => Ok(()),
+    }
+}
+
+/// After a port write: hand what devices produced (console bytes, DMA) to the observer at
+/// this instruction's position. Compiled out without an observer.
+#[inline(always)]
+pub(crate) fn report_device_output<B: Bus, O: Observer>(x: &mut Exec<B, O>) {
+    if O::ENABLED {
+        if let Some(out) = x.bus.device_output() {
+            if !out.is_empty() {
+                out.report_to(x.obs, x.cpu.index, x.cpu.state.retired);
+            }
+        }
     }
 }
 

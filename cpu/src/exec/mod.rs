@@ -377,6 +377,15 @@ impl Cpu {
         // (handlers may read it, none writes it): an increment in memory would chain every
         // instruction to the previous one through a store and a load.
         let mut retired = x.cpu.state.retired;
+        // `--fetch`: one fetch access per instruction (a runtime choice of traced replays;
+        // compiled out with no observer).
+        let fetch = O::ENABLED && x.obs.wants_fetches();
+        // Linear address of the block's first byte (the CS base applies outside 64-bit mode).
+        let start_lin = if LONG {
+            start
+        } else {
+            x.cpu.fetch_address(mode)
+        };
         'chain: loop {
             // The budget bounds the instructions run, so the loop needs no check of its own.
             let left = end.saturating_sub(retired);
@@ -386,6 +395,9 @@ impl Cpu {
                 let next = rip.wrapping_add(d.len as u64);
                 // Outside 64-bit mode the instruction pointer wraps at the code size.
                 let fall_through = if LONG { next } else { x.mask_ip(next) };
+                if O::ENABLED && fetch {
+                    report_fetch(&mut x, block, pa, start_lin, rip.wrapping_sub(start), d.len);
+                }
                 match dispatch(&mut x, d, fall_through) {
                     Ok(next) => rip = next,
                     Err(e) => {
@@ -754,6 +766,52 @@ fn generic<B: Bus, O: Observer>(
     let r = handler(x, &d.insn);
     x.locked = false;
     r.map(|()| x.next_rip)
+}
+
+/// Report the fetch of the instruction `off` bytes into `block` (whose first byte is at
+/// linear `start_lin`, physical `pa`), `len` bytes long, as one fetch access per page it
+/// touches, as data accesses are reported. The block's second page is the one an
+/// instruction straddling its page boundary continues in.
+#[inline(never)]
+fn report_fetch<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    block: &Block,
+    pa: u64,
+    start_lin: u64,
+    off: u64,
+    len: u8,
+) {
+    let lin = start_lin.wrapping_add(off);
+    let in_page = (pa & 0xfff).wrapping_add(off);
+    let phys = |k: u64| {
+        let at = in_page.wrapping_add(k);
+        if at < 0x1000 {
+            (pa & !0xfff).wrapping_add(at)
+        } else {
+            (block.pages[1] << 12).wrapping_add(at & 0xfff)
+        }
+    };
+    let len = u64::from(len.max(1));
+    let first = 0x1000u64.saturating_sub(in_page).clamp(1, len);
+    let piece = |k: u64, n: u64, x: &mut Exec<B, O>| {
+        let access = crate::observer::Access {
+            cpu: x.cpu.index,
+            retired: x.cpu.state.retired,
+            pc: x.rip,
+            vaddr: lin.wrapping_add(k),
+            paddr: phys(k),
+            size: n as u8,
+            kind: crate::observer::AccessKind::Fetch,
+            locked: false,
+            cpl: x.cpu.state.cpl(),
+            value: 0,
+        };
+        x.obs.access(&access);
+    };
+    piece(0, first, x);
+    if first < len {
+        piece(first, len - first, x);
+    }
 }
 
 /// Execute one decoded instruction: its fast form, or its group's handler. Returns the

@@ -380,6 +380,7 @@ fn element<B: Bus, O: Observer>(
             let port = x.gpr(Register::DX) as u16;
             let clock = x.clock();
             x.bus.io_out(clock, port, size as u8, v as u32);
+            super::misc::report_device_output(x);
             Ok(())
         }
     }

@@ -11,45 +11,113 @@
 //!   part would be kept, so is the write part).
 //!
 //! mtrace kept the set as an 8-bit mask; here it is a bitset of any width.
-
-use std::collections::BTreeMap;
+//!
+//! The state is one flat open-addressed table keyed by line number (linear probing, a fixed
+//! multiplicative hash, no per-line allocation): a traced Linux boot judges hundreds of
+//! millions of accesses, and a tree of per-line vectors cost a quarter of the replay. Its
+//! layout depends only on the access stream (no random hash seed), so the serialized state
+//! is deterministic; nothing iterates it into a trace.
 
 use reprise_cpu::observer::{Access, AccessKind};
 use serde::{Deserialize, Serialize};
 
 use super::{per_line, CacheLinePolicy, Outcome};
 
-/// The CPUs that may hold a line: a bitset over CPU numbers, grown as needed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Holders(Vec<u64>);
+/// Lines of the table, open-addressed. Each slot is `stride` u64 words: the line number,
+/// then the holder bitset (CPU c is bit c % 64 of word c / 64). A slot whose bitset is all
+/// zero is empty: every line in the table has at least one holder (the CPU that last
+/// touched it), so no separate marker is needed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct LineTable {
+    /// `1 + holder words` per slot.
+    stride: usize,
+    /// Slots: a power of two.
+    slots: usize,
+    /// Lines present.
+    len: usize,
+    /// `slots * stride` words.
+    words: Vec<u64>,
+}
 
-impl Holders {
-    fn contains(&self, c: u32) -> bool {
-        self.0
-            .get((c / 64) as usize)
-            .is_some_and(|w| w >> (c % 64) & 1 == 1)
-    }
+/// Slots of a new table (grows by doubling at half load).
+const INITIAL_SLOTS: usize = 1 << 12;
 
-    fn insert(&mut self, c: u32) {
-        let i = (c / 64) as usize;
-        if self.0.len() <= i {
-            self.0.resize(i + 1, 0);
+impl LineTable {
+    fn new() -> Self {
+        LineTable {
+            stride: 2,
+            slots: INITIAL_SLOTS,
+            len: 0,
+            words: vec![0; INITIAL_SLOTS * 2],
         }
-        self.0[i] |= 1 << (c % 64);
     }
 
-    fn is_only(&self, c: u32) -> bool {
-        let i = (c / 64) as usize;
-        self.0
-            .iter()
-            .enumerate()
-            .all(|(k, &w)| if k == i { w == 1 << (c % 64) } else { w == 0 })
-            && self.0.len() > i
+    /// The preferred slot of `line`: Fibonacci hashing on the high bits.
+    #[inline(always)]
+    fn home(&self, line: u64) -> usize {
+        let bits = self.slots.trailing_zeros();
+        (line.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
     }
 
-    fn set_only(&mut self, c: u32) {
-        self.0.iter_mut().for_each(|w| *w = 0);
-        self.insert(c);
+    #[inline(always)]
+    fn is_empty_slot(&self, at: usize) -> bool {
+        self.words[at + 1..at + self.stride].iter().all(|&w| w == 0)
+    }
+
+    /// The word offset of `line`'s slot, inserting an empty bitset if it is new. `cpu` is
+    /// the CPU about to be recorded: the table widens its bitsets first if needed.
+    #[inline(always)]
+    fn slot(&mut self, line: u64, cpu: u32) -> usize {
+        let need = 1 + (cpu as usize / 64) + 1;
+        if need > self.stride {
+            self.rebuild(self.slots, need);
+        }
+        let mask = self.slots - 1;
+        let mut i = self.home(line);
+        loop {
+            let at = i * self.stride;
+            if self.is_empty_slot(at) {
+                // New line: make room first if the table is half full, then insert.
+                if (self.len + 1) * 2 > self.slots {
+                    self.rebuild(self.slots * 2, self.stride);
+                    return self.slot(line, cpu);
+                }
+                self.words[at] = line;
+                self.len += 1;
+                return at;
+            }
+            if self.words[at] == line {
+                return at;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Re-insert every line into a table of `slots` slots of `stride` words.
+    fn rebuild(&mut self, slots: usize, stride: usize) {
+        let old = std::mem::replace(
+            self,
+            LineTable {
+                stride,
+                slots,
+                len: 0,
+                words: vec![0; slots * stride],
+            },
+        );
+        let mask = slots - 1;
+        for s in old.words.chunks_exact(old.stride) {
+            if s[1..].iter().all(|&w| w == 0) {
+                continue;
+            }
+            let mut i = self.home(s[0]);
+            while !self.is_empty_slot(i * stride) {
+                i = (i + 1) & mask;
+            }
+            let at = i * stride;
+            self.words[at] = s[0];
+            self.words[at + 1..at + old.stride].copy_from_slice(&s[1..]);
+            self.len += 1;
+        }
     }
 }
 
@@ -57,32 +125,47 @@ impl Holders {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Movement {
     line: u64,
-    // BTreeMap so the serialized state does not depend on hashing order.
-    lines: BTreeMap<u64, Holders>,
+    /// log2 of `line`.
+    shift: u32,
+    lines: LineTable,
 }
 
 impl Movement {
     /// A policy over lines of `line` bytes (a power of two from 1 to 4096).
     /// (Other values are rounded into that range rather than trusted.)
     pub fn new(line: u64) -> Self {
+        let line = line.clamp(1, 4096).next_power_of_two();
         Movement {
-            line: line.clamp(1, 4096).next_power_of_two(),
-            lines: BTreeMap::new(),
+            line,
+            shift: line.trailing_zeros(),
+            lines: LineTable::new(),
         }
     }
 
+    /// Judge an access that lies within one line.
+    #[inline(always)]
     fn one_line(&mut self, a: &Access) -> Outcome {
-        let h = self.lines.entry(a.paddr / self.line).or_default();
+        let at = self.lines.slot(a.paddr >> self.shift, a.cpu);
+        let word = 1 + (a.cpu / 64) as usize;
+        let bit = 1u64 << (a.cpu % 64);
+        let stride = self.lines.stride;
+        let holders = &mut self.lines.words[at + 1..at + stride];
         let keep = match a.kind {
             AccessKind::Read | AccessKind::Fetch => {
-                let keep = !h.contains(a.cpu);
-                h.insert(a.cpu);
+                let w = &mut holders[word - 1];
+                let keep = *w & bit == 0;
+                *w |= bit;
                 keep
             }
             AccessKind::Write | AccessKind::ReadModifyWrite => {
-                let keep = !h.is_only(a.cpu);
-                h.set_only(a.cpu);
-                keep
+                // Kept unless the holders are exactly {cpu}.
+                let only = holders
+                    .iter()
+                    .enumerate()
+                    .all(|(k, &w)| w == if k + 1 == word { bit } else { 0 });
+                holders.iter_mut().for_each(|w| *w = 0);
+                holders[word - 1] = bit;
+                !only
             }
         };
         Outcome {
@@ -93,7 +176,13 @@ impl Movement {
 }
 
 impl CacheLinePolicy for Movement {
+    #[inline]
     fn observe(&mut self, a: &Access) -> Outcome {
+        let last = a.paddr.wrapping_add(a.size.max(1) as u64 - 1);
+        if a.paddr >> self.shift == last >> self.shift {
+            // The common case: the access lies in one line (the tracer splits first).
+            return self.one_line(a);
+        }
         let line = self.line;
         per_line(a, line, |p| self.one_line(p))
     }
@@ -141,7 +230,7 @@ mod tests {
                         && matches!(k, AccessKind::Write | AccessKind::ReadModifyWrite)
                 }),
             };
-            let cpus: Vec<u32> = (0..64).filter(|&p| holds(p)).collect();
+            let cpus: Vec<u32> = (0..200).filter(|&p| holds(p)).collect();
             out.push(match kind {
                 AccessKind::Read | AccessKind::Fetch => !holds(c),
                 _ => cpus != vec![c],
@@ -162,7 +251,8 @@ mod tests {
     proptest! {
         #[test]
         fn matches_the_reference_model(
-            ncpu in 1u32..=64,
+            // Past 64 CPUs the table widens its bitsets (one word per 64 CPUs).
+            ncpu in prop_oneof![1u32..=64, 65u32..=200],
             line_log in 0u32..=12,
             raw in proptest::collection::vec((any::<u32>(), 0u64..8192, 1u8..=16, kind()), 1..300),
         ) {
@@ -180,6 +270,44 @@ mod tests {
             }
             prop_assert_eq!(got, reference(&pieces));
         }
+    }
+
+    /// Many lines and CPUs (the table grows many times and widens past 64 CPUs) against
+    /// the rule kept as one set per line in a tree.
+    #[test]
+    fn a_growing_table_keeps_the_rule() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let mut m = Movement::new(64);
+        let mut sets: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        for n in 0..200_000u64 {
+            let cpu = (next() % if n < 100_000 { 8 } else { 130 }) as u32;
+            let line = next() % 50_000;
+            let kind = if next() % 3 == 0 {
+                AccessKind::Write
+            } else {
+                AccessKind::Read
+            };
+            let set = sets.entry(line).or_default();
+            let expect = match kind {
+                AccessKind::Read => set.insert(cpu),
+                _ => {
+                    let only = set.len() == 1 && set.contains(&cpu);
+                    set.clear();
+                    set.insert(cpu);
+                    !only
+                }
+            };
+            let got = m.observe(&acc(cpu, line * 64 + 8, 8, kind)).keep;
+            assert_eq!(got, expect, "access {n}: cpu {cpu} line {line} {kind:?}");
+        }
+        assert_eq!(m.lines.len, sets.len());
     }
 
     #[test]

@@ -46,6 +46,13 @@ impl Observer for Recorder {
     fn context(&mut self, cpu: u32, retired: u64, event: &ContextEvent) {
         self.events.push(format!("{cpu} {retired} {event:?}"));
     }
+    fn begin_slice(&mut self, _cpu: u32, _global: u64, _retired: u64) {}
+    fn hypercall(&mut self, _cpu: u32, _retired: u64, _call: &crate::observer::Hypercall<'_>) {}
+    fn console(&mut self, _cpu: u32, _retired: u64, _bytes: &[u8]) {}
+    fn device_write(&mut self, _cpu: u32, _retired: u64, _write: &crate::observer::DeviceWrite) {}
+    fn wants_fetches(&self) -> bool {
+        false
+    }
 }
 
 /// RAM of the test machines (small, so that they are cheap to build).
