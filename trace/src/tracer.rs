@@ -11,7 +11,7 @@ use reprise_cpu::observer::{
     Observer,
 };
 
-use crate::alloc::AllocLabeler;
+use crate::alloc::{AllocCounts, AllocLabeler};
 use crate::filter::Filter;
 use crate::format::{TraceError, TraceWriter};
 use crate::hypercall::decode;
@@ -150,6 +150,11 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
         if self.warnings.len() < MAX_WARNINGS {
             self.warnings.push(w);
         }
+    }
+
+    /// What the allocation labeler did (`None` without allocation labels).
+    pub fn alloc_counts(&self) -> Option<AllocCounts> {
+        self.alloc.as_ref().map(AllocLabeler::counts)
     }
 
     /// What went through so far.
