@@ -216,8 +216,9 @@ pub struct TraceArgs {
     pub values: bool,
 
     /// Label allocations by breakpoints on allocator functions:
-    /// FUNC[:size=REG|:order=REG][:free=FUNC][:ptr=REG] (FUNC may end in `*`), or `linux`
-    /// for the Linux allocators; repeatable.
+    /// FUNC[:size=REG|:order=REG|:cache=REG][:pages][:free=FUNC][:ptr=REG] (FUNC may end in
+    /// `*`), `linux` for the Linux allocators (mscan's default on a Linux recording), or
+    /// `none`; repeatable.
     #[arg(long, value_name = "SPEC")]
     pub label_alloc: Vec<String>,
 

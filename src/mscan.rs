@@ -2,28 +2,24 @@
 //! (a live replay, traced through the filters and policy into the analysis, no trace file
 //! needed) or over a stored trace (`replay --trace`), with the same report either way.
 
-use std::cell::RefCell;
 use std::io::Write;
 use std::path::Path;
-use std::rc::Rc;
-use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use indicatif::{ProgressBar, ProgressStyle};
-use reprise_cpu::observer::{Access, ContextEvent, DeviceWrite, Hypercall, Observer};
 use reprise_mscan::source::{policy_over_stored, scan_stored};
 use reprise_mscan::{Options, Report, Scanner};
 use reprise_record::manifest::{Manifest, MANIFEST_FILE};
-use reprise_record::scan::LogScan;
-use reprise_replay::{replay_observed, ReplayReport, ReplaySetup, Verdict};
+use reprise_replay::{replay_observed, ReplaySetup, Verdict};
 use reprise_symbols::SymbolTable;
-use reprise_trace::filter::{AddrRange, And, Filter};
+use reprise_trace::alloc::{name_matches, AllocCounts, AllocLabeler, AllocSpec, KernelHeap};
+use reprise_trace::filter::{AddrRange, Filter};
 use reprise_trace::format::{TraceError, TraceReader, TraceWriter};
-use reprise_trace::policy::{parse_policy, CacheLinePolicy, Policy};
+use reprise_trace::policy::{parse_policy, CacheLinePolicy};
 use reprise_trace::record::{Header, Record};
 use reprise_trace::tracer::{Sink, Tracer};
 
 use crate::cli::MscanArgs;
+use crate::progress::Progress;
 use crate::status;
 
 /// Run the command; returns the process exit status.
@@ -39,36 +35,138 @@ pub fn mscan(args: &MscanArgs) -> i32 {
 
 /// The symbols of a recording's guest: the ELF symbols of its boot image (a bare-protocol
 /// guest or a multiboot kernel). A Linux bzImage carries no ELF symbol table: its symbols
-/// come from [`linux_symbols`].
+/// come from [`linux_guest`].
 pub fn symbols_for(manifest: &Manifest, rec: &Path) -> SymbolTable {
-    let mut table = SymbolTable::new();
+    guest_of(manifest, rec).symbols
+}
+
+/// What reprise knows of a recording's guest without debug information.
+pub struct Guest {
+    /// Its symbols (see [`symbols_for`]).
+    pub symbols: SymbolTable,
+    /// For a Linux guest: its slab caches and page array, read from its RAM.
+    pub heap: Option<KernelHeap>,
+    /// The guest booted through the Linux boot protocol.
+    pub linux: bool,
+}
+
+/// The symbols of a recording's guest and, for Linux, its heap layout.
+pub fn guest_of(manifest: &Manifest, rec: &Path) -> Guest {
+    let linux = manifest.boot.protocol == "linux";
+    let mut guest = Guest {
+        symbols: SymbolTable::new(),
+        heap: None,
+        linux,
+    };
     for image in manifest.boot.images.iter().filter(|i| i.role == "kernel") {
         match SymbolTable::from_elf(&image.path) {
-            Ok(t) => table.merge(t),
-            Err(_) if manifest.boot.protocol == "linux" => table.merge(linux_symbols(rec)),
+            Ok(t) => guest.symbols.merge(t),
+            Err(_) if linux => {
+                let (t, heap) = linux_guest(rec);
+                guest.symbols.merge(t);
+                guest.heap = heap;
+            }
             Err(e) => eprintln!("reprise: no symbols from the boot image: {e}"),
         }
     }
-    table
+    guest
 }
 
 /// Symbols of a Linux kernel without debug information: the kernel's own kallsyms table,
 /// read from guest RAM at the end of the recording, so KASLR's slide is already applied;
-/// per-CPU variables are named in each CPU's area (`NAME@cpuN`). Without it (a recording
-/// that ends before the kernel runs) code and data are named by address.
-fn linux_symbols(rec: &Path) -> SymbolTable {
+/// per-CPU variables are named in each CPU's area (`NAME@cpuN`). Also the slab caches
+/// alive then and the page array, for allocation labels. Without them (a recording that
+/// ends before the kernel runs) code and data are named by address.
+fn linux_guest(rec: &Path) -> (SymbolTable, Option<KernelHeap>) {
     match crate::symbols::kernel_symbols_of_recording(rec, None) {
         Ok(k) => {
             for w in &k.warnings {
                 eprintln!("reprise: kernel symbols: {w}");
             }
-            k.table_with_percpu()
+            let mut heap = KernelHeap {
+                pages: k.pages,
+                ..KernelHeap::default()
+            };
+            match &k.slab {
+                Ok(s) => {
+                    heap.caches = s
+                        .caches
+                        .values()
+                        .map(|c| (c.addr, (c.name.clone(), u64::from(c.object_size.unwrap_or(0)))))
+                        .collect()
+                }
+                Err(why) => eprintln!(
+                    "reprise: kernel slab caches not found ({why}): slab allocations are named by their cache's address"
+                ),
+            }
+            (k.table_with_percpu(), Some(heap))
         }
         Err(e) => {
             eprintln!("reprise: no kernel symbols from {}: {e:#}", rec.display());
-            SymbolTable::new()
+            (SymbolTable::new(), None)
         }
     }
+}
+
+/// One line on what the allocation labels did.
+pub fn alloc_summary(a: &AllocCounts) -> String {
+    format!(
+        "reprise: allocation labels: {} allocations labelled, {} freed ({} from unknown slab caches, {} page allocations not placed)",
+        a.labels, a.unlabels, a.unknown_caches, a.unplaced_pages
+    )
+}
+
+/// The `--label-alloc` breakpoints resolved in `table`. `specs` are the options' values;
+/// with none, `default_linux` picks the `linux` preset (mscan on a Linux recording). A
+/// spec of the preset whose function this kernel lacks is skipped quietly; a spec the user
+/// wrote that matches nothing is warned about.
+pub fn alloc_labeler(
+    specs: &[String],
+    default_linux: bool,
+    table: &SymbolTable,
+    heap: Option<KernelHeap>,
+) -> anyhow::Result<AllocLabeler> {
+    let mut labeler = AllocLabeler::new().with_kernel_heap(heap.unwrap_or_default());
+    let given: Vec<&str> = if specs.is_empty() && default_linux {
+        vec!["linux"]
+    } else {
+        specs.iter().map(String::as_str).collect()
+    };
+    let mut parsed = Vec::new();
+    for s in &given {
+        let quiet = s.trim() == "linux";
+        parsed.extend(AllocSpec::parse(s)?.into_iter().map(|p| (p, quiet)));
+    }
+    if parsed.is_empty() {
+        return Ok(labeler);
+    }
+    if table.is_empty() {
+        bail!("--label-alloc: no symbols for the recording's guest; give --symbols FILE");
+    }
+    for (spec, quiet) in &parsed {
+        let mut found = false;
+        for sym in table.iter() {
+            if name_matches(&spec.func, &sym.name) {
+                labeler.add_allocator(sym.start, &sym.name, spec.size, spec.pages);
+                found = true;
+            }
+            if let Some(free) = &spec.free {
+                if name_matches(free, &sym.name) {
+                    labeler.add_free(sym.start, spec.ptr, spec.pages);
+                }
+            }
+        }
+        if !found && !quiet {
+            eprintln!(
+                "reprise: warning: --label-alloc: no symbol of the guest matches {:?}",
+                spec.func
+            );
+        }
+    }
+    if labeler.is_empty() {
+        eprintln!("reprise: warning: --label-alloc: no allocator of the guest found");
+    }
+    Ok(labeler)
 }
 
 /// The `--policy` text: the analysis's default when none is given, with `--line-size`
@@ -146,79 +244,18 @@ fn mscan_inner(args: &MscanArgs) -> anyhow::Result<i32> {
 
 /// A sink that feeds the scanner and, with `--trace FILE`, also stores the trace.
 struct Tee {
-    scanner: Rc<RefCell<Scanner>>,
+    scanner: Scanner,
     writer: Option<TraceWriter>,
 }
 
 impl Sink for Tee {
     fn record(&mut self, r: &Record) -> Result<(), TraceError> {
-        self.scanner.borrow_mut().take(r);
+        self.scanner.take(r);
         match &mut self.writer {
             Some(w) => w.push(r),
             None => Ok(()),
         }
     }
-}
-
-/// The replay's observer: the tracer, plus the progress bar and Ctrl-C.
-struct Watch<'a, O: Observer> {
-    inner: O,
-    bar: ProgressBar,
-    next: u64,
-    step: u64,
-    on_stop: Box<dyn FnMut(u64) + 'a>,
-}
-
-impl<O: Observer> Observer for Watch<'_, O> {
-    const ENABLED: bool = true;
-
-    fn access(&mut self, a: &Access) {
-        self.inner.access(a);
-    }
-
-    fn begin_slice(&mut self, cpu: u32, global: u64, retired: u64) {
-        self.inner.begin_slice(cpu, global, retired);
-        if global >= self.next {
-            self.next = global.saturating_add(self.step);
-            self.bar.set_position(global);
-            if crate::interrupt::requested() {
-                self.bar.abandon();
-                (self.on_stop)(global);
-            }
-        }
-    }
-
-    fn context(&mut self, cpu: u32, retired: u64, e: &ContextEvent) {
-        self.inner.context(cpu, retired, e);
-    }
-
-    fn hypercall(&mut self, cpu: u32, retired: u64, call: &Hypercall<'_>) {
-        self.inner.hypercall(cpu, retired, call);
-    }
-
-    fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]) {
-        self.inner.console(cpu, retired, bytes);
-    }
-
-    fn device_write(&mut self, cpu: u32, retired: u64, write: &DeviceWrite) {
-        self.inner.device_write(cpu, retired, write);
-    }
-
-    fn wants_fetches(&self) -> bool {
-        self.inner.wants_fetches()
-    }
-}
-
-fn bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    let template = format!(
-        "{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{human_pos}}/{{human_len}} {what} ({{per_sec}}, {{eta}} left)"
-    );
-    if let Ok(style) = ProgressStyle::with_template(&template) {
-        bar.set_style(style);
-    }
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 fn live(
@@ -237,7 +274,11 @@ fn live(
     let manifest_bytes = std::fs::read(rec.join(MANIFEST_FILE))
         .with_context(|| format!("{} is not a recording", rec.display()))?;
     let manifest = Manifest::read(rec)?;
-    symbols.merge(symbols_for(&manifest, rec));
+    let guest = guest_of(&manifest, rec);
+    symbols.merge(guest.symbols);
+    // Allocation labels: on by default for a Linux guest (`--label-alloc none` turns them
+    // off); the bare fixtures label their objects themselves.
+    let labeler = alloc_labeler(&ta.label_alloc, guest.linux, &symbols, guest.heap)?;
     let opts = Options {
         line_size: ta.line_size.or(policy.line_size()).unwrap_or(64),
         top: args.top,
@@ -247,7 +288,7 @@ fn live(
         filters: filter.describe(),
         pcs: pc_ranges(args, &symbols)?,
     };
-    let scanner = Rc::new(RefCell::new(Scanner::new(&args.analysis, opts)?));
+    let scanner = Scanner::new(&args.analysis, opts)?;
     let writer = match &ta.trace {
         Some(path) => {
             let header = Header {
@@ -264,24 +305,14 @@ fn live(
         }
         None => None,
     };
-    let tee = Tee {
-        scanner: scanner.clone(),
-        writer,
-    };
-    let tracer = Tracer::new(filter, policy, tee, ta.values).with_fetches(ta.fetch);
-    // The instructions to replay, for the progress bar (a log without its end: unknown).
-    let total = LogScan::read(&rec.join(&manifest.log))
-        .ok()
-        .and_then(|s| {
-            s.end
-                .as_ref()
-                .map(|e| e.state.cpus.iter().map(|c| c.retired).sum::<u64>())
-        })
-        .unwrap_or(0);
-    let bar = if args.no_progress {
-        ProgressBar::hidden()
+    let tee = Tee { scanner, writer };
+    let tracer = Tracer::new(filter, policy, tee, ta.values)
+        .with_fetches(ta.fetch)
+        .with_alloc_labels(labeler);
+    let progress = if args.no_progress {
+        Progress::hidden()
     } else {
-        bar(total, "instructions")
+        Progress::start("mscan", crate::progress::recording_total(rec))
     };
     let setup = ReplaySetup {
         dir: rec.clone(),
@@ -290,40 +321,32 @@ fn live(
     };
     let started = std::time::Instant::now();
     let jobs = crate::replay::segment_jobs(rec, args.jobs);
-    let (report, tracer) = if jobs != 1 {
+    let (report, tracer) = if jobs != 1 && !tracer.labels_allocations() {
         // Segments between checkpoints on several threads, merged in order into the
-        // policy and the scanner: the same records as one sequential replay.
-        let step = (total / 1000).max(100_000);
-        let mut next = 0u64;
+        // policy and the scanner: the same records as one sequential replay. (Allocation
+        // labels follow calls to their returns across segments, so they replay in one.)
         let (report, tracer, stats) = crate::replay::traced_in_segments(
             &setup,
             Box::new(std::io::sink()),
             jobs,
             ta,
             tracer,
-            &mut |pos| {
-                if pos >= next {
-                    next = pos.saturating_add(step);
-                    bar.set_position(pos);
-                }
-            },
+            &mut |_| {},
         )?;
-        bar.finish_and_clear();
         crate::replay::note_segments(&stats);
-        if crate::interrupt::requested() {
-            eprintln!(
-                "reprise: interrupted at instruction {}; the report covers the replay up to there",
-                report.result.total()
-            );
-            emit(args, &scanner.borrow().report(&symbols))?;
-            return Ok(status::INTERRUPTED);
-        }
         (report, tracer)
     } else {
-        sequential(args, &setup, tracer, &bar, total, &scanner, &symbols)?
+        let mut tracer = tracer;
+        let report = replay_observed(&setup, Box::new(std::io::sink()), &mut tracer)?;
+        (report, tracer)
     };
+    progress.finish();
+    if let Some(a) = tracer.alloc_counts() {
+        eprintln!("{}", alloc_summary(&a));
+    }
     let (tee, _, counts) = tracer.finish().context("tracing the replay")?;
-    if let Some(w) = tee.writer {
+    let Tee { scanner, writer } = tee;
+    if let Some(w) = writer {
         w.finish().context("writing the trace")?;
     }
     eprintln!(
@@ -335,6 +358,14 @@ fn live(
         counts.kept
     );
     let code = match &report.verdict {
+        // Ctrl-C: the replay stopped at a slice boundary; report what it saw.
+        _ if crate::interrupt::requested() => {
+            eprintln!(
+                "reprise: interrupted at instruction {}; the report covers the replay up to there",
+                report.result.total()
+            );
+            status::INTERRUPTED
+        }
         Verdict::Identical => 0,
         Verdict::Diverged(d) => {
             for line in d.to_string().lines() {
@@ -348,7 +379,7 @@ fn live(
             status::INCOMPLETE
         }
     };
-    let r = scanner.borrow().report(&symbols);
+    let r = scanner.report(&symbols);
     emit(args, &r)?;
     Ok(code)
 }
@@ -360,6 +391,11 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         bail!(
             "--trace writes a trace of a replay; {} is a trace already",
             path.display()
+        );
+    }
+    if !ta.label_alloc.is_empty() {
+        bail!(
+            "--label-alloc labels a replay; a trace holds the labels it was made with (give --label-alloc to `replay --trace`)"
         );
     }
     let mut reader = TraceReader::open(path)
@@ -407,17 +443,9 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
     let mut scanner = Scanner::new(&args.analysis, opts)?;
     let (_, file_bytes) = reader.sizes();
     let bar = if args.no_progress {
-        ProgressBar::hidden()
+        Progress::hidden()
     } else {
-        let b = ProgressBar::new_spinner();
-        if let Ok(s) = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {human_pos} records ({per_sec}) {msg}",
-        ) {
-            b.set_style(s);
-        }
-        b.enable_steady_tick(Duration::from_millis(200));
-        b.set_message(format!("from a {file_bytes}-byte trace"));
-        b
+        Progress::counter(&format!("mscan: a {file_bytes}-byte trace:"), "records")
     };
     let mut stopped_at = None;
     scan_stored(
@@ -426,7 +454,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         repolicy.as_mut(),
         &mut scanner,
         |n, pos| {
-            bar.set_position(n);
+            bar.set(n);
             if crate::interrupt::requested() {
                 stopped_at = Some(pos);
                 return false;
@@ -435,7 +463,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         },
     )
     .with_context(|| format!("reading {}", path.display()))?;
-    bar.finish_and_clear();
+    bar.finish();
     let mut code = 0;
     if let Some(at) = stopped_at {
         eprintln!(
@@ -451,39 +479,4 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
     }
     emit(args, &scanner.report(&symbols))?;
     Ok(code)
-}
-
-/// The tracer of [`live`].
-type LiveTracer = Tracer<And, Policy, Tee>;
-
-/// [`live`]'s replay as one sequential run, the progress bar and Ctrl-C in its observer.
-fn sequential(
-    args: &MscanArgs,
-    setup: &ReplaySetup,
-    tracer: LiveTracer,
-    bar: &ProgressBar,
-    total: u64,
-    scanner: &Rc<RefCell<Scanner>>,
-    symbols: &SymbolTable,
-) -> anyhow::Result<(ReplayReport, LiveTracer)> {
-    let stop_scanner = scanner.clone();
-    let stop_symbols = symbols.clone();
-    let mut watch = Watch {
-        inner: tracer,
-        bar: bar.clone(),
-        next: 0,
-        step: (total / 1000).max(100_000),
-        on_stop: Box::new(move |at| {
-            eprintln!("reprise: interrupted at instruction {at}; the report covers the replay up to there");
-            let r = stop_scanner.borrow().report(&stop_symbols);
-            if let Err(e) = emit(args, &r) {
-                eprintln!("reprise: {e:#}");
-            }
-            std::process::exit(status::INTERRUPTED);
-        }),
-    };
-    let report = replay_observed(setup, Box::new(std::io::sink()), &mut watch)?;
-    bar.finish_and_clear();
-    let Watch { inner: tracer, .. } = watch;
-    Ok((report, tracer))
 }

@@ -1,10 +1,12 @@
-//! A progress bar on stderr for the long commands (`replay`, `checkpoint`, `seek`,
-//! `bisect`): instructions done against the total, rate and ETA. Hidden when stderr is not
-//! a terminal (indicatif's stderr target draws nothing then), so scripts and tests see
-//! only the usual messages.
+//! The progress display on stderr of every long command (`replay`, `checkpoint`, `seek`,
+//! `bisect`, `mscan`): instructions done against the total, rate and ETA, or a count of
+//! records read. Hidden when stderr is not a terminal (indicatif's stderr target draws
+//! nothing then), so scripts and tests see only the usual messages.
 //!
-//! The machine loop cannot call back, so a thread samples the position the replayer notes
-//! at every quantum ([`reprise_replay::control::position`]) ten times a second.
+//! A replay's machine loop cannot call back, so a thread samples the position the replayer
+//! notes at every quantum ([`reprise_replay::control::position`]) ten times a second
+//! ([`Progress::start`]); a reader that can report as it goes sets the count itself
+//! ([`Progress::counter`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,6 +47,36 @@ impl Progress {
             })
         });
         Progress { bar, done, sampler }
+    }
+
+    /// Show `what` with a count of `unit`s that the caller advances with [`Progress::set`]
+    /// (no total: a spinner, the count and its rate).
+    pub fn counter(what: &str, unit: &str) -> Progress {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
+        let template = format!("{{spinner}} {{msg}} {{human_pos}} {unit}, {{per_sec}}");
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_string());
+        Progress {
+            bar,
+            done: Arc::new(AtomicBool::new(false)),
+            sampler: None,
+        }
+    }
+
+    /// A display that shows nothing (`--no-progress`).
+    pub fn hidden() -> Progress {
+        Progress {
+            bar: ProgressBar::hidden(),
+            done: Arc::new(AtomicBool::new(false)),
+            sampler: None,
+        }
+    }
+
+    /// Set the count of a [`Progress::counter`].
+    pub fn set(&self, n: u64) {
+        self.bar.set_position(n);
     }
 
     /// Remove the display.

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use clap::Args;
 use reprise_replay::seek::{boot, read_mem, seek as seek_to, MemAddr};
+use reprise_symbols::slab::{self, SlabCaches};
 use reprise_symbols::{kallsyms, DebugInfo, Kallsyms, SymbolTable};
+use reprise_trace::alloc::PageMap;
 
 use crate::cli::parse_count;
 use crate::status;
@@ -138,6 +140,12 @@ pub struct KernelSymbols {
     pub find_seconds: f64,
     /// Each CPU's per-CPU area (`__per_cpu_offset[cpu]`), when readable.
     pub percpu_bases: Vec<Option<u64>>,
+    /// The slab caches alive at that instruction (names, object sizes), or why they could
+    /// not be found.
+    pub slab: Result<SlabCaches, String>,
+    /// Where the `struct page` array and the direct map are (`vmemmap_base`,
+    /// `page_offset_base`), when readable.
+    pub pages: Option<PageMap>,
 }
 
 impl KernelSymbols {
@@ -212,6 +220,31 @@ pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Resul
             .collect(),
         None => vec![None; ncpus],
     };
+    // Everything below reads through CPU 0's page tables, without touching them.
+    let mut read = |addr: u64, len: usize| -> Option<Vec<u8>> {
+        let at = MemAddr::Virt { addr, cpu: 0 };
+        read_mem(&r.machine, at, len as u64).into_iter().collect()
+    };
+    let slab = slab::find(&k.table, &mut read);
+    let var = |name: &str| -> Option<u64> {
+        let b = read(k.table.by_name(name)?.start, 8)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    };
+    // Both bases are 1 GiB-aligned kernel addresses (KASLR moves them in PUD steps).
+    let aligned = |v: u64| v >= 0xffff_8000_0000_0000 && v & 0x3fff_ffff == 0;
+    let pages = match (var("vmemmap_base"), var("page_offset_base")) {
+        (Some(vmemmap_base), Some(page_offset_base))
+            if aligned(vmemmap_base) && aligned(page_offset_base) =>
+        {
+            Some(PageMap {
+                vmemmap_base,
+                page_offset_base,
+                struct_page: 64,
+                frames: ram.len() as u64 / 4096,
+            })
+        }
+        _ => None,
+    };
     let manifest = reprise_record::manifest::Manifest::read(dir)?;
     let slide = kernel_path(&manifest)
         .and_then(|kernel| SymbolTable::kallsyms_from_image(&kernel).ok())
@@ -223,6 +256,8 @@ pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Resul
         warnings,
         find_seconds,
         percpu_bases,
+        slab,
+        pages,
     })
 }
 
@@ -259,6 +294,22 @@ fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
         bases.join(" "),
         k.percpu
     );
+    match &ks.slab {
+        Ok(s) => eprintln!(
+            "reprise: slab caches: {} (struct kmem_cache: name at +{:#x}, list at +{:#x}, object size at {})",
+            s.caches.len(),
+            s.name_offset,
+            s.list_offset,
+            s.size_offset.map_or("?".into(), |o| format!("+{o:#x}"))
+        ),
+        Err(why) => eprintln!("reprise: slab caches not found: {why}"),
+    }
+    if let Some(p) = ks.pages {
+        eprintln!(
+            "reprise: struct page array at {:#x}, direct map at {:#x}",
+            p.vmemmap_base, p.page_offset_base
+        );
+    }
     Ok(ks.table_with_percpu())
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context};
 use reprise_record::manifest::{Manifest, MANIFEST_FILE};
 use reprise_symbols::SymbolTable;
-use reprise_trace::alloc::{name_matches, AllocLabeler, AllocSpec};
+use reprise_trace::alloc::AllocLabeler;
 use reprise_trace::filter::{And, Filter, Filters};
 use reprise_trace::format::{TraceReader, TraceWriter};
 use reprise_trace::policy::{parse_policy, CacheLinePolicy, Policy};
@@ -105,56 +105,36 @@ pub fn replay_tracer(rec: &Path, args: &TraceArgs) -> anyhow::Result<Option<Repl
 }
 
 /// The `--label-alloc` breakpoints, resolved through the symbols of `--symbols` or of the
-/// recording's guest (its ELF boot image, or a Linux kernel's kallsyms).
+/// recording's guest (its ELF boot image, or a Linux kernel's kallsyms and slab caches).
 fn alloc_labeler(
     manifest: &Manifest,
     rec: &Path,
     args: &TraceArgs,
 ) -> anyhow::Result<AllocLabeler> {
-    let mut labeler = AllocLabeler::new();
     if args.label_alloc.is_empty() {
-        return Ok(labeler);
+        return Ok(AllocLabeler::new());
     }
-    let mut specs = Vec::new();
-    for s in &args.label_alloc {
-        specs.extend(AllocSpec::parse(s)?);
-    }
-    let table = match &args.symbols {
-        Some(path) => SymbolTable::from_elf(path)
-            .with_context(|| format!("--label-alloc needs symbols: {}", path.display()))?,
-        // The boot image's ELF symbols, or a Linux kernel's own kallsyms.
-        None => crate::mscan::symbols_for(manifest, rec),
+    let (table, heap) = match &args.symbols {
+        Some(path) => (
+            SymbolTable::from_elf(path)
+                .with_context(|| format!("--label-alloc needs symbols: {}", path.display()))?,
+            None,
+        ),
+        None => {
+            let g = crate::mscan::guest_of(manifest, rec);
+            (g.symbols, g.heap)
+        }
     };
-    if table.is_empty() {
-        bail!("--label-alloc: no symbols for the recording's guest; give --symbols FILE");
-    }
-    for spec in &specs {
-        let mut found = false;
-        for sym in table.iter() {
-            if name_matches(&spec.func, &sym.name) {
-                labeler.add_allocator(sym.start, &sym.name, spec.size);
-                found = true;
-            }
-            if let Some(free) = &spec.free {
-                if name_matches(free, &sym.name) {
-                    labeler.add_free(sym.start, spec.ptr);
-                }
-            }
-        }
-        if !found {
-            eprintln!(
-                "reprise: warning: --label-alloc: no symbol of the guest matches {:?}",
-                spec.func
-            );
-        }
-    }
-    Ok(labeler)
+    crate::mscan::alloc_labeler(&args.label_alloc, false, &table, heap)
 }
 
 /// Seal the trace and say on stderr what went into it.
 pub fn finish_tracer(tracer: ReplayTracer, path: &Path, wall: f64) -> anyhow::Result<()> {
     for w in tracer.warnings() {
         eprintln!("reprise: warning: {w}");
+    }
+    if let Some(a) = tracer.alloc_counts() {
+        eprintln!("{}", crate::mscan::alloc_summary(&a));
     }
     let shown = tracer.warnings().len() as u64;
     if tracer.malformed() > shown {

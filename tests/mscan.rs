@@ -262,3 +262,112 @@ fn bad_options_are_errors_not_panics() {
     let r = reprise(&["mscan", "summary", p(&rec.join("manifest.json"))]);
     assert_eq!(r.status, 1, "{r:?}");
 }
+
+/// Instructions of the Linux recording below: past the slab allocator's start, the first
+/// forks (task_struct) and a good part of the boot's allocations, at a fraction of a boot.
+const LINUX_PREFIX: &str = "400000000";
+
+/// The final state hash a record or replay summary names.
+fn final_state(r: &Run) -> String {
+    let at = r
+        .stderr
+        .find("final state ")
+        .unwrap_or_else(|| panic!("no final state in {r:?}"));
+    r.stderr[at + 12..at + 12 + 64].to_string()
+}
+
+/// `--label-alloc linux` on a Linux recording (Debian's kernel, no debug package, 1 CPU,
+/// a bounded prefix of the boot): the labels name slab caches read from the guest's RAM
+/// (`task_struct`, `kmalloc-N`), every unlabel ends a live label, and the labelling replay
+/// is identical to the recording (its state hash is the recording's).
+#[test]
+fn linux_allocations_are_labelled_by_slab_cache() {
+    let Some(g) =
+        reprise_fixtures::linux_guest_for_test("linux_allocations_are_labelled_by_slab_cache")
+    else {
+        return;
+    };
+    let rec = fresh("mscan-linux-alloc-rec");
+    let a = reprise(&[
+        "record",
+        "-o",
+        p(&rec),
+        "--max-instructions",
+        LINUX_PREFIX,
+        "--mem",
+        "512M",
+        "--no-stdin",
+        "--kernel",
+        p(&g.kernel),
+        "--initrd",
+        p(&g.initramfs),
+        "--append",
+        reprise_fixtures::LINUX_CMDLINE,
+    ]);
+    assert_eq!(a.status, 124, "{a:?}");
+    // The caches as `reprise symbols` finds them.
+    let s = reprise(&["symbols", p(&rec)]);
+    assert_eq!(s.status, 0, "{s:?}");
+    assert!(s.stderr.contains("reprise: slab caches: "), "{s:?}");
+    // `--cpu 1` (no such CPU) keeps no access and no call record, only the labels.
+    let trace = fresh("mscan-linux-alloc.trace");
+    let b = reprise(&[
+        "replay",
+        p(&rec),
+        "--trace",
+        p(&trace),
+        "--label-alloc",
+        "linux",
+        "--cpu",
+        "1",
+    ]);
+    // The replay ends where the recording did: at its instruction limit.
+    assert_eq!(b.status, 124, "{b:?}");
+    assert!(b.stderr.contains("replay identical"), "{b:?}");
+    assert_eq!(final_state(&a), final_state(&b));
+    let t = reprise(&["trace", "print", p(&trace)]);
+    assert_eq!(t.status, 0, "{t:?}");
+    let mut live = std::collections::BTreeMap::new();
+    let mut names = std::collections::BTreeMap::<String, u64>::new();
+    let (mut labels, mut unlabels) = (0u64, 0u64);
+    for line in t.stdout.lines().skip(1) {
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap())
+        };
+        if line.contains(" label ") {
+            let name = line.split('"').nth(1).unwrap_or_else(|| panic!("{line}"));
+            let addr = field("addr=").unwrap_or_else(|| panic!("{line}"));
+            assert!(addr >= 0xffff_8000_0000_0000, "{line}");
+            live.insert(addr, name.to_string());
+            *names.entry(name.to_string()).or_default() += 1;
+            labels += 1;
+        } else if line.contains(" unlabel ") {
+            let addr = field("addr=").unwrap_or_else(|| panic!("{line}"));
+            assert!(
+                live.remove(&addr).is_some(),
+                "unlabel without a label: {line}"
+            );
+            unlabels += 1;
+        } else {
+            panic!("only labels expected: {line}");
+        }
+    }
+    assert!(
+        labels > 1000 && unlabels > 100,
+        "{labels} {unlabels}\n{b:?}"
+    );
+    for known in ["task_struct", "kmalloc-64", "kmalloc-192"] {
+        assert!(names.contains_key(known), "no {known} label: {names:?}");
+    }
+    assert!(
+        names.keys().any(|n| n.starts_with("__alloc_pages(order ")),
+        "{names:?}"
+    );
+    assert!(
+        b.stderr
+            .contains(&format!("{labels} allocations labelled, {unlabels} freed")),
+        "{b:?}"
+    );
+}

@@ -26,6 +26,7 @@
 //!   unregistered still names its addresses when nothing newer covers them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use reprise_trace::record::{Event, Hypercall, LabelType, Record};
 
@@ -109,8 +110,8 @@ pub struct Label {
     pub start: u64,
     /// End address (exclusive).
     pub end: u64,
-    /// The type name the guest gave.
-    pub name: String,
+    /// The type name the guest gave (shared by every label of that name).
+    pub name: Arc<str>,
     /// Kind of object.
     pub kind: LabelType,
 }
@@ -120,21 +121,44 @@ pub struct Label {
 pub struct Labels {
     live: BTreeMap<u64, Label>,
     retired: BTreeMap<u64, Label>,
+    /// Each name once: a Linux boot labels a million objects with a few hundred names.
+    names: BTreeMap<String, Arc<str>>,
 }
 
 impl Labels {
-    /// Name `[start, start + bytes)`.
+    /// Name `[start, start + bytes)`. Live ranges never overlap: memory holds one object at
+    /// a time, so a new range retires the live ones it overlaps (their free was not seen —
+    /// e.g. a page freed through a path no breakpoint watches and reused for a slab).
     pub fn register(&mut self, kind: LabelType, name: &str, start: u64, bytes: u64) {
         let end = start.saturating_add(bytes.max(1));
+        let mut stale: Vec<u64> = self.live.range(start..end).map(|(&s, _)| s).collect();
+        if let Some((&s, l)) = self.live.range(..start).next_back() {
+            if l.end > start {
+                stale.push(s);
+            }
+        }
+        for s in stale {
+            self.unregister(s);
+        }
+        let name = self.intern(name);
         self.live.insert(
             start,
             Label {
                 start,
                 end,
-                name: name.to_string(),
+                name,
                 kind,
             },
         );
+    }
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.names.insert(name.to_string(), n.clone());
+        n
     }
 
     /// Drop the range starting at `start` (it keeps naming its addresses as retired).
@@ -611,7 +635,7 @@ mod tests {
                 pc: 0,
             }),
         ));
-        assert_eq!(c.labels.lookup(0x10ff).unwrap().name, "struct inode");
+        assert_eq!(&*c.labels.lookup(0x10ff).unwrap().name, "struct inode");
         assert!(c.labels.lookup(0x1100).is_none());
         c.update(&rec(
             0,
@@ -622,7 +646,7 @@ mod tests {
             }),
         ));
         assert_eq!(c.labels.live(), 0);
-        assert_eq!(c.labels.lookup(0x1000).unwrap().name, "struct inode");
+        assert_eq!(&*c.labels.lookup(0x1000).unwrap().name, "struct inode");
         c.update(&rec(
             1,
             Event::Hypercall(Hypercall::Task {

@@ -18,7 +18,7 @@ use reprise_trace::record::{Event, Kind, Record};
 use serde_json::{json, Value};
 
 use crate::context::Context;
-use crate::lines::{objects, top_pcs, Bytes, PcStat};
+use crate::lines::{name_address, objects, top_pcs, Bytes, PcStat, SmallMap};
 use crate::names::Names;
 use crate::{pieces, sort_key, Analysis, MscanError, Options, Report};
 
@@ -44,7 +44,7 @@ struct Line {
     touched: Vec<Bytes>,
     written: Vec<Bytes>,
     /// PCs of the false-sharing accesses.
-    pcs: HashMap<u64, PcStat>,
+    pcs: SmallMap<u64, PcStat>,
 }
 
 /// The `false-sharing` analysis.
@@ -104,6 +104,7 @@ impl Analysis for FalseSharing {
                 .lines
                 .entry(key)
                 .or_insert_with(|| Line::new(vaddr & !(size - 1), size, slots));
+            l.vbase = name_address(l.vbase, vaddr & !(size - 1));
             let off = (paddr - key) as usize;
             let end = (off + n as usize).min(l.writer.len());
             let mine = l.last[c];
@@ -122,7 +123,7 @@ impl Analysis for FalseSharing {
                     l.true_ += 1;
                 } else {
                     l.false_ += 1;
-                    l.pcs.entry(a.pc).or_default().add(r.cpu, writes, ctx);
+                    l.pcs.entry(a.pc).add(r.cpu, writes, ctx);
                 }
             }
             for b in off..end {

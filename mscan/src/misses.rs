@@ -8,7 +8,7 @@ use reprise_trace::record::{Event, MissClass, Record};
 use serde_json::{json, Value};
 
 use crate::context::Context;
-use crate::lines::{top_pcs, PcStat};
+use crate::lines::{top_pcs, PcStat, SmallMap};
 use crate::names::Names;
 use crate::{sort_key, Analysis, MscanError, Options, Report};
 
@@ -100,7 +100,7 @@ const HEADER: &str = "    misses      cold  capacity  conflict coherence   inval
 struct LineRow {
     vbase: u64,
     counts: Counts,
-    pcs: HashMap<u64, PcStat>,
+    pcs: SmallMap<u64, PcStat>,
 }
 
 /// The `misses` and `hot-lines` analyses.
@@ -167,7 +167,7 @@ impl Analysis for Misses {
                 row.counts.add(&c);
                 if c.total() > 0 {
                     let write = !matches!(a.kind, reprise_trace::record::Kind::Read);
-                    row.pcs.entry(a.pc).or_default().add(r.cpu, write, ctx);
+                    row.pcs.entry(a.pc).add(r.cpu, write, ctx);
                 }
             }
         }

@@ -19,7 +19,7 @@ impl Names<'_> {
         if let Some(l) = self.labels.lookup(addr) {
             let off = addr - l.start;
             return if off == 0 {
-                l.name.clone()
+                l.name.to_string()
             } else {
                 format!("{}+{off:#x}", l.name)
             };
@@ -37,7 +37,7 @@ impl Names<'_> {
     /// The data object at `addr` without offset (the label or symbol name), if any.
     pub fn object(&self, addr: u64) -> Option<String> {
         if let Some(l) = self.labels.lookup(addr) {
-            return Some(l.name.clone());
+            return Some(l.name.to_string());
         }
         self.symbols
             .lookup(addr)

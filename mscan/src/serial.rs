@@ -22,7 +22,7 @@ use reprise_trace::record::{Event, Hypercall, Kind, LockOp, Record};
 use serde_json::{json, Value};
 
 use crate::context::Context;
-use crate::lines::{cpu_list, top_pcs, PcStat};
+use crate::lines::{cpu_list, top_pcs, PcStat, SmallMap};
 use crate::names::Names;
 use crate::{pieces, sort_key, Analysis, MscanError, Options, Report};
 
@@ -56,7 +56,7 @@ struct LockStat {
     cpus: u64,
     acquire_pcs: HashMap<u64, u64>,
     release_pcs: HashMap<u64, u64>,
-    held: HashMap<u64, PcStat>,
+    held: SmallMap<u64, PcStat>,
     /// Lines touched while holding, by physical address.
     data: HashMap<u64, DataStat>,
 }
@@ -197,7 +197,7 @@ impl Serial {
         };
         if let Some(&lock) = held.last() {
             let s = self.locks.entry(LockId::Hypercall(lock)).or_default();
-            s.held.entry(a.pc).or_default().add(cpu, write, ctx);
+            s.held.entry(a.pc).add(cpu, write, ctx);
             let key = a.paddr & !(line_size - 1);
             s.data
                 .entry(key)
@@ -293,11 +293,11 @@ impl Serial {
                 *s.acquire_pcs.entry(k.pc).or_insert(0) += 1;
                 *s.release_pcs.entry(a.pc).or_insert(0) += 1;
                 for (tpc, tstack, tw, tline, tv) in k.touches {
-                    let p = s.held.entry(tpc).or_default();
+                    let p = s.held.entry(tpc);
                     p.count += 1;
                     p.writes += tw as u64;
                     p.cpus |= 1 << (cpu % 64);
-                    *p.stacks.entry(tstack).or_insert(0) += 1;
+                    *p.stacks.entry(tstack) += 1;
                     if tline != k.line {
                         s.data.entry(tline).or_default().add(tv, cpu, tw);
                     }

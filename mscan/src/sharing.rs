@@ -9,7 +9,7 @@ use reprise_trace::record::{Event, Kind, Record};
 use serde_json::{json, Value};
 
 use crate::context::Context;
-use crate::lines::{cpu_list, objects, top_pcs, Bytes, PcStat};
+use crate::lines::{cpu_list, name_address, objects, top_pcs, Bytes, PcStat, SmallMap};
 use crate::names::Names;
 use crate::{pieces, sort_key, Analysis, MscanError, Options, Report};
 
@@ -29,7 +29,7 @@ struct Line {
     per_cpu: Vec<(u64, u64)>,
     cpus: u64,
     bytes: Bytes,
-    pcs: HashMap<u64, PcStat>,
+    pcs: SmallMap<u64, PcStat>,
 }
 
 /// The `sharing` analysis.
@@ -65,6 +65,7 @@ impl Analysis for Sharing {
                 vbase: vaddr & !(self.line - 1),
                 ..Line::default()
             });
+            l.vbase = name_address(l.vbase, vaddr & !(self.line - 1));
             l.accesses += 1;
             l.writes += write as u64;
             l.locked += a.locked as u64;
@@ -79,7 +80,7 @@ impl Analysis for Sharing {
                 l.per_cpu[c].0 += 1;
             }
             l.bytes.add(paddr - key, n);
-            l.pcs.entry(a.pc).or_default().add(r.cpu, write, ctx);
+            l.pcs.entry(a.pc).add(r.cpu, write, ctx);
         }
     }
 

@@ -85,10 +85,7 @@ impl DebugInfo {
     /// Reads the DWARF of the ELF file at `path`. A file without DWARF gives an empty (but
     /// usable) `DebugInfo`.
     pub fn from_elf(path: &Path) -> Result<Self, SymbolError> {
-        let bytes = std::fs::read(path).map_err(|source| SymbolError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = crate::read_file(path)?;
         Self::from_elf_bytes(&bytes, &path.display().to_string())
     }
 

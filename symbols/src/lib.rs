@@ -25,6 +25,7 @@ use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 pub mod bzimage;
 pub mod dwarf;
 pub mod kallsyms;
+pub mod slab;
 
 pub use dwarf::DebugInfo;
 pub use kallsyms::{GuestMemory, Kallsyms, KallsymsLayout};
@@ -82,6 +83,14 @@ pub enum SymbolError {
         /// What gimli said.
         reason: String,
     },
+}
+
+/// Reads a whole file, naming it in the error (every file-based reader starts here).
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, SymbolError> {
+    std::fs::read(path).map_err(|source| SymbolError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The class of an `nm` type letter (as in System.map and kallsyms): `T`/`t` (and weak
@@ -159,10 +168,7 @@ impl SymbolTable {
 
     /// Reads the symbol table of the ELF file at `path`.
     pub fn from_elf(path: &Path) -> Result<Self, SymbolError> {
-        let bytes = std::fs::read(path).map_err(|source| SymbolError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = crate::read_file(path)?;
         Self::from_elf_bytes(&bytes, &path.display().to_string())
     }
 
@@ -210,10 +216,7 @@ impl SymbolTable {
     /// the map has kernel-half symbols, entries below the kernel half are per-CPU offsets,
     /// not addresses, and are skipped too (they would otherwise name low user addresses).
     pub fn from_system_map(path: &Path) -> Result<Self, SymbolError> {
-        let text = std::fs::read(path).map_err(|source| SymbolError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = crate::read_file(path)?;
         Self::from_system_map_text(&String::from_utf8_lossy(&text), &path.display().to_string())
     }
 
@@ -275,10 +278,7 @@ impl SymbolTable {
 
     /// [`SymbolTable::from_kernel_image`] with the details of the table found.
     pub fn kallsyms_from_image(path: &Path) -> Result<Kallsyms, SymbolError> {
-        let bytes = std::fs::read(path).map_err(|source| SymbolError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = crate::read_file(path)?;
         Self::kallsyms_from_image_bytes(&bytes, &path.display().to_string())
     }
 

@@ -24,7 +24,7 @@ use reprise_cpu::observer::{
     InterruptSource, Observer,
 };
 
-use crate::alloc::AllocLabeler;
+use crate::alloc::{AllocCounts, AllocLabeler};
 use crate::filter::Filter;
 use crate::format::{TraceError, TraceWriter};
 use crate::hypercall::decode;
@@ -528,6 +528,11 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
     /// How many hypercalls were malformed (also those past the warnings kept).
     pub fn malformed(&self) -> u64 {
         self.stage.malformed()
+    }
+
+    /// What the allocation labeler did (`None` without allocation labels).
+    pub fn alloc_counts(&self) -> Option<AllocCounts> {
+        self.stage.alloc.as_ref().map(AllocLabeler::counts)
     }
 
     /// What went through so far.
