@@ -485,3 +485,159 @@ fn the_manifest_is_human_readable() {
     }
     assert!(rec.join("checkpoints").is_dir());
 }
+
+// ---- small hand-assembled guests for the CPU/APIC corners the fixtures do not reach ----
+
+/// Where the hand-assembled guests below keep their IDT, IDTR image and counter.
+const ASM_LAYOUT: support::asm::Layout = support::asm::Layout {
+    idt: support::DATA,
+    counter: support::DATA + 0x1000,
+    idtr: support::DATA + 0x1100,
+};
+
+/// Print the low byte of `reg` + '0' and then `tail` on COM1.
+fn print_digit_then(
+    a: &mut iced_x86::code_asm::CodeAssembler,
+    reg: iced_x86::code_asm::AsmRegister64,
+    tail: &[u8],
+) -> Result<(), iced_x86::code_asm::IcedError> {
+    use iced_x86::code_asm::*;
+    a.mov(dx, 0x3f8u32)?;
+    a.mov(rax, reg)?;
+    a.add(al, b'0' as u32)?;
+    a.out(dx, al)?;
+    for &c in tail {
+        a.mov(al, c as u32)?;
+        a.out(dx, al)?;
+    }
+    Ok(())
+}
+
+/// Record the guest `image` (written to NAME.elf) with `options`, replay it, and check
+/// both give the same console, status and final state hash; returns the recording's run.
+fn asm_round_trip(name: &str, options: &[&str], image: &[u8]) -> Run {
+    let image = support::write_file(&format!("{name}.elf"), image);
+    let rec = rec_path(name);
+    let a = record(&rec, options, &image);
+    assert_no_panic(&a);
+    assert!(a.stderr.contains("reprise: recorded "), "{a:?}");
+    let b = replay(&rec, &[]);
+    assert_no_panic(&b);
+    assert_eq!(a.stdout, b.stdout, "{name}: console differs\n{a:?}\n{b:?}");
+    assert_eq!(a.status, b.status, "{name}: status differs\n{a:?}\n{b:?}");
+    assert_eq!(final_state(&a), final_state(&b), "{name}\n{a:?}\n{b:?}");
+    assert!(
+        b.stderr.contains("replay identical to the recording"),
+        "{b:?}"
+    );
+    a
+}
+
+#[test]
+fn cr8_masking_an_interrupt_records_and_replays() {
+    // CR8 = 5 holds back a self-IPI of vector 0x40 (class 4) while interrupts are on;
+    // dropping CR8 to 0 lets it in. The guest prints the counter before and after.
+    use iced_x86::code_asm::*;
+    let l = ASM_LAYOUT;
+    let image = support::guest(&[0u8; 0x1200], |a| {
+        let mut handler = a.create_label();
+        support::asm::set_gate(a, l, 0x40, handler)?;
+        a.mov(eax, 5u32)?;
+        a.mov(cr8, rax)?;
+        support::asm::enable_lapic(a)?;
+        a.mov(dword_ptr(rbx + 0x300), 0x4_4040u32)?; // self IPI, vector 0x40
+        a.sti()?;
+        a.nop()?;
+        a.nop()?;
+        a.mov(rdi, l.counter)?;
+        a.mov(r10, qword_ptr(rdi))?; // 0: masked by CR8
+        a.xor(eax, eax)?;
+        a.mov(cr8, rax)?;
+        a.nop()?;
+        a.nop()?;
+        a.mov(r11, qword_ptr(rdi))?; // 1: delivered once CR8 dropped
+        a.cli()?;
+        print_digit_then(a, r10, b" ")?;
+        print_digit_then(a, r11, b"\n")?;
+        a.mov(eax, 7u32)?;
+        a.out(0xf4u32, eax)?;
+        a.set_label(&mut handler)?;
+        support::asm::counting_handler(a, l)
+    });
+    let r = asm_round_trip("cr8-mask", &[], &image);
+    assert_eq!(r.stdout, "0 1\n", "{r:?}");
+    assert_eq!(r.status, 7, "{r:?}");
+}
+
+#[test]
+fn a_tsc_deadline_after_a_tsc_write_records_and_replays() {
+    // Move the TSC far ahead with WRMSR IA32_TSC, arm a TSC deadline 100 µs ahead of it,
+    // sleep until it fires (the CPU halted: virtual time jumps), then read the TSC.
+    use iced_x86::code_asm::*;
+    let l = ASM_LAYOUT;
+    let image = support::guest(&[0u8; 0x1200], |a| {
+        let mut handler = a.create_label();
+        support::asm::set_gate(a, l, 0x40, handler)?;
+        support::asm::enable_lapic(a)?;
+        a.mov(dword_ptr(rbx + 0x320), 0x4_0040u32)?; // TSC-deadline mode, vector 0x40
+        a.mov(ecx, 0x10u32)?; // IA32_TSC = 0x1000_0000_0000
+        a.mov(edx, 0x1000u32)?;
+        a.xor(eax, eax)?;
+        a.wrmsr()?;
+        a.rdtsc()?;
+        a.shl(rdx, 32u32)?;
+        a.or(rax, rdx)?;
+        a.mov(r12, rax)?;
+        a.add(rax, 100_000i32)?;
+        a.mov(rdx, rax)?;
+        a.shr(rdx, 32u32)?;
+        a.mov(ecx, 0x6e0u32)?;
+        a.wrmsr()?;
+        a.sti()?;
+        let mut again = a.create_label();
+        a.set_label(&mut again)?;
+        a.hlt()?;
+        a.mov(rdi, l.counter)?;
+        a.cmp(qword_ptr(rdi), 1)?;
+        a.jb(again)?;
+        a.cli()?;
+        // Woken at least 100,000 ticks after arming, and still in the moved TSC.
+        a.rdtsc()?;
+        a.shl(rdx, 32u32)?;
+        a.or(rax, rdx)?;
+        a.sub(rax, r12)?;
+        a.xor(r13d, r13d)?;
+        a.cmp(rax, 100_000)?;
+        a.setae(r13b)?;
+        a.shr(rax, 44u32)?; // 0 unless the TSC fell back below the written value
+        a.mov(r14, rax)?;
+        print_digit_then(a, r13, b" ")?;
+        print_digit_then(a, r14, b"\n")?;
+        a.mov(eax, 9u32)?;
+        a.out(0xf4u32, eax)?;
+        a.set_label(&mut handler)?;
+        support::asm::counting_handler(a, l)
+    });
+    let r = asm_round_trip("tsc-deadline", &[], &image);
+    assert_eq!(r.stdout, "1 0\n", "{r:?}");
+    assert_eq!(r.status, 9, "{r:?}");
+}
+
+#[test]
+fn every_cpu_halted_with_interrupts_off_records_and_replays_as_123() {
+    // Two CPUs (the bare protocol starts both at the entry, RDI = CPU index): each prints
+    // its index, then halts with interrupts off and a periodic timer running: the
+    // deliberate halt.
+    use iced_x86::code_asm::*;
+    let image = support::guest(&[], |a| {
+        support::asm::enable_lapic(a)?;
+        a.mov(dword_ptr(rbx + 0x320), 0x2_0040u32)?; // periodic timer, vector 0x40
+        a.mov(dword_ptr(rbx + 0x380), 1000u32)?;
+        print_digit_then(a, rdi, b" halting\n")?;
+        a.cli()?;
+        a.hlt()
+    });
+    let r = asm_round_trip("all-halted", &["--cpus", "2"], &image);
+    assert_eq!(r.status, 123, "{r:?}");
+    assert_eq!(r.stdout, "0 halting\n1 halting\n", "{r:?}");
+}

@@ -1,4 +1,5 @@
-//! The local APIC of one CPU, in xAPIC mode (MMIO page at [`LAPIC_BASE`]; no x2APIC).
+//! The local APIC of one CPU, in xAPIC mode (MMIO page at [`LAPIC_BASE`]) or x2APIC mode
+//! (MSRs 0x800-0x8ff, in `lapic/x2apic.rs`).
 //!
 //! A [`Lapic`] answers register reads and writes by offset in its page and keeps the
 //! interrupt state of its CPU: the 256-bit IRR/ISR/TMR, the task priority, the local vector
@@ -14,10 +15,9 @@
 //! acknowledge cycle does; an EOI write retires the highest ISR vector and, when its TMR bit
 //! was set, asks for an EOI broadcast.
 //!
-//! The timer counts the core crystal clock ([`vtime::CRYSTAL_HZ`]) through the divide
-//! configuration register, in one-shot, periodic or TSC-deadline mode. Time is always a
-//! parameter (`now`, virtual nanoseconds); [`Lapic::next_deadline`] tells the machine when
-//! the timer next fires and [`Lapic::poll_timer`] makes it fire.
+//! The timer (one-shot, periodic, TSC-deadline) is in `lapic/timer.rs`: it counts the core crystal
+//! clock ([`crate::vtime::CRYSTAL_HZ`]); [`Lapic::next_deadline`] tells the machine when it next
+//! fires and [`Lapic::poll_timer`] makes it fire.
 //!
 //! The CPU-level events — INIT (the CPU goes to wait-for-SIPI), a start-up IPI (the CPU
 //! starts in real mode at the vector's page), NMI and ExtINT — are kept as flags for the
@@ -31,8 +31,6 @@
 //! EOI-broadcast suppression are not offered; SMI messages are ignored.
 
 use serde::{Deserialize, Serialize};
-
-use crate::vtime::{self, CRYSTAL_HZ};
 
 /// Physical address of every CPU's local APIC page (the architectural default).
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
@@ -49,7 +47,7 @@ pub const MSR_APIC_BASE: u32 = 0x1b;
 pub mod apic_base {
     /// This CPU is the bootstrap processor.
     pub const BSP: u64 = 1 << 8;
-    /// x2APIC mode (not offered).
+    /// x2APIC mode (with ENABLE).
     pub const EXTD: u64 = 1 << 10;
     /// The APIC is globally enabled.
     pub const ENABLE: u64 = 1 << 11;
@@ -264,6 +262,11 @@ pub enum Destination {
     All,
     /// Every APIC except that of this CPU index (shorthand "all excluding self").
     AllBut(u32),
+    /// x2APIC physical destination: the APIC whose 32-bit ID matches (all ones: all).
+    X2Physical(u32),
+    /// x2APIC logical destination: cluster in bits 31:16, member bitmap in bits 15:0 (all
+    /// ones: all).
+    X2Logical(u32),
 }
 
 /// An interrupt message on the (virtual) APIC bus, from an IOAPIC or an IPI.
@@ -343,6 +346,9 @@ pub struct LapicState {
     pub nmi_pending: bool,
     /// An ExtINT message is pending: the CPU must take its vector from the PIC.
     pub extint_pending: bool,
+    /// In x2APIC mode: registers are MSRs, the page is not decoded, the ID is 32 bits and
+    /// the logical destination is derived from it.
+    pub x2apic: bool,
 }
 
 impl LapicState {
@@ -374,6 +380,7 @@ impl LapicState {
             sipi_vector: None,
             nmi_pending: false,
             extint_pending: false,
+            x2apic: false,
         }
     }
 }
@@ -588,8 +595,12 @@ impl Lapic {
 
     /// INIT: reset the APIC (keeping its ID) and put the CPU in wait-for-SIPI.
     fn init(&mut self) {
-        let id = self.s.id;
+        let (id, x2apic) = (self.s.id, self.s.x2apic);
         self.s = LapicState::reset(id);
+        // INIT leaves IA32_APIC_BASE alone, so the mode stays.
+        if x2apic {
+            self.enter_x2apic();
+        }
         self.s.wait_for_sipi = true;
         self.s.init_pending = true;
     }
@@ -633,117 +644,12 @@ impl Lapic {
             Destination::Only(cpu) => cpu == self.cpu,
             Destination::All => true,
             Destination::AllBut(cpu) => cpu != self.cpu,
-        }
-    }
-
-    // ---- the timer ----
-
-    fn timer_mode(&self) -> u32 {
-        self.s.lvt[lvt_index::TIMER] & lvt::TIMER_MODE
-    }
-
-    fn divisor(&self) -> u64 {
-        timer_divisor(self.s.timer_divide)
-    }
-
-    /// Nanoseconds for `count` ticks of the divided timer clock.
-    fn count_ns(&self, count: u64) -> u64 {
-        vtime::ns_for_ticks(count.saturating_mul(self.divisor()), CRYSTAL_HZ)
-    }
-
-    /// Divided-clock ticks between `timer_start` and `now`.
-    fn elapsed_counts(&self, now: u64) -> u64 {
-        vtime::ticks_in(now.saturating_sub(self.s.timer_start), CRYSTAL_HZ) / self.divisor()
-    }
-
-    /// The current-count register at `now`.
-    pub fn current_count(&self, now: u64) -> u32 {
-        if self.timer_mode() == lvt::TIMER_TSC_DEADLINE || self.s.timer_next.is_none() {
-            return 0;
-        }
-        let e = self.elapsed_counts(now);
-        let base = self.s.timer_base as u64;
-        if e < base {
-            (base - e) as u32
-        } else if self.timer_mode() == lvt::TIMER_PERIODIC && self.s.timer_initial != 0 {
-            // Not polled yet past a reload: the counter restarted from the initial count.
-            let n = self.s.timer_initial as u64;
-            (n - (e - base) % n) as u32
-        } else {
-            0
-        }
-    }
-
-    /// Start counting down from `count` at `now` (0 stops the timer).
-    fn start_count(&mut self, count: u32, now: u64) {
-        self.s.timer_base = count;
-        self.s.timer_start = now;
-        self.s.timer_next = (count != 0).then(|| now.saturating_add(self.count_ns(count as u64)));
-    }
-
-    /// When the timer fires next (virtual ns), in any mode, if it is armed.
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.s.timer_next
-    }
-
-    /// Fire the timer if its deadline has passed: request the timer vector (unless the
-    /// LVT entry is masked) and rearm a periodic timer at its next period after `now`
-    /// (periods missed while nobody polled are coalesced, as a real APIC's IRR does).
-    /// Returns true if the timer fired.
-    pub fn poll_timer(&mut self, now: u64) -> bool {
-        let Some(due) = self.s.timer_next else {
-            return false;
-        };
-        if due > now {
-            return false;
-        }
-        let l = self.s.lvt[lvt_index::TIMER];
-        if l & lvt::MASKED == 0 {
-            self.accept_fixed((l & lvt::VECTOR) as u8, false);
-        }
-        match self.timer_mode() {
-            lvt::TIMER_PERIODIC if self.s.timer_initial != 0 => {
-                let period = self.count_ns(self.s.timer_initial as u64).max(1);
-                let last_reload = due + (now - due) / period * period;
-                self.s.timer_base = self.s.timer_initial;
-                self.s.timer_start = last_reload;
-                self.s.timer_next = Some(last_reload.saturating_add(period));
-            }
-            lvt::TIMER_TSC_DEADLINE => {
-                // The deadline MSR clears itself when the timer fires.
-                self.s.tsc_deadline = 0;
-                self.s.timer_next = None;
-            }
-            _ => {
-                self.s.timer_base = 0;
-                self.s.timer_next = None;
+            Destination::X2Physical(id) => id == u32::MAX || id == self.x2apic_id(),
+            Destination::X2Logical(d) => {
+                let ldr = self.x2apic_ldr();
+                d == u32::MAX || (d >> 16 == ldr >> 16 && d & ldr & 0xffff != 0)
             }
         }
-        true
-    }
-
-    /// RDMSR IA32_TSC_DEADLINE: the armed deadline, 0 when disarmed or not in TSC-deadline
-    /// mode.
-    pub fn read_tsc_deadline(&self) -> u64 {
-        if self.timer_mode() == lvt::TIMER_TSC_DEADLINE {
-            self.s.tsc_deadline
-        } else {
-            0
-        }
-    }
-
-    /// WRMSR IA32_TSC_DEADLINE at `now`, when this CPU's TSC reads `tsc_now`: arm the timer
-    /// for when the TSC reaches `value` ([`vtime::TSC_HZ`] ticks per second; a deadline in
-    /// the past fires at once), or disarm it with 0. Ignored outside TSC-deadline mode.
-    pub fn write_tsc_deadline(&mut self, value: u64, tsc_now: u64, now: u64) {
-        if self.timer_mode() != lvt::TIMER_TSC_DEADLINE {
-            return;
-        }
-        self.s.tsc_deadline = value;
-        self.s.timer_next = (value != 0).then(|| {
-            let ticks = value.saturating_sub(tsc_now);
-            now.saturating_add(vtime::ns_for_ticks(ticks, vtime::TSC_HZ))
-        });
     }
 
     // ---- registers ----
@@ -751,6 +657,10 @@ impl Lapic {
     /// An MMIO read of `size` bytes at `offset` in the APIC page. Registers are 32 bits
     /// wide at 16-byte boundaries; the rest of each 16-byte slot reads as 0.
     pub fn mmio_read(&self, offset: u64, size: u8, now: u64) -> u64 {
+        // In x2APIC mode the page is not decoded (SDM 10.12.1.2): reads see nothing.
+        if self.s.x2apic {
+            return 0;
+        }
         let slot = (offset & 0xff0) as u32;
         let shift = (offset & 0xf) as u32;
         if shift >= 4 {
@@ -768,7 +678,8 @@ impl Lapic {
     /// register's start are honoured (the low 32 bits), as on hardware where narrower
     /// writes are undefined; the others are ignored.
     pub fn mmio_write(&mut self, offset: u64, size: u8, value: u64, now: u64) -> LapicEffect {
-        if offset & 0xf != 0 || size < 4 {
+        // In x2APIC mode the page is not decoded: writes are lost.
+        if self.s.x2apic || offset & 0xf != 0 || size < 4 {
             return LapicEffect::None;
         }
         self.write((offset & 0xff0) as u32, value as u32, now)
@@ -911,6 +822,11 @@ impl Lapic {
             icr::SELF => Destination::Only(self.cpu),
             icr::ALL => Destination::All,
             icr::ALL_BUT_SELF => Destination::AllBut(self.cpu),
+            // In x2APIC mode the ICR's high half is the whole 32-bit destination.
+            _ if self.s.x2apic && low & icr::LOGICAL != 0 => {
+                Destination::X2Logical(self.s.icr_high)
+            }
+            _ if self.s.x2apic => Destination::X2Physical(self.s.icr_high),
             _ if low & icr::LOGICAL != 0 => Destination::Logical(target),
             _ => Destination::Physical(target),
         };
@@ -944,6 +860,11 @@ pub fn route(lapics: &mut [Lapic], msg: &ApicMessage) -> Vec<usize> {
     }
     targets
 }
+
+mod timer;
+mod x2apic;
+
+pub use x2apic::{MSR_X2APIC_FIRST, MSR_X2APIC_LAST};
 
 #[cfg(test)]
 #[path = "lapic_tests.rs"]

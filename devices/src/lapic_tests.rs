@@ -431,3 +431,148 @@ fn state_round_trip() {
     assert_eq!(back, l);
     assert_eq!(back.state(), s);
 }
+
+/// An enabled APIC switched to x2APIC mode through IA32_APIC_BASE.
+fn x2(cpu: u32, id: u8) -> Lapic {
+    let mut l = enabled(cpu, id);
+    l.write_apic_base(LAPIC_BASE | apic_base::ENABLE | apic_base::EXTD);
+    assert!(l.x2apic());
+    l
+}
+
+#[test]
+fn x2apic_msrs_need_x2apic_mode() {
+    let mut l = enabled(0, 1);
+    assert_eq!(l.x2apic_rdmsr(0x802, 0), None, "#GP in xAPIC mode");
+    assert_eq!(l.x2apic_wrmsr(0x808, 0x20, 0), Err(()));
+    // ENABLE alone is xAPIC mode.
+    l.write_apic_base(LAPIC_BASE | apic_base::ENABLE);
+    assert!(!l.x2apic());
+    let l = x2(0, 1);
+    assert_eq!(l.x2apic_rdmsr(0x802, 0), Some(1));
+    assert_eq!(l.x2apic_rdmsr(0x7ff, 0), None);
+    assert_eq!(l.x2apic_rdmsr(0x900, 0), None);
+}
+
+#[test]
+fn x2apic_id_ldr_and_absent_registers() {
+    let mut l = x2(0, 0x25);
+    assert_eq!(
+        l.x2apic_rdmsr(0x802, 0),
+        Some(0x25),
+        "ID is 32 bits, not << 24"
+    );
+    assert_eq!(l.x2apic_rdmsr(0x803, 0), Some(LAPIC_VERSION as u64));
+    // Cluster 2, member bit 5.
+    assert_eq!(l.x2apic_rdmsr(0x80d, 0), Some(0x0002_0020));
+    // Read-only: ID, version, LDR, PPR, ISR/TMR/IRR, current count.
+    for msr in [0x802, 0x803, 0x80a, 0x80d, 0x810, 0x818, 0x820, 0x839] {
+        assert_eq!(l.x2apic_wrmsr(msr, 0, 0), Err(()), "{msr:#x}");
+    }
+    // Absent: DFR, the ICR's old high half, the CMCI LVT, reserved slots.
+    for msr in [0x80e, 0x831, 0x82f, 0x800, 0x804, 0x840, 0x8ff] {
+        assert_eq!(l.x2apic_rdmsr(msr, 0), None, "{msr:#x}");
+        assert_eq!(l.x2apic_wrmsr(msr, 0, 0), Err(()), "{msr:#x}");
+    }
+    // Write-only: EOI and SELF IPI.
+    assert_eq!(l.x2apic_rdmsr(0x80b, 0), None);
+    assert_eq!(l.x2apic_rdmsr(0x83f, 0), None);
+    // EOI and ESR take only 0; bits 63:32 are reserved but for the ICR.
+    assert_eq!(l.x2apic_wrmsr(0x80b, 1, 0), Err(()));
+    assert_eq!(l.x2apic_wrmsr(0x80b, 0, 0), Ok(LapicEffect::None));
+    assert_eq!(l.x2apic_wrmsr(0x828, 4, 0), Err(()));
+    assert_eq!(l.x2apic_wrmsr(0x808, 1 << 32, 0), Err(()));
+    // TPR round trip, and PPR follows it.
+    assert_eq!(l.x2apic_wrmsr(0x808, 0x40, 0), Ok(LapicEffect::None));
+    assert_eq!(l.x2apic_rdmsr(0x808, 0), Some(0x40));
+    assert_eq!(l.x2apic_rdmsr(0x80a, 0), Some(0x40));
+}
+
+#[test]
+fn x2apic_mode_turns_the_page_off() {
+    let mut l = x2(0, 3);
+    assert_eq!(l.mmio_read(0x20, 4, 0), 0, "the page is not decoded");
+    assert_eq!(l.mmio_write(0x80, 4, 0xf0, 0), LapicEffect::None);
+    assert_eq!(l.x2apic_rdmsr(0x808, 0), Some(0), "the MMIO write was lost");
+    // Leaving x2APIC mode goes through the disabled state: a reset, ID kept.
+    l.write_apic_base(LAPIC_BASE);
+    assert!(!l.x2apic());
+    assert_eq!(l.mmio_read(0x20, 4, 0), 3 << 24);
+    assert!(!l.software_enabled());
+}
+
+#[test]
+fn x2apic_icr_is_one_64_bit_msr_with_a_32_bit_destination() {
+    let mut l = x2(0, 0);
+    // Fixed, physical, vector 0x31 to x2APIC ID 2.
+    let e = l.x2apic_wrmsr(0x830, 2 << 32 | 0x31, 0).unwrap();
+    let LapicEffect::Ipi(m) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(m.dest, Destination::X2Physical(2));
+    assert_eq!(m.vector, 0x31);
+    assert_eq!(l.x2apic_rdmsr(0x830, 0), Some(2 << 32 | 0x31));
+    // Logical: cluster 0, members 1 and 2.
+    let e = l
+        .x2apic_wrmsr(0x830, 0b110 << 32 | icr::LOGICAL as u64 | 0x32, 0)
+        .unwrap();
+    let LapicEffect::Ipi(m) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(m.dest, Destination::X2Logical(0b110));
+    // Routing: four x2APICs; the logical message reaches CPUs 1 and 2.
+    let mut apics: Vec<Lapic> = (0..4).map(|k| x2(k, k as u8)).collect();
+    assert_eq!(route(&mut apics, &m), vec![1, 2]);
+    assert_eq!(apics[1].pending_vector(), Some(0x32));
+    let all = ApicMessage {
+        dest: Destination::X2Physical(u32::MAX),
+        ..m
+    };
+    assert_eq!(route(&mut apics, &all), vec![0, 1, 2, 3]);
+    let one = ApicMessage {
+        dest: Destination::X2Physical(3),
+        ..m
+    };
+    assert_eq!(route(&mut apics, &one), vec![3]);
+}
+
+#[test]
+fn x2apic_self_ipi() {
+    let mut l = x2(1, 1);
+    let e = l.x2apic_wrmsr(0x83f, 0x45, 0).unwrap();
+    assert_eq!(
+        e,
+        LapicEffect::Ipi(ApicMessage {
+            vector: 0x45,
+            mode: DeliveryMode::Fixed,
+            dest: Destination::Only(1),
+            level: false,
+        })
+    );
+    assert_eq!(
+        l.x2apic_wrmsr(0x83f, 0x145, 0),
+        Err(()),
+        "bits 31:8 reserved"
+    );
+    // An illegal vector is an error, not an IPI.
+    assert_eq!(l.x2apic_wrmsr(0x83f, 5, 0), Ok(LapicEffect::None));
+    assert_eq!(l.x2apic_wrmsr(0x828, 0, 0), Ok(LapicEffect::None));
+    assert_eq!(
+        l.x2apic_rdmsr(0x828, 0),
+        Some(esr::SEND_ILLEGAL_VECTOR as u64)
+    );
+}
+
+#[test]
+fn x2apic_mode_survives_init() {
+    let mut l = x2(0, 0x13);
+    l.receive(&ApicMessage {
+        vector: 0,
+        mode: DeliveryMode::Init,
+        dest: Destination::All,
+        level: false,
+    });
+    assert!(l.take_init());
+    assert!(l.x2apic());
+    assert_eq!(l.x2apic_rdmsr(0x80d, 0), Some(0x0001_0008));
+}

@@ -423,7 +423,8 @@ impl<I: Inputs> Bus for Board<I> {
     }
 
     fn rdmsr(&mut self, clock: CpuClock, msr: u32) -> Option<u64> {
-        self.platform.rdmsr(clock.cpu, msr)
+        let ns = self.virtual_ns(clock);
+        self.platform.rdmsr(clock.cpu, msr, ns)
     }
 
     fn wrmsr(&mut self, clock: CpuClock, msr: u32, value: u64) -> bool {

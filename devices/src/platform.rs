@@ -28,7 +28,8 @@ use crate::acpi::{IOAPIC_ID, SCI_IRQ};
 use crate::fw_cfg::{FwCfg, FwCfgState};
 use crate::ioapic::{IoApic, IoApicState, IOAPIC_BASE, IOAPIC_SIZE};
 use crate::lapic::{
-    self, ApicMessage, Lapic, LapicEffect, LapicState, LAPIC_BASE, LAPIC_SIZE, MSR_TSC_DEADLINE,
+    self, ApicMessage, Lapic, LapicEffect, LapicState, LAPIC_BASE, LAPIC_SIZE, MSR_APIC_BASE,
+    MSR_TSC_DEADLINE, MSR_X2APIC_FIRST, MSR_X2APIC_LAST,
 };
 use crate::pci::{PciHost, PciState};
 use crate::pic::{self, Pic, PicState};
@@ -450,11 +451,8 @@ impl Platform {
             let Some(l) = self.lapics.get_mut(cpu as usize) else {
                 return;
             };
-            match l.mmio_write(pa - LAPIC_BASE, size, value, now) {
-                LapicEffect::None => {}
-                LapicEffect::Ipi(m) => self.msgs.push(m),
-                LapicEffect::Eoi(v) => self.ioapic.end_of_interrupt(v, &mut self.msgs),
-            }
+            let effect = l.mmio_write(pa - LAPIC_BASE, size, value, now);
+            self.lapic_effect(effect);
         } else if (IOAPIC_BASE..IOAPIC_BASE + IOAPIC_SIZE).contains(&pa) {
             self.ioapic
                 .mmio_write(pa - IOAPIC_BASE, size, value, &mut self.msgs);
@@ -462,11 +460,25 @@ impl Platform {
         self.route_messages();
     }
 
-    /// RDMSR of an MSR the platform keeps (IA32_TSC_DEADLINE, and the read-only
-    /// IA32_ARCH_CAPABILITIES); `None` for the others.
-    pub fn rdmsr(&self, cpu: u32, msr: u32) -> Option<u64> {
+    /// Act on what a local APIC register write asks for (routing is left to the caller).
+    fn lapic_effect(&mut self, effect: LapicEffect) {
+        match effect {
+            LapicEffect::None => {}
+            LapicEffect::Ipi(m) => self.msgs.push(m),
+            LapicEffect::Eoi(v) => self.ioapic.end_of_interrupt(v, &mut self.msgs),
+        }
+    }
+
+    /// RDMSR at virtual time `now` of an MSR the platform keeps (IA32_TSC_DEADLINE, the
+    /// x2APIC registers in x2APIC mode, and the read-only IA32_ARCH_CAPABILITIES); `None`
+    /// for the others (#GP).
+    pub fn rdmsr(&self, cpu: u32, msr: u32, now: u64) -> Option<u64> {
         match msr {
             MSR_TSC_DEADLINE => self.lapics.get(cpu as usize).map(Lapic::read_tsc_deadline),
+            MSR_X2APIC_FIRST..=MSR_X2APIC_LAST => self
+                .lapics
+                .get(cpu as usize)
+                .and_then(|l| l.x2apic_rdmsr(msr, now)),
             MSR_ARCH_CAPABILITIES => Some(ARCH_CAPABILITIES),
             _ => None,
         }
@@ -479,6 +491,21 @@ impl Platform {
             (MSR_TSC_DEADLINE, Some(l)) => {
                 l.write_tsc_deadline(value, tsc_now, now);
                 self.touched = true;
+                true
+            }
+            // The CPU has checked the value: only the x2APIC mode concerns the APIC.
+            (MSR_APIC_BASE, Some(l)) => {
+                l.write_apic_base(value);
+                self.touched = true;
+                true
+            }
+            (MSR_X2APIC_FIRST..=MSR_X2APIC_LAST, Some(l)) => {
+                let Ok(effect) = l.x2apic_wrmsr(msr, value, now) else {
+                    return false;
+                };
+                self.touched = true;
+                self.lapic_effect(effect);
+                self.route_messages();
                 true
             }
             _ => false,
@@ -587,10 +614,13 @@ mod tests {
         enable(&mut p, 1);
         lapic_write(&mut p, 1, reg::LVT_TIMER, lvt::TIMER_TSC_DEADLINE | 0xec);
         assert!(p.wrmsr(1, MSR_TSC_DEADLINE, 5000, 1000, 1000));
-        assert_eq!(p.rdmsr(1, MSR_TSC_DEADLINE), Some(5000));
-        assert_eq!(p.rdmsr(0, MSR_TSC_DEADLINE), Some(0));
-        assert_eq!(p.rdmsr(1, 0x10), None);
-        assert_eq!(p.rdmsr(1, MSR_ARCH_CAPABILITIES), Some(ARCH_CAPABILITIES));
+        assert_eq!(p.rdmsr(1, MSR_TSC_DEADLINE, 0), Some(5000));
+        assert_eq!(p.rdmsr(0, MSR_TSC_DEADLINE, 0), Some(0));
+        assert_eq!(p.rdmsr(1, 0x10, 0), None);
+        assert_eq!(
+            p.rdmsr(1, MSR_ARCH_CAPABILITIES, 0),
+            Some(ARCH_CAPABILITIES)
+        );
         assert!(!p.wrmsr(1, MSR_ARCH_CAPABILITIES, 0, 0, 0), "read-only");
         assert!(!p.wrmsr(1, 0x10, 0, 0, 0));
         assert_eq!(p.next_deadline(), Some(5000));

@@ -501,3 +501,66 @@ fn every_cpu_halted_with_interrupts_off_is_a_deliberate_halt() {
         o => panic!("{o:?}"),
     }
 }
+
+/// A guest that arms a TSC deadline 100,000 ticks (100 µs) ahead, then moves its own TSC
+/// by `shift` ticks with WRMSR IA32_TSC, reads the deadline back into r12 and its own
+/// TSC-relative deadline into r13, and sleeps until the timer fires.
+fn deadline_then_tsc_write(shift: i32) -> Vec<u8> {
+    bare_image(|a| {
+        let mut handler = a.create_label();
+        set_gate(a, 0x40, handler)?;
+        enable_lapic(a)?;
+        a.mov(dword_ptr(rbx + 0x320), 0x4_0040u32)?; // TSC-deadline mode, vector 0x40
+        a.rdtsc()?;
+        a.shl(rdx, 32u32)?;
+        a.or(rax, rdx)?;
+        a.add(rax, 100_000i32)?;
+        a.mov(r13, rax)?; // the deadline as written
+        a.mov(rdx, rax)?;
+        a.shr(rdx, 32u32)?;
+        a.mov(ecx, 0x6e0u32)?;
+        a.wrmsr()?;
+        // IA32_TSC = TSC + shift.
+        a.rdtsc()?;
+        a.shl(rdx, 32u32)?;
+        a.or(rax, rdx)?;
+        a.add(rax, shift)?;
+        a.mov(rdx, rax)?;
+        a.shr(rdx, 32u32)?;
+        a.mov(ecx, 0x10u32)?;
+        a.wrmsr()?;
+        a.mov(ecx, 0x6e0u32)?;
+        a.rdmsr()?;
+        a.shl(rdx, 32u32)?;
+        a.or(rax, rdx)?;
+        a.mov(r12, rax)?;
+        wait_for_interrupts(a, 1)?;
+        a.set_label(&mut handler)?;
+        counting_handler(a, L)
+    })
+}
+
+#[test]
+fn a_tsc_deadline_armed_before_a_tsc_write_moves_with_the_tsc() {
+    // The deadline is a TSC value: moving the TSC 60 µs ahead leaves 40 µs to wait;
+    // moving it 100 µs back makes it 200 µs.
+    for (shift, wait) in [(60_000i32, 40_000u64), (-100_000, 200_000)] {
+        let elf = deadline_then_tsc_write(shift);
+        let mut m = machine(1);
+        bare::load(&mut m, "deadline-move.elf", &elf).unwrap();
+        let r = m.run(100_000);
+        assert!(
+            matches!(r.outcome, RunOutcome::Exit(e) if e.value == 1),
+            "{shift}: {:?}",
+            r.outcome
+        );
+        let skipped = m.state().scheduler.skipped_ns;
+        assert!(
+            skipped <= wait && skipped + 5_000 >= wait,
+            "{shift}: slept {skipped} ns, expected about {wait}"
+        );
+        // RDMSR still reads the deadline as written, in this CPU's TSC.
+        let s = &m.cpus()[0].state;
+        assert_eq!(s.gpr[12], s.gpr[13], "{shift}");
+    }
+}

@@ -155,7 +155,9 @@ fn enter_user_mode(cpu: &mut Cpu, ram: &mut [u8]) {
     ram[gdt + 0x30..gdt + 0x38].copy_from_slice(&0x00af_fb00_0000_ffffu64.to_le_bytes());
     // Every descriptor user code can see on the host (LAR, VERR and VERW look at them),
     // rebuilt from LAR's answer: the access byte (bits 8-15) and the flags (bits 20-23);
-    // base and limit are not visible to those instructions (LSL is not compared).
+    // the base is not visible to those instructions, and the limit (all ones) is what LSL
+    // reads on the host for every entry but the per-CPU one, which the generator keeps
+    // away from LSL.
     for &(sel, rights) in host_visible_descriptors() {
         let rights = u64::from(rights);
         let d = 0xffff | (rights & 0xff00) << 32 | 0xf << 48 | ((rights >> 20) & 0xf) << 52;

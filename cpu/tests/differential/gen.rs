@@ -158,9 +158,15 @@ fn mnemonic_exclusion(m: Mnemonic) -> Option<&'static str> {
             "nondeterministic / host-dependent"
         }
         M::Xbegin | M::Xend | M::Xabort | M::Xtest => "transactional memory",
-        M::Sgdt | M::Sidt | M::Sldt | M::Str | M::Smsw => "descriptor-table state differs (UMIP)",
-        // LAR, VERR and VERW are compared: emu.rs mirrors every descriptor visible at CPL 3.
-        M::Lsl => "its limit on Linux's per-CPU GDT entry is the host CPU's number",
+        // Under UMIP the host kernel answers these with made-up values (SGDT/SIDT a dummy
+        // base, SLDT/STR dummy selectors), unrelated to the emulator's tables.
+        M::Sgdt | M::Sidt | M::Sldt | M::Str => "descriptor-table state differs (UMIP)",
+        // SMSW: the host has UMIP and its kernel emulates SMSW with Linux's CR0, but not as
+        // hardware stores it (a 64-bit register keeps its upper half; a store crossing
+        // into an unmapped page faults differently).
+        M::Smsw => "UMIP on the host: the kernel emulates it, not as hardware does",
+        // LAR, LSL, VERR and VERW are compared: emu.rs mirrors every descriptor visible at
+        // CPL 3, and LSL never sees the per-CPU entry (`special_operands`).
         M::Syscall | M::Sysenter | M::Int1 | M::Int3 | M::Into => {
             "enters the host kernel (or traps, with another RIP convention)"
         }
@@ -184,9 +190,7 @@ fn mnemonic_exclusion(m: Mnemonic) -> Option<&'static str> {
 /// FNINIT state and run no x87 arithmetic, so no exception is ever pending: the control
 /// and status words are all there is, and they reach the comparison through memory (FNSTCW,
 /// FNSTSW m16) or AX (FNSTSW AX), and the whole environment FNSTENV stores (all tags empty,
-/// instruction and data pointers zero after FNINIT). FLDENV stays out: after it, the tag
-/// word FNSTENV stores is recomputed from ST0-7's contents, which the harness neither sets
-/// nor compares.
+/// instruction and data pointers zero after FNINIT).
 fn x87_exclusion(code: Code) -> Option<&'static str> {
     let x87 = code.cpuid_features().iter().any(|f| {
         matches!(
@@ -205,6 +209,12 @@ fn x87_exclusion(code: Code) -> Option<&'static str> {
         | Code::Fldcw_m2byte
         | Code::Fnclex
         | Code::Fnstenv_m28byte => None,
+        // Tried with ST0-7 all +0.0 on both sides so the tag word is predictable: the
+        // host then stores back the instruction/data pointers FLDENV loaded, which the
+        // emulator keeps as 0 (it has no x87 pointer state yet).
+        Code::Fldenv_m14byte | Code::Fldenv_m28byte | Code::Fnstenv_m14byte => {
+            Some("FLDENV's instruction/data pointers are not kept by the emulator")
+        }
         _ => Some("x87 arithmetic and environment state are not compared"),
     }
 }
@@ -278,12 +288,6 @@ pub fn exclusion(code: Code) -> Option<String> {
     if let Some(r) = x87_exclusion(code) {
         return Some(r.into());
     }
-    if matches!(
-        code,
-        Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16 | Code::Mov_Sreg_r64m16
-    ) {
-        return Some("segment loads (the GDTs differ)".into());
-    }
     // Privileged and port-I/O instructions stay in: at CPL 3 with IOPL 0 both sides must
     // raise #GP.
     if let Some(r) = mnemonic_exclusion(code.mnemonic()) {
@@ -347,6 +351,12 @@ enum Role {
     BitOff,
     /// The address of a later instruction (an indirect branch target).
     CodePtr,
+    /// A segment selector for MOV Sreg, LAR, LSL, VERR or VERW ([`Gen::selector`]); its
+    /// upper bits random.
+    Selector,
+    /// A selector as [`Role::Selector`], never of Linux's per-CPU GDT entry (whose limit
+    /// encodes the host CPU's number: LSL).
+    SelectorNotPerCpu,
 }
 
 /// A generated test case.
@@ -808,6 +818,26 @@ impl<'a> Gen<'a> {
         Ok(())
     }
 
+    /// A segment selector worth loading or inspecting at CPL 3: usually one of the GDT's
+    /// first 16 entries (the host's, which emu.rs mirrors: null, kernel-only, TSS, the user
+    /// code and data segments, the per-CPU entry) with any RPL, sometimes an LDT selector
+    /// (none is loaded) or one beyond the GDT's limit. `not_per_cpu` avoids entry 15.
+    fn selector(&mut self, not_per_cpu: bool) -> u64 {
+        let v = match self.rng.below(8) {
+            0 => self.rng.below(4),
+            1 => 0x2b,
+            2 => 0x33,
+            3 => self.rng.below(0x1_0000),
+            4 => 0x80 + self.rng.below(0x80),
+            _ => self.rng.below(0x80),
+        };
+        if not_per_cpu && v & 0xfff8 == 0x78 {
+            0x2b
+        } else {
+            v
+        }
+    }
+
     /// An interesting 64-bit value.
     fn value(&mut self) -> u64 {
         const SPECIAL: [u64; 16] = [
@@ -968,6 +998,8 @@ impl<'a> Gen<'a> {
                     Role::Idx32 => hi | (self.rng.range(-16, 16) as u64 & 0xffff_ffff),
                     Role::Count => self.rng.below(13),
                     Role::BitOff => self.rng.range(-512, 511) as u64,
+                    Role::Selector => hi | self.selector(false),
+                    Role::SelectorNotPerCpu => hi | self.selector(true),
                     Role::Free | Role::CodePtr => self.init.gpr[i],
                 };
                 self.init.gpr[i] = v;
@@ -1455,9 +1487,57 @@ impl<'a> Gen<'a> {
                     self.init.gpr[rdx] = if neg { u64::MAX } else { 0 };
                 }
             }
+            // MOV to a segment register: never FS, whose base is the host thread's TLS
+            // pointer (Intel clears it when a null selector is loaded); a register source
+            // holds a selector worth loading (a memory source is random scratch: almost
+            // always #GP on both sides).
+            M::Mov
+                if ins.op_kind(0) == OpKind::Register
+                    && ins.op_register(0).is_segment_register() =>
+            {
+                if ins.op_register(0) == Register::FS {
+                    let sr = [
+                        Register::ES,
+                        Register::CS,
+                        Register::SS,
+                        Register::DS,
+                        Register::GS,
+                    ];
+                    ins.set_op_register(0, self.rng.pick(&sr));
+                }
+                self.selector_operand(ins, 1, Role::Selector)?;
+            }
+            M::Verr | M::Verw => self.selector_operand(ins, 0, Role::Selector)?,
+            // LSL's answer for the per-CPU entry depends on the CPU the child runs on, and
+            // so do the limit bits 19:16 LAR returns, so the selector must be known: a
+            // register source only (random scratch names that entry once in 8192).
+            M::Lar | M::Lsl => {
+                if ins.op_kind(1) != OpKind::Register {
+                    return Err("LAR/LSL read a selector from memory (maybe the per-CPU entry)");
+                }
+                self.selector_operand(ins, 1, Role::SelectorNotPerCpu)?;
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// If operand `n` is a register, make it hold a selector of `role`.
+    fn selector_operand(
+        &mut self,
+        ins: &Instruction,
+        n: u32,
+        role: Role,
+    ) -> Result<(), &'static str> {
+        if ins.op_kind(n) != OpKind::Register {
+            return Ok(());
+        }
+        let i = gpr_index(ins.op_register(n)).ok_or("selector register")?;
+        if self.require(i, role) {
+            Ok(())
+        } else {
+            Err("selector register unusable")
+        }
     }
 
     /// Check `ins` against the sequence so far (memory addressing, flags) and commit it.

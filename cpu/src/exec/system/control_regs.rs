@@ -126,8 +126,10 @@ pub(super) fn mov_to_cr<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction
                 return Err(Fault::GP0.into());
             }
             x.cpu.state.cr8 = v;
-            if let Some(tpr) = local_apic_tpr(x) {
-                let clock = x.clock();
+            let clock = x.clock();
+            if in_x2apic_mode(x) {
+                let _ = x.bus.wrmsr(clock, X2APIC_TPR, v << 4);
+            } else if let Some(tpr) = local_apic_tpr(x) {
                 x.bus.mmio_write(clock, tpr, 4, v << 4);
             }
             Ok(())
@@ -151,8 +153,24 @@ fn local_apic_tpr<B: Bus, O: Observer>(x: &Exec<B, O>) -> Option<u64> {
     (base & apic_base::EN != 0).then(|| (base & 0xf_ffff_f000) + APIC_TPR)
 }
 
+/// The x2APIC MSR of the task-priority register.
+const X2APIC_TPR: u32 = 0x808;
+
+/// Whether this CPU's local APIC is in x2APIC mode, where its page is not decoded and TPR
+/// is an MSR.
+fn in_x2apic_mode<B: Bus, O: Observer>(x: &Exec<B, O>) -> bool {
+    let both = apic_base::EN | apic_base::EXTD;
+    x.cpu.state.msr.apic_base & both == both
+}
+
 /// CR8: TPR bits 7:4 when the local APIC is enabled, else the last value written.
 fn read_cr8<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> u64 {
+    if in_x2apic_mode(x) {
+        let clock = x.clock();
+        if let Some(tpr) = x.bus.rdmsr(clock, X2APIC_TPR) {
+            return (tpr >> 4) & 0xf;
+        }
+    }
     match local_apic_tpr(x) {
         Some(tpr) => {
             let clock = x.clock();

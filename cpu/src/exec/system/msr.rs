@@ -189,7 +189,18 @@ pub(crate) fn write<B: Bus, O: Observer>(x: &mut Exec<B, O>, msr: u32, v: u64) -
         TSC => {
             let clock = x.clock();
             let now = x.bus.tsc(clock);
-            x.cpu.state.tsc_offset = v.wrapping_sub(now) as i64;
+            let old = x.cpu.state.tsc_offset;
+            let new = v.wrapping_sub(now) as i64;
+            x.cpu.state.tsc_offset = new;
+            // An armed TSC deadline is a value of this CPU's TSC: it must still fire when
+            // the moved TSC reaches it, so the bus-TSC value the local APIC compares
+            // against moves the other way.
+            if new != old {
+                if let Some(d) = x.bus.rdmsr(clock, TSC_DEADLINE).filter(|&d| d != 0) {
+                    let own = d.wrapping_add(old as u64);
+                    x.bus.wrmsr(clock, TSC_DEADLINE, deadline_to_bus(own, new));
+                }
+            }
         }
         APIC_BASE => write_apic_base(x, v)?,
         // Writing 0 here asks the processor to report its microcode revision; nothing to do.
@@ -333,6 +344,15 @@ fn write_apic_base<B: Bus, O: Observer>(x: &mut Exec<B, O>, v: u64) -> ExecResul
         return Err(Fault::GP0.into());
     }
     let old = x.cpu.state.msr.apic_base;
+    // The SDM's mode transitions (10.12.5): x2APIC mode is left only by disabling the
+    // APIC, and entered only from xAPIC mode.
+    let x2 = apic_base::EN | apic_base::EXTD;
+    if old & x2 == x2 && v & x2 == apic_base::EN {
+        return Err(Fault::GP0.into());
+    }
+    if old & apic_base::EN == 0 && v & x2 == x2 {
+        return Err(Fault::GP0.into());
+    }
     let new = (v & writable) | (old & apic_base::BSP);
     x.cpu.state.msr.apic_base = new;
     // The CPU keeps the value whatever the bus answers: a machine without a local APIC
