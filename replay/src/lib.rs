@@ -17,6 +17,7 @@ pub mod bisect;
 pub mod control;
 pub mod divergence;
 pub mod parallel;
+pub mod predicate;
 pub mod replayer;
 pub mod seek;
 pub mod session;
