@@ -33,16 +33,9 @@ pub fn mscan(args: &MscanArgs) -> i32 {
     }
 }
 
-/// The symbols of a recording's guest: the ELF symbols of its boot image (a bare-protocol
-/// guest or a multiboot kernel). A Linux bzImage carries no ELF symbol table: its symbols
-/// come from [`linux_guest`].
-pub fn symbols_for(manifest: &Manifest, rec: &Path) -> SymbolTable {
-    guest_of(manifest, rec).symbols
-}
-
 /// What reprise knows of a recording's guest without debug information.
 pub struct Guest {
-    /// Its symbols (see [`symbols_for`]).
+    /// Its symbols (see [`guest_of`]).
     pub symbols: SymbolTable,
     /// For a Linux guest: its slab caches and page array, read from its RAM.
     pub heap: Option<KernelHeap>,
@@ -50,7 +43,9 @@ pub struct Guest {
     pub linux: bool,
 }
 
-/// The symbols of a recording's guest and, for Linux, its heap layout.
+/// The symbols of a recording's guest — the ELF symbols of its boot image (a bare-protocol
+/// guest or a multiboot kernel), or for a Linux bzImage, which carries no ELF symbol table,
+/// those of [`linux_guest`] — and, for Linux, its heap layout.
 pub fn guest_of(manifest: &Manifest, rec: &Path) -> Guest {
     let linux = manifest.boot.protocol == "linux";
     let mut guest = Guest {
@@ -105,6 +100,18 @@ fn linux_guest(rec: &Path) -> (SymbolTable, Option<KernelHeap>) {
             eprintln!("reprise: no kernel symbols from {}: {e:#}", rec.display());
             (SymbolTable::new(), None)
         }
+    }
+}
+
+/// Names a Linux guest's `struct page` array (`struct page[PFN]+off`): its hottest shared
+/// lines are often page descriptors, which no allocator call hands out.
+fn label_page_array(scanner: &mut Scanner, heap: Option<&KernelHeap>) {
+    if let Some(p) = heap.and_then(|h| h.pages) {
+        let bytes = p.frames.saturating_mul(p.struct_page);
+        scanner
+            .context
+            .labels
+            .register_array("struct page", p.vmemmap_base, bytes, p.struct_page);
     }
 }
 
@@ -278,7 +285,7 @@ fn live(
     symbols.merge(guest.symbols);
     // Allocation labels: on by default for a Linux guest (`--label-alloc none` turns them
     // off); the bare fixtures label their objects themselves.
-    let labeler = alloc_labeler(&ta.label_alloc, guest.linux, &symbols, guest.heap)?;
+    let labeler = alloc_labeler(&ta.label_alloc, guest.linux, &symbols, guest.heap.clone())?;
     let opts = Options {
         line_size: ta.line_size.or(policy.line_size()).unwrap_or(64),
         top: args.top,
@@ -288,7 +295,8 @@ fn live(
         filters: filter.describe(),
         pcs: pc_ranges(args, &symbols)?,
     };
-    let scanner = Scanner::new(&args.analysis, opts)?;
+    let mut scanner = Scanner::new(&args.analysis, opts)?;
+    label_page_array(&mut scanner, guest.heap.as_ref());
     let writer = match &ta.trace {
         Some(path) => {
             let header = Header {
@@ -419,6 +427,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         .copied()
         .collect::<Vec<_>>()
         .join(" ");
+    let mut heap = None;
     if let Some(rec) = &args.rec {
         let bytes = std::fs::read(rec.join(MANIFEST_FILE))
             .with_context(|| format!("--rec {} is not a recording", rec.display()))?;
@@ -429,7 +438,9 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
                 path.display()
             );
         }
-        symbols.merge(symbols_for(&Manifest::read(rec)?, rec));
+        let g = guest_of(&Manifest::read(rec)?, rec);
+        symbols.merge(g.symbols);
+        heap = g.heap;
     }
     let opts = Options {
         line_size: ta.line_size.or(stored_line).unwrap_or(64),
@@ -441,6 +452,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         pcs: pc_ranges(args, &symbols)?,
     };
     let mut scanner = Scanner::new(&args.analysis, opts)?;
+    label_page_array(&mut scanner, heap.as_ref());
     let (_, file_bytes) = reader.sizes();
     let bar = if args.no_progress {
         Progress::hidden()

@@ -114,6 +114,9 @@ pub struct Label {
     pub name: Arc<str>,
     /// Kind of object.
     pub kind: LabelType,
+    /// For an array of like objects (e.g. a kernel's `struct page` array): the size of
+    /// one, so an address is named `name[index]+offset`; 0 for one object.
+    pub element: u64,
 }
 
 /// Labels of memory ranges, live and retired.
@@ -148,8 +151,18 @@ impl Labels {
                 end,
                 name,
                 kind,
+                element: 0,
             },
         );
+    }
+
+    /// Name `[start, start + bytes)` as an array of `element`-byte objects called `name`
+    /// (named `name[i]+off`), e.g. a kernel's page array the user did not allocate.
+    pub fn register_array(&mut self, name: &str, start: u64, bytes: u64, element: u64) {
+        self.register(LabelType::Static, name, start, bytes);
+        if let Some(l) = self.live.get_mut(&start) {
+            l.element = element;
+        }
     }
 
     fn intern(&mut self, name: &str) -> Arc<str> {

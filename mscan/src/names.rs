@@ -18,6 +18,10 @@ impl Names<'_> {
     pub fn data(&self, addr: u64) -> String {
         if let Some(l) = self.labels.lookup(addr) {
             let off = addr - l.start;
+            if let Some(i) = off.checked_div(l.element) {
+                let rem = off - i * l.element;
+                return format!("{}[{i:#x}]+{rem:#x}", l.name);
+            }
             return if off == 0 {
                 l.name.to_string()
             } else {
@@ -71,5 +75,27 @@ impl Names<'_> {
         let mut v = vec![self.code(pc)];
         v.extend(entries.iter().map(|e| self.entry(e)));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reprise_trace::record::LabelType;
+
+    #[test]
+    fn arrays_are_named_by_element() {
+        let mut labels = Labels::default();
+        labels.register_array("struct page", 0x1000, 64 * 100, 64);
+        labels.register(LabelType::Heap, "task_struct", 0x9000, 0x100);
+        let symbols = SymbolTable::new();
+        let n = Names {
+            symbols: &symbols,
+            labels: &labels,
+        };
+        assert_eq!(n.data(0x1000 + 64 * 3 + 0x30), "struct page[0x3]+0x30");
+        assert_eq!(n.object(0x1000 + 64 * 3).as_deref(), Some("struct page"));
+        assert_eq!(n.data(0x9040), "task_struct+0x40");
+        assert_eq!(n.data(0x1000 + 64 * 100), "0x2900");
     }
 }
