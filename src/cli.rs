@@ -87,10 +87,6 @@ pub struct MscanArgs {
     #[arg(long, value_name = "KEY")]
     pub sort: Option<String>,
 
-    /// Also name code and data with the symbols of this ELF file; repeatable.
-    #[arg(long, value_name = "ELF")]
-    pub symbols: Vec<PathBuf>,
-
     /// With a trace file: the recording it was made from (for its guest's symbols).
     #[arg(long, value_name = "REC")]
     pub rec: Option<PathBuf>,
@@ -107,8 +103,9 @@ pub struct MscanArgs {
     #[arg(long)]
     pub no_progress: bool,
 
-    /// With a recording: replay the segments between checkpoints on N threads (default:
-    /// one per core; 1: one sequential replay). The report is the same either way.
+    /// With a recording: replay the segments between checkpoints on N threads (0: one per
+    /// core; default 1, one sequential replay, which is faster on a busy or 2-core host).
+    /// The report is the same either way.
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
 
@@ -222,9 +219,10 @@ pub struct TraceArgs {
     #[arg(long, value_name = "SPEC")]
     pub label_alloc: Vec<String>,
 
-    /// Symbols for --label-alloc: an ELF file (default: the recording's ELF boot image).
-    #[arg(long, value_name = "FILE")]
-    pub symbols: Option<PathBuf>,
+    /// Symbols from this ELF file: for --label-alloc (default: the recording's ELF boot
+    /// image) and, in mscan, to name code and data too; repeatable.
+    #[arg(long, value_name = "ELF")]
+    pub symbols: Vec<PathBuf>,
 
     /// Also trace instruction fetches: one fetch access per instruction executed, over its
     /// bytes' line(s), through the filters and the policy like any access.
@@ -461,8 +459,9 @@ pub struct ReplayArgs {
     #[arg(long, hide = true, value_name = "CPU:INSN:REG")]
     pub debug_perturb: Option<reprise_replay::Perturb>,
 
-    /// With --trace: replay the segments between checkpoints on N threads (default: one
-    /// per core; 1: one sequential replay). The trace is the same either way.
+    /// With --trace: replay the segments between checkpoints on N threads (0: one per core;
+    /// default 1, one sequential replay, which is faster on a busy or 2-core host). The
+    /// trace is the same either way.
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
 

@@ -233,7 +233,7 @@ fn mscan_inner(args: &MscanArgs) -> anyhow::Result<i32> {
         ));
     };
     let mut symbols = SymbolTable::new();
-    for path in &args.symbols {
+    for path in &args.trace.symbols {
         symbols.merge(SymbolTable::from_elf(path)?);
     }
     crate::interrupt::install();

@@ -116,7 +116,11 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
 pub fn segment_jobs(rec: &Path, jobs: Option<usize>) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = match jobs {
-        None | Some(0) => cores,
+        // Sequential unless asked: on the 2-core machines measured so far the segments'
+        // extra work (each replays up to its start, items cross threads) cost more than
+        // the second core gave (Linux 4-CPU movement trace: 135 s with 1 job, 292 s with 2).
+        None => 1,
+        Some(0) => cores,
         Some(j) => j,
     };
     if reprise_replay::parallel::checkpoint_count(rec) == 0 {

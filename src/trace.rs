@@ -43,7 +43,7 @@ fn any_option(args: &TraceArgs) -> bool {
         || args.line_size.is_some()
         || args.values
         || !args.label_alloc.is_empty()
-        || args.symbols.is_some()
+        || !args.symbols.is_empty()
         || args.fetch
 }
 
@@ -114,16 +114,18 @@ fn alloc_labeler(
     if args.label_alloc.is_empty() {
         return Ok(AllocLabeler::new());
     }
-    let (table, heap) = match &args.symbols {
-        Some(path) => (
-            SymbolTable::from_elf(path)
-                .with_context(|| format!("--label-alloc needs symbols: {}", path.display()))?,
-            None,
-        ),
-        None => {
-            let g = crate::mscan::guest_of(manifest, rec);
-            (g.symbols, g.heap)
+    let (table, heap) = if args.symbols.is_empty() {
+        let g = crate::mscan::guest_of(manifest, rec);
+        (g.symbols, g.heap)
+    } else {
+        let mut table = SymbolTable::new();
+        for path in &args.symbols {
+            table.merge(
+                SymbolTable::from_elf(path)
+                    .with_context(|| format!("--label-alloc needs symbols: {}", path.display()))?,
+            );
         }
+        (table, None)
     };
     crate::mscan::alloc_labeler(&args.label_alloc, false, &table, heap)
 }

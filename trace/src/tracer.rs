@@ -221,7 +221,13 @@ impl<F: Filter> FilterStage<F> {
     }
 
     /// Console output: a console record at its instruction's position.
-    pub fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8], out: &mut impl FnMut(Filtered)) {
+    pub fn console(
+        &mut self,
+        cpu: u32,
+        retired: u64,
+        bytes: &[u8],
+        out: &mut impl FnMut(Filtered),
+    ) {
         let r = Record {
             position: self.position_of(retired),
             cpu,
