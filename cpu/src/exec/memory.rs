@@ -80,11 +80,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
             // The accesses of `write` never cross a page; test the second page only when
             // another caller's does.
             if self.code.is_code_page(page) || (last != page && self.code.is_code_page(last)) {
-                self.code.invalidate_page(page);
-                self.code.invalidate_page(last);
-                // The run loop looks at `stop_after` after every instruction.
-                self.code_modified = true;
-                self.stop_after = true;
+                self.code_written(page, last);
             }
             let ram = self.bus.ram();
             if let Some(b) = ram.get_mut(i..i + size) {
@@ -95,6 +91,18 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         self.stop_after = true;
         let clock = self.clock();
         self.bus.mmio_write(clock, pa, size as u8, value)
+    }
+
+    /// A write hit cached code on `page` or `last`: drop the blocks there. Rare, so kept
+    /// out of the inlined store path.
+    #[cold]
+    #[inline(never)]
+    fn code_written(&mut self, page: u64, last: u64) {
+        self.code.invalidate_page(page);
+        self.code.invalidate_page(last);
+        // The run loop looks at `stop_after` after every instruction.
+        self.code_modified = true;
+        self.stop_after = true;
     }
 
     fn report(&mut self, lin: u64, pa: u64, size: usize, kind: AccessKind, value: u64) {
@@ -142,6 +150,21 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
             }
             Ok(v)
         } else {
+            self.read_split(lin, size, intent, kind)
+        }
+    }
+
+    /// [`Exec::read_as`] of an access that straddles a page boundary (rare: out of line).
+    #[cold]
+    #[inline(never)]
+    fn read_split(
+        &mut self,
+        lin: u64,
+        size: usize,
+        intent: Intent,
+        kind: AccessKind,
+    ) -> Result<u64, Exit> {
+        {
             // Straddles a page: translate both halves before touching either.
             let first = 0x1000 - (lin & 0xfff) as usize;
             let pa0 = self.translate(lin, intent)?;
@@ -192,6 +215,22 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
                 self.report(lin, pa, size, kind, value & crate::flags::mask(size));
             }
         } else {
+            self.write_split(lin, size, value, kind)?;
+        }
+        Ok(())
+    }
+
+    /// [`Exec::write_as`] of an access that straddles a page boundary (rare: out of line).
+    #[cold]
+    #[inline(never)]
+    fn write_split(
+        &mut self,
+        lin: u64,
+        size: usize,
+        value: u64,
+        kind: AccessKind,
+    ) -> Result<(), Exit> {
+        {
             let first = 0x1000 - (lin & 0xfff) as usize;
             let pa0 = self.translate(lin, Intent::Write)?;
             let pa1 = self.translate(lin.wrapping_add(first as u64), Intent::Write)?;

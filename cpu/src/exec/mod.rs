@@ -753,7 +753,11 @@ fn may_call_bus(group: Group) -> bool {
 /// control transfer overwrites), the committed `state.rip` and `locked`, cleared after it
 /// (fast forms never carry a LOCK prefix; a handler may also lock its accesses itself, as
 /// XCHG with memory does).
-#[inline(always)]
+///
+/// Out of line on purpose: the run loop inlines the fast forms, and inlining every module's
+/// handler as well made it so large that its loop state (instruction pointer, count, block
+/// position) lived on the stack; a call is cheap next to what a generic handler does.
+#[inline(never)]
 fn generic<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
