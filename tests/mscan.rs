@@ -350,8 +350,10 @@ fn linux_allocations_are_labelled_by_slab_cache() {
                 "unlabel without a label: {line}"
             );
             unlabels += 1;
-        } else {
-            panic!("only labels expected: {line}");
+        } else if !line.contains(" console ") {
+            // `--cpu 1` drops every access and CPU 0's calls; what the guest printed and
+            // the labels stay.
+            panic!("only labels and console output expected: {line}");
         }
     }
     assert!(
