@@ -244,27 +244,84 @@ fn permits(s: &CpuState, e: &TlbEntry, intent: Intent, cpl: u8) -> bool {
     }
 }
 
-fn read_pte<B: Bus>(bus: &mut B, pa: u64) -> Option<u64> {
-    let ram = bus.ram();
-    let i = pa as usize;
-    ram.get(i..i + 8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+/// Where a page walk reads page-table entries and writes back accessed/dirty bits: the
+/// CPU's bus, or plain RAM for a look at a stopped machine ([`peek_translate`]).
+trait PageTableMemory {
+    /// Guest RAM, to read entries from.
+    fn tables(&mut self) -> &[u8];
+    /// Write `bytes` at `pa` (an entry with its accessed or dirty bit set).
+    fn update(&mut self, pa: u64, bytes: &[u8]);
 }
 
-fn write_pte<B: Bus>(bus: &mut B, pa: u64, v: u64) {
-    bus.mark_written(pa);
-    let ram = bus.ram();
-    let i = pa as usize;
-    if let Some(b) = ram.get_mut(i..i + 8) {
-        b.copy_from_slice(&v.to_le_bytes());
+impl<B: Bus> PageTableMemory for B {
+    fn tables(&mut self) -> &[u8] {
+        self.ram()
     }
+
+    fn update(&mut self, pa: u64, bytes: &[u8]) {
+        self.mark_written(pa);
+        let ram = self.ram();
+        let Ok(i) = usize::try_from(pa) else { return };
+        if let Some(b) = i
+            .checked_add(bytes.len())
+            .and_then(|end| ram.get_mut(i..end))
+        {
+            b.copy_from_slice(bytes);
+        }
+    }
+}
+
+/// RAM that a walk may read but never changes (walks over it run with `update` false).
+struct ReadOnlyRam<'a>(&'a [u8]);
+
+impl PageTableMemory for ReadOnlyRam<'_> {
+    fn tables(&mut self) -> &[u8] {
+        self.0
+    }
+
+    fn update(&mut self, _pa: u64, _bytes: &[u8]) {}
+}
+
+/// Read a page-table entry of `width` (4 or 8) bytes; `None` outside RAM.
+fn read_entry<M: PageTableMemory>(mem: &mut M, pa: u64, width: usize) -> Option<u64> {
+    let i = usize::try_from(pa).ok()?;
+    let bytes = mem.tables().get(i..i.checked_add(width)?)?;
+    let mut buf = [0u8; 8];
+    buf[..width].copy_from_slice(bytes);
+    Some(u64::from_le_bytes(buf))
+}
+
+/// Write back an entry of `width` bytes (to set its accessed or dirty bit).
+fn write_entry<M: PageTableMemory>(mem: &mut M, pa: u64, width: usize, v: u64) {
+    mem.update(pa, &v.to_le_bytes()[..width]);
+}
+
+fn read_pte<M: PageTableMemory>(mem: &mut M, pa: u64) -> Option<u64> {
+    read_entry(mem, pa, 8)
+}
+
+fn write_pte<M: PageTableMemory>(mem: &mut M, pa: u64, v: u64) {
+    write_entry(mem, pa, 8, v);
+}
+
+/// The guest-physical address that linear address `vaddr` maps to under `s`'s paging
+/// (4-level, PAE or 32-bit, or none), read from `ram` without changing anything: no
+/// accessed bit, no TLB. For tools that look at a stopped machine (`seek --mem`, bisect's
+/// memory predicates). Permissions are not checked — it says where the address points,
+/// whoever may use it. `None` when the address is not mapped (or not canonical).
+pub fn peek_translate(s: &CpuState, ram: &[u8], vaddr: u64) -> Option<GuestPhysAddr> {
+    if s.cr0 & cr0::PG == 0 {
+        return Some(vaddr & 0xffff_ffff);
+    }
+    let e = walk(s, &mut ReadOnlyRam(ram), vaddr, Intent::Read, 0, false).ok()?;
+    Some(e.phys | (vaddr & 0xfff))
 }
 
 /// Walk the page tables; `update` sets the accessed and dirty bits as the processor does
 /// (false only for [`translate_quiet`]).
-fn walk<B: Bus>(
+fn walk<M: PageTableMemory>(
     s: &CpuState,
-    bus: &mut B,
+    bus: &mut M,
     vaddr: u64,
     intent: Intent,
     cpl: u8,
@@ -367,5 +424,75 @@ fn walk<B: Bus>(
             marked: false,
             global: entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
         });
+    }
+}
+
+#[cfg(test)]
+mod peek_tests {
+    use super::*;
+
+    fn put(ram: &mut [u8], pa: u64, width: usize, v: u64) {
+        let i = pa as usize;
+        ram[i..i + width].copy_from_slice(&v.to_le_bytes()[..width]);
+    }
+
+    fn paged(cr4: u64, efer: u64, cr3: u64) -> CpuState {
+        let mut s = CpuState {
+            cr0: cr0::PE | cr0::PG,
+            cr3,
+            cr4,
+            ..CpuState::default()
+        };
+        s.msr.efer = efer;
+        s
+    }
+
+    /// The same three mappings through each paging mode: a 4 KiB page, a large page, and
+    /// an address whose entry is not present. Nothing in RAM changes (no accessed bits).
+    #[test]
+    fn peek_translates_in_every_paging_mode_without_changing_ram() {
+        let present = pte::P | pte::RW;
+        // 32-bit paging: directory at 0x1000, table at 0x2000; 4 MiB page with PSE.
+        let mut ram = vec![0u8; 0x10_0000];
+        put(&mut ram, 0x1000 + 4, 4, 0x2000 | present); // 0x0040_0000..: table
+        put(&mut ram, 0x2000 + 3 * 4, 4, 0x7000 | present); // 0x0040_3000 -> 0x7000
+        put(&mut ram, 0x1000 + 2 * 4, 4, 0x0080_0000 | present | pte::PS); // 4 MiB page
+        let before = ram.clone();
+        let s = paged(cr4::PSE, 0, 0x1000);
+        assert_eq!(peek_translate(&s, &ram, 0x0040_3abc), Some(0x7abc));
+        assert_eq!(peek_translate(&s, &ram, 0x0081_2345), Some(0x0081_2345));
+        assert_eq!(peek_translate(&s, &ram, 0x00c0_0000), None);
+        assert_eq!(ram, before);
+
+        // PAE: PDPT at 0x3000, directory at 0x4000, table at 0x5000; 2 MiB page.
+        let mut ram = vec![0u8; 0x10_0000];
+        put(&mut ram, 0x3000 + 8, 8, 0x4000 | pte::P); // 1 GiB..2 GiB
+        put(&mut ram, 0x4000, 8, 0x5000 | present);
+        put(&mut ram, 0x5000 + 5 * 8, 8, 0x9000 | present | pte::NX);
+        put(&mut ram, 0x4000 + 8, 8, 0x0060_0000 | present | pte::PS);
+        let before = ram.clone();
+        let s = paged(cr4::PAE, efer::NXE, 0x3000);
+        assert_eq!(peek_translate(&s, &ram, 0x4000_5123), Some(0x9123));
+        assert_eq!(peek_translate(&s, &ram, 0x4020_0042), Some(0x0060_0042));
+        assert_eq!(peek_translate(&s, &ram, 0x0000_5000), None);
+        assert_eq!(ram, before);
+
+        // 4-level: PML4 at 0x1000, PDPT 0x2000, PD 0x3000, PT 0x4000; a kernel-half address.
+        let mut ram = vec![0u8; 0x10_0000];
+        let va: u64 = 0xffff_8000_0020_1000;
+        put(&mut ram, 0x1000 + 256 * 8, 8, 0x2000 | present);
+        put(&mut ram, 0x2000, 8, 0x3000 | present);
+        put(&mut ram, 0x3000 + 8, 8, 0x4000 | present);
+        put(&mut ram, 0x4000 + 8, 8, 0xa000 | present);
+        let before = ram.clone();
+        let s = paged(cr4::PAE, efer::LME | efer::LMA, 0x1000);
+        assert_eq!(peek_translate(&s, &ram, va + 0x10), Some(0xa010));
+        assert_eq!(peek_translate(&s, &ram, va + 0x1000), None);
+        assert_eq!(peek_translate(&s, &ram, 0x0000_8000_0000_0000), None); // not canonical
+        assert_eq!(ram, before);
+
+        // Paging off: the address itself (32 bits).
+        let s = CpuState::default();
+        assert_eq!(peek_translate(&s, &ram, 0x1_2345_6789), Some(0x2345_6789));
     }
 }

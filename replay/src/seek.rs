@@ -255,36 +255,11 @@ pub enum MemAddr {
 }
 
 /// Translate a linear address through `cpu`'s page tables without touching them (no
-/// accessed/dirty bits are set: looking must not change the machine). 4-level long-mode
-/// paging, or paging off.
+/// accessed/dirty bits are set: looking must not change the machine), in whatever paging
+/// mode the CPU is in (4-level, PAE, 32-bit, or none).
 pub fn translate(m: &Machine<Replayer>, cpu: u32, lin: u64) -> Option<u64> {
     let s = &m.cpus().get(cpu as usize)?.state;
-    const PG: u64 = 1 << 31;
-    const LMA: u64 = 1 << 10;
-    if s.cr0 & PG == 0 {
-        return Some(lin & 0xffff_ffff);
-    }
-    if s.msr.efer & LMA == 0 || s.cr4 & (1 << 12) != 0 {
-        return None; // legacy/PAE and 5-level paging are not walked here
-    }
-    let mut table = s.cr3 & 0x000f_ffff_ffff_f000;
-    for level in (0..4).rev() {
-        let idx = (lin >> (12 + 9 * level)) & 0x1ff;
-        let e = m.ram().read_u64(table + idx * 8)?;
-        if e & 1 == 0 {
-            return None;
-        }
-        let frame = e & 0x000f_ffff_ffff_f000;
-        if level == 0 {
-            return Some(frame | (lin & 0xfff));
-        }
-        if (level == 1 || level == 2) && e & 0x80 != 0 {
-            let size = 1u64 << (12 + 9 * level);
-            return Some((frame & !(size - 1)) | (lin & (size - 1)));
-        }
-        table = frame;
-    }
-    None
+    reprise_cpu::mmu::peek_translate(s, m.ram().as_slice(), lin)
 }
 
 /// Read `len` bytes at `at`; `None` for a byte that is unmapped or outside RAM.

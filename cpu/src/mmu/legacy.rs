@@ -9,8 +9,7 @@
 //! from memory on each walk. The two differ only for a guest that edits its live PDPT without
 //! reloading CR3, which the SDM tells software not to rely on.
 
-use super::{pf, pte, TlbEntry};
-use crate::bus::Bus;
+use super::{pf, pte, read_entry, write_entry, PageTableMemory, TlbEntry};
 use crate::fault::Fault;
 use crate::mmu::Intent;
 use crate::state::{cr0, cr4, efer, CpuState};
@@ -22,26 +21,6 @@ const ABOVE_MAXPHYADDR: u64 = 0x7fff_ff00_0000_0000;
 const PAE_ADDR: u64 = 0x0000_00ff_ffff_f000;
 /// Reserved bits of a PAE PDPTE: 1, 2, 5..=8 and 63, besides the high address bits.
 const PDPTE_RESERVED: u64 = 0x1e6 | 1 << 63 | ABOVE_MAXPHYADDR;
-
-/// Read a page-table entry of `width` (4 or 8) bytes from RAM; `None` outside RAM.
-fn read_entry<B: Bus>(bus: &mut B, pa: u64, width: usize) -> Option<u64> {
-    let ram = bus.ram();
-    let i = usize::try_from(pa).ok()?;
-    let bytes = ram.get(i..i.checked_add(width)?)?;
-    let mut buf = [0u8; 8];
-    buf[..width].copy_from_slice(bytes);
-    Some(u64::from_le_bytes(buf))
-}
-
-/// Write back an entry (to set its accessed or dirty bit).
-fn write_entry<B: Bus>(bus: &mut B, pa: u64, width: usize, v: u64) {
-    bus.mark_written(pa);
-    let ram = bus.ram();
-    let Ok(i) = usize::try_from(pa) else { return };
-    if let Some(b) = i.checked_add(width).and_then(|end| ram.get_mut(i..end)) {
-        b.copy_from_slice(&v.to_le_bytes()[..width]);
-    }
-}
 
 /// The entry that maps the page, once found.
 struct Leaf {
@@ -74,9 +53,9 @@ impl Rights {
 
 /// Walk 32-bit or PAE page tables for `vaddr` (a 32-bit linear address); `update` sets the
 /// accessed and dirty bits (false for a side-effect-free look).
-pub(super) fn walk<B: Bus>(
+pub(super) fn walk<M: PageTableMemory>(
     s: &CpuState,
-    bus: &mut B,
+    bus: &mut M,
     vaddr: u64,
     intent: Intent,
     cpl: u8,
@@ -161,7 +140,7 @@ enum Missing {
 }
 
 /// Read an entry and check that it is present.
-fn step<B: Bus>(bus: &mut B, pa: u64, width: usize) -> Result<u64, Missing> {
+fn step<M: PageTableMemory>(bus: &mut M, pa: u64, width: usize) -> Result<u64, Missing> {
     let entry = read_entry(bus, pa, width).ok_or(Missing::Reserved)?;
     if entry & pte::P == 0 {
         return Err(Missing::NotPresent);
@@ -170,7 +149,7 @@ fn step<B: Bus>(bus: &mut B, pa: u64, width: usize) -> Result<u64, Missing> {
 }
 
 /// Mark a non-leaf entry accessed.
-fn mark_accessed<B: Bus>(bus: &mut B, pa: u64, width: usize, entry: u64) {
+fn mark_accessed<M: PageTableMemory>(bus: &mut M, pa: u64, width: usize, entry: u64) {
     if entry & pte::A == 0 {
         write_entry(bus, pa, width, entry | pte::A);
     }
@@ -178,9 +157,9 @@ fn mark_accessed<B: Bus>(bus: &mut B, pa: u64, width: usize, entry: u64) {
 
 /// 32-bit paging: a page directory of 1024 4-byte entries, then a page table (or a 4 MiB
 /// page when CR4.PSE and the PS bit are set).
-fn walk_32<B: Bus>(
+fn walk_32<M: PageTableMemory>(
     s: &CpuState,
-    bus: &mut B,
+    bus: &mut M,
     vaddr: u64,
     rights: &mut Rights,
     update: bool,
@@ -220,9 +199,9 @@ fn walk_32<B: Bus>(
 
 /// PAE paging: a 4-entry page-directory-pointer table at CR3[31:5], then a page directory
 /// (2 MiB pages with PS) and a page table, all with 8-byte entries.
-fn walk_pae<B: Bus>(
+fn walk_pae<M: PageTableMemory>(
     s: &CpuState,
-    bus: &mut B,
+    bus: &mut M,
     vaddr: u64,
     nxe: bool,
     rights: &mut Rights,
