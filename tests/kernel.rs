@@ -49,7 +49,12 @@ fn kernel() -> Vec<u8> {
         a.out(0xf4u32, eax)
     })()
     .unwrap();
-    let code = a.assemble(ENTRY as u64).unwrap();
+    multiboot_image(&a.assemble(ENTRY as u64).unwrap())
+}
+
+/// A multiboot image of `code` (assembled at [`ENTRY`]): the header with the a.out kludge
+/// (load at [`LOAD`], no bss), then the code at [`ENTRY`].
+fn multiboot_image(code: &[u8]) -> Vec<u8> {
     let flags: u32 = 1 | 2 | 1 << 16;
     let mut k = Vec::new();
     for v in [
@@ -64,8 +69,8 @@ fn kernel() -> Vec<u8> {
     ] {
         k.extend_from_slice(&v.to_le_bytes());
     }
-    k.resize(0x20, 0);
-    k.extend_from_slice(&code);
+    k.resize((ENTRY - LOAD) as usize, 0);
+    k.extend_from_slice(code);
     k
 }
 
@@ -167,24 +172,7 @@ fn paging_kernel() -> Vec<u8> {
         a.out(0xf4u32, eax)
     })()
     .unwrap();
-    let code = a.assemble(ENTRY as u64).unwrap();
-    let flags: u32 = 1 | 2 | 1 << 16;
-    let mut k = Vec::new();
-    for v in [
-        0x1bad_b002u32,
-        flags,
-        0u32.wrapping_sub(0x1bad_b002).wrapping_sub(flags),
-        LOAD,
-        LOAD,
-        0,
-        0,
-        ENTRY,
-    ] {
-        k.extend_from_slice(&v.to_le_bytes());
-    }
-    k.resize(0x20, 0);
-    k.extend_from_slice(&code);
-    k
+    multiboot_image(&a.assemble(ENTRY as u64).unwrap())
 }
 
 /// `seek --mem` reads a 32-bit paged guest's virtual addresses through its own page tables

@@ -39,8 +39,6 @@
 //! only the one segment before the first checkpoint that holds is stepped; that is exact
 //! exactly when the promise is kept.
 
-use std::cell::RefCell;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,23 +49,7 @@ use reprise_devices::Machine;
 use crate::predicate::{baselines, state_holds};
 pub use crate::predicate::{Atom, Cmp, MemTest, Predicate, Reg, Value, SYNTAX};
 use crate::replayer::Replayer;
-use crate::seek::{boot_with_console, seek, Replay, SeekError};
-
-/// A console writer that keeps what the guest wrote (shared, so a rebooted machine keeps
-/// writing into the same buffer).
-#[derive(Clone, Default)]
-struct Capture(Rc<RefCell<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.borrow_mut().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use crate::seek::{boot_with_console, seek, Capture, Replay, SeekError};
 
 /// Counters of the work a bisect did (shared by its threads).
 #[derive(Debug, Default)]

@@ -23,9 +23,7 @@
 //! segment checks the recording's end (console digest included) exactly as a sequential
 //! replay does.
 
-use std::cell::RefCell;
 use std::io::Write;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -35,6 +33,7 @@ use reprise_cpu::{NoObserver, Observer};
 use reprise_devices::{Inputs, Machine, RunResult};
 use reprise_record::console::ConsoleDigest;
 
+use crate::seek::Capture;
 use crate::session::{boot, conclude, prepare, Booted, Prepared};
 use crate::{ReplayError, ReplayReport, ReplaySetup};
 
@@ -130,21 +129,6 @@ impl<S> Shared<S> {
 
     fn wait<'a>(&self, g: MutexGuard<'a, Flow<S>>) -> MutexGuard<'a, Flow<S>> {
         self.cv.wait(g).unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// A console writer keeping what the guest wrote.
-#[derive(Clone, Default)]
-struct Capture(Rc<RefCell<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.borrow_mut().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -254,6 +254,22 @@ pub enum MemAddr {
     },
 }
 
+/// A console writer that keeps what the guest wrote (shared, so a rebooted machine keeps
+/// writing into the same buffer): bisect's and the parallel replay's console.
+#[derive(Clone, Default)]
+pub(crate) struct Capture(pub(crate) std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Translate a linear address through `cpu`'s page tables without touching them (no
 /// accessed/dirty bits are set: looking must not change the machine), in whatever paging
 /// mode the CPU is in (4-level, PAE, 32-bit, or none).
