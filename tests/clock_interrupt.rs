@@ -3,26 +3,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reprise_fixtures::{fixture_path, linux_guest_for_test, LINUX_CMDLINE};
-use support::{guest, reprise, run_image, scratch_dir, write_file, Run};
-
-/// A fresh path for a recording folder (not created).
-fn rec_path(name: &str) -> PathBuf {
-    let p = scratch_dir().join(format!("rec-{name}"));
-    let _ = std::fs::remove_dir_all(&p);
-    p
-}
-
-fn record(rec: &Path, options: &[&str], image: &Path) -> Run {
-    let mut args: Vec<std::ffi::OsString> = vec!["record".into(), "-o".into(), rec.into()];
-    args.extend(options.iter().map(|s| s.into()));
-    args.push(image.into());
-    reprise(&args)
-}
+use support::{guest, rec_path, record, reprise, run_image, write_file, Run};
 
 fn replay(rec: &Path) -> Run {
     reprise(&["replay".as_ref(), rec.as_os_str()])

@@ -8,16 +8,7 @@ use std::path::{Path, PathBuf};
 use reprise_fixtures::fixture_path;
 use reprise_symbols::SymbolTable;
 use serde_json::Value;
-use support::{reprise, scratch_dir, Run};
-
-/// A fresh path in the scratch directory (removed if it exists, with its index).
-fn fresh(name: &str) -> PathBuf {
-    let p = scratch_dir().join(name);
-    let _ = std::fs::remove_dir_all(&p);
-    let _ = std::fs::remove_file(&p);
-    let _ = std::fs::remove_file(format!("{}.idx", p.display()));
-    p
-}
+use support::{fresh, reprise, Run};
 
 /// Record fixture `name` on 4 CPUs into a fresh folder of its own for `test`. The spinlock fixture runs with a
 /// short quantum: with the default one, a waiting CPU spins for whole quanta and the

@@ -4,27 +4,12 @@
 mod support;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reprise_fixtures::fixture_path;
-use support::{reprise, scratch_dir, Run};
-
-/// A fresh path for a recording folder (not created).
-fn rec_path(name: &str) -> PathBuf {
-    let p = scratch_dir().join(format!("rec-{name}"));
-    let _ = std::fs::remove_dir_all(&p);
-    p
-}
-
-/// `reprise record -o REC OPTIONS... IMAGE`, stdin closed.
-fn record(rec: &Path, options: &[&str], image: &Path) -> Run {
-    let mut args: Vec<std::ffi::OsString> = vec!["record".into(), "-o".into(), rec.into()];
-    args.extend(options.iter().map(|s| s.into()));
-    args.push(image.into());
-    reprise(&args)
-}
+use support::{rec_path, record, reprise, scratch_dir, Run};
 
 /// `reprise replay REC OPTIONS...`.
 fn replay(rec: &Path, options: &[&str]) -> Run {

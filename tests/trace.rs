@@ -7,17 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use reprise_fixtures::fixture_path;
-use support::{reprise, scratch_dir, Run};
-
-/// A fresh path in the scratch directory (removed if it exists, with its index).
-fn fresh(name: &str) -> PathBuf {
-    let p = scratch_dir().join(name);
-    let _ = std::fs::remove_dir_all(&p);
-    let _ = std::fs::remove_file(&p);
-    let _ = std::fs::remove_file(p.with_extension("idx"));
-    let _ = std::fs::remove_file(format!("{}.idx", p.display()));
-    p
-}
+use support::{fresh, reprise, scratch_dir, Run};
 
 /// Record fixture `name` with `options` into a fresh folder.
 fn record(name: &str, options: &[&str]) -> PathBuf {

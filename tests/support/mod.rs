@@ -154,3 +154,27 @@ pub fn record_and_checkpoint(
     assert_eq!(c.status, 0, "{c:?}");
     (dir, end)
 }
+
+/// A fresh path for a recording folder in the scratch directory (not created).
+pub fn rec_path(name: &str) -> PathBuf {
+    fresh(&format!("rec-{name}"))
+}
+
+/// A fresh path `name` in the scratch directory: whatever a previous run left there (a
+/// folder, or a trace file and its `.idx`) is removed.
+pub fn fresh(name: &str) -> PathBuf {
+    let p = scratch_dir().join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    let _ = std::fs::remove_file(&p);
+    let _ = std::fs::remove_file(p.with_extension("idx"));
+    let _ = std::fs::remove_file(format!("{}.idx", p.display()));
+    p
+}
+
+/// `reprise record -o REC OPTIONS... IMAGE`, stdin closed.
+pub fn record(rec: &Path, options: &[&str], image: &Path) -> Run {
+    let mut args: Vec<std::ffi::OsString> = vec!["record".into(), "-o".into(), rec.into()];
+    args.extend(options.iter().map(|s| s.into()));
+    args.push(image.into());
+    reprise(&args)
+}

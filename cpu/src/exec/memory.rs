@@ -164,20 +164,18 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         intent: Intent,
         kind: AccessKind,
     ) -> Result<u64, Exit> {
-        {
-            // Straddles a page: translate both halves before touching either.
-            let first = 0x1000 - (lin & 0xfff) as usize;
-            let pa0 = self.translate(lin, intent)?;
-            let pa1 = self.translate(lin.wrapping_add(first as u64), intent)?;
-            let lo = self.phys_read_bytes(pa0, first);
-            let hi = self.phys_read_bytes(pa1, size - first);
-            let v = lo | (hi << (first * 8));
-            if O::ENABLED && kind == AccessKind::Read {
-                self.report(lin, pa0, first, kind, lo);
-                self.report(lin.wrapping_add(first as u64), pa1, size - first, kind, hi);
-            }
-            Ok(v)
+        // Straddles a page: translate both halves before touching either.
+        let first = 0x1000 - (lin & 0xfff) as usize;
+        let pa0 = self.translate(lin, intent)?;
+        let pa1 = self.translate(lin.wrapping_add(first as u64), intent)?;
+        let lo = self.phys_read_bytes(pa0, first);
+        let hi = self.phys_read_bytes(pa1, size - first);
+        let v = lo | (hi << (first * 8));
+        if O::ENABLED && kind == AccessKind::Read {
+            self.report(lin, pa0, first, kind, lo);
+            self.report(lin.wrapping_add(first as u64), pa1, size - first, kind, hi);
         }
+        Ok(v)
     }
 
     fn phys_read_bytes(&mut self, pa: u64, n: usize) -> u64 {
@@ -230,24 +228,22 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         value: u64,
         kind: AccessKind,
     ) -> Result<(), Exit> {
-        {
-            let first = 0x1000 - (lin & 0xfff) as usize;
-            let pa0 = self.translate(lin, Intent::Write)?;
-            let pa1 = self.translate(lin.wrapping_add(first as u64), Intent::Write)?;
-            for k in 0..size {
-                let pa = if k < first {
-                    pa0 + k as u64
-                } else {
-                    pa1 + (k - first) as u64
-                };
-                self.phys_write(pa, 1, value >> (k * 8));
-            }
-            if O::ENABLED {
-                let lo = value & crate::flags::mask(first);
-                let hi = (value >> (first * 8)) & crate::flags::mask(size - first);
-                self.report(lin, pa0, first, kind, lo);
-                self.report(lin.wrapping_add(first as u64), pa1, size - first, kind, hi);
-            }
+        let first = 0x1000 - (lin & 0xfff) as usize;
+        let pa0 = self.translate(lin, Intent::Write)?;
+        let pa1 = self.translate(lin.wrapping_add(first as u64), Intent::Write)?;
+        for k in 0..size {
+            let pa = if k < first {
+                pa0 + k as u64
+            } else {
+                pa1 + (k - first) as u64
+            };
+            self.phys_write(pa, 1, value >> (k * 8));
+        }
+        if O::ENABLED {
+            let lo = value & crate::flags::mask(first);
+            let hi = (value >> (first * 8)) & crate::flags::mask(size - first);
+            self.report(lin, pa0, first, kind, lo);
+            self.report(lin.wrapping_add(first as u64), pa1, size - first, kind, hi);
         }
         Ok(())
     }
