@@ -332,7 +332,7 @@ fn a_recording_from_a_future_version_is_refused() {
     assert_eq!(record(&rec, &[], &fixture_path("hello")).status, 0);
     let manifest = rec.join("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    let text = text.replace("\"format_version\": 2", "\"format_version\": 99");
+    let text = text.replace(&current_format_version(), "\"format_version\": 99");
     std::fs::write(&manifest, text).unwrap();
     for cmd in ["replay", "info"] {
         let r = reprise(&[cmd.as_ref(), rec.as_os_str()]);
@@ -457,7 +457,7 @@ fn the_manifest_is_human_readable() {
     let text = std::fs::read_to_string(rec.join("manifest.json")).unwrap();
     for needle in [
         "\"format\": \"reprise-recording\"",
-        "\"format_version\": 2",
+        current_format_version().as_str(),
         "\"cpus\": 3",
         "\"quantum\": 500",
         "\"clock\": \"virtual\"",
@@ -625,4 +625,12 @@ fn every_cpu_halted_with_interrupts_off_records_and_replays_as_123() {
     let r = asm_round_trip("all-halted", &["--cpus", "2"], &image);
     assert_eq!(r.status, 123, "{r:?}");
     assert_eq!(r.stdout, "0 halting\n1 halting\n", "{r:?}");
+}
+
+/// The manifest line that names this build's recording format version.
+fn current_format_version() -> String {
+    format!(
+        "\"format_version\": {}",
+        reprise_record::manifest::FORMAT_VERSION
+    )
 }

@@ -73,6 +73,10 @@ pub mod features {
     /// Leaf 7 sub-leaf 0 EBX.
     pub mod ebx7 {
         pub const BMI1: u32 = 1 << 3;
+        /// The x87 data pointer is updated only on x87 exceptions.
+        pub const FDP_EXCPTN_ONLY: u32 = 1 << 6;
+        /// The x87 code and data selectors are deprecated: stored as 0.
+        pub const ZERO_FCS_FDS: u32 = 1 << 13;
         pub const RDSEED: u32 = 1 << 18;
     }
     /// Leaf 0x8000_0001 EDX.
@@ -164,7 +168,12 @@ impl Default for CpuidProfile {
                 sub(
                     7,
                     0,
-                    [0, ebx7::BMI1 | ebx7::RDSEED, 0, edx7::ARCH_CAPABILITIES],
+                    [
+                        0,
+                        ebx7::BMI1 | ebx7::FDP_EXCPTN_ONLY | ebx7::ZERO_FCS_FDS | ebx7::RDSEED,
+                        0,
+                        edx7::ARCH_CAPABILITIES,
+                    ],
                 ),
                 // Extended topology for a single CPU until `with_topology` says more: one
                 // thread per core, one core per package. EDX (the x2APIC ID) is filled in

@@ -23,6 +23,7 @@ pub mod mmu;
 pub mod observer;
 pub mod state;
 pub mod testing;
+pub mod x87env;
 
 pub use bus::{Bus, CpuClock, GuestPhysAddr, RandomSource};
 pub use code_cache::CodeCache;

@@ -302,8 +302,18 @@ pub struct CpuState {
     pub fsw: u16,
     /// x87 abridged tag word (FXSAVE form).
     pub ftw: u8,
-    /// x87 registers ST0-ST7 as 80-bit values in the low bits.
+    /// The x87 physical registers R0-R7 as 80-bit values in the low bits (ST(i) is
+    /// R((TOP + i) mod 8), TOP being FSW bits 11-13: kept physical so that an FLDENV or
+    /// FNINIT that moves TOP leaves the registers where they are, as hardware does).
     pub st: [u128; 8],
+    /// x87 last-instruction pointer (FIP), as FLDENV/FXRSTOR loaded it. No x87 arithmetic
+    /// is executed, so only those loads and FNINIT change it. The code and data selectors
+    /// are not kept: the CPUID profile says they are deprecated (stored as 0).
+    pub fpu_ip: u64,
+    /// x87 last-data pointer (FDP), kept like [`CpuState::fpu_ip`].
+    pub fpu_dp: u64,
+    /// x87 last opcode (FOP, 11 bits), kept like [`CpuState::fpu_ip`].
+    pub fpu_op: u16,
     /// Instructions this CPU has retired.
     pub retired: u64,
     /// The CPU is halted (HLT) until an interrupt.
@@ -342,6 +352,9 @@ impl Default for CpuState {
             fsw: 0,
             ftw: 0,
             st: [0; 8],
+            fpu_ip: 0,
+            fpu_dp: 0,
+            fpu_op: 0,
             retired: 0,
             halted: false,
             interrupt_shadow: false,

@@ -522,6 +522,7 @@ fn native_harness_reports_faults() {
         rflags: fl::FIXED,
         mxcsr: 0x1f80,
         xmm: [0; 16],
+        x87env: [0; 7],
     };
     let scratch = vec![0u8; SCRATCH];
     // (code, signal, vector, offset of the faulting instruction)
@@ -558,6 +559,7 @@ fn mov_sequence_agrees() {
         rflags: fl::FIXED | fl::CF,
         mxcsr: 0x1f80,
         xmm: [0; 16],
+        x87env: [0; 7],
     };
     init.gpr[3] = DATA + 0x100; // rbx
     init.gpr[4] = DATA + 0x8000; // rsp

@@ -353,18 +353,20 @@ mod tests {
             Err(RecordingError::TooManyImages { .. })
         ));
         let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+        let current = format!("\"format_version\": {}", crate::manifest::FORMAT_VERSION);
+        let next = crate::manifest::FORMAT_VERSION + 1;
         std::fs::write(
             dir.join(MANIFEST_FILE),
-            text.replace("\"format_version\": 2", "\"format_version\": 3"),
+            text.replace(&current, &format!("\"format_version\": {next}")),
         )
         .unwrap();
         assert!(matches!(
             Manifest::read(&dir),
-            Err(RecordingError::FutureVersion { found: 3, .. })
+            Err(RecordingError::FutureVersion { found, .. }) if found == next as u64
         ));
         std::fs::write(
             dir.join(MANIFEST_FILE),
-            text.replace("\"format_version\": 2", "\"format_version\": 1"),
+            text.replace(&current, "\"format_version\": 1"),
         )
         .unwrap();
         let old = Manifest::read(&dir).unwrap_err();

@@ -3,7 +3,7 @@
 //! ```json
 //! {
 //!   "format": "reprise-recording",
-//!   "format_version": 2,
+//!   "format_version": 3,
 //!   "tool": "reprise 0.1.0",
 //!   "machine": { "cpus": 4, "ram_bytes": 268435456, "quantum": 10000, "exit_code": "Plain",
 //!                "max_instructions": null, "serial_input": true },
@@ -37,7 +37,9 @@ pub const FORMAT_NAME: &str = "reprise-recording";
 /// Version 2: the end record's machine state gained devices' new state (TSC offsets, CR8/TPR,
 /// host-clock samples) and the log the `HostTime` event and the `Interrupted`/`Halted`
 /// outcomes; a version-1 log does not decode with this build's types.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 3: the CPU state gained the x87 instruction/data pointers and last opcode, and
+/// keeps the x87 registers in physical order.
+pub const FORMAT_VERSION: u32 = 3;
 /// The default sync interval: one sync record per million instructions. Measured on
 /// `compute`: well under 1% of the run time, and about a hundred bytes of log per million
 /// instructions.

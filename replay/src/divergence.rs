@@ -241,7 +241,7 @@ pub fn diff_cpu(cpu: u32, recorded: &CpuState, replayed: &CpuState) -> Vec<RegDi
     cmp("ftw", format!("{:#x}", r.ftw), format!("{:#x}", p.ftw));
     for k in 0..8 {
         cmp(
-            &format!("st{k}"),
+            &format!("r{k} (x87)"),
             format!("{:#x}", r.st[k]),
             format!("{:#x}", p.st[k]),
         );

@@ -49,6 +49,9 @@ pub struct Regs {
     pub mxcsr: u64,
     /// XMM0..XMM15.
     pub xmm: [u128; 16],
+    /// Output only: the x87 environment (FNSTENV's 28-byte protected-mode image) after a
+    /// run that completed; ignored on input (both sides start from FNINIT's state).
+    pub x87env: [u32; 7],
 }
 
 /// RFLAGS bits used by the suite (x86 positions).

@@ -157,6 +157,19 @@ pub fn differences(n: &NativeOutcome, e: &EmuOutcome, undefined: u64) -> Vec<Str
             n.regs.mxcsr, e.regs.mxcsr
         ));
     }
+    // The x87 environment is known only when both ran to the end (a signal frame's copy is
+    // not read).
+    if (&n.end, &e.end) == (&NativeEnd::Completed, &EmuEnd::Halted) {
+        const SLOTS: [&str; 7] = ["fcw", "fsw", "ftw", "fip", "fcs/fop", "fdp", "fds"];
+        for (k, name) in SLOTS.iter().enumerate() {
+            let (nv, ev) = (n.regs.x87env[k], e.regs.x87env[k]);
+            if nv != ev {
+                d.push(format!(
+                    "x87 {name}: native {nv:#010x}; emulator {ev:#010x}"
+                ));
+            }
+        }
+    }
     for i in 0..16 {
         if n.regs.xmm[i] != e.regs.xmm[i] {
             d.push(format!(

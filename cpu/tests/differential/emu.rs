@@ -9,6 +9,7 @@
 use reprise_cpu::state::{cr0, SegReg, Segment};
 use reprise_cpu::testing::GDT;
 use reprise_cpu::testing::{setup_long_mode, write_boot_tables, FlatBus, RecordingObserver};
+use reprise_cpu::x87env::{EnvFormat, Environment};
 use reprise_cpu::{Access, CodeCache, Cpu, CpuState, CpuidProfile, RunExit, StopReason};
 
 use crate::common::{fl, Regs, CODE, CODE_SIZE, DATA, RAM, RSP, SCRATCH, TEST};
@@ -249,6 +250,10 @@ pub fn run_emulator(code: &[u8], input: &Regs, scratch: &[u8]) -> EmuOutcome {
         }
     };
     let s = &cpu.state;
+    let x87env = match end {
+        EmuEnd::Halted => Environment::of(s).encode(EnvFormat::Protected32),
+        _ => [0; 7],
+    };
     EmuOutcome {
         end,
         regs: Regs {
@@ -256,6 +261,7 @@ pub fn run_emulator(code: &[u8], input: &Regs, scratch: &[u8]) -> EmuOutcome {
             rflags: s.rflags,
             mxcsr: s.mxcsr as u64,
             xmm: s.xmm,
+            x87env,
         },
         rip: s.rip,
         scratch: bus.ram[DATA as usize..DATA as usize + SCRATCH].to_vec(),

@@ -187,10 +187,9 @@ fn mnemonic_exclusion(m: Mnemonic) -> Option<&'static str> {
 }
 
 /// x87 codes outside the control subset the harness compares. Both sides start from the
-/// FNINIT state and run no x87 arithmetic, so no exception is ever pending: the control
-/// and status words are all there is, and they reach the comparison through memory (FNSTCW,
-/// FNSTSW m16) or AX (FNSTSW AX), and the whole environment FNSTENV stores (all tags empty,
-/// instruction and data pointers zero after FNINIT).
+/// FNINIT state with every register +0.0 and run no x87 arithmetic; after a completed run
+/// both store their whole environment (FNSTENV: control, status and tag words, instruction
+/// and data pointers, last opcode) for the comparison, so FLDENV's loads are checked too.
 fn x87_exclusion(code: Code) -> Option<&'static str> {
     let x87 = code.cpuid_features().iter().any(|f| {
         matches!(
@@ -208,13 +207,17 @@ fn x87_exclusion(code: Code) -> Option<&'static str> {
         | Code::Fnstsw_AX
         | Code::Fldcw_m2byte
         | Code::Fnclex
-        | Code::Fnstenv_m28byte => None,
-        // Tried with ST0-7 all +0.0 on both sides so the tag word is predictable: the
-        // host then stores back the instruction/data pointers FLDENV loaded, which the
-        // emulator keeps as 0 (it has no x87 pointer state yet).
-        Code::Fldenv_m14byte | Code::Fldenv_m28byte | Code::Fnstenv_m14byte => {
-            Some("FLDENV's instruction/data pointers are not kept by the emulator")
-        }
+        | Code::Fnstenv_m28byte
+        | Code::Fnstenv_m14byte
+        | Code::Fstenv_m28byte
+        | Code::Fstenv_m14byte
+        | Code::Finit
+        | Code::Fstcw_m2byte
+        | Code::Fstsw_m2byte
+        | Code::Fstsw_AX
+        | Code::Fclex
+        | Code::Fldenv_m14byte
+        | Code::Fldenv_m28byte => None,
         _ => Some("x87 arithmetic and environment state are not compared"),
     }
 }

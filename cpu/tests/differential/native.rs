@@ -119,7 +119,13 @@ fn build_stubs() -> Result<(Vec<u8>, Vec<u8>), iced_x86::IcedError> {
         a.mov(qword_ptr(host + 8 * k as u64), r)?;
     }
     a.stmxcsr(dword_ptr(host + 56))?;
-    // The x87 starts from FNINIT's state, as the emulator's CPU does.
+    // The x87 starts from FNINIT's state, as the emulator's CPU does, with every register
+    // holding +0.0 as the emulator's do (FNINIT empties the registers but keeps their
+    // contents, which an FLDENV that marks them valid exposes in the tag word).
+    a.fninit()?;
+    for _ in 0..8 {
+        a.fldz()?;
+    }
     a.fninit()?;
     // POPFQ first: nothing after it changes flags.
     a.mov(rsp, state_field(input + offset_of!(Regs, rflags)))?;
@@ -154,6 +160,7 @@ fn build_stubs() -> Result<(Vec<u8>, Vec<u8>), iced_x86::IcedError> {
     for (i, &x) in XMMS.iter().enumerate() {
         e.movdqu(xmmword_ptr(xmm(output, i)), x)?;
     }
+    e.fnstenv(ptr(state_field(output + offset_of!(Regs, x87env))))?;
     e.ldmxcsr(dword_ptr(host + 56))?;
     for (k, &r) in saved.iter().enumerate() {
         e.mov(r, qword_ptr(host + 8 * k as u64))?;

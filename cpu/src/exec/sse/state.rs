@@ -64,21 +64,45 @@ fn fx_area<B: Bus, O: Observer>(
     Ok(addr)
 }
 
-/// FXSAVE: x87 control/status/abridged tag, ST0-7, MXCSR and its mask, XMM registers. The
-/// last x87 opcode and instruction/data pointers are not modelled and saved as zero; bytes
-/// from 416 on (reserved and software-available) are left untouched.
+/// The last x87 opcode's bits in the FXSAVE image.
+const FOP_MASK: u64 = 0x7ff;
+
+/// The x87 stack top (FSW bits 11-13): ST(i) is physical register (TOP + i) mod 8.
+fn x87_top(fsw: u16) -> usize {
+    (fsw as usize >> 11) & 7
+}
+
+/// Whether an FXSAVE/FXRSTOR uses the 64-bit pointer layout (REX.W).
+fn wide_pointers(i: &Instruction) -> bool {
+    matches!(i.mnemonic(), Mnemonic::Fxsave64 | Mnemonic::Fxrstor64)
+}
+
+/// FXSAVE: x87 control/status/abridged tag, last opcode and instruction/data pointers (64-bit
+/// with REX.W; otherwise 32-bit offsets beside selectors, which the profile deprecates and
+/// stores as 0), ST0-7, MXCSR and its mask, XMM registers. Bytes from 416 on (reserved and
+/// software-available) are left untouched.
 fn fxsave<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResult {
     let addr = fx_area(x, i, Intent::Write)?;
     let s = x.cpu.state.clone();
     let at = |off: u64| addr.wrapping_add(off);
-    let head = s.fcw as u64 | (s.fsw as u64) << 16 | (s.ftw as u64) << 32;
+    let head = s.fcw as u64
+        | (s.fsw as u64) << 16
+        | (s.ftw as u64) << 32
+        | (s.fpu_op as u64 & FOP_MASK) << 48;
+    let (ip, dp) = if wide_pointers(i) {
+        (s.fpu_ip, s.fpu_dp)
+    } else {
+        (s.fpu_ip & 0xffff_ffff, s.fpu_dp & 0xffff_ffff)
+    };
     x.write(at(0), 8, head)?;
-    x.write(at(8), 8, 0)?;
-    x.write(at(16), 8, 0)?;
+    x.write(at(8), 8, ip)?;
+    x.write(at(16), 8, dp)?;
     let mx = s.mxcsr as u64 | (mxcsr::WRITABLE as u64) << 32;
     x.write(at(FX_MXCSR), 8, mx)?;
-    for (k, st) in s.st.iter().enumerate() {
-        // 80-bit register, then six reserved bytes written as zero.
+    let top = x87_top(s.fsw);
+    for k in 0..8 {
+        // ST(k), an 80-bit register, then six reserved bytes written as zero.
+        let st = s.st[(top + k) & 7];
         x.write_u128(at(FX_ST + 16 * k as u64), st & ((1u128 << 80) - 1))?;
     }
     for k in 0..xmm_count(x) {
@@ -93,13 +117,20 @@ fn fxrstor<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResu
     let addr = fx_area(x, i, Intent::Read)?;
     let at = |off: u64| addr.wrapping_add(off);
     let head = x.read(at(0), 8)?;
+    let mut ip = x.read(at(8), 8)?;
+    let mut dp = x.read(at(16), 8)?;
+    if !wide_pointers(i) {
+        (ip, dp) = (ip & 0xffff_ffff, dp & 0xffff_ffff);
+    }
     let mx = x.read(at(FX_MXCSR), 4)? as u32;
     if mx & !mxcsr::WRITABLE != 0 {
         return Err(Fault::GP0.into());
     }
+    // The image holds ST(0..7) in the order of the TOP it brings.
+    let top = x87_top((head >> 16) as u16);
     let mut st = [0u128; 8];
-    for (k, r) in st.iter_mut().enumerate() {
-        *r = x.read_u128(at(FX_ST + 16 * k as u64))? & ((1u128 << 80) - 1);
+    for k in 0..8 {
+        st[(top + k) & 7] = x.read_u128(at(FX_ST + 16 * k as u64))? & ((1u128 << 80) - 1);
     }
     let n = xmm_count(x);
     let mut xmm = x.cpu.state.xmm;
@@ -107,9 +138,14 @@ fn fxrstor<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResu
         *r = x.read_u128(at(FX_XMM + 16 * k as u64))?;
     }
     let s = &mut x.cpu.state;
-    s.fcw = head as u16;
+    s.fcw = crate::x87env::control_word(head as u16);
     s.fsw = (head >> 16) as u16;
     s.ftw = (head >> 32) as u8;
+    s.fpu_op = ((head >> 48) & FOP_MASK) as u16;
+    s.fpu_ip = ip;
+    s.fpu_dp = dp;
+    // ES and B follow the loaded exceptions and masks, whatever the image says.
+    crate::x87env::update_summary(s);
     s.st = st;
     s.mxcsr = mx;
     s.xmm = xmm;
