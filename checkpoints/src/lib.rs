@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 /// Bytes per stored page.
 pub const PAGE: usize = 4096;
 /// The version of the checkpoint file format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// File name extension of a checkpoint file.
 const EXT: &str = "ckpt";
 /// File name extension of a pack file.
@@ -108,6 +108,10 @@ pub struct Checkpoint {
     pub position: u64,
     /// How many input-log records had been consumed there (the replayer skips that many).
     pub log_index: u64,
+    /// Where the input-log chunk holding record `log_index` starts, so that a replay
+    /// resuming here jumps to it instead of reading every chunk before it (`None`: not
+    /// known, e.g. a checkpoint of format 3).
+    pub log_chunk: Option<LogChunk>,
     /// Every piece of machine state except RAM.
     pub state: MachineState,
     /// [`checkpoint_hash`] of the state and the page list: checked after restoring,
@@ -123,6 +127,53 @@ pub struct Checkpoint {
     /// Where each page of `pages` is stored: `(index into packs, byte offset, compressed
     /// length)`, in the same order as `pages`.
     pub places: Vec<PagePlace>,
+}
+
+/// Where an input-log chunk starts (the log container's `ChunkStart`, which this crate
+/// cannot name: the log's crate depends on this one). Only a hint: the replayer checks the
+/// chunk found there against it (header, record index, hash chain) and reads the log from
+/// its start if they disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// File offset of the chunk's header.
+    pub offset: u64,
+    /// Index of the chunk (0-based).
+    pub chunk: u64,
+    /// Records in the chunks before it.
+    pub records: u64,
+    /// The log's hash chain value before this chunk.
+    pub chain: [u8; 32],
+}
+
+/// A checkpoint file of format 3 (no log chunk): still read.
+#[derive(Deserialize)]
+struct CheckpointV3 {
+    version: u32,
+    position: u64,
+    log_index: u64,
+    state: MachineState,
+    state_hash: [u8; 32],
+    ram_bytes: u64,
+    pages: Vec<(u64, [u8; 32])>,
+    packs: Vec<[u8; 32]>,
+    places: Vec<PagePlace>,
+}
+
+impl From<CheckpointV3> for Checkpoint {
+    fn from(c: CheckpointV3) -> Checkpoint {
+        Checkpoint {
+            version: c.version,
+            position: c.position,
+            log_index: c.log_index,
+            log_chunk: None,
+            state: c.state,
+            state_hash: c.state_hash,
+            ram_bytes: c.ram_bytes,
+            pages: c.pages,
+            packs: c.packs,
+            places: c.places,
+        }
+    }
 }
 
 /// Where a checkpoint's page is stored: `(index into its pack list, byte offset in that
@@ -168,6 +219,8 @@ pub struct Restored {
     pub position: u64,
     /// Input-log records consumed at that position.
     pub log_index: u64,
+    /// Where the log chunk holding record `log_index` starts, if the checkpoint says.
+    pub log_chunk: Option<LogChunk>,
     /// Its file name.
     pub name: String,
 }
@@ -369,13 +422,14 @@ impl Store {
         }
     }
 
-    /// Take a checkpoint of `machine`, which has consumed `log_index` input-log records.
-    /// Starts a new dirty-page stretch of the machine ([`Machine::take_dirty_pages`]),
+    /// Take a checkpoint of `machine`, which has consumed `log_index` input-log records
+    /// (the next of which lies in the log chunk `log_chunk`, if known). Starts a new dirty-page stretch of the machine ([`Machine::take_dirty_pages`]),
     /// which is why it takes the machine mutably; nothing the guest sees changes.
     pub fn save<I: Inputs>(
         &self,
         machine: &mut Machine<I>,
         log_index: u64,
+        log_chunk: Option<LogChunk>,
     ) -> Result<SaveStats, CheckpointError> {
         let pages_dir = self.pages_dir();
         fs::create_dir_all(&pages_dir).map_err(io_err(&pages_dir))?;
@@ -422,6 +476,7 @@ impl Store {
             version: FORMAT_VERSION,
             position,
             log_index,
+            log_chunk,
             state,
             state_hash,
             ram_bytes: ram.len() as u64,
@@ -429,15 +484,7 @@ impl Store {
             packs,
             places,
         };
-        let mut body = postcard::to_stdvec(&cp).map_err(|e| CheckpointError::Damaged {
-            checkpoint: checkpoint_name(position),
-            what: format!("cannot encode: {e}"),
-        })?;
-        let h = blake3::hash(&body);
-        body.extend_from_slice(h.as_bytes());
-        let path = self.dir.join(checkpoint_name(position));
-        write_atomic(&path, &body)?;
-        stats.bytes_written += body.len() as u64;
+        stats.bytes_written += self.rewrite(&cp)?;
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastRam {
             ram: dirty.ram,
             next_epoch: dirty.epoch + 1,
@@ -550,14 +597,19 @@ impl Store {
         if blake3::hash(body).as_bytes() != sum {
             return Err(damaged("file fails its hash".into()));
         }
-        let cp: Checkpoint =
-            postcard::from_bytes(body).map_err(|e| damaged(format!("cannot decode: {e}")))?;
-        if cp.version != FORMAT_VERSION {
-            return Err(damaged(format!(
-                "format version {} (this reprise reads {FORMAT_VERSION})",
-                cp.version
-            )));
+        // Every format starts with its version.
+        let (version, _) = postcard::take_from_bytes::<u32>(body)
+            .map_err(|e| damaged(format!("cannot decode: {e}")))?;
+        let cp: Checkpoint = match version {
+            FORMAT_VERSION => postcard::from_bytes(body),
+            3 => postcard::from_bytes::<CheckpointV3>(body).map(Checkpoint::from),
+            v => {
+                return Err(damaged(format!(
+                    "format version {v} (this reprise reads 3 to {FORMAT_VERSION})"
+                )))
+            }
         }
+        .map_err(|e| damaged(format!("cannot decode: {e}")))?;
         if cp.position != position {
             return Err(damaged(format!("holds position {}", cp.position)));
         }
@@ -567,6 +619,21 @@ impl Store {
             return Err(damaged("its page places do not match its pages".into()));
         }
         Ok(cp)
+    }
+
+    /// Write `cp` as its checkpoint file (replacing the one at its position), sealed with
+    /// its hash: for tools and tests that edit a checkpoint. The pages it lists must be in
+    /// the store already.
+    pub fn rewrite(&self, cp: &Checkpoint) -> Result<u64, CheckpointError> {
+        let mut body = postcard::to_stdvec(cp).map_err(|e| CheckpointError::Damaged {
+            checkpoint: checkpoint_name(cp.position),
+            what: format!("cannot encode: {e}"),
+        })?;
+        let h = blake3::hash(&body);
+        body.extend_from_slice(h.as_bytes());
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        write_atomic(&self.dir.join(checkpoint_name(cp.position)), &body)?;
+        Ok(body.len() as u64)
     }
 
     /// Read page `n` of checkpoint `name` from `pack` (opened once per restore, in
@@ -691,6 +758,7 @@ impl Store {
         Ok(Restored {
             position: cp.position,
             log_index: cp.log_index,
+            log_chunk: cp.log_chunk,
             name,
         })
     }

@@ -32,14 +32,14 @@ fn restore_gives_back_the_same_machine_and_pages_are_shared() {
     let store = temp_store("same");
     let mut m = machine();
     scribble(&mut m, 1, 100);
-    let first = store.save(&mut m, 3).unwrap();
+    let first = store.save(&mut m, 3, None).unwrap();
     assert!(first.pages >= 8);
     assert_eq!(first.new_pages, first.pages);
     let hash_at_100 = m.state_hash();
     // One page changes: the second checkpoint adds one page.
     m.ram_mut().write_u64(0x2000 * 3 + 8, 77);
     m.cpus_mut()[0].state.retired = 200;
-    let second = store.save(&mut m, 5).unwrap();
+    let second = store.save(&mut m, 5, None).unwrap();
     assert_eq!((second.pages, second.new_pages), (first.pages, 1));
     assert_eq!(store.positions(), vec![100, 200]);
 
@@ -63,13 +63,13 @@ fn damaged_pages_and_files_are_reported_and_skipped() {
     let store = temp_store("damaged");
     let mut m = machine();
     scribble(&mut m, 1, 100);
-    store.save(&mut m, 0).unwrap();
+    store.save(&mut m, 0, None).unwrap();
     let good = m.state_hash();
     m.ram_mut().write_u64(0x2000 * 5 + 8, 1234);
     m.cpus_mut()[0].state.retired = 200;
-    store.save(&mut m, 0).unwrap();
+    store.save(&mut m, 0, None).unwrap();
     m.cpus_mut()[0].state.retired = 300;
-    store.save(&mut m, 0).unwrap();
+    store.save(&mut m, 0, None).unwrap();
 
     // Checkpoint 300: its file loses a byte in the middle.
     let p300 = store.dir().join(checkpoint_name(300));
@@ -114,7 +114,7 @@ fn damaged_pages_and_files_are_reported_and_skipped() {
 fn a_checkpoint_of_another_machine_is_refused() {
     let store = temp_store("mismatch");
     let mut m = machine();
-    store.save(&mut m, 0).unwrap();
+    store.save(&mut m, 0, None).unwrap();
     let mut other = Machine::new(
         MachineConfig::new(2, 32 << 20),
         ScriptedInputs::new(),
@@ -133,7 +133,7 @@ fn a_second_checkpoint_hashes_only_the_pages_written_since() {
     let store = temp_store("incremental").check_dirty(true);
     let mut m = machine();
     scribble(&mut m, 1, 100);
-    let first = store.save(&mut m, 0).unwrap();
+    let first = store.save(&mut m, 0, None).unwrap();
     assert_eq!(
         first.hashed, first.pages,
         "the first checkpoint hashes everything"
@@ -143,7 +143,7 @@ fn a_second_checkpoint_hashes_only_the_pages_written_since() {
     m.ram_mut().write_u64(0x2000 * 4 + 8, 0);
     m.ram_mut().write_u64(0x7f_f000, 5);
     m.cpus_mut()[0].state.retired = 200;
-    let second = store.save(&mut m, 0).unwrap();
+    let second = store.save(&mut m, 0, None).unwrap();
     assert_eq!(second.hashed, 3);
     assert_eq!(second.pages, first.pages);
     assert_eq!(
@@ -153,18 +153,18 @@ fn a_second_checkpoint_hashes_only_the_pages_written_since() {
     );
     // Nothing written: nothing hashed.
     m.cpus_mut()[0].state.retired = 300;
-    assert_eq!(store.save(&mut m, 0).unwrap().hashed, 0);
+    assert_eq!(store.save(&mut m, 0, None).unwrap().hashed, 0);
 
     // After a restore the keys are known: the next checkpoint hashes only new writes.
     let mut n = machine();
     store.restore(&mut n, 200).unwrap();
     n.ram_mut().write_u64(0x10_0000, 1);
     n.cpus_mut()[0].state.retired = 250;
-    assert_eq!(store.save(&mut n, 0).unwrap().hashed, 1);
+    assert_eq!(store.save(&mut n, 0, None).unwrap().hashed, 1);
     // Another machine saved into the same store is hashed in full.
     let mut other = machine();
     scribble(&mut other, 2, 400);
-    let s = store.save(&mut other, 0).unwrap();
+    let s = store.save(&mut other, 0, None).unwrap();
     assert_eq!(s.hashed, s.pages);
     let _ = fs::remove_dir_all(store.dir());
 }
@@ -174,11 +174,11 @@ fn the_dirty_check_catches_a_write_that_escaped_the_bitmap() {
     let store = temp_store("missed").check_dirty(true);
     let mut m = machine();
     scribble(&mut m, 1, 100);
-    store.save(&mut m, 0).unwrap();
+    store.save(&mut m, 0, None).unwrap();
     // The CPU's path: not marked by itself (a CPU marks through its TLB).
     m.ram_mut().cpu_slice()[0x3_4567] = 1;
     m.cpus_mut()[0].state.retired = 200;
-    match store.save(&mut m, 0) {
+    match store.save(&mut m, 0, None) {
         Err(CheckpointError::DirtyMissed { position, pages }) => {
             assert_eq!((position, pages), (200, vec![0x34]));
         }
@@ -187,10 +187,10 @@ fn the_dirty_check_catches_a_write_that_escaped_the_bitmap() {
     // Without the check the same miss goes unnoticed (which is why the check exists).
     let unchecked = temp_store("missed-unchecked").check_dirty(false);
     let mut m = machine();
-    let before = unchecked.save(&mut m, 0).unwrap().pages;
+    let before = unchecked.save(&mut m, 0, None).unwrap().pages;
     m.ram_mut().cpu_slice()[0x3_4567] = 1;
     m.cpus_mut()[0].state.retired = 1;
-    assert_eq!(unchecked.save(&mut m, 0).unwrap().pages, before);
+    assert_eq!(unchecked.save(&mut m, 0, None).unwrap().pages, before);
     let _ = fs::remove_dir_all(store.dir());
     let _ = fs::remove_dir_all(unchecked.dir());
 }
@@ -227,12 +227,12 @@ fn new_pages_of_a_checkpoint_go_into_one_pack_and_a_new_store_finds_them() {
     let store = temp_store("packs");
     let mut m = machine();
     scribble(&mut m, 1, 100);
-    let first = store.save(&mut m, 0).unwrap();
+    let first = store.save(&mut m, 0, None).unwrap();
     // Two identical pages: stored once.
     m.ram_mut().write_u64(0x40_0000, 42);
     m.ram_mut().write_u64(0x40_1000, 42);
     m.cpus_mut()[0].state.retired = 200;
-    let second = store.save(&mut m, 0).unwrap();
+    let second = store.save(&mut m, 0, None).unwrap();
     assert_eq!(second.new_pages, 1);
     let (_, _, packs) = store.size();
     assert_eq!(packs, 2, "one pack per checkpoint that added pages");
@@ -241,7 +241,7 @@ fn new_pages_of_a_checkpoint_go_into_one_pack_and_a_new_store_finds_them() {
     // Another process's store (a fresh `Store` on the folder) reuses the stored pages.
     let again = Store::new(store.dir());
     m.cpus_mut()[0].state.retired = 300;
-    let third = again.save(&mut m, 0).unwrap();
+    let third = again.save(&mut m, 0, None).unwrap();
     assert_eq!((third.new_pages, third.pages), (0, first.pages + 2));
     let mut n = machine();
     again.restore(&mut n, 300).unwrap();

@@ -162,12 +162,18 @@ pub fn record<I: Inputs + 'static>(
         if r.outcome != RunOutcome::InstructionLimit || next >= limit {
             break r;
         }
-        let (failed, logged) = {
+        let (failed, logged, chunk) = {
             let r = recorder.borrow();
-            (r.error().is_some(), r.counts().total())
+            (r.error().is_some(), r.counts().total(), r.log_chunk())
         };
         if !failed {
-            store.save(&mut machine, logged)?;
+            let chunk = chunk.map(|c| reprise_checkpoints::LogChunk {
+                offset: c.offset,
+                chunk: c.chunk,
+                records: c.records,
+                chain: c.chain,
+            });
+            store.save(&mut machine, logged, chunk)?;
             checkpoints += 1;
         }
     };

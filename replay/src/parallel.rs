@@ -374,12 +374,20 @@ impl<S: Clone + PartialEq + Send + Sync, W> Ctx<'_, S, W> {
         if from == 0 {
             return Ok(booted);
         }
-        let mut warn = |e: &reprise_checkpoints::CheckpointError| warnings.push(e.to_string());
+        let mut warn = |e: &reprise_checkpoints::CheckpointError| {
+            warnings.push(format!("{e} (skipped; an earlier checkpoint was used)"))
+        };
         match self
             .store
             .restore_latest(&mut booted.machine, from, &mut warn)
         {
-            Some(restored) if !booted.replayer.borrow_mut().skip_to(restored.log_index) => {
+            Some(restored)
+                if !booted.replayer.borrow_mut().jump_to(
+                    restored.log_index,
+                    restored.log_chunk.map(crate::seek::chunk_start).as_ref(),
+                    &mut |w| warnings.push(format!("checkpoint {}: {w}", restored.name)),
+                ) =>
+            {
                 return Err(ReplayError::Unsupported(format!(
                     "checkpoint {} says {} log records were consumed, the log has fewer",
                     restored.name, restored.log_index
