@@ -147,7 +147,7 @@ fn a_second_checkpoint_hashes_only_the_pages_written_since() {
     assert_eq!(second.hashed, 3);
     assert_eq!(second.pages, first.pages);
     assert_eq!(
-        store.load(200).unwrap().pages,
+        store.page_list(200).unwrap(),
         page_keys(m.ram().as_slice()),
         "incremental keys == full keys"
     );
@@ -236,8 +236,11 @@ fn new_pages_of_a_checkpoint_go_into_one_pack_and_a_new_store_finds_them() {
     assert_eq!(second.new_pages, 1);
     let (_, _, packs) = store.size();
     assert_eq!(packs, 2, "one pack per checkpoint that added pages");
+    // Its file lists only the two new pages (a delta against checkpoint 100), both in
+    // the new pack.
     let cp = store.load(200).unwrap();
-    assert_eq!(cp.packs.len(), 2);
+    assert_eq!((cp.packs.len(), cp.pages.len()), (1, 2));
+    assert_eq!(cp.base.map(|b| b.position), Some(100));
     // Another process's store (a fresh `Store` on the folder) reuses the stored pages.
     let again = Store::new(store.dir());
     m.cpus_mut()[0].state.retired = 300;
@@ -246,5 +249,171 @@ fn new_pages_of_a_checkpoint_go_into_one_pack_and_a_new_store_finds_them() {
     let mut n = machine();
     again.restore(&mut n, 300).unwrap();
     assert_eq!(n.ram().read_u64(0x40_1000), Some(42));
+    let _ = fs::remove_dir_all(store.dir());
+}
+
+/// A machine saved `n` times with one page changed (and every fifth time one page zeroed)
+/// between checkpoints; returns the state hash at each position (100, 200, ...).
+fn chain_of(store: &Store, n: u64) -> (Machine<ScriptedInputs>, Vec<(u64, [u8; 32])>) {
+    let mut m = machine();
+    scribble(&mut m, 1, 100);
+    let mut hashes = Vec::new();
+    for k in 1..=n {
+        m.cpus_mut()[0].state.retired = k * 100;
+        m.ram_mut().write_u64(0x10_0000 + k * 0x1000, k);
+        if k % 5 == 0 {
+            m.ram_mut().write_u64(0x2000 * (k / 5) + 8, 0);
+        }
+        store.save(&mut m, k, None).unwrap();
+        hashes.push((k * 100, *m.state_hash().as_bytes()));
+    }
+    (m, hashes)
+}
+
+#[test]
+fn checkpoint_files_list_the_changes_and_chains_stay_bounded() {
+    let store = temp_store("delta");
+    let n = u64::from(CHAIN_LIMIT) * 2 + 3;
+    let (_, hashes) = chain_of(&store, n);
+    for (i, &(p, hash)) in hashes.iter().enumerate() {
+        let cp = store.load(p).unwrap();
+        // A full list every CHAIN_LIMIT checkpoints, deltas against the previous between.
+        assert_eq!(cp.depth, i as u32 % CHAIN_LIMIT, "at {p}");
+        if cp.depth > 0 {
+            assert_eq!(cp.base.unwrap().position, p - 100);
+            assert!(cp.pages.len() <= 1, "at {p}: {:?}", cp.pages);
+        } else {
+            assert!(cp.pages.len() >= 8);
+        }
+        if i > 0 && (i + 1) % 5 == 0 && cp.depth > 0 {
+            assert_eq!(cp.zeroed.len(), 1, "at {p}");
+        }
+        let mut fresh = machine();
+        store.restore(&mut fresh, p).unwrap();
+        assert_eq!(fresh.state_hash().as_bytes(), &hash, "at {p}");
+        assert_eq!(
+            store.page_list(p).unwrap(),
+            page_keys(fresh.ram().as_slice())
+        );
+    }
+    let _ = fs::remove_dir_all(store.dir());
+}
+
+#[test]
+fn a_damaged_link_makes_the_checkpoints_above_it_unusable_and_an_older_one_is_used() {
+    let store = temp_store("link");
+    let (_, hashes) = chain_of(&store, 6);
+    // Checkpoint 300 (a delta) loses a byte: 400..600 depend on it.
+    let p300 = store.dir().join(checkpoint_name(300));
+    let mut bytes = fs::read(&p300).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    fs::write(&p300, &bytes).unwrap();
+    let mut m = machine();
+    let mut warnings = Vec::new();
+    let r = store
+        .restore_latest(&mut m, 600, &mut |e| warnings.push(e.to_string()))
+        .unwrap();
+    assert_eq!(r.position, 200);
+    assert_eq!(m.state_hash().as_bytes(), &hashes[1].1);
+    assert_eq!(warnings.len(), 4, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&checkpoint_name(600)) && warnings[0].contains("unusable"),
+        "{warnings:?}"
+    );
+    assert!(warnings[3].contains(&checkpoint_name(300)) && warnings[3].contains("hash"));
+
+    // A base replaced by a valid file with other contents: the link's hash catches it.
+    let store = temp_store("link2");
+    let (_, hashes) = chain_of(&store, 4);
+    let mut cp = store.load(200).unwrap();
+    cp.log_index += 1;
+    store.rewrite(&cp).unwrap();
+    let mut m = machine();
+    let mut warnings = Vec::new();
+    let r = store
+        .restore_latest(&mut m, 400, &mut |e| warnings.push(e.to_string()))
+        .unwrap();
+    // 200 itself is still whole (its own hash and state hash hold).
+    assert_eq!(r.position, 200);
+    assert_eq!(m.state_hash().as_bytes(), &hashes[1].1);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("has changed since"), "{warnings:?}");
+    let _ = fs::remove_dir_all(store.dir());
+}
+
+#[test]
+fn older_formats_are_reported_as_older() {
+    let store = temp_store("old");
+    fs::create_dir_all(store.dir()).unwrap();
+    let mut body = postcard::to_stdvec(&(2u32, 100u64, 0u64)).unwrap();
+    let h = blake3::hash(&body);
+    body.extend_from_slice(h.as_bytes());
+    fs::write(store.dir().join(checkpoint_name(100)), body).unwrap();
+    match store.load(100) {
+        Err(e @ CheckpointError::OldFormat { version: 2, .. }) => {
+            assert!(e.to_string().contains("older"), "{e}");
+        }
+        other => panic!("expected OldFormat, got {other:?}"),
+    }
+    let mut m = machine();
+    let mut warnings = 0;
+    assert!(store
+        .restore_latest(&mut m, 100, &mut |_| warnings += 1)
+        .is_none());
+    assert_eq!(warnings, 1);
+    let _ = fs::remove_dir_all(store.dir());
+}
+
+#[test]
+fn a_background_writer_writes_the_same_checkpoints() {
+    let sync = temp_store("writer-sync");
+    let (_, hashes) = chain_of(&sync, 10);
+    let store = temp_store("writer");
+    let mut w = Writer::new(store.clone(), 2);
+    let mut m = machine();
+    scribble(&mut m, 1, 100);
+    for k in 1..=10u64 {
+        m.cpus_mut()[0].state.retired = k * 100;
+        m.ram_mut().write_u64(0x10_0000 + k * 0x1000, k);
+        if k % 5 == 0 {
+            m.ram_mut().write_u64(0x2000 * (k / 5) + 8, 0);
+        }
+        w.save(&mut m, k, None).unwrap();
+    }
+    let (written, totals) = w.finish().unwrap();
+    assert_eq!(written, 10);
+    assert!(totals.new_pages >= 18);
+    for (p, hash) in hashes {
+        assert_eq!(store.load(p).unwrap(), sync.load(p).unwrap(), "at {p}");
+        let mut fresh = machine();
+        store.restore(&mut fresh, p).unwrap();
+        assert_eq!(fresh.state_hash().as_bytes(), &hash);
+    }
+    let _ = fs::remove_dir_all(store.dir());
+    let _ = fs::remove_dir_all(sync.dir());
+}
+
+#[test]
+fn a_background_writer_reports_a_failed_write() {
+    let store = temp_store("writer-fail");
+    // A file where the pages folder should be: every write fails.
+    fs::create_dir_all(store.dir()).unwrap();
+    fs::write(store.dir().join("pages"), b"in the way").unwrap();
+    let mut w = Writer::new(store.clone(), 1);
+    let mut m = machine();
+    scribble(&mut m, 1, 100);
+    let first = w.save(&mut m, 0, None);
+    assert!(first.is_ok(), "the copy is queued; the write fails later");
+    // Reported by the next save or by finish, whichever comes first.
+    m.cpus_mut()[0].state.retired = 200;
+    let failed = match w.save(&mut m, 0, None) {
+        Err(e) => Some(e),
+        Ok(()) => w.finish().err(),
+    };
+    assert!(
+        matches!(failed, Some(CheckpointError::Io { .. })),
+        "{failed:?}"
+    );
     let _ = fs::remove_dir_all(store.dir());
 }
