@@ -59,7 +59,7 @@ fn inner(args: &BisectArgs) -> anyhow::Result<i32> {
     };
     progress.finish();
     for w in &outcome.warnings {
-        eprintln!("reprise: warning: skipped damaged {w}");
+        eprintln!("reprise: warning: {w}");
     }
     let mut out = std::io::stdout().lock();
     let code = match outcome.found {

@@ -133,7 +133,7 @@ pub fn segment_jobs(rec: &Path, jobs: Option<usize>) -> usize {
 /// Say on stderr how a replay in segments went.
 pub fn note_segments(stats: &SegmentStats) {
     for w in &stats.warnings {
-        eprintln!("reprise: warning: {w} (skipped; an earlier checkpoint was used)");
+        eprintln!("reprise: warning: {w}");
     }
     eprintln!(
         "reprise: replayed in {} segments{}",

@@ -56,7 +56,7 @@ fn inner(args: &SeekArgs) -> anyhow::Result<i32> {
         return Ok(status::INTERRUPTED);
     }
     for w in &report.warnings {
-        eprintln!("reprise: warning: skipped damaged {w}");
+        eprintln!("reprise: warning: {w}");
     }
     let text = describe_state(&mut r.machine, mem, args.json);
     let mut out = std::io::stdout().lock();

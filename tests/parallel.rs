@@ -34,7 +34,9 @@ fn recording() -> &'static PathBuf {
     })
 }
 
-/// `replay --trace` with `jobs` threads; the trace's and its index's bytes, the console.
+/// `replay --trace` with `jobs` threads; the trace's and its index's bytes, the console
+/// followed by the replay's event counts (input events replayed, sync points verified:
+/// the whole run's, whatever the segments).
 fn traced(rec: &Path, name: &str, jobs: usize, options: &[&str]) -> (Vec<u8>, Vec<u8>, String) {
     let trace = scratch_dir().join(format!("{name}-{jobs}.trace"));
     let index = PathBuf::from(format!("{}.idx", trace.display()));
@@ -57,7 +59,14 @@ fn traced(rec: &Path, name: &str, jobs: usize, options: &[&str]) -> (Vec<u8>, Ve
     }
     let t = std::fs::read(&trace).expect("the trace");
     let i = std::fs::read(&index).unwrap_or_default();
-    (t, i, r.stdout)
+    let counts = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("input events replayed"))
+        .and_then(|l| l.split(" s, ").nth(1))
+        .and_then(|rest| rest.split(", final state").next())
+        .expect("the replay's summary line");
+    (t, i, format!("{}\n{counts}", r.stdout))
 }
 
 fn same_trace_whatever_the_jobs(name: &str, options: &[&str]) {

@@ -206,3 +206,69 @@ fn ctrl_c_stops_a_traced_replay_cleanly() {
     ]);
     assert_eq!(p.status, 0, "{p:?}");
 }
+
+#[test]
+fn a_checkpoint_jumps_to_its_log_chunk_and_a_wrong_offset_falls_back_with_a_warning() {
+    // Frequent sync records make a log of several chunks.
+    let dir = scratch_dir().join("compute-log-jump");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.display().to_string();
+    let r = reprise(&[
+        "record",
+        "-o",
+        &d,
+        "--sync-every",
+        "300",
+        "--checkpoint-every",
+        "200000",
+        &fixture_path("compute-small").display().to_string(),
+    ]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let store = reprise_checkpoints::Store::new(&dir.join("checkpoints"));
+    // The latest checkpoint whose log chunk is not the first: a jump skips chunks.
+    let cp = store
+        .positions()
+        .into_iter()
+        .rev()
+        .map(|p| store.load(p).unwrap())
+        .find(|c| c.log_chunk.is_some_and(|l| l.chunk > 0))
+        .expect("a checkpoint past the log's first chunk");
+    let at = cp.position + 12_345;
+    let straight = seek(&dir, at, &["--no-checkpoints"]).stdout;
+    let good = seek(&dir, at, &[]);
+    assert_eq!(good.stdout, straight);
+    assert!(!good.stderr.contains("warning"), "{good:?}");
+    assert!(
+        good.stderr.contains(&format!(
+            "(instruction {}): 12345 instructions",
+            cp.position
+        )),
+        "{good:?}"
+    );
+    // Each field of the stored chunk start made wrong in turn: detected, warned about, and
+    // the log read from its start instead; the state is still right.
+    for edit in 0..3 {
+        let mut bad = cp.clone();
+        let l = bad.log_chunk.as_mut().unwrap();
+        match edit {
+            0 => l.offset += 1,
+            1 => l.records += 1,
+            _ => l.chain[5] ^= 1,
+        }
+        store.rewrite(&bad).unwrap();
+        let r = seek(&dir, at, &[]);
+        assert_eq!(r.stdout, straight, "edit {edit}");
+        assert!(
+            r.stderr.contains("input-log chunk")
+                && r.stderr.contains("reading the log from the start"),
+            "edit {edit}: {r:?}"
+        );
+        assert!(
+            r.stderr.contains(&format!(
+                "(instruction {}): 12345 instructions",
+                cp.position
+            )),
+            "edit {edit}: {r:?}"
+        );
+    }
+}

@@ -6,9 +6,11 @@
 //! ```text
 //! REC/checkpoints/pages/<blake3 hex>.pack  the pages one checkpoint added to the store: LZ4
 //!                                          blocks back to back, named by the hash of the file
-//! REC/checkpoints/<position>.ckpt         one small file per checkpoint: position, log index,
-//!                                          state, state hash, the keys of its non-zero pages
-//!                                          and where each is stored (pack, offset, length)
+//! REC/checkpoints/<position>.ckpt         one small file per checkpoint: position, log index
+//!                                          and log chunk, state, state hash, and its page
+//!                                          list: the keys of its non-zero pages and where
+//!                                          each is stored (pack, offset, length), in full
+//!                                          or as the changes from an earlier checkpoint
 //! ```
 //!
 //! A page is identified by the blake3 hash of its bytes (its key): an unchanged page is
@@ -18,12 +20,24 @@
 //! and they are compressed with LZ4, several times faster than zstd's fastest levels for a
 //! somewhat larger store (a booted Linux guest's pages: zstd -3 took most of a
 //! checkpoint's time).
+//!
+//! Page lists as deltas: a booted Linux guest has ~19k non-zero pages, so a full list is
+//! ~0.8 MB, most of it the same from one checkpoint to the next. A checkpoint file
+//! therefore usually lists only the pages whose key changed since its *base* (the previous
+//! checkpoint this store wrote or restored), the pages that became zero, and the base's
+//! position and file hash. Restoring resolves the chain down to a checkpoint with a full
+//! list; every [`CHAIN_LIMIT`]-th checkpoint of a chain has a full list again, so a
+//! restore reads at most that many small files. A link that fails (a base missing,
+//! damaged, or rewritten with other bytes) makes the checkpoints above it unusable: they
+//! are reported and skipped like damaged ones, never restored wrongly.
+//!
 //! Every file is written to a temporary name and renamed into place, so a writer killed
 //! halfway never leaves a file that looks complete, and a pack named by its contents is
 //! never rewritten with other bytes; every file is checked on the way back in (a page
-//! against its key, a checkpoint file against the hash it carries, the restored machine
-//! against the state hash), so damaged data is reported and never restored:
-//! [`Store::restore_latest`] then falls back to the next earlier checkpoint.
+//! against its key, a checkpoint file against the hash it carries, a base against the hash
+//! its dependant names, the restored machine against the state hash), so damaged data is
+//! reported and never restored: [`Store::restore_latest`] then falls back to the next
+//! earlier checkpoint.
 //!
 //! Taking a checkpoint hashes only the pages written since the previous checkpoint of the
 //! same machine (the machine's dirty-page bitmap, [`Machine::take_dirty_pages`]) and
@@ -32,6 +46,12 @@
 //! variable `REPRISE_CHECK_DIRTY=1` (or [`Store::check_dirty`]) every checkpoint also
 //! hashes all of RAM and fails with [`CheckpointError::DirtyMissed`] if a written page
 //! escaped the bitmap.
+//!
+//! Taking a checkpoint is two steps: [`Store::snapshot`] copies what it needs (the state,
+//! and the pages written since the previous one) on the machine's thread, and
+//! [`Store::write`] hashes, compresses and writes them, needing nothing of the machine.
+//! [`Writer`] runs the second step on a thread of its own, so a recording pays only for
+//! the copy.
 #![warn(missing_docs)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,7 +59,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use reprise_devices::ram::DirtyPages;
 use reprise_devices::{Inputs, Machine, MachineState};
@@ -47,8 +67,19 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes per stored page.
 pub const PAGE: usize = 4096;
-/// The version of the checkpoint file format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+/// The version of the checkpoint file format this build writes. It also reads formats 3
+/// (no log chunk) and 4 (full page lists only).
+pub const FORMAT_VERSION: u32 = 5;
+/// The oldest format still read.
+const OLDEST_FORMAT: u32 = 3;
+/// A chain of page-list deltas is at most this long: the checkpoint after `CHAIN_LIMIT - 1`
+/// deltas lists every page again. Bounds what a restore reads (one full list and at most
+/// `CHAIN_LIMIT - 1` deltas) against what the files cost (one full list per that many
+/// checkpoints).
+pub const CHAIN_LIMIT: u32 = 8;
+/// The longest chain a reader follows (a guard against a damaged depth; longer than any
+/// chain [`CHAIN_LIMIT`] lets a writer make).
+const MAX_CHAIN: u32 = 64;
 /// File name extension of a checkpoint file.
 const EXT: &str = "ckpt";
 /// File name extension of a pack file.
@@ -65,13 +96,22 @@ pub enum CheckpointError {
         /// The error.
         source: std::io::Error,
     },
-    /// A checkpoint's data fails its hash, or cannot be decoded.
+    /// A checkpoint's data fails its hash, or cannot be decoded, or a checkpoint its page
+    /// list depends on is unusable.
     #[error("checkpoint {checkpoint}: {what}")]
     Damaged {
         /// The checkpoint file's name.
         checkpoint: String,
         /// What is wrong (names the page when a page is).
         what: String,
+    },
+    /// The file was written in a format this build does not read.
+    #[error("checkpoint {checkpoint}: format version {version} is older than this reprise reads ({OLDEST_FORMAT} to {FORMAT_VERSION}); `reprise checkpoint` makes new ones")]
+    OldFormat {
+        /// The checkpoint file's name.
+        checkpoint: String,
+        /// The version it holds.
+        version: u32,
     },
     /// The dirty-page check found pages whose contents changed but that the machine's
     /// dirty-page bitmap did not report (a bug in reprise: some path writes RAM unmarked).
@@ -108,22 +148,129 @@ pub struct Checkpoint {
     pub position: u64,
     /// How many input-log records had been consumed there (the replayer skips that many).
     pub log_index: u64,
+    /// Where the input-log chunk holding record `log_index` starts, so that a replay
+    /// resuming here jumps to it instead of reading every chunk before it (`None`: not
+    /// known, e.g. a checkpoint of format 3).
+    pub log_chunk: Option<LogChunk>,
     /// Every piece of machine state except RAM.
     pub state: MachineState,
-    /// [`checkpoint_hash`] of the state and the page list: checked after restoring,
-    /// against the restored machine's own state and RAM.
+    /// [`checkpoint_hash`] of the state and the (resolved, full) page list: checked after
+    /// restoring, against the restored machine's own state and RAM.
     pub state_hash: [u8; 32],
     /// RAM size in bytes.
     pub ram_bytes: u64,
-
-    /// `(page number, blake3 of its bytes)` of every non-zero page, in address order.
+    /// The checkpoint whose page list `pages` and `zeroed` change; `None`: `pages` lists
+    /// every non-zero page.
+    pub base: Option<BaseRef>,
+    /// How many bases lie below this checkpoint (0 without a base).
+    pub depth: u32,
+    /// `(page number, blake3 of its bytes)` in address order: of every non-zero page
+    /// (without a base), or of the pages whose key differs from the base's (with one).
     pub pages: Vec<(u64, [u8; 32])>,
-    /// The names (blake3 of their bytes) of the pack files holding those pages.
+    /// Pages non-zero in the base and zero here, ascending (empty without a base).
+    pub zeroed: Vec<u64>,
+    /// The names (blake3 of their bytes) of the pack files holding the pages of `pages`.
     pub packs: Vec<[u8; 32]>,
     /// Where each page of `pages` is stored: `(index into packs, byte offset, compressed
     /// length)`, in the same order as `pages`.
     pub places: Vec<PagePlace>,
 }
+
+/// The checkpoint a page-list delta applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// Its position (always earlier than the dependant's).
+    pub position: u64,
+    /// The blake3 hash of its file's body (the hash the file ends with): a base rewritten
+    /// with other contents breaks the link instead of being used.
+    pub file_hash: [u8; 32],
+}
+
+/// Where an input-log chunk starts (the log container's `ChunkStart`, which this crate
+/// cannot name: the log's crate depends on this one). Only a hint: the replayer checks the
+/// chunk found there against it (header, record index, hash chain) and reads the log from
+/// its start if they disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// File offset of the chunk's header.
+    pub offset: u64,
+    /// Index of the chunk (0-based).
+    pub chunk: u64,
+    /// Records in the chunks before it.
+    pub records: u64,
+    /// The log's hash chain value before this chunk.
+    pub chain: [u8; 32],
+}
+
+/// A checkpoint file of format 3 (no log chunk, a full page list): still read.
+#[derive(Deserialize)]
+struct CheckpointV3 {
+    version: u32,
+    position: u64,
+    log_index: u64,
+    state: MachineState,
+    state_hash: [u8; 32],
+    ram_bytes: u64,
+    pages: Vec<(u64, [u8; 32])>,
+    packs: Vec<[u8; 32]>,
+    places: Vec<PagePlace>,
+}
+
+/// A checkpoint file of format 4 (a full page list): still read.
+#[derive(Deserialize)]
+struct CheckpointV4 {
+    version: u32,
+    position: u64,
+    log_index: u64,
+    log_chunk: Option<LogChunk>,
+    state: MachineState,
+    state_hash: [u8; 32],
+    ram_bytes: u64,
+    pages: Vec<(u64, [u8; 32])>,
+    packs: Vec<[u8; 32]>,
+    places: Vec<PagePlace>,
+}
+
+impl From<CheckpointV4> for Checkpoint {
+    fn from(c: CheckpointV4) -> Checkpoint {
+        Checkpoint {
+            version: c.version,
+            position: c.position,
+            log_index: c.log_index,
+            log_chunk: c.log_chunk,
+            state: c.state,
+            state_hash: c.state_hash,
+            ram_bytes: c.ram_bytes,
+            base: None,
+            depth: 0,
+            pages: c.pages,
+            zeroed: Vec::new(),
+            packs: c.packs,
+            places: c.places,
+        }
+    }
+}
+
+impl From<CheckpointV3> for Checkpoint {
+    fn from(c: CheckpointV3) -> Checkpoint {
+        CheckpointV4 {
+            version: c.version,
+            position: c.position,
+            log_index: c.log_index,
+            log_chunk: None,
+            state: c.state,
+            state_hash: c.state_hash,
+            ram_bytes: c.ram_bytes,
+            pages: c.pages,
+            packs: c.packs,
+            places: c.places,
+        }
+        .into()
+    }
+}
+
+/// A page list: `(page number, key)` of pages in address order.
+type PageKeys = Vec<(u64, [u8; 32])>;
 
 /// Where a checkpoint's page is stored: `(index into its pack list, byte offset in that
 /// pack, compressed length)`.
@@ -147,7 +294,7 @@ struct Known {
     pages: HashMap<[u8; 32], Place>,
 }
 
-/// What [`Store::save`] did.
+/// What [`Store::write`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SaveStats {
     /// Non-zero pages in RAM.
@@ -159,6 +306,19 @@ pub struct SaveStats {
     /// Pages read and hashed: the pages written since the previous checkpoint of the same
     /// machine, or all of RAM's non-zero pages when there was none.
     pub hashed: u64,
+    /// Entries of the checkpoint file's page list (all pages, or the changes from its base).
+    pub listed: u64,
+}
+
+impl SaveStats {
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &SaveStats) {
+        self.pages += other.pages;
+        self.new_pages += other.new_pages;
+        self.bytes_written += other.bytes_written;
+        self.hashed += other.hashed;
+        self.listed += other.listed;
+    }
 }
 
 /// A checkpoint that was restored.
@@ -168,6 +328,8 @@ pub struct Restored {
     pub position: u64,
     /// Input-log records consumed at that position.
     pub log_index: u64,
+    /// Where the log chunk holding record `log_index` starts, if the checkpoint says.
+    pub log_chunk: Option<LogChunk>,
     /// Its file name.
     pub name: String,
 }
@@ -180,14 +342,19 @@ pub struct Store {
     /// checkpoint files present when it first saved) and where: a checkpoint stores only
     /// the pages missing from it. Shared by clones, which name the same folder.
     known: Arc<Mutex<Known>>,
-    /// The page keys of the RAM this store saved or restored last, so that the next
-    /// checkpoint of the same machine hashes only the pages written since.
+    /// The page keys of the RAM this store wrote or restored last, so that the next
+    /// checkpoint of the same machine hashes only the pages written since, and lists only
+    /// the changes.
     last: Arc<Mutex<Option<LastRam>>>,
+    /// The dirty-page stretch the next snapshot may copy alone: `(RAM, epoch)` of the
+    /// stretch after the last snapshot or restore. Set when a snapshot is taken (its write
+    /// may still be under way on another thread), cleared when a write fails.
+    expect: Arc<Mutex<Option<(u64, u64)>>>,
     /// Also hash all of RAM at every checkpoint and compare (see [`Store::check_dirty`]).
     check_dirty: bool,
 }
 
-/// What a store knows of the RAM it saved or restored last.
+/// What a store knows of the RAM it wrote or restored last.
 #[derive(Debug)]
 struct LastRam {
     /// [`DirtyPages::ram`] of that RAM.
@@ -197,6 +364,84 @@ struct LastRam {
     next_epoch: u64,
     /// The keys of its non-zero pages at the end of the previous stretch, in address order.
     pages: Vec<(u64, [u8; 32])>,
+    /// The checkpoint file holding exactly these keys, the base of the next delta.
+    checkpoint: Option<Link>,
+}
+
+/// A checkpoint file as a base: where, which bytes, how deep.
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    position: u64,
+    file_hash: [u8; 32],
+    depth: u32,
+}
+
+/// A checkpoint with its page list resolved through its chain of bases.
+struct Resolved {
+    /// The checkpoint file itself (its `pages` the delta, if it has a base).
+    cp: Checkpoint,
+    /// The hash its file ends with.
+    file_hash: [u8; 32],
+    /// Every non-zero page, in address order, and where each is stored.
+    pages: Vec<(u64, [u8; 32])>,
+    /// Where each page of `pages` is stored.
+    places: Vec<Place>,
+}
+
+/// Pages copied out of a machine's RAM: page numbers ascending, bytes back to back.
+#[derive(Debug, Default)]
+struct Copies {
+    numbers: Vec<u64>,
+    bytes: Vec<u8>,
+}
+
+impl Copies {
+    fn push(&mut self, n: u64, page: &[u8]) {
+        self.numbers.push(n);
+        self.bytes.extend_from_slice(page);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.numbers.iter().copied().zip(self.bytes.chunks(PAGE))
+    }
+
+    /// The copy of page `n`, if it was copied.
+    fn get(&self, n: u64) -> Option<&[u8]> {
+        let i = self.numbers.binary_search(&n).ok()?;
+        self.bytes.get(i * PAGE..(i + 1) * PAGE)
+    }
+}
+
+/// What a checkpoint needs of a machine, copied out of it by [`Store::snapshot`] on the
+/// machine's thread; [`Store::write`] (on any thread) turns it into the checkpoint.
+#[derive(Debug)]
+pub struct Snapshot {
+    position: u64,
+    log_index: u64,
+    log_chunk: Option<LogChunk>,
+    state: MachineState,
+    ram_bytes: u64,
+    /// [`DirtyPages::ram`] and [`DirtyPages::epoch`] of the stretch that ended here.
+    ram: u64,
+    epoch: u64,
+    /// `copies` holds every non-zero page (else: every page written in the stretch, zero
+    /// or not).
+    full: bool,
+    copies: Copies,
+    /// With the dirty check: the keys of all of RAM, from RAM itself.
+    check: Option<Vec<(u64, [u8; 32])>>,
+}
+
+impl Snapshot {
+    /// The position the checkpoint is of.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Bytes of page copies it holds.
+    pub fn copied_bytes(&self) -> u64 {
+        self.copies.bytes.len() as u64
+    }
 }
 
 /// The hash a checkpoint carries of the machine it holds: blake3 of the serialized state,
@@ -229,15 +474,23 @@ fn is_zero(page: &[u8]) -> bool {
 /// Pages the host never backed are zero and skipped without being read (reading would
 /// fault each one in).
 pub fn page_keys(ram: &[u8]) -> Vec<(u64, [u8; 32])> {
-    let backed = reprise_devices::machine::backed_pages(ram);
     let mut pages = Vec::new();
+    for_each_nonzero_page(ram, |n, page| {
+        pages.push((n, *blake3::hash(page).as_bytes()));
+    });
+    pages
+}
+
+/// Call `f` with every non-zero page of `ram` and its number, in address order, skipping
+/// the pages the host never backed without reading them.
+fn for_each_nonzero_page(ram: &[u8], mut f: impl FnMut(u64, &[u8])) {
+    let backed = reprise_devices::machine::backed_pages(ram);
     for (n, page) in ram.chunks(PAGE).enumerate() {
         if backed.as_ref().is_some_and(|b| b.get(n) == Some(&0)) || is_zero(page) {
             continue;
         }
-        pages.push((n as u64, *blake3::hash(page).as_bytes()));
+        f(n as u64, page);
     }
-    pages
 }
 
 /// The keys of RAM now, from its keys `before` a stretch and the pages `dirty` written
@@ -250,9 +503,22 @@ pub fn update_keys(
     dirty: &DirtyPages,
 ) -> Vec<(u64, [u8; 32])> {
     let total = (ram.len() / PAGE) as u64;
+    let written = dirty.iter().take_while(|&d| d < total).map(|d| {
+        let start = d as usize * PAGE;
+        (d, &ram[start..start + PAGE])
+    });
+    merge_written(before, written)
+}
+
+/// The keys after a stretch: `before`, with the pages of `written` (ascending page
+/// numbers, with their bytes now) hashed again, or dropped if now zero.
+fn merge_written<'a>(
+    before: &[(u64, [u8; 32])],
+    written: impl Iterator<Item = (u64, &'a [u8])>,
+) -> Vec<(u64, [u8; 32])> {
     let mut pages = Vec::with_capacity(before.len() + 64);
     let mut old = before.iter().peekable();
-    for d in dirty.iter().take_while(|&d| d < total) {
+    for (d, page) in written {
         while let Some(&&(n, key)) = old.peek() {
             if n >= d {
                 break;
@@ -263,8 +529,6 @@ pub fn update_keys(
         if old.peek().is_some_and(|(n, _)| *n == d) {
             old.next();
         }
-        let start = d as usize * PAGE;
-        let page = &ram[start..start + PAGE];
         if !is_zero(page) {
             pages.push((d, *blake3::hash(page).as_bytes()));
         }
@@ -275,20 +539,41 @@ pub fn update_keys(
 
 /// The page numbers whose keys differ between two key lists (each in address order).
 fn differing_pages(a: &[(u64, [u8; 32])], b: &[(u64, [u8; 32])]) -> Vec<u64> {
-    let keys = |v: &[(u64, [u8; 32])]| {
-        v.iter()
-            .copied()
-            .collect::<std::collections::BTreeMap<_, _>>()
-    };
-    let (a, b) = (keys(a), keys(b));
-    let mut pages: Vec<u64> = a
-        .iter()
-        .filter(|(n, k)| b.get(n) != Some(k))
-        .map(|(n, _)| *n)
-        .chain(b.keys().filter(|n| !a.contains_key(n)).copied())
-        .collect();
+    let (changed, zeroed) = key_delta(a, b);
+    let mut pages: Vec<u64> = changed.iter().map(|(n, _)| *n).chain(zeroed).collect();
     pages.sort_unstable();
     pages
+}
+
+/// How key list `after` differs from `before` (both in address order): the entries of
+/// `after` that `before` lacks or holds with another key, and the pages of `before` that
+/// `after` lacks (now zero).
+fn key_delta(
+    before: &[(u64, [u8; 32])],
+    after: &[(u64, [u8; 32])],
+) -> (Vec<(u64, [u8; 32])>, Vec<u64>) {
+    let (mut changed, mut zeroed) = (Vec::new(), Vec::new());
+    let mut old = before.iter().peekable();
+    for &(n, key) in after {
+        while let Some(&&(m, _)) = old.peek() {
+            if m >= n {
+                break;
+            }
+            zeroed.push(m);
+            old.next();
+        }
+        match old.peek() {
+            Some(&&(m, k)) if m == n => {
+                old.next();
+                if k != key {
+                    changed.push((n, key));
+                }
+            }
+            _ => changed.push((n, key)),
+        }
+    }
+    zeroed.extend(old.map(|(m, _)| *m));
+    (changed, zeroed)
 }
 
 /// The file name of the checkpoint at `position` (zero-padded so names sort by position).
@@ -314,6 +599,72 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// Apply a checkpoint's page-list delta (`cp.pages`/`cp.places` changed or new,
+/// `cp.zeroed` gone) to its base's resolved list. Checks the delta is in strict address
+/// order (a file that passed its hash but lists pages out of order was written wrongly).
+fn apply_delta(
+    name: &str,
+    base_pages: Vec<(u64, [u8; 32])>,
+    base_places: Vec<Place>,
+    cp: &Checkpoint,
+) -> Result<(PageKeys, Vec<Place>), CheckpointError> {
+    let damaged = |what: &str| CheckpointError::Damaged {
+        checkpoint: name.to_string(),
+        what: what.to_string(),
+    };
+    let ascending = |v: &[u64]| v.windows(2).all(|w| w[0] < w[1]);
+    let listed: Vec<u64> = cp.pages.iter().map(|p| p.0).collect();
+    if !ascending(&listed) || !ascending(&cp.zeroed) {
+        return Err(damaged("its page list is out of order"));
+    }
+    let mut pages = Vec::with_capacity(base_pages.len() + cp.pages.len());
+    let mut places = Vec::with_capacity(pages.capacity());
+    let mut changes = cp
+        .pages
+        .iter()
+        .zip(&cp.places)
+        .map(|(&(n, key), &(pack, offset, len))| {
+            // `load` checked every pack index.
+            let pack = cp.packs[pack as usize];
+            ((n, key), Place { pack, offset, len })
+        })
+        .peekable();
+    let mut zeroed = cp.zeroed.iter().copied().peekable();
+    for (entry, place) in base_pages.into_iter().zip(base_places) {
+        while let Some(&(c, p)) = changes.peek() {
+            if c.0 >= entry.0 {
+                break;
+            }
+            pages.push(c);
+            places.push(p);
+            changes.next();
+        }
+        if zeroed.peek() == Some(&entry.0) {
+            zeroed.next();
+            continue;
+        }
+        match changes.peek() {
+            Some(&(c, p)) if c.0 == entry.0 => {
+                pages.push(c);
+                places.push(p);
+                changes.next();
+            }
+            _ => {
+                pages.push(entry);
+                places.push(place);
+            }
+        }
+    }
+    for (c, p) in changes {
+        pages.push(c);
+        places.push(p);
+    }
+    if zeroed.next().is_some() {
+        return Err(damaged("it zeroes a page its base does not hold"));
+    }
+    Ok((pages, places))
+}
+
 impl Store {
     /// The store in folder `dir` (typically `REC/checkpoints`); created on the first save.
     pub fn new(dir: &Path) -> Store {
@@ -321,6 +672,7 @@ impl Store {
             dir: dir.to_path_buf(),
             known: Arc::default(),
             last: Arc::default(),
+            expect: Arc::default(),
             check_dirty: std::env::var_os("REPRISE_CHECK_DIRTY").is_some_and(|v| v == "1"),
         }
     }
@@ -348,7 +700,9 @@ impl Store {
 
     /// Learn the pages of the checkpoint files already present (once per store), so a
     /// checkpoint added to an existing recording stores only pages it does not hold.
-    /// Damaged checkpoint files are passed over: their pages are simply stored again.
+    /// Every page a checkpoint's resolved list holds is listed by some file of its chain,
+    /// so reading each file's own list is enough. Damaged checkpoint files are passed
+    /// over: their pages are simply stored again.
     fn index_existing(&self, known: &mut Known) {
         if known.indexed {
             return;
@@ -369,90 +723,196 @@ impl Store {
         }
     }
 
-    /// Take a checkpoint of `machine`, which has consumed `log_index` input-log records.
-    /// Starts a new dirty-page stretch of the machine ([`Machine::take_dirty_pages`]),
-    /// which is why it takes the machine mutably; nothing the guest sees changes.
+    /// Take a checkpoint of `machine`, which has consumed `log_index` input-log records
+    /// (the next of which lies in the log chunk `log_chunk`, if known): [`Store::snapshot`]
+    /// then [`Store::write`]. Starts a new dirty-page stretch of the machine
+    /// ([`Machine::take_dirty_pages`]), which is why it takes the machine mutably; nothing
+    /// the guest sees changes.
     pub fn save<I: Inputs>(
         &self,
         machine: &mut Machine<I>,
         log_index: u64,
+        log_chunk: Option<LogChunk>,
     ) -> Result<SaveStats, CheckpointError> {
-        let pages_dir = self.pages_dir();
-        fs::create_dir_all(&pages_dir).map_err(io_err(&pages_dir))?;
+        let snap = self.snapshot(machine, log_index, log_chunk);
+        self.write(snap)
+    }
+
+    /// Copy what a checkpoint of `machine` needs: its state and the pages written since
+    /// the previous snapshot or restore of it through this store (all its non-zero pages
+    /// when there was none, or when most of RAM was written). A plain copy, so the
+    /// machine's thread spends little; [`Store::write`] does the rest. Snapshots of one
+    /// machine must be written in the order they were taken.
+    pub fn snapshot<I: Inputs>(
+        &self,
+        machine: &mut Machine<I>,
+        log_index: u64,
+        log_chunk: Option<LogChunk>,
+    ) -> Snapshot {
         let dirty = machine.take_dirty_pages();
-        // Taken out, so that a save failing below leaves no stale keys behind: the next
-        // one then hashes everything.
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut expect = self.expect.lock().unwrap_or_else(|e| e.into_inner());
         let ram = machine.ram().as_slice();
         let total = (ram.len() / PAGE) as u64;
-        let mut stats = SaveStats::default();
-        let written = dirty.count();
-        let pages = match last {
-            // Most of RAM written (a restore, a loader): the full pass is as cheap and
-            // skips the pages the host never backed without reading them.
-            Some(l) if l.ram == dirty.ram && l.next_epoch == dirty.epoch && written * 2 < total => {
-                stats.hashed = written;
-                update_keys(ram, &l.pages, &dirty)
+        // Most of RAM written (a restore, a loader): the full copy is as cheap and skips
+        // the pages the host never backed without reading them.
+        let incremental =
+            *expect == Some((dirty.ram, dirty.epoch)) && dirty.count().saturating_mul(2) < total;
+        let mut copies = Copies::default();
+        if incremental {
+            for d in dirty.iter().take_while(|&d| d < total) {
+                let start = d as usize * PAGE;
+                copies.push(d, &ram[start..start + PAGE]);
             }
-            _ => {
-                let pages = page_keys(ram);
-                stats.hashed = pages.len() as u64;
-                pages
+        } else {
+            for_each_nonzero_page(ram, |n, page| copies.push(n, page));
+        }
+        *expect = Some((dirty.ram, dirty.epoch + 1));
+        drop(expect);
+        Snapshot {
+            position: machine.instructions(),
+            log_index,
+            log_chunk,
+            state: machine.state(),
+            ram_bytes: ram.len() as u64,
+            ram: dirty.ram,
+            epoch: dirty.epoch,
+            full: !incremental,
+            copies,
+            check: self.check_dirty.then(|| page_keys(ram)),
+        }
+    }
+
+    /// Turn `snap` into a checkpoint: hash its pages, store the ones the store lacks (one
+    /// new pack), write the checkpoint file (a delta against the previous checkpoint this
+    /// store wrote or restored, when the chain is short enough). A checkpoint file already
+    /// at that position holding the same machine (same state hash) and usable is kept, so
+    /// that checkpoints depending on it stay usable.
+    pub fn write(&self, snap: Snapshot) -> Result<SaveStats, CheckpointError> {
+        let r = self.write_inner(snap);
+        if r.is_err() {
+            // The keys are unknown now: the next snapshot copies everything.
+            *self.expect.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        r
+    }
+
+    fn write_inner(&self, snap: Snapshot) -> Result<SaveStats, CheckpointError> {
+        let name = checkpoint_name(snap.position);
+        let pages_dir = self.pages_dir();
+        fs::create_dir_all(&pages_dir).map_err(io_err(&pages_dir))?;
+        // Taken out, so that a write failing below leaves no stale keys behind.
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut stats = SaveStats {
+            hashed: snap.copies.numbers.len() as u64,
+            ..SaveStats::default()
+        };
+        let pages = if snap.full {
+            snap.copies
+                .iter()
+                .map(|(n, page)| (n, *blake3::hash(page).as_bytes()))
+                .collect()
+        } else {
+            match &last {
+                Some(l) if l.ram == snap.ram && l.next_epoch == snap.epoch => {
+                    merge_written(&l.pages, snap.copies.iter())
+                }
+                _ => {
+                    return Err(CheckpointError::Damaged {
+                        checkpoint: name,
+                        what: "the previous checkpoint of this machine was not written, so the pages it did not see are unknown".into(),
+                    })
+                }
             }
         };
-        if self.check_dirty {
-            let full = page_keys(ram);
-            if full != pages {
+        if let Some(full) = &snap.check {
+            if *full != pages {
                 return Err(CheckpointError::DirtyMissed {
-                    position: machine.instructions(),
-                    pages: differing_pages(&full, &pages),
+                    position: snap.position,
+                    pages: differing_pages(full, &pages),
                 });
             }
         }
         stats.pages = pages.len() as u64;
+        let state_hash = *checkpoint_hash(&snap.state, &pages).as_bytes();
+        let next_epoch = snap.epoch + 1;
+        if let Ok(existing) = self.resolve(snap.position) {
+            if existing.cp.state_hash == state_hash && existing.cp.ram_bytes == snap.ram_bytes {
+                *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastRam {
+                    ram: snap.ram,
+                    next_epoch,
+                    pages,
+                    checkpoint: Some(Link {
+                        position: snap.position,
+                        file_hash: existing.file_hash,
+                        depth: existing.cp.depth,
+                    }),
+                });
+                return Ok(stats);
+            }
+        }
+        // The base: the checkpoint whose keys `last` holds, if earlier and the chain
+        // below it short enough.
+        let base = last.as_ref().and_then(|l| {
+            let link = l.checkpoint?;
+            (link.position < snap.position && link.depth + 1 < CHAIN_LIMIT)
+                .then_some((link, &l.pages))
+        });
+        let (listed, zeroed, depth, base) = match base {
+            Some((link, before)) => {
+                let (changed, zeroed) = key_delta(before, &pages);
+                let base = BaseRef {
+                    position: link.position,
+                    file_hash: link.file_hash,
+                };
+                (changed, zeroed, link.depth + 1, Some(base))
+            }
+            None => (pages.clone(), Vec::new(), 0, None),
+        };
+        stats.listed = listed.len() as u64;
         let (packs, places) = {
             let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
             self.index_existing(&mut known);
-            self.store_pages(&mut known, ram, &pages, &mut stats)?
+            self.store_pages(&name, &mut known, &snap.copies, &listed, &mut stats)?
         };
-        let position = machine.instructions();
-        let state = machine.state();
-        let state_hash = *checkpoint_hash(&state, &pages).as_bytes();
         let cp = Checkpoint {
             version: FORMAT_VERSION,
-            position,
-            log_index,
-            state,
+            position: snap.position,
+            log_index: snap.log_index,
+            log_chunk: snap.log_chunk,
+            state: snap.state,
             state_hash,
-            ram_bytes: ram.len() as u64,
-            pages,
+            ram_bytes: snap.ram_bytes,
+            base,
+            depth,
+            pages: listed,
+            zeroed,
             packs,
             places,
         };
-        let mut body = postcard::to_stdvec(&cp).map_err(|e| CheckpointError::Damaged {
-            checkpoint: checkpoint_name(position),
-            what: format!("cannot encode: {e}"),
-        })?;
-        let h = blake3::hash(&body);
-        body.extend_from_slice(h.as_bytes());
-        let path = self.dir.join(checkpoint_name(position));
-        write_atomic(&path, &body)?;
-        stats.bytes_written += body.len() as u64;
+        let (bytes, file_hash) = self.write_file(&cp)?;
+        stats.bytes_written += bytes;
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastRam {
-            ram: dirty.ram,
-            next_epoch: dirty.epoch + 1,
-            pages: cp.pages,
+            ram: snap.ram,
+            next_epoch,
+            pages,
+            checkpoint: Some(Link {
+                position: cp.position,
+                file_hash,
+                depth,
+            }),
         });
         Ok(stats)
     }
 
-    /// Find or store every page of `pages` (keys of `ram`'s pages): pages the store lacks
-    /// are compressed into one new pack file. Returns the checkpoint's pack list and the
-    /// place of each page. `known` learns the new pages only once their pack is written.
+    /// Find or store every page of `pages` (keys of pages whose bytes the store holds or
+    /// `copies` has): pages the store lacks are compressed into one new pack file. Returns
+    /// the checkpoint's pack list and the place of each page. `known` learns the new pages
+    /// only once their pack is written.
     fn store_pages(
         &self,
+        name: &str,
         known: &mut Known,
-        ram: &[u8],
+        copies: &Copies,
         pages: &[(u64, [u8; 32])],
         stats: &mut SaveStats,
     ) -> Result<(Vec<[u8; 32]>, Vec<PagePlace>), CheckpointError> {
@@ -478,11 +938,15 @@ impl Store {
                 places.push((NEW, offset, len));
                 continue;
             }
-            let start = *n as usize * PAGE;
-            let page = &ram[start..start + PAGE];
+            // A page the store lacks was written since the previous checkpoint, so it was
+            // copied (unless the store lost track of a page it held: refuse, never guess).
+            let page = copies.get(*n).ok_or_else(|| CheckpointError::Damaged {
+                checkpoint: name.to_string(),
+                what: format!("page {n:#x} is neither in the store nor copied"),
+            })?;
             let size = lz4_flex::block::compress_into(page, &mut buf).map_err(|e| {
                 CheckpointError::Damaged {
-                    checkpoint: checkpoint_name(0),
+                    checkpoint: name.to_string(),
                     what: format!("page {n:#x}: cannot compress: {e}"),
                 }
             })?;
@@ -534,8 +998,14 @@ impl Store {
         v
     }
 
-    /// Read and check the checkpoint file at `position`.
+    /// Read and check the checkpoint file at `position` (the file alone: its page list may
+    /// be a delta; [`Store::page_list`] resolves it).
     pub fn load(&self, position: u64) -> Result<Checkpoint, CheckpointError> {
+        self.load_hashed(position).map(|(cp, _)| cp)
+    }
+
+    /// [`Store::load`], with the hash the file ends with.
+    fn load_hashed(&self, position: u64) -> Result<(Checkpoint, [u8; 32]), CheckpointError> {
         let name = checkpoint_name(position);
         let path = self.dir.join(&name);
         let data = fs::read(&path).map_err(io_err(&path))?;
@@ -547,17 +1017,30 @@ impl Store {
             return Err(damaged("file is truncated".into()));
         }
         let (body, sum) = data.split_at(data.len() - 32);
-        if blake3::hash(body).as_bytes() != sum {
+        let hash = blake3::hash(body);
+        if hash.as_bytes() != sum {
             return Err(damaged("file fails its hash".into()));
         }
-        let cp: Checkpoint =
-            postcard::from_bytes(body).map_err(|e| damaged(format!("cannot decode: {e}")))?;
-        if cp.version != FORMAT_VERSION {
-            return Err(damaged(format!(
-                "format version {} (this reprise reads {FORMAT_VERSION})",
-                cp.version
-            )));
+        // Every format starts with its version.
+        let (version, _) = postcard::take_from_bytes::<u32>(body)
+            .map_err(|e| damaged(format!("cannot decode: {e}")))?;
+        let cp: Checkpoint = match version {
+            FORMAT_VERSION => postcard::from_bytes(body),
+            4 => postcard::from_bytes::<CheckpointV4>(body).map(Checkpoint::from),
+            3 => postcard::from_bytes::<CheckpointV3>(body).map(Checkpoint::from),
+            v if v < OLDEST_FORMAT => {
+                return Err(CheckpointError::OldFormat {
+                    checkpoint: name.clone(),
+                    version: v,
+                })
+            }
+            v => {
+                return Err(damaged(format!(
+                    "format version {v} is newer than this reprise reads ({OLDEST_FORMAT} to {FORMAT_VERSION})"
+                )))
+            }
         }
+        .map_err(|e| damaged(format!("cannot decode: {e}")))?;
         if cp.position != position {
             return Err(damaged(format!("holds position {}", cp.position)));
         }
@@ -566,7 +1049,116 @@ impl Store {
         {
             return Err(damaged("its page places do not match its pages".into()));
         }
-        Ok(cp)
+        if cp.base.is_some() != (cp.depth > 0) || (cp.base.is_none() && !cp.zeroed.is_empty()) {
+            return Err(damaged("its base and depth disagree".into()));
+        }
+        Ok((cp, *hash.as_bytes()))
+    }
+
+    /// Load the checkpoint at `position` and resolve its page list through its chain of
+    /// bases (each file checked against its own hash and the hash its dependant names).
+    /// Reads no page.
+    fn resolve(&self, position: u64) -> Result<Resolved, CheckpointError> {
+        let name = checkpoint_name(position);
+        let mut chain: Vec<(Checkpoint, [u8; 32])> = Vec::new();
+        let mut at = position;
+        loop {
+            let (cp, hash) = self.load_hashed(at).map_err(|e| {
+                if at == position {
+                    e
+                } else {
+                    CheckpointError::Damaged {
+                        checkpoint: name.clone(),
+                        what: format!("its page list depends on an unusable checkpoint: {e}"),
+                    }
+                }
+            })?;
+            let broken = |what: String| CheckpointError::Damaged {
+                checkpoint: name.clone(),
+                what,
+            };
+            if let Some((above, _)) = chain.last() {
+                let base = above.base.as_ref().map(|b| b.file_hash);
+                if base != Some(hash) {
+                    return Err(broken(format!(
+                        "its page list depends on checkpoint {}, which has changed since",
+                        checkpoint_name(at)
+                    )));
+                }
+                if cp.depth + 1 != above.depth || cp.ram_bytes != above.ram_bytes {
+                    return Err(broken(format!(
+                        "its base {} does not fit it",
+                        checkpoint_name(at)
+                    )));
+                }
+            }
+            let below = cp.base.map(|b| b.position);
+            chain.push((cp, hash));
+            match below {
+                None => break,
+                Some(p) if p < at && chain.len() < MAX_CHAIN as usize => at = p,
+                Some(_) => return Err(broken("its chain of bases is malformed".into())),
+            }
+        }
+        let (bottom, bottom_hash) = chain.pop().unwrap_or_else(|| unreachable!());
+        let places = bottom
+            .places
+            .iter()
+            .map(|&(pack, offset, len)| Place {
+                // `load` checked every pack index.
+                pack: bottom.packs[pack as usize],
+                offset,
+                len,
+            })
+            .collect();
+        let mut resolved = Resolved {
+            pages: bottom.pages.clone(),
+            places,
+            cp: bottom,
+            file_hash: bottom_hash,
+        };
+        while let Some((cp, hash)) = chain.pop() {
+            let (pages, places) = apply_delta(
+                &checkpoint_name(cp.position),
+                std::mem::take(&mut resolved.pages),
+                std::mem::take(&mut resolved.places),
+                &cp,
+            )?;
+            resolved = Resolved {
+                cp,
+                file_hash: hash,
+                pages,
+                places,
+            };
+        }
+        Ok(resolved)
+    }
+
+    /// The keys of every non-zero page of the checkpoint at `position`, in address order
+    /// (its page list resolved through its bases).
+    pub fn page_list(&self, position: u64) -> Result<Vec<(u64, [u8; 32])>, CheckpointError> {
+        self.resolve(position).map(|r| r.pages)
+    }
+
+    /// Write `cp` as its checkpoint file (replacing the one at its position), sealed with
+    /// its hash: for tools and tests that edit a checkpoint. The pages it lists must be in
+    /// the store already. Checkpoints whose page lists depend on the one replaced become
+    /// unusable unless the bytes are the same.
+    pub fn rewrite(&self, cp: &Checkpoint) -> Result<u64, CheckpointError> {
+        self.write_file(cp).map(|(bytes, _)| bytes)
+    }
+
+    /// Write `cp`'s file: `(bytes written, the hash it ends with)`.
+    fn write_file(&self, cp: &Checkpoint) -> Result<(u64, [u8; 32]), CheckpointError> {
+        let mut body = postcard::to_stdvec(cp).map_err(|e| CheckpointError::Damaged {
+            checkpoint: checkpoint_name(cp.position),
+            what: format!("cannot encode: {e}"),
+        })?;
+        let h = *blake3::hash(&body).as_bytes();
+        body.extend_from_slice(&h);
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        write_atomic(&self.dir.join(checkpoint_name(cp.position)), &body)?;
+        Ok((body.len() as u64, h))
     }
 
     /// Read page `n` of checkpoint `name` from `pack` (opened once per restore, in
@@ -575,14 +1167,14 @@ impl Store {
         &self,
         name: &str,
         (n, key): (u64, &[u8; 32]),
-        pack: &[u8; 32],
-        (offset, len): (u64, u32),
+        place: &Place,
         open: &mut BTreeMap<[u8; 32], fs::File>,
     ) -> Result<Vec<u8>, CheckpointError> {
         let damaged = |what: String| CheckpointError::Damaged {
             checkpoint: name.to_string(),
             what: format!("page {n:#x} ({}): {what}", hex(key)),
         };
+        let pack = &place.pack;
         let file = match open.entry(*pack) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
@@ -594,11 +1186,14 @@ impl Store {
         };
         // A compressed page is never much larger than the page (a sane bound for a
         // damaged length).
-        if len as usize > 2 * PAGE {
-            return Err(damaged(format!("stored length {len} is impossible")));
+        if place.len as usize > 2 * PAGE {
+            return Err(damaged(format!(
+                "stored length {} is impossible",
+                place.len
+            )));
         }
-        let mut z = vec![0u8; len as usize];
-        file.read_exact_at(&mut z, offset)
+        let mut z = vec![0u8; place.len as usize];
+        file.read_exact_at(&mut z, place.offset)
             .map_err(|e| damaged(format!("pack {}: {e}", hex(pack))))?;
         let mut page = vec![0u8; PAGE];
         let size =
@@ -610,16 +1205,22 @@ impl Store {
     }
 
     /// Restore the checkpoint at `position` into `machine` (built with the same
-    /// configuration). Every page is read and checked before the machine is touched, and
-    /// the restored machine's state hash is checked after; on error the machine may have
-    /// been changed only in the last case, and must then be restored again.
+    /// configuration). Its page list is resolved through its bases, and every page is read
+    /// and checked before the machine is touched; the restored machine's state hash is
+    /// checked after. On error the machine may have been changed only in the last case,
+    /// and must then be restored again.
     pub fn restore<I: Inputs>(
         &self,
         machine: &mut Machine<I>,
         position: u64,
     ) -> Result<Restored, CheckpointError> {
         let name = checkpoint_name(position);
-        let cp = self.load(position)?;
+        let Resolved {
+            cp,
+            file_hash,
+            pages,
+            places,
+        } = self.resolve(position)?;
         if cp.ram_bytes != machine.ram().len() {
             return Err(CheckpointError::Mismatch {
                 checkpoint: name,
@@ -630,18 +1231,16 @@ impl Store {
                 ),
             });
         }
-        let mut data = Vec::with_capacity(cp.pages.len());
+        let mut data = Vec::with_capacity(pages.len());
         let mut open = BTreeMap::new();
-        for ((n, key), &(pack, offset, len)) in cp.pages.iter().zip(&cp.places) {
+        for ((n, key), place) in pages.iter().zip(&places) {
             if (n + 1) * PAGE as u64 > cp.ram_bytes {
                 return Err(CheckpointError::Damaged {
                     checkpoint: name,
                     what: format!("page {n:#x} lies outside RAM"),
                 });
             }
-            // `load` checked every pack index.
-            let pack = cp.packs[pack as usize];
-            data.push(self.read_page(&name, (*n, key), &pack, (offset, len), &mut open)?);
+            data.push(self.read_page(&name, (*n, key), place, &mut open)?);
         }
         machine
             .set_state(&cp.state)
@@ -651,12 +1250,7 @@ impl Store {
             })?;
         let backed = reprise_devices::machine::backed_pages(machine.ram().as_slice());
         let ram = machine.ram_mut().as_mut_slice();
-        let mut listed = cp
-            .pages
-            .iter()
-            .map(|(n, _)| *n as usize)
-            .zip(data)
-            .peekable();
+        let mut listed = pages.iter().map(|(n, _)| *n as usize).zip(data).peekable();
         for (n, dst) in ram.chunks_mut(PAGE).enumerate() {
             match listed.peek() {
                 Some((m, _)) if *m == n => {
@@ -681,16 +1275,24 @@ impl Store {
             });
         }
         // The hash just proved RAM's keys are the checkpoint's: a checkpoint taken later
-        // from this machine needs to hash only the pages written after this point.
+        // from this machine needs to hash only the pages written after this point, and can
+        // list only what changed since this one.
         let dirty = machine.take_dirty_pages();
+        *self.expect.lock().unwrap_or_else(|e| e.into_inner()) = Some((dirty.ram, dirty.epoch + 1));
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastRam {
             ram: dirty.ram,
             next_epoch: dirty.epoch + 1,
-            pages: cp.pages,
+            pages,
+            checkpoint: Some(Link {
+                position,
+                file_hash,
+                depth: cp.depth,
+            }),
         });
         Ok(Restored {
             position: cp.position,
             log_index: cp.log_index,
+            log_chunk: cp.log_chunk,
             name,
         })
     }
@@ -727,6 +1329,145 @@ impl Store {
         let (files, _) = sum(&self.dir);
         let (pages, count) = sum(&self.pages_dir());
         (files, pages, count)
+    }
+}
+
+/// What a [`Writer`]'s thread shares with its owner.
+#[derive(Debug, Default)]
+struct WriterState {
+    /// The first write that failed (later snapshots are then dropped unwritten).
+    error: Option<CheckpointError>,
+    /// Checkpoints written, and their statistics added up.
+    written: u64,
+    totals: SaveStats,
+}
+
+/// Takes checkpoints with the hashing, compression and writing on a thread of its own:
+/// [`Writer::save`] copies what the checkpoint needs ([`Store::snapshot`]) on the
+/// caller's (the machine's) thread and queues it. Nothing flows back into the machine, so
+/// the run is the same as with [`Store::save`]. The queue is bounded: a writer that falls
+/// behind makes `save` wait rather than hold ever more page copies. A failed write is
+/// reported by the next `save` or by [`Writer::finish`], never lost; dropping the writer
+/// waits for the queued checkpoints too.
+#[derive(Debug)]
+pub struct Writer {
+    store: Store,
+    queue: Option<mpsc::SyncSender<Snapshot>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    state: Arc<Mutex<WriterState>>,
+}
+
+impl Writer {
+    /// A writer into `store`, holding at most `queue` snapshots besides the one being
+    /// written.
+    pub fn new(store: Store, queue: usize) -> Writer {
+        let (tx, rx) = mpsc::sync_channel::<Snapshot>(queue);
+        let state = Arc::new(Mutex::new(WriterState::default()));
+        let (s, shared) = (store.clone(), state.clone());
+        let thread = std::thread::Builder::new()
+            .name("checkpoint writer".into())
+            .spawn(move || {
+                for snap in rx {
+                    let failed = shared
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .error
+                        .is_some();
+                    if failed {
+                        continue;
+                    }
+                    let r = s.write(snap);
+                    let mut st = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    match r {
+                        Ok(stats) => {
+                            st.written += 1;
+                            st.totals.add(&stats);
+                        }
+                        Err(e) => st.error = Some(e),
+                    }
+                }
+            });
+        // Without a thread (the system refused one) checkpoints are written in `save`.
+        let (queue, thread) = match thread {
+            Ok(t) => (Some(tx), Some(t)),
+            Err(_) => (None, None),
+        };
+        Writer {
+            store,
+            queue,
+            thread,
+            state,
+        }
+    }
+
+    /// The error of a write that failed since the last call, if any.
+    fn take_error(&self) -> Result<(), CheckpointError> {
+        match self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .error
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Take a checkpoint of `machine` (as [`Store::save`]): copy now, write on the
+    /// writer's thread. Fails with the error of an earlier checkpoint's write, if one
+    /// failed (this one is then not taken).
+    pub fn save<I: Inputs>(
+        &mut self,
+        machine: &mut Machine<I>,
+        log_index: u64,
+        log_chunk: Option<LogChunk>,
+    ) -> Result<(), CheckpointError> {
+        self.take_error()?;
+        let snap = self.store.snapshot(machine, log_index, log_chunk);
+        let Some(queue) = &self.queue else {
+            let stats = self.store.write(snap)?;
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.written += 1;
+            st.totals.add(&stats);
+            return Ok(());
+        };
+        if queue.send(snap).is_err() {
+            // The thread is gone: it panicked (a bug), or failed and ended.
+            self.take_error()?;
+            return Err(CheckpointError::Damaged {
+                checkpoint: checkpoint_name(machine.instructions()),
+                what: "the checkpoint writer stopped".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Wait for every queued checkpoint to be written: how many were and what they did
+    /// in all, or the first error.
+    pub fn finish(mut self) -> Result<(u64, SaveStats), CheckpointError> {
+        let panicked = self.stop();
+        self.take_error()?;
+        if panicked {
+            return Err(CheckpointError::Damaged {
+                checkpoint: String::new(),
+                what: "the checkpoint writer stopped unexpectedly".into(),
+            });
+        }
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((st.written, st.totals))
+    }
+
+    /// Close the queue and wait for the thread; true if it panicked.
+    fn stop(&mut self) -> bool {
+        self.queue = None;
+        self.thread.take().is_some_and(|t| t.join().is_err())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

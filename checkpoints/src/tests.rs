@@ -32,14 +32,14 @@ fn restore_gives_back_the_same_machine_and_pages_are_shared() {
     let store = temp_store("same");
     let mut m = machine();
     scribble(&mut m, 1, 100);
-    let first = store.save(&mut m, 3).unwrap();
+    let first = store.save(&mut m, 3, None).unwrap();
     assert!(first.pages >= 8);
     assert_eq!(first.new_pages, first.pages);
     let hash_at_100 = m.state_hash();
     // One page changes: the second checkpoint adds one page.
     m.ram_mut().write_u64(0x2000 * 3 + 8, 77);
     m.cpus_mut()[0].state.retired = 200;
-    let second = store.save(&mut m, 5).unwrap();
+    let second = store.save(&mut m, 5, None).unwrap();
     assert_eq!((second.pages, second.new_pages), (first.pages, 1));
     assert_eq!(store.positions(), vec![100, 200]);
 
@@ -63,13 +63,13 @@ fn damaged_pages_and_files_are_reported_and_skipped() {
     let store = temp_store("damaged");
     let mut m = machine();
     scribble(&mut m, 1, 100);
-    store.save(&mut m, 0).unwrap();
+    store.save(&mut m, 0, None).unwrap();
     let good = m.state_hash();
     m.ram_mut().write_u64(0x2000 * 5 + 8, 1234);
     m.cpus_mut()[0].state.retired = 200;
-    store.save(&mut m, 0).unwrap();
+    store.save(&mut m, 0, None).unwrap();
     m.cpus_mut()[0].state.retired = 300;
-    store.save(&mut m, 0).unwrap();
+    store.save(&mut m, 0, None).unwrap();
 
     // Checkpoint 300: its file loses a byte in the middle.
     let p300 = store.dir().join(checkpoint_name(300));
@@ -114,7 +114,7 @@ fn damaged_pages_and_files_are_reported_and_skipped() {
 fn a_checkpoint_of_another_machine_is_refused() {
     let store = temp_store("mismatch");
     let mut m = machine();
-    store.save(&mut m, 0).unwrap();
+    store.save(&mut m, 0, None).unwrap();
     let mut other = Machine::new(
         MachineConfig::new(2, 32 << 20),
         ScriptedInputs::new(),
@@ -133,7 +133,7 @@ fn a_second_checkpoint_hashes_only_the_pages_written_since() {
     let store = temp_store("incremental").check_dirty(true);
     let mut m = machine();
     scribble(&mut m, 1, 100);
-    let first = store.save(&mut m, 0).unwrap();
+    let first = store.save(&mut m, 0, None).unwrap();
     assert_eq!(
         first.hashed, first.pages,
         "the first checkpoint hashes everything"
@@ -143,28 +143,28 @@ fn a_second_checkpoint_hashes_only_the_pages_written_since() {
     m.ram_mut().write_u64(0x2000 * 4 + 8, 0);
     m.ram_mut().write_u64(0x7f_f000, 5);
     m.cpus_mut()[0].state.retired = 200;
-    let second = store.save(&mut m, 0).unwrap();
+    let second = store.save(&mut m, 0, None).unwrap();
     assert_eq!(second.hashed, 3);
     assert_eq!(second.pages, first.pages);
     assert_eq!(
-        store.load(200).unwrap().pages,
+        store.page_list(200).unwrap(),
         page_keys(m.ram().as_slice()),
         "incremental keys == full keys"
     );
     // Nothing written: nothing hashed.
     m.cpus_mut()[0].state.retired = 300;
-    assert_eq!(store.save(&mut m, 0).unwrap().hashed, 0);
+    assert_eq!(store.save(&mut m, 0, None).unwrap().hashed, 0);
 
     // After a restore the keys are known: the next checkpoint hashes only new writes.
     let mut n = machine();
     store.restore(&mut n, 200).unwrap();
     n.ram_mut().write_u64(0x10_0000, 1);
     n.cpus_mut()[0].state.retired = 250;
-    assert_eq!(store.save(&mut n, 0).unwrap().hashed, 1);
+    assert_eq!(store.save(&mut n, 0, None).unwrap().hashed, 1);
     // Another machine saved into the same store is hashed in full.
     let mut other = machine();
     scribble(&mut other, 2, 400);
-    let s = store.save(&mut other, 0).unwrap();
+    let s = store.save(&mut other, 0, None).unwrap();
     assert_eq!(s.hashed, s.pages);
     let _ = fs::remove_dir_all(store.dir());
 }
@@ -174,11 +174,11 @@ fn the_dirty_check_catches_a_write_that_escaped_the_bitmap() {
     let store = temp_store("missed").check_dirty(true);
     let mut m = machine();
     scribble(&mut m, 1, 100);
-    store.save(&mut m, 0).unwrap();
+    store.save(&mut m, 0, None).unwrap();
     // The CPU's path: not marked by itself (a CPU marks through its TLB).
     m.ram_mut().cpu_slice()[0x3_4567] = 1;
     m.cpus_mut()[0].state.retired = 200;
-    match store.save(&mut m, 0) {
+    match store.save(&mut m, 0, None) {
         Err(CheckpointError::DirtyMissed { position, pages }) => {
             assert_eq!((position, pages), (200, vec![0x34]));
         }
@@ -187,10 +187,10 @@ fn the_dirty_check_catches_a_write_that_escaped_the_bitmap() {
     // Without the check the same miss goes unnoticed (which is why the check exists).
     let unchecked = temp_store("missed-unchecked").check_dirty(false);
     let mut m = machine();
-    let before = unchecked.save(&mut m, 0).unwrap().pages;
+    let before = unchecked.save(&mut m, 0, None).unwrap().pages;
     m.ram_mut().cpu_slice()[0x3_4567] = 1;
     m.cpus_mut()[0].state.retired = 1;
-    assert_eq!(unchecked.save(&mut m, 0).unwrap().pages, before);
+    assert_eq!(unchecked.save(&mut m, 0, None).unwrap().pages, before);
     let _ = fs::remove_dir_all(store.dir());
     let _ = fs::remove_dir_all(unchecked.dir());
 }
@@ -227,24 +227,193 @@ fn new_pages_of_a_checkpoint_go_into_one_pack_and_a_new_store_finds_them() {
     let store = temp_store("packs");
     let mut m = machine();
     scribble(&mut m, 1, 100);
-    let first = store.save(&mut m, 0).unwrap();
+    let first = store.save(&mut m, 0, None).unwrap();
     // Two identical pages: stored once.
     m.ram_mut().write_u64(0x40_0000, 42);
     m.ram_mut().write_u64(0x40_1000, 42);
     m.cpus_mut()[0].state.retired = 200;
-    let second = store.save(&mut m, 0).unwrap();
+    let second = store.save(&mut m, 0, None).unwrap();
     assert_eq!(second.new_pages, 1);
     let (_, _, packs) = store.size();
     assert_eq!(packs, 2, "one pack per checkpoint that added pages");
+    // Its file lists only the two new pages (a delta against checkpoint 100), both in
+    // the new pack.
     let cp = store.load(200).unwrap();
-    assert_eq!(cp.packs.len(), 2);
+    assert_eq!((cp.packs.len(), cp.pages.len()), (1, 2));
+    assert_eq!(cp.base.map(|b| b.position), Some(100));
     // Another process's store (a fresh `Store` on the folder) reuses the stored pages.
     let again = Store::new(store.dir());
     m.cpus_mut()[0].state.retired = 300;
-    let third = again.save(&mut m, 0).unwrap();
+    let third = again.save(&mut m, 0, None).unwrap();
     assert_eq!((third.new_pages, third.pages), (0, first.pages + 2));
     let mut n = machine();
     again.restore(&mut n, 300).unwrap();
     assert_eq!(n.ram().read_u64(0x40_1000), Some(42));
+    let _ = fs::remove_dir_all(store.dir());
+}
+
+/// A machine saved `n` times with one page changed (and every fifth time one page zeroed)
+/// between checkpoints; returns the state hash at each position (100, 200, ...).
+fn chain_of(store: &Store, n: u64) -> (Machine<ScriptedInputs>, Vec<(u64, [u8; 32])>) {
+    let mut m = machine();
+    scribble(&mut m, 1, 100);
+    let mut hashes = Vec::new();
+    for k in 1..=n {
+        m.cpus_mut()[0].state.retired = k * 100;
+        m.ram_mut().write_u64(0x10_0000 + k * 0x1000, k);
+        if k % 5 == 0 {
+            m.ram_mut().write_u64(0x2000 * (k / 5) + 8, 0);
+        }
+        store.save(&mut m, k, None).unwrap();
+        hashes.push((k * 100, *m.state_hash().as_bytes()));
+    }
+    (m, hashes)
+}
+
+#[test]
+fn checkpoint_files_list_the_changes_and_chains_stay_bounded() {
+    let store = temp_store("delta");
+    let n = u64::from(CHAIN_LIMIT) * 2 + 3;
+    let (_, hashes) = chain_of(&store, n);
+    for (i, &(p, hash)) in hashes.iter().enumerate() {
+        let cp = store.load(p).unwrap();
+        // A full list every CHAIN_LIMIT checkpoints, deltas against the previous between.
+        assert_eq!(cp.depth, i as u32 % CHAIN_LIMIT, "at {p}");
+        if cp.depth > 0 {
+            assert_eq!(cp.base.unwrap().position, p - 100);
+            assert!(cp.pages.len() <= 1, "at {p}: {:?}", cp.pages);
+        } else {
+            assert!(cp.pages.len() >= 8);
+        }
+        if i > 0 && (i + 1) % 5 == 0 && cp.depth > 0 {
+            assert_eq!(cp.zeroed.len(), 1, "at {p}");
+        }
+        let mut fresh = machine();
+        store.restore(&mut fresh, p).unwrap();
+        assert_eq!(fresh.state_hash().as_bytes(), &hash, "at {p}");
+        assert_eq!(
+            store.page_list(p).unwrap(),
+            page_keys(fresh.ram().as_slice())
+        );
+    }
+    let _ = fs::remove_dir_all(store.dir());
+}
+
+#[test]
+fn a_damaged_link_makes_the_checkpoints_above_it_unusable_and_an_older_one_is_used() {
+    let store = temp_store("link");
+    let (_, hashes) = chain_of(&store, 6);
+    // Checkpoint 300 (a delta) loses a byte: 400..600 depend on it.
+    let p300 = store.dir().join(checkpoint_name(300));
+    let mut bytes = fs::read(&p300).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    fs::write(&p300, &bytes).unwrap();
+    let mut m = machine();
+    let mut warnings = Vec::new();
+    let r = store
+        .restore_latest(&mut m, 600, &mut |e| warnings.push(e.to_string()))
+        .unwrap();
+    assert_eq!(r.position, 200);
+    assert_eq!(m.state_hash().as_bytes(), &hashes[1].1);
+    assert_eq!(warnings.len(), 4, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&checkpoint_name(600)) && warnings[0].contains("unusable"),
+        "{warnings:?}"
+    );
+    assert!(warnings[3].contains(&checkpoint_name(300)) && warnings[3].contains("hash"));
+
+    // A base replaced by a valid file with other contents: the link's hash catches it.
+    let store = temp_store("link2");
+    let (_, hashes) = chain_of(&store, 4);
+    let mut cp = store.load(200).unwrap();
+    cp.log_index += 1;
+    store.rewrite(&cp).unwrap();
+    let mut m = machine();
+    let mut warnings = Vec::new();
+    let r = store
+        .restore_latest(&mut m, 400, &mut |e| warnings.push(e.to_string()))
+        .unwrap();
+    // 200 itself is still whole (its own hash and state hash hold).
+    assert_eq!(r.position, 200);
+    assert_eq!(m.state_hash().as_bytes(), &hashes[1].1);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("has changed since"), "{warnings:?}");
+    let _ = fs::remove_dir_all(store.dir());
+}
+
+#[test]
+fn older_formats_are_reported_as_older() {
+    let store = temp_store("old");
+    fs::create_dir_all(store.dir()).unwrap();
+    let mut body = postcard::to_stdvec(&(2u32, 100u64, 0u64)).unwrap();
+    let h = blake3::hash(&body);
+    body.extend_from_slice(h.as_bytes());
+    fs::write(store.dir().join(checkpoint_name(100)), body).unwrap();
+    match store.load(100) {
+        Err(e @ CheckpointError::OldFormat { version: 2, .. }) => {
+            assert!(e.to_string().contains("older"), "{e}");
+        }
+        other => panic!("expected OldFormat, got {other:?}"),
+    }
+    let mut m = machine();
+    let mut warnings = 0;
+    assert!(store
+        .restore_latest(&mut m, 100, &mut |_| warnings += 1)
+        .is_none());
+    assert_eq!(warnings, 1);
+    let _ = fs::remove_dir_all(store.dir());
+}
+
+#[test]
+fn a_background_writer_writes_the_same_checkpoints() {
+    let sync = temp_store("writer-sync");
+    let (_, hashes) = chain_of(&sync, 10);
+    let store = temp_store("writer");
+    let mut w = Writer::new(store.clone(), 2);
+    let mut m = machine();
+    scribble(&mut m, 1, 100);
+    for k in 1..=10u64 {
+        m.cpus_mut()[0].state.retired = k * 100;
+        m.ram_mut().write_u64(0x10_0000 + k * 0x1000, k);
+        if k % 5 == 0 {
+            m.ram_mut().write_u64(0x2000 * (k / 5) + 8, 0);
+        }
+        w.save(&mut m, k, None).unwrap();
+    }
+    let (written, totals) = w.finish().unwrap();
+    assert_eq!(written, 10);
+    assert!(totals.new_pages >= 18);
+    for (p, hash) in hashes {
+        assert_eq!(store.load(p).unwrap(), sync.load(p).unwrap(), "at {p}");
+        let mut fresh = machine();
+        store.restore(&mut fresh, p).unwrap();
+        assert_eq!(fresh.state_hash().as_bytes(), &hash);
+    }
+    let _ = fs::remove_dir_all(store.dir());
+    let _ = fs::remove_dir_all(sync.dir());
+}
+
+#[test]
+fn a_background_writer_reports_a_failed_write() {
+    let store = temp_store("writer-fail");
+    // A file where the pages folder should be: every write fails.
+    fs::create_dir_all(store.dir()).unwrap();
+    fs::write(store.dir().join("pages"), b"in the way").unwrap();
+    let mut w = Writer::new(store.clone(), 1);
+    let mut m = machine();
+    scribble(&mut m, 1, 100);
+    let first = w.save(&mut m, 0, None);
+    assert!(first.is_ok(), "the copy is queued; the write fails later");
+    // Reported by the next save or by finish, whichever comes first.
+    m.cpus_mut()[0].state.retired = 200;
+    let failed = match w.save(&mut m, 0, None) {
+        Err(e) => Some(e),
+        Ok(()) => w.finish().err(),
+    };
+    assert!(
+        matches!(failed, Some(CheckpointError::Io { .. })),
+        "{failed:?}"
+    );
     let _ = fs::remove_dir_all(store.dir());
 }

@@ -249,7 +249,8 @@ impl<T: Serialize> ContainerWriter<T> {
         Ok(())
     }
 
-    /// Where the next chunk to be sealed will start (call it right after [`Self::seal`]).
+    /// Where the next chunk to be sealed will start: the chunk that holds the records pushed
+    /// since the last seal and the ones pushed next (so it holds record [`Self::records`]).
     pub fn next_chunk(&self) -> ChunkStart {
         ChunkStart {
             offset: HEADER_LEN + self.compressed_bytes,
@@ -318,6 +319,8 @@ pub struct ContainerReader<T: DeserializeOwned> {
     sizes: (u64, u64),
     /// Chunks whose records all come before this index are skipped whole.
     skip_before: u64,
+    /// Where the chunk holding the records being returned starts (the last chunk decoded).
+    current: Option<ChunkStart>,
 }
 
 impl<T: DeserializeOwned> ContainerReader<T> {
@@ -366,6 +369,7 @@ impl<T: DeserializeOwned> ContainerReader<T> {
             ending: Ending::Reading,
             sizes: (0, 0),
             skip_before: 0,
+            current: None,
         })
     }
 
@@ -399,6 +403,17 @@ impl<T: DeserializeOwned> ContainerReader<T> {
     /// skipping off.
     pub fn skip_chunks_before(&mut self, index: u64) {
         self.skip_before = index;
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the chunk holding the last record returned starts (`None` before the first
+    /// decoded chunk): a later [`Self::open_at`] there reads that record again.
+    pub fn current_chunk(&self) -> Option<&ChunkStart> {
+        self.current.as_ref()
     }
 
     /// Records returned (or skipped) so far.
@@ -527,6 +542,12 @@ impl<T: DeserializeOwned> ContainerReader<T> {
         if !rest.is_empty() {
             return Err(self.corrupt("bytes left over after the last record"));
         }
+        self.current = Some(ChunkStart {
+            offset: self.offset,
+            chunk: self.chunk,
+            records: first,
+            chain: self.chain,
+        });
         self.chain = chain;
         self.sizes.0 += raw_len as u64;
         self.sizes.1 += CHUNK_HEADER_LEN + comp_len as u64;

@@ -124,6 +124,12 @@ impl<I: Inputs> Recorder<I> {
         })
     }
 
+    /// Where the log chunk that will hold the next record starts (`None` once finished):
+    /// a checkpoint stores it so that a replay resuming there can jump to that chunk.
+    pub fn log_chunk(&self) -> Option<crate::container::ChunkStart> {
+        self.log.as_ref().map(|l| l.next_chunk())
+    }
+
     /// The wrapped inputs.
     pub fn inner(&self) -> &I {
         &self.inner

@@ -148,7 +148,12 @@ pub fn record<I: Inputs + 'static>(
     // at its limit and the next continues identically, so the recording does not depend
     // on the interval. The log index stored is the number of records logged so far, which
     // is what a replay has consumed at the same position.
+    // The machine's thread only copies what a checkpoint needs; hashing, compressing
+    // and writing happen on the writer's thread (nothing flows back into the machine, so
+    // the recording is the same). Two snapshots may wait: enough to absorb a slow write
+    // without holding many page copies.
     let store = reprise_checkpoints::Store::new(&dir.checkpoints());
+    let mut writer = reprise_checkpoints::Writer::new(store, 2);
     let mut checkpoints = 0;
     let result = loop {
         let every = setup.checkpoint_every;
@@ -162,12 +167,18 @@ pub fn record<I: Inputs + 'static>(
         if r.outcome != RunOutcome::InstructionLimit || next >= limit {
             break r;
         }
-        let (failed, logged) = {
+        let (failed, logged, chunk) = {
             let r = recorder.borrow();
-            (r.error().is_some(), r.counts().total())
+            (r.error().is_some(), r.counts().total(), r.log_chunk())
         };
         if !failed {
-            store.save(&mut machine, logged)?;
+            let chunk = chunk.map(|c| reprise_checkpoints::LogChunk {
+                offset: c.offset,
+                chunk: c.chunk,
+                records: c.records,
+                chain: c.chain,
+            });
+            writer.save(&mut machine, logged, chunk)?;
             checkpoints += 1;
         }
     };
@@ -185,6 +196,9 @@ pub fn record<I: Inputs + 'static>(
     }
     let state_hash = end.state_hash;
     let log = recorder.borrow_mut().finish(end)?;
+    // The recording is complete; the checkpoints still being written are waited for
+    // (also after Ctrl-C), and a failed one fails the command as before.
+    writer.finish()?;
     Ok(RecordReport {
         result,
         log,

@@ -32,6 +32,7 @@ use reprise_checkpoints::Store;
 use reprise_cpu::{NoObserver, Observer};
 use reprise_devices::{Inputs, Machine, RunResult};
 use reprise_record::console::ConsoleDigest;
+use reprise_record::recorder::EventCounts;
 
 use crate::seek::Capture;
 use crate::session::{boot, conclude, prepare, Booted, Prepared};
@@ -99,7 +100,34 @@ enum Msg<C, S, U> {
         summary: Option<U>,
         ending: Ending,
         warnings: Vec<String>,
+        /// Log records the segment itself consumed (not those before its start, which a
+        /// restore skipped or the catch-up replayed).
+        counts: EventCounts,
     },
+}
+
+/// `a - b`, kind by kind.
+fn counts_minus(a: EventCounts, b: EventCounts) -> EventCounts {
+    EventCounts {
+        rtc: a.rtc.saturating_sub(b.rtc),
+        random: a.random.saturating_sub(b.random),
+        serial: a.serial.saturating_sub(b.serial),
+        sync: a.sync.saturating_sub(b.sync),
+        end: a.end.saturating_sub(b.end),
+        host_time: a.host_time.saturating_sub(b.host_time),
+    }
+}
+
+/// `a + b`, kind by kind.
+fn counts_plus(a: EventCounts, b: EventCounts) -> EventCounts {
+    EventCounts {
+        rtc: a.rtc + b.rtc,
+        random: a.random + b.random,
+        serial: a.serial + b.serial,
+        sync: a.sync + b.sync,
+        end: a.end + b.end,
+        host_time: a.host_time + b.host_time,
+    }
 }
 
 /// What the workers and the consumer share.
@@ -277,32 +305,49 @@ impl<S: Clone + PartialEq + Send + Sync, W> Ctx<'_, S, W> {
         let last = k + 1 == self.segments.len();
         let cap = Capture::default();
         let mut warnings = Vec::new();
-        let end = |console: Vec<u8>, state: S, summary, ending, warnings| Msg::End {
-            console,
-            state,
-            summary,
-            ending,
-            warnings,
-        };
+        // What the replayer had consumed when the segment started (nothing for the first:
+        // its boot's records are its own).
+        let start_counts = std::cell::Cell::new(EventCounts::default());
+        let end =
+            |console: Vec<u8>, state: S, summary, ending, warnings, now: EventCounts| Msg::End {
+                console,
+                state,
+                summary,
+                ending,
+                warnings,
+                counts: counts_minus(now, start_counts.get()),
+            };
         let mut booted = match self.reach(from, &cap, &mut warnings) {
             Ok(b) => b,
             Err(e) => {
-                let _ = tx.send(end(Vec::new(), guess, None, Ending::Failed(e), warnings));
+                let _ = tx.send(end(
+                    Vec::new(),
+                    guess,
+                    None,
+                    Ending::Failed(e),
+                    warnings,
+                    EventCounts::default(),
+                ));
                 return;
             }
         };
+        if from > 0 {
+            start_counts.set(booted.replayer.borrow().consumed());
+        }
         let reached = booted.machine.instructions();
         if reached < from || booted.replayer.borrow().stop().is_some() {
             // The run ended (or diverged) before the segment: the report says how.
             let result = booted.machine.run(from);
             let console = self.console_before(k, &[]);
             let report = conclude(self.prepared, &mut booted, result, console);
+            let now = booted.replayer.borrow().consumed();
             let _ = tx.send(end(
                 Vec::new(),
                 guess,
                 None,
                 Ending::Final(Box::new(report)),
                 warnings,
+                now,
             ));
             return;
         }
@@ -360,7 +405,8 @@ impl<S: Clone + PartialEq + Send + Sync, W> Ctx<'_, S, W> {
         } else {
             Ending::Reached
         };
-        let _ = tx.send(end(output, state, Some(summary), ending, warnings));
+        let now = booted.replayer.borrow().consumed();
+        let _ = tx.send(end(output, state, Some(summary), ending, warnings, now));
     }
 
     /// A machine booted and brought to `from` (through the latest usable checkpoint).
@@ -374,12 +420,20 @@ impl<S: Clone + PartialEq + Send + Sync, W> Ctx<'_, S, W> {
         if from == 0 {
             return Ok(booted);
         }
-        let mut warn = |e: &reprise_checkpoints::CheckpointError| warnings.push(e.to_string());
+        let mut warn = |e: &reprise_checkpoints::CheckpointError| {
+            warnings.push(format!("{e} (skipped; an earlier checkpoint was used)"))
+        };
         match self
             .store
             .restore_latest(&mut booted.machine, from, &mut warn)
         {
-            Some(restored) if !booted.replayer.borrow_mut().skip_to(restored.log_index) => {
+            Some(restored)
+                if !booted.replayer.borrow_mut().jump_to(
+                    restored.log_index,
+                    restored.log_chunk.map(crate::seek::chunk_start).as_ref(),
+                    &mut |w| warnings.push(format!("checkpoint {}: {w}", restored.name)),
+                ) =>
+            {
                 return Err(ReplayError::Unsupported(format!(
                     "checkpoint {} says {} log records were consumed, the log has fewer",
                     restored.name, restored.log_index
@@ -432,6 +486,9 @@ where
     K: FnMut(Piece<C, U>),
 {
     let mut state = ctx.initial.clone();
+    // Log records consumed by the segments merged so far: the final report's counts are
+    // the whole run's, not its last segment's.
+    let mut consumed = EventCounts::default();
     let lost = || ReplayError::Unsupported("a replay thread stopped unexpectedly".into());
     // (By index: a rerun replaces the segment's receiver.)
     #[allow(clippy::needless_range_loop)]
@@ -461,6 +518,7 @@ where
                     summary,
                     ending,
                     warnings,
+                    counts,
                 } => {
                     stats.warnings.extend(warnings);
                     if discard {
@@ -481,13 +539,15 @@ where
                         g.prefix.1.update(&out);
                     }
                     state = end_state;
+                    consumed = counts_plus(consumed, counts);
                     if let Some(u) = summary {
                         consume(Piece::End(u));
                     }
                     match ending {
                         Ending::Reached => break,
-                        Ending::Final(report) => {
+                        Ending::Final(mut report) => {
                             let _ = console.flush();
+                            report.consumed = consumed;
                             return Ok(*report);
                         }
                         Ending::Failed(e) => return Err(e),

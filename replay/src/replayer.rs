@@ -15,7 +15,7 @@ use std::path::Path;
 
 use reprise_cpu::{Cpu, CpuState, RandomSource};
 use reprise_devices::{Inputs, Position};
-use reprise_record::container::{ContainerError, ContainerReader};
+use reprise_record::container::{ChunkStart, ContainerError, ContainerReader};
 use reprise_record::log::{Event, LogRecord, Outcome, RandomKind, LOG_KIND, LOG_VERSION};
 use reprise_record::recorder::EventCounts;
 
@@ -38,6 +38,8 @@ pub enum ReplayStop {
 
 /// An [`Inputs`] that answers from an input log.
 pub struct Replayer {
+    /// The log file (reopened to jump to a chunk).
+    path: std::path::PathBuf,
     reader: ContainerReader<LogRecord>,
     /// The next unconsumed record, or `None` when the log has no more.
     next: Option<LogRecord>,
@@ -60,6 +62,7 @@ impl Replayer {
     pub fn open(path: &Path, sync_every: u64) -> Result<Replayer, ContainerError> {
         let reader = ContainerReader::open(path, LOG_KIND, LOG_VERSION)?;
         let mut r = Replayer {
+            path: path.to_path_buf(),
             reader,
             next: None,
             damage: None,
@@ -138,6 +141,67 @@ impl Replayer {
         }
         self.reader.skip_chunks_before(0);
         ok
+    }
+
+    /// Consume records until `index` have been consumed in all, like [`Self::skip_to`],
+    /// but first jump straight to the log chunk `start` (which a checkpoint stored) instead
+    /// of reading every chunk before it. The chunk found there must be the one named: its
+    /// header, first record index and hash-chain value are checked as it is read; if they
+    /// disagree (a stale or damaged hint, or a log that was replaced), `warn` is told and
+    /// the log is read from where the replayer is, as without a hint. False if the log
+    /// ends before `index`.
+    pub fn jump_to(
+        &mut self,
+        index: u64,
+        start: Option<&ChunkStart>,
+        warn: &mut dyn FnMut(String),
+    ) -> bool {
+        if let Some(start) = start {
+            if let Err(why) = self.try_jump(index, start) {
+                warn(format!(
+                    "the checkpoint's input-log chunk (chunk {} at offset {}) is wrong: {why}; reading the log from the start instead",
+                    start.chunk, start.offset
+                ));
+            }
+        }
+        self.skip_to(index)
+    }
+
+    /// Reopen the log at `start` and read its first record: the replayer then stands at
+    /// record `start.records`, the skipped ones counted as sync records (as
+    /// [`Self::skip_to`] does). Nothing changes on error.
+    fn try_jump(&mut self, index: u64, start: &ChunkStart) -> Result<(), String> {
+        let total = self.consumed.total();
+        if start.records > index {
+            return Err(format!(
+                "it starts at record {}, after record {index}",
+                start.records
+            ));
+        }
+        if start.records <= total {
+            // Nothing to jump over.
+            return Ok(());
+        }
+        let mut reader = ContainerReader::open_at(&self.path, LOG_KIND, LOG_VERSION, start)
+            .map_err(|e| e.to_string())?;
+        match reader.next_record() {
+            Some(Ok(rec)) => {
+                self.reader = reader;
+                self.next = Some(rec);
+                self.consumed.sync += start.records - total;
+                Ok(())
+            }
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("the log has no chunk there".into()),
+        }
+    }
+
+    /// Where the log chunk holding the next unconsumed record starts (for a checkpoint
+    /// taken now to store; see [`Self::jump_to`]).
+    pub fn log_chunk(&self) -> Option<&ChunkStart> {
+        self.reader
+            .current_chunk()
+            .filter(|c| self.next.is_some() && c.records <= self.consumed.total())
     }
 
     /// The last input event consumed, as a report shows it.

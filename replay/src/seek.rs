@@ -10,11 +10,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use reprise_checkpoints::{CheckpointError, SaveStats, Store};
+use reprise_checkpoints::{CheckpointError, LogChunk, SaveStats, Store};
 use reprise_cpu::state::GPR_NAMES;
 use reprise_devices::{Machine, RunOutcome};
 use reprise_record::boot::boot_machine;
-use reprise_record::container::{ContainerReader, Ending};
+use reprise_record::container::{ChunkStart, ContainerReader, Ending};
 use reprise_record::folder::{load_images, RecordingDir};
 use reprise_record::log::{Event, LogRecord, LOG_KIND, LOG_VERSION};
 use reprise_record::manifest::Manifest;
@@ -128,7 +128,7 @@ pub struct SeekReport {
     pub replayed: u64,
     /// Where the machine stands (less than asked when the run ended first).
     pub reached: u64,
-    /// Damaged checkpoints that were skipped, as warnings.
+    /// Warnings (damaged checkpoints skipped, a wrong log-chunk hint), each a sentence.
     pub warnings: Vec<String>,
 }
 
@@ -168,7 +168,14 @@ pub fn seek(r: &mut Replay, target: u64, use_checkpoints: bool) -> Result<SeekRe
         for p in candidates.into_iter().rev() {
             match r.store.restore(&mut r.machine, p) {
                 Ok(restored) => {
-                    if !r.machine.inputs_mut().skip_to(restored.log_index) {
+                    let start = restored.log_chunk.map(chunk_start);
+                    let mut warn =
+                        |w: String| warnings.push(format!("checkpoint {}: {w}", restored.name));
+                    if !r.machine.inputs_mut().jump_to(
+                        restored.log_index,
+                        start.as_ref(),
+                        &mut warn,
+                    ) {
                         return Err(SeekError::Stopped {
                             at: 0,
                             target,
@@ -181,7 +188,7 @@ pub fn seek(r: &mut Replay, target: u64, use_checkpoints: bool) -> Result<SeekRe
                     checkpoint = Some((restored.position, restored.name));
                     break;
                 }
-                Err(e) => warnings.push(e.to_string()),
+                Err(e) => warnings.push(format!("skipped damaged {e}")),
             }
         }
     }
@@ -233,10 +240,31 @@ pub fn add_checkpoints(
             return Ok(made);
         }
         let index = r.machine.inputs().consumed().total();
-        let stats = r.store.save(&mut r.machine, index)?;
+        let chunk = r.machine.inputs().log_chunk().map(log_chunk);
+        let stats = r.store.save(&mut r.machine, index, chunk)?;
         made += 1;
         progress(next, &stats);
         next = next.saturating_add(every);
+    }
+}
+
+/// The log container's chunk start as a checkpoint stores it.
+pub(crate) fn log_chunk(c: &ChunkStart) -> LogChunk {
+    LogChunk {
+        offset: c.offset,
+        chunk: c.chunk,
+        records: c.records,
+        chain: c.chain,
+    }
+}
+
+/// A checkpoint's stored log chunk as the log container's chunk start.
+pub(crate) fn chunk_start(c: LogChunk) -> ChunkStart {
+    ChunkStart {
+        offset: c.offset,
+        chunk: c.chunk,
+        records: c.records,
+        chain: c.chain,
     }
 }
 
