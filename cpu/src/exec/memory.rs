@@ -261,6 +261,20 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
 
     /// Read 16 bytes at a linear address (SSE loads, CMPXCHG16B).
     pub fn read_u128(&mut self, lin: u64) -> Result<u128, Exit> {
+        if lin & 0xfff <= 0x1000 - 16 {
+            // Within one page (every aligned operand): one translation serves both halves,
+            // with the same fault, accesses and reports as the two reads below.
+            let pa = self.translate(lin, Intent::Read)?;
+            let lo = self.phys_read(pa, 8);
+            if O::ENABLED {
+                self.report(lin, pa, 8, AccessKind::Read, lo);
+            }
+            let hi = self.phys_read(pa + 8, 8);
+            if O::ENABLED {
+                self.report(lin.wrapping_add(8), pa + 8, 8, AccessKind::Read, hi);
+            }
+            return Ok(lo as u128 | (hi as u128) << 64);
+        }
         // Check both halves are readable before either read, so a fault leaves no trace.
         self.check_span(lin, 16, Intent::Read)?;
         let lo = self.read(lin, 8)?;
@@ -270,6 +284,20 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
 
     /// Write 16 bytes at a linear address.
     pub fn write_u128(&mut self, lin: u64, value: u128) -> Result<(), Exit> {
+        if lin & 0xfff <= 0x1000 - 16 {
+            // Within one page: one translation for both halves (see `read_u128`).
+            let pa = self.translate(lin, Intent::Write)?;
+            let (lo, hi) = (value as u64, (value >> 64) as u64);
+            self.phys_write(pa, 8, lo);
+            if O::ENABLED {
+                self.report(lin, pa, 8, AccessKind::Write, lo);
+            }
+            self.phys_write(pa + 8, 8, hi);
+            if O::ENABLED {
+                self.report(lin.wrapping_add(8), pa + 8, 8, AccessKind::Write, hi);
+            }
+            return Ok(());
+        }
         self.check_span(lin, 16, Intent::Write)?;
         self.write(lin, 8, value as u64)?;
         self.write(lin.wrapping_add(8), 8, (value >> 64) as u64)

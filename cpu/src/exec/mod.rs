@@ -963,15 +963,15 @@ fn dispatch<B: Bus, O: Observer>(
         Op::SseMov => sse::exec_mov(x, i),
         Op::SseFloat => sse::exec_float(x, i),
         Op::SseInt => sse::exec_int(x, i),
-        Op::XmmMovRR
-        | Op::XmmLoad
-        | Op::XmmStore
-        | Op::XmmMovqRR
-        | Op::XmmMovqRM
-        | Op::XmmMovqMR
-        | Op::XmmBinRR
-        | Op::XmmBinRM
-        | Op::XmmShiftI => sse::exec_fast(x, d.op, o),
+        Op::XmmMovRR => sse::fast_mov_rr(x, o),
+        Op::XmmLoad => sse::fast_load(x, o),
+        Op::XmmStore => sse::fast_store(x, o),
+        Op::XmmMovqRR => sse::fast_movq_rr(x, o),
+        Op::XmmMovqRM => sse::fast_movq_rm(x, o),
+        Op::XmmMovqMR => sse::fast_movq_mr(x, o),
+        Op::XmmBinRR => sse::fast_bin_rr(x, o),
+        Op::XmmBinRM => sse::fast_bin_rm(x, o),
+        Op::XmmShiftI => sse::fast_shift_i(x, o),
     };
     r.map(|()| fall_through)
 }

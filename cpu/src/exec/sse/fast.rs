@@ -8,7 +8,7 @@
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
-use super::int::{map2, ones, shift_lanes, unpack, Shift};
+use super::int::Shift;
 use super::{check_enabled, xmm_index};
 use crate::bus::Bus;
 use crate::exec::fast::{Op, Operands};
@@ -194,6 +194,109 @@ pub(crate) fn classify(i: &Instruction, o: &mut Operands) -> Option<Op> {
     }
 }
 
+/// Lanes of `W` bytes as SWAR ("SIMD within a register") masks over the whole `u128`, so a
+/// packed operation is a few 128-bit integer operations instead of a loop over lanes.
+struct Lanes<const W: u32>;
+
+impl<const W: u32> Lanes<W> {
+    /// Bits per lane.
+    const BITS: u32 = W * 8;
+    /// One lane of all ones.
+    const ONES: u128 = if W == 16 {
+        u128::MAX
+    } else {
+        (1u128 << (W * 8)) - 1
+    };
+    /// The lowest bit of every lane.
+    const LOW: u128 = u128::MAX / Self::ONES;
+    /// The highest (sign) bit of every lane.
+    const HIGH: u128 = Self::LOW << (W * 8 - 1);
+
+    /// `m` (at most a lane wide) repeated in every lane.
+    #[inline(always)]
+    fn splat(m: u128) -> u128 {
+        // No lane overflows into the next: `m` fits one lane.
+        Self::LOW.wrapping_mul(m)
+    }
+
+    /// Lane-wise wrapping addition: the low bits of each lane add without a carry out of
+    /// the lane (their sum fits), and the top bit is the XOR of the operands' top bits and
+    /// the carry into it.
+    #[inline(always)]
+    fn add(a: u128, b: u128) -> u128 {
+        let h = Self::HIGH;
+        ((a & !h).wrapping_add(b & !h)) ^ ((a ^ b) & h)
+    }
+
+    /// Lane-wise wrapping subtraction: each lane's top bit is set in the minuend so no
+    /// borrow leaves the lane, then the top bit is corrected.
+    #[inline(always)]
+    fn sub(a: u128, b: u128) -> u128 {
+        let h = Self::HIGH;
+        ((a | h).wrapping_sub(b & !h)) ^ ((a ^ !b) & h)
+    }
+
+    /// All ones in each lane where `a` and `b` are equal, zero elsewhere.
+    #[inline(always)]
+    fn cmpeq(a: u128, b: u128) -> u128 {
+        let h = Self::HIGH;
+        let t = a ^ b;
+        // A lane's top bit ends up set exactly when the lane of `t` is not zero: adding
+        // all-but-the-top-bit ones carries into the top bit iff some low bit is set.
+        let nonzero = (((t & !h).wrapping_add(!h)) | t) & h;
+        let zero = !nonzero & h;
+        (zero >> (Self::BITS - 1)).wrapping_mul(Self::ONES)
+    }
+
+    /// Shift every lane by `count` bits (logical shifts past the lane width give zero,
+    /// arithmetic ones fill with the sign), as `int::shift_lanes` defines it.
+    #[inline(always)]
+    fn shift(v: u128, count: u64, kind: Shift) -> u128 {
+        let bits = Self::BITS as u64;
+        match kind {
+            Shift::Left if count >= bits => 0,
+            Shift::Right if count >= bits => 0,
+            Shift::Left => (v << count) & Self::splat((Self::ONES << count) & Self::ONES),
+            Shift::Right => (v >> count) & Self::splat(Self::ONES >> count),
+            Shift::Arith => {
+                let c = count.min(bits - 1);
+                let kept = Self::splat(Self::ONES >> c);
+                let negative = ((v & Self::HIGH) >> (Self::BITS - 1)).wrapping_mul(Self::ONES);
+                ((v >> c) & kept) | (negative & !kept)
+            }
+        }
+    }
+
+    /// Spread the `W`-byte lanes of `v` to every other lane of a `u128` (lane k to lane 2k),
+    /// the others zero: the halving steps of a bit interleave, one per lane size above `W`.
+    #[inline(always)]
+    fn spread(v: u64) -> u128 {
+        let mut x = v as u128;
+        if W <= 4 {
+            x = (x | (x << 32)) & 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
+        }
+        if W <= 2 {
+            x = (x | (x << 16)) & 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
+        }
+        if W == 1 {
+            x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
+        }
+        x
+    }
+
+    /// Interleave the lanes of the low (`high == false`) or high halves of `a` and `b`:
+    /// a0 b0 a1 b1 ..., as `int::unpack` defines it.
+    #[inline(always)]
+    fn unpack(a: u128, b: u128, high: bool) -> u128 {
+        let (ha, hb) = if high {
+            ((a >> 64) as u64, (b >> 64) as u64)
+        } else {
+            (a as u64, b as u64)
+        };
+        Self::spread(ha) | (Self::spread(hb) << Self::BITS)
+    }
+}
+
 /// The result of binary operation `k` (see [`bin`]), as `int.rs` computes it.
 #[inline(always)]
 fn binary(k: u8, a: u128, b: u128) -> u128 {
@@ -202,25 +305,25 @@ fn binary(k: u8, a: u128, b: u128) -> u128 {
         bin::ANDN => !a & b,
         bin::OR => a | b,
         bin::XOR => a ^ b,
-        bin::PADDB => map2::<1>(a, b, u64::wrapping_add),
-        bin::PADDW => map2::<2>(a, b, u64::wrapping_add),
-        bin::PADDD => map2::<4>(a, b, u64::wrapping_add),
-        bin::PADDQ => map2::<8>(a, b, u64::wrapping_add),
-        bin::PSUBB => map2::<1>(a, b, u64::wrapping_sub),
-        bin::PSUBW => map2::<2>(a, b, u64::wrapping_sub),
-        bin::PSUBD => map2::<4>(a, b, u64::wrapping_sub),
-        bin::PSUBQ => map2::<8>(a, b, u64::wrapping_sub),
-        bin::PCMPEQB => map2::<1>(a, b, |p, q| ones(p == q)),
-        bin::PCMPEQW => map2::<2>(a, b, |p, q| ones(p == q)),
-        bin::PCMPEQD => map2::<4>(a, b, |p, q| ones(p == q)),
-        bin::UNPCKL1 => unpack::<1>(a, b, false),
-        bin::UNPCKL2 => unpack::<2>(a, b, false),
-        bin::UNPCKL4 => unpack::<4>(a, b, false),
-        bin::UNPCKL8 => unpack::<8>(a, b, false),
-        bin::UNPCKH1 => unpack::<1>(a, b, true),
-        bin::UNPCKH2 => unpack::<2>(a, b, true),
-        bin::UNPCKH4 => unpack::<4>(a, b, true),
-        _ => unpack::<8>(a, b, true),
+        bin::PADDB => Lanes::<1>::add(a, b),
+        bin::PADDW => Lanes::<2>::add(a, b),
+        bin::PADDD => Lanes::<4>::add(a, b),
+        bin::PADDQ => Lanes::<8>::add(a, b),
+        bin::PSUBB => Lanes::<1>::sub(a, b),
+        bin::PSUBW => Lanes::<2>::sub(a, b),
+        bin::PSUBD => Lanes::<4>::sub(a, b),
+        bin::PSUBQ => Lanes::<8>::sub(a, b),
+        bin::PCMPEQB => Lanes::<1>::cmpeq(a, b),
+        bin::PCMPEQW => Lanes::<2>::cmpeq(a, b),
+        bin::PCMPEQD => Lanes::<4>::cmpeq(a, b),
+        bin::UNPCKL1 => Lanes::<1>::unpack(a, b, false),
+        bin::UNPCKL2 => Lanes::<2>::unpack(a, b, false),
+        bin::UNPCKL4 => Lanes::<4>::unpack(a, b, false),
+        bin::UNPCKL8 => Lanes::<8>::unpack(a, b, false),
+        bin::UNPCKH1 => Lanes::<1>::unpack(a, b, true),
+        bin::UNPCKH2 => Lanes::<2>::unpack(a, b, true),
+        bin::UNPCKH4 => Lanes::<4>::unpack(a, b, true),
+        _ => Lanes::<8>::unpack(a, b, true),
     }
 }
 
@@ -234,58 +337,188 @@ fn addr16<B: Bus, O: Observer>(x: &Exec<B, O>, o: &Operands, aligned: bool) -> R
     Ok(addr)
 }
 
-/// Execute an SSE fast form.
+// Each fast form is its own function, called straight from the run loop's dispatch: one
+// function for all of them had the prologue and epilogue of its largest arm (the 128-bit
+// memory forms) on every register-to-register operation. The two register moves are
+// inlined into the run loop (measured: slightly fewer host instructions than calling them);
+// the rest stay out of line.
+
+/// MOVDQA/MOVAPS/... xmm, xmm.
 #[inline(always)]
-pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, op: Op, o: &Operands) -> ExecResult {
+pub(crate) fn mov_rr<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
+    check_enabled(x)?;
+    x.cpu.state.xmm[o.r0 as usize & 15] = x.cpu.state.xmm[o.r1 as usize & 15];
+    Ok(())
+}
+
+/// MOVQ xmm, xmm.
+#[inline(always)]
+pub(crate) fn movq_rr<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
+    check_enabled(x)?;
+    x.cpu.state.xmm[o.r0 as usize & 15] = x.cpu.state.xmm[o.r1 as usize & 15] & LO64;
+    Ok(())
+}
+
+/// MOVDQA/MOVDQU/... xmm, m128.
+#[inline(never)]
+pub(crate) fn load<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
+    check_enabled(x)?;
+    let addr = addr16(x, o, o.cc != 0)?;
+    x.cpu.state.xmm[o.r0 as usize & 15] = x.read_u128(addr)?;
+    Ok(())
+}
+
+/// MOVDQA/MOVDQU/... m128, xmm.
+#[inline(never)]
+pub(crate) fn store<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
+    check_enabled(x)?;
+    let addr = addr16(x, o, o.cc != 0)?;
+    let v = x.cpu.state.xmm[o.r1 as usize & 15];
+    x.write_u128(addr, v)
+}
+
+/// MOVQ xmm, m64.
+#[inline(never)]
+pub(crate) fn movq_rm<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
+    check_enabled(x)?;
+    let addr = x.fast_addr(o);
+    x.cpu.state.xmm[o.r0 as usize & 15] = x.read(addr, 8)? as u128;
+    Ok(())
+}
+
+/// MOVQ m64, xmm.
+#[inline(never)]
+pub(crate) fn movq_mr<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
+    check_enabled(x)?;
+    let addr = x.fast_addr(o);
+    let v = x.cpu.state.xmm[o.r1 as usize & 15] as u64;
+    x.write(addr, 8, v)
+}
+
+/// A binary operation ([`bin`]) xmm, xmm. Out of line: its table of lane operations is
+/// larger than the run loop should carry.
+#[inline(never)]
+pub(crate) fn bin_rr<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
+    check_enabled(x)?;
+    let (r0, r1) = (o.r0 as usize & 15, o.r1 as usize & 15);
+    let (a, b) = (x.cpu.state.xmm[r0], x.cpu.state.xmm[r1]);
+    x.cpu.state.xmm[r0] = binary(o.cc, a, b);
+    Ok(())
+}
+
+/// A binary operation ([`bin`]) xmm, aligned m128.
+#[inline(never)]
+pub(crate) fn bin_rm<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
+    check_enabled(x)?;
+    let addr = addr16(x, o, true)?;
+    let b = x.read_u128(addr)?;
+    let r0 = o.r0 as usize & 15;
+    let a = x.cpu.state.xmm[r0];
+    x.cpu.state.xmm[r0] = binary(o.cc, a, b);
+    Ok(())
+}
+
+/// A packed shift ([`sh`]) by an immediate.
+#[inline(never)]
+pub(crate) fn shift_i<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
     check_enabled(x)?;
     let r0 = o.r0 as usize & 15;
-    let r1 = o.r1 as usize & 15;
-    match op {
-        Op::XmmMovRR => x.cpu.state.xmm[r0] = x.cpu.state.xmm[r1],
-        Op::XmmLoad => {
-            let addr = addr16(x, o, o.cc != 0)?;
-            x.cpu.state.xmm[r0] = x.read_u128(addr)?;
-        }
-        Op::XmmStore => {
-            let addr = addr16(x, o, o.cc != 0)?;
-            let v = x.cpu.state.xmm[r1];
-            x.write_u128(addr, v)?;
-        }
-        Op::XmmMovqRR => x.cpu.state.xmm[r0] = x.cpu.state.xmm[r1] & LO64,
-        Op::XmmMovqRM => {
-            let addr = x.fast_addr(o);
-            x.cpu.state.xmm[r0] = x.read(addr, 8)? as u128;
-        }
-        Op::XmmMovqMR => {
-            let addr = x.fast_addr(o);
-            let v = x.cpu.state.xmm[r1] as u64;
-            x.write(addr, 8, v)?;
-        }
-        Op::XmmBinRR => {
-            let (a, b) = (x.cpu.state.xmm[r0], x.cpu.state.xmm[r1]);
-            x.cpu.state.xmm[r0] = binary(o.cc, a, b);
-        }
-        Op::XmmBinRM => {
-            let addr = addr16(x, o, true)?;
-            let b = x.read_u128(addr)?;
-            let a = x.cpu.state.xmm[r0];
-            x.cpu.state.xmm[r0] = binary(o.cc, a, b);
-        }
-        _ => {
-            // Op::XmmShiftI.
-            let v = x.cpu.state.xmm[r0];
-            let c = o.imm;
-            x.cpu.state.xmm[r0] = match o.cc {
-                sh::PSLLW => shift_lanes::<2>(v, c, Shift::Left),
-                sh::PSLLD => shift_lanes::<4>(v, c, Shift::Left),
-                sh::PSLLQ => shift_lanes::<8>(v, c, Shift::Left),
-                sh::PSRLW => shift_lanes::<2>(v, c, Shift::Right),
-                sh::PSRLD => shift_lanes::<4>(v, c, Shift::Right),
-                sh::PSRLQ => shift_lanes::<8>(v, c, Shift::Right),
-                sh::PSRAW => shift_lanes::<2>(v, c, Shift::Arith),
-                _ => shift_lanes::<4>(v, c, Shift::Arith),
-            };
-        }
-    }
+    let v = x.cpu.state.xmm[r0];
+    let c = o.imm;
+    x.cpu.state.xmm[r0] = match o.cc {
+        sh::PSLLW => Lanes::<2>::shift(v, c, Shift::Left),
+        sh::PSLLD => Lanes::<4>::shift(v, c, Shift::Left),
+        sh::PSLLQ => Lanes::<8>::shift(v, c, Shift::Left),
+        sh::PSRLW => Lanes::<2>::shift(v, c, Shift::Right),
+        sh::PSRLD => Lanes::<4>::shift(v, c, Shift::Right),
+        sh::PSRLQ => Lanes::<8>::shift(v, c, Shift::Right),
+        sh::PSRAW => Lanes::<2>::shift(v, c, Shift::Arith),
+        _ => Lanes::<4>::shift(v, c, Shift::Arith),
+    };
     Ok(())
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::super::int::{map2, ones, shift_lanes, unpack, Shift};
+    use super::Lanes;
+
+    /// A small deterministic generator (xorshift), with lanes biased toward the edge
+    /// values where carries, borrows and signs matter.
+    fn values() -> Vec<u128> {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut out = vec![
+            0,
+            u128::MAX,
+            1,
+            1 << 127,
+            0x8080_8080_8080_8080_7f7f_7f7f_7f7f_7f7f,
+        ];
+        for _ in 0..2000 {
+            let mut v = (next() as u128) << 64 | next() as u128;
+            // Force some bytes to 0x00, 0x7f, 0x80 or 0xff.
+            let pick = next();
+            for k in 0..16 {
+                match (pick >> (k * 3)) & 7 {
+                    0 => v &= !(0xffu128 << (k * 8)),
+                    1 => v |= 0xffu128 << (k * 8),
+                    2 => v = (v & !(0xffu128 << (k * 8))) | (0x80u128 << (k * 8)),
+                    3 => v = (v & !(0xffu128 << (k * 8))) | (0x7fu128 << (k * 8)),
+                    _ => {}
+                }
+            }
+            out.push(v);
+        }
+        out
+    }
+
+    macro_rules! check_width {
+        ($w:literal, $vals:expr) => {{
+            let vals = $vals;
+            for (n, &a) in vals.iter().enumerate() {
+                // Pair with a neighbour, with itself, and with a value differing in one lane.
+                let b = vals[(n * 7 + 3) % vals.len()];
+                for b in [b, a, a ^ (1u128 << (n % 128))] {
+                    assert_eq!(Lanes::<$w>::add(a, b), map2::<$w>(a, b, u64::wrapping_add));
+                    assert_eq!(Lanes::<$w>::sub(a, b), map2::<$w>(a, b, u64::wrapping_sub));
+                    if $w < 8 {
+                        assert_eq!(
+                            Lanes::<$w>::cmpeq(a, b),
+                            map2::<$w>(a, b, |p, q| ones(p == q))
+                        );
+                    }
+                    assert_eq!(Lanes::<$w>::unpack(a, b, false), unpack::<$w>(a, b, false));
+                    assert_eq!(Lanes::<$w>::unpack(a, b, true), unpack::<$w>(a, b, true));
+                }
+                if $w > 1 {
+                    for c in [0u64, 1, 7, 15, 16, 31, 32, 63, 64, 200, n as u64 % 70] {
+                        for kind in [Shift::Left, Shift::Right, Shift::Arith] {
+                            assert_eq!(
+                                Lanes::<$w>::shift(a, c, kind),
+                                shift_lanes::<$w>(a, c, kind),
+                                "width {} count {c}",
+                                $w
+                            );
+                        }
+                    }
+                }
+            }
+        }};
+    }
+
+    /// The SWAR lane operations agree with the lane-by-lane definitions of `int.rs`.
+    #[test]
+    fn swar_lanes_match_the_lane_loops() {
+        let vals = values();
+        check_width!(1, &vals);
+        check_width!(2, &vals);
+        check_width!(4, &vals);
+        check_width!(8, &vals);
+    }
 }

@@ -169,16 +169,11 @@ fn is_mov(m: Mnemonic) -> bool {
     )
 }
 
-/// Execute a fast form [`fast_kind`] chose (`Xmm*`). Not inlined into the run loop: its
-/// 128-bit work would crowd the loop's registers.
-#[inline(never)]
-pub(crate) fn exec_fast<B: Bus, O: Observer>(
-    x: &mut Exec<B, O>,
-    op: crate::exec::fast::Op,
-    o: &crate::exec::fast::Operands,
-) -> ExecResult {
-    fast::exec(x, op, o)
-}
+pub(crate) use fast::{
+    bin_rm as fast_bin_rm, bin_rr as fast_bin_rr, load as fast_load, mov_rr as fast_mov_rr,
+    movq_mr as fast_movq_mr, movq_rm as fast_movq_rm, movq_rr as fast_movq_rr,
+    shift_i as fast_shift_i, store as fast_store,
+};
 
 /// Execute a data-movement instruction ([`fast_kind`] chose `SseMov`).
 #[inline(never)]
