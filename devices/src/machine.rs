@@ -125,6 +125,17 @@ pub enum ConfigError {
     /// A bad RAM size, or no memory for it.
     #[error(transparent)]
     Ram(#[from] RamError),
+    /// RAM (remapped above 4 GiB past 3 GiB) would end beyond what the CPUs can address.
+    #[error(
+        "RAM size {bytes} B does not fit in the CPU's {phys_bits}-bit physical address space \
+         (RAM beyond 3 GiB continues at 4 GiB)"
+    )]
+    BeyondAddressWidth {
+        /// The RAM size asked for.
+        bytes: u64,
+        /// The CPUID profile's physical address width.
+        phys_bits: u32,
+    },
 }
 
 /// A device's request to end the run, kept until the run loop acts on it.
@@ -401,9 +412,11 @@ impl<I: Inputs> Bus for Board<I> {
         self.ram.mark_written(pa);
     }
 
+    /// The 32-bit hole is device space even where the RAM mapping spans it (RAM above
+    /// 4 GiB); everything else inside the mapping is RAM.
     #[inline(always)]
-    fn is_mmio(&self, _pa: GuestPhysAddr) -> bool {
-        false
+    fn is_mmio(&self, pa: GuestPhysAddr) -> bool {
+        crate::ram::in_hole(pa)
     }
 
     fn mmio_read(&mut self, clock: CpuClock, pa: GuestPhysAddr, size: u8) -> u64 {
@@ -535,6 +548,15 @@ impl<I: Inputs> Machine<I> {
         serial_out: Box<dyn Write>,
     ) -> Result<Machine<I>, ConfigError> {
         config.validate()?;
+        // The CPUs must be able to address all of RAM (the profile's physical width).
+        let phys_bits = cpuid.query(0x8000_0008, 0, 0)[0] & 0xff;
+        let span = crate::ram::ram_span(config.ram_bytes);
+        if phys_bits < 64 && span > 1u64 << phys_bits {
+            return Err(ConfigError::BeyondAddressWidth {
+                bytes: config.ram_bytes,
+                phys_bits,
+            });
+        }
         let ram = GuestRam::new(config.ram_bytes)?;
         // The topology leaves follow the CPU count (idempotent for a recorded profile).
         let cpuid = cpuid.with_topology(config.cpus);
@@ -543,7 +565,7 @@ impl<I: Inputs> Machine<I> {
             .collect();
         let rtc_start = inputs.rtc_start_time();
         Ok(Machine {
-            code: CodeCache::new(config.ram_bytes),
+            code: CodeCache::new(ram.len()),
             board: Board {
                 ram,
                 uart: Uart::new(serial_out),
