@@ -24,10 +24,13 @@
 //! machine to act on ([`Lapic::take_init`], [`Lapic::take_sipi`], [`Lapic::take_nmi`],
 //! [`Lapic::take_extint`]).
 //!
+//! Lowest-priority delivery (IPIs and IOAPIC pins with delivery mode 1) picks one APIC by a
+//! fixed, documented rule: the focus processor, else the lowest processor priority, ties to
+//! the lowest APIC ID ([`lowest_priority_target`]).
+//!
 //! Simplifications, each deliberate: the ID register is writable (as on P6/Pentium 4);
-//! focus checking and the arbitration priority are not modelled (lowest-priority delivery
-//! goes to the matching APIC with the lowest processor priority, ties to the lowest CPU
-//! index); there is no CMCI LVT (the version register says 6 LVT entries); directed EOI and
+//! the P6 arbitration priority and rotating arbitration IDs are not modelled (the rule
+//! above uses the processor priority and the APIC ID instead); there is no CMCI LVT (the version register says 6 LVT entries); directed EOI and
 //! EOI-broadcast suppression are not offered; SMI messages are ignored.
 
 use serde::{Deserialize, Serialize};
@@ -840,9 +843,9 @@ impl Lapic {
     }
 }
 
-/// Deliver `msg` to the APICs it names. Lowest-priority messages go to one APIC: the
-/// matching one with the lowest processor priority, the lowest CPU index among equals.
-/// Returns the indices (into `lapics`) of the APICs that received it.
+/// Deliver `msg` to the APICs it names; a lowest-priority message goes to one of them,
+/// chosen by [`lowest_priority_target`]. Returns the indices (into `lapics`) of the APICs
+/// that received it.
 pub fn route(lapics: &mut [Lapic], msg: &ApicMessage) -> Vec<usize> {
     let mut targets: Vec<usize> = lapics
         .iter()
@@ -851,7 +854,7 @@ pub fn route(lapics: &mut [Lapic], msg: &ApicMessage) -> Vec<usize> {
         .map(|(k, _)| k)
         .collect();
     if msg.mode == DeliveryMode::LowestPriority {
-        if let Some(&best) = targets.iter().min_by_key(|&&k| (lapics[k].ppr(), k)) {
+        if let Some(best) = lowest_priority_target(lapics, &targets, msg.vector) {
             targets = vec![best];
         }
     }
@@ -859,6 +862,54 @@ pub fn route(lapics: &mut [Lapic], msg: &ApicMessage) -> Vec<usize> {
         lapics[k].receive(msg);
     }
     targets
+}
+
+/// The APIC among `candidates` (indices into `lapics`, the APICs a lowest-priority message
+/// names) that takes a lowest-priority interrupt of `vector` (SDM vol. 3, 10.6.2.4), by a
+/// fixed rule that reads only APIC state, so the choice is deterministic and needs no state
+/// of its own:
+/// 1. the focus processor: an APIC that already has `vector` requested (IRR) or in service
+///    (ISR) and has focus checking enabled (SVR bit 9 clear) — the lowest APIC ID if
+///    several;
+/// 2. otherwise the APIC with the lowest processor priority (PPR, all 8 bits; the SDM lets
+///    the chipset use the TPR, and PPR is the TPR raised by what is in service);
+/// 3. ties go to the lowest APIC ID (the x2APIC ID, which is the xAPIC ID zero-extended),
+///    then to the lowest CPU index (two APICs may be given one ID).
+///
+/// Software-disabled APICs (SVR bit 8 clear), which drop fixed interrupts, take part only
+/// when every candidate is one (the interrupt is then lost, as it would be on any of them).
+/// `None` when there are no candidates.
+pub fn lowest_priority_target(lapics: &[Lapic], candidates: &[usize], vector: u8) -> Option<usize> {
+    let enabled: Vec<usize> = candidates
+        .iter()
+        .copied()
+        .filter(|&k| lapics[k].s.svr & svr::ENABLED != 0)
+        .collect();
+    let pool = if enabled.is_empty() {
+        candidates
+    } else {
+        &enabled[..]
+    };
+    let id = |k: usize| (lapics[k].x2apic_id(), k);
+    let focus = pool
+        .iter()
+        .copied()
+        .filter(|&k| lapics[k].is_focus_for(vector))
+        .min_by_key(|&k| id(k));
+    focus.or_else(|| {
+        pool.iter()
+            .copied()
+            .min_by_key(|&k| (lapics[k].ppr(), id(k)))
+    })
+}
+
+impl Lapic {
+    /// Whether this APIC is the focus processor for `vector`: focus checking enabled and
+    /// the vector requested or in service here.
+    fn is_focus_for(&self, vector: u8) -> bool {
+        self.s.svr & svr::FOCUS_DISABLED == 0
+            && (test_bit(&self.s.irr, vector) || test_bit(&self.s.isr, vector))
+    }
 }
 
 mod timer;
