@@ -95,7 +95,9 @@ pub fn option_error(m: &MachineArgs, e: ConfigError) -> anyhow::Error {
     let option = match &e {
         ConfigError::NoCpus | ConfigError::TooManyCpus(_) => format!("--cpus {}", m.cpus),
         ConfigError::ZeroQuantum => format!("--quantum {}", m.quantum),
-        ConfigError::Ram(_) => format!("--mem {}", size_text(m.mem)),
+        ConfigError::Ram(_) | ConfigError::BeyondAddressWidth { .. } => {
+            format!("--mem {}", size_text(m.mem))
+        }
     };
     anyhow::Error::new(e).context(option)
 }

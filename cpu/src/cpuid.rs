@@ -49,6 +49,8 @@ pub mod features {
     /// Leaf 1 ECX.
     pub mod ecx1 {
         pub const CX16: u32 = 1 << 13;
+        /// x2APIC mode (IA32_APIC_BASE.EXTD, APIC registers as MSRs 0x800-0x8ff).
+        pub const X2APIC: u32 = 1 << 21;
         pub const POPCNT: u32 = 1 << 23;
         pub const TSC_DEADLINE: u32 = 1 << 24;
         pub const RDRAND: u32 = 1 << 30;
@@ -132,7 +134,7 @@ impl Default for CpuidProfile {
         // and IA32_ARCH_CAPABILITIES (served by the platform) clears the rest.
         let signature = (6 << 8) | (0xa << 4) | (6 << 16) | 6;
         CpuidProfile {
-            name: "reprise-default-v2".to_string(),
+            name: "reprise-default-v3".to_string(),
             leaves: vec![
                 leaf(0, [0x16, vendor[0], vendor[2], vendor[1]]),
                 leaf(
@@ -142,6 +144,7 @@ impl Default for CpuidProfile {
                         // CLFLUSH line size 8 * 8 = 64 bytes; APIC ID filled in per CPU.
                         8 << 8,
                         ecx1::CX16
+                            | ecx1::X2APIC
                             | ecx1::POPCNT
                             | ecx1::TSC_DEADLINE
                             | ecx1::RDRAND
@@ -281,7 +284,7 @@ mod tests {
         assert_eq!(p.query(0x16, 0, 0)[0], 1000);
         assert_ne!(p.query(6, 0, 0)[0] & features::eax6::ARAT, 0);
         assert!(p.has_ecx1(features::ecx1::TSC_DEADLINE));
-        assert!(!p.has_ecx1(1 << 21), "no x2APIC");
+        assert!(p.has_ecx1(features::ecx1::X2APIC));
         assert_ne!(
             p.query(0x8000_0007, 0, 0)[3] & features::edx87::INVARIANT_TSC,
             0

@@ -576,3 +576,67 @@ fn x2apic_mode_survives_init() {
     assert!(l.x2apic());
     assert_eq!(l.x2apic_rdmsr(0x80d, 0), Some(0x0001_0008));
 }
+
+/// A lowest-priority message of `vector` to logical mask `mask` (flat model: one bit per
+/// APIC of [`four`]); the APICs that got it.
+fn lowest(ls: &mut [Lapic], mask: u8, vector: u8) -> Vec<usize> {
+    let msg = ApicMessage {
+        vector,
+        mode: DeliveryMode::LowestPriority,
+        dest: Destination::Logical(mask),
+        level: false,
+    };
+    route(ls, &msg)
+}
+
+#[test]
+fn lowest_priority_goes_to_the_lowest_processor_priority() {
+    let mut ls = four();
+    // All equal: the lowest APIC ID.
+    assert_eq!(lowest(&mut ls, 0x0e, 0x50), vec![1]);
+    // CPU 1 now has 0x50 requested: the focus processor for 0x50 whatever its priority.
+    ls[1].write(reg::TPR, 0x80, 0);
+    assert_eq!(lowest(&mut ls, 0x0e, 0x50), vec![1]);
+    // Another vector: CPU 1 has the highest priority, 2 and 3 tie at 0: APIC ID 2.
+    assert_eq!(lowest(&mut ls, 0x0e, 0x51), vec![2]);
+    // TPR 0x30 on CPU 2 and an interrupt in service (class 4) on CPU 3: CPU 2 is lower.
+    ls[2].write(reg::TPR, 0x30, 0);
+    ls[3].accept_fixed(0x42, false);
+    assert_eq!(ls[3].acknowledge(), Some(0x42));
+    assert_eq!(ls[3].ppr(), 0x40);
+    assert_eq!(lowest(&mut ls, 0x0c, 0x60), vec![2]);
+    // The sub-class counts: TPR 0x31 on CPU 2 against 0x30 on CPU 3 (after its EOI).
+    ls[3].write(reg::EOI, 0, 0);
+    ls[3].write(reg::TPR, 0x30, 0);
+    ls[2].write(reg::TPR, 0x31, 0);
+    assert_eq!(lowest(&mut ls, 0x0c, 0x61), vec![3]);
+}
+
+#[test]
+fn lowest_priority_focus_checking_and_disabled_apics() {
+    let mut ls = four();
+    // CPU 3 has 0x70 in service but focus checking disabled: not the focus, and its PPR
+    // (0x70) loses against CPU 2's 0.
+    ls[3].write(reg::SVR, 0x1ff | svr::FOCUS_DISABLED, 0);
+    ls[3].accept_fixed(0x70, false);
+    assert_eq!(ls[3].acknowledge(), Some(0x70));
+    assert_eq!(lowest(&mut ls, 0x0c, 0x70), vec![2]);
+    // With focus checking on, CPU 3 is the focus processor (against CPU 1, at PPR 0).
+    ls[3].write(reg::SVR, 0x1ff, 0);
+    assert_eq!(lowest(&mut ls, 0x0a, 0x70), vec![3]);
+    // Both CPU 2 (0x70 requested, from the first message) and CPU 3 are focus processors:
+    // the lower APIC ID.
+    assert_eq!(lowest(&mut ls, 0x0c, 0x70), vec![2]);
+    // A software-disabled APIC is passed over while an enabled one is named...
+    ls[0].write(reg::SVR, 0xff, 0);
+    assert_eq!(lowest(&mut ls, 0x03, 0x71), vec![1]);
+    // ...but is chosen (and drops the interrupt) when it is the only one.
+    assert_eq!(lowest(&mut ls, 0x01, 0x72), vec![0]);
+    assert_eq!(ls[0].pending_vector(), None);
+    // Ties go by APIC ID, not CPU index: give CPU 2 ID 0 and CPU 0 ID 2.
+    let mut ls = four();
+    ls[0].write(reg::ID, 2 << 24, 0);
+    ls[2].write(reg::ID, 0, 0);
+    assert_eq!(lowest(&mut ls, 0x05, 0x73), vec![2]);
+    assert_eq!(lowest_priority_target(&ls, &[], 0x73), None);
+}

@@ -48,6 +48,14 @@ use crate::reset::{ResetControl, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT, RES
 use crate::rtc::{Rtc, RtcState, RTC_DATA_PORT, RTC_INDEX_PORT};
 use crate::uart::{Uart, UartState};
 
+mod board;
+mod hash;
+
+use board::Board;
+#[cfg(test)]
+use hash::pagemap_pages;
+pub use hash::{backed_pages, ram_hash, state_hash_of, RAM_HASH_PAGE};
+
 /// Base port of the COM1 UART.
 pub const COM1_BASE: u16 = 0x3f8;
 /// Number of COM1 ports (0x3f8–0x3ff).
@@ -125,6 +133,17 @@ pub enum ConfigError {
     /// A bad RAM size, or no memory for it.
     #[error(transparent)]
     Ram(#[from] RamError),
+    /// RAM (remapped above 4 GiB past 3 GiB) would end beyond what the CPUs can address.
+    #[error(
+        "RAM size {bytes} B does not fit in the CPU's {phys_bits}-bit physical address space \
+         (RAM beyond 3 GiB continues at 4 GiB)"
+    )]
+    BeyondAddressWidth {
+        /// The RAM size asked for.
+        bytes: u64,
+        /// The CPUID profile's physical address width.
+        phys_bits: u32,
+    },
 }
 
 /// A device's request to end the run, kept until the run loop acts on it.
@@ -283,229 +302,6 @@ impl RunResult {
     }
 }
 
-/// RAM, devices and the input seam: everything a CPU reaches through the [`Bus`].
-struct Board<I: Inputs> {
-    ram: GuestRam,
-    uart: Uart<Box<dyn Write>>,
-    debug_exit: DebugExit,
-    reset_control: ResetControl,
-    i8042: I8042,
-    rtc: Rtc,
-    platform: Platform,
-    inputs: I,
-    end_request: Option<EndRequest>,
-    /// The running CPU must leave its loop: a device asked to end the run, or the input
-    /// seam asked to stop. One flag, because the CPU checks it after every instruction.
-    exit_pending: bool,
-    /// Global instruction count when the running CPU's current slice began.
-    slice_global: u64,
-    /// That CPU's own retired count when its slice began.
-    slice_retired: u64,
-    skipped_ns: u64,
-    /// `--clock host`: time follows the input seam's host time samples.
-    host_clock: bool,
-    /// Console bytes and device writes into RAM waiting for the observer; kept only while
-    /// an enabled observer watches (`None` in run and record, which pay nothing for it).
-    device_output: Option<DeviceOutput>,
-}
-
-impl<I: Inputs> Board<I> {
-    /// The exact position of the instruction a CPU is executing.
-    #[inline]
-    fn position(&self, clock: CpuClock) -> Position {
-        Position {
-            instructions: self
-                .slice_global
-                .wrapping_add(clock.retired.wrapping_sub(self.slice_retired)),
-            cpu: clock.cpu,
-        }
-    }
-
-    /// Virtual nanoseconds at the instruction a CPU is executing.
-    #[inline]
-    fn virtual_ns(&self, clock: CpuClock) -> u64 {
-        self.position(clock)
-            .instructions
-            .wrapping_mul(NS_PER_INSTRUCTION)
-            .wrapping_add(self.skipped_ns)
-    }
-
-    fn request_end(&mut self, r: EndRequest) {
-        // The first request wins; a guest cannot take back an exit.
-        self.end_request.get_or_insert(r);
-        self.exit_pending = true;
-    }
-
-    /// After a request to the input seam: stop the CPU if the seam wants to stop.
-    #[inline]
-    fn check_inputs_stop(&mut self) {
-        if self.inputs.stop_requested() {
-            self.exit_pending = true;
-        }
-    }
-
-    /// Drive COM1's IRQ line from the UART's state, and stop the CPU if that raised an
-    /// interrupt (so it is taken right after this instruction).
-    fn update_uart_irq(&mut self) {
-        self.platform.set_isa_irq(COM1_IRQ, self.uart.irq_output());
-        self.note_platform_writes();
-    }
-
-    /// After a write to the platform: end the slice after this instruction if interrupt or
-    /// timer state changed, so the machine looks for events and deadlines again.
-    #[inline]
-    fn note_platform_writes(&mut self) {
-        if self.platform.touched() {
-            self.exit_pending = true;
-        }
-    }
-
-    fn read_port_byte(&mut self, port: u16, ns: u64) -> u8 {
-        match port {
-            p if (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&p) => {
-                let v = self.uart.read((p - COM1_BASE) as u8);
-                self.update_uart_irq();
-                v
-            }
-            RESET_CONTROL_PORT => self.reset_control.read(),
-            I8042_DATA_PORT | I8042_COMMAND_PORT => self.i8042.read(port),
-            RTC_INDEX_PORT | RTC_DATA_PORT => self.rtc.read(port, ns),
-            _ => 0xff, // nothing there: the bus floats high
-        }
-    }
-
-    fn write_port_byte(&mut self, port: u16, value: u8, ns: u64) {
-        match port {
-            p if (COM1_BASE..COM1_BASE + COM1_PORTS).contains(&p) => {
-                let sent = self.uart.write((p - COM1_BASE) as u8, value);
-                if let (Some(b), Some(out)) = (sent, &mut self.device_output) {
-                    out.console.push(b);
-                }
-                self.update_uart_irq();
-            }
-            RTC_INDEX_PORT | RTC_DATA_PORT => self.rtc.write(port, value, ns),
-            _ => {}
-        }
-    }
-}
-
-impl<I: Inputs> Bus for Board<I> {
-    #[inline(always)]
-    fn ram(&mut self) -> &mut [u8] {
-        // The CPU reports the pages it writes through `mark_written`.
-        self.ram.cpu_slice()
-    }
-
-    #[inline(always)]
-    fn mark_written(&mut self, pa: GuestPhysAddr) {
-        self.ram.mark_written(pa);
-    }
-
-    #[inline(always)]
-    fn is_mmio(&self, _pa: GuestPhysAddr) -> bool {
-        false
-    }
-
-    fn mmio_read(&mut self, clock: CpuClock, pa: GuestPhysAddr, size: u8) -> u64 {
-        if Platform::claims_mmio(pa) {
-            let ns = self.virtual_ns(clock);
-            return self.platform.mmio_read(clock.cpu, pa, size, ns);
-        }
-        reprise_cpu::flags::mask(size as usize)
-    }
-
-    fn mmio_write(&mut self, clock: CpuClock, pa: GuestPhysAddr, size: u8, value: u64) {
-        if Platform::claims_mmio(pa) {
-            let ns = self.virtual_ns(clock);
-            self.platform.mmio_write(clock.cpu, pa, size, value, ns);
-            self.note_platform_writes();
-        }
-    }
-
-    fn rdmsr(&mut self, clock: CpuClock, msr: u32) -> Option<u64> {
-        let ns = self.virtual_ns(clock);
-        self.platform.rdmsr(clock.cpu, msr, ns)
-    }
-
-    fn wrmsr(&mut self, clock: CpuClock, msr: u32, value: u64) -> bool {
-        // The TSC-deadline MSR is compared with the bus TSC (the CPUs' TSC offsets are
-        // not visible here; Linux never moves the TSC).
-        let ns = self.virtual_ns(clock);
-        let ok = self.platform.wrmsr(clock.cpu, msr, value, ns, ns);
-        self.note_platform_writes();
-        ok
-    }
-
-    fn io_in(&mut self, clock: CpuClock, port: u16, size: u8) -> u32 {
-        let ns = self.virtual_ns(clock);
-        if Platform::claims_port(port) {
-            return self.platform.io_in(port, size, ns);
-        }
-        // A wide access reads consecutive ports, lowest port in the lowest byte.
-        let mut v = 0u32;
-        for k in 0..size.min(4) {
-            v |= (self.read_port_byte(port.wrapping_add(k as u16), ns) as u32) << (8 * k);
-        }
-        v
-    }
-
-    fn io_out(&mut self, clock: CpuClock, port: u16, size: u8, value: u32) {
-        match (port, size) {
-            // Debug exit takes the whole value, whatever its width.
-            (DEBUG_EXIT_PORT, _) => {
-                let r = self.debug_exit.write(size, value);
-                self.request_end(EndRequest::Exit(r));
-            }
-            // Byte accesses only: a dword at 0xcf8 is the PCI config address, not a reset.
-            (RESET_CONTROL_PORT, 1) => {
-                if self.reset_control.write(value as u8) {
-                    self.request_end(EndRequest::Reset);
-                }
-            }
-            (I8042_DATA_PORT | I8042_COMMAND_PORT, 1) => {
-                if self.i8042.write(port, value as u8) {
-                    self.request_end(EndRequest::Reset);
-                }
-            }
-            (p, _) if Platform::claims_port(p) => {
-                let ns = self.virtual_ns(clock);
-                if let Some(PlatformExit::PowerOff) = self.platform.io_out(port, size, value, ns) {
-                    self.request_end(EndRequest::PowerOff);
-                }
-                self.note_platform_writes();
-            }
-            _ => {
-                let ns = self.virtual_ns(clock);
-                for k in 0..size.min(4) {
-                    let byte = (value >> (8 * k)) as u8;
-                    self.write_port_byte(port.wrapping_add(k as u16), byte, ns);
-                }
-            }
-        }
-    }
-
-    fn random(&mut self, clock: CpuClock, source: RandomSource) -> Option<u64> {
-        let at = self.position(clock);
-        let v = self.inputs.random(at, source);
-        self.check_inputs_stop();
-        v
-    }
-
-    fn tsc(&mut self, clock: CpuClock) -> u64 {
-        // TSC_HZ is 1 GHz: one tick per virtual nanosecond.
-        self.virtual_ns(clock)
-    }
-
-    #[inline(always)]
-    fn wants_exit(&self) -> bool {
-        self.exit_pending
-    }
-
-    fn device_output(&mut self) -> Option<&mut DeviceOutput> {
-        self.device_output.as_mut()
-    }
-}
-
 /// A whole machine: CPUs, RAM, devices, the shared decoded-code cache and the scheduler.
 pub struct Machine<I: Inputs> {
     config: MachineConfig,
@@ -535,6 +331,15 @@ impl<I: Inputs> Machine<I> {
         serial_out: Box<dyn Write>,
     ) -> Result<Machine<I>, ConfigError> {
         config.validate()?;
+        // The CPUs must be able to address all of RAM (the profile's physical width).
+        let phys_bits = cpuid.query(0x8000_0008, 0, 0)[0] & 0xff;
+        let span = crate::ram::ram_span(config.ram_bytes);
+        if phys_bits < 64 && span > 1u64 << phys_bits {
+            return Err(ConfigError::BeyondAddressWidth {
+                bytes: config.ram_bytes,
+                phys_bits,
+            });
+        }
         let ram = GuestRam::new(config.ram_bytes)?;
         // The topology leaves follow the CPU count (idempotent for a recorded profile).
         let cpuid = cpuid.with_topology(config.cpus);
@@ -543,7 +348,7 @@ impl<I: Inputs> Machine<I> {
             .collect();
         let rtc_start = inputs.rtc_start_time();
         Ok(Machine {
-            code: CodeCache::new(config.ram_bytes),
+            code: CodeCache::new(ram.len()),
             board: Board {
                 ram,
                 uart: Uart::new(serial_out),
@@ -1064,160 +869,6 @@ impl<I: Inputs> Machine<I> {
             None => format!("<no cpu {cpu}>"),
         }
     }
-}
-
-/// [`Machine::state_hash`] from its parts: blake3 of the postcard-serialized state followed
-/// by the RAM hash.
-pub fn state_hash_of(state: &MachineState, ram_hash: &blake3::Hash) -> blake3::Hash {
-    let mut h = blake3::Hasher::new();
-    // Serializing plain structs of integers into a hasher cannot fail.
-    postcard::to_io(state, &mut h).expect("machine state serializes");
-    h.update(ram_hash.as_bytes());
-    h.finalize()
-}
-
-/// Bytes of RAM per unit of [`ram_hash`].
-pub const RAM_HASH_PAGE: usize = 4096;
-
-/// A blake3 hash of RAM contents that skips zero pages: for every 4 KiB page holding a
-/// non-zero byte, in address order, its page number (u64 little-endian) then its bytes.
-///
-/// Why not blake3 of all bytes: a fresh 256 MiB machine is almost all zero, and reading every
-/// page of it costs a fault per page (over 100 ms) where the guest itself ran for a few.
-/// Zero pages contribute nothing, so on Linux the pages the host never backed (never
-/// written: they are still zero) are skipped without touching them (see `backed_pages`).
-/// That is only a shortcut: the hash depends on the contents alone, and anywhere the
-/// shortcut is unavailable every page is read.
-pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
-    let pages = ram.len() / RAM_HASH_PAGE;
-    let mut h = blake3::Hasher::new();
-    let mut hash_page = |p: usize| {
-        let bytes = &ram[p * RAM_HASH_PAGE..(p + 1) * RAM_HASH_PAGE];
-        if bytes.iter().any(|&b| b != 0) {
-            h.update(&(p as u64).to_le_bytes());
-            h.update(bytes);
-        }
-    };
-    match backed_pages(ram) {
-        Some(backed) => {
-            // Mostly zero bytes: skip them eight pages at a time.
-            for (k, group) in backed.chunks(8).enumerate() {
-                if group.iter().all(|&b| b == 0) {
-                    continue;
-                }
-                for (j, &b) in group.iter().enumerate() {
-                    if b != 0 && k * 8 + j < pages {
-                        hash_page(k * 8 + j);
-                    }
-                }
-            }
-        }
-        None => (0..pages).for_each(hash_page),
-    }
-    // A partial last page (RAM is page-aligned, but stay total).
-    let tail = &ram[pages * RAM_HASH_PAGE..];
-    if tail.iter().any(|&b| b != 0) {
-        h.update(&(pages as u64).to_le_bytes());
-        h.update(tail);
-    }
-    h.finalize()
-}
-
-/// For each 4 KiB page of `ram`, whether the host may hold anything but zeros for it
-/// (non-zero: maybe; zero: certainly not); `None` where that cannot be known. RAM is a private anonymous mapping, so a page the host holds
-/// neither in memory nor in swap has never been written.
-///
-/// First choice, `mincore` (one byte per page, cheap even for huge holes), valid only when
-/// nothing of the process is in swap — a swapped-out page is "not resident" yet not zero —
-/// which a host without swap guarantees, and otherwise `VmSwap` in `/proc/self/status`
-/// tells, read after `mincore` so that a page swapped out before it is seen. Otherwise `/proc/self/pagemap`, whose entries say present or
-/// swapped for each page (slower: the kernel formats 8 bytes per page).
-pub fn backed_pages(ram: &[u8]) -> Option<Vec<u8>> {
-    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        return None; // x86-64 Linux pages are 4 KiB, the unit of this hash
-    }
-    if !(ram.as_ptr() as usize).is_multiple_of(RAM_HASH_PAGE) {
-        return None;
-    }
-    resident_pages(ram)
-        .filter(|_| host_has_no_swap() || swapped_kib() == Some(0))
-        .or_else(|| pagemap_pages(ram))
-}
-
-/// `mincore`'s view: whether each page is resident (bit 0).
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn resident_pages(ram: &[u8]) -> Option<Vec<u8>> {
-    let pages = ram.len() / RAM_HASH_PAGE;
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `ram` is a live, page-aligned mapping (checked by the caller) of `ram.len()`
-    // bytes, and `vec` has one byte for each of its pages, as mincore requires.
-    let rc = unsafe {
-        libc::mincore(
-            ram.as_ptr() as *mut libc::c_void,
-            pages * RAM_HASH_PAGE,
-            vec.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // Only bit 0 is defined; clear the others so that zero means "not resident".
-    vec.iter_mut().for_each(|v| *v &= 1);
-    Some(vec)
-}
-
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-fn resident_pages(_ram: &[u8]) -> Option<Vec<u8>> {
-    None
-}
-
-/// Whether the host has no swap space at all (then no page of ours can be swapped out).
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn host_has_no_swap() -> bool {
-    // SAFETY: sysinfo is a plain struct of integers, for which all zeros is a valid value.
-    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid, writable sysinfo struct; the call only writes it.
-    let rc = unsafe { libc::sysinfo(&mut info) };
-    rc == 0 && info.totalswap == 0
-}
-
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-fn host_has_no_swap() -> bool {
-    false
-}
-
-/// Kilobytes of this process in swap (`VmSwap` of `/proc/self/status`).
-fn swapped_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmSwap:"))?;
-    line["VmSwap:".len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// `/proc/self/pagemap`'s view: whether each page is present or swapped.
-fn pagemap_pages(ram: &[u8]) -> Option<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let start = ram.as_ptr() as usize;
-    let pages = ram.len() / RAM_HASH_PAGE;
-    let mut f = std::fs::File::open("/proc/self/pagemap").ok()?;
-    f.seek(SeekFrom::Start((start / RAM_HASH_PAGE) as u64 * 8))
-        .ok()?;
-    let mut backed = Vec::with_capacity(pages);
-    let mut buf = vec![0u8; 8 * 4096];
-    while backed.len() < pages {
-        let want = (pages - backed.len()).min(4096) * 8;
-        f.read_exact(&mut buf[..want]).ok()?;
-        for e in buf[..want].chunks_exact(8) {
-            let entry = u64::from_le_bytes(e.try_into().ok()?);
-            // Bit 63: present; bit 62: swapped.
-            backed.push(u8::from(entry >> 62 != 0));
-        }
-    }
-    Some(backed)
 }
 
 #[cfg(test)]

@@ -188,7 +188,7 @@ fn bad_layouts_are_refused_with_the_image_named() {
     assert!(try_load(1, 4 * MIB, &at(4 * MIB - 0x2_0000, 0x10)).is_ok());
     let e = try_load(40, 2 * MIB, &at(BASE, 1)).unwrap_err();
     assert!(matches!(e.kind, BareError::StacksDoNotFit { .. }), "{e}");
-    let e = try_load(1, 8 << 30, &at(BASE, 1)).unwrap_err();
+    let e = try_load(1, (3 << 30) + 4096, &at(BASE, 1)).unwrap_err();
     assert!(matches!(e.kind, BareError::RamTooLarge { .. }), "{e}");
     let e = try_load(1, 4 * MIB, b"MZ\x90\x00").unwrap_err();
     assert!(

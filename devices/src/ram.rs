@@ -1,4 +1,15 @@
-//! Guest RAM: one contiguous, zero-filled anonymous mapping.
+//! Guest RAM: one contiguous, zero-filled anonymous mapping, indexed by guest-physical
+//! address.
+//!
+//! The layout is QEMU's i440fx one: RAM fills guest-physical addresses from 0 up to at
+//! most [`HOLE_START`] (3 GiB); what does not fit below the hole is remapped from
+//! [`HIGH_RAM_START`] (4 GiB) up. The hole `[3 GiB, 4 GiB)` holds the LAPIC, the IOAPIC
+//! and nothing else of ours. The mapping spans every guest-physical address from 0 to the
+//! end of RAM, the hole included, so a guest-physical address *is* the index into the
+//! mapping everywhere (the CPUs, the checkpoint store, the dirty bitmap, seek's `phys:`):
+//! no component translates. The hole's part of the mapping is never backed (the machine
+//! tells the CPUs it is device space, and [`GuestRam::get`]/[`GuestRam::get_mut`] refuse
+//! it), so it costs address space only and always reads as zeros in hashes.
 //!
 //! RAM is the only machine state that is not a serde struct: it is too big, so checkpoints
 //! store it page by page and state hashes read it directly ([`GuestRam::as_slice`]).
@@ -45,6 +56,45 @@ pub enum RamError {
     },
 }
 
+/// Start of the 32-bit device hole: RAM below it, devices (LAPIC, IOAPIC) in it.
+pub const HOLE_START: u64 = 0xc000_0000;
+/// Where RAM that does not fit below [`HOLE_START`] continues (4 GiB).
+pub const HIGH_RAM_START: u64 = 1 << 32;
+
+/// Bytes of a machine's `bytes` of RAM that sit below the hole, from address 0.
+pub fn low_ram_bytes(bytes: u64) -> u64 {
+    bytes.min(HOLE_START)
+}
+
+/// Bytes of a machine's `bytes` of RAM remapped above 4 GiB, from [`HIGH_RAM_START`].
+pub fn high_ram_bytes(bytes: u64) -> u64 {
+    bytes.saturating_sub(HOLE_START)
+}
+
+/// The guest-physical span of `bytes` of RAM: one past its highest address, which is the
+/// length of the mapping.
+pub fn ram_span(bytes: u64) -> u64 {
+    match high_ram_bytes(bytes) {
+        0 => bytes,
+        high => HIGH_RAM_START + high,
+    }
+}
+
+/// Whether guest-physical address `pa` is in the device hole (never RAM).
+#[inline(always)]
+pub fn in_hole(pa: u64) -> bool {
+    pa.wrapping_sub(HOLE_START) < HIGH_RAM_START - HOLE_START
+}
+
+/// The RAM ranges `(start, length)` of a machine with `bytes` of RAM, ascending.
+pub fn ram_ranges(bytes: u64) -> Vec<(u64, u64)> {
+    let mut r = vec![(0, low_ram_bytes(bytes))];
+    if high_ram_bytes(bytes) > 0 {
+        r.push((HIGH_RAM_START, high_ram_bytes(bytes)));
+    }
+    r
+}
+
 /// Bytes per page of the dirty bitmap.
 pub const DIRTY_PAGE: u64 = 4096;
 
@@ -52,9 +102,11 @@ pub const DIRTY_PAGE: u64 = 4096;
 /// compared for equality by checkpoint stores; it never reaches guest state.
 static NEXT_RAM_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Guest physical memory, addressed from 0.
+/// Guest physical memory, addressed from 0 (see the module's note on the hole).
 pub struct GuestRam {
     map: MmapMut,
+    /// The RAM size asked for (the mapping is larger when RAM goes above the hole).
+    bytes: u64,
     /// One bit per page: written (or possibly written) since the last
     /// [`GuestRam::take_dirty`]. All set at creation.
     dirty: Vec<u64>,
@@ -110,7 +162,7 @@ impl DirtyPages {
 
 impl std::fmt::Debug for GuestRam {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GuestRam({} bytes)", self.map.len())
+        write!(f, "GuestRam({} bytes)", self.bytes)
     }
 }
 
@@ -139,24 +191,40 @@ impl GuestRam {
         }
     }
 
-    /// Zero-filled RAM of `bytes` bytes. The mapping is anonymous and lazily backed, so
-    /// untouched pages cost no host memory.
+    /// Zero-filled RAM of `bytes` bytes, laid out around the hole. The mapping is
+    /// anonymous and lazily backed, so untouched pages (the hole's among them) cost no host
+    /// memory.
     pub fn new(bytes: u64) -> Result<GuestRam, RamError> {
         Self::check_size(bytes)?;
-        let len = usize::try_from(bytes).map_err(|_| RamError::TooLarge(bytes))?;
+        let span = ram_span(bytes);
+        let len = usize::try_from(span).map_err(|_| RamError::TooLarge(bytes))?;
         let map =
             MmapMut::map_anon(len).map_err(|source| RamError::Allocation { bytes, source })?;
-        Ok(GuestRam {
+        let mut ram = GuestRam {
             map,
-            dirty: every_page(bytes / DIRTY_PAGE),
+            bytes,
+            dirty: Vec::new(),
             id: NEXT_RAM_ID.fetch_add(1, Ordering::Relaxed),
             epoch: 0,
-        })
+        };
+        ram.mark_all();
+        Ok(ram)
     }
 
-    /// Size in bytes.
+    /// The guest-physical span in bytes: one past the highest RAM address, the hole
+    /// included when RAM goes above it. This is the length of [`GuestRam::as_slice`].
     pub fn len(&self) -> u64 {
         self.map.len() as u64
+    }
+
+    /// The RAM size in bytes (what `--mem` asked for; the hole not counted).
+    pub fn ram_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// RAM below the hole, from address 0: where boot loaders put what they load.
+    pub fn low_bytes(&self) -> u64 {
+        low_ram_bytes(self.bytes)
     }
 
     /// Always false: RAM has at least [`MIN_RAM_BYTES`] (for clippy's `len` rule).
@@ -211,9 +279,16 @@ impl GuestRam {
         }
     }
 
-    /// Mark every page.
+    /// Mark every page of RAM (the hole's pages, which nothing writes, stay clear).
     fn mark_all(&mut self) {
         self.dirty = every_page(self.len() / DIRTY_PAGE);
+        if self.len() > HIGH_RAM_START {
+            for page in HOLE_START / DIRTY_PAGE..HIGH_RAM_START / DIRTY_PAGE {
+                if let Some(w) = self.dirty.get_mut((page / 64) as usize) {
+                    *w &= !(1 << (page % 64));
+                }
+            }
+        }
     }
 
     /// The pages written since the previous call (or since creation), and start a new
@@ -231,7 +306,8 @@ impl GuestRam {
         taken
     }
 
-    /// The bytes `[addr, addr + len)`, or `None` if any of them is outside RAM.
+    /// The bytes `[addr, addr + len)`, or `None` if any of them is outside RAM (beyond it
+    /// or in the hole).
     pub fn get(&self, addr: u64, len: u64) -> Option<&[u8]> {
         let (start, end) = self.range(addr, len)?;
         self.map.get(start..end)
@@ -272,7 +348,8 @@ impl GuestRam {
 
     fn range(&self, addr: u64, len: u64) -> Option<(usize, usize)> {
         let end = addr.checked_add(len)?;
-        if end > self.len() {
+        // Outside the span, or touching the hole (which is not RAM).
+        if end > self.len() || (addr < HIGH_RAM_START && end > HOLE_START) {
             return None;
         }
         Some((usize::try_from(addr).ok()?, usize::try_from(end).ok()?))
@@ -339,5 +416,38 @@ mod tests {
         let _ = ram.as_mut_slice();
         assert_eq!(ram.take_dirty().count(), 515);
         assert_ne!(GuestRam::new(2 << 20).unwrap().take_dirty().ram, d.ram);
+    }
+
+    #[test]
+    fn ram_beyond_three_gib_continues_at_four_gib() {
+        const G: u64 = 1 << 30;
+        assert_eq!(ram_ranges(G), vec![(0, G)]);
+        assert_eq!(ram_ranges(3 * G), vec![(0, 3 * G)]);
+        assert_eq!(ram_ranges(5 * G), vec![(0, 3 * G), (4 * G, 2 * G)]);
+        assert_eq!((ram_span(3 * G), ram_span(5 * G)), (3 * G, 6 * G));
+        assert!(in_hole(HOLE_START) && in_hole(HIGH_RAM_START - 1));
+        assert!(!in_hole(HOLE_START - 1) && !in_hole(HIGH_RAM_START) && !in_hole(0));
+
+        let mut ram = GuestRam::new(4 * G + 4096).unwrap();
+        assert_eq!(
+            (ram.ram_bytes(), ram.low_bytes(), ram.len()),
+            (4 * G + 4096, 3 * G, 5 * G + 4096)
+        );
+        // The last byte of RAM is at 5 GiB + 4 KiB - 1; the hole is not RAM.
+        assert!(ram.write_u64(5 * G + 4096 - 8, 7));
+        assert_eq!(ram.read_u64(5 * G + 4096 - 8), Some(7));
+        assert!(!ram.write_u64(5 * G + 4096 - 7, 7));
+        assert!(ram.get(HOLE_START, 1).is_none());
+        assert!(
+            ram.get(HOLE_START - 4, 8).is_none(),
+            "straddles into the hole"
+        );
+        assert!(ram.get(HIGH_RAM_START - 1, 2).is_none());
+        assert!(ram.get(HOLE_START - 8, 8).is_some());
+        // New RAM is all dirty except the hole: 4 GiB + 4 KiB of pages.
+        let d = ram.take_dirty();
+        assert_eq!(d.count(), (4 * G + 4096) / DIRTY_PAGE);
+        assert!(!d.contains(HOLE_START / DIRTY_PAGE));
+        assert!(d.contains(HIGH_RAM_START / DIRTY_PAGE));
     }
 }

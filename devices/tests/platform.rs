@@ -6,7 +6,7 @@
 use iced_x86::code_asm::*;
 use reprise_devices::boot::{bare, kernel, multiboot};
 use reprise_devices::elf::{build_exec, SegmentSpec};
-use reprise_devices::{Machine, MachineConfig, RunOutcome, ScriptedInputs};
+use reprise_devices::{Inputs, Machine, MachineConfig, RunOutcome, ScriptedInputs};
 
 mod common;
 
@@ -32,6 +32,19 @@ fn machine(cpus: u32) -> Machine<ScriptedInputs> {
     .unwrap()
 }
 
+/// A machine of `cpus` CPUs and 8 MiB with `inputs` and no console, booted with the bare
+/// protocol image `elf` (called `name` in errors): the set-up every bare test here shares.
+fn booted<I: Inputs>(cpus: u32, inputs: I, name: &str, elf: &[u8]) -> Machine<I> {
+    let mut m = Machine::new(
+        MachineConfig::new(cpus, 8 * MIB),
+        inputs,
+        Box::new(std::io::sink()),
+    )
+    .unwrap();
+    bare::load(&mut m, name, elf).unwrap();
+    m
+}
+
 /// A bare-protocol image of the 64-bit code `f` assembles at [`BASE`].
 fn bare_image(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
     let mut a = CodeAssembler::new(64).unwrap();
@@ -54,8 +67,7 @@ fn wait_for_interrupts(a: &mut CodeAssembler, n: u32) -> Result<(), IcedError> {
 fn lapic_timer_wakes_a_halted_cpu_and_idle_time_jumps() {
     // Five periods of 100 µs (2,500 ticks of 25 MHz).
     let elf = periodic_sleeper(2500, 5);
-    let mut m = machine(1);
-    bare::load(&mut m, "timer.elf", &elf).unwrap();
+    let mut m = booted(1, ScriptedInputs::new(), "timer.elf", &elf);
     let r = m.run(1_000_000);
     match r.outcome {
         RunOutcome::Exit(e) => assert_eq!(e.value, 5),
@@ -108,8 +120,7 @@ fn pit_interrupts_through_the_8259_and_lint0() {
         a.pop(rdi)?;
         a.iretq()
     });
-    let mut m = machine(1);
-    bare::load(&mut m, "pit.elf", &elf).unwrap();
+    let mut m = booted(1, ScriptedInputs::new(), "pit.elf", &elf);
     let r = m.run(1_000_000);
     match r.outcome {
         RunOutcome::Exit(e) => assert_eq!(e.value, 3),
@@ -146,8 +157,7 @@ fn init_and_startup_ipi_start_a_cpu_in_real_mode() {
         a.hlt()?;
         a.jmp(ap)
     });
-    let mut m = machine(2);
-    bare::load(&mut m, "smp.elf", &elf).unwrap();
+    let mut m = booted(2, ScriptedInputs::new(), "smp.elf", &elf);
     let r = m.run(10_000_000);
     match r.outcome {
         RunOutcome::Exit(e) => assert_eq!(e.value, 0x42),
@@ -166,8 +176,7 @@ fn acpi_power_off() {
         a.out(dx, ax)?;
         a.hlt()
     });
-    let mut m = machine(1);
-    bare::load(&mut m, "off.elf", &elf).unwrap();
+    let mut m = booted(1, ScriptedInputs::new(), "off.elf", &elf);
     assert_eq!(m.run(1000).outcome, RunOutcome::PowerOff);
 }
 
@@ -180,8 +189,7 @@ fn all_halted_with_interrupts_off_ends_the_run_even_with_timers() {
         a.cli()?;
         a.hlt()
     });
-    let mut m = machine(1);
-    bare::load(&mut m, "halt.elf", &elf).unwrap();
+    let mut m = booted(1, ScriptedInputs::new(), "halt.elf", &elf);
     assert!(matches!(m.run(1000).outcome, RunOutcome::AllHalted(_)));
 }
 
@@ -280,13 +288,12 @@ fn host_clock_samples_are_taken_at_fixed_positions_and_drive_time() {
         counting_handler(a, L)
     });
     let run = |step: u64| {
-        let mut m = Machine::new(
-            MachineConfig::new(1, 8 * MIB),
+        let mut m = booted(
+            1,
             ScriptedInputs::new().with_host_clock(step),
-            Box::new(std::io::sink()),
-        )
-        .unwrap();
-        bare::load(&mut m, "host.elf", &elf).unwrap();
+            "host.elf",
+            &elf,
+        );
         let r = m.run(10_000_000);
         assert_eq!(r.outcome, RunOutcome::Exit(exit(2)), "{:?}", r.outcome);
         let log = m.inputs().host_log.clone();
@@ -333,13 +340,12 @@ fn exit(value: u32) -> reprise_devices::debug_exit::ExitRequest {
 fn a_halted_guest_sleeps_in_host_time_under_the_host_clock() {
     // Three periods of 50 ms: 150 ms of host time, a few hundred instructions.
     let elf = periodic_sleeper(1_250_000, 3);
-    let mut m = Machine::new(
-        MachineConfig::new(1, 8 * MIB),
+    let mut m = booted(
+        1,
         reprise_devices::HostInputs::new(false).with_host_clock(),
-        Box::new(std::io::sink()),
-    )
-    .unwrap();
-    bare::load(&mut m, "sleep.elf", &elf).unwrap();
+        "sleep.elf",
+        &elf,
+    );
     let started = std::time::Instant::now();
     let r = m.run(1_000_000);
     let took = started.elapsed();
@@ -359,13 +365,12 @@ fn an_interruption_stops_the_run_at_a_quantum_start() {
         a.set_label(&mut lp)?;
         a.jmp(lp)
     });
-    let mut m = Machine::new(
-        MachineConfig::new(2, 8 * MIB),
+    let mut m = booted(
+        2,
         ScriptedInputs::new().with_interrupt_at(123_456),
-        Box::new(std::io::sink()),
-    )
-    .unwrap();
-    bare::load(&mut m, "spin.elf", &elf).unwrap();
+        "spin.elf",
+        &elf,
+    );
     let r = m.run(u64::MAX);
     assert_eq!(r.outcome, RunOutcome::InputsStopped);
     // The first quantum start at or after 123,456 (quanta of 10,000 instructions).
@@ -384,8 +389,7 @@ fn cr8_is_the_local_apic_task_priority() {
         a.mov(r9, cr8)?; // CR8 after a TPR write: 0xa
         a.hlt()
     });
-    let mut m = machine(1);
-    bare::load(&mut m, "cr8.elf", &elf).unwrap();
+    let mut m = booted(1, ScriptedInputs::new(), "cr8.elf", &elf);
     m.run(1000);
     let s = &m.cpus()[0].state;
     assert_eq!(s.gpr[8], 0x50);
@@ -417,8 +421,7 @@ fn cr8_masks_interrupts_of_lower_priority() {
         a.set_label(&mut handler)?;
         counting_handler(a, L)
     });
-    let mut m = machine(1);
-    bare::load(&mut m, "cr8irq.elf", &elf).unwrap();
+    let mut m = booted(1, ScriptedInputs::new(), "cr8irq.elf", &elf);
     m.run(10_000);
     let s = &m.cpus()[0].state;
     assert_eq!(s.gpr[10], 0);
@@ -454,8 +457,7 @@ fn the_tsc_deadline_counts_in_the_cpus_own_tsc() {
         a.set_label(&mut handler)?;
         counting_handler(a, L)
     });
-    let mut m = machine(1);
-    bare::load(&mut m, "deadline.elf", &elf).unwrap();
+    let mut m = booted(1, ScriptedInputs::new(), "deadline.elf", &elf);
     let r = m.run(100_000);
     assert!(
         matches!(r.outcome, RunOutcome::Exit(e) if e.value == 1),
@@ -477,8 +479,7 @@ fn every_cpu_halted_with_interrupts_off_is_a_deliberate_halt() {
         a.cli()?;
         a.hlt()
     });
-    let mut m = machine(2);
-    bare::load(&mut m, "halt.elf", &elf).unwrap();
+    let mut m = booted(2, ScriptedInputs::new(), "halt.elf", &elf);
     match m.run(1000).outcome {
         RunOutcome::AllHalted(h) => {
             assert!(h.interrupts_off());
@@ -494,8 +495,7 @@ fn every_cpu_halted_with_interrupts_off_is_a_deliberate_halt() {
         a.sti()?;
         a.hlt()
     });
-    let mut m = machine(1);
-    bare::load(&mut m, "hang.elf", &elf).unwrap();
+    let mut m = booted(1, ScriptedInputs::new(), "hang.elf", &elf);
     match m.run(1000).outcome {
         RunOutcome::AllHalted(h) => assert!(!h.interrupts_off()),
         o => panic!("{o:?}"),
@@ -546,8 +546,7 @@ fn a_tsc_deadline_armed_before_a_tsc_write_moves_with_the_tsc() {
     // moving it 100 µs back makes it 200 µs.
     for (shift, wait) in [(60_000i32, 40_000u64), (-100_000, 200_000)] {
         let elf = deadline_then_tsc_write(shift);
-        let mut m = machine(1);
-        bare::load(&mut m, "deadline-move.elf", &elf).unwrap();
+        let mut m = booted(1, ScriptedInputs::new(), "deadline-move.elf", &elf);
         let r = m.run(100_000);
         assert!(
             matches!(r.outcome, RunOutcome::Exit(e) if e.value == 1),

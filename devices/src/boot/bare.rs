@@ -86,8 +86,9 @@ pub enum BareError {
     /// The file is not an acceptable ELF.
     #[error(transparent)]
     Elf(#[from] ElfError),
-    /// More RAM than the identity map covers.
-    #[error("the bare boot protocol maps only the first 4 GiB, so at most 4 GiB of RAM (this machine has {ram:#x} bytes)")]
+    /// RAM beyond the 3 GiB hole: the protocol's stacks sit at the top of one contiguous
+    /// RAM range below it.
+    #[error("the bare boot protocol supports at most 3 GiB of RAM (RAM past the 3–4 GiB hole of the APICs would not be contiguous); this machine has {ram:#x} bytes")]
     RamTooLarge {
         /// RAM size.
         ram: u64,
@@ -165,7 +166,7 @@ pub fn load<I: Inputs>(
     let image = elf::parse(file).map_err(|e| fail(e.into()))?;
     let cpus = machine.config().cpus;
     let ram = machine.ram_mut();
-    check_layout(&image, ram.len(), cpus).map_err(fail)?;
+    check_layout(&image, ram.ram_bytes(), cpus).map_err(fail)?;
     let ram_bytes = ram.len();
     for seg in &image.segments {
         load_segment(ram, seg.paddr, seg.data, seg.memsz);
@@ -186,7 +187,7 @@ pub fn load<I: Inputs>(
 
 /// Check that the machine can hold the image and its stacks.
 fn check_layout(image: &ElfImage<'_>, ram: u64, cpus: u32) -> Result<(), BareError> {
-    if ram > IDENTITY_MAPPED_BYTES {
+    if ram > crate::ram::HOLE_START.min(IDENTITY_MAPPED_BYTES) {
         return Err(BareError::RamTooLarge { ram });
     }
     let need = cpus as u64 * STACK_BYTES;

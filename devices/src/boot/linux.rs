@@ -56,8 +56,9 @@ pub const CMDLINE_START: u64 = 0x2_0000;
 pub const EBDA_START: u64 = 0x9_fc00;
 /// The protected-mode kernel's load address when it has no preference (boot.rst: 1 MiB).
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
-/// Top of RAM the machine can have: the 3 GiB–4 GiB hole holds the IOAPIC and the LAPICs.
-pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// Top of RAM below 4 GiB: the 3 GiB–4 GiB hole holds the IOAPIC and the LAPICs (RAM
+/// beyond 3 GiB continues at 4 GiB, see `crate::ram`).
+pub const MMIO_HOLE_START: u64 = crate::ram::HOLE_START;
 /// Offset of the 64-bit entry point from the load address.
 pub const STARTUP_64_OFFSET: u64 = 0x200;
 /// IA32_MTRR_DEF_TYPE at entry: MTRRs enabled, default type write-back, as firmware leaves
@@ -210,9 +211,6 @@ pub enum LinuxError {
     /// The command line has a NUL byte.
     #[error("the command line contains a NUL byte")]
     CmdlineNul,
-    /// RAM reaches into the MMIO hole.
-    #[error("the Linux loader supports at most 3 GiB of RAM (below the 3–4 GiB hole of the APICs); this machine has {0:#x} bytes")]
-    RamTooLarge(u64),
     /// The kernel does not fit.
     #[error(
         "the kernel needs {need:#x} bytes from {at:#x} but RAM ends at {ram:#x}; give more --mem"
@@ -384,13 +382,26 @@ pub fn load_files(
     load(ram, cpus, &k, i.as_deref(), cmdline)
 }
 
-/// The e820 map of a machine with `ram_bytes` of RAM.
+/// The e820 map of a machine with `ram_bytes` of RAM: conventional memory, the EBDA and
+/// BIOS area, RAM from 1 MiB to at most 3 GiB, and what is left of RAM from 4 GiB up.
+/// The hole between is not listed (QEMU's layout; Linux takes unlisted space below 4 GiB
+/// as a place for devices).
 pub fn e820_map(ram_bytes: u64) -> Vec<(u64, u64, u32)> {
-    vec![
+    let low = crate::ram::low_ram_bytes(ram_bytes);
+    let mut map = vec![
         (0, EBDA_START, e820::RAM),
         (EBDA_START, HIGH_MEMORY_START - EBDA_START, e820::RESERVED),
-        (HIGH_MEMORY_START, ram_bytes - HIGH_MEMORY_START, e820::RAM),
-    ]
+        (
+            HIGH_MEMORY_START,
+            low.saturating_sub(HIGH_MEMORY_START),
+            e820::RAM,
+        ),
+    ];
+    let high = crate::ram::high_ram_bytes(ram_bytes);
+    if high > 0 {
+        map.push((crate::ram::HIGH_RAM_START, high, e820::RAM));
+    }
+    map
 }
 
 /// Load bzImage `kernel` with `initrd` and `cmdline` into `ram` for a machine of `cpus`
@@ -405,10 +416,8 @@ pub fn load(
     cmdline: &str,
 ) -> Result<LinuxBoot, LinuxError> {
     let header = parse_header(kernel)?;
-    let ram_bytes = ram.len();
-    if ram_bytes > MMIO_HOLE_START {
-        return Err(LinuxError::RamTooLarge(ram_bytes));
-    }
+    // Everything the loader places goes below the hole (RAM above 4 GiB is only listed).
+    let ram_bytes = ram.low_bytes();
     if cmdline.as_bytes().contains(&0) {
         return Err(LinuxError::CmdlineNul);
     }
@@ -468,7 +477,7 @@ pub fn load(
     ram.write(CMDLINE_START, &c);
 
     // The zero page.
-    let e820 = e820_map(ram_bytes);
+    let e820 = e820_map(ram.ram_bytes());
     let mut zp = vec![0u8; bp::SIZE];
     zp[bp::HDR..bp::HDR + header.header_len]
         .copy_from_slice(&kernel[bp::HDR..bp::HDR + header.header_len]);
@@ -670,6 +679,30 @@ mod tests {
         // GDT: 0x10 is 64-bit code, 0x18 data.
         let cs = ram.get(GDT_START + 0x10, 8).unwrap();
         assert_eq!(u64::from_le_bytes(cs.try_into().unwrap()), GDT_ENTRIES[2]);
+    }
+
+    #[test]
+    fn e820_puts_ram_past_three_gib_above_four_gib() {
+        const G: u64 = 1 << 30;
+        let low = |top: u64| {
+            vec![
+                (0, 0x9_fc00, e820::RAM),
+                (0x9_fc00, 0x6_0400, e820::RESERVED),
+                (0x10_0000, top - 0x10_0000, e820::RAM),
+            ]
+        };
+        assert_eq!(e820_map(512 << 20), low(512 << 20));
+        assert_eq!(e820_map(3 * G), low(3 * G));
+        let mut five = low(3 * G);
+        five.push((4 * G, 2 * G, e820::RAM));
+        assert_eq!(e820_map(5 * G), five);
+        // The loader places everything below the hole and lists the rest.
+        let mut ram = GuestRam::new(5 * G).unwrap();
+        let k = fake_bzimage(0x020f, 0x7f, 4096);
+        let b = load(&mut ram, 1, &k, Some(&[1; 8192]), "").unwrap();
+        assert_eq!(b.e820, five);
+        let (at, _) = b.initrd.unwrap();
+        assert!(at < 3 * G, "{at:#x}");
     }
 
     #[test]

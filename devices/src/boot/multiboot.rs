@@ -25,7 +25,7 @@ use reprise_cpu::state::{cr0, rflags, Gpr, SegReg, Segment};
 use reprise_cpu::CpuState;
 
 use crate::acpi::{self, AcpiError};
-use crate::boot::linux::{apic_base_msr, e820_map, HIGH_MEMORY_START, MMIO_HOLE_START};
+use crate::boot::linux::{apic_base_msr, e820_map, HIGH_MEMORY_START};
 use crate::elf::{self, ElfError};
 use crate::ram::GuestRam;
 
@@ -125,9 +125,6 @@ pub enum MultibootError {
         /// End of RAM.
         ram: u64,
     },
-    /// RAM reaches into the MMIO hole.
-    #[error("multiboot supports at most 3 GiB of RAM (below the 3–4 GiB hole of the APICs); this machine has {0:#x} bytes")]
-    RamTooLarge(u64),
     /// The ACPI tables could not be written.
     #[error(transparent)]
     Acpi(#[from] AcpiError),
@@ -344,10 +341,9 @@ pub fn load(
     if unknown != 0 {
         return Err(MultibootError::UnsupportedFlags(unknown));
     }
-    let ram_bytes = ram.len();
-    if ram_bytes > MMIO_HOLE_START {
-        return Err(MultibootError::RamTooLarge(ram_bytes));
-    }
+    // The kernel, the modules and the information go below the hole; RAM from 4 GiB up
+    // is only listed in the memory map.
+    let ram_bytes = ram.low_bytes();
     let (pieces, entry) = match header.addresses {
         Some(a) => aout_pieces(kernel, &header, a)?,
         None if kernel.starts_with(b"\x7fELF") => elf_pieces(kernel)?,
@@ -399,7 +395,7 @@ pub fn load(
     let mods_at = info_at + area.len() as u64;
     area.resize(area.len() + 16 * modules.len(), 0);
     let mmap_at = info_at + area.len() as u64;
-    let map = e820_map(ram_bytes);
+    let map = e820_map(ram.ram_bytes());
     for &(addr, len, ty) in &map {
         area.extend_from_slice(&20u32.to_le_bytes());
         area.extend_from_slice(&addr.to_le_bytes());
@@ -434,6 +430,7 @@ pub fn load(
             | info::BOOT_LOADER_NAME,
     );
     put(&mut area, mbi::MEM_LOWER, (map[0].1 / 1024) as u32);
+    // Upper memory is the RAM from 1 MiB to the first hole, as QEMU reports it.
     put(
         &mut area,
         mbi::MEM_UPPER,

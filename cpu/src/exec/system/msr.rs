@@ -331,7 +331,7 @@ fn write_efer<B: Bus, O: Observer>(x: &mut Exec<B, O>, v: u64) -> ExecResult {
 /// IA32_APIC_BASE: the base and the enable bit are kept here and the bus is told, so the
 /// local APIC can follow; the BSP bit is read-only and x2APIC mode needs the feature.
 fn write_apic_base<B: Bus, O: Observer>(x: &mut Exec<B, O>, v: u64) -> ExecResult {
-    let x2apic = x.cpu.cpuid.query(1, 0, 0)[2] & (1 << 21) != 0;
+    let x2apic = x.cpu.cpuid.has_ecx1(features::ecx1::X2APIC);
     let mut writable = (phys_mask(x) & !0xfff) | apic_base::EN;
     if x2apic {
         writable |= apic_base::EXTD;

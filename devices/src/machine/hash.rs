@@ -1,0 +1,158 @@
+//! Hashes of a machine's state and RAM, and the host page-residency shortcut that lets
+//! the RAM hash skip pages the host never backed.
+
+use super::MachineState;
+
+/// [`Machine::state_hash`](super::Machine::state_hash) from its parts: blake3 of the postcard-serialized state followed
+/// by the RAM hash.
+pub fn state_hash_of(state: &MachineState, ram_hash: &blake3::Hash) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    // Serializing plain structs of integers into a hasher cannot fail.
+    postcard::to_io(state, &mut h).expect("machine state serializes");
+    h.update(ram_hash.as_bytes());
+    h.finalize()
+}
+
+/// Bytes of RAM per unit of [`ram_hash`].
+pub const RAM_HASH_PAGE: usize = 4096;
+
+/// A blake3 hash of RAM contents that skips zero pages: for every 4 KiB page holding a
+/// non-zero byte, in address order, its page number (u64 little-endian) then its bytes.
+///
+/// Why not blake3 of all bytes: a fresh 256 MiB machine is almost all zero, and reading every
+/// page of it costs a fault per page (over 100 ms) where the guest itself ran for a few.
+/// Zero pages contribute nothing, so on Linux the pages the host never backed (never
+/// written: they are still zero) are skipped without touching them (see `backed_pages`).
+/// That is only a shortcut: the hash depends on the contents alone, and anywhere the
+/// shortcut is unavailable every page is read.
+pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
+    let pages = ram.len() / RAM_HASH_PAGE;
+    let mut h = blake3::Hasher::new();
+    let mut hash_page = |p: usize| {
+        let bytes = &ram[p * RAM_HASH_PAGE..(p + 1) * RAM_HASH_PAGE];
+        if bytes.iter().any(|&b| b != 0) {
+            h.update(&(p as u64).to_le_bytes());
+            h.update(bytes);
+        }
+    };
+    match backed_pages(ram) {
+        Some(backed) => {
+            // Mostly zero bytes: skip them eight pages at a time.
+            for (k, group) in backed.chunks(8).enumerate() {
+                if group.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                for (j, &b) in group.iter().enumerate() {
+                    if b != 0 && k * 8 + j < pages {
+                        hash_page(k * 8 + j);
+                    }
+                }
+            }
+        }
+        None => (0..pages).for_each(hash_page),
+    }
+    // A partial last page (RAM is page-aligned, but stay total).
+    let tail = &ram[pages * RAM_HASH_PAGE..];
+    if tail.iter().any(|&b| b != 0) {
+        h.update(&(pages as u64).to_le_bytes());
+        h.update(tail);
+    }
+    h.finalize()
+}
+
+/// For each 4 KiB page of `ram`, whether the host may hold anything but zeros for it
+/// (non-zero: maybe; zero: certainly not); `None` where that cannot be known. RAM is a private anonymous mapping, so a page the host holds
+/// neither in memory nor in swap has never been written.
+///
+/// First choice, `mincore` (one byte per page, cheap even for huge holes), valid only when
+/// nothing of the process is in swap — a swapped-out page is "not resident" yet not zero —
+/// which a host without swap guarantees, and otherwise `VmSwap` in `/proc/self/status`
+/// tells, read after `mincore` so that a page swapped out before it is seen. Otherwise `/proc/self/pagemap`, whose entries say present or
+/// swapped for each page (slower: the kernel formats 8 bytes per page).
+pub fn backed_pages(ram: &[u8]) -> Option<Vec<u8>> {
+    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        return None; // x86-64 Linux pages are 4 KiB, the unit of this hash
+    }
+    if !(ram.as_ptr() as usize).is_multiple_of(RAM_HASH_PAGE) {
+        return None;
+    }
+    resident_pages(ram)
+        .filter(|_| host_has_no_swap() || swapped_kib() == Some(0))
+        .or_else(|| pagemap_pages(ram))
+}
+
+/// `mincore`'s view: whether each page is resident (bit 0).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn resident_pages(ram: &[u8]) -> Option<Vec<u8>> {
+    let pages = ram.len() / RAM_HASH_PAGE;
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `ram` is a live, page-aligned mapping (checked by the caller) of `ram.len()`
+    // bytes, and `vec` has one byte for each of its pages, as mincore requires.
+    let rc = unsafe {
+        libc::mincore(
+            ram.as_ptr() as *mut libc::c_void,
+            pages * RAM_HASH_PAGE,
+            vec.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // Only bit 0 is defined; clear the others so that zero means "not resident".
+    vec.iter_mut().for_each(|v| *v &= 1);
+    Some(vec)
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn resident_pages(_ram: &[u8]) -> Option<Vec<u8>> {
+    None
+}
+
+/// Whether the host has no swap space at all (then no page of ours can be swapped out).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn host_has_no_swap() -> bool {
+    // SAFETY: sysinfo is a plain struct of integers, for which all zeros is a valid value.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct; the call only writes it.
+    let rc = unsafe { libc::sysinfo(&mut info) };
+    rc == 0 && info.totalswap == 0
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn host_has_no_swap() -> bool {
+    false
+}
+
+/// Kilobytes of this process in swap (`VmSwap` of `/proc/self/status`).
+fn swapped_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSwap:"))?;
+    line["VmSwap:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `/proc/self/pagemap`'s view: whether each page is present or swapped.
+pub(super) fn pagemap_pages(ram: &[u8]) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let start = ram.as_ptr() as usize;
+    let pages = ram.len() / RAM_HASH_PAGE;
+    let mut f = std::fs::File::open("/proc/self/pagemap").ok()?;
+    f.seek(SeekFrom::Start((start / RAM_HASH_PAGE) as u64 * 8))
+        .ok()?;
+    let mut backed = Vec::with_capacity(pages);
+    let mut buf = vec![0u8; 8 * 4096];
+    while backed.len() < pages {
+        let want = (pages - backed.len()).min(4096) * 8;
+        f.read_exact(&mut buf[..want]).ok()?;
+        for e in buf[..want].chunks_exact(8) {
+            let entry = u64::from_le_bytes(e.try_into().ok()?);
+            // Bit 63: present; bit 62: swapped.
+            backed.push(u8::from(entry >> 62 != 0));
+        }
+    }
+    Some(backed)
+}
