@@ -5,11 +5,10 @@
 //! decides at decode time which module executes an instruction, and `exec`, which executes it.
 //! An instruction no module claims stops the machine with [`StopReason::Unimplemented`].
 
-use iced_x86::{Code, Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
-use serde::{Deserialize, Serialize};
+use iced_x86::Instruction;
 
 use crate::bus::{Bus, CpuClock};
-use crate::code_cache::{check, Block, BlockId, CodeCache, DecodedInsn};
+use crate::code_cache::{check, Block, CodeCache, DecodedInsn};
 use crate::cpuid::CpuidProfile;
 use crate::fault::{vector, ExecResult, Exit, Fault, StopReason};
 use crate::mmu::{Intent, Tlb};
@@ -20,8 +19,10 @@ mod alu;
 mod bits;
 mod control;
 mod data;
+mod decode;
 mod deliver;
 pub(crate) mod fast;
+mod group;
 mod memory;
 mod misc;
 mod muldiv;
@@ -32,77 +33,9 @@ mod stack;
 mod string;
 mod system;
 
-/// The handler module an instruction dispatches to, chosen once at decode time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Group {
-    /// No module implements it: executing it stops the machine.
-    Unimplemented,
-    /// Moves, exchanges, conversions, CMOVcc/SETcc (`data.rs`).
-    Data,
-    /// Add/sub/logic/compare/inc/dec/neg/not (`alu.rs`).
-    Alu,
-    /// Shifts and rotates (`shift.rs`).
-    Shift,
-    /// Multiply and divide (`muldiv.rs`).
-    MulDiv,
-    /// Bit tests and scans, POPCNT, BSWAP (`bits.rs`).
-    Bits,
-    /// Jumps, calls, returns, loops (`control.rs`).
-    Control,
-    /// Push/pop, ENTER/LEAVE, PUSHF/POPF (`stack.rs`).
-    Stack,
-    /// String instructions with REP prefixes (`string.rs`).
-    String,
-    /// CPUID, RDTSC, RDRAND, flags twiddling, NOP, HLT, port I/O (`misc.rs`).
-    Misc,
-    /// SSE/SSE2 (`sse.rs`).
-    Sse,
-    /// Privileged and system instructions (`system.rs`).
-    System,
-}
-
-/// Build the table of every iced `Code`'s group, asking each module which codes it claims.
-pub(crate) fn group_table() -> Vec<Group> {
-    let count = Code::values().map(|c| c as usize).max().unwrap_or(0) + 1;
-    let mut table = vec![Group::Unimplemented; count];
-    for code in Code::values() {
-        table[code as usize] = classify(code);
-    }
-    table
-}
-
-/// A module's `claims` function.
-type Claims = fn(Code) -> bool;
-
-fn classify(code: Code) -> Group {
-    // Order matters only if two modules claim one code, which the tests forbid.
-    let modules: [(Claims, Group); 11] = [
-        (data::claims, Group::Data),
-        (alu::claims, Group::Alu),
-        (shift::claims, Group::Shift),
-        (muldiv::claims, Group::MulDiv),
-        (bits::claims, Group::Bits),
-        (control::claims, Group::Control),
-        (stack::claims, Group::Stack),
-        (string::claims, Group::String),
-        (misc::claims, Group::Misc),
-        (sse::claims, Group::Sse),
-        (system::claims, Group::System),
-    ];
-    for (claims, group) in modules {
-        if claims(code) {
-            return group;
-        }
-    }
-    Group::Unimplemented
-}
-
-/// Every iced `Code` that some handler module implements.
-pub fn implemented_codes() -> Vec<Code> {
-    Code::values()
-        .filter(|&c| classify(c) != Group::Unimplemented)
-        .collect()
-}
+pub use decode::format_insn;
+pub(crate) use group::group_table;
+pub use group::{implemented_codes, Group};
 
 /// One x86-64 processor: its architectural state plus the caches that serve it.
 pub struct Cpu {
@@ -244,9 +177,6 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         }
     }
 }
-
-/// Bytes decoded per block at most (one page plus a straddling instruction).
-const MAX_BLOCK_INSNS: usize = 64;
 
 impl Cpu {
     /// A CPU in its reset state with the given index and CPUID profile.
@@ -450,131 +380,6 @@ impl Cpu {
         result
     }
 
-    /// Find or decode the block at the current RIP.
-    fn fetch_block<B: Bus>(
-        &mut self,
-        bus: &mut B,
-        code: &mut CodeCache,
-        mode: CpuMode,
-        cpl: u8,
-    ) -> Result<(BlockId, Box<Block>, u64), Exit> {
-        let rip = self.fetch_address(mode);
-        let pa = crate::mmu::translate(&self.state, &mut self.tlb, bus, rip, Intent::Execute, cpl)?;
-        let bitness = mode.bitness();
-        if let Some(id) = code.lookup(pa, bitness) {
-            if let Some(b) = code.take(id) {
-                return Ok((id, b, pa));
-            }
-        }
-        // Gather the bytes from here to the end of the page, plus up to 15 bytes of the next
-        // page when it is mapped (an instruction may straddle the boundary).
-        let in_page = 0x1000 - (pa & 0xfff) as usize;
-        let mut bytes = Vec::with_capacity(in_page + 15);
-        read_code(bus, pa, in_page, &mut bytes);
-        let next_lin = rip.wrapping_add(in_page as u64);
-        let next_pa = crate::mmu::translate(
-            &self.state,
-            &mut self.tlb,
-            bus,
-            next_lin,
-            Intent::Execute,
-            cpl,
-        )
-        .ok();
-        if let Some(npa) = next_pa {
-            read_code(bus, npa, 15, &mut bytes);
-        }
-        let mut decoder = Decoder::with_ip(bitness, &bytes, 0, DecoderOptions::NONE);
-        let mut insns = Vec::new();
-        let mut pages = [pa >> 12, pa >> 12];
-        while insns.len() < MAX_BLOCK_INSNS {
-            let start = decoder.position();
-            if start >= in_page {
-                break;
-            }
-            let mut insn = Instruction::default();
-            decoder.decode_out(&mut insn);
-            let len = insn.len();
-            if insn.is_invalid() {
-                if insns.is_empty() {
-                    if start + 15 > bytes.len() && next_pa.is_none() {
-                        // The instruction runs into an unmapped page: fetch fault there.
-                        self.mmu_fetch_fault(bus, next_lin)?;
-                    }
-                    // A genuinely undefined opcode: the guest gets #UD.
-                    return Err(Exit::Fault(Fault::INVALID_OPCODE));
-                }
-                break;
-            }
-            if start + len > in_page {
-                if let Some(npa) = next_pa {
-                    pages[1] = npa >> 12;
-                }
-            }
-            // Decoded at 0 relative to the block start: re-base so the decoded address
-            // (branch targets, RIP-relative displacements) is relative to the instruction.
-            rebase(&mut insn, start as u64);
-            let group = code.group(insn.code());
-            let (op, ops) = if insn.code() == Code::Pause {
-                // Not a fast form but a scheduling rule of the run loop, so decided here
-                // whether fast forms are on or off.
-                (fast::Op::Pause, fast::Operands::default())
-            } else if code.fast_paths() {
-                fast::classify(&insn, group, bitness)
-            } else {
-                (fast::generic(group), fast::Operands::default())
-            };
-            // A conditional branch continues the block along its fall-through path.
-            let flow = insn.flow_control();
-            let branch = flow == iced_x86::FlowControl::ConditionalBranch;
-            let continues =
-                flow == iced_x86::FlowControl::Next || (branch && group == Group::Control);
-            let ends_block = group == Group::System || !continues;
-            insns.push(DecodedInsn {
-                insn,
-                group,
-                op,
-                ops,
-                len: len as u8,
-                locked: insn.has_lock_prefix(),
-                check: if may_call_bus(group) { check::EXIT } else { 0 }
-                    | if branch { check::BRANCH } else { 0 },
-            });
-            if ends_block || start + len >= in_page {
-                break;
-            }
-        }
-        let id = code.insert(pa, bitness, Block { insns, pages });
-        match code.take(id) {
-            Some(b) => Ok((id, b, pa)),
-            // Just inserted, so it is there; say so rather than panic if it were not.
-            None => Err(Exit::Stop(Box::new(StopReason::Unsupported {
-                cpu: self.index,
-                rip: self.state.rip,
-                what: "a freshly decoded block vanished from the code cache".into(),
-            }))),
-        }
-    }
-
-    /// The linear address of the next instruction (CS base applies outside 64-bit mode).
-    fn fetch_address(&self, mode: CpuMode) -> u64 {
-        match mode {
-            CpuMode::Long64 => self.state.rip,
-            _ => {
-                self.state.seg[crate::state::SegReg::Cs as usize]
-                    .base
-                    .wrapping_add(self.state.rip)
-                    & 0xffff_ffff
-            }
-        }
-    }
-
-    fn mmu_fetch_fault<B: Bus>(&mut self, bus: &mut B, lin: u64) -> Result<(), Exit> {
-        let cpl = self.state.cpl();
-        crate::mmu::translate(&self.state, &mut self.tlb, bus, lin, Intent::Execute, cpl)?;
-        Ok(())
-    }
-
     /// Deliver exception `f` raised by the instruction at `rip`, escalating to a double
     /// fault and then to a triple fault (which stops the machine) as the SDM says.
     fn raise<B: Bus, O: Observer>(
@@ -642,42 +447,6 @@ impl Cpu {
             Err(f) => self.raise(bus, obs, code, f, rip),
         }
     }
-
-    /// Disassemble the instruction at a virtual address, for error messages.
-    pub fn disassemble_at<B: Bus>(&mut self, bus: &mut B, rip: u64) -> String {
-        let mode = self.state.mode();
-        let lin = match mode {
-            CpuMode::Long64 => rip,
-            _ => self.state.seg[crate::state::SegReg::Cs as usize]
-                .base
-                .wrapping_add(rip),
-        };
-        let mut bytes = Vec::new();
-        let cpl = self.state.cpl();
-        for k in 0..15u64 {
-            match crate::mmu::translate(
-                &self.state,
-                &mut self.tlb,
-                bus,
-                lin + k,
-                Intent::Execute,
-                cpl,
-            ) {
-                Ok(pa) => read_code(bus, pa, 1, &mut bytes),
-                Err(_) => break,
-            }
-        }
-        if bytes.is_empty() {
-            return "<unmapped>".to_string();
-        }
-        let mut decoder = Decoder::with_ip(mode.bitness(), &bytes, rip, DecoderOptions::NONE);
-        let insn = decoder.decode();
-        let hex: Vec<String> = bytes[..insn.len().max(1).min(bytes.len())]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{} [{}]", format_insn(&insn), hex.join(" "))
-    }
 }
 
 fn contributory(v: u8) -> bool {
@@ -685,67 +454,6 @@ fn contributory(v: u8) -> bool {
         v,
         vector::DE | vector::TS | vector::NP | vector::SS | vector::GP
     )
-}
-
-/// Copy `n` bytes of physical memory (RAM only; device memory reads as 0xff) to `out`.
-fn read_code<B: Bus>(bus: &mut B, pa: u64, n: usize, out: &mut Vec<u8>) {
-    let ram = bus.ram();
-    let start = pa as usize;
-    let avail = ram.len().saturating_sub(start).min(n);
-    out.extend_from_slice(&ram[start.min(ram.len())..start.min(ram.len()) + avail]);
-    out.resize(out.len() + (n - avail), 0xff);
-}
-
-/// Shift an instruction decoded at `start` within its block so that its own address is 0.
-fn rebase(insn: &mut Instruction, start: u64) {
-    if start == 0 {
-        return;
-    }
-    let bitness_mask = |v: u64| v.wrapping_sub(start);
-    insn.set_next_ip(insn.next_ip().wrapping_sub(start));
-    use iced_x86::OpKind;
-    for n in 0..insn.op_count() {
-        match insn.op_kind(n) {
-            OpKind::NearBranch16 => {
-                insn.set_near_branch16(insn.near_branch16().wrapping_sub(start as u16))
-            }
-            OpKind::NearBranch32 => {
-                insn.set_near_branch32(insn.near_branch32().wrapping_sub(start as u32))
-            }
-            OpKind::NearBranch64 => insn.set_near_branch64(bitness_mask(insn.near_branch64())),
-            OpKind::Memory if insn.is_ip_rel_memory_operand() => {
-                insn.set_memory_displacement64(insn.memory_displacement64().wrapping_sub(start));
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Intel-syntax text of an instruction.
-pub fn format_insn(insn: &Instruction) -> String {
-    let mut out = String::new();
-    IntelFormatter::new().format(insn, &mut out);
-    out
-}
-
-/// Whether instructions of `group` may call the bus beyond RAM accesses (port I/O, MSRs,
-/// time, randomness), which can make [`Bus::wants_exit`] true, set `next_rip` without
-/// ending their block (a REP string instruction resuming later), or set the interrupt
-/// shadow (STI). Memory-mapped I/O, which
-/// any memory operand may reach, is handled where it happens (`memory.rs` asks the run
-/// loop to look after the instruction).
-fn may_call_bus(group: Group) -> bool {
-    match group {
-        Group::Data
-        | Group::Alu
-        | Group::Shift
-        | Group::MulDiv
-        | Group::Bits
-        | Group::Control
-        | Group::Stack
-        | Group::Sse => false,
-        Group::String | Group::Misc | Group::System | Group::Unimplemented => true,
-    }
 }
 
 /// Run a generic handler, returning the address of the next instruction. The handler gets

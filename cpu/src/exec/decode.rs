@@ -1,0 +1,238 @@
+//! Decoding: the blocks of decoded instructions the run loop executes, fetched through the
+//! MMU and kept in the code cache, and the disassembly used in error reports.
+
+use iced_x86::{Code, Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
+
+use super::{fast, Cpu, Group};
+use crate::bus::Bus;
+use crate::code_cache::{check, Block, BlockId, CodeCache, DecodedInsn};
+use crate::fault::{Exit, Fault, StopReason};
+use crate::mmu::Intent;
+use crate::state::CpuMode;
+
+/// Bytes decoded per block at most (one page plus a straddling instruction).
+const MAX_BLOCK_INSNS: usize = 64;
+
+impl Cpu {
+    /// Find or decode the block at the current RIP.
+    pub(super) fn fetch_block<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        code: &mut CodeCache,
+        mode: CpuMode,
+        cpl: u8,
+    ) -> Result<(BlockId, Box<Block>, u64), Exit> {
+        let rip = self.fetch_address(mode);
+        let pa = crate::mmu::translate(&self.state, &mut self.tlb, bus, rip, Intent::Execute, cpl)?;
+        let bitness = mode.bitness();
+        if let Some(id) = code.lookup(pa, bitness) {
+            if let Some(b) = code.take(id) {
+                return Ok((id, b, pa));
+            }
+        }
+        // Gather the bytes from here to the end of the page, plus up to 15 bytes of the next
+        // page when it is mapped (an instruction may straddle the boundary).
+        let in_page = 0x1000 - (pa & 0xfff) as usize;
+        let mut bytes = Vec::with_capacity(in_page + 15);
+        read_code(bus, pa, in_page, &mut bytes);
+        let next_lin = rip.wrapping_add(in_page as u64);
+        let next_pa = crate::mmu::translate(
+            &self.state,
+            &mut self.tlb,
+            bus,
+            next_lin,
+            Intent::Execute,
+            cpl,
+        )
+        .ok();
+        if let Some(npa) = next_pa {
+            read_code(bus, npa, 15, &mut bytes);
+        }
+        let mut decoder = Decoder::with_ip(bitness, &bytes, 0, DecoderOptions::NONE);
+        let mut insns = Vec::new();
+        let mut pages = [pa >> 12, pa >> 12];
+        while insns.len() < MAX_BLOCK_INSNS {
+            let start = decoder.position();
+            if start >= in_page {
+                break;
+            }
+            let mut insn = Instruction::default();
+            decoder.decode_out(&mut insn);
+            let len = insn.len();
+            if insn.is_invalid() {
+                if insns.is_empty() {
+                    if start + 15 > bytes.len() && next_pa.is_none() {
+                        // The instruction runs into an unmapped page: fetch fault there.
+                        self.mmu_fetch_fault(bus, next_lin)?;
+                    }
+                    // A genuinely undefined opcode: the guest gets #UD.
+                    return Err(Exit::Fault(Fault::INVALID_OPCODE));
+                }
+                break;
+            }
+            if start + len > in_page {
+                if let Some(npa) = next_pa {
+                    pages[1] = npa >> 12;
+                }
+            }
+            // Decoded at 0 relative to the block start: re-base so the decoded address
+            // (branch targets, RIP-relative displacements) is relative to the instruction.
+            rebase(&mut insn, start as u64);
+            let group = code.group(insn.code());
+            let (op, ops) = if insn.code() == Code::Pause {
+                // Not a fast form but a scheduling rule of the run loop, so decided here
+                // whether fast forms are on or off.
+                (fast::Op::Pause, fast::Operands::default())
+            } else if code.fast_paths() {
+                fast::classify(&insn, group, bitness)
+            } else {
+                (fast::generic(group), fast::Operands::default())
+            };
+            // A conditional branch continues the block along its fall-through path.
+            let flow = insn.flow_control();
+            let branch = flow == iced_x86::FlowControl::ConditionalBranch;
+            let continues =
+                flow == iced_x86::FlowControl::Next || (branch && group == Group::Control);
+            let ends_block = group == Group::System || !continues;
+            insns.push(DecodedInsn {
+                insn,
+                group,
+                op,
+                ops,
+                len: len as u8,
+                locked: insn.has_lock_prefix(),
+                check: if may_call_bus(group) { check::EXIT } else { 0 }
+                    | if branch { check::BRANCH } else { 0 },
+            });
+            if ends_block || start + len >= in_page {
+                break;
+            }
+        }
+        let id = code.insert(pa, bitness, Block { insns, pages });
+        match code.take(id) {
+            Some(b) => Ok((id, b, pa)),
+            // Just inserted, so it is there; say so rather than panic if it were not.
+            None => Err(Exit::Stop(Box::new(StopReason::Unsupported {
+                cpu: self.index,
+                rip: self.state.rip,
+                what: "a freshly decoded block vanished from the code cache".into(),
+            }))),
+        }
+    }
+
+    /// The linear address of the next instruction (CS base applies outside 64-bit mode).
+    pub(super) fn fetch_address(&self, mode: CpuMode) -> u64 {
+        match mode {
+            CpuMode::Long64 => self.state.rip,
+            _ => {
+                self.state.seg[crate::state::SegReg::Cs as usize]
+                    .base
+                    .wrapping_add(self.state.rip)
+                    & 0xffff_ffff
+            }
+        }
+    }
+
+    fn mmu_fetch_fault<B: Bus>(&mut self, bus: &mut B, lin: u64) -> Result<(), Exit> {
+        let cpl = self.state.cpl();
+        crate::mmu::translate(&self.state, &mut self.tlb, bus, lin, Intent::Execute, cpl)?;
+        Ok(())
+    }
+
+    /// Disassemble the instruction at a virtual address, for error messages.
+    pub fn disassemble_at<B: Bus>(&mut self, bus: &mut B, rip: u64) -> String {
+        let mode = self.state.mode();
+        let lin = match mode {
+            CpuMode::Long64 => rip,
+            _ => self.state.seg[crate::state::SegReg::Cs as usize]
+                .base
+                .wrapping_add(rip),
+        };
+        let mut bytes = Vec::new();
+        let cpl = self.state.cpl();
+        for k in 0..15u64 {
+            match crate::mmu::translate(
+                &self.state,
+                &mut self.tlb,
+                bus,
+                lin + k,
+                Intent::Execute,
+                cpl,
+            ) {
+                Ok(pa) => read_code(bus, pa, 1, &mut bytes),
+                Err(_) => break,
+            }
+        }
+        if bytes.is_empty() {
+            return "<unmapped>".to_string();
+        }
+        let mut decoder = Decoder::with_ip(mode.bitness(), &bytes, rip, DecoderOptions::NONE);
+        let insn = decoder.decode();
+        let hex: Vec<String> = bytes[..insn.len().max(1).min(bytes.len())]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{} [{}]", format_insn(&insn), hex.join(" "))
+    }
+}
+
+/// Copy `n` bytes of physical memory (RAM only; device memory reads as 0xff) to `out`.
+fn read_code<B: Bus>(bus: &mut B, pa: u64, n: usize, out: &mut Vec<u8>) {
+    let ram = bus.ram();
+    let start = pa as usize;
+    let avail = ram.len().saturating_sub(start).min(n);
+    out.extend_from_slice(&ram[start.min(ram.len())..start.min(ram.len()) + avail]);
+    out.resize(out.len() + (n - avail), 0xff);
+}
+
+/// Shift an instruction decoded at `start` within its block so that its own address is 0.
+fn rebase(insn: &mut Instruction, start: u64) {
+    if start == 0 {
+        return;
+    }
+    let bitness_mask = |v: u64| v.wrapping_sub(start);
+    insn.set_next_ip(insn.next_ip().wrapping_sub(start));
+    use iced_x86::OpKind;
+    for n in 0..insn.op_count() {
+        match insn.op_kind(n) {
+            OpKind::NearBranch16 => {
+                insn.set_near_branch16(insn.near_branch16().wrapping_sub(start as u16))
+            }
+            OpKind::NearBranch32 => {
+                insn.set_near_branch32(insn.near_branch32().wrapping_sub(start as u32))
+            }
+            OpKind::NearBranch64 => insn.set_near_branch64(bitness_mask(insn.near_branch64())),
+            OpKind::Memory if insn.is_ip_rel_memory_operand() => {
+                insn.set_memory_displacement64(insn.memory_displacement64().wrapping_sub(start));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Intel-syntax text of an instruction.
+pub fn format_insn(insn: &Instruction) -> String {
+    let mut out = String::new();
+    IntelFormatter::new().format(insn, &mut out);
+    out
+}
+
+/// Whether instructions of `group` may call the bus beyond RAM accesses (port I/O, MSRs,
+/// time, randomness), which can make [`Bus::wants_exit`] true, set `next_rip` without
+/// ending their block (a REP string instruction resuming later), or set the interrupt
+/// shadow (STI). Memory-mapped I/O, which
+/// any memory operand may reach, is handled where it happens (`memory.rs` asks the run
+/// loop to look after the instruction).
+fn may_call_bus(group: Group) -> bool {
+    match group {
+        Group::Data
+        | Group::Alu
+        | Group::Shift
+        | Group::MulDiv
+        | Group::Bits
+        | Group::Control
+        | Group::Stack
+        | Group::Sse => false,
+        Group::String | Group::Misc | Group::System | Group::Unimplemented => true,
+    }
+}

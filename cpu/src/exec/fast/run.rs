@@ -1,0 +1,540 @@
+//! The fast forms at run time: one small function per form (or family, specialised by
+//! const generics for operand size and operation), called straight from the run loop's
+//! dispatch with the [`Operands`] that `classify` resolved at decode time.
+
+use crate::bus::Bus;
+use crate::exec::Exec;
+use crate::fault::{ExecResult, Exit, Fault};
+use crate::flags;
+use crate::observer::{ContextEvent, Observer};
+use crate::state::rflags::{CF, OF, PF, SF, STATUS, ZF};
+use crate::state::SegReg;
+
+use super::{Op, Operands, RIP};
+
+/// Whether condition `cc` (`ConditionCode as u8`) holds for `f` (RFLAGS), without branches:
+/// conditions come in pairs (even: the condition, odd: its negation) over eight bases.
+#[inline(always)]
+pub(crate) fn condition_bits(f: u64, cc: u8) -> bool {
+    // iced numbers conditions from 1 (o) to 16 (g); 0 is "none" (always true).
+    if cc == 0 {
+        return true;
+    }
+    let k = (cc - 1) as u64;
+    let of = (f & OF != 0) as u64;
+    let cf = (f & CF != 0) as u64;
+    let zf = (f & ZF != 0) as u64;
+    let sf = (f & SF != 0) as u64;
+    let pf = (f & PF != 0) as u64;
+    let lt = sf ^ of;
+    let bases =
+        of | cf << 1 | zf << 2 | (cf | zf) << 3 | sf << 4 | pf << 5 | lt << 6 | (zf | lt) << 7;
+    ((bases >> (k >> 1)) ^ k) & 1 != 0
+}
+
+impl<B: Bus, O: Observer> Exec<'_, B, O> {
+    /// Register `r` at `size` bytes (zero-extended).
+    #[inline(always)]
+    pub(crate) fn reg_get(&self, r: u8, size: usize) -> u64 {
+        self.cpu.state.gpr[r as usize & 15] & flags::mask(size)
+    }
+
+    /// Write register `r` at `size` bytes with x86's rules (a 4-byte write clears the upper
+    /// half, 1- and 2-byte writes keep the other bits).
+    #[inline(always)]
+    pub(crate) fn reg_put(&mut self, r: u8, size: usize, v: u64) {
+        let g = &mut self.cpu.state.gpr[r as usize & 15];
+        *g = match size {
+            8 => v,
+            4 => v & 0xffff_ffff,
+            2 => (*g & !0xffff) | (v & 0xffff),
+            _ => (*g & !0xff) | (v & 0xff),
+        };
+    }
+
+    /// The linear address of a fast memory operand (64-bit mode: only FS and GS have a
+    /// base), as [`Exec::mem_addr`] computes it.
+    #[inline(always)]
+    pub(crate) fn fast_addr(&self, o: &Operands) -> u64 {
+        let s = &self.cpu.state;
+        let mut a = o.disp;
+        if (o.base as usize) < 16 {
+            a = a.wrapping_add(s.gpr[o.base as usize]);
+        } else if o.base == RIP {
+            a = a.wrapping_add(self.rip);
+        }
+        if (o.index as usize) < 16 {
+            a = a.wrapping_add(s.gpr[o.index as usize] << o.scale);
+        }
+        match o.seg {
+            0 => a,
+            1 => a.wrapping_add(s.seg[SegReg::Fs as usize].base),
+            _ => a.wrapping_add(s.seg[SegReg::Gs as usize].base),
+        }
+    }
+}
+
+/// The operand size of a fast form specialized for size `S`: `S`, or for `S == 0` (the
+/// rarer 1- and 2-byte forms share one copy) the decoded size.
+#[inline(always)]
+fn sz<const S: usize>(o: &Operands) -> usize {
+    if S == 0 {
+        o.size as usize
+    } else {
+        S
+    }
+}
+
+/// MOV r, r.
+#[inline(always)]
+pub(crate) fn mov_rr<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let size = sz::<S>(o);
+    let v = x.reg_get(o.r1, size);
+    x.reg_put(o.r0, size, v);
+    Ok(())
+}
+
+/// MOV r, imm.
+#[inline(always)]
+pub(crate) fn mov_ri<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let size = sz::<S>(o);
+    x.reg_put(o.r0, size, o.imm);
+    Ok(())
+}
+
+/// MOV r, m.
+#[inline(always)]
+pub(crate) fn mov_rm<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let size = sz::<S>(o);
+    let addr = x.fast_addr(o);
+    let v = x.read(addr, size)?;
+    x.reg_put(o.r0, size, v);
+    Ok(())
+}
+
+/// MOV m, r.
+#[inline(always)]
+pub(crate) fn mov_mr<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let size = sz::<S>(o);
+    let addr = x.fast_addr(o);
+    let v = x.reg_get(o.r1, size);
+    x.write(addr, size, v)
+}
+
+/// MOV m, imm.
+#[inline(always)]
+pub(crate) fn mov_mi<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let size = sz::<S>(o);
+    let addr = x.fast_addr(o);
+    x.write(addr, size, o.imm)
+}
+
+/// LEA r, m: the offset (no segment base), truncated by the register write.
+#[inline(always)]
+pub(crate) fn lea<const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let size = sz::<S>(o);
+    let v = x.fast_addr(o);
+    x.reg_put(o.r0, size, v);
+    Ok(())
+}
+
+/// MOVZX and MOVSX/MOVSXD (`imm` = source size).
+#[inline(always)]
+pub(crate) fn extend<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op) -> ExecResult {
+    let size = o.size as usize;
+    let from = o.imm as usize;
+    let v = match op {
+        Op::MovzxRR | Op::MovsxRR => x.reg_get(o.r1, from),
+        _ => {
+            let addr = x.fast_addr(o);
+            x.read(addr, from)?
+        }
+    };
+    let v = match op {
+        Op::MovsxRR | Op::MovsxRM => flags::sign_extend(v, from),
+        _ => v,
+    };
+    x.reg_put(o.r0, size, v);
+    Ok(())
+}
+
+/// ALU operation kinds for [`alu`].
+pub(crate) mod kind {
+    pub const ADD: u8 = 0;
+    pub const OR: u8 = 1;
+    pub const ADC: u8 = 2;
+    pub const SBB: u8 = 3;
+    pub const AND: u8 = 4;
+    pub const SUB: u8 = 5;
+    pub const XOR: u8 = 6;
+    pub const CMP: u8 = 7;
+    pub const TEST: u8 = 8;
+}
+
+/// Result and status flags of ALU operation `K` (see [`kind`]), as `alu.rs` computes them.
+#[inline(always)]
+fn alu<const K: u8>(a: u64, b: u64, rflags: u64, size: usize) -> (u64, u64) {
+    let cf = rflags & CF != 0;
+    match K {
+        kind::ADD => flags::add(a, b, false, size),
+        kind::ADC => flags::add(a, b, cf, size),
+        kind::SUB | kind::CMP => flags::sub(a, b, false, size),
+        kind::SBB => flags::sub(a, b, cf, size),
+        kind::AND | kind::TEST => logic(a & b, size),
+        kind::OR => logic(a | b, size),
+        _ => logic(a ^ b, size),
+    }
+}
+
+/// A logical operation's masked result and flags.
+#[inline(always)]
+fn logic(r: u64, size: usize) -> (u64, u64) {
+    let r = r & flags::mask(size);
+    (r, flags::logic(r, size))
+}
+
+/// Whether ALU kind `K` writes its destination.
+#[inline(always)]
+const fn writes(k: u8) -> bool {
+    k != kind::CMP && k != kind::TEST
+}
+
+/// `op r, r`.
+#[inline(always)]
+pub(crate) fn alu_rr<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let size = sz::<S>(o);
+    let a = x.reg_get(o.r0, size);
+    let b = x.reg_get(o.r1, size);
+    let (r, f) = alu::<K>(a, b, x.cpu.state.rflags, size);
+    if writes(K) {
+        x.reg_put(o.r0, size, r);
+    }
+    x.set_status(f);
+    Ok(())
+}
+
+/// `op r, imm`.
+#[inline(always)]
+pub(crate) fn alu_ri<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let size = sz::<S>(o);
+    let a = x.reg_get(o.r0, size);
+    let (r, f) = alu::<K>(a, o.imm, x.cpu.state.rflags, size);
+    if writes(K) {
+        x.reg_put(o.r0, size, r);
+    }
+    x.set_status(f);
+    Ok(())
+}
+
+/// `op r, m`.
+#[inline(always)]
+pub(crate) fn alu_rm<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let size = sz::<S>(o);
+    let a = x.reg_get(o.r0, size);
+    let addr = x.fast_addr(o);
+    let b = x.read(addr, size)?;
+    let (r, f) = alu::<K>(a, b, x.cpu.state.rflags, size);
+    if writes(K) {
+        x.reg_put(o.r0, size, r);
+    }
+    x.set_status(f);
+    Ok(())
+}
+
+/// `op m, r` (`imm` = false) or `op m, imm`: a read-modify-write of memory, or a plain read
+/// for CMP and TEST.
+#[inline(always)]
+pub(crate) fn alu_m<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    let size = sz::<S>(o);
+    let addr = x.fast_addr(o);
+    let a = if writes(K) {
+        x.read_rmw(addr, size)?
+    } else {
+        x.read(addr, size)?
+    };
+    let b = if IMM { o.imm } else { x.reg_get(o.r1, size) };
+    let (r, f) = alu::<K>(a, b, x.cpu.state.rflags, size);
+    if writes(K) {
+        x.write_rmw(addr, size, r)?;
+    }
+    x.set_status(f);
+    Ok(())
+}
+
+/// INC/DEC/NEG/NOT of a register.
+#[inline(always)]
+pub(crate) fn unary<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op) -> ExecResult {
+    let size = o.size as usize;
+    let a = x.reg_get(o.r0, size);
+    match op {
+        Op::IncR | Op::DecR => {
+            let (r, f) = if op == Op::IncR {
+                flags::add(a, 1, false, size)
+            } else {
+                flags::sub(a, 1, false, size)
+            };
+            x.reg_put(o.r0, size, r);
+            // INC and DEC leave CF alone.
+            let cf = x.cpu.state.rflags & CF;
+            x.set_status((f & !CF) | cf);
+        }
+        Op::NegR => {
+            let (r, f) = flags::sub(0, a, false, size);
+            x.reg_put(o.r0, size, r);
+            x.set_status(f);
+        }
+        _ => x.reg_put(o.r0, size, !a & flags::mask(size)),
+    }
+    Ok(())
+}
+
+/// Shift and rotate kinds for [`shift_ri`].
+pub(crate) mod shift_kind {
+    pub const SHL: u8 = 0;
+    pub const SHR: u8 = 1;
+    pub const SAR: u8 = 2;
+    pub const ROL: u8 = 3;
+    pub const ROR: u8 = 4;
+}
+
+/// A shift or rotate (kind `K`, see [`shift_kind`]) of a `S`-byte register by an immediate:
+/// `shift.rs`'s `shift_rotate` for a register destination and an immediate count, with the
+/// kind and size known at compile time.
+#[inline(always)]
+pub(crate) fn shift_ri<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    use crate::state::rflags::{AF, PF};
+    use shift_kind::*;
+    let size = sz::<S>(o);
+    let a = x.reg_get(o.r0, size);
+    let bits = (size * 8) as u32;
+    let c = (o.imm & if size == 8 { 0x3f } else { 0x1f }) as u32;
+    if c == 0 {
+        // A zero count still writes the register back (clearing the upper half of a 32-bit
+        // one) but changes no flags.
+        x.reg_put(o.r0, size, a);
+        return Ok(());
+    }
+    let mk = flags::mask(size);
+    let msb = |v: u64| (v >> (bits - 1)) & 1;
+    let msb2 = |v: u64| (v >> (bits - 2)) & 1;
+    let old = x.cpu.state.rflags & STATUS;
+    let (r, f) = match K {
+        SHL => {
+            let r = (a << c) & mk;
+            let cf = if c <= bits { (a >> (bits - c)) & 1 } else { 0 };
+            (
+                r,
+                flags::szp(r, size) | (cf * CF) | ((msb(a) ^ msb2(a)) * OF),
+            )
+        }
+        SHR => {
+            let r = a >> c;
+            let cf = (a >> (c - 1)) & 1;
+            (r, flags::szp(r, size) | (cf * CF) | (msb(a) * OF))
+        }
+        SAR => {
+            let s = flags::sign_extend(a, size) as i64;
+            let r = (s >> c.min(63)) as u64 & mk;
+            let cf = ((s >> (c - 1).min(63)) & 1) as u64;
+            (r, flags::szp(r, size) | (cf * CF))
+        }
+        _ => {
+            // Rotates keep SF, ZF, AF and PF; by an immediate other than 1 they keep OF too.
+            let kept = old & (SF | ZF | AF | PF);
+            let t = c % bits;
+            let (r, cf, of) = if K == ROL {
+                let r = if t == 0 {
+                    a
+                } else {
+                    ((a << t) | (a >> (bits - t))) & mk
+                };
+                (r, r & 1, msb(a) ^ msb2(a))
+            } else {
+                let r = if t == 0 {
+                    a
+                } else {
+                    ((a >> t) | (a << (bits - t))) & mk
+                };
+                (r, msb(r), msb(a) ^ (a & 1))
+            };
+            let of = if c != 1 { old & OF } else { of * OF };
+            (r, kept | (cf * CF) | of)
+        }
+    };
+    x.reg_put(o.r0, size, r);
+    x.set_status(f);
+    Ok(())
+}
+
+/// Two- and three-operand IMUL: a truncated signed product in a register.
+#[inline(always)]
+pub(crate) fn imul<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op) -> ExecResult {
+    let size = o.size as usize;
+    let (a, b) = match op {
+        Op::ImulRR => (x.reg_get(o.r0, size), x.reg_get(o.r1, size)),
+        Op::ImulRM => {
+            let a = x.reg_get(o.r0, size);
+            let addr = x.fast_addr(o);
+            (a, x.read(addr, size)?)
+        }
+        _ => (x.reg_get(o.r1, size), o.imm),
+    };
+    let (lo, _, f) = crate::exec::muldiv::multiply(true, a, b, size);
+    x.reg_put(o.r0, size, lo);
+    x.set_status(f);
+    Ok(())
+}
+
+/// CMOVcc and SETcc.
+#[inline(always)]
+pub(crate) fn conditional<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+    op: Op,
+) -> ExecResult {
+    let size = o.size as usize;
+    match op {
+        Op::CmovRR | Op::CmovRM => {
+            // The source is read (and may fault) whatever the condition.
+            let v = if op == Op::CmovRR {
+                x.reg_get(o.r1, size)
+            } else {
+                let addr = x.fast_addr(o);
+                x.read(addr, size)?
+            };
+            if condition_bits(x.cpu.state.rflags, o.cc) {
+                x.reg_put(o.r0, size, v);
+            } else if size == 4 {
+                // A 32-bit destination is written (zero-extended) even when the condition
+                // is false.
+                let old = x.reg_get(o.r0, 4);
+                x.reg_put(o.r0, 4, old);
+            }
+            Ok(())
+        }
+        Op::SetccR => {
+            let v = condition_bits(x.cpu.state.rflags, o.cc) as u64;
+            x.reg_put(o.r0, size, v);
+            Ok(())
+        }
+        _ => {
+            let v = condition_bits(x.cpu.state.rflags, o.cc) as u64;
+            let addr = x.fast_addr(o);
+            x.write(addr, 1, v)
+        }
+    }
+}
+
+/// The target of a relative branch of 64-bit code: #GP(0) if it is not canonical (what
+/// `branch_to` checks in 64-bit mode).
+#[inline(always)]
+fn rel_target<B: Bus, O: Observer>(x: &Exec<B, O>, o: &Operands) -> Result<u64, Exit> {
+    let target = x.rip.wrapping_add(o.imm);
+    if !crate::exec::control::is_canonical(target) {
+        return Err(Fault::GP0.into());
+    }
+    Ok(target)
+}
+
+/// A relative jump, taken when `taken`; returns the next instruction's address.
+#[inline(always)]
+pub(crate) fn jump<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+    taken: bool,
+    fall_through: u64,
+) -> Result<u64, Exit> {
+    if taken {
+        rel_target(x, o)
+    } else {
+        Ok(fall_through)
+    }
+}
+
+/// CALL rel (64-bit); returns the target.
+#[inline(always)]
+pub(crate) fn call_rel<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+    fall_through: u64,
+) -> Result<u64, Exit> {
+    // Check the target before pushing, so a bad target leaves the stack alone.
+    let target = rel_target(x, o)?;
+    x.push(fall_through, 8)?;
+    if O::ENABLED {
+        let ev = ContextEvent::Call {
+            target,
+            return_address: fall_through,
+            stack: x.cpu.state.gpr[4],
+            regs: x.cpu.state.gpr,
+        };
+        x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
+    }
+    Ok(target)
+}
+
+/// RET (64-bit, no immediate); returns the target.
+#[inline(always)]
+pub(crate) fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> Result<u64, Exit> {
+    let rsp = x.cpu.state.gpr[4];
+    let addr = x.stack_addr(rsp);
+    let target = x.read(addr, 8)?;
+    if !crate::exec::control::is_canonical(target) {
+        return Err(Fault::GP0.into());
+    }
+    if O::ENABLED {
+        let ev = ContextEvent::Return {
+            target,
+            stack: rsp,
+            rax: x.cpu.state.gpr[0],
+        };
+        x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
+    }
+    x.set_rsp(rsp.wrapping_add(8));
+    Ok(target)
+}
+
+/// POP r64.
+#[inline(always)]
+pub(crate) fn pop_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
+    let rsp = x.cpu.state.gpr[4];
+    let addr = x.stack_addr(rsp);
+    let v = x.read(addr, 8)?;
+    x.set_rsp(rsp.wrapping_add(8));
+    // `pop rsp` loads the popped value over the incremented pointer.
+    x.reg_put(o.r0, 8, v);
+    Ok(())
+}
