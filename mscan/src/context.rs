@@ -25,9 +25,10 @@
 //! - **Labels** of memory ranges come from the guest's label hypercalls; a range that was
 //!   unregistered still names its addresses when nothing newer covers them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use reprise_trace::policy::hash::FastMap;
 use reprise_trace::record::{Event, Hypercall, LabelType, Record};
 
 /// CPUs beyond this index are not tracked (only a damaged trace names them).
@@ -203,7 +204,7 @@ impl Labels {
 /// appearance in the stream, so they are deterministic).
 #[derive(Clone, Debug, Default)]
 pub struct Stacks {
-    ids: HashMap<Vec<Entry>, u32>,
+    ids: FastMap<Vec<Entry>, u32>,
     list: Vec<Vec<Entry>>,
 }
 
@@ -228,7 +229,7 @@ impl Stacks {
 #[derive(Clone, Debug, Default)]
 pub struct Context {
     cpus: Vec<Cpu>,
-    saved: HashMap<StackKey, Stack>,
+    saved: FastMap<StackKey, Stack>,
     /// Labels of memory ranges.
     pub labels: Labels,
     /// Task names from task hypercalls, by thread id.

@@ -1,8 +1,7 @@
 //! Helpers the line-based analyses share: byte sets within a line, the objects those bytes
 //! belong to, per-PC statistics with their most frequent call stack.
 
-use std::collections::HashMap;
-
+use reprise_trace::policy::hash::FastMap;
 use serde_json::{json, Value};
 
 use crate::context::Context;
@@ -114,7 +113,7 @@ pub enum SmallMap<K, V> {
     /// Up to [`SMALL`] entries, searched in order.
     Few(Vec<(K, V)>),
     /// More (boxed: the small form is the common one and sets the size).
-    Many(Box<HashMap<K, V>>),
+    Many(Box<FastMap<K, V>>),
 }
 
 impl<K, V> Default for SmallMap<K, V> {
@@ -128,7 +127,7 @@ impl<K: Copy + Eq + std::hash::Hash, V: Default> SmallMap<K, V> {
     pub fn entry(&mut self, k: K) -> &mut V {
         if let SmallMap::Few(v) = self {
             if v.len() >= SMALL && !v.iter().any(|(x, _)| *x == k) {
-                let map: HashMap<K, V> = std::mem::take(v).into_iter().collect();
+                let map: FastMap<K, V> = std::mem::take(v).into_iter().collect();
                 *self = SmallMap::Many(Box::new(map));
             }
         }
