@@ -25,9 +25,10 @@
 //! - **Labels** of memory ranges come from the guest's label hypercalls; a range that was
 //!   unregistered still names its addresses when nothing newer covers them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use reprise_trace::policy::hash::FastMap;
 use reprise_trace::record::{Event, Hypercall, LabelType, Record};
 
 /// CPUs beyond this index are not tracked (only a damaged trace names them).
@@ -203,18 +204,20 @@ impl Labels {
 /// appearance in the stream, so they are deterministic).
 #[derive(Clone, Debug, Default)]
 pub struct Stacks {
-    ids: HashMap<Vec<Entry>, u32>,
+    ids: FastMap<Vec<Entry>, u32>,
     list: Vec<Vec<Entry>>,
 }
 
 impl Stacks {
-    fn intern(&mut self, v: Vec<Entry>) -> u32 {
-        if let Some(&id) = self.ids.get(&v) {
+    /// The id of the stack `v` (copied only the first time it is seen: the stack of an
+    /// access is rendered after every call or return, and is nearly always known).
+    fn intern(&mut self, v: &[Entry]) -> u32 {
+        if let Some(&id) = self.ids.get(v) {
             return id;
         }
         let id = self.list.len() as u32;
-        self.list.push(v.clone());
-        self.ids.insert(v, id);
+        self.list.push(v.to_vec());
+        self.ids.insert(v.to_vec(), id);
         id
     }
 
@@ -228,13 +231,16 @@ impl Stacks {
 #[derive(Clone, Debug, Default)]
 pub struct Context {
     cpus: Vec<Cpu>,
-    saved: HashMap<StackKey, Stack>,
+    saved: FastMap<StackKey, Stack>,
     /// Labels of memory ranges.
     pub labels: Labels,
     /// Task names from task hypercalls, by thread id.
     pub task_names: BTreeMap<u64, String>,
     /// Rendered stacks.
     pub stacks: Stacks,
+    /// The buffer a stack is rendered into before it is looked up (kept: no allocation
+    /// per rendering).
+    scratch: Vec<Entry>,
 }
 
 /// The region a stack pointer lies in.
@@ -437,23 +443,26 @@ impl Context {
         if let Some(id) = self.cpus.get(cpu as usize).and_then(|c| c.cached) {
             return id;
         }
-        let mut entries = Vec::new();
+        let mut entries = std::mem::take(&mut self.scratch);
+        entries.clear();
         if let Some(c) = self.cpus.get(cpu as usize) {
             render(&c.stack, &mut entries);
             let mut below = c.stack.below;
-            let mut seen = vec![c.key];
-            for _ in 0..MAX_LINKS {
+            // The stacks visited (a fixed array: this runs after every call or return).
+            let mut seen = [c.key; MAX_LINKS + 1];
+            for n in 1..=MAX_LINKS {
                 let Some(k) = below else { break };
-                if seen.contains(&Some(k)) {
+                if seen[..n].contains(&Some(k)) {
                     break;
                 }
-                seen.push(Some(k));
+                seen[n] = Some(k);
                 let Some(s) = self.saved.get(&k) else { break };
                 render(s, &mut entries);
                 below = s.below;
             }
         }
-        let id = self.stacks.intern(entries);
+        let id = self.stacks.intern(&entries);
+        self.scratch = entries;
         if let Some(c) = self.cpu(cpu) {
             c.cached = Some(id);
         }

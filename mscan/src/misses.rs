@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use reprise_trace::policy::hash::FastMap;
 use reprise_trace::record::{Event, MissClass, Record};
 use serde_json::{json, Value};
 
@@ -109,8 +110,8 @@ pub struct Misses {
     line: u64,
     top: usize,
     sort: &'static str,
-    pcs: HashMap<u64, Counts>,
-    lines: HashMap<u64, LineRow>,
+    pcs: FastMap<u64, Counts>,
+    lines: FastMap<u64, LineRow>,
     total: Counts,
 }
 
@@ -126,8 +127,8 @@ impl Misses {
             line: opts.line_size,
             top: opts.top,
             sort: sort_key(name, &opts.sort, SORT_KEYS)?,
-            pcs: HashMap::new(),
-            lines: HashMap::new(),
+            pcs: FastMap::default(),
+            lines: FastMap::default(),
             total: Counts::default(),
         })
     }

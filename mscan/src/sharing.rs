@@ -3,8 +3,7 @@
 //! For each line: the data it holds, the CPUs, and the top PCs with their functions and
 //! call stacks.
 
-use std::collections::HashMap;
-
+use reprise_trace::policy::hash::FastMap;
 use reprise_trace::record::{Event, Kind, Record};
 use serde_json::{json, Value};
 
@@ -37,7 +36,7 @@ pub struct Sharing {
     line: u64,
     top: usize,
     sort: &'static str,
-    lines: HashMap<u64, Line>,
+    lines: FastMap<u64, Line>,
 }
 
 impl Sharing {
@@ -47,7 +46,7 @@ impl Sharing {
             line: opts.line_size,
             top: opts.top,
             sort: sort_key("sharing", &opts.sort, SORT_KEYS)?,
-            lines: HashMap::new(),
+            lines: FastMap::default(),
         })
     }
 }

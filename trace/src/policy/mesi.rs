@@ -21,11 +21,12 @@
 //! configured one; `random` draws from a seeded xorshift generator kept in the policy's
 //! state, never from the host.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use reprise_cpu::observer::{Access, AccessKind};
 use serde::{Deserialize, Serialize};
 
+use super::hash::FastMap;
 use super::{check_line, parse_size, per_line, CacheLinePolicy, Outcome};
 use crate::record::{MissClass, Note};
 
@@ -158,42 +159,75 @@ pub enum State {
     Shared,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Way {
     line: u64,
-    state: State,
     stamp: u64,
+    state: State,
 }
 
-/// A set-associative cache of line numbers.
+/// A set-associative cache of line numbers: the ways of every set in one array (`assoc`
+/// slots per set, the first `lens[set]` in use), so a lookup scans a few adjacent entries.
+///
+/// The slots of a set keep the order a vector would (`swap_remove`, then `push`): random
+/// replacement picks a victim by index, so the order is part of the model's behaviour.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Cache {
-    sets: Vec<Vec<Way>>,
+    ways: Vec<Way>,
+    lens: Vec<u32>,
     assoc: usize,
+    sets: u64,
 }
 
 impl Cache {
     fn new(size: u64, assoc: u64, line: u64) -> Self {
-        let sets = (size / (assoc * line)).max(1) as usize;
+        let sets = (size / (assoc * line)).max(1);
+        let assoc = assoc as usize;
+        let empty = Way {
+            line: 0,
+            stamp: 0,
+            state: State::Shared,
+        };
         Cache {
-            sets: vec![Vec::new(); sets],
-            assoc: assoc as usize,
+            ways: vec![empty; sets as usize * assoc],
+            lens: vec![0; sets as usize],
+            assoc,
+            sets,
         }
     }
 
-    fn set(&self, line: u64) -> usize {
-        (line % self.sets.len() as u64) as usize
+    /// The set of `line` and the slots of that set in use.
+    #[inline]
+    fn slots(&self, line: u64) -> (usize, std::ops::Range<usize>) {
+        let s = if self.sets.is_power_of_two() {
+            (line & (self.sets - 1)) as usize
+        } else {
+            (line % self.sets) as usize
+        };
+        let base = s * self.assoc;
+        (s, base..base + self.lens[s] as usize)
     }
 
+    #[inline]
     fn find(&mut self, line: u64) -> Option<&mut Way> {
-        let s = self.set(line);
-        self.sets[s].iter_mut().find(|w| w.line == line)
+        let (_, r) = self.slots(line);
+        self.ways[r].iter_mut().find(|w| w.line == line)
+    }
+
+    /// Take slot `i` of set `s` out, moving the set's last slot into it.
+    fn take(&mut self, s: usize, i: usize) -> Way {
+        let base = s * self.assoc;
+        let last = base + self.lens[s] as usize - 1;
+        let w = self.ways[base + i];
+        self.ways[base + i] = self.ways[last];
+        self.lens[s] -= 1;
+        w
     }
 
     fn remove(&mut self, line: u64) -> Option<Way> {
-        let s = self.set(line);
-        let i = self.sets[s].iter().position(|w| w.line == line)?;
-        Some(self.sets[s].swap_remove(i))
+        let (s, r) = self.slots(line);
+        let i = self.ways[r].iter().position(|w| w.line == line)?;
+        Some(self.take(s, i))
     }
 
     /// Insert a line that is absent; returns the evicted way, if the set was full.
@@ -205,23 +239,33 @@ impl Cache {
         rng: &mut u64,
         repl: Replacement,
     ) -> Option<Way> {
-        let s = self.set(line);
-        let set = &mut self.sets[s];
+        let (s, r) = self.slots(line);
+        let len = r.len();
         let mut victim = None;
-        if set.len() >= self.assoc {
+        if len >= self.assoc {
             let i = match repl {
                 // LRU and FIFO differ only in when stamps move (on use, or on fill).
-                Replacement::Lru | Replacement::Fifo => set
+                Replacement::Lru | Replacement::Fifo => self.ways[r]
                     .iter()
                     .enumerate()
                     .min_by_key(|(_, w)| w.stamp)
                     .map_or(0, |(i, _)| i),
-                Replacement::Random => (xorshift(rng) % set.len() as u64) as usize,
+                Replacement::Random => (xorshift(rng) % len as u64) as usize,
             };
-            victim = Some(set.swap_remove(i));
+            victim = Some(self.take(s, i));
         }
-        set.push(Way { line, state, stamp });
+        let at = s * self.assoc + self.lens[s] as usize;
+        self.ways[at] = Way { line, stamp, state };
+        self.lens[s] += 1;
         victim
+    }
+
+    /// Every way in use.
+    fn iter(&self) -> impl Iterator<Item = &Way> + '_ {
+        self.lens.iter().enumerate().flat_map(move |(s, &n)| {
+            let base = s * self.assoc;
+            self.ways[base..base + n as usize].iter()
+        })
     }
 }
 
@@ -234,34 +278,156 @@ fn xorshift(s: &mut u64) -> u64 {
     x
 }
 
+/// No slot (the end of the shadow's recency list).
+const NIL: u32 = u32::MAX;
+
+/// One entry of the shadow's recency list.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct Node {
+    line: u64,
+    /// Less recently used neighbour.
+    older: u32,
+    /// More recently used neighbour.
+    newer: u32,
+}
+
 /// A fully associative LRU cache of line numbers (the conflict/capacity referee).
+///
+/// Touched on every access, so every operation is O(1): a map from line to a slot of a
+/// doubly linked recency list kept in an array (oldest at `oldest`, newest at `newest`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Shadow {
     capacity: usize,
-    by_line: BTreeMap<u64, u64>,
-    by_stamp: BTreeMap<u64, u64>,
+    slots: FastMap<u64, u32>,
+    nodes: Vec<Node>,
+    /// Slots of `nodes` not in the list.
+    free: Vec<u32>,
+    oldest: u32,
+    newest: u32,
 }
 
 impl Shadow {
+    fn new(capacity: usize) -> Self {
+        Shadow {
+            capacity,
+            oldest: NIL,
+            newest: NIL,
+            ..Shadow::default()
+        }
+    }
+
     fn contains(&self, line: u64) -> bool {
-        self.by_line.contains_key(&line)
+        self.slots.contains_key(&line)
+    }
+
+    /// Take slot `i` out of the recency list (it stays allocated).
+    fn unlink(&mut self, i: u32) {
+        let Node { older, newer, .. } = self.nodes[i as usize];
+        match older {
+            NIL => self.oldest = newer,
+            o => self.nodes[o as usize].newer = newer,
+        }
+        match newer {
+            NIL => self.newest = older,
+            n => self.nodes[n as usize].older = older,
+        }
+    }
+
+    /// Put slot `i` at the most recent end of the list.
+    fn link_newest(&mut self, i: u32) {
+        self.nodes[i as usize].older = self.newest;
+        self.nodes[i as usize].newer = NIL;
+        match self.newest {
+            NIL => self.oldest = i,
+            n => self.nodes[n as usize].newer = i,
+        }
+        self.newest = i;
     }
 
     fn remove(&mut self, line: u64) {
-        if let Some(st) = self.by_line.remove(&line) {
-            self.by_stamp.remove(&st);
+        if let Some(i) = self.slots.remove(&line) {
+            self.unlink(i);
+            self.free.push(i);
         }
     }
 
-    fn access(&mut self, line: u64, stamp: u64) {
-        self.remove(line);
-        if self.by_line.len() >= self.capacity {
-            if let Some((_, old)) = self.by_stamp.pop_first() {
-                self.by_line.remove(&old);
+    /// `line` is used now: it becomes the most recent, evicting the least recent line if
+    /// it was absent and the cache is full.
+    fn access(&mut self, line: u64) {
+        if let Some(&i) = self.slots.get(&line) {
+            if self.newest != i {
+                self.unlink(i);
+                self.link_newest(i);
             }
+            return;
         }
-        self.by_line.insert(line, stamp);
-        self.by_stamp.insert(stamp, line);
+        if self.slots.len() >= self.capacity && self.oldest != NIL {
+            let i = self.oldest;
+            let old = self.nodes[i as usize].line;
+            self.slots.remove(&old);
+            self.unlink(i);
+            self.free.push(i);
+        }
+        let node = Node {
+            line,
+            older: NIL,
+            newer: NIL,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.nodes[i as usize] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        };
+        self.slots.insert(line, i);
+        self.link_newest(i);
+    }
+}
+
+/// Lines per chunk of a [`LineBits`] (a chunk is 64 words of 64 bits).
+const CHUNK_LINES: u64 = 4096;
+
+/// A set of line numbers as bitmaps of 4096 lines, found by chunk number: a guest's lines
+/// cluster (RAM, a few device windows), so this is a few bits per line where a tree of
+/// line numbers was tens of bytes and a dozen pointer hops.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct LineBits {
+    chunks: FastMap<u64, Box<[u64]>>,
+}
+
+impl LineBits {
+    #[inline]
+    fn split(line: u64) -> (u64, usize, u64) {
+        let within = line % CHUNK_LINES;
+        (
+            line / CHUNK_LINES,
+            (within / 64) as usize,
+            1 << (within % 64),
+        )
+    }
+
+    fn contains(&self, line: u64) -> bool {
+        let (c, w, bit) = Self::split(line);
+        self.chunks.get(&c).is_some_and(|b| b[w] & bit != 0)
+    }
+
+    fn insert(&mut self, line: u64) {
+        let (c, w, bit) = Self::split(line);
+        self.chunks
+            .entry(c)
+            .or_insert_with(|| vec![0u64; (CHUNK_LINES / 64) as usize].into_boxed_slice())[w] |=
+            bit;
+    }
+
+    fn remove(&mut self, line: u64) {
+        let (c, w, bit) = Self::split(line);
+        if let Some(b) = self.chunks.get_mut(&c) {
+            b[w] &= !bit;
+        }
     }
 }
 
@@ -270,8 +436,8 @@ impl Shadow {
 struct Private {
     cache: Cache,
     shadow: Shadow,
-    seen: BTreeSet<u64>,
-    invalidated: BTreeSet<u64>,
+    seen: LineBits,
+    invalidated: LineBits,
 }
 
 /// The `mesi` policy and its state.
@@ -303,12 +469,9 @@ impl Mesi {
         let c = &self.config;
         Private {
             cache: Cache::new(c.size, c.assoc, c.line),
-            shadow: Shadow {
-                capacity: (c.size / c.line).max(1) as usize,
-                ..Shadow::default()
-            },
-            seen: BTreeSet::new(),
-            invalidated: BTreeSet::new(),
+            shadow: Shadow::new((c.size / c.line).max(1) as usize),
+            seen: LineBits::default(),
+            invalidated: LineBits::default(),
         }
     }
 
@@ -325,7 +488,7 @@ impl Mesi {
     pub fn check_invariant(&self) -> Result<(), String> {
         let mut copies: BTreeMap<u64, Vec<State>> = BTreeMap::new();
         for p in &self.cpus {
-            for w in p.cache.sets.iter().flatten() {
+            for w in p.cache.iter() {
                 copies.entry(w.line).or_default().push(w.state);
             }
         }
@@ -346,7 +509,8 @@ impl Mesi {
         }
         self.clock += 1;
         let now = self.clock;
-        let line = a.paddr / self.config.line;
+        // Line sizes are powers of two (checked when parsed).
+        let line = a.paddr >> self.config.line.trailing_zeros();
         let write = matches!(a.kind, AccessKind::Write | AccessKind::ReadModifyWrite);
         let repl = self.config.repl;
         let mut note = Note::default();
@@ -357,11 +521,20 @@ impl Mesi {
             }
             w.state
         });
-        let others_had = self.snoop(c, line, write, &mut note);
+        // MESI's invariant (an M or E copy is the only one) means a hit needs the other
+        // caches only when it writes a Shared line: a read hit changes nothing elsewhere
+        // (no other copy is Modified), and a write hit on M or E has no copies to drop.
+        // Skipping the snoop there saves a set scan per other CPU on nearly every access.
+        let needs_snoop = match hit {
+            None => true,
+            Some(State::Shared) => write,
+            Some(_) => false,
+        };
+        let others_had = needs_snoop && self.snoop(c, line, write, &mut note);
         let p = &mut self.cpus[c];
         match hit {
             Some(state) => {
-                p.shadow.access(line, now);
+                p.shadow.access(line);
                 if write && state != State::Modified {
                     if let Some(w) = p.cache.find(line) {
                         w.state = State::Modified;
@@ -373,18 +546,18 @@ impl Mesi {
                 }
             }
             None => {
-                note.miss = Some(if p.invalidated.contains(&line) {
+                note.miss = Some(if p.invalidated.contains(line) {
                     MissClass::Coherence
-                } else if !p.seen.contains(&line) {
+                } else if !p.seen.contains(line) {
                     MissClass::Cold
                 } else if p.shadow.contains(line) {
                     MissClass::Conflict
                 } else {
                     MissClass::Capacity
                 });
-                p.shadow.access(line, now);
+                p.shadow.access(line);
                 p.seen.insert(line);
-                p.invalidated.remove(&line);
+                p.invalidated.remove(line);
                 let state = if write {
                     State::Modified
                 } else if others_had {
@@ -450,6 +623,12 @@ impl Mesi {
 impl CacheLinePolicy for Mesi {
     fn observe(&mut self, a: &Access) -> Outcome {
         let line = self.config.line;
+        // Nearly every access lies in one line (the tracer splits at this line size
+        // already): judge it as it is. The model reads only its CPU, address and kind,
+        // which the one piece would share with it.
+        if (a.paddr & (line - 1)) + (a.size.max(1) as u64) <= line {
+            return self.one_line(a);
+        }
         per_line(a, line, |p| self.one_line(p))
     }
 

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::Note;
 
+pub mod hash;
 pub mod mesi;
 pub mod movement;
 pub mod simple;
