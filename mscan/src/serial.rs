@@ -21,7 +21,9 @@
 //!   was an atomic variable, or is taken anew). A section held or waited for longer than
 //!   [`MAX_HOLD`] is no lock's: atomic flag words set by `lock or` and stored to much
 //!   later, and counters only ever incremented atomically, never give a lock back within
-//!   it. A CPU follows up to eight such words at once (nested locks), dropping the oldest,
+//!   it; a word only one CPU ever took is not listed (per-CPU flag words). Without the
+//!   values of the accesses the pattern cannot tell a flag word that several CPUs set
+//!   and clear in short order (`set_current_state`'s XCHG) from a lock. A CPU follows up to eight such words at once (nested locks), dropping the oldest,
 //!   so an atomic variable that is never released does not hide later locks.
 //!
 //! Times are global instruction counts (positions): all CPUs' instructions in between,
@@ -49,7 +51,11 @@ const MAX_CPUS: usize = 4096;
 /// Longest wait or hold (global instructions) of a section found by the LOCK-prefix
 /// pattern: longer ones are atomic variables, not locks (spinlock sections are short; the
 /// atomic flag words of a Linux kernel looked "held" for hundreds of millions).
-pub const MAX_HOLD: u64 = 1 << 22;
+pub const MAX_HOLD: u64 = 1 << 17;
+
+/// Longest hold of a lock taken through a lock function before its release counts as
+/// missed (see [`Serial`]'s access path).
+const MAX_FUNCTION_HOLD: u64 = 1 << 22;
 
 /// Bytes of a lock word found by pattern (aligned): a ticket lock's two counters.
 const WORD: u64 = 16;
@@ -264,11 +270,11 @@ impl Serial {
         // Locks held by hypercall or lock function: the access is part of the innermost
         // one's section.
         let innermost = self.cpus.get_mut(cpu as usize).and_then(|c| {
-            // A lock-function lock held past MAX_HOLD lost its release (one the
+            // A lock-function lock held past MAX_FUNCTION_HOLD lost its release (one the
             // breakpoints and the store rule both missed): it stops collecting this CPU's
             // accesses, and its section is not counted.
             c.holding.retain(|h| {
-                !matches!(h.id, LockId::Function(_)) || pos - h.since.min(pos) <= MAX_HOLD
+                !matches!(h.id, LockId::Function(_)) || pos - h.since.min(pos) <= MAX_FUNCTION_HOLD
             });
             c.holding.last().copied()
         });
@@ -445,6 +451,9 @@ impl Analysis for Serial {
             .iter()
             .filter(|(_, s)| s.acquisitions > 0)
             .filter(|(id, s)| !matches!(id, LockId::Line(_)) || !known.contains(&line_of(s.vaddr)))
+            // A word only one CPU ever took serialized nothing: a per-CPU flag word (a
+            // Linux run queue's nohz flags), not a lock.
+            .filter(|(id, s)| !matches!(id, LockId::Line(_)) || s.cpus.count_ones() > 1)
             .collect();
         let found = v.len();
         v.sort_by(|a, b| {
