@@ -80,6 +80,7 @@ fn linux_guest(rec: &Path) -> (SymbolTable, Option<KernelHeap>) {
             }
             let mut heap = KernelHeap {
                 pages: k.pages,
+                rodata: k.rodata.clone(),
                 ..KernelHeap::default()
             };
             match &k.slab {
@@ -139,6 +140,19 @@ pub fn alloc_labeler(
     } else {
         specs.iter().map(String::as_str).collect()
     };
+    // The `linux` preset also watches the kernel's lock functions (for `serial`).
+    if given.iter().any(|s| s.trim() == "linux") {
+        for sym in table.iter() {
+            if let Some(f) = reprise_trace::locks::linux_lock_fn(&sym.name) {
+                labeler.add_lock(sym.start, f);
+            }
+            // Caches created while the recording runs are named at their creation, so a
+            // cache destroyed before the end keeps its name.
+            if sym.name == "kmem_cache_create" || sym.name == "kmem_cache_create_usercopy" {
+                labeler.add_cache_create(sym.start);
+            }
+        }
+    }
     let mut parsed = Vec::new();
     for s in &given {
         let quiet = s.trim() == "linux";
@@ -351,6 +365,12 @@ fn live(
     progress.finish();
     if let Some(a) = tracer.alloc_counts() {
         eprintln!("{}", alloc_summary(&a));
+    }
+    if let Some(l) = tracer.lock_counts() {
+        eprintln!(
+            "reprise: lock functions: {} acquisitions ({} contended), {} releases",
+            l.acquired, l.contended, l.released
+        );
     }
     let (tee, _, counts) = tracer.finish().context("tracing the replay")?;
     let Tee { scanner, writer } = tee;

@@ -146,6 +146,9 @@ pub struct KernelSymbols {
     /// Where the `struct page` array and the direct map are (`vmemmap_base`,
     /// `page_offset_base`), when readable.
     pub pages: Option<PageMap>,
+    /// A copy of the kernel's read-only data (`__start_rodata`..`__end_rodata`: address and
+    /// bytes), where the name strings of slab caches created at run time live.
+    pub rodata: Option<(u64, Vec<u8>)>,
 }
 
 impl KernelSymbols {
@@ -232,16 +235,42 @@ pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Resul
     };
     // Both bases are 1 GiB-aligned kernel addresses (KASLR moves them in PUD steps).
     let aligned = |v: u64| v >= 0xffff_8000_0000_0000 && v & 0x3fff_ffff == 0;
-    let pages = match (var("vmemmap_base"), var("page_offset_base")) {
-        (Some(vmemmap_base), Some(page_offset_base))
-            if aligned(vmemmap_base) && aligned(page_offset_base) =>
-        {
-            Some(PageMap {
-                vmemmap_base,
-                page_offset_base,
-                struct_page: 64,
-                frames: ram.len() as u64 / 4096,
-            })
+    let bases = match (var("vmemmap_base"), var("page_offset_base")) {
+        (Some(v), Some(p)) if aligned(v) && aligned(p) => Some((v, p)),
+        _ => None,
+    };
+    // sizeof(struct page) is derived from the slab pages (never assumed): without it
+    // there is no page array.
+    let pages = match (bases, &slab) {
+        (Some((vmemmap_base, page_offset_base)), Ok(caches)) => {
+            match slab::struct_page_size(caches, vmemmap_base, page_offset_base, &mut read) {
+                Ok(struct_page) => Some(PageMap {
+                    vmemmap_base,
+                    page_offset_base,
+                    struct_page,
+                    frames: ram.len() as u64 / 4096,
+                }),
+                Err(why) => {
+                    warnings.push(format!("no struct page array: {why}"));
+                    None
+                }
+            }
+        }
+        (Some(_), Err(_)) => {
+            warnings.push(
+                "no struct page array: its size is derived from the slab caches, not found".into(),
+            );
+            None
+        }
+        _ => None,
+    };
+    // At most 64 MiB: a kernel's read-only data is a few MiB.
+    let rodata = match (
+        k.table.by_name("__start_rodata"),
+        k.table.by_name("__end_rodata"),
+    ) {
+        (Some(a), Some(b)) if b.start > a.start && b.start - a.start <= 64 << 20 => {
+            read(a.start, (b.start - a.start) as usize).map(|bytes| (a.start, bytes))
         }
         _ => None,
     };
@@ -258,6 +287,7 @@ pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Resul
         percpu_bases,
         slab,
         pages,
+        rodata,
     })
 }
 
@@ -306,8 +336,8 @@ fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
     }
     if let Some(p) = ks.pages {
         eprintln!(
-            "reprise: struct page array at {:#x}, direct map at {:#x}",
-            p.vmemmap_base, p.page_offset_base
+            "reprise: struct page array at {:#x} ({}-byte entries, from the slab pages), direct map at {:#x}",
+            p.vmemmap_base, p.struct_page, p.page_offset_base
         );
     }
     Ok(ks.table_with_percpu())

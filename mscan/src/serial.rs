@@ -1,16 +1,30 @@
 //! `serial`: sections serialized by locks, and the instructions spent holding and waiting.
 //!
-//! Locks are found two ways:
+//! Locks are found three ways:
 //!
 //! - **Lock hypercalls** (mtrace's acquire / acquired / release records): waiting is from
 //!   acquire to acquired, holding from acquired to release.
-//! - **LOCK-prefixed accesses**, for guests without hooks. Per CPU: a LOCK-prefixed write
-//!   to a line starts *waiting* for that line; further plain reads of it are spinning; the
-//!   first access to another line means the lock is *held*; a plain write to the lock line
-//!   by the holder releases it (as `spin_unlock` and a ticket lock's release do). Another
-//!   LOCK-prefixed write to the same line starts over (the line was an atomic variable, or
-//!   is taken anew). A CPU follows up to eight such lines at once (nested locks), dropping
-//!   the oldest, so an atomic variable that is never released does not hide later locks.
+//! - **Lock functions** of a kernel without hooks: the tracer's breakpoints on
+//!   `_raw_spin_lock*`, `_raw_read_lock*`, ... send the same records with an empty
+//!   name (see `reprise_trace::locks`): waiting is the time inside the slow path
+//!   (`queued_spin_lock_slowpath`), holding from the acquiring function's return to the
+//!   release function's entry. A release the breakpoints miss (a tail jump to
+//!   `_raw_spin_unlock`, or an inlined one) is seen as the holder's own write to the lock's
+//!   first byte (`queued_spin_unlock` stores 0 there). Lock fast paths inlined into their
+//!   callers call no function and are only found by the pattern below.
+//! - **LOCK-prefixed accesses**, for guests without hooks. The lock is a *word*: the
+//!   16 aligned bytes around the address of a LOCK-prefixed write (a ticket lock's two
+//!   counters fit). Per CPU: such a write starts *waiting* for the word; further plain
+//!   reads of it are spinning; the first access outside the word means the lock is
+//!   *held*; a plain write to the word by the holder gives it back (as `spin_unlock` and
+//!   a ticket lock's release do). Another LOCK-prefixed write to the word starts over (it
+//!   was an atomic variable, or is taken anew). A section held or waited for longer than
+//!   [`MAX_HOLD`] is no lock's: atomic flag words set by `lock or` and stored to much
+//!   later, and counters only ever incremented atomically, never give a lock back within
+//!   it; a word only one CPU ever took is not listed (per-CPU flag words). Without the
+//!   values of the accesses the pattern cannot tell a flag word that several CPUs set
+//!   and clear in short order (`set_current_state`'s XCHG) from a lock. A CPU follows up to eight such words at once (nested locks), dropping the oldest,
+//!   so an atomic variable that is never released does not hide later locks.
 //!
 //! Times are global instruction counts (positions): all CPUs' instructions in between,
 //! since the trace orders CPUs by one global count. Under a policy that drops accesses
@@ -34,12 +48,30 @@ const MAX_SECTION: usize = 4096;
 /// Most CPUs tracked (only a damaged trace names more).
 const MAX_CPUS: usize = 4096;
 
+/// Longest wait or hold (global instructions) of a section found by the LOCK-prefix
+/// pattern: longer ones are atomic variables, not locks (spinlock sections are short; the
+/// atomic flag words of a Linux kernel looked "held" for hundreds of millions).
+pub const MAX_HOLD: u64 = 1 << 17;
+
+/// Longest hold of a lock taken through a lock function before its release counts as
+/// missed (see [`Serial`]'s access path).
+const MAX_FUNCTION_HOLD: u64 = 1 << 22;
+
+/// Bytes of a lock word found by pattern (aligned): a ticket lock's two counters.
+const WORD: u64 = 16;
+
+/// Locks held at once per CPU by hypercall or lock function; deeper nesting drops the
+/// oldest (an acquisition whose release was never seen).
+const MAX_HELD: usize = 16;
+
 /// Where a lock was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum LockId {
     /// A lock the guest reported by hypercall, by its address.
     Hypercall(u64),
-    /// A line with LOCK-prefixed writes and releases, by physical address.
+    /// A lock taken through a kernel's lock functions, by its address.
+    Function(u64),
+    /// A word with LOCK-prefixed writes and releases, by physical address.
     Line(u64),
 }
 
@@ -93,8 +125,9 @@ type Touch = (u64, u32, bool, u64, u64);
 /// that look like locks until they are dropped, oldest first).
 const MAX_CANDIDATES: usize = 8;
 
-/// A line a CPU wrote with a LOCK prefix: maybe a lock it waits for or holds.
+/// A word a CPU wrote with a LOCK prefix: maybe a lock it waits for or holds.
 struct Candidate {
+    /// Physical address of the word (aligned to [`WORD`]).
     line: u64,
     vbase: u64,
     /// Position of the LOCK-prefixed write, and of the first access elsewhere (held).
@@ -105,13 +138,21 @@ struct Candidate {
     touches: Vec<Touch>,
 }
 
+/// A lock a CPU holds, by hypercall or lock function.
+#[derive(Clone, Copy)]
+struct Held {
+    id: LockId,
+    lock: u64,
+    since: u64,
+}
+
 #[derive(Default)]
 struct Cpu {
     candidates: Vec<Candidate>,
     /// Hypercall locks: lock -> position of the acquire record.
     acquiring: HashMap<u64, u64>,
-    /// Hypercall locks held, innermost last: (lock, acquired at).
-    holding: Vec<(u64, u64)>,
+    /// Hypercall and lock-function locks held, innermost last.
+    holding: Vec<Held>,
 }
 
 /// The `serial` analysis.
@@ -149,6 +190,12 @@ impl Serial {
     fn lock_hypercall(&mut self, r: &Record, pc: u64, lock: u64, name: &str, op: LockOp) {
         let cpu = r.cpu;
         let pos = r.position;
+        // An empty name: the record comes from a breakpoint on a kernel lock function.
+        let id = if name.is_empty() {
+            LockId::Function(lock)
+        } else {
+            LockId::Hypercall(lock)
+        };
         let Some(c) = self.cpu(cpu) else { return };
         match op {
             LockOp::Acquire => {
@@ -156,9 +203,18 @@ impl Serial {
             }
             LockOp::Acquired => {
                 let since = c.acquiring.remove(&lock).unwrap_or(pos);
-                c.holding.push((lock, pos));
-                let s = self.locks.entry(LockId::Hypercall(lock)).or_default();
-                s.name.get_or_insert_with(|| name.to_string());
+                if c.holding.len() >= MAX_HELD {
+                    c.holding.remove(0);
+                }
+                c.holding.push(Held {
+                    id,
+                    lock,
+                    since: pos,
+                });
+                let s = self.locks.entry(id).or_default();
+                if !name.is_empty() {
+                    s.name.get_or_insert_with(|| name.to_string());
+                }
                 s.vaddr = lock;
                 s.acquisitions += 1;
                 let wait = pos - since.min(pos);
@@ -167,18 +223,39 @@ impl Serial {
                 s.cpus |= 1 << (cpu % 64);
                 *s.acquire_pcs.entry(pc).or_insert(0) += 1;
             }
-            LockOp::Release => {
-                let Some(i) = c.holding.iter().rposition(|h| h.0 == lock) else {
-                    return;
-                };
-                let (_, at) = c.holding.remove(i);
-                let s = self.locks.entry(LockId::Hypercall(lock)).or_default();
-                let hold = pos - at.min(pos);
-                s.hold += hold;
-                s.max_hold = s.max_hold.max(hold);
-                *s.release_pcs.entry(pc).or_insert(0) += 1;
-            }
+            LockOp::Release => self.release(cpu, id, pos, pc),
         }
+    }
+
+    /// CPU `cpu` gives back the lock `id` it holds (nothing if it does not hold it).
+    fn release(&mut self, cpu: u32, id: LockId, pos: u64, pc: u64) {
+        if self.cpu(cpu).is_none() {
+            return;
+        }
+        // The holder is this CPU; for a lock function's lock it may be another one (a
+        // lock handed over, or a task that moved since it took it; lowest CPU first).
+        let mine = std::iter::once(cpu as usize);
+        let others = (0..self.cpus.len()).filter(|&c| c != cpu as usize);
+        let candidates: Vec<usize> = if matches!(id, LockId::Function(_)) {
+            mine.chain(others).collect()
+        } else {
+            mine.collect()
+        };
+        let Some((c, i)) = candidates.into_iter().find_map(|c| {
+            let i = self.cpus.get(c)?.holding.iter().rposition(|h| h.id == id)?;
+            Some((c, i))
+        }) else {
+            return;
+        };
+        let Some(holder) = self.cpus.get_mut(c) else {
+            return;
+        };
+        let h = holder.holding.remove(i);
+        let s = self.locks.entry(id).or_default();
+        let hold = pos - h.since.min(pos);
+        s.hold += hold;
+        s.max_hold = s.max_hold.max(hold);
+        *s.release_pcs.entry(pc).or_insert(0) += 1;
     }
 
     fn access(&mut self, r: &Record, ctx: &mut Context) {
@@ -190,13 +267,19 @@ impl Serial {
         let pos = r.position;
         let write = matches!(a.kind, Kind::Write | Kind::ReadModifyWrite);
         let line_size = self.line;
-        // Hypercall locks held: the access is part of their sections.
-        let held: Vec<u64> = match self.cpus.get(cpu as usize) {
-            Some(c) => c.holding.iter().map(|h| h.0).collect(),
-            None => Vec::new(),
-        };
-        if let Some(&lock) = held.last() {
-            let s = self.locks.entry(LockId::Hypercall(lock)).or_default();
+        // Locks held by hypercall or lock function: the access is part of the innermost
+        // one's section.
+        let innermost = self.cpus.get_mut(cpu as usize).and_then(|c| {
+            // A lock-function lock held past MAX_FUNCTION_HOLD lost its release (one the
+            // breakpoints and the store rule both missed): it stops collecting this CPU's
+            // accesses, and its section is not counted.
+            c.holding.retain(|h| {
+                !matches!(h.id, LockId::Function(_)) || pos - h.since.min(pos) <= MAX_FUNCTION_HOLD
+            });
+            c.holding.last().copied()
+        });
+        if let Some(h) = innermost {
+            let s = self.locks.entry(h.id).or_default();
             s.held.entry(a.pc).add(cpu, write, ctx);
             let key = a.paddr & !(line_size - 1);
             s.data
@@ -204,59 +287,72 @@ impl Serial {
                 .or_default()
                 .add(a.vaddr & !(line_size - 1), cpu, write);
         }
-        for (paddr, vaddr, _) in pieces(a, line_size) {
-            let key = paddr & !(line_size - 1);
-            let vbase = vaddr & !(line_size - 1);
+        if write {
+            // The holder writing a lock-function lock's first byte gives it back (a
+            // release reached by a tail jump, or inlined, calls no release function).
+            let end = a.vaddr.saturating_add((a.size as u64).max(1));
+            let given_back = self.cpus.get(cpu as usize).and_then(|c| {
+                c.holding
+                    .iter()
+                    .rev()
+                    .find(|h| {
+                        matches!(h.id, LockId::Function(_)) && (a.vaddr..end).contains(&h.lock)
+                    })
+                    .map(|h| h.id)
+            });
+            if let Some(id) = given_back {
+                self.release(cpu, id, pos, a.pc);
+            }
+        }
+        for (paddr, vaddr, n) in pieces(a, line_size) {
+            let key = paddr & !(WORD - 1);
+            let vbase = vaddr & !(WORD - 1);
+            // Pieces never cross a line, and a line holds whole words: the piece starts in
+            // the word `key`, and may end in the next one.
+            let last = paddr.saturating_add(n - 1) & !(WORD - 1);
             let stack = ctx.stack_id(cpu);
             let Some(c) = self.cpu(cpu) else { return };
             let mut cands = std::mem::take(&mut c.candidates);
             let mut released = None;
             let mut found = false;
             cands.retain_mut(|k| {
-                if k.line != key {
+                if k.line != key && k.line != last {
                     // An access elsewhere: a waited-for lock is now held.
                     k.held.get_or_insert(pos);
-                    if k.held.is_some() && k.touches.len() < MAX_SECTION {
-                        k.touches.push((a.pc, stack, write, key, vbase));
+                    if k.touches.len() < MAX_SECTION {
+                        k.touches.push((
+                            a.pc,
+                            stack,
+                            write,
+                            paddr & !(line_size - 1),
+                            vaddr & !(line_size - 1),
+                        ));
                     }
                     return true;
                 }
                 found = true;
                 if a.locked && write {
                     // Taken again: an atomic variable so far, or a new acquisition.
-                    *k = Candidate {
-                        line: key,
-                        vbase,
-                        since: pos,
-                        held: None,
-                        spins: 0,
-                        pc: a.pc,
-                        touches: Vec::new(),
-                    };
+                    *k = Candidate::new(key, vbase, pos, a.pc);
                     true
                 } else if write {
-                    // A plain write by the holder releases it; before any access
+                    // A plain write by the holder gives it back; before any access
                     // elsewhere there is nothing to learn.
                     if k.held.is_some() {
-                        released = Some(std::mem::replace(
-                            k,
-                            Candidate {
-                                line: 0,
-                                vbase: 0,
-                                since: 0,
-                                held: None,
-                                spins: 0,
-                                pc: 0,
-                                touches: Vec::new(),
-                            },
-                        ));
+                        released = Some(std::mem::replace(k, Candidate::new(0, 0, 0, 0)));
                     }
                     false
                 } else {
                     if k.held.is_none() {
                         k.spins += 1;
                     } else if k.touches.len() < MAX_SECTION {
-                        k.touches.push((a.pc, stack, write, key, vbase));
+                        k.touches.push((
+                            a.pc,
+                            stack,
+                            write,
+                            paddr & !(line_size - 1),
+                            vaddr & !(line_size - 1),
+                        ));
                     }
                     true
                 }
@@ -265,44 +361,55 @@ impl Serial {
                 if cands.len() >= MAX_CANDIDATES {
                     cands.remove(0);
                 }
-                cands.push(Candidate {
-                    line: key,
-                    vbase,
-                    since: pos,
-                    held: None,
-                    spins: 0,
-                    pc: a.pc,
-                    touches: Vec::new(),
-                });
+                cands.push(Candidate::new(key, vbase, pos, a.pc));
             }
             if let Some(c) = self.cpu(cpu) {
                 c.candidates = cands;
             }
-            if let Some(k) = released {
-                let held = k.held.unwrap_or(pos);
-                let s = self.locks.entry(LockId::Line(k.line)).or_default();
-                s.vaddr = k.vbase;
-                s.acquisitions += 1;
-                s.contended += (k.spins > 1) as u64;
-                s.spins += k.spins;
-                s.wait += held - k.since.min(held);
-                let hold = pos - held.min(pos);
-                s.hold += hold;
-                s.max_hold = s.max_hold.max(hold);
-                s.cpus |= 1 << (cpu % 64);
-                *s.acquire_pcs.entry(k.pc).or_insert(0) += 1;
-                *s.release_pcs.entry(a.pc).or_insert(0) += 1;
-                for (tpc, tstack, tw, tline, tv) in k.touches {
-                    let p = s.held.entry(tpc);
-                    p.count += 1;
-                    p.writes += tw as u64;
-                    p.cpus |= 1 << (cpu % 64);
-                    *p.stacks.entry(tstack) += 1;
-                    if tline != k.line {
-                        s.data.entry(tline).or_default().add(tv, cpu, tw);
-                    }
+            let Some(k) = released else { continue };
+            let held = k.held.unwrap_or(pos);
+            let wait = held - k.since.min(held);
+            let hold = pos - held.min(pos);
+            if wait > MAX_HOLD || hold > MAX_HOLD {
+                // Not a lock's section: an atomic variable stored to much later.
+                continue;
+            }
+            let lock_line = k.line & !(line_size - 1);
+            let s = self.locks.entry(LockId::Line(k.line)).or_default();
+            s.vaddr = k.vbase;
+            s.acquisitions += 1;
+            s.contended += (k.spins > 1) as u64;
+            s.spins += k.spins;
+            s.wait += wait;
+            s.hold += hold;
+            s.max_hold = s.max_hold.max(hold);
+            s.cpus |= 1 << (cpu % 64);
+            *s.acquire_pcs.entry(k.pc).or_insert(0) += 1;
+            *s.release_pcs.entry(a.pc).or_insert(0) += 1;
+            for (tpc, tstack, tw, tline, tv) in k.touches {
+                let p = s.held.entry(tpc);
+                p.count += 1;
+                p.writes += tw as u64;
+                p.cpus |= 1 << (cpu % 64);
+                *p.stacks.entry(tstack) += 1;
+                if tline != lock_line {
+                    s.data.entry(tline).or_default().add(tv, cpu, tw);
                 }
             }
+        }
+    }
+}
+
+impl Candidate {
+    fn new(line: u64, vbase: u64, since: u64, pc: u64) -> Self {
+        Candidate {
+            line,
+            vbase,
+            since,
+            held: None,
+            spins: 0,
+            pc,
+            touches: Vec::new(),
         }
     }
 }
@@ -326,20 +433,27 @@ impl Analysis for Serial {
     }
 
     fn report(&self, ctx: &Context, names: &Names) -> Report {
+        // A lock the guest reports by hypercall, or that a lock function takes, is that
+        // lock; its LOCK-prefixed word seen again by the pattern is not a second one.
+        let line_of = |vaddr: u64| vaddr & !(self.line - 1);
+        let known: std::collections::HashSet<u64> = self
+            .locks
+            .iter()
+            .filter(|(id, s)| !matches!(id, LockId::Line(_)) && s.acquisitions > 0)
+            .map(|(_, s)| line_of(s.vaddr))
+            .collect();
+        let by_function = self
+            .locks
+            .iter()
+            .any(|(id, s)| matches!(id, LockId::Function(_)) && s.acquisitions > 0);
         let mut v: Vec<(&LockId, &LockStat)> = self
             .locks
             .iter()
             .filter(|(_, s)| s.acquisitions > 0)
-            // A lock the guest reports by hypercall is that lock; its LOCK-prefixed line
-            // seen again by the heuristic is not a second one.
-            .filter(|(id, s)| {
-                !matches!(id, LockId::Line(_))
-                    || !self.locks.iter().any(|(other, h)| {
-                        matches!(other, LockId::Hypercall(_))
-                            && h.acquisitions > 0
-                            && h.vaddr & !(self.line - 1) == s.vaddr
-                    })
-            })
+            .filter(|(id, s)| !matches!(id, LockId::Line(_)) || !known.contains(&line_of(s.vaddr)))
+            // A word only one CPU ever took serialized nothing: a per-CPU flag word (a
+            // Linux run queue's nohz flags), not a lock.
+            .filter(|(id, s)| !matches!(id, LockId::Line(_)) || s.cpus.count_ones() > 1)
             .collect();
         let found = v.len();
         v.sort_by(|a, b| {
@@ -356,6 +470,11 @@ impl Analysis for Serial {
             self.top.min(found),
             self.sort
         );
+        if by_function {
+            text.push_str(
+                "(lock-function locks: taken by calls of the kernel's lock functions; fast paths inlined into their callers call none and are seen only by the LOCK-prefix pattern; waits are the time in the slow path)\n",
+            );
+        }
         let mut rows: Vec<Value> = Vec::new();
         for (rank, (id, s)) in v.into_iter().take(self.top).enumerate() {
             let (source, name) = match id {
@@ -363,6 +482,7 @@ impl Analysis for Serial {
                     "hypercall",
                     s.name.clone().unwrap_or_else(|| names.data(s.vaddr)),
                 ),
+                LockId::Function(_) => ("lock-function", names.data(s.vaddr)),
                 LockId::Line(_) => ("lock-prefix", names.data(s.vaddr)),
             };
             let avg = |t: u64| t.checked_div(s.acquisitions).unwrap_or(0);
@@ -441,5 +561,134 @@ impl Analysis for Serial {
             text,
             json: json!({"locks_found": found, "sort": self.sort, "locks": rows}),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reprise_symbols::{Symbol, SymbolClass, SymbolTable};
+    use reprise_trace::record::{AccessEvent, Event, Hypercall, Kind, LockOp, Note, Record};
+    use serde_json::Value;
+
+    use crate::{Options, Scanner};
+
+    fn symbols() -> SymbolTable {
+        let mut t = SymbolTable::new();
+        for (name, start, size, class) in [
+            ("rq_lock", 0x3000, 4, SymbolClass::Data),
+            ("rq_data", 0x3040, 64, SymbolClass::Data),
+            ("flags", 0x5000, 8, SymbolClass::Data),
+            ("caller", 0x40_0000, 0x100, SymbolClass::Code),
+        ] {
+            t.insert(Symbol {
+                name: name.into(),
+                start,
+                size,
+                class,
+            });
+        }
+        t.finish();
+        t
+    }
+
+    fn access(position: u64, cpu: u32, addr: u64, size: u8, kind: Kind, locked: bool) -> Record {
+        Record {
+            position,
+            cpu,
+            event: Event::Access(AccessEvent {
+                pc: 0x40_0010,
+                vaddr: addr,
+                paddr: addr,
+                size,
+                kind,
+                locked,
+                cpl: 0,
+                value: None,
+                note: Note::default(),
+            }),
+        }
+    }
+
+    fn lock(position: u64, cpu: u32, op: LockOp) -> Record {
+        Record {
+            position,
+            cpu,
+            event: Event::Hypercall(Hypercall::Lock {
+                pc: 0x40_0020,
+                lock: 0x3000,
+                name: String::new(),
+                op,
+                read: false,
+            }),
+        }
+    }
+
+    fn run(records: &[Record]) -> Value {
+        let mut s = Scanner::new(
+            "serial",
+            Options {
+                cpus: 4,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        for r in records {
+            s.take(r);
+        }
+        s.report(&symbols()).json["report"].clone()
+    }
+
+    #[test]
+    fn lock_functions_and_the_holders_store() {
+        let recs = vec![
+            // CPU 0: uncontended, released by the unlock function.
+            access(1, 0, 0x3000, 4, Kind::ReadModifyWrite, true),
+            lock(2, 0, LockOp::Acquired),
+            access(3, 0, 0x3048, 8, Kind::Write, false),
+            lock(10, 0, LockOp::Release),
+            access(11, 0, 0x3000, 1, Kind::Write, false),
+            // CPU 1: waits in the slow path from 12 to 20; its release is a tail jump
+            // (no record): the store of 0 to the lock byte gives it back.
+            lock(12, 1, LockOp::Acquire),
+            access(13, 1, 0x3000, 4, Kind::Read, false),
+            access(19, 1, 0x3000, 4, Kind::ReadModifyWrite, true),
+            lock(20, 1, LockOp::Acquired),
+            access(21, 1, 0x3048, 8, Kind::Write, false),
+            access(26, 1, 0x3000, 1, Kind::Write, false),
+            // A release by a CPU not holding it is ignored.
+            lock(30, 2, LockOp::Release),
+        ];
+        let j = run(&recs);
+        assert_eq!(j["locks_found"], 1, "{j:#}");
+        let l = &j["locks"][0];
+        assert_eq!(l["name"], "rq_lock");
+        assert_eq!(l["source"], "lock-function");
+        assert_eq!(l["acquisitions"], 2);
+        assert_eq!(l["contended"], 1);
+        assert_eq!(l["wait"], 8);
+        assert_eq!(l["hold"], 8 + 6);
+        assert_eq!(l["data"][0]["name"], "rq_data");
+        assert_eq!(l["release_pcs"][0]["count"], 1);
+    }
+
+    #[test]
+    fn atomic_flag_words_are_not_locks() {
+        let far = super::MAX_HOLD + 10;
+        let recs = vec![
+            // `lock or` on a flag word, work elsewhere, and much later a plain store to it.
+            access(1, 0, 0x5000, 8, Kind::ReadModifyWrite, true),
+            access(2, 0, 0x3048, 8, Kind::Write, false),
+            access(far, 0, 0x5000, 8, Kind::Write, false),
+            // A flag set atomically, then another field of its line (not the word) stored.
+            access(far + 1, 1, 0x5000, 8, Kind::ReadModifyWrite, true),
+            access(far + 2, 1, 0x3048, 8, Kind::Write, false),
+            access(far + 3, 1, 0x5020, 8, Kind::Write, false),
+            // A counter only ever incremented atomically.
+            access(far + 4, 2, 0x5000, 8, Kind::ReadModifyWrite, true),
+            access(far + 5, 2, 0x3048, 8, Kind::Write, false),
+            access(far + 6, 2, 0x5000, 8, Kind::ReadModifyWrite, true),
+        ];
+        let j = run(&recs);
+        assert_eq!(j["locks_found"], 0, "{j:#}");
     }
 }

@@ -303,9 +303,13 @@ fn an_atomic_variable_does_not_hide_a_later_lock() {
         access(2, 0, 0x40_0008, 0x3000, Kind::ReadModifyWrite, true),
         access(3, 0, 0x40_0010, 0x3040, Kind::Write, false),
         access(4, 0, 0x40_0018, 0x3000, Kind::Write, false),
+        // The same lock on another CPU (a word only one CPU takes is no lock).
+        access(5, 1, 0x40_0008, 0x3000, Kind::ReadModifyWrite, true),
+        access(6, 1, 0x40_0010, 0x3040, Kind::Write, false),
+        access(7, 1, 0x40_0018, 0x3000, Kind::Write, false),
     ];
     let j = run("serial", &recs);
     assert_eq!(j["locks_found"], 1, "{j:#}");
     assert_eq!(j["locks"][0]["name"], "lock");
-    assert_eq!(j["locks"][0]["hold"], 1);
+    assert_eq!(j["locks"][0]["hold"], 2);
 }

@@ -237,6 +237,86 @@ pub fn find(table: &SymbolTable, read: &mut ReadVirt<'_>) -> Result<SlabCaches, 
     })
 }
 
+/// Sizes of `struct page` tried (x86-64: 64 without debugging options; page owner and
+/// other options add words).
+const PAGE_SIZES: std::ops::RangeInclusive<u64> = 40..=160;
+
+/// Caches a `struct page` size must account for before it is believed.
+const MIN_PAGE_CHECKS: usize = 8;
+
+/// `sizeof(struct page)` of a running Linux kernel, derived from the page descriptors of
+/// the pages holding the slab caches' own `struct kmem_cache` objects — they all come from
+/// one cache, `kmem_cache`. For a size `S`, the descriptor of the page at direct-map
+/// address `A` is `vmemmap_base + (A - page_offset_base) / 4096 * S`; a tail page of a
+/// compound page points at its head through `compound_head` (the word at +8, bit 0 set),
+/// and a slab's head page holds its cache pointer (`slab->slab_cache`) in one of its
+/// first words. The size is the one whose descriptors hold the `kmem_cache` cache's
+/// address, at one offset, for (nearly) every cache; no such size is an error with the
+/// reason, never a guess.
+pub fn struct_page_size(
+    caches: &SlabCaches,
+    vmemmap_base: u64,
+    page_offset_base: u64,
+    read: &mut ReadVirt<'_>,
+) -> Result<u64, String> {
+    let meta = caches
+        .caches
+        .values()
+        .find(|c| c.name == "kmem_cache")
+        .ok_or("no `kmem_cache` cache on the slab list")?
+        .addr;
+    let pfns: Vec<u64> = caches
+        .caches
+        .keys()
+        .filter_map(|&a| a.checked_sub(page_offset_base).map(|off| off >> 12))
+        .filter(|&pfn| pfn < 1 << 40)
+        .collect();
+    if pfns.len() < MIN_PAGE_CHECKS {
+        return Err(format!(
+            "{} slab caches in the direct map (need {MIN_PAGE_CHECKS}) to check struct page's size",
+            pfns.len()
+        ));
+    }
+    let mut found = Vec::new();
+    for size in PAGE_SIZES.step_by(8) {
+        // Per offset of the cache pointer, the caches whose descriptor holds it there.
+        let mut hits: BTreeMap<u64, usize> = BTreeMap::new();
+        for &pfn in &pfns {
+            let mut page = vmemmap_base.wrapping_add(pfn.wrapping_mul(size));
+            if let Some(head) = read_u64(read, page.wrapping_add(8)) {
+                if head & 1 == 1 {
+                    page = head - 1;
+                }
+            }
+            let Some(words) = read(page, size as usize) else {
+                continue;
+            };
+            for (i, w) in words.chunks_exact(8).enumerate().skip(1) {
+                if u64::from_le_bytes(w.try_into().unwrap_or_default()) == meta {
+                    *hits.entry(8 * i as u64).or_default() += 1;
+                }
+            }
+        }
+        let best = hits.values().copied().max().unwrap_or(0);
+        // Nearly all: a cache being freed or moved may be caught half-way.
+        if best * 10 >= pfns.len() * 9 {
+            found.push(size);
+        }
+    }
+    match found.as_slice() {
+        [size] => Ok(*size),
+        [] => Err(format!(
+            "no struct page size in {}..={} bytes makes the slab pages of {} caches point to the `kmem_cache` cache",
+            PAGE_SIZES.start(),
+            PAGE_SIZES.end(),
+            pfns.len()
+        )),
+        many => Err(format!(
+            "struct page sizes {many:?} all fit the slab pages: ambiguous"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

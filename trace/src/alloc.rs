@@ -30,6 +30,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::locks::{LockBreakpoints, LockCounts, LockFn};
 use crate::record::{Hypercall, LabelType};
 
 /// The Linux allocators (`--label-alloc linux`), for 5.x and 6.x kernels (functions a
@@ -48,6 +49,13 @@ pub const LINUX_PRESET: &[&str] = &[
     "__kmalloc*:size=rdi:free=kfree",
     "kmalloc_large*:size=rdi:free=kfree",
     "__alloc_pages:order=rsi:pages:free=__free_pages",
+    // The other ways pages go back: `free_unref_page` (what `__free_pages` and the page
+    // lists end in for small orders), `__free_pages_ok` (larger orders) and `__folio_put`
+    // (where `put_page` frees a page once its last reference is gone; `put_page` itself
+    // only drops a reference). An inner free of a page already unlabelled does nothing.
+    "__alloc_pages:order=rsi:pages:free=free_unref_page",
+    "__alloc_pages:order=rsi:pages:free=__free_pages_ok",
+    "__alloc_pages:order=rsi:pages:free=__folio_put",
     "__get_free_pages:order=rsi:free=free_pages",
 ];
 
@@ -193,6 +201,23 @@ pub struct KernelHeap {
     pub caches: BTreeMap<u64, (String, u64)>,
     /// The page array, when found.
     pub pages: Option<PageMap>,
+    /// The kernel's read-only data (address, bytes): the name strings of caches created
+    /// while the recording runs ([`AllocLabeler::add_cache_create`]).
+    pub rodata: Option<(u64, Vec<u8>)>,
+}
+
+impl KernelHeap {
+    /// The NUL-terminated printable string of 1 to 64 bytes at `addr` in the read-only
+    /// data, if there is one.
+    fn rodata_string(&self, addr: u64) -> Option<String> {
+        let (base, bytes) = self.rodata.as_ref()?;
+        let off = usize::try_from(addr.checked_sub(*base)?).ok()?;
+        let rest = bytes.get(off..)?;
+        let end = rest.iter().take(65).position(|&b| b == 0)?;
+        let s = rest.get(..end)?;
+        let printable = !s.is_empty() && s.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
+        printable.then(|| String::from_utf8_lossy(s).into_owned())
+    }
 }
 
 /// An allocator function, resolved.
@@ -240,6 +265,13 @@ pub struct AllocLabeler {
     live: BTreeMap<u64, LabelType>,
     heap: KernelHeap,
     counts: AllocCounts,
+    /// Lock functions watched on the same calls and returns.
+    locks: LockBreakpoints,
+    /// `kmem_cache_create*` functions: named caches appear at their returns.
+    creates: std::collections::BTreeSet<u64>,
+    /// Per CPU, the cache creations not returned yet: (return address, stack, name
+    /// pointer, object size).
+    creating: BTreeMap<u32, Vec<(u64, u64, u64, u64)>>,
 }
 
 impl AllocLabeler {
@@ -272,9 +304,27 @@ impl AllocLabeler {
         self.frees.insert(addr, (ptr, pages));
     }
 
+    /// Also watch the lock function at `addr` (see [`crate::locks`]): its calls become
+    /// lock records.
+    pub fn add_lock(&mut self, addr: u64, f: LockFn) {
+        self.locks.add(addr, f);
+    }
+
+    /// Also watch the cache-creating function at `addr` (`kmem_cache_create(name, size,
+    /// ...)`): the cache it returns is named by the string `name` points to in the kernel's
+    /// read-only data, so a cache destroyed before the end keeps its name.
+    pub fn add_cache_create(&mut self, addr: u64) {
+        self.creates.insert(addr);
+    }
+
     /// Whether anything is watched.
     pub fn is_empty(&self) -> bool {
-        self.allocators.is_empty() && self.frees.is_empty()
+        self.allocators.is_empty() && self.frees.is_empty() && self.locks.is_empty()
+    }
+
+    /// What the lock breakpoints saw (`None` when no lock function is watched).
+    pub fn lock_counts(&self) -> Option<LockCounts> {
+        (!self.locks.is_empty()).then(|| self.locks.counts())
     }
 
     /// What was labelled so far.
@@ -292,6 +342,16 @@ impl AllocLabeler {
         stack: u64,
         regs: &[u64; 16],
     ) -> Option<Hypercall> {
+        if let Some(h) = self.locks.call(cpu, target, return_address, stack, regs) {
+            return Some(h);
+        }
+        if self.creates.contains(&target) {
+            let v = self.creating.entry(cpu).or_default();
+            if v.len() < 16 {
+                v.push((return_address, stack, regs[7], regs[6] & 0xffff_ffff));
+            }
+            return None;
+        }
         if let Some(a) = self.allocators.get(&target) {
             let (name, bytes, from_cache) = match a.size {
                 SizeArg::None => (a.name.clone(), 0, false),
@@ -340,6 +400,22 @@ impl AllocLabeler {
     /// Returns a register record when this ends an outermost allocator call with a
     /// non-null pointer.
     pub fn ret(&mut self, cpu: u32, target: u64, stack: u64, rax: u64) -> Option<Hypercall> {
+        if let Some(h) = self.locks.ret(cpu, target, stack, rax) {
+            return Some(h);
+        }
+        if let Some(v) = self.creating.get_mut(&cpu) {
+            if let Some(k) = v.iter().rposition(|c| c.0 == target && c.1 == stack) {
+                let (_, _, name, size) = v.remove(k);
+                v.truncate(k);
+                if rax != 0 {
+                    if let Some(name) = self.heap.rodata_string(name) {
+                        // The newest cache at an address is the one its allocations use.
+                        self.heap.caches.insert(rax, (name, size));
+                    }
+                }
+                return None;
+            }
+        }
         let stack_of = self.pending.get_mut(&cpu)?;
         // The matching call: same return address and the stack pointer its push left.
         let k = stack_of
@@ -538,5 +614,36 @@ mod tests {
             (c.labels, c.unlabels, c.unknown_caches, c.unplaced_pages),
             (4, 2, 1, 1)
         );
+    }
+
+    #[test]
+    fn caches_created_during_the_recording_keep_their_names() {
+        let mut rodata = vec![0u8; 0x40];
+        rodata[0x10..0x15].copy_from_slice(b"bio-1");
+        let heap = KernelHeap {
+            rodata: Some((0xffff_ffff_8200_0000, rodata)),
+            ..KernelHeap::default()
+        };
+        let mut l = AllocLabeler::new().with_kernel_heap(heap);
+        l.add_cache_create(0x700);
+        l.add_allocator(0x300, "kmem_cache_alloc", SizeArg::Cache(7), false);
+        // kmem_cache_create("bio-1", 200, ...) returns the cache 0xf000.
+        l.call(0, 0x700, 0x50, 0x8000, &regs(0xffff_ffff_8200_0010, 200));
+        assert_eq!(l.ret(0, 0x50, 0x8000, 0xf000), None);
+        l.call(0, 0x300, 0x60, 0x8000, &regs(0xf000, 0));
+        match l.ret(0, 0x60, 0x8000, 0xa000) {
+            Some(Hypercall::LabelRegister { name, bytes, .. }) => {
+                assert_eq!((name.as_str(), bytes), ("bio-1", 200))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A name outside the read-only data (allocated) is not read: the cache stays unknown.
+        l.call(0, 0x700, 0x50, 0x8000, &regs(0x1234, 64));
+        l.ret(0, 0x50, 0x8000, 0xe000);
+        l.call(0, 0x300, 0x60, 0x8000, &regs(0xe000, 0));
+        assert!(matches!(
+            l.ret(0, 0x60, 0x8000, 0xb000),
+            Some(Hypercall::LabelRegister { name, .. }) if name.contains("cache 0xe000")
+        ));
     }
 }

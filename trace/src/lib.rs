@@ -7,6 +7,7 @@
 //!   writes or reads trace files (built on `reprise_record::container`);
 //! - [`filter`]: the [`filter::Filter`] trait, the command-line filters and their parsers;
 //! - [`alloc`]: allocation labels from breakpoints on allocator functions;
+//! - [`locks`]: lock records from breakpoints on a kernel's lock functions;
 //! - [`hypercall`]: decoding of the guests' mtrace hypercall records;
 //! - [`tracer`]: [`tracer::Tracer`], the CPU observer that runs accesses through filters and
 //!   a policy into a sink (a trace writer, or an analysis fed live);
@@ -24,6 +25,7 @@ pub mod alloc;
 pub mod filter;
 pub mod format;
 pub mod hypercall;
+pub mod locks;
 pub mod policy;
 pub mod record;
 pub mod stats;

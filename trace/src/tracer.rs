@@ -541,6 +541,14 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
         self.stage.alloc.as_ref().map(AllocLabeler::counts)
     }
 
+    /// What the lock-function breakpoints saw (`None` without them).
+    pub fn lock_counts(&self) -> Option<crate::locks::LockCounts> {
+        self.stage
+            .alloc
+            .as_ref()
+            .and_then(AllocLabeler::lock_counts)
+    }
+
     /// What went through so far.
     pub fn counts(&self) -> TracerCounts {
         let (seen, filtered_in) = self.stage.counts();
