@@ -230,7 +230,7 @@ fn bad_options_give_one_line_and_status_1() {
         ),
         (&["--quantum", "0"][..], "--quantum 0"),
         (&["--cpus", "40", "--mem", "2M"][..], "40 CPUs need"),
-        (&["--mem", "8G"][..], "at most 4 GiB"),
+        (&["--mem", "8G"][..], "at most 3 GiB"),
     ] {
         let r = run_image(opts, &image);
         assert_one_line_error(&r);
