@@ -272,6 +272,8 @@ pub struct AllocLabeler {
     /// Per CPU, the cache creations not returned yet: (return address, stack, name
     /// pointer, object size).
     creating: BTreeMap<u32, Vec<(u64, u64, u64, u64)>>,
+    /// Caches named by a creation seen in this replay (see [`AllocLabeler::ret`]).
+    created: std::collections::BTreeSet<u64>,
 }
 
 impl AllocLabeler {
@@ -407,10 +409,16 @@ impl AllocLabeler {
             if let Some(k) = v.iter().rposition(|c| c.0 == target && c.1 == stack) {
                 let (_, _, name, size) = v.remove(k);
                 v.truncate(k);
-                if rax != 0 {
+                // SLUB merges a new cache into a compatible existing one and returns that
+                // (an alias): the cache keeps its first name, as /proc/slabinfo shows it.
+                // So a creation names only a cache that is gone by the end of the
+                // recording (else the end's name stands) and not named by an earlier
+                // creation.
+                let known = self.heap.caches.contains_key(&rax);
+                if rax != 0 && !known && !self.created.contains(&rax) {
                     if let Some(name) = self.heap.rodata_string(name) {
-                        // The newest cache at an address is the one its allocations use.
                         self.heap.caches.insert(rax, (name, size));
+                        self.created.insert(rax);
                     }
                 }
                 return None;
@@ -620,13 +628,23 @@ mod tests {
     fn caches_created_during_the_recording_keep_their_names() {
         let mut rodata = vec![0u8; 0x40];
         rodata[0x10..0x15].copy_from_slice(b"bio-1");
+        rodata[0x20..0x2d].copy_from_slice(b"ip6_dst_cache");
         let heap = KernelHeap {
             rodata: Some((0xffff_ffff_8200_0000, rodata)),
+            caches: BTreeMap::from([(0xd000, ("filp".to_string(), 256))]),
             ..KernelHeap::default()
         };
         let mut l = AllocLabeler::new().with_kernel_heap(heap);
         l.add_cache_create(0x700);
         l.add_allocator(0x300, "kmem_cache_alloc", SizeArg::Cache(7), false);
+        // A creation merged into a cache that lives to the end keeps the end's name.
+        l.call(0, 0x700, 0x50, 0x8000, &regs(0xffff_ffff_8200_0020, 256));
+        l.ret(0, 0x50, 0x8000, 0xd000);
+        l.call(0, 0x300, 0x60, 0x8000, &regs(0xd000, 0));
+        assert!(matches!(
+            l.ret(0, 0x60, 0x8000, 0xa200),
+            Some(Hypercall::LabelRegister { name, .. }) if name == "filp"
+        ));
         // kmem_cache_create("bio-1", 200, ...) returns the cache 0xf000.
         l.call(0, 0x700, 0x50, 0x8000, &regs(0xffff_ffff_8200_0010, 200));
         assert_eq!(l.ret(0, 0x50, 0x8000, 0xf000), None);
@@ -637,6 +655,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A later creation merged into the same cache (an alias) keeps the first name.
+        l.call(0, 0x700, 0x50, 0x8000, &regs(0xffff_ffff_8200_0020, 200));
+        l.ret(0, 0x50, 0x8000, 0xf000);
+        l.call(0, 0x300, 0x60, 0x8000, &regs(0xf000, 0));
+        assert!(matches!(
+            l.ret(0, 0x60, 0x8000, 0xa100),
+            Some(Hypercall::LabelRegister { name, .. }) if name == "bio-1"
+        ));
         // A name outside the read-only data (allocated) is not read: the cache stays unknown.
         l.call(0, 0x700, 0x50, 0x8000, &regs(0x1234, 64));
         l.ret(0, 0x50, 0x8000, 0xe000);
