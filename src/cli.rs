@@ -214,8 +214,8 @@ pub struct TraceArgs {
 
     /// Label allocations by breakpoints on allocator functions:
     /// FUNC[:size=REG|:order=REG|:cache=REG][:pages][:free=FUNC][:ptr=REG] (FUNC may end in
-    /// `*`), `linux` for the Linux allocators (mscan's default on a Linux recording), or
-    /// `none`; repeatable.
+    /// `*`), `linux` for the Linux allocators and lock functions (the default on a Linux
+    /// recording, for `replay --trace` and `mscan` alike), or `none`; repeatable.
     #[arg(long, value_name = "SPEC")]
     pub label_alloc: Vec<String>,
 

@@ -106,17 +106,23 @@ pub fn replay_tracer(rec: &Path, args: &TraceArgs) -> anyhow::Result<Option<Repl
 
 /// The `--label-alloc` breakpoints, resolved through the symbols of `--symbols` or of the
 /// recording's guest (its ELF boot image, or a Linux kernel's kallsyms and slab caches).
+/// Without `--label-alloc`, a Linux recording gets the `linux` preset, as in `mscan`, so
+/// that a stored trace gives the reports a live `mscan` gives (`--label-alloc none` turns
+/// it off).
 fn alloc_labeler(
     manifest: &Manifest,
     rec: &Path,
     args: &TraceArgs,
 ) -> anyhow::Result<AllocLabeler> {
-    if args.label_alloc.is_empty() {
+    if args.label_alloc.is_empty() && !args.symbols.is_empty() {
         return Ok(AllocLabeler::new());
     }
-    let (table, heap) = if args.symbols.is_empty() {
+    let (table, heap, linux) = if args.symbols.is_empty() {
         let g = crate::mscan::guest_of(manifest, rec);
-        (g.symbols, g.heap)
+        if args.label_alloc.is_empty() && !g.linux {
+            return Ok(AllocLabeler::new());
+        }
+        (g.symbols, g.heap, g.linux)
     } else {
         let mut table = SymbolTable::new();
         for path in &args.symbols {
@@ -125,9 +131,9 @@ fn alloc_labeler(
                     .with_context(|| format!("--label-alloc needs symbols: {}", path.display()))?,
             );
         }
-        (table, None)
+        (table, None, false)
     };
-    crate::mscan::alloc_labeler(&args.label_alloc, false, &table, heap)
+    crate::mscan::alloc_labeler(&args.label_alloc, linux, &table, heap)
 }
 
 /// Seal the trace and say on stderr what went into it.
