@@ -170,7 +170,7 @@ fn ctrl_c_stops_a_traced_replay_cleanly() {
         &d,
         "--checkpoint-every",
         "0",
-        &fixture_path("compute-small").display().to_string(),
+        &fixture_path("compute").display().to_string(),
     ]);
     assert_eq!(r.status, 0, "{r:?}");
     let trace = scratch_dir().join("compute-sigint.trace");
@@ -180,7 +180,8 @@ fn ctrl_c_stops_a_traced_replay_cleanly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting reprise");
-    // Well inside the replay (about 2.5 s in all with the trace).
+    // Well inside the replay: `compute` (462 M instructions) takes several seconds traced
+    // (`compute-small` did too once, but a faster tracer finished it before the signal).
     std::thread::sleep(std::time::Duration::from_millis(700));
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
