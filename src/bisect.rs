@@ -92,13 +92,14 @@ fn inner(args: &BisectArgs) -> anyhow::Result<i32> {
         .end
         .map_or("an unknown number of".to_string(), |e| e.to_string());
     eprintln!(
-        "reprise: {pred}: {}; {} checkpoints restored, {} instructions replayed ({} of them one at a time) of the recording's {total}, in {:.3} s",
+        "reprise: {pred}: {}; {} checkpoints restored, {} instructions replayed ({} of them one at a time, {} by a watching pass) of the recording's {total}, in {:.3} s",
         outcome
             .found
             .map_or("holds nowhere".to_string(), |p| format!("first holds at {p}")),
         outcome.restored,
         outcome.replayed,
         outcome.stepped,
+        outcome.watched,
         started.elapsed().as_secs_f64()
     );
     Ok(code)

@@ -50,6 +50,7 @@ use crate::predicate::{baselines, state_holds};
 pub use crate::predicate::{Atom, Cmp, MemTest, Predicate, Reg, Value, SYNTAX};
 use crate::replayer::Replayer;
 use crate::seek::{boot_with_console, seek, Capture, Replay, SeekError};
+use crate::watch::{Plan, Watcher, CHUNK};
 
 /// Counters of the work a bisect did (shared by its threads).
 #[derive(Debug, Default)]
@@ -60,6 +61,8 @@ pub struct Work {
     pub replayed: AtomicU64,
     /// Of those, instructions stepped one at a time.
     pub stepped: AtomicU64,
+    /// Of those, instructions replayed by a watching pass (traced speed).
+    pub watched: AtomicU64,
 }
 
 /// What [`bisect`] found.
@@ -75,6 +78,8 @@ pub struct BisectOutcome {
     pub replayed: u64,
     /// Of those, instructions stepped one at a time.
     pub stepped: u64,
+    /// Of those, instructions replayed by a watching pass (traced speed).
+    pub watched: u64,
     /// Damaged checkpoints skipped, as warnings.
     pub warnings: Vec<String>,
 }
@@ -275,6 +280,7 @@ pub fn bisect(dir: &Path, p: &Predicate, opts: &BisectOptions) -> Result<BisectO
         restored: work.restored.load(Ordering::Relaxed),
         replayed: work.replayed.load(Ordering::Relaxed),
         stepped: work.stepped.load(Ordering::Relaxed),
+        watched: work.watched.load(Ordering::Relaxed),
         warnings,
     };
 
@@ -299,6 +305,25 @@ pub fn bisect(dir: &Path, p: &Predicate, opts: &BisectOptions) -> Result<BisectO
         warnings.extend(w);
         let found = (r.machine.instructions() == low).then_some(low);
         return Ok(finish(found, warnings, &work));
+    }
+
+    // A watching pass finds the windows to step, when the predicate allows one.
+    if !opts.monotone {
+        if let Some(plan) = Plan::of(p) {
+            let found = watched_search(
+                dir,
+                p,
+                &base,
+                plan,
+                opts,
+                end,
+                low,
+                &positions,
+                &work,
+                &mut warnings,
+            )?;
+            return Ok(finish(found, warnings, &work));
+        }
     }
 
     // Checkpoints at or after the bound, then the end: where the state predicate holds.
@@ -373,6 +398,228 @@ pub fn bisect(dir: &Path, p: &Predicate, opts: &BisectOptions) -> Result<BisectO
     // With the monotone promise the mark itself holds when nothing before it does.
     let found = found.or(if opts.monotone { upper } else { None });
     Ok(finish(found, warnings, &work))
+}
+
+/// What a watching pass hands the stepper after each chunk.
+struct Batch {
+    /// Windows found (inclusive), in no particular order.
+    windows: Vec<(u64, u64)>,
+    /// Every window that contains a position up to here is in this or an earlier batch.
+    frontier: u64,
+    /// The pass is over (the run, or the recording, ended at `frontier`).
+    last: bool,
+    /// Warnings from reaching the pass's start.
+    warnings: Vec<String>,
+}
+
+/// A stepper further behind than this restores a checkpoint in between rather than
+/// replaying to the next window (a restore costs about as much as replaying this many).
+const JUMP: u64 = 1 << 26;
+
+/// The watching search (see [`crate::watch`]): one thread replays from `low` at traced
+/// speed with a [`Watcher`], handing on windows chunk by chunk; this thread follows with a
+/// second machine, at full speed between windows, stepping only through the windows (in
+/// order, up to the pass's frontier), and stops both at the first position where `p`
+/// holds.
+#[allow(clippy::too_many_arguments)]
+fn watched_search(
+    dir: &Path,
+    p: &Predicate,
+    base: &[Option<u64>],
+    plan: Plan,
+    opts: &BisectOptions,
+    end: Option<u64>,
+    low: u64,
+    checkpoints: &[u64],
+    work: &Work,
+    warnings: &mut Vec<String>,
+) -> Result<Option<u64>, SeekError> {
+    let done = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch, SeekError>>(16);
+    std::thread::scope(|s| {
+        let done = &done;
+        s.spawn(move || {
+            if let Err(e) = watch_pass(dir, plan, opts, end, low, work, done, &tx) {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let result = follow(
+            dir,
+            p,
+            base,
+            opts,
+            end,
+            low,
+            checkpoints,
+            work,
+            warnings,
+            rx,
+        );
+        // Ends the pass (its next send fails, or it sees the flag).
+        done.store(true, Ordering::Relaxed);
+        result
+    })
+}
+
+/// The pass of [`watched_search`].
+#[allow(clippy::too_many_arguments)]
+fn watch_pass(
+    dir: &Path,
+    plan: Plan,
+    opts: &BisectOptions,
+    end: Option<u64>,
+    low: u64,
+    work: &Work,
+    done: &AtomicBool,
+    tx: &std::sync::mpsc::SyncSender<Result<Batch, SeekError>>,
+) -> Result<(), SeekError> {
+    let (mut r, _, mut warnings) = reach(dir, opts, Some(end), low, work)?;
+    let mut pos = r.machine.instructions();
+    let mut watcher = Watcher::new(plan, &r.machine, pos);
+    let mut last = pos < low; // the run ended before the bound
+    loop {
+        if done.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if !last {
+            if interrupted(opts) {
+                return Err(stopped(pos, end.unwrap_or(0), "interrupted"));
+            }
+            let limit = end.map_or(pos.saturating_add(CHUNK), |e| {
+                pos.saturating_add(CHUNK).min(e)
+            });
+            if pos < limit {
+                r.machine.run_observed(&mut watcher, limit);
+                if r.machine.inputs().stop().is_some() {
+                    return Err(stopped(
+                        pos,
+                        limit,
+                        "the replay stopped (diverged or the log ended)",
+                    ));
+                }
+            }
+            let now = r.machine.instructions();
+            work.replayed.fetch_add(now - pos, Ordering::Relaxed);
+            work.watched.fetch_add(now - pos, Ordering::Relaxed);
+            // Short of the limit the run ended (an exit, or every CPU halted for good).
+            last = now < limit || end.is_some_and(|e| now >= e);
+            pos = now;
+            if let Some(p) = opts.progress {
+                p(work.replayed.load(Ordering::Relaxed), end.unwrap_or(0));
+            }
+        }
+        let windows = watcher.boundary(&r.machine);
+        let batch = Batch {
+            windows,
+            frontier: pos,
+            last,
+            warnings: std::mem::take(&mut warnings),
+        };
+        if tx.send(Ok(batch)).is_err() || last {
+            return Ok(());
+        }
+    }
+}
+
+/// The stepper of [`watched_search`]: consumes the batches, steps their windows in order.
+#[allow(clippy::too_many_arguments)]
+fn follow(
+    dir: &Path,
+    p: &Predicate,
+    base: &[Option<u64>],
+    opts: &BisectOptions,
+    end: Option<u64>,
+    low: u64,
+    checkpoints: &[u64],
+    work: &Work,
+    warnings: &mut Vec<String>,
+    rx: std::sync::mpsc::Receiver<Result<Batch, SeekError>>,
+) -> Result<Option<u64>, SeekError> {
+    // The bound itself is always a candidate.
+    let mut pending: Vec<(u64, u64)> = vec![(low, low)];
+    // Every window position up to here has been checked.
+    let mut checked: Option<u64> = None;
+    let mut stepper: Option<Replay> = None;
+    for msg in rx {
+        let b = msg?;
+        warnings.extend(b.warnings);
+        pending.extend(b.windows);
+        pending.sort_unstable();
+        // Windows (or their parts) up to the frontier are complete: step them in order.
+        let mut todo = Vec::new();
+        let mut later = Vec::new();
+        for (s, e) in pending.drain(..) {
+            if s > b.frontier {
+                later.push((s, e));
+                continue;
+            }
+            if e > b.frontier {
+                later.push((b.frontier + 1, e));
+            }
+            todo.push((s, e.min(b.frontier)));
+        }
+        pending = later;
+        for (s, e) in todo {
+            let s = checked.map_or(s, |c| s.max(c.saturating_add(1)));
+            if s > e {
+                continue;
+            }
+            if interrupted(opts) {
+                return Err(stopped(s, e, "interrupted"));
+            }
+            // Bring the stepper to `s`: forward at full speed, or through a checkpoint
+            // when one lies well ahead of it.
+            let fresh = match &stepper {
+                None => true,
+                Some(r) => {
+                    let cur = r.machine.instructions();
+                    cur > s || (s - cur > JUMP && checkpoints.iter().any(|&c| c > cur && c <= s))
+                }
+            };
+            if fresh {
+                let (r, _, w) = reach(dir, opts, Some(end), s, work)?;
+                warnings.extend(w);
+                stepper = Some(r);
+            }
+            let Some(r) = stepper.as_mut() else {
+                return Ok(None);
+            };
+            let cur = r.machine.instructions();
+            if cur < s {
+                r.machine.run(s);
+                if r.machine.inputs().stop().is_some() {
+                    return Err(stopped(
+                        cur,
+                        s,
+                        "the replay stopped (diverged or the log ended)",
+                    ));
+                }
+                let now = r.machine.instructions();
+                work.replayed.fetch_add(now - cur, Ordering::Relaxed);
+                if now < s {
+                    return Ok(None); // the run ended before
+                }
+            }
+            if let Some(h) = step(r, e, work, opts, &|_| false, &mut |m| {
+                state_holds(p, base, m)
+            })? {
+                return Ok(Some(h));
+            }
+            if r.machine.instructions() < e {
+                return Ok(None); // the run ended inside the window
+            }
+            checked = Some(checked.map_or(e, |c| c.max(e)));
+        }
+        if b.last {
+            return Ok(None);
+        }
+    }
+    // The pass sends an error or a last batch before it stops; without either it died.
+    Err(stopped(
+        checked.unwrap_or(low),
+        end.unwrap_or(0),
+        "the watching pass ended early",
+    ))
 }
 
 /// Step through `segments` (in order, inclusive bounds) on several threads; the earliest
@@ -482,6 +729,7 @@ pub fn linear_scan(
         restored: 0,
         replayed: work.replayed.load(Ordering::Relaxed),
         stepped: work.stepped.load(Ordering::Relaxed),
+        watched: 0,
         warnings: Vec::new(),
     })
 }

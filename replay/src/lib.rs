@@ -21,6 +21,7 @@ pub mod predicate;
 pub mod replayer;
 pub mod seek;
 pub mod session;
+mod watch;
 
 pub use divergence::{Divergence, DivergenceKind, RegDiff};
 pub use replayer::{ReplayStop, Replayer};
