@@ -508,3 +508,89 @@ impl Observer for Watcher {
         self.want_fetches && self.fetch_cpu.is_none_or(|c| c == self.slice_cpu)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(s: &str) -> Option<Plan> {
+        Plan::of(&Predicate::parse(s, 1).expect("parses"))
+    }
+
+    #[test]
+    fn plans_follow_the_atoms() {
+        // A pc atom drives any conjunction; INIT/start-up rips cannot be watched.
+        assert!(matches!(
+            plan("reg rax == 1 and pc == 0x1234"),
+            Some(Plan::Pc(0x1234))
+        ));
+        assert!(matches!(
+            plan("pc == 0xfff0 and pc == 0x10"),
+            Some(Plan::Pc(0x10))
+        ));
+        assert!(plan("pc == 0").is_none());
+        assert!(plan("pc == 0xfff0 and mem[0x10]:8 == 1").is_none());
+        // Memory atoms alone (with monotone bounds) are watched; with a reg atom they are not.
+        match plan("mem[phys:0x100]:4 changes and mem[0x2000]:8 > 3 and insn >= 5") {
+            Some(Plan::Mem(locs)) => assert_eq!(
+                locs,
+                vec![
+                    (MemAddr::Phys(0x100), 4),
+                    (
+                        MemAddr::Virt {
+                            addr: 0x2000,
+                            cpu: 1
+                        },
+                        8
+                    )
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(plan("mem[0x2000]:8 > 3 and reg rax == 1").is_none());
+        assert!(plan("reg rax == 1").is_none());
+    }
+
+    /// A long-mode 4-level table in a small RAM: `va` maps through entries at known
+    /// places; the walk reports them and agrees with the CPU's translation.
+    #[test]
+    fn walks_report_their_entries() {
+        let mut ram = vec![0u8; 0x10000];
+        let mut put = |pa: usize, v: u64| ram[pa..pa + 8].copy_from_slice(&v.to_le_bytes());
+        let va: u64 = 0xffff_ffff_8000_1ff8;
+        let idx = |level: u32| ((va >> (12 + 9 * (level - 1))) & 0x1ff) as usize * 8;
+        put(0x1000 + idx(4), 0x2000 | PTE_P);
+        put(0x2000 + idx(3), 0x3000 | PTE_P);
+        put(0x3000 + idx(2), 0x4000 | PTE_P);
+        put(0x4000 + idx(1), 0x5000 | PTE_P);
+        // The next page (the value straddles it) is not mapped.
+        let mut s = CpuState::default();
+        s.cr0 |= cr0::PG | cr0::PE;
+        s.cr4 |= 1 << 5;
+        s.msr.efer |= efer::LMA | efer::LME;
+        s.cr3 = 0x1000;
+        let (mut ranges, mut paths) = (Vec::new(), Vec::new());
+        assert!(walk_bytes(&s, &ram, va, 8, &mut ranges, &mut paths));
+        assert_eq!(ranges, vec![(0x5ff8, 8)]);
+        assert_eq!(
+            &paths[..4],
+            &[
+                0x1000 + idx(4) as u64,
+                0x2000 + idx(3) as u64,
+                0x3000 + idx(2) as u64,
+                0x4000 + idx(1) as u64
+            ]
+        );
+        let (mut ranges, mut paths) = (Vec::new(), Vec::new());
+        assert!(walk_bytes(&s, &ram, va + 4, 8, &mut ranges, &mut paths));
+        assert_eq!(ranges, vec![(0x5ffc, 4)]);
+        // The second page's walk stops at its missing entry, which is watched too.
+        assert_eq!(paths.len(), 8);
+        // A reserved NX bit without NXE: both say unmapped.
+        let pa1 = 0x4000 + idx(1);
+        ram[pa1 + 7] = 0x80;
+        let (mut ranges, mut paths) = (Vec::new(), Vec::new());
+        assert!(walk_bytes(&s, &ram, va, 8, &mut ranges, &mut paths));
+        assert!(ranges.is_empty());
+    }
+}
