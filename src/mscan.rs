@@ -300,6 +300,8 @@ fn live(
     // Allocation labels: on by default for a Linux guest (`--label-alloc none` turns them
     // off); the bare fixtures label their objects themselves.
     let labeler = alloc_labeler(&ta.label_alloc, guest.linux, &symbols, guest.heap.clone())?;
+    // `serial` judges LOCK-prefixed words by the values written: a live replay has them.
+    let values = ta.values || info.name == "serial";
     let opts = Options {
         line_size: ta.line_size.or(policy.line_size()).unwrap_or(64),
         top: args.top,
@@ -318,7 +320,7 @@ fn live(
                 filters: filter.describe(),
                 policy: policy.describe(),
                 cpus: manifest.machine.cpus,
-                values: ta.values,
+                values,
             };
             Some(
                 TraceWriter::create(path, &header)
@@ -328,7 +330,7 @@ fn live(
         None => None,
     };
     let tee = Tee { scanner, writer };
-    let tracer = Tracer::new(filter, policy, tee, ta.values)
+    let tracer = Tracer::new(filter, policy, tee, values)
         .with_fetches(ta.fetch)
         .with_alloc_labels(labeler);
     let progress = if args.no_progress {
