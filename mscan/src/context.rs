@@ -476,6 +476,13 @@ impl Context {
             .map_or(Task::Unknown, |c| c.task)
     }
 
+    /// The stack region CPU `cpu` runs on now (a kernel stack's 16 KiB block, a user
+    /// stack's 1 MiB block in its address space): it names the task running there, as a
+    /// task keeps its kernel stack wherever it runs.
+    pub fn stack_region(&self, cpu: u32) -> Option<(u64, u64)> {
+        self.cpus.get(cpu as usize).and_then(|c| c.key)
+    }
+
     /// A task's printed name.
     pub fn task_name(&self, t: Task) -> String {
         match t {

@@ -11,7 +11,12 @@
 //!   release function's entry. A release the breakpoints miss (a tail jump to
 //!   `_raw_spin_unlock`, or an inlined one) is seen as the holder's own write to the lock's
 //!   first byte (`queued_spin_unlock` stores 0 there). Lock fast paths inlined into their
-//!   callers call no function and are only found by the pattern below.
+//!   callers call no function and are only found by the pattern below. Sleeping locks
+//!   (`mutex_lock*`, `down_read*`, `down_write*` and their releases; records named
+//!   [`SLEEPING_LOCK`]) are their own kind: the holder is the task, known by its stack
+//!   region, which may sleep and wake on another CPU while other tasks run on its CPU, so
+//!   hold and wait (the slow path, sleeping included) are global instructions between the
+//!   task's records, and the accesses a CPU makes meanwhile are not attributed to them.
 //! - **LOCK-prefixed accesses**, for guests without hooks. The lock is a *word*: the
 //!   16 aligned bytes around the address of a LOCK-prefixed write (a ticket lock's two
 //!   counters fit). With the accesses' values (a live replay; a stored trace made with
@@ -41,6 +46,7 @@
 
 use std::collections::HashMap;
 
+use reprise_trace::locks::SLEEPING_LOCK;
 use reprise_trace::policy::hash::FastMap;
 use reprise_trace::record::{Event, Hypercall, Kind, LockOp, Record};
 use serde_json::{json, Value};
@@ -83,6 +89,21 @@ enum LockId {
     Function(u64),
     /// A word with LOCK-prefixed writes and releases, by physical address.
     Line(u64),
+    /// A sleeping lock (mutex, rw-semaphore) taken through a kernel's lock functions.
+    Sleeping(u64),
+}
+
+/// Sleeping locks held, or waited for, at once (all tasks); more drops the oldest (an
+/// acquisition whose release was never seen).
+const MAX_SLEEPING: usize = 4096;
+
+/// A sleeping lock a task holds or waits for: the lock, the task's stack region (see
+/// [`Context::stack_region`]) and the position it started.
+#[derive(Clone, Copy)]
+struct Sleeper {
+    lock: u64,
+    task: Option<(u64, u64)>,
+    since: u64,
 }
 
 #[derive(Default)]
@@ -218,6 +239,9 @@ pub struct Serial {
     locks: HashMap<LockId, LockStat>,
     /// The value rule's view of the words LOCK-prefixed writes touched.
     shadow: FastMap<u64, Shadow>,
+    /// Sleeping locks held and waited for, by task, oldest first.
+    sleeping_held: Vec<Sleeper>,
+    sleeping_waits: Vec<Sleeper>,
     /// A LOCK-prefixed write came without its value (a trace made without `--values`):
     /// the pattern fell back to the rule by kind alone.
     without_values: bool,
@@ -233,6 +257,8 @@ impl Serial {
             cpus: Vec::new(),
             locks: HashMap::new(),
             shadow: FastMap::default(),
+            sleeping_held: Vec::new(),
+            sleeping_waits: Vec::new(),
             without_values: false,
         })
     }
@@ -246,6 +272,67 @@ impl Serial {
             self.cpus.resize_with(i + 1, Cpu::default);
         }
         self.cpus.get_mut(i)
+    }
+
+    /// A sleeping lock's record: its holder and waiter is the task (its stack region),
+    /// which may sleep and wake on another CPU; times run from the task's acquisition to
+    /// its release.
+    fn sleeping_lock(&mut self, r: &Record, pc: u64, lock: u64, op: LockOp, ctx: &Context) {
+        let task = ctx.stack_region(r.cpu);
+        let pos = r.position;
+        let me = Sleeper {
+            lock,
+            task,
+            since: pos,
+        };
+        let id = LockId::Sleeping(lock);
+        // The task's own entry, else (a task not placed, a lock handed over) the oldest.
+        let find = |v: &[Sleeper]| {
+            v.iter()
+                .rposition(|s| s.lock == lock && s.task == task)
+                .or_else(|| v.iter().position(|s| s.lock == lock))
+        };
+        match op {
+            LockOp::Acquire => {
+                if self.sleeping_waits.len() >= MAX_SLEEPING {
+                    self.sleeping_waits.remove(0);
+                }
+                self.sleeping_waits.push(me);
+            }
+            LockOp::Acquired => {
+                let since = match self
+                    .sleeping_waits
+                    .iter()
+                    .rposition(|s| s.lock == lock && s.task == task)
+                {
+                    Some(i) => self.sleeping_waits.remove(i).since,
+                    None => pos,
+                };
+                if self.sleeping_held.len() >= MAX_SLEEPING {
+                    self.sleeping_held.remove(0);
+                }
+                self.sleeping_held.push(me);
+                let s = self.locks.entry(id).or_default();
+                s.vaddr = lock;
+                s.acquisitions += 1;
+                let wait = pos - since.min(pos);
+                s.wait += wait;
+                s.contended += (wait > 0) as u64;
+                s.cpus |= 1 << (r.cpu % 64);
+                *s.acquire_pcs.entry(pc).or_insert(0) += 1;
+            }
+            LockOp::Release => {
+                let Some(i) = find(&self.sleeping_held) else {
+                    return;
+                };
+                let h = self.sleeping_held.remove(i);
+                let s = self.locks.entry(id).or_default();
+                let hold = pos - h.since.min(pos);
+                s.hold += hold;
+                s.max_hold = s.max_hold.max(hold);
+                *s.release_pcs.entry(pc).or_insert(0) += 1;
+            }
+        }
     }
 
     fn lock_hypercall(&mut self, r: &Record, pc: u64, lock: u64, name: &str, op: LockOp) {
@@ -626,6 +713,9 @@ impl Analysis for Serial {
         match &r.event {
             Event::Hypercall(Hypercall::Lock {
                 pc, lock, name, op, ..
+            }) if name == SLEEPING_LOCK => self.sleeping_lock(r, *pc, *lock, *op, ctx),
+            Event::Hypercall(Hypercall::Lock {
+                pc, lock, name, op, ..
             }) => self.lock_hypercall(r, *pc, *lock, name, *op),
             Event::Access(_) => self.access(r, ctx),
             _ => {}
@@ -646,6 +736,10 @@ impl Analysis for Serial {
             .locks
             .iter()
             .any(|(id, s)| matches!(id, LockId::Function(_)) && s.acquisitions > 0);
+        let sleeping = self
+            .locks
+            .iter()
+            .any(|(id, s)| matches!(id, LockId::Sleeping(_)) && s.acquisitions > 0);
         let mut v: Vec<(&LockId, &LockStat)> = self
             .locks
             .iter()
@@ -680,21 +774,32 @@ impl Analysis for Serial {
                 "(lock-function locks: taken by calls of the kernel's lock functions; fast paths inlined into their callers call none and are seen only by the LOCK-prefix pattern; waits are the time in the slow path)\n",
             );
         }
+        if sleeping {
+            text.push_str(
+                "(sleeping locks (mutexes, rw-semaphores, through their lock functions): held by a task, which may sleep and wake on another CPU, from its acquisition to its release; waits are the time in the slow path, sleeping included; the accesses made while one is held are not attributed to it)\n",
+            );
+        }
         let mut rows: Vec<Value> = Vec::new();
         for (rank, (id, s)) in v.into_iter().take(self.top).enumerate() {
+            let kind = if matches!(id, LockId::Sleeping(_)) {
+                "sleeping"
+            } else {
+                "spinning"
+            };
             let (source, name) = match id {
                 LockId::Hypercall(_) => (
                     "hypercall",
                     s.name.clone().unwrap_or_else(|| names.data(s.vaddr)),
                 ),
-                LockId::Function(_) => ("lock-function", names.data(s.vaddr)),
+                LockId::Function(_) | LockId::Sleeping(_) => ("lock-function", names.data(s.vaddr)),
                 LockId::Line(_) => ("lock-prefix", names.data(s.vaddr)),
             };
             let avg = |t: u64| t.checked_div(s.acquisitions).unwrap_or(0);
             text.push_str(&format!(
-                "#{:<3} lock {name} at {:#x} ({source})  {} acquisitions by cpus {:?}, {} contended\n     held {} (avg {}, max {}), waited {} (avg {}), {} spins\n",
+                "#{:<3} lock {name} at {:#x} ({source}{})  {} acquisitions by cpus {:?}, {} contended\n     held {} (avg {}, max {}), waited {} (avg {}), {} spins\n",
                 rank + 1,
                 s.vaddr,
+                if kind == "sleeping" { ", sleeping" } else { "" },
                 s.acquisitions,
                 cpu_list(s.cpus),
                 s.contended,
@@ -749,6 +854,7 @@ impl Analysis for Serial {
                 "name": name,
                 "address": s.vaddr,
                 "source": source,
+                "kind": kind,
                 "acquisitions": s.acquisitions,
                 "contended": s.contended,
                 "cpus": cpu_list(s.cpus),
@@ -875,6 +981,42 @@ mod tests {
             }
         }
         v
+    }
+
+    #[test]
+    fn sleeping_locks_are_held_by_tasks() {
+        let sleep = |position, cpu, op| {
+            let mut r = lock(position, cpu, op);
+            if let Event::Hypercall(Hypercall::Lock { name, .. }) = &mut r.event {
+                *name = reprise_trace::locks::SLEEPING_LOCK.to_string();
+            }
+            r
+        };
+        let recs = vec![
+            // A task waits from 10 (slow path on CPU 0), sleeps, wakes on CPU 2 holding it.
+            sleep(10, 0, LockOp::Acquire),
+            access(20, 0, 0x3048, 8, Kind::Write, false),
+            sleep(50, 2, LockOp::Acquired),
+            // Other tasks' accesses meanwhile are not the lock's.
+            access(60, 0, 0x3048, 8, Kind::Write, false),
+            access(61, 2, 0x3048, 8, Kind::Write, false),
+            sleep(80, 2, LockOp::Release),
+            // Uncontended, on CPU 1.
+            sleep(90, 1, LockOp::Acquired),
+            sleep(95, 1, LockOp::Release),
+        ];
+        let (j, text) = run_both(&recs);
+        assert_eq!(j["locks_found"], 1, "{j:#}");
+        let l = &j["locks"][0];
+        assert_eq!(l["kind"], "sleeping");
+        assert_eq!(l["source"], "lock-function");
+        assert_eq!(l["acquisitions"], 2);
+        assert_eq!(l["contended"], 1);
+        assert_eq!(l["wait"], 40);
+        assert_eq!(l["hold"], 30 + 5);
+        assert_eq!(l["cpus"], serde_json::json!([1, 2]));
+        assert!(l["data"].as_array().is_some_and(|d| d.is_empty()), "{l:#}");
+        assert!(text.contains("(lock-function, sleeping)"), "{text}");
     }
 
     #[test]
