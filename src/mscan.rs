@@ -41,6 +41,9 @@ pub struct Guest {
     pub heap: Option<KernelHeap>,
     /// The guest booted through the Linux boot protocol.
     pub linux: bool,
+    /// Data no symbol or allocation names, read from a Linux guest's RAM: (name, address,
+    /// bytes) — the memory nodes' `pglist_data` (see `reprise_symbols::nodes`).
+    pub ranges: Vec<(String, u64, u64)>,
 }
 
 /// The symbols of a recording's guest — the ELF symbols of its boot image (a bare-protocol
@@ -52,14 +55,16 @@ pub fn guest_of(manifest: &Manifest, rec: &Path) -> Guest {
         symbols: SymbolTable::new(),
         heap: None,
         linux,
+        ranges: Vec::new(),
     };
     for image in manifest.boot.images.iter().filter(|i| i.role == "kernel") {
         match SymbolTable::from_elf(&image.path) {
             Ok(t) => guest.symbols.merge(t),
             Err(_) if linux => {
-                let (t, heap) = linux_guest(rec);
+                let (t, heap, ranges) = linux_guest(rec);
                 guest.symbols.merge(t);
                 guest.heap = heap;
+                guest.ranges = ranges;
             }
             Err(e) => eprintln!("reprise: no symbols from the boot image: {e}"),
         }
@@ -72,7 +77,7 @@ pub fn guest_of(manifest: &Manifest, rec: &Path) -> Guest {
 /// per-CPU variables are named in each CPU's area (`NAME@cpuN`). Also the slab caches
 /// alive then and the page array, for allocation labels. Without them (a recording that
 /// ends before the kernel runs) code and data are named by address.
-fn linux_guest(rec: &Path) -> (SymbolTable, Option<KernelHeap>) {
+fn linux_guest(rec: &Path) -> (SymbolTable, Option<KernelHeap>, Vec<(String, u64, u64)>) {
     match crate::symbols::kernel_symbols_of_recording(rec, None) {
         Ok(k) => {
             for w in &k.warnings {
@@ -95,11 +100,16 @@ fn linux_guest(rec: &Path) -> (SymbolTable, Option<KernelHeap>) {
                     "reprise: kernel slab caches not found ({why}): slab allocations are named by their cache's address"
                 ),
             }
-            (k.table_with_percpu(), Some(heap))
+            let ranges = k
+                .nodes
+                .iter()
+                .map(|n| (n.name(), n.addr, n.bytes))
+                .collect();
+            (k.table_with_percpu(), Some(heap), ranges)
         }
         Err(e) => {
             eprintln!("reprise: no kernel symbols from {}: {e:#}", rec.display());
-            (SymbolTable::new(), None)
+            (SymbolTable::new(), None, Vec::new())
         }
     }
 }
@@ -113,6 +123,18 @@ fn label_page_array(scanner: &mut Scanner, heap: Option<&KernelHeap>) {
             .context
             .labels
             .register_array("struct page", p.vmemmap_base, bytes, p.struct_page);
+    }
+}
+
+/// Names the data a Linux guest's RAM told of ([`Guest::ranges`]: `node_data[N]+off`).
+fn label_ranges(scanner: &mut Scanner, ranges: &[(String, u64, u64)]) {
+    for (name, start, bytes) in ranges {
+        scanner.context.labels.register(
+            reprise_trace::record::LabelType::Static,
+            name,
+            *start,
+            *bytes,
+        );
     }
 }
 
@@ -300,6 +322,8 @@ fn live(
     // Allocation labels: on by default for a Linux guest (`--label-alloc none` turns them
     // off); the bare fixtures label their objects themselves.
     let labeler = alloc_labeler(&ta.label_alloc, guest.linux, &symbols, guest.heap.clone())?;
+    // `serial` judges LOCK-prefixed words by the values written: a live replay has them.
+    let values = ta.values || info.name == "serial";
     let opts = Options {
         line_size: ta.line_size.or(policy.line_size()).unwrap_or(64),
         top: args.top,
@@ -311,6 +335,7 @@ fn live(
     };
     let mut scanner = Scanner::new(&args.analysis, opts)?;
     label_page_array(&mut scanner, guest.heap.as_ref());
+    label_ranges(&mut scanner, &guest.ranges);
     let writer = match &ta.trace {
         Some(path) => {
             let header = Header {
@@ -318,7 +343,7 @@ fn live(
                 filters: filter.describe(),
                 policy: policy.describe(),
                 cpus: manifest.machine.cpus,
-                values: ta.values,
+                values,
             };
             Some(
                 TraceWriter::create(path, &header)
@@ -328,7 +353,7 @@ fn live(
         None => None,
     };
     let tee = Tee { scanner, writer };
-    let tracer = Tracer::new(filter, policy, tee, ta.values)
+    let tracer = Tracer::new(filter, policy, tee, values)
         .with_fetches(ta.fetch)
         .with_alloc_labels(labeler);
     let progress = if args.no_progress {
@@ -451,6 +476,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         .collect::<Vec<_>>()
         .join(" ");
     let mut heap = None;
+    let mut ranges = Vec::new();
     if let Some(rec) = &args.rec {
         let bytes = std::fs::read(rec.join(MANIFEST_FILE))
             .with_context(|| format!("--rec {} is not a recording", rec.display()))?;
@@ -464,6 +490,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         let g = guest_of(&Manifest::read(rec)?, rec);
         symbols.merge(g.symbols);
         heap = g.heap;
+        ranges = g.ranges;
     }
     let opts = Options {
         line_size: ta.line_size.or(stored_line).unwrap_or(64),
@@ -476,6 +503,7 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
     };
     let mut scanner = Scanner::new(&args.analysis, opts)?;
     label_page_array(&mut scanner, heap.as_ref());
+    label_ranges(&mut scanner, &ranges);
     let (_, file_bytes) = reader.sizes();
     let bar = if args.no_progress {
         Progress::hidden()

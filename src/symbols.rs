@@ -149,6 +149,8 @@ pub struct KernelSymbols {
     /// A copy of the kernel's read-only data (`__start_rodata`..`__end_rodata`: address and
     /// bytes), where the name strings of slab caches created at run time live.
     pub rodata: Option<(u64, Vec<u8>)>,
+    /// The memory nodes' `pglist_data` (`node_data[N]`), where the zone locks live.
+    pub nodes: Vec<reprise_symbols::nodes::NodeData>,
 }
 
 impl KernelSymbols {
@@ -274,6 +276,7 @@ pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Resul
         }
         _ => None,
     };
+    let nodes = reprise_symbols::nodes::find(&k.table, &mut read);
     let manifest = reprise_record::manifest::Manifest::read(dir)?;
     let slide = kernel_path(&manifest)
         .and_then(|kernel| SymbolTable::kallsyms_from_image(&kernel).ok())
@@ -288,6 +291,7 @@ pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Resul
         slab,
         pages,
         rodata,
+        nodes,
     })
 }
 
@@ -333,6 +337,18 @@ fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
             s.size_offset.map_or("?".into(), |o| format!("+{o:#x}"))
         ),
         Err(why) => eprintln!("reprise: slab caches not found: {why}"),
+    }
+    for n in &ks.nodes {
+        eprintln!(
+            "reprise: memory node {} at {:#x}, named over {} bytes ({})",
+            n.name(),
+            n.addr,
+            n.bytes,
+            n.zones.map_or(
+                "zones not found: its first page".into(),
+                |(size, count)| format!("{count} zones of {size:#x} bytes")
+            )
+        );
     }
     if let Some(p) = ks.pages {
         eprintln!(

@@ -202,10 +202,14 @@ impl Labels {
 
 /// Rendered call stacks, interned: the same stack gets the same id (ids follow first
 /// appearance in the stream, so they are deterministic).
+///
+/// Each stack is stored once, shared by the id list and the lookup map, and without a
+/// vector's spare capacity: under `all` every access interns its stack, and a Linux boot
+/// has millions of distinct ones (two copies of each were a good part of `serial`'s peak).
 #[derive(Clone, Debug, Default)]
 pub struct Stacks {
-    ids: FastMap<Vec<Entry>, u32>,
-    list: Vec<Vec<Entry>>,
+    ids: FastMap<Arc<[Entry]>, u32>,
+    list: Vec<Arc<[Entry]>>,
 }
 
 impl Stacks {
@@ -216,14 +220,15 @@ impl Stacks {
             return id;
         }
         let id = self.list.len() as u32;
-        self.list.push(v.to_vec());
-        self.ids.insert(v.to_vec(), id);
+        let stack: Arc<[Entry]> = Arc::from(v);
+        self.list.push(Arc::clone(&stack));
+        self.ids.insert(stack, id);
         id
     }
 
     /// The entries of stack `id`, innermost first (empty for an unknown id).
     pub fn get(&self, id: u32) -> &[Entry] {
-        self.list.get(id as usize).map_or(&[], |v| v.as_slice())
+        self.list.get(id as usize).map_or(&[], |v| v.as_ref())
     }
 }
 
@@ -474,6 +479,13 @@ impl Context {
         self.cpus
             .get(cpu as usize)
             .map_or(Task::Unknown, |c| c.task)
+    }
+
+    /// The stack region CPU `cpu` runs on now (a kernel stack's 16 KiB block, a user
+    /// stack's 1 MiB block in its address space): it names the task running there, as a
+    /// task keeps its kernel stack wherever it runs.
+    pub fn stack_region(&self, cpu: u32) -> Option<(u64, u64)> {
+        self.cpus.get(cpu as usize).and_then(|c| c.key)
     }
 
     /// A task's printed name.

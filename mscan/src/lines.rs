@@ -59,6 +59,22 @@ impl Bytes {
         }
     }
 
+    /// Remove `[off, off + n)`.
+    pub fn remove(&mut self, off: u64, n: u64) {
+        let end = off.saturating_add(n).min(4096);
+        for b in off..end {
+            let w = (b / 64) as usize;
+            let word = if w == 0 {
+                Some(&mut self.first)
+            } else {
+                self.rest.get_mut(w - 1)
+            };
+            if let Some(word) = word {
+                *word &= !(1 << (b % 64));
+            }
+        }
+    }
+
     /// Whether byte `b` is in the set.
     pub fn has(&self, b: u64) -> bool {
         self.word((b / 64) as usize)
@@ -321,6 +337,10 @@ mod tests {
         d.add(63, 0);
         assert_eq!(d.ranges(), vec![(60, 68)]);
         assert!(Bytes::default().is_empty() && !d.is_empty());
+        d.remove(62, 4);
+        a.remove(4094, 10);
+        assert_eq!(d.ranges(), vec![(60, 62), (66, 68)]);
+        assert_eq!(a.ranges(), vec![(0, 8), (16, 24), (4090, 4094)]);
     }
 
     #[test]

@@ -11,20 +11,34 @@
 //!   release function's entry. A release the breakpoints miss (a tail jump to
 //!   `_raw_spin_unlock`, or an inlined one) is seen as the holder's own write to the lock's
 //!   first byte (`queued_spin_unlock` stores 0 there). Lock fast paths inlined into their
-//!   callers call no function and are only found by the pattern below.
+//!   callers call no function and are only found by the pattern below. Sleeping locks
+//!   (`mutex_lock*`, `down_read*`, `down_write*` and their releases; records named
+//!   [`SLEEPING_LOCK`]) are their own kind: the holder is the task, known by its stack
+//!   region, which may sleep and wake on another CPU while other tasks run on its CPU, so
+//!   hold and wait (the slow path, sleeping included) are global instructions between the
+//!   task's records, and the accesses a CPU makes meanwhile are not attributed to them.
 //! - **LOCK-prefixed accesses**, for guests without hooks. The lock is a *word*: the
 //!   16 aligned bytes around the address of a LOCK-prefixed write (a ticket lock's two
-//!   counters fit). Per CPU: such a write starts *waiting* for the word; further plain
-//!   reads of it are spinning; the first access outside the word means the lock is
-//!   *held*; a plain write to the word by the holder gives it back (as `spin_unlock` and
-//!   a ticket lock's release do). Another LOCK-prefixed write to the word starts over (it
-//!   was an atomic variable, or is taken anew). A section held or waited for longer than
-//!   [`MAX_HOLD`] is no lock's: atomic flag words set by `lock or` and stored to much
-//!   later, and counters only ever incremented atomically, never give a lock back within
-//!   it; a word only one CPU ever took is not listed (per-CPU flag words). Without the
-//!   values of the accesses the pattern cannot tell a flag word that several CPUs set
-//!   and clear in short order (`set_current_state`'s XCHG) from a lock. A CPU follows up to eight such words at once (nested locks), dropping the oldest,
-//!   so an atomic variable that is never released does not hide later locks.
+//!   counters fit). With the accesses' values (a live replay; a stored trace made with
+//!   `--values`) a word is *taken* by a locked write that changes it from its free value
+//!   (the bytes it held before); a locked write that leaves it unchanged (a failed
+//!   compare-exchange writes back what it found) is a failed attempt: the CPU waits.
+//!   Further plain reads of the word are spinning; the first access elsewhere means the
+//!   lock is *held*; the holder gives it back by a write (plain or locked) that restores
+//!   the free value of the bytes it took (a spinlock's store of 0), or that stores its
+//!   acquisition's value beside them (a ticket lock's `now_serving` set to its ticket plus
+//!   one, the value its `lock xadd` left in `next_ticket`). A holder's store that gives
+//!   nothing back, and any plain store by another CPU to a word one holds (a waker
+//!   storing a task's state), show the word is no lock: its section is dropped. So a flag
+//!   word several CPUs set and clear, whose bits others change in between, is no lock.
+//!   Without values (an older stored trace) the rule goes by kind alone: any locked write
+//!   takes the word and any plain write by the holder gives it back, and the report says
+//!   so. Either way a section held or waited for longer than [`MAX_HOLD`] is no lock's:
+//!   atomic flag words set by `lock or` and stored to much later, and counters only ever
+//!   incremented atomically, never give a lock back within it; a word only one CPU ever
+//!   took is not listed (per-CPU flag words). A CPU follows up to eight such words at
+//!   once (nested locks), dropping the oldest, so an atomic variable that is never
+//!   released does not hide later locks.
 //!
 //! Times are global instruction counts (positions): all CPUs' instructions in between,
 //! since the trace orders CPUs by one global count. Under a policy that drops accesses
@@ -32,6 +46,8 @@
 
 use std::collections::HashMap;
 
+use reprise_trace::locks::SLEEPING_LOCK;
+use reprise_trace::policy::hash::FastMap;
 use reprise_trace::record::{Event, Hypercall, Kind, LockOp, Record};
 use serde_json::{json, Value};
 
@@ -73,6 +89,21 @@ enum LockId {
     Function(u64),
     /// A word with LOCK-prefixed writes and releases, by physical address.
     Line(u64),
+    /// A sleeping lock (mutex, rw-semaphore) taken through a kernel's lock functions.
+    Sleeping(u64),
+}
+
+/// Sleeping locks held, or waited for, at once (all tasks); more drops the oldest (an
+/// acquisition whose release was never seen).
+const MAX_SLEEPING: usize = 4096;
+
+/// A sleeping lock a task holds or waits for: the lock, the task's stack region (see
+/// [`Context::stack_region`]) and the position it started.
+#[derive(Clone, Copy)]
+struct Sleeper {
+    lock: u64,
+    task: Option<(u64, u64)>,
+    since: u64,
 }
 
 #[derive(Default)]
@@ -136,6 +167,50 @@ struct Candidate {
     spins: u64,
     pc: u64,
     touches: Vec<Touch>,
+    /// A locked write changed the word (without values: any locked write); before that
+    /// the CPU only tried (failed compare-exchanges): waiting, never held.
+    taken: bool,
+    /// With values: the acquiring write, which a release undoes.
+    acq: Option<Acquisition>,
+}
+
+/// The locked write that took a word, with values: what a release must undo.
+#[derive(Clone, Copy, Debug)]
+struct Acquisition {
+    /// Offset in the word and size of the write.
+    off: u64,
+    size: u64,
+    /// The bytes before it (the free value), when known, and the bytes it wrote.
+    old: Option<u64>,
+    new: u64,
+}
+
+impl Acquisition {
+    /// Whether the holder's write of `(offset in the word, size, value)` gives the word
+    /// back: it restores the free value of the bytes it shares with the acquisition (a
+    /// spinlock's store of 0; a word first seen at this acquisition is taken to be free at 0),
+    /// or, beside them, it stores the acquisition's value (a ticket lock's `now_serving`
+    /// set to the holder's ticket plus one, which its `lock xadd` wrote to `next_ticket`).
+    fn releases(&self, (off, size, value): (u64, u64, u64)) -> bool {
+        let lo = off.max(self.off);
+        let hi = (off + size).min(self.off + self.size);
+        if lo >= hi {
+            return size == self.size && value == self.new;
+        }
+        let byte = |v: u64, at: u64, base: u64| (v >> (8 * (at - base))) as u8;
+        // A word first seen at this acquisition: its free value is taken to be 0 (a
+        // spinlock's, a bit lock's, a mutex owner's), the common case.
+        let old = self.old.unwrap_or(0);
+        (lo..hi).all(|b| byte(value, b, off) == byte(old, b, self.off))
+    }
+}
+
+/// The last known contents of a word LOCK-prefixed writes touched (value rule).
+#[derive(Default)]
+struct Shadow {
+    bytes: [u8; WORD as usize],
+    /// Bit n: byte n is known.
+    known: u16,
 }
 
 /// A lock a CPU holds, by hypercall or lock function.
@@ -162,6 +237,14 @@ pub struct Serial {
     sort: &'static str,
     cpus: Vec<Cpu>,
     locks: HashMap<LockId, LockStat>,
+    /// The value rule's view of the words LOCK-prefixed writes touched.
+    shadow: FastMap<u64, Shadow>,
+    /// Sleeping locks held and waited for, by task, oldest first.
+    sleeping_held: Vec<Sleeper>,
+    sleeping_waits: Vec<Sleeper>,
+    /// A LOCK-prefixed write came without its value (a trace made without `--values`):
+    /// the pattern fell back to the rule by kind alone.
+    without_values: bool,
 }
 
 impl Serial {
@@ -173,6 +256,10 @@ impl Serial {
             sort: sort_key("serial", &opts.sort, SORT_KEYS)?,
             cpus: Vec::new(),
             locks: HashMap::new(),
+            shadow: FastMap::default(),
+            sleeping_held: Vec::new(),
+            sleeping_waits: Vec::new(),
+            without_values: false,
         })
     }
 
@@ -185,6 +272,67 @@ impl Serial {
             self.cpus.resize_with(i + 1, Cpu::default);
         }
         self.cpus.get_mut(i)
+    }
+
+    /// A sleeping lock's record: its holder and waiter is the task (its stack region),
+    /// which may sleep and wake on another CPU; times run from the task's acquisition to
+    /// its release.
+    fn sleeping_lock(&mut self, r: &Record, pc: u64, lock: u64, op: LockOp, ctx: &Context) {
+        let task = ctx.stack_region(r.cpu);
+        let pos = r.position;
+        let me = Sleeper {
+            lock,
+            task,
+            since: pos,
+        };
+        let id = LockId::Sleeping(lock);
+        // The task's own entry, else (a task not placed, a lock handed over) the oldest.
+        let find = |v: &[Sleeper]| {
+            v.iter()
+                .rposition(|s| s.lock == lock && s.task == task)
+                .or_else(|| v.iter().position(|s| s.lock == lock))
+        };
+        match op {
+            LockOp::Acquire => {
+                if self.sleeping_waits.len() >= MAX_SLEEPING {
+                    self.sleeping_waits.remove(0);
+                }
+                self.sleeping_waits.push(me);
+            }
+            LockOp::Acquired => {
+                let since = match self
+                    .sleeping_waits
+                    .iter()
+                    .rposition(|s| s.lock == lock && s.task == task)
+                {
+                    Some(i) => self.sleeping_waits.remove(i).since,
+                    None => pos,
+                };
+                if self.sleeping_held.len() >= MAX_SLEEPING {
+                    self.sleeping_held.remove(0);
+                }
+                self.sleeping_held.push(me);
+                let s = self.locks.entry(id).or_default();
+                s.vaddr = lock;
+                s.acquisitions += 1;
+                let wait = pos - since.min(pos);
+                s.wait += wait;
+                s.contended += (wait > 0) as u64;
+                s.cpus |= 1 << (r.cpu % 64);
+                *s.acquire_pcs.entry(pc).or_insert(0) += 1;
+            }
+            LockOp::Release => {
+                let Some(i) = find(&self.sleeping_held) else {
+                    return;
+                };
+                let h = self.sleeping_held.remove(i);
+                let s = self.locks.entry(id).or_default();
+                let hold = pos - h.since.min(pos);
+                s.hold += hold;
+                s.max_hold = s.max_hold.max(hold);
+                *s.release_pcs.entry(pc).or_insert(0) += 1;
+            }
+        }
     }
 
     fn lock_hypercall(&mut self, r: &Record, pc: u64, lock: u64, name: &str, op: LockOp) {
@@ -304,6 +452,25 @@ impl Serial {
                 self.release(cpu, id, pos, a.pc);
             }
         }
+        // The value rule (see the module docs) needs the word's contents before this access.
+        let value = a.value;
+        let old = match value {
+            Some(v) => self.shadow(a.paddr, a.size, v, a.locked && write),
+            None => {
+                self.without_values |= a.locked && write;
+                None
+            }
+        };
+        let changed = match (value, old) {
+            (Some(v), Some(o)) => v != o,
+            _ => true,
+        };
+        if value.is_some() && write && !a.locked {
+            // A plain store by another CPU to a word one holds: no lock's word (a lock's
+            // other takers only try, and fail, with locked instructions): a flag word
+            // (a task's state, which a waker stores to).
+            self.spoil_others(cpu, a.paddr, a.size);
+        }
         for (paddr, vaddr, n) in pieces(a, line_size) {
             let key = paddr & !(WORD - 1);
             let vbase = vaddr & !(WORD - 1);
@@ -315,53 +482,109 @@ impl Serial {
             let mut cands = std::mem::take(&mut c.candidates);
             let mut released = None;
             let mut found = false;
+            let touch = (
+                a.pc,
+                stack,
+                write,
+                paddr & !(line_size - 1),
+                vaddr & !(line_size - 1),
+            );
+            // This access as the word `k.line` sees it, for the value rule: (offset in the
+            // word, size, value), when it lies inside the word.
+            let within = |k: &Candidate| -> Option<(u64, u64, u64)> {
+                let off = a.paddr.checked_sub(k.line)?;
+                let size = (a.size as u64).clamp(1, 8);
+                (off + size <= WORD).then_some((off, size, value?))
+            };
             cands.retain_mut(|k| {
                 if k.line != key && k.line != last {
-                    // An access elsewhere: a waited-for lock is now held.
-                    k.held.get_or_insert(pos);
-                    if k.touches.len() < MAX_SECTION {
-                        k.touches.push((
-                            a.pc,
-                            stack,
-                            write,
-                            paddr & !(line_size - 1),
-                            vaddr & !(line_size - 1),
-                        ));
+                    // An access elsewhere: a taken lock is now held.
+                    if k.taken {
+                        k.held.get_or_insert(pos);
+                        if k.touches.len() < MAX_SECTION {
+                            k.touches.push(touch);
+                        }
                     }
                     return true;
                 }
                 found = true;
-                if a.locked && write {
-                    // Taken again: an atomic variable so far, or a new acquisition.
-                    *k = Candidate::new(key, vbase, pos, a.pc);
-                    true
+                if value.is_none() {
+                    // Without values: today's rule, by kind alone.
+                    if a.locked && write {
+                        // Taken again: an atomic variable so far, or a new acquisition.
+                        *k = Candidate::new(key, vbase, pos, a.pc);
+                        return true;
+                    }
+                    if write {
+                        // A plain write by the holder gives it back; before any access
+                        // elsewhere there is nothing to learn.
+                        if k.held.is_some() {
+                            released = Some(std::mem::replace(k, Candidate::new(0, 0, 0, 0)));
+                        }
+                        return false;
+                    }
                 } else if write {
-                    // A plain write by the holder gives it back; before any access
-                    // elsewhere there is nothing to learn.
-                    if k.held.is_some() {
+                    let gives_back = k.held.is_some()
+                        && changed
+                        && k.acq.zip(within(k)).is_some_and(|(q, w)| q.releases(w));
+                    if gives_back {
                         released = Some(std::mem::replace(k, Candidate::new(0, 0, 0, 0)));
+                        return false;
                     }
-                    false
-                } else {
-                    if k.held.is_none() {
-                        k.spins += 1;
-                    } else if k.touches.len() < MAX_SECTION {
-                        k.touches.push((
-                            a.pc,
-                            stack,
-                            write,
-                            paddr & !(line_size - 1),
-                            vaddr & !(line_size - 1),
-                        ));
+                    if !a.locked {
+                        // A store that gives nothing back: not a lock's word, or a store
+                        // before any access elsewhere (nothing to learn).
+                        return false;
                     }
-                    true
+                    if !changed {
+                        // A failed attempt (a compare-exchange writing back what it found,
+                        // an exchange of "taken" into "taken"): the CPU waits.
+                        if k.held.is_none() {
+                            k.spins += 1;
+                        }
+                        return true;
+                    }
+                    // A locked write that changes the word: taken (anew: an atomic
+                    // variable so far), waiting since the first failed attempt.
+                    let since = if k.taken { pos } else { k.since };
+                    let spins = if k.taken { 0 } else { k.spins };
+                    *k = Candidate::new(key, vbase, since, a.pc);
+                    k.spins = spins;
+                    k.acq = within(k).map(|(off, size, new)| Acquisition {
+                        off,
+                        size,
+                        old,
+                        new,
+                    });
+                    return true;
                 }
+                if k.held.is_none() {
+                    k.spins += 1;
+                } else if k.touches.len() < MAX_SECTION {
+                    k.touches.push(touch);
+                }
+                true
             });
             if !found && a.locked && write {
                 if cands.len() >= MAX_CANDIDATES {
                     cands.remove(0);
                 }
-                cands.push(Candidate::new(key, vbase, pos, a.pc));
+                let mut k = Candidate::new(key, vbase, pos, a.pc);
+                if value.is_some() {
+                    if changed {
+                        k.acq = within(&k).map(|(off, size, new)| Acquisition {
+                            off,
+                            size,
+                            old,
+                            new,
+                        });
+                    } else {
+                        // A failed attempt: waiting, not taken.
+                        k.taken = false;
+                        k.spins = 1;
+                    }
+                }
+                cands.push(k);
             }
             if let Some(c) = self.cpu(cpu) {
                 c.candidates = cands;
@@ -398,6 +621,68 @@ impl Serial {
             }
         }
     }
+
+    /// The last known contents of the `size` bytes at `paddr` in the words the value rule
+    /// follows (those LOCK-prefixed writes touched), if all are known; then records
+    /// `value` as their contents. `track`: start following the words (a LOCK-prefixed
+    /// write).
+    fn shadow(&mut self, paddr: u64, size: u8, value: u64, track: bool) -> Option<u64> {
+        let end = paddr.saturating_add((size as u64).max(1));
+        let mut old = 0u64;
+        let mut known = true;
+        let mut at = paddr;
+        while at < end {
+            let word = at & !(WORD - 1);
+            let upto = word.saturating_add(WORD).min(end);
+            let entry = if track {
+                Some(self.shadow.entry(word).or_default())
+            } else {
+                self.shadow.get_mut(&word)
+            };
+            match entry {
+                None => known = false,
+                Some(w) => {
+                    for b in at..upto {
+                        let i = b - paddr;
+                        let bit = 1u16 << (b - word);
+                        let off = (b - word) as usize;
+                        // The value holds the access's first 8 bytes; wider ones (SSE)
+                        // leave the rest unknown.
+                        if i < 8 {
+                            if w.known & bit != 0 {
+                                old |= u64::from(w.bytes[off]) << (8 * i);
+                            } else {
+                                known = false;
+                            }
+                            w.bytes[off] = (value >> (8 * i)) as u8;
+                            w.known |= bit;
+                        } else {
+                            known = false;
+                            w.known &= !bit;
+                        }
+                    }
+                }
+            }
+            at = upto;
+        }
+        known.then_some(old)
+    }
+
+    /// CPU `cpu` stored plainly to `[paddr, paddr + size)`: the words there that other
+    /// CPUs took are no locks' (see [`Serial::access`]); they stop following them.
+    fn spoil_others(&mut self, cpu: u32, paddr: u64, size: u8) {
+        let first = paddr & !(WORD - 1);
+        let last = paddr.saturating_add((size as u64).max(1) - 1) & !(WORD - 1);
+        if !self.shadow.contains_key(&first) && !self.shadow.contains_key(&last) {
+            return;
+        }
+        for (i, c) in self.cpus.iter_mut().enumerate() {
+            if i != cpu as usize {
+                c.candidates
+                    .retain(|k| !(k.taken && (k.line == first || k.line == last)));
+            }
+        }
+    }
 }
 
 impl Candidate {
@@ -410,6 +695,8 @@ impl Candidate {
             spins: 0,
             pc,
             touches: Vec::new(),
+            taken: true,
+            acq: None,
         }
     }
 }
@@ -424,6 +711,9 @@ fn top_counts(m: &HashMap<u64, u64>, n: usize) -> Vec<(u64, u64)> {
 impl Analysis for Serial {
     fn record(&mut self, r: &Record, ctx: &mut Context) {
         match &r.event {
+            Event::Hypercall(Hypercall::Lock {
+                pc, lock, name, op, ..
+            }) if name == SLEEPING_LOCK => self.sleeping_lock(r, *pc, *lock, *op, ctx),
             Event::Hypercall(Hypercall::Lock {
                 pc, lock, name, op, ..
             }) => self.lock_hypercall(r, *pc, *lock, name, *op),
@@ -446,6 +736,10 @@ impl Analysis for Serial {
             .locks
             .iter()
             .any(|(id, s)| matches!(id, LockId::Function(_)) && s.acquisitions > 0);
+        let sleeping = self
+            .locks
+            .iter()
+            .any(|(id, s)| matches!(id, LockId::Sleeping(_)) && s.acquisitions > 0);
         let mut v: Vec<(&LockId, &LockStat)> = self
             .locks
             .iter()
@@ -470,26 +764,42 @@ impl Analysis for Serial {
             self.top.min(found),
             self.sort
         );
+        if self.without_values {
+            text.push_str(
+                "(the trace has no access values (stored without --values): the LOCK-prefix pattern judged accesses by kind alone, so a flag word several CPUs set and clear may pass as a lock)\n",
+            );
+        }
         if by_function {
             text.push_str(
                 "(lock-function locks: taken by calls of the kernel's lock functions; fast paths inlined into their callers call none and are seen only by the LOCK-prefix pattern; waits are the time in the slow path)\n",
             );
         }
+        if sleeping {
+            text.push_str(
+                "(sleeping locks (mutexes, rw-semaphores, through their lock functions): held by a task, which may sleep and wake on another CPU, from its acquisition to its release; waits are the time in the slow path, sleeping included; the accesses made while one is held are not attributed to it)\n",
+            );
+        }
         let mut rows: Vec<Value> = Vec::new();
         for (rank, (id, s)) in v.into_iter().take(self.top).enumerate() {
+            let kind = if matches!(id, LockId::Sleeping(_)) {
+                "sleeping"
+            } else {
+                "spinning"
+            };
             let (source, name) = match id {
                 LockId::Hypercall(_) => (
                     "hypercall",
                     s.name.clone().unwrap_or_else(|| names.data(s.vaddr)),
                 ),
-                LockId::Function(_) => ("lock-function", names.data(s.vaddr)),
+                LockId::Function(_) | LockId::Sleeping(_) => ("lock-function", names.data(s.vaddr)),
                 LockId::Line(_) => ("lock-prefix", names.data(s.vaddr)),
             };
             let avg = |t: u64| t.checked_div(s.acquisitions).unwrap_or(0);
             text.push_str(&format!(
-                "#{:<3} lock {name} at {:#x} ({source})  {} acquisitions by cpus {:?}, {} contended\n     held {} (avg {}, max {}), waited {} (avg {}), {} spins\n",
+                "#{:<3} lock {name} at {:#x} ({source}{})  {} acquisitions by cpus {:?}, {} contended\n     held {} (avg {}, max {}), waited {} (avg {}), {} spins\n",
                 rank + 1,
                 s.vaddr,
+                if kind == "sleeping" { ", sleeping" } else { "" },
                 s.acquisitions,
                 cpu_list(s.cpus),
                 s.contended,
@@ -544,6 +854,7 @@ impl Analysis for Serial {
                 "name": name,
                 "address": s.vaddr,
                 "source": source,
+                "kind": kind,
                 "acquisitions": s.acquisitions,
                 "contended": s.contended,
                 "cpus": cpu_list(s.cpus),
@@ -559,7 +870,7 @@ impl Analysis for Serial {
         }
         Report {
             text,
-            json: json!({"locks_found": found, "sort": self.sort, "locks": rows}),
+            json: json!({"locks_found": found, "sort": self.sort, "values": !self.without_values, "locks": rows}),
         }
     }
 }
@@ -609,6 +920,23 @@ mod tests {
         }
     }
 
+    /// An access with its value (a live replay's, or a trace stored with `--values`).
+    fn valued(
+        position: u64,
+        cpu: u32,
+        addr: u64,
+        size: u8,
+        kind: Kind,
+        locked: bool,
+        value: u64,
+    ) -> Record {
+        let mut r = access(position, cpu, addr, size, kind, locked);
+        if let Event::Access(a) = &mut r.event {
+            a.value = Some(value);
+        }
+        r
+    }
+
     fn lock(position: u64, cpu: u32, op: LockOp) -> Record {
         Record {
             position,
@@ -624,6 +952,11 @@ mod tests {
     }
 
     fn run(records: &[Record]) -> Value {
+        run_both(records).0
+    }
+
+    /// The report's JSON and text.
+    fn run_both(records: &[Record]) -> (Value, String) {
         let mut s = Scanner::new(
             "serial",
             Options {
@@ -635,7 +968,140 @@ mod tests {
         for r in records {
             s.take(r);
         }
-        s.report(&symbols()).json["report"].clone()
+        let r = s.report(&symbols());
+        (r.json["report"].clone(), r.text)
+    }
+
+    /// Drop the values of the accesses (a trace stored without `--values`).
+    fn without_values(records: &[Record]) -> Vec<Record> {
+        let mut v = records.to_vec();
+        for r in &mut v {
+            if let Event::Access(a) = &mut r.event {
+                a.value = None;
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn sleeping_locks_are_held_by_tasks() {
+        let sleep = |position, cpu, op| {
+            let mut r = lock(position, cpu, op);
+            if let Event::Hypercall(Hypercall::Lock { name, .. }) = &mut r.event {
+                *name = reprise_trace::locks::SLEEPING_LOCK.to_string();
+            }
+            r
+        };
+        let recs = vec![
+            // A task waits from 10 (slow path on CPU 0), sleeps, wakes on CPU 2 holding it.
+            sleep(10, 0, LockOp::Acquire),
+            access(20, 0, 0x3048, 8, Kind::Write, false),
+            sleep(50, 2, LockOp::Acquired),
+            // Other tasks' accesses meanwhile are not the lock's.
+            access(60, 0, 0x3048, 8, Kind::Write, false),
+            access(61, 2, 0x3048, 8, Kind::Write, false),
+            sleep(80, 2, LockOp::Release),
+            // Uncontended, on CPU 1.
+            sleep(90, 1, LockOp::Acquired),
+            sleep(95, 1, LockOp::Release),
+        ];
+        let (j, text) = run_both(&recs);
+        assert_eq!(j["locks_found"], 1, "{j:#}");
+        let l = &j["locks"][0];
+        assert_eq!(l["kind"], "sleeping");
+        assert_eq!(l["source"], "lock-function");
+        assert_eq!(l["acquisitions"], 2);
+        assert_eq!(l["contended"], 1);
+        assert_eq!(l["wait"], 40);
+        assert_eq!(l["hold"], 30 + 5);
+        assert_eq!(l["cpus"], serde_json::json!([1, 2]));
+        assert!(l["data"].as_array().is_some_and(|d| d.is_empty()), "{l:#}");
+        assert!(text.contains("(lock-function, sleeping)"), "{text}");
+    }
+
+    #[test]
+    fn values_find_a_spinlock_and_its_failed_attempts() {
+        use Kind::{Read, ReadModifyWrite as Rmw, Write};
+        let recs = vec![
+            // CPU 0 takes it (0 -> 1); CPU 1's compare-exchange fails (writes back 1).
+            valued(1, 0, 0x3000, 4, Rmw, true, 1),
+            valued(2, 1, 0x3000, 4, Rmw, true, 1),
+            valued(3, 0, 0x3048, 8, Write, false, 7),
+            valued(4, 1, 0x3000, 4, Read, false, 1),
+            // CPU 0 stores 0 to the lock byte: given back.
+            valued(5, 0, 0x3000, 1, Write, false, 0),
+            // CPU 1 takes it (0 -> 1), waiting since its first attempt.
+            valued(6, 1, 0x3000, 4, Rmw, true, 1),
+            valued(7, 1, 0x3048, 8, Write, false, 8),
+            valued(9, 1, 0x3000, 1, Write, false, 0),
+        ];
+        let (j, text) = run_both(&recs);
+        assert_eq!(j["locks_found"], 1, "{j:#}");
+        assert_eq!(j["values"], true);
+        assert!(!text.contains("no access values"), "{text}");
+        let l = &j["locks"][0];
+        assert_eq!(l["name"], "rq_lock");
+        assert_eq!(l["source"], "lock-prefix");
+        assert_eq!(l["acquisitions"], 2);
+        assert_eq!(l["contended"], 1);
+        assert_eq!(l["wait"], 2 + 5);
+        assert_eq!(l["hold"], 2 + 2);
+        assert_eq!(l["data"][0]["name"], "rq_data");
+    }
+
+    #[test]
+    fn values_find_a_ticket_lock() {
+        use Kind::{Read, ReadModifyWrite as Rmw, Write};
+        // next_ticket at 0x3000, now_serving at 0x3008.
+        let mut recs = Vec::new();
+        let mut pos = 0;
+        for (cpu, ticket) in [(0u32, 0u64), (1, 1), (2, 2)] {
+            recs.push(valued(pos, cpu, 0x3000, 8, Rmw, true, ticket + 1));
+            recs.push(valued(pos + 1, cpu, 0x3008, 8, Read, false, ticket));
+            recs.push(valued(pos + 2, cpu, 0x3048, 8, Write, false, ticket));
+            recs.push(valued(pos + 4, cpu, 0x3008, 8, Write, false, ticket + 1));
+            pos += 10;
+        }
+        let j = run(&recs);
+        assert_eq!(j["locks_found"], 1, "{j:#}");
+        let l = &j["locks"][0];
+        assert_eq!(l["acquisitions"], 3, "{l:#}");
+        assert_eq!(l["hold"], 3 * 2);
+        assert_eq!(l["wait"], 3 * 2);
+    }
+
+    #[test]
+    fn a_shared_flag_word_is_not_a_lock() {
+        use Kind::{ReadModifyWrite as Rmw, Write};
+        let mut recs = Vec::new();
+        let mut pos = 0;
+        for round in 0..4u64 {
+            let (a, b) = if round % 2 == 0 { (0, 1) } else { (1, 0) };
+            // A task's state word (0x5000): the sleeper's XCHG sets it, it works
+            // elsewhere, a waker on another CPU stores RUNNING, the sleeper stores it too.
+            recs.push(valued(pos, a, 0x5000, 4, Rmw, true, 2));
+            recs.push(valued(pos + 1, a, 0x3048, 8, Write, false, round));
+            recs.push(valued(pos + 2, b, 0x5000, 4, Write, false, 0));
+            recs.push(valued(pos + 3, a, 0x5000, 4, Write, false, 0));
+            // A flags word (0x5010): both CPUs set their bit atomically and clear it
+            // with a plain read-modify-write, in overlapping sections.
+            recs.push(valued(pos + 4, a, 0x5010, 8, Rmw, true, 1 << a));
+            recs.push(valued(pos + 5, b, 0x5010, 8, Rmw, true, 3));
+            recs.push(valued(pos + 6, a, 0x3048, 8, Write, false, round));
+            recs.push(valued(pos + 7, b, 0x3050, 8, Write, false, round));
+            recs.push(valued(pos + 8, a, 0x5010, 8, Rmw, false, 1 << b));
+            recs.push(valued(pos + 9, b, 0x5010, 8, Rmw, false, 0));
+            pos += 20;
+        }
+        let (j, text) = run_both(&recs);
+        assert_eq!(j["locks_found"], 0, "{j:#}");
+        // Without values the rule by kind alone takes both words for locks, and the
+        // report says it had no values.
+        let (j, text_nv) = run_both(&without_values(&recs));
+        assert_eq!(j["locks_found"], 2, "{j:#}");
+        assert_eq!(j["values"], false);
+        assert!(!text.contains("no access values"), "{text}");
+        assert!(text_nv.contains("no access values"), "{text_nv}");
     }
 
     #[test]

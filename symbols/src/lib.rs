@@ -25,6 +25,7 @@ use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 pub mod bzimage;
 pub mod dwarf;
 pub mod kallsyms;
+pub mod nodes;
 pub mod slab;
 
 pub use dwarf::DebugInfo;

@@ -15,7 +15,10 @@
 //!
 //! The records carry an empty name: the lock is named by its address (symbol or
 //! allocation label) in the reports, and the empty name tells `serial` they come from
-//! breakpoints. Lock fast paths the compiler inlined, and releases reached by a tail jump
+//! breakpoints. Sleeping locks (mutexes, rw-semaphores: [`LockFn`]'s `sleeping`) carry
+//! [`SLEEPING_LOCK`] instead: their holder may sleep and other tasks run on its CPU, and it
+//! may wake on another CPU, so their acquiring calls are matched to their returns on any
+//! CPU (by return address and stack pointer, which are the task's). Lock fast paths the compiler inlined, and releases reached by a tail jump
 //! rather than a call, make no record; `serial` closes such sections when the holder
 //! writes the lock word itself.
 
@@ -34,11 +37,15 @@ pub enum LockFn {
         read: bool,
         /// How the return value tells whether the lock was taken.
         success: Success,
+        /// A sleeping lock (mutex, rw-semaphore): its holder may be descheduled.
+        sleeping: bool,
     },
     /// Releases the lock (RDI).
     Release {
         /// A reader's release.
         read: bool,
+        /// A sleeping lock's.
+        sleeping: bool,
     },
     /// The contended path of an acquisition of the lock (RDI).
     SlowPath,
@@ -55,11 +62,14 @@ pub enum Success {
     Zero,
 }
 
+/// The name of the lock records of sleeping locks' functions (a guest's lock hypercall
+/// cannot send it: their names are C strings, which hold no NUL).
+pub const SLEEPING_LOCK: &str = "\0sleeping";
+
 /// The Linux lock functions (5.x and 6.x; those a kernel lacks are skipped), by name
 /// (a trailing `*` is a prefix match; the more specific names come first and win): the
-/// spinning locks. Sleeping locks (mutexes, rw-semaphores) are left out on purpose: their
-/// holder sleeps and other tasks run on its CPU, so "held" would count their instructions
-/// too ([`LockFn`] can still describe them for a guest that wants them).
+/// spinning locks, and the sleeping ones (mutexes, rw-semaphores), whose slow paths are
+/// their waits (a task sleeping in one is waiting for the lock).
 pub const LINUX_LOCKS: &[(&str, LockFn)] = &[
     ("_raw_spin_trylock*", acquire(false, Success::NonZero)),
     ("_raw_read_trylock", acquire(true, Success::NonZero)),
@@ -67,18 +77,63 @@ pub const LINUX_LOCKS: &[(&str, LockFn)] = &[
     ("_raw_spin_lock*", acquire(false, Success::Always)),
     ("_raw_read_lock*", acquire(true, Success::Always)),
     ("_raw_write_lock*", acquire(false, Success::Always)),
-    ("_raw_spin_unlock*", LockFn::Release { read: false }),
-    ("_raw_read_unlock*", LockFn::Release { read: true }),
-    ("_raw_write_unlock*", LockFn::Release { read: false }),
+    ("_raw_spin_unlock*", release(false, false)),
+    ("_raw_read_unlock*", release(true, false)),
+    ("_raw_write_unlock*", release(false, false)),
     ("queued_spin_lock_slowpath", LockFn::SlowPath),
     ("native_queued_spin_lock_slowpath", LockFn::SlowPath),
     ("__pv_queued_spin_lock_slowpath", LockFn::SlowPath),
     ("queued_read_lock_slowpath", LockFn::SlowPath),
     ("queued_write_lock_slowpath", LockFn::SlowPath),
+    ("mutex_trylock", sleeping(false, Success::NonZero)),
+    ("mutex_lock_interruptible", sleeping(false, Success::Zero)),
+    ("mutex_lock_killable", sleeping(false, Success::Zero)),
+    ("mutex_lock_io", sleeping(false, Success::Always)),
+    ("mutex_lock", sleeping(false, Success::Always)),
+    ("mutex_unlock", release(false, true)),
+    ("down_read_trylock", sleeping(true, Success::NonZero)),
+    ("down_read_interruptible", sleeping(true, Success::Zero)),
+    ("down_read_killable", sleeping(true, Success::Zero)),
+    ("down_read", sleeping(true, Success::Always)),
+    ("up_read", release(true, true)),
+    ("down_write_trylock", sleeping(false, Success::NonZero)),
+    ("down_write_killable", sleeping(false, Success::Zero)),
+    ("down_write", sleeping(false, Success::Always)),
+    ("up_write", release(false, true)),
+    ("__mutex_lock_slowpath", LockFn::SlowPath),
+    ("__mutex_lock_interruptible_slowpath", LockFn::SlowPath),
+    ("__mutex_lock_killable_slowpath", LockFn::SlowPath),
+    ("rwsem_down_read_slowpath", LockFn::SlowPath),
+    ("rwsem_down_write_slowpath", LockFn::SlowPath),
 ];
 
 const fn acquire(read: bool, success: Success) -> LockFn {
-    LockFn::Acquire { read, success }
+    LockFn::Acquire {
+        read,
+        success,
+        sleeping: false,
+    }
+}
+
+const fn sleeping(read: bool, success: Success) -> LockFn {
+    LockFn::Acquire {
+        read,
+        success,
+        sleeping: true,
+    }
+}
+
+const fn release(read: bool, sleeping: bool) -> LockFn {
+    LockFn::Release { read, sleeping }
+}
+
+/// The name lock records of a lock function carry (see the module docs).
+fn record_name(sleeping: bool) -> String {
+    if sleeping {
+        SLEEPING_LOCK.to_string()
+    } else {
+        String::new()
+    }
 }
 
 /// The kind of the first entry of [`LINUX_LOCKS`] matching `name`, if any.
@@ -98,6 +153,7 @@ struct Acquiring {
     lock: u64,
     read: bool,
     success: Success,
+    sleeping: bool,
 }
 
 /// Calls at most this deep are followed per CPU (only unmatched returns pile them up).
@@ -156,15 +212,12 @@ impl LockBreakpoints {
     ) -> Option<Hypercall> {
         let f = *self.functions.get(&target)?;
         let lock = regs[7];
-        let record = |op, read| Hypercall::Lock {
-            pc: return_address,
-            lock,
-            name: String::new(),
-            op,
-            read,
-        };
         match f {
-            LockFn::Acquire { read, success } => {
+            LockFn::Acquire {
+                read,
+                success,
+                sleeping,
+            } => {
                 let calls = self.pending.entry(cpu).or_default();
                 if calls.len() >= MAX_PENDING {
                     calls.remove(0);
@@ -175,16 +228,23 @@ impl LockBreakpoints {
                     lock,
                     read,
                     success,
+                    sleeping,
                 });
                 None
             }
-            LockFn::Release { read } => {
+            LockFn::Release { read, sleeping } => {
                 self.counts.released += 1;
-                Some(record(LockOp::Release, read))
+                Some(Hypercall::Lock {
+                    pc: return_address,
+                    lock,
+                    name: record_name(sleeping),
+                    op: LockOp::Release,
+                    read,
+                })
             }
             LockFn::SlowPath => {
                 let a = self.pending.get(&cpu)?.last()?;
-                if a.lock != lock || a.success != Success::Always {
+                if a.lock != lock || a.success == Success::NonZero {
                     // A trylock does not wait; another lock's slow path is no wait of it.
                     return None;
                 }
@@ -193,7 +253,7 @@ impl LockBreakpoints {
                 Some(Hypercall::Lock {
                     pc: a.return_address,
                     lock,
-                    name: String::new(),
+                    name: record_name(a.sleeping),
                     op: LockOp::Acquire,
                     read: a.read,
                 })
@@ -204,12 +264,27 @@ impl LockBreakpoints {
     /// A return by `cpu` to `target` with the stack pointer before the pop and RAX: the
     /// `Acquired` record when it ends a watched acquiring call that took its lock.
     pub fn ret(&mut self, cpu: u32, target: u64, stack: u64, rax: u64) -> Option<Hypercall> {
-        let calls = self.pending.get_mut(&cpu)?;
-        let k = calls
-            .iter()
-            .rposition(|p| p.return_address == target && p.stack == stack)?;
-        // Calls above it never returned normally: drop them.
-        let a = calls.drain(k..).next()?;
+        let matches = |p: &Acquiring| p.return_address == target && p.stack == stack;
+        let mine = self
+            .pending
+            .get(&cpu)
+            .and_then(|calls| calls.iter().rposition(matches));
+        let a = match mine {
+            Some(k) => {
+                // Calls above it never returned normally: drop them.
+                let calls = self.pending.get_mut(&cpu)?;
+                calls.drain(k..).next()?
+            }
+            None => {
+                // A task that slept in a sleeping lock's call may wake on another CPU:
+                // its call is found on the CPU it was made on (lowest CPU first).
+                let (c, k) = self.pending.iter().find_map(|(&c, calls)| {
+                    let k = calls.iter().rposition(|p| p.sleeping && matches(p))?;
+                    Some((c, k))
+                })?;
+                self.pending.get_mut(&c)?.remove(k)
+            }
+        };
         let eax = rax as u32;
         let taken = match a.success {
             Success::Always => true,
@@ -223,7 +298,7 @@ impl LockBreakpoints {
         Some(Hypercall::Lock {
             pc: a.return_address,
             lock: a.lock,
-            name: String::new(),
+            name: record_name(a.sleeping),
             op: LockOp::Acquired,
             read: a.read,
         })
@@ -259,14 +334,53 @@ mod tests {
         );
         assert_eq!(
             linux_lock_fn("_raw_spin_unlock_irqrestore"),
-            Some(LockFn::Release { read: false })
+            Some(release(false, false))
+        );
+        assert_eq!(
+            linux_lock_fn("mutex_lock_killable"),
+            Some(sleeping(false, Success::Zero))
+        );
+        assert_eq!(
+            linux_lock_fn("down_read"),
+            Some(sleeping(true, Success::Always))
+        );
+        assert_eq!(linux_lock_fn("up_write"), Some(release(false, true)));
+        assert_eq!(
+            linux_lock_fn("rwsem_down_write_slowpath"),
+            Some(LockFn::SlowPath)
         );
         assert_eq!(
             linux_lock_fn("native_queued_spin_lock_slowpath"),
             Some(LockFn::SlowPath)
         );
-        assert_eq!(linux_lock_fn("mutex_lock"), None);
+        assert_eq!(linux_lock_fn("mutex_lock_nested_thing"), None);
         assert_eq!(linux_lock_fn("spin_lock"), None);
+    }
+
+    #[test]
+    fn a_sleeping_lock_is_acquired_where_its_task_wakes() {
+        let mut b = LockBreakpoints::new();
+        b.add(0x100, sleeping(false, Success::Always));
+        b.add(0x200, LockFn::SlowPath);
+        b.add(0x300, release(false, true));
+        let name = |h: &Option<Hypercall>| match h {
+            Some(Hypercall::Lock { name, .. }) => Some(name.clone()),
+            _ => None,
+        };
+        // CPU 0 calls mutex_lock, sleeps in the slow path, and the task wakes on CPU 2.
+        assert_eq!(op(b.call(0, 0x100, 0x50, 0x8000, &rdi(0xa000))), None);
+        let wait = b.call(0, 0x200, 0x105, 0x7ff0, &rdi(0xa000));
+        assert_eq!(op(wait.clone()), Some((LockOp::Acquire, 0xa000, 0x50)));
+        assert_eq!(name(&wait).as_deref(), Some(SLEEPING_LOCK));
+        // Meanwhile another task on CPU 0 returns from elsewhere: nothing.
+        assert_eq!(op(b.ret(0, 0x999, 0x6000, 0)), None);
+        assert_eq!(op(b.ret(2, 0x105, 0x7ff0, 0)), None);
+        let got = b.ret(2, 0x50, 0x8000, 0);
+        assert_eq!(op(got.clone()), Some((LockOp::Acquired, 0xa000, 0x50)));
+        assert_eq!(name(&got).as_deref(), Some(SLEEPING_LOCK));
+        let rel = b.call(2, 0x300, 0x60, 0x8000, &rdi(0xa000));
+        assert_eq!(op(rel.clone()), Some((LockOp::Release, 0xa000, 0x60)));
+        assert_eq!(name(&rel).as_deref(), Some(SLEEPING_LOCK));
     }
 
     #[test]
@@ -274,7 +388,7 @@ mod tests {
         let mut b = LockBreakpoints::new();
         b.add(0x100, acquire(false, Success::Always));
         b.add(0x200, LockFn::SlowPath);
-        b.add(0x300, LockFn::Release { read: false });
+        b.add(0x300, release(false, false));
         b.add(0x400, acquire(false, Success::NonZero));
         // Uncontended: acquired at the return, released at the unlock's entry.
         assert_eq!(op(b.call(0, 0x100, 0x50, 0x8000, &rdi(0xa000))), None);
