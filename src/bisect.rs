@@ -20,7 +20,7 @@ PRED is one or more of these, joined with `and`:
   insn >= N                   at least N instructions executed
 OP is ==, !=, < or >; a VALUE with a minus sign compares signed.
 
-The answer is the first position (instruction count) at which PRED holds, exactly what a scan one instruction at a time finds (--linear does that scan). Checkpoints bound the search; the segments before the first checkpoint where PRED holds are then stepped through, on --jobs threads (with --monotone only the last one).
+The answer is the first position (instruction count) at which PRED holds, exactly what a scan one instruction at a time finds (--linear does that scan). Checkpoints bound the search; the segments before the first checkpoint where PRED holds are then stepped through, on --jobs threads (with --monotone only the last one). Without --monotone, a PRED with a `pc ==` atom or only `mem` state atoms is searched by one watching pass at traced speed instead, which hands the positions that can hold the answer to a second replay that steps only those.
 
 stdout: the position, then the machine state as `seek` prints it. stderr: checkpoints restored, instructions replayed, time. Exit status 0 when found, 2 when PRED holds nowhere, 1 on errors, 130 when interrupted.";
 

@@ -38,6 +38,14 @@
 //! state predicate never becomes false again once true, e.g. a counter that only grows),
 //! only the one segment before the first checkpoint that holds is stepped; that is exact
 //! exactly when the promise is kept.
+//!
+//! Without that promise, a predicate with a `pc ==` atom, or whose state atoms are all
+//! memory atoms, is searched by a watching pass instead ([`crate::watch`]): one replay from
+//! the lower bound at traced speed finds windows of positions that contain every position
+//! where the pc atom holds (or where a memory atom can turn the predicate true), a second
+//! machine follows at full speed and steps through the windows only, in order; the first
+//! position where the whole predicate holds is the answer, as above. Conjunctions with a
+//! `reg` atom and no `pc` atom are stepped segment by segment as described.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -309,7 +317,7 @@ pub fn bisect(dir: &Path, p: &Predicate, opts: &BisectOptions) -> Result<BisectO
 
     // A watching pass finds the windows to step, when the predicate allows one.
     if !opts.monotone {
-        if let Some(plan) = Plan::of(p) {
+        if let Some(plan) = Plan::of(p, &base) {
             let found = watched_search(
                 dir,
                 p,

@@ -57,7 +57,7 @@ pub struct Value {
 
 impl Value {
     /// Compare `x` (of `bytes` bytes) with this value.
-    fn test(self, cmp: Cmp, x: u64, bytes: u32) -> bool {
+    pub(crate) fn test(self, cmp: Cmp, x: u64, bytes: u32) -> bool {
         let ord = if self.signed {
             let shift = 64 - 8 * bytes.clamp(1, 8);
             let a = ((x << shift) as i64) >> shift;

@@ -38,7 +38,7 @@
 //! Known limit: `--cpu` leaving long mode and coming back within one chunk without loading
 //! CR3 and without INIT is not seen (no guest we know does that).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use reprise_cpu::mmu::peek_translate;
 use reprise_cpu::observer::{Access, AccessKind, ContextEvent, DeviceWrite, Hypercall, Observer};
@@ -46,7 +46,7 @@ use reprise_cpu::state::{cr0, efer};
 use reprise_cpu::CpuState;
 use reprise_devices::Machine;
 
-use crate::predicate::{Atom, Predicate};
+use crate::predicate::{Atom, MemTest, Predicate};
 use crate::replayer::Replayer;
 use crate::seek::MemAddr;
 
@@ -70,14 +70,16 @@ fn reset_rip(rip: u64) -> bool {
 pub(crate) enum Plan {
     /// Where some CPU's rip is ADDR.
     Pc(u64),
-    /// Where one of these locations can change.
-    Mem(Vec<(MemAddr, u32)>),
+    /// Where one of these locations can change: (where, bytes, what is asked, the value at
+    /// position 0 for `changes`).
+    Mem(Vec<(MemAddr, u32, MemTest, Option<u64>)>),
 }
 
 impl Plan {
     /// The plan for `p`, or `None` when no pass can bound it (a state atom that is neither
     /// pc nor memory, with no pc atom; or only pc atoms at the INIT/start-up rips).
-    pub(crate) fn of(p: &Predicate) -> Option<Plan> {
+    /// `base`: the values at position 0 (see [`crate::predicate::baselines`]).
+    pub(crate) fn of(p: &Predicate, base: &[Option<u64>]) -> Option<Plan> {
         // Where a conjunction holds, each atom holds: the positions of one pc atom
         // are enough.
         if let Some(a) = p.atoms.iter().find_map(|a| match a {
@@ -88,9 +90,11 @@ impl Plan {
         }
         // A conjunction of memory atoms first holds where one of them changed.
         let mut mem = Vec::new();
-        for a in &p.atoms {
+        for (k, a) in p.atoms.iter().enumerate() {
             match a {
-                Atom::Mem { at, size, .. } => mem.push((*at, *size)),
+                Atom::Mem { at, size, test } => {
+                    mem.push((*at, *size, *test, base.get(k).copied().flatten()))
+                }
                 Atom::Reg { .. } | Atom::Pc(_) => return None,
                 Atom::Console(_) | Atom::Insn(_) => {}
             }
@@ -103,7 +107,7 @@ impl Plan {
         match self {
             Plan::Pc(_) => (true, None),
             Plan::Mem(locs) => {
-                let cpu = locs.iter().find_map(|(at, _)| match at {
+                let cpu = locs.iter().find_map(|(at, ..)| match at {
                     MemAddr::Virt { cpu, .. } => Some(*cpu),
                     MemAddr::Phys(_) => None,
                 });
@@ -112,6 +116,9 @@ impl Plan {
         }
     }
 }
+
+/// An atom's bytes as physical (start, length) pieces, in the value's order.
+type Pieces = Vec<(u64, u64)>;
 
 /// Physical bytes being watched, with what the reported writes say they hold.
 #[derive(Clone, Debug)]
@@ -138,6 +145,12 @@ pub(crate) struct Watcher {
     maybe: Vec<bool>,
     /// mem: the watched physical bytes.
     watched: Vec<Watched>,
+    /// mem: per CR3 value walked at the chunk start (the key `u64::MAX` when no atom is
+    /// virtual), per atom, its bytes as indices into `watched` in the value's order: with
+    /// the shadows, the atoms' values at any moment of the chunk.
+    pieces: BTreeMap<u64, Vec<Vec<usize>>>,
+    /// mem: `--cpu`'s CR3 (address bits) now, or `u64::MAX` when no atom is virtual.
+    cur_cr3: u64,
     /// mem: physical addresses of the page-table entries on the walk paths (8 bytes each),
     /// sorted.
     paths: Vec<u64>,
@@ -162,7 +175,7 @@ impl Watcher {
         let (want_fetches, fetch_cpu) = plan.fetches();
         let mut cr3s = BTreeSet::new();
         if let Plan::Mem(locs) = &plan {
-            for (at, _) in locs {
+            for (at, ..) in locs {
                 if let MemAddr::Virt { cpu, .. } = at {
                     if let Some(c) = m.cpus().get(*cpu as usize) {
                         cr3s.insert(c.state.cr3 & PTE_ADDR);
@@ -184,6 +197,8 @@ impl Watcher {
             last: vec![start; n],
             maybe,
             watched: Vec::new(),
+            pieces: BTreeMap::new(),
+            cur_cr3: u64::MAX,
             paths: Vec::new(),
             cr3s,
             vcpu_last: start,
@@ -249,7 +264,9 @@ impl Watcher {
                 }
             }
         }
-        if hit {
+        // With every atom's value known from the shadows, only a write after which the
+        // predicate holds can be where it first holds.
+        if hit && (unknown || self.shadow_holds() != Some(false)) {
             self.windows.push((g, g.saturating_add(1)));
         }
         if unknown {
@@ -260,6 +277,38 @@ impl Watcher {
         if self.paths.get(k).is_some_and(|&e| e < end) {
             self.unstable(g);
         }
+    }
+
+    /// Whether the memory atoms hold on the shadows (what the reported writes left), when
+    /// every atom's value is known from them.
+    fn shadow_holds(&self) -> Option<bool> {
+        let Plan::Mem(locs) = &self.plan else {
+            return None;
+        };
+        let pieces = self.pieces.get(&self.cur_cr3)?;
+        let mut all = true;
+        for ((_, size, test, base), idx) in locs.iter().zip(pieces) {
+            // The value, `None` when some byte is unmapped or not RAM (as `mem_value`).
+            let mut bytes = Vec::with_capacity(8);
+            let mut readable = true;
+            for &k in idx {
+                match self.watched.get(k).and_then(|w| w.shadow.as_deref()) {
+                    Some(b) => bytes.extend_from_slice(b),
+                    None => readable = false,
+                }
+            }
+            let value = (readable && bytes.len() == *size as usize).then(|| {
+                bytes
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |v, (k, b)| v | u64::from(*b) << (8 * k))
+            });
+            all &= match test {
+                MemTest::Changes => value != *base,
+                MemTest::Cmp(c, v) => value.is_some_and(|x| v.test(*c, x, *size)),
+            };
+        }
+        Some(all)
     }
 
     /// Set up the watch for the chunk starting at the machine's position.
@@ -275,31 +324,76 @@ impl Watcher {
         let mut paths = Vec::new();
         let mut mode = None;
         let mut unstable = false;
-        for &(at, size) in locs {
+        // Per CR3 (or `u64::MAX`), per atom, its pieces; `None` for an atom that cannot
+        // be followed (no such CPU, not in long mode).
+        let virt = locs
+            .iter()
+            .any(|(at, ..)| matches!(at, MemAddr::Virt { .. }));
+        let keys: Vec<u64> = if virt {
+            self.cr3s.iter().copied().collect()
+        } else {
+            vec![u64::MAX]
+        };
+        let mut by_cr3: Vec<(u64, Vec<Option<Pieces>>)> =
+            keys.iter().map(|&k| (k, Vec::new())).collect();
+        for &(at, size, ..) in locs {
             match at {
-                MemAddr::Phys(a) => ranges.push((a, u64::from(size))),
+                MemAddr::Phys(a) => {
+                    ranges.push((a, u64::from(size)));
+                    for (_, atoms) in &mut by_cr3 {
+                        atoms.push(Some(vec![(a, u64::from(size))]));
+                    }
+                }
                 MemAddr::Virt { addr, cpu } => {
-                    let Some(c) = m.cpus().get(cpu as usize) else {
-                        continue; // no such CPU: the atom never holds, nothing changes
-                    };
-                    let Some(nxe) = long_mode(&c.state) else {
+                    let state = m.cpus().get(cpu as usize).map(|c| &c.state);
+                    let nxe = state.and_then(long_mode);
+                    if state.is_some() && nxe.is_none() {
                         unstable = true;
+                    }
+                    let (Some(state), Some(nxe)) = (state, nxe) else {
+                        // No such CPU (the atom never holds, nothing changes), or not a
+                        // mode the pass follows.
+                        for (_, atoms) in &mut by_cr3 {
+                            atoms.push(None);
+                        }
                         continue;
                     };
                     mode = Some((true, nxe));
                     let ram = m.ram().as_slice();
-                    let mut s = c.state.clone();
-                    for &cr3 in &self.cr3s {
-                        s.cr3 = cr3;
-                        if !walk_bytes(&s, ram, addr, size, &mut ranges, &mut paths) {
+                    let mut s = state.clone();
+                    for (cr3, atoms) in &mut by_cr3 {
+                        s.cr3 = *cr3;
+                        let mut mine = Vec::new();
+                        if !walk_bytes(&s, ram, addr, size, &mut mine, &mut paths) {
                             unstable = true;
                         }
+                        ranges.extend(mine.iter().copied());
+                        atoms.push(Some(mine));
                     }
                 }
             }
         }
         ranges.sort_unstable();
         ranges.dedup();
+        self.pieces = by_cr3
+            .into_iter()
+            .filter_map(|(cr3, atoms)| {
+                let idx = atoms
+                    .iter()
+                    .map(|a| {
+                        a.as_ref()?
+                            .iter()
+                            .map(|&(s, l)| ranges.binary_search(&(s, l)).ok())
+                            .collect::<Option<Vec<usize>>>()
+                    })
+                    .collect::<Option<Vec<Vec<usize>>>>()?;
+                Some((cr3, idx))
+            })
+            .collect();
+        self.cur_cr3 = match self.fetch_cpu.and_then(|c| m.cpus().get(c as usize)) {
+            Some(c) if virt => c.state.cr3 & PTE_ADDR,
+            _ => u64::MAX,
+        };
         paths.sort_unstable();
         paths.dedup();
         self.watched = ranges
@@ -346,7 +440,7 @@ impl Watcher {
                     self.unstable(self.chunk_start);
                 }
                 // The paging mode at the end must be the one at the start.
-                for (at, _) in &locs {
+                for (at, ..) in &locs {
                     if let MemAddr::Virt { cpu, .. } = at {
                         if let Some(c) = m.cpus().get(*cpu as usize) {
                             let now = long_mode(&c.state).map(|nxe| (true, nxe));
@@ -482,10 +576,12 @@ impl Observer for Watcher {
                 self.vcpu_last = g;
             }
             (ContextEvent::Cr3 { value }, Plan::Mem(_)) if Some(cpu) == self.fetch_cpu => {
+                self.cur_cr3 = value & PTE_ADDR;
                 if self.cr3s.insert(value & PTE_ADDR) {
                     // Never walked: where it points is known at the next boundary only.
                     self.unstable(g);
-                } else {
+                } else if self.shadow_holds() != Some(false) {
+                    // The values through the new translation may make it hold.
                     self.windows.push((g, g.saturating_add(1)));
                 }
             }
@@ -514,7 +610,7 @@ mod tests {
     use super::*;
 
     fn plan(s: &str) -> Option<Plan> {
-        Plan::of(&Predicate::parse(s, 1).expect("parses"))
+        Plan::of(&Predicate::parse(s, 1).expect("parses"), &[])
     }
 
     #[test]
@@ -532,19 +628,23 @@ mod tests {
         assert!(plan("pc == 0xfff0 and mem[0x10]:8 == 1").is_none());
         // Memory atoms alone (with monotone bounds) are watched; with a reg atom they are not.
         match plan("mem[phys:0x100]:4 changes and mem[0x2000]:8 > 3 and insn >= 5") {
-            Some(Plan::Mem(locs)) => assert_eq!(
-                locs,
-                vec![
-                    (MemAddr::Phys(0x100), 4),
-                    (
-                        MemAddr::Virt {
-                            addr: 0x2000,
-                            cpu: 1
-                        },
-                        8
-                    )
-                ]
-            ),
+            Some(Plan::Mem(locs)) => {
+                let at: Vec<(MemAddr, u32)> = locs.iter().map(|l| (l.0, l.1)).collect();
+                assert_eq!(
+                    at,
+                    vec![
+                        (MemAddr::Phys(0x100), 4),
+                        (
+                            MemAddr::Virt {
+                                addr: 0x2000,
+                                cpu: 1
+                            },
+                            8
+                        )
+                    ]
+                );
+                assert_eq!(locs[0].2, MemTest::Changes);
+            }
             other => panic!("{other:?}"),
         }
         assert!(plan("mem[0x2000]:8 > 3 and reg rax == 1").is_none());
