@@ -26,9 +26,11 @@ pub mod bzimage;
 pub mod dwarf;
 pub mod kallsyms;
 pub mod slab;
+pub mod vmlinux;
 
 pub use dwarf::DebugInfo;
 pub use kallsyms::{GuestMemory, Kallsyms, KallsymsLayout};
+pub use vmlinux::Vmlinux;
 
 /// Why a symbol source could not be read.
 #[derive(Debug, thiserror::Error)]
