@@ -86,9 +86,10 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
             // Memory-mapped: a -dbg vmlinux is 587 MB, of which look-ups touch little.
             let (d, t) = DebugInfo::with_symbols(&args.source)?;
             eprintln!(
-                "reprise: DWARF: {} variables, {} named types indexed in {:.3} s",
+                "reprise: DWARF: {} variables, {} named types indexed in {:.3} s (sources relative to {})",
                 d.variable_count(),
                 d.type_count(),
+                d.source_root().unwrap_or("/"),
                 started.elapsed().as_secs_f64()
             );
             debug = Some(d);
@@ -137,7 +138,7 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
             .lookup(addr)
             .map_or_else(|| "?".to_owned(), |h| h.to_string());
         let data = debug.as_ref().and_then(|d| d.name_data(addr));
-        let line = debug.as_ref().and_then(|d| d.source_line(addr));
+        let line = debug.as_ref().and_then(|d| d.short_source_line(addr));
         let mut out = format!("{addr:#x} {sym}");
         if let Some(d) = data {
             out.push_str(&format!(" [{d}]"));

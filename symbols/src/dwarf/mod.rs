@@ -28,6 +28,9 @@ mod types;
 use section::{Backing, Reader, SectionData};
 use types::{Ty, TypeCache};
 
+/// One function of [`DebugInfo::inline_frames`]: its name and source line, if known.
+pub type InlineFrame = (Option<String>, Option<(String, u32)>);
+
 /// A global or static variable at a fixed address.
 #[derive(Debug, Clone)]
 struct Variable {
@@ -55,6 +58,8 @@ pub struct DebugInfo {
     /// Added to every link-time address this DWARF holds to get the address the code
     /// runs at (a kernel's KASLR slide); see [`DebugInfo::set_slide`].
     slide: u64,
+    /// See [`DebugInfo::source_root`].
+    root: Option<String>,
 }
 
 impl std::fmt::Debug for DebugInfo {
@@ -163,6 +168,7 @@ impl DebugInfo {
             variables,
             by_name,
             slide: 0,
+            root: index.root,
         })
     }
 
@@ -202,6 +208,55 @@ impl DebugInfo {
         frame
             .function
             .and_then(|f| f.raw_name().ok().map(|n| n.into_owned()))
+    }
+
+    /// The build directory of most compilation units (e.g. a kernel's object tree
+    /// `/build/reproducible-path/linux-6.1.172/debian/build/build_amd64_none_cloud-amd64`),
+    /// to show source paths relative to it.
+    pub fn source_root(&self) -> Option<&str> {
+        self.root.as_deref().filter(|r| !r.is_empty())
+    }
+
+    /// [`DebugInfo::source_line`] with a shorter file name (see [`shorten`]):
+    /// `kernel/sched/core.c` rather than
+    /// `/build/reproducible-path/linux-6.1.172/debian/build/build_amd64_none_cloud-amd64/kernel/sched/core.c`.
+    pub fn short_source_line(&self, addr: u64) -> Option<(String, u32)> {
+        let (file, line) = self.source_line(addr)?;
+        let short = match self.source_root() {
+            Some(root) => shorten(&file, root).to_owned(),
+            None => file,
+        };
+        Some((short, line))
+    }
+
+    /// The functions at `addr`, innermost (inlined) first, outermost (the real function)
+    /// last, each with its source line (file shortened as by
+    /// [`DebugInfo::short_source_line`]): the innermost's is the line of `addr`, each outer
+    /// one's the line where the next inner one was inlined.
+    pub fn inline_frames(&self, addr: u64) -> Vec<InlineFrame> {
+        let mut out = Vec::new();
+        let Ok(mut frames) = self.lines.find_frames(self.link(addr)).skip_all_loads() else {
+            return out;
+        };
+        while let Ok(Some(frame)) = frames.next() {
+            let name = frame
+                .function
+                .and_then(|f| f.raw_name().ok().map(|n| n.into_owned()));
+            let loc = frame.location.and_then(|l| {
+                let file = l.file?;
+                let file = match self.source_root() {
+                    Some(root) => shorten(file, root),
+                    None => file,
+                };
+                Some((file.to_owned(), l.line?))
+            });
+            out.push((name, loc));
+            // A bound: a malformed DWARF cannot make this loop long.
+            if out.len() >= 64 {
+                break;
+            }
+        }
+        out
     }
 
     /// Number of variables with a fixed address.
@@ -394,6 +449,8 @@ struct Index {
     unit_starts: Vec<usize>,
     variables: Vec<Found>,
     type_names: BTreeMap<String, usize>,
+    /// The `DW_AT_comp_dir` most units have.
+    root: Option<String>,
 }
 
 impl Index {
@@ -405,7 +462,9 @@ impl Index {
             unit_starts: Vec::new(),
             variables: Vec::new(),
             type_names: BTreeMap::new(),
+            root: None,
         };
+        let mut dirs: BTreeMap<String, usize> = BTreeMap::new();
         let mut headers = dwarf.units();
         while let Some(header) = headers.next()? {
             if header.section() != gimli::SectionId::DebugInfo {
@@ -413,6 +472,12 @@ impl Index {
             }
             index.unit_starts.push(header.offset().0);
             let unit = dwarf.unit(header)?;
+            if let Some(dir) = &unit.comp_dir {
+                let dir = dir.to_string_lossy()?;
+                *dirs
+                    .entry(dir.trim_end_matches('/').to_owned())
+                    .or_insert(0) += 1;
+            }
             let unit_ref = unit.unit_ref(dwarf);
             let mut entries = unit.entries();
             while let Some(entry) = entries.next_dfs()? {
@@ -464,7 +529,53 @@ impl Index {
                 }
             }
         }
+        // The most common one (the first in order on a tie): a kernel's object tree.
+        index.root = dirs
+            .into_iter()
+            .fold(None, |best: Option<(String, usize)>, (d, n)| match best {
+                Some((bd, bn)) if bn >= n => Some((bd, bn)),
+                _ => Some((d, n)),
+            })
+            .map(|(d, _)| d);
         Ok(index)
+    }
+}
+
+/// A source file's name relative to the build directory `root`: an absolute path is cut
+/// after the deepest directory it shares with `root` (`/build/linux/arch/x86/head_64.S`
+/// against root `/build/linux/debian/build` gives `arch/x86/head_64.S`); a relative one
+/// loses a leading part that repeats `root`'s last components (`debian/build/kernel/fork.c`
+/// gives `kernel/fork.c`). Anything else is left as it is.
+pub fn shorten<'a>(file: &'a str, root: &str) -> &'a str {
+    if file.starts_with('/') {
+        let common = common_dir(file, root);
+        if common.len() > 1 {
+            return file[common.len()..].trim_start_matches('/');
+        }
+        return file;
+    }
+    // The longest tail of the root first (a relative root is its own longest).
+    let tails = std::iter::once(0).chain(root.match_indices('/').map(|(i, _)| i + 1));
+    for i in tails {
+        let tail = &root[i..];
+        if tail.is_empty() {
+            continue;
+        }
+        if let Some(rest) = file.strip_prefix(tail).and_then(|r| r.strip_prefix('/')) {
+            return rest;
+        }
+    }
+    file
+}
+
+/// The longest common prefix of directories `a` and `b` that ends at a component boundary.
+fn common_dir<'a>(a: &'a str, b: &str) -> &'a str {
+    let same = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let whole = |s: &str| s.len() == same || s.as_bytes().get(same) == Some(&b'/');
+    if whole(a) && whole(b) {
+        &a[..same]
+    } else {
+        a[..same].rfind('/').map_or("", |i| &a[..i])
     }
 }
 
@@ -489,6 +600,46 @@ fn static_address(unit: &gimli::UnitRef<'_, Reader>, v: AttributeValue<Reader>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_directories_end_at_a_component() {
+        assert_eq!(
+            common_dir("/build/linux-6.1", "/build/linux-6.1"),
+            "/build/linux-6.1"
+        );
+        assert_eq!(
+            common_dir("/build/linux-6.1", "/build/linux-6.1/tools"),
+            "/build/linux-6.1"
+        );
+        assert_eq!(common_dir("/build/linux-6.1", "/build/linux-6.2"), "/build");
+        assert_eq!(common_dir("/a", "/b"), "");
+    }
+
+    #[test]
+    fn source_paths_are_shortened_against_the_build_directory() {
+        let root = "/build/linux-6.1/debian/build/amd64";
+        assert_eq!(
+            shorten("/build/linux-6.1/arch/x86/head_64.S", root),
+            "arch/x86/head_64.S"
+        );
+        assert_eq!(
+            shorten("debian/build/amd64/kernel/fork.c", root),
+            "kernel/fork.c"
+        );
+        assert_eq!(
+            shorten("/build/linux-6.1/debian/build/amd64/x.c", root),
+            "x.c"
+        );
+        assert_eq!(
+            shorten("/usr/include/stdio.h", root),
+            "/usr/include/stdio.h"
+        );
+        assert_eq!(shorten("lib/sort.c", root), "lib/sort.c");
+        assert_eq!(
+            shorten("debian/b/kernel/fork.c", "debian/b"),
+            "kernel/fork.c"
+        );
+    }
 
     #[test]
     fn a_file_without_dwarf_is_empty_not_an_error() {
