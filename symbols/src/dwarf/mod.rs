@@ -60,6 +60,9 @@ pub struct DebugInfo {
     slide: u64,
     /// See [`DebugInfo::source_root`].
     root: Option<String>,
+    /// The absolute build directory of most units that have one, to shorten absolute
+    /// file names when `root` is relative.
+    absolute_root: Option<String>,
 }
 
 impl std::fmt::Debug for DebugInfo {
@@ -169,6 +172,7 @@ impl DebugInfo {
             by_name,
             slide: 0,
             root: index.root,
+            absolute_root: index.absolute_root,
         })
     }
 
@@ -222,11 +226,7 @@ impl DebugInfo {
     /// `/build/reproducible-path/linux-6.1.172/debian/build/build_amd64_none_cloud-amd64/kernel/sched/core.c`.
     pub fn short_source_line(&self, addr: u64) -> Option<(String, u32)> {
         let (file, line) = self.source_line(addr)?;
-        let short = match self.source_root() {
-            Some(root) => shorten(&file, root).to_owned(),
-            None => file,
-        };
-        Some((short, line))
+        Some((self.shorten(&file).to_owned(), line))
     }
 
     /// The functions at `addr`, innermost (inlined) first, outermost (the real function)
@@ -244,11 +244,7 @@ impl DebugInfo {
                 .and_then(|f| f.raw_name().ok().map(|n| n.into_owned()));
             let loc = frame.location.and_then(|l| {
                 let file = l.file?;
-                let file = match self.source_root() {
-                    Some(root) => shorten(file, root),
-                    None => file,
-                };
-                Some((file.to_owned(), l.line?))
+                Some((self.shorten(file).to_owned(), l.line?))
             });
             out.push((name, loc));
             // A bound: a malformed DWARF cannot make this loop long.
@@ -257,6 +253,20 @@ impl DebugInfo {
             }
         }
         out
+    }
+
+    /// `file` shortened against the build directory ([`shorten`]): an absolute name
+    /// against the most common absolute one.
+    fn shorten<'a>(&self, file: &'a str) -> &'a str {
+        let root = if file.starts_with('/') {
+            self.absolute_root.as_deref()
+        } else {
+            self.source_root()
+        };
+        match root {
+            Some(root) => shorten(file, root),
+            None => file,
+        }
     }
 
     /// Number of variables with a fixed address.
@@ -451,6 +461,8 @@ struct Index {
     type_names: BTreeMap<String, usize>,
     /// The `DW_AT_comp_dir` most units have.
     root: Option<String>,
+    /// The absolute `DW_AT_comp_dir` most units have.
+    absolute_root: Option<String>,
 }
 
 impl Index {
@@ -463,6 +475,7 @@ impl Index {
             variables: Vec::new(),
             type_names: BTreeMap::new(),
             root: None,
+            absolute_root: None,
         };
         let mut dirs: BTreeMap<String, usize> = BTreeMap::new();
         let mut headers = dwarf.units();
@@ -529,14 +542,20 @@ impl Index {
                 }
             }
         }
-        // The most common one (the first in order on a tie): a kernel's object tree.
-        index.root = dirs
-            .into_iter()
-            .fold(None, |best: Option<(String, usize)>, (d, n)| match best {
-                Some((bd, bn)) if bn >= n => Some((bd, bn)),
-                _ => Some((d, n)),
-            })
-            .map(|(d, _)| d);
+        // The most common one (the first in order on a tie): a kernel's object tree; and
+        // the most common absolute one, for the files named by absolute paths (a
+        // kernel's assembly units, whose comp_dir the prefix map left absolute).
+        let most = |absolute: bool| {
+            dirs.iter()
+                .filter(|(d, _)| !absolute || d.starts_with('/'))
+                .fold(None, |best: Option<(&String, usize)>, (d, &n)| match best {
+                    Some((bd, bn)) if bn >= n => Some((bd, bn)),
+                    _ => Some((d, n)),
+                })
+                .map(|(d, _)| d.clone())
+        };
+        index.root = most(false);
+        index.absolute_root = most(true);
         Ok(index)
     }
 }
