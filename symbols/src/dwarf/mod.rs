@@ -589,7 +589,11 @@ pub fn shorten<'a>(file: &'a str, root: &str) -> &'a str {
 
 /// The longest common prefix of directories `a` and `b` that ends at a component boundary.
 fn common_dir<'a>(a: &'a str, b: &str) -> &'a str {
-    let same = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let mut same = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    // Two names may part inside a multi-byte character: cut before it.
+    while !a.is_char_boundary(same) {
+        same -= 1;
+    }
     let whole = |s: &str| s.len() == same || s.as_bytes().get(same) == Some(&b'/');
     if whole(a) && whole(b) {
         &a[..same]
@@ -632,6 +636,7 @@ mod tests {
         );
         assert_eq!(common_dir("/build/linux-6.1", "/build/linux-6.2"), "/build");
         assert_eq!(common_dir("/a", "/b"), "");
+        assert_eq!(common_dir("/x/é", "/x/è"), "/x");
     }
 
     #[test]
