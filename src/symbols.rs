@@ -89,8 +89,8 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
                 "reprise: DWARF: {} variables, {} named types indexed in {:.3} s (sources relative to {})",
                 d.variable_count(),
                 d.type_count(),
-                d.source_root().unwrap_or("/"),
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                d.source_root().unwrap_or("/")
             );
             debug = Some(d);
             if t.is_empty() {
