@@ -84,6 +84,12 @@ fn kernel_objects_are_named_by_field_with_the_real_vmlinux() {
     assert!(rq.starts_with("runqueues@cpu1."), "{rq}");
     let init_task = symbols.by_name("init_task").unwrap().start;
     assert_eq!(n.data(init_task), "init_task.thread_info.flags");
+    // A function's static variable keeps the symbol's suffix (`width.7`, not `width`).
+    let width = symbols
+        .by_prefix("width.")
+        .find(|s| s.class == SymbolClass::Data)
+        .unwrap();
+    assert_eq!(n.data(width.start), width.name);
     let sched = symbols.by_name("schedule").unwrap().start;
     let code = n.code(sched);
     assert!(code.starts_with("schedule (kernel/sched/core.c:"), "{code}");

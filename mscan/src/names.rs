@@ -118,7 +118,20 @@ impl Names<'_> {
                 return Some(format!("{base}@cpu{cpu}{path}"));
             }
         }
-        d.name_data(addr)
+        let name = d.name_data(addr)?;
+        // A function's static variable: DWARF calls it `width`, the symbol table `width.7`
+        // (the compiler's suffix tells it from other functions' `width`): keep the suffix.
+        if let Some(h) = self.symbols.lookup(addr) {
+            if let Some((base, suffix)) = h.symbol.name.rsplit_once('.') {
+                let rest = name
+                    .strip_prefix(base)
+                    .filter(|r| r.is_empty() || r.starts_with(['.', '[', '+']));
+                if let (Some(rest), true) = (rest, suffix.bytes().all(|b| b.is_ascii_digit())) {
+                    return Some(format!("{}{rest}", h.symbol.name));
+                }
+            }
+        }
+        Some(name)
     }
 
     /// The data object at `addr` without offset (the label or symbol name), if any; with
