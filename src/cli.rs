@@ -113,6 +113,14 @@ pub struct MscanArgs {
     #[arg(long = "image", value_name = "PATH")]
     pub images: Vec<PathBuf>,
 
+    /// The recorded Linux kernel's `-dbg` vmlinux (DWARF; fixtures/linux/fetch-dbg.sh
+    /// fetches the fixture's): PCs get their source line, static data its path
+    /// (`var.field[i]+off`), and objects of slab caches of a known type
+    /// `cache(type).field+off`. Checked against the recorded kernel and moved by its KASLR
+    /// slide. With a trace file it needs --rec.
+    #[arg(long, value_name = "FILE")]
+    pub vmlinux: Option<PathBuf>,
+
     /// Filters and policy (as for `replay`); with a recording, --trace FILE also stores the trace.
     #[command(flatten)]
     pub trace: TraceArgs,

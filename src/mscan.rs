@@ -212,6 +212,18 @@ pub fn alloc_labeler(
     Ok(labeler)
 }
 
+/// `--vmlinux`: the `-dbg` vmlinux matched to the recorded kernel, whose run-time symbols
+/// (kallsyms from guest RAM) are in `symbols`.
+fn vmlinux_of(
+    args: &MscanArgs,
+    symbols: &SymbolTable,
+) -> anyhow::Result<Option<reprise_symbols::Vmlinux>> {
+    match &args.vmlinux {
+        Some(path) => Ok(Some(crate::symbols::open_vmlinux(path, symbols)?)),
+        None => Ok(None),
+    }
+}
+
 /// The `--policy` text: the analysis's default when none is given, with `--line-size`
 /// folded into `movement` and `first-touch` given without `:line=`.
 fn policy_text(given: Option<&str>, default: &str, line: Option<u64>) -> String {
@@ -319,6 +331,7 @@ fn live(
     let manifest = Manifest::read(rec)?;
     let guest = guest_of(&manifest, rec);
     symbols.merge(guest.symbols);
+    let vmlinux = vmlinux_of(args, &symbols)?;
     // Allocation labels: on by default for a Linux guest (`--label-alloc none` turns them
     // off); the bare fixtures label their objects themselves.
     let labeler = alloc_labeler(&ta.label_alloc, guest.linux, &symbols, guest.heap.clone())?;
@@ -432,7 +445,7 @@ fn live(
             status::INCOMPLETE
         }
     };
-    let r = scanner.report(&symbols);
+    let r = scanner.report_with(&symbols, vmlinux.as_ref().map(|v| &v.debug));
     emit(args, &r)?;
     // The scanner holds a row per line touched (1.6 M small blocks on a Linux boot) and the
     // process ends next: leave them to the OS rather than free each one (seconds of CPU).
@@ -491,7 +504,10 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         symbols.merge(g.symbols);
         heap = g.heap;
         ranges = g.ranges;
+    } else if args.vmlinux.is_some() {
+        bail!("--vmlinux with a trace file needs --rec REC: the recorded kernel's symbols give the KASLR slide");
     }
+    let vmlinux = vmlinux_of(args, &symbols)?;
     let opts = Options {
         line_size: ta.line_size.or(stored_line).unwrap_or(64),
         top: args.top,
@@ -540,6 +556,9 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
         );
         code = status::INCOMPLETE;
     }
-    emit(args, &scanner.report(&symbols))?;
+    emit(
+        args,
+        &scanner.report_with(&symbols, vmlinux.as_ref().map(|v| &v.debug)),
+    )?;
     Ok(code)
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use clap::Args;
 use reprise_replay::seek::{boot, read_mem, seek as seek_to, MemAddr};
 use reprise_symbols::slab::{self, SlabCaches};
-use reprise_symbols::{kallsyms, DebugInfo, Kallsyms, SymbolTable};
+use reprise_symbols::{kallsyms, DebugInfo, Kallsyms, SymbolTable, Vmlinux};
 use reprise_trace::alloc::PageMap;
 
 use crate::cli::parse_count;
@@ -46,6 +46,12 @@ pub struct SymbolsArgs {
     /// Print every symbol: address, class, name.
     #[arg(long)]
     pub list: bool,
+
+    /// For a recording: the kernel's `-dbg` vmlinux (DWARF), checked against the recorded
+    /// kernel and moved by its KASLR slide; look-ups then give source lines and data
+    /// paths (`var.field[i]+off`).
+    #[arg(long, value_name = "FILE")]
+    pub vmlinux: Option<PathBuf>,
 }
 
 /// Run the command; returns the process exit status.
@@ -63,23 +69,41 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut debug = None;
     let table = if args.source.is_dir() {
-        from_recording(&args.source, &args.at)?
+        let table = from_recording(&args.source, &args.at)?;
+        if let Some(path) = &args.vmlinux {
+            let v = open_vmlinux(path, &table)?;
+            // The vmlinux's own ELF symbols (moved too) are those kallsyms already has.
+            debug = Some(v.debug);
+        }
+        table
+    } else if args.vmlinux.is_some() {
+        anyhow::bail!("--vmlinux goes with a recording folder; to read a vmlinux alone, give it as the source");
     } else if args.system_map {
         SymbolTable::from_system_map(&args.source)?
     } else {
-        let bytes = std::fs::read(&args.source)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", args.source.display()))?;
         let origin = args.source.display().to_string();
-        if bytes.starts_with(b"\x7fELF") {
-            debug = DebugInfo::from_elf_bytes(&bytes, &origin).ok();
-            let t = SymbolTable::from_elf_bytes(&bytes, &origin)?;
+        if is_elf(&args.source) {
+            // Memory-mapped: a -dbg vmlinux is 587 MB, of which look-ups touch little.
+            let (d, t) = DebugInfo::with_symbols(&args.source)?;
+            eprintln!(
+                "reprise: DWARF: {} variables, {} named types indexed in {:.3} s (sources relative to {})",
+                d.variable_count(),
+                d.type_count(),
+                started.elapsed().as_secs_f64(),
+                d.source_root().unwrap_or("/")
+            );
+            debug = Some(d);
             if t.is_empty() {
                 // A stripped vmlinux still has its kallsyms.
+                let bytes = std::fs::read(&args.source)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", args.source.display()))?;
                 SymbolTable::kallsyms_from_image_bytes(&bytes, &origin)?.table
             } else {
                 t
             }
         } else {
+            let bytes = std::fs::read(&args.source)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.source.display()))?;
             let k = SymbolTable::kallsyms_from_image_bytes(&bytes, &origin)?;
             eprintln!(
                 "reprise: kallsyms: {} symbols ({} per-CPU left out), _text at {:#x} (link time)",
@@ -107,13 +131,14 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
             None => println!("{n}: no such symbol"),
         }
     }
+    let looked = Instant::now();
     for a in &args.lookup {
         let addr = crate::cli::parse_addr(a)?;
         let sym = table
             .lookup(addr)
             .map_or_else(|| "?".to_owned(), |h| h.to_string());
         let data = debug.as_ref().and_then(|d| d.name_data(addr));
-        let line = debug.as_ref().and_then(|d| d.source_line(addr));
+        let line = debug.as_ref().and_then(|d| d.short_source_line(addr));
         let mut out = format!("{addr:#x} {sym}");
         if let Some(d) = data {
             out.push_str(&format!(" [{d}]"));
@@ -123,7 +148,43 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
         }
         println!("{out}");
     }
+    if !args.lookup.is_empty() && debug.is_some() {
+        eprintln!(
+            "reprise: {} look-ups in {:.3} s",
+            args.lookup.len(),
+            looked.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+/// The file at `path` starts with the ELF magic.
+fn is_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
+/// Opens the `-dbg` vmlinux at `path` and matches it to the recorded kernel whose run-time
+/// symbols are `running`: refused with the reason when it is another build; otherwise its
+/// symbols and DWARF are moved by the KASLR slide. Reports on stderr.
+pub fn open_vmlinux(path: &Path, running: &SymbolTable) -> anyhow::Result<Vmlinux> {
+    let mut v = Vmlinux::open(path)?;
+    let slide = v
+        .match_running(running)
+        .map_err(|why| anyhow::anyhow!("--vmlinux {}: {why}", path.display()))?;
+    eprintln!(
+        "reprise: vmlinux {}: {} symbols, DWARF of {} variables and {} named types, opened in {:.3} s; matches the recorded kernel, KASLR slide {slide:+#x}",
+        path.display(),
+        v.table.len(),
+        v.debug.variable_count(),
+        v.debug.type_count(),
+        v.load_seconds
+    );
+    Ok(v)
 }
 
 /// A recorded kernel's symbols, from its own kallsyms table in guest RAM.

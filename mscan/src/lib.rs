@@ -279,9 +279,19 @@ impl Scanner {
 
     /// The report so far, naming things with `symbols`. The JSON says what made it.
     pub fn report(&self, symbols: &SymbolTable) -> Report {
+        self.report_with(symbols, None)
+    }
+
+    /// [`Scanner::report`], also naming code and data with the guest's DWARF (`--vmlinux`).
+    pub fn report_with(
+        &self,
+        symbols: &SymbolTable,
+        debug: Option<&reprise_symbols::DebugInfo>,
+    ) -> Report {
         let names = Names {
             symbols,
             labels: &self.context.labels,
+            debug,
         };
         let mut r = self.analysis.report(&self.context, &names);
         let o = &self.opts;

@@ -27,9 +27,11 @@ pub mod dwarf;
 pub mod kallsyms;
 pub mod nodes;
 pub mod slab;
+pub mod vmlinux;
 
 pub use dwarf::DebugInfo;
 pub use kallsyms::{GuestMemory, Kallsyms, KallsymsLayout};
+pub use vmlinux::Vmlinux;
 
 /// Why a symbol source could not be read.
 #[derive(Debug, thiserror::Error)]
