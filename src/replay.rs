@@ -50,7 +50,7 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
     let jobs = segment_jobs(&args.rec, args.jobs);
     let r = match tracer {
         None => replay_session(&setup, console)?,
-        Some(t) if jobs != 1 && setup.perturb.is_none() && !t.labels_allocations() => {
+        Some(t) if jobs != 1 && setup.perturb.is_none() => {
             let (r, t, stats) =
                 traced_in_segments(&setup, console, jobs, &args.trace, t, &mut |_| {})?;
             let wall = started.elapsed().as_secs_f64();
@@ -152,7 +152,9 @@ pub fn note_segments(stats: &SegmentStats) {
 /// A traced replay in segments between checkpoints on `jobs` threads: each segment runs
 /// the filter stage of `tracer` (a fresh copy of the filters of `args`, started from the
 /// state the previous segment ended in), and the policy stage takes the segments' output
-/// in order, so the records are the ones a sequential replay gives. `progress` is called
+/// in order, so the records are the ones a sequential replay gives. Allocation labels
+/// and lock-function records are made on the merging side from the calls and returns the
+/// segments hand on, so the labeler's state carries across segments exactly. `progress` is called
 /// with the position of the output reached. Gives back the tracer, as after a sequential
 /// replay.
 pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
@@ -168,12 +170,27 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
     let line = policy.policy().line_size();
     let mut initial = Vec::new();
     stage.filter().save_state(&mut initial);
+    // Allocation labels (and lock-function records) are made on this side, in order: the
+    // segments hand their calls and returns on (see `FilterStage::deferring_labels`).
+    let watcher = stage.label_watcher();
+    let fetches = stage.fetches();
+    // With `movement`, the segments judge most accesses themselves (a shadow of the policy)
+    // and hand on only the kept ones and those that depend on earlier segments.
+    let shadow = policy.policy().as_movement().map(|m| m.shadow());
     let work =
         |seg: &mut Segment<'_>, start: &Vec<u64>, emit: &mut dyn FnMut(Vec<Filtered>) -> bool| {
             // The options parsed once already; a copy parses the same.
             let mut filter = spec.build().unwrap_or_default();
             filter.load_state(&mut start.as_slice());
-            let mut obs = SegmentTracer::new(FilterStage::new(filter, line), Box::new(emit));
+            let mut seg_stage = FilterStage::new(filter, line)
+                .with_fetches(fetches)
+                .with_shadow(shadow.clone());
+            if let Some(w) = &watcher {
+                seg_stage = seg_stage
+                    .with_alloc_labels(w.clone())
+                    .deferring_labels(true);
+            }
+            let mut obs = SegmentTracer::new(seg_stage, Box::new(emit));
             seg.run(&mut obs);
             let done = obs.finish();
             let mut end = Vec::new();
@@ -189,11 +206,16 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
         };
     let consume = |p: Piece<Vec<Filtered>, (u64, u64, Vec<String>, u64)>| match p {
         Piece::Chunk(items) => {
-            if let Some(Filtered::Access { position, .. }) = items.last() {
+            if let Some(Filtered::Access { position, .. } | Filtered::Kept { position, .. }) =
+                items.last()
+            {
                 progress(*position);
             }
             for f in items {
-                policy.take(f);
+                match f {
+                    Filtered::Labeling(l) => stage.resolve(*l, &mut |g| policy.take(g)),
+                    f => policy.take(f),
+                }
             }
         }
         Piece::End((seen, filtered_in, warnings, malformed)) => {
