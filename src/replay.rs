@@ -47,7 +47,15 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
     let progress =
         crate::progress::Progress::start("replay", crate::progress::recording_total(&args.rec));
     let started = Instant::now();
-    let jobs = segment_jobs(&args.rec, args.jobs);
+    // `movement` is judged in the segments' threads, which makes a parallel replay pay:
+    // with it, the segments run on every core by default.
+    let mut shadowed = false;
+    let tracer = tracer.map(|t| {
+        let (stage, policy) = t.into_stages();
+        shadowed = policy.policy().as_movement().is_some();
+        Tracer::from_stages(stage, policy)
+    });
+    let jobs = segment_jobs_for(&args.rec, args.jobs, shadowed);
     let r = match tracer {
         None => replay_session(&setup, console)?,
         Some(t) if jobs != 1 && setup.perturb.is_none() => {
@@ -111,14 +119,27 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// The threads a traced replay of `rec` runs its segments on: `--jobs` (0 or none: one
-/// per core), and 1 when the recording has no checkpoint to cut it at.
+/// The threads a traced replay of `rec` runs its segments on: `--jobs` (0: one per core;
+/// none: 1), and 1 when the recording has no checkpoint to cut it at.
 pub fn segment_jobs(rec: &Path, jobs: Option<usize>) -> usize {
+    segment_jobs_for(rec, jobs, false)
+}
+
+/// Most threads a parallel replay takes without `--jobs`: each holds a machine (the
+/// guest's RAM) and the output waiting, so many cores would cost much memory.
+pub const DEFAULT_MAX_JOBS: usize = 4;
+
+/// [`segment_jobs`], where `shadowed` says the policy is judged in the segments' threads
+/// (`movement`): without `--jobs` that replay takes one thread per core (at most
+/// [`DEFAULT_MAX_JOBS`]).
+pub fn segment_jobs_for(rec: &Path, jobs: Option<usize>, shadowed: bool) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = match jobs {
-        // Sequential unless asked: on the 2-core machines measured so far the segments'
-        // extra work (each replays up to its start, items cross threads) cost more than
-        // the second core gave (Linux 4-CPU movement trace: 135 s with 1 job, 292 s with 2).
+        // With `movement` only a few accesses cross threads, and on 2 cores the segments
+        // pay (see the README). Other policies judge every access on the merging thread,
+        // which then holds the others back (Linux 4-CPU: 135 s with 1 job, 292 s with 2,
+        // before `movement` moved into the segments): sequential unless asked.
+        None if shadowed => cores.min(DEFAULT_MAX_JOBS),
         None => 1,
         Some(0) => cores,
         Some(j) => j,
@@ -134,6 +155,9 @@ pub fn segment_jobs(rec: &Path, jobs: Option<usize>) -> usize {
 pub fn note_segments(stats: &SegmentStats) {
     for w in &stats.warnings {
         eprintln!("reprise: warning: {w}");
+    }
+    for n in &stats.notes {
+        eprintln!("reprise: {n}");
     }
     eprintln!(
         "reprise: replayed in {} segments{}",
@@ -177,6 +201,8 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
     // With `movement`, the segments judge most accesses themselves (a shadow of the policy)
     // and hand on only the kept ones and those that depend on earlier segments.
     let shadow = policy.policy().as_movement().map(|m| m.shadow());
+    // Accesses that crossed threads: judged here by the policy / recorded by a segment.
+    let (mut asked, mut decided) = (0u64, 0u64);
     let work =
         |seg: &mut Segment<'_>, start: &Vec<u64>, emit: &mut dyn FnMut(Vec<Filtered>) -> bool| {
             // The options parsed once already; a copy parses the same.
@@ -214,7 +240,14 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
             for f in items {
                 match f {
                     Filtered::Labeling(l) => stage.resolve(*l, &mut |g| policy.take(g)),
-                    f => policy.take(f),
+                    f => {
+                        match f {
+                            Filtered::Access { .. } => asked += 1,
+                            Filtered::Kept { .. } => decided += 1,
+                            _ => {}
+                        }
+                        policy.take(f)
+                    }
                 }
             }
         }
@@ -222,7 +255,14 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
             stage.absorb(seen, filtered_in, warnings, malformed)
         }
     };
-    let (report, stats) = replay_segments(setup, console, jobs, initial, work, consume)?;
+    let (report, mut stats) = replay_segments(setup, console, jobs, initial, work, consume)?;
+    if shadow.is_some() {
+        let (_, filtered_in) = stage.counts();
+        stats.notes.push(format!(
+            "{} of {filtered_in} accesses crossed threads: {asked} judged by the policy in order, {decided} kept by the segments' shadows of it",
+            asked + decided
+        ));
+    }
     Ok((report, Tracer::from_stages(stage, policy), stats))
 }
 

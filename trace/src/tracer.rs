@@ -102,8 +102,9 @@ pub struct Labeling {
     pub record: Record,
     /// Whether the filters kept the record itself (it goes on to the policy stage).
     pub kept: bool,
-    /// A call's registers, when the labeler watches its target (else not needed).
-    pub regs: Option<[u64; 16]>,
+    /// A call's registers, when the labeler watches its target (else not needed; boxed:
+    /// most calls and returns need none, and many wait in memory at once).
+    pub regs: Option<Box<[u64; 16]>>,
     /// A return's RAX.
     pub rax: u64,
 }
@@ -441,7 +442,7 @@ impl<F: Filter> FilterStage<F> {
             if let Some(a) = &self.alloc {
                 let (regs, rax) = match *e {
                     ContextEvent::Call { target, regs, .. } => {
-                        (a.watches(target).then_some(regs), 0)
+                        (a.watches(target).then(|| Box::new(regs)), 0)
                     }
                     ContextEvent::Return { rax, .. } => (None, rax),
                     _ => {
