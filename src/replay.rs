@@ -173,6 +173,9 @@ pub fn note_segments(stats: &SegmentStats) {
     );
 }
 
+/// Emptied chunks kept for the segments' threads to fill again.
+const SPARE_CHUNKS: usize = 16;
+
 /// A traced replay in segments between checkpoints on `jobs` threads: each segment runs
 /// the filter stage of `tracer` (a fresh copy of the filters of `args`, started from the
 /// state the previous segment ended in), and the policy stage takes the segments' output
@@ -203,6 +206,8 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
     let shadow = policy.policy().as_movement().map(|m| m.shadow());
     // Accesses that crossed threads: judged here by the policy / recorded by a segment.
     let (mut asked, mut decided) = (0u64, 0u64);
+    // Emptied chunks go back to the segments' threads to be filled again.
+    let spares: std::sync::Mutex<Vec<Vec<Filtered>>> = std::sync::Mutex::new(Vec::new());
     let work =
         |seg: &mut Segment<'_>, start: &Vec<u64>, emit: &mut dyn FnMut(Vec<Filtered>) -> bool| {
             // The options parsed once already; a copy parses the same.
@@ -216,7 +221,9 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
                     .with_alloc_labels(w.clone())
                     .deferring_labels(true);
             }
-            let mut obs = SegmentTracer::new(seg_stage, Box::new(emit));
+            let take_spare = || spares.lock().ok().and_then(|mut v| v.pop());
+            let mut obs =
+                SegmentTracer::new(seg_stage, Box::new(emit)).with_spares(Box::new(take_spare));
             seg.run(&mut obs);
             let done = obs.finish();
             let mut end = Vec::new();
@@ -231,13 +238,13 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
             (end, summary)
         };
     let consume = |p: Piece<Vec<Filtered>, (u64, u64, Vec<String>, u64)>| match p {
-        Piece::Chunk(items) => {
+        Piece::Chunk(mut items) => {
             if let Some(Filtered::Access { position, .. } | Filtered::Kept { position, .. }) =
                 items.last()
             {
                 progress(*position);
             }
-            for f in items {
+            for f in items.drain(..) {
                 match f {
                     Filtered::Labeling(l) => stage.resolve(*l, &mut |g| policy.take(g)),
                     f => {
@@ -248,6 +255,11 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
                         }
                         policy.take(f)
                     }
+                }
+            }
+            if let Ok(mut v) = spares.lock() {
+                if v.len() < SPARE_CHUNKS {
+                    v.push(items);
                 }
             }
         }

@@ -789,6 +789,8 @@ pub struct SegmentTracer<'a, F: Filter> {
     chunk: Vec<Filtered>,
     out: Box<dyn FnMut(Vec<Filtered>) -> bool + 'a>,
     open: bool,
+    /// Where emptied chunks come back from, to be filled again ([`SegmentTracer::with_spares`]).
+    spares: Option<Box<dyn FnMut() -> Option<Vec<Filtered>> + 'a>>,
 }
 
 impl<'a, F: Filter> SegmentTracer<'a, F> {
@@ -799,7 +801,16 @@ impl<'a, F: Filter> SegmentTracer<'a, F> {
             chunk: Vec::with_capacity(CHUNK_ITEMS),
             out,
             open: true,
+            spares: None,
         }
+    }
+
+    /// Take the next chunk to fill from `spares` (an empty vector the consumer is done
+    /// with) when it has one, rather than allocating: chunks are large, and allocating them
+    /// in one thread and freeing them in another costs the allocator dearly.
+    pub fn with_spares(mut self, spares: Box<dyn FnMut() -> Option<Vec<Filtered>> + 'a>) -> Self {
+        self.spares = Some(spares);
+        self
     }
 
     fn flush_if_full(&mut self) {
@@ -813,7 +824,16 @@ impl<'a, F: Filter> SegmentTracer<'a, F> {
         if self.chunk.is_empty() {
             return;
         }
-        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_ITEMS));
+        let next = self
+            .spares
+            .as_mut()
+            .and_then(|f| f())
+            .map(|mut v| {
+                v.clear();
+                v
+            })
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK_ITEMS));
+        let full = std::mem::replace(&mut self.chunk, next);
         if self.open {
             self.open = (self.out)(full);
         }
