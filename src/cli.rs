@@ -468,8 +468,9 @@ pub struct ReplayArgs {
     pub debug_perturb: Option<reprise_replay::Perturb>,
 
     /// With --trace: replay the segments between checkpoints on N threads (0: one per core;
-    /// default 1, one sequential replay, which is faster on a busy or 2-core host). The
-    /// trace is the same either way.
+    /// default: one per core, at most 4, with `--policy movement`, which the segments judge
+    /// themselves; 1, one sequential replay, with other policies). The trace is the same
+    /// either way.
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
 

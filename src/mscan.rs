@@ -381,10 +381,10 @@ fn live(
     };
     let started = std::time::Instant::now();
     let jobs = crate::replay::segment_jobs(rec, args.jobs);
-    let (report, tracer) = if jobs != 1 && !tracer.labels_allocations() {
+    let (report, tracer) = if jobs != 1 {
         // Segments between checkpoints on several threads, merged in order into the
-        // policy and the scanner: the same records as one sequential replay. (Allocation
-        // labels follow calls to their returns across segments, so they replay in one.)
+        // policy and the scanner: the same records as one sequential replay (allocation
+        // labels too: they are made on the merging side).
         let (report, tracer, stats) = crate::replay::traced_in_segments(
             &setup,
             Box::new(std::io::sink()),

@@ -47,10 +47,18 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
     let progress =
         crate::progress::Progress::start("replay", crate::progress::recording_total(&args.rec));
     let started = Instant::now();
-    let jobs = segment_jobs(&args.rec, args.jobs);
+    // `movement` is judged in the segments' threads, which makes a parallel replay pay:
+    // with it, the segments run on every core by default.
+    let mut shadowed = false;
+    let tracer = tracer.map(|t| {
+        let (stage, policy) = t.into_stages();
+        shadowed = policy.policy().as_movement().is_some();
+        Tracer::from_stages(stage, policy)
+    });
+    let jobs = segment_jobs_for(&args.rec, args.jobs, shadowed);
     let r = match tracer {
         None => replay_session(&setup, console)?,
-        Some(t) if jobs != 1 && setup.perturb.is_none() && !t.labels_allocations() => {
+        Some(t) if jobs != 1 && setup.perturb.is_none() => {
             let (r, t, stats) =
                 traced_in_segments(&setup, console, jobs, &args.trace, t, &mut |_| {})?;
             let wall = started.elapsed().as_secs_f64();
@@ -111,14 +119,27 @@ fn replay_inner(args: &ReplayArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// The threads a traced replay of `rec` runs its segments on: `--jobs` (0 or none: one
-/// per core), and 1 when the recording has no checkpoint to cut it at.
+/// The threads a traced replay of `rec` runs its segments on: `--jobs` (0: one per core;
+/// none: 1), and 1 when the recording has no checkpoint to cut it at.
 pub fn segment_jobs(rec: &Path, jobs: Option<usize>) -> usize {
+    segment_jobs_for(rec, jobs, false)
+}
+
+/// Most threads a parallel replay takes without `--jobs`: each holds a machine (the
+/// guest's RAM) and the output waiting, so many cores would cost much memory.
+pub const DEFAULT_MAX_JOBS: usize = 4;
+
+/// [`segment_jobs`], where `shadowed` says the policy is judged in the segments' threads
+/// (`movement`): without `--jobs` that replay takes one thread per core (at most
+/// [`DEFAULT_MAX_JOBS`]).
+pub fn segment_jobs_for(rec: &Path, jobs: Option<usize>, shadowed: bool) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = match jobs {
-        // Sequential unless asked: on the 2-core machines measured so far the segments'
-        // extra work (each replays up to its start, items cross threads) cost more than
-        // the second core gave (Linux 4-CPU movement trace: 135 s with 1 job, 292 s with 2).
+        // With `movement` only a few accesses cross threads, and on 2 cores the segments
+        // pay (see the README). Other policies judge every access on the merging thread,
+        // which then holds the others back (Linux 4-CPU: 135 s with 1 job, 292 s with 2,
+        // before `movement` moved into the segments): sequential unless asked.
+        None if shadowed => cores.min(DEFAULT_MAX_JOBS),
         None => 1,
         Some(0) => cores,
         Some(j) => j,
@@ -135,6 +156,9 @@ pub fn note_segments(stats: &SegmentStats) {
     for w in &stats.warnings {
         eprintln!("reprise: warning: {w}");
     }
+    for n in &stats.notes {
+        eprintln!("reprise: {n}");
+    }
     eprintln!(
         "reprise: replayed in {} segments{}",
         stats.segments,
@@ -149,10 +173,15 @@ pub fn note_segments(stats: &SegmentStats) {
     );
 }
 
+/// Emptied chunks kept for the segments' threads to fill again.
+const SPARE_CHUNKS: usize = 16;
+
 /// A traced replay in segments between checkpoints on `jobs` threads: each segment runs
 /// the filter stage of `tracer` (a fresh copy of the filters of `args`, started from the
 /// state the previous segment ended in), and the policy stage takes the segments' output
-/// in order, so the records are the ones a sequential replay gives. `progress` is called
+/// in order, so the records are the ones a sequential replay gives. Allocation labels
+/// and lock-function records are made on the merging side from the calls and returns the
+/// segments hand on, so the labeler's state carries across segments exactly. `progress` is called
 /// with the position of the output reached. Gives back the tracer, as after a sequential
 /// replay.
 pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
@@ -168,12 +197,33 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
     let line = policy.policy().line_size();
     let mut initial = Vec::new();
     stage.filter().save_state(&mut initial);
+    // Allocation labels (and lock-function records) are made on this side, in order: the
+    // segments hand their calls and returns on (see `FilterStage::deferring_labels`).
+    let watcher = stage.label_watcher();
+    let fetches = stage.fetches();
+    // With `movement`, the segments judge most accesses themselves (a shadow of the policy)
+    // and hand on only the kept ones and those that depend on earlier segments.
+    let shadow = policy.policy().as_movement().map(|m| m.shadow());
+    // Accesses that crossed threads: judged here by the policy / recorded by a segment.
+    let (mut asked, mut decided) = (0u64, 0u64);
+    // Emptied chunks go back to the segments' threads to be filled again.
+    let spares: std::sync::Mutex<Vec<Vec<Filtered>>> = std::sync::Mutex::new(Vec::new());
     let work =
         |seg: &mut Segment<'_>, start: &Vec<u64>, emit: &mut dyn FnMut(Vec<Filtered>) -> bool| {
             // The options parsed once already; a copy parses the same.
             let mut filter = spec.build().unwrap_or_default();
             filter.load_state(&mut start.as_slice());
-            let mut obs = SegmentTracer::new(FilterStage::new(filter, line), Box::new(emit));
+            let mut seg_stage = FilterStage::new(filter, line)
+                .with_fetches(fetches)
+                .with_shadow(shadow.clone());
+            if let Some(w) = &watcher {
+                seg_stage = seg_stage
+                    .with_alloc_labels(w.clone())
+                    .deferring_labels(true);
+            }
+            let take_spare = || spares.lock().ok().and_then(|mut v| v.pop());
+            let mut obs =
+                SegmentTracer::new(seg_stage, Box::new(emit)).with_spares(Box::new(take_spare));
             seg.run(&mut obs);
             let done = obs.finish();
             let mut end = Vec::new();
@@ -188,19 +238,43 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
             (end, summary)
         };
     let consume = |p: Piece<Vec<Filtered>, (u64, u64, Vec<String>, u64)>| match p {
-        Piece::Chunk(items) => {
-            if let Some(Filtered::Access { position, .. }) = items.last() {
+        Piece::Chunk(mut items) => {
+            if let Some(Filtered::Access { position, .. } | Filtered::Kept { position, .. }) =
+                items.last()
+            {
                 progress(*position);
             }
-            for f in items {
-                policy.take(f);
+            for f in items.drain(..) {
+                match f {
+                    Filtered::Labeling(l) => stage.resolve(*l, &mut |g| policy.take(g)),
+                    f => {
+                        match f {
+                            Filtered::Access { .. } => asked += 1,
+                            Filtered::Kept { .. } => decided += 1,
+                            _ => {}
+                        }
+                        policy.take(f)
+                    }
+                }
+            }
+            if let Ok(mut v) = spares.lock() {
+                if v.len() < SPARE_CHUNKS {
+                    v.push(items);
+                }
             }
         }
         Piece::End((seen, filtered_in, warnings, malformed)) => {
             stage.absorb(seen, filtered_in, warnings, malformed)
         }
     };
-    let (report, stats) = replay_segments(setup, console, jobs, initial, work, consume)?;
+    let (report, mut stats) = replay_segments(setup, console, jobs, initial, work, consume)?;
+    if shadow.is_some() {
+        let (_, filtered_in) = stage.counts();
+        stats.notes.push(format!(
+            "{} of {filtered_in} accesses crossed threads: {asked} judged by the policy in order, {decided} kept by the segments' shadows of it",
+            asked + decided
+        ));
+    }
     Ok((report, Tracer::from_stages(stage, policy), stats))
 }
 

@@ -117,6 +117,11 @@ fn alloc_labeler(
     if args.label_alloc.is_empty() && !args.symbols.is_empty() {
         return Ok(AllocLabeler::new());
     }
+    // `--label-alloc none` alone: no breakpoints, so no need to find the guest's symbols
+    // (which replays to the recording's end to read its heap).
+    if !args.label_alloc.is_empty() && args.label_alloc.iter().all(|s| s.trim() == "none") {
+        return Ok(AllocLabeler::new());
+    }
     let (table, heap, linux) = if args.symbols.is_empty() {
         let g = crate::mscan::guest_of(manifest, rec);
         if args.label_alloc.is_empty() && !g.linux {

@@ -147,3 +147,51 @@ fn mscan_live_same_report() {
         assert_eq!(one, run("4", extra), "{extra:?}");
     }
 }
+
+/// Allocation labels made from breakpoints (their call/return pairs crossing segment
+/// boundaries) and the `movement` policy's judging in the segments: with a checkpoint every
+/// 25 instructions of mtrace-calls, the call of `small_alloc(24)` (position 721) and its
+/// return (730) fall in different segments, yet every `--jobs` gives the sequential trace.
+#[test]
+fn allocation_labels_across_segments_same_trace() {
+    let dir = scratch_dir().join("calls-segments");
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = reprise(&[
+        "record",
+        "-o",
+        &dir.display().to_string(),
+        "--checkpoint-every",
+        "25",
+        &fixture_path("mtrace-calls").display().to_string(),
+    ]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let labels = ["--label-alloc", "small_alloc:size=rdi:free=small_free"];
+    for policy in ["all", "movement"] {
+        let mut options = vec!["--policy", policy];
+        options.extend_from_slice(&labels);
+        let run = |jobs: usize| {
+            let trace = scratch_dir().join(format!("calls-{policy}-{jobs}.trace"));
+            let _ = std::fs::remove_file(&trace);
+            let t = trace.display().to_string();
+            let mut args = vec!["replay", dir.to_str().unwrap(), "--trace", &t];
+            let j = jobs.to_string();
+            args.extend_from_slice(&["--jobs", &j]);
+            args.extend_from_slice(&options);
+            let r = reprise(&args);
+            assert_eq!(r.status, 0, "{r:?}");
+            assert!(r.stderr.contains("identical to the recording"), "{r:?}");
+            if jobs > 1 {
+                assert!(r.stderr.contains("replayed in 39 segments"), "{r:?}");
+            }
+            let p = reprise(&["trace", "print", &t]);
+            assert_eq!(p.status, 0, "{p:?}");
+            p.stdout
+        };
+        let one = run(1);
+        let heap = one.lines().filter(|l| l.contains(" Heap ")).count();
+        assert_eq!(heap, 3, "{policy}: two labels and an unlabel\n{one}");
+        for jobs in [2, 4] {
+            assert!(one == run(jobs), "{policy}: --jobs {jobs} differs");
+        }
+    }
+}

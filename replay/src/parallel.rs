@@ -78,6 +78,8 @@ pub struct SegmentStats {
     pub reruns: usize,
     /// Damaged checkpoints skipped, as warnings.
     pub warnings: Vec<String>,
+    /// What the caller has to say about the run (printed with the segment count).
+    pub notes: Vec<String>,
 }
 
 /// How a segment's replay ended.

@@ -324,6 +324,30 @@ impl AllocLabeler {
         self.allocators.is_empty() && self.frees.is_empty() && self.locks.is_empty()
     }
 
+    /// Whether a call to `target` matters to the labeler (an allocator, a free, a cache
+    /// creation or a lock function): a segment of a parallel replay hands on the registers
+    /// of those calls only. (Every return may matter: it may end a call still open.)
+    pub fn watches(&self, target: u64) -> bool {
+        self.allocators.contains_key(&target)
+            || self.frees.contains_key(&target)
+            || self.creates.contains(&target)
+            || self.locks.watches(target)
+    }
+
+    /// A labeler watching the same functions, with nothing seen yet and without the
+    /// kernel's heap (its read-only data copy is large): what a segment of a parallel
+    /// replay needs to ask [`AllocLabeler::watches`].
+    pub fn watcher(&self) -> AllocLabeler {
+        // (The lock breakpoints' own state goes along; the watcher only answers `watches`.)
+        AllocLabeler {
+            allocators: self.allocators.clone(),
+            frees: self.frees.clone(),
+            creates: self.creates.clone(),
+            locks: self.locks.clone(),
+            ..AllocLabeler::default()
+        }
+    }
+
     /// What the lock breakpoints saw (`None` when no lock function is watched).
     pub fn lock_counts(&self) -> Option<LockCounts> {
         (!self.locks.is_empty()).then(|| self.locks.counts())

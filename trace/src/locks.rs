@@ -200,6 +200,12 @@ impl LockBreakpoints {
         self.counts
     }
 
+    /// Whether the function at `addr` is watched (a parallel replay hands on only the
+    /// registers of calls that matter).
+    pub fn watches(&self, addr: u64) -> bool {
+        self.functions.contains_key(&addr)
+    }
+
     /// A call by `cpu` to `target` returning to `return_address`, with the stack pointer
     /// after the push and the registers: an `Acquire` or `Release` record, or nothing.
     pub fn call(

@@ -28,7 +28,8 @@ use crate::alloc::{AllocCounts, AllocLabeler};
 use crate::filter::Filter;
 use crate::format::{TraceError, TraceWriter};
 use crate::hypercall::decode;
-use crate::policy::{split_lines, CacheLinePolicy};
+use crate::policy::movement::{MovementShadow, Verdict};
+use crate::policy::{split_lines, CacheLinePolicy, Outcome};
 use crate::record::{AccessEvent, Event, InterruptKind, Record};
 
 /// Where trace records go.
@@ -73,6 +74,39 @@ pub enum Filtered {
     },
     /// A context record the filters keep (boxed: accesses are the common item).
     Context(Box<Record>),
+    /// A call or return for the allocation labeler, which a segment's stage hands on
+    /// instead of running it ([`FilterStage::deferring_labels`]); the merging side
+    /// resolves it in order ([`FilterStage::resolve`]).
+    Labeling(Box<Labeling>),
+    /// An access a segment's policy shadow decided to keep ([`FilterStage::with_shadow`]):
+    /// recorded as it is, without asking the policy. (A plain `Access` from a segment with
+    /// a shadow is one the shadow could not decide.)
+    Kept {
+        /// Its global position.
+        position: u64,
+        /// The access (one line's piece).
+        access: Access,
+    },
+    /// The `movement` policy's state of lines a segment's shadow knows at that point:
+    /// (line number, holder bitset), set in the real policy before the next item.
+    Settle(Box<Vec<(u64, u64)>>),
+}
+
+/// A call or a return handed on by a segment's filter stage so that the allocation labeler
+/// runs where the segments' output is merged, in order: its state (calls waiting for their
+/// return, live labels, caches named) then carries from one segment to the next exactly,
+/// as in a sequential replay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Labeling {
+    /// The call or return record.
+    pub record: Record,
+    /// Whether the filters kept the record itself (it goes on to the policy stage).
+    pub kept: bool,
+    /// A call's registers, when the labeler watches its target (else not needed; boxed:
+    /// most calls and returns need none, and many wait in memory at once).
+    pub regs: Option<Box<[u64; 16]>>,
+    /// A return's RAX.
+    pub rax: u64,
 }
 
 /// Warnings kept in full; later ones are only counted.
@@ -92,6 +126,10 @@ pub struct FilterStage<F: Filter> {
     alloc: Option<AllocLabeler>,
     /// `--fetch`: the CPU reports an instruction fetch per instruction.
     fetches: bool,
+    /// Hand calls and returns on as [`Filtered::Labeling`] instead of running the labeler.
+    defer_labels: bool,
+    /// The `movement` policy's shadow of a segment ([`FilterStage::with_shadow`]).
+    shadow: Option<MovementShadow>,
 }
 
 impl<F: Filter> FilterStage<F> {
@@ -107,6 +145,78 @@ impl<F: Filter> FilterStage<F> {
             malformed: 0,
             alloc: None,
             fetches: false,
+            defer_labels: false,
+            shadow: None,
+        }
+    }
+
+    /// In a segment of a parallel replay with the `movement` policy: judge accesses here
+    /// with `shadow`, from an unknown start state, and hand on only those kept for sure
+    /// ([`Filtered::Kept`]) and those the real policy must judge ([`Filtered::Access`]);
+    /// [`FilterStage::settle`] at the end hands on the lines the shadow knows.
+    pub fn with_shadow(mut self, shadow: Option<MovementShadow>) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The end of a segment: hand on the state of the lines the shadow knows (nothing
+    /// without a shadow).
+    pub fn settle(&mut self, out: &mut impl FnMut(Filtered)) {
+        if let Some(s) = self.shadow.take() {
+            out(Filtered::Settle(Box::new(s.known())));
+        }
+    }
+
+    /// In a segment of a parallel replay: hand calls and returns on as
+    /// [`Filtered::Labeling`] items for the labeler of the merging side (set with
+    /// [`FilterStage::with_alloc_labels`], here used only to know which calls matter)
+    /// rather than label here, where the state left by earlier segments is unknown.
+    pub fn deferring_labels(mut self, on: bool) -> Self {
+        self.defer_labels = on;
+        self
+    }
+
+    /// A labeler watching what this stage's labeler watches, with nothing seen (for a
+    /// segment's stage, [`FilterStage::deferring_labels`]); `None` without labels.
+    pub fn label_watcher(&self) -> Option<AllocLabeler> {
+        self.alloc.as_ref().map(AllocLabeler::watcher)
+    }
+
+    /// Resolve a call or return a segment handed on ([`FilterStage::deferring_labels`]):
+    /// the record itself if the segment's filters kept it, then the label or lock record
+    /// the labeler makes of it — what [`FilterStage::context_event`] gives in one go.
+    /// The label record goes through this stage's filters, whose on/off state may lag the
+    /// segment's: no filter changes state on, or drops, a label or lock record.
+    pub fn resolve(&mut self, l: Labeling, out: &mut impl FnMut(Filtered)) {
+        let Labeling {
+            record,
+            kept,
+            regs,
+            rax,
+        } = l;
+        let (position, cpu) = (record.position, record.cpu);
+        let label = match (&mut self.alloc, &record.event) {
+            (
+                Some(a),
+                &Event::Call {
+                    target,
+                    return_address,
+                    stack,
+                },
+            ) => regs.and_then(|r| a.call(cpu, target, return_address, stack, &r)),
+            (Some(a), &Event::Return { target, stack }) => a.ret(cpu, target, stack, rax),
+            _ => None,
+        };
+        if kept {
+            out(Filtered::Context(Box::new(record)));
+        }
+        if let Some(h) = label {
+            let r = Record {
+                position,
+                cpu,
+                event: Event::Hypercall(h),
+            };
+            self.context(&r, out);
         }
     }
 
@@ -213,6 +323,20 @@ impl<F: Filter> FilterStage<F> {
     fn piece(&mut self, position: u64, p: &Access, out: &mut impl FnMut(Filtered)) {
         if self.filter.keep(position, p) {
             self.filtered_in += 1;
+            if let Some(s) = &mut self.shadow {
+                match s.judge(p) {
+                    Verdict::Drop => return,
+                    Verdict::Keep => {
+                        out(Filtered::Kept {
+                            position,
+                            access: *p,
+                        });
+                        return;
+                    }
+                    Verdict::Ask => {}
+                    Verdict::Off => self.settle(out),
+                }
+            }
             out(Filtered::Access {
                 position,
                 access: *p,
@@ -314,6 +438,29 @@ impl<F: Filter> FilterStage<F> {
             cpu,
             event,
         };
+        if self.defer_labels {
+            if let Some(a) = &self.alloc {
+                let (regs, rax) = match *e {
+                    ContextEvent::Call { target, regs, .. } => {
+                        (a.watches(target).then(|| Box::new(regs)), 0)
+                    }
+                    ContextEvent::Return { rax, .. } => (None, rax),
+                    _ => {
+                        self.context(&r, out);
+                        return;
+                    }
+                };
+                self.filter.context(&r);
+                let kept = self.filter.keep_context(&r);
+                out(Filtered::Labeling(Box::new(Labeling {
+                    record: r,
+                    kept,
+                    regs,
+                    rax,
+                })));
+                return;
+            }
+        }
         self.context(&r, out);
         let label = match (&mut self.alloc, *e) {
             (
@@ -439,6 +586,29 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
     pub fn take(&mut self, item: Filtered) {
         match item {
             Filtered::Context(r) => self.emit(*r),
+            // Resolved by the filter stage before it comes here; never made otherwise.
+            Filtered::Labeling(l) => {
+                if l.kept {
+                    self.emit(l.record);
+                }
+            }
+            Filtered::Kept { position, access } => {
+                self.kept += 1;
+                let note = Outcome::default().note;
+                let r = Record {
+                    position,
+                    cpu: access.cpu,
+                    event: Event::Access(AccessEvent::from_access(&access, self.values, note)),
+                };
+                self.emit(r);
+            }
+            Filtered::Settle(lines) => {
+                if let Some(m) = self.policy.as_movement_mut() {
+                    for (line, holders) in lines.iter() {
+                        m.set_holders(*line, *holders);
+                    }
+                }
+            }
             Filtered::Access { position, access } => {
                 let o = self.policy.observe(&access);
                 if o.keep {
@@ -497,8 +667,7 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
         self
     }
 
-    /// Whether allocation labels are on (they follow calls to returns, so they cannot be
-    /// split into segments).
+    /// Whether allocation labels (or lock-function records) are on.
     pub fn labels_allocations(&self) -> bool {
         self.stage.alloc.is_some()
     }
@@ -620,6 +789,8 @@ pub struct SegmentTracer<'a, F: Filter> {
     chunk: Vec<Filtered>,
     out: Box<dyn FnMut(Vec<Filtered>) -> bool + 'a>,
     open: bool,
+    /// Where emptied chunks come back from, to be filled again ([`SegmentTracer::with_spares`]).
+    spares: Option<Box<dyn FnMut() -> Option<Vec<Filtered>> + 'a>>,
 }
 
 impl<'a, F: Filter> SegmentTracer<'a, F> {
@@ -630,7 +801,16 @@ impl<'a, F: Filter> SegmentTracer<'a, F> {
             chunk: Vec::with_capacity(CHUNK_ITEMS),
             out,
             open: true,
+            spares: None,
         }
+    }
+
+    /// Take the next chunk to fill from `spares` (an empty vector the consumer is done
+    /// with) when it has one, rather than allocating: chunks are large, and allocating them
+    /// in one thread and freeing them in another costs the allocator dearly.
+    pub fn with_spares(mut self, spares: Box<dyn FnMut() -> Option<Vec<Filtered>> + 'a>) -> Self {
+        self.spares = Some(spares);
+        self
     }
 
     fn flush_if_full(&mut self) {
@@ -644,7 +824,16 @@ impl<'a, F: Filter> SegmentTracer<'a, F> {
         if self.chunk.is_empty() {
             return;
         }
-        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_ITEMS));
+        let next = self
+            .spares
+            .as_mut()
+            .and_then(|f| f())
+            .map(|mut v| {
+                v.clear();
+                v
+            })
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK_ITEMS));
+        let full = std::mem::replace(&mut self.chunk, next);
         if self.open {
             self.open = (self.out)(full);
         }
@@ -653,6 +842,8 @@ impl<'a, F: Filter> SegmentTracer<'a, F> {
     /// Hand on the last items and give back the stage (its counts, warnings and the
     /// filters' state at the segment's end).
     pub fn finish(mut self) -> FilterStage<F> {
+        let chunk = &mut self.chunk;
+        self.stage.settle(&mut |f| chunk.push(f));
         self.flush();
         self.stage
     }

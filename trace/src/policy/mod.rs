@@ -66,6 +66,17 @@ pub trait CacheLinePolicy {
 
     /// The policy in `--policy` syntax (for the trace header).
     fn describe(&self) -> String;
+
+    /// The `movement` policy, if this is one (a parallel replay judges its accesses in the
+    /// segments' threads: [`movement::MovementShadow`]).
+    fn as_movement(&self) -> Option<&Movement> {
+        None
+    }
+
+    /// The `movement` policy, if this is one, to change.
+    fn as_movement_mut(&mut self) -> Option<&mut Movement> {
+        None
+    }
 }
 
 /// The pieces of `a` that fall in distinct lines of `line` bytes (a power of two), split
@@ -154,6 +165,20 @@ impl CacheLinePolicy for Policy {
             Policy::Mesi(p) => p.describe(),
             Policy::FirstTouch(p) => p.describe(),
             Policy::Sample(p) => p.describe(),
+        }
+    }
+
+    fn as_movement(&self) -> Option<&Movement> {
+        match self {
+            Policy::Movement(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn as_movement_mut(&mut self) -> Option<&mut Movement> {
+        match self {
+            Policy::Movement(p) => Some(p),
+            _ => None,
         }
     }
 }

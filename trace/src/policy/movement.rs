@@ -175,6 +175,126 @@ impl Movement {
     }
 }
 
+// ---- Judging in the segments of a parallel replay (issue 6) ----
+
+impl Movement {
+    /// Set the holders of line number `line` to `holders` (CPU c is bit c; CPUs below 63):
+    /// where a segment of a parallel replay left a line it wrote ([`MovementShadow`]).
+    /// An empty set is ignored (no line the shadow knows has one).
+    pub fn set_holders(&mut self, line: u64, holders: u64) {
+        if holders == 0 {
+            return;
+        }
+        let top = 63 - holders.leading_zeros();
+        let at = self.lines.slot(line, top);
+        let stride = self.lines.stride;
+        let words = &mut self.lines.words[at + 1..at + stride];
+        words.iter_mut().for_each(|w| *w = 0);
+        words[0] = holders;
+    }
+
+    /// A shadow of this policy for one segment of a parallel replay, which starts with no
+    /// knowledge of the lines (see [`MovementShadow`]).
+    pub fn shadow(&self) -> MovementShadow {
+        MovementShadow {
+            shift: self.shift,
+            lines: LineTable::new(),
+        }
+    }
+}
+
+/// What a segment's shadow says of one access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Kept, whatever the state before the segment.
+    Keep,
+    /// Dropped, whatever the state before the segment.
+    Drop,
+    /// Depends on the state before the segment: the merging side asks the real policy.
+    Ask,
+    /// Beyond what the shadow handles (a CPU number above 62, an access over two lines):
+    /// hand over what it knows ([`MovementShadow::known`]) and ask the real policy from now
+    /// on.
+    Off,
+}
+
+/// `movement` run inside one segment of a parallel replay, from an unknown start state.
+///
+/// For each line it keeps the CPUs known to hold it and whether the whole set is known.
+/// A read by a CPU known to hold the line is dropped and one on a known line is judged;
+/// a write makes the set known ({writer}), and is kept for sure when another CPU is known
+/// to hold the line. Everything else (a first read of an unknown line by a CPU, a write to
+/// a line only the writer is known to hold) depends on the start state: those accesses
+/// go to the merging side's real policy, in order — and only those touch an unknown line,
+/// so the real policy's state of such a line is right when it is asked. At the segment's
+/// end the lines the shadow knows are handed over ([`Movement::set_holders`]): the real
+/// policy then is where a sequential replay would have left it. Decided drops never leave
+/// the segment's thread, which is what makes the parallel replay pay.
+#[derive(Clone, Debug)]
+pub struct MovementShadow {
+    shift: u32,
+    /// Per line: holder bits 0-62, bit 63 set when the set is known.
+    lines: LineTable,
+}
+
+/// Bit 63 of a shadow line's word: its holder set is known.
+const KNOWN: u64 = 1 << 63;
+
+impl MovementShadow {
+    /// Judge one access (which should lie in one line).
+    #[inline]
+    pub fn judge(&mut self, a: &Access) -> Verdict {
+        let line = a.paddr >> self.shift;
+        let last = a.paddr.wrapping_add(a.size.max(1) as u64 - 1) >> self.shift;
+        if a.cpu >= 63 || line != last {
+            return Verdict::Off;
+        }
+        let bit = 1u64 << a.cpu;
+        let at = self.lines.slot(line, 0);
+        let w = &mut self.lines.words[at + 1];
+        match a.kind {
+            AccessKind::Read | AccessKind::Fetch => {
+                if *w & bit != 0 {
+                    Verdict::Drop
+                } else {
+                    *w |= bit;
+                    if *w & KNOWN != 0 {
+                        Verdict::Keep
+                    } else {
+                        Verdict::Ask
+                    }
+                }
+            }
+            AccessKind::Write | AccessKind::ReadModifyWrite => {
+                let before = *w;
+                *w = bit | KNOWN;
+                if before & KNOWN != 0 {
+                    if before & !KNOWN == bit {
+                        Verdict::Drop
+                    } else {
+                        Verdict::Keep
+                    }
+                } else if before & !bit != 0 {
+                    Verdict::Keep
+                } else {
+                    Verdict::Ask
+                }
+            }
+        }
+    }
+
+    /// The lines whose holder set is known, as (line number, holders), in table order
+    /// (which depends only on the accesses judged).
+    pub fn known(&self) -> Vec<(u64, u64)> {
+        self.lines
+            .words
+            .chunks_exact(self.lines.stride)
+            .filter(|s| s[1] & KNOWN != 0)
+            .map(|s| (s[0], s[1] & !KNOWN))
+            .collect()
+    }
+}
+
 impl CacheLinePolicy for Movement {
     #[inline]
     fn observe(&mut self, a: &Access) -> Outcome {
@@ -193,6 +313,14 @@ impl CacheLinePolicy for Movement {
 
     fn describe(&self) -> String {
         format!("movement:line={}", self.line)
+    }
+
+    fn as_movement(&self) -> Option<&Movement> {
+        Some(self)
+    }
+
+    fn as_movement_mut(&mut self) -> Option<&mut Movement> {
+        Some(self)
     }
 }
 
@@ -391,5 +519,51 @@ mod tests {
             assert_eq!(padded_first, CPUS as u64, "quantum {q}");
             assert_eq!(padded_kept - padded_first, 0, "quantum {q}");
         }
+    }
+
+    proptest! {
+        /// A stream cut into segments, each judged by a shadow from an unknown start (the
+        /// undecided accesses asked of the real policy in order, the known lines settled at
+        /// each cut), keeps exactly what one policy over the whole stream keeps.
+        #[test]
+        fn shadows_of_segments_judge_as_one_policy(
+            raw in proptest::collection::vec((0u32..5, 0u64..24, kind()), 1..400),
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+        ) {
+            let accs: Vec<Access> = raw.iter().map(|&(c, l, k)| acc(c, l * 64, 8, k)).collect();
+            let mut one = Movement::new(64);
+            let want: Vec<bool> = accs.iter().map(|a| one.observe(a).keep).collect();
+            let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(accs.len())).collect();
+            bounds.extend([0, accs.len()]);
+            bounds.sort_unstable();
+            bounds.dedup();
+            let mut real = Movement::new(64);
+            let mut got = Vec::new();
+            for w in bounds.windows(2) {
+                let mut shadow = real.shadow();
+                for a in &accs[w[0]..w[1]] {
+                    got.push(match shadow.judge(a) {
+                        Verdict::Keep => true,
+                        Verdict::Drop => false,
+                        Verdict::Ask | Verdict::Off => real.observe(a).keep,
+                    });
+                }
+                for (line, holders) in shadow.known() {
+                    real.set_holders(line, holders);
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn shadows_hand_over_beyond_cpu_62_and_across_lines() {
+        let mut s = Movement::new(64).shadow();
+        assert_eq!(s.judge(&acc(1, 0x40, 8, AccessKind::Write)), Verdict::Ask);
+        assert_eq!(s.judge(&acc(1, 0x40, 8, AccessKind::Read)), Verdict::Drop);
+        assert_eq!(s.judge(&acc(2, 0x40, 8, AccessKind::Read)), Verdict::Keep);
+        assert_eq!(s.judge(&acc(63, 0x40, 8, AccessKind::Read)), Verdict::Off);
+        assert_eq!(s.judge(&acc(1, 0x7c, 8, AccessKind::Read)), Verdict::Off);
+        assert_eq!(s.known(), vec![(1, 0b110)]);
     }
 }
