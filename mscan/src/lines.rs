@@ -153,29 +153,45 @@ pub fn name_address(current: u64, seen: u64) -> u64 {
 /// Entries a [`SmallMap`] keeps in a vector before it becomes a hash map.
 const SMALL: usize = 8;
 
-/// A map that stays a short vector while small and becomes a hash map when it grows.
+/// A map that holds one entry inline, stays a short vector while small and becomes a hash
+/// map when it grows.
 ///
 /// The line analyses keep per-line PC statistics for every line touched (1.7 M lines on a
-/// 4-CPU Linux boot), and most lines see one or two PCs, most PCs one stack: as hash maps
-/// these were most of the memory (a hash map allocates buckets for a handful of entries
-/// plus its own header). Iteration order is not defined: readers sort with tie-breaks.
+/// 4-CPU Linux boot), and `serial` per lock and PC (7 M on the same boot); most see one
+/// PC, most PCs one stack: as hash maps these were most of the memory (a hash map
+/// allocates buckets for a handful of entries plus its own header), and as vectors each
+/// was still a heap block of four entries. Iteration order is not defined: readers sort
+/// with tie-breaks.
 #[derive(Clone, Debug)]
 pub enum SmallMap<K, V> {
+    /// No entry or one, inline (no allocation).
+    One(Option<(K, V)>),
     /// Up to [`SMALL`] entries, searched in order.
     Few(Vec<(K, V)>),
-    /// More (boxed: the small form is the common one and sets the size).
+    /// More (boxed: the small forms are the common ones and set the size).
     Many(Box<FastMap<K, V>>),
 }
 
 impl<K, V> Default for SmallMap<K, V> {
     fn default() -> Self {
-        SmallMap::Few(Vec::new())
+        SmallMap::One(None)
     }
 }
 
 impl<K: Copy + Eq + std::hash::Hash, V: Default> SmallMap<K, V> {
     /// The value of `k`, inserted as the default if absent.
     pub fn entry(&mut self, k: K) -> &mut V {
+        if let SmallMap::One(one) = self {
+            match one {
+                None => *one = Some((k, V::default())),
+                Some((x, _)) if *x == k => {}
+                Some(_) => {
+                    // A second key: the first stays first, as a vector would keep it.
+                    let first = one.take();
+                    *self = SmallMap::Few(first.into_iter().collect());
+                }
+            }
+        }
         if let SmallMap::Few(v) = self {
             if v.len() >= SMALL && !v.iter().any(|(x, _)| *x == k) {
                 let map: FastMap<K, V> = std::mem::take(v).into_iter().collect();
@@ -183,6 +199,10 @@ impl<K: Copy + Eq + std::hash::Hash, V: Default> SmallMap<K, V> {
             }
         }
         match self {
+            SmallMap::One(one) => match one {
+                Some((_, v)) => v,
+                None => &mut one.insert((k, V::default())).1,
+            },
             SmallMap::Few(v) => {
                 let i = match v.iter().position(|(x, _)| *x == k) {
                     Some(i) => i,
@@ -200,6 +220,7 @@ impl<K: Copy + Eq + std::hash::Hash, V: Default> SmallMap<K, V> {
     /// The entries, in no defined order.
     pub fn iter(&self) -> Box<dyn Iterator<Item = (&K, &V)> + '_> {
         match self {
+            SmallMap::One(one) => Box::new(one.iter().map(|(k, v)| (k, v))),
             SmallMap::Few(v) => Box::new(v.iter().map(|(k, v)| (k, v))),
             SmallMap::Many(m) => Box::new(m.as_ref().iter()),
         }
@@ -208,6 +229,7 @@ impl<K: Copy + Eq + std::hash::Hash, V: Default> SmallMap<K, V> {
     /// Number of entries.
     pub fn len(&self) -> usize {
         match self {
+            SmallMap::One(one) => one.iter().count(),
             SmallMap::Few(v) => v.len(),
             SmallMap::Many(m) => m.len(),
         }
@@ -349,7 +371,9 @@ mod tests {
         for round in 0..3 {
             for k in 0..20u64 {
                 *m.entry(k) += k + round;
-                if round == 0 && k < SMALL as u64 {
+                if round == 0 && k == 0 {
+                    assert!(matches!(m, SmallMap::One(Some(_))));
+                } else if round == 0 && k < SMALL as u64 {
                     assert!(matches!(m, SmallMap::Few(_)));
                 }
             }

@@ -286,11 +286,13 @@ impl Serial {
             since: pos,
         };
         let id = LockId::Sleeping(lock);
-        // The task's own entry, else (a task not placed, a lock handed over) the oldest.
-        let find = |v: &[Sleeper]| {
-            v.iter()
-                .rposition(|s| s.lock == lock && s.task == task)
-                .or_else(|| v.iter().position(|s| s.lock == lock))
+        // The task's own entry; a task not placed (no stack region yet) takes the oldest
+        // of the lock's. Another task's is never taken: mutexes and rw-semaphores are
+        // given back by the task that took them, and an entry whose release was missed
+        // (a tail jump to `up_write`) would otherwise pair with some later release.
+        let find = |v: &[Sleeper]| match task {
+            Some(_) => v.iter().rposition(|s| s.lock == lock && s.task == task),
+            None => v.iter().position(|s| s.lock == lock),
         };
         match op {
             LockOp::Acquire => {
@@ -308,6 +310,11 @@ impl Serial {
                     Some(i) => self.sleeping_waits.remove(i).since,
                     None => pos,
                 };
+                // The task holding it already: that hold's release was missed (a task
+                // cannot take a mutex or a write lock it holds); it is dropped, uncounted.
+                if let Some(i) = find(&self.sleeping_held).filter(|_| task.is_some()) {
+                    self.sleeping_held.remove(i);
+                }
                 if self.sleeping_held.len() >= MAX_SLEEPING {
                     self.sleeping_held.remove(0);
                 }
