@@ -119,8 +119,9 @@ pub(super) fn walk<M: PageTableMemory>(
         write_entry(bus, leaf.entry_pa, leaf.width, new);
     }
     let page_mask = (1u64 << leaf.shift) - 1;
-    Ok(TlbEntry {
+    let mut e = TlbEntry {
         tag: (vaddr >> 12).wrapping_add(1),
+        hits: [0; 3],
         phys: (leaf.base | (vaddr & page_mask)) & !0xfff,
         writable: rights.writable,
         user: rights.user,
@@ -128,7 +129,9 @@ pub(super) fn walk<M: PageTableMemory>(
         dirty: new & pte::D != 0,
         marked: false,
         global: leaf.entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
-    })
+    };
+    e.retag();
+    Ok(e)
 }
 
 /// Why a walk found no page.
