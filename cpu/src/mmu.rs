@@ -9,14 +9,13 @@ mod legacy;
 
 /// Why the CPU wants a translation; decides the permission checks and the #PF error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub enum Intent {
     /// A data read.
-    Read = 0,
+    Read,
     /// A data write (or the write half of a read-modify-write).
-    Write = 1,
+    Write,
     /// An instruction fetch.
-    Execute = 2,
+    Execute,
 }
 
 /// Page-table entry bits.
@@ -44,21 +43,11 @@ mod pf {
 
 const TLB_ENTRIES: usize = 1024;
 
-/// Bit 63 of a [`TlbEntry::hits`] tag: the access is allowed at CPL 3 as well (virtual
-/// page numbers + 1 never reach this bit).
-const USER_OK: u64 = 1 << 63;
-
 /// One cached translation of a 4 KiB virtual page.
 #[derive(Clone, Copy, Debug, Default)]
 struct TlbEntry {
     /// Virtual page number + 1 (0 = empty).
     tag: u64,
-    /// Per [`Intent`]: what an access of that kind must find here to hit without any other
-    /// test, so a load or store checks one word. `tag` when the access is allowed at
-    /// CPL 0–2 from the entry's bits alone, with [`USER_OK`] added when CPL 3 may make it
-    /// too; 0 (never matched) when it needs the slow path. Derived from the fields below by
-    /// [`TlbEntry::retag`] whenever they change.
-    hits: [u64; 3],
     /// Physical page base.
     phys: u64,
     /// Writable at the page-table level (all levels).
@@ -91,27 +80,6 @@ impl Default for Tlb {
     }
 }
 
-impl TlbEntry {
-    /// Recompute [`TlbEntry::hits`] from the entry's rights. Exactly the accesses
-    /// [`permits`] allows hit, except a supervisor store to a read-only page with CR0.WP
-    /// clear, which [`translate_slow`] allows from the cached entry (checking WP there keeps
-    /// the tags independent of CR0).
-    #[inline]
-    fn retag(&mut self) {
-        let user = if self.user { USER_OK } else { 0 };
-        let base = if self.tag == 0 { 0 } else { self.tag | user };
-        self.hits = [
-            base,
-            if self.marked && self.writable {
-                base
-            } else {
-                0
-            },
-            if self.nx { 0 } else { base },
-        ];
-    }
-}
-
 impl Tlb {
     /// Forget every translation (CR3 write with global pages kept when `keep_global`).
     pub fn flush(&mut self, keep_global: bool) {
@@ -128,7 +96,6 @@ impl Tlb {
     pub fn forget_written_pages(&mut self) {
         for e in self.entries.iter_mut() {
             e.marked = false;
-            e.retag();
         }
     }
 
@@ -140,7 +107,6 @@ impl Tlb {
         let e = &mut self.entries[slot];
         bus.mark_written(e.phys);
         e.marked = true;
-        e.retag();
     }
 
     /// Forget the translation of one virtual address (INVLPG).
@@ -171,7 +137,7 @@ pub fn translate<B: Bus>(
     cpl: u8,
 ) -> Result<GuestPhysAddr, Fault> {
     if s.cr0 & cr0::PG != 0 {
-        if let Some(pa) = tlb.hit(vaddr, intent, cpl) {
+        if let Some(pa) = tlb.hit(s, vaddr, intent, cpl) {
             return Ok(pa);
         }
     }
@@ -226,12 +192,10 @@ impl Tlb {
     /// The physical address of `vaddr` if its page is cached with the rights `intent` at
     /// `cpl` needs (paging must be on).
     #[inline(always)]
-    pub(crate) fn hit(&self, vaddr: u64, intent: Intent, cpl: u8) -> Option<u64> {
+    pub(crate) fn hit(&self, s: &CpuState, vaddr: u64, intent: Intent, cpl: u8) -> Option<u64> {
         let vpn = vaddr >> 12;
         let e = &self.entries[(vpn as usize) & (TLB_ENTRIES - 1)];
-        // Below CPL 3 the user bit does not matter: set it on both sides.
-        let below_3 = if cpl == 3 { 0 } else { USER_OK };
-        if e.hits[intent as usize] | below_3 == vpn.wrapping_add(1) | USER_OK {
+        if e.tag == vpn.wrapping_add(1) && permits(s, e, intent, cpl) {
             Some(e.phys | (vaddr & 0xfff))
         } else {
             None
@@ -257,7 +221,7 @@ pub fn translate_quiet<B: Bus>(
             vaddr & 0xffff_ffff
         });
     }
-    if let Some(pa) = tlb.hit(vaddr, Intent::Read, cpl) {
+    if let Some(pa) = tlb.hit(s, vaddr, Intent::Read, cpl) {
         return Ok(pa);
     }
     let e = walk(s, bus, vaddr, Intent::Read, cpl, false)?;
@@ -450,9 +414,8 @@ fn walk<M: PageTableMemory>(
         let page_mask = (1u64 << shift) - 1;
         let base = (entry & pte::ADDR) & !page_mask;
         let phys = (base | (vaddr & page_mask)) & !0xfff;
-        let mut e = TlbEntry {
+        return Ok(TlbEntry {
             tag: (vaddr >> 12).wrapping_add(1),
-            hits: [0; 3],
             phys,
             writable,
             user: usr,
@@ -460,9 +423,7 @@ fn walk<M: PageTableMemory>(
             dirty: new & pte::D != 0,
             marked: false,
             global: entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
-        };
-        e.retag();
-        return Ok(e);
+        });
     }
 }
 
@@ -533,59 +494,5 @@ mod peek_tests {
         // Paging off: the address itself (32 bits).
         let s = CpuState::default();
         assert_eq!(peek_translate(&s, &ram, 0x1_2345_6789), Some(0x2345_6789));
-    }
-}
-
-#[cfg(test)]
-mod tlb_tests {
-    use super::*;
-
-    /// The one-word hit test agrees with [`permits`] on every combination of an entry's
-    /// rights, CPL, intent and CR0.WP: everything that hits is permitted, and the only
-    /// permitted access that does not hit is a supervisor store to a read-only page with
-    /// WP clear (which [`translate_slow`] serves from the cached entry).
-    #[test]
-    fn hit_tags_agree_with_permits() {
-        let vaddr = 0xffff_8000_1234_5678u64;
-        for bits in 0u32..32 {
-            let mut e = TlbEntry {
-                tag: (vaddr >> 12).wrapping_add(1),
-                phys: 0x7000,
-                writable: bits & 1 != 0,
-                user: bits & 2 != 0,
-                nx: bits & 4 != 0,
-                dirty: bits & 8 != 0,
-                marked: bits & 16 != 0 && bits & 8 != 0,
-                ..TlbEntry::default()
-            };
-            e.retag();
-            let mut tlb = Tlb::default();
-            tlb.entries[((vaddr >> 12) as usize) & (TLB_ENTRIES - 1)] = e;
-            for wp in [0, cr0::WP] {
-                let s = CpuState {
-                    cr0: cr0::PE | cr0::PG | wp,
-                    ..CpuState::default()
-                };
-                for cpl in [0u8, 3] {
-                    for intent in [Intent::Read, Intent::Write, Intent::Execute] {
-                        let hit = tlb.hit(vaddr, intent, cpl);
-                        let ok = permits(&s, &e, intent, cpl);
-                        let wp_case = intent == Intent::Write && cpl != 3 && !e.writable && wp == 0;
-                        assert_eq!(hit.is_some(), ok && !wp_case, "{e:?} {wp} {cpl} {intent:?}");
-                        if let Some(pa) = hit {
-                            assert_eq!(pa, 0x7678);
-                        }
-                        // Another page in the same slot never hits.
-                        let other = vaddr ^ ((TLB_ENTRIES as u64) << 12);
-                        assert!(tlb.hit(other, intent, cpl).is_none());
-                    }
-                }
-            }
-        }
-        // An empty entry never hits, at any CPL.
-        let tlb = Tlb::default();
-        for cpl in [0u8, 3] {
-            assert!(tlb.hit(0, Intent::Read, cpl).is_none());
-        }
     }
 }

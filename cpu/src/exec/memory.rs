@@ -82,7 +82,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
             (s.seg[SegReg::Cs as usize].selector & 3) as u8
         };
         if s.cr0 & cr0::PG != 0 {
-            if let Some(pa) = self.cpu.tlb.hit(lin, intent, cpl) {
+            if let Some(pa) = self.cpu.tlb.hit(s, lin, intent, cpl) {
                 return Ok(pa);
             }
         }

@@ -119,9 +119,8 @@ pub(super) fn walk<M: PageTableMemory>(
         write_entry(bus, leaf.entry_pa, leaf.width, new);
     }
     let page_mask = (1u64 << leaf.shift) - 1;
-    let mut e = TlbEntry {
+    Ok(TlbEntry {
         tag: (vaddr >> 12).wrapping_add(1),
-        hits: [0; 3],
         phys: (leaf.base | (vaddr & page_mask)) & !0xfff,
         writable: rights.writable,
         user: rights.user,
@@ -129,9 +128,7 @@ pub(super) fn walk<M: PageTableMemory>(
         dirty: new & pte::D != 0,
         marked: false,
         global: leaf.entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
-    };
-    e.retag();
-    Ok(e)
+    })
 }
 
 /// Why a walk found no page.
