@@ -8,6 +8,67 @@ use crate::mmu::{self, Intent};
 use crate::observer::{Access, AccessKind, Observer};
 use crate::state::{cr0, SegReg};
 
+/// Load `size` bytes of RAM at physical address `pa` (little-endian), or `None` when the
+/// range is not inside `ram`.
+///
+/// Each usual width is one fixed-size load: a copy of a run-time length into a buffer
+/// (what this replaced) compiled to a call to `memcpy` on every guest load whose size the
+/// compiler could not see, a few percent of a Linux boot.
+#[inline(always)]
+fn ram_load(ram: &[u8], pa: u64, size: usize) -> Option<u64> {
+    let at = ram.get(usize::try_from(pa).ok()?..)?;
+    Some(match size {
+        8 => u64::from_le_bytes(*at.first_chunk::<8>()?),
+        4 => u32::from_le_bytes(*at.first_chunk::<4>()?) as u64,
+        1 => *at.first()? as u64,
+        2 => u16::from_le_bytes(*at.first_chunk::<2>()?) as u64,
+        _ => {
+            // Other widths (none of the usual callers): byte by byte, at most 8.
+            let bytes = at.get(..size.min(8))?;
+            bytes
+                .iter()
+                .rev()
+                .fold(0u64, |v, &b| (v << 8) | u64::from(b))
+        }
+    })
+}
+
+/// Store the low `size` bytes of `value` into RAM at physical address `pa`
+/// (little-endian); `false`, storing nothing, when the range is not inside `ram`.
+/// Fixed-size stores for the usual widths, as in [`ram_load`].
+#[inline(always)]
+fn ram_store(ram: &mut [u8], pa: u64, size: usize, value: u64) -> bool {
+    let Some(at) = usize::try_from(pa).ok().and_then(|i| ram.get_mut(i..)) else {
+        return false;
+    };
+    match size {
+        8 => match at.first_chunk_mut::<8>() {
+            Some(b) => *b = value.to_le_bytes(),
+            None => return false,
+        },
+        4 => match at.first_chunk_mut::<4>() {
+            Some(b) => *b = (value as u32).to_le_bytes(),
+            None => return false,
+        },
+        1 => match at.first_mut() {
+            Some(b) => *b = value as u8,
+            None => return false,
+        },
+        2 => match at.first_chunk_mut::<2>() {
+            Some(b) => *b = (value as u16).to_le_bytes(),
+            None => return false,
+        },
+        _ => {
+            let n = size.min(8);
+            match at.get_mut(..n) {
+                Some(b) => b.copy_from_slice(&value.to_le_bytes()[..n]),
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// Translate a linear address for this instruction at the current privilege level.
     #[inline(always)]
@@ -54,13 +115,9 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// Read `size` (1..=8) bytes of physical memory.
     #[inline(always)]
     pub fn phys_read(&mut self, pa: u64, size: usize) -> u64 {
-        let i = pa as usize;
         if !self.bus.is_mmio(pa) {
-            let ram = self.bus.ram();
-            if let Some(b) = ram.get(i..i + size) {
-                let mut buf = [0u8; 8];
-                buf[..size].copy_from_slice(b);
-                return u64::from_le_bytes(buf);
+            if let Some(v) = ram_load(self.bus.ram(), pa, size) {
+                return v;
             }
         }
         // A device may now want the CPU to stop: have the run loop look after this
@@ -73,7 +130,6 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// Write `size` (1..=8) bytes of physical memory.
     #[inline(always)]
     pub fn phys_write(&mut self, pa: u64, size: usize, value: u64) {
-        let i = pa as usize;
         if !self.bus.is_mmio(pa) {
             let page = pa >> 12;
             let last = (pa + size as u64 - 1) >> 12;
@@ -82,9 +138,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
             if self.code.is_code_page(page) || (last != page && self.code.is_code_page(last)) {
                 self.code_written(page, last);
             }
-            let ram = self.bus.ram();
-            if let Some(b) = ram.get_mut(i..i + size) {
-                b.copy_from_slice(&value.to_le_bytes()[..size]);
+            if ram_store(self.bus.ram(), pa, size, value) {
                 return;
             }
         }
