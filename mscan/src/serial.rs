@@ -766,11 +766,29 @@ impl Analysis for Serial {
             };
             k.then(a.0.cmp(b.0))
         });
+        // Spinning and sleeping locks rank apart: a sleeping lock's hold counts every
+        // instruction until its release, whatever ran meanwhile, so its holds dwarf the
+        // spinning locks' (whose holders keep their CPU busy) and would hide them.
+        let (mut v, sleepers): (Vec<_>, Vec<_>) = v
+            .into_iter()
+            .partition(|(id, _)| !matches!(id, LockId::Sleeping(_)));
+        let spinning = v.len();
+        v.truncate(self.top);
+        let first_sleeping = v.len();
+        v.extend(sleepers.into_iter().take(self.top));
         let mut text = format!(
             "{found} locks, top {} by {} (times in global instructions)\n",
             self.top.min(found),
             self.sort
         );
+        if sleeping {
+            text = format!(
+                "{found} locks ({spinning} spinning, {} sleeping), top {} of each kind by {} (times in global instructions)\n",
+                found - spinning,
+                self.top,
+                self.sort
+            );
+        }
         if self.without_values {
             text.push_str(
                 "(the trace has no access values (stored without --values): the LOCK-prefix pattern judged accesses by kind alone, so a flag word several CPUs set and clear may pass as a lock)\n",
@@ -787,7 +805,19 @@ impl Analysis for Serial {
             );
         }
         let mut rows: Vec<Value> = Vec::new();
-        for (rank, (id, s)) in v.into_iter().take(self.top).enumerate() {
+        for (rank, (id, s)) in v.into_iter().enumerate() {
+            if sleeping && rank == 0 && first_sleeping > 0 {
+                text.push_str("spinning locks:\n");
+            }
+            if sleeping && rank == first_sleeping {
+                text.push_str("sleeping locks:\n");
+            }
+            // Each kind is ranked from 1.
+            let shown = if rank < first_sleeping {
+                rank
+            } else {
+                rank - first_sleeping
+            };
             let kind = if matches!(id, LockId::Sleeping(_)) {
                 "sleeping"
             } else {
@@ -804,7 +834,7 @@ impl Analysis for Serial {
             let avg = |t: u64| t.checked_div(s.acquisitions).unwrap_or(0);
             text.push_str(&format!(
                 "#{:<3} lock {name} at {:#x} ({source}{})  {} acquisitions by cpus {:?}, {} contended\n     held {} (avg {}, max {}), waited {} (avg {}), {} spins\n",
-                rank + 1,
+                shown + 1,
                 s.vaddr,
                 if kind == "sleeping" { ", sleeping" } else { "" },
                 s.acquisitions,
@@ -1024,6 +1054,58 @@ mod tests {
         assert_eq!(l["cpus"], serde_json::json!([1, 2]));
         assert!(l["data"].as_array().is_some_and(|d| d.is_empty()), "{l:#}");
         assert!(text.contains("(lock-function, sleeping)"), "{text}");
+    }
+
+    #[test]
+    fn spinning_and_sleeping_locks_rank_apart() {
+        let at = |position, cpu, op, addr: u64, sleeping: bool| {
+            let mut r = lock(position, cpu, op);
+            if let Event::Hypercall(Hypercall::Lock { name, lock: l, .. }) = &mut r.event {
+                *l = addr;
+                if sleeping {
+                    *name = reprise_trace::locks::SLEEPING_LOCK.to_string();
+                }
+            }
+            r
+        };
+        let recs = vec![
+            // A sleeping lock held 1000 instructions, a spinning one 10 (and one 5).
+            at(0, 0, LockOp::Acquired, 0x5000, true),
+            at(10, 1, LockOp::Acquired, 0x3000, false),
+            at(20, 1, LockOp::Release, 0x3000, false),
+            at(30, 2, LockOp::Acquired, 0x3040, false),
+            at(35, 2, LockOp::Release, 0x3040, false),
+            at(1000, 0, LockOp::Release, 0x5000, true),
+        ];
+        let mut s = Scanner::new(
+            "serial",
+            Options {
+                cpus: 4,
+                top: 1,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        for r in &recs {
+            s.take(r);
+        }
+        let r = s.report(&symbols());
+        let (j, text) = (&r.json["report"], &r.text);
+        assert_eq!(j["locks_found"], 3, "{j:#}");
+        // The top spinning lock, then the top sleeping one, each ranked from 1.
+        let locks = j["locks"].as_array().unwrap();
+        assert_eq!(locks.len(), 2, "{j:#}");
+        assert_eq!(locks[0]["kind"], "spinning");
+        assert_eq!(locks[0]["hold"], 10);
+        assert_eq!(locks[1]["kind"], "sleeping");
+        assert_eq!(locks[1]["hold"], 1000);
+        assert!(
+            text.contains("3 locks (2 spinning, 1 sleeping), top 1 of each kind by hold"),
+            "{text}"
+        );
+        let spin = text.find("spinning locks:\n#1 ").expect(text);
+        let sleep = text.find("sleeping locks:\n#1 ").expect(text);
+        assert!(spin < sleep, "{text}");
     }
 
     #[test]
