@@ -33,6 +33,9 @@ const QEMU: &str = "qemu-system-x86_64";
 /// The row of the traced replay that feeds the `mesi` policy into `mscan sharing`.
 const MESI_ROW: &str = "reprise mesi -> mscan sharing";
 
+/// The row of the traced replay held to one thread (`--jobs 1`).
+const TRACED_SEQUENTIAL_ROW: &str = "reprise replay --trace --jobs 1";
+
 /// The cache `mesi` models in that row: a typical L1 data cache.
 const MESI_POLICY: &str = "mesi:size=32K,assoc=8,line=64";
 
@@ -191,9 +194,25 @@ fn bench_inner(args: &BenchArgs) -> Result<()> {
             "movement".to_string(),
         ])
         .collect();
+    // `movement` replays in parallel by default (one thread per core): the sequential row
+    // keeps the tracing cost itself in view, apart from what the threads add and save.
+    // Its own trace file: a replay never overwrites an existing trace.
+    let traced_sequential: Vec<String> = replay_args
+        .iter()
+        .cloned()
+        .chain([
+            "--trace".to_string(),
+            work.join("movement-1.trace").display().to_string(),
+            "--policy".to_string(),
+            "movement".to_string(),
+            "--jobs".to_string(),
+            "1".to_string(),
+        ])
+        .collect();
     for (name, a) in [
         ("reprise replay", &replay_args),
         ("reprise replay --trace movement", &traced_args),
+        (TRACED_SEQUENTIAL_ROW, &traced_sequential),
     ] {
         if have_rec {
             rows.push(measure_row(name, &exe, a));
@@ -543,6 +562,12 @@ fn print_table(rows: &[Row]) {
         (
             "traced movement / replay",
             "reprise replay --trace movement",
+            "reprise replay",
+            "<= 3",
+        ),
+        (
+            "traced, 1 thread / replay",
+            TRACED_SEQUENTIAL_ROW,
             "reprise replay",
             "<= 3",
         ),

@@ -35,6 +35,7 @@ fn quick_bench_prints_one_row_per_configuration_and_the_ratios() {
         "reprise record ",
         "reprise replay ",
         "reprise replay --trace movement ",
+        "reprise replay --trace --jobs 1 ",
         "reprise mesi -> mscan sharing ",
     ] {
         let row = lines
@@ -55,6 +56,7 @@ fn quick_bench_prints_one_row_per_configuration_and_the_ratios() {
         "record / run",
         "replay / record",
         "traced movement / replay",
+        "traced, 1 thread / replay",
         "mesi -> mscan / replay",
     ] {
         let line = lines
