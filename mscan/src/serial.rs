@@ -914,29 +914,19 @@ impl Analysis for Serial {
 
 #[cfg(test)]
 mod tests {
-    use reprise_symbols::{Symbol, SymbolClass, SymbolTable};
+    use reprise_symbols::{SymbolClass, SymbolTable};
     use reprise_trace::record::{AccessEvent, Event, Hypercall, Kind, LockOp, Note, Record};
     use serde_json::Value;
 
     use crate::{Options, Scanner};
 
     fn symbols() -> SymbolTable {
-        let mut t = SymbolTable::new();
-        for (name, start, size, class) in [
+        crate::tests::symbol_table(&[
             ("rq_lock", 0x3000, 4, SymbolClass::Data),
             ("rq_data", 0x3040, 64, SymbolClass::Data),
             ("flags", 0x5000, 8, SymbolClass::Data),
             ("caller", 0x40_0000, 0x100, SymbolClass::Code),
-        ] {
-            t.insert(Symbol {
-                name: name.into(),
-                start,
-                size,
-                class,
-            });
-        }
-        t.finish();
-        t
+        ])
     }
 
     fn access(position: u64, cpu: u32, addr: u64, size: u8, kind: Kind, locked: bool) -> Record {

@@ -6,16 +6,11 @@ use serde_json::Value;
 
 use crate::{Options, Scanner};
 
-fn symbols() -> SymbolTable {
+/// A symbol table of made-up `(name, start, size, class)` entries (shared with the
+/// analyses' own unit tests).
+pub(crate) fn symbol_table(entries: &[(&str, u64, u64, SymbolClass)]) -> SymbolTable {
     let mut t = SymbolTable::new();
-    for (name, start, size, class) in [
-        ("packed", 0x1000, 32, SymbolClass::Data),
-        ("padded", 0x2000, 256, SymbolClass::Data),
-        ("lock", 0x3000, 16, SymbolClass::Data),
-        ("data", 0x3040, 16, SymbolClass::Data),
-        ("worker", 0x40_0000, 0x100, SymbolClass::Code),
-        ("main", 0x40_1000, 0x100, SymbolClass::Code),
-    ] {
+    for &(name, start, size, class) in entries {
         t.insert(Symbol {
             name: name.into(),
             start,
@@ -25,6 +20,17 @@ fn symbols() -> SymbolTable {
     }
     t.finish();
     t
+}
+
+fn symbols() -> SymbolTable {
+    symbol_table(&[
+        ("packed", 0x1000, 32, SymbolClass::Data),
+        ("padded", 0x2000, 256, SymbolClass::Data),
+        ("lock", 0x3000, 16, SymbolClass::Data),
+        ("data", 0x3040, 16, SymbolClass::Data),
+        ("worker", 0x40_0000, 0x100, SymbolClass::Code),
+        ("main", 0x40_1000, 0x100, SymbolClass::Code),
+    ])
 }
 
 fn access(position: u64, cpu: u32, pc: u64, addr: u64, kind: Kind, locked: bool) -> Record {

@@ -124,6 +124,19 @@ fn stopped(at: u64, target: u64, why: &str) -> SeekError {
     }
 }
 
+/// `Err` if the replay of `r` stopped (it diverged from the recording or its log ended)
+/// on its way from `at` to `target`.
+fn still_replaying(r: &Replay, at: u64, target: u64) -> Result<(), SeekError> {
+    match r.machine.inputs().stop() {
+        Some(_) => Err(stopped(
+            at,
+            target,
+            "the replay stopped (diverged or the log ended)",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Boot `dir` for replay with a console that keeps what the guest prints (the one place
 /// the search builds its machines).
 fn boot_capturing(
@@ -190,13 +203,7 @@ fn step(
             }
         }
         r.machine.run(pos + 1);
-        if r.machine.inputs().stop().is_some() {
-            return Err(stopped(
-                pos,
-                to,
-                "the replay stopped (diverged or the log ended)",
-            ));
-        }
+        still_replaying(r, pos, to)?;
         let now = r.machine.instructions();
         if now == pos {
             if interrupted(opts) {
@@ -498,13 +505,7 @@ fn watch_pass(
             });
             if pos < limit {
                 r.machine.run_observed(&mut watcher, limit);
-                if r.machine.inputs().stop().is_some() {
-                    return Err(stopped(
-                        pos,
-                        limit,
-                        "the replay stopped (diverged or the log ended)",
-                    ));
-                }
+                still_replaying(&r, pos, limit)?;
             }
             let now = r.machine.instructions();
             work.replayed.fetch_add(now - pos, Ordering::Relaxed);
@@ -595,13 +596,7 @@ fn follow(
             let cur = r.machine.instructions();
             if cur < s {
                 r.machine.run(s);
-                if r.machine.inputs().stop().is_some() {
-                    return Err(stopped(
-                        cur,
-                        s,
-                        "the replay stopped (diverged or the log ended)",
-                    ));
-                }
+                still_replaying(r, cur, s)?;
                 let now = r.machine.instructions();
                 work.replayed.fetch_add(now - cur, Ordering::Relaxed);
                 if now < s {

@@ -211,12 +211,7 @@ impl<F: Filter> FilterStage<F> {
             out(Filtered::Context(Box::new(record)));
         }
         if let Some(h) = label {
-            let r = Record {
-                position,
-                cpu,
-                event: Event::Hypercall(h),
-            };
-            self.context(&r, out);
+            self.label(position, cpu, h, out);
         }
     }
 
@@ -478,13 +473,25 @@ impl<F: Filter> FilterStage<F> {
             _ => None,
         };
         if let Some(h) = label {
-            let r = Record {
-                position,
-                cpu,
-                event: Event::Hypercall(h),
-            };
-            self.context(&r, out);
+            self.label(position, cpu, h, out);
         }
+    }
+
+    /// A label the allocation labeler made of a call or return: it goes through the
+    /// filters as the guest's label hypercall would, at the same position and CPU.
+    fn label(
+        &mut self,
+        position: u64,
+        cpu: u32,
+        h: crate::record::Hypercall,
+        out: &mut impl FnMut(Filtered),
+    ) {
+        let r = Record {
+            position,
+            cpu,
+            event: Event::Hypercall(h),
+        };
+        self.context(&r, out);
     }
 
     /// A guest hypercall: a record, or a warning when malformed.
