@@ -121,6 +121,13 @@ pub struct MscanArgs {
     #[arg(long, value_name = "FILE")]
     pub vmlinux: Option<PathBuf>,
 
+    /// The recorded Linux kernel's System.map (`nm -n vmlinux`; Debian's packaged one is a
+    /// stub): its symbols are added to those of the kernel's kallsyms (e.g. data symbols a
+    /// kernel built without CONFIG_KALLSYMS_ALL lacks). Checked against the recorded
+    /// kernel and moved by its KASLR slide. With a trace file it needs --rec.
+    #[arg(long, value_name = "FILE")]
+    pub system_map: Option<PathBuf>,
+
     /// Filters and policy (as for `replay`); with a recording, --trace FILE also stores the trace.
     #[command(flatten)]
     pub trace: TraceArgs,

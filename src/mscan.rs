@@ -3,7 +3,7 @@
 //! needed) or over a stored trace (`replay --trace`), with the same report either way.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use reprise_mscan::source::{policy_over_stored, scan_stored};
@@ -50,6 +50,13 @@ pub struct Guest {
 /// guest or a multiboot kernel), or for a Linux bzImage, which carries no ELF symbol table,
 /// those of [`linux_guest`] — and, for Linux, its heap layout.
 pub fn guest_of(manifest: &Manifest, rec: &Path) -> Guest {
+    guest_with_images(manifest, rec, &[])
+}
+
+/// [`guest_of`] with `--image` overrides of the recorded boot images (in the manifest's
+/// order, as the replay takes them): a recording moved from where it was made still
+/// has its kernel's symbols.
+pub fn guest_with_images(manifest: &Manifest, rec: &Path, images: &[PathBuf]) -> Guest {
     let linux = manifest.boot.protocol == "linux";
     let mut guest = Guest {
         symbols: SymbolTable::new(),
@@ -57,11 +64,13 @@ pub fn guest_of(manifest: &Manifest, rec: &Path) -> Guest {
         linux,
         ranges: Vec::new(),
     };
-    for image in manifest.boot.images.iter().filter(|i| i.role == "kernel") {
-        match SymbolTable::from_elf(&image.path) {
+    let kernels = manifest.boot.images.iter().enumerate();
+    for (k, image) in kernels.filter(|(_, i)| i.role == "kernel") {
+        let path = images.get(k).unwrap_or(&image.path);
+        match SymbolTable::from_elf(path) {
             Ok(t) => guest.symbols.merge(t),
             Err(_) if linux => {
-                let (t, heap, ranges) = linux_guest(rec);
+                let (t, heap, ranges) = linux_guest(rec, images);
                 guest.symbols.merge(t);
                 guest.heap = heap;
                 guest.ranges = ranges;
@@ -77,8 +86,11 @@ pub fn guest_of(manifest: &Manifest, rec: &Path) -> Guest {
 /// per-CPU variables are named in each CPU's area (`NAME@cpuN`). Also the slab caches
 /// alive then and the page array, for allocation labels. Without them (a recording that
 /// ends before the kernel runs) code and data are named by address.
-fn linux_guest(rec: &Path) -> (SymbolTable, Option<KernelHeap>, Vec<(String, u64, u64)>) {
-    match crate::symbols::kernel_symbols_of_recording(rec, None) {
+fn linux_guest(
+    rec: &Path,
+    images: &[PathBuf],
+) -> (SymbolTable, Option<KernelHeap>, Vec<(String, u64, u64)>) {
+    match crate::symbols::kernel_symbols_of_recording(rec, None, images) {
         Ok(k) => {
             for w in &k.warnings {
                 eprintln!("reprise: kernel symbols: {w}");
@@ -224,6 +236,15 @@ fn vmlinux_of(
     }
 }
 
+/// `--system-map`: the map's symbols the recorded kernel's kallsyms (in `symbols`) lacks
+/// are added, after checking it is the same build and moving it by the KASLR slide.
+fn system_map_of(args: &MscanArgs, symbols: &mut SymbolTable) -> anyhow::Result<()> {
+    if let Some(path) = &args.system_map {
+        crate::symbols::merge_system_map(path, symbols)?;
+    }
+    Ok(())
+}
+
 /// The `--policy` text: the analysis's default when none is given, with `--line-size`
 /// folded into `movement` and `first-touch` given without `:line=`.
 fn policy_text(given: Option<&str>, default: &str, line: Option<u64>) -> String {
@@ -329,8 +350,9 @@ fn live(
     let manifest_bytes = std::fs::read(rec.join(MANIFEST_FILE))
         .with_context(|| format!("{} is not a recording", rec.display()))?;
     let manifest = Manifest::read(rec)?;
-    let guest = guest_of(&manifest, rec);
+    let guest = guest_with_images(&manifest, rec, &args.images);
     symbols.merge(guest.symbols);
+    system_map_of(args, &mut symbols)?;
     let vmlinux = vmlinux_of(args, &symbols)?;
     // Allocation labels: on by default for a Linux guest (`--label-alloc none` turns them
     // off); the bare fixtures label their objects themselves.
@@ -500,12 +522,15 @@ fn stored(args: &MscanArgs, mut symbols: SymbolTable) -> anyhow::Result<i32> {
                 path.display()
             );
         }
-        let g = guest_of(&Manifest::read(rec)?, rec);
+        let g = guest_with_images(&Manifest::read(rec)?, rec, &args.images);
         symbols.merge(g.symbols);
         heap = g.heap;
         ranges = g.ranges;
+        system_map_of(args, &mut symbols)?;
     } else if args.vmlinux.is_some() {
         bail!("--vmlinux with a trace file needs --rec REC: the recorded kernel's symbols give the KASLR slide");
+    } else if args.system_map.is_some() {
+        bail!("--system-map with a trace file needs --rec REC: the recorded kernel's symbols give the KASLR slide");
     }
     let vmlinux = vmlinux_of(args, &symbols)?;
     let opts = Options {

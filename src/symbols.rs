@@ -3,7 +3,8 @@
 //!
 //! - an ELF (fixture, user program, `-dbg` vmlinux): its symbol table, plus DWARF names;
 //! - a bzImage: the kernel's own kallsyms table, at link-time addresses;
-//! - a `System.map` (`--system-map`);
+//! - a `System.map` (`--system-map FILE`): alone, at link-time addresses; with a source,
+//!   checked to be its build, moved by its KASLR slide and merged into its symbols;
 //! - a recording folder: kallsyms read from the guest's RAM at `--at` (default: the end), so
 //!   at run-time (KASLR) addresses; the slide from the recorded kernel image is printed.
 
@@ -13,7 +14,7 @@ use std::time::Instant;
 use clap::Args;
 use reprise_replay::seek::{boot, read_mem, seek as seek_to, MemAddr};
 use reprise_symbols::slab::{self, SlabCaches};
-use reprise_symbols::{kallsyms, DebugInfo, Kallsyms, SymbolTable, Vmlinux};
+use reprise_symbols::{kallsyms, DebugInfo, Kallsyms, SymbolTable, SystemMap, Vmlinux};
 use reprise_trace::alloc::PageMap;
 
 use crate::cli::parse_count;
@@ -22,13 +23,15 @@ use crate::status;
 /// `reprise symbols` options.
 #[derive(Debug, Args)]
 pub struct SymbolsArgs {
-    /// An ELF file, a Linux bzImage, a System.map (with --system-map), or a recording folder.
-    #[arg(value_name = "IMAGE|REC")]
-    pub source: PathBuf,
+    /// An ELF file, a Linux bzImage, or a recording folder (optional with --system-map).
+    #[arg(value_name = "IMAGE|REC", required_unless_present = "system_map")]
+    pub source: Option<PathBuf>,
 
-    /// The source is a System.map.
-    #[arg(long)]
-    pub system_map: bool,
+    /// A System.map (`nm -n vmlinux` output) of the kernel: with a source, checked to be
+    /// the same build (same distances from `_text`), moved by the KASLR slide and merged
+    /// into its symbols (it has those kallsyms may lack); alone, listed as it is.
+    #[arg(long, value_name = "FILE")]
+    pub system_map: Option<PathBuf>,
 
     /// For a recording: the position whose guest memory holds the kernel (`end` or an
     /// instruction count; the kernel must be running by then).
@@ -46,6 +49,11 @@ pub struct SymbolsArgs {
     /// Print every symbol: address, class, name.
     #[arg(long)]
     pub list: bool,
+
+    /// For a recording: a boot image to use instead of the recorded path (in the
+    /// recording's order, as `replay --image`).
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
 
     /// For a recording: the kernel's `-dbg` vmlinux (DWARF), checked against the recorded
     /// kernel and moved by its KASLR slide; look-ups then give source lines and data
@@ -67,9 +75,33 @@ pub fn symbols(args: &SymbolsArgs) -> i32 {
 
 fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let Some(source) = &args.source else {
+        // A System.map alone (clap requires one of the two).
+        let Some(path) = &args.system_map else {
+            anyhow::bail!("give IMAGE|REC or --system-map FILE");
+        };
+        let m = SystemMap::open(path)?;
+        if let Some(w) = m.warning() {
+            eprintln!("reprise: warning: {w}");
+        }
+        return print_symbols(args, path, &m.table, None, started);
+    };
+    let (mut table, debug) = source_symbols(args, source, started)?;
+    if let Some(path) = &args.system_map {
+        merge_system_map(path, &mut table)?;
+    }
+    print_symbols(args, source, &table, debug.as_ref(), started)
+}
+
+/// The symbols (and DWARF, for an ELF or with --vmlinux) of the command's source.
+fn source_symbols(
+    args: &SymbolsArgs,
+    source: &Path,
+    started: Instant,
+) -> anyhow::Result<(SymbolTable, Option<DebugInfo>)> {
     let mut debug = None;
-    let table = if args.source.is_dir() {
-        let table = from_recording(&args.source, &args.at)?;
+    let table = if source.is_dir() {
+        let table = from_recording(source, &args.at, &args.images)?;
         if let Some(path) = &args.vmlinux {
             let v = open_vmlinux(path, &table)?;
             // The vmlinux's own ELF symbols (moved too) are those kallsyms already has.
@@ -78,13 +110,11 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
         table
     } else if args.vmlinux.is_some() {
         anyhow::bail!("--vmlinux goes with a recording folder; to read a vmlinux alone, give it as the source");
-    } else if args.system_map {
-        SymbolTable::from_system_map(&args.source)?
     } else {
-        let origin = args.source.display().to_string();
-        if is_elf(&args.source) {
+        let origin = source.display().to_string();
+        if is_elf(source) {
             // Memory-mapped: a -dbg vmlinux is 587 MB, of which look-ups touch little.
-            let (d, t) = DebugInfo::with_symbols(&args.source)?;
+            let (d, t) = DebugInfo::with_symbols(source)?;
             eprintln!(
                 "reprise: DWARF: {} variables, {} named types indexed in {:.3} s (sources relative to {})",
                 d.variable_count(),
@@ -95,15 +125,15 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
             debug = Some(d);
             if t.is_empty() {
                 // A stripped vmlinux still has its kallsyms.
-                let bytes = std::fs::read(&args.source)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", args.source.display()))?;
+                let bytes = std::fs::read(source)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))?;
                 SymbolTable::kallsyms_from_image_bytes(&bytes, &origin)?.table
             } else {
                 t
             }
         } else {
-            let bytes = std::fs::read(&args.source)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", args.source.display()))?;
+            let bytes =
+                std::fs::read(source).map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))?;
             let k = SymbolTable::kallsyms_from_image_bytes(&bytes, &origin)?;
             eprintln!(
                 "reprise: kallsyms: {} symbols ({} per-CPU left out), _text at {:#x} (link time)",
@@ -114,10 +144,21 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
             k.table
         }
     };
+    Ok((table, debug))
+}
+
+/// Prints what the options ask of `table` (and `debug`), symbols of `source`.
+fn print_symbols(
+    args: &SymbolsArgs,
+    source: &Path,
+    table: &SymbolTable,
+    debug: Option<&DebugInfo>,
+    started: Instant,
+) -> anyhow::Result<()> {
     eprintln!(
         "reprise: {} symbols from {} in {:.3} s",
         table.len(),
-        args.source.display(),
+        source.display(),
         started.elapsed().as_secs_f64()
     );
     if args.list {
@@ -137,8 +178,8 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
         let sym = table
             .lookup(addr)
             .map_or_else(|| "?".to_owned(), |h| h.to_string());
-        let data = debug.as_ref().and_then(|d| d.name_data(addr));
-        let line = debug.as_ref().and_then(|d| d.short_source_line(addr));
+        let data = debug.and_then(|d| d.name_data(addr));
+        let line = debug.and_then(|d| d.short_source_line(addr));
         let mut out = format!("{addr:#x} {sym}");
         if let Some(d) = data {
             out.push_str(&format!(" [{d}]"));
@@ -156,6 +197,33 @@ fn inner(args: &SymbolsArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--system-map FILE`: reads the map, checks it is the build of the kernel whose
+/// symbols are `running` (its kallsyms, from guest RAM for a recording), moves it by the
+/// KASLR slide and adds the symbols `running` lacks. Reports on stderr; returns how many
+/// symbols were added.
+pub fn merge_system_map(path: &Path, running: &mut SymbolTable) -> anyhow::Result<usize> {
+    let mut m = SystemMap::open(path)?;
+    if let Some(w) = m.warning() {
+        eprintln!("reprise: warning: {w}");
+    }
+    if running.by_name("_text").is_none() {
+        anyhow::bail!(
+            "--system-map {}: no kernel symbols (kallsyms) were found for the recording to match the map against, so its KASLR slide is unknown",
+            path.display()
+        );
+    }
+    let slide = m
+        .match_running(running)
+        .map_err(|why| anyhow::anyhow!("--system-map {}: {why}", path.display()))?;
+    let added = m.merge_into(running);
+    eprintln!(
+        "reprise: System.map {}: {} symbols; the same build as the kernel's, KASLR slide {slide:+#x}; {added} symbols the kernel's kallsyms lacks added",
+        path.display(),
+        m.table.len()
+    );
+    Ok(added)
 }
 
 /// The file at `path` starts with the ELF magic.
@@ -231,8 +299,12 @@ impl KernelSymbols {
 /// `at` (`None`: its end), reached from the nearest checkpoint. The kernel must be running
 /// by then: before the boot code has unpacked and relocated it there is no table, or one
 /// still at link-time addresses (see [`KernelSymbols::warnings`]).
-pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Result<KernelSymbols> {
-    let mut r = boot(dir, &[])?;
+pub fn kernel_symbols_of_recording(
+    dir: &Path,
+    at: Option<u64>,
+    images: &[PathBuf],
+) -> anyhow::Result<KernelSymbols> {
+    let mut r = boot(dir, images)?;
     let target = match at {
         Some(p) => p,
         None => r
@@ -339,7 +411,7 @@ pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Resul
     };
     let nodes = reprise_symbols::nodes::find(&k.table, &mut read);
     let manifest = reprise_record::manifest::Manifest::read(dir)?;
-    let slide = kernel_path(&manifest)
+    let slide = kernel_path(&manifest, images)
         .and_then(|kernel| SymbolTable::kallsyms_from_image(&kernel).ok())
         .map(|img| k.relative_base.wrapping_sub(img.relative_base) as i64);
     Ok(KernelSymbols {
@@ -357,13 +429,13 @@ pub fn kernel_symbols_of_recording(dir: &Path, at: Option<u64>) -> anyhow::Resul
 }
 
 /// [`kernel_symbols_of_recording`] for the command, reporting on stderr.
-fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
+fn from_recording(dir: &Path, at: &str, images: &[PathBuf]) -> anyhow::Result<SymbolTable> {
     let at = if at == "end" {
         None
     } else {
         Some(parse_count(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?)
     };
-    let ks = kernel_symbols_of_recording(dir, at)?;
+    let ks = kernel_symbols_of_recording(dir, at, images)?;
     let k = &ks.kallsyms;
     eprintln!(
         "reprise: kallsyms in guest RAM at physical {:#x} (instruction {}): {} symbols, _text at {:#x} (run time), found in {:.3} s",
@@ -422,14 +494,18 @@ fn from_recording(dir: &Path, at: &str) -> anyhow::Result<SymbolTable> {
 
 /// The kernel image a recording booted (its `linux` boot image in the `kernel` role), if it
 /// is still at the recorded path.
-fn kernel_path(manifest: &reprise_record::manifest::Manifest) -> Option<PathBuf> {
+fn kernel_path(
+    manifest: &reprise_record::manifest::Manifest,
+    images: &[PathBuf],
+) -> Option<PathBuf> {
     let boot = &manifest.boot;
     if boot.protocol != "linux" {
         return None;
     }
-    boot.images
-        .iter()
-        .find(|i| i.role == "kernel")
-        .map(|i| i.path.clone())
+    let k = boot.images.iter().position(|i| i.role == "kernel")?;
+    images
+        .get(k)
+        .or(boot.images.get(k).map(|i| &i.path))
+        .cloned()
         .filter(|p| p.is_file())
 }

@@ -47,7 +47,7 @@
 use std::collections::HashMap;
 
 use reprise_trace::locks::SLEEPING_LOCK;
-use reprise_trace::policy::hash::FastMap;
+use reprise_trace::policy::hash::{FastMap, FastSet};
 use reprise_trace::record::{Event, Hypercall, Kind, LockOp, Record};
 use serde_json::{json, Value};
 
@@ -203,6 +203,18 @@ impl Acquisition {
         let old = self.old.unwrap_or(0);
         (lo..hi).all(|b| byte(value, b, off) == byte(old, b, self.off))
     }
+
+    /// Whether the acquisition raised its bytes (as an unsigned number): set bits (a
+    /// spinlock's 0 to 1, a bit lock's `bts`, a flag's `lock or`) or counted up (a
+    /// ticket, a reference). A release mistaken for an acquisition lowers them.
+    fn raises(&self) -> bool {
+        let mask = if self.size >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * self.size)) - 1
+        };
+        self.new & mask > self.old.unwrap_or(0) & mask
+    }
 }
 
 /// The last known contents of a word LOCK-prefixed writes touched (value rule).
@@ -239,6 +251,10 @@ pub struct Serial {
     locks: HashMap<LockId, LockStat>,
     /// The value rule's view of the words LOCK-prefixed writes touched.
     shadow: FastMap<u64, Shadow>,
+    /// Words (physical, aligned to [`WORD`]) seen handed off: a CPU undid what another
+    /// CPU's locked write did while that CPU held the word (flags, task states,
+    /// reference counts): never a lock's, not reported.
+    handed_off: FastSet<u64>,
     /// Sleeping locks held and waited for, by task, oldest first.
     sleeping_held: Vec<Sleeper>,
     sleeping_waits: Vec<Sleeper>,
@@ -257,6 +273,7 @@ impl Serial {
             cpus: Vec::new(),
             locks: HashMap::new(),
             shadow: FastMap::default(),
+            handed_off: FastSet::default(),
             sleeping_held: Vec::new(),
             sleeping_waits: Vec::new(),
             without_values: false,
@@ -472,11 +489,14 @@ impl Serial {
             (Some(v), Some(o)) => v != o,
             _ => true,
         };
-        if value.is_some() && write && !a.locked {
-            // A plain store by another CPU to a word one holds: no lock's word (a lock's
-            // other takers only try, and fail, with locked instructions): a flag word
-            // (a task's state, which a waker stores to).
-            self.spoil_others(cpu, a.paddr, a.size);
+        if let (Some(v), true) = (value, write && (changed || !a.locked)) {
+            // Another CPU's write to a word one holds, which is a plain store or undoes
+            // the holder's acquisition: a hand-off, never seen on a lock's word (a lock's
+            // other takers only try, and fail, with locked instructions; only the holder
+            // gives it back): a flag word (a task's state, which a waker stores to; a
+            // thread flag another CPU set and the task clears), or a reference count
+            // (taken here, dropped there).
+            self.hand_off(cpu, a.paddr, a.size, v, !a.locked);
         }
         for (paddr, vaddr, n) in pieces(a, line_size) {
             let key = paddr & !(WORD - 1);
@@ -572,7 +592,7 @@ impl Serial {
                 }
                 true
             });
-            if !found && a.locked && write {
+            if !found && a.locked && write && !self.handed_off.contains(&key) {
                 if cands.len() >= MAX_CANDIDATES {
                     cands.remove(0);
                 }
@@ -675,19 +695,43 @@ impl Serial {
         known.then_some(old)
     }
 
-    /// CPU `cpu` stored plainly to `[paddr, paddr + size)`: the words there that other
-    /// CPUs took are no locks' (see [`Serial::access`]); they stop following them.
-    fn spoil_others(&mut self, cpu: u32, paddr: u64, size: u8) {
+    /// CPU `cpu` wrote `value` to `[paddr, paddr + size)`; `plain`: without a LOCK
+    /// prefix. A word there that another CPU took by raising it (setting bits, counting
+    /// up: [`Acquisition::raises`]) and that this write gives back as that CPU's release
+    /// would (see [`Acquisition::releases`]) is handed off: no lock's, for the rest of
+    /// the run (its sections so far are not reported either). A plain store to a word
+    /// another CPU took otherwise only ends that CPU's candidate section.
+    ///
+    /// Only raising acquisitions count: a holder's release the rule did not recognize
+    /// (a locked write lowering the word) is followed as an acquisition, and the next
+    /// CPU's real acquisition would undo it.
+    fn hand_off(&mut self, cpu: u32, paddr: u64, size: u8, value: u64, plain: bool) {
         let first = paddr & !(WORD - 1);
         let last = paddr.saturating_add((size as u64).max(1) - 1) & !(WORD - 1);
         if !self.shadow.contains_key(&first) && !self.shadow.contains_key(&last) {
             return;
         }
+        let size = (size as u64).clamp(1, 8);
         for (i, c) in self.cpus.iter_mut().enumerate() {
-            if i != cpu as usize {
-                c.candidates
-                    .retain(|k| !(k.taken && (k.line == first || k.line == last)));
+            if i == cpu as usize {
+                continue;
             }
+            c.candidates.retain(|k| {
+                if !k.taken || (k.line != first && k.line != last) {
+                    return true;
+                }
+                // The write as the word `k.line` sees it (when inside it), judged as a
+                // release by the holder would be.
+                let undone = paddr
+                    .checked_sub(k.line)
+                    .filter(|off| off + size <= WORD)
+                    .zip(k.acq)
+                    .is_some_and(|(off, q)| q.raises() && q.releases((off, size, value)));
+                if undone {
+                    self.handed_off.insert(k.line);
+                }
+                !(undone || plain)
+            });
         }
     }
 }
@@ -755,6 +799,11 @@ impl Analysis for Serial {
             // A word only one CPU ever took serialized nothing: a per-CPU flag word (a
             // Linux run queue's nohz flags), not a lock.
             .filter(|(id, s)| !matches!(id, LockId::Line(_)) || s.cpus.count_ones() > 1)
+            // A word another CPU handed off is no lock (see [`Serial::hand_off`]).
+            .filter(|(id, _)| match id {
+                LockId::Line(w) => !self.handed_off.contains(w),
+                _ => true,
+            })
             .collect();
         let found = v.len();
         v.sort_by(|a, b| {
@@ -1181,6 +1230,46 @@ mod tests {
         assert_eq!(j["values"], false);
         assert!(!text.contains("no access values"), "{text}");
         assert!(text_nv.contains("no access values"), "{text_nv}");
+    }
+
+    #[test]
+    fn thread_flags_and_reference_counts_handed_off_are_not_locks() {
+        use Kind::{ReadModifyWrite as Rmw, Write};
+        let mut recs = Vec::new();
+        let mut pos = 0;
+        // A task's thread flags (0x5000): its CPU sets a flag with `lock or` and clears it
+        // with `lock and` (a bit lock's shape), on CPUs 0 and 1 in turn...
+        for cpu in [0, 1, 0, 1] {
+            recs.push(valued(pos, cpu, 0x5000, 1, Rmw, true, 0x08));
+            recs.push(valued(pos + 1, cpu, 0x3048, 8, Write, false, pos));
+            recs.push(valued(pos + 2, cpu, 0x5000, 1, Rmw, true, 0));
+            pos += 10;
+        }
+        let only_own = run(&recs);
+        assert_eq!(only_own["locks_found"], 1, "{only_own:#}");
+        // ... until another CPU sets it (a remote wake-up's need-resched) and the task's
+        // CPU clears it: handed off, so the word was never a lock.
+        recs.push(valued(pos, 2, 0x5000, 1, Rmw, true, 0x08));
+        recs.push(valued(pos + 1, 2, 0x3050, 8, Write, false, 1));
+        recs.push(valued(pos + 2, 0, 0x5000, 1, Rmw, true, 0));
+        pos += 10;
+        let j = run(&recs);
+        assert_eq!(j["locks_found"], 0, "{j:#}");
+        // A reference count (0x5010): taken and dropped by its CPU (the first pair only
+        // shows the count's value), on two CPUs...
+        let mut recs = Vec::new();
+        for (get, put) in [(0, 0), (1, 1), (0, 0), (3, 2)] {
+            recs.push(valued(pos, get, 0x5010, 4, Rmw, true, 2));
+            recs.push(valued(pos + 1, get, 0x3048, 8, Write, false, pos));
+            recs.push(valued(pos + 2, put, 0x5010, 4, Rmw, true, 1));
+            pos += 10;
+        }
+        let j = run(&recs[..9]);
+        assert_eq!(j["locks_found"], 1, "{j:#}");
+        assert_eq!(j["locks"][0]["acquisitions"], 2, "{j:#}");
+        // ... then taken on CPU 3 and dropped on CPU 2.
+        let j = run(&recs);
+        assert_eq!(j["locks_found"], 0, "{j:#}");
     }
 
     #[test]

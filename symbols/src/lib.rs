@@ -27,10 +27,12 @@ pub mod dwarf;
 pub mod kallsyms;
 pub mod nodes;
 pub mod slab;
+pub mod system_map;
 pub mod vmlinux;
 
 pub use dwarf::DebugInfo;
 pub use kallsyms::{GuestMemory, Kallsyms, KallsymsLayout};
+pub use system_map::SystemMap;
 pub use vmlinux::Vmlinux;
 
 /// Why a symbol source could not be read.
@@ -68,15 +70,21 @@ pub enum SymbolError {
         /// The last reason a candidate table was rejected.
         reason: String,
     },
-    /// A line of a System.map is not `ADDRESS TYPE NAME`.
-    #[error("{origin}:{line}: not a System.map line: {text:?}")]
-    BadSystemMap {
+    /// A System.map with no symbol in it.
+    #[error("{origin}: no symbol in this System.map ({malformed} malformed line{})", if *malformed == 1 { "" } else { "s" })]
+    EmptySystemMap {
         /// The file.
         origin: String,
-        /// 1-based line number.
-        line: usize,
-        /// The line.
-        text: String,
+        /// Lines that were not `ADDRESS TYPE NAME`.
+        malformed: usize,
+    },
+    /// Debian's stub System.map, which holds no symbol but a pointer to the `-dbg` package.
+    #[error("{origin}: Debian's stub System.map, with no symbols (the real one is in the {package} package): give that package's vmlinux with --vmlinux (fixtures/linux/fetch-dbg.sh fetches the fixture's), or leave the map out: reprise reads the kernel's own kallsyms")]
+    StubSystemMap {
+        /// The file.
+        origin: String,
+        /// The package the stub names (`linux-image-<version>-dbg`).
+        package: String,
     },
     /// The DWARF debug information could not be read.
     #[error("{origin}: bad DWARF: {reason}")]
@@ -107,7 +115,7 @@ pub fn class_of_type(kind: char) -> SymbolClass {
 }
 
 /// Addresses from here up are the kernel's half of the x86-64 address space.
-const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
+pub(crate) const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
 
 /// Whether a symbol names code or data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -213,63 +221,16 @@ impl SymbolTable {
         Ok(table)
     }
 
-    /// Reads a `System.map` (`nm -n` output: `ADDRESS TYPE NAME` per line).
-    ///
-    /// Undefined (`U`), absolute (`A`/`a`) and debugging (`N`/`n`) entries are skipped. When
-    /// the map has kernel-half symbols, entries below the kernel half are per-CPU offsets,
-    /// not addresses, and are skipped too (they would otherwise name low user addresses).
+    /// Reads a `System.map` (`nm -n` output: `ADDRESS TYPE NAME` per line); see
+    /// [`SystemMap::parse`] for what is kept, and [`SystemMap`] for the count of the
+    /// malformed lines skipped and the matching to a running kernel.
     pub fn from_system_map(path: &Path) -> Result<Self, SymbolError> {
-        let text = crate::read_file(path)?;
-        Self::from_system_map_text(&String::from_utf8_lossy(&text), &path.display().to_string())
+        Ok(SystemMap::open(path)?.table)
     }
 
     /// [`SymbolTable::from_system_map`] on text in memory; `origin` names it in errors.
     pub fn from_system_map_text(text: &str, origin: &str) -> Result<Self, SymbolError> {
-        let mut entries = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let mut f = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
-                // Blank lines, and `nm`'s undefined entries, which have no address.
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                if fields.is_empty() || (fields.len() == 2 && fields[0].len() == 1) {
-                    continue;
-                }
-                return Err(SymbolError::BadSystemMap {
-                    origin: origin.to_owned(),
-                    line: i + 1,
-                    text: line.to_owned(),
-                });
-            };
-            let mut kinds = kind.chars();
-            let (Ok(addr), Some(kind), None) =
-                (u64::from_str_radix(addr, 16), kinds.next(), kinds.next())
-            else {
-                return Err(SymbolError::BadSystemMap {
-                    origin: origin.to_owned(),
-                    line: i + 1,
-                    text: line.to_owned(),
-                });
-            };
-            if matches!(kind, 'U' | 'A' | 'a' | 'N' | 'n') || addr == 0 {
-                continue;
-            }
-            entries.push((addr, kind, name));
-        }
-        let kernel = entries.iter().any(|&(a, _, _)| a >= KERNEL_HALF);
-        let mut table = SymbolTable::new();
-        for (addr, kind, name) in entries {
-            if kernel && addr < KERNEL_HALF {
-                continue;
-            }
-            table.insert(Symbol {
-                name: name.to_owned(),
-                start: addr,
-                size: 0,
-                class: class_of_type(kind),
-            });
-        }
-        table.finish();
-        Ok(table)
+        Ok(SystemMap::parse(text, origin)?.table)
     }
 
     /// The kernel's symbols from its own kallsyms table, read out of a kernel image: a
@@ -457,9 +418,10 @@ mod tests {
             "helper+0x10"
         );
         let e = SymbolTable::from_system_map_text("zz T x\n", "m").unwrap_err();
-        assert_eq!(e.to_string(), "m:1: not a System.map line: \"zz T x\"");
-        let e = SymbolTable::from_system_map_text("ffff\n", "m").unwrap_err();
-        assert!(e.to_string().starts_with("m:1:"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "m: no symbol in this System.map (1 malformed line)"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::{DebugInfo, Symbol, SymbolError, SymbolTable};
 
 /// Link-time addresses at or above this are in the kernel image and move with KASLR;
 /// below are per-CPU offsets (`.data..percpu` is linked at 0) and absolute symbols.
-const KERNEL_IMAGE: u64 = 0xffff_ffff_8000_0000;
+pub(crate) const KERNEL_IMAGE: u64 = 0xffff_ffff_8000_0000;
 
 /// Symbols whose distance from `_text` must be the same in the vmlinux and in the running
 /// kernel: spread over text, read-only data, data and the image's end, so a different
@@ -89,12 +89,18 @@ impl Vmlinux {
 /// checking that each of [`CHECKS`] the two share sits at the same distance from `_text`
 /// (at least four of them present in both).
 pub fn check_same_build(vmlinux: &SymbolTable, running: &SymbolTable) -> Result<i64, String> {
+    same_build("vmlinux", vmlinux, running)
+}
+
+/// [`check_same_build`] for a table of link-time symbols from any file of the build;
+/// `what` names the file's kind in the messages ("vmlinux", "System.map").
+pub fn same_build(what: &str, vmlinux: &SymbolTable, running: &SymbolTable) -> Result<i64, String> {
     let text = |t: &SymbolTable, which: &str| {
         t.by_name("_text")
             .map(|s| s.start)
             .ok_or_else(|| format!("the {which} has no _text symbol"))
     };
-    let link = text(vmlinux, "vmlinux")?;
+    let link = text(vmlinux, what)?;
     let run = text(running, "running kernel's symbol table")?;
     let slide = run.wrapping_sub(link) as i64;
     let mut compared = 0;
@@ -107,20 +113,20 @@ pub fn check_same_build(vmlinux: &SymbolTable, running: &SymbolTable) -> Result<
         let (da, db) = (a.start.wrapping_sub(link), b.start.wrapping_sub(run));
         if da != db {
             differ.push(format!(
-                "{name} at _text{:+#x} in the vmlinux, _text{:+#x} in the recording",
+                "{name} at _text{:+#x} in the {what}, _text{:+#x} in the recording",
                 da as i64, db as i64
             ));
         }
     }
     if !differ.is_empty() {
         return Err(format!(
-            "the vmlinux is not the recorded kernel's build: {}",
+            "the {what} is not the recorded kernel's build: {}",
             differ.join("; ")
         ));
     }
     if compared < 4 {
         return Err(format!(
-            "too few symbols in common to tell whether the vmlinux is the recorded kernel ({compared} of {})",
+            "too few symbols in common to tell whether the {what} is the recorded kernel ({compared} of {})",
             CHECKS.len()
         ));
     }
