@@ -31,6 +31,12 @@
 //!   nothing back, and any plain store by another CPU to a word one holds (a waker
 //!   storing a task's state), show the word is no lock: its section is dropped. So a flag
 //!   word several CPUs set and clear, whose bits others change in between, is no lock.
+//!   An acquisition raises the word (sets bits, counts up: a spinlock's 0 to 1, a bit
+//!   lock's `bts`, a ticket): a locked write lowering it (a flag cleared, a reference
+//!   dropped) takes nothing. And only a lock's holder gives it back: when another CPU's
+//!   write gives back what a holder took (a thread flag a remote wake-up set and the task
+//!   cleared, a reference taken on one CPU and dropped on another), the word was handed
+//!   off, and is no lock's for the whole run (see [`Serial::hand_off`]).
 //!   Without values (an older stored trace) the rule goes by kind alone: any locked write
 //!   takes the word and any plain write by the holder gives it back, and the report says
 //!   so. Either way a section held or waited for longer than [`MAX_HOLD`] is no lock's:
@@ -572,17 +578,23 @@ impl Serial {
                         return true;
                     }
                     // A locked write that changes the word: taken (anew: an atomic
-                    // variable so far), waiting since the first failed attempt.
-                    let since = if k.taken { pos } else { k.since };
-                    let spins = if k.taken { 0 } else { k.spins };
-                    *k = Candidate::new(key, vbase, since, a.pc);
-                    k.spins = spins;
-                    k.acq = within(k).map(|(off, size, new)| Acquisition {
+                    // variable so far), waiting since the first failed attempt; unless it
+                    // lowers the word (a flag cleared, a reference dropped), which takes
+                    // nothing: the CPU stops following the word.
+                    let acq = within(k).map(|(off, size, new)| Acquisition {
                         off,
                         size,
                         old,
                         new,
                     });
+                    if acq.is_some_and(|q| !q.raises()) {
+                        return false;
+                    }
+                    let since = if k.taken { pos } else { k.since };
+                    let spins = if k.taken { 0 } else { k.spins };
+                    *k = Candidate::new(key, vbase, since, a.pc);
+                    k.spins = spins;
+                    k.acq = acq;
                     return true;
                 }
                 if k.held.is_none() {
@@ -597,6 +609,7 @@ impl Serial {
                     cands.remove(0);
                 }
                 let mut k = Candidate::new(key, vbase, pos, a.pc);
+                let mut takes = true;
                 if value.is_some() {
                     if changed {
                         k.acq = within(&k).map(|(off, size, new)| Acquisition {
@@ -605,13 +618,17 @@ impl Serial {
                             old,
                             new,
                         });
+                        // Lowering the word takes nothing (see above).
+                        takes = k.acq.is_none_or(|q| q.raises());
                     } else {
                         // A failed attempt: waiting, not taken.
                         k.taken = false;
                         k.spins = 1;
                     }
                 }
-                cands.push(k);
+                if takes {
+                    cands.push(k);
+                }
             }
             if let Some(c) = self.cpu(cpu) {
                 c.candidates = cands;
@@ -702,9 +719,8 @@ impl Serial {
     /// the run (its sections so far are not reported either). A plain store to a word
     /// another CPU took otherwise only ends that CPU's candidate section.
     ///
-    /// Only raising acquisitions count: a holder's release the rule did not recognize
-    /// (a locked write lowering the word) is followed as an acquisition, and the next
-    /// CPU's real acquisition would undo it.
+    /// Acquisitions raise the word (see [`Serial::access`]), so the next CPU's
+    /// acquisition never undoes an earlier one.
     fn hand_off(&mut self, cpu: u32, paddr: u64, size: u8, value: u64, plain: bool) {
         let first = paddr & !(WORD - 1);
         let last = paddr.saturating_add((size as u64).max(1) - 1) & !(WORD - 1);
