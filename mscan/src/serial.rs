@@ -261,6 +261,10 @@ pub struct Serial {
     /// CPU's locked write did while that CPU held the word (flags, task states,
     /// reference counts): never a lock's, not reported.
     handed_off: FastSet<u64>,
+    /// Lines (virtual, aligned to the line size) of the locks taken by hypercall or lock
+    /// function: the pattern's sections on their words are the same lock's, never
+    /// reported (see [`Serial::report`]), so they are not accumulated either.
+    known_lines: FastSet<u64>,
     /// Sleeping locks held and waited for, by task, oldest first.
     sleeping_held: Vec<Sleeper>,
     sleeping_waits: Vec<Sleeper>,
@@ -280,6 +284,7 @@ impl Serial {
             locks: HashMap::new(),
             shadow: FastMap::default(),
             handed_off: FastSet::default(),
+            known_lines: FastSet::default(),
             sleeping_held: Vec::new(),
             sleeping_waits: Vec::new(),
             without_values: false,
@@ -342,6 +347,7 @@ impl Serial {
                     self.sleeping_held.remove(0);
                 }
                 self.sleeping_held.push(me);
+                self.known_lines.insert(lock & !(self.line - 1));
                 let s = self.locks.entry(id).or_default();
                 s.vaddr = lock;
                 s.acquisitions += 1;
@@ -389,6 +395,7 @@ impl Serial {
                     lock,
                     since: pos,
                 });
+                self.known_lines.insert(lock & !(self.line - 1));
                 let s = self.locks.entry(id).or_default();
                 if !name.is_empty() {
                     s.name.get_or_insert_with(|| name.to_string());
@@ -639,6 +646,11 @@ impl Serial {
             let hold = pos - held.min(pos);
             if wait > MAX_HOLD || hold > MAX_HOLD {
                 // Not a lock's section: an atomic variable stored to much later.
+                continue;
+            }
+            if self.known_lines.contains(&(k.vbase & !(line_size - 1))) {
+                // A lock the guest reported, or a lock function took: the report has it
+                // under that name, and leaves this word out.
                 continue;
             }
             let lock_line = k.line & !(line_size - 1);
