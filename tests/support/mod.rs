@@ -31,11 +31,44 @@ pub fn guest(data: &[u8], f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedE
     build_exec(CODE, &segments)
 }
 
+/// The prefix of every test process's scratch directory in the system's temporary directory.
+const SCRATCH_PREFIX: &str = "reprise-e2e-";
+
 /// A scratch directory for this test process's files.
+///
+/// The test harness has no hook that runs when the process ends, so a process cannot remove
+/// its own directory; instead the first call removes the directories of earlier test
+/// processes that are no longer running (recordings make them tens of MB each).
 pub fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reprise-e2e-{}", std::process::id()));
+    static PRUNE: std::sync::Once = std::sync::Once::new();
+    PRUNE.call_once(remove_stale_scratch_dirs);
+    let dir = std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("creating a scratch directory");
     dir
+}
+
+/// Remove the scratch directories whose process has exited. Only where `/proc` tells which
+/// processes run (Linux); elsewhere, and on any error, nothing is removed.
+fn remove_stale_scratch_dirs() {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Write `bytes` to a file called `name` in the scratch directory.
