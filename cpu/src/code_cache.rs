@@ -218,6 +218,14 @@ impl CodeCache {
         Some(id)
     }
 
+    /// Whether the run loop may find the next block through the links of the previous one
+    /// ([`CodeCache::take_chained`]) instead of the ordinary lookup: false while something
+    /// must see every block entry.
+    #[inline(always)]
+    pub fn chaining_allowed(&self) -> bool {
+        self.breakpoints.is_empty()
+    }
+
     /// Check a cached block out to execute it; give it back with [`CodeCache::put_back`].
     /// `None` if `id` names no block that is cached and not already checked out.
     #[inline(always)]
@@ -365,12 +373,6 @@ impl CodeCache {
     /// [`CodeCache::set_breakpoints`]); clears the flag.
     pub fn take_breakpoint_hit(&mut self) -> bool {
         std::mem::take(&mut self.breakpoint_hit)
-    }
-
-    /// Whether the run loop may go from block to block without the ordinary fetch: false
-    /// while something must see every block entry (breakpoints are set).
-    pub fn chaining_allowed(&self) -> bool {
-        self.breakpoints.is_empty()
     }
 
     /// Number of cached blocks (for statistics).

@@ -126,10 +126,9 @@ impl Cpu {
     /// Breakpoints are set (see [`CodeCache::set_breakpoints`]): set the flag when the
     /// block about to run from the current rip may execute from one (one of its bytes is a
     /// breakpoint). Looked at before the block is fetched, so a fetch fault at a breakpoint
-    /// counts. The
-    /// block's length comes from the cache when it is there (after the same translation
-    /// the fetch makes next, so nothing changes that the fetch would not change); a block
-    /// not cached yet is decoded first.
+    /// counts. The block's length comes from the cache when it is there (after the same
+    /// translation the fetch makes next, so nothing changes that the fetch would not
+    /// change); a block not cached yet is decoded first.
     #[inline(never)]
     fn note_breakpoints<B: Bus>(
         &mut self,
