@@ -20,7 +20,7 @@ PRED is one or more of these, joined with `and`:
   insn >= N                   at least N instructions executed
 OP is ==, !=, < or >; a VALUE with a minus sign compares signed.
 
-The answer is the first position (instruction count) at which PRED holds, exactly what a scan one instruction at a time finds (--linear does that scan). Checkpoints bound the search; the segments before the first checkpoint where PRED holds are then stepped through, on --jobs threads (with --monotone only the last one). Without --monotone, a PRED with a `pc ==` atom or only `mem` state atoms is searched by one watching pass at traced speed instead, which hands the positions that can hold the answer to a second replay that steps only those.
+The answer is the first position (instruction count) at which PRED holds, exactly what a scan one instruction at a time finds (--linear does that scan). Checkpoints bound the search; the segments before the first checkpoint where PRED holds are then stepped through, on --jobs threads (with --monotone only the last one). Without --monotone, a PRED with a `pc ==` atom or only `mem` state atoms is searched by one watching pass at traced speed instead, which hands the positions that can hold the answer to a second replay that steps only those. For `pc ==`, a scouting pass at full speed with a breakpoint in the CPU runs ahead, and only the stretches where the address may have been reached are watched.
 
 stdout: the position, then the machine state as `seek` prints it. stderr: checkpoints restored, instructions replayed, time. Exit status 0 when found, 2 when PRED holds nowhere, 1 on errors, 130 when interrupted.";
 
@@ -49,6 +49,7 @@ fn inner(args: &BisectArgs) -> anyhow::Result<i32> {
         jobs: args.jobs,
         interrupt: Some(crate::interrupt::install()),
         progress: None,
+        chunk: args.chunk,
     };
     let total = crate::progress::recording_total(&args.rec);
     let progress = crate::progress::Progress::start("bisect", total);
@@ -92,7 +93,7 @@ fn inner(args: &BisectArgs) -> anyhow::Result<i32> {
         .end
         .map_or("an unknown number of".to_string(), |e| e.to_string());
     eprintln!(
-        "reprise: {pred}: {}; {} checkpoints restored, {} instructions replayed ({} of them one at a time, {} by a watching pass) of the recording's {total}, in {:.3} s",
+        "reprise: {pred}: {}; {} checkpoints restored, {} instructions replayed ({} of them one at a time, {} by a watching pass, {} by a scouting pass) of the recording's {total}, in {:.3} s",
         outcome
             .found
             .map_or("holds nowhere".to_string(), |p| format!("first holds at {p}")),
@@ -100,6 +101,7 @@ fn inner(args: &BisectArgs) -> anyhow::Result<i32> {
         outcome.replayed,
         outcome.stepped,
         outcome.watched,
+        outcome.scouted,
         started.elapsed().as_secs_f64()
     );
     Ok(code)

@@ -330,6 +330,10 @@ pub struct BisectArgs {
     #[arg(long)]
     pub linear: bool,
 
+    /// Instructions per chunk of the watching and scouting passes (0: 2^20); for tests.
+    #[arg(long, value_name = "N", default_value_t = 0, hide = true)]
+    pub chunk: u64,
+
     /// A boot image to use instead of the recorded path.
     #[arg(long = "image", value_name = "PATH")]
     pub images: Vec<PathBuf>,

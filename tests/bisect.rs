@@ -227,3 +227,68 @@ fn memory_predicates_step_only_around_writes() {
     assert_eq!(r.status, 2, "{r:?}");
     assert!(stepped(&r) <= 1, "{r:?}");
 }
+
+/// The watched, scouted and replayed counts from bisect's summary on stderr.
+fn pass_counts(r: &support::Run) -> (u64, u64) {
+    let before = |tag: &str| -> u64 {
+        r.stderr
+            .split(tag)
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|s| s.parse().ok())
+            .expect("count")
+    };
+    (before(" by a watching pass"), before(" by a scouting pass"))
+}
+
+/// bisect with small chunks (many scouting-pass boundaries on a short recording) ==
+/// linear scan.
+fn same_as_linear_in_chunks(dir: &Path, pred: &str, cpu: u32) -> support::Run {
+    let slow = bisect(dir, pred, cpu, &["--linear"]);
+    let fast = bisect(dir, pred, cpu, &["--chunk", "4096"]);
+    assert_eq!(fast.stdout, slow.stdout, "{pred}\n{fast:?}\n{slow:?}");
+    assert_eq!(fast.status, slow.status, "{pred}");
+    fast
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    /// `pc ==` predicates (alone and in conjunctions) through the scouting pass, over
+    /// ~200 chunks of the 4-CPU recording.
+    #[test]
+    fn scouted_pc_equals_a_linear_scan(frac in 0.0f64..1.0, pick in 0u8..3, cpu: u32) {
+        let (dir, end) = smp();
+        let kind = [1u8, 6, 9][pick as usize];
+        let (p, c) = predicate(dir, *end, frac, kind, 4, cpu);
+        let r = same_as_linear_in_chunks(dir, &p, c);
+        let (_, scouted) = pass_counts(&r);
+        prop_assert!(scouted > 0, "{:?}", r);
+    }
+}
+
+#[test]
+fn the_scout_watches_only_candidate_chunks() {
+    let (dir, end) = smp();
+    // The APs halt (`cli; hlt`) with rip after the HLT and stay there: the chunks where
+    // they halt are candidates (the block with the HLT runs on past it, and their rip is
+    // ADDR at the chunk's end); the others are not watched.
+    let s = state_at(dir, *end);
+    let after_hlt = reg(&s, 1, "rip");
+    for p in [
+        format!("pc == {after_hlt:#x}"),
+        format!("pc == {:#x}", after_hlt - 1),
+        format!("pc == {after_hlt:#x} and reg rbx == 3"),
+    ] {
+        let r = same_as_linear_in_chunks(dir, &p, 3);
+        assert_eq!(r.status, 0, "{r:?}");
+        let (watched, scouted) = pass_counts(&r);
+        assert!(scouted > 0, "{r:?}");
+        // Only a few of the ~200 chunks are watched.
+        assert!(watched <= 8 * 4096, "{p}: {r:?}");
+        assert!(stepped(&r) < 1000, "{r:?}");
+    }
+    // An address no CPU reaches.
+    let r = same_as_linear_in_chunks(dir, "pc == 0x7", 0);
+    assert_eq!(r.status, 2, "{r:?}");
+}

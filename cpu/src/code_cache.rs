@@ -146,6 +146,12 @@ pub struct CodeCache {
     groups: Vec<Group>,
     /// Decode the fast forms (see `exec/fast.rs`); off only to test them.
     fast_paths: bool,
+    /// Breakpoints: instruction-pointer values, sorted and deduplicated; empty when off
+    /// (see [`CodeCache::set_breakpoints`]).
+    breakpoints: Vec<u64>,
+    /// Sticky: a breakpoint may have been reached since the last
+    /// [`CodeCache::take_breakpoint_hit`].
+    breakpoint_hit: bool,
 }
 
 impl CodeCache {
@@ -169,6 +175,8 @@ impl CodeCache {
             code_pages: vec![0; pages.div_ceil(64) + 1],
             groups: crate::exec::group_table(),
             fast_paths: true,
+            breakpoints: Vec::new(),
+            breakpoint_hit: false,
         }
     }
 
@@ -208,6 +216,14 @@ impl CodeCache {
         let id = *self.index.get(&key)?;
         self.jump[j] = JumpEntry { key, id };
         Some(id)
+    }
+
+    /// Whether the run loop may find the next block through the links of the previous one
+    /// ([`CodeCache::take_chained`]) instead of the ordinary lookup: false while something
+    /// must see every block entry.
+    #[inline(always)]
+    pub fn chaining_allowed(&self) -> bool {
+        self.breakpoints.is_empty()
     }
 
     /// Check a cached block out to execute it; give it back with [`CodeCache::put_back`].
@@ -325,6 +341,38 @@ impl CodeCache {
         }
         self.page_blocks.clear();
         self.code_pages.iter_mut().for_each(|w| *w = 0);
+    }
+
+    /// Watch the instruction-pointer values `addrs` (empty: stop watching). While any are
+    /// set, every block entry whose bytes include one (a fetch fault at one included), and
+    /// every interrupt or exception delivered while the CPU is at one, sets a sticky flag
+    /// read by [`CodeCache::take_breakpoint_hit`]: a CPU that executes from a breakpoint or
+    /// is interrupted there always sets it; the flag may also be set when none did (a block
+    /// that leaves before reaching it). A CPU that only arrives at one (halted after an HLT
+    /// falling through to it) sets it when it leaves by executing or being interrupted.
+    /// Clears the flag.
+    pub fn set_breakpoints(&mut self, addrs: &[u64]) {
+        self.breakpoints = addrs.to_vec();
+        self.breakpoints.sort_unstable();
+        self.breakpoints.dedup();
+        self.breakpoint_hit = false;
+    }
+
+    /// The breakpoints, sorted (empty when off).
+    #[inline(always)]
+    pub fn breakpoints(&self) -> &[u64] {
+        &self.breakpoints
+    }
+
+    /// Note that a breakpoint may have been reached (sets the sticky flag).
+    pub fn note_breakpoint_hit(&mut self) {
+        self.breakpoint_hit = true;
+    }
+
+    /// Whether a breakpoint may have been reached since the last call (or since
+    /// [`CodeCache::set_breakpoints`]); clears the flag.
+    pub fn take_breakpoint_hit(&mut self) -> bool {
+        std::mem::take(&mut self.breakpoint_hit)
     }
 
     /// Number of cached blocks (for statistics).

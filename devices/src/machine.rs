@@ -453,6 +453,12 @@ impl<I: Inputs> Machine<I> {
         self.cpus.iter().map(|c| c.state.retired).sum()
     }
 
+    /// The machine's decoded-instruction cache, for its breakpoints
+    /// ([`CodeCache::set_breakpoints`], [`CodeCache::take_breakpoint_hit`]).
+    pub fn code_cache(&mut self) -> &mut CodeCache {
+        &mut self.code
+    }
+
     /// Run until the guest ends the run, a CPU stops, every CPU is halted, or the global
     /// instruction count reaches `limit` (pass `u64::MAX` for no limit).
     pub fn run(&mut self, limit: u64) -> RunResult {

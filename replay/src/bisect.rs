@@ -58,7 +58,7 @@ use crate::predicate::{baselines, state_holds};
 pub use crate::predicate::{Atom, Cmp, MemTest, Predicate, Reg, Value, SYNTAX};
 use crate::replayer::Replayer;
 use crate::seek::{boot_with_console, seek, Capture, Replay, SeekError};
-use crate::watch::{Plan, Watcher, CHUNK};
+use crate::watch::{reset_rip, Plan, Watcher, CHUNK};
 
 /// Counters of the work a bisect did (shared by its threads).
 #[derive(Debug, Default)]
@@ -71,6 +71,8 @@ pub struct Work {
     pub stepped: AtomicU64,
     /// Of those, instructions replayed by a watching pass (traced speed).
     pub watched: AtomicU64,
+    /// Of those, instructions replayed by a scouting pass (full speed, breakpoints set).
+    pub scouted: AtomicU64,
 }
 
 /// What [`bisect`] found.
@@ -88,6 +90,8 @@ pub struct BisectOutcome {
     pub stepped: u64,
     /// Of those, instructions replayed by a watching pass (traced speed).
     pub watched: u64,
+    /// Of those, instructions replayed by a scouting pass (full speed, breakpoints set).
+    pub scouted: u64,
     /// Damaged checkpoints skipped, as warnings.
     pub warnings: Vec<String>,
 }
@@ -105,6 +109,18 @@ pub struct BisectOptions {
     pub interrupt: Option<&'static AtomicBool>,
     /// Called now and then with (instructions replayed so far, a rough total).
     pub progress: Option<fn(u64, u64)>,
+    /// Instructions per chunk of the watching and scouting passes (0: [`CHUNK`]); smaller
+    /// only to test many chunks on a short recording.
+    pub chunk: u64,
+}
+
+/// The chunk of the watching and scouting passes.
+fn chunk(opts: &BisectOptions) -> u64 {
+    if opts.chunk == 0 {
+        CHUNK
+    } else {
+        opts.chunk
+    }
 }
 
 /// Instructions run at full speed between looks at the console (console search).
@@ -296,6 +312,7 @@ pub fn bisect(dir: &Path, p: &Predicate, opts: &BisectOptions) -> Result<BisectO
         replayed: work.replayed.load(Ordering::Relaxed),
         stepped: work.stepped.load(Ordering::Relaxed),
         watched: work.watched.load(Ordering::Relaxed),
+        scouted: work.scouted.load(Ordering::Relaxed),
         warnings,
     };
 
@@ -450,11 +467,19 @@ fn watched_search(
     warnings: &mut Vec<String>,
 ) -> Result<Option<u64>, SeekError> {
     let done = AtomicBool::new(false);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch, SeekError>>(16);
+    // A scout runs at full speed: held closer, it does less work past the answer.
+    let ahead = if matches!(plan, Plan::Pc(_)) { 4 } else { 16 };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch, SeekError>>(ahead);
     std::thread::scope(|s| {
         let done = &done;
         s.spawn(move || {
-            if let Err(e) = watch_pass(dir, plan, opts, end, low, work, done, &tx) {
+            let pass = match plan {
+                Plan::Pc(addr) => {
+                    scout_pass(dir, addr, opts, end, low, checkpoints, work, done, &tx)
+                }
+                plan => watch_pass(dir, plan, opts, end, low, work, done, &tx),
+            };
+            if let Err(e) = pass {
                 let _ = tx.send(Err(e));
             }
         });
@@ -500,8 +525,8 @@ fn watch_pass(
             if interrupted(opts) {
                 return Err(stopped(pos, end.unwrap_or(0), "interrupted"));
             }
-            let limit = end.map_or(pos.saturating_add(CHUNK), |e| {
-                pos.saturating_add(CHUNK).min(e)
+            let limit = end.map_or(pos.saturating_add(chunk(opts)), |e| {
+                pos.saturating_add(chunk(opts)).min(e)
             });
             if pos < limit {
                 r.machine.run_observed(&mut watcher, limit);
@@ -528,6 +553,195 @@ fn watch_pass(
             return Ok(());
         }
     }
+}
+
+/// Bring the machine in `m` (none yet: booted) to position `s`: forward at full speed, or
+/// through a checkpoint when it is past `s` or a checkpoint lies well ahead of it. Returns
+/// false when the run ends before `s`.
+#[allow(clippy::too_many_arguments)]
+fn bring(
+    dir: &Path,
+    opts: &BisectOptions,
+    end: Option<u64>,
+    checkpoints: &[u64],
+    work: &Work,
+    warnings: &mut Vec<String>,
+    m: &mut Option<Replay>,
+    s: u64,
+) -> Result<bool, SeekError> {
+    let fresh = match &*m {
+        None => true,
+        Some(r) => {
+            let cur = r.machine.instructions();
+            cur > s || (s - cur > JUMP && checkpoints.iter().any(|&c| c > cur && c <= s))
+        }
+    };
+    if fresh {
+        let (r, _, w) = reach(dir, opts, Some(end), s, work)?;
+        warnings.extend(w);
+        *m = Some(r);
+    }
+    let Some(r) = m.as_mut() else {
+        return Ok(false);
+    };
+    let cur = r.machine.instructions();
+    if cur < s {
+        r.machine.run(s);
+        still_replaying(r, cur, s)?;
+        let now = r.machine.instructions();
+        work.replayed.fetch_add(now - cur, Ordering::Relaxed);
+        return Ok(now == s);
+    }
+    Ok(cur == s)
+}
+
+/// The CPUs' instruction pointers.
+fn rips(m: &Machine<Replayer>) -> Vec<u64> {
+    m.cpus().iter().map(|c| c.state.rip).collect()
+}
+
+/// The pass of [`watched_search`] for `pc == ADDR` (ADDR not an INIT/start-up rip): a
+/// *scout* replays chunk by chunk at full speed with no observer and breakpoints in the CPU
+/// at ADDR and at the INIT/start-up rips 0 and 0xfff0 (see
+/// [`reprise_cpu::CodeCache::set_breakpoints`]); only a chunk where some CPU may have had
+/// rip ADDR — a *candidate* — goes through the exact watching pass ([`Watcher`], on a
+/// second machine brought to the chunk's start), whose windows are handed on as from
+/// [`watch_pass`]; other chunks are handed on empty.
+///
+/// Why a chunk that is not a candidate holds no position with a CPU at ADDR: a CPU's rip
+/// changes only when it executes from its rip (in a block whose bytes include it: the flag
+/// sees ADDR), when an event is delivered at its rip (the flag sees ADDR), or on INIT and
+/// start-up IPIs (to 0xfff0 and 0). A CPU at ADDR inside the chunk (not at its start: the
+/// previous boundary would have seen it) either stays there to the chunk's end (its rip is
+/// ADDR at the boundary), or leaves by executing or being interrupted (the flag), or by
+/// INIT/start-up. From 0 or 0xfff0 it leaves again only by executing or being interrupted
+/// there, which sets the flag as well (they are breakpoints too); so otherwise it ends the
+/// chunk at 0 or 0xfff0 having started it elsewhere (from 0 or 0xfff0, reaching ADDR would
+/// have set the flag) — the third test at the boundary.
+///
+/// The watching pass needs nothing from before the candidate chunk: a fresh [`Watcher`]
+/// at its start knows each CPU's rip there, which is all the state the pass carries from
+/// one chunk to the next.
+#[allow(clippy::too_many_arguments)]
+fn scout_pass(
+    dir: &Path,
+    addr: u64,
+    opts: &BisectOptions,
+    end: Option<u64>,
+    low: u64,
+    checkpoints: &[u64],
+    work: &Work,
+    done: &AtomicBool,
+    tx: &std::sync::mpsc::SyncSender<Result<Batch, SeekError>>,
+) -> Result<(), SeekError> {
+    let (mut r, _, mut warnings) = reach(dir, opts, Some(end), low, work)?;
+    r.machine.code_cache().set_breakpoints(&[addr, 0, 0xfff0]);
+    let mut pos = r.machine.instructions();
+    let mut last = pos < low; // the run ended before the bound
+    let mut before = rips(&r.machine);
+    let mut watch: Option<Replay> = None;
+    loop {
+        if done.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut windows = Vec::new();
+        if !last {
+            if interrupted(opts) {
+                return Err(stopped(pos, end.unwrap_or(0), "interrupted"));
+            }
+            let from = pos;
+            let limit = end.map_or(pos.saturating_add(chunk(opts)), |e| {
+                pos.saturating_add(chunk(opts)).min(e)
+            });
+            if pos < limit {
+                r.machine.run(limit);
+                still_replaying(&r, pos, limit)?;
+            }
+            let now = r.machine.instructions();
+            work.replayed.fetch_add(now - pos, Ordering::Relaxed);
+            work.scouted.fetch_add(now - pos, Ordering::Relaxed);
+            last = now < limit || end.is_some_and(|e| now >= e);
+            pos = now;
+            if let Some(p) = opts.progress {
+                p(work.replayed.load(Ordering::Relaxed), end.unwrap_or(0));
+            }
+            let after = rips(&r.machine);
+            let candidate = r.machine.code_cache().take_breakpoint_hit()
+                || after.contains(&addr)
+                || after
+                    .iter()
+                    .zip(&before)
+                    .any(|(&a, &b)| reset_rip(a) && !reset_rip(b));
+            before = after;
+            if candidate {
+                windows = if pos > from {
+                    watch_chunk(
+                        dir,
+                        addr,
+                        opts,
+                        end,
+                        checkpoints,
+                        work,
+                        &mut warnings,
+                        &mut watch,
+                        from,
+                        pos,
+                    )?
+                } else {
+                    // Nothing ran (the run ended): only the position itself.
+                    vec![(pos, pos)]
+                };
+            }
+        }
+        let batch = Batch {
+            windows,
+            frontier: pos,
+            last,
+            warnings: std::mem::take(&mut warnings),
+        };
+        if tx.send(Ok(batch)).is_err() || last {
+            return Ok(());
+        }
+    }
+}
+
+/// The windows of the candidate chunk `from..=to` of a scouting pass: a watching pass over
+/// it, on the machine in `watch` brought to `from` first.
+#[allow(clippy::too_many_arguments)]
+fn watch_chunk(
+    dir: &Path,
+    addr: u64,
+    opts: &BisectOptions,
+    end: Option<u64>,
+    checkpoints: &[u64],
+    work: &Work,
+    warnings: &mut Vec<String>,
+    watch: &mut Option<Replay>,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, u64)>, SeekError> {
+    let reached = bring(dir, opts, end, checkpoints, work, warnings, watch, from)?;
+    let Some(w) = watch.as_mut().filter(|_| reached) else {
+        return Err(stopped(
+            from,
+            to,
+            "the watching replay ended before the scout's position",
+        ));
+    };
+    let mut watcher = Watcher::new(Plan::Pc(addr), &w.machine, from);
+    w.machine.run_observed(&mut watcher, to);
+    still_replaying(w, from, to)?;
+    let now = w.machine.instructions();
+    work.replayed.fetch_add(now - from, Ordering::Relaxed);
+    work.watched.fetch_add(now - from, Ordering::Relaxed);
+    if now != to {
+        return Err(stopped(
+            now,
+            to,
+            "the watching replay ended before the scout's position",
+        ));
+    }
+    Ok(watcher.boundary(&w.machine))
 }
 
 /// The stepper of [`watched_search`]: consumes the batches, steps their windows in order.
@@ -576,33 +790,12 @@ fn follow(
             if interrupted(opts) {
                 return Err(stopped(s, e, "interrupted"));
             }
-            // Bring the stepper to `s`: forward at full speed, or through a checkpoint
-            // when one lies well ahead of it.
-            let fresh = match &stepper {
-                None => true,
-                Some(r) => {
-                    let cur = r.machine.instructions();
-                    cur > s || (s - cur > JUMP && checkpoints.iter().any(|&c| c > cur && c <= s))
-                }
-            };
-            if fresh {
-                let (r, _, w) = reach(dir, opts, Some(end), s, work)?;
-                warnings.extend(w);
-                stepper = Some(r);
+            if !bring(dir, opts, end, checkpoints, work, warnings, &mut stepper, s)? {
+                return Ok(None); // the run ended before
             }
             let Some(r) = stepper.as_mut() else {
                 return Ok(None);
             };
-            let cur = r.machine.instructions();
-            if cur < s {
-                r.machine.run(s);
-                still_replaying(r, cur, s)?;
-                let now = r.machine.instructions();
-                work.replayed.fetch_add(now - cur, Ordering::Relaxed);
-                if now < s {
-                    return Ok(None); // the run ended before
-                }
-            }
             if let Some(h) = step(r, e, work, opts, &|_| false, &mut |m| {
                 state_holds(p, base, m)
             })? {
@@ -733,6 +926,7 @@ pub fn linear_scan(
         replayed: work.replayed.load(Ordering::Relaxed),
         stepped: work.stepped.load(Ordering::Relaxed),
         watched: 0,
+        scouted: 0,
         warnings: Vec::new(),
     })
 }

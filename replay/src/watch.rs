@@ -61,7 +61,7 @@ const PTE_NX: u64 = 1 << 63;
 const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 /// The rips INIT (0xfff0) and a start-up IPI (0) leave, unreported.
-fn reset_rip(rip: u64) -> bool {
+pub(crate) fn reset_rip(rip: u64) -> bool {
     rip == 0 || rip == 0xfff0
 }
 

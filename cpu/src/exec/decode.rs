@@ -22,6 +22,9 @@ impl Cpu {
         mode: CpuMode,
         cpl: u8,
     ) -> Result<(BlockId, Box<Block>, u64), Exit> {
+        if !code.breakpoints().is_empty() {
+            self.note_breakpoints(bus, code, mode, cpl);
+        }
         let rip = self.fetch_address(mode);
         let pa = crate::mmu::translate(&self.state, &mut self.tlb, bus, rip, Intent::Execute, cpl)?;
         let bitness = mode.bitness();
@@ -120,6 +123,77 @@ impl Cpu {
         }
     }
 
+    /// Breakpoints are set (see [`CodeCache::set_breakpoints`]): set the flag when the
+    /// block about to run from the current rip may execute from one (one of its bytes is a
+    /// breakpoint). Looked at before the block is fetched, so a fetch fault at a breakpoint
+    /// counts. The block's length comes from the cache when it is there (after the same
+    /// translation the fetch makes next, so nothing changes that the fetch would not
+    /// change); a block not cached yet is decoded first.
+    #[inline(never)]
+    fn note_breakpoints<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        code: &mut CodeCache,
+        mode: CpuMode,
+        cpl: u8,
+    ) {
+        let rip = self.state.rip;
+        let lin = self.fetch_address(mode);
+        let Some(dist) = breakpoint_distance(code.breakpoints(), rip, mode.bitness()) else {
+            return;
+        };
+        // A block ends in its page, or straddles into the next by at most 14 bytes.
+        let span = 0x1000 - (lin & 0xfff) + 14;
+        if dist >= span {
+            return;
+        }
+        if dist > 0 {
+            let len =
+                crate::mmu::translate(&self.state, &mut self.tlb, bus, lin, Intent::Execute, cpl)
+                    .ok()
+                    .and_then(|pa| code.lookup(pa, mode.bitness()))
+                    .and_then(|id| {
+                        let b = code.take(id)?;
+                        let n: u64 = b.insns.iter().map(|d| u64::from(d.len)).sum();
+                        code.put_back(id, b);
+                        Some(n)
+                    });
+            let len = match len {
+                Some(n) => Some(n),
+                None => self.decode_for_breakpoints(bus, code, mode, cpl),
+            };
+            if len.is_some_and(|n| dist >= n) {
+                return;
+            }
+        }
+        code.note_breakpoint_hit();
+    }
+
+    /// The byte length of the block at the current rip, not cached yet: decoded (and cached)
+    /// now, exactly as the fetch that follows would, with the breakpoints set aside so that
+    /// this fetch does not look at them again. `None` when the fetch fails (it fails again
+    /// next, which executes nothing).
+    fn decode_for_breakpoints<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        code: &mut CodeCache,
+        mode: CpuMode,
+        cpl: u8,
+    ) -> Option<u64> {
+        let bps = code.breakpoints().to_vec();
+        let hit = code.take_breakpoint_hit();
+        code.set_breakpoints(&[]);
+        let fetched = self.fetch_block(bus, code, mode, cpl);
+        code.set_breakpoints(&bps);
+        if hit {
+            code.note_breakpoint_hit();
+        }
+        let (id, b, _) = fetched.ok()?;
+        let n: u64 = b.insns.iter().map(|d| u64::from(d.len)).sum();
+        code.put_back(id, b);
+        Some(n)
+    }
+
     /// The linear address of the next instruction (CS base applies outside 64-bit mode).
     pub(super) fn fetch_address(&self, mode: CpuMode) -> u64 {
         match mode {
@@ -173,6 +247,27 @@ impl Cpu {
             .map(|b| format!("{b:02x}"))
             .collect();
         format!("{} [{}]", format_insn(&insn), hex.join(" "))
+    }
+}
+
+/// How far ahead of `rip` the nearest of the sorted breakpoints `bps` lies, in the
+/// instruction-pointer space of code size `bitness` (outside 64-bit mode the pointer wraps,
+/// so a breakpoint below `rip` is ahead past the wrap). `None` without breakpoints.
+fn breakpoint_distance(bps: &[u64], rip: u64, bitness: u32) -> Option<u64> {
+    let k = bps.partition_point(|&b| b < rip);
+    let ahead = bps.get(k).map(|&b| b - rip);
+    let mask = match bitness {
+        16 => 0xffff,
+        32 => 0xffff_ffff,
+        _ => u64::MAX,
+    };
+    let wrapped = bps
+        .first()
+        .filter(|&&b| mask != u64::MAX && b < rip && b <= mask)
+        .map(|&b| b + (mask - rip) + 1);
+    match (ahead, wrapped) {
+        (Some(a), Some(w)) => Some(a.min(w)),
+        (a, w) => a.or(w),
     }
 }
 
@@ -234,5 +329,23 @@ fn may_call_bus(group: Group) -> bool {
         | Group::Stack
         | Group::Sse => false,
         Group::String | Group::Misc | Group::System | Group::Unimplemented => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::breakpoint_distance;
+
+    #[test]
+    fn breakpoint_distances_wrap_outside_64_bit_code() {
+        let bps = [0x10, 0x2000, 0xffff_fff0];
+        assert_eq!(breakpoint_distance(&bps, 0x10, 64), Some(0));
+        assert_eq!(breakpoint_distance(&bps, 0x11, 64), Some(0x1fef));
+        assert_eq!(breakpoint_distance(&bps, 0xffff_fff1, 64), None);
+        // 32-bit: past 0xffff_ffff the pointer wraps to 0.
+        assert_eq!(breakpoint_distance(&bps, 0xffff_fff1, 32), Some(0x1f));
+        // 16-bit: 0x10 is 0x20 ahead of 0xfff0.
+        assert_eq!(breakpoint_distance(&bps, 0xfff0, 16), Some(0x20));
+        assert_eq!(breakpoint_distance(&[], 0x10, 16), None);
     }
 }

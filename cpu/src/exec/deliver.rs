@@ -85,6 +85,11 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
     code: &mut CodeCache,
     ev: Event,
 ) -> Result<(), Fault> {
+    // A CPU interrupted while at a breakpoint (it may never execute from there: halted
+    // after an HLT that falls through to it) has reached it.
+    if !code.breakpoints().is_empty() && code.breakpoints().binary_search(&ev.rip).is_ok() {
+        code.note_breakpoint_hit();
+    }
     let mode = cpu.state.mode();
     let mut x = Exec {
         cpu,
@@ -651,5 +656,131 @@ impl Cpu {
         };
         s.rip = 0;
         s.halted = false;
+    }
+}
+
+#[cfg(test)]
+mod breakpoint_tests {
+    //! Breakpoints in the code cache: the sticky flag is set by a block entry that reaches
+    //! one and by a delivery at one, never when none is set.
+
+    use crate::observer::NoObserver;
+    use crate::testing::{TestMachine, CODE_BASE};
+    use crate::RunExit;
+    use iced_x86::code_asm::*;
+
+    /// Where the test IDT lives (clear of the boot tables at 0x1000..0x7018).
+    const IDT: u64 = 0x9000;
+    /// The interrupt handler: HLT.
+    const HANDLER: u64 = CODE_BASE + 0x200;
+
+    /// `mov eax, 1; mov ecx, 2; hlt; ud2` at [`CODE_BASE`] (5 + 5 + 1 + 2 bytes: one
+    /// block, which UD2 ends), a gate for vector 0x20 to a HLT at [`HANDLER`].
+    fn machine() -> TestMachine {
+        let mut m = TestMachine::assemble(|a| {
+            a.mov(eax, 1)?;
+            a.mov(ecx, 2)?;
+            a.hlt()?;
+            a.ud2()
+        });
+        m.bus.ram[HANDLER as usize] = 0xf4;
+        let lo = (HANDLER & 0xffff) | 8 << 16 | 0x8e << 40 | ((HANDLER >> 16) & 0xffff) << 48;
+        let at = (IDT + 0x20 * 16) as usize;
+        m.bus.ram[at..at + 8].copy_from_slice(&lo.to_le_bytes());
+        m.bus.ram[at + 8..at + 16].copy_from_slice(&(HANDLER >> 32).to_le_bytes());
+        m.cpu.state.idtr.base = IDT;
+        m.cpu.state.idtr.limit = 0xfff;
+        m
+    }
+
+    fn run_to_halt(m: &mut TestMachine) {
+        assert_eq!(m.run(100), RunExit::Halted);
+    }
+
+    fn interrupt(m: &mut TestMachine) {
+        m.cpu
+            .interrupt(&mut m.bus, &mut NoObserver, &mut m.code, 0x20)
+            .expect("delivered");
+    }
+
+    fn restart(m: &mut TestMachine) {
+        m.cpu.state.rip = CODE_BASE;
+        m.cpu.state.halted = false;
+    }
+
+    #[test]
+    fn off_never_sets_the_flag() {
+        let mut m = machine();
+        run_to_halt(&mut m);
+        interrupt(&mut m);
+        run_to_halt(&mut m);
+        assert!(!m.code.take_breakpoint_hit());
+        assert!(m.code.chaining_allowed());
+    }
+
+    #[test]
+    fn a_block_reaching_a_breakpoint_sets_it() {
+        // In the middle of the block.
+        let mut m = machine();
+        m.code.set_breakpoints(&[CODE_BASE + 5]);
+        assert!(!m.code.chaining_allowed());
+        run_to_halt(&mut m);
+        assert!(m.code.take_breakpoint_hit());
+        // Taken: clear until reached again, now from the cached block.
+        assert!(!m.code.take_breakpoint_hit());
+        restart(&mut m);
+        run_to_halt(&mut m);
+        assert!(m.code.take_breakpoint_hit());
+        // Its last byte.
+        m.code.set_breakpoints(&[CODE_BASE + 12]);
+        restart(&mut m);
+        run_to_halt(&mut m);
+        assert!(m.code.take_breakpoint_hit());
+        // Its fall-through address (after the UD2), and further on in the same page: the
+        // cached block does not reach them.
+        m.code.set_breakpoints(&[CODE_BASE + 13, CODE_BASE + 0x40]);
+        restart(&mut m);
+        run_to_halt(&mut m);
+        assert!(!m.code.take_breakpoint_hit());
+        // Off again.
+        m.code.set_breakpoints(&[]);
+        assert!(m.code.chaining_allowed());
+        // The same for a block not cached yet (decoded to know its length).
+        let mut m = machine();
+        m.code.set_breakpoints(&[CODE_BASE + 13, CODE_BASE + 0x40]);
+        run_to_halt(&mut m);
+        assert!(!m.code.take_breakpoint_hit());
+        assert_eq!(m.cpu.state.gpr[1], 2);
+    }
+
+    #[test]
+    fn an_interrupt_at_a_breakpoint_sets_it() {
+        let mut m = machine();
+        run_to_halt(&mut m);
+        let at = m.cpu.state.rip;
+        assert_eq!(at, CODE_BASE + 11);
+        // Halted at the breakpoint (set now, after the HLT's block ran), then interrupted.
+        m.code.set_breakpoints(&[at]);
+        assert!(!m.code.take_breakpoint_hit());
+        interrupt(&mut m);
+        assert!(m.code.take_breakpoint_hit());
+        assert_eq!(m.cpu.state.rip, HANDLER);
+        // An interrupt elsewhere does not.
+        run_to_halt(&mut m);
+        m.code.take_breakpoint_hit();
+        interrupt(&mut m);
+        assert!(!m.code.take_breakpoint_hit());
+    }
+
+    #[test]
+    fn a_fetch_fault_at_a_breakpoint_sets_it() {
+        // Above the 4 GiB identity map: not present, so the fetch faults (and, with no
+        // handler for #PF, the machine stops).
+        let mut m = machine();
+        let far = 0x1_0000_0000u64;
+        m.code.set_breakpoints(&[far]);
+        m.cpu.state.rip = far;
+        assert!(matches!(m.run(10), RunExit::Stop(_)));
+        assert!(m.code.take_breakpoint_hit());
     }
 }
