@@ -527,8 +527,8 @@ fn report_fetch<B: Bus, O: Observer>(
     }
 }
 
-/// Execute an instruction whose op runs out of line: a group's generic handler, PAUSE, or
-/// one of the rarer fast forms (`fast::rare`). Returns the address of the next instruction.
+/// Execute an instruction whose op runs out of line: a group's generic handler, PAUSE, the
+/// SSE families decoded at run time, or one of the rarer fast forms (`fast::rare`). Returns the address of the next instruction.
 ///
 /// One function behind one arm of [`dispatch`], so that the run loop has a single call site
 /// for all of them: each arm of the inlined dispatch weighs on the register allocation of the
@@ -562,6 +562,11 @@ fn slow<B: Bus, O: Observer>(
         Op::IncM | Op::DecM | Op::CallR | Op::CallM | Op::PushF | Op::ShiftRC => {
             fast::rare(x, &d.ops, d.op, fall_through)
         }
+        // The SSE families that decode their operands at run time (like a generic handler,
+        // but with no `next_rip`/`rip`/`locked` to set up: none of them branches or locks).
+        Op::SseMov => sse::exec_mov(x, &d.insn).map(|()| fall_through),
+        Op::SseFloat => sse::exec_float(x, &d.insn).map(|()| fall_through),
+        Op::SseInt => sse::exec_int(x, &d.insn).map(|()| fall_through),
         // GUnimplemented, and (never sent here) the inline fast forms.
         _ => Err(unimplemented(x, &d.insn)),
     }
@@ -578,7 +583,6 @@ fn dispatch<B: Bus, O: Observer>(
     use fast::{kind as k, Op};
     #[cfg(feature = "op-stats")]
     fast::stats::note(d);
-    let i = &d.insn;
     let o = &d.ops;
     // Flags for the conditional jumps (evaluated only in their arms).
     let cf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::CF != 0;
@@ -624,7 +628,10 @@ fn dispatch<B: Bus, O: Observer>(
         | Op::CallR
         | Op::CallM
         | Op::PushF
-        | Op::ShiftRC => return slow(x, d, fall_through),
+        | Op::ShiftRC
+        | Op::SseMov
+        | Op::SseFloat
+        | Op::SseInt => return slow(x, d, fall_through),
 
         Op::MovRR => sized!(mov_rr,),
         Op::MovRI => sized!(mov_ri,),
@@ -715,9 +722,6 @@ fn dispatch<B: Bus, O: Observer>(
         Op::PopR => fast::pop_r(x, o),
         Op::Nop => Ok(()),
 
-        Op::SseMov => sse::exec_mov(x, i),
-        Op::SseFloat => sse::exec_float(x, i),
-        Op::SseInt => sse::exec_int(x, i),
         Op::XmmMovRR => sse::fast_mov_rr(x, o),
         Op::XmmLoad => sse::fast_load(x, o),
         Op::XmmStore => sse::fast_store(x, o),
