@@ -254,6 +254,12 @@ pub enum Op {
     PushF,
     /// SHL/SAL, SHR or SAR of a register by CL (`cc` = 0, 1 or 2).
     ShiftRC,
+    /// PUSH imm (64-bit; `imm` sign-extended).
+    PushI,
+    /// BT, BTS, BTR or BTC r, imm8 (`cc` = 0, 1, 2 or 3).
+    BtRI,
+    /// BT, BTS, BTR or BTC m, imm8 (`cc` = 0, 1, 2 or 3).
+    BtMI,
 
     /// SSE data movement (`sse/mov.rs`).
     SseMov,
@@ -724,6 +730,11 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
             if i.code() == Code::Pushfq {
                 return Some(Op::PushF);
             }
+            if matches!(i.code(), Code::Pushq_imm32 | Code::Pushq_imm8) {
+                o.imm = i.immediate(0);
+                o.size = 8;
+                return Some(Op::PushI);
+            }
             if !matches!(m, Mnemonic::Push | Mnemonic::Pop)
                 || i.op_count() != 1
                 || i.op0_kind() != OpKind::Register
@@ -743,6 +754,36 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
             })
         }
         Group::Sse => super::sse::fast_kind(i, o),
+        Group::Bits => {
+            o.cc = match m {
+                Mnemonic::Bt => 0,
+                Mnemonic::Bts => 1,
+                Mnemonic::Btr => 2,
+                Mnemonic::Btc => 3,
+                _ => return None,
+            };
+            if i.op1_kind() != OpKind::Immediate8 {
+                return None;
+            }
+            o.imm = i.immediate(1);
+            match i.op0_kind() {
+                OpKind::Register => {
+                    let (r0, s0) = reg(i.op0_register())?;
+                    (o.r0, o.size) = (r0, s0);
+                    Some(Op::BtRI)
+                }
+                OpKind::Memory => {
+                    let size = i.memory_size().size();
+                    if !matches!(size, 2 | 4 | 8) {
+                        return None;
+                    }
+                    mem_operand(i, o)?;
+                    o.size = size as u8;
+                    Some(Op::BtMI)
+                }
+                _ => None,
+            }
+        }
         Group::Misc => matches!(
             m,
             Mnemonic::Nop

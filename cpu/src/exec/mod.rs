@@ -559,9 +559,15 @@ fn slow<B: Bus, O: Observer>(
             x.pause();
             Ok(next)
         }
-        Op::IncM | Op::DecM | Op::CallR | Op::CallM | Op::PushF | Op::ShiftRC => {
-            fast::rare(x, &d.ops, d.op, fall_through)
-        }
+        Op::IncM
+        | Op::DecM
+        | Op::CallR
+        | Op::CallM
+        | Op::PushF
+        | Op::ShiftRC
+        | Op::PushI
+        | Op::BtRI
+        | Op::BtMI => fast::rare(x, &d.ops, d.op, fall_through),
         // The SSE families that decode their operands at run time (like a generic handler,
         // but with no `next_rip`/`rip`/`locked` to set up: none of them branches or locks).
         Op::SseMov => sse::exec_mov(x, &d.insn).map(|()| fall_through),
@@ -629,6 +635,9 @@ fn dispatch<B: Bus, O: Observer>(
         | Op::CallM
         | Op::PushF
         | Op::ShiftRC
+        | Op::PushI
+        | Op::BtRI
+        | Op::BtMI
         | Op::SseMov
         | Op::SseFloat
         | Op::SseInt => return slow(x, d, fall_through),

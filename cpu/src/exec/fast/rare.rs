@@ -1,9 +1,9 @@
 //! The rarer fast forms, out of the run loop (`exec::slow` calls them): memory INC/DEC,
-//! indirect CALL, PUSHFQ and shifts by CL. Each is a few hundredths of a percent of a Linux
-//! boot, so one call per execution is cheap next to the generic handler it replaces (which
-//! decodes the iced instruction again), while inlining them into the run loop's dispatch
-//! would cost every hot form (session 5 measured larger loops keeping more of their state on
-//! the stack).
+//! indirect CALL, PUSHFQ, PUSH imm, shifts by CL, and BT/BTS/BTR/BTC with an immediate.
+//! Each is a few hundredths of a percent of a Linux boot, so one call per execution is cheap
+//! next to the generic handler it replaces (which decodes the iced instruction again), while
+//! inlining them into the run loop's dispatch would cost every hot form (session 5 measured
+//! larger loops keeping more of their state on the stack).
 
 use iced_x86::Mnemonic;
 
@@ -90,6 +90,45 @@ pub(crate) fn rare<B: Bus, O: Observer>(
                 // A zero count still writes the register back (clearing the upper half of a
                 // 32-bit one) but changes no flags.
                 None => x.reg_put(o.r0, size, a),
+            }
+            Ok(fall_through)
+        }
+        Op::PushI => {
+            x.push(o.imm, 8)?;
+            Ok(fall_through)
+        }
+        Op::BtRI | Op::BtMI => {
+            let size = o.size as usize;
+            let m = match o.cc {
+                0 => Mnemonic::Bt,
+                1 => Mnemonic::Bts,
+                2 => Mnemonic::Btr,
+                _ => Mnemonic::Btc,
+            };
+            let writes = o.cc != 0;
+            // An immediate bit offset selects a bit of the operand itself (no bit-string
+            // addressing, unlike a register offset with a memory operand).
+            let bit = o.imm & (size as u64 * 8 - 1);
+            let old = x.cpu.state.rflags & crate::state::rflags::STATUS;
+            if op == Op::BtRI {
+                let v = x.reg_get(o.r0, size);
+                let (r, f) = crate::exec::bits::bit_op(m, v, bit, old);
+                if writes {
+                    x.reg_put(o.r0, size, r);
+                }
+                x.set_status(f);
+            } else {
+                let addr = x.fast_addr(o);
+                let v = if writes {
+                    x.read_rmw(addr, size)?
+                } else {
+                    x.read(addr, size)?
+                };
+                let (r, f) = crate::exec::bits::bit_op(m, v, bit, old);
+                if writes {
+                    x.write_rmw(addr, size, r)?;
+                }
+                x.set_status(f);
             }
             Ok(fall_through)
         }
