@@ -45,5 +45,7 @@ fn main() {
         cli::Command::Bisect(args) => bisect::bisect(&args),
         cli::Command::Mscan(args) => mscan::mscan(&args),
     };
+    #[cfg(feature = "op-stats")]
+    eprint!("{}", reprise_cpu::op_stats_report());
     std::process::exit(code);
 }

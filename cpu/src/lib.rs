@@ -32,3 +32,7 @@ pub use exec::{format_insn, implemented_codes, Cpu, Exec, Group, RunExit};
 pub use fault::{Exit, Fault, StopReason};
 pub use observer::{Access, AccessKind, ContextEvent, InterruptSource, NoObserver, Observer};
 pub use state::{CpuMode, CpuState, Segment};
+
+/// Where executed instructions went so far (feature `op-stats`): see `exec::fast::stats`.
+#[cfg(feature = "op-stats")]
+pub use exec::fast::stats::report as op_stats_report;

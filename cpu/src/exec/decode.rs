@@ -104,8 +104,12 @@ impl Cpu {
                 ops,
                 len: len as u8,
                 locked: insn.has_lock_prefix(),
-                check: if may_call_bus(group) { check::EXIT } else { 0 }
-                    | if branch { check::BRANCH } else { 0 },
+                // A NOP's fast form (it may belong to an EXIT-checked group) does nothing.
+                check: if may_call_bus(group) && op != fast::Op::Nop {
+                    check::EXIT
+                } else {
+                    0
+                } | if branch { check::BRANCH } else { 0 },
             });
             if ends_block || start + len >= in_page {
                 break;

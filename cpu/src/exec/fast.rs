@@ -5,7 +5,7 @@
 //! memory operand's base and index, ...) and matches on mnemonics inside each handler module.
 //! For the forms compiled code uses most — MOV, MOVZX/MOVSX, LEA, the ALU operations, INC/DEC,
 //! shifts by an immediate, IMUL, CMOVcc/SETcc, Jcc/JMP/CALL/RET, PUSH/POP of a register, and
-//! the SSE families — [`classify`] picks a fine-grained [`Op`] instead, and the run loop
+//! the SSE families, NOPs and prefetches — [`classify`] picks a fine-grained [`Op`] instead, and the run loop
 //! executes it directly (`exec::dispatch`).
 //!
 //! A fast path performs exactly the steps of the generic handler it stands for: the same
@@ -15,7 +15,7 @@
 //! operations, code that is not 64-bit) keeps the generic path. The tests at the end of this
 //! file run every fast form against its generic handler on random states.
 
-use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 use crate::exec::operand::gpr_slot;
 use crate::exec::Group;
@@ -237,6 +237,29 @@ pub enum Op {
     PushR,
     /// POP r64.
     PopR,
+
+    /// NOP (any length), ENDBR64 and the prefetch hints: nothing happens (a NOP's or a
+    /// prefetch's memory operand is never accessed, so it never faults).
+    Nop,
+    /// INC m (out of line, as the rest of the forms below: rarer, and each arm inlined into
+    /// the run loop costs the hot ones).
+    IncM,
+    /// DEC m.
+    DecM,
+    /// CALL r64 (indirect, 64-bit).
+    CallR,
+    /// CALL m64 (indirect, 64-bit).
+    CallM,
+    /// PUSHFQ.
+    PushF,
+    /// SHL/SAL, SHR or SAR of a register by CL (`cc` = 0, 1 or 2).
+    ShiftRC,
+    /// PUSH imm (64-bit; `imm` sign-extended).
+    PushI,
+    /// BT, BTS, BTR or BTC r, imm8 (`cc` = 0, 1, 2 or 3).
+    BtRI,
+    /// BT, BTS, BTR or BTC m, imm8 (`cc` = 0, 1, 2 or 3).
+    BtMI,
 
     /// SSE data movement (`sse/mov.rs`).
     SseMov,
@@ -538,6 +561,17 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
                     _ => None,
                 }
             }
+            // CBW/CWDE/CDQE: sign-extend the lower half of the accumulator into it, which is
+            // MOVSX from a register to itself.
+            Mnemonic::Cbw | Mnemonic::Cwde | Mnemonic::Cdqe => {
+                let size = match m {
+                    Mnemonic::Cbw => 2,
+                    Mnemonic::Cwde => 4,
+                    _ => 8,
+                };
+                (o.r0, o.r1, o.size, o.imm) = (0, 0, size, size as u64 / 2);
+                Some(Op::MovsxRR)
+            }
             Mnemonic::Lea => {
                 if i.op0_kind() != OpKind::Register || i.op1_kind() != OpKind::Memory {
                     return None;
@@ -582,6 +616,19 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
                 let form = two_operand_form(i, o)?;
                 return pick(form, row);
             }
+            if i.op_count() == 1 && i.op0_kind() == OpKind::Memory {
+                let size = i.memory_size().size();
+                if !matches!(size, 1 | 2 | 4 | 8) {
+                    return None;
+                }
+                mem_operand(i, o)?;
+                o.size = size as u8;
+                return match m {
+                    Mnemonic::Inc => Some(Op::IncM),
+                    Mnemonic::Dec => Some(Op::DecM),
+                    _ => None,
+                };
+            }
             if i.op_count() != 1 || i.op0_kind() != OpKind::Register {
                 return None;
             }
@@ -604,6 +651,21 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
                 Mnemonic::Ror => Op::RorRI,
                 _ => return None,
             };
+            if i.op_count() == 2
+                && i.op0_kind() == OpKind::Register
+                && i.op1_kind() == OpKind::Register
+                && i.op1_register() == Register::CL
+                && matches!(op, Op::ShlRI | Op::ShrRI | Op::SarRI)
+            {
+                let (r0, s0) = reg(i.op0_register())?;
+                (o.r0, o.size) = (r0, s0);
+                o.cc = match op {
+                    Op::ShlRI => 0,
+                    Op::ShrRI => 1,
+                    _ => 2,
+                };
+                return Some(Op::ShiftRC);
+            }
             if i.op_count() != 2 || i.op1_kind() != OpKind::Immediate8 {
                 return None;
             }
@@ -638,6 +700,21 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
             if i.op_count() == 0 {
                 return (i.code() == iced_x86::Code::Retnq).then_some(Op::Ret);
             }
+            if i.code() == Code::Call_rm64 {
+                return match i.op0_kind() {
+                    OpKind::Register => {
+                        o.r0 = reg(i.op0_register())?.0;
+                        o.size = 8;
+                        Some(Op::CallR)
+                    }
+                    OpKind::Memory => {
+                        mem_operand(i, o)?;
+                        o.size = 8;
+                        Some(Op::CallM)
+                    }
+                    _ => None,
+                };
+            }
             if i.op0_kind() != OpKind::NearBranch64 {
                 return None;
             }
@@ -650,6 +727,14 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
             }
         }
         Group::Stack => {
+            if i.code() == Code::Pushfq {
+                return Some(Op::PushF);
+            }
+            if matches!(i.code(), Code::Pushq_imm32 | Code::Pushq_imm8) {
+                o.imm = i.immediate(0);
+                o.size = 8;
+                return Some(Op::PushI);
+            }
             if !matches!(m, Mnemonic::Push | Mnemonic::Pop)
                 || i.op_count() != 1
                 || i.op0_kind() != OpKind::Register
@@ -669,12 +754,58 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
             })
         }
         Group::Sse => super::sse::fast_kind(i, o),
+        Group::Bits => {
+            o.cc = match m {
+                Mnemonic::Bt => 0,
+                Mnemonic::Bts => 1,
+                Mnemonic::Btr => 2,
+                Mnemonic::Btc => 3,
+                _ => return None,
+            };
+            if i.op1_kind() != OpKind::Immediate8 {
+                return None;
+            }
+            o.imm = i.immediate(1);
+            match i.op0_kind() {
+                OpKind::Register => {
+                    let (r0, s0) = reg(i.op0_register())?;
+                    (o.r0, o.size) = (r0, s0);
+                    Some(Op::BtRI)
+                }
+                OpKind::Memory => {
+                    let size = i.memory_size().size();
+                    if !matches!(size, 2 | 4 | 8) {
+                        return None;
+                    }
+                    mem_operand(i, o)?;
+                    o.size = size as u8;
+                    Some(Op::BtMI)
+                }
+                _ => None,
+            }
+        }
+        Group::Misc => matches!(
+            m,
+            Mnemonic::Nop
+                | Mnemonic::Endbr64
+                | Mnemonic::Prefetcht0
+                | Mnemonic::Prefetcht1
+                | Mnemonic::Prefetcht2
+                | Mnemonic::Prefetchnta
+                | Mnemonic::Prefetchw
+        )
+        .then_some(Op::Nop),
         _ => None,
     }
 }
 
+mod rare;
 mod run;
+pub(crate) use rare::rare;
 pub(crate) use run::*;
+
+#[cfg(feature = "op-stats")]
+pub mod stats;
 
 #[cfg(test)]
 mod tests;

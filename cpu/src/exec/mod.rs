@@ -462,10 +462,11 @@ fn contributory(v: u8) -> bool {
 /// (fast forms never carry a LOCK prefix; a handler may also lock its accesses itself, as
 /// XCHG with memory does).
 ///
-/// Out of line on purpose: the run loop inlines the fast forms, and inlining every module's
-/// handler as well made it so large that its loop state (instruction pointer, count, block
-/// position) lived on the stack; a call is cheap next to what a generic handler does.
-#[inline(never)]
+/// Out of the run loop on purpose (it is called from [`slow`]): the run loop inlines the
+/// fast forms, and inlining every module's handler as well made it so large that its loop
+/// state (instruction pointer, count, block position) lived on the stack; a call is cheap next
+/// to what a generic handler does.
+#[inline(always)]
 fn generic<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
@@ -526,6 +527,57 @@ fn report_fetch<B: Bus, O: Observer>(
     }
 }
 
+/// Execute an instruction whose op runs out of line: a group's generic handler, PAUSE, the
+/// SSE families decoded at run time, or one of the rarer fast forms (`fast::rare`). Returns the address of the next instruction.
+///
+/// One function behind one arm of [`dispatch`], so that the run loop has a single call site
+/// for all of them: each arm of the inlined dispatch weighs on the register allocation of the
+/// whole loop (session 5 measured its count and position being spilled by small additions).
+#[inline(never)]
+fn slow<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+    fall_through: u64,
+) -> Result<u64, Exit> {
+    use fast::Op;
+    match d.op {
+        Op::GData => generic(x, d, fall_through, data::exec),
+        Op::GAlu => generic(x, d, fall_through, alu::exec),
+        Op::GShift => generic(x, d, fall_through, shift::exec),
+        Op::GMulDiv => generic(x, d, fall_through, muldiv::exec),
+        Op::GBits => generic(x, d, fall_through, bits::exec),
+        Op::GControl => generic(x, d, fall_through, control::exec),
+        Op::GStack => generic(x, d, fall_through, stack::exec),
+        Op::GString => generic(x, d, fall_through, string::exec),
+        Op::GMisc => generic(x, d, fall_through, misc::exec),
+        Op::GSse => generic(x, d, fall_through, sse::exec),
+        Op::GSystem => generic(x, d, fall_through, system::exec),
+        Op::Pause => {
+            // `misc.rs` executes PAUSE (a hint, nothing to do); the run loop then ends the
+            // CPU's turn.
+            let next = generic(x, d, fall_through, misc::exec)?;
+            x.pause();
+            Ok(next)
+        }
+        Op::IncM
+        | Op::DecM
+        | Op::CallR
+        | Op::CallM
+        | Op::PushF
+        | Op::ShiftRC
+        | Op::PushI
+        | Op::BtRI
+        | Op::BtMI => fast::rare(x, &d.ops, d.op, fall_through),
+        // The SSE families that decode their operands at run time (like a generic handler,
+        // but with no `next_rip`/`rip`/`locked` to set up: none of them branches or locks).
+        Op::SseMov => sse::exec_mov(x, &d.insn).map(|()| fall_through),
+        Op::SseFloat => sse::exec_float(x, &d.insn).map(|()| fall_through),
+        Op::SseInt => sse::exec_int(x, &d.insn).map(|()| fall_through),
+        // GUnimplemented, and (never sent here) the inline fast forms.
+        _ => Err(unimplemented(x, &d.insn)),
+    }
+}
+
 /// Execute one decoded instruction: its fast form, or its group's handler. Returns the
 /// address of the next instruction (`fall_through` unless it transferred control).
 #[inline(always)]
@@ -535,7 +587,8 @@ fn dispatch<B: Bus, O: Observer>(
     fall_through: u64,
 ) -> Result<u64, Exit> {
     use fast::{kind as k, Op};
-    let i = &d.insn;
+    #[cfg(feature = "op-stats")]
+    fast::stats::note(d);
     let o = &d.ops;
     // Flags for the conditional jumps (evaluated only in their arms).
     let cf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::CF != 0;
@@ -562,25 +615,32 @@ fn dispatch<B: Bus, O: Observer>(
         };
     }
     let r: ExecResult = match d.op {
-        Op::GData => return generic(x, d, fall_through, data::exec),
-        Op::GAlu => return generic(x, d, fall_through, alu::exec),
-        Op::GShift => return generic(x, d, fall_through, shift::exec),
-        Op::GMulDiv => return generic(x, d, fall_through, muldiv::exec),
-        Op::GBits => return generic(x, d, fall_through, bits::exec),
-        Op::GControl => return generic(x, d, fall_through, control::exec),
-        Op::GStack => return generic(x, d, fall_through, stack::exec),
-        Op::GString => return generic(x, d, fall_through, string::exec),
-        Op::GMisc => return generic(x, d, fall_through, misc::exec),
-        Op::GSse => return generic(x, d, fall_through, sse::exec),
-        Op::GSystem => return generic(x, d, fall_through, system::exec),
-        Op::GUnimplemented => Err(unimplemented(x, i)),
-        Op::Pause => {
-            // `misc.rs` executes PAUSE (a hint, nothing to do); the run loop then ends the
-            // CPU's turn.
-            let next = generic(x, d, fall_through, misc::exec)?;
-            x.pause();
-            return Ok(next);
-        }
+        // Everything executed out of line shares one arm (one call site in the run loop).
+        Op::GData
+        | Op::GAlu
+        | Op::GShift
+        | Op::GMulDiv
+        | Op::GBits
+        | Op::GControl
+        | Op::GStack
+        | Op::GString
+        | Op::GMisc
+        | Op::GSse
+        | Op::GSystem
+        | Op::GUnimplemented
+        | Op::Pause
+        | Op::IncM
+        | Op::DecM
+        | Op::CallR
+        | Op::CallM
+        | Op::PushF
+        | Op::ShiftRC
+        | Op::PushI
+        | Op::BtRI
+        | Op::BtMI
+        | Op::SseMov
+        | Op::SseFloat
+        | Op::SseInt => return slow(x, d, fall_through),
 
         Op::MovRR => sized!(mov_rr,),
         Op::MovRI => sized!(mov_ri,),
@@ -669,10 +729,8 @@ fn dispatch<B: Bus, O: Observer>(
             x.push(v, 8)
         }
         Op::PopR => fast::pop_r(x, o),
+        Op::Nop => Ok(()),
 
-        Op::SseMov => sse::exec_mov(x, i),
-        Op::SseFloat => sse::exec_float(x, i),
-        Op::SseInt => sse::exec_int(x, i),
         Op::XmmMovRR => sse::fast_mov_rr(x, o),
         Op::XmmLoad => sse::fast_load(x, o),
         Op::XmmStore => sse::fast_store(x, o),
