@@ -50,6 +50,11 @@ pub struct Cpu {
     /// A PAUSE retired in the current [`Cpu::run`], which returns [`RunExit::Paused`] after
     /// it. Never set between runs, so not part of the state.
     pause_requested: bool,
+    /// The block fetched last ([`crate::code_cache::BlockId::MAX`] for none): a hint for
+    /// finding the next one through its links, checked on use, so not part of the state.
+    /// Kept here rather than in a local of the run loop, where one more live value cost
+    /// more than chaining saved (it reshaped the register use of the whole loop).
+    last_block: crate::code_cache::BlockId,
 }
 
 /// Why [`Cpu::run`] returned.
@@ -187,6 +192,7 @@ impl Cpu {
             cpuid,
             tlb: Tlb::default(),
             pause_requested: false,
+            last_block: crate::code_cache::BlockId::MAX,
         }
     }
 
@@ -216,8 +222,6 @@ impl Cpu {
         // them again only after those.
         let mut mode = self.state.mode();
         let mut cpl = self.state.cpl();
-        // The block that ran last, whose links find the next one (none yet).
-        let mut prev = crate::code_cache::BlockId::MAX;
         loop {
             if self.state.halted {
                 return RunExit::Halted;
@@ -228,7 +232,7 @@ impl Cpu {
             if bus.wants_exit() {
                 return RunExit::BusExit;
             }
-            let (id, block, pa) = match self.fetch_block(bus, code, mode, cpl, prev) {
+            let (id, block, pa) = match self.fetch_block(bus, code, mode, cpl) {
                 Ok(b) => b,
                 Err(Exit::Fault(f)) => {
                     let rip = self.state.rip;
@@ -247,7 +251,6 @@ impl Cpu {
                 self.run_block::<false, B, O>(bus, obs, code, mode, cpl, &block, pa, end)
             };
             code.put_back(id, block);
-            prev = id;
             match result {
                 Ok(false) => {}
                 Ok(true) => {
