@@ -17,6 +17,14 @@
 //! *checks a block out* of the cache while it executes it ([`CodeCache::take`] /
 //! [`CodeCache::put_back`]) instead of sharing it through reference counting: a checked-out
 //! block that a write invalidates meanwhile is simply dropped when it is put back.
+//!
+//! Block chaining: each slot remembers the last two blocks that ran right after its block
+//! (their key and id). The run loop asks for the next block through the one that just ran
+//! ([`CodeCache::take_chained`]), which touches only that slot (still in the host's cache)
+//! and the successor's slot, skipping the jump table. A link is only a hint: it is used
+//! when the successor's slot still holds a live block under exactly the key looked up, which
+//! is the block [`CodeCache::lookup`] would have found (a key has one live slot at most), so
+//! a link can never outlive its target.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -109,7 +117,27 @@ struct Slot {
     /// The block; `None` while it is checked out by a running CPU (or the slot is free).
     /// Boxed so that checking it out and back in moves one pointer.
     block: Option<Box<Block>>,
+    /// The blocks that ran right after this one, most recent first (hints, checked on use).
+    links: [Link; 2],
 }
+
+/// A remembered successor of a block: the block cached under (`pa`, `bitness`) at `id`.
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    /// Physical address of the successor's first byte.
+    pa: u64,
+    /// Its code size.
+    bitness: u32,
+    /// Where it was cached when the link was made.
+    id: BlockId,
+}
+
+/// A link that matches no lookup (no block has code size 0).
+const NO_LINK: Link = Link {
+    pa: u64::MAX,
+    bitness: 0,
+    id: BlockId::MAX,
+};
 
 /// Entries of the direct-mapped jump table (a power of two).
 const JUMP_ENTRIES: usize = 16384;
@@ -226,6 +254,47 @@ impl CodeCache {
         self.breakpoints.is_empty()
     }
 
+    /// Check out the block cached under (`pa`, `bitness`) if block `prev` (the one that ran
+    /// last) remembers it as a successor and it is still cached there, not checked out. The
+    /// same block [`CodeCache::lookup`] and [`CodeCache::take`] would give; `None` means
+    /// "ask them" (no link, a stale one, or an unknown `prev`).
+    #[inline(always)]
+    pub fn take_chained(
+        &mut self,
+        prev: BlockId,
+        pa: u64,
+        bitness: u32,
+    ) -> Option<(BlockId, Box<Block>)> {
+        let links = &self.slots.get(prev as usize)?.links;
+        let id = if links[0].pa == pa && links[0].bitness == bitness {
+            links[0].id
+        } else if links[1].pa == pa && links[1].bitness == bitness {
+            links[1].id
+        } else {
+            return None;
+        };
+        let slot = self.slots.get_mut(id as usize)?;
+        if slot.live && slot.key == (pa, bitness) {
+            slot.block.take().map(|b| (id, b))
+        } else {
+            None
+        }
+    }
+
+    /// Remember that the block cached under (`pa`, `bitness`) at `next` ran right after
+    /// block `prev` (for [`CodeCache::take_chained`]). No effect if `prev` names no slot.
+    #[inline]
+    pub fn link(&mut self, prev: BlockId, pa: u64, bitness: u32, next: BlockId) {
+        if let Some(slot) = self.slots.get_mut(prev as usize) {
+            slot.links[1] = slot.links[0];
+            slot.links[0] = Link {
+                pa,
+                bitness,
+                id: next,
+            };
+        }
+    }
+
     /// Check a cached block out to execute it; give it back with [`CodeCache::put_back`].
     /// `None` if `id` names no block that is cached and not already checked out.
     #[inline(always)]
@@ -264,6 +333,7 @@ impl CodeCache {
             key,
             live: true,
             block: Some(Box::new(block)),
+            links: [NO_LINK; 2],
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -383,5 +453,76 @@ impl CodeCache {
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty block on physical page `page`.
+    fn block(page: u64) -> Block {
+        Block {
+            insns: Vec::new(),
+            pages: [page, page],
+        }
+    }
+
+    /// A link leads to its successor only while that successor is cached under the key the
+    /// link was made for: not after the successor's page is written, and not once its slot
+    /// holds another block.
+    #[test]
+    fn links_never_outlive_their_target() {
+        let mut c = CodeCache::new(1 << 20);
+        let a = c.insert(0x1000, 64, block(1));
+        let b = c.insert(0x2000, 64, block(2));
+        assert!(c.chaining_allowed());
+        // No link yet: the run loop must ask the ordinary lookup.
+        assert!(c.take_chained(a, 0x2000, 64).is_none());
+        c.link(a, 0x2000, 64, b);
+        let (id, blk) = c.take_chained(a, 0x2000, 64).expect("linked");
+        assert_eq!(id, b);
+        // Checked out: not handed out twice.
+        assert!(c.take_chained(a, 0x2000, 64).is_none());
+        c.put_back(id, blk);
+        // Another code size at the same address is another block.
+        assert!(c.take_chained(a, 0x2000, 32).is_none());
+        // The successor's page is written: the link is dead.
+        c.invalidate_page(2);
+        assert!(c.take_chained(a, 0x2000, 64).is_none());
+        // Its slot is reused for a block elsewhere: still dead, and no link leads there.
+        let d = c.insert(0x3000, 64, block(3));
+        assert_eq!(d, b);
+        assert!(c.take_chained(a, 0x2000, 64).is_none());
+        assert!(c.take_chained(a, 0x3000, 64).is_none());
+        // Decoded again at the old key (in a new slot): found through the ordinary lookup,
+        // then through a fresh link.
+        let e = c.insert(0x2000, 64, block(2));
+        assert_eq!(c.lookup(0x2000, 64), Some(e));
+        c.link(a, 0x2000, 64, e);
+        let (id, blk) = c.take_chained(a, 0x2000, 64).expect("linked again");
+        assert_eq!(id, e);
+        c.put_back(id, blk);
+        // Two successors are remembered (a conditional branch's two exits).
+        c.link(a, 0x3000, 64, d);
+        for (pa, want) in [(0x2000, e), (0x3000, d)] {
+            let (id, blk) = c.take_chained(a, pa, 64).expect("both links kept");
+            assert_eq!(id, want);
+            c.put_back(id, blk);
+        }
+        // Everything dropped: no link survives.
+        c.clear();
+        assert!(c.take_chained(a, 0x3000, 64).is_none());
+        assert!(c.take_chained(a, 0x2000, 64).is_none());
+    }
+
+    /// A previous block that is unknown (none ran yet, or an id past the slab) has no links.
+    #[test]
+    fn unknown_previous_block_has_no_links() {
+        let mut c = CodeCache::new(1 << 20);
+        let a = c.insert(0x1000, 64, block(1));
+        c.link(BlockId::MAX, 0x1000, 64, a);
+        assert!(c.take_chained(BlockId::MAX, 0x1000, 64).is_none());
+        assert!(c.take_chained(a + 1, 0x1000, 64).is_none());
     }
 }

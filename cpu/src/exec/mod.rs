@@ -50,6 +50,11 @@ pub struct Cpu {
     /// A PAUSE retired in the current [`Cpu::run`], which returns [`RunExit::Paused`] after
     /// it. Never set between runs, so not part of the state.
     pause_requested: bool,
+    /// The block fetched last ([`crate::code_cache::BlockId::MAX`] for none): a hint for
+    /// finding the next one through its links, checked on use, so not part of the state.
+    /// Kept here rather than in a local of the run loop, where one more live value cost
+    /// more than chaining saved (it reshaped the register use of the whole loop).
+    last_block: crate::code_cache::BlockId,
 }
 
 /// Why [`Cpu::run`] returned.
@@ -187,6 +192,7 @@ impl Cpu {
             cpuid,
             tlb: Tlb::default(),
             pause_requested: false,
+            last_block: crate::code_cache::BlockId::MAX,
         }
     }
 
@@ -881,6 +887,29 @@ mod tests {
         assert_eq!(m.run(10_000), RunExit::Halted);
         // 1 + 2 + ... + 10.
         assert_eq!(m.cpu.state.gpr[0], 55);
+    }
+
+    /// A loop whose body calls a function on another page and rewrites that function's
+    /// immediate each time round: the chained successor (the function's block) is dropped by
+    /// each write, and every call must run the new code.
+    #[test]
+    fn chained_successor_rewritten_each_time_round() {
+        let f = CODE_BASE + 0x1000;
+        let mut code = vec![0xb9, 10, 0, 0, 0]; // mov ecx, 10
+        code.push(0xe8); // top: call f
+        code.extend_from_slice(&((f - (CODE_BASE + 10)) as u32).to_le_bytes());
+        code.extend_from_slice(&[0xff, 0x04, 0x25]); // inc dword [f+1]
+        code.extend_from_slice(&((f + 1) as u32).to_le_bytes());
+        code.extend_from_slice(&[0xff, 0xc9]); // dec ecx
+        code.extend_from_slice(&[0x75, 0xf0]); // jnz top (-16)
+        code.push(0xf4); // hlt
+        let mut m = TestMachine::with_code(&code);
+        // f: add eax, 1 ; ret
+        m.bus.ram[f as usize..f as usize + 6].copy_from_slice(&[0x05, 1, 0, 0, 0, 0xc3]);
+        assert_eq!(m.run(10_000), RunExit::Halted);
+        // 1 + 2 + ... + 10.
+        assert_eq!(m.cpu.state.gpr[0], 55);
+        assert_eq!(m.cpu.state.retired, 1 + 10 * 6 + 1);
     }
 
     /// A program run in slices of any size ends in the same state, with the same count, as
