@@ -73,7 +73,8 @@ impl SystemMap {
 
     /// Parses System.map text; `origin` names it in errors.
     ///
-    /// Undefined (`U`), absolute (`A`/`a`) and debugging (`N`/`n`) entries are skipped.
+    /// Undefined (`U`), absolute (`A`/`a`) and debugging (`N`/`n`) entries and assembler-local
+    /// labels (`.L…`) are skipped.
     /// When the map has kernel-half symbols, entries below the kernel half are per-CPU
     /// offsets, not addresses, and are skipped too (they would otherwise name low user
     /// addresses; the kallsyms reader places per-CPU variables in each CPU's area).
@@ -105,8 +106,11 @@ impl SystemMap {
                 }
             }
         }
-        entries
-            .retain(|&(addr, kind, _)| !matches!(kind, 'U' | 'A' | 'a' | 'N' | 'n') && addr != 0);
+        // Assembler-local labels (`.LC7`, `.Lfoo`) name no object or function: a data
+        // address would be reported as the nearest of them.
+        entries.retain(|&(addr, kind, name)| {
+            !matches!(kind, 'U' | 'A' | 'a' | 'N' | 'n') && addr != 0 && !name.starts_with(".L")
+        });
         let kernel = entries.iter().any(|&(a, _, _)| a >= KERNEL_HALF);
         let mut table = SymbolTable::new();
         for (addr, kind, name) in entries {
