@@ -444,6 +444,24 @@ struct Batch {
     warnings: Vec<String>,
 }
 
+/// Send one chunk's windows (and the warnings gathered so far) to the stepper. Returns
+/// whether the pass goes on: not after its last chunk, nor once the stepper hung up.
+fn hand_over(
+    tx: &std::sync::mpsc::SyncSender<Result<Batch, SeekError>>,
+    windows: Vec<(u64, u64)>,
+    frontier: u64,
+    last: bool,
+    warnings: &mut Vec<String>,
+) -> bool {
+    let batch = Batch {
+        windows,
+        frontier,
+        last,
+        warnings: std::mem::take(warnings),
+    };
+    tx.send(Ok(batch)).is_ok() && !last
+}
+
 /// A stepper further behind than this restores a checkpoint in between rather than
 /// replaying to the next window (a restore costs about as much as replaying this many).
 const JUMP: u64 = 1 << 26;
@@ -543,13 +561,7 @@ fn watch_pass(
             }
         }
         let windows = watcher.boundary(&r.machine);
-        let batch = Batch {
-            windows,
-            frontier: pos,
-            last,
-            warnings: std::mem::take(&mut warnings),
-        };
-        if tx.send(Ok(batch)).is_err() || last {
+        if !hand_over(tx, windows, pos, last, &mut warnings) {
             return Ok(());
         }
     }
@@ -693,13 +705,7 @@ fn scout_pass(
                 };
             }
         }
-        let batch = Batch {
-            windows,
-            frontier: pos,
-            last,
-            warnings: std::mem::take(&mut warnings),
-        };
-        if tx.send(Ok(batch)).is_err() || last {
+        if !hand_over(tx, windows, pos, last, &mut warnings) {
             return Ok(());
         }
     }

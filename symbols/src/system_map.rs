@@ -158,17 +158,7 @@ impl SystemMap {
         let slide = crate::vmlinux::same_build("System.map", &self.table, running)?;
         // Only the kernel image moves with KASLR (the map holds nothing else once the
         // per-CPU offsets are left out, but absolute kernel-half symbols may remain).
-        let mut moved = SymbolTable::new();
-        for s in self.table.iter() {
-            let start = if s.start >= crate::vmlinux::KERNEL_IMAGE {
-                s.start.wrapping_add(slide as u64)
-            } else {
-                s.start
-            };
-            moved.insert(Symbol { start, ..s.clone() });
-        }
-        moved.finish();
-        self.table = moved;
+        self.table = crate::vmlinux::moved_by_slide(&self.table, slide);
         self.slide = slide;
         Ok(slide)
     }

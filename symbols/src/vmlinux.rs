@@ -68,21 +68,27 @@ impl Vmlinux {
     /// Returns the slide, or why the two differ.
     pub fn match_running(&mut self, running: &SymbolTable) -> Result<i64, String> {
         let slide = check_same_build(&self.table, running)?;
-        let mut moved = SymbolTable::new();
-        for s in self.table.iter() {
-            let start = if s.start >= KERNEL_IMAGE {
-                s.start.wrapping_add(slide as u64)
-            } else {
-                s.start
-            };
-            moved.insert(Symbol { start, ..s.clone() });
-        }
-        moved.finish();
-        self.table = moved;
+        self.table = moved_by_slide(&self.table, slide);
         self.debug.set_slide(slide);
         self.slide = slide;
         Ok(slide)
     }
+}
+
+/// `table`'s link-time symbols at their run-time addresses: those of the kernel image
+/// moved by the KASLR `slide`, the rest (absolute symbols below the image) where they are.
+pub(crate) fn moved_by_slide(table: &SymbolTable, slide: i64) -> SymbolTable {
+    let mut moved = SymbolTable::new();
+    for s in table.iter() {
+        let start = if s.start >= KERNEL_IMAGE {
+            s.start.wrapping_add(slide as u64)
+        } else {
+            s.start
+        };
+        moved.insert(Symbol { start, ..s.clone() });
+    }
+    moved.finish();
+    moved
 }
 
 /// The KASLR slide between a vmlinux's link-time symbols and a running kernel's, after

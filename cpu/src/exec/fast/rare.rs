@@ -11,7 +11,7 @@ use crate::bus::Bus;
 use crate::exec::Exec;
 use crate::fault::{Exit, Fault};
 use crate::flags;
-use crate::observer::{ContextEvent, Observer};
+use crate::observer::Observer;
 use crate::state::rflags::{CF, RF, VM};
 
 use super::{Op, Operands};
@@ -54,17 +54,7 @@ pub(crate) fn rare<B: Bus, O: Observer>(
             if !crate::exec::control::is_canonical(target) {
                 return Err(Fault::GP0.into());
             }
-            x.push(fall_through, 8)?;
-            if O::ENABLED {
-                let ev = ContextEvent::Call {
-                    target,
-                    return_address: fall_through,
-                    stack: x.cpu.state.gpr[4],
-                    regs: x.cpu.state.gpr,
-                };
-                x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
-            }
-            Ok(target)
+            super::run::call_to(x, target, fall_through)
         }
         Op::PushF => {
             // The pushed image has VM and RF clear.

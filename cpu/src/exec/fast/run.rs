@@ -493,6 +493,17 @@ pub(crate) fn call_rel<B: Bus, O: Observer>(
 ) -> Result<u64, Exit> {
     // Check the target before pushing, so a bad target leaves the stack alone.
     let target = rel_target(x, o)?;
+    call_to(x, target, fall_through)
+}
+
+/// The rest of a near CALL of 64-bit code to a checked `target`: push the return address,
+/// report the call; returns the target.
+#[inline(always)]
+pub(crate) fn call_to<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    target: u64,
+    fall_through: u64,
+) -> Result<u64, Exit> {
     x.push(fall_through, 8)?;
     if O::ENABLED {
         let ev = ContextEvent::Call {
