@@ -1,7 +1,7 @@
 //! `reprise mscan sharing --vmlinux` end to end on Linux: a short 2-CPU recording of the
 //! Linux fixture's boot (past the second CPU's start), a sharing report naming code by
 //! source line and data by DWARF field path, with the kernel's System.map (made by `nm`
-//! from the same vmlinux) merged in. Skipped with a message without the `-dbg` vmlinux
+//! from the same vmlinux) merged in, live and from a stored trace. Skipped with a message without the `-dbg` vmlinux
 //! (fixtures/linux/fetch-dbg.sh; CI fetches it).
 
 mod support;
@@ -106,4 +106,26 @@ fn sharing_on_linux_names_source_lines_and_fields() {
         "{text}"
     );
     assert!(text.contains(", inlined "), "{text}");
+
+    // The same report from a stored trace of the same replay, with the same symbol files.
+    let trace = fresh("mscan-vmlinux.trace");
+    let t = reprise(&[
+        "replay",
+        p(&rec),
+        "--trace",
+        p(&trace),
+        "--policy",
+        "movement",
+    ]);
+    // A replay exits as the recording did: at its instruction limit.
+    assert_eq!(t.status, 124, "{t:?}");
+    assert!(t.stderr.contains("replay identical"), "{t:?}");
+    let mut stored = vec!["mscan", "sharing", p(&trace), "--rec", p(&rec)];
+    stored.extend_from_slice(&args[3..]);
+    let s = reprise(&stored);
+    assert_eq!(s.status, 0, "{s:?}");
+    assert_eq!(
+        s.stdout, r.stdout,
+        "stored-trace report differs from the live one"
+    );
 }
