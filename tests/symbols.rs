@@ -4,17 +4,7 @@
 mod support;
 
 use reprise_fixtures::{fixture_path, linux_guest_for_test, LINUX_CMDLINE};
-use support::{reprise, scratch_dir};
-
-/// The value of `NAME = 0x...` in `reprise symbols --name NAME` output.
-fn address_of(stdout: &str, name: &str) -> u64 {
-    let prefix = format!("{name} = 0x");
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {name} in {stdout}"));
-    u64::from_str_radix(line.trim(), 16).unwrap()
-}
+use support::{address_of, reprise, scratch_dir};
 
 #[test]
 fn symbols_of_a_fixture_with_dwarf() {

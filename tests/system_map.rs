@@ -10,17 +10,7 @@ use std::path::PathBuf;
 
 use reprise_fixtures::{fixture_path, linux_guest_for_test};
 use reprise_symbols::{SymbolClass, SymbolTable};
-use support::{reprise, write_file};
-
-/// The value of `NAME = 0x...` in `reprise symbols --name NAME` output.
-fn address_of(stdout: &str, name: &str) -> u64 {
-    let prefix = format!("{name} = 0x");
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {name} in {stdout}"));
-    u64::from_str_radix(line.trim(), 16).unwrap()
-}
+use support::{address_of, reprise, write_file};
 
 #[test]
 fn a_system_map_written_from_a_fixtures_symbols() {

@@ -444,6 +444,35 @@ struct Batch {
     warnings: Vec<String>,
 }
 
+/// Run one chunk of a pass from `pos` (not past `end`) with `run` (given the machine and
+/// the chunk's limit), count its instructions as replayed and in `kind`, and report
+/// progress. Returns the new position and whether the pass is over: short of the limit the
+/// run ended (an exit, or every CPU halted for good), or the recording's end was reached.
+fn pass_chunk<T>(
+    r: &mut Replay,
+    pos: u64,
+    end: Option<u64>,
+    opts: &BisectOptions,
+    work: &Work,
+    kind: &AtomicU64,
+    run: impl FnOnce(&mut Machine<Replayer>, u64) -> T,
+) -> Result<(u64, bool), SeekError> {
+    let limit = end.map_or(pos.saturating_add(chunk(opts)), |e| {
+        pos.saturating_add(chunk(opts)).min(e)
+    });
+    if pos < limit {
+        run(&mut r.machine, limit);
+        still_replaying(r, pos, limit)?;
+    }
+    let now = r.machine.instructions();
+    work.replayed.fetch_add(now - pos, Ordering::Relaxed);
+    kind.fetch_add(now - pos, Ordering::Relaxed);
+    if let Some(p) = opts.progress {
+        p(work.replayed.load(Ordering::Relaxed), end.unwrap_or(0));
+    }
+    Ok((now, now < limit || end.is_some_and(|e| now >= e)))
+}
+
 /// Send one chunk's windows (and the warnings gathered so far) to the stepper. Returns
 /// whether the pass goes on: not after its last chunk, nor once the stepper hung up.
 fn hand_over(
@@ -543,22 +572,9 @@ fn watch_pass(
             if interrupted(opts) {
                 return Err(stopped(pos, end.unwrap_or(0), "interrupted"));
             }
-            let limit = end.map_or(pos.saturating_add(chunk(opts)), |e| {
-                pos.saturating_add(chunk(opts)).min(e)
-            });
-            if pos < limit {
-                r.machine.run_observed(&mut watcher, limit);
-                still_replaying(&r, pos, limit)?;
-            }
-            let now = r.machine.instructions();
-            work.replayed.fetch_add(now - pos, Ordering::Relaxed);
-            work.watched.fetch_add(now - pos, Ordering::Relaxed);
-            // Short of the limit the run ended (an exit, or every CPU halted for good).
-            last = now < limit || end.is_some_and(|e| now >= e);
-            pos = now;
-            if let Some(p) = opts.progress {
-                p(work.replayed.load(Ordering::Relaxed), end.unwrap_or(0));
-            }
+            (pos, last) = pass_chunk(&mut r, pos, end, opts, work, &work.watched, |m, limit| {
+                m.run_observed(&mut watcher, limit)
+            })?;
         }
         let windows = watcher.boundary(&r.machine);
         if !hand_over(tx, windows, pos, last, &mut warnings) {
@@ -662,21 +678,9 @@ fn scout_pass(
                 return Err(stopped(pos, end.unwrap_or(0), "interrupted"));
             }
             let from = pos;
-            let limit = end.map_or(pos.saturating_add(chunk(opts)), |e| {
-                pos.saturating_add(chunk(opts)).min(e)
-            });
-            if pos < limit {
-                r.machine.run(limit);
-                still_replaying(&r, pos, limit)?;
-            }
-            let now = r.machine.instructions();
-            work.replayed.fetch_add(now - pos, Ordering::Relaxed);
-            work.scouted.fetch_add(now - pos, Ordering::Relaxed);
-            last = now < limit || end.is_some_and(|e| now >= e);
-            pos = now;
-            if let Some(p) = opts.progress {
-                p(work.replayed.load(Ordering::Relaxed), end.unwrap_or(0));
-            }
+            (pos, last) = pass_chunk(&mut r, pos, end, opts, work, &work.scouted, |m, limit| {
+                m.run(limit)
+            })?;
             let after = rips(&r.machine);
             let candidate = r.machine.code_cache().take_breakpoint_hit()
                 || after.contains(&addr)

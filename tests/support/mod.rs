@@ -211,3 +211,13 @@ pub fn record(rec: &Path, options: &[&str], image: &Path) -> Run {
     args.push(image.into());
     reprise(&args)
 }
+
+/// The value of `NAME = 0x...` in `reprise symbols --name NAME` output.
+pub fn address_of(stdout: &str, name: &str) -> u64 {
+    let prefix = format!("{name} = 0x");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {stdout}"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
