@@ -583,12 +583,15 @@ mod tests {
         B { x: u32, s: String },
     }
 
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("reprise-container-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
-        let _ = std::fs::remove_file(&p);
-        p
+    /// The path `name` in a fresh temporary directory, which the returned guard removes
+    /// when the test ends.
+    fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("reprise-container-")
+            .tempdir()
+            .unwrap();
+        let p = dir.path().join(name);
+        (dir, p)
     }
 
     fn write(path: &Path, n: u64, finish: bool) {
@@ -627,7 +630,7 @@ mod tests {
 
     #[test]
     fn round_trip_complete() {
-        let p = tmp("rt");
+        let (_p_dir, p) = tmp("rt");
         write(&p, 500, true);
         let (recs, err, end) = read_all(&p);
         assert!(err.is_none());
@@ -638,7 +641,7 @@ mod tests {
 
     #[test]
     fn refuses_to_overwrite() {
-        let p = tmp("exists");
+        let (_p_dir, p) = tmp("exists");
         write(&p, 1, true);
         assert!(matches!(
             ContainerWriter::<Rec>::create(&p, "test", 1),
@@ -648,7 +651,7 @@ mod tests {
 
     #[test]
     fn unfinished_file_reads_to_last_chunk() {
-        let p = tmp("unfinished");
+        let (_p_dir, p) = tmp("unfinished");
         write(&p, 200, false);
         let (recs, err, end) = read_all(&p);
         assert!(err.is_none());
@@ -658,7 +661,7 @@ mod tests {
 
     #[test]
     fn truncation_is_located() {
-        let p = tmp("trunc");
+        let (_p_dir, p) = tmp("trunc");
         write(&p, 500, true);
         let len = std::fs::metadata(&p).unwrap().len();
         let f = File::options().write(true).open(&p).unwrap();
@@ -675,13 +678,13 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_detected() {
-        let p = tmp("flip");
+        let (_p_dir, p) = tmp("flip");
         write(&p, 60, true);
         let good = std::fs::read(&p).unwrap();
         for at in 0..good.len() {
             let mut bad = good.clone();
             bad[at] ^= 0x20;
-            let q = tmp("flipped");
+            let (_q_dir, q) = tmp("flipped");
             std::fs::write(&q, &bad).unwrap();
             let outcome = match ContainerReader::<Rec>::open(&q, "test", 1) {
                 Err(_) => continue,
@@ -706,7 +709,7 @@ mod tests {
 
     #[test]
     fn skipping_whole_chunks_lands_on_the_wanted_record() {
-        let p = tmp("skip");
+        let (_p_dir, p) = tmp("skip");
         write(&p, 200, true);
         let all = read_all(&p).0;
         for target in [0u64, 1, 57, 133, 199] {
@@ -742,7 +745,7 @@ mod tests {
 
     #[test]
     fn open_at_a_chunk_start() {
-        let p = tmp("at");
+        let (_p_dir, p) = tmp("at");
         let mut w = ContainerWriter::create(&p, "test", 1).unwrap();
         let mut starts = Vec::new();
         for k in 0..30u64 {
@@ -766,13 +769,13 @@ mod tests {
 
     #[test]
     fn foreign_and_future_files() {
-        let p = tmp("foreign");
+        let (_p_dir, p) = tmp("foreign");
         std::fs::write(&p, b"hello world, this is not a container at all").unwrap();
         assert!(matches!(
             ContainerReader::<Rec>::open(&p, "test", 1),
             Err(ContainerError::Foreign { .. })
         ));
-        let q = tmp("future");
+        let (_q_dir, q) = tmp("future");
         write(&q, 3, true);
         assert!(matches!(
             ContainerReader::<Rec>::open(&q, "test", 0),

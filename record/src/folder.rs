@@ -273,13 +273,15 @@ mod tests {
     use super::*;
     use crate::manifest::{Boot, Clock, MachineOptions, FORMAT_NAME, FORMAT_VERSION};
 
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("reprise-folder-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
-        let _ = std::fs::remove_dir_all(&p);
-        let _ = std::fs::remove_file(&p);
-        p
+    /// The path `name` in a fresh temporary directory, which the returned guard removes
+    /// when the test ends.
+    fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("reprise-folder-")
+            .tempdir()
+            .unwrap();
+        let p = dir.path().join(name);
+        (dir, p)
     }
 
     fn manifest(image: BootImage) -> Manifest {
@@ -310,7 +312,7 @@ mod tests {
 
     #[test]
     fn prepare_creates_refuses_and_replaces() {
-        let dir = tmp("prep");
+        let (_parent, dir) = tmp("prep");
         let rec = prepare(&dir, false).unwrap();
         assert!(rec.checkpoints().is_dir());
         // An empty recording folder (no manifest yet) is still just an empty-ish folder.
@@ -321,7 +323,7 @@ mod tests {
         ));
         prepare(&dir, true).unwrap();
         assert!(!rec.log().exists());
-        let file = tmp("a-file");
+        let (_parent, file) = tmp("a-file");
         std::fs::write(&file, b"x").unwrap();
         assert!(matches!(
             prepare(&file, true),
@@ -331,7 +333,7 @@ mod tests {
 
     #[test]
     fn manifests_round_trip_and_images_are_checked() {
-        let dir = tmp("manifest");
+        let (_parent, dir) = tmp("manifest");
         std::fs::create_dir_all(&dir).unwrap();
         let image_path = dir.join("image.bin");
         std::fs::write(&image_path, b"an image").unwrap();

@@ -34,12 +34,15 @@ impl Console {
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reprise-echo-timing-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    let _ = std::fs::remove_dir_all(&p);
-    p
+/// The path `name` in a fresh temporary directory, which the returned guard removes when
+/// the test case ends.
+fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("reprise-echo-timing-")
+        .tempdir()
+        .unwrap();
+    let p = dir.path().join(name);
+    (dir, p)
 }
 
 /// Letters other than `q` (which ends the guest), each after a gap of instructions.
@@ -77,7 +80,7 @@ proptest! {
         inputs = inputs.with_serial_at(at + last_gap, b'q');
         expected.push_str("\nbye\n");
 
-        let dir = scratch(&format!("rec-{case:x}"));
+        let (_parent, dir) = scratch(&format!("rec-{case:x}"));
         let setup = RecordSetup {
             dir: dir.clone(),
             force: false,

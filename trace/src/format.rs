@@ -384,13 +384,15 @@ mod tests {
     use super::*;
     use crate::record::{AccessEvent, Hypercall, InterruptKind, Kind, LockOp, MissClass, Note};
 
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("reprise-trace-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
-        let _ = std::fs::remove_file(&p);
-        let _ = std::fs::remove_file(index_path(&p));
-        p
+    /// The path `name` in a fresh temporary directory, which the returned guard removes
+    /// when the test ends.
+    fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("reprise-trace-")
+            .tempdir()
+            .unwrap();
+        let p = dir.path().join(name);
+        (dir, p)
     }
 
     fn header() -> Header {
@@ -478,7 +480,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_seek() {
-        let p = tmp("rt");
+        let (_p_dir, p) = tmp("rt");
         let recs = records(1000);
         write(&p, &recs, true);
         let mut r = TraceReader::open(&p).unwrap();
@@ -502,7 +504,7 @@ mod tests {
 
     #[test]
     fn long_console_output_is_split() {
-        let p = tmp("console");
+        let (_p_dir, p) = tmp("console");
         let mut w = TraceWriter::create(&p, &header()).unwrap();
         let bytes: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
         w.push(&Record {
@@ -526,7 +528,7 @@ mod tests {
 
     #[test]
     fn backwards_positions_are_refused() {
-        let p = tmp("back");
+        let (_p_dir, p) = tmp("back");
         let recs = records(120);
         let mut w = TraceWriter::with_records_per_chunk(&p, &header(), 50).unwrap();
         for r in &recs {
@@ -539,10 +541,10 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_an_error() {
-        let p = tmp("flip");
+        let (_p_dir, p) = tmp("flip");
         write(&p, &records(120), true);
         let good = std::fs::read(&p).unwrap();
-        let q = tmp("flipped");
+        let (_q_dir, q) = tmp("flipped");
         for at in (0..good.len()).filter(|a| !(20..24).contains(a)) {
             let mut bad = good.clone();
             bad[at] ^= 0x04;
@@ -558,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_damaged_index_is_an_error_not_a_wrong_answer() {
-        let p = tmp("badidx");
+        let (_p_dir, p) = tmp("badidx");
         write(&p, &records(400), true);
         let ip = index_path(&p);
         let mut idx = std::fs::read(&ip).unwrap();
@@ -571,12 +573,12 @@ mod tests {
 
     #[test]
     fn truncated_traces_read_up_to_the_damage() {
-        let p = tmp("trunc");
+        let (_p_dir, p) = tmp("trunc");
         let recs = records(1000);
         write(&p, &recs, true);
         let len = std::fs::metadata(&p).unwrap().len();
         for cut in [len - 1, len - 56, len - 57, len / 2, 30] {
-            let q = tmp("truncated");
+            let (_q_dir, q) = tmp("truncated");
             std::fs::write(&q, &std::fs::read(&p).unwrap()[..cut as usize]).unwrap();
             let mut got = 0;
             let mut failed = false;
@@ -596,7 +598,7 @@ mod tests {
             assert!(got <= recs.len());
         }
         // A writer that never finished: every sealed chunk still reads.
-        let u = tmp("unfinished");
+        let (_u_dir, u) = tmp("unfinished");
         write(&u, &recs, false);
         let r = TraceReader::open(&u).unwrap();
         assert_eq!(r.count(), 1000);
@@ -604,13 +606,13 @@ mod tests {
 
     #[test]
     fn foreign_and_future_files_are_refused() {
-        let p = tmp("foreign");
+        let (_p_dir, p) = tmp("foreign");
         std::fs::write(&p, b"this is not a trace, it is a text file").unwrap();
         assert!(matches!(
             TraceReader::open(&p),
             Err(TraceError::Container(ContainerError::Foreign { .. }))
         ));
-        let q = tmp("future");
+        let (_q_dir, q) = tmp("future");
         write(&q, &records(10), true);
         let mut bytes = std::fs::read(&q).unwrap();
         bytes[16] = TRACE_VERSION as u8 + 1;
