@@ -102,6 +102,8 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
         locked: false,
         code_modified: false,
         stop_after: false,
+        block_rip: ev.rip,
+        exit: None,
     };
     let s = &x.cpu.state;
     let result = if s.cr0 & cr0::PE == 0 {

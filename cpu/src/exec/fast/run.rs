@@ -1,6 +1,6 @@
 //! The fast forms at run time: one small function per form (or family, specialised by
-//! const generics for operand size and operation), called straight from the run loop's
-//! dispatch with the [`Operands`] that `classify` resolved at decode time.
+//! const generics for operand size and operation), called from the run loop's handlers
+//! (`table.rs`) with the [`Operands`] that `classify` resolved at decode time.
 
 use crate::bus::Bus;
 use crate::exec::Exec;
@@ -53,7 +53,8 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     }
 
     /// The linear address of a fast memory operand (64-bit mode: only FS and GS have a
-    /// base), as [`Exec::mem_addr`] computes it.
+    /// base), as [`Exec::mem_addr`] computes it. A RIP-relative displacement is relative to
+    /// the block's first instruction (see `classify`).
     #[inline(always)]
     pub(crate) fn fast_addr(&self, o: &Operands) -> u64 {
         let s = &self.cpu.state;
@@ -61,7 +62,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         if (o.base as usize) < 16 {
             a = a.wrapping_add(s.gpr[o.base as usize]);
         } else if o.base == RIP {
-            a = a.wrapping_add(self.rip);
+            a = a.wrapping_add(self.block_rip);
         }
         if (o.index as usize) < 16 {
             a = a.wrapping_add(s.gpr[o.index as usize] << o.scale);
@@ -459,29 +460,15 @@ pub(crate) fn conditional<B: Bus, O: Observer>(
 }
 
 /// The target of a relative branch of 64-bit code: #GP(0) if it is not canonical (what
-/// `branch_to` checks in 64-bit mode).
+/// `branch_to` checks in 64-bit mode). The offset is relative to the block's first
+/// instruction (see `classify`).
 #[inline(always)]
-fn rel_target<B: Bus, O: Observer>(x: &Exec<B, O>, o: &Operands) -> Result<u64, Exit> {
-    let target = x.rip.wrapping_add(o.imm);
+pub(crate) fn rel_target<B: Bus, O: Observer>(x: &Exec<B, O>, o: &Operands) -> Result<u64, Exit> {
+    let target = x.block_rip.wrapping_add(o.imm);
     if !crate::exec::control::is_canonical(target) {
         return Err(Fault::GP0.into());
     }
     Ok(target)
-}
-
-/// A relative jump, taken when `taken`; returns the next instruction's address.
-#[inline(always)]
-pub(crate) fn jump<B: Bus, O: Observer>(
-    x: &mut Exec<B, O>,
-    o: &Operands,
-    taken: bool,
-    fall_through: u64,
-) -> Result<u64, Exit> {
-    if taken {
-        rel_target(x, o)
-    } else {
-        Ok(fall_through)
-    }
 }
 
 /// CALL rel (64-bit); returns the target.
