@@ -54,6 +54,9 @@ pub struct DecodedInsn {
     /// straddling instruction): the run loop computes an instruction's address from it only
     /// when something needs it (a generic handler, a fault, an observer).
     pub off: u16,
+    /// Its entry in the run loop's handler table (`exec::fast::handler_index` of its op and
+    /// operand size).
+    pub handler: u8,
 }
 
 /// Bits of [`DecodedInsn::check`].

@@ -877,7 +877,7 @@ mod run;
 mod table;
 pub(crate) use rare::rare;
 pub(crate) use run::*;
-pub(crate) use table::{handlers, park, Flow};
+pub(crate) use table::{handlers, index as handler_index, park, Flow};
 
 #[cfg(feature = "op-stats")]
 pub mod stats;

@@ -339,57 +339,68 @@ impl Cpu {
             // The budget bounds the instructions run, so the loop needs no check of its own.
             let left = end.saturating_sub(retired);
             let insns = &block.insns[..block.insns.len().min(left as usize)];
-            // Where the block ends if every instruction falls through: after its last one.
-            rip = match insns.last() {
-                Some(d) => x.mask_ip(start.wrapping_add(u64::from(d.off) + u64::from(d.len))),
-                None => start,
+            // Outside 64-bit mode the instruction pointer wraps at the code size.
+            let at = |x: &Exec<B, O>, off: u64| {
+                let ip = start.wrapping_add(off);
+                if LONG {
+                    ip
+                } else {
+                    x.mask_ip(ip)
+                }
             };
-            for d in insns {
-                x.cpu.state.retired = retired;
-                if O::ENABLED {
-                    // Observers see each instruction's address.
-                    x.rip = x.mask_ip(start.wrapping_add(u64::from(d.off)));
-                    if fetch {
-                        report_fetch(&mut x, block, pa, start_lin, u64::from(d.off), d.len);
+            rip = 'block: {
+                for d in insns {
+                    x.cpu.state.retired = retired;
+                    if O::ENABLED {
+                        // Observers see each instruction's address.
+                        x.rip = at(&x, u64::from(d.off));
+                        if fetch {
+                            report_fetch(&mut x, block, pa, start_lin, u64::from(d.off), d.len);
+                        }
+                    }
+                    #[cfg(feature = "op-stats")]
+                    fast::stats::note(d);
+                    let flow = handlers[d.handler as usize](&mut x, d);
+                    if flow == fast::Flow::Next {
+                        retired += 1;
+                        continue;
+                    }
+                    match flow {
+                        fast::Flow::Next | fast::Flow::Checked => {
+                            retired += 1;
+                            result = Ok(true);
+                        }
+                        fast::Flow::Jump => {
+                            // A taken branch leaves the block (maybe for its start).
+                            retired += 1;
+                            break 'block x.next_rip;
+                        }
+                        fast::Flow::Stop => {
+                            retired += 1;
+                            rip = x.next_rip;
+                            result = Ok(true);
+                            break 'chain;
+                        }
+                        fast::Flow::Exit => {
+                            // The instruction did not retire; the exit names it.
+                            rip = at(&x, u64::from(d.off));
+                            x.rip = rip;
+                            let e = match x.exit.take() {
+                                Some(e) => e,
+                                None => x.unsupported("a handler exit without a reason".into()),
+                            };
+                            result = Err((e, rip));
+                            break 'chain;
+                        }
                     }
                 }
-                #[cfg(feature = "op-stats")]
-                fast::stats::note(d);
-                let flow = handlers[d.op as u8 as usize](&mut x, d);
-                if flow == fast::Flow::Next {
-                    retired += 1;
-                    continue;
+                // Every instruction fell through: the block ends after its last one (looked
+                // at only now, when it is in the cache).
+                match insns.last() {
+                    Some(d) => at(&x, u64::from(d.off) + u64::from(d.len)),
+                    None => start,
                 }
-                match flow {
-                    fast::Flow::Next | fast::Flow::Checked => {
-                        retired += 1;
-                        result = Ok(true);
-                    }
-                    fast::Flow::Jump => {
-                        // A taken branch leaves the block (maybe for its start).
-                        retired += 1;
-                        rip = x.next_rip;
-                        break;
-                    }
-                    fast::Flow::Stop => {
-                        retired += 1;
-                        rip = x.next_rip;
-                        result = Ok(true);
-                        break 'chain;
-                    }
-                    fast::Flow::Exit => {
-                        // The instruction did not retire; the exit names it.
-                        rip = x.mask_ip(start.wrapping_add(u64::from(d.off)));
-                        x.rip = rip;
-                        let e = match x.exit.take() {
-                            Some(e) => e,
-                            None => x.unsupported("a handler exit without a reason".into()),
-                        };
-                        result = Err((e, rip));
-                        break 'chain;
-                    }
-                }
-            }
+            };
             // A loop that is one block of 64-bit code, with nothing special inside (which
             // could have halted the CPU, changed its mode, or made the bus want an exit):
             // run the block again here, if the budget allows and its address still
