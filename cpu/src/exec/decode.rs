@@ -145,7 +145,7 @@ impl Cpu {
                     0
                 } | if branch { check::BRANCH } else { 0 },
                 off: start as u16,
-                handler: fast::handler_index(op, ops.size),
+                handler: fast::handler_index(op, &ops),
             });
             if ends_block || start + len >= in_page {
                 break;

@@ -157,22 +157,22 @@ pub(crate) fn lea<const S: usize, B: Bus, O: Observer>(
     Ok(())
 }
 
-/// MOVZX and MOVSX/MOVSXD (`imm` = source size).
+/// MOVZX and MOVSX/MOVSXD (`imm` = source size) from a register or (`MEM`) memory: `SX`
+/// sign-extends; the source size is `F`, or for `F == 0` the decoded one.
 #[inline(always)]
-pub(crate) fn extend<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op) -> ExecResult {
+pub(crate) fn extend<const F: usize, const SX: bool, const MEM: bool, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
     let size = o.size as usize;
-    let from = o.imm as usize;
-    let v = match op {
-        Op::MovzxRR | Op::MovsxRR => x.reg_get(o.r1, from),
-        _ => {
-            let addr = x.fast_addr(o);
-            x.read(addr, from)?
-        }
+    let from = if F == 0 { o.imm as usize } else { F };
+    let v = if MEM {
+        let addr = x.fast_addr(o);
+        x.read(addr, from)?
+    } else {
+        x.reg_get(o.r1, from)
     };
-    let v = match op {
-        Op::MovsxRR | Op::MovsxRM => flags::sign_extend(v, from),
-        _ => v,
-    };
+    let v = if SX { flags::sign_extend(v, from) } else { v };
     x.reg_put(o.r0, size, v);
     Ok(())
 }
@@ -292,14 +292,26 @@ pub(crate) fn alu_m<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Obs
     Ok(())
 }
 
-/// INC/DEC/NEG/NOT of a register.
+/// Operations of [`unary`].
+pub(crate) mod unary_kind {
+    pub const INC: u8 = 0;
+    pub const DEC: u8 = 1;
+    pub const NEG: u8 = 2;
+    pub const NOT: u8 = 3;
+}
+
+/// INC/DEC/NEG/NOT (`K`, see [`unary_kind`]) of a `S`-byte register.
 #[inline(always)]
-pub(crate) fn unary<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op) -> ExecResult {
-    let size = o.size as usize;
+pub(crate) fn unary<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    use unary_kind::*;
+    let size = sz::<S>(o);
     let a = x.reg_get(o.r0, size);
-    match op {
-        Op::IncR | Op::DecR => {
-            let (r, f) = if op == Op::IncR {
+    match K {
+        INC | DEC => {
+            let (r, f) = if K == INC {
                 flags::add(a, 1, false, size)
             } else {
                 flags::sub(a, 1, false, size)
@@ -309,7 +321,7 @@ pub(crate) fn unary<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: O
             let cf = x.cpu.state.rflags & CF;
             x.set_status((f & !CF) | cf);
         }
-        Op::NegR => {
+        NEG => {
             let (r, f) = flags::sub(0, a, false, size);
             x.reg_put(o.r0, size, r);
             x.set_status(f);

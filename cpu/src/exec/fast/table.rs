@@ -26,7 +26,7 @@ use crate::exec::{sse, Exec};
 use crate::fault::{ExecResult, Exit};
 use crate::observer::Observer;
 
-use super::{kind as k, shift_kind as sk, Op};
+use super::{kind as k, shift_kind as sk, unary_kind as uk, Op, Operands};
 
 /// What the run loop does after a handler. One byte, returned in a register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,18 +81,18 @@ impl<B: Bus, O: Observer> Table<B, O> {
         sized!(MovMR, mov_mr);
         sized!(MovMI, mov_mi);
         sized!(Lea, lea);
-        // The ops of the sized range without copies per size: every entry the same.
-        macro_rules! any_size {
-            ($op:ident, $f:expr) => {
-                t[Op::$op as usize] = $f;
-                t[SIZE8 + Op::$op as usize - FIRST_SIZED] = $f;
-                t[SIZE4 + Op::$op as usize - FIRST_SIZED] = $f;
+        // MOVZX/MOVSX: the two "sizes" are those of the source, 1 and 2 bytes ([`index`]).
+        macro_rules! extend {
+            ($op:ident, $f:ident, $sx:expr) => {
+                t[Op::$op as usize] = $f::<0, { $sx }, B, O>;
+                t[SIZE8 + Op::$op as usize - FIRST_SIZED] = $f::<1, { $sx }, B, O>;
+                t[SIZE4 + Op::$op as usize - FIRST_SIZED] = $f::<2, { $sx }, B, O>;
             };
         }
-        any_size!(MovzxRR, extend_r::<B, O>);
-        any_size!(MovsxRR, extend_r::<B, O>);
-        any_size!(MovzxRM, extend_m::<B, O>);
-        any_size!(MovsxRM, extend_m::<B, O>);
+        extend!(MovzxRR, extend_r, false);
+        extend!(MovsxRR, extend_r, true);
+        extend!(MovzxRM, extend_m, false);
+        extend!(MovsxRM, extend_m, true);
 
         macro_rules! alu {
             ($rr:ident, $ri:ident, $rm:ident, $mr:ident, $mi:ident, $k:expr) => {
@@ -115,10 +115,10 @@ impl<B: Bus, O: Observer> Table<B, O> {
         sized!(TestRI, alu_ri, k::TEST);
         sized!(TestMR, alu_m, k::TEST, false);
         sized!(TestMI, alu_m, k::TEST, true);
-        any_size!(IncR, unary::<B, O>);
-        any_size!(DecR, unary::<B, O>);
-        any_size!(NegR, unary::<B, O>);
-        any_size!(NotR, unary::<B, O>);
+        sized!(IncR, unary, uk::INC);
+        sized!(DecR, unary, uk::DEC);
+        sized!(NegR, unary, uk::NEG);
+        sized!(NotR, unary, uk::NOT);
 
         sized!(ShlRI, shift_ri, sk::SHL);
         sized!(ShrRI, shift_ri, sk::SHR);
@@ -184,20 +184,30 @@ const _: () = assert!(
         && SIZE4 + (LAST_SIZED - FIRST_SIZED) < 256
 );
 
-/// The table entry of an instruction with op `op` and operand size `size` (decided once, at
-/// decode time, into `DecodedInsn::handler`): the ops from MOV r, r to ROR r, imm have a copy
-/// of their handler per operand size at `SIZE8`/`SIZE4` + their place in that range, so that
-/// the size is no run-time test; every other op (and 1- or 2-byte operands) is its own entry.
-pub(crate) fn index(op: Op, size: u8) -> u8 {
-    let o = op as usize;
-    let at = if (FIRST_SIZED..=LAST_SIZED).contains(&o) {
-        match size {
-            8 => SIZE8 + o - FIRST_SIZED,
-            4 => SIZE4 + o - FIRST_SIZED,
-            _ => o,
+/// The table entry of an instruction with op `op` and operands `o` (decided once, at decode
+/// time, into `DecodedInsn::handler`): the ops from MOV r, r to ROR r, imm have a copy of
+/// their handler per operand size at `SIZE8`/`SIZE4` + their place in that range, so that
+/// the size is no run-time test (for MOVZX/MOVSX: the source size, 1 or 2 bytes); every
+/// other op (and the other sizes) is its own entry, whose handler reads the size.
+pub(crate) fn index(op: Op, o: &Operands) -> u8 {
+    let n = op as usize;
+    let size = if matches!(op, Op::MovzxRR | Op::MovzxRM | Op::MovsxRR | Op::MovsxRM) {
+        match o.imm {
+            1 => 8,
+            2 => 4,
+            _ => 0,
         }
     } else {
-        o
+        o.size
+    };
+    let at = if (FIRST_SIZED..=LAST_SIZED).contains(&n) {
+        match size {
+            8 => SIZE8 + n - FIRST_SIZED,
+            4 => SIZE4 + n - FIRST_SIZED,
+            _ => n,
+        }
+    } else {
+        n
     };
     // Within the table by the assertion above; `as` cannot lose anything.
     at as u8
@@ -280,13 +290,19 @@ fn lea<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn)
     reg_done(x, r)
 }
 
-fn extend_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
-    let r = super::extend(x, &d.ops, d.op);
+fn extend_r<const F: usize, const SX: bool, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::extend::<F, SX, false, B, O>(x, &d.ops);
     reg_done(x, r)
 }
 
-fn extend_m<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
-    let r = super::extend(x, &d.ops, d.op);
+fn extend_m<const F: usize, const SX: bool, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::extend::<F, SX, true, B, O>(x, &d.ops);
     mem_done(x, d, r)
 }
 
@@ -322,8 +338,11 @@ fn alu_m<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Observer>(
     mem_done(x, d, r)
 }
 
-fn unary<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
-    let r = super::unary(x, &d.ops, d.op);
+fn unary<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::unary::<K, S, B, O>(x, &d.ops);
     reg_done(x, r)
 }
 
@@ -537,22 +556,29 @@ mod tests {
         assert!(std::mem::size_of::<DecodedInsn>() <= 72);
     }
 
-    /// Every op has a table entry of its own, and the sized range's per-size entries neither
-    /// overlap each other nor an op.
+    /// Every op has table entries of its own: no two ops share one, and each op of the
+    /// sized range has three (one per size class).
     #[test]
     fn handler_indices_are_distinct() {
-        let mut seen = std::collections::BTreeMap::new();
+        let mut owner = std::collections::BTreeMap::new();
         for o in 0..=Op::XmmShiftI as usize {
-            let sizes: &[u8] = if (FIRST_SIZED..=LAST_SIZED).contains(&o) {
-                &[1, 2, 4, 8]
-            } else {
-                &[8]
-            };
-            for &size in sizes {
-                let i = index(op_of(o), size);
-                let key = (o, if matches!(size, 4 | 8) { size } else { 0 });
-                assert_eq!(*seen.entry(i).or_insert(key), key, "index {i}");
+            let mut mine = std::collections::BTreeSet::new();
+            for size in [1u8, 2, 4, 8] {
+                let ops = Operands {
+                    size,
+                    imm: size as u64,
+                    ..Operands::default()
+                };
+                let i = index(op_of(o), &ops);
+                assert_eq!(*owner.entry(i).or_insert(o), o, "index {i}");
+                mine.insert(i);
             }
+            let want = if (FIRST_SIZED..=LAST_SIZED).contains(&o) {
+                3
+            } else {
+                1
+            };
+            assert_eq!(mine.len(), want, "{:?}", op_of(o));
         }
     }
 
