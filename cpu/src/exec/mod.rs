@@ -104,6 +104,11 @@ pub struct Exec<'a, B: Bus, O: Observer> {
     /// only a one-byte [`fast::Flow`] to the run loop, which takes the exit from here when
     /// the flow is [`fast::Flow::Exit`].
     pub exit: Option<Exit>,
+    /// The number of instructions this CPU retired before the current one, what bus calls
+    /// see ([`Exec::clock`]). The run loop stores it here, at a fixed place, before each
+    /// instruction, and brings `cpu.state.retired` up to date only where it is read: for
+    /// generic handlers ([`slow`]), observers, and when the block ends.
+    pub retired: u64,
 }
 
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
@@ -112,7 +117,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     pub fn clock(&self) -> CpuClock {
         CpuClock {
             cpu: self.cpu.index,
-            retired: self.cpu.state.retired,
+            retired: self.retired,
         }
     }
 
@@ -311,6 +316,7 @@ impl Cpu {
             stop_after: false,
             block_rip: 0,
             exit: None,
+            retired: 0,
         };
         let start = x.cpu.state.rip;
         x.block_rip = start;
@@ -319,9 +325,10 @@ impl Cpu {
         // the next instruction is always the first of a block.
         x.cpu.state.interrupt_shadow = false;
         let mut result = Ok(false);
-        // The instruction count lives in a register and is stored before each instruction
-        // (handlers may read it through `x.clock()`, none writes it): an increment in memory
-        // would chain every instruction to the previous one through a store and a load.
+        // The instruction count lives in a register and is stored (in `x.retired`) before
+        // each instruction (handlers may read it through `x.clock()`, none writes it): an
+        // increment in memory would chain every instruction to the previous one through a
+        // store and a load.
         let mut retired = x.cpu.state.retired;
         // `--fetch`: one fetch access per instruction (a runtime choice of traced replays;
         // compiled out with no observer).
@@ -350,7 +357,7 @@ impl Cpu {
             };
             rip = 'block: {
                 for d in insns {
-                    x.cpu.state.retired = retired;
+                    x.retired = retired;
                     if O::ENABLED {
                         // Observers see each instruction's address.
                         x.rip = at(&x, u64::from(d.off));
@@ -548,7 +555,7 @@ fn report_fetch<B: Bus, O: Observer>(
     let piece = |k: u64, n: u64, x: &mut Exec<B, O>| {
         let access = crate::observer::Access {
             cpu: x.cpu.index,
-            retired: x.cpu.state.retired,
+            retired: x.retired,
             pc: x.rip,
             vaddr: lin.wrapping_add(k),
             paddr: phys(k),
@@ -576,6 +583,8 @@ pub(crate) fn slow<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> 
     use fast::Flow;
     let rip = x.mask_ip(x.block_rip.wrapping_add(u64::from(d.off)));
     x.rip = rip;
+    // Generic handlers may read the count from the state (observer calls).
+    x.cpu.state.retired = x.retired;
     let fall_through = x.mask_ip(rip.wrapping_add(u64::from(d.len)));
     let next = match slow_exec(x, d, fall_through) {
         Ok(next) => next,

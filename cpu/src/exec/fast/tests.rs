@@ -402,6 +402,7 @@ fn condition_bits_match_condition() {
             stop_after: false,
             block_rip: 0,
             exit: None,
+            retired: 0,
         };
         for cc in ccs {
             assert_eq!(
