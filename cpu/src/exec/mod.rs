@@ -4,6 +4,10 @@
 //! Handler modules (one per family of instructions) each provide `claims(Code) -> bool`, which
 //! decides at decode time which module executes an instruction, and `exec`, which executes it.
 //! An instruction no module claims stops the machine with [`StopReason::Unimplemented`].
+//!
+//! The run loop (`Cpu::run_block`) calls each instruction's handler through the table of
+//! `fast/table.rs`: the fast forms' own handlers, or [`slow`] for everything executed by a
+//! group's module (and the rarer fast forms). A handler returns a one-byte [`fast::Flow`].
 
 use iced_x86::Instruction;
 
