@@ -260,6 +260,9 @@ fn mem_done<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn, r: ExecRes
     }
 }
 
+// The handlers: each runs its fast form (`run.rs`, inlined here, specialized by the const
+// parameters its table entry was built with) and turns the result into a `Flow`.
+
 fn mov_rr<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let r = super::mov_rr::<S, B, O>(x, &d.ops);
     reg_done(x, r)
