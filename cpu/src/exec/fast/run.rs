@@ -78,7 +78,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
 /// The operand size of a fast form specialized for size `S`: `S`, or for `S == 0` (the
 /// rarer 1- and 2-byte forms share one copy) the decoded size.
 #[inline(always)]
-fn sz<const S: usize>(o: &Operands) -> usize {
+pub(crate) fn sz<const S: usize>(o: &Operands) -> usize {
     if S == 0 {
         o.size as usize
     } else {

@@ -274,11 +274,40 @@ fn mov_ri<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedIn
 }
 
 fn mov_rm<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let o = &d.ops;
+    let size = super::sz::<S>(o);
+    let addr = x.fast_addr(o);
+    match x.read_quick(addr, size) {
+        Some(v) => {
+            x.reg_put(o.r0, size, v);
+            Flow::Next
+        }
+        None => mov_rm_full::<S, B, O>(x, d),
+    }
+}
+
+/// [`mov_rm`] when the read needs more than RAM through the TLB.
+#[inline(never)]
+fn mov_rm_full<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let r = super::mov_rm::<S, B, O>(x, &d.ops);
     mem_done(x, d, r)
 }
 
 fn mov_mr<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let o = &d.ops;
+    let size = super::sz::<S>(o);
+    let addr = x.fast_addr(o);
+    let v = x.reg_get(o.r1, size);
+    if x.write_quick(addr, size, v) {
+        Flow::Next
+    } else {
+        mov_mr_full::<S, B, O>(x, d)
+    }
+}
+
+/// [`mov_mr`] when the write needs more than RAM through the TLB.
+#[inline(never)]
+fn mov_mr_full<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let r = super::mov_mr::<S, B, O>(x, &d.ops);
     mem_done(x, d, r)
 }
@@ -302,6 +331,29 @@ fn extend_r<const F: usize, const SX: bool, B: Bus, O: Observer>(
 }
 
 fn extend_m<const F: usize, const SX: bool, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let o = &d.ops;
+    let from = if F == 0 { o.imm as usize } else { F };
+    let addr = x.fast_addr(o);
+    match x.read_quick(addr, from) {
+        Some(v) => {
+            let v = if SX {
+                crate::flags::sign_extend(v, from)
+            } else {
+                v
+            };
+            x.reg_put(o.r0, o.size as usize, v);
+            Flow::Next
+        }
+        None => extend_m_full::<F, SX, B, O>(x, d),
+    }
+}
+
+/// [`extend_m`] when the read needs more than RAM through the TLB.
+#[inline(never)]
+fn extend_m_full<const F: usize, const SX: bool, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
 ) -> Flow {
