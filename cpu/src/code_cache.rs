@@ -50,6 +50,13 @@ pub struct DecodedInsn {
     pub locked: bool,
     /// What the run loop must check after it ([`check`] bits; 0 for most instructions).
     pub check: u8,
+    /// Its offset from the block's first instruction (a block spans at most a page and a
+    /// straddling instruction): the run loop computes an instruction's address from it only
+    /// when something needs it (a generic handler, a fault, an observer).
+    pub off: u16,
+    /// Its entry in the run loop's handler table (`exec::fast::handler_index` of its op and
+    /// operand size).
+    pub handler: u8,
 }
 
 /// Bits of [`DecodedInsn::check`].

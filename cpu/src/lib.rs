@@ -9,7 +9,9 @@
 //! ```text
 //! Machine ──► Cpu::run(bus, observer, code_cache, budget)
 //!               └─ block = code_cache[phys(rip)]  (decode on miss)
-//!                    └─ for each insn: dispatch by Group → exec/<module>.rs
+//!                    └─ for each insn: handlers[insn.handler] (exec/fast/table.rs)
+//!                         ├─ a fast form (exec/fast/run.rs), or
+//!                         └─ exec::slow → its Group's exec/<module>.rs
 //! ```
 #![warn(missing_docs)]
 

@@ -121,7 +121,7 @@ impl Cpu {
                 // whether fast forms are on or off.
                 (fast::Op::Pause, fast::Operands::default())
             } else if code.fast_paths() {
-                fast::classify(&insn, group, bitness)
+                fast::classify(&insn, group, bitness, start as u64)
             } else {
                 (fast::generic(group), fast::Operands::default())
             };
@@ -144,6 +144,8 @@ impl Cpu {
                 } else {
                     0
                 } | if branch { check::BRANCH } else { 0 },
+                off: start as u16,
+                handler: fast::handler_index(op, &ops),
             });
             if ends_block || start + len >= in_page {
                 break;

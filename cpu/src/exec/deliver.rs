@@ -91,6 +91,7 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
         code.note_breakpoint_hit();
     }
     let mode = cpu.state.mode();
+    let retired = cpu.state.retired;
     let mut x = Exec {
         cpu,
         bus,
@@ -102,6 +103,9 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
         locked: false,
         code_modified: false,
         stop_after: false,
+        block_rip: ev.rip,
+        exit: None,
+        retired,
     };
     let s = &x.cpu.state;
     let result = if s.cr0 & cr0::PE == 0 {

@@ -6,7 +6,7 @@
 //! For the forms compiled code uses most — MOV, MOVZX/MOVSX, LEA, the ALU operations, INC/DEC,
 //! shifts by an immediate, IMUL, CMOVcc/SETcc, Jcc/JMP/CALL/RET, PUSH/POP of a register, and
 //! the SSE families, NOPs and prefetches — [`classify`] picks a fine-grained [`Op`] instead, and the run loop
-//! executes it directly (`exec::dispatch`).
+//! executes it directly through its handler (`fast/table.rs`).
 //!
 //! A fast path performs exactly the steps of the generic handler it stands for: the same
 //! memory helpers (`read`, `read_rmw`, `write_rmw`, `push`, ...) in the same order, the same
@@ -308,9 +308,11 @@ pub struct Operands {
     pub scale: u8,
     /// Segment with a base: 0 none, 1 FS, 2 GS.
     pub seg: u8,
-    /// Displacement (for RIP-relative operands, relative to the instruction's address).
+    /// Displacement (for RIP-relative operands, relative to the address of the block's first
+    /// instruction: see [`classify`]).
     pub disp: u64,
-    /// Immediate (as iced extends it), branch offset from the instruction, or source size.
+    /// Immediate (as iced extends it), branch offset from the block's first instruction, or
+    /// source size.
     pub imm: u64,
 }
 
@@ -379,15 +381,86 @@ pub(crate) fn mem_operand(i: &Instruction, o: &mut Operands) -> Option<()> {
 }
 
 /// The fast form of an instruction of 64-bit code claimed by `group`, or its group's generic
-/// op with default operands.
-pub(crate) fn classify(i: &Instruction, group: Group, bitness: u32) -> (Op, Operands) {
+/// op with default operands. `start` is the instruction's offset from its block's first
+/// instruction: a fast form's RIP-relative displacement and branch offset are made relative
+/// to the block's start (decoded relative to the instruction), so that its handler adds the
+/// block's address (`Exec::block_rip`) and never needs the instruction's own.
+pub(crate) fn classify(i: &Instruction, group: Group, bitness: u32, start: u64) -> (Op, Operands) {
     if bitness == 64 && !i.has_lock_prefix() {
         let mut o = Operands::default();
         if let Some(op) = fast_form(i, group, &mut o) {
+            if o.base == RIP && has_memory_operand(op) {
+                o.disp = o.disp.wrapping_add(start);
+            }
+            if matches!(op, Op::JmpRel | Op::CallRel) || is_jcc(op) {
+                o.imm = o.imm.wrapping_add(start);
+            }
             return (op, o);
         }
     }
     (generic(group), Operands::default())
+}
+
+/// Whether `op` is one of the conditional jumps.
+fn is_jcc(op: Op) -> bool {
+    use Op::*;
+    matches!(
+        op,
+        Jo | Jno | Jb | Jae | Je | Jne | Jbe | Ja | Js | Jns | Jp | Jnp | Jl | Jge | Jle | Jg
+    )
+}
+
+/// Whether fast form `op` has a memory operand (its `base`, `index`, `scale`, `seg` and
+/// `disp` mean something; for the others `base` is 0 and unused).
+fn has_memory_operand(op: Op) -> bool {
+    use Op::*;
+    matches!(
+        op,
+        MovRM
+            | MovMR
+            | MovMI
+            | MovzxRM
+            | MovsxRM
+            | Lea
+            | AddRM
+            | AddMR
+            | AddMI
+            | OrRM
+            | OrMR
+            | OrMI
+            | AdcRM
+            | AdcMR
+            | AdcMI
+            | SbbRM
+            | SbbMR
+            | SbbMI
+            | AndRM
+            | AndMR
+            | AndMI
+            | SubRM
+            | SubMR
+            | SubMI
+            | XorRM
+            | XorMR
+            | XorMI
+            | CmpRM
+            | CmpMR
+            | CmpMI
+            | TestMR
+            | TestMI
+            | ImulRM
+            | CmovRM
+            | SetccM
+            | IncM
+            | DecM
+            | CallM
+            | BtMI
+            | XmmLoad
+            | XmmStore
+            | XmmMovqRM
+            | XmmMovqMR
+            | XmmBinRM
+    )
 }
 
 /// Operand kinds of a fast form.
@@ -801,8 +874,10 @@ fn fast_form(i: &Instruction, group: Group, o: &mut Operands) -> Option<Op> {
 
 mod rare;
 mod run;
+mod table;
 pub(crate) use rare::rare;
 pub(crate) use run::*;
+pub(crate) use table::{handlers, index as handler_index, park, Flow};
 
 #[cfg(feature = "op-stats")]
 pub mod stats;

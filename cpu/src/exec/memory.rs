@@ -162,7 +162,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     fn report(&mut self, lin: u64, pa: u64, size: usize, kind: AccessKind, value: u64) {
         let access = Access {
             cpu: self.cpu.index,
-            retired: self.cpu.state.retired,
+            retired: self.retired,
             pc: self.rip,
             vaddr: lin,
             paddr: pa,
@@ -173,6 +173,59 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
             value,
         };
         self.obs.access(&access);
+    }
+
+    /// A read of `size` (1, 2, 4 or 8) bytes at `lin` that needs nothing but a TLB hit and
+    /// RAM, as nearly every one does: its value, or `None`, having done nothing, when it needs
+    /// more (a page crossing, a TLB miss or a check the TLB cannot answer, a device, an
+    /// observer), and then the caller does it with [`Exec::read`], which does the same steps
+    /// and the rest. A handler whose common path is this calls nothing there, so saves no
+    /// registers.
+    #[inline(always)]
+    pub(crate) fn read_quick(&mut self, lin: u64, size: usize) -> Option<u64> {
+        if O::ENABLED || (lin & 0xfff) as usize + size > 0x1000 {
+            return None;
+        }
+        let s = &self.cpu.state;
+        if s.cr0 & cr0::PG == 0 {
+            return None;
+        }
+        let cpl = if s.cr0 & cr0::PE == 0 {
+            0
+        } else {
+            (s.seg[SegReg::Cs as usize].selector & 3) as u8
+        };
+        let pa = self.cpu.tlb.hit(s, lin, Intent::Read, cpl)?;
+        if self.bus.is_mmio(pa) {
+            return None;
+        }
+        ram_load(self.bus.ram(), pa, size)
+    }
+
+    /// A write that needs nothing but a TLB hit and RAM (see [`Exec::read_quick`]): `false`,
+    /// having done nothing, when it needs more (also a page holding cached code), and then
+    /// the caller does it with [`Exec::write`].
+    #[inline(always)]
+    pub(crate) fn write_quick(&mut self, lin: u64, size: usize, value: u64) -> bool {
+        if O::ENABLED || (lin & 0xfff) as usize + size > 0x1000 {
+            return false;
+        }
+        let s = &self.cpu.state;
+        if s.cr0 & cr0::PG == 0 {
+            return false;
+        }
+        let cpl = if s.cr0 & cr0::PE == 0 {
+            0
+        } else {
+            (s.seg[SegReg::Cs as usize].selector & 3) as u8
+        };
+        let Some(pa) = self.cpu.tlb.hit(s, lin, Intent::Write, cpl) else {
+            return false;
+        };
+        if self.bus.is_mmio(pa) || self.code.is_code_page(pa >> 12) {
+            return false;
+        }
+        ram_store(self.bus.ram(), pa, size, value)
     }
 
     /// Read `size` (1, 2, 4 or 8) bytes at a linear address.

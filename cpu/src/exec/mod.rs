@@ -4,6 +4,10 @@
 //! Handler modules (one per family of instructions) each provide `claims(Code) -> bool`, which
 //! decides at decode time which module executes an instruction, and `exec`, which executes it.
 //! An instruction no module claims stops the machine with [`StopReason::Unimplemented`].
+//!
+//! The run loop (`Cpu::run_block`) calls each instruction's handler through the table of
+//! `fast/table.rs`: the fast forms' own handlers, or [`slow`] for everything executed by a
+//! group's module (and the rarer fast forms). A handler returns a one-byte [`fast::Flow`].
 
 use iced_x86::Instruction;
 
@@ -13,7 +17,7 @@ use crate::cpuid::CpuidProfile;
 use crate::fault::{vector, ExecResult, Exit, Fault, StopReason};
 use crate::mmu::{Intent, Tlb};
 use crate::observer::Observer;
-use crate::state::{rflags, CpuMode, CpuState};
+use crate::state::{CpuMode, CpuState};
 
 mod alu;
 mod bits;
@@ -96,6 +100,19 @@ pub struct Exec<'a, B: Bus, O: Observer> {
     pub code_modified: bool,
     /// The instruction asked the CPU to leave its run loop after it (HLT, mode changes).
     pub stop_after: bool,
+    /// Address of the first instruction of the executing block. A fast form's RIP-relative
+    /// operand and branch offset are relative to it (`fast::classify`), so fast forms never
+    /// need `rip`, which the run loop sets only for generic handlers, faults and observers.
+    pub block_rip: u64,
+    /// Why the current instruction did not complete, parked by its handler: handlers return
+    /// only a one-byte [`fast::Flow`] to the run loop, which takes the exit from here when
+    /// the flow is [`fast::Flow::Exit`].
+    pub exit: Option<Exit>,
+    /// The number of instructions this CPU retired before the current one, what bus calls
+    /// see ([`Exec::clock`]). The run loop stores it here, at a fixed place, before each
+    /// instruction, and brings `cpu.state.retired` up to date only where it is read: for
+    /// generic handlers ([`slow`]), observers, and when the block ends.
+    pub retired: u64,
 }
 
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
@@ -104,7 +121,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     pub fn clock(&self) -> CpuClock {
         CpuClock {
             cpu: self.cpu.index,
-            retired: self.cpu.state.retired,
+            retired: self.retired,
         }
     }
 
@@ -301,17 +318,21 @@ impl Cpu {
             locked: false,
             code_modified: false,
             stop_after: false,
+            block_rip: 0,
+            exit: None,
+            retired: 0,
         };
         let start = x.cpu.state.rip;
-        let mut rip = start;
+        x.block_rip = start;
         // An STI or SS-load shadow covers only the instruction after it: clear it before the
         // block's first instruction; an instruction that sets it ends the block (below), so
         // the next instruction is always the first of a block.
         x.cpu.state.interrupt_shadow = false;
         let mut result = Ok(false);
-        // The instruction count lives in a register and is only stored per instruction
-        // (handlers may read it, none writes it): an increment in memory would chain every
-        // instruction to the previous one through a store and a load.
+        // The instruction count lives in a register and is stored (in `x.retired`) before
+        // each instruction (handlers may read it through `x.clock()`, none writes it): an
+        // increment in memory would chain every instruction to the previous one through a
+        // store and a load.
         let mut retired = x.cpu.state.retired;
         // `--fetch`: one fetch access per instruction (a runtime choice of traced replays;
         // compiled out with no observer).
@@ -322,50 +343,75 @@ impl Cpu {
         } else {
             x.cpu.fetch_address(mode)
         };
+        let handlers = fast::handlers::<B, O>();
+        // The address execution goes on at after the block.
+        let mut rip;
         'chain: loop {
             // The budget bounds the instructions run, so the loop needs no check of its own.
             let left = end.saturating_sub(retired);
             let insns = &block.insns[..block.insns.len().min(left as usize)];
-            for d in insns {
-                x.rip = rip;
-                let next = rip.wrapping_add(d.len as u64);
-                // Outside 64-bit mode the instruction pointer wraps at the code size.
-                let fall_through = if LONG { next } else { x.mask_ip(next) };
-                if O::ENABLED && fetch {
-                    report_fetch(&mut x, block, pa, start_lin, rip.wrapping_sub(start), d.len);
+            // Outside 64-bit mode the instruction pointer wraps at the code size.
+            let at = |x: &Exec<B, O>, off: u64| {
+                let ip = start.wrapping_add(off);
+                if LONG {
+                    ip
+                } else {
+                    x.mask_ip(ip)
                 }
-                match dispatch(&mut x, d, fall_through) {
-                    Ok(next) => rip = next,
-                    Err(e) => {
-                        result = Err((e, rip));
-                        break 'chain;
+            };
+            rip = 'block: {
+                for d in insns {
+                    x.retired = retired;
+                    if O::ENABLED {
+                        // Observers see each instruction's address.
+                        x.rip = at(&x, u64::from(d.off));
+                        if fetch {
+                            report_fetch(&mut x, block, pa, start_lin, u64::from(d.off), d.len);
+                        }
                     }
-                }
-                retired += 1;
-                x.cpu.state.retired = retired;
-                // `memory.rs` sets `stop_after` with `code_modified`; only the EXIT-checked
-                // groups (string.rs) set `code_modified` alone.
-                if x.stop_after {
-                    result = Ok(true);
-                    break 'chain;
-                }
-                if d.check != 0 {
-                    if d.check & check::EXIT != 0 {
-                        result = Ok(true);
-                        if rip != fall_through
-                            || x.code_modified
-                            || x.bus.wants_exit()
-                            || x.cpu.state.interrupt_shadow
-                        {
+                    #[cfg(feature = "op-stats")]
+                    fast::stats::note(d);
+                    let flow = handlers[d.handler as usize](&mut x, d);
+                    if flow == fast::Flow::Next {
+                        retired += 1;
+                        continue;
+                    }
+                    match flow {
+                        fast::Flow::Next | fast::Flow::Checked => {
+                            retired += 1;
+                            result = Ok(true);
+                        }
+                        fast::Flow::Jump => {
+                            // A taken branch leaves the block (maybe for its start).
+                            retired += 1;
+                            break 'block x.next_rip;
+                        }
+                        fast::Flow::Stop => {
+                            retired += 1;
+                            rip = x.next_rip;
+                            result = Ok(true);
+                            break 'chain;
+                        }
+                        fast::Flow::Exit => {
+                            // The instruction did not retire; the exit names it.
+                            rip = at(&x, u64::from(d.off));
+                            x.rip = rip;
+                            let e = match x.exit.take() {
+                                Some(e) => e,
+                                None => x.unsupported("a handler exit without a reason".into()),
+                            };
+                            result = Err((e, rip));
                             break 'chain;
                         }
                     }
-                    // A taken conditional branch leaves the block (maybe for its start).
-                    if rip != fall_through {
-                        break;
-                    }
                 }
-            }
+                // Every instruction fell through: the block ends after its last one (looked
+                // at only now, when it is in the cache).
+                match insns.last() {
+                    Some(d) => at(&x, u64::from(d.off) + u64::from(d.len)),
+                    None => start,
+                }
+            };
             // A loop that is one block of 64-bit code, with nothing special inside (which
             // could have halted the CPU, changed its mode, or made the bus want an exit):
             // run the block again here, if the budget allows and its address still
@@ -379,10 +425,11 @@ impl Cpu {
                 _ => break,
             }
         }
-        // The instruction pointer is committed once per block: fast forms never read it
-        // (generic handlers get it set, see `generic`); after a fault it names the faulting
-        // instruction.
+        // The instruction pointer and the count are committed once per block: fast forms
+        // never read the former (generic handlers get it set, see `slow`); after a fault it
+        // names the faulting instruction.
         x.cpu.state.rip = rip;
+        x.cpu.state.retired = retired;
         result
     }
 
@@ -468,10 +515,7 @@ fn contributory(v: u8) -> bool {
 /// (fast forms never carry a LOCK prefix; a handler may also lock its accesses itself, as
 /// XCHG with memory does).
 ///
-/// Out of the run loop on purpose (it is called from [`slow`]): the run loop inlines the
-/// fast forms, and inlining every module's handler as well made it so large that its loop
-/// state (instruction pointer, count, block position) lived on the stack; a call is cheap next
-/// to what a generic handler does.
+/// Called from [`slow`], out of the run loop.
 #[inline(always)]
 fn generic<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
@@ -515,7 +559,7 @@ fn report_fetch<B: Bus, O: Observer>(
     let piece = |k: u64, n: u64, x: &mut Exec<B, O>| {
         let access = crate::observer::Access {
             cpu: x.cpu.index,
-            retired: x.cpu.state.retired,
+            retired: x.retired,
             pc: x.rip,
             vaddr: lin.wrapping_add(k),
             paddr: phys(k),
@@ -533,14 +577,50 @@ fn report_fetch<B: Bus, O: Observer>(
     }
 }
 
-/// Execute an instruction whose op runs out of line: a group's generic handler, PAUSE, the
-/// SSE families decoded at run time, or one of the rarer fast forms (`fast::rare`). Returns the address of the next instruction.
-///
-/// One function behind one arm of [`dispatch`], so that the run loop has a single call site
-/// for all of them: each arm of the inlined dispatch weighs on the register allocation of the
-/// whole loop (session 5 measured its count and position being spilled by small additions).
-#[inline(never)]
-fn slow<B: Bus, O: Observer>(
+/// The handler of every op that runs out of line (the table's default entry): a group's
+/// generic handler, PAUSE, the SSE families decoded at run time, or one of the rarer fast
+/// forms (`fast::rare`). It sets up what those expect and the run loop no longer keeps per
+/// instruction (`rip`, the fall-through address), then decides the flow: a generic handler
+/// may branch, and an EXIT-checked group's instruction may change the mode or CPL or make
+/// the bus want the CPU back, which ends the block.
+pub(crate) fn slow<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> fast::Flow {
+    use fast::Flow;
+    let rip = x.mask_ip(x.block_rip.wrapping_add(u64::from(d.off)));
+    x.rip = rip;
+    // Generic handlers may read the count from the state (observer calls).
+    x.cpu.state.retired = x.retired;
+    let fall_through = x.mask_ip(rip.wrapping_add(u64::from(d.len)));
+    let next = match slow_exec(x, d, fall_through) {
+        Ok(next) => next,
+        Err(e) => return fast::park(x, e),
+    };
+    x.next_rip = next;
+    // `memory.rs` sets `stop_after` with `code_modified`; only the EXIT-checked groups
+    // (string.rs) set `code_modified` alone.
+    if x.stop_after {
+        return Flow::Stop;
+    }
+    if d.check & check::EXIT != 0 {
+        if next != fall_through
+            || x.code_modified
+            || x.bus.wants_exit()
+            || x.cpu.state.interrupt_shadow
+        {
+            return Flow::Stop;
+        }
+        return Flow::Checked;
+    }
+    // A taken conditional branch leaves the block; any other transfer ends it anyway.
+    if next != fall_through {
+        return Flow::Jump;
+    }
+    Flow::Next
+}
+
+/// Execute an instruction whose op runs out of line (see [`slow`]). Returns the address of
+/// the next instruction.
+#[inline(always)]
+fn slow_exec<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
     fall_through: u64,
@@ -579,175 +659,9 @@ fn slow<B: Bus, O: Observer>(
         Op::SseMov => sse::exec_mov(x, &d.insn).map(|()| fall_through),
         Op::SseFloat => sse::exec_float(x, &d.insn).map(|()| fall_through),
         Op::SseInt => sse::exec_int(x, &d.insn).map(|()| fall_through),
-        // GUnimplemented, and (never sent here) the inline fast forms.
+        // GUnimplemented, and (never sent here) the fast forms that have their own handler.
         _ => Err(unimplemented(x, &d.insn)),
     }
-}
-
-/// Execute one decoded instruction: its fast form, or its group's handler. Returns the
-/// address of the next instruction (`fall_through` unless it transferred control).
-#[inline(always)]
-fn dispatch<B: Bus, O: Observer>(
-    x: &mut Exec<B, O>,
-    d: &DecodedInsn,
-    fall_through: u64,
-) -> Result<u64, Exit> {
-    use fast::{kind as k, Op};
-    #[cfg(feature = "op-stats")]
-    fast::stats::note(d);
-    let o = &d.ops;
-    // Flags for the conditional jumps (evaluated only in their arms).
-    let cf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::CF != 0;
-    let zf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::ZF != 0;
-    let sf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::SF != 0;
-    let of = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::OF != 0;
-    let pf = |x: &Exec<B, O>| x.cpu.state.rflags & rflags::PF != 0;
-    // Call a fast-form function specialized for the operand size (constant masks and sign
-    // bits make the flag computations a few instructions each).
-    macro_rules! sized {
-        ($f:ident, $($k:tt),*) => {
-            // Tests in order of frequency, not a jump table: a second indirect branch per
-            // instruction would cost more than two predictable compares.
-            // 1- and 2-byte operands share one copy that reads the size (0): a copy for
-            // each (which spares their memory accesses a `memcpy` call) measured slower,
-            // the larger loop keeping more of its state on the stack.
-            if o.size == 8 {
-                fast::$f::<$($k,)* 8, B, O>(x, o)
-            } else if o.size == 4 {
-                fast::$f::<$($k,)* 4, B, O>(x, o)
-            } else {
-                fast::$f::<$($k,)* 0, B, O>(x, o)
-            }
-        };
-    }
-    let r: ExecResult = match d.op {
-        // Everything executed out of line shares one arm (one call site in the run loop).
-        Op::GData
-        | Op::GAlu
-        | Op::GShift
-        | Op::GMulDiv
-        | Op::GBits
-        | Op::GControl
-        | Op::GStack
-        | Op::GString
-        | Op::GMisc
-        | Op::GSse
-        | Op::GSystem
-        | Op::GUnimplemented
-        | Op::Pause
-        | Op::IncM
-        | Op::DecM
-        | Op::CallR
-        | Op::CallM
-        | Op::PushF
-        | Op::ShiftRC
-        | Op::PushI
-        | Op::BtRI
-        | Op::BtMI
-        | Op::SseMov
-        | Op::SseFloat
-        | Op::SseInt => return slow(x, d, fall_through),
-
-        Op::MovRR => sized!(mov_rr,),
-        Op::MovRI => sized!(mov_ri,),
-        Op::MovRM => sized!(mov_rm,),
-        Op::MovMR => sized!(mov_mr,),
-        Op::MovMI => sized!(mov_mi,),
-        Op::MovzxRR | Op::MovzxRM | Op::MovsxRR | Op::MovsxRM => fast::extend(x, o, d.op),
-        Op::Lea => sized!(lea,),
-
-        Op::AddRR => sized!(alu_rr, { k::ADD }),
-        Op::AddRI => sized!(alu_ri, { k::ADD }),
-        Op::AddRM => sized!(alu_rm, { k::ADD }),
-        Op::AddMR => sized!(alu_m, { k::ADD }, false),
-        Op::AddMI => sized!(alu_m, { k::ADD }, true),
-        Op::OrRR => sized!(alu_rr, { k::OR }),
-        Op::OrRI => sized!(alu_ri, { k::OR }),
-        Op::OrRM => sized!(alu_rm, { k::OR }),
-        Op::OrMR => sized!(alu_m, { k::OR }, false),
-        Op::OrMI => sized!(alu_m, { k::OR }, true),
-        Op::AdcRR => sized!(alu_rr, { k::ADC }),
-        Op::AdcRI => sized!(alu_ri, { k::ADC }),
-        Op::AdcRM => sized!(alu_rm, { k::ADC }),
-        Op::AdcMR => sized!(alu_m, { k::ADC }, false),
-        Op::AdcMI => sized!(alu_m, { k::ADC }, true),
-        Op::SbbRR => sized!(alu_rr, { k::SBB }),
-        Op::SbbRI => sized!(alu_ri, { k::SBB }),
-        Op::SbbRM => sized!(alu_rm, { k::SBB }),
-        Op::SbbMR => sized!(alu_m, { k::SBB }, false),
-        Op::SbbMI => sized!(alu_m, { k::SBB }, true),
-        Op::AndRR => sized!(alu_rr, { k::AND }),
-        Op::AndRI => sized!(alu_ri, { k::AND }),
-        Op::AndRM => sized!(alu_rm, { k::AND }),
-        Op::AndMR => sized!(alu_m, { k::AND }, false),
-        Op::AndMI => sized!(alu_m, { k::AND }, true),
-        Op::SubRR => sized!(alu_rr, { k::SUB }),
-        Op::SubRI => sized!(alu_ri, { k::SUB }),
-        Op::SubRM => sized!(alu_rm, { k::SUB }),
-        Op::SubMR => sized!(alu_m, { k::SUB }, false),
-        Op::SubMI => sized!(alu_m, { k::SUB }, true),
-        Op::XorRR => sized!(alu_rr, { k::XOR }),
-        Op::XorRI => sized!(alu_ri, { k::XOR }),
-        Op::XorRM => sized!(alu_rm, { k::XOR }),
-        Op::XorMR => sized!(alu_m, { k::XOR }, false),
-        Op::XorMI => sized!(alu_m, { k::XOR }, true),
-        Op::CmpRR => sized!(alu_rr, { k::CMP }),
-        Op::CmpRI => sized!(alu_ri, { k::CMP }),
-        Op::CmpRM => sized!(alu_rm, { k::CMP }),
-        Op::CmpMR => sized!(alu_m, { k::CMP }, false),
-        Op::CmpMI => sized!(alu_m, { k::CMP }, true),
-        Op::TestRR => sized!(alu_rr, { k::TEST }),
-        Op::TestRI => sized!(alu_ri, { k::TEST }),
-        Op::TestMR => sized!(alu_m, { k::TEST }, false),
-        Op::TestMI => sized!(alu_m, { k::TEST }, true),
-        Op::IncR | Op::DecR | Op::NegR | Op::NotR => fast::unary(x, o, d.op),
-
-        Op::ShlRI => sized!(shift_ri, { fast::shift_kind::SHL }),
-        Op::ShrRI => sized!(shift_ri, { fast::shift_kind::SHR }),
-        Op::SarRI => sized!(shift_ri, { fast::shift_kind::SAR }),
-        Op::RolRI => sized!(shift_ri, { fast::shift_kind::ROL }),
-        Op::RorRI => sized!(shift_ri, { fast::shift_kind::ROR }),
-        Op::ImulRR | Op::ImulRM | Op::ImulRRI => fast::imul(x, o, d.op),
-        Op::CmovRR | Op::CmovRM | Op::SetccR | Op::SetccM => fast::conditional(x, o, d.op),
-
-        Op::Jo => return fast::jump(x, o, of(x), fall_through),
-        Op::Jno => return fast::jump(x, o, !of(x), fall_through),
-        Op::Jb => return fast::jump(x, o, cf(x), fall_through),
-        Op::Jae => return fast::jump(x, o, !cf(x), fall_through),
-        Op::Je => return fast::jump(x, o, zf(x), fall_through),
-        Op::Jne => return fast::jump(x, o, !zf(x), fall_through),
-        Op::Jbe => return fast::jump(x, o, cf(x) || zf(x), fall_through),
-        Op::Ja => return fast::jump(x, o, !cf(x) && !zf(x), fall_through),
-        Op::Js => return fast::jump(x, o, sf(x), fall_through),
-        Op::Jns => return fast::jump(x, o, !sf(x), fall_through),
-        Op::Jp => return fast::jump(x, o, pf(x), fall_through),
-        Op::Jnp => return fast::jump(x, o, !pf(x), fall_through),
-        Op::Jl => return fast::jump(x, o, sf(x) != of(x), fall_through),
-        Op::Jge => return fast::jump(x, o, sf(x) == of(x), fall_through),
-        Op::Jle => return fast::jump(x, o, zf(x) || sf(x) != of(x), fall_through),
-        Op::Jg => return fast::jump(x, o, !zf(x) && sf(x) == of(x), fall_through),
-        Op::JmpRel => return fast::jump(x, o, true, fall_through),
-        Op::CallRel => return fast::call_rel(x, o, fall_through),
-        Op::Ret => return fast::ret(x),
-        Op::PushR => {
-            // Read first: `push rsp` pushes the value before the push.
-            let v = x.reg_get(o.r0, 8);
-            x.push(v, 8)
-        }
-        Op::PopR => fast::pop_r(x, o),
-        Op::Nop => Ok(()),
-
-        Op::XmmMovRR => sse::fast_mov_rr(x, o),
-        Op::XmmLoad => sse::fast_load(x, o),
-        Op::XmmStore => sse::fast_store(x, o),
-        Op::XmmMovqRR => sse::fast_movq_rr(x, o),
-        Op::XmmMovqRM => sse::fast_movq_rm(x, o),
-        Op::XmmMovqMR => sse::fast_movq_mr(x, o),
-        Op::XmmBinRR => sse::fast_bin_rr(x, o),
-        Op::XmmBinRM => sse::fast_bin_rm(x, o),
-        Op::XmmShiftI => sse::fast_shift_i(x, o),
-    };
-    r.map(|()| fall_through)
 }
 
 /// The stop for an instruction reprise does not implement.

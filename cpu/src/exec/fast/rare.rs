@@ -1,9 +1,8 @@
-//! The rarer fast forms, out of the run loop (`exec::slow` calls them): memory INC/DEC,
-//! indirect CALL, PUSHFQ, PUSH imm, shifts by CL, and BT/BTS/BTR/BTC with an immediate.
-//! Each is a few hundredths of a percent of a Linux boot, so one call per execution is cheap
-//! next to the generic handler it replaces (which decodes the iced instruction again), while
-//! inlining them into the run loop's dispatch would cost every hot form (session 5 measured
-//! larger loops keeping more of their state on the stack).
+//! The rarer fast forms, run by the handler table's default entry (`exec::slow`, which calls
+//! [`rare`]): memory INC/DEC, indirect CALL, PUSHFQ, PUSH imm, shifts by CL, and
+//! BT/BTS/BTR/BTC with an immediate. Each is a few hundredths of a percent of a Linux boot, so
+//! going through `slow` is cheap next to the generic handler it replaces (which decodes the
+//! iced instruction again).
 
 use iced_x86::Mnemonic;
 
@@ -122,7 +121,7 @@ pub(crate) fn rare<B: Bus, O: Observer>(
             }
             Ok(fall_through)
         }
-        // Not a rare form: the dispatch never sends one here. Say so rather than panic.
+        // Not a rare form: `slow` never sends one here. Say so rather than panic.
         _ => Err(x.unsupported(format!("{op:?} is not an out-of-line fast form"))),
     }
 }

@@ -1,6 +1,6 @@
 //! The fast forms at run time: one small function per form (or family, specialised by
-//! const generics for operand size and operation), called straight from the run loop's
-//! dispatch with the [`Operands`] that `classify` resolved at decode time.
+//! const generics for operand size and operation), called from the run loop's handlers
+//! (`table.rs`) with the [`Operands`] that `classify` resolved at decode time.
 
 use crate::bus::Bus;
 use crate::exec::Exec;
@@ -53,7 +53,8 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     }
 
     /// The linear address of a fast memory operand (64-bit mode: only FS and GS have a
-    /// base), as [`Exec::mem_addr`] computes it.
+    /// base), as [`Exec::mem_addr`] computes it. A RIP-relative displacement is relative to
+    /// the block's first instruction (see `classify`).
     #[inline(always)]
     pub(crate) fn fast_addr(&self, o: &Operands) -> u64 {
         let s = &self.cpu.state;
@@ -61,7 +62,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         if (o.base as usize) < 16 {
             a = a.wrapping_add(s.gpr[o.base as usize]);
         } else if o.base == RIP {
-            a = a.wrapping_add(self.rip);
+            a = a.wrapping_add(self.block_rip);
         }
         if (o.index as usize) < 16 {
             a = a.wrapping_add(s.gpr[o.index as usize] << o.scale);
@@ -77,7 +78,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
 /// The operand size of a fast form specialized for size `S`: `S`, or for `S == 0` (the
 /// rarer 1- and 2-byte forms share one copy) the decoded size.
 #[inline(always)]
-fn sz<const S: usize>(o: &Operands) -> usize {
+pub(crate) fn sz<const S: usize>(o: &Operands) -> usize {
     if S == 0 {
         o.size as usize
     } else {
@@ -156,22 +157,22 @@ pub(crate) fn lea<const S: usize, B: Bus, O: Observer>(
     Ok(())
 }
 
-/// MOVZX and MOVSX/MOVSXD (`imm` = source size).
+/// MOVZX and MOVSX/MOVSXD (`imm` = source size) from a register or (`MEM`) memory: `SX`
+/// sign-extends; the source size is `F`, or for `F == 0` the decoded one.
 #[inline(always)]
-pub(crate) fn extend<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op) -> ExecResult {
+pub(crate) fn extend<const F: usize, const SX: bool, const MEM: bool, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
     let size = o.size as usize;
-    let from = o.imm as usize;
-    let v = match op {
-        Op::MovzxRR | Op::MovsxRR => x.reg_get(o.r1, from),
-        _ => {
-            let addr = x.fast_addr(o);
-            x.read(addr, from)?
-        }
+    let from = if F == 0 { o.imm as usize } else { F };
+    let v = if MEM {
+        let addr = x.fast_addr(o);
+        x.read(addr, from)?
+    } else {
+        x.reg_get(o.r1, from)
     };
-    let v = match op {
-        Op::MovsxRR | Op::MovsxRM => flags::sign_extend(v, from),
-        _ => v,
-    };
+    let v = if SX { flags::sign_extend(v, from) } else { v };
     x.reg_put(o.r0, size, v);
     Ok(())
 }
@@ -291,14 +292,26 @@ pub(crate) fn alu_m<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Obs
     Ok(())
 }
 
-/// INC/DEC/NEG/NOT of a register.
+/// Operations of [`unary`].
+pub(crate) mod unary_kind {
+    pub const INC: u8 = 0;
+    pub const DEC: u8 = 1;
+    pub const NEG: u8 = 2;
+    pub const NOT: u8 = 3;
+}
+
+/// INC/DEC/NEG/NOT (`K`, see [`unary_kind`]) of a `S`-byte register.
 #[inline(always)]
-pub(crate) fn unary<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op) -> ExecResult {
-    let size = o.size as usize;
+pub(crate) fn unary<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    o: &Operands,
+) -> ExecResult {
+    use unary_kind::*;
+    let size = sz::<S>(o);
     let a = x.reg_get(o.r0, size);
-    match op {
-        Op::IncR | Op::DecR => {
-            let (r, f) = if op == Op::IncR {
+    match K {
+        INC | DEC => {
+            let (r, f) = if K == INC {
                 flags::add(a, 1, false, size)
             } else {
                 flags::sub(a, 1, false, size)
@@ -308,7 +321,7 @@ pub(crate) fn unary<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: O
             let cf = x.cpu.state.rflags & CF;
             x.set_status((f & !CF) | cf);
         }
-        Op::NegR => {
+        NEG => {
             let (r, f) = flags::sub(0, a, false, size);
             x.reg_put(o.r0, size, r);
             x.set_status(f);
@@ -459,29 +472,15 @@ pub(crate) fn conditional<B: Bus, O: Observer>(
 }
 
 /// The target of a relative branch of 64-bit code: #GP(0) if it is not canonical (what
-/// `branch_to` checks in 64-bit mode).
+/// `branch_to` checks in 64-bit mode). The offset is relative to the block's first
+/// instruction (see `classify`).
 #[inline(always)]
-fn rel_target<B: Bus, O: Observer>(x: &Exec<B, O>, o: &Operands) -> Result<u64, Exit> {
-    let target = x.rip.wrapping_add(o.imm);
+pub(crate) fn rel_target<B: Bus, O: Observer>(x: &Exec<B, O>, o: &Operands) -> Result<u64, Exit> {
+    let target = x.block_rip.wrapping_add(o.imm);
     if !crate::exec::control::is_canonical(target) {
         return Err(Fault::GP0.into());
     }
     Ok(target)
-}
-
-/// A relative jump, taken when `taken`; returns the next instruction's address.
-#[inline(always)]
-pub(crate) fn jump<B: Bus, O: Observer>(
-    x: &mut Exec<B, O>,
-    o: &Operands,
-    taken: bool,
-    fall_through: u64,
-) -> Result<u64, Exit> {
-    if taken {
-        rel_target(x, o)
-    } else {
-        Ok(fall_through)
-    }
 }
 
 /// CALL rel (64-bit); returns the target.
@@ -512,7 +511,7 @@ pub(crate) fn call_to<B: Bus, O: Observer>(
             stack: x.cpu.state.gpr[4],
             regs: x.cpu.state.gpr,
         };
-        x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
+        x.obs.context(x.cpu.index, x.retired, &ev);
     }
     Ok(target)
 }
@@ -532,7 +531,7 @@ pub(crate) fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> Result<u64, Exit> 
             stack: rsp,
             rax: x.cpu.state.gpr[0],
         };
-        x.obs.context(x.cpu.index, x.cpu.state.retired, &ev);
+        x.obs.context(x.cpu.index, x.retired, &ev);
     }
     x.set_rsp(rsp.wrapping_add(8));
     Ok(target)

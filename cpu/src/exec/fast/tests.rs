@@ -226,7 +226,7 @@ fn fast_forms_match_generic_handlers() {
             continue;
         }
         let group = groups[insn.code() as usize];
-        let (op, o) = classify(&insn, group, 64);
+        let (op, o) = classify(&insn, group, 64, 0);
         if op == super::generic(group) {
             continue;
         }
@@ -400,6 +400,9 @@ fn condition_bits_match_condition() {
             locked: false,
             code_modified: false,
             stop_after: false,
+            block_rip: 0,
+            exit: None,
+            retired: 0,
         };
         for cc in ccs {
             assert_eq!(
@@ -417,7 +420,7 @@ fn locked_and_non_64_bit_instructions_stay_generic() {
     let decode = |bitness: u32, bytes: &[u8]| {
         let insn = Decoder::with_ip(bitness, bytes, 0, DecoderOptions::NONE).decode();
         let group = groups[insn.code() as usize];
-        (classify(&insn, group, bitness).0, group)
+        (classify(&insn, group, bitness, 0).0, group)
     };
     // lock add [rax], ebx
     let (op, group) = decode(64, &[0xf0, 0x01, 0x18]);

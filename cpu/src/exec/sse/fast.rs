@@ -337,11 +337,9 @@ fn addr16<B: Bus, O: Observer>(x: &Exec<B, O>, o: &Operands, aligned: bool) -> R
     Ok(addr)
 }
 
-// Each fast form is its own function, called straight from the run loop's dispatch: one
-// function for all of them had the prologue and epilogue of its largest arm (the 128-bit
-// memory forms) on every register-to-register operation. The two register moves are
-// inlined into the run loop (measured: slightly fewer host instructions than calling them);
-// the rest stay out of line.
+// Each fast form is its own function, inlined into its handler in `exec/fast/table.rs` (one
+// function for all of them had the prologue and epilogue of its largest arm, the 128-bit
+// memory forms, on every register-to-register operation).
 
 /// MOVDQA/MOVAPS/... xmm, xmm.
 #[inline(always)]
@@ -360,7 +358,7 @@ pub(crate) fn movq_rr<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> 
 }
 
 /// MOVDQA/MOVDQU/... xmm, m128.
-#[inline(never)]
+#[inline]
 pub(crate) fn load<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
     check_enabled(x)?;
     let addr = addr16(x, o, o.cc != 0)?;
@@ -369,7 +367,7 @@ pub(crate) fn load<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> Exe
 }
 
 /// MOVDQA/MOVDQU/... m128, xmm.
-#[inline(never)]
+#[inline]
 pub(crate) fn store<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
     check_enabled(x)?;
     let addr = addr16(x, o, o.cc != 0)?;
@@ -378,7 +376,7 @@ pub(crate) fn store<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> Ex
 }
 
 /// MOVQ xmm, m64.
-#[inline(never)]
+#[inline]
 pub(crate) fn movq_rm<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
     check_enabled(x)?;
     let addr = x.fast_addr(o);
@@ -387,7 +385,7 @@ pub(crate) fn movq_rm<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> 
 }
 
 /// MOVQ m64, xmm.
-#[inline(never)]
+#[inline]
 pub(crate) fn movq_mr<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
     check_enabled(x)?;
     let addr = x.fast_addr(o);
@@ -395,9 +393,8 @@ pub(crate) fn movq_mr<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> 
     x.write(addr, 8, v)
 }
 
-/// A binary operation ([`bin`]) xmm, xmm. Out of line: its table of lane operations is
-/// larger than the run loop should carry.
-#[inline(never)]
+/// A binary operation ([`bin`]) xmm, xmm.
+#[inline]
 pub(crate) fn bin_rr<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
     check_enabled(x)?;
     let (r0, r1) = (o.r0 as usize & 15, o.r1 as usize & 15);
@@ -407,7 +404,7 @@ pub(crate) fn bin_rr<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> E
 }
 
 /// A binary operation ([`bin`]) xmm, aligned m128.
-#[inline(never)]
+#[inline]
 pub(crate) fn bin_rm<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
     check_enabled(x)?;
     let addr = addr16(x, o, true)?;
@@ -419,7 +416,7 @@ pub(crate) fn bin_rm<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> E
 }
 
 /// A packed shift ([`sh`]) by an immediate.
-#[inline(never)]
+#[inline]
 pub(crate) fn shift_i<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) -> ExecResult {
     check_enabled(x)?;
     let r0 = o.r0 as usize & 15;

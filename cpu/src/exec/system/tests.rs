@@ -1224,6 +1224,9 @@ fn software_interrupt_checks_gate_dpl_in_protected_mode() {
             locked: false,
             code_modified: false,
             stop_after: false,
+            block_rip: 0,
+            exit: None,
+            retired: 0,
         };
         let r = software_interrupt(&mut x, 0x80);
         (r, x.next_rip)

@@ -1,0 +1,824 @@
+//! How the run loop dispatches an instruction: one small function per op, all of the same
+//! signature ([`Handler`]), gathered in a table indexed by the op ([`handlers`]).
+//!
+//! The run loop (`Cpu::run_block`) loads an instruction's op, calls its handler through the
+//! table and looks at the one-byte [`Flow`] it returns: [`Flow::Next`] for nearly every
+//! instruction, anything else sending the loop to its rarer paths (a taken branch, a fault,
+//! a reason to leave the block). What the loop needs only rarely lives in [`Exec`] rather
+//! than in the return value: the target of a branch (`next_rip`) and a handler's exit
+//! (`exit`).
+//!
+//! Why a table: `match op` with every fast form inlined into the loop made one huge function
+//! whose loop state (instruction pointer, count, block position) lived on the stack, each
+//! instruction paying ~25 host instructions of loads and stores around its handler. With
+//! the handlers out of line, the loop is a few instructions whose state stays in registers.
+//!
+//! Handlers of fast forms never read the instruction's address: their RIP-relative
+//! operands and branch offsets are relative to the block's first instruction
+//! (`Exec::block_rip`, see `fast::classify`), and the few that need the fall-through
+//! address compute it from the instruction's offset in the block ([`fall_through`]).
+
+use std::marker::PhantomData;
+
+use crate::bus::Bus;
+use crate::code_cache::DecodedInsn;
+use crate::exec::{sse, Exec};
+use crate::fault::{ExecResult, Exit};
+use crate::observer::Observer;
+
+use super::{kind as k, shift_kind as sk, unary_kind as uk, Op, Operands};
+
+/// What the run loop does after a handler. One byte, returned in a register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Flow {
+    /// The instruction retired; the next one of the block follows.
+    Next,
+    /// The instruction retired and may have changed the mode or the CPL (an EXIT-checked
+    /// group), but the block goes on: the run loop looks at the mode again after the block.
+    Checked,
+    /// The instruction retired and transferred control to `Exec::next_rip`: the block ends
+    /// there (or runs again, if that is its start).
+    Jump,
+    /// The instruction retired and asked to leave the run loop's block (`stop_after`, or an
+    /// EXIT-checked group's reason to end it); execution goes on at `Exec::next_rip`.
+    Stop,
+    /// The instruction did not complete: `Exec::exit` says why.
+    Exit,
+}
+
+/// A handler: executes the instruction `d` (whose op selected it) in context `x`.
+pub(crate) type Handler<B, O> = fn(&mut Exec<B, O>, &DecodedInsn) -> Flow;
+
+/// The table of handlers, monomorphized per bus and observer.
+struct Table<B, O>(PhantomData<fn(B, O)>);
+
+impl<B: Bus, O: Observer> Table<B, O> {
+    /// One entry per [`index`] (a `u8`: indexing needs no bounds check). Every
+    /// entry not set below runs [`crate::exec::slow`], which executes the out-of-line ops
+    /// and stops the machine on anything it does not know.
+    const HANDLERS: [Handler<B, O>; 256] = Self::build();
+
+    const fn build() -> [Handler<B, O>; 256] {
+        let mut t: [Handler<B, O>; 256] = [crate::exec::slow::<B, O>; 256];
+        macro_rules! set {
+            ($op:ident, $f:expr) => {
+                t[Op::$op as usize] = $f;
+            };
+        }
+        // A sized op gets three entries (see [`index`]): 8-byte and 4-byte operands each
+        // their own copy, 1- and 2-byte operands one that reads the size (`0`).
+        macro_rules! sized {
+            ($op:ident, $f:ident $(, $k:expr)*) => {
+                t[Op::$op as usize] = $f::<$({ $k },)* 0, B, O>;
+                t[SIZE8 + Op::$op as usize - FIRST_SIZED] = $f::<$({ $k },)* 8, B, O>;
+                t[SIZE4 + Op::$op as usize - FIRST_SIZED] = $f::<$({ $k },)* 4, B, O>;
+            };
+        }
+        sized!(MovRR, mov_rr);
+        sized!(MovRI, mov_ri);
+        sized!(MovRM, mov_rm);
+        sized!(MovMR, mov_mr);
+        sized!(MovMI, mov_mi);
+        sized!(Lea, lea);
+        // MOVZX/MOVSX: the two "sizes" are those of the source, 1 and 2 bytes ([`index`]).
+        macro_rules! extend {
+            ($op:ident, $f:ident, $sx:expr) => {
+                t[Op::$op as usize] = $f::<0, { $sx }, B, O>;
+                t[SIZE8 + Op::$op as usize - FIRST_SIZED] = $f::<1, { $sx }, B, O>;
+                t[SIZE4 + Op::$op as usize - FIRST_SIZED] = $f::<2, { $sx }, B, O>;
+            };
+        }
+        extend!(MovzxRR, extend_r, false);
+        extend!(MovsxRR, extend_r, true);
+        extend!(MovzxRM, extend_m, false);
+        extend!(MovsxRM, extend_m, true);
+
+        macro_rules! alu {
+            ($rr:ident, $ri:ident, $rm:ident, $mr:ident, $mi:ident, $k:expr) => {
+                sized!($rr, alu_rr, $k);
+                sized!($ri, alu_ri, $k);
+                sized!($rm, alu_rm, $k);
+                sized!($mr, alu_m, $k, false);
+                sized!($mi, alu_m, $k, true);
+            };
+        }
+        alu!(AddRR, AddRI, AddRM, AddMR, AddMI, k::ADD);
+        alu!(OrRR, OrRI, OrRM, OrMR, OrMI, k::OR);
+        alu!(AdcRR, AdcRI, AdcRM, AdcMR, AdcMI, k::ADC);
+        alu!(SbbRR, SbbRI, SbbRM, SbbMR, SbbMI, k::SBB);
+        alu!(AndRR, AndRI, AndRM, AndMR, AndMI, k::AND);
+        alu!(SubRR, SubRI, SubRM, SubMR, SubMI, k::SUB);
+        alu!(XorRR, XorRI, XorRM, XorMR, XorMI, k::XOR);
+        alu!(CmpRR, CmpRI, CmpRM, CmpMR, CmpMI, k::CMP);
+        sized!(TestRR, alu_rr, k::TEST);
+        sized!(TestRI, alu_ri, k::TEST);
+        sized!(TestMR, alu_m, k::TEST, false);
+        sized!(TestMI, alu_m, k::TEST, true);
+        sized!(IncR, unary, uk::INC);
+        sized!(DecR, unary, uk::DEC);
+        sized!(NegR, unary, uk::NEG);
+        sized!(NotR, unary, uk::NOT);
+
+        sized!(ShlRI, shift_ri, sk::SHL);
+        sized!(ShrRI, shift_ri, sk::SHR);
+        sized!(SarRI, shift_ri, sk::SAR);
+        sized!(RolRI, shift_ri, sk::ROL);
+        sized!(RorRI, shift_ri, sk::ROR);
+        set!(ImulRR, imul_r::<B, O>);
+        set!(ImulRRI, imul_r::<B, O>);
+        set!(ImulRM, imul_m::<B, O>);
+        set!(CmovRR, conditional_r::<B, O>);
+        set!(SetccR, conditional_r::<B, O>);
+        set!(CmovRM, conditional_m::<B, O>);
+        set!(SetccM, conditional_m::<B, O>);
+
+        set!(Jo, jcc::<{ cc::O }, B, O>);
+        set!(Jno, jcc::<{ cc::NO }, B, O>);
+        set!(Jb, jcc::<{ cc::B }, B, O>);
+        set!(Jae, jcc::<{ cc::AE }, B, O>);
+        set!(Je, jcc::<{ cc::E }, B, O>);
+        set!(Jne, jcc::<{ cc::NE }, B, O>);
+        set!(Jbe, jcc::<{ cc::BE }, B, O>);
+        set!(Ja, jcc::<{ cc::A }, B, O>);
+        set!(Js, jcc::<{ cc::S }, B, O>);
+        set!(Jns, jcc::<{ cc::NS }, B, O>);
+        set!(Jp, jcc::<{ cc::P }, B, O>);
+        set!(Jnp, jcc::<{ cc::NP }, B, O>);
+        set!(Jl, jcc::<{ cc::L }, B, O>);
+        set!(Jge, jcc::<{ cc::GE }, B, O>);
+        set!(Jle, jcc::<{ cc::LE }, B, O>);
+        set!(Jg, jcc::<{ cc::G }, B, O>);
+        set!(JmpRel, jmp_rel::<B, O>);
+        set!(CallRel, call_rel::<B, O>);
+        set!(Ret, ret::<B, O>);
+        set!(PushR, push_r::<B, O>);
+        set!(PopR, pop_r::<B, O>);
+        set!(Nop, nop::<B, O>);
+
+        set!(XmmMovRR, xmm_mov_rr::<B, O>);
+        set!(XmmMovqRR, xmm_movq_rr::<B, O>);
+        set!(XmmLoad, xmm_load::<B, O>);
+        set!(XmmStore, xmm_store::<B, O>);
+        set!(XmmMovqRM, xmm_movq_rm::<B, O>);
+        set!(XmmMovqMR, xmm_movq_mr::<B, O>);
+        set!(XmmBinRR, xmm_bin_rr::<B, O>);
+        set!(XmmBinRM, xmm_bin_rm::<B, O>);
+        set!(XmmShiftI, xmm_shift_i::<B, O>);
+        t
+    }
+}
+
+/// The first op of the range whose table entries come in three sizes ([`index`]).
+const FIRST_SIZED: usize = Op::MovRR as usize;
+/// The last op of that range.
+const LAST_SIZED: usize = Op::RorRI as usize;
+/// Where the 8-byte entries of the sized range start.
+const SIZE8: usize = 128;
+/// Where the 4-byte entries of the sized range start.
+const SIZE4: usize = 192;
+// The ops below 128, each sized range above them, all within the table.
+const _: () = assert!(
+    (Op::XmmShiftI as usize) < SIZE8
+        && LAST_SIZED - FIRST_SIZED < SIZE4 - SIZE8
+        && SIZE4 + (LAST_SIZED - FIRST_SIZED) < 256
+);
+
+/// The table entry of an instruction with op `op` and operands `o` (decided once, at decode
+/// time, into `DecodedInsn::handler`): the ops from MOV r, r to ROR r, imm have a copy of
+/// their handler per operand size at `SIZE8`/`SIZE4` + their place in that range, so that
+/// the size is no run-time test (for MOVZX/MOVSX: the source size, 1 or 2 bytes); every
+/// other op (and the other sizes) is its own entry, whose handler reads the size.
+pub(crate) fn index(op: Op, o: &Operands) -> u8 {
+    let n = op as usize;
+    let size = if matches!(op, Op::MovzxRR | Op::MovzxRM | Op::MovsxRR | Op::MovsxRM) {
+        match o.imm {
+            1 => 8,
+            2 => 4,
+            _ => 0,
+        }
+    } else {
+        o.size
+    };
+    let at = if (FIRST_SIZED..=LAST_SIZED).contains(&n) {
+        match size {
+            8 => SIZE8 + n - FIRST_SIZED,
+            4 => SIZE4 + n - FIRST_SIZED,
+            _ => n,
+        }
+    } else {
+        n
+    };
+    // Within the table by the assertion above; `as` cannot lose anything.
+    at as u8
+}
+
+/// The handler table for bus `B` and observer `O` (index it with [`index`]): a reference
+/// to the constant, which the compiler places once in read-only data.
+#[inline(always)]
+pub(crate) fn handlers<'a, B: Bus + 'a, O: Observer + 'a>() -> &'a [Handler<B, O>; 256] {
+    &Table::<B, O>::HANDLERS
+}
+
+/// The address after fast-form instruction `d` (fast forms exist only in 64-bit code, so
+/// nothing wraps).
+#[inline(always)]
+pub(crate) fn fall_through<B: Bus, O: Observer>(x: &Exec<B, O>, d: &DecodedInsn) -> u64 {
+    x.block_rip
+        .wrapping_add(d.off as u64)
+        .wrapping_add(d.len as u64)
+}
+
+/// Park exit `e` of the current instruction for the run loop.
+#[cold]
+#[inline(never)]
+pub(crate) fn park<B: Bus, O: Observer>(x: &mut Exec<B, O>, e: Exit) -> Flow {
+    x.exit = Some(e);
+    Flow::Exit
+}
+
+/// The flow after a form that touches no memory: it cannot have set `stop_after`.
+#[inline(always)]
+fn reg_done<B: Bus, O: Observer>(x: &mut Exec<B, O>, r: ExecResult) -> Flow {
+    match r {
+        Ok(()) => Flow::Next,
+        Err(e) => park(x, e),
+    }
+}
+
+/// The flow after a form that accesses memory: a device access or a write to cached code
+/// sets `stop_after`, which ends the block after the instruction.
+#[inline(always)]
+fn mem_done<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn, r: ExecResult) -> Flow {
+    match r {
+        Ok(()) if !x.stop_after => Flow::Next,
+        Ok(()) => {
+            x.next_rip = fall_through(x, d);
+            Flow::Stop
+        }
+        Err(e) => park(x, e),
+    }
+}
+
+// The handlers: each runs its fast form (`run.rs`, inlined here, specialized by the const
+// parameters its table entry was built with) and turns the result into a `Flow`.
+
+fn mov_rr<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::mov_rr::<S, B, O>(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn mov_ri<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::mov_ri::<S, B, O>(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn mov_rm<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let o = &d.ops;
+    let size = super::sz::<S>(o);
+    let addr = x.fast_addr(o);
+    match x.read_quick(addr, size) {
+        Some(v) => {
+            x.reg_put(o.r0, size, v);
+            Flow::Next
+        }
+        None => mov_rm_full::<S, B, O>(x, d),
+    }
+}
+
+/// [`mov_rm`] when the read needs more than RAM through the TLB.
+#[inline(never)]
+fn mov_rm_full<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::mov_rm::<S, B, O>(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn mov_mr<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let o = &d.ops;
+    let size = super::sz::<S>(o);
+    let addr = x.fast_addr(o);
+    let v = x.reg_get(o.r1, size);
+    if x.write_quick(addr, size, v) {
+        Flow::Next
+    } else {
+        mov_mr_full::<S, B, O>(x, d)
+    }
+}
+
+/// [`mov_mr`] when the write needs more than RAM through the TLB.
+#[inline(never)]
+fn mov_mr_full<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::mov_mr::<S, B, O>(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn mov_mi<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::mov_mi::<S, B, O>(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn lea<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::lea::<S, B, O>(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn extend_r<const F: usize, const SX: bool, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::extend::<F, SX, false, B, O>(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn extend_m<const F: usize, const SX: bool, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let o = &d.ops;
+    let from = if F == 0 { o.imm as usize } else { F };
+    let addr = x.fast_addr(o);
+    match x.read_quick(addr, from) {
+        Some(v) => {
+            let v = if SX {
+                crate::flags::sign_extend(v, from)
+            } else {
+                v
+            };
+            x.reg_put(o.r0, o.size as usize, v);
+            Flow::Next
+        }
+        None => extend_m_full::<F, SX, B, O>(x, d),
+    }
+}
+
+/// [`extend_m`] when the read needs more than RAM through the TLB.
+#[inline(never)]
+fn extend_m_full<const F: usize, const SX: bool, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::extend::<F, SX, true, B, O>(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn alu_rr<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::alu_rr::<K, S, B, O>(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn alu_ri<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::alu_ri::<K, S, B, O>(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn alu_rm<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::alu_rm::<K, S, B, O>(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn alu_m<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::alu_m::<K, IMM, S, B, O>(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn unary<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::unary::<K, S, B, O>(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn shift_ri<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let r = super::shift_ri::<K, S, B, O>(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn imul_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::imul(x, &d.ops, d.op);
+    reg_done(x, r)
+}
+
+fn imul_m<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::imul(x, &d.ops, d.op);
+    mem_done(x, d, r)
+}
+
+fn conditional_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::conditional(x, &d.ops, d.op);
+    reg_done(x, r)
+}
+
+fn conditional_m<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::conditional(x, &d.ops, d.op);
+    mem_done(x, d, r)
+}
+
+/// Condition codes as iced numbers them (`ConditionCode as u8`), for [`jcc`].
+mod cc {
+    pub const O: u8 = 1;
+    pub const NO: u8 = 2;
+    pub const B: u8 = 3;
+    pub const AE: u8 = 4;
+    pub const E: u8 = 5;
+    pub const NE: u8 = 6;
+    pub const BE: u8 = 7;
+    pub const A: u8 = 8;
+    pub const S: u8 = 9;
+    pub const NS: u8 = 10;
+    pub const P: u8 = 11;
+    pub const NP: u8 = 12;
+    pub const L: u8 = 13;
+    pub const GE: u8 = 14;
+    pub const LE: u8 = 15;
+    pub const G: u8 = 16;
+}
+
+/// Whether condition `C` ([`cc`]) holds for RFLAGS `f`: with `C` known, a test of one or
+/// two flags.
+#[inline(always)]
+fn taken<const C: u8>(f: u64) -> bool {
+    use crate::state::rflags::{CF, OF, PF, SF, ZF};
+    let (cf, zf, sf, of, pf) = (
+        f & CF != 0,
+        f & ZF != 0,
+        f & SF != 0,
+        f & OF != 0,
+        f & PF != 0,
+    );
+    match C {
+        cc::O => of,
+        cc::NO => !of,
+        cc::B => cf,
+        cc::AE => !cf,
+        cc::E => zf,
+        cc::NE => !zf,
+        cc::BE => cf || zf,
+        cc::A => !cf && !zf,
+        cc::S => sf,
+        cc::NS => !sf,
+        cc::P => pf,
+        cc::NP => !pf,
+        cc::L => sf != of,
+        cc::GE => sf == of,
+        cc::LE => zf || sf != of,
+        cc::G => !zf && sf == of,
+        _ => true,
+    }
+}
+
+/// Jcc rel: a taken branch leaves the block.
+fn jcc<const C: u8, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    if !taken::<C>(x.cpu.state.rflags) {
+        return Flow::Next;
+    }
+    match super::rel_target(x, &d.ops) {
+        Ok(t) => {
+            x.next_rip = t;
+            Flow::Jump
+        }
+        Err(e) => park(x, e),
+    }
+}
+
+fn jmp_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    match super::rel_target(x, &d.ops) {
+        Ok(t) => {
+            x.next_rip = t;
+            Flow::Jump
+        }
+        Err(e) => park(x, e),
+    }
+}
+
+fn call_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let fall = fall_through(x, d);
+    match super::call_rel(x, &d.ops, fall) {
+        // The stack write may have hit cached code or a device: the block ends here anyway.
+        Ok(t) => {
+            x.next_rip = t;
+            if x.stop_after {
+                Flow::Stop
+            } else {
+                Flow::Jump
+            }
+        }
+        Err(e) => park(x, e),
+    }
+}
+
+fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
+    match super::ret(x) {
+        Ok(t) => {
+            x.next_rip = t;
+            if x.stop_after {
+                Flow::Stop
+            } else {
+                Flow::Jump
+            }
+        }
+        Err(e) => park(x, e),
+    }
+}
+
+fn push_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    // Read first: `push rsp` pushes the value before the push.
+    let v = x.reg_get(d.ops.r0, 8);
+    let r = x.push(v, 8);
+    mem_done(x, d, r)
+}
+
+fn pop_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = super::pop_r(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn nop<B: Bus, O: Observer>(_x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
+    Flow::Next
+}
+
+fn xmm_mov_rr<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = sse::fast_mov_rr(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn xmm_movq_rr<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = sse::fast_movq_rr(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn xmm_load<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = sse::fast_load(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn xmm_store<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = sse::fast_store(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn xmm_movq_rm<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = sse::fast_movq_rm(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn xmm_movq_mr<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = sse::fast_movq_mr(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn xmm_bin_rr<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = sse::fast_bin_rr(x, &d.ops);
+    reg_done(x, r)
+}
+
+fn xmm_bin_rm<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = sse::fast_bin_rm(x, &d.ops);
+    mem_done(x, d, r)
+}
+
+fn xmm_shift_i<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let r = sse::fast_shift_i(x, &d.ops);
+    reg_done(x, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::RunExit;
+    use crate::testing::{TestMachine, CODE_BASE};
+    use iced_x86::code_asm::*;
+
+    /// The run loop's per-instruction record stays within its cache-friendly size (session 6
+    /// measured a larger one slower).
+    #[test]
+    fn decoded_instructions_stay_small() {
+        assert!(std::mem::size_of::<DecodedInsn>() <= 72);
+    }
+
+    /// Every op has table entries of its own: no two ops share one, and each op of the
+    /// sized range has three (one per size class).
+    #[test]
+    fn handler_indices_are_distinct() {
+        let mut owner = std::collections::BTreeMap::new();
+        for o in 0..=Op::XmmShiftI as usize {
+            let mut mine = std::collections::BTreeSet::new();
+            for size in [1u8, 2, 4, 8] {
+                let ops = Operands {
+                    size,
+                    imm: size as u64,
+                    ..Operands::default()
+                };
+                let i = index(op_of(o), &ops);
+                assert_eq!(*owner.entry(i).or_insert(o), o, "index {i}");
+                mine.insert(i);
+            }
+            let want = if (FIRST_SIZED..=LAST_SIZED).contains(&o) {
+                3
+            } else {
+                1
+            };
+            assert_eq!(mine.len(), want, "{:?}", op_of(o));
+        }
+    }
+
+    /// The op numbered `o`.
+    fn op_of(o: usize) -> Op {
+        ALL_OPS[o]
+    }
+
+    /// Every op, in declaration order (checked against `Op as usize` below).
+    const ALL_OPS: [Op; Op::XmmShiftI as usize + 1] = {
+        use Op::*;
+        [
+            GData,
+            GAlu,
+            GShift,
+            GMulDiv,
+            GBits,
+            GControl,
+            GStack,
+            GString,
+            GMisc,
+            GSse,
+            GSystem,
+            GUnimplemented,
+            Pause,
+            MovRR,
+            MovRI,
+            MovRM,
+            MovMR,
+            MovMI,
+            MovzxRR,
+            MovzxRM,
+            MovsxRR,
+            MovsxRM,
+            Lea,
+            AddRR,
+            AddRI,
+            AddRM,
+            AddMR,
+            AddMI,
+            OrRR,
+            OrRI,
+            OrRM,
+            OrMR,
+            OrMI,
+            AdcRR,
+            AdcRI,
+            AdcRM,
+            AdcMR,
+            AdcMI,
+            SbbRR,
+            SbbRI,
+            SbbRM,
+            SbbMR,
+            SbbMI,
+            AndRR,
+            AndRI,
+            AndRM,
+            AndMR,
+            AndMI,
+            SubRR,
+            SubRI,
+            SubRM,
+            SubMR,
+            SubMI,
+            XorRR,
+            XorRI,
+            XorRM,
+            XorMR,
+            XorMI,
+            CmpRR,
+            CmpRI,
+            CmpRM,
+            CmpMR,
+            CmpMI,
+            TestRR,
+            TestRI,
+            TestMR,
+            TestMI,
+            IncR,
+            DecR,
+            NegR,
+            NotR,
+            ShlRI,
+            ShrRI,
+            SarRI,
+            RolRI,
+            RorRI,
+            ImulRR,
+            ImulRM,
+            ImulRRI,
+            CmovRR,
+            CmovRM,
+            SetccR,
+            SetccM,
+            Jo,
+            Jno,
+            Jb,
+            Jae,
+            Je,
+            Jne,
+            Jbe,
+            Ja,
+            Js,
+            Jns,
+            Jp,
+            Jnp,
+            Jl,
+            Jge,
+            Jle,
+            Jg,
+            JmpRel,
+            CallRel,
+            Ret,
+            PushR,
+            PopR,
+            Nop,
+            IncM,
+            DecM,
+            CallR,
+            CallM,
+            PushF,
+            ShiftRC,
+            PushI,
+            BtRI,
+            BtMI,
+            SseMov,
+            SseFloat,
+            SseInt,
+            XmmMovRR,
+            XmmLoad,
+            XmmStore,
+            XmmMovqRR,
+            XmmMovqRM,
+            XmmMovqMR,
+            XmmBinRR,
+            XmmBinRM,
+            XmmShiftI,
+        ]
+    };
+
+    #[test]
+    fn all_ops_are_in_order() {
+        for (k, op) in ALL_OPS.iter().enumerate() {
+            assert_eq!(*op as usize, k, "{op:?}");
+        }
+    }
+
+    /// RIP-relative operands and branches in the middle of a block (their offsets are made
+    /// relative to the block's start at decode time) give what the generic handlers give,
+    /// including after a write to the block's own page ends it early.
+    #[test]
+    fn rip_relative_forms_inside_a_block() {
+        let program = |a: &mut CodeAssembler| {
+            let mut data = a.create_label();
+            let mut skip = a.create_label();
+            let mut f = a.create_label();
+            a.mov(ecx, 3)?;
+            a.lea(rsi, ptr(data))?;
+            a.mov(rdx, qword_ptr(data))?;
+            a.test(ecx, ecx)?;
+            a.jnz(skip)?;
+            a.hlt()?;
+            a.set_label(&mut skip)?;
+            a.add(qword_ptr(data), 1)?;
+            a.call(f)?;
+            a.dec(ecx)?;
+            a.jnz(skip)?;
+            a.hlt()?;
+            a.set_label(&mut f)?;
+            a.mov(rdi, qword_ptr(data))?;
+            a.ret()?;
+            a.set_label(&mut data)?;
+            a.dq(&[0x1234])
+        };
+        let mut fast = TestMachine::assemble(program);
+        let mut slow = TestMachine::assemble(program);
+        slow.code.set_fast_paths(false);
+        assert_eq!(fast.run(1000), RunExit::Halted);
+        assert_eq!(slow.run(1000), RunExit::Halted);
+        assert_eq!(fast.cpu.state, slow.cpu.state);
+        let s = &fast.cpu.state;
+        assert!(s.gpr[6] > CODE_BASE && s.gpr[6] < CODE_BASE + 0x100);
+        assert_eq!(s.gpr[2], 0x1234);
+        assert_eq!(s.gpr[7], 0x1237);
+        assert_eq!(s.retired, 5 + 3 * 6 + 1);
+    }
+}
