@@ -64,10 +64,14 @@ pub mod check {
 }
 
 /// A run of decoded instructions starting at one physical address.
+///
+/// Held by value in its slot (checking it out moves its two fields, not a pointer to them):
+/// the run loop then reaches the instructions through one pointer, with no `Box<Block>` to
+/// load first, and each block is one allocation of exactly its instructions.
 #[derive(Debug)]
 pub struct Block {
     /// The instructions in order.
-    pub insns: Vec<DecodedInsn>,
+    pub insns: Box<[DecodedInsn]>,
     /// Physical pages the block's bytes come from (one, or two if the last instruction
     /// straddles a page boundary).
     pub pages: [u64; 2],
@@ -115,8 +119,7 @@ struct Slot {
     /// The block is cached (false once invalidated, or while the slot is free).
     live: bool,
     /// The block; `None` while it is checked out by a running CPU (or the slot is free).
-    /// Boxed so that checking it out and back in moves one pointer.
-    block: Option<Box<Block>>,
+    block: Option<Block>,
     /// The blocks that ran right after this one, most recent first (hints, checked on use).
     links: [Link; 2],
 }
@@ -180,6 +183,9 @@ pub struct CodeCache {
     /// Sticky: a breakpoint may have been reached since the last
     /// [`CodeCache::take_breakpoint_hit`].
     breakpoint_hit: bool,
+    /// Where the decoder gathers a block's instructions before the block gets an allocation
+    /// of exactly their number (kept to reuse its capacity).
+    scratch: Vec<DecodedInsn>,
 }
 
 impl CodeCache {
@@ -205,6 +211,7 @@ impl CodeCache {
             fast_paths: true,
             breakpoints: Vec::new(),
             breakpoint_hit: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -264,7 +271,7 @@ impl CodeCache {
         prev: BlockId,
         pa: u64,
         bitness: u32,
-    ) -> Option<(BlockId, Box<Block>)> {
+    ) -> Option<(BlockId, Block)> {
         let links = &self.slots.get(prev as usize)?.links;
         let id = if links[0].pa == pa && links[0].bitness == bitness {
             links[0].id
@@ -298,7 +305,7 @@ impl CodeCache {
     /// Check a cached block out to execute it; give it back with [`CodeCache::put_back`].
     /// `None` if `id` names no block that is cached and not already checked out.
     #[inline(always)]
-    pub fn take(&mut self, id: BlockId) -> Option<Box<Block>> {
+    pub fn take(&mut self, id: BlockId) -> Option<Block> {
         let slot = self.slots.get_mut(id as usize)?;
         if !slot.live {
             return None;
@@ -309,7 +316,7 @@ impl CodeCache {
     /// Return a block checked out with [`CodeCache::take`]. If its code was written while it
     /// was out, it is dropped instead.
     #[inline(always)]
-    pub fn put_back(&mut self, id: BlockId, block: Box<Block>) {
+    pub fn put_back(&mut self, id: BlockId, block: Block) {
         if let Some(slot) = self.slots.get_mut(id as usize) {
             if slot.live {
                 slot.block = Some(block);
@@ -318,6 +325,19 @@ impl CodeCache {
                 self.free.push(id);
             }
         }
+    }
+
+    /// An empty vector to decode a block into, with the capacity of the last one; give it
+    /// back with [`CodeCache::return_scratch`].
+    pub fn take_scratch(&mut self) -> Vec<DecodedInsn> {
+        let mut v = std::mem::take(&mut self.scratch);
+        v.clear();
+        v
+    }
+
+    /// Keep a vector from [`CodeCache::take_scratch`] for the next decode.
+    pub fn return_scratch(&mut self, v: Vec<DecodedInsn>) {
+        self.scratch = v;
     }
 
     /// Cache a block and return its id.
@@ -332,7 +352,7 @@ impl CodeCache {
         let slot = Slot {
             key,
             live: true,
-            block: Some(Box::new(block)),
+            block: Some(block),
             links: [NO_LINK; 2],
         };
         let id = match self.free.pop() {
@@ -463,7 +483,7 @@ mod tests {
     /// An empty block on physical page `page`.
     fn block(page: u64) -> Block {
         Block {
-            insns: Vec::new(),
+            insns: Box::new([]),
             pages: [page, page],
         }
     }
