@@ -71,10 +71,14 @@ pub mod check {
 }
 
 /// A run of decoded instructions starting at one physical address.
+///
+/// Held by value in its slot (checking it out moves its two fields, not a pointer to them):
+/// the run loop then reaches the instructions through one pointer, with no `Box<Block>` to
+/// load first, and each block is one allocation of exactly its instructions.
 #[derive(Debug)]
 pub struct Block {
     /// The instructions in order.
-    pub insns: Vec<DecodedInsn>,
+    pub insns: Box<[DecodedInsn]>,
     /// Physical pages the block's bytes come from (one, or two if the last instruction
     /// straddles a page boundary).
     pub pages: [u64; 2],
@@ -114,37 +118,54 @@ impl Hasher for IntHasher {
 
 type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
-/// One slab entry.
+/// One slab entry: one host cache line (64 bytes, aligned), since the run loop touches the
+/// slot of every block it enters (checking the key, checking the block out and back in) and
+/// a slot straddling two lines costs a second miss in a boot whose decoded code is far larger
+/// than the host's caches. Hence the packed keys ([`pack`]) and the liveness folded into
+/// `key`.
 #[derive(Debug)]
+#[repr(align(64))]
 struct Slot {
-    /// The key the block was cached under.
-    key: BlockKey,
-    /// The block is cached (false once invalidated, or while the slot is free).
-    live: bool,
+    /// The packed key the block was cached under; [`DEAD`] once invalidated or while the
+    /// slot is free; [`UNPACKED`] for a live block whose key does not pack.
+    key: u64,
     /// The block; `None` while it is checked out by a running CPU (or the slot is free).
-    /// Boxed so that checking it out and back in moves one pointer.
-    block: Option<Box<Block>>,
-    /// The blocks that ran right after this one, most recent first (hints, checked on use).
-    links: [Link; 2],
+    block: Option<Block>,
+    /// The packed keys of the blocks that ran right after this one, most recent first
+    /// ([`DEAD`]: none); hints, checked on use.
+    link_keys: [u64; 2],
+    /// Where those successors were cached when the links were made.
+    link_ids: [BlockId; 2],
 }
 
-/// A remembered successor of a block: the block cached under (`pa`, `bitness`) at `id`.
-#[derive(Clone, Copy, Debug)]
-struct Link {
-    /// Physical address of the successor's first byte.
-    pa: u64,
-    /// Its code size.
-    bitness: u32,
-    /// Where it was cached when the link was made.
-    id: BlockId,
+// The point of the layout above: exactly one cache line.
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+
+impl Slot {
+    /// Whether the slot holds a cached block (checked out or not).
+    #[inline(always)]
+    fn live(&self) -> bool {
+        self.key != DEAD
+    }
 }
 
-/// A link that matches no lookup (no block has code size 0).
-const NO_LINK: Link = Link {
-    pa: u64::MAX,
-    bitness: 0,
-    id: BlockId::MAX,
-};
+/// A slot key meaning "no block" (never the packing of a key: its code-size byte is 0xff).
+const DEAD: u64 = u64::MAX;
+
+/// The slot key of a live block whose key does not pack: it matches no packed key, so such
+/// a block is found through the index only and never through a link.
+const UNPACKED: u64 = u64::MAX - 1;
+
+/// A block key packed into one word: the physical address with the code size in the top
+/// byte. `None` for a key that does not fit (physical addresses have at most 52 bits, so this
+/// never happens for a fetch; such a key simply gets no jump-table hit and no link).
+#[inline(always)]
+fn pack(key: BlockKey) -> Option<u64> {
+    if key.0 >> 56 != 0 || key.1 > 0x7f {
+        return None;
+    }
+    Some(key.0 | (u64::from(key.1) << 56))
+}
 
 /// Entries of the direct-mapped jump table (a power of two).
 const JUMP_ENTRIES: usize = 16384;
@@ -187,6 +208,9 @@ pub struct CodeCache {
     /// Sticky: a breakpoint may have been reached since the last
     /// [`CodeCache::take_breakpoint_hit`].
     breakpoint_hit: bool,
+    /// Where the decoder gathers a block's instructions before the block gets an allocation
+    /// of exactly their number (kept to reuse its capacity).
+    scratch: Vec<DecodedInsn>,
 }
 
 impl CodeCache {
@@ -212,6 +236,7 @@ impl CodeCache {
             fast_paths: true,
             breakpoints: Vec::new(),
             breakpoint_hit: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -242,8 +267,8 @@ impl CodeCache {
         let j = jump_index(key);
         let hint = self.jump[j];
         if hint.key == key {
-            if let Some(slot) = self.slots.get(hint.id as usize) {
-                if slot.live && slot.key == key {
+            if let (Some(slot), Some(packed)) = (self.slots.get(hint.id as usize), pack(key)) {
+                if slot.key == packed {
                     return Some(hint.id);
                 }
             }
@@ -271,17 +296,19 @@ impl CodeCache {
         prev: BlockId,
         pa: u64,
         bitness: u32,
-    ) -> Option<(BlockId, Box<Block>)> {
-        let links = &self.slots.get(prev as usize)?.links;
-        let id = if links[0].pa == pa && links[0].bitness == bitness {
-            links[0].id
-        } else if links[1].pa == pa && links[1].bitness == bitness {
-            links[1].id
+    ) -> Option<(BlockId, Block)> {
+        let key = pack((pa, bitness))?;
+        let from = self.slots.get(prev as usize)?;
+        let id = if from.link_keys[0] == key {
+            from.link_ids[0]
+        } else if from.link_keys[1] == key {
+            from.link_ids[1]
         } else {
             return None;
         };
         let slot = self.slots.get_mut(id as usize)?;
-        if slot.live && slot.key == (pa, bitness) {
+        // A dead slot's key is DEAD, which no packed key equals.
+        if slot.key == key {
             slot.block.take().map(|b| (id, b))
         } else {
             None
@@ -292,22 +319,23 @@ impl CodeCache {
     /// block `prev` (for [`CodeCache::take_chained`]). No effect if `prev` names no slot.
     #[inline]
     pub fn link(&mut self, prev: BlockId, pa: u64, bitness: u32, next: BlockId) {
+        let Some(key) = pack((pa, bitness)) else {
+            return;
+        };
         if let Some(slot) = self.slots.get_mut(prev as usize) {
-            slot.links[1] = slot.links[0];
-            slot.links[0] = Link {
-                pa,
-                bitness,
-                id: next,
-            };
+            slot.link_keys[1] = slot.link_keys[0];
+            slot.link_ids[1] = slot.link_ids[0];
+            slot.link_keys[0] = key;
+            slot.link_ids[0] = next;
         }
     }
 
     /// Check a cached block out to execute it; give it back with [`CodeCache::put_back`].
     /// `None` if `id` names no block that is cached and not already checked out.
     #[inline(always)]
-    pub fn take(&mut self, id: BlockId) -> Option<Box<Block>> {
+    pub fn take(&mut self, id: BlockId) -> Option<Block> {
         let slot = self.slots.get_mut(id as usize)?;
-        if !slot.live {
+        if !slot.live() {
             return None;
         }
         slot.block.take()
@@ -316,15 +344,28 @@ impl CodeCache {
     /// Return a block checked out with [`CodeCache::take`]. If its code was written while it
     /// was out, it is dropped instead.
     #[inline(always)]
-    pub fn put_back(&mut self, id: BlockId, block: Box<Block>) {
+    pub fn put_back(&mut self, id: BlockId, block: Block) {
         if let Some(slot) = self.slots.get_mut(id as usize) {
-            if slot.live {
+            if slot.live() {
                 slot.block = Some(block);
             } else if slot.block.is_none() {
                 // Invalidated while out: the slot waited for its block to come back.
                 self.free.push(id);
             }
         }
+    }
+
+    /// An empty vector to decode a block into, with the capacity of the last one; give it
+    /// back with [`CodeCache::return_scratch`].
+    pub fn take_scratch(&mut self) -> Vec<DecodedInsn> {
+        let mut v = std::mem::take(&mut self.scratch);
+        v.clear();
+        v
+    }
+
+    /// Keep a vector from [`CodeCache::take_scratch`] for the next decode.
+    pub fn return_scratch(&mut self, v: Vec<DecodedInsn>) {
+        self.scratch = v;
     }
 
     /// Cache a block and return its id.
@@ -337,10 +378,10 @@ impl CodeCache {
             self.remove(key);
         }
         let slot = Slot {
-            key,
-            live: true,
-            block: Some(Box::new(block)),
-            links: [NO_LINK; 2],
+            key: pack(key).unwrap_or(UNPACKED),
+            block: Some(block),
+            link_keys: [DEAD; 2],
+            link_ids: [BlockId::MAX; 2],
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -376,7 +417,7 @@ impl CodeCache {
             return;
         };
         if let Some(slot) = self.slots.get_mut(id as usize) {
-            slot.live = false;
+            slot.key = DEAD;
             if slot.block.take().is_some() {
                 self.free.push(id);
             }
@@ -470,7 +511,7 @@ mod tests {
     /// An empty block on physical page `page`.
     fn block(page: u64) -> Block {
         Block {
-            insns: Vec::new(),
+            insns: Box::new([]),
             pages: [page, page],
         }
     }

@@ -28,7 +28,7 @@ impl Cpu {
         code: &mut CodeCache,
         mode: CpuMode,
         cpl: u8,
-    ) -> Result<(BlockId, Box<Block>, u64), Exit> {
+    ) -> Result<(BlockId, Block, u64), Exit> {
         if !code.breakpoints().is_empty() {
             self.note_breakpoints(bus, code, mode, cpl);
         }
@@ -58,7 +58,7 @@ impl Cpu {
         prev: BlockId,
         rip: u64,
         pa: u64,
-    ) -> Result<(BlockId, Box<Block>, u64), Exit> {
+    ) -> Result<(BlockId, Block, u64), Exit> {
         let bitness = mode.bitness();
         if let Some(id) = code.lookup(pa, bitness) {
             if let Some(b) = code.take(id) {
@@ -86,7 +86,7 @@ impl Cpu {
             read_code(bus, npa, 15, &mut bytes);
         }
         let mut decoder = Decoder::with_ip(bitness, &bytes, 0, DecoderOptions::NONE);
-        let mut insns = Vec::new();
+        let mut insns = code.take_scratch();
         let mut pages = [pa >> 12, pa >> 12];
         while insns.len() < MAX_BLOCK_INSNS {
             let start = decoder.position();
@@ -98,6 +98,7 @@ impl Cpu {
             let len = insn.len();
             if insn.is_invalid() {
                 if insns.is_empty() {
+                    code.return_scratch(insns);
                     if start + 15 > bytes.len() && next_pa.is_none() {
                         // The instruction runs into an unmapped page: fetch fault there.
                         self.mmu_fetch_fault(bus, next_lin)?;
@@ -151,7 +152,20 @@ impl Cpu {
                 break;
             }
         }
-        let id = code.insert(pa, bitness, Block { insns, pages });
+        // One allocation of exactly the block's instructions (a vector grown by pushes would
+        // leave up to half its capacity unused, and the freed smaller buffers as holes
+        // between blocks): the decoded code is many times the size of the guest's, and the
+        // host's caches hold more of it the denser it lies.
+        let exact: Box<[DecodedInsn]> = insns.drain(..).collect();
+        code.return_scratch(insns);
+        let id = code.insert(
+            pa,
+            bitness,
+            Block {
+                insns: exact,
+                pages,
+            },
+        );
         code.link(prev, pa, bitness, id);
         self.last_block = id;
         match code.take(id) {
