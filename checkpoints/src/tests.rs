@@ -486,3 +486,19 @@ fn a_large_pack_of_incompressible_pages_restores() {
     }
     let _ = fs::remove_dir_all(store.dir());
 }
+
+#[test]
+fn is_zero_sees_any_byte_anywhere() {
+    assert!(is_zero(&[0u8; PAGE]));
+    assert!(is_zero(&[0u8; 300]));
+    assert!(is_zero(&[]));
+    for len in [PAGE, 300, 64, 5] {
+        for at in [0, 1, 63, 64, 255, 256, 299, 4000, 4095] {
+            if at < len {
+                let mut page = vec![0u8; len];
+                page[at] = 0x10;
+                assert!(!is_zero(&page), "byte {at} of {len}");
+            }
+        }
+    }
+}
