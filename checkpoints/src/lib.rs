@@ -20,7 +20,9 @@
 //! tens of thousands of small files cost more system time than the rest of checkpointing;
 //! and they are compressed with LZ4, several times faster than zstd's fastest levels for a
 //! somewhat larger store (a booted Linux guest's pages: zstd -3 took most of a
-//! checkpoint's time). A large pack is written with `O_DIRECT`, bypassing the page cache:
+//! checkpoint's time); pages LZ4 would barely shrink (x86 code, compressed data) are
+//! stored as LZ4 blocks of literals instead, which any LZ4 decoder reads
+//! ([`worth_compressing`]). A large pack is written with `O_DIRECT`, bypassing the page cache:
 //! copying it into fresh page-cache pages cost about as much as compressing it
 //! ([`write_pack`]); and the buffers pages are copied and packed into are kept from one
 //! checkpoint to the next rather than allocated anew ([`Buffers`]).
@@ -531,6 +533,58 @@ fn is_zero(page: &[u8]) -> bool {
             == 0
     });
     zero && stretches.remainder().iter().all(|&b| b == 0)
+}
+
+/// Whether LZ4 is likely to shrink `page` enough to be worth its time: at least 1/16 of
+/// its 8-byte words are zero or repeat the word before.
+///
+/// Measured on the ~25k distinct pages a 1-CPU Linux boot stores: pages below that line
+/// (x86 code, compressed data, tables of pointers) took LZ4 about 70 % of its time and
+/// shrank only to ~80 %; storing them as they are (an LZ4 block of literals, see
+/// [`push_stored`]) cut LZ4's time from 0.086 s to 0.026 s for a store 22 % larger
+/// (72 MB instead of 59 MB), written without a page-cache copy ([`write_pack`]). The test
+/// itself is one pass over the page, a small fraction of compressing it.
+fn worth_compressing(page: &[u8]) -> bool {
+    const ENOUGH: usize = PAGE / 8 / 16;
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        u64::from_ne_bytes(w)
+    };
+    let mut alike = 0;
+    let mut previous = u64::MAX;
+    // Block by block with no branch inside one, stopping as soon as enough words were
+    // seen (a page worth compressing usually shows it early).
+    for block in page.chunks_exact(64) {
+        let mut here = 0;
+        for w in block.chunks_exact(8) {
+            let x = word(w);
+            here += usize::from((x == 0) | (x == previous));
+            previous = x;
+        }
+        alike += here;
+        if alike >= ENOUGH {
+            return true;
+        }
+    }
+    false
+}
+
+/// Append `data` to `out` as an LZ4 block that holds it as literals only (the block
+/// format's one-sequence form: a token, the length's continuation bytes, the bytes), which
+/// every LZ4 block decoder reads back; for data not worth compressing.
+fn push_stored(out: &mut Vec<u8>, data: &[u8]) {
+    let len = data.len();
+    out.push((len.min(15) as u8) << 4);
+    if len >= 15 {
+        let mut rest = len - 15;
+        while rest >= 255 {
+            out.push(255);
+            rest -= 255;
+        }
+        out.push(rest as u8);
+    }
+    out.extend_from_slice(data);
 }
 
 /// `(page number, blake3 of its bytes)` of every non-zero page of `ram`, in address order.
@@ -1111,15 +1165,21 @@ impl Store {
                 checkpoint: name.to_string(),
                 what: format!("page {n:#x} is neither in the store nor copied"),
             })?;
-            let size = lz4_flex::block::compress_into(page, &mut buf).map_err(|e| {
-                CheckpointError::Damaged {
-                    checkpoint: name.to_string(),
-                    what: format!("page {n:#x}: cannot compress: {e}"),
-                }
-            })?;
-            let z = &buf[..size];
-            let (offset, len) = ((pack.len() - start) as u64, z.len() as u32);
-            pack.extend_from_slice(z);
+            let offset = (pack.len() - start) as u64;
+            if worth_compressing(page) {
+                let size = lz4_flex::block::compress_into(page, &mut buf).map_err(|e| {
+                    CheckpointError::Damaged {
+                        checkpoint: name.to_string(),
+                        what: format!("page {n:#x}: cannot compress: {e}"),
+                    }
+                })?;
+                pack.extend_from_slice(&buf[..size]);
+            } else {
+                push_stored(pack, page);
+            }
+            let len = (pack.len() - start) as u64 - offset;
+            // At most a page and a few bytes.
+            let len = len as u32;
             fresh.insert(*key, (offset, len));
             namer.update(key);
             namer.update(&offset.to_le_bytes());
@@ -1503,6 +1563,29 @@ impl Store {
     }
 }
 
+/// How much nicer than the machine the writer's thread runs (a nice value increment).
+/// Enough that on a busy host the machine's thread gets the CPU first (the writer has
+/// about a third of its share: weight 335 against 1024); not so much that a starved writer
+/// would fill the queue and make the machine wait in [`Writer::save`].
+const WRITER_NICENESS: i32 = 5;
+
+/// Lower the calling thread's scheduling priority by [`WRITER_NICENESS`], so that the
+/// checkpoint writer yields to the machine when they compete for a CPU. On Linux the nice
+/// value belongs to each thread, so this leaves the machine's thread alone. Best effort:
+/// a refusal changes nothing but the priority.
+fn lower_priority() {
+    // SAFETY: plain integer arguments; `gettid` and `setpriority` touch no memory of ours.
+    unsafe {
+        let tid = libc::gettid();
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            tid as libc::id_t,
+            now.saturating_add(WRITER_NICENESS),
+        );
+    }
+}
+
 /// What a [`Writer`]'s thread shares with its owner.
 #[derive(Debug, Default)]
 struct WriterState {
@@ -1538,6 +1621,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("checkpoint writer".into())
             .spawn(move || {
+                lower_priority();
                 for snap in rx {
                     let failed = shared
                         .lock()

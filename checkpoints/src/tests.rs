@@ -502,3 +502,46 @@ fn is_zero_sees_any_byte_anywhere() {
         }
     }
 }
+
+#[test]
+fn lower_priority_makes_only_the_calling_thread_nicer() {
+    let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+    let before = nice();
+    let (was, now) = std::thread::spawn(move || {
+        let was = nice();
+        lower_priority();
+        (was, nice())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(now, (was + WRITER_NICENESS).min(19));
+    assert_eq!(nice(), before, "the calling thread only");
+}
+
+#[test]
+fn stored_blocks_decode_to_their_bytes() {
+    for len in [0, 1, 14, 15, 16, 269, 270, 271, 524, 525, PAGE] {
+        let data = noise(len as u64, len);
+        let mut out = vec![9u8];
+        push_stored(&mut out, &data);
+        assert_eq!(
+            lz4_flex::block::decompress(&out[1..], len).expect("decodes"),
+            data,
+            "{len} bytes"
+        );
+    }
+}
+
+#[test]
+fn pages_with_zero_or_repeated_words_are_compressed_others_stored() {
+    assert!(!worth_compressing(&noise(5, PAGE)));
+    assert!(worth_compressing(&[0u8; PAGE]));
+    assert!(worth_compressing(&[0xffu8; PAGE]));
+    // 32 zero words among noise are enough, 31 are not.
+    let mut page = noise(6, PAGE);
+    page[..31 * 8].fill(0);
+    page[31 * 8] = 1;
+    assert!(!worth_compressing(&page));
+    page[..32 * 8].fill(0);
+    assert!(worth_compressing(&page));
+}
