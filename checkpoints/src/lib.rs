@@ -465,11 +465,86 @@ impl Copies {
     fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
         self.numbers.iter().copied().zip(self.bytes.chunks(PAGE))
     }
+}
 
-    /// The copy of page `n`, if it was copied.
-    fn get(&self, n: u64) -> Option<&[u8]> {
-        let i = self.numbers.binary_search(&n).ok()?;
-        self.bytes.get(i * PAGE..(i + 1) * PAGE)
+/// The new pack of a checkpoint being written, assembled while its pages are hashed: a
+/// page whose key the store lacks is packed right after hashing, while its bytes are
+/// still in the CPU's caches (packing them in a second pass read every new page from
+/// memory again). Dropping it gives its buffer back to the store (see [`Buffers`]).
+struct Packer {
+    /// The pack's bytes start at `start`, aligned for [`write_pack`].
+    buf: Vec<u8>,
+    start: usize,
+    /// Key → (offset, length) of the pages in the pack.
+    fresh: HashMap<[u8; 32], (u64, u32)>,
+    /// The pack's name, as pages come in: the hash of what it holds, page by page (key,
+    /// offset, length), rather than of its bytes, which would hash every byte written
+    /// once more (~4 % of a checkpoint's CPU). A pack found under that name holds these
+    /// pages at these places (or is damaged, which restoring detects page by page), so it
+    /// is as good as the one that would be written.
+    namer: blake3::Hasher,
+    /// LZ4's output for one page.
+    scratch: Vec<u8>,
+    home: Arc<Mutex<Buffers>>,
+}
+
+impl Packer {
+    /// A packer for at most `pages` new pages, with the store's spare pack buffer.
+    fn new(home: &Arc<Mutex<Buffers>>, pages: usize) -> Packer {
+        let most = lz4_flex::block::get_maximum_output_size(PAGE);
+        let mut buf = std::mem::take(&mut home.lock().unwrap_or_else(|e| e.into_inner()).pack);
+        buf.clear();
+        // Room for every page at its largest up front, so the buffer never moves while
+        // the pack is assembled and its bytes can start at an address `write_pack` can
+        // hand to the device directly. Only reserved: untouched room costs no memory. If
+        // even that is refused, the pack is simply written through the page cache.
+        let _ = buf.try_reserve(pages.saturating_mul(most).saturating_add(DIRECT_ALIGN));
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        buf.resize(start, 0);
+        let mut namer = blake3::Hasher::new();
+        namer.update(b"reprise checkpoint pack: (key, offset, length) of each page\n");
+        Packer {
+            buf,
+            start,
+            fresh: HashMap::new(),
+            namer,
+            scratch: vec![0u8; most],
+            home: home.clone(),
+        }
+    }
+
+    /// Pack `page` (whose key is `key`) unless the store (`known`) or the pack holds it.
+    fn offer(&mut self, known: &Known, key: &[u8; 32], page: &[u8]) {
+        if known.pages.contains_key(key) || self.fresh.contains_key(key) {
+            return;
+        }
+        let offset = (self.buf.len() - self.start) as u64;
+        let compressed = worth_compressing(page)
+            .then(|| lz4_flex::block::compress_into(page, &mut self.scratch).ok())
+            .flatten();
+        match compressed {
+            Some(size) => self.buf.extend_from_slice(&self.scratch[..size]),
+            None => push_stored(&mut self.buf, page),
+        }
+        // At most a page and a few bytes.
+        let len = ((self.buf.len() - self.start) as u64 - offset) as u32;
+        self.fresh.insert(*key, (offset, len));
+        self.namer.update(key);
+        self.namer.update(&offset.to_le_bytes());
+        self.namer.update(&len.to_le_bytes());
+    }
+
+    /// The pack's bytes so far.
+    fn bytes(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or_default()
+    }
+}
+
+impl Drop for Packer {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let used = buf.len();
+        self.home.lock().unwrap_or_else(|e| e.into_inner()).pack = trimmed(buf, used);
     }
 }
 
@@ -633,6 +708,16 @@ fn merge_written<'a>(
     before: &[(u64, [u8; 32])],
     written: impl Iterator<Item = (u64, &'a [u8])>,
 ) -> Vec<(u64, [u8; 32])> {
+    merge_written_with(before, written, |page| *blake3::hash(page).as_bytes())
+}
+
+/// [`merge_written`], with the key of a non-zero page written given by `key` (which may
+/// do more with the page while it is at hand).
+fn merge_written_with<'a>(
+    before: &[(u64, [u8; 32])],
+    written: impl Iterator<Item = (u64, &'a [u8])>,
+    mut key: impl FnMut(&[u8]) -> [u8; 32],
+) -> Vec<(u64, [u8; 32])> {
     let mut pages = Vec::with_capacity(before.len() + 64);
     let mut old = before.iter().peekable();
     for (d, page) in written {
@@ -647,7 +732,7 @@ fn merge_written<'a>(
             old.next();
         }
         if !is_zero(page) {
-            pages.push((d, *blake3::hash(page).as_bytes()));
+            pages.push((d, key(page)));
         }
     }
     pages.extend(old.copied());
@@ -991,15 +1076,25 @@ impl Store {
             hashed: snap.copies.numbers.len() as u64,
             ..SaveStats::default()
         };
+        // The store's pages stay locked until the new ones are in (only this thread
+        // writes to the store).
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        self.index_existing(&mut known);
+        let mut packer = Packer::new(&self.buffers, snap.copies.numbers.len());
+        let mut hash = |page: &[u8]| {
+            let key = *blake3::hash(page).as_bytes();
+            packer.offer(&known, &key, page);
+            key
+        };
         let pages = if snap.full {
             snap.copies
                 .iter()
-                .map(|(n, page)| (n, *blake3::hash(page).as_bytes()))
+                .map(|(n, page)| (n, hash(page)))
                 .collect()
         } else {
             match &last {
                 Some(l) if l.ram == snap.ram && l.next_epoch == snap.epoch => {
-                    merge_written(&l.pages, snap.copies.iter())
+                    merge_written_with(&l.pages, snap.copies.iter(), hash)
                 }
                 _ => {
                     return Err(CheckpointError::Damaged {
@@ -1054,11 +1149,8 @@ impl Store {
             None => (pages.clone(), Vec::new(), 0, None),
         };
         stats.listed = listed.len() as u64;
-        let (packs, places) = {
-            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            self.index_existing(&mut known);
-            self.store_pages(&name, &mut known, &snap.copies, &listed, &mut stats)?
-        };
+        let (packs, places) = self.store_pages(&name, &mut known, packer, &listed, &mut stats)?;
+        drop(known);
         let cp = Checkpoint {
             version: FORMAT_VERSION,
             position: snap.position,
@@ -1089,63 +1181,24 @@ impl Store {
         Ok(stats)
     }
 
-    /// Find or store every page of `pages` (keys of pages whose bytes the store holds or
-    /// `copies` has): pages the store lacks are compressed into one new pack file. Returns
-    /// the checkpoint's pack list and the place of each page. `known` learns the new pages
-    /// only once their pack is written.
+    /// The places of every page of `pages` (keys the store holds, or that `packer` took
+    /// in), and the checkpoint's pack list; then the new pack (if any page went into it)
+    /// is written and `known` learns its pages. Fails if a page is in neither (the store
+    /// lost track of a page it held: refuse, never guess).
     fn store_pages(
         &self,
         name: &str,
         known: &mut Known,
-        copies: &Copies,
+        mut packer: Packer,
         pages: &[(u64, [u8; 32])],
         stats: &mut SaveStats,
-    ) -> Result<(Vec<[u8; 32]>, Vec<PagePlace>), CheckpointError> {
-        let mut pack =
-            std::mem::take(&mut self.buffers.lock().unwrap_or_else(|e| e.into_inner()).pack);
-        let r = self.pack_pages(name, known, copies, pages, stats, &mut pack);
-        let used = pack.len();
-        self.buffers.lock().unwrap_or_else(|e| e.into_inner()).pack = trimmed(pack, used);
-        r
-    }
-
-    /// [`Store::store_pages`], assembling the new pack in `pack` (empty).
-    fn pack_pages(
-        &self,
-        name: &str,
-        known: &mut Known,
-        copies: &Copies,
-        pages: &[(u64, [u8; 32])],
-        stats: &mut SaveStats,
-        pack: &mut Vec<u8>,
     ) -> Result<(Vec<[u8; 32]>, Vec<PagePlace>), CheckpointError> {
         // Index 0 of the pack list is the new pack (its name, the hash of its page list,
         // is known only at the end); a checkpoint that adds no page leaves it unused.
         const NEW: u32 = 0;
         let mut packs = vec![[0u8; 32]];
         let mut pack_index: BTreeMap<[u8; 32], u32> = BTreeMap::new();
-        let mut fresh: HashMap<[u8; 32], (u64, u32)> = HashMap::new();
-        // The new pack's name: the hash of what it holds, page by page (key, offset,
-        // length), rather than of its bytes, which would hash every byte written once
-        // more (~4 % of a checkpoint's CPU). A pack found under that name holds these
-        // pages at these places (or is damaged, which restoring detects page by page),
-        // so it is as good as the one that would be written.
-        let mut namer = blake3::Hasher::new();
-        namer.update(b"reprise checkpoint pack: (key, offset, length) of each page\n");
         let mut places = Vec::with_capacity(pages.len());
-        let most = lz4_flex::block::get_maximum_output_size(PAGE);
-        let mut buf = vec![0u8; most];
-        // Room for every page at its largest up front, so the buffer never moves while
-        // the pack is assembled and its bytes can start at an address `write_pack` can
-        // hand to the device directly. Only reserved: untouched room costs no memory. If
-        // even that is refused, the pack is simply written through the page cache.
-        let room = pages
-            .len()
-            .saturating_mul(most)
-            .saturating_add(DIRECT_ALIGN);
-        let _ = pack.try_reserve(room);
-        let start = pack.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
-        pack.resize(start, 0);
         for (n, key) in pages {
             if let Some(p) = known.pages.get(key) {
                 let i = *pack_index.entry(p.pack).or_insert_with(|| {
@@ -1153,52 +1206,28 @@ impl Store {
                     (packs.len() - 1) as u32
                 });
                 places.push((i, p.offset, p.len));
-                continue;
-            }
-            if let Some(&(offset, len)) = fresh.get(key) {
+            } else if let Some(&(offset, len)) = packer.fresh.get(key) {
                 places.push((NEW, offset, len));
-                continue;
-            }
-            // A page the store lacks was written since the previous checkpoint, so it was
-            // copied (unless the store lost track of a page it held: refuse, never guess).
-            let page = copies.get(*n).ok_or_else(|| CheckpointError::Damaged {
-                checkpoint: name.to_string(),
-                what: format!("page {n:#x} is neither in the store nor copied"),
-            })?;
-            let offset = (pack.len() - start) as u64;
-            if worth_compressing(page) {
-                let size = lz4_flex::block::compress_into(page, &mut buf).map_err(|e| {
-                    CheckpointError::Damaged {
-                        checkpoint: name.to_string(),
-                        what: format!("page {n:#x}: cannot compress: {e}"),
-                    }
-                })?;
-                pack.extend_from_slice(&buf[..size]);
             } else {
-                push_stored(pack, page);
+                return Err(CheckpointError::Damaged {
+                    checkpoint: name.to_string(),
+                    what: format!("page {n:#x} is neither in the store nor copied"),
+                });
             }
-            let len = (pack.len() - start) as u64 - offset;
-            // At most a page and a few bytes.
-            let len = len as u32;
-            fresh.insert(*key, (offset, len));
-            namer.update(key);
-            namer.update(&offset.to_le_bytes());
-            namer.update(&len.to_le_bytes());
-            places.push((NEW, offset, len));
-            stats.new_pages += 1;
         }
-        let pack = &pack[start..];
-        if !pack.is_empty() {
-            let name = *namer.finalize().as_bytes();
+        stats.new_pages = packer.fresh.len() as u64;
+        let bytes = packer.bytes();
+        if !bytes.is_empty() {
+            let name = *packer.namer.finalize().as_bytes();
             let path = self.pack_path(&name);
             // Named by its page list: a pack that exists holds these pages at these places
             // (or is damaged, which restoring detects), so it is never rewritten.
             if !path.exists() {
-                write_pack(&path, pack)?;
-                stats.bytes_written += pack.len() as u64;
+                write_pack(&path, bytes)?;
+                stats.bytes_written += bytes.len() as u64;
             }
             packs[NEW as usize] = name;
-            for (key, (offset, len)) in fresh {
+            for (key, (offset, len)) in packer.fresh.drain() {
                 known.pages.insert(
                     key,
                     Place {
