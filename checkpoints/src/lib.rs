@@ -22,10 +22,10 @@
 //! somewhat larger store (a booted Linux guest's pages: zstd -3 took most of a
 //! checkpoint's time); pages LZ4 would barely shrink (x86 code, compressed data) are
 //! stored as LZ4 blocks of literals instead, which any LZ4 decoder reads
-//! ([`worth_compressing`]). A large pack is written with `O_DIRECT`, bypassing the page cache:
+//! (`worth_compressing`). A large pack is written with `O_DIRECT`, bypassing the page cache:
 //! copying it into fresh page-cache pages cost about as much as compressing it
-//! ([`write_pack`]); and the buffers pages are copied and packed into are kept from one
-//! checkpoint to the next rather than allocated anew ([`Buffers`]).
+//! (`write_pack`); and the buffers pages are copied and packed into are kept from one
+//! checkpoint to the next rather than allocated anew (`Buffers`).
 //!
 //! Page lists as deltas: a booted Linux guest has ~19k non-zero pages, so a full list is
 //! ~0.8 MB, most of it the same from one checkpoint to the next. A checkpoint file
