@@ -417,3 +417,131 @@ fn a_background_writer_reports_a_failed_write() {
     );
     let _ = fs::remove_dir_all(store.dir());
 }
+
+/// Pseudo-random bytes (xorshift), so that LZ4 cannot shrink them.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn write_pack_gives_the_same_file_whichever_way_it_writes() {
+    let dir = std::env::temp_dir().join(format!("reprise-ckpt-pack-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let data = noise(7, DIRECT_MIN + 3 * DIRECT_ALIGN + 123);
+    // At an aligned address (the direct path, with a buffered tail), at an unaligned one
+    // (buffered only), and a small pack (buffered only).
+    let mut room = vec![0u8; data.len() + 2 * DIRECT_ALIGN];
+    let at = room.as_ptr().align_offset(DIRECT_ALIGN);
+    room[at..at + data.len()].copy_from_slice(&data);
+    room[at + 1..at + 1 + data.len()].copy_from_slice(&data);
+    let cases: [(&str, &[u8]); 3] = [
+        ("aligned", &room[at..at + data.len()]),
+        ("unaligned", &room[at + 1..at + 1 + data.len()]),
+        ("small", &data[..5000]),
+    ];
+    for (name, bytes) in cases {
+        let path = dir.join(name);
+        // Also over a stale temporary file left by a killed writer.
+        fs::write(
+            path.with_extension(format!("tmp{}", std::process::id())),
+            [1u8; 9],
+        )
+        .unwrap();
+        write_pack(&path, bytes).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), bytes, "{name}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_large_pack_of_incompressible_pages_restores() {
+    let store = temp_store("large");
+    let mut m = machine();
+    scribble(&mut m, 1, 100);
+    // 300 pages of noise: a pack of ~1.2 MB, written mostly bypassing the page cache.
+    let bytes = noise(3, 300 * PAGE);
+    assert!(m.ram_mut().write(0x20_0000, &bytes));
+    let first = store.save(&mut m, 0, None).unwrap();
+    assert!(first.bytes_written > 300 * PAGE as u64);
+    let hash = m.state_hash();
+    // Again after a second, smaller checkpoint reused the buffers.
+    assert!(m.ram_mut().write(0x20_0000, &bytes[..PAGE / 2]));
+    m.ram_mut().write_u64(0x20_0000, 5);
+    m.cpus_mut()[0].state.retired = 200;
+    store.save(&mut m, 0, None).unwrap();
+    let hash2 = m.state_hash();
+    for (position, want) in [(100, hash), (200, hash2)] {
+        let mut n = machine();
+        Store::new(store.dir()).restore(&mut n, position).unwrap();
+        assert_eq!(n.state_hash(), want);
+    }
+    let _ = fs::remove_dir_all(store.dir());
+}
+
+#[test]
+fn is_zero_sees_any_byte_anywhere() {
+    assert!(is_zero(&[0u8; PAGE]));
+    assert!(is_zero(&[0u8; 300]));
+    assert!(is_zero(&[]));
+    for len in [PAGE, 300, 64, 5] {
+        for at in [0, 1, 63, 64, 255, 256, 299, 4000, 4095] {
+            if at < len {
+                let mut page = vec![0u8; len];
+                page[at] = 0x10;
+                assert!(!is_zero(&page), "byte {at} of {len}");
+            }
+        }
+    }
+}
+
+#[test]
+fn lower_priority_makes_only_the_calling_thread_nicer() {
+    let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+    let before = nice();
+    let (was, now) = std::thread::spawn(move || {
+        let was = nice();
+        lower_priority();
+        (was, nice())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(now, (was + WRITER_NICENESS).min(19));
+    assert_eq!(nice(), before, "the calling thread only");
+}
+
+#[test]
+fn stored_blocks_decode_to_their_bytes() {
+    for len in [0, 1, 14, 15, 16, 269, 270, 271, 524, 525, PAGE] {
+        let data = noise(len as u64, len);
+        let mut out = vec![9u8];
+        push_stored(&mut out, &data);
+        assert_eq!(
+            lz4_flex::block::decompress(&out[1..], len).expect("decodes"),
+            data,
+            "{len} bytes"
+        );
+    }
+}
+
+#[test]
+fn pages_with_zero_or_repeated_words_are_compressed_others_stored() {
+    assert!(!worth_compressing(&noise(5, PAGE)));
+    assert!(worth_compressing(&[0u8; PAGE]));
+    assert!(worth_compressing(&[0xffu8; PAGE]));
+    // 32 zero words among noise are enough, 31 are not.
+    let mut page = noise(6, PAGE);
+    page[..31 * 8].fill(0);
+    page[31 * 8] = 1;
+    assert!(!worth_compressing(&page));
+    page[..32 * 8].fill(0);
+    assert!(worth_compressing(&page));
+}
