@@ -313,6 +313,18 @@ fn mov_mr_full<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &Deco
 }
 
 fn mov_mi<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let o = &d.ops;
+    let addr = x.fast_addr(o);
+    if x.write_quick(addr, super::sz::<S>(o), o.imm) {
+        Flow::Next
+    } else {
+        mov_mi_full::<S, B, O>(x, d)
+    }
+}
+
+/// [`mov_mi`] when the write needs more than RAM through the TLB.
+#[inline(never)]
+fn mov_mi_full<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let r = super::mov_mi::<S, B, O>(x, &d.ops);
     mem_done(x, d, r)
 }
@@ -381,11 +393,69 @@ fn alu_rm<const K: u8, const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
 ) -> Flow {
+    let o = &d.ops;
+    let size = super::sz::<S>(o);
+    let addr = x.fast_addr(o);
+    match x.read_quick(addr, size) {
+        Some(b) => {
+            let a = x.reg_get(o.r0, size);
+            let (r, f) = super::alu::<K>(a, b, x.cpu.state.rflags, size);
+            if super::writes(K) {
+                x.reg_put(o.r0, size, r);
+            }
+            x.set_status(f);
+            Flow::Next
+        }
+        None => alu_rm_full::<K, S, B, O>(x, d),
+    }
+}
+
+/// [`alu_rm`] when the read needs more than RAM through the TLB.
+#[inline(never)]
+fn alu_rm_full<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
     let r = super::alu_rm::<K, S, B, O>(x, &d.ops);
     mem_done(x, d, r)
 }
 
 fn alu_m<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let o = &d.ops;
+    let size = super::sz::<S>(o);
+    let addr = x.fast_addr(o);
+    let b = if IMM { o.imm } else { x.reg_get(o.r1, size) };
+    let rflags = x.cpu.state.rflags;
+    let mut flags = 0;
+    let done = if super::writes(K) {
+        x.modify_quick(addr, size, |a| {
+            let (r, f) = super::alu::<K>(a, b, rflags, size);
+            flags = f;
+            r
+        })
+    } else {
+        match x.read_quick(addr, size) {
+            Some(a) => {
+                flags = super::alu::<K>(a, b, rflags, size).1;
+                true
+            }
+            None => false,
+        }
+    };
+    if done {
+        x.set_status(flags);
+        Flow::Next
+    } else {
+        alu_m_full::<K, IMM, S, B, O>(x, d)
+    }
+}
+
+/// [`alu_m`] when the access needs more than RAM through the TLB.
+#[inline(never)]
+fn alu_m_full<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
 ) -> Flow {
@@ -508,6 +578,22 @@ fn jmp_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
 
 fn call_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let fall = fall_through(x, d);
+    if let Ok(target) = super::rel_target(x, &d.ops) {
+        let rsp = x.cpu.state.gpr[4].wrapping_sub(8);
+        let addr = x.stack_addr(rsp);
+        if x.write_quick(addr, 8, fall) {
+            x.set_rsp(rsp);
+            x.next_rip = target;
+            return Flow::Jump;
+        }
+    }
+    call_rel_full(x, d)
+}
+
+/// [`call_rel`] when its target faults or the push needs more than RAM through the TLB.
+#[inline(never)]
+fn call_rel_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let fall = fall_through(x, d);
     match super::call_rel(x, &d.ops, fall) {
         // The stack write may have hit cached code or a device: the block ends here anyway.
         Ok(t) => {
@@ -522,7 +608,22 @@ fn call_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     }
 }
 
-fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
+fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let rsp = x.cpu.state.gpr[4];
+    let addr = x.stack_addr(rsp);
+    if let Some(target) = x.read_quick(addr, 8) {
+        if crate::exec::control::is_canonical(target) {
+            x.set_rsp(rsp.wrapping_add(8));
+            x.next_rip = target;
+            return Flow::Jump;
+        }
+    }
+    ret_full(x, d)
+}
+
+/// [`ret`] when the read needs more than RAM through the TLB, or the target faults.
+#[inline(never)]
+fn ret_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
     match super::ret(x) {
         Ok(t) => {
             x.next_rip = t;
@@ -539,11 +640,41 @@ fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
 fn push_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     // Read first: `push rsp` pushes the value before the push.
     let v = x.reg_get(d.ops.r0, 8);
+    let rsp = x.cpu.state.gpr[4].wrapping_sub(8);
+    let addr = x.stack_addr(rsp);
+    if x.write_quick(addr, 8, v) {
+        x.set_rsp(rsp);
+        Flow::Next
+    } else {
+        push_r_full(x, d)
+    }
+}
+
+/// [`push_r`] when the write needs more than RAM through the TLB.
+#[inline(never)]
+fn push_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let v = x.reg_get(d.ops.r0, 8);
     let r = x.push(v, 8);
     mem_done(x, d, r)
 }
 
 fn pop_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let rsp = x.cpu.state.gpr[4];
+    let addr = x.stack_addr(rsp);
+    match x.read_quick(addr, 8) {
+        Some(v) => {
+            x.set_rsp(rsp.wrapping_add(8));
+            // `pop rsp` loads the popped value over the incremented pointer.
+            x.reg_put(d.ops.r0, 8, v);
+            Flow::Next
+        }
+        None => pop_r_full(x, d),
+    }
+}
+
+/// [`pop_r`] when the read needs more than RAM through the TLB.
+#[inline(never)]
+fn pop_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let r = super::pop_r(x, &d.ops);
     mem_done(x, d, r)
 }
