@@ -578,22 +578,6 @@ fn jmp_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
 
 fn call_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let fall = fall_through(x, d);
-    if let Ok(target) = super::rel_target(x, &d.ops) {
-        let rsp = x.cpu.state.gpr[4].wrapping_sub(8);
-        let addr = x.stack_addr(rsp);
-        if x.write_quick(addr, 8, fall) {
-            x.set_rsp(rsp);
-            x.next_rip = target;
-            return Flow::Jump;
-        }
-    }
-    call_rel_full(x, d)
-}
-
-/// [`call_rel`] when its target faults or the push needs more than RAM through the TLB.
-#[inline(never)]
-fn call_rel_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
-    let fall = fall_through(x, d);
     match super::call_rel(x, &d.ops, fall) {
         // The stack write may have hit cached code or a device: the block ends here anyway.
         Ok(t) => {
@@ -608,22 +592,7 @@ fn call_rel_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Fl
     }
 }
 
-fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
-    let rsp = x.cpu.state.gpr[4];
-    let addr = x.stack_addr(rsp);
-    if let Some(target) = x.read_quick(addr, 8) {
-        if crate::exec::control::is_canonical(target) {
-            x.set_rsp(rsp.wrapping_add(8));
-            x.next_rip = target;
-            return Flow::Jump;
-        }
-    }
-    ret_full(x, d)
-}
-
-/// [`ret`] when the read needs more than RAM through the TLB, or the target faults.
-#[inline(never)]
-fn ret_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
+fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
     match super::ret(x) {
         Ok(t) => {
             x.next_rip = t;
@@ -640,41 +609,11 @@ fn ret_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
 fn push_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     // Read first: `push rsp` pushes the value before the push.
     let v = x.reg_get(d.ops.r0, 8);
-    let rsp = x.cpu.state.gpr[4].wrapping_sub(8);
-    let addr = x.stack_addr(rsp);
-    if x.write_quick(addr, 8, v) {
-        x.set_rsp(rsp);
-        Flow::Next
-    } else {
-        push_r_full(x, d)
-    }
-}
-
-/// [`push_r`] when the write needs more than RAM through the TLB.
-#[inline(never)]
-fn push_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
-    let v = x.reg_get(d.ops.r0, 8);
     let r = x.push(v, 8);
     mem_done(x, d, r)
 }
 
 fn pop_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
-    let rsp = x.cpu.state.gpr[4];
-    let addr = x.stack_addr(rsp);
-    match x.read_quick(addr, 8) {
-        Some(v) => {
-            x.set_rsp(rsp.wrapping_add(8));
-            // `pop rsp` loads the popped value over the incremented pointer.
-            x.reg_put(d.ops.r0, 8, v);
-            Flow::Next
-        }
-        None => pop_r_full(x, d),
-    }
-}
-
-/// [`pop_r`] when the read needs more than RAM through the TLB.
-#[inline(never)]
-fn pop_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let r = super::pop_r(x, &d.ops);
     mem_done(x, d, r)
 }
