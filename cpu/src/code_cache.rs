@@ -435,6 +435,16 @@ impl CodeCache {
         }
     }
 
+    /// [`CodeCache::is_code_page`] from the bitmap alone (which covers RAM): `None` for a page
+    /// past it. For the memory path's quick stores, which must call nothing.
+    #[inline(always)]
+    pub fn code_page_bit(&self, page: u64) -> Option<bool> {
+        let p = page as usize;
+        self.code_pages
+            .get(p / 64)
+            .map(|w| w & (1 << (p % 64)) != 0)
+    }
+
     /// Drop every block that uses physical page `page` (it was written).
     pub fn invalidate_page(&mut self, page: u64) {
         let p = page as usize;

@@ -207,25 +207,55 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// the caller does it with [`Exec::write`].
     #[inline(always)]
     pub(crate) fn write_quick(&mut self, lin: u64, size: usize, value: u64) -> bool {
-        if O::ENABLED || (lin & 0xfff) as usize + size > 0x1000 {
+        match self.write_quick_target(lin, size) {
+            Some(pa) => ram_store(self.bus.ram(), pa, size, value),
+            None => false,
+        }
+    }
+
+    /// A read-modify-write of `size` bytes at `lin` that needs nothing but a TLB hit and RAM
+    /// (see [`Exec::write_quick`]): the value there becomes `f` of it. `false`, having done
+    /// nothing, when it needs more; the caller then does it with [`Exec::read_rmw`] and
+    /// [`Exec::write_rmw`].
+    #[inline(always)]
+    pub(crate) fn modify_quick(
+        &mut self,
+        lin: u64,
+        size: usize,
+        f: impl FnOnce(u64) -> u64,
+    ) -> bool {
+        let Some(pa) = self.write_quick_target(lin, size) else {
             return false;
+        };
+        match ram_load(self.bus.ram(), pa, size) {
+            Some(v) => ram_store(self.bus.ram(), pa, size, f(v)),
+            None => false,
+        }
+    }
+
+    /// The physical address for a write of `size` bytes at `lin` when it needs nothing but a
+    /// TLB hit and RAM: no observer, no page crossing, write permission and a dirty page in
+    /// the TLB, no device, no cached code on the page.
+    #[inline(always)]
+    fn write_quick_target(&mut self, lin: u64, size: usize) -> Option<u64> {
+        if O::ENABLED || (lin & 0xfff) as usize + size > 0x1000 {
+            return None;
         }
         let s = &self.cpu.state;
         if s.cr0 & cr0::PG == 0 {
-            return false;
+            return None;
         }
         let cpl = if s.cr0 & cr0::PE == 0 {
             0
         } else {
             (s.seg[SegReg::Cs as usize].selector & 3) as u8
         };
-        let Some(pa) = self.cpu.tlb.hit(s, lin, Intent::Write, cpl) else {
-            return false;
-        };
-        if self.bus.is_mmio(pa) || self.code.is_code_page(pa >> 12) {
-            return false;
+        let pa = self.cpu.tlb.hit(s, lin, Intent::Write, cpl)?;
+        // A page past the code bitmap goes the full way (its test may call).
+        if self.bus.is_mmio(pa) || self.code.code_page_bit(pa >> 12) != Some(false) {
+            return None;
         }
-        ram_store(self.bus.ram(), pa, size, value)
+        Some(pa)
     }
 
     /// Read `size` (1, 2, 4 or 8) bytes at a linear address.

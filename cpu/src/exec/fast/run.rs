@@ -192,7 +192,7 @@ pub(crate) mod kind {
 
 /// Result and status flags of ALU operation `K` (see [`kind`]), as `alu.rs` computes them.
 #[inline(always)]
-fn alu<const K: u8>(a: u64, b: u64, rflags: u64, size: usize) -> (u64, u64) {
+pub(crate) fn alu<const K: u8>(a: u64, b: u64, rflags: u64, size: usize) -> (u64, u64) {
     let cf = rflags & CF != 0;
     match K {
         kind::ADD => flags::add(a, b, false, size),
@@ -214,7 +214,7 @@ fn logic(r: u64, size: usize) -> (u64, u64) {
 
 /// Whether ALU kind `K` writes its destination.
 #[inline(always)]
-const fn writes(k: u8) -> bool {
+pub(crate) const fn writes(k: u8) -> bool {
     k != kind::CMP && k != kind::TEST
 }
 

@@ -313,6 +313,18 @@ fn mov_mr_full<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &Deco
 }
 
 fn mov_mi<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let o = &d.ops;
+    let addr = x.fast_addr(o);
+    if x.write_quick(addr, super::sz::<S>(o), o.imm) {
+        Flow::Next
+    } else {
+        mov_mi_full::<S, B, O>(x, d)
+    }
+}
+
+/// [`mov_mi`] when the write needs more than RAM through the TLB.
+#[inline(never)]
+fn mov_mi_full<const S: usize, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let r = super::mov_mi::<S, B, O>(x, &d.ops);
     mem_done(x, d, r)
 }
@@ -381,11 +393,69 @@ fn alu_rm<const K: u8, const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
 ) -> Flow {
+    let o = &d.ops;
+    let size = super::sz::<S>(o);
+    let addr = x.fast_addr(o);
+    match x.read_quick(addr, size) {
+        Some(b) => {
+            let a = x.reg_get(o.r0, size);
+            let (r, f) = super::alu::<K>(a, b, x.cpu.state.rflags, size);
+            if super::writes(K) {
+                x.reg_put(o.r0, size, r);
+            }
+            x.set_status(f);
+            Flow::Next
+        }
+        None => alu_rm_full::<K, S, B, O>(x, d),
+    }
+}
+
+/// [`alu_rm`] when the read needs more than RAM through the TLB.
+#[inline(never)]
+fn alu_rm_full<const K: u8, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
     let r = super::alu_rm::<K, S, B, O>(x, &d.ops);
     mem_done(x, d, r)
 }
 
 fn alu_m<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let o = &d.ops;
+    let size = super::sz::<S>(o);
+    let addr = x.fast_addr(o);
+    let b = if IMM { o.imm } else { x.reg_get(o.r1, size) };
+    let rflags = x.cpu.state.rflags;
+    let mut flags = 0;
+    let done = if super::writes(K) {
+        x.modify_quick(addr, size, |a| {
+            let (r, f) = super::alu::<K>(a, b, rflags, size);
+            flags = f;
+            r
+        })
+    } else {
+        match x.read_quick(addr, size) {
+            Some(a) => {
+                flags = super::alu::<K>(a, b, rflags, size).1;
+                true
+            }
+            None => false,
+        }
+    };
+    if done {
+        x.set_status(flags);
+        Flow::Next
+    } else {
+        alu_m_full::<K, IMM, S, B, O>(x, d)
+    }
+}
+
+/// [`alu_m`] when the access needs more than RAM through the TLB.
+#[inline(never)]
+fn alu_m_full<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
 ) -> Flow {
