@@ -43,77 +43,27 @@ mod pf {
 
 const TLB_ENTRIES: usize = 1024;
 
-/// One cached translation of a 4 KiB virtual page: 16 bytes, so that four share a host
-/// cache line and the whole TLB takes 16 KiB of the host's L1 data cache, which the decoded
-/// code and the guest's data compete for (24-byte entries, one `bool` per right, made it
-/// 24 KiB, a quarter of them straddling two lines).
+/// One cached translation of a 4 KiB virtual page.
 #[derive(Clone, Copy, Debug, Default)]
 struct TlbEntry {
     /// Virtual page number + 1 (0 = empty).
     tag: u64,
-    /// Physical page base in bits 12 and up; the [`tlbf`] bits in bits 0..12.
+    /// Physical page base.
     phys: u64,
-}
-
-/// The bits of a TLB entry's rights and state, kept in the (zero) low bits of its page base.
-mod tlbf {
     /// Writable at the page-table level (all levels).
-    pub const WRITABLE: u64 = 1 << 0;
-    /// User-accessible at all levels.
-    pub const USER: u64 = 1 << 1;
-    /// Execute-disabled at some level.
-    pub const NX: u64 = 1 << 2;
-    /// The dirty bit is known to be set in the leaf entry.
-    pub const DIRTY: u64 = 1 << 3;
-    /// Stores may hit this entry: the dirty bit is set (`DIRTY`) and the page has been
-    /// reported to [`crate::Bus::mark_written`] since the last
-    /// [`super::Tlb::forget_written_pages`]. Only [`super::Tlb::install_writable`] sets it.
-    pub const MARKED: u64 = 1 << 4;
-    /// A global page (survives CR3 writes).
-    pub const GLOBAL: u64 = 1 << 5;
-}
-
-/// The rights a walk found for a page (for [`TlbEntry::new`]).
-struct Rights {
-    /// Writable at all levels.
     writable: bool,
     /// User-accessible at all levels.
     user: bool,
     /// Execute-disabled at some level.
     nx: bool,
-    /// The leaf entry's dirty bit is set.
+    /// The dirty bit is known to be set in the leaf entry.
     dirty: bool,
-    /// A global page.
+    /// Stores may hit this entry: the dirty bit is set (`dirty`) and the page has been
+    /// reported to [`Bus::mark_written`] since the last [`Tlb::forget_written_pages`].
+    /// Only [`Tlb::install_writable`] sets it.
+    marked: bool,
+    /// A global page (survives CR3 writes).
     global: bool,
-}
-
-impl TlbEntry {
-    /// The entry for virtual page `vpn` at physical page base `base` (low 12 bits zero),
-    /// not yet marked written.
-    fn new(vpn: u64, base: u64, r: Rights) -> TlbEntry {
-        let bit = |on: bool, f: u64| if on { f } else { 0 };
-        TlbEntry {
-            tag: vpn.wrapping_add(1),
-            phys: (base & !0xfff)
-                | bit(r.writable, tlbf::WRITABLE)
-                | bit(r.user, tlbf::USER)
-                | bit(r.nx, tlbf::NX)
-                | bit(r.dirty, tlbf::DIRTY)
-                | bit(r.global, tlbf::GLOBAL),
-        }
-    }
-
-    /// The physical page base.
-    #[inline(always)]
-    fn base(&self) -> u64 {
-        self.phys & !0xfff
-    }
-
-    /// Whether [`tlbf`] bit `f` is set.
-    #[inline(always)]
-    fn has(&self, f: u64) -> bool {
-        self.phys & f != 0
-    }
 }
 
 /// The software TLB of one CPU. Not part of the architectural state: rebuilt on demand.
@@ -134,7 +84,7 @@ impl Tlb {
     /// Forget every translation (CR3 write with global pages kept when `keep_global`).
     pub fn flush(&mut self, keep_global: bool) {
         for e in self.entries.iter_mut() {
-            if !(keep_global && e.has(tlbf::GLOBAL)) {
+            if !(keep_global && e.global) {
                 *e = TlbEntry::default();
             }
         }
@@ -145,7 +95,7 @@ impl Tlb {
     /// Translations themselves are kept: what the guest sees does not change.
     pub fn forget_written_pages(&mut self) {
         for e in self.entries.iter_mut() {
-            e.phys &= !tlbf::MARKED;
+            e.marked = false;
         }
     }
 
@@ -155,8 +105,8 @@ impl Tlb {
     #[inline]
     fn install_writable<B: Bus>(&mut self, bus: &mut B, slot: usize) {
         let e = &mut self.entries[slot];
-        bus.mark_written(e.base());
-        e.phys |= tlbf::MARKED;
+        bus.mark_written(e.phys);
+        e.marked = true;
     }
 
     /// Forget the translation of one virtual address (INVLPG).
@@ -224,14 +174,10 @@ pub(crate) fn translate_slow<B: Bus>(
         // stores hit, without a walk — exactly as the TLB would have behaved unmarked.
         let e = &tlb.entries[slot];
         let mut cached = *e;
-        if cached.has(tlbf::DIRTY) {
-            cached.phys |= tlbf::MARKED;
-        } else {
-            cached.phys &= !tlbf::MARKED;
-        }
+        cached.marked = cached.dirty;
         if e.tag == vpn.wrapping_add(1) && permits(s, &cached, intent, cpl) {
             tlb.install_writable(bus, slot);
-            return Ok(cached.base() | (vaddr & 0xfff));
+            return Ok(cached.phys | (vaddr & 0xfff));
         }
     }
     let e = walk(s, bus, vaddr, intent, cpl, true)?;
@@ -239,7 +185,7 @@ pub(crate) fn translate_slow<B: Bus>(
     if intent == Intent::Write {
         tlb.install_writable(bus, slot);
     }
-    Ok(e.base() | (vaddr & 0xfff))
+    Ok(e.phys | (vaddr & 0xfff))
 }
 
 impl Tlb {
@@ -250,7 +196,7 @@ impl Tlb {
         let vpn = vaddr >> 12;
         let e = &self.entries[(vpn as usize) & (TLB_ENTRIES - 1)];
         if e.tag == vpn.wrapping_add(1) && permits(s, e, intent, cpl) {
-            Some(e.base() | (vaddr & 0xfff))
+            Some(e.phys | (vaddr & 0xfff))
         } else {
             None
         }
@@ -279,7 +225,7 @@ pub fn translate_quiet<B: Bus>(
         return Ok(pa);
     }
     let e = walk(s, bus, vaddr, Intent::Read, cpl, false)?;
-    Ok(e.base() | (vaddr & 0xfff))
+    Ok(e.phys | (vaddr & 0xfff))
 }
 
 /// Whether a cached entry allows the access without a walk (a write to a clean page
@@ -288,15 +234,13 @@ pub fn translate_quiet<B: Bus>(
 #[inline(always)]
 fn permits(s: &CpuState, e: &TlbEntry, intent: Intent, cpl: u8) -> bool {
     let user = cpl == 3;
-    if user && !e.has(tlbf::USER) {
+    if user && !e.user {
         return false;
     }
     match intent {
         Intent::Read => true,
-        Intent::Write => {
-            e.has(tlbf::MARKED) && (e.has(tlbf::WRITABLE) || (!user && s.cr0 & cr0::WP == 0))
-        }
-        Intent::Execute => !e.has(tlbf::NX),
+        Intent::Write => e.marked && (e.writable || (!user && s.cr0 & cr0::WP == 0)),
+        Intent::Execute => !e.nx,
     }
 }
 
@@ -370,7 +314,7 @@ pub fn peek_translate(s: &CpuState, ram: &[u8], vaddr: u64) -> Option<GuestPhysA
         return Some(vaddr & 0xffff_ffff);
     }
     let e = walk(s, &mut ReadOnlyRam(ram), vaddr, Intent::Read, 0, false).ok()?;
-    Some(e.base() | (vaddr & 0xfff))
+    Some(e.phys | (vaddr & 0xfff))
 }
 
 /// Walk the page tables; `update` sets the accessed and dirty bits as the processor does
@@ -470,17 +414,16 @@ fn walk<M: PageTableMemory>(
         let page_mask = (1u64 << shift) - 1;
         let base = (entry & pte::ADDR) & !page_mask;
         let phys = (base | (vaddr & page_mask)) & !0xfff;
-        return Ok(TlbEntry::new(
-            vaddr >> 12,
+        return Ok(TlbEntry {
+            tag: (vaddr >> 12).wrapping_add(1),
             phys,
-            Rights {
-                writable,
-                user: usr,
-                nx,
-                dirty: new & pte::D != 0,
-                global: entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
-            },
-        ));
+            writable,
+            user: usr,
+            nx,
+            dirty: new & pte::D != 0,
+            marked: false,
+            global: entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
+        });
     }
 }
 

@@ -119,17 +119,16 @@ pub(super) fn walk<M: PageTableMemory>(
         write_entry(bus, leaf.entry_pa, leaf.width, new);
     }
     let page_mask = (1u64 << leaf.shift) - 1;
-    Ok(TlbEntry::new(
-        vaddr >> 12,
-        (leaf.base | (vaddr & page_mask)) & !0xfff,
-        super::Rights {
-            writable: rights.writable,
-            user: rights.user,
-            nx: rights.nx,
-            dirty: new & pte::D != 0,
-            global: leaf.entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
-        },
-    ))
+    Ok(TlbEntry {
+        tag: (vaddr >> 12).wrapping_add(1),
+        phys: (leaf.base | (vaddr & page_mask)) & !0xfff,
+        writable: rights.writable,
+        user: rights.user,
+        nx: rights.nx,
+        dirty: new & pte::D != 0,
+        marked: false,
+        global: leaf.entry & pte::G != 0 && s.cr4 & cr4::PGE != 0,
+    })
 }
 
 /// Why a walk found no page.
