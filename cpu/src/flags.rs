@@ -125,3 +125,71 @@ mod tests {
         assert_eq!(sign_extend(0x7fff, 2), 0x7fff);
     }
 }
+
+/// Condition codes as iced numbers them (`ConditionCode as u8`; 0 is "none", always true).
+pub mod cc {
+    /// Overflow.
+    pub const O: u8 = 1;
+    /// No overflow.
+    pub const NO: u8 = 2;
+    /// Below (carry).
+    pub const B: u8 = 3;
+    /// Above or equal (no carry).
+    pub const AE: u8 = 4;
+    /// Equal (zero).
+    pub const E: u8 = 5;
+    /// Not equal.
+    pub const NE: u8 = 6;
+    /// Below or equal.
+    pub const BE: u8 = 7;
+    /// Above.
+    pub const A: u8 = 8;
+    /// Sign.
+    pub const S: u8 = 9;
+    /// No sign.
+    pub const NS: u8 = 10;
+    /// Parity.
+    pub const P: u8 = 11;
+    /// No parity.
+    pub const NP: u8 = 12;
+    /// Less (signed).
+    pub const L: u8 = 13;
+    /// Greater or equal (signed).
+    pub const GE: u8 = 14;
+    /// Less or equal (signed).
+    pub const LE: u8 = 15;
+    /// Greater (signed).
+    pub const G: u8 = 16;
+}
+
+/// Whether condition `code` ([`cc`]) holds for RFLAGS `f`. Inlined with a constant `code`
+/// (the fast Jcc forms), it is a test of one or two flags.
+#[inline(always)]
+pub fn holds(f: u64, code: u8) -> bool {
+    let (cf, zf, sf, of, pf) = (
+        f & CF != 0,
+        f & ZF != 0,
+        f & SF != 0,
+        f & OF != 0,
+        f & PF != 0,
+    );
+    match code {
+        cc::O => of,
+        cc::NO => !of,
+        cc::B => cf,
+        cc::AE => !cf,
+        cc::E => zf,
+        cc::NE => !zf,
+        cc::BE => cf || zf,
+        cc::A => !cf && !zf,
+        cc::S => sf,
+        cc::NS => !sf,
+        cc::P => pf,
+        cc::NP => !pf,
+        cc::L => sf != of,
+        cc::GE => sf == of,
+        cc::LE => zf || sf != of,
+        cc::G => !zf && sf == of,
+        _ => true,
+    }
+}

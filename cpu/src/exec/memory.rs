@@ -183,22 +183,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// registers.
     #[inline(always)]
     pub(crate) fn read_quick(&mut self, lin: u64, size: usize) -> Option<u64> {
-        if O::ENABLED || (lin & 0xfff) as usize + size > 0x1000 {
-            return None;
-        }
-        let s = &self.cpu.state;
-        if s.cr0 & cr0::PG == 0 {
-            return None;
-        }
-        let cpl = if s.cr0 & cr0::PE == 0 {
-            0
-        } else {
-            (s.seg[SegReg::Cs as usize].selector & 3) as u8
-        };
-        let pa = self.cpu.tlb.hit(s, lin, Intent::Read, cpl)?;
-        if self.bus.is_mmio(pa) {
-            return None;
-        }
+        let pa = self.quick_target(lin, size, Intent::Read)?;
         ram_load(self.bus.ram(), pa, size)
     }
 
@@ -238,6 +223,20 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// the TLB, no device, no cached code on the page.
     #[inline(always)]
     fn write_quick_target(&mut self, lin: u64, size: usize) -> Option<u64> {
+        let pa = self.quick_target(lin, size, Intent::Write)?;
+        // A page past the code bitmap goes the full way (its test may call).
+        if self.code.code_page_bit(pa >> 12) != Some(false) {
+            return None;
+        }
+        Some(pa)
+    }
+
+    /// The physical address of an access of `size` bytes at `lin` with `intent` when the
+    /// TLB answers it alone and it lands in RAM: no observer, no page crossing, paging on,
+    /// an entry that permits it (for a write: a dirty page already reported written), no
+    /// device.
+    #[inline(always)]
+    fn quick_target(&mut self, lin: u64, size: usize, intent: Intent) -> Option<u64> {
         if O::ENABLED || (lin & 0xfff) as usize + size > 0x1000 {
             return None;
         }
@@ -250,9 +249,8 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         } else {
             (s.seg[SegReg::Cs as usize].selector & 3) as u8
         };
-        let pa = self.cpu.tlb.hit(s, lin, Intent::Write, cpl)?;
-        // A page past the code bitmap goes the full way (its test may call).
-        if self.bus.is_mmio(pa) || self.code.code_page_bit(pa >> 12) != Some(false) {
+        let pa = self.cpu.tlb.hit(s, lin, intent, cpl)?;
+        if self.bus.is_mmio(pa) {
             return None;
         }
         Some(pa)

@@ -150,35 +150,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// Evaluate a condition code (the `cc` of Jcc/SETcc/CMOVcc) on the current flags.
     #[inline(always)]
     pub fn condition(&self, cc: iced_x86::ConditionCode) -> bool {
-        use crate::state::rflags::{CF, OF, PF, SF, ZF};
-        use iced_x86::ConditionCode as C;
-        let f = self.cpu.state.rflags;
-        let (cf, zf, sf, of, pf) = (
-            f & CF != 0,
-            f & ZF != 0,
-            f & SF != 0,
-            f & OF != 0,
-            f & PF != 0,
-        );
-        match cc {
-            C::None => true,
-            C::o => of,
-            C::no => !of,
-            C::b => cf,
-            C::ae => !cf,
-            C::e => zf,
-            C::ne => !zf,
-            C::be => cf || zf,
-            C::a => !cf && !zf,
-            C::s => sf,
-            C::ns => !sf,
-            C::p => pf,
-            C::np => !pf,
-            C::l => sf != of,
-            C::ge => sf == of,
-            C::le => zf || sf != of,
-            C::g => !zf && sf == of,
-        }
+        crate::flags::holds(self.cpu.state.rflags, cc as u8)
     }
 
     /// End the CPU's turn after this instruction: [`Cpu::run`] returns

@@ -24,6 +24,7 @@ use crate::bus::Bus;
 use crate::code_cache::DecodedInsn;
 use crate::exec::{sse, Exec};
 use crate::fault::{ExecResult, Exit};
+use crate::flags::cc;
 use crate::observer::Observer;
 
 use super::{kind as k, shift_kind as sk, unary_kind as uk, Op, Operands};
@@ -499,57 +500,11 @@ fn conditional_m<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Fl
     mem_done(x, d, r)
 }
 
-/// Condition codes as iced numbers them (`ConditionCode as u8`), for [`jcc`].
-mod cc {
-    pub const O: u8 = 1;
-    pub const NO: u8 = 2;
-    pub const B: u8 = 3;
-    pub const AE: u8 = 4;
-    pub const E: u8 = 5;
-    pub const NE: u8 = 6;
-    pub const BE: u8 = 7;
-    pub const A: u8 = 8;
-    pub const S: u8 = 9;
-    pub const NS: u8 = 10;
-    pub const P: u8 = 11;
-    pub const NP: u8 = 12;
-    pub const L: u8 = 13;
-    pub const GE: u8 = 14;
-    pub const LE: u8 = 15;
-    pub const G: u8 = 16;
-}
-
-/// Whether condition `C` ([`cc`]) holds for RFLAGS `f`: with `C` known, a test of one or
-/// two flags.
+/// Whether condition `C` ([`flags::cc`]) holds for RFLAGS `f`: with `C` known, a test of one
+/// or two flags.
 #[inline(always)]
 fn taken<const C: u8>(f: u64) -> bool {
-    use crate::state::rflags::{CF, OF, PF, SF, ZF};
-    let (cf, zf, sf, of, pf) = (
-        f & CF != 0,
-        f & ZF != 0,
-        f & SF != 0,
-        f & OF != 0,
-        f & PF != 0,
-    );
-    match C {
-        cc::O => of,
-        cc::NO => !of,
-        cc::B => cf,
-        cc::AE => !cf,
-        cc::E => zf,
-        cc::NE => !zf,
-        cc::BE => cf || zf,
-        cc::A => !cf && !zf,
-        cc::S => sf,
-        cc::NS => !sf,
-        cc::P => pf,
-        cc::NP => !pf,
-        cc::L => sf != of,
-        cc::GE => sf == of,
-        cc::LE => zf || sf != of,
-        cc::G => !zf && sf == of,
-        _ => true,
-    }
+    crate::flags::holds(f, C)
 }
 
 /// Jcc rel: a taken branch leaves the block.
