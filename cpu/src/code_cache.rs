@@ -430,11 +430,13 @@ impl CodeCache {
         self.full_limit = (self.full.len() * 2).max(FULL_MIN_LIMIT);
     }
 
-    /// The full instruction at position `at` of the store (a block's `full_at` plus an
-    /// instruction's `idx`), copied out so the caller keeps no borrow of the cache.
+    /// The full instruction `idx` of the block whose instructions start at `at` in the
+    /// store (its [`Block::full_at`]), copied out so the caller keeps no borrow of the cache.
+    /// `None` past the store (as for `u32::MAX`, the "no block" of `Exec::full_at`).
     #[inline]
-    pub fn full_insn(&self, at: u32) -> Option<Instruction> {
-        self.full.get(at as usize).copied()
+    pub fn full_insn(&self, at: u32, idx: u8) -> Option<Instruction> {
+        let k = (at as usize).checked_add(usize::from(idx))?;
+        self.full.get(k).copied()
     }
 
     /// The second physical page (page number) of block `id`: the page an instruction
@@ -641,11 +643,11 @@ mod tests {
         }
         assert!(c.full.len() < FULL_MIN_LIMIT * 2);
         let b = c.take(a).expect("block a is cached");
-        assert_eq!(c.full_insn(b.full_at).map(|i| i.ip()), Some(7));
+        assert_eq!(c.full_insn(b.full_at, 0).map(|i| i.ip()), Some(7));
         let id = c.lookup(0x2000, 64).expect("block at 0x2000 is cached");
         let last = c.take(id).expect("and not checked out");
         let want = 100 + FULL_MIN_LIMIT as u64 * 3 - 1;
-        assert_eq!(c.full_insn(last.full_at).map(|i| i.ip()), Some(want));
+        assert_eq!(c.full_insn(last.full_at, 0).map(|i| i.ip()), Some(want));
     }
 
     /// A link leads to its successor only while that successor is cached under the key the

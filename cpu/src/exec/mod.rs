@@ -375,11 +375,7 @@ impl Cpu {
                         }
                     }
                     #[cfg(feature = "op-stats")]
-                    fast::stats::note(
-                        d,
-                        x.code
-                            .full_insn(block.full_at.wrapping_add(u32::from(d.idx))),
-                    );
+                    fast::stats::note(d, x.code.full_insn(block.full_at, d.idx));
                     let flow = handlers[d.handler as usize](&mut x, d);
                     if flow == fast::Flow::Next {
                         retired += 1;
@@ -654,7 +650,7 @@ fn slow_exec<B: Bus, O: Observer>(
     }
     // Everything else reads the full instruction, kept apart from the hot records (copied
     // out of the cache, which the handler may write to).
-    let Some(insn) = x.code.full_insn(x.full_at.wrapping_add(u32::from(d.idx))) else {
+    let Some(insn) = x.code.full_insn(x.full_at, d.idx) else {
         return Err(x.unsupported("an instruction without its full decoding".into()));
     };
     let i = &insn;
