@@ -33,13 +33,17 @@ use iced_x86::{Code, Instruction};
 
 use crate::exec::Group;
 
-/// One decoded instruction and the handler group it dispatches to.
+/// One decoded instruction: what the run loop and the fast handlers read, packed into 32
+/// bytes. The full iced [`Instruction`] that the out-of-line paths need (generic handlers,
+/// the run-time SSE families, op statistics) is kept apart, in the cache's store of full
+/// instructions at the block's [`Block::full_at`] plus [`DecodedInsn::idx`], so the hot
+/// records of a block lie densely in the host's caches (the group is not kept either: the
+/// op names the generic handler).
 #[derive(Clone, Debug)]
 pub struct DecodedInsn {
-    /// The instruction, decoded at address 0.
-    pub insn: Instruction,
-    /// Which handler module executes it.
-    pub group: Group,
+    /// Its position in its block, so its full instruction's too (from [`Block::full_at`]);
+    /// blocks hold at most 64 instructions, so it fits.
+    pub idx: u8,
     /// How it is executed: a fast form, or its group's handler.
     pub op: crate::exec::fast::Op,
     /// The operands of a fast form.
@@ -77,11 +81,12 @@ pub mod check {
 /// load first, and each block is one allocation of exactly its instructions.
 #[derive(Debug)]
 pub struct Block {
-    /// The instructions in order.
+    /// The instructions in order, as the run loop reads them.
     pub insns: Box<[DecodedInsn]>,
-    /// Physical pages the block's bytes come from (one, or two if the last instruction
-    /// straddles a page boundary).
-    pub pages: [u64; 2],
+    /// Where the same instructions as iced decoded them (at address 0) start in the code
+    /// cache's store of full instructions ([`CodeCache::full_insn`]), in the same order: read
+    /// only out of line, through [`DecodedInsn::idx`].
+    pub full_at: u32,
 }
 
 /// The key of a block: physical address and code size (16, 32 or 64).
@@ -209,9 +214,24 @@ pub struct CodeCache {
     /// [`CodeCache::take_breakpoint_hit`].
     breakpoint_hit: bool,
     /// Where the decoder gathers a block's instructions before the block gets an allocation
-    /// of exactly their number (kept to reuse its capacity).
-    scratch: Vec<DecodedInsn>,
+    /// of exactly their number (kept to reuse its capacity), and their full instructions.
+    scratch: (Vec<DecodedInsn>, Vec<Instruction>),
+    /// The second physical page of each slot's block (its first page if it has one only),
+    /// indexed by [`BlockId`]: read only to report instruction fetches, so kept out of the
+    /// slots, whose every byte is taken.
+    second_pages: Vec<u64>,
+    /// The full instructions of every block, kept apart from the blocks' hot records: in one
+    /// store rather than one allocation per block, whose allocations would otherwise lie
+    /// between the blocks' hot records (measured: that cost more than the smaller records
+    /// saved). Dropped blocks leave their instructions behind until [`CodeCache::store_full`]
+    /// compacts the store.
+    full: Vec<Instruction>,
+    /// The store's length at which [`CodeCache::store_full`] compacts it next.
+    full_limit: usize,
 }
+
+/// The least length of the full-instruction store before it is compacted.
+const FULL_MIN_LIMIT: usize = 1 << 16;
 
 impl CodeCache {
     /// A cache for a machine with `ram_bytes` of RAM.
@@ -236,7 +256,10 @@ impl CodeCache {
             fast_paths: true,
             breakpoints: Vec::new(),
             breakpoint_hit: false,
-            scratch: Vec::new(),
+            scratch: (Vec::new(), Vec::new()),
+            second_pages: Vec::new(),
+            full: Vec::new(),
+            full_limit: FULL_MIN_LIMIT,
         }
     }
 
@@ -355,22 +378,78 @@ impl CodeCache {
         }
     }
 
-    /// An empty vector to decode a block into, with the capacity of the last one; give it
-    /// back with [`CodeCache::return_scratch`].
-    pub fn take_scratch(&mut self) -> Vec<DecodedInsn> {
-        let mut v = std::mem::take(&mut self.scratch);
+    /// Empty vectors to decode a block into (its run-loop records and its full
+    /// instructions), with the capacity of the last ones; give them back with
+    /// [`CodeCache::return_scratch`].
+    pub fn take_scratch(&mut self) -> (Vec<DecodedInsn>, Vec<Instruction>) {
+        let (mut v, mut f) = std::mem::take(&mut self.scratch);
         v.clear();
-        v
+        f.clear();
+        (v, f)
     }
 
-    /// Keep a vector from [`CodeCache::take_scratch`] for the next decode.
-    pub fn return_scratch(&mut self, v: Vec<DecodedInsn>) {
+    /// Keep the vectors from [`CodeCache::take_scratch`] for the next decode.
+    pub fn return_scratch(&mut self, v: (Vec<DecodedInsn>, Vec<Instruction>)) {
         self.scratch = v;
     }
 
-    /// Cache a block and return its id.
-    pub fn insert(&mut self, pa: u64, bitness: u32, block: Block) -> BlockId {
-        let pages = block.pages;
+    /// Store the full instructions of a block about to be inserted; returns where they start
+    /// (its [`Block::full_at`]). Called when decoding, between blocks: no block is checked
+    /// out then, so the store may be compacted first (moving the blocks' instructions).
+    pub fn store_full(&mut self, insns: &mut Vec<Instruction>) -> u32 {
+        if self.full.len() >= self.full_limit {
+            self.compact_full();
+        }
+        // Compaction keeps the store near the live instructions' number (at most 64 per
+        // slot), far below 2^32.
+        let at = u32::try_from(self.full.len()).unwrap_or(u32::MAX);
+        self.full.append(insns);
+        at
+    }
+
+    /// Drop the full instructions of dropped blocks, moving the cached blocks' own to the
+    /// front. Not done while a block is checked out (its `full_at` could not be updated):
+    /// a slot without its block is then neither free nor waiting for it.
+    #[cold]
+    fn compact_full(&mut self) {
+        let empty = self.slots.iter().filter(|s| s.block.is_none()).count();
+        if empty == self.free.len() {
+            let mut kept = Vec::new();
+            for slot in &mut self.slots {
+                if let Some(b) = &mut slot.block {
+                    let start = b.full_at as usize;
+                    let at = u32::try_from(kept.len()).unwrap_or(u32::MAX);
+                    if let Some(run) = self.full.get(start..start + b.insns.len()) {
+                        kept.extend_from_slice(run);
+                    }
+                    b.full_at = at;
+                }
+            }
+            self.full = kept;
+        }
+        self.full_limit = (self.full.len() * 2).max(FULL_MIN_LIMIT);
+    }
+
+    /// The full instruction `idx` of the block whose instructions start at `at` in the
+    /// store (its [`Block::full_at`]), copied out so the caller keeps no borrow of the cache.
+    /// `None` past the store (as for `u32::MAX`, the "no block" of `Exec::full_at`).
+    #[inline]
+    pub fn full_insn(&self, at: u32, idx: u8) -> Option<Instruction> {
+        let k = (at as usize).checked_add(usize::from(idx))?;
+        self.full.get(k).copied()
+    }
+
+    /// The second physical page (page number) of block `id`: the page an instruction
+    /// straddling the end of its first page continues in, or its first page. `None` for an
+    /// id that never held a block.
+    pub fn second_page(&self, id: BlockId) -> Option<u64> {
+        self.second_pages.get(id as usize).copied()
+    }
+
+    /// Cache a block whose bytes come from physical pages `pages` (page numbers: one, or
+    /// two if its last instruction straddles a page boundary, else twice the same) and
+    /// return its id.
+    pub fn insert(&mut self, pa: u64, bitness: u32, block: Block, pages: [u64; 2]) -> BlockId {
         let key = (pa, bitness);
         if self.index.contains_key(&key) {
             // Decoded again while cached (cannot happen through the run loop, which looks up
@@ -395,6 +474,11 @@ impl CodeCache {
         };
         self.index.insert(key, id);
         self.jump[jump_index(key)] = JumpEntry { key, id };
+        let at = id as usize;
+        if self.second_pages.len() <= at {
+            self.second_pages.resize(at + 1, 0);
+        }
+        self.second_pages[at] = pages[1];
         for (i, &page) in pages.iter().enumerate() {
             if i == 1 && page == pages[0] {
                 break;
@@ -518,12 +602,52 @@ impl CodeCache {
 mod tests {
     use super::*;
 
-    /// An empty block on physical page `page`.
-    fn block(page: u64) -> Block {
+    /// An empty block.
+    fn block() -> Block {
         Block {
             insns: Box::new([]),
-            pages: [page, page],
+            full_at: 0,
         }
+    }
+
+    /// Compacting the full-instruction store keeps each cached block's instructions (and
+    /// where its block finds them), and drops those of dropped blocks.
+    #[test]
+    fn compaction_keeps_live_instructions() {
+        let mut c = CodeCache::new(1 << 20);
+        let one = |c: &mut CodeCache, tag: u64| {
+            let mut insn = Instruction::default();
+            insn.set_ip(tag);
+            let full_at = c.store_full(&mut vec![insn]);
+            let d = DecodedInsn {
+                idx: 0,
+                op: crate::exec::fast::Op::Nop,
+                ops: Default::default(),
+                len: 1,
+                locked: false,
+                check: 0,
+                off: 0,
+                handler: 0,
+            };
+            Block {
+                insns: Box::new([d]),
+                full_at,
+            }
+        };
+        let b = one(&mut c, 7);
+        let a = c.insert(0x1000, 64, b, [1, 1]);
+        // Decode the block at 0x2000 again and again: each replaces the last.
+        for k in 0..(FULL_MIN_LIMIT as u64 * 3) {
+            let b = one(&mut c, 100 + k);
+            c.insert(0x2000, 64, b, [2, 2]);
+        }
+        assert!(c.full.len() < FULL_MIN_LIMIT * 2);
+        let b = c.take(a).expect("block a is cached");
+        assert_eq!(c.full_insn(b.full_at, 0).map(|i| i.ip()), Some(7));
+        let id = c.lookup(0x2000, 64).expect("block at 0x2000 is cached");
+        let last = c.take(id).expect("and not checked out");
+        let want = 100 + FULL_MIN_LIMIT as u64 * 3 - 1;
+        assert_eq!(c.full_insn(last.full_at, 0).map(|i| i.ip()), Some(want));
     }
 
     /// A link leads to its successor only while that successor is cached under the key the
@@ -532,8 +656,8 @@ mod tests {
     #[test]
     fn links_never_outlive_their_target() {
         let mut c = CodeCache::new(1 << 20);
-        let a = c.insert(0x1000, 64, block(1));
-        let b = c.insert(0x2000, 64, block(2));
+        let a = c.insert(0x1000, 64, block(), [1, 1]);
+        let b = c.insert(0x2000, 64, block(), [2, 2]);
         assert!(c.chaining_allowed());
         // No link yet: the run loop must ask the ordinary lookup.
         assert!(c.take_chained(a, 0x2000, 64).is_none());
@@ -549,13 +673,13 @@ mod tests {
         c.invalidate_page(2);
         assert!(c.take_chained(a, 0x2000, 64).is_none());
         // Its slot is reused for a block elsewhere: still dead, and no link leads there.
-        let d = c.insert(0x3000, 64, block(3));
+        let d = c.insert(0x3000, 64, block(), [3, 3]);
         assert_eq!(d, b);
         assert!(c.take_chained(a, 0x2000, 64).is_none());
         assert!(c.take_chained(a, 0x3000, 64).is_none());
         // Decoded again at the old key (in a new slot): found through the ordinary lookup,
         // then through a fresh link.
-        let e = c.insert(0x2000, 64, block(2));
+        let e = c.insert(0x2000, 64, block(), [2, 2]);
         assert_eq!(c.lookup(0x2000, 64), Some(e));
         c.link(a, 0x2000, 64, e);
         let (id, blk) = c.take_chained(a, 0x2000, 64).expect("linked again");
@@ -578,7 +702,7 @@ mod tests {
     #[test]
     fn unknown_previous_block_has_no_links() {
         let mut c = CodeCache::new(1 << 20);
-        let a = c.insert(0x1000, 64, block(1));
+        let a = c.insert(0x1000, 64, block(), [1, 1]);
         c.link(BlockId::MAX, 0x1000, 64, a);
         assert!(c.take_chained(BlockId::MAX, 0x1000, 64).is_none());
         assert!(c.take_chained(a + 1, 0x1000, 64).is_none());

@@ -13,6 +13,9 @@ use crate::state::CpuMode;
 /// Bytes decoded per block at most (one page plus a straddling instruction).
 const MAX_BLOCK_INSNS: usize = 64;
 
+// `DecodedInsn::idx` (a `u8`) holds an instruction's position in its block.
+const _: () = assert!(MAX_BLOCK_INSNS <= 256);
+
 impl Cpu {
     /// Find or decode the block at the current RIP and check it out of the cache. The links
     /// of the block fetched last (`last_block`) are tried first; it learns the block found
@@ -86,7 +89,7 @@ impl Cpu {
             read_code(bus, npa, 15, &mut bytes);
         }
         let mut decoder = Decoder::with_ip(bitness, &bytes, 0, DecoderOptions::NONE);
-        let mut insns = code.take_scratch();
+        let (mut insns, mut full) = code.take_scratch();
         let mut pages = [pa >> 12, pa >> 12];
         while insns.len() < MAX_BLOCK_INSNS {
             let start = decoder.position();
@@ -98,7 +101,7 @@ impl Cpu {
             let len = insn.len();
             if insn.is_invalid() {
                 if insns.is_empty() {
-                    code.return_scratch(insns);
+                    code.return_scratch((insns, full));
                     if start + 15 > bytes.len() && next_pa.is_none() {
                         // The instruction runs into an unmapped page: fetch fault there.
                         self.mmu_fetch_fault(bus, next_lin)?;
@@ -133,8 +136,8 @@ impl Cpu {
                 flow == iced_x86::FlowControl::Next || (branch && group == Group::Control);
             let ends_block = group == Group::System || !continues;
             insns.push(DecodedInsn {
-                insn,
-                group,
+                // Below MAX_BLOCK_INSNS (64), so it fits.
+                idx: insns.len() as u8,
                 op,
                 ops,
                 len: len as u8,
@@ -148,6 +151,7 @@ impl Cpu {
                 off: start as u16,
                 handler: fast::handler_index(op, &ops),
             });
+            full.push(insn);
             if ends_block || start + len >= in_page {
                 break;
             }
@@ -157,14 +161,16 @@ impl Cpu {
         // between blocks): the decoded code is many times the size of the guest's, and the
         // host's caches hold more of it the denser it lies.
         let exact: Box<[DecodedInsn]> = insns.drain(..).collect();
-        code.return_scratch(insns);
+        let full_at = code.store_full(&mut full);
+        code.return_scratch((insns, full));
         let id = code.insert(
             pa,
             bitness,
             Block {
                 insns: exact,
-                pages,
+                full_at,
             },
+            pages,
         );
         code.link(prev, pa, bitness, id);
         self.last_block = id;

@@ -106,6 +106,7 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
         block_rip: ev.rip,
         exit: None,
         retired,
+        full_at: u32::MAX,
     };
     let s = &x.cpu.state;
     let result = if s.cr0 & cr0::PE == 0 {

@@ -113,6 +113,10 @@ pub struct Exec<'a, B: Bus, O: Observer> {
     /// instruction, and brings `cpu.state.retired` up to date only where it is read: for
     /// generic handlers ([`slow`]), observers, and when the block ends.
     pub retired: u64,
+    /// Where the full instructions of the executing block start in the code cache's store
+    /// ([`Block::full_at`]), for the handlers that run out of line ([`slow`]); `u32::MAX`
+    /// outside the run loop.
+    pub full_at: u32,
 }
 
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
@@ -293,6 +297,7 @@ impl Cpu {
             block_rip: 0,
             exit: None,
             retired: 0,
+            full_at: block.full_at,
         };
         let start = x.cpu.state.rip;
         x.block_rip = start;
@@ -338,11 +343,11 @@ impl Cpu {
                         // Observers see each instruction's address.
                         x.rip = at(&x, u64::from(d.off));
                         if fetch {
-                            report_fetch(&mut x, block, pa, start_lin, u64::from(d.off), d.len);
+                            report_fetch(&mut x, pa, start_lin, u64::from(d.off), d.len);
                         }
                     }
                     #[cfg(feature = "op-stats")]
-                    fast::stats::note(d);
+                    fast::stats::note(d, x.code.full_insn(block.full_at, d.idx));
                     let flow = handlers[d.handler as usize](&mut x, d);
                     if flow == fast::Flow::Next {
                         retired += 1;
@@ -492,25 +497,26 @@ fn contributory(v: u8) -> bool {
 fn generic<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
+    i: &Instruction,
     fall_through: u64,
     handler: fn(&mut Exec<B, O>, &Instruction) -> ExecResult,
 ) -> Result<u64, Exit> {
     x.next_rip = fall_through;
     x.cpu.state.rip = x.rip;
     x.locked = d.locked;
-    let r = handler(x, &d.insn);
+    let r = handler(x, i);
     x.locked = false;
     r.map(|()| x.next_rip)
 }
 
-/// Report the fetch of the instruction `off` bytes into `block` (whose first byte is at
-/// linear `start_lin`, physical `pa`), `len` bytes long, as one fetch access per page it
-/// touches, as data accesses are reported. The block's second page is the one an
-/// instruction straddling its page boundary continues in.
+/// Report the fetch of the instruction `off` bytes into the executing block (whose first
+/// byte is at linear `start_lin`, physical `pa`), `len` bytes long, as one fetch access per
+/// page it touches, as data accesses are reported. The block's second page (the code
+/// cache's [`CodeCache::second_page`] of the block fetched last, which is the executing one)
+/// is the one an instruction straddling its page boundary continues in.
 #[inline(never)]
 fn report_fetch<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
-    block: &Block,
     pa: u64,
     start_lin: u64,
     off: u64,
@@ -518,12 +524,13 @@ fn report_fetch<B: Bus, O: Observer>(
 ) {
     let lin = start_lin.wrapping_add(off);
     let in_page = (pa & 0xfff).wrapping_add(off);
+    let second = x.code.second_page(x.cpu.last_block).unwrap_or(pa >> 12);
     let phys = |k: u64| {
         let at = in_page.wrapping_add(k);
         if at < 0x1000 {
             (pa & !0xfff).wrapping_add(at)
         } else {
-            (block.pages[1] << 12).wrapping_add(at & 0xfff)
+            (second << 12).wrapping_add(at & 0xfff)
         }
     };
     let len = u64::from(len.max(1));
@@ -598,41 +605,53 @@ fn slow_exec<B: Bus, O: Observer>(
     fall_through: u64,
 ) -> Result<u64, Exit> {
     use fast::Op;
+    // The rarer fast forms need only the hot record.
+    if matches!(
+        d.op,
+        Op::IncM
+            | Op::DecM
+            | Op::CallR
+            | Op::CallM
+            | Op::PushF
+            | Op::ShiftRC
+            | Op::PushI
+            | Op::BtRI
+            | Op::BtMI
+    ) {
+        return fast::rare(x, &d.ops, d.op, fall_through);
+    }
+    // Everything else reads the full instruction, kept apart from the hot records (copied
+    // out of the cache, which the handler may write to).
+    let Some(insn) = x.code.full_insn(x.full_at, d.idx) else {
+        return Err(x.unsupported("an instruction without its full decoding".into()));
+    };
+    let i = &insn;
     match d.op {
-        Op::GData => generic(x, d, fall_through, data::exec),
-        Op::GAlu => generic(x, d, fall_through, alu::exec),
-        Op::GShift => generic(x, d, fall_through, shift::exec),
-        Op::GMulDiv => generic(x, d, fall_through, muldiv::exec),
-        Op::GBits => generic(x, d, fall_through, bits::exec),
-        Op::GControl => generic(x, d, fall_through, control::exec),
-        Op::GStack => generic(x, d, fall_through, stack::exec),
-        Op::GString => generic(x, d, fall_through, string::exec),
-        Op::GMisc => generic(x, d, fall_through, misc::exec),
-        Op::GSse => generic(x, d, fall_through, sse::exec),
-        Op::GSystem => generic(x, d, fall_through, system::exec),
+        Op::GData => generic(x, d, i, fall_through, data::exec),
+        Op::GAlu => generic(x, d, i, fall_through, alu::exec),
+        Op::GShift => generic(x, d, i, fall_through, shift::exec),
+        Op::GMulDiv => generic(x, d, i, fall_through, muldiv::exec),
+        Op::GBits => generic(x, d, i, fall_through, bits::exec),
+        Op::GControl => generic(x, d, i, fall_through, control::exec),
+        Op::GStack => generic(x, d, i, fall_through, stack::exec),
+        Op::GString => generic(x, d, i, fall_through, string::exec),
+        Op::GMisc => generic(x, d, i, fall_through, misc::exec),
+        Op::GSse => generic(x, d, i, fall_through, sse::exec),
+        Op::GSystem => generic(x, d, i, fall_through, system::exec),
         Op::Pause => {
             // `misc.rs` executes PAUSE (a hint, nothing to do); the run loop then ends the
             // CPU's turn.
-            let next = generic(x, d, fall_through, misc::exec)?;
+            let next = generic(x, d, i, fall_through, misc::exec)?;
             x.pause();
             Ok(next)
         }
-        Op::IncM
-        | Op::DecM
-        | Op::CallR
-        | Op::CallM
-        | Op::PushF
-        | Op::ShiftRC
-        | Op::PushI
-        | Op::BtRI
-        | Op::BtMI => fast::rare(x, &d.ops, d.op, fall_through),
         // The SSE families that decode their operands at run time (like a generic handler,
         // but with no `next_rip`/`rip`/`locked` to set up: none of them branches or locks).
-        Op::SseMov => sse::exec_mov(x, &d.insn).map(|()| fall_through),
-        Op::SseFloat => sse::exec_float(x, &d.insn).map(|()| fall_through),
-        Op::SseInt => sse::exec_int(x, &d.insn).map(|()| fall_through),
+        Op::SseMov => sse::exec_mov(x, i).map(|()| fall_through),
+        Op::SseFloat => sse::exec_float(x, i).map(|()| fall_through),
+        Op::SseInt => sse::exec_int(x, i).map(|()| fall_through),
         // GUnimplemented, and (never sent here) the fast forms that have their own handler.
-        _ => Err(unimplemented(x, &d.insn)),
+        _ => Err(unimplemented(x, i)),
     }
 }
 

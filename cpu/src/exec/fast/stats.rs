@@ -56,9 +56,9 @@ fn is_jcc(op: Op) -> bool {
     )
 }
 
-/// Count one execution of `d`.
-pub(crate) fn note(d: &DecodedInsn) {
-    let code = (d.insn.code() as usize).min(SLOTS - 1);
+/// Count one execution of `d`, whose full instruction is `full`.
+pub(crate) fn note(d: &DecodedInsn, full: Option<iced_x86::Instruction>) {
+    let code = full.map_or(SLOTS - 1, |i| (i.code() as usize).min(SLOTS - 1));
     let table = if is_generic(d.op) { &GENERIC } else { &FAST };
     table[code].fetch_add(1, Relaxed);
     let last = LAST.swap(code as u64, Relaxed) as usize;
