@@ -42,10 +42,6 @@ struct LineTable {
 /// Slots of a new table (grows by doubling at half load).
 const INITIAL_SLOTS: usize = 1 << 12;
 
-/// Consecutive lines that get consecutive slots (see `LineTable::home`): a 4 KiB page of
-/// 64-byte lines. At most `INITIAL_SLOTS`.
-const GROUP_LINES: u64 = 64;
-
 impl LineTable {
     fn new() -> Self {
         LineTable {
@@ -56,17 +52,11 @@ impl LineTable {
         }
     }
 
-    /// The preferred slot of `line`: the lines of one group of [`GROUP_LINES`] consecutive
-    /// lines get consecutive slots, the group's first slot chosen by Fibonacci hashing of
-    /// the group number. Why groups: accesses cluster (a stack, a structure, a page being
-    /// copied), and hashing each line on its own sent nearly every access to another host
-    /// cache line and page of a table of tens of MB (half of the policy's time was that
-    /// miss); neighbours now share them.
+    /// The preferred slot of `line`: Fibonacci hashing on the high bits.
     #[inline(always)]
     fn home(&self, line: u64) -> usize {
-        let group_bits = self.slots.trailing_zeros() - GROUP_LINES.trailing_zeros();
-        let group = (line / GROUP_LINES).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - group_bits);
-        (group * GROUP_LINES + line % GROUP_LINES) as usize
+        let bits = self.slots.trailing_zeros();
+        (line.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
     }
 
     #[inline(always)]
