@@ -6,8 +6,9 @@
 //! An instruction no module claims stops the machine with [`StopReason::Unimplemented`].
 //!
 //! The run loop (`Cpu::run_block`) calls each instruction's handler through the table of
-//! `fast/table.rs`: the fast forms' own handlers, or [`slow`] for everything executed by a
-//! group's module (and the rarer fast forms). A handler returns a one-byte [`fast::Flow`].
+//! `fast/table.rs`: the fast forms' own handlers (the rarer ones share one, out of line), or
+//! [`slow`] for everything executed by a group's module. A handler returns a one-byte
+//! [`fast::Flow`].
 
 use iced_x86::Instruction;
 
@@ -557,8 +558,7 @@ fn report_fetch<B: Bus, O: Observer>(
 }
 
 /// The handler of every op that runs out of line (the table's default entry): a group's
-/// generic handler, PAUSE, the SSE families decoded at run time, or one of the rarer fast
-/// forms (`fast::rare`). It sets up what those expect and the run loop no longer keeps per
+/// generic handler, PAUSE, or the SSE families decoded at run time. It sets up what those expect and the run loop no longer keeps per
 /// instruction (`rip`, the fall-through address), then decides the flow: a generic handler
 /// may branch, and an EXIT-checked group's instruction may change the mode or CPL or make
 /// the bus want the CPU back, which ends the block.
@@ -605,22 +605,7 @@ fn slow_exec<B: Bus, O: Observer>(
     fall_through: u64,
 ) -> Result<u64, Exit> {
     use fast::Op;
-    // The rarer fast forms need only the hot record.
-    if matches!(
-        d.op,
-        Op::IncM
-            | Op::DecM
-            | Op::CallR
-            | Op::CallM
-            | Op::PushF
-            | Op::ShiftRC
-            | Op::PushI
-            | Op::BtRI
-            | Op::BtMI
-    ) {
-        return fast::rare(x, &d.ops, d.op, fall_through);
-    }
-    // Everything else reads the full instruction, kept apart from the hot records (copied
+    // It reads the full instruction, kept apart from the hot records (copied
     // out of the cache, which the handler may write to).
     let Some(insn) = x.code.full_insn(x.full_at, d.idx) else {
         return Err(x.unsupported("an instruction without its full decoding".into()));

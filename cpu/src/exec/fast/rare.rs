@@ -1,8 +1,8 @@
-//! The rarer fast forms, run by the handler table's default entry (`exec::slow`, which calls
-//! [`rare`]): memory INC/DEC, indirect CALL, PUSHFQ, PUSH imm, shifts by CL, and
-//! BT/BTS/BTR/BTC with an immediate. Each is a few hundredths of a percent of a Linux boot, so
-//! going through `slow` is cheap next to the generic handler it replaces (which decodes the
-//! iced instruction again).
+//! The rarer fast forms, run by one out-of-line entry of the handler table (`table.rs`'s
+//! `rare`, which calls [`rare`]): memory INC/DEC, indirect CALL, PUSHFQ, PUSH imm, shifts by
+//! CL, and BT/BTS/BTR/BTC with an immediate. Each is a few hundredths of a percent of a Linux
+//! boot, so one shared handler that matches the op again is cheap next to the generic handler
+//! it replaces (which decodes the iced instruction again).
 
 use iced_x86::Mnemonic;
 
@@ -121,7 +121,7 @@ pub(crate) fn rare<B: Bus, O: Observer>(
             }
             Ok(fall_through)
         }
-        // Not a rare form: `slow` never sends one here. Say so rather than panic.
+        // Not a rare form: the table never sends one here. Say so rather than panic.
         _ => Err(x.unsupported(format!("{op:?} is not an out-of-line fast form"))),
     }
 }

@@ -156,6 +156,15 @@ impl<B: Bus, O: Observer> Table<B, O> {
         set!(PushR, push_r::<B, O>);
         set!(PopR, pop_r::<B, O>);
         set!(Nop, nop::<B, O>);
+        set!(IncM, rare::<B, O>);
+        set!(DecM, rare::<B, O>);
+        set!(CallR, rare::<B, O>);
+        set!(CallM, rare::<B, O>);
+        set!(PushF, rare::<B, O>);
+        set!(ShiftRC, rare::<B, O>);
+        set!(PushI, rare::<B, O>);
+        set!(BtRI, rare::<B, O>);
+        set!(BtMI, rare::<B, O>);
 
         set!(XmmMovRR, xmm_mov_rr::<B, O>);
         set!(XmmMovqRR, xmm_movq_rr::<B, O>);
@@ -541,6 +550,26 @@ fn call_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
                 Flow::Stop
             } else {
                 Flow::Jump
+            }
+        }
+        Err(e) => park(x, e),
+    }
+}
+
+/// The rarer fast forms (`rare.rs`), out of line: memory forms that may end the block, and
+/// the indirect CALLs, which transfer control.
+#[inline(never)]
+fn rare<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let fall = fall_through(x, d);
+    match super::rare(x, &d.ops, d.op, fall) {
+        Ok(next) => {
+            x.next_rip = next;
+            if x.stop_after {
+                Flow::Stop
+            } else if next != fall {
+                Flow::Jump
+            } else {
+                Flow::Next
             }
         }
         Err(e) => park(x, e),
