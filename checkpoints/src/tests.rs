@@ -12,10 +12,15 @@ fn machine() -> Machine<ScriptedInputs> {
     .expect("machine")
 }
 
-fn temp_store(name: &str) -> Store {
-    let dir = std::env::temp_dir().join(format!("reprise-ckpt-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    Store::new(&dir)
+/// A store in a fresh scratch directory, removed when the returned guard drops (also when
+/// the test fails).
+fn temp_store(name: &str) -> (tempfile::TempDir, Store) {
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("reprise-ckpt-{name}-"))
+        .tempdir()
+        .expect("scratch directory");
+    let store = Store::new(&scratch.path().join("store"));
+    (scratch, store)
 }
 
 /// Fill a few pages and registers, as if a guest had run to `position` instructions.
@@ -29,7 +34,7 @@ fn scribble(m: &mut Machine<ScriptedInputs>, seed: u64, position: u64) {
 
 #[test]
 fn restore_gives_back_the_same_machine_and_pages_are_shared() {
-    let store = temp_store("same");
+    let (_scratch_store, store) = temp_store("same");
     let mut m = machine();
     scribble(&mut m, 1, 100);
     let first = store.save(&mut m, 3, None).unwrap();
@@ -55,12 +60,11 @@ fn restore_gives_back_the_same_machine_and_pages_are_shared() {
         .restore_latest(&mut n, 150, &mut |_| warnings += 1)
         .unwrap();
     assert_eq!((r.position, warnings), (100, 0));
-    let _ = fs::remove_dir_all(store.dir());
 }
 
 #[test]
 fn damaged_pages_and_files_are_reported_and_skipped() {
-    let store = temp_store("damaged");
+    let (_scratch_store, store) = temp_store("damaged");
     let mut m = machine();
     scribble(&mut m, 1, 100);
     store.save(&mut m, 0, None).unwrap();
@@ -107,12 +111,11 @@ fn damaged_pages_and_files_are_reported_and_skipped() {
         warnings[1].contains(&checkpoint_name(200))
             && warnings[1].contains(&format!("page {n:#x}"))
     );
-    let _ = fs::remove_dir_all(store.dir());
 }
 
 #[test]
 fn a_checkpoint_of_another_machine_is_refused() {
-    let store = temp_store("mismatch");
+    let (_scratch_store, store) = temp_store("mismatch");
     let mut m = machine();
     store.save(&mut m, 0, None).unwrap();
     let mut other = Machine::new(
@@ -125,12 +128,12 @@ fn a_checkpoint_of_another_machine_is_refused() {
         store.restore(&mut other, 0),
         Err(CheckpointError::Mismatch { .. })
     ));
-    let _ = fs::remove_dir_all(store.dir());
 }
 
 #[test]
 fn a_second_checkpoint_hashes_only_the_pages_written_since() {
-    let store = temp_store("incremental").check_dirty(true);
+    let (_scratch_store, store) = temp_store("incremental");
+    let store = store.check_dirty(true);
     let mut m = machine();
     scribble(&mut m, 1, 100);
     let first = store.save(&mut m, 0, None).unwrap();
@@ -166,12 +169,12 @@ fn a_second_checkpoint_hashes_only_the_pages_written_since() {
     scribble(&mut other, 2, 400);
     let s = store.save(&mut other, 0, None).unwrap();
     assert_eq!(s.hashed, s.pages);
-    let _ = fs::remove_dir_all(store.dir());
 }
 
 #[test]
 fn the_dirty_check_catches_a_write_that_escaped_the_bitmap() {
-    let store = temp_store("missed").check_dirty(true);
+    let (_scratch_store, store) = temp_store("missed");
+    let store = store.check_dirty(true);
     let mut m = machine();
     scribble(&mut m, 1, 100);
     store.save(&mut m, 0, None).unwrap();
@@ -185,14 +188,13 @@ fn the_dirty_check_catches_a_write_that_escaped_the_bitmap() {
         other => panic!("expected DirtyMissed, got {other:?}"),
     }
     // Without the check the same miss goes unnoticed (which is why the check exists).
-    let unchecked = temp_store("missed-unchecked").check_dirty(false);
+    let (_scratch_unchecked, unchecked) = temp_store("missed-unchecked");
+    let unchecked = unchecked.check_dirty(false);
     let mut m = machine();
     let before = unchecked.save(&mut m, 0, None).unwrap().pages;
     m.ram_mut().cpu_slice()[0x3_4567] = 1;
     m.cpus_mut()[0].state.retired = 1;
     assert_eq!(unchecked.save(&mut m, 0, None).unwrap().pages, before);
-    let _ = fs::remove_dir_all(store.dir());
-    let _ = fs::remove_dir_all(unchecked.dir());
 }
 
 #[test]
@@ -224,7 +226,7 @@ fn update_keys_merges_like_a_full_pass() {
 
 #[test]
 fn new_pages_of_a_checkpoint_go_into_one_pack_and_a_new_store_finds_them() {
-    let store = temp_store("packs");
+    let (_scratch_store, store) = temp_store("packs");
     let mut m = machine();
     scribble(&mut m, 1, 100);
     let first = store.save(&mut m, 0, None).unwrap();
@@ -249,7 +251,6 @@ fn new_pages_of_a_checkpoint_go_into_one_pack_and_a_new_store_finds_them() {
     let mut n = machine();
     again.restore(&mut n, 300).unwrap();
     assert_eq!(n.ram().read_u64(0x40_1000), Some(42));
-    let _ = fs::remove_dir_all(store.dir());
 }
 
 /// A machine saved `n` times with one page changed (and every fifth time one page zeroed)
@@ -272,7 +273,7 @@ fn chain_of(store: &Store, n: u64) -> (Machine<ScriptedInputs>, Vec<(u64, [u8; 3
 
 #[test]
 fn checkpoint_files_list_the_changes_and_chains_stay_bounded() {
-    let store = temp_store("delta");
+    let (_scratch_store, store) = temp_store("delta");
     let n = u64::from(CHAIN_LIMIT) * 2 + 3;
     let (_, hashes) = chain_of(&store, n);
     for (i, &(p, hash)) in hashes.iter().enumerate() {
@@ -296,12 +297,11 @@ fn checkpoint_files_list_the_changes_and_chains_stay_bounded() {
             page_keys(fresh.ram().as_slice())
         );
     }
-    let _ = fs::remove_dir_all(store.dir());
 }
 
 #[test]
 fn a_damaged_link_makes_the_checkpoints_above_it_unusable_and_an_older_one_is_used() {
-    let store = temp_store("link");
+    let (_scratch_store, store) = temp_store("link");
     let (_, hashes) = chain_of(&store, 6);
     // Checkpoint 300 (a delta) loses a byte: 400..600 depend on it.
     let p300 = store.dir().join(checkpoint_name(300));
@@ -324,7 +324,7 @@ fn a_damaged_link_makes_the_checkpoints_above_it_unusable_and_an_older_one_is_us
     assert!(warnings[3].contains(&checkpoint_name(300)) && warnings[3].contains("hash"));
 
     // A base replaced by a valid file with other contents: the link's hash catches it.
-    let store = temp_store("link2");
+    let (_scratch_store, store) = temp_store("link2");
     let (_, hashes) = chain_of(&store, 4);
     let mut cp = store.load(200).unwrap();
     cp.log_index += 1;
@@ -339,12 +339,11 @@ fn a_damaged_link_makes_the_checkpoints_above_it_unusable_and_an_older_one_is_us
     assert_eq!(m.state_hash().as_bytes(), &hashes[1].1);
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings[0].contains("has changed since"), "{warnings:?}");
-    let _ = fs::remove_dir_all(store.dir());
 }
 
 #[test]
 fn older_formats_are_reported_as_older() {
-    let store = temp_store("old");
+    let (_scratch_store, store) = temp_store("old");
     fs::create_dir_all(store.dir()).unwrap();
     let mut body = postcard::to_stdvec(&(2u32, 100u64, 0u64)).unwrap();
     let h = blake3::hash(&body);
@@ -362,14 +361,13 @@ fn older_formats_are_reported_as_older() {
         .restore_latest(&mut m, 100, &mut |_| warnings += 1)
         .is_none());
     assert_eq!(warnings, 1);
-    let _ = fs::remove_dir_all(store.dir());
 }
 
 #[test]
 fn a_background_writer_writes_the_same_checkpoints() {
-    let sync = temp_store("writer-sync");
+    let (_scratch_sync, sync) = temp_store("writer-sync");
     let (_, hashes) = chain_of(&sync, 10);
-    let store = temp_store("writer");
+    let (_scratch_store, store) = temp_store("writer");
     let mut w = Writer::new(store.clone(), 2);
     let mut m = machine();
     scribble(&mut m, 1, 100);
@@ -390,13 +388,11 @@ fn a_background_writer_writes_the_same_checkpoints() {
         store.restore(&mut fresh, p).unwrap();
         assert_eq!(fresh.state_hash().as_bytes(), &hash);
     }
-    let _ = fs::remove_dir_all(store.dir());
-    let _ = fs::remove_dir_all(sync.dir());
 }
 
 #[test]
 fn a_background_writer_reports_a_failed_write() {
-    let store = temp_store("writer-fail");
+    let (_scratch_store, store) = temp_store("writer-fail");
     // A file where the pages folder should be: every write fails.
     fs::create_dir_all(store.dir()).unwrap();
     fs::write(store.dir().join("pages"), b"in the way").unwrap();
@@ -415,7 +411,6 @@ fn a_background_writer_reports_a_failed_write() {
         matches!(failed, Some(CheckpointError::Io { .. })),
         "{failed:?}"
     );
-    let _ = fs::remove_dir_all(store.dir());
 }
 
 /// Pseudo-random bytes (xorshift), so that LZ4 cannot shrink them.
@@ -433,9 +428,8 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn write_pack_gives_the_same_file_whichever_way_it_writes() {
-    let dir = std::env::temp_dir().join(format!("reprise-ckpt-pack-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     let data = noise(7, DIRECT_MIN + 3 * DIRECT_ALIGN + 123);
     // At an aligned address (the direct path, with a buffered tail), at an unaligned one
     // (buffered only), and a small pack (buffered only).
@@ -459,12 +453,11 @@ fn write_pack_gives_the_same_file_whichever_way_it_writes() {
         write_pack(&path, bytes).unwrap();
         assert_eq!(fs::read(&path).unwrap(), bytes, "{name}");
     }
-    let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_large_pack_of_incompressible_pages_restores() {
-    let store = temp_store("large");
+    let (_scratch_store, store) = temp_store("large");
     let mut m = machine();
     scribble(&mut m, 1, 100);
     // 300 pages of noise: a pack of ~1.2 MB, written mostly bypassing the page cache.
@@ -484,7 +477,6 @@ fn a_large_pack_of_incompressible_pages_restores() {
         Store::new(store.dir()).restore(&mut n, position).unwrap();
         assert_eq!(n.state_hash(), want);
     }
-    let _ = fs::remove_dir_all(store.dir());
 }
 
 #[test]
