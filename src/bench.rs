@@ -36,6 +36,12 @@ const MESI_ROW: &str = "reprise mesi -> mscan sharing";
 /// The row of the traced replay held to one thread (`--jobs 1`).
 const TRACED_SEQUENTIAL_ROW: &str = "reprise replay --trace --jobs 1";
 
+/// The row of reprise's recorder (its recording feeds the replays).
+const RECORD_ROW: &str = "reprise record";
+
+/// The row of QEMU's recorder (its log feeds QEMU's replay).
+const QEMU_RECORD_ROW: &str = "qemu tcg record (icount)";
+
 /// The cache `mesi` models in that row: a typical L1 data cache.
 const MESI_POLICY: &str = "mesi:size=32K,assoc=8,line=64";
 
@@ -53,14 +59,65 @@ struct Measure {
     cpu: f64,
     /// Guest instructions retired, when the child reports them (reprise does).
     instructions: Option<u64>,
+    /// The lowest and highest CPU seconds over the rounds this run is the median of.
+    cpu_range: (f64, f64),
 }
 
 /// One row of the table: a configuration and its measurement, or why it has none.
 struct Row {
     /// What ran, e.g. `reprise record`.
     name: String,
-    /// The measurement, or the reason it was skipped or failed.
+    /// The measurement (the median of the rounds), or the reason it was skipped or failed.
     result: Result<Measure, String>,
+    /// How many rounds ran it.
+    runs: usize,
+}
+
+/// One configuration of the table: a program and its arguments.
+struct Config {
+    /// The row's name, e.g. `reprise record`.
+    name: String,
+    /// The executable: this one, or QEMU.
+    program: PathBuf,
+    /// Its arguments.
+    args: Vec<String>,
+    /// The configuration whose output this one reads (a recording): it must have run in
+    /// the same round.
+    after: Option<String>,
+    /// Files removed before each run: outputs the command refuses to overwrite.
+    fresh: Vec<PathBuf>,
+    /// Why it does not run at all.
+    skip: Option<String>,
+}
+
+impl Config {
+    fn new(name: &str, program: &Path, args: Vec<String>) -> Config {
+        Config {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            args,
+            after: None,
+            fresh: Vec::new(),
+            skip: None,
+        }
+    }
+
+    fn after(mut self, name: &str) -> Config {
+        self.after = Some(name.to_string());
+        self
+    }
+
+    /// A trace this configuration writes: it and its index go before each run.
+    fn fresh_trace(mut self, trace: &Path) -> Config {
+        self.fresh.push(trace.to_path_buf());
+        self.fresh.push(reprise_trace::format::index_path(trace));
+        self
+    }
+
+    fn skipped(mut self, why: &str) -> Config {
+        self.skip = Some(why.to_string());
+        self
+    }
 }
 
 /// `reprise bench`.
@@ -148,14 +205,14 @@ fn bench_inner(args: &BenchArgs) -> Result<()> {
         work.display()
     );
 
-    let mut rows = Vec::new();
+    let mut configs = Vec::new();
     let run_args: Vec<String> = ["run", "--summary"]
         .iter()
         .map(|s| s.to_string())
         .chain(machine.iter().cloned())
         .chain(boot.iter().cloned())
         .collect();
-    rows.push(measure_row("reprise run", &exe, &run_args));
+    configs.push(Config::new("reprise run", &exe, run_args));
 
     let record_args: Vec<String> = ["record", "--force", "-o"]
         .iter()
@@ -164,9 +221,7 @@ fn bench_inner(args: &BenchArgs) -> Result<()> {
         .chain(machine.iter().cloned())
         .chain(boot.iter().cloned())
         .collect();
-    let recorded = measure_row("reprise record", &exe, &record_args);
-    let have_rec = recorded.result.is_ok();
-    rows.push(recorded);
+    configs.push(Config::new(RECORD_ROW, &exe, record_args));
     // Checkpoints (whole-machine snapshots for `seek`, on by default) are a cost of their
     // own: the recorder alone is measured without them.
     let bare_rec = work.join("rec-no-checkpoints");
@@ -177,10 +232,10 @@ fn bench_inner(args: &BenchArgs) -> Result<()> {
         .chain(machine.iter().cloned())
         .chain(boot.iter().cloned())
         .collect();
-    rows.push(measure_row(
+    configs.push(Config::new(
         "reprise record, no checkpoints",
         &exe,
-        &bare_record_args,
+        bare_record_args,
     ));
 
     let replay_args = vec!["replay".to_string(), rec.display().to_string()];
@@ -196,33 +251,31 @@ fn bench_inner(args: &BenchArgs) -> Result<()> {
         .collect();
     // `movement` replays in parallel by default (one thread per core): the sequential row
     // keeps the tracing cost itself in view, apart from what the threads add and save.
-    // Its own trace file: a replay never overwrites an existing trace.
+    let trace_sequential = work.join("movement-1.trace");
     let traced_sequential: Vec<String> = replay_args
         .iter()
         .cloned()
         .chain([
             "--trace".to_string(),
-            work.join("movement-1.trace").display().to_string(),
+            trace_sequential.display().to_string(),
             "--policy".to_string(),
             "movement".to_string(),
             "--jobs".to_string(),
             "1".to_string(),
         ])
         .collect();
-    for (name, a) in [
-        ("reprise replay", &replay_args),
-        ("reprise replay --trace movement", &traced_args),
-        (TRACED_SEQUENTIAL_ROW, &traced_sequential),
-    ] {
-        if have_rec {
-            rows.push(measure_row(name, &exe, a));
-        } else {
-            rows.push(Row {
-                name: name.into(),
-                result: Err("skipped: the recording failed".into()),
-            });
-        }
-    }
+    configs.push(Config::new("reprise replay", &exe, replay_args).after(RECORD_ROW));
+    // A replay never overwrites an existing trace: each run starts without one.
+    configs.push(
+        Config::new("reprise replay --trace movement", &exe, traced_args)
+            .after(RECORD_ROW)
+            .fresh_trace(&trace),
+    );
+    configs.push(
+        Config::new(TRACED_SEQUENTIAL_ROW, &exe, traced_sequential)
+            .after(RECORD_ROW)
+            .fresh_trace(&trace_sequential),
+    );
     // The other traced replay: a cache-coherence policy fed straight into an analysis
     // (a live replay; nothing is written but the report).
     let mesi_args: Vec<String> = [
@@ -235,14 +288,7 @@ fn bench_inner(args: &BenchArgs) -> Result<()> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    if have_rec {
-        rows.push(measure_row(MESI_ROW, &exe, &mesi_args));
-    } else {
-        rows.push(Row {
-            name: MESI_ROW.into(),
-            result: Err("skipped: the recording failed".into()),
-        });
-    }
+    configs.push(Config::new(MESI_ROW, &exe, mesi_args).after(RECORD_ROW));
 
     // QEMU on the same kernel and initramfs.
     match &guest {
@@ -262,40 +308,32 @@ fn bench_inner(args: &BenchArgs) -> Result<()> {
                 let rr = work.join("qemu.rr");
                 let base = qemu_args(args, kernel, initrd, cmdline);
                 let qemu = PathBuf::from(QEMU);
-                rows.push(measure_row("qemu tcg", &qemu, &base));
+                configs.push(Config::new("qemu tcg", &qemu, base.clone()));
                 let icount = |mode: &str| {
                     let mut a = base.clone();
                     a.push("-icount".into());
                     a.push(format!("shift=auto,rr={mode},rrfile={}", rr.display()));
                     a
                 };
+                let record = Config::new(QEMU_RECORD_ROW, &qemu, icount("record"));
+                let replay = Config::new("qemu tcg replay (icount)", &qemu, icount("replay"))
+                    .after(QEMU_RECORD_ROW);
                 if args.cpus > 1 {
                     // QEMU refuses `-icount rr=…` with more than one vCPU ("Record/replay
                     // feature is not supported for 'smp'"): not a failure of the bench.
                     let why = "skipped: QEMU's record/replay does not support SMP";
                     eprintln!("reprise: bench: QEMU icount record/replay {why}");
-                    for name in ["qemu tcg record (icount)", "qemu tcg replay (icount)"] {
-                        rows.push(Row {
-                            name: name.to_string(),
-                            result: Err(why.to_string()),
-                        });
-                    }
+                    configs.push(record.skipped(why));
+                    configs.push(replay.skipped(why));
                 } else {
-                    let qrec = measure_row("qemu tcg record (icount)", &qemu, &icount("record"));
-                    let ok = qrec.result.is_ok();
-                    rows.push(qrec);
-                    if ok {
-                        rows.push(measure_row(
-                            "qemu tcg replay (icount)",
-                            &qemu,
-                            &icount("replay"),
-                        ));
-                    }
+                    configs.push(record);
+                    configs.push(replay);
                 }
             }
         }
     }
 
+    let rows = run_rounds(&configs, args.repeat);
     print_table(&rows);
     if !args.keep {
         let _ = std::fs::remove_dir_all(&work);
@@ -346,20 +384,81 @@ fn qemu_present() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn measure_row(name: &str, program: &Path, args: &[String]) -> Row {
-    eprintln!("reprise: bench: {name} ...");
-    let result = measure(program, args).map_err(|e| format!("failed: {e:#}"));
-    match &result {
-        Ok(m) => eprintln!(
-            "reprise: bench: {name}: {:.2} s wall, {:.2} s CPU",
-            m.wall, m.cpu
-        ),
-        Err(e) => eprintln!("reprise: bench: {name}: {e}"),
+/// Run every configuration `rounds` times, round after round (so a slow spell of a shared
+/// machine touches every configuration alike), and give each its median run.
+fn run_rounds(configs: &[Config], rounds: u32) -> Vec<Row> {
+    let mut samples: Vec<Result<Vec<Measure>, String>> = configs
+        .iter()
+        .map(|c| match &c.skip {
+            Some(why) => Err(why.clone()),
+            None => Ok(Vec::new()),
+        })
+        .collect();
+    for round in 1..=rounds {
+        for (i, c) in configs.iter().enumerate() {
+            if samples[i].is_err() {
+                continue;
+            }
+            // Its input comes from a configuration of this round: that one must have run.
+            let input_ok = c.after.as_ref().is_none_or(|a| {
+                configs
+                    .iter()
+                    .position(|o| &o.name == a)
+                    .is_some_and(|j| matches!(&samples[j], Ok(v) if v.len() == round as usize))
+            });
+            if !input_ok {
+                samples[i] = Err(format!(
+                    "skipped: {} failed",
+                    c.after.as_deref().unwrap_or("its input")
+                ));
+                continue;
+            }
+            for f in &c.fresh {
+                let _ = std::fs::remove_file(f);
+            }
+            let name = &c.name;
+            if rounds > 1 {
+                eprintln!("reprise: bench: {name} (round {round} of {rounds}) ...");
+            } else {
+                eprintln!("reprise: bench: {name} ...");
+            }
+            match measure(&c.program, &c.args) {
+                Ok(m) => {
+                    eprintln!(
+                        "reprise: bench: {name}: {:.2} s wall, {:.2} s CPU",
+                        m.wall, m.cpu
+                    );
+                    if let Ok(v) = &mut samples[i] {
+                        v.push(m);
+                    }
+                }
+                Err(e) => {
+                    let e = format!("failed: {e:#}");
+                    eprintln!("reprise: bench: {name}: {e}");
+                    samples[i] = Err(e);
+                }
+            }
+        }
     }
-    Row {
-        name: name.to_string(),
-        result,
-    }
+    configs
+        .iter()
+        .zip(samples)
+        .map(|(c, s)| Row {
+            name: c.name.clone(),
+            runs: s.as_ref().map_or(0, Vec::len),
+            result: s.and_then(|v| median_run(v).ok_or_else(|| "no run".to_string())),
+        })
+        .collect()
+}
+
+/// The run whose CPU time is the median of `runs` (the lower middle one of an even count),
+/// with the CPU range of all of them.
+fn median_run(mut runs: Vec<Measure>) -> Option<Measure> {
+    runs.sort_by(|a, b| a.cpu.total_cmp(&b.cpu));
+    let (lo, hi) = (runs.first()?.cpu, runs.last()?.cpu);
+    let mut m = runs.get((runs.len() - 1) / 2)?.clone();
+    m.cpu_range = (lo, hi);
+    Some(m)
 }
 
 /// User + system CPU seconds of this process's reaped children (Linux `/proc/self/stat`
@@ -452,6 +551,7 @@ fn measure(program: &Path, args: &[String]) -> Result<Measure> {
         wall,
         cpu,
         instructions: instructions_in(&err),
+        cpu_range: (cpu, cpu),
     })
 }
 
@@ -485,8 +585,11 @@ fn instructions_in(stderr: &str) -> Option<u64> {
 }
 
 fn print_table(rows: &[Row]) {
+    // With several rounds, each row is its median run, followed by the CPU range.
+    let rounds = rows.iter().map(|r| r.runs).max().unwrap_or(0);
+    let range_head = if rounds > 1 { "  cpu range" } else { "" };
     println!(
-        "{:<32} {:>12} {:>9} {:>9} {:>14} {:>10} {:>10}",
+        "{:<32} {:>12} {:>9} {:>9} {:>14} {:>10} {:>10}{range_head}",
         "configuration",
         "to INIT-DONE",
         "wall s",
@@ -524,8 +627,16 @@ fn print_table(rows: &[Row]) {
                         None => ("-".into(), "-".into(), "-".into()),
                     },
                 };
+                let range = if rounds > 1 {
+                    format!(
+                        "  {:.2}-{:.2} ({} runs)",
+                        m.cpu_range.0, m.cpu_range.1, r.runs
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{:<32} {:>12} {:>9.2} {:>9.2} {:>14} {:>10} {:>10}",
+                    "{:<32} {:>12} {:>9.2} {:>9.2} {:>14} {:>10} {:>10}{range}",
                     r.name, done, m.wall, m.cpu, n, mips_cpu, mips_wall
                 );
             }
@@ -538,7 +649,13 @@ fn print_table(rows: &[Row]) {
             .and_then(|r| r.result.as_ref().ok())
     };
     println!();
-    println!("ratios (CPU time; wall time in parentheses):");
+    if rounds > 1 {
+        println!(
+            "ratios of the median runs of {rounds} rounds (CPU time; wall time in parentheses):"
+        );
+    } else {
+        println!("ratios (CPU time; wall time in parentheses):");
+    }
     let ratios = [
         ("record / run", "reprise record", "reprise run", "<= 1.03"),
         (

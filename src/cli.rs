@@ -686,4 +686,8 @@ pub struct BenchArgs {
     /// Keep the work files (the recording and the trace) afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Run every configuration this many times, in rounds, and report each one's median
+    /// run (by CPU time) with the range: steadier ratios on a noisy machine.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
 }

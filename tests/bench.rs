@@ -76,3 +76,59 @@ fn quick_bench_prints_one_row_per_configuration_and_the_ratios() {
     // The work directory is removed afterwards unless --keep.
     assert!(!work.exists());
 }
+
+#[test]
+fn repeated_bench_reports_each_rows_median_and_range() {
+    let image = reprise_fixtures::fixture_path("compute-small");
+    let work = scratch_dir().join("bench-repeat");
+    let r = reprise(&[
+        "bench".as_ref(),
+        "--quick".as_ref(),
+        "--image".as_ref(),
+        image.as_os_str(),
+        "--repeat".as_ref(),
+        "2".as_ref(),
+        "--work-dir".as_ref(),
+        work.as_os_str(),
+    ]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].ends_with("cpu range"), "{r:?}");
+    // Every configuration ran in both rounds: the traced replays too, whose trace file from
+    // the first round must not stop the second.
+    assert!(r.stderr.contains("(round 2 of 2)"), "{r:?}");
+    for name in [
+        "reprise run ",
+        "reprise record ",
+        "reprise record, no checkpoints ",
+        "reprise replay ",
+        "reprise replay --trace movement ",
+        "reprise replay --trace --jobs 1 ",
+        "reprise mesi -> mscan sharing ",
+    ] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name:?}: {r:?}"));
+        assert!(row.ends_with("(2 runs)"), "{row:?}");
+        // The median's CPU time lies within the range printed beside it.
+        let cols: Vec<&str> = row[32..].split_whitespace().collect();
+        let cpu: f64 = cols[2].parse().expect("cpu seconds");
+        let (lo, hi) = cols[6].split_once('-').expect("a range");
+        let (lo, hi): (f64, f64) = (lo.parse().unwrap(), hi.parse().unwrap());
+        assert!(lo <= cpu && cpu <= hi, "{row:?}");
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("ratios of the median runs of 2 rounds")));
+
+    // An impossible count is refused before anything runs.
+    let r = reprise(&[
+        "bench".as_ref(),
+        "--quick".as_ref(),
+        "--repeat".as_ref(),
+        "0".as_ref() as &std::ffi::OsStr,
+    ]);
+    assert_ne!(r.status, 0, "{r:?}");
+    assert!(r.stderr.contains("--repeat"), "{r:?}");
+}
