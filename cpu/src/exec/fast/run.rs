@@ -425,7 +425,31 @@ pub(crate) fn imul<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op
         }
         _ => (x.reg_get(o.r1, size), o.imm),
     };
-    let (lo, _, f) = crate::exec::muldiv::multiply(true, a, b, size);
+    // The truncated product and whether it overflowed, as the host's IMUL gives them
+    // (`overflowing_mul` compiles to IMUL + SETO); the flags then follow `muldiv.rs`'s rule:
+    // CF = OF = overflow, SF and PF from the low half, ZF and AF clear.
+    let (lo, overflow) = match size {
+        8 => {
+            let (p, v) = (a as i64).overflowing_mul(b as i64);
+            (p as u64, v)
+        }
+        4 => {
+            let (p, v) = (a as i32).overflowing_mul(b as i32);
+            (p as u32 as u64, v)
+        }
+        2 => {
+            let (p, v) = (a as i16).overflowing_mul(b as i16);
+            (p as u16 as u64, v)
+        }
+        _ => {
+            // No two- or three-operand IMUL has byte operands; the generic rule if one did.
+            let (lo, _, f) = crate::exec::muldiv::multiply(true, a, b, size);
+            x.reg_put(o.r0, size, lo);
+            x.set_status(f);
+            return Ok(());
+        }
+    };
+    let f = (flags::szp(lo, size) & !ZF) | (overflow as u64 * (CF | OF));
     x.reg_put(o.r0, size, lo);
     x.set_status(f);
     Ok(())
