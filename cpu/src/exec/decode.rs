@@ -160,6 +160,7 @@ impl Cpu {
         // leave up to half its capacity unused, and the freed smaller buffers as holes
         // between blocks): the decoded code is many times the size of the guest's, and the
         // host's caches hold more of it the denser it lies.
+        fast::fuse(&mut insns);
         let exact: Box<[DecodedInsn]> = insns.drain(..).collect();
         let full_at = code.store_full(&mut full);
         code.return_scratch((insns, full));

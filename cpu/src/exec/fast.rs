@@ -401,6 +401,88 @@ pub(crate) fn classify(i: &Instruction, group: Group, bitness: u32, start: u64) 
     (generic(group), Operands::default())
 }
 
+/// Fuse compare-and-branch pairs of a freshly decoded block: a CMP or TEST of registers or
+/// of a register and an immediate, directly followed by a fast Jcc, gets a handler that also
+/// decides the branch (table.rs `cmp_jcc`), so the pair costs one dispatch instead of two.
+///
+/// The Jcc keeps its own entry, unchanged: the run loop skips it after a fused compare
+/// (counting it as retired) and runs it on its own whenever the fused handler declines
+/// (an observer is watching, the target is not canonical) or the budget ends between the
+/// two. The compare's own record holds what the fused handler needs of the jump in fields
+/// its form leaves unused: the branch offset (relative to the block's start, as the Jcc
+/// holds it) in `disp`, and the condition as a [`Fused`] test in `cc`, `index` and `scale`.
+/// JO and JNO (rare in compiled code) are not fused.
+pub(crate) fn fuse(insns: &mut [crate::code_cache::DecodedInsn]) {
+    // Op statistics count every instruction the loop dispatches: keep pairs apart there.
+    if cfg!(feature = "op-stats") {
+        return;
+    }
+    for k in 1..insns.len() {
+        let Some(test) = Fused::of(insns[k].op) else {
+            continue;
+        };
+        let offset = insns[k].ops.imm;
+        let d = &mut insns[k - 1];
+        if let Some(handler) = table::fused_index(d.op, &d.ops) {
+            (d.ops.cc, d.ops.index, d.ops.scale) = (test.mask, test.signed, test.negate);
+            d.ops.disp = offset;
+            d.handler = handler;
+        }
+    }
+}
+
+/// A Jcc's condition as a test of RFLAGS' low byte `f` (CF, PF, AF, ZF, SF), in three
+/// branch-free steps whatever the condition: `w = f ^ ((f >> 4) & signed)` (bit 7 becomes
+/// SF xor OF for the signed conditions, OF being bit 11), then `(w & mask != 0) != negate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fused {
+    /// The flags of which one set makes the condition hold (before `negate`).
+    pub mask: u8,
+    /// 0x80 for the signed conditions (L, GE, LE, G), else 0.
+    pub signed: u8,
+    /// 1 for the negated conditions (NB, NE, ...), else 0.
+    pub negate: u8,
+}
+
+impl Fused {
+    /// The test of Jcc `op`, if it is one other than JO/JNO.
+    pub(crate) fn of(op: Op) -> Option<Fused> {
+        const C: u8 = 0x01;
+        const P: u8 = 0x04;
+        const Z: u8 = 0x40;
+        const S: u8 = 0x80;
+        let (mask, signed, negate) = match op {
+            Op::Jb => (C, 0, 0),
+            Op::Jae => (C, 0, 1),
+            Op::Je => (Z, 0, 0),
+            Op::Jne => (Z, 0, 1),
+            Op::Jbe => (C | Z, 0, 0),
+            Op::Ja => (C | Z, 0, 1),
+            Op::Js => (S, 0, 0),
+            Op::Jns => (S, 0, 1),
+            Op::Jp => (P, 0, 0),
+            Op::Jnp => (P, 0, 1),
+            Op::Jl => (S, S, 0),
+            Op::Jge => (S, S, 1),
+            Op::Jle => (S | Z, S, 0),
+            Op::Jg => (S | Z, S, 1),
+            _ => return None,
+        };
+        Some(Fused {
+            mask,
+            signed,
+            negate,
+        })
+    }
+
+    /// Whether the condition holds for RFLAGS `f`.
+    #[inline(always)]
+    pub(crate) fn holds(mask: u8, signed: u8, negate: u8, f: u64) -> bool {
+        let w = (f as u8) ^ ((f >> 4) as u8 & signed);
+        ((w & mask != 0) as u8 ^ negate) != 0
+    }
+}
+
 /// Whether `op` is one of the conditional jumps.
 fn is_jcc(op: Op) -> bool {
     use Op::*;

@@ -338,7 +338,8 @@ impl Cpu {
                 }
             };
             rip = 'block: {
-                for d in insns {
+                let mut it = insns.iter();
+                while let Some(d) = it.next() {
                     x.retired = retired;
                     if O::ENABLED {
                         // Observers see each instruction's address.
@@ -369,6 +370,18 @@ impl Cpu {
                             rip = x.next_rip;
                             result = Ok(true);
                             break 'chain;
+                        }
+                        fast::Flow::Pair | fast::Flow::Skip => {
+                            // A compare fused with the Jcc after it (`fast::fuse`): both
+                            // retired, unless the budget ends between them (the Jcc is then
+                            // not in `insns`: only the compare ran, and the block ends).
+                            retired += 1;
+                            if it.next().is_some() {
+                                retired += 1;
+                                if flow == fast::Flow::Pair {
+                                    break 'block x.next_rip;
+                                }
+                            }
                         }
                         fast::Flow::Exit => {
                             // The instruction did not retire; the exit names it.

@@ -7,30 +7,50 @@ use crate::exec::Exec;
 use crate::fault::{ExecResult, Exit, Fault};
 use crate::flags;
 use crate::observer::{ContextEvent, Observer};
-use crate::state::rflags::{CF, OF, PF, SF, STATUS, ZF};
+use crate::state::rflags::{CF, OF, SF, STATUS, ZF};
 use crate::state::SegReg;
 
 use super::{Op, Operands, RIP};
 
 /// Whether condition `cc` (`ConditionCode as u8`) holds for `f` (RFLAGS), without branches:
-/// conditions come in pairs (even: the condition, odd: its negation) over eight bases.
+/// each condition is a test of RFLAGS' low byte (CF, PF, AF, ZF, SF) looked up in
+/// [`CONDITIONS`] and done in three steps, `w = (f & keep) ^ ((f >> 4) & signed)` (bit 7
+/// becomes SF xor OF for the signed conditions, or OF alone for O/NO, OF being bit 11),
+/// then `(w & mask != 0) != negate`.
 #[inline(always)]
 pub(crate) fn condition_bits(f: u64, cc: u8) -> bool {
-    // iced numbers conditions from 1 (o) to 16 (g); 0 is "none" (always true).
-    if cc == 0 {
-        return true;
-    }
-    let k = (cc - 1) as u64;
-    let of = (f & OF != 0) as u64;
-    let cf = (f & CF != 0) as u64;
-    let zf = (f & ZF != 0) as u64;
-    let sf = (f & SF != 0) as u64;
-    let pf = (f & PF != 0) as u64;
-    let lt = sf ^ of;
-    let bases =
-        of | cf << 1 | zf << 2 | (cf | zf) << 3 | sf << 4 | pf << 5 | lt << 6 | (zf | lt) << 7;
-    ((bases >> (k >> 1)) ^ k) & 1 != 0
+    let [mask, signed, negate, keep] = CONDITIONS[cc as usize & 31];
+    let w = (f as u8 & keep) ^ ((f >> 4) as u8 & signed);
+    ((w & mask != 0) as u8 ^ negate) != 0
 }
+
+/// The tests of [`condition_bits`], `[mask, signed, negate, keep]` by condition code
+/// (iced's numbering: 0 is "none", always true; past 16 likewise, never produced).
+const CONDITIONS: [[u8; 4]; 32] = {
+    const C: u8 = 0x01;
+    const P: u8 = 0x04;
+    const Z: u8 = 0x40;
+    const S: u8 = 0x80;
+    let mut t = [[0, 0, 1, 0xff]; 32];
+    let bases = [
+        [S, S, 0, 0x7f],     // O: bit 7 = OF alone
+        [C, 0, 0, 0xff],     // B
+        [Z, 0, 0, 0xff],     // E
+        [C | Z, 0, 0, 0xff], // BE
+        [S, 0, 0, 0xff],     // S
+        [P, 0, 0, 0xff],     // P
+        [S, S, 0, 0xff],     // L: SF xor OF
+        [S | Z, S, 0, 0xff], // LE
+    ];
+    let mut k = 0;
+    while k < 8 {
+        t[1 + 2 * k] = bases[k];
+        let [m, sg, _, kp] = bases[k];
+        t[2 + 2 * k] = [m, sg, 1, kp];
+        k += 1;
+    }
+    t
+};
 
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// Register `r` at `size` bytes (zero-extended).
@@ -425,7 +445,31 @@ pub(crate) fn imul<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op
         }
         _ => (x.reg_get(o.r1, size), o.imm),
     };
-    let (lo, _, f) = crate::exec::muldiv::multiply(true, a, b, size);
+    // The truncated product and whether it overflowed, as the host's IMUL gives them
+    // (`overflowing_mul` compiles to IMUL + SETO); the flags then follow `muldiv.rs`'s rule:
+    // CF = OF = overflow, SF and PF from the low half, ZF and AF clear.
+    let (lo, overflow) = match size {
+        8 => {
+            let (p, v) = (a as i64).overflowing_mul(b as i64);
+            (p as u64, v)
+        }
+        4 => {
+            let (p, v) = (a as i32).overflowing_mul(b as i32);
+            (p as u32 as u64, v)
+        }
+        2 => {
+            let (p, v) = (a as i16).overflowing_mul(b as i16);
+            (p as u16 as u64, v)
+        }
+        _ => {
+            // No two- or three-operand IMUL has byte operands; the generic rule if one did.
+            let (lo, _, f) = crate::exec::muldiv::multiply(true, a, b, size);
+            x.reg_put(o.r0, size, lo);
+            x.set_status(f);
+            return Ok(());
+        }
+    };
+    let f = (flags::szp(lo, size) & !ZF) | (overflow as u64 * (CF | OF));
     x.reg_put(o.r0, size, lo);
     x.set_status(f);
     Ok(())

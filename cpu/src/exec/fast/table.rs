@@ -46,6 +46,15 @@ pub(crate) enum Flow {
     Stop,
     /// The instruction did not complete: `Exec::exit` says why.
     Exit,
+    /// A fused compare (see `fast::fuse`) retired and its Jcc, the next instruction, is
+    /// taken to `Exec::next_rip`: the loop counts both as retired and leaves the block,
+    /// unless the budget ends before the Jcc (then only the compare retired, and the block
+    /// ends after it).
+    Pair,
+    /// A fused compare retired and its Jcc is not taken: the loop counts both as retired
+    /// and goes on after the Jcc (or, when the budget ends before it, counts the compare
+    /// only and ends the block there).
+    Skip,
 }
 
 /// A handler: executes the instruction `d` (whose op selected it) in context `x`.
@@ -175,6 +184,20 @@ impl<B: Bus, O: Observer> Table<B, O> {
         set!(XmmBinRR, xmm_bin_rr::<B, O>);
         set!(XmmBinRM, xmm_bin_rm::<B, O>);
         set!(XmmShiftI, xmm_shift_i::<B, O>);
+
+        // Fused compare-and-branch pairs: CMP and TEST of a register with a register or
+        // an immediate, one entry per operand size class.
+        macro_rules! fused {
+            ($at:expr, $k:expr, $imm:expr) => {
+                t[$at] = cmp_jcc::<{ $k }, { $imm }, 8, B, O>;
+                t[$at + 1] = cmp_jcc::<{ $k }, { $imm }, 4, B, O>;
+                t[$at + 2] = cmp_jcc::<{ $k }, { $imm }, 0, B, O>;
+            };
+        }
+        fused!(FUSED, k::CMP, false);
+        fused!(FUSED + 3, k::CMP, true);
+        fused!(FUSED + 6, k::TEST, false);
+        fused!(FUSED + 9, k::TEST, true);
         t
     }
 }
@@ -187,12 +210,45 @@ const LAST_SIZED: usize = Op::RorRI as usize;
 const SIZE8: usize = 128;
 /// Where the 4-byte entries of the sized range start.
 const SIZE4: usize = 192;
-// The ops below 128, each sized range above them, all within the table.
+/// Where the fused compare-and-branch entries start: the ops run by [`crate::exec::slow`]
+/// (the groups' generic handlers and PAUSE, numbered first) all share entry 0, which leaves
+/// the entries after it free for the twelve fused forms ([`fused_index`]).
+const FUSED: usize = 1;
+// The ops below 128, each sized range above them, all within the table; the fused entries
+// between the shared slow entry and the first op with an entry of its own.
 const _: () = assert!(
     (Op::XmmShiftI as usize) < SIZE8
         && LAST_SIZED - FIRST_SIZED < SIZE4 - SIZE8
         && SIZE4 + (LAST_SIZED - FIRST_SIZED) < 256
+        && Op::GData as usize == 0
+        && Op::Pause as usize + 1 == FIRST_SIZED
+        && FUSED + 12 <= FIRST_SIZED
 );
+
+/// Whether `op` runs through the table's default entry ([`crate::exec::slow`]) and is
+/// numbered before the first sized op.
+fn shares_slow(op: Op) -> bool {
+    (op as usize) <= Op::Pause as usize
+}
+
+/// The table entry of the fused form of compare `op` with operands `o`, when it has one
+/// (CMP or TEST of registers, or of a register and an immediate; see `fast::fuse`).
+pub(crate) fn fused_index(op: Op, o: &Operands) -> Option<u8> {
+    let row = match op {
+        Op::CmpRR => 0,
+        Op::CmpRI => 3,
+        Op::TestRR => 6,
+        Op::TestRI => 9,
+        _ => return None,
+    };
+    let column = match o.size {
+        8 => 0,
+        4 => 1,
+        _ => 2,
+    };
+    // Below FIRST_SIZED (13) by the assertion above.
+    Some((FUSED + row + column) as u8)
+}
 
 /// The table entry of an instruction with op `op` and operands `o` (decided once, at decode
 /// time, into `DecodedInsn::handler`): the ops from MOV r, r to ROR r, imm have a copy of
@@ -200,6 +256,9 @@ const _: () = assert!(
 /// the size is no run-time test (for MOVZX/MOVSX: the source size, 1 or 2 bytes); every
 /// other op (and the other sizes) is its own entry, whose handler reads the size.
 pub(crate) fn index(op: Op, o: &Operands) -> u8 {
+    if shares_slow(op) {
+        return 0;
+    }
     let n = op as usize;
     let size = if matches!(op, Op::MovzxRR | Op::MovzxRM | Op::MovsxRR | Op::MovsxRM) {
         match o.imm {
@@ -530,6 +589,37 @@ fn jcc<const C: u8, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) ->
     }
 }
 
+/// A CMP or TEST (`K`) of a register with a register or (`IMM`) an immediate, fused with
+/// the Jcc after it (`fast::fuse`: the condition in `cc`/`index`/`scale`, the branch offset
+/// in `disp`):
+/// sets the flags exactly as the compare alone does, then decides the branch from them.
+/// With an observer, or a non-canonical target (the Jcc's #GP), it is the compare alone
+/// and the Jcc runs through its own entry.
+fn cmp_jcc<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    d: &DecodedInsn,
+) -> Flow {
+    let o = &d.ops;
+    let size = super::sz::<S>(o);
+    let a = x.reg_get(o.r0, size);
+    let b = if IMM { o.imm } else { x.reg_get(o.r1, size) };
+    let (_, f) = super::alu::<K>(a, b, x.cpu.state.rflags, size);
+    x.set_status(f);
+    if O::ENABLED {
+        // Observers see every instruction on its own.
+        return Flow::Next;
+    }
+    if !super::Fused::holds(o.cc, o.index, o.scale, f) {
+        return Flow::Skip;
+    }
+    let target = x.block_rip.wrapping_add(o.disp);
+    if !crate::exec::control::is_canonical(target) {
+        return Flow::Next;
+    }
+    x.next_rip = target;
+    Flow::Pair
+}
+
 fn jmp_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     match super::rel_target(x, &d.ops) {
         Ok(t) => {
@@ -666,12 +756,18 @@ mod tests {
         assert!(std::mem::size_of::<DecodedInsn>() <= 32);
     }
 
-    /// Every op has table entries of its own: no two ops share one, and each op of the
-    /// sized range has three (one per size class).
+    /// Every op has table entries of its own (but the ops run by `slow`, which share
+    /// entry 0): no two ops share one, each op of the sized range has three (one per size
+    /// class), and the fused compare-and-branch forms have twelve more.
     #[test]
     fn handler_indices_are_distinct() {
         let mut owner = std::collections::BTreeMap::new();
         for o in 0..=Op::XmmShiftI as usize {
+            if shares_slow(op_of(o)) {
+                let ops = Operands::default();
+                assert_eq!(index(op_of(o), &ops), 0);
+                continue;
+            }
             let mut mine = std::collections::BTreeSet::new();
             for size in [1u8, 2, 4, 8] {
                 let ops = Operands {
@@ -690,6 +786,21 @@ mod tests {
             };
             assert_eq!(mine.len(), want, "{:?}", op_of(o));
         }
+        assert!(!owner.contains_key(&0));
+        let mut fused = std::collections::BTreeSet::new();
+        for op in [Op::CmpRR, Op::CmpRI, Op::TestRR, Op::TestRI] {
+            for size in [1u8, 2, 4, 8] {
+                let ops = Operands {
+                    size,
+                    ..Operands::default()
+                };
+                let i = fused_index(op, &ops).expect("a fused form");
+                assert!(i != 0 && !owner.contains_key(&i), "{op:?} {size}");
+                fused.insert(i);
+            }
+        }
+        assert_eq!(fused.len(), 12);
+        assert!(fused_index(Op::CmpRM, &Operands::default()).is_none());
     }
 
     /// The op numbered `o`.

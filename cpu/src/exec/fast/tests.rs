@@ -437,3 +437,163 @@ fn locked_and_non_64_bit_instructions_stay_generic() {
     // add [rax], ebx
     assert_eq!(decode(64, &[0x01, 0x18]).0, Op::AddMR);
 }
+
+/// The fused compare-and-branch forms (`fuse`, table.rs `cmp_jcc`).
+mod fused {
+    use super::super::Fused;
+    use super::Rng;
+    use crate::exec::RunExit;
+    use crate::flags::holds;
+    use crate::observer::AccessKind;
+    use crate::state::rflags::{CF, OF, PF, SF, ZF};
+    use crate::state::CpuState;
+    use crate::testing::{setup_long_mode, RecordingObserver, TestMachine, CODE_BASE, STACK_TOP};
+
+    /// Each fused condition test agrees with the condition on every combination of the
+    /// five flags it may read; JO/JNO have none (they are not fused).
+    #[test]
+    fn fused_conditions_match_holds() {
+        use super::super::Op::*;
+        let jumps = [
+            Jo, Jno, Jb, Jae, Je, Jne, Jbe, Ja, Js, Jns, Jp, Jnp, Jl, Jge, Jle, Jg,
+        ];
+        for (k, op) in jumps.into_iter().enumerate() {
+            let Some(t) = Fused::of(op) else {
+                assert!(k < 2, "{op:?}");
+                continue;
+            };
+            for bits in 0..32u64 {
+                let f = [CF, PF, ZF, SF, OF]
+                    .iter()
+                    .enumerate()
+                    .fold(0, |f, (n, b)| if bits >> n & 1 != 0 { f | b } else { f });
+                assert_eq!(
+                    Fused::holds(t.mask, t.signed, t.negate, f),
+                    holds(f, k as u8 + 1),
+                    "{op:?} {f:#x}"
+                );
+            }
+        }
+    }
+
+    /// The compares that fuse (register/register and register/immediate CMP and TEST at
+    /// every size), encoded with RAX/AL and RBX/BL.
+    const COMPARES: [&[u8]; 14] = [
+        &[0x48, 0x39, 0xd8],             // cmp rax, rbx
+        &[0x39, 0xd8],                   // cmp eax, ebx
+        &[0x66, 0x39, 0xd8],             // cmp ax, bx
+        &[0x38, 0xd8],                   // cmp al, bl
+        &[0x48, 0x83, 0xf8, 0x80],       // cmp rax, -128
+        &[0x81, 0xf8, 0, 0, 0, 0x80],    // cmp eax, 0x80000000
+        &[0x66, 0x83, 0xf8, 0x01],       // cmp ax, 1
+        &[0x3c, 0x7f],                   // cmp al, 0x7f
+        &[0x48, 0x85, 0xd8],             // test rax, rbx
+        &[0x85, 0xd8],                   // test eax, ebx
+        &[0x66, 0x85, 0xd8],             // test ax, bx
+        &[0x84, 0xd8],                   // test al, bl
+        &[0x48, 0xa9, 0xff, 0, 0, 0x80], // test rax, 0xffffffff800000ff
+        &[0xa8, 0x81],                   // test al, 0x81
+    ];
+
+    /// `compare; jcc +2; mov cl, 1; pushfq; pop rdx; ud2`: the branch decides CL, PUSHFQ
+    /// (a reader of RFLAGS out of line) then shows the compare's flags, and the UD2 (#UD
+    /// with no IDT: the machine stops) faults with the count and address it must have.
+    fn program(compare: &[u8], cc: u8) -> Vec<u8> {
+        let mut p = compare.to_vec();
+        p.extend_from_slice(&[0x70 + cc - 1, 2, 0xb1, 1, 0x9c, 0x5a, 0x0f, 0x0b]);
+        p
+    }
+
+    /// Machine `m` made to run `bytes` from the state of `seed`, with fast paths on or off
+    /// (the machines are reused: building one clears 16 MiB).
+    fn machine(m: &mut TestMachine, bytes: &[u8], fast: bool, rng: &mut Rng, seed: u64) {
+        let c = CODE_BASE as usize;
+        m.bus.ram[c..c + bytes.len()].copy_from_slice(bytes);
+        m.cpu.state = CpuState::default();
+        setup_long_mode(&mut m.cpu, CODE_BASE, STACK_TOP);
+        m.code.clear();
+        m.code.set_fast_paths(fast);
+        *rng = Rng(seed);
+        let pick = |rng: &mut Rng| match rng.below(4) {
+            0 => 0,
+            1 => rng.below(3),
+            2 => 1 << rng.below(64),
+            _ => rng.next(),
+        };
+        m.cpu.state.gpr[0] = pick(rng);
+        m.cpu.state.gpr[3] = if rng.below(4) == 0 {
+            m.cpu.state.gpr[0]
+        } else {
+            pick(rng)
+        };
+        m.cpu.state.rflags |= rng.next() & crate::state::rflags::STATUS;
+    }
+
+    /// Every fused pair, every condition, run to the end and with every budget (so the
+    /// budget also ends between the compare and its jump), with fast paths (fused) and
+    /// with generic handlers only (never fused): the same state after each run, the same
+    /// count, the same fault.
+    #[test]
+    fn fused_pairs_match_generic_handlers() {
+        let mut rng = Rng(0);
+        let mut fast = TestMachine::with_code(&[]);
+        let mut slow = TestMachine::with_code(&[]);
+        for compare in COMPARES {
+            for cc in 1..=16u8 {
+                let bytes = program(compare, cc);
+                for seed in 1..=12u64 {
+                    for budget in [1u64, 2, 3, 100] {
+                        machine(&mut fast, &bytes, true, &mut rng, seed);
+                        machine(&mut slow, &bytes, false, &mut rng, seed);
+                        let (mut ef, mut es) = (RunExit::Budget, RunExit::Budget);
+                        // A budget, then the rest.
+                        for step in [budget, 100] {
+                            ef = fast.run(step);
+                            es = slow.run(step);
+                            assert_eq!(fast.cpu.state, slow.cpu.state, "{compare:x?} {cc}");
+                            if !matches!(ef, RunExit::Budget) {
+                                break;
+                            }
+                        }
+                        assert_eq!(format!("{ef:?}"), format!("{es:?}"), "{compare:x?} {cc}");
+                        // The UD2 comes after four instructions on the taken path, five on
+                        // the other; it does not retire.
+                        let s = &fast.cpu.state;
+                        assert_eq!(s.retired, 4 + (s.gpr[1] & 0xff), "{compare:x?} {cc}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// With an observer, a fused compare runs alone (the Jcc through its own entry): the
+    /// same state as without one, and an access reported at the Jcc's own address and
+    /// count (the fetch-less observer sees the stack writes of PUSHFQ).
+    #[test]
+    fn fused_pairs_under_an_observer() {
+        let mut rng = Rng(0);
+        let mut plain = TestMachine::with_code(&[]);
+        let mut seen = TestMachine::with_code(&[]);
+        for compare in COMPARES {
+            let bytes = program(compare, 6);
+            for seed in 1..=6u64 {
+                machine(&mut plain, &bytes, true, &mut rng, seed);
+                machine(&mut seen, &bytes, true, &mut rng, seed);
+                plain.run(100);
+                let mut obs = RecordingObserver::default();
+                let mut exit = RunExit::Budget;
+                while seen.cpu.state.retired < 100 && matches!(exit, RunExit::Budget) {
+                    exit = seen.cpu.run(&mut seen.bus, &mut obs, &mut seen.code, 100);
+                }
+                assert_eq!(plain.cpu.state, seen.cpu.state);
+                let push = obs
+                    .accesses
+                    .iter()
+                    .find(|a| matches!(a.kind, AccessKind::Write))
+                    .expect("a push");
+                // PUSHFQ comes after the compare, the jump and (not taken) the MOV.
+                assert_eq!(push.retired, 2 + (seen.cpu.state.gpr[1] & 0xff));
+            }
+        }
+    }
+}
