@@ -590,7 +590,41 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
     }
 
     /// Take the next item of the stream.
+    #[inline]
     pub fn take(&mut self, item: Filtered) {
+        // Accesses are nearly every item and nearly all dropped: judge them here, inline in
+        // the observer's path; everything else (and building a kept access's record) is out
+        // of line.
+        match item {
+            Filtered::Access { position, access } => self.access(position, &access),
+            other => self.take_other(other),
+        }
+    }
+
+    /// Judge one access (one line's piece) at `position`; record it if kept.
+    #[inline]
+    pub fn access(&mut self, position: u64, access: &Access) {
+        let o = self.policy.observe(access);
+        if o.keep {
+            self.record_access(position, access, o.note);
+        }
+    }
+
+    /// Record a kept access.
+    #[inline(never)]
+    fn record_access(&mut self, position: u64, access: &Access, note: crate::record::Note) {
+        self.kept += 1;
+        let r = Record {
+            position,
+            cpu: access.cpu,
+            event: Event::Access(AccessEvent::from_access(access, self.values, note)),
+        };
+        self.emit(r);
+    }
+
+    /// Every item but a plain access.
+    #[inline(never)]
+    fn take_other(&mut self, item: Filtered) {
         match item {
             Filtered::Context(r) => self.emit(*r),
             // Resolved by the filter stage before it comes here; never made otherwise.
@@ -600,14 +634,7 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
                 }
             }
             Filtered::Kept { position, access } => {
-                self.kept += 1;
-                let note = Outcome::default().note;
-                let r = Record {
-                    position,
-                    cpu: access.cpu,
-                    event: Event::Access(AccessEvent::from_access(&access, self.values, note)),
-                };
-                self.emit(r);
+                self.record_access(position, &access, Outcome::default().note)
             }
             Filtered::Settle(lines) => {
                 if let Some(m) = self.policy.as_movement_mut() {
@@ -616,22 +643,7 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
                     }
                 }
             }
-            Filtered::Access { position, access } => {
-                let o = self.policy.observe(&access);
-                if o.keep {
-                    self.kept += 1;
-                    let r = Record {
-                        position,
-                        cpu: access.cpu,
-                        event: Event::Access(AccessEvent::from_access(
-                            &access,
-                            self.values,
-                            o.note,
-                        )),
-                    };
-                    self.emit(r);
-                }
-            }
+            Filtered::Access { position, access } => self.access(position, &access),
         }
     }
 

@@ -138,6 +138,7 @@ pub enum Policy {
 }
 
 impl CacheLinePolicy for Policy {
+    #[inline]
     fn observe(&mut self, a: &Access) -> Outcome {
         match self {
             Policy::All(p) => p.observe(a),
