@@ -776,6 +776,20 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
 
     #[inline]
     fn access(&mut self, a: &Access) {
+        let st = &mut self.stage;
+        // The common case — the access lies in one line, no segment shadow — goes straight
+        // from the filters to the policy by reference: what `FilterStage::access` then
+        // `PolicyStage::take` do, without building an item (copying the CPU's freshly
+        // written access record as a whole stalled on store forwarding).
+        if st.shadow.is_none() && st.line.is_none_or(|l| !crosses_line(a, l)) {
+            st.seen += 1;
+            let position = st.position_of(a.retired);
+            if st.filter.keep(position, a) {
+                st.filtered_in += 1;
+                self.policy.access(position, a);
+            }
+            return;
+        }
         let policy = &mut self.policy;
         self.stage.access(a, &mut |f| policy.take(f));
     }
