@@ -535,8 +535,9 @@ impl<F: Filter> FilterStage<F> {
 /// [`split_lines`] would reshape (size 0): such accesses take the general path.
 #[inline(always)]
 fn crosses_line(a: &Access, line: u64) -> bool {
-    let last = a.paddr.wrapping_add(a.size as u64).wrapping_sub(1);
-    a.size == 0 || (a.paddr ^ last) & !(line - 1) != 0 || last < a.paddr
+    let size = crate::policy::field(&a.size);
+    let last = a.paddr.wrapping_add(size as u64).wrapping_sub(1);
+    size == 0 || (a.paddr ^ last) & !(line - 1) != 0 || last < a.paddr
 }
 
 /// The second stage: the cache-line policy and the sink, fed [`Filtered`] items in order.

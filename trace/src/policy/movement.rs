@@ -23,7 +23,7 @@ use reprise_cpu::observer::{Access, AccessKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::{per_line, CacheLinePolicy, Outcome};
+use super::{field, per_line, CacheLinePolicy, Outcome};
 
 /// Physical pages (4 KiB) below this are found through a flat directory (4 GiB of address
 /// space: at most 4 MiB of directory); pages above it (rare: high MMIO) through a tree.
@@ -185,7 +185,10 @@ impl Movement {
         let at = self.lines.at(a.paddr >> self.shift);
         let word = (a.cpu / 64) as usize;
         let bit = 1u64 << (a.cpu % 64);
-        let write = matches!(a.kind, AccessKind::Write | AccessKind::ReadModifyWrite);
+        let write = matches!(
+            field(&a.kind),
+            AccessKind::Write | AccessKind::ReadModifyWrite
+        );
         let keep = if self.lines.stride == 1 {
             // Up to 64 CPUs (every 1-CPU replay): one word per line.
             let w = &mut self.lines.words[at];
@@ -338,7 +341,7 @@ impl MovementShadow {
 impl CacheLinePolicy for Movement {
     #[inline]
     fn observe(&mut self, a: &Access) -> Outcome {
-        let last = a.paddr.wrapping_add(a.size.max(1) as u64 - 1);
+        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1);
         if a.paddr >> self.shift == last >> self.shift {
             // The common case: the access lies in one line (the tracer splits first).
             return self.one_line(a);
