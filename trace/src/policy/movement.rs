@@ -289,14 +289,14 @@ impl MovementShadow {
     #[inline]
     pub fn judge(&mut self, a: &Access) -> Verdict {
         let line = a.paddr >> self.shift;
-        let last = a.paddr.wrapping_add(a.size.max(1) as u64 - 1) >> self.shift;
+        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1) >> self.shift;
         if a.cpu >= 63 || line != last {
             return Verdict::Off;
         }
         let bit = 1u64 << a.cpu;
         let at = self.lines.at(line);
         let w = &mut self.lines.words[at];
-        match a.kind {
+        match field(&a.kind) {
             AccessKind::Read | AccessKind::Fetch => {
                 if *w & bit != 0 {
                     Verdict::Drop
