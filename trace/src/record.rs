@@ -561,11 +561,7 @@ pub struct Backwards {
 impl Delta {
     /// Encode `r` relative to the state, and advance the state.
     pub fn encode(&mut self, r: &Record) -> Result<WireRecord, Backwards> {
-        let dpos = r.position.checked_sub(self.position).ok_or(Backwards {
-            position: r.position,
-            previous: self.position,
-        })?;
-        self.position = r.position;
+        let dpos = self.advance(r.position)?;
         let event = match &r.event {
             Event::Access(a) => {
                 let vp = a.vaddr.wrapping_sub(a.paddr);
@@ -592,6 +588,18 @@ impl Delta {
             cpu: r.cpu,
             event,
         })
+    }
+
+    /// Move the position to `position`, giving the difference (what a record that is not
+    /// an access changes in the state).
+    #[inline]
+    pub fn advance(&mut self, position: u64) -> Result<u64, Backwards> {
+        let dpos = position.checked_sub(self.position).ok_or(Backwards {
+            position,
+            previous: self.position,
+        })?;
+        self.position = position;
+        Ok(dpos)
     }
 
     /// Decode `w` relative to the state, and advance the state. `None` if the position

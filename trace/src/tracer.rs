@@ -51,6 +51,40 @@ impl Sink for Vec<Record> {
     }
 }
 
+/// Where a filter stage hands its items: any `FnMut(Filtered)` (a segment's chunk), or a
+/// policy stage directly (the sequential tracer), which takes a context record by
+/// reference: no copy, no allocation, for the tens of millions of calls and returns of a
+/// Linux boot.
+pub trait Out {
+    /// Take one item.
+    fn item(&mut self, f: Filtered);
+
+    /// Take a context record the filters kept.
+    fn context(&mut self, r: &Record) {
+        self.item(Filtered::Context(Box::new(r.clone())));
+    }
+}
+
+impl<T: FnMut(Filtered)> Out for T {
+    fn item(&mut self, f: Filtered) {
+        self(f)
+    }
+}
+
+/// A policy stage as a filter stage's [`Out`].
+struct Direct<'a, P: CacheLinePolicy, S: Sink>(&'a mut PolicyStage<P, S>);
+
+impl<P: CacheLinePolicy, S: Sink> Out for Direct<'_, P, S> {
+    #[inline]
+    fn item(&mut self, f: Filtered) {
+        self.0.take(f)
+    }
+
+    fn context(&mut self, r: &Record) {
+        self.0.emit_ref(r)
+    }
+}
+
 /// Counts of what went through a [`Tracer`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracerCounts {
@@ -161,9 +195,9 @@ impl<F: Filter> FilterStage<F> {
 
     /// The end of a segment: hand on the state of the lines the shadow knows (nothing
     /// without a shadow).
-    pub fn settle(&mut self, out: &mut impl FnMut(Filtered)) {
+    pub fn settle(&mut self, out: &mut impl Out) {
         if let Some(s) = self.shadow.take() {
-            out(Filtered::Settle(Box::new(s.known())));
+            out.item(Filtered::Settle(Box::new(s.known())));
         }
     }
 
@@ -187,7 +221,7 @@ impl<F: Filter> FilterStage<F> {
     /// the labeler makes of it — what [`FilterStage::context_event`] gives in one go.
     /// The label record goes through this stage's filters, whose on/off state may lag the
     /// segment's: no filter changes state on, or drops, a label or lock record.
-    pub fn resolve(&mut self, l: Labeling, out: &mut impl FnMut(Filtered)) {
+    pub fn resolve(&mut self, l: Labeling, out: &mut impl Out) {
         let Labeling {
             record,
             kept,
@@ -208,7 +242,7 @@ impl<F: Filter> FilterStage<F> {
             _ => None,
         };
         if kept {
-            out(Filtered::Context(Box::new(record)));
+            out.item(Filtered::Context(Box::new(record)));
         }
         if let Some(h) = label {
             self.label(position, cpu, h, out);
@@ -289,16 +323,16 @@ impl<F: Filter> FilterStage<F> {
     /// A context record: the filters see it, and it is passed on unless a filter drops it
     /// ([`Filter::keep_context`]: `--cpu` drops other CPUs' calls, returns, interrupts and
     /// CR3 writes).
-    pub fn context(&mut self, r: &Record, out: &mut impl FnMut(Filtered)) {
+    pub fn context(&mut self, r: &Record, out: &mut impl Out) {
         self.filter.context(r);
         if self.filter.keep_context(r) {
-            out(Filtered::Context(Box::new(r.clone())));
+            out.context(r);
         }
     }
 
     /// One access as the CPU reported it.
     #[inline]
-    pub fn access(&mut self, a: &Access, out: &mut impl FnMut(Filtered)) {
+    pub fn access(&mut self, a: &Access, out: &mut impl Out) {
         self.seen += 1;
         let position = self.position_of(a.retired);
         match self.line {
@@ -315,14 +349,14 @@ impl<F: Filter> FilterStage<F> {
 
     /// One line piece of an access at `position`: passed on if the filters keep it.
     #[inline(always)]
-    fn piece(&mut self, position: u64, p: &Access, out: &mut impl FnMut(Filtered)) {
+    fn piece(&mut self, position: u64, p: &Access, out: &mut impl Out) {
         if self.filter.keep(position, p) {
             self.filtered_in += 1;
             if let Some(s) = &mut self.shadow {
                 match s.judge(p) {
                     Verdict::Drop => return,
                     Verdict::Keep => {
-                        out(Filtered::Kept {
+                        out.item(Filtered::Kept {
                             position,
                             access: *p,
                         });
@@ -332,7 +366,7 @@ impl<F: Filter> FilterStage<F> {
                     Verdict::Off => self.settle(out),
                 }
             }
-            out(Filtered::Access {
+            out.item(Filtered::Access {
                 position,
                 access: *p,
             });
@@ -340,13 +374,7 @@ impl<F: Filter> FilterStage<F> {
     }
 
     /// Console output: a console record at its instruction's position.
-    pub fn console(
-        &mut self,
-        cpu: u32,
-        retired: u64,
-        bytes: &[u8],
-        out: &mut impl FnMut(Filtered),
-    ) {
+    pub fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8], out: &mut impl Out) {
         let r = Record {
             position: self.position_of(retired),
             cpu,
@@ -361,13 +389,7 @@ impl<F: Filter> FilterStage<F> {
     /// (after the CPUs), at no pc and privilege 0, cut into pieces of at most 64 bytes
     /// (and at the policy's lines) so each fits an access record. It is placed at the
     /// position of CPU `_cpu`'s instruction (or slice start).
-    pub fn device_write(
-        &mut self,
-        _cpu: u32,
-        retired: u64,
-        w: &DeviceWrite,
-        out: &mut impl FnMut(Filtered),
-    ) {
+    pub fn device_write(&mut self, _cpu: u32, retired: u64, w: &DeviceWrite, out: &mut impl Out) {
         const PIECE: u64 = 64;
         let mut off = 0u64;
         while off < w.len {
@@ -391,13 +413,7 @@ impl<F: Filter> FilterStage<F> {
     }
 
     /// A call, return, interrupt or CR3 write.
-    pub fn context_event(
-        &mut self,
-        cpu: u32,
-        retired: u64,
-        e: &ContextEvent,
-        out: &mut impl FnMut(Filtered),
-    ) {
+    pub fn context_event(&mut self, cpu: u32, retired: u64, e: &ContextEvent, out: &mut impl Out) {
         let event = match *e {
             ContextEvent::Call {
                 target,
@@ -447,7 +463,7 @@ impl<F: Filter> FilterStage<F> {
                 };
                 self.filter.context(&r);
                 let kept = self.filter.keep_context(&r);
-                out(Filtered::Labeling(Box::new(Labeling {
+                out.item(Filtered::Labeling(Box::new(Labeling {
                     record: r,
                     kept,
                     regs,
@@ -479,13 +495,7 @@ impl<F: Filter> FilterStage<F> {
 
     /// A label the allocation labeler made of a call or return: it goes through the
     /// filters as the guest's label hypercall would, at the same position and CPU.
-    fn label(
-        &mut self,
-        position: u64,
-        cpu: u32,
-        h: crate::record::Hypercall,
-        out: &mut impl FnMut(Filtered),
-    ) {
+    fn label(&mut self, position: u64, cpu: u32, h: crate::record::Hypercall, out: &mut impl Out) {
         let r = Record {
             position,
             cpu,
@@ -495,13 +505,7 @@ impl<F: Filter> FilterStage<F> {
     }
 
     /// A guest hypercall: a record, or a warning when malformed.
-    pub fn hypercall(
-        &mut self,
-        cpu: u32,
-        retired: u64,
-        c: &HypercallCall<'_>,
-        out: &mut impl FnMut(Filtered),
-    ) {
+    pub fn hypercall(&mut self, cpu: u32, retired: u64, c: &HypercallCall<'_>, out: &mut impl Out) {
         let position = self.position_of(retired);
         let decoded = match c.bytes {
             Ok(bytes) => decode(c.kind, bytes).map_err(|e| e.to_string()),
@@ -535,8 +539,9 @@ impl<F: Filter> FilterStage<F> {
 /// [`split_lines`] would reshape (size 0): such accesses take the general path.
 #[inline(always)]
 fn crosses_line(a: &Access, line: u64) -> bool {
-    let last = a.paddr.wrapping_add(a.size as u64).wrapping_sub(1);
-    a.size == 0 || (a.paddr ^ last) & !(line - 1) != 0 || last < a.paddr
+    let size = crate::policy::field(&a.size);
+    let last = a.paddr.wrapping_add(size as u64).wrapping_sub(1);
+    size == 0 || (a.paddr ^ last) & !(line - 1) != 0 || last < a.paddr
 }
 
 /// The second stage: the cache-line policy and the sink, fed [`Filtered`] items in order.
@@ -589,8 +594,54 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
         }
     }
 
+    /// [`Self::emit`] of a borrowed record: copied only if its position must be raised.
+    fn emit_ref(&mut self, r: &Record) {
+        if r.position < self.last {
+            self.emit(r.clone());
+        } else if self.error.is_none() {
+            self.last = r.position;
+            if let Err(e) = self.sink.record(r) {
+                self.error = Some(e);
+            }
+        }
+    }
+
     /// Take the next item of the stream.
+    #[inline]
     pub fn take(&mut self, item: Filtered) {
+        // Accesses are nearly every item and nearly all dropped: judge them here, inline in
+        // the observer's path; everything else (and building a kept access's record) is out
+        // of line.
+        match item {
+            Filtered::Access { position, access } => self.access(position, &access),
+            other => self.take_other(other),
+        }
+    }
+
+    /// Judge one access (one line's piece) at `position`; record it if kept.
+    #[inline]
+    pub fn access(&mut self, position: u64, access: &Access) {
+        let o = self.policy.observe(access);
+        if o.keep {
+            self.record_access(position, access, o.note);
+        }
+    }
+
+    /// Record a kept access.
+    #[inline(never)]
+    fn record_access(&mut self, position: u64, access: &Access, note: crate::record::Note) {
+        self.kept += 1;
+        let r = Record {
+            position,
+            cpu: access.cpu,
+            event: Event::Access(AccessEvent::from_access(access, self.values, note)),
+        };
+        self.emit(r);
+    }
+
+    /// Every item but a plain access.
+    #[inline(never)]
+    fn take_other(&mut self, item: Filtered) {
         match item {
             Filtered::Context(r) => self.emit(*r),
             // Resolved by the filter stage before it comes here; never made otherwise.
@@ -600,14 +651,7 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
                 }
             }
             Filtered::Kept { position, access } => {
-                self.kept += 1;
-                let note = Outcome::default().note;
-                let r = Record {
-                    position,
-                    cpu: access.cpu,
-                    event: Event::Access(AccessEvent::from_access(&access, self.values, note)),
-                };
-                self.emit(r);
+                self.record_access(position, &access, Outcome::default().note)
             }
             Filtered::Settle(lines) => {
                 if let Some(m) = self.policy.as_movement_mut() {
@@ -616,22 +660,7 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
                     }
                 }
             }
-            Filtered::Access { position, access } => {
-                let o = self.policy.observe(&access);
-                if o.keep {
-                    self.kept += 1;
-                    let r = Record {
-                        position,
-                        cpu: access.cpu,
-                        event: Event::Access(AccessEvent::from_access(
-                            &access,
-                            self.values,
-                            o.note,
-                        )),
-                    };
-                    self.emit(r);
-                }
-            }
+            Filtered::Access { position, access } => self.access(position, &access),
         }
     }
 
@@ -699,7 +728,7 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
     /// goes to the sink unless a filter drops it ([`Filter::keep_context`]).
     pub fn context(&mut self, r: &Record) {
         let policy = &mut self.policy;
-        self.stage.context(r, &mut |f| policy.take(f));
+        self.stage.context(r, &mut Direct(policy));
     }
 
     /// Warnings about the guest's hypercalls (malformed records), first ones in full.
@@ -753,31 +782,43 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
     fn context(&mut self, cpu: u32, retired: u64, e: &ContextEvent) {
         let policy = &mut self.policy;
         self.stage
-            .context_event(cpu, retired, e, &mut |f| policy.take(f));
+            .context_event(cpu, retired, e, &mut Direct(policy));
     }
 
     fn hypercall(&mut self, cpu: u32, retired: u64, c: &HypercallCall<'_>) {
         let policy = &mut self.policy;
-        self.stage
-            .hypercall(cpu, retired, c, &mut |f| policy.take(f));
+        self.stage.hypercall(cpu, retired, c, &mut Direct(policy));
     }
 
     #[inline]
     fn access(&mut self, a: &Access) {
+        let st = &mut self.stage;
+        // The common case — the access lies in one line, no segment shadow — goes straight
+        // from the filters to the policy by reference: what `FilterStage::access` then
+        // `PolicyStage::take` do, without building an item (copying the CPU's freshly
+        // written access record as a whole stalled on store forwarding).
+        if st.shadow.is_none() && st.line.is_none_or(|l| !crosses_line(a, l)) {
+            st.seen += 1;
+            let position = st.position_of(a.retired);
+            if st.filter.keep(position, a) {
+                st.filtered_in += 1;
+                self.policy.access(position, a);
+            }
+            return;
+        }
         let policy = &mut self.policy;
-        self.stage.access(a, &mut |f| policy.take(f));
+        self.stage.access(a, &mut Direct(policy));
     }
 
     fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]) {
         let policy = &mut self.policy;
-        self.stage
-            .console(cpu, retired, bytes, &mut |f| policy.take(f));
+        self.stage.console(cpu, retired, bytes, &mut Direct(policy));
     }
 
     fn device_write(&mut self, cpu: u32, retired: u64, w: &DeviceWrite) {
         let policy = &mut self.policy;
         self.stage
-            .device_write(cpu, retired, w, &mut |f| policy.take(f));
+            .device_write(cpu, retired, w, &mut Direct(policy));
     }
 
     fn wants_fetches(&self) -> bool {

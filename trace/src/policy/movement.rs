@@ -12,112 +12,148 @@
 //!
 //! mtrace kept the set as an 8-bit mask; here it is a bitset of any width.
 //!
-//! The state is one flat open-addressed table keyed by line number (linear probing, a fixed
-//! multiplicative hash, no per-line allocation): a traced Linux boot judges hundreds of
-//! millions of accesses, and a tree of per-line vectors cost a quarter of the replay. Its
-//! layout depends only on the access stream (no random hash seed), so the serialized state
-//! is deterministic; nothing iterates it into a trace.
+//! The state is one block of per-line words per touched 4 KiB page, found through a flat
+//! page directory (no per-line allocation, no hashing, no probing): a traced Linux boot
+//! judges hundreds of millions of accesses, a tree of per-line vectors cost a quarter of
+//! the replay and a hash table of lines one host cache miss per access. Its layout depends
+//! only on the access stream, so the serialized state is deterministic; nothing iterates it
+//! into a trace except a segment's shadow handing over its lines, in that same order.
 
 use reprise_cpu::observer::{Access, AccessKind};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-use super::{per_line, CacheLinePolicy, Outcome};
+use super::{field, per_line, CacheLinePolicy, Outcome};
 
-/// Lines of the table, open-addressed. Each slot is `stride` u64 words: the line number,
-/// then the holder bitset (CPU c is bit c % 64 of word c / 64). A slot whose bitset is all
-/// zero is empty: every line in the table has at least one holder (the CPU that last
-/// touched it), so no separate marker is needed.
+/// Physical pages (4 KiB) below this are found through a flat directory (4 GiB of address
+/// space: at most 4 MiB of directory); pages above it (rare: high MMIO) through a tree.
+const DIRECT_PAGES: u64 = 1 << 20;
+
+/// log2 of the bytes a block of lines covers: one 4 KiB page.
+const PAGE_BITS: u32 = 12;
+
+/// Per-line words, kept in one block per touched 4 KiB page of physical address.
+///
+/// A line's words are `stride` u64: for the policy, its holder bitset (CPU c is bit c % 64
+/// of word c / 64); for a segment's shadow, one word of holder bits and a known bit. All
+/// zero means "never touched" (every touched line has a holder), so no key is stored.
+///
+/// Why pages rather than a hash table: a hash table keyed by line scatters neighbouring
+/// lines over tens of MB, one host cache (and TLB) miss per access; grouping lines under a
+/// hash of their page made pages with few lines collide and probe long (see the history of
+/// this file). A page's block is found by a direct index (no probing, no load factor) and
+/// holds its lines in address order, so the host's locality follows the guest's.
+///
+/// Blocks are allocated in first-touch order in one arena; the layout depends only on the
+/// access stream, so the serialized state is deterministic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct LineTable {
-    /// `1 + holder words` per slot.
+    /// log2 of the lines in a block (12 − log2 of the line size).
+    lines_log: u32,
+    /// Words per line.
     stride: usize,
-    /// Slots: a power of two.
-    slots: usize,
-    /// Lines present.
-    len: usize,
-    /// `slots * stride` words.
+    /// Words per block: `stride << lines_log`.
+    block: usize,
+    /// Page number (below [`DIRECT_PAGES`]) → 1 + its block's number; 0 = no block yet.
+    near: Vec<u32>,
+    /// Pages with no entry in `near` (at or above [`DIRECT_PAGES`], or past `u32` blocks)
+    /// → block number.
+    far: BTreeMap<u64, usize>,
+    /// The page number of each block (block order = first-touch order).
+    pages: Vec<u64>,
+    /// The blocks, `block` words each.
     words: Vec<u64>,
 }
 
-/// Slots of a new table (grows by doubling at half load).
-const INITIAL_SLOTS: usize = 1 << 12;
-
 impl LineTable {
-    fn new() -> Self {
+    /// A table for lines of `1 << shift` bytes with `stride` words per line.
+    fn new(shift: u32, stride: usize) -> Self {
+        let lines_log = PAGE_BITS.saturating_sub(shift);
         LineTable {
-            stride: 2,
-            slots: INITIAL_SLOTS,
-            len: 0,
-            words: vec![0; INITIAL_SLOTS * 2],
+            lines_log,
+            stride,
+            block: stride << lines_log,
+            near: Vec::new(),
+            far: BTreeMap::new(),
+            pages: Vec::new(),
+            words: Vec::new(),
         }
     }
 
-    /// The preferred slot of `line`: Fibonacci hashing on the high bits.
+    /// The word offset of `line`'s words (a new page gets a zeroed block).
     #[inline(always)]
-    fn home(&self, line: u64) -> usize {
-        let bits = self.slots.trailing_zeros();
-        (line.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
-    }
-
-    #[inline(always)]
-    fn is_empty_slot(&self, at: usize) -> bool {
-        self.words[at + 1..at + self.stride].iter().all(|&w| w == 0)
-    }
-
-    /// The word offset of `line`'s slot, inserting an empty bitset if it is new. `cpu` is
-    /// the CPU about to be recorded: the table widens its bitsets first if needed.
-    #[inline(always)]
-    fn slot(&mut self, line: u64, cpu: u32) -> usize {
-        let need = 1 + (cpu as usize / 64) + 1;
-        if need > self.stride {
-            self.rebuild(self.slots, need);
+    fn at(&mut self, line: u64) -> usize {
+        let page = line >> self.lines_log;
+        let within = (line & ((1u64 << self.lines_log) - 1)) as usize * self.stride;
+        if let Some(&b) = self.near.get(page as usize) {
+            if b != 0 {
+                return (b as usize - 1) * self.block + within;
+            }
         }
-        let mask = self.slots - 1;
-        let mut i = self.home(line);
-        loop {
-            let at = i * self.stride;
-            if self.is_empty_slot(at) {
-                // New line: make room first if the table is half full, then insert.
-                if (self.len + 1) * 2 > self.slots {
-                    self.rebuild(self.slots * 2, self.stride);
-                    return self.slot(line, cpu);
+        self.block_of(page) * self.block + within
+    }
+
+    /// The block number of `page`, allocated if new (the slow path of [`Self::at`]).
+    #[inline(never)]
+    fn block_of(&mut self, page: u64) -> usize {
+        if let Some(&b) = self.far.get(&page) {
+            return b;
+        }
+        let b = self.pages.len();
+        self.pages.push(page);
+        self.words.resize(self.words.len() + self.block, 0);
+        match u32::try_from(b + 1) {
+            Ok(entry) if page < DIRECT_PAGES => {
+                let i = page as usize;
+                if self.near.len() <= i {
+                    self.near.resize(i + 1, 0);
                 }
-                self.words[at] = line;
-                self.len += 1;
-                return at;
+                self.near[i] = entry;
             }
-            if self.words[at] == line {
-                return at;
+            _ => {
+                self.far.insert(page, b);
             }
-            i = (i + 1) & mask;
+        }
+        b
+    }
+
+    /// Make room for CPU `cpu` (the lines' words widen, one word per 64 CPUs).
+    #[inline(always)]
+    fn fit(&mut self, cpu: u32) {
+        let need = cpu as usize / 64 + 1;
+        if need > self.stride {
+            self.widen(need);
         }
     }
 
-    /// Re-insert every line into a table of `slots` slots of `stride` words.
-    fn rebuild(&mut self, slots: usize, stride: usize) {
-        let old = std::mem::replace(
-            self,
-            LineTable {
-                stride,
-                slots,
-                len: 0,
-                words: vec![0; slots * stride],
-            },
-        );
-        let mask = slots - 1;
-        for s in old.words.chunks_exact(old.stride) {
-            if s[1..].iter().all(|&w| w == 0) {
-                continue;
-            }
-            let mut i = self.home(s[0]);
-            while !self.is_empty_slot(i * stride) {
-                i = (i + 1) & mask;
-            }
-            let at = i * stride;
-            self.words[at] = s[0];
-            self.words[at + 1..at + old.stride].copy_from_slice(&s[1..]);
-            self.len += 1;
+    /// Re-lay every block with `stride` words per line (the old words first, then zeros).
+    #[inline(never)]
+    fn widen(&mut self, stride: usize) {
+        let old = self.stride;
+        let mut words = vec![0; (stride << self.lines_log) * self.pages.len()];
+        for (to, from) in words
+            .chunks_exact_mut(stride)
+            .zip(self.words.chunks_exact(old))
+        {
+            to[..old].copy_from_slice(from);
         }
+        self.words = words;
+        self.stride = stride;
+        self.block = stride << self.lines_log;
+    }
+
+    /// Every touched line as (line number, its words), in block order then address order
+    /// (which depends only on the accesses seen).
+    fn lines(&self) -> impl Iterator<Item = (u64, &[u64])> + '_ {
+        let per = 1usize << self.lines_log;
+        self.words
+            .chunks_exact(self.stride)
+            .enumerate()
+            .filter(|(_, w)| w.iter().any(|&x| x != 0))
+            .map(move |(n, w)| {
+                let line = (self.pages[n / per] << self.lines_log) | (n % per) as u64;
+                (line, w)
+            })
     }
 }
 
@@ -138,34 +174,43 @@ impl Movement {
         Movement {
             line,
             shift: line.trailing_zeros(),
-            lines: LineTable::new(),
+            lines: LineTable::new(line.trailing_zeros(), 1),
         }
     }
 
     /// Judge an access that lies within one line.
     #[inline(always)]
     fn one_line(&mut self, a: &Access) -> Outcome {
-        let at = self.lines.slot(a.paddr >> self.shift, a.cpu);
-        let word = 1 + (a.cpu / 64) as usize;
+        self.lines.fit(a.cpu);
+        let at = self.lines.at(a.paddr >> self.shift);
+        let word = (a.cpu / 64) as usize;
         let bit = 1u64 << (a.cpu % 64);
-        let stride = self.lines.stride;
-        let holders = &mut self.lines.words[at + 1..at + stride];
-        let keep = match a.kind {
-            AccessKind::Read | AccessKind::Fetch => {
-                let w = &mut holders[word - 1];
-                let keep = *w & bit == 0;
-                *w |= bit;
-                keep
-            }
-            AccessKind::Write | AccessKind::ReadModifyWrite => {
+        let write = matches!(
+            field(&a.kind),
+            AccessKind::Write | AccessKind::ReadModifyWrite
+        );
+        let keep = if self.lines.stride == 1 {
+            // Up to 64 CPUs (every 1-CPU replay): one word per line.
+            let w = &mut self.lines.words[at];
+            let keep = if write { *w != bit } else { *w & bit == 0 };
+            *w = if write { bit } else { *w | bit };
+            keep
+        } else {
+            let holders = &mut self.lines.words[at..at + self.lines.stride];
+            if write {
                 // Kept unless the holders are exactly {cpu}.
                 let only = holders
                     .iter()
                     .enumerate()
-                    .all(|(k, &w)| w == if k + 1 == word { bit } else { 0 });
+                    .all(|(k, &w)| w == if k == word { bit } else { 0 });
                 holders.iter_mut().for_each(|w| *w = 0);
-                holders[word - 1] = bit;
+                holders[word] = bit;
                 !only
+            } else {
+                let w = &mut holders[word];
+                let keep = *w & bit == 0;
+                *w |= bit;
+                keep
             }
         };
         Outcome {
@@ -185,10 +230,9 @@ impl Movement {
         if holders == 0 {
             return;
         }
-        let top = 63 - holders.leading_zeros();
-        let at = self.lines.slot(line, top);
-        let stride = self.lines.stride;
-        let words = &mut self.lines.words[at + 1..at + stride];
+        self.lines.fit(63 - holders.leading_zeros());
+        let at = self.lines.at(line);
+        let words = &mut self.lines.words[at..at + self.lines.stride];
         words.iter_mut().for_each(|w| *w = 0);
         words[0] = holders;
     }
@@ -198,7 +242,7 @@ impl Movement {
     pub fn shadow(&self) -> MovementShadow {
         MovementShadow {
             shift: self.shift,
-            lines: LineTable::new(),
+            lines: LineTable::new(self.shift, 1),
         }
     }
 }
@@ -245,14 +289,14 @@ impl MovementShadow {
     #[inline]
     pub fn judge(&mut self, a: &Access) -> Verdict {
         let line = a.paddr >> self.shift;
-        let last = a.paddr.wrapping_add(a.size.max(1) as u64 - 1) >> self.shift;
+        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1) >> self.shift;
         if a.cpu >= 63 || line != last {
             return Verdict::Off;
         }
         let bit = 1u64 << a.cpu;
-        let at = self.lines.slot(line, 0);
-        let w = &mut self.lines.words[at + 1];
-        match a.kind {
+        let at = self.lines.at(line);
+        let w = &mut self.lines.words[at];
+        match field(&a.kind) {
             AccessKind::Read | AccessKind::Fetch => {
                 if *w & bit != 0 {
                     Verdict::Drop
@@ -287,10 +331,9 @@ impl MovementShadow {
     /// (which depends only on the accesses judged).
     pub fn known(&self) -> Vec<(u64, u64)> {
         self.lines
-            .words
-            .chunks_exact(self.lines.stride)
-            .filter(|s| s[1] & KNOWN != 0)
-            .map(|s| (s[0], s[1] & !KNOWN))
+            .lines()
+            .filter(|(_, w)| w[0] & KNOWN != 0)
+            .map(|(line, w)| (line, w[0] & !KNOWN))
             .collect()
     }
 }
@@ -298,7 +341,7 @@ impl MovementShadow {
 impl CacheLinePolicy for Movement {
     #[inline]
     fn observe(&mut self, a: &Access) -> Outcome {
-        let last = a.paddr.wrapping_add(a.size.max(1) as u64 - 1);
+        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1);
         if a.paddr >> self.shift == last >> self.shift {
             // The common case: the access lies in one line (the tracer splits first).
             return self.one_line(a);
@@ -435,7 +478,89 @@ mod tests {
             let got = m.observe(&acc(cpu, line * 64 + 8, 8, kind)).keep;
             assert_eq!(got, expect, "access {n}: cpu {cpu} line {line} {kind:?}");
         }
-        assert_eq!(m.lines.len, sets.len());
+        assert_eq!(m.lines.lines().count(), sets.len());
+    }
+
+    /// Addresses anywhere in the 64-bit space (the directory's pages, the boundary above
+    /// it, the very top), any line size, CPUs past 64 joining late (the lines widen with
+    /// state in them): the same verdicts and the same final holder sets as one set per
+    /// line in a tree, and every touched line listed once with its number.
+    #[test]
+    fn lines_anywhere_match_a_tree_of_sets() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let mut seed = 0x0bad_cafe_1234_5678u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 17
+        };
+        for line_log in [0u32, 3, 6, 11, 12] {
+            let mut m = Movement::new(1 << line_log);
+            let mut sets: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+            let bases = [
+                0u64,
+                0x7fff_f000,
+                (DIRECT_PAGES << PAGE_BITS) - 0x2000,
+                0x1_0000_0000_0000,
+                u64::MAX - 0x3fff,
+            ];
+            for n in 0..60_000u64 {
+                let cpu = (next() % if n < 30_000 { 3 } else { 150 }) as u32;
+                let base = bases[(next() % bases.len() as u64) as usize];
+                let paddr = base.wrapping_add(next() % 0x4000);
+                let paddr = paddr & !((1u64 << line_log) - 1);
+                let write = next() % 3 == 0;
+                let kind = if write {
+                    AccessKind::Write
+                } else {
+                    AccessKind::Read
+                };
+                let set = sets.entry(paddr >> line_log).or_default();
+                let expect = if write {
+                    let only = set.len() == 1 && set.contains(&cpu);
+                    set.clear();
+                    set.insert(cpu);
+                    !only
+                } else {
+                    set.insert(cpu)
+                };
+                let got = m.observe(&acc(cpu, paddr, 1, kind)).keep;
+                assert_eq!(
+                    got, expect,
+                    "line {line_log}, access {n}: cpu {cpu} {paddr:#x}"
+                );
+            }
+            let mut listed: Vec<(u64, BTreeSet<u32>)> = m
+                .lines
+                .lines()
+                .map(|(line, w)| {
+                    let cpus = (0..w.len() as u32 * 64)
+                        .filter(|&c| w[c as usize / 64] & (1 << (c % 64)) != 0)
+                        .collect();
+                    (line, cpus)
+                })
+                .collect();
+            listed.sort();
+            let want: Vec<(u64, BTreeSet<u32>)> = sets.into_iter().collect();
+            assert_eq!(listed, want, "line {line_log}");
+        }
+    }
+
+    /// The table's layout (and so the serialized state) depends only on the accesses.
+    #[test]
+    fn the_same_accesses_give_the_same_bytes() {
+        let run = || {
+            let mut m = Movement::new(64);
+            for (n, paddr) in [0x5000u64, 0x40, 0xffff_ffff_ffc0, 0x5040, 0x1_0000_0000]
+                .iter()
+                .enumerate()
+            {
+                m.observe(&acc(n as u32 * 40, *paddr, 8, AccessKind::Write));
+            }
+            postcard::to_stdvec(&m).unwrap()
+        };
+        assert_eq!(run(), run());
     }
 
     #[test]
