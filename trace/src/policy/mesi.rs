@@ -431,6 +431,9 @@ impl LineBits {
     }
 }
 
+/// No line (the `last` of a CPU that has none).
+const NO_LINE: u64 = u64::MAX;
+
 /// One CPU's private cache and the bookkeeping for classifying its misses.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Private {
@@ -438,6 +441,18 @@ struct Private {
     shadow: Shadow,
     seen: LineBits,
     invalidated: LineBits,
+    /// The line this CPU accessed last ([`NO_LINE`]: none, or another CPU changed its
+    /// copy since), and whether this CPU holds it Modified.
+    ///
+    /// Most accesses fall in the line the CPU accessed just before (stack slots, fields of
+    /// one object, a loop over an array). Such an access is a hit that changes nothing
+    /// when the copy is Modified or the access only reads: the line is already the most
+    /// recent of its set and of the shadow, so neither its stamp nor the recency list
+    /// needs to move (stamps only ever compare within a set, and it is that set's newest
+    /// whatever its stamp), and no other cache holds it Modified. The set scan, the
+    /// shadow's lookup and the snoop decision are skipped.
+    last: u64,
+    last_modified: bool,
 }
 
 /// The `mesi` policy and its state.
@@ -472,6 +487,8 @@ impl Mesi {
             shadow: Shadow::new((c.size / c.line).max(1) as usize),
             seen: LineBits::default(),
             invalidated: LineBits::default(),
+            last: NO_LINE,
+            last_modified: false,
         }
     }
 
@@ -501,17 +518,31 @@ impl Mesi {
         Ok(())
     }
 
+    #[inline]
     fn one_line(&mut self, a: &Access) -> Outcome {
         let c = a.cpu as usize;
+        // Line sizes are powers of two (checked when parsed).
+        let line = a.paddr >> self.config.line.trailing_zeros();
+        let write = matches!(a.kind, AccessKind::Write | AccessKind::ReadModifyWrite);
+        if let Some(p) = self.cpus.get(c) {
+            if p.last == line && (p.last_modified || !write) {
+                // The hit that changes nothing (see `Private::last`); the clock need not
+                // move either: stamps only order a set's lines, and skipping a tick keeps
+                // every later stamp's order.
+                return Outcome::default();
+            }
+        }
+        self.line_access(c, line, write)
+    }
+
+    /// An access to `line` by CPU `c` that is not a repeat of its last one.
+    fn line_access(&mut self, c: usize, line: u64, write: bool) -> Outcome {
         while self.cpus.len() <= c {
             let p = self.private();
             self.cpus.push(p);
         }
         self.clock += 1;
         let now = self.clock;
-        // Line sizes are powers of two (checked when parsed).
-        let line = a.paddr >> self.config.line.trailing_zeros();
-        let write = matches!(a.kind, AccessKind::Write | AccessKind::ReadModifyWrite);
         let repl = self.config.repl;
         let mut note = Note::default();
 
@@ -532,6 +563,7 @@ impl Mesi {
         };
         let others_had = needs_snoop && self.snoop(c, line, write, &mut note);
         let p = &mut self.cpus[c];
+        p.last = line;
         match hit {
             Some(state) => {
                 p.shadow.access(line);
@@ -540,6 +572,7 @@ impl Mesi {
                         w.state = State::Modified;
                     }
                 }
+                p.last_modified = write || state == State::Modified;
                 Outcome {
                     keep: note.invalidations > 0,
                     note,
@@ -565,6 +598,7 @@ impl Mesi {
                 } else {
                     State::Exclusive
                 };
+                p.last_modified = write;
                 if let Some(v) = p.cache.insert(line, state, now, &mut self.rng, repl) {
                     if v.state == State::Modified {
                         note.writebacks += 1;
@@ -597,6 +631,11 @@ impl Mesi {
         for (d, p) in self.cpus.iter_mut().enumerate() {
             if d == c {
                 continue;
+            }
+            // Whatever happens to its copy below, its last access is no longer a hit that
+            // changes nothing.
+            if p.last == line {
+                p.last = NO_LINE;
             }
             if write {
                 if let Some(w) = p.cache.remove(line) {
