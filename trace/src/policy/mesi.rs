@@ -387,7 +387,9 @@ impl Shadow {
     #[inline]
     fn touch(&mut self, line: u64, hint: u32) -> u32 {
         match self.nodes.get(hint as usize) {
-            Some(n) if n.line == line => {
+            // `NO_LINE` itself (line size 1, address 2^64 - 1: only a made-up trace has
+            // it) must not match a freed slot.
+            Some(n) if n.line == line && line != NO_LINE => {
                 if self.newest != hint {
                     self.unlink(hint);
                     self.link_newest(hint);
@@ -573,7 +575,7 @@ impl Mesi {
         let line = a.paddr >> self.config.line.trailing_zeros();
         let write = matches!(a.kind, AccessKind::Write | AccessKind::ReadModifyWrite);
         if let Some(p) = self.cpus.get(c) {
-            if p.last == line && (p.last_modified || !write) {
+            if p.last == line && line != NO_LINE && (p.last_modified || !write) {
                 // The hit that changes nothing (see `Private::last`); the clock need not
                 // move either: stamps only order a set's lines, and skipping a tick keeps
                 // every later stamp's order.
@@ -1024,6 +1026,21 @@ mod tests {
         assert_eq!(step(&mut m, 5, 0x1000, r).0, Some(MissClass::Cold));
         assert_eq!(step(&mut m, 5, 0x1008, w), (None, 0, 0, false));
         assert_eq!(m.states(0x40)[5], Some(State::Modified));
+        assert!(m.check_invariant().is_ok());
+    }
+
+    #[test]
+    fn the_highest_line_is_a_line_like_any_other() {
+        // Line size 1: the last address is line 2^64 - 1, the model's "no line" mark.
+        let mut m = Mesi::new(MesiConfig::parse("size=4,assoc=2,line=1").unwrap());
+        let (r, w) = (AccessKind::Read, AccessKind::Write);
+        assert_eq!(step(&mut m, 0, u64::MAX, r).0, Some(MissClass::Cold));
+        assert_eq!(step(&mut m, 0, u64::MAX, r), (None, 0, 0, false));
+        assert_eq!(step(&mut m, 1, u64::MAX, w).2, 1);
+        for a in 0..8 {
+            step(&mut m, 1, a, r);
+        }
+        assert_eq!(step(&mut m, 1, u64::MAX, r).0, Some(MissClass::Capacity));
         assert!(m.check_invariant().is_ok());
     }
 
