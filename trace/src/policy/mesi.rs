@@ -164,6 +164,9 @@ struct Way {
     line: u64,
     stamp: u64,
     state: State,
+    /// Where the line probably sits in its CPU's shadow (checked before use: see
+    /// [`Shadow::touch`]); unused in the last-level cache.
+    node: u32,
 }
 
 /// A set-associative cache of line numbers: the ways of every set in one array (`assoc`
@@ -187,6 +190,7 @@ impl Cache {
             line: 0,
             stamp: 0,
             state: State::Shared,
+            node: NIL,
         };
         Cache {
             ways: vec![empty; sets as usize * assoc],
@@ -210,8 +214,19 @@ impl Cache {
 
     #[inline]
     fn find(&mut self, line: u64) -> Option<&mut Way> {
+        let i = self.position(line)?;
+        Some(&mut self.ways[i])
+    }
+
+    /// The index in `ways` of `line`'s way, if the cache holds it.
+    #[inline]
+    fn position(&self, line: u64) -> Option<usize> {
         let (_, r) = self.slots(line);
-        self.ways[r].iter_mut().find(|w| w.line == line)
+        let start = r.start;
+        self.ways[r]
+            .iter()
+            .position(|w| w.line == line)
+            .map(|i| start + i)
     }
 
     /// Take slot `i` of set `s` out, moving the set's last slot into it.
@@ -231,11 +246,13 @@ impl Cache {
     }
 
     /// Insert a line that is absent; returns the evicted way, if the set was full.
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &mut self,
         line: u64,
         state: State,
         stamp: u64,
+        node: u32,
         rng: &mut u64,
         repl: Replacement,
     ) -> Option<Way> {
@@ -255,7 +272,12 @@ impl Cache {
             victim = Some(self.take(s, i));
         }
         let at = s * self.assoc + self.lens[s] as usize;
-        self.ways[at] = Way { line, stamp, state };
+        self.ways[at] = Way {
+            line,
+            stamp,
+            state,
+            node,
+        };
         self.lens[s] += 1;
         victim
     }
@@ -347,26 +369,53 @@ impl Shadow {
     fn remove(&mut self, line: u64) {
         if let Some(i) = self.slots.remove(&line) {
             self.unlink(i);
-            self.free.push(i);
+            self.free(i);
+        }
+    }
+
+    /// Slot `i`, out of the list, becomes free. Its line is cleared so that no hint
+    /// ([`Shadow::touch`]) can take it for the line it held.
+    fn free(&mut self, i: u32) {
+        self.nodes[i as usize].line = NO_LINE;
+        self.free.push(i);
+    }
+
+    /// [`Shadow::access`] for a line that `hint` says is at that slot, as its cache way
+    /// remembers: a slot holds a line only while that line is in the shadow (a freed slot
+    /// holds [`NO_LINE`], a reused one its new line), so a hint that names `line` is
+    /// right, and the map lookup is skipped. Returns the line's slot.
+    #[inline]
+    fn touch(&mut self, line: u64, hint: u32) -> u32 {
+        match self.nodes.get(hint as usize) {
+            // `NO_LINE` itself (line size 1, address 2^64 - 1: only a made-up trace has
+            // it) must not match a freed slot.
+            Some(n) if n.line == line && line != NO_LINE => {
+                if self.newest != hint {
+                    self.unlink(hint);
+                    self.link_newest(hint);
+                }
+                hint
+            }
+            _ => self.access(line),
         }
     }
 
     /// `line` is used now: it becomes the most recent, evicting the least recent line if
-    /// it was absent and the cache is full.
-    fn access(&mut self, line: u64) {
+    /// it was absent and the cache is full. Returns the line's slot.
+    fn access(&mut self, line: u64) -> u32 {
         if let Some(&i) = self.slots.get(&line) {
             if self.newest != i {
                 self.unlink(i);
                 self.link_newest(i);
             }
-            return;
+            return i;
         }
         if self.slots.len() >= self.capacity && self.oldest != NIL {
             let i = self.oldest;
             let old = self.nodes[i as usize].line;
             self.slots.remove(&old);
             self.unlink(i);
-            self.free.push(i);
+            self.free(i);
         }
         let node = Node {
             line,
@@ -385,6 +434,7 @@ impl Shadow {
         };
         self.slots.insert(line, i);
         self.link_newest(i);
+        i
     }
 }
 
@@ -431,6 +481,9 @@ impl LineBits {
     }
 }
 
+/// No line (the `last` of a CPU that has none).
+const NO_LINE: u64 = u64::MAX;
+
 /// One CPU's private cache and the bookkeeping for classifying its misses.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Private {
@@ -438,6 +491,18 @@ struct Private {
     shadow: Shadow,
     seen: LineBits,
     invalidated: LineBits,
+    /// The line this CPU accessed last ([`NO_LINE`]: none, or another CPU changed its
+    /// copy since), and whether this CPU holds it Modified.
+    ///
+    /// Most accesses fall in the line the CPU accessed just before (stack slots, fields of
+    /// one object, a loop over an array). Such an access is a hit that changes nothing
+    /// when the copy is Modified or the access only reads: the line is already the most
+    /// recent of its set and of the shadow, so neither its stamp nor the recency list
+    /// needs to move (stamps only ever compare within a set, and it is that set's newest
+    /// whatever its stamp), and no other cache holds it Modified. The set scan, the
+    /// shadow's lookup and the snoop decision are skipped.
+    last: u64,
+    last_modified: bool,
 }
 
 /// The `mesi` policy and its state.
@@ -472,6 +537,8 @@ impl Mesi {
             shadow: Shadow::new((c.size / c.line).max(1) as usize),
             seen: LineBits::default(),
             invalidated: LineBits::default(),
+            last: NO_LINE,
+            last_modified: false,
         }
     }
 
@@ -501,21 +568,37 @@ impl Mesi {
         Ok(())
     }
 
+    #[inline]
     fn one_line(&mut self, a: &Access) -> Outcome {
         let c = a.cpu as usize;
+        // Line sizes are powers of two (checked when parsed).
+        let line = a.paddr >> self.config.line.trailing_zeros();
+        let write = matches!(a.kind, AccessKind::Write | AccessKind::ReadModifyWrite);
+        if let Some(p) = self.cpus.get(c) {
+            if p.last == line && line != NO_LINE && (p.last_modified || !write) {
+                // The hit that changes nothing (see `Private::last`); the clock need not
+                // move either: stamps only order a set's lines, and skipping a tick keeps
+                // every later stamp's order.
+                return Outcome::default();
+            }
+        }
+        self.line_access(c, line, write)
+    }
+
+    /// An access to `line` by CPU `c` that is not a repeat of its last one.
+    fn line_access(&mut self, c: usize, line: u64, write: bool) -> Outcome {
         while self.cpus.len() <= c {
             let p = self.private();
             self.cpus.push(p);
         }
         self.clock += 1;
         let now = self.clock;
-        // Line sizes are powers of two (checked when parsed).
-        let line = a.paddr >> self.config.line.trailing_zeros();
-        let write = matches!(a.kind, AccessKind::Write | AccessKind::ReadModifyWrite);
         let repl = self.config.repl;
         let mut note = Note::default();
 
-        let hit = self.cpus[c].cache.find(line).map(|w| {
+        let at = self.cpus[c].cache.position(line);
+        let hit = at.map(|i| {
+            let w = &mut self.cpus[c].cache.ways[i];
             if repl == Replacement::Lru {
                 w.stamp = now;
             }
@@ -532,14 +615,16 @@ impl Mesi {
         };
         let others_had = needs_snoop && self.snoop(c, line, write, &mut note);
         let p = &mut self.cpus[c];
+        p.last = line;
         match hit {
             Some(state) => {
-                p.shadow.access(line);
-                if write && state != State::Modified {
-                    if let Some(w) = p.cache.find(line) {
-                        w.state = State::Modified;
-                    }
+                // The snoop touched only the other caches: the way is where it was.
+                let w = &mut p.cache.ways[at.unwrap_or_default()];
+                w.node = p.shadow.touch(line, w.node);
+                if write {
+                    w.state = State::Modified;
                 }
+                p.last_modified = write || state == State::Modified;
                 Outcome {
                     keep: note.invalidations > 0,
                     note,
@@ -555,7 +640,7 @@ impl Mesi {
                 } else {
                     MissClass::Capacity
                 });
-                p.shadow.access(line);
+                let node = p.shadow.access(line);
                 p.seen.insert(line);
                 p.invalidated.remove(line);
                 let state = if write {
@@ -565,7 +650,8 @@ impl Mesi {
                 } else {
                     State::Exclusive
                 };
-                if let Some(v) = p.cache.insert(line, state, now, &mut self.rng, repl) {
+                p.last_modified = write;
+                if let Some(v) = p.cache.insert(line, state, now, node, &mut self.rng, repl) {
                     if v.state == State::Modified {
                         note.writebacks += 1;
                     }
@@ -579,7 +665,7 @@ impl Mesi {
                             true
                         }
                         None => {
-                            llc.insert(line, State::Shared, now, &mut self.rng, repl);
+                            llc.insert(line, State::Shared, now, NIL, &mut self.rng, repl);
                             false
                         }
                     };
@@ -597,6 +683,11 @@ impl Mesi {
         for (d, p) in self.cpus.iter_mut().enumerate() {
             if d == c {
                 continue;
+            }
+            // Whatever happens to its copy below, its last access is no longer a hit that
+            // changes nothing.
+            if p.last == line {
+                p.last = NO_LINE;
             }
             if write {
                 if let Some(w) = p.cache.remove(line) {
@@ -778,6 +869,47 @@ mod tests {
         }
     }
 
+    /// Run `stream` (CPU, line number, kind) through the model and the reference, access
+    /// by access, checking the verdicts and MESI's invariant.
+    fn against_reference(
+        sets_log: u32,
+        assoc: u64,
+        line_log: u32,
+        llc: Option<(u32, u64)>,
+        stream: &[(u32, u64, AccessKind)],
+    ) -> Result<(), TestCaseError> {
+        let line = 1u64 << line_log;
+        let sets = 1u64 << sets_log;
+        let config = MesiConfig {
+            size: sets * assoc * line,
+            assoc,
+            line,
+            llc: llc.map(|(s, a)| (1u64 << s) * a * line),
+            llc_assoc: llc.map_or(16, |(_, a)| a),
+            repl: Replacement::Lru,
+            seed: 1,
+        };
+        let mut m = Mesi::new(config);
+        let mut r = Reference {
+            sets,
+            assoc: assoc as usize,
+            capacity: (sets * assoc) as usize,
+            llc: llc.map(|(s, a)| (1u64 << s, a as usize)),
+            llc_sets: vec![Vec::new(); llc.map_or(0, |(s, _)| 1usize << s)],
+            cpus: Vec::new(),
+        };
+        for (n, &(c, l, k)) in stream.iter().enumerate() {
+            let o = m.observe(&acc(c, l * line, k));
+            let write = matches!(k, AccessKind::Write | AccessKind::ReadModifyWrite);
+            let (keep, note) = r.step(c as usize, l, write);
+            prop_assert_eq!((o.keep, o.note), (keep, note), "access {}", n);
+            if let Err(e) = m.check_invariant() {
+                return Err(TestCaseError::fail(format!("after access {n}: {e}")));
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #[test]
         fn matches_the_reference_and_keeps_the_invariant(
@@ -788,36 +920,28 @@ mod tests {
             llc in proptest::option::of((0u32..3, 1u64..4)),
             raw in proptest::collection::vec((any::<u32>(), 0u64..48, kind()), 1..400),
         ) {
-            let line = 1u64 << line_log;
-            let sets = 1u64 << sets_log;
-            let config = MesiConfig {
-                size: sets * assoc * line,
-                assoc,
-                line,
-                llc: llc.map(|(s, a)| (1u64 << s) * a * line),
-                llc_assoc: llc.map_or(16, |(_, a)| a),
-                repl: Replacement::Lru,
-                seed: 1,
-            };
-            let mut m = Mesi::new(config);
-            let mut r = Reference {
-                sets,
-                assoc: assoc as usize,
-                capacity: (sets * assoc) as usize,
-                llc: llc.map(|(s, a)| (1u64 << s, a as usize)),
-                llc_sets: vec![Vec::new(); llc.map_or(0, |(s, _)| 1usize << s)],
-                cpus: Vec::new(),
-            };
-            for (n, &(c, l, k)) in raw.iter().enumerate() {
-                let c = c % ncpu;
-                let o = m.observe(&acc(c, l * line, k));
-                let write = matches!(k, AccessKind::Write | AccessKind::ReadModifyWrite);
-                let (keep, note) = r.step(c as usize, l, write);
-                prop_assert_eq!((o.keep, o.note), (keep, note), "access {}", n);
-                if let Err(e) = m.check_invariant() {
-                    return Err(TestCaseError::fail(format!("after access {n}: {e}")));
+            let stream: Vec<(u32, u64, AccessKind)> =
+                raw.iter().map(|&(c, l, k)| (c % ncpu, l, k)).collect();
+            against_reference(sets_log, assoc, line_log, llc, &stream)?;
+        }
+
+        /// Runs of accesses to a CPU's last line (the shortcut), few lines per set (the
+        /// shadow's hints go stale and slots get reused), up to 16 CPUs.
+        #[test]
+        fn repeats_and_many_cpus_match_the_reference(
+            ncpu in 1u32..=16,
+            sets_log in 0u32..2,
+            assoc in 1u64..3,
+            llc in proptest::option::of((0u32..2, 1u64..3)),
+            raw in proptest::collection::vec((any::<u32>(), 0u64..6, kind(), 1usize..5), 1..200),
+        ) {
+            let mut stream = Vec::new();
+            for &(c, l, k, run) in &raw {
+                for _ in 0..run {
+                    stream.push((c % ncpu, l, k));
                 }
             }
+            against_reference(sets_log, assoc, 6, llc, &stream)?;
         }
 
         #[test]
@@ -836,6 +960,88 @@ mod tests {
                 prop_assert_eq!(o, twin.observe(&acc(c, l * 32, k)));
             }
         }
+    }
+
+    /// Outcome of one access, as (miss, writebacks, invalidations, keep).
+    fn step(
+        m: &mut Mesi,
+        cpu: u32,
+        addr: u64,
+        k: AccessKind,
+    ) -> (Option<MissClass>, u32, u32, bool) {
+        let o = m.observe(&acc(cpu, addr, k));
+        (o.note.miss, o.note.writebacks, o.note.invalidations, o.keep)
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recent_way_of_the_set() {
+        // 2 sets of 2 ways, 64-byte lines: lines 0, 2, 4 share set 0.
+        let mut m = Mesi::new(MesiConfig::parse("size=256,assoc=2,line=64").unwrap());
+        let r = AccessKind::Read;
+        step(&mut m, 0, 0, r);
+        step(&mut m, 0, 128, r);
+        step(&mut m, 0, 64, r); // set 1: does not disturb set 0
+        step(&mut m, 0, 0, r); // line 0 is now the newer of set 0
+        step(&mut m, 0, 256, r); // evicts line 2, not line 0
+        assert_eq!(m.states(0), vec![Some(State::Exclusive)]);
+        assert_eq!(m.states(2), vec![None]);
+        assert_eq!(m.states(4), vec![Some(State::Exclusive)]);
+        // Line 2 was evicted by a line of its own set while a 4-line fully associative
+        // cache would still hold it: a conflict miss.
+        assert_eq!(step(&mut m, 0, 128, r).0, Some(MissClass::Conflict));
+        // A written line evicted is written back.
+        let mut m = Mesi::new(MesiConfig::parse("size=64,assoc=1,line=64").unwrap());
+        step(&mut m, 0, 0, AccessKind::Write);
+        assert_eq!(step(&mut m, 0, 64, r), (Some(MissClass::Cold), 1, 0, true));
+    }
+
+    #[test]
+    fn writes_invalidate_every_other_copy_and_repeats_see_it() {
+        let mut m = Mesi::new(MesiConfig::parse("size=1K,assoc=2,line=64").unwrap());
+        let (r, w) = (AccessKind::Read, AccessKind::Write);
+        for cpu in 0..4 {
+            step(&mut m, cpu, 0x40, r);
+        }
+        assert_eq!(m.states(1), vec![Some(State::Shared); 4]);
+        // CPU 3 writes its Shared copy: a hit that invalidates three copies (kept).
+        assert_eq!(step(&mut m, 3, 0x48, w), (None, 0, 3, true));
+        // CPU 3 again, the same line: a hit that changes nothing.
+        assert_eq!(step(&mut m, 3, 0x50, w), (None, 0, 0, false));
+        // CPU 0 reads: its copy was invalidated (coherence), CPU 3's Modified copy is
+        // written back and both share.
+        assert_eq!(
+            step(&mut m, 0, 0x40, r),
+            (Some(MissClass::Coherence), 1, 0, true)
+        );
+        assert_eq!(
+            m.states(1),
+            vec![Some(State::Shared), None, None, Some(State::Shared)]
+        );
+        // CPU 3 writes the line it accessed last, now Shared: not a repeat that changes
+        // nothing, it invalidates CPU 0's copy.
+        assert_eq!(step(&mut m, 3, 0x40, w), (None, 0, 1, true));
+        // CPU 0 repeats its last line, which is gone: a coherence miss again.
+        assert_eq!(step(&mut m, 0, 0x40, r).0, Some(MissClass::Coherence));
+        // Reading an Exclusive line, then writing it: a silent upgrade (nothing kept).
+        assert_eq!(step(&mut m, 5, 0x1000, r).0, Some(MissClass::Cold));
+        assert_eq!(step(&mut m, 5, 0x1008, w), (None, 0, 0, false));
+        assert_eq!(m.states(0x40)[5], Some(State::Modified));
+        assert!(m.check_invariant().is_ok());
+    }
+
+    #[test]
+    fn the_highest_line_is_a_line_like_any_other() {
+        // Line size 1: the last address is line 2^64 - 1, the model's "no line" mark.
+        let mut m = Mesi::new(MesiConfig::parse("size=4,assoc=2,line=1").unwrap());
+        let (r, w) = (AccessKind::Read, AccessKind::Write);
+        assert_eq!(step(&mut m, 0, u64::MAX, r).0, Some(MissClass::Cold));
+        assert_eq!(step(&mut m, 0, u64::MAX, r), (None, 0, 0, false));
+        assert_eq!(step(&mut m, 1, u64::MAX, w).2, 1);
+        for a in 0..8 {
+            step(&mut m, 1, a, r);
+        }
+        assert_eq!(step(&mut m, 1, u64::MAX, r).0, Some(MissClass::Capacity));
+        assert!(m.check_invariant().is_ok());
     }
 
     #[test]
