@@ -353,6 +353,23 @@ impl CodeCache {
         }
     }
 
+    /// [`CodeCache::take_chained`]'s fallback: check out the block cached under (`pa`,
+    /// `bitness`) found through the ordinary lookup, and make it a successor of `prev` (the
+    /// block that ran last). `None` when it is not cached (it needs decoding) or is
+    /// checked out. Out of line: the run loop's common case is a link hit.
+    #[inline(never)]
+    pub fn take_and_link(
+        &mut self,
+        prev: BlockId,
+        pa: u64,
+        bitness: u32,
+    ) -> Option<(BlockId, Block)> {
+        let id = self.lookup(pa, bitness)?;
+        let b = self.take(id)?;
+        self.link(prev, pa, bitness, id);
+        Some((id, b))
+    }
+
     /// Check a cached block out to execute it; give it back with [`CodeCache::put_back`].
     /// `None` if `id` names no block that is cached and not already checked out.
     #[inline(always)]
