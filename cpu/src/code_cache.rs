@@ -24,7 +24,11 @@
 //! and the successor's slot, skipping the jump table. A link is only a hint: it is used
 //! when the successor's slot still holds a live block under exactly the key looked up, which
 //! is the block [`CodeCache::lookup`] would have found (a key has one live slot at most), so
-//! a link can never outlive its target.
+//! a link can never outlive its target. In 64-bit code the run loop follows links (or the
+//! ordinary lookup, [`CodeCache::take_and_link`]) from one block to the next without leaving
+//! its innermost loop, after the same checks the outer loop makes between blocks (budget, bus
+//! exit, breakpoints, the fetch translation); only a block that needs decoding, a fault or
+//! anything EXIT-checked sends it back to the outer loop.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
