@@ -24,7 +24,11 @@
 //! and the successor's slot, skipping the jump table. A link is only a hint: it is used
 //! when the successor's slot still holds a live block under exactly the key looked up, which
 //! is the block [`CodeCache::lookup`] would have found (a key has one live slot at most), so
-//! a link can never outlive its target.
+//! a link can never outlive its target. In 64-bit code the run loop follows links (or the
+//! ordinary lookup, [`CodeCache::take_and_link`]) from one block to the next without leaving
+//! its innermost loop, after the same checks the outer loop makes between blocks (budget, bus
+//! exit, breakpoints, the fetch translation); only a block that needs decoding, a fault or
+//! anything EXIT-checked sends it back to the outer loop.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -351,6 +355,23 @@ impl CodeCache {
             slot.link_keys[0] = key;
             slot.link_ids[0] = next;
         }
+    }
+
+    /// [`CodeCache::take_chained`]'s fallback: check out the block cached under (`pa`,
+    /// `bitness`) found through the ordinary lookup, and make it a successor of `prev` (the
+    /// block that ran last). `None` when it is not cached (it needs decoding) or is
+    /// checked out. Out of line: the run loop's common case is a link hit.
+    #[inline(never)]
+    pub fn take_and_link(
+        &mut self,
+        prev: BlockId,
+        pa: u64,
+        bitness: u32,
+    ) -> Option<(BlockId, Block)> {
+        let id = self.lookup(pa, bitness)?;
+        let b = self.take(id)?;
+        self.link(prev, pa, bitness, id);
+        Some((id, b))
     }
 
     /// Check a cached block out to execute it; give it back with [`CodeCache::put_back`].

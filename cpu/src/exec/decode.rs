@@ -63,12 +63,9 @@ impl Cpu {
         pa: u64,
     ) -> Result<(BlockId, Block, u64), Exit> {
         let bitness = mode.bitness();
-        if let Some(id) = code.lookup(pa, bitness) {
-            if let Some(b) = code.take(id) {
-                code.link(prev, pa, bitness, id);
-                self.last_block = id;
-                return Ok((id, b, pa));
-            }
+        if let Some((id, b)) = code.take_and_link(prev, pa, bitness) {
+            self.last_block = id;
+            return Ok((id, b, pa));
         }
         // Gather the bytes from here to the end of the page, plus up to 15 bytes of the next
         // page when it is mapped (an instruction may straddle the boundary).

@@ -13,7 +13,7 @@
 use iced_x86::Instruction;
 
 use crate::bus::{Bus, CpuClock};
-use crate::code_cache::{check, Block, CodeCache, DecodedInsn};
+use crate::code_cache::{check, Block, BlockId, CodeCache, DecodedInsn};
 use crate::cpuid::CpuidProfile;
 use crate::fault::{vector, ExecResult, Exit, Fault, StopReason};
 use crate::mmu::{Intent, Tlb};
@@ -239,12 +239,12 @@ impl Cpu {
                 Err(Exit::Stop(s)) => return RunExit::Stop(s),
             };
             // 64-bit code gets its own copy of the loop, with no instruction-pointer wrapping.
+            // `run_block` gives the block back to the cache (maybe after others it chained to).
             let result = if mode == CpuMode::Long64 {
-                self.run_block::<true, B, O>(bus, obs, code, mode, cpl, &block, pa, end)
+                self.run_block::<true, B, O>(bus, obs, code, mode, cpl, (id, block), pa, end)
             } else {
-                self.run_block::<false, B, O>(bus, obs, code, mode, cpl, &block, pa, end)
+                self.run_block::<false, B, O>(bus, obs, code, mode, cpl, (id, block), pa, end)
             };
-            code.put_back(id, block);
             match result {
                 Ok(false) => {}
                 Ok(true) => {
@@ -280,10 +280,12 @@ impl Cpu {
         code: &mut CodeCache,
         mode: CpuMode,
         cpl: u8,
-        block: &Block,
+        checked_out: (BlockId, Block),
         pa: u64,
         end: u64,
     ) -> Result<bool, (Exit, u64)> {
+        let (mut id, mut block) = checked_out;
+        let mut pa = pa;
         let mut x = Exec {
             cpu: self,
             bus,
@@ -300,7 +302,7 @@ impl Cpu {
             retired: 0,
             full_at: block.full_at,
         };
-        let start = x.cpu.state.rip;
+        let mut start = x.cpu.state.rip;
         x.block_rip = start;
         // An STI or SS-load shadow covers only the instruction after it: clear it before the
         // block's first instruction; an instruction that sets it ends the block (below), so
@@ -316,7 +318,7 @@ impl Cpu {
         // compiled out with no observer).
         let fetch = O::ENABLED && x.obs.wants_fetches();
         // Linear address of the block's first byte (the CS base applies outside 64-bit mode).
-        let start_lin = if LONG {
+        let mut start_lin = if LONG {
             start
         } else {
             x.cpu.fetch_address(mode)
@@ -403,19 +405,54 @@ impl Cpu {
                     None => start,
                 }
             };
-            // A loop that is one block of 64-bit code, with nothing special inside (which
-            // could have halted the CPU, changed its mode, or made the bus want an exit):
-            // run the block again here, if the budget allows and its address still
-            // translates to the same code, exactly as the run loop would look it up again.
-            if !LONG || rip != start || result != Ok(false) || retired >= end {
+            // 64-bit code that ran nothing special (which could have halted the CPU, changed
+            // its mode, or made the bus want an exit): go on here with the next block, if the
+            // budget allows, when it is found exactly as the outer loop would find it (the
+            // same translation, then a link of this block or the ordinary lookup, as in
+            // `fetch_block`).
+            // Whether the outer loop or this one finds it changes nothing but host time: the
+            // outer loop's checks (halted, budget, bus exit, breakpoints) are made here too.
+            if !LONG || result != Ok(false) || retired >= end || x.bus.wants_exit() {
                 break;
             }
             let cs = &mut *x.cpu;
-            match crate::mmu::translate(&cs.state, &mut cs.tlb, x.bus, rip, Intent::Execute, cpl) {
-                Ok(p) if p == pa => {}
-                _ => break,
+            let next_pa = match crate::mmu::translate(
+                &cs.state,
+                &mut cs.tlb,
+                x.bus,
+                rip,
+                Intent::Execute,
+                cpl,
+            ) {
+                Ok(p) => p,
+                Err(_) => break,
+            };
+            if rip == start && next_pa == pa {
+                // A loop that is one block: run it again (no link is needed to know it).
+                continue;
             }
+            if !x.code.chaining_allowed() {
+                break;
+            }
+            let bitness = mode.bitness();
+            let found = match x.code.take_chained(id, next_pa, bitness) {
+                Some(f) => Some(f),
+                None => x.code.take_and_link(id, next_pa, bitness),
+            };
+            // Not cached: the outer loop decodes it.
+            let Some((next_id, next)) = found else {
+                break;
+            };
+            x.code.put_back(id, std::mem::replace(&mut block, next));
+            id = next_id;
+            x.cpu.last_block = id;
+            pa = next_pa;
+            start = rip;
+            start_lin = rip;
+            x.block_rip = start;
+            x.full_at = block.full_at;
         }
+        x.code.put_back(id, block);
         // The instruction pointer and the count are committed once per block: fast forms
         // never read the former (generic handlers get it set, see `slow`); after a fault it
         // names the faulting instruction.
@@ -864,6 +901,117 @@ mod tests {
             assert_eq!(m.cpu.state, whole.cpu.state, "slice {slice}");
             assert!(m.bus.ram == whole.bus.ram, "slice {slice}");
         }
+    }
+}
+
+/// The run loop goes on from block to linked block without returning to `Cpu::run`: what
+/// must still stop it or be seen at every block entry.
+#[cfg(test)]
+mod chain_tests {
+    use crate::exec::RunExit;
+    use crate::testing::{TestMachine, CODE_BASE, PML4};
+    use iced_x86::code_asm::*;
+
+    /// A loop calling a function on another page (its block linked from the caller's).
+    fn calls(a: &mut CodeAssembler) -> Result<(), iced_x86::IcedError> {
+        let mut top = a.create_label();
+        a.mov(ecx, 200)?;
+        a.set_label(&mut top)?;
+        a.mov(rax, CODE_BASE + 0x1000)?;
+        a.call(rax)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    }
+
+    /// f: add edx, 1 ; ret
+    const F: [u8; 4] = [0x83, 0xc2, 0x01, 0xc3];
+
+    fn machine() -> TestMachine {
+        let mut m = TestMachine::assemble(calls);
+        let f = (CODE_BASE + 0x1000) as usize;
+        m.bus.ram[f..f + F.len()].copy_from_slice(&F);
+        m
+    }
+
+    /// Breakpoints set while links exist (as bisect's scouting does between chunks): a
+    /// linked block holding one is still seen entering it.
+    #[test]
+    fn breakpoints_set_on_a_linked_block_are_seen() {
+        let mut m = machine();
+        // Long enough for the links to be made and used; it stops before the call (mov ecx,
+        // then 16 rounds of mov, call, add, ret, dec, jnz, then the mov), so the next run
+        // enters the function through a link, not from the outer loop.
+        assert_eq!(m.run(98), RunExit::Budget);
+        assert_eq!(m.cpu.state.rip, CODE_BASE + 15);
+        m.code.set_breakpoints(&[CODE_BASE + 0x1003]);
+        assert_eq!(m.run(10), RunExit::Budget);
+        assert!(m.code.take_breakpoint_hit());
+        // One nothing reaches: never set.
+        m.code.set_breakpoints(&[CODE_BASE + 0x1004]);
+        assert_eq!(m.run(10), RunExit::Budget);
+        assert!(!m.code.take_breakpoint_hit());
+        m.code.set_breakpoints(&[]);
+        assert_eq!(m.run(10_000), RunExit::Halted);
+        assert_eq!(m.cpu.state.gpr[2], 200);
+    }
+
+    /// The linked function is rewritten from outside between runs (a device's DMA, another
+    /// CPU): the next call runs the new code, although the caller's link led to the old.
+    #[test]
+    fn a_linked_block_written_from_outside_is_decoded_again() {
+        let mut m = machine();
+        assert_eq!(m.run(100), RunExit::Budget);
+        let done = m.cpu.state.gpr[2];
+        assert!(done > 10);
+        let f = CODE_BASE + 0x1000;
+        // add edx, 3
+        m.bus.ram[f as usize + 2] = 3;
+        m.code.invalidate_page(f >> 12);
+        assert_eq!(m.run(10_000), RunExit::Halted);
+        // Calls made before the write added 1, the rest 3 (a call may have been cut by the
+        // budget before its add: count from the loop counter).
+        let left = 200 - done;
+        assert_eq!(m.cpu.state.gpr[2], done + 3 * left);
+    }
+
+    /// Two address spaces map the same virtual page to different code; the block calling
+    /// into it is the same in both, so links of one block lead to either. Each call must run
+    /// the code of the address space it is made in.
+    #[test]
+    fn a_cr3_change_is_followed_by_the_links() {
+        let pml4_b = 0x8000u64;
+        let mut m = TestMachine::assemble(|a| {
+            let mut top = a.create_label();
+            a.mov(ecx, 10)?;
+            a.mov(rbx, pml4_b)?;
+            a.mov(rdx, PML4)?;
+            a.set_label(&mut top)?;
+            a.mov(cr3, rbx)?;
+            a.xchg(rbx, rdx)?;
+            a.mov(rax, 0x20_0000u64)?;
+            a.call(rax)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        });
+        let ram = &mut m.bus.ram;
+        let put = |ram: &mut [u8], at: u64, v: u64| {
+            ram[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+        };
+        // Address space B: the identity map, but for virtual 0x20_0000..0x40_0000 (one
+        // 2 MiB page), which maps physical 0x60_0000.
+        put(ram, pml4_b, 0x9000 | 3);
+        ram.copy_within(0x2000..0x3000, 0x9000);
+        put(ram, 0x9000, 0xa000 | 3);
+        ram.copy_within(0x3000..0x4000, 0xa000);
+        put(ram, 0xa000 + 8, 0x60_0000 | 0x83);
+        // A: add esi, 1 ; ret — B: add esi, 100 ; ret
+        ram[0x20_0000..0x20_0004].copy_from_slice(&[0x83, 0xc6, 0x01, 0xc3]);
+        ram[0x60_0000..0x60_0004].copy_from_slice(&[0x83, 0xc6, 0x64, 0xc3]);
+        assert_eq!(m.run(10_000), RunExit::Halted);
+        // B first, then A, five times each.
+        assert_eq!(m.cpu.state.gpr[6], 5 * 101);
     }
 }
 
