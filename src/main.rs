@@ -32,6 +32,10 @@ fn main() {
             std::process::exit(code);
         }
     };
+    if let Err(why) = reprise_cpu::flags::host_check() {
+        eprintln!("reprise: {why}");
+        std::process::exit(status::ERROR);
+    }
     let code = match cli.command {
         cli::Command::Run(args) => run::run(&args),
         cli::Command::Record(args) => record::record(&args),

@@ -74,6 +74,27 @@ pub fn logic(result: u64, size: usize) -> u64 {
     szp(result, size)
 }
 
+/// Whether this host processor can run the interpreter, or what it lacks. On x86-64 the
+/// status flags are read from the host's own arithmetic with LAHF ([`host`]), which the
+/// first x86-64 processors (before 2006) did not have in 64-bit mode; such a host would
+/// stop with an illegal-instruction signal on the first guest ADD, so the tool checks once
+/// at start-up instead.
+pub fn host_check() -> Result<(), &'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        // CPUID 8000_0001h ECX bit 0: LAHF/SAHF available in 64-bit mode.
+        let max_extended = __cpuid(0x8000_0000).eax;
+        if max_extended < 0x8000_0001 || __cpuid(0x8000_0001).ecx & 1 == 0 {
+            return Err(
+                "this host processor lacks LAHF in 64-bit mode (CPUID 8000_0001h \
+                        ECX bit 0), which reprise's interpreter uses to read flags",
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The flags computed in plain Rust, bit by bit: what hosts other than x86-64 use, and what
 /// the tests hold the x86-64 path ([`host`]) to.
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
@@ -253,6 +274,11 @@ mod host {
 mod tests {
     use super::*;
     use crate::state::rflags::AF;
+
+    #[test]
+    fn this_host_runs_the_interpreter() {
+        assert_eq!(host_check(), Ok(()));
+    }
 
     #[test]
     fn add_flags() {
