@@ -3,21 +3,52 @@
 
 mod support;
 
-use support::{reprise, scratch_dir};
+use std::ffi::OsStr;
+use std::path::PathBuf;
 
-#[test]
-fn quick_bench_prints_one_row_per_configuration_and_the_ratios() {
+use support::{reprise, scratch_dir, Run};
+
+/// `reprise bench --quick` on the small compute fixture with `extra` options, its work
+/// files in a scratch directory named `name`; that directory is returned too.
+fn quick_bench(name: &str, extra: &[&str]) -> (Run, PathBuf) {
     let image = reprise_fixtures::fixture_path("compute-small");
-    let work = scratch_dir().join("bench");
-    let r = reprise(&[
+    let work = scratch_dir().join(name);
+    let mut args: Vec<&OsStr> = vec![
         "bench".as_ref(),
         "--quick".as_ref(),
         "--image".as_ref(),
         image.as_os_str(),
         "--work-dir".as_ref(),
         work.as_os_str(),
-    ]);
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    let r = reprise(&args);
     assert_eq!(r.status, 0, "{r:?}");
+    (r, work)
+}
+
+/// The start of every reprise row of the table (the name and the space after it).
+const REPRISE_ROWS: [&str; 7] = [
+    "reprise run ",
+    "reprise record ",
+    "reprise record, no checkpoints ",
+    "reprise replay ",
+    "reprise replay --trace movement ",
+    "reprise replay --trace --jobs 1 ",
+    "reprise mesi -> mscan sharing ",
+];
+
+/// The line of the table that starts with `name`.
+fn row<'a>(r: &'a Run, name: &str) -> &'a str {
+    r.stdout
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no row {name:?}: {r:?}"))
+}
+
+#[test]
+fn quick_bench_prints_one_row_per_configuration_and_the_ratios() {
+    let (r, work) = quick_bench("bench", &[]);
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert!(lines[0].starts_with("configuration"), "{r:?}");
     for col in [
@@ -30,18 +61,8 @@ fn quick_bench_prints_one_row_per_configuration_and_the_ratios() {
         assert!(lines[0].contains(col), "no {col:?} column: {r:?}");
     }
     // Every reprise configuration measured, with a number of instructions and MIPS.
-    for name in [
-        "reprise run ",
-        "reprise record ",
-        "reprise replay ",
-        "reprise replay --trace movement ",
-        "reprise replay --trace --jobs 1 ",
-        "reprise mesi -> mscan sharing ",
-    ] {
-        let row = lines
-            .iter()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no row {name:?}: {r:?}"));
+    for name in REPRISE_ROWS {
+        let row = row(&r, name);
         let cols: Vec<&str> = row[32..].split_whitespace().collect();
         assert_eq!(cols.len(), 6, "{row:?}");
         let n: u64 = cols[3].parse().expect("an instruction count");
@@ -79,37 +100,14 @@ fn quick_bench_prints_one_row_per_configuration_and_the_ratios() {
 
 #[test]
 fn repeated_bench_reports_each_rows_median_and_range() {
-    let image = reprise_fixtures::fixture_path("compute-small");
-    let work = scratch_dir().join("bench-repeat");
-    let r = reprise(&[
-        "bench".as_ref(),
-        "--quick".as_ref(),
-        "--image".as_ref(),
-        image.as_os_str(),
-        "--repeat".as_ref(),
-        "2".as_ref(),
-        "--work-dir".as_ref(),
-        work.as_os_str(),
-    ]);
-    assert_eq!(r.status, 0, "{r:?}");
+    let (r, _) = quick_bench("bench-repeat", &["--repeat", "2"]);
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert!(lines[0].ends_with("cpu range"), "{r:?}");
     // Every configuration ran in both rounds: the traced replays too, whose trace file from
     // the first round must not stop the second.
     assert!(r.stderr.contains("(round 2 of 2)"), "{r:?}");
-    for name in [
-        "reprise run ",
-        "reprise record ",
-        "reprise record, no checkpoints ",
-        "reprise replay ",
-        "reprise replay --trace movement ",
-        "reprise replay --trace --jobs 1 ",
-        "reprise mesi -> mscan sharing ",
-    ] {
-        let row = lines
-            .iter()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no row {name:?}: {r:?}"));
+    for name in REPRISE_ROWS {
+        let row = row(&r, name);
         assert!(row.ends_with("(2 runs)"), "{row:?}");
         // The median's CPU time lies within the range printed beside it.
         let cols: Vec<&str> = row[32..].split_whitespace().collect();
@@ -123,12 +121,7 @@ fn repeated_bench_reports_each_rows_median_and_range() {
         .any(|l| l.starts_with("ratios of the median runs of 2 rounds")));
 
     // An impossible count is refused before anything runs.
-    let r = reprise(&[
-        "bench".as_ref(),
-        "--quick".as_ref(),
-        "--repeat".as_ref(),
-        "0".as_ref() as &std::ffi::OsStr,
-    ]);
+    let r = reprise(&["bench", "--quick", "--repeat", "0"]);
     assert_ne!(r.status, 0, "{r:?}");
     assert!(r.stderr.contains("--repeat"), "{r:?}");
 }
