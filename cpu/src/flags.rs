@@ -395,6 +395,76 @@ pub mod cc {
     pub const G: u8 = 16;
 }
 
+/// A condition as a test of RFLAGS' low byte `f` (CF, PF, AF, ZF, SF), in three branch-free
+/// steps whatever the condition: `w = (f & keep) ^ ((f >> 4) & signed)` (bit 7 becomes SF
+/// xor OF for the signed conditions, or OF alone for O/NO, OF being bit 11), then
+/// `(w & mask != 0) != negate`. What the run loop uses where the condition is known only at
+/// run time (CMOVcc, SETcc, a fused compare-and-branch); [`holds`] is the same function
+/// written flag by flag, which the tests hold this one to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConditionTest {
+    /// The flags of which one set makes the condition hold (before `negate`).
+    pub mask: u8,
+    /// 0x80 for the signed conditions (L, GE, LE, G) and O/NO, else 0.
+    pub signed: u8,
+    /// 1 for the negated conditions (NB, NE, ...), else 0.
+    pub negate: u8,
+    /// The low-byte flags kept before the signed step: all but SF for O/NO, else all.
+    pub keep: u8,
+}
+
+impl ConditionTest {
+    /// `[mask, signed, negate, keep]`.
+    const fn test([mask, signed, negate, keep]: [u8; 4]) -> ConditionTest {
+        ConditionTest {
+            mask,
+            signed,
+            negate,
+            keep,
+        }
+    }
+
+    /// Whether the condition holds for RFLAGS `f`.
+    #[inline(always)]
+    pub(crate) fn holds(self, f: u64) -> bool {
+        let w = (f as u8 & self.keep) ^ ((f >> 4) as u8 & self.signed);
+        ((w & self.mask != 0) as u8 ^ self.negate) != 0
+    }
+}
+
+/// The test of condition `code` ([`cc`]; past [`cc::G`] and 0, "none": always true).
+#[inline(always)]
+pub(crate) fn condition_test(code: u8) -> ConditionTest {
+    CONDITION_TESTS[code as usize & 31]
+}
+
+/// The tests of [`condition_test`] by condition code (iced's numbering, as [`cc`]).
+const CONDITION_TESTS: [ConditionTest; 32] = {
+    const C: u8 = 0x01;
+    const P: u8 = 0x04;
+    const Z: u8 = 0x40;
+    const S: u8 = 0x80;
+    let mut t = [ConditionTest::test([0, 0, 1, 0xff]); 32];
+    let bases = [
+        [S, S, 0, 0x7f],     // O: bit 7 = OF alone
+        [C, 0, 0, 0xff],     // B
+        [Z, 0, 0, 0xff],     // E
+        [C | Z, 0, 0, 0xff], // BE
+        [S, 0, 0, 0xff],     // S
+        [P, 0, 0, 0xff],     // P
+        [S, S, 0, 0xff],     // L: SF xor OF
+        [S | Z, S, 0, 0xff], // LE
+    ];
+    let mut k = 0;
+    while k < 8 {
+        let [m, sg, _, kp] = bases[k];
+        t[1 + 2 * k] = ConditionTest::test(bases[k]);
+        t[2 + 2 * k] = ConditionTest::test([m, sg, 1, kp]);
+        k += 1;
+    }
+    t
+};
+
 /// Whether condition `code` ([`cc`]) holds for RFLAGS `f`. Inlined with a constant `code`
 /// (the fast Jcc forms), it is a test of one or two flags.
 #[inline(always)]

@@ -19,6 +19,7 @@ use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 use crate::exec::operand::gpr_slot;
 use crate::exec::Group;
+use crate::flags;
 
 /// How a decoded instruction is executed: one of the fast forms, or the handler module of
 /// its group (the `G*` variants).
@@ -431,9 +432,9 @@ pub(crate) fn fuse(insns: &mut [crate::code_cache::DecodedInsn]) {
     }
 }
 
-/// A Jcc's condition as a test of RFLAGS' low byte `f` (CF, PF, AF, ZF, SF), in three
-/// branch-free steps whatever the condition: `w = f ^ ((f >> 4) & signed)` (bit 7 becomes
-/// SF xor OF for the signed conditions, OF being bit 11), then `(w & mask != 0) != negate`.
+/// A fused Jcc's condition: [`flags::ConditionTest`] without `keep`, which is "all flags"
+/// for every condition but JO/JNO (not fused), so three bytes hold it in the compare's
+/// unused operand fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Fused {
     /// The flags of which one set makes the condition hold (before `negate`).
@@ -444,42 +445,34 @@ pub(crate) struct Fused {
     pub negate: u8,
 }
 
+// The Jcc ops follow iced's condition order (JO = condition 1 ... JG = 16): [`Fused::of`]
+// counts on it.
+const _: () = assert!(Op::Jg as u8 - Op::Jo as u8 == 15 && Op::Jno as u8 == Op::Jo as u8 + 1);
+
 impl Fused {
     /// The test of Jcc `op`, if it is one other than JO/JNO.
     pub(crate) fn of(op: Op) -> Option<Fused> {
-        const C: u8 = 0x01;
-        const P: u8 = 0x04;
-        const Z: u8 = 0x40;
-        const S: u8 = 0x80;
-        let (mask, signed, negate) = match op {
-            Op::Jb => (C, 0, 0),
-            Op::Jae => (C, 0, 1),
-            Op::Je => (Z, 0, 0),
-            Op::Jne => (Z, 0, 1),
-            Op::Jbe => (C | Z, 0, 0),
-            Op::Ja => (C | Z, 0, 1),
-            Op::Js => (S, 0, 0),
-            Op::Jns => (S, 0, 1),
-            Op::Jp => (P, 0, 0),
-            Op::Jnp => (P, 0, 1),
-            Op::Jl => (S, S, 0),
-            Op::Jge => (S, S, 1),
-            Op::Jle => (S | Z, S, 0),
-            Op::Jg => (S | Z, S, 1),
-            _ => return None,
-        };
+        if !is_jcc(op) || matches!(op, Op::Jo | Op::Jno) {
+            return None;
+        }
+        let t = flags::condition_test(op as u8 - Op::Jo as u8 + 1);
         Some(Fused {
-            mask,
-            signed,
-            negate,
+            mask: t.mask,
+            signed: t.signed,
+            negate: t.negate,
         })
     }
 
     /// Whether the condition holds for RFLAGS `f`.
     #[inline(always)]
     pub(crate) fn holds(mask: u8, signed: u8, negate: u8, f: u64) -> bool {
-        let w = (f as u8) ^ ((f >> 4) as u8 & signed);
-        ((w & mask != 0) as u8 ^ negate) != 0
+        flags::ConditionTest {
+            mask,
+            signed,
+            negate,
+            keep: 0xff,
+        }
+        .holds(f)
     }
 }
 

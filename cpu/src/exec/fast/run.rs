@@ -12,45 +12,13 @@ use crate::state::SegReg;
 
 use super::{Op, Operands, RIP};
 
-/// Whether condition `cc` (`ConditionCode as u8`) holds for `f` (RFLAGS), without branches:
-/// each condition is a test of RFLAGS' low byte (CF, PF, AF, ZF, SF) looked up in
-/// [`CONDITIONS`] and done in three steps, `w = (f & keep) ^ ((f >> 4) & signed)` (bit 7
-/// becomes SF xor OF for the signed conditions, or OF alone for O/NO, OF being bit 11),
-/// then `(w & mask != 0) != negate`.
+/// Whether condition `cc` (`ConditionCode as u8`) holds for `f` (RFLAGS), without branches
+/// (CMOVcc and SETcc, whose condition is known only at run time): see
+/// [`flags::ConditionTest`].
 #[inline(always)]
 pub(crate) fn condition_bits(f: u64, cc: u8) -> bool {
-    let [mask, signed, negate, keep] = CONDITIONS[cc as usize & 31];
-    let w = (f as u8 & keep) ^ ((f >> 4) as u8 & signed);
-    ((w & mask != 0) as u8 ^ negate) != 0
+    flags::condition_test(cc).holds(f)
 }
-
-/// The tests of [`condition_bits`], `[mask, signed, negate, keep]` by condition code
-/// (iced's numbering: 0 is "none", always true; past 16 likewise, never produced).
-const CONDITIONS: [[u8; 4]; 32] = {
-    const C: u8 = 0x01;
-    const P: u8 = 0x04;
-    const Z: u8 = 0x40;
-    const S: u8 = 0x80;
-    let mut t = [[0, 0, 1, 0xff]; 32];
-    let bases = [
-        [S, S, 0, 0x7f],     // O: bit 7 = OF alone
-        [C, 0, 0, 0xff],     // B
-        [Z, 0, 0, 0xff],     // E
-        [C | Z, 0, 0, 0xff], // BE
-        [S, 0, 0, 0xff],     // S
-        [P, 0, 0, 0xff],     // P
-        [S, S, 0, 0xff],     // L: SF xor OF
-        [S | Z, S, 0, 0xff], // LE
-    ];
-    let mut k = 0;
-    while k < 8 {
-        t[1 + 2 * k] = bases[k];
-        let [m, sg, _, kp] = bases[k];
-        t[2 + 2 * k] = [m, sg, 1, kp];
-        k += 1;
-    }
-    t
-};
 
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// Register `r` at `size` bytes (zero-extended).
