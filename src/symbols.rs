@@ -435,7 +435,7 @@ fn from_recording(dir: &Path, at: &str, images: &[PathBuf]) -> anyhow::Result<Sy
     } else {
         Some(parse_count(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?)
     };
-    let ks = kernel_symbols_of_recording(dir, at, images)?;
+    let ks = crate::symcache::kernel_symbols(dir, at, images)?;
     let k = &ks.kallsyms;
     eprintln!(
         "reprise: kallsyms in guest RAM at physical {:#x} (instruction {}): {} symbols, _text at {:#x} (run time), found in {:.3} s",
