@@ -8,8 +8,9 @@
 //! `REC/cache/kernel-symbols.bin` ([`CACHE_FILE`]) and later ones read it back.
 //!
 //! The file is derived data: deleting it only costs the next run the reading. It is keyed
-//! so that it is never used for anything but what it was computed for ([`CacheKey`]): this
-//! build's cache format, the recording's identity (its end record's final state and RAM
+//! so that it is never used for anything but what it was computed for ([`CacheKey`]): the
+//! cache format, the build (a hash of the symbol-finding code's source), the recording's
+//! identity (its end record's final state and RAM
 //! hashes, the manifest's image hashes), the position it was read at and the `--image`
 //! paths given. The layout is a fixed header (magic, format version, body length, blake3 of
 //! the body) and a postcard body. A file that is bad in any way (truncated, corrupt,
@@ -42,8 +43,9 @@ pub const CACHE_FILE: &str = "kernel-symbols.bin";
 /// The first bytes of a cache file.
 const MAGIC: &[u8; 16] = b"reprise symcache";
 
-/// The cache file's format version. Bump it whenever the layout of [`Stored`] or what
-/// [`kernel_symbols_of_recording`] derives changes: a file of another version is recomputed.
+/// The cache file's format version. Bump it whenever the layout of [`Stored`] changes: a
+/// file of another version is recomputed. (A change to the code that finds the symbols is
+/// caught by the key's build identity, [`build_identity`].)
 pub const CACHE_VERSION: u32 = 1;
 
 /// Header bytes: magic, version (u32 LE), body length (u64 LE), blake3 of the body.
@@ -60,7 +62,8 @@ pub const WRITTEN_NOTE: &str = "reprise: kernel symbols cached in";
 /// the answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheKey {
-    /// The build that computed it (`reprise 0.1.0`).
+    /// The build that computed it: reprise's version and a hash of the source of the code
+    /// that derives the symbols ([`build_identity`]).
     pub tool: String,
     /// The recording's final state hash (its end record's).
     pub state_hash: [u8; 32],
@@ -82,7 +85,7 @@ impl CacheKey {
         let manifest = Manifest::read(dir).ok()?;
         let end = end_record(&dir.join(&manifest.log))?;
         Some(CacheKey {
-            tool: format!("reprise {}", env!("CARGO_PKG_VERSION")),
+            tool: build_identity(),
             state_hash: end.state_hash,
             ram_hash: end.ram_hash,
             position: end.state.cpus.iter().map(|c| c.retired).sum(),
@@ -122,6 +125,38 @@ impl CacheKey {
             None
         }
     }
+}
+
+/// The source files of the code that finds what the cache holds (kallsyms, the slab
+/// caches, the nodes, the page array, the slide, and this file's stored form): a change to
+/// any of them makes the cache files of earlier builds another build's, so a fix to the
+/// finding is never hidden by a file the old code wrote.
+const DERIVATION_SOURCES: &[&str] = &[
+    include_str!("symbols.rs"),
+    include_str!("symcache.rs"),
+    include_str!("../symbols/src/lib.rs"),
+    include_str!("../symbols/src/bzimage.rs"),
+    include_str!("../symbols/src/kallsyms/mod.rs"),
+    include_str!("../symbols/src/kallsyms/decode.rs"),
+    include_str!("../symbols/src/kallsyms/locate.rs"),
+    include_str!("../symbols/src/slab.rs"),
+    include_str!("../symbols/src/nodes.rs"),
+];
+
+/// This build, as far as the cache is concerned: `reprise VERSION (symbol code HASH)`, the
+/// hash of [`DERIVATION_SOURCES`].
+fn build_identity() -> String {
+    let mut h = blake3::Hasher::new();
+    for source in DERIVATION_SOURCES {
+        h.update(&(source.len() as u64).to_le_bytes());
+        h.update(source.as_bytes());
+    }
+    let hash = h.finalize().to_hex();
+    format!(
+        "reprise {} (symbol code {})",
+        env!("CARGO_PKG_VERSION"),
+        &hash[..16]
+    )
 }
 
 /// The end record of the input log at `path`, read without decoding the whole log: one
@@ -790,6 +825,19 @@ mod tests {
             let (_, computed, _) = run(&path, &key());
             assert!(!computed, "{what}");
         }
+    }
+
+    /// The build identity names the version and hashes the symbol code's source.
+    #[test]
+    fn the_build_identity_hashes_the_symbol_code() {
+        let id = build_identity();
+        let prefix = format!("reprise {} (symbol code ", env!("CARGO_PKG_VERSION"));
+        let hash = id.strip_prefix(&prefix).and_then(|r| r.strip_suffix(')'));
+        assert!(
+            hash.is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{id}"
+        );
+        assert_eq!(id, build_identity(), "stable within a build");
     }
 
     /// A stored field out of its range is refused, not turned into a wrong table.
