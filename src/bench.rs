@@ -576,9 +576,7 @@ fn symbols_cached_in(stderr: &str) -> Option<bool> {
     let line = |note: &str| stderr.lines().any(|l| l.starts_with(note));
     if line(crate::symcache::READ_NOTE) {
         Some(true)
-    } else if line(crate::symcache::WRITTEN_NOTE)
-        || line("reprise: kernel symbols could not be cached")
-    {
+    } else if line(crate::symcache::WRITTEN_NOTE) || line(crate::symcache::UNCACHED_NOTE) {
         Some(false)
     } else {
         None

@@ -58,6 +58,10 @@ pub const READ_NOTE: &str = "reprise: kernel symbols from the cache";
 /// The start of the stderr line of a run that computed the symbols and cached them.
 pub const WRITTEN_NOTE: &str = "reprise: kernel symbols cached in";
 
+/// The start of the stderr line of a run that computed the symbols but could not cache
+/// them.
+pub const UNCACHED_NOTE: &str = "reprise: kernel symbols could not be cached in";
+
 /// What a cache file must have been computed for to be used: anything that could change
 /// the answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,10 +238,7 @@ fn through_cache(
             "{WRITTEN_NOTE} {} (later runs on this recording read them from there)",
             path.display()
         )),
-        Err(why) => notes.push(format!(
-            "reprise: kernel symbols could not be cached in {}: {why}",
-            path.display()
-        )),
+        Err(why) => notes.push(format!("{UNCACHED_NOTE} {}: {why}", path.display())),
     }
     Ok(k)
 }
