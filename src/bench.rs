@@ -61,6 +61,9 @@ struct Measure {
     instructions: Option<u64>,
     /// The lowest and highest CPU seconds over the rounds this run is the median of.
     cpu_range: (f64, f64),
+    /// Where a Linux recording's kernel symbols came from, when the child needed them:
+    /// `true` read from the recording's cache, `false` computed (and cached).
+    symbols_cached: Option<bool>,
 }
 
 /// One row of the table: a configuration and its measurement, or why it has none.
@@ -71,6 +74,9 @@ struct Row {
     result: Result<Measure, String>,
     /// How many rounds ran it.
     runs: usize,
+    /// Of those runs, how many read the kernel symbols from the recording's cache and how
+    /// many computed them.
+    symbols: (usize, usize),
 }
 
 /// One configuration of the table: a program and its arguments.
@@ -446,6 +452,14 @@ fn run_rounds(configs: &[Config], rounds: u32) -> Vec<Row> {
         .map(|(c, s)| Row {
             name: c.name.clone(),
             runs: s.as_ref().map_or(0, Vec::len),
+            symbols: s.as_ref().map_or((0, 0), |v| {
+                let of = |cached| {
+                    v.iter()
+                        .filter(|m| m.symbols_cached == Some(cached))
+                        .count()
+                };
+                (of(true), of(false))
+            }),
             result: s.and_then(|v| median_run(v).ok_or_else(|| "no run".to_string())),
         })
         .collect()
@@ -552,7 +566,21 @@ fn measure(program: &Path, args: &[String]) -> Result<Measure> {
         cpu,
         instructions: instructions_in(&err),
         cpu_range: (cpu, cpu),
+        symbols_cached: symbols_cached_in(&err),
     })
+}
+
+/// Whether a reprise child read a Linux recording's kernel symbols from the recording's
+/// cache (`true`) or computed them (`false`), from its notes; `None` when it did neither.
+fn symbols_cached_in(stderr: &str) -> Option<bool> {
+    let line = |note: &str| stderr.lines().any(|l| l.starts_with(note));
+    if line(crate::symcache::READ_NOTE) {
+        Some(true)
+    } else if line(crate::symcache::WRITTEN_NOTE) || line(crate::symcache::UNCACHED_NOTE) {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// The guest instruction count in reprise's closing message: `total=N` (run --summary),
@@ -643,6 +671,7 @@ fn print_table(rows: &[Row]) {
             Err(e) => println!("{:<32} {e}", r.name),
         }
     }
+    symbols_note(rows);
     let get = |name: &str| {
         rows.iter()
             .find(|r| r.name == name)
@@ -726,9 +755,36 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// Under the table: which rows' runs read the kernel symbols from the recording's cache
+/// and which computed them (each round's `record --force` starts the folder afresh, so the
+/// first traced row of a round computes them and the later ones read them).
+fn symbols_note(rows: &[Row]) {
+    let used: Vec<&Row> = rows.iter().filter(|r| r.symbols != (0, 0)).collect();
+    if used.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "kernel symbols of the traced rows (REC/{}/{}; `reprise record --force` removes it each round):",
+        crate::symcache::CACHE_DIR,
+        crate::symcache::CACHE_FILE
+    );
+    for r in used {
+        let (cached, computed) = r.symbols;
+        let mut how = Vec::new();
+        if computed > 0 {
+            how.push(format!("computed and cached (empty cache) in {computed}"));
+        }
+        if cached > 0 {
+            how.push(format!("read from the cache in {cached}"));
+        }
+        println!("  {:<32} {} of {} runs", r.name, how.join(", "), r.runs);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::instructions_in;
+    use super::{instructions_in, symbols_cached_in};
 
     #[test]
     fn instruction_counts_are_found_in_each_closing_message() {
@@ -745,5 +801,20 @@ mod tests {
             Some(77)
         );
         assert_eq!(instructions_in("nothing here"), None);
+    }
+
+    #[test]
+    fn the_symbol_cache_notes_are_recognised() {
+        let read = format!(
+            "{} /r/cache/kernel-symbols.bin\nreprise: replay",
+            crate::symcache::READ_NOTE
+        );
+        assert_eq!(symbols_cached_in(&read), Some(true));
+        let written = format!(
+            "x\n{} /r/cache/kernel-symbols.bin (later runs)",
+            crate::symcache::WRITTEN_NOTE
+        );
+        assert_eq!(symbols_cached_in(&written), Some(false));
+        assert_eq!(symbols_cached_in("reprise: replay identical"), None);
     }
 }

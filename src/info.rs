@@ -105,6 +105,9 @@ fn info_inner(args: &InfoArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(cache) = crate::symcache::describe(&args.rec) {
+        line(format!("cache:        {cache}"));
+    }
     print!("{out}");
     Ok(())
 }

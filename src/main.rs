@@ -17,6 +17,7 @@ mod run;
 mod seek;
 mod status;
 mod symbols;
+mod symcache;
 mod trace;
 
 use clap::Parser;

@@ -84,13 +84,14 @@ pub fn guest_with_images(manifest: &Manifest, rec: &Path, images: &[PathBuf]) ->
 /// Symbols of a Linux kernel without debug information: the kernel's own kallsyms table,
 /// read from guest RAM at the end of the recording, so KASLR's slide is already applied;
 /// per-CPU variables are named in each CPU's area (`NAME@cpuN`). Also the slab caches
-/// alive then and the page array, for allocation labels. Without them (a recording that
+/// alive then and the page array, for allocation labels; cached in the recording's folder
+/// after the first time (`crate::symcache`). Without them (a recording that
 /// ends before the kernel runs) code and data are named by address.
 fn linux_guest(
     rec: &Path,
     images: &[PathBuf],
 ) -> (SymbolTable, Option<KernelHeap>, Vec<(String, u64, u64)>) {
-    match crate::symbols::kernel_symbols_of_recording(rec, None, images) {
+    match crate::symcache::kernel_symbols(rec, None, images) {
         Ok(k) => {
             for w in &k.warnings {
                 eprintln!("reprise: kernel symbols: {w}");

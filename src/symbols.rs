@@ -6,7 +6,8 @@
 //! - a `System.map` (`--system-map FILE`): alone, at link-time addresses; with a source,
 //!   checked to be its build, moved by its KASLR slide and merged into its symbols;
 //! - a recording folder: kallsyms read from the guest's RAM at `--at` (default: the end), so
-//!   at run-time (KASLR) addresses; the slide from the recorded kernel image is printed.
+//!   at run-time (KASLR) addresses; the slide from the recorded kernel image is printed. At
+//!   the end they come from the recording's cache once computed (`crate::symcache`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -265,7 +266,7 @@ pub struct KernelSymbols {
     pub slide: Option<i64>,
     /// Doubts about the table (a CPU running kernel code outside it: read too early).
     pub warnings: Vec<String>,
-    /// Seconds spent finding the table in RAM.
+    /// Seconds spent finding the table in RAM (from the cache: by the run that wrote it).
     pub find_seconds: f64,
     /// Each CPU's per-CPU area (`__per_cpu_offset[cpu]`), when readable.
     pub percpu_bases: Vec<Option<u64>>,
@@ -435,7 +436,7 @@ fn from_recording(dir: &Path, at: &str, images: &[PathBuf]) -> anyhow::Result<Sy
     } else {
         Some(parse_count(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?)
     };
-    let ks = kernel_symbols_of_recording(dir, at, images)?;
+    let ks = crate::symcache::kernel_symbols(dir, at, images)?;
     let k = &ks.kallsyms;
     eprintln!(
         "reprise: kallsyms in guest RAM at physical {:#x} (instruction {}): {} symbols, _text at {:#x} (run time), found in {:.3} s",

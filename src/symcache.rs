@@ -1,0 +1,906 @@
+//! The kernel symbols of a Linux recording, cached in the recording's folder.
+//!
+//! Reading a recorded kernel's symbols ([`kernel_symbols_of_recording`]: restore the last
+//! checkpoint, replay to the end, scan RAM for kallsyms, the slab caches, the page array,
+//! rodata and the memory nodes) costs about 1.5 s of CPU on the 1-CPU Debian boot, and the
+//! answer never changes for a given recording. Every traced replay and live `mscan` of a
+//! Linux recording needs it, so the first one to compute it writes it to
+//! `REC/cache/kernel-symbols.bin` ([`CACHE_FILE`]) and later ones read it back.
+//!
+//! The file is derived data: deleting it only costs the next run the reading. It is keyed
+//! so that it is never used for anything but what it was computed for ([`CacheKey`]): the
+//! cache format, the build (a hash of the symbol-finding code's source), the recording's
+//! identity (its end record's final state and RAM
+//! hashes, the manifest's image hashes), the position it was read at and the `--image`
+//! paths given. The layout is a fixed header (magic, format version, body length, blake3 of
+//! the body) and a postcard body. A file that is bad in any way (truncated, corrupt,
+//! another version, another recording's) is reported in one line on stderr, recomputed and
+//! replaced; a folder that cannot be written leaves things as they were without the cache,
+//! with one line saying so. Files are written under a temporary name and renamed, so a run
+//! killed while writing never leaves a half file under the cache's name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use reprise_record::container::{ContainerReader, Ending};
+use reprise_record::log::{hex, EndRecord, Event, LogRecord, LOG_KIND, LOG_VERSION};
+use reprise_record::manifest::Manifest;
+use reprise_symbols::kallsyms::KallsymsLayout;
+use reprise_symbols::nodes::NodeData;
+use reprise_symbols::slab::{SlabCache, SlabCaches};
+use reprise_symbols::{Kallsyms, Symbol, SymbolClass, SymbolTable};
+use reprise_trace::alloc::PageMap;
+use serde::{Deserialize, Serialize};
+
+use crate::symbols::{kernel_symbols_of_recording, KernelSymbols};
+
+/// The folder inside a recording that holds derived data (safe to delete).
+pub const CACHE_DIR: &str = "cache";
+
+/// The kernel symbols' cache file inside [`CACHE_DIR`].
+pub const CACHE_FILE: &str = "kernel-symbols.bin";
+
+/// The first bytes of a cache file.
+const MAGIC: &[u8; 16] = b"reprise symcache";
+
+/// The cache file's format version. Bump it whenever the layout of [`Stored`] changes: a
+/// file of another version is recomputed. (A change to the code that finds the symbols is
+/// caught by the key's build identity, [`build_identity`].)
+pub const CACHE_VERSION: u32 = 1;
+
+/// Header bytes: magic, version (u32 LE), body length (u64 LE), blake3 of the body.
+const HEADER: usize = 16 + 4 + 8 + 32;
+
+/// The start of the stderr line of a run that read the symbols from the cache (the bench
+/// looks for it).
+pub const READ_NOTE: &str = "reprise: kernel symbols from the cache";
+
+/// The start of the stderr line of a run that computed the symbols and cached them.
+pub const WRITTEN_NOTE: &str = "reprise: kernel symbols cached in";
+
+/// The start of the stderr line of a run that computed the symbols but could not cache
+/// them.
+pub const UNCACHED_NOTE: &str = "reprise: kernel symbols could not be cached in";
+
+/// What a cache file must have been computed for to be used: anything that could change
+/// the answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheKey {
+    /// The build that computed it: reprise's version and a hash of the source of the code
+    /// that derives the symbols ([`build_identity`]).
+    pub tool: String,
+    /// The recording's final state hash (its end record's).
+    pub state_hash: [u8; 32],
+    /// The recording's final RAM hash (its end record's).
+    pub ram_hash: [u8; 32],
+    /// The instruction the symbols were read at: the recording's end.
+    pub position: u64,
+    /// The blake3 of each boot image, from the manifest.
+    pub image_hashes: Vec<String>,
+    /// The `--image` paths given in place of the recorded ones (the KASLR slide is measured
+    /// against the kernel image found there).
+    pub images: Vec<String>,
+}
+
+impl CacheKey {
+    /// The key of the recording in `dir` read at its end with `images`; `None` when the
+    /// recording has no readable end record (then nothing is cached).
+    pub fn of(dir: &Path, images: &[PathBuf]) -> Option<CacheKey> {
+        let manifest = Manifest::read(dir).ok()?;
+        let end = end_record(&dir.join(&manifest.log))?;
+        Some(CacheKey {
+            tool: build_identity(),
+            state_hash: end.state_hash,
+            ram_hash: end.ram_hash,
+            position: end.state.cpus.iter().map(|c| c.retired).sum(),
+            image_hashes: manifest
+                .boot
+                .images
+                .iter()
+                .map(|i| i.blake3.clone())
+                .collect(),
+            images: images.iter().map(|p| p.display().to_string()).collect(),
+        })
+    }
+
+    /// How `self` (a file's key) differs from `wanted`, in words.
+    fn mismatch(&self, wanted: &CacheKey) -> Option<String> {
+        if self.state_hash != wanted.state_hash || self.ram_hash != wanted.ram_hash {
+            Some(format!(
+                "made for another recording (final state {}, this one's is {})",
+                hex(&self.state_hash),
+                hex(&wanted.state_hash)
+            ))
+        } else if self.position != wanted.position {
+            Some(format!(
+                "read at instruction {}, the recording ends at {}",
+                self.position, wanted.position
+            ))
+        } else if self.image_hashes != wanted.image_hashes {
+            Some("made for other boot images".into())
+        } else if self.images != wanted.images {
+            Some(format!(
+                "made with --image {:?}, this run gives {:?}",
+                self.images, wanted.images
+            ))
+        } else if self.tool != wanted.tool {
+            Some(format!("written by {}, this is {}", self.tool, wanted.tool))
+        } else {
+            None
+        }
+    }
+}
+
+/// The source files of the code that finds what the cache holds (kallsyms, the slab
+/// caches, the nodes, the page array, the slide, and this file's stored form): a change to
+/// any of them makes the cache files of earlier builds another build's, so a fix to the
+/// finding is never hidden by a file the old code wrote.
+const DERIVATION_SOURCES: &[&str] = &[
+    include_str!("symbols.rs"),
+    include_str!("symcache.rs"),
+    include_str!("../symbols/src/lib.rs"),
+    include_str!("../symbols/src/bzimage.rs"),
+    include_str!("../symbols/src/kallsyms/mod.rs"),
+    include_str!("../symbols/src/kallsyms/decode.rs"),
+    include_str!("../symbols/src/kallsyms/locate.rs"),
+    include_str!("../symbols/src/slab.rs"),
+    include_str!("../symbols/src/nodes.rs"),
+];
+
+/// This build, as far as the cache is concerned: `reprise VERSION (symbol code HASH)`, the
+/// hash of [`DERIVATION_SOURCES`].
+fn build_identity() -> String {
+    let mut h = blake3::Hasher::new();
+    for source in DERIVATION_SOURCES {
+        h.update(&(source.len() as u64).to_le_bytes());
+        h.update(source.as_bytes());
+    }
+    let hash = h.finalize().to_hex();
+    format!(
+        "reprise {} (symbol code {})",
+        env!("CARGO_PKG_VERSION"),
+        &hash[..16]
+    )
+}
+
+/// The end record of the input log at `path`, read without decoding the whole log: one
+/// pass checking the chunks to count the records, a second decoding only the last chunk.
+/// `None` when the log has no complete end.
+fn end_record(path: &Path) -> Option<EndRecord> {
+    let mut count = ContainerReader::<LogRecord>::open(path, LOG_KIND, LOG_VERSION).ok()?;
+    count.skip_chunks_before(u64::MAX);
+    if count.next_record().is_some() || *count.ending() != Ending::Complete {
+        return None;
+    }
+    let last_index = count.records_read().checked_sub(1)?;
+    let mut last = ContainerReader::<LogRecord>::open(path, LOG_KIND, LOG_VERSION).ok()?;
+    last.skip_chunks_before(last_index);
+    let mut end = None;
+    while let Some(r) = last.next_record() {
+        end = Some(r.ok()?);
+    }
+    match end?.event {
+        Event::End(e) => Some(*e),
+        _ => None,
+    }
+}
+
+/// The cache file of the recording in `dir`.
+pub fn cache_path(dir: &Path) -> PathBuf {
+    dir.join(CACHE_DIR).join(CACHE_FILE)
+}
+
+/// [`kernel_symbols_of_recording`] through the recording's cache: read from it when it
+/// holds them for this recording, `at` (`None`: the end) and `images`; otherwise computed
+/// and, at the end, written to it. Reports on stderr what the cache did.
+pub fn kernel_symbols(
+    dir: &Path,
+    at: Option<u64>,
+    images: &[PathBuf],
+) -> anyhow::Result<KernelSymbols> {
+    let key = CacheKey::of(dir, images).filter(|k| at.is_none_or(|p| p == k.position));
+    let mut notes = Vec::new();
+    let result = through_cache(&cache_path(dir), key.as_ref(), &mut notes, || {
+        kernel_symbols_of_recording(dir, at, images)
+    });
+    for n in notes {
+        eprintln!("{n}");
+    }
+    result
+}
+
+/// Reads the symbols for `key` from the cache file at `path`, or computes them with
+/// `compute` and writes them there. Without a key, only computes. What happened goes to
+/// `notes` as stderr lines: a bad file, a write that failed, a read or a write.
+fn through_cache(
+    path: &Path,
+    key: Option<&CacheKey>,
+    notes: &mut Vec<String>,
+    compute: impl FnOnce() -> anyhow::Result<KernelSymbols>,
+) -> anyhow::Result<KernelSymbols> {
+    let Some(key) = key else {
+        return compute();
+    };
+    match load(path, key) {
+        Ok(Some(k)) => {
+            notes.push(format!("{READ_NOTE} {}", path.display()));
+            return Ok(k);
+        }
+        Ok(None) => {}
+        Err(why) => notes.push(format!(
+            "reprise: symbol cache {}: {why}; recomputing it",
+            path.display()
+        )),
+    }
+    let k = compute()?;
+    match store(path, key, &k) {
+        Ok(()) => notes.push(format!(
+            "{WRITTEN_NOTE} {} (later runs on this recording read them from there)",
+            path.display()
+        )),
+        Err(why) => notes.push(format!("{UNCACHED_NOTE} {}: {why}", path.display())),
+    }
+    Ok(k)
+}
+
+/// One line for `reprise info` on the recording in `dir`'s symbol cache: its size and
+/// whether this build would use it (for a run without `--image`); `None` without one.
+pub fn describe(dir: &Path) -> Option<String> {
+    let path = cache_path(dir);
+    let bytes = std::fs::metadata(&path).ok()?.len();
+    let state = match CacheKey::of(dir, &[]) {
+        None => "not usable: the recording has no end record".to_string(),
+        Some(key) => match load(&path, &key) {
+            Ok(Some(k)) => format!(
+                "the kernel's symbols at instruction {} ({} symbols), for this recording",
+                k.position,
+                k.kallsyms.table.len()
+            ),
+            Ok(None) => return None,
+            Err(why) => format!("not usable ({why}): the next traced replay replaces it"),
+        },
+    };
+    Some(format!(
+        "{CACHE_DIR}/{CACHE_FILE}: {bytes} bytes, {state}; derived data, safe to delete"
+    ))
+}
+
+/// The symbols the cache file at `path` holds for `key`: `Ok(None)` when there is no file,
+/// `Err` (why, in words) when there is one that cannot be used.
+fn load(path: &Path, key: &CacheKey) -> Result<Option<KernelSymbols>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        // No file (or no folder: something else in its place) is no cache yet.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(format!("unreadable: {e}")),
+    };
+    let body = check_header(&bytes)?;
+    let file: CacheFile =
+        postcard::from_bytes(body).map_err(|e| format!("undecodable body: {e}"))?;
+    if let Some(why) = file.key.mismatch(key) {
+        return Err(why);
+    }
+    file.symbols.into_symbols().map(Some)
+}
+
+/// The body of the cache file `bytes`, once its header says it is whole and intact.
+fn check_header(bytes: &[u8]) -> Result<&[u8], String> {
+    let Some((header, body)) = bytes.split_at_checked(HEADER) else {
+        return Err(format!(
+            "truncated: {} bytes, shorter than the {HEADER}-byte header",
+            bytes.len()
+        ));
+    };
+    let (magic, rest) = header.split_at(16);
+    if magic != MAGIC {
+        return Err("not a reprise symbol cache (wrong magic)".into());
+    }
+    let (version, rest) = rest.split_at(4);
+    let (length, hash) = rest.split_at(8);
+    let version = u32::from_le_bytes(version.try_into().map_err(|_| "bad header")?);
+    if version != CACHE_VERSION {
+        return Err(format!(
+            "cache format version {version}, this build reads version {CACHE_VERSION}"
+        ));
+    }
+    let length = u64::from_le_bytes(length.try_into().map_err(|_| "bad header")?);
+    if length != body.len() as u64 {
+        return Err(if length > body.len() as u64 {
+            format!("truncated: {} of {length} body bytes", body.len())
+        } else {
+            format!(
+                "{} body bytes where the header says {length} (trailing data)",
+                body.len()
+            )
+        });
+    }
+    if blake3::hash(body).as_bytes() != hash {
+        return Err("corrupt: the body's blake3 does not match its header".into());
+    }
+    Ok(body)
+}
+
+/// Writes `k`, computed for `key`, to the cache file at `path` (its folder created): under
+/// a temporary name first, then renamed over `path`, so no reader ever sees half a file.
+fn store(path: &Path, key: &CacheKey, k: &KernelSymbols) -> Result<(), String> {
+    let file = CacheFile {
+        key: key.clone(),
+        symbols: Stored::of(k),
+    };
+    let body = postcard::to_stdvec(&file).map_err(|e| format!("cannot encode: {e}"))?;
+    let mut bytes = Vec::with_capacity(HEADER + body.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&CACHE_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(blake3::hash(&body).as_bytes());
+    bytes.extend_from_slice(&body);
+    let folder = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    // Per process: two runs writing at once each rename a whole file of their own.
+    let tmp = path.with_extension(format!("bin.tmp-{}", std::process::id()));
+    if let Err(e) = std::fs::write(&tmp, &bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("{}: {e}", tmp.display()));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("renaming {}: {e}", tmp.display())
+    })
+}
+
+/// A cache file's body.
+#[derive(Debug, Serialize, Deserialize)]
+struct CacheFile {
+    /// What the symbols were computed for.
+    key: CacheKey,
+    /// The symbols.
+    symbols: Stored,
+}
+
+/// A [`Symbol`] as stored.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredSymbol {
+    name: String,
+    start: u64,
+    size: u64,
+    /// [`SymbolClass`]: 0 code, 1 data, 2 unknown.
+    class: u8,
+}
+
+/// The fields of a [`Kallsyms`] as stored.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredKallsyms {
+    /// The table, in its (sorted) order.
+    table: Vec<StoredSymbol>,
+    num_syms: u64,
+    relative_base: u64,
+    percpu: u64,
+    percpu_symbols: Vec<StoredSymbol>,
+    /// [`KallsymsLayout`]: 0 offsets first, 1 offsets last, 2 absolute.
+    layout: u8,
+    token_table_at: u64,
+}
+
+/// The slab caches ([`SlabCaches`]) as stored.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredSlab {
+    /// (map key, cache address, name, object size) in the map's order.
+    caches: Vec<(u64, u64, String, Option<u32>)>,
+    list_offset: u64,
+    name_offset: u64,
+    size_offset: Option<u64>,
+}
+
+/// The fields of a [`KernelSymbols`] as stored; [`PageMap`] and [`NodeData`] as tuples of
+/// their fields in declaration order.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Stored {
+    kallsyms: StoredKallsyms,
+    position: u64,
+    slide: Option<i64>,
+    warnings: Vec<String>,
+    find_seconds: f64,
+    percpu_bases: Vec<Option<u64>>,
+    slab: Result<StoredSlab, String>,
+    /// `vmemmap_base`, `page_offset_base`, `struct_page`, `frames`.
+    pages: Option<(u64, u64, u64, u64)>,
+    rodata: Option<(u64, Vec<u8>)>,
+    nodes: Vec<StoredNode>,
+}
+
+/// A [`NodeData`] as stored: `node`, `addr`, `bytes`, `zones`.
+type StoredNode = (u64, u64, u64, Option<(u64, u64)>);
+
+impl Stored {
+    /// The stored form of `k`.
+    fn of(k: &KernelSymbols) -> Stored {
+        let symbols = |t: &SymbolTable| -> Vec<StoredSymbol> {
+            t.iter()
+                .map(|s| StoredSymbol {
+                    name: s.name.clone(),
+                    start: s.start,
+                    size: s.size,
+                    class: match s.class {
+                        SymbolClass::Code => 0,
+                        SymbolClass::Data => 1,
+                        SymbolClass::Unknown => 2,
+                    },
+                })
+                .collect()
+        };
+        let ks = &k.kallsyms;
+        Stored {
+            kallsyms: StoredKallsyms {
+                table: symbols(&ks.table),
+                num_syms: ks.num_syms as u64,
+                relative_base: ks.relative_base,
+                percpu: ks.percpu as u64,
+                percpu_symbols: symbols(&ks.percpu_symbols),
+                layout: match ks.layout {
+                    KallsymsLayout::OffsetsFirst => 0,
+                    KallsymsLayout::OffsetsLast => 1,
+                    KallsymsLayout::Absolute => 2,
+                },
+                token_table_at: ks.token_table_at,
+            },
+            position: k.position,
+            slide: k.slide,
+            warnings: k.warnings.clone(),
+            find_seconds: k.find_seconds,
+            percpu_bases: k.percpu_bases.clone(),
+            slab: match &k.slab {
+                Ok(s) => Ok(StoredSlab {
+                    caches: s
+                        .caches
+                        .iter()
+                        .map(|(at, c)| (*at, c.addr, c.name.clone(), c.object_size))
+                        .collect(),
+                    list_offset: s.list_offset,
+                    name_offset: s.name_offset,
+                    size_offset: s.size_offset,
+                }),
+                Err(why) => Err(why.clone()),
+            },
+            pages: k
+                .pages
+                .map(|p| (p.vmemmap_base, p.page_offset_base, p.struct_page, p.frames)),
+            rodata: k.rodata.clone(),
+            nodes: k
+                .nodes
+                .iter()
+                .map(|n| (n.node, n.addr, n.bytes, n.zones))
+                .collect(),
+        }
+    }
+
+    /// The symbols stored, or why they cannot be (a field out of its range: a file that
+    /// passed its checksum yet was not written by this format).
+    fn into_symbols(self) -> Result<KernelSymbols, String> {
+        fn table(stored: Vec<StoredSymbol>) -> Result<SymbolTable, String> {
+            let mut t = SymbolTable::new();
+            for s in stored {
+                let class = match s.class {
+                    0 => SymbolClass::Code,
+                    1 => SymbolClass::Data,
+                    2 => SymbolClass::Unknown,
+                    c => return Err(format!("undecodable body: symbol class {c}")),
+                };
+                t.insert(Symbol {
+                    name: s.name,
+                    start: s.start,
+                    size: s.size,
+                    class,
+                });
+            }
+            // Stored in the table's own order: sorting again keeps it (a stable sort of a
+            // sorted, duplicate-free table).
+            t.finish();
+            Ok(t)
+        }
+        let count = |n: u64| usize::try_from(n).map_err(|_| format!("count {n} out of range"));
+        let ks = self.kallsyms;
+        let kallsyms = Kallsyms {
+            table: table(ks.table)?,
+            num_syms: count(ks.num_syms)?,
+            relative_base: ks.relative_base,
+            percpu: count(ks.percpu)?,
+            percpu_symbols: table(ks.percpu_symbols)?,
+            layout: match ks.layout {
+                0 => KallsymsLayout::OffsetsFirst,
+                1 => KallsymsLayout::OffsetsLast,
+                2 => KallsymsLayout::Absolute,
+                l => return Err(format!("undecodable body: kallsyms layout {l}")),
+            },
+            token_table_at: ks.token_table_at,
+        };
+        let slab = self.slab.map(|s| SlabCaches {
+            caches: s
+                .caches
+                .into_iter()
+                .map(|(at, addr, name, object_size)| {
+                    (
+                        at,
+                        SlabCache {
+                            addr,
+                            name,
+                            object_size,
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+            list_offset: s.list_offset,
+            name_offset: s.name_offset,
+            size_offset: s.size_offset,
+        });
+        Ok(KernelSymbols {
+            kallsyms,
+            position: self.position,
+            slide: self.slide,
+            warnings: self.warnings,
+            find_seconds: self.find_seconds,
+            percpu_bases: self.percpu_bases,
+            slab,
+            pages: self
+                .pages
+                .map(
+                    |(vmemmap_base, page_offset_base, struct_page, frames)| PageMap {
+                        vmemmap_base,
+                        page_offset_base,
+                        struct_page,
+                        frames,
+                    },
+                ),
+            rodata: self.rodata,
+            nodes: self
+                .nodes
+                .into_iter()
+                .map(|(node, addr, bytes, zones)| NodeData {
+                    node,
+                    addr,
+                    bytes,
+                    zones,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A scratch folder of its own for each test, removed when the test ends.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir()
+                .join(format!("reprise-symcache-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn symbol(name: &str, start: u64, size: u64, class: SymbolClass) -> Symbol {
+        Symbol {
+            name: name.into(),
+            start,
+            size,
+            class,
+        }
+    }
+
+    /// Kernel symbols with something in every field.
+    fn sample() -> KernelSymbols {
+        let mut table = SymbolTable::new();
+        table.insert(symbol("_text", 0xffff_ffff_8100_0000, 0, SymbolClass::Code));
+        table.insert(symbol(
+            "start_kernel",
+            0xffff_ffff_8200_0000,
+            0x40,
+            SymbolClass::Code,
+        ));
+        table.insert(symbol(
+            "jiffies",
+            0xffff_ffff_8300_0000,
+            8,
+            SymbolClass::Data,
+        ));
+        table.insert(symbol(
+            "mystery",
+            0xffff_ffff_8300_0010,
+            0,
+            SymbolClass::Unknown,
+        ));
+        table.finish();
+        let mut percpu_symbols = SymbolTable::new();
+        percpu_symbols.insert(symbol("runqueues", 0x1000, 0x200, SymbolClass::Data));
+        percpu_symbols.finish();
+        let mut caches = BTreeMap::new();
+        caches.insert(
+            0xffff_8880_0100_0000,
+            SlabCache {
+                addr: 0xffff_8880_0100_0000,
+                name: "task_struct".into(),
+                object_size: Some(4096),
+            },
+        );
+        caches.insert(
+            0xffff_8880_0100_0100,
+            SlabCache {
+                addr: 0xffff_8880_0100_0100,
+                name: "kmalloc-64".into(),
+                object_size: None,
+            },
+        );
+        KernelSymbols {
+            kallsyms: Kallsyms {
+                table,
+                num_syms: 5,
+                relative_base: 0xffff_ffff_8100_0000,
+                percpu: 1,
+                percpu_symbols,
+                layout: KallsymsLayout::OffsetsLast,
+                token_table_at: 0x0123_4000,
+            },
+            position: 400_000_000,
+            slide: Some(0x1c00_0000),
+            warnings: vec!["2 kallsyms tables in RAM".into()],
+            find_seconds: 0.25,
+            percpu_bases: vec![Some(0xffff_8880_1f00_0000), None],
+            slab: Ok(SlabCaches {
+                caches,
+                list_offset: 0x68,
+                name_offset: 0x60,
+                size_offset: Some(0x18),
+            }),
+            pages: Some(PageMap {
+                vmemmap_base: 0xffff_ea00_0000_0000,
+                page_offset_base: 0xffff_8880_0000_0000,
+                struct_page: 64,
+                frames: 131_072,
+            }),
+            rodata: Some((0xffff_ffff_8220_0000, b"task_struct\0kmalloc-64\0".to_vec())),
+            nodes: vec![NodeData {
+                node: 0,
+                addr: 0xffff_8880_1ff0_0000,
+                bytes: 0x2000,
+                zones: Some((0x680, 4)),
+            }],
+        }
+    }
+
+    fn key() -> CacheKey {
+        CacheKey {
+            tool: "reprise test".into(),
+            state_hash: [7; 32],
+            ram_hash: [9; 32],
+            position: 400_000_000,
+            image_hashes: vec!["ab".repeat(32), "cd".repeat(32)],
+            images: Vec::new(),
+        }
+    }
+
+    /// One run through the cache at `path` for `key`: the symbols' stored form, whether
+    /// they were computed, and the notes.
+    fn run(path: &Path, key: &CacheKey) -> (Stored, bool, Vec<String>) {
+        let computed = Cell::new(false);
+        let mut notes = Vec::new();
+        let k = through_cache(path, Some(key), &mut notes, || {
+            computed.set(true);
+            Ok(sample())
+        })
+        .unwrap();
+        (Stored::of(&k), computed.get(), notes)
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn computed_once_then_read_back_identical() {
+        let s = Scratch::new("round-trip");
+        let path = s.0.join(CACHE_DIR).join(CACHE_FILE);
+        let (first, computed, notes) = run(&path, &key());
+        assert!(computed);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with(WRITTEN_NOTE), "{notes:?}");
+        // Only the file itself: the temporary was renamed.
+        assert_eq!(files_in(&s.0.join(CACHE_DIR)), vec![CACHE_FILE.to_string()]);
+        let (second, computed, notes) = run(&path, &key());
+        assert!(!computed, "read from the cache");
+        assert_eq!(notes, vec![format!("{READ_NOTE} {}", path.display())]);
+        assert_eq!(first, second);
+        assert_eq!(first, Stored::of(&sample()));
+        // The table rebuilt from the file looks up as the original does.
+        let k = load(&path, &key()).unwrap().unwrap();
+        let hit = k.kallsyms.table.lookup(0xffff_ffff_8200_0010).unwrap();
+        assert_eq!(hit.to_string(), "start_kernel+0x10");
+        assert_eq!(
+            k.table_with_percpu()
+                .by_name("runqueues@cpu0")
+                .map(|s| s.start),
+            Some(0xffff_8880_1f00_1000)
+        );
+    }
+
+    /// Each kind of bad file is named in one note, recomputed and replaced by a good one.
+    #[test]
+    fn a_bad_file_is_reported_recomputed_and_replaced() {
+        let s = Scratch::new("bad");
+        let path = s.0.join(CACHE_DIR).join(CACHE_FILE);
+        run(&path, &key());
+        let good = std::fs::read(&path).unwrap();
+        let mut other_version = good.clone();
+        other_version[16] ^= 0x80;
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut magic = good.clone();
+        magic[0] = b'R';
+        // A valid header around a body that is not a cache file's.
+        let garbage_body = vec![0xffu8; 40];
+        let mut garbage = MAGIC.to_vec();
+        garbage.extend_from_slice(&CACHE_VERSION.to_le_bytes());
+        garbage.extend_from_slice(&(garbage_body.len() as u64).to_le_bytes());
+        garbage.extend_from_slice(blake3::hash(&garbage_body).as_bytes());
+        garbage.extend_from_slice(&garbage_body);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("truncated: 0 bytes", Vec::new()),
+            ("shorter than the 60-byte header", good[..30].to_vec()),
+            ("truncated: ", good[..good.len() - 100].to_vec()),
+            ("wrong magic", magic),
+            ("cache format version", other_version),
+            ("corrupt: the body's blake3", flipped),
+            ("trailing data", trailing),
+            ("undecodable body", garbage),
+        ];
+        for (what, bytes) in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let (stored, computed, notes) = run(&path, &key());
+            assert!(computed, "{what}: recomputed");
+            assert_eq!(stored, Stored::of(&sample()), "{what}");
+            assert_eq!(notes.len(), 2, "{what}: {notes:?}");
+            let expected = format!("reprise: symbol cache {}: ", path.display());
+            assert!(notes[0].starts_with(&expected), "{what}: {notes:?}");
+            assert!(notes[0].contains(what), "{what}: {notes:?}");
+            assert!(notes[0].ends_with("; recomputing it"), "{what}: {notes:?}");
+            assert!(notes[1].starts_with(WRITTEN_NOTE), "{what}: {notes:?}");
+            assert_eq!(std::fs::read(&path).unwrap(), good, "{what}: replaced");
+        }
+    }
+
+    /// A file made for another recording, position, image set or build is not used.
+    #[test]
+    fn another_keys_file_is_not_used() {
+        let s = Scratch::new("foreign");
+        let path = s.0.join(CACHE_FILE);
+        let mut others = Vec::new();
+        let mut k = key();
+        k.state_hash[0] ^= 1;
+        others.push(("another recording", k));
+        let mut k = key();
+        k.ram_hash[31] ^= 1;
+        others.push(("another recording", k));
+        let mut k = key();
+        k.position += 1;
+        others.push(("the recording ends at", k));
+        let mut k = key();
+        k.image_hashes.pop();
+        others.push(("other boot images", k));
+        let mut k = key();
+        k.images = vec!["/elsewhere/vmlinuz".into()];
+        others.push(("--image", k));
+        let mut k = key();
+        k.tool = "reprise 9.9.9".into();
+        others.push(("written by", k));
+        for (what, other) in others {
+            run(&path, &other);
+            let (_, computed, notes) = run(&path, &key());
+            assert!(computed, "{what}");
+            assert!(notes[0].contains(what), "{what}: {notes:?}");
+            // Replaced: the next run reads it.
+            let (_, computed, _) = run(&path, &key());
+            assert!(!computed, "{what}");
+        }
+    }
+
+    /// The build identity names the version and hashes the symbol code's source.
+    #[test]
+    fn the_build_identity_hashes_the_symbol_code() {
+        let id = build_identity();
+        let prefix = format!("reprise {} (symbol code ", env!("CARGO_PKG_VERSION"));
+        let hash = id.strip_prefix(&prefix).and_then(|r| r.strip_suffix(')'));
+        assert!(
+            hash.is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{id}"
+        );
+        assert_eq!(id, build_identity(), "stable within a build");
+    }
+
+    /// A stored field out of its range is refused, not turned into a wrong table.
+    #[test]
+    fn out_of_range_fields_are_refused() {
+        let mut bad = Stored::of(&sample());
+        bad.kallsyms.table[0].class = 3;
+        assert!(bad.into_symbols().err().unwrap().contains("symbol class 3"));
+        let mut bad = Stored::of(&sample());
+        bad.kallsyms.layout = 7;
+        assert!(bad.into_symbols().err().unwrap().contains("layout 7"));
+    }
+
+    /// A folder where the cache cannot be written: the symbols as without a cache, one note.
+    #[test]
+    fn an_unwritable_folder_works_without_the_cache() {
+        let s = Scratch::new("unwritable");
+        // A file where the cache folder should be: even root cannot create the cache there.
+        std::fs::write(s.0.join(CACHE_DIR), b"not a folder").unwrap();
+        let path = s.0.join(CACHE_DIR).join(CACHE_FILE);
+        for _ in 0..2 {
+            let (stored, computed, notes) = run(&path, &key());
+            assert!(computed);
+            assert_eq!(stored, Stored::of(&sample()));
+            assert_eq!(notes.len(), 1, "{notes:?}");
+            assert!(
+                notes[0].starts_with(&format!(
+                    "reprise: kernel symbols could not be cached in {}: ",
+                    path.display()
+                )),
+                "{notes:?}"
+            );
+        }
+        // A read-only folder (where permissions bind: not for root).
+        use std::os::unix::fs::PermissionsExt;
+        let ro = s.0.join("read-only");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        if std::fs::write(ro.join("probe"), b"").is_err() {
+            let path = ro.join(CACHE_DIR).join(CACHE_FILE);
+            let (_, computed, notes) = run(&path, &key());
+            assert!(computed);
+            assert!(notes[0].contains("could not be cached"), "{notes:?}");
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Without a key (no end record) nothing is read or written; a failure to compute is
+    /// the caller's error and leaves no file.
+    #[test]
+    fn no_key_or_a_failure_caches_nothing() {
+        let s = Scratch::new("no-key");
+        let path = s.0.join(CACHE_FILE);
+        let mut notes = Vec::new();
+        let k = through_cache(&path, None, &mut notes, || Ok(sample())).unwrap();
+        assert_eq!(Stored::of(&k), Stored::of(&sample()));
+        assert!(notes.is_empty());
+        let e = through_cache(&path, Some(&key()), &mut notes, || {
+            anyhow::bail!("no kallsyms table")
+        });
+        assert!(e.is_err());
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(files_in(&s.0).is_empty());
+    }
+}
