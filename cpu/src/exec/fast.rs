@@ -403,15 +403,19 @@ pub(crate) fn classify(i: &Instruction, group: Group, bitness: u32, start: u64) 
 }
 
 /// Fuse compare-and-branch pairs of a freshly decoded block: a CMP or TEST of registers or
-/// of a register and an immediate, directly followed by a fast Jcc, gets a handler that also
-/// decides the branch (table.rs `cmp_jcc`), so the pair costs one dispatch instead of two.
+/// of a register and an immediate, or one of the common compares with a memory operand
+/// (table.rs [`table::fused_memory_index`]), directly followed by a fast Jcc, gets a handler
+/// that also decides the branch (table.rs `cmp_jcc`, `cmp_m_jcc`), so the pair costs one
+/// dispatch instead of two.
 ///
 /// The Jcc keeps its own entry, unchanged: the run loop skips it after a fused compare
 /// (counting it as retired) and runs it on its own whenever the fused handler declines
-/// (an observer is watching, the target is not canonical) or the budget ends between the
-/// two. The compare's own record holds what the fused handler needs of the jump in fields
-/// its form leaves unused: the branch offset (relative to the block's start, as the Jcc
-/// holds it) in `disp`, and the condition as a [`Fused`] test in `cc`, `index` and `scale`.
+/// (an observer is watching, the target is not canonical, the memory read needs more than
+/// a TLB hit in RAM) or the budget ends between the two. The compare's own record holds
+/// what the fused handler needs of the jump in fields its form leaves unused. Register
+/// forms: the branch offset (relative to the block's start, as the Jcc holds it) in `disp`,
+/// and the condition as a [`Fused`] test in `cc`, `index` and `scale`. Memory forms (whose
+/// `disp`, `index` and `scale` address the operand): see [`MemoryFused`].
 /// JO and JNO (rare in compiled code) are not fused.
 pub(crate) fn fuse(insns: &mut [crate::code_cache::DecodedInsn]) {
     // Op statistics count every instruction the loop dispatches: keep pairs apart there.
@@ -428,7 +432,74 @@ pub(crate) fn fuse(insns: &mut [crate::code_cache::DecodedInsn]) {
             (d.ops.cc, d.ops.index, d.ops.scale) = (test.mask, test.signed, test.negate);
             d.ops.disp = offset;
             d.handler = handler;
+        } else if let Some(handler) = table::fused_memory_index(d.op, &d.ops) {
+            if let Some(packed) = MemoryFused::pack(d.op, &d.ops, test, offset) {
+                d.ops = packed;
+                d.handler = handler;
+            }
         }
+    }
+}
+
+/// How a fused compare with a memory operand keeps its Jcc: its memory operand and its
+/// register (`r0` of CMP r, m; `r1` of CMP/TEST m, r) stay where they are, and
+///
+/// - `imm` holds the compare's immediate in its low 32 bits (CMP/TEST m, imm; iced's
+///   immediates of these forms are that value extended: see [`MemoryFused::immediate`])
+///   and the Jcc's branch offset (relative to the block's start, as the Jcc holds it;
+///   sign-extended) in its high 32 bits;
+/// - `cc` holds the condition's [`Fused::mask`], and the spare register field (`r1` of
+///   CMP r, m, else `r0`) its `signed | negate` (0x80 and 1).
+///
+/// A pair whose offset or immediate does not fit this way is not fused.
+pub(crate) struct MemoryFused;
+
+impl MemoryFused {
+    /// The operands `o` of compare `op` with the Jcc test `test` and branch offset `offset`
+    /// packed in, or `None` if they do not fit.
+    fn pack(op: Op, o: &Operands, test: Fused, offset: u64) -> Option<Operands> {
+        let offset = i32::try_from(offset as i64).ok()?;
+        let mut p = *o;
+        let low = o.imm & 0xffff_ffff;
+        if op != Op::CmpRM && op != Op::CmpMR && op != Op::TestMR {
+            let m = flags::mask(o.size as usize);
+            if Self::immediate(low, o.size as usize) & m != o.imm & m {
+                return None;
+            }
+        }
+        p.imm = (offset as u32 as u64) << 32 | low;
+        p.cc = test.mask;
+        if op == Op::CmpRM {
+            p.r1 = test.signed | test.negate;
+        } else {
+            p.r0 = test.signed | test.negate;
+        }
+        Some(p)
+    }
+
+    /// The compare's immediate from packed `imm`, as the unfused form holds it for an
+    /// operand of `size` bytes (only its low `size` bytes count): 64-bit compares
+    /// sign-extend a 32-bit immediate.
+    #[inline(always)]
+    pub(crate) fn immediate(imm: u64, size: usize) -> u64 {
+        if size == 8 {
+            imm as u32 as i32 as i64 as u64
+        } else {
+            imm & 0xffff_ffff
+        }
+    }
+
+    /// The Jcc's branch offset from packed `imm`.
+    #[inline(always)]
+    pub(crate) fn offset(imm: u64) -> u64 {
+        (imm >> 32) as u32 as i32 as i64 as u64
+    }
+
+    /// Whether the Jcc's condition (`mask` from `cc`, `sign_negate` from the spare
+    /// register field) holds for RFLAGS `f`.
+    #[inline(always)]
+    pub(crate) fn holds(mask: u8, sign_negate: u8, f: u64) -> bool {
+        Fused::holds(mask, sign_negate & 0x80, sign_negate & 1, f)
     }
 }
 

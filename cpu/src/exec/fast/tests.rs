@@ -596,4 +596,183 @@ mod fused {
             }
         }
     }
+
+    /// Compares with a memory operand at `[rsi]` (RAX/AL and RBX/BL for registers): the
+    /// fused ones (table.rs `fused_memory_index`) and, as a check that fusing leaves them
+    /// alone, some that are not.
+    const MEMORY_COMPARES: [&[u8]; 14] = [
+        &[0x80, 0x3e, 0x7f],                         // cmp byte [rsi], 0x7f (fused)
+        &[0x80, 0x3e, 0x80],                         // cmp byte [rsi], 0x80 (fused)
+        &[0xf6, 0x06, 0x81],                         // test byte [rsi], 0x81 (fused)
+        &[0x3a, 0x1e],                               // cmp bl, [rsi] (fused)
+        &[0x48, 0x39, 0x1e],                         // cmp [rsi], rbx (fused)
+        &[0x39, 0x1e],                               // cmp [rsi], ebx (fused)
+        &[0x66, 0x39, 0x1e],                         // cmp [rsi], bx (fused)
+        &[0x38, 0x1e],                               // cmp [rsi], bl (fused)
+        &[0x48, 0x39, 0x5e, 0x08],                   // cmp [rsi + 8], rbx (fused)
+        &[0x83, 0x3e, 0xff],                         // cmp dword [rsi], -1
+        &[0x48, 0x81, 0x3e, 0, 0, 0, 0x80],          // cmp qword [rsi], -0x80000000
+        &[0x48, 0x3b, 0x1e],                         // cmp rbx, [rsi]
+        &[0x85, 0x1e],                               // test [rsi], ebx
+        &[0x80, 0x3d, 0x00, 0x01, 0x00, 0x00, 0x01], // cmp byte [rip + 0x100], 1 (fused)
+    ];
+
+    /// `mov r8, [rdi]; compare; jcc +2; mov cl, 1; pushfq; pop rdx; ud2`: the load first
+    /// puts `[rdi]`'s page in the TLB (the compare's read is a TLB hit when RDI = RSI),
+    /// then as [`program`].
+    fn memory_program(compare: &[u8], cc: u8) -> Vec<u8> {
+        let mut p = vec![0x4c, 0x8b, 0x07];
+        p.extend_from_slice(&program(compare, cc));
+        p
+    }
+
+    /// Where the memory compare reads (RSI) and the load before it (RDI), by case: RAM with
+    /// its page in the TLB, RAM not yet in the TLB, a read crossing a page (RAM, in the
+    /// TLB), past RAM (the test bus's "device": reads all ones and ends the block), and an
+    /// unmapped page (#PF, which stops the machine: it has no IDT).
+    const CASES: [(u64, u64); 5] = [
+        (0x20_0100, 0x20_0100),
+        (0x20_0100, 0x60_0000),
+        (0x20_0ffd, 0x20_0ffd),
+        (0x4000_0000, 0x4000_0000),
+        (0x1_0000_0000, 0x60_0000),
+    ];
+
+    /// Machine `m` made to run `bytes` from the state of `seed` in case `case`
+    /// ([`CASES`]), with fast paths on or off; RAM around the operand gets values from
+    /// the seed, often equal to RBX.
+    fn memory_machine(
+        m: &mut TestMachine,
+        bytes: &[u8],
+        fast: bool,
+        rng: &mut Rng,
+        seed: u64,
+        case: usize,
+    ) {
+        machine(m, bytes, fast, rng, seed);
+        let (rsi, rdi) = CASES[case];
+        (m.cpu.state.gpr[6], m.cpu.state.gpr[7]) = (rsi, rdi);
+        let mut data = [0u8; 32];
+        for k in 0..4 {
+            let v = match rng.below(3) {
+                0 => m.cpu.state.gpr[3],
+                1 => m.cpu.state.gpr[3] ^ (1 << rng.below(64)),
+                _ => rng.next(),
+            };
+            data[k * 8..k * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let ram = &mut m.bus.ram;
+        let at = 0x20_0100usize - 16;
+        ram[at..at + 32].copy_from_slice(&data);
+        let at = 0x20_0ffdusize - 16;
+        ram[at..at + 32].copy_from_slice(&data);
+        // Behind the RIP-relative compare's operand (0x100 after the instruction).
+        let at = CODE_BASE as usize + 3 + 7 + 0x100;
+        ram[at] = data[0] & 3;
+    }
+
+    /// Every memory compare, every condition, every case of [`CASES`], run to the end and
+    /// with every budget (so the budget also ends between the compare and its jump, and
+    /// before the compare), with fast paths (fused where the form has a fused entry) and
+    /// with generic handlers only: the same state after each run, the same count, the
+    /// same memory, the same exit (a fault on the read is the compare's, at its count,
+    /// and the Jcc does not run).
+    #[test]
+    fn fused_memory_pairs_match_generic_handlers() {
+        let mut rng = Rng(0);
+        let mut fast = TestMachine::with_code(&[]);
+        let mut slow = TestMachine::with_code(&[]);
+        for compare in MEMORY_COMPARES {
+            for cc in 1..=16u8 {
+                let bytes = memory_program(compare, cc);
+                for case in 0..CASES.len() {
+                    for seed in 1..=6u64 {
+                        for budget in [1u64, 2, 3, 4, 100] {
+                            memory_machine(&mut fast, &bytes, true, &mut rng, seed, case);
+                            memory_machine(&mut slow, &bytes, false, &mut rng, seed, case);
+                            let what = format!("{compare:x?} cc {cc} case {case} seed {seed}");
+                            let (mut ef, mut es) = (RunExit::Budget, RunExit::Budget);
+                            for step in [budget, 100] {
+                                ef = fast.run(step);
+                                es = slow.run(step);
+                                assert_eq!(fast.cpu.state, slow.cpu.state, "{what}");
+                                if !matches!(ef, RunExit::Budget) {
+                                    break;
+                                }
+                            }
+                            assert_eq!(format!("{ef:?}"), format!("{es:?}"), "{what}");
+                            assert!(fast.bus.ram == slow.bus.ram, "{what}");
+                            let s = &fast.cpu.state;
+                            let at = s.rip - CODE_BASE;
+                            // The RIP-relative compare does not read at RSI.
+                            if case == 4 && compare[1] != 0x3d {
+                                // The compare faults: only the load retired.
+                                assert_eq!((s.retired, at), (1, 3), "{what}");
+                            } else {
+                                // The UD2 after five instructions taken, six not.
+                                assert_eq!(s.retired, 5 + (s.gpr[1] & 0xff), "{what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A loop closed by a fused `cmp byte [rsi], 0; jne` on a page the loop's own store
+    /// keeps in the TLB (the fused handler decides every branch but the first): the same
+    /// state and count as with the generic handlers, and the count the loop must take.
+    #[test]
+    fn fused_memory_loop() {
+        // mov ecx, 100; l: dec ecx; mov [rsi], cl; cmp byte [rsi], 0; jne l; hlt
+        let code = [
+            0xb9, 100, 0, 0, 0, 0xff, 0xc9, 0x88, 0x0e, 0x80, 0x3e, 0x00, 0x75, 0xf7, 0xf4,
+        ];
+        let mut fast = TestMachine::with_code(&code);
+        let mut slow = TestMachine::with_code(&code);
+        slow.code.set_fast_paths(false);
+        for m in [&mut fast, &mut slow] {
+            m.cpu.state.gpr[6] = 0x20_0100;
+            assert_eq!(m.run(1000), RunExit::Halted);
+        }
+        assert_eq!(fast.cpu.state, slow.cpu.state);
+        assert_eq!(fast.cpu.state.retired, 1 + 100 * 4 + 1);
+    }
+
+    /// With an observer, a fused memory compare runs alone: the same state as without one,
+    /// its read reported at its own count and the PUSHFQ's write at its own.
+    #[test]
+    fn fused_memory_pairs_under_an_observer() {
+        let mut rng = Rng(0);
+        let mut plain = TestMachine::with_code(&[]);
+        let mut seen = TestMachine::with_code(&[]);
+        for compare in MEMORY_COMPARES {
+            let bytes = memory_program(compare, 6);
+            for seed in 1..=6u64 {
+                memory_machine(&mut plain, &bytes, true, &mut rng, seed, 0);
+                memory_machine(&mut seen, &bytes, true, &mut rng, seed, 0);
+                plain.run(100);
+                let mut obs = RecordingObserver::default();
+                let mut exit = RunExit::Budget;
+                while seen.cpu.state.retired < 100 && matches!(exit, RunExit::Budget) {
+                    exit = seen.cpu.run(&mut seen.bus, &mut obs, &mut seen.code, 100);
+                }
+                assert_eq!(plain.cpu.state, seen.cpu.state);
+                let reads: Vec<u64> = obs
+                    .accesses
+                    .iter()
+                    .filter(|a| matches!(a.kind, AccessKind::Read))
+                    .map(|a| a.retired)
+                    .collect();
+                // The load, then the compare (the RIP-relative one reads elsewhere).
+                assert_eq!(reads[..2], [0, 1], "{compare:x?}");
+                let push = obs
+                    .accesses
+                    .iter()
+                    .find(|a| matches!(a.kind, AccessKind::Write))
+                    .expect("a push");
+                assert_eq!(push.retired, 3 + (seen.cpu.state.gpr[1] & 0xff));
+            }
+        }
+    }
 }
