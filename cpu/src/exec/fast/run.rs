@@ -523,7 +523,7 @@ pub(crate) fn call_to<B: Bus, O: Observer>(
             stack: x.cpu.state.gpr[4],
             regs: x.cpu.state.gpr,
         };
-        x.obs.context(x.cpu.index, x.retired, &ev);
+        x.obs.context(x.cpu.index, x.retired(), &ev);
     }
     Ok(target)
 }
@@ -543,7 +543,7 @@ pub(crate) fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> Result<u64, Exit> 
             stack: rsp,
             rax: x.cpu.state.gpr[0],
         };
-        x.obs.context(x.cpu.index, x.retired, &ev);
+        x.obs.context(x.cpu.index, x.retired(), &ev);
     }
     x.set_rsp(rsp.wrapping_add(8));
     Ok(target)
