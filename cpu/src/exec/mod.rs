@@ -421,6 +421,8 @@ impl Cpu {
                 }
             };
             retired += taken(&it);
+            #[cfg(feature = "op-stats")]
+            fast::stats::note_block(start, taken(&it));
             // 64-bit code that ran nothing special (which could have halted the CPU, changed
             // its mode, or made the bus want an exit): go on here with the next block, if the
             // budget allows, when it is found exactly as the outer loop would find it (the
