@@ -106,6 +106,8 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
         block_rip: ev.rip,
         exit: None,
         retired,
+        pos: 0,
+        pos0: 0,
         full_at: u32::MAX,
     };
     let s = &x.cpu.state;

@@ -162,7 +162,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     fn report(&mut self, lin: u64, pa: u64, size: usize, kind: AccessKind, value: u64) {
         let access = Access {
             cpu: self.cpu.index,
-            retired: self.retired,
+            retired: self.retired(),
             pc: self.rip,
             vaddr: lin,
             paddr: pa,

@@ -109,11 +109,18 @@ pub struct Exec<'a, B: Bus, O: Observer> {
     /// only a one-byte [`fast::Flow`] to the run loop, which takes the exit from here when
     /// the flow is [`fast::Flow::Exit`].
     pub exit: Option<Exit>,
-    /// The number of instructions this CPU retired before the current one, what bus calls
-    /// see ([`Exec::clock`]). The run loop stores it here, at a fixed place, before each
-    /// instruction, and brings `cpu.state.retired` up to date only where it is read: for
-    /// generic handlers ([`slow`]), observers, and when the block ends.
+    /// The number of instructions this CPU retired before the instruction at `pos0`: with
+    /// `pos`, what bus calls see ([`Exec::retired`], [`Exec::clock`]). Outside the run loop
+    /// `pos` and `pos0` are equal (0), and this is the count before the current instruction.
     pub retired: u64,
+    /// Host address of the executing instruction's record (`DecodedInsn`) in its block, set
+    /// by the run loop before each instruction. The count before it is `retired` plus the
+    /// records between `pos0` and it: one store of a pointer the loop has in a register,
+    /// where keeping the count itself cost a spilled register's load, increment and two
+    /// stores per instruction.
+    pub pos: usize,
+    /// Host address of the record counted by `retired` (the first of the run's slice).
+    pub pos0: usize,
     /// Where the full instructions of the executing block start in the code cache's store
     /// ([`Block::full_at`]), for the handlers that run out of line ([`slow`]); `u32::MAX`
     /// outside the run loop.
@@ -126,8 +133,15 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     pub fn clock(&self) -> CpuClock {
         CpuClock {
             cpu: self.cpu.index,
-            retired: self.retired,
+            retired: self.retired(),
         }
+    }
+
+    /// The number of instructions this CPU retired before the current one.
+    #[inline(always)]
+    pub fn retired(&self) -> u64 {
+        let records = self.pos.wrapping_sub(self.pos0) / std::mem::size_of::<DecodedInsn>();
+        self.retired.wrapping_add(records as u64)
     }
 
     /// Replace the six status flags with `flags` (other RFLAGS bits unchanged).
@@ -300,6 +314,8 @@ impl Cpu {
             block_rip: 0,
             exit: None,
             retired: 0,
+            pos: 0,
+            pos0: 0,
             full_at: block.full_at,
         };
         let mut start = x.cpu.state.rip;
@@ -309,10 +325,10 @@ impl Cpu {
         // the next instruction is always the first of a block.
         x.cpu.state.interrupt_shadow = false;
         let mut result = Ok(false);
-        // The instruction count lives in a register and is stored (in `x.retired`) before
-        // each instruction (handlers may read it through `x.clock()`, none writes it): an
-        // increment in memory would chain every instruction to the previous one through a
-        // store and a load.
+        // The instruction count before the block's first instruction; inside the block the
+        // count follows from the position of the executing record (`Exec::retired`), so the
+        // loop keeps no counter of its own: it stores the record's address before each
+        // instruction and works the count out once, when the block ends.
         let mut retired = x.cpu.state.retired;
         // `--fetch`: one fetch access per instruction (a runtime choice of traced replays;
         // compiled out with no observer).
@@ -330,6 +346,8 @@ impl Cpu {
             // The budget bounds the instructions run, so the loop needs no check of its own.
             let left = end.saturating_sub(retired);
             let insns = &block.insns[..block.insns.len().min(left as usize)];
+            x.retired = retired;
+            x.pos0 = insns.as_ptr() as usize;
             // Outside 64-bit mode the instruction pointer wraps at the code size.
             let at = |x: &Exec<B, O>, off: u64| {
                 let ip = start.wrapping_add(off);
@@ -339,10 +357,13 @@ impl Cpu {
                     x.mask_ip(ip)
                 }
             };
+            let mut it = insns.iter();
+            // The records taken from `insns` so far.
+            let taken =
+                |it: &std::slice::Iter<'_, DecodedInsn>| (insns.len() - it.as_slice().len()) as u64;
             rip = 'block: {
-                let mut it = insns.iter();
                 while let Some(d) = it.next() {
-                    x.retired = retired;
+                    x.pos = d as *const DecodedInsn as usize;
                     if O::ENABLED {
                         // Observers see each instruction's address.
                         x.rip = at(&x, u64::from(d.off));
@@ -354,21 +375,18 @@ impl Cpu {
                     fast::stats::note(d, x.code.full_insn(block.full_at, d.idx));
                     let flow = handlers[d.handler as usize](&mut x, d);
                     if flow == fast::Flow::Next {
-                        retired += 1;
                         continue;
                     }
                     match flow {
                         fast::Flow::Next | fast::Flow::Checked => {
-                            retired += 1;
                             result = Ok(true);
                         }
                         fast::Flow::Jump => {
                             // A taken branch leaves the block (maybe for its start).
-                            retired += 1;
                             break 'block x.next_rip;
                         }
                         fast::Flow::Stop => {
-                            retired += 1;
+                            retired += taken(&it);
                             rip = x.next_rip;
                             result = Ok(true);
                             break 'chain;
@@ -377,16 +395,13 @@ impl Cpu {
                             // A compare fused with the Jcc after it (`fast::fuse`): both
                             // retired, unless the budget ends between them (the Jcc is then
                             // not in `insns`: only the compare ran, and the block ends).
-                            retired += 1;
-                            if it.next().is_some() {
-                                retired += 1;
-                                if flow == fast::Flow::Pair {
-                                    break 'block x.next_rip;
-                                }
+                            if it.next().is_some() && flow == fast::Flow::Pair {
+                                break 'block x.next_rip;
                             }
                         }
                         fast::Flow::Exit => {
                             // The instruction did not retire; the exit names it.
+                            retired += taken(&it) - 1;
                             rip = at(&x, u64::from(d.off));
                             x.rip = rip;
                             let e = match x.exit.take() {
@@ -405,6 +420,9 @@ impl Cpu {
                     None => start,
                 }
             };
+            retired += taken(&it);
+            #[cfg(feature = "op-stats")]
+            fast::stats::note_block(start, taken(&it));
             // 64-bit code that ran nothing special (which could have halted the CPU, changed
             // its mode, or made the bus want an exit): go on here with the next block, if the
             // budget allows, when it is found exactly as the outer loop would find it (the
@@ -589,7 +607,7 @@ fn report_fetch<B: Bus, O: Observer>(
     let piece = |k: u64, n: u64, x: &mut Exec<B, O>| {
         let access = crate::observer::Access {
             cpu: x.cpu.index,
-            retired: x.retired,
+            retired: x.retired(),
             pc: x.rip,
             vaddr: lin.wrapping_add(k),
             paddr: phys(k),
@@ -617,7 +635,7 @@ pub(crate) fn slow<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> 
     let rip = x.mask_ip(x.block_rip.wrapping_add(u64::from(d.off)));
     x.rip = rip;
     // Generic handlers may read the count from the state (observer calls).
-    x.cpu.state.retired = x.retired;
+    x.cpu.state.retired = x.retired();
     let fall_through = x.mask_ip(rip.wrapping_add(u64::from(d.len)));
     let next = match slow_exec(x, d, fall_through) {
         Ok(next) => next,

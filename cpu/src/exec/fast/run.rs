@@ -443,6 +443,75 @@ pub(crate) fn imul<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, op: Op
     Ok(())
 }
 
+/// IMUL r, r (`IMM` false: `r0 *= r1`) or IMUL r, r, imm (`r0 = r1 * imm`): [`imul`] for
+/// the register forms, which cannot fault, with the operation known at compile time and the
+/// 8- and 4-byte sizes inline (the rare 2-byte form out of line, so the hot path keeps its
+/// values in registers: the shared form saved six registers on the stack per instruction).
+#[inline(always)]
+pub(crate) fn imul_reg<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) {
+    let g = &x.cpu.state.gpr;
+    let (a, b) = if IMM {
+        (g[o.r1 as usize & 15], o.imm)
+    } else {
+        (g[o.r0 as usize & 15], g[o.r1 as usize & 15])
+    };
+    let (lo, overflow, size) = match o.size {
+        8 => {
+            let (p, v) = (a as i64).overflowing_mul(b as i64);
+            (p as u64, v, 8)
+        }
+        4 => {
+            let (p, v) = (a as i32).overflowing_mul(b as i32);
+            (p as u32 as u64, v, 4)
+        }
+        _ => return imul_narrow(x, o, a, b),
+    };
+    // The flags as in [`imul`]: CF = OF = overflow, SF and PF from the product, ZF clear.
+    let f = (flags::szp(lo, size) & !ZF) | (overflow as u64 * (CF | OF));
+    x.cpu.state.gpr[o.r0 as usize & 15] = lo;
+    x.set_status(f);
+}
+
+/// [`imul_reg`] at the other sizes (2 bytes; 1 has no such form), with the factors `a` and
+/// `b` read at 8 bytes: [`imul`] masks them.
+#[inline(never)]
+fn imul_narrow<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands, a: u64, b: u64) {
+    let size = o.size as usize;
+    let (a, b) = (a & flags::mask(size), b & flags::mask(size));
+    let (lo, f) = if size == 2 {
+        let (p, v) = (a as i16).overflowing_mul(b as i16);
+        let lo = p as u16 as u64;
+        (lo, (flags::szp(lo, size) & !ZF) | (v as u64 * (CF | OF)))
+    } else {
+        let (lo, _, f) = crate::exec::muldiv::multiply(true, a, b, size);
+        (lo, f)
+    };
+    x.reg_put(o.r0, size, lo);
+    x.set_status(f);
+}
+
+/// CMOVcc r, r: the source is copied when the condition holds; a 4-byte destination is
+/// written (zero-extended) either way. Chosen without a branch on the condition.
+#[inline(always)]
+pub(crate) fn cmov_rr<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) {
+    let holds = condition_bits(x.cpu.state.rflags, o.cc);
+    let v = x.cpu.state.gpr[o.r1 as usize & 15];
+    let old = x.cpu.state.gpr[o.r0 as usize & 15];
+    let (moved, kept) = match o.size {
+        8 => (v, old),
+        4 => (v & 0xffff_ffff, old & 0xffff_ffff),
+        _ => ((old & !0xffff) | (v & 0xffff), old),
+    };
+    x.cpu.state.gpr[o.r0 as usize & 15] = if holds { moved } else { kept };
+}
+
+/// SETcc r8 (the low byte of a register: classify takes no AH..BH here).
+#[inline(always)]
+pub(crate) fn setcc_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, o: &Operands) {
+    let v = condition_bits(x.cpu.state.rflags, o.cc) as u64;
+    x.reg_put(o.r0, 1, v);
+}
+
 /// CMOVcc and SETcc.
 #[inline(always)]
 pub(crate) fn conditional<B: Bus, O: Observer>(
@@ -523,7 +592,7 @@ pub(crate) fn call_to<B: Bus, O: Observer>(
             stack: x.cpu.state.gpr[4],
             regs: x.cpu.state.gpr,
         };
-        x.obs.context(x.cpu.index, x.retired, &ev);
+        x.obs.context(x.cpu.index, x.retired(), &ev);
     }
     Ok(target)
 }
@@ -543,7 +612,7 @@ pub(crate) fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> Result<u64, Exit> 
             stack: rsp,
             rax: x.cpu.state.gpr[0],
         };
-        x.obs.context(x.cpu.index, x.retired, &ev);
+        x.obs.context(x.cpu.index, x.retired(), &ev);
     }
     x.set_rsp(rsp.wrapping_add(8));
     Ok(target)

@@ -1,7 +1,8 @@
 //! Where executed instructions go (cargo feature `op-stats`, off by default): per iced
 //! `Code`, how many executions took a fast form and how many the generic handler of their
 //! group, and which instructions precede the fast conditional jumps (candidates for fused
-//! compare-and-branch forms).
+//! compare-and-branch forms), and how many instructions ran in the blocks starting at each
+//! guest address (the hottest guest code, to name with `reprise symbols --lookup`).
 //!
 //! A measuring aid only: the counters are process-wide relaxed atomics bumped once per
 //! instruction, which costs far more than the instruction itself, so the feature must never
@@ -67,6 +68,21 @@ pub(crate) fn note(d: &DecodedInsn, full: Option<iced_x86::Instruction>) {
     }
 }
 
+/// Instructions executed per block start (linear address): a measuring aid, so a lock per
+/// block run is fine; a `BTreeMap` so the report's order never depends on hashing.
+static BLOCKS: std::sync::Mutex<std::collections::BTreeMap<u64, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Count `n` instructions run in the block that starts at `start` (its instruction pointer;
+/// the linear address in 64-bit code). The run loop counts each block run that ends with a
+/// branch or after its last instruction, not one cut short by a fault or a reason to leave
+/// the loop (rare: a small undercount).
+pub(crate) fn note_block(start: u64, n: u64) {
+    if let Ok(mut m) = BLOCKS.lock() {
+        *m.entry(start).or_insert(0) += n;
+    }
+}
+
 /// The name of code slot `k`.
 fn name(k: usize) -> String {
     Code::values()
@@ -109,6 +125,14 @@ pub fn report() -> String {
         ("fast", &FAST, 30),
         ("before fast jcc", &BEFORE_JCC, 20),
     ];
+    if let Ok(m) = BLOCKS.lock() {
+        let mut v: Vec<(u64, u64)> = m.iter().map(|(&a, &c)| (a, c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let _ = writeln!(s, "op-stats: top blocks (instructions run in them):");
+        for (a, c) in v.into_iter().take(40) {
+            let _ = writeln!(s, "  {:>7.3}%  {:>12}  {a:#x}", pct(c), c);
+        }
+    }
     for (title, table, n) in sections {
         let _ = writeln!(s, "op-stats: top {title}:");
         for (k, c) in top(table, n) {

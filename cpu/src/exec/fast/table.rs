@@ -135,11 +135,11 @@ impl<B: Bus, O: Observer> Table<B, O> {
         sized!(SarRI, shift_ri, sk::SAR);
         sized!(RolRI, shift_ri, sk::ROL);
         sized!(RorRI, shift_ri, sk::ROR);
-        set!(ImulRR, imul_r::<B, O>);
-        set!(ImulRRI, imul_r::<B, O>);
+        set!(ImulRR, imul_r::<false, B, O>);
+        set!(ImulRRI, imul_r::<true, B, O>);
         set!(ImulRM, imul_m::<B, O>);
-        set!(CmovRR, conditional_r::<B, O>);
-        set!(SetccR, conditional_r::<B, O>);
+        set!(CmovRR, cmov_r::<B, O>);
+        set!(SetccR, setcc_r::<B, O>);
         set!(CmovRM, conditional_m::<B, O>);
         set!(SetccM, conditional_m::<B, O>);
 
@@ -593,9 +593,10 @@ fn shift_ri<const K: u8, const S: usize, B: Bus, O: Observer>(
     reg_done(x, r)
 }
 
-fn imul_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
-    let r = super::imul(x, &d.ops, d.op);
-    reg_done(x, r)
+/// IMUL r, r (`IMM` false) or IMUL r, r, imm: cannot fault.
+fn imul_r<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    super::imul_reg::<IMM, B, O>(x, &d.ops);
+    Flow::Next
 }
 
 fn imul_m<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
@@ -603,9 +604,16 @@ fn imul_m<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     mem_done(x, d, r)
 }
 
-fn conditional_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
-    let r = super::conditional(x, &d.ops, d.op);
-    reg_done(x, r)
+/// CMOVcc r, r: cannot fault.
+fn cmov_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    super::cmov_rr(x, &d.ops);
+    Flow::Next
+}
+
+/// SETcc r8: cannot fault.
+fn setcc_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    super::setcc_r(x, &d.ops);
+    Flow::Next
 }
 
 fn conditional_m<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
@@ -730,7 +738,23 @@ fn jmp_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     }
 }
 
+/// CALL rel: the push of the return address first tried as a plain RAM store through the
+/// TLB (fast forms run only in 64-bit code, where the stack address is RSP itself). An
+/// observer, a non-canonical target, or a store needing more takes [`call_rel_full`].
 fn call_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let target = x.block_rip.wrapping_add(d.ops.imm);
+    let rsp = x.cpu.state.gpr[4].wrapping_sub(8);
+    if crate::exec::control::is_canonical(target) && x.write_quick(rsp, 8, fall_through(x, d)) {
+        x.cpu.state.gpr[4] = rsp;
+        x.next_rip = target;
+        return Flow::Jump;
+    }
+    call_rel_full(x, d)
+}
+
+/// [`call_rel`] the full way.
+#[inline(never)]
+fn call_rel_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let fall = fall_through(x, d);
     match super::call_rel(x, &d.ops, fall) {
         // The stack write may have hit cached code or a device: the block ends here anyway.
@@ -766,7 +790,24 @@ fn rare<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     }
 }
 
-fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
+/// RET: the return address first tried as a plain RAM load through the TLB (64-bit code:
+/// the stack address is RSP). An observer, a non-canonical target or a load needing more
+/// takes [`ret_full`].
+fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let rsp = x.cpu.state.gpr[4];
+    if let Some(t) = x.read_quick(rsp, 8) {
+        if crate::exec::control::is_canonical(t) {
+            x.cpu.state.gpr[4] = rsp.wrapping_add(8);
+            x.next_rip = t;
+            return Flow::Jump;
+        }
+    }
+    ret_full(x, d)
+}
+
+/// [`ret`] the full way.
+#[inline(never)]
+fn ret_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
     match super::ret(x) {
         Ok(t) => {
             x.next_rip = t;
@@ -780,14 +821,46 @@ fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
     }
 }
 
+/// PUSH r64: first tried as a plain RAM store through the TLB (64-bit code: the stack
+/// address is RSP), else [`push_r_full`].
 fn push_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     // Read first: `push rsp` pushes the value before the push.
+    let v = x.cpu.state.gpr[d.ops.r0 as usize & 15];
+    let rsp = x.cpu.state.gpr[4].wrapping_sub(8);
+    if x.write_quick(rsp, 8, v) {
+        x.cpu.state.gpr[4] = rsp;
+        Flow::Next
+    } else {
+        push_r_full(x, d)
+    }
+}
+
+/// [`push_r`] the full way.
+#[inline(never)]
+fn push_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let v = x.reg_get(d.ops.r0, 8);
     let r = x.push(v, 8);
     mem_done(x, d, r)
 }
 
+/// POP r64: first tried as a plain RAM load through the TLB (64-bit code: the stack
+/// address is RSP), else [`pop_r_full`].
 fn pop_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let rsp = x.cpu.state.gpr[4];
+    match x.read_quick(rsp, 8) {
+        Some(v) => {
+            x.cpu.state.gpr[4] = rsp.wrapping_add(8);
+            // `pop rsp` loads the popped value over the incremented pointer.
+            x.cpu.state.gpr[d.ops.r0 as usize & 15] = v;
+            Flow::Next
+        }
+        None => pop_r_full(x, d),
+    }
+}
+
+/// [`pop_r`] the full way.
+#[inline(never)]
+fn pop_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let r = super::pop_r(x, &d.ops);
     mem_done(x, d, r)
 }
@@ -1061,6 +1134,60 @@ mod tests {
         for (k, op) in ALL_OPS.iter().enumerate() {
             assert_eq!(*op as usize, k, "{op:?}");
         }
+    }
+
+    /// The register IMUL, CMOVcc and SETcc handlers and the quick stack forms (PUSH, POP,
+    /// CALL, RET through a plain RAM access) give what the generic handlers give: every size
+    /// of IMUL (with and without overflow) and CMOVcc (taken and not, the 4-byte form's
+    /// zero-extension either way), `push rsp` / `pop rsp`, nested calls.
+    #[test]
+    fn register_and_stack_forms_match_the_generic_handlers() {
+        let program = |a: &mut CodeAssembler| {
+            let mut f = a.create_label();
+            let mut g = a.create_label();
+            a.mov(rax, 0x7fff_ffff_ffff_fff1u64)?;
+            a.mov(rbx, -3i64 as u64)?;
+            a.mov(rcx, 0x1234_5678_9abc_def0u64)?;
+            a.mov(rdx, 0xffff_ffff_8000_0001u64)?;
+            a.imul_2(rax, rbx)?;
+            a.setb(r8b)?;
+            a.seto(r9b)?;
+            a.imul_3(esi, ecx, 0x7777)?;
+            a.setl(r10b)?;
+            a.imul_2(di, dx)?;
+            a.setae(r11b)?;
+            a.imul_3(r12, rdx, -5)?;
+            a.imul_2(edx, ecx)?;
+            a.cmp(rax, rbx)?;
+            a.cmovl(r13, rcx)?;
+            a.cmovge(r14, rcx)?;
+            a.cmovl(r15d, ecx)?;
+            a.cmovge(ebp, ecx)?;
+            a.cmovl(si, cx)?;
+            a.cmovge(di, cx)?;
+            a.push(rsp)?;
+            a.pop(rbx)?;
+            a.push(rcx)?;
+            a.pop(rsp)?;
+            a.mov(rsp, rbx)?;
+            a.call(f)?;
+            a.hlt()?;
+            a.set_label(&mut f)?;
+            a.push(rax)?;
+            a.call(g)?;
+            a.pop(rax)?;
+            a.ret()?;
+            a.set_label(&mut g)?;
+            a.add(rax, 1)?;
+            a.ret()
+        };
+        let mut fast = TestMachine::assemble(program);
+        let mut slow = TestMachine::assemble(program);
+        slow.code.set_fast_paths(false);
+        assert_eq!(fast.run(1000), RunExit::Halted);
+        assert_eq!(slow.run(1000), RunExit::Halted);
+        assert_eq!(fast.cpu.state, slow.cpu.state);
+        assert_eq!(fast.cpu.state.retired, 33);
     }
 
     /// RIP-relative operands and branches in the middle of a block (their offsets are made

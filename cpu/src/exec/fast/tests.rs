@@ -403,6 +403,8 @@ fn condition_bits_match_condition() {
             block_rip: 0,
             exit: None,
             retired: 0,
+            pos: 0,
+            pos0: 0,
             full_at: u32::MAX,
         };
         for cc in ccs {

@@ -1227,6 +1227,8 @@ fn software_interrupt_checks_gate_dpl_in_protected_mode() {
             block_rip: 0,
             exit: None,
             retired: 0,
+            pos: 0,
+            pos0: 0,
             full_at: u32::MAX,
         };
         let r = software_interrupt(&mut x, 0x80);
