@@ -244,6 +244,44 @@ pub struct FilterStage<F: Filter> {
     defer_labels: bool,
     /// The `movement` policy's shadow of a segment ([`FilterStage::with_shadow`]).
     shadow: Option<MovementShadow>,
+    /// Whether the labeler watches a call target, remembered for the targets seen last
+    /// ([`FilterStage::defer`]).
+    watched: WatchCache,
+}
+
+/// Targets of calls whose answer to [`AllocLabeler::watches`] is remembered: a small
+/// direct-mapped table, since a segment asks for every call (tens of millions in a Linux
+/// boot, to a few thousand functions) and the labeler answers with several map look-ups.
+/// Only a cache of a pure function: the answers are the labeler's.
+#[derive(Default)]
+struct WatchCache {
+    /// Per slot: target + 1 (0: empty) and the answer.
+    slots: Vec<(u64, bool)>,
+}
+
+impl WatchCache {
+    /// Slots in the table (a power of two).
+    const SLOTS: usize = 4096;
+
+    /// Whether `labels` watches calls to `target`.
+    #[inline]
+    fn watches(&mut self, labels: &AllocLabeler, target: u64) -> bool {
+        if self.slots.is_empty() {
+            self.slots = vec![(0, false); Self::SLOTS];
+        }
+        // Functions start at 16-byte boundaries as often as not: fold higher bits in.
+        let i = ((target >> 4) ^ (target >> 16)) as usize & (Self::SLOTS - 1);
+        let key = target.wrapping_add(1);
+        match self.slots.get_mut(i) {
+            Some(slot) if slot.0 == key && key != 0 => slot.1,
+            Some(slot) => {
+                let w = labels.watches(target);
+                *slot = (key, w);
+                w
+            }
+            None => labels.watches(target),
+        }
+    }
 }
 
 impl<F: Filter> FilterStage<F> {
@@ -261,6 +299,7 @@ impl<F: Filter> FilterStage<F> {
             fetches: false,
             defer_labels: false,
             shadow: None,
+            watched: WatchCache::default(),
         }
     }
 
@@ -567,6 +606,7 @@ impl<F: Filter> FilterStage<F> {
         self.filter.context(&r);
         let kept = self.filter.keep_context(&r);
         let labels = self.alloc.as_ref();
+        let watched = &mut self.watched;
         let event = match *e {
             ContextEvent::Call {
                 target,
@@ -578,7 +618,7 @@ impl<F: Filter> FilterStage<F> {
                 return_address,
                 stack,
                 regs: labels
-                    .is_some_and(|a| a.watches(target))
+                    .is_some_and(|a| watched.watches(a, target))
                     .then(|| Box::new(regs)),
             },
             ContextEvent::Return { target, stack, rax } => {
@@ -1327,6 +1367,21 @@ mod tests {
                 expect.push("label");
             }
             assert_eq!(names, expect);
+        }
+    }
+
+    /// The remembered answers are the labeler's, also for targets sharing a slot and for
+    /// the one target whose key wraps to the empty mark.
+    #[test]
+    fn watch_cache_answers_as_the_labeler() {
+        use crate::alloc::SizeArg;
+        let mut l = AllocLabeler::new();
+        l.add_allocator(0x100, "kmalloc", SizeArg::Bytes(7), false);
+        l.add_free(u64::MAX, 7, false);
+        let mut c = WatchCache::default();
+        // 0x10110 falls in 0x100's slot.
+        for t in [0x100, 0x10110, 0x100, 0x10110, u64::MAX, 0, u64::MAX, 0x300] {
+            assert_eq!(c.watches(&l, t), l.watches(t), "{t:#x}");
         }
     }
 }
