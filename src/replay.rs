@@ -213,13 +213,14 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
             // The options parsed once already; a copy parses the same.
             let mut filter = spec.build().unwrap_or_default();
             filter.load_state(&mut start.as_slice());
+            // Calls, returns, interrupts and CR3 writes are handed on unboxed (and labelled
+            // on this side, in order, with allocation labels on).
             let mut seg_stage = FilterStage::new(filter, line)
                 .with_fetches(fetches)
-                .with_shadow(shadow.clone());
+                .with_shadow(shadow.clone())
+                .deferring_labels(true);
             if let Some(w) = &watcher {
-                seg_stage = seg_stage
-                    .with_alloc_labels(w.clone())
-                    .deferring_labels(true);
+                seg_stage = seg_stage.with_alloc_labels(w.clone());
             }
             let take_spare = || spares.lock().ok().and_then(|mut v| v.pop());
             let mut obs =
@@ -246,7 +247,7 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
             }
             for f in items.drain(..) {
                 match f {
-                    Filtered::Labeling(l) => stage.resolve(*l, &mut |g| policy.take(g)),
+                    Filtered::Control(c) => stage.resolve_into(c, &mut policy),
                     f => {
                         match f {
                             Filtered::Access { .. } => asked += 1,

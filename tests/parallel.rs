@@ -195,3 +195,43 @@ fn allocation_labels_across_segments_same_trace() {
         }
     }
 }
+
+/// A thread restores each next segment's checkpoint over the machine its last segment
+/// left; a damaged checkpoint makes it boot afresh and start from an earlier one (with a
+/// warning), and the trace is still the sequential one.
+#[test]
+fn damaged_checkpoint_same_trace() {
+    let dir = scratch_dir().join("fs-segments-damaged");
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = reprise(&[
+        "record",
+        "-o",
+        &dir.display().to_string(),
+        "--cpus",
+        "4",
+        "--checkpoint-every",
+        "50000",
+        &fixture_path("false-sharing").display().to_string(),
+    ]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let one = traced(&dir, "damaged", 1, &["--policy", "movement"]);
+    // The fourth checkpoint loses a byte in the middle.
+    let ckpts = dir.join("checkpoints");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&ckpts)
+        .expect("checkpoints")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "ckpt"))
+        .collect();
+    files.sort();
+    let victim = &files[3];
+    let mut bytes = std::fs::read(victim).expect("checkpoint");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(victim, &bytes).expect("damaged checkpoint");
+    for jobs in [2, 4] {
+        let many = traced(&dir, "damaged", jobs, &["--policy", "movement"]);
+        assert!(one.0 == many.0, "the trace differs with --jobs {jobs}");
+        assert!(one.1 == many.1, "the index differs with --jobs {jobs}");
+        assert_eq!(one.2, many.2, "the console differs with --jobs {jobs}");
+    }
+}

@@ -342,6 +342,43 @@ pub struct Restored {
     pub name: String,
 }
 
+/// The page keys of a machine's RAM as a restore left it ([`Store::restore_over`]). While
+/// the RAM's dirty-page stretch is still the one that began with the restore, every page
+/// not written since holds its key here, and every page not listed is zero: a later
+/// restore over the same machine then reads, checks and copies only the pages that
+/// differ.
+#[derive(Clone, Debug)]
+pub struct RamKeys {
+    /// The RAM ([`reprise_devices::ram::DirtyPages::ram`]).
+    ram: u64,
+    /// The dirty-page stretch that began with the restore.
+    epoch: u64,
+    /// `(page number, key)` of every non-zero page, ascending.
+    pages: Vec<(u64, [u8; 32])>,
+}
+
+impl RamKeys {
+    /// Whether page `n` holds the page of key `key` (`None`: zeros), as far as the keys
+    /// and `dirty` (the pages written since) tell.
+    fn holds(
+        &self,
+        dirty: &reprise_devices::ram::DirtyPages,
+        n: u64,
+        key: Option<&[u8; 32]>,
+    ) -> bool {
+        if dirty.contains(n) {
+            return false;
+        }
+        let known = self
+            .pages
+            .binary_search_by_key(&n, |(m, _)| *m)
+            .ok()
+            .and_then(|i| self.pages.get(i))
+            .map(|(_, k)| k);
+        known == key
+    }
+}
+
 /// The checkpoint store of one recording (`REC/checkpoints`).
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -584,8 +621,9 @@ impl Snapshot {
 /// then of every listed page's number (u64 little-endian) and key, in address order.
 ///
 /// Built from the page keys (the hashes of the page bytes) rather than from RAM itself so
-/// that saving reads RAM once; restoring recomputes it from the restored machine's own
-/// RAM ([`page_keys`]), so it still proves the restored machine is the one saved.
+/// that saving reads RAM once; restoring recomputes it from the restored machine's state
+/// and the keys its pages were checked against as they were read (RAM's keys, as every
+/// other page is zeroed), so it still proves the restored machine is the one saved.
 pub fn checkpoint_hash(state: &MachineState, pages: &[(u64, [u8; 32])]) -> blake3::Hash {
     let mut list = blake3::Hasher::new();
     for (n, key) in pages {
@@ -1474,6 +1512,22 @@ impl Store {
         machine: &mut Machine<I>,
         position: u64,
     ) -> Result<Restored, CheckpointError> {
+        self.restore_over(machine, position, None).map(|(r, _)| r)
+    }
+
+    /// [`Store::restore`], over a machine that a restore left with RAM keys `before` (as
+    /// this returns them): the pages that still hold what the checkpoint lists (not
+    /// written since, same key) are left as they are, neither read from the store nor
+    /// copied, and the pages known to be zero are not read. (This takes the machine's
+    /// dirty pages first; a failed restore leaves them taken, which only makes a later
+    /// checkpoint of the machine hash all of RAM.) Also gives the keys of the restored RAM,
+    /// for the next restore over it.
+    pub fn restore_over<I: Inputs>(
+        &self,
+        machine: &mut Machine<I>,
+        position: u64,
+        before: Option<&RamKeys>,
+    ) -> Result<(Restored, RamKeys), CheckpointError> {
         let name = checkpoint_name(position);
         let Resolved {
             cp,
@@ -1491,6 +1545,16 @@ impl Store {
                 ),
             });
         }
+        // What RAM holds now, where `before` and the pages written since tell.
+        let known = before.and_then(|b| {
+            let dirty = machine.take_dirty_pages();
+            (dirty.ram == b.ram && dirty.epoch == b.epoch).then_some((b, dirty))
+        });
+        let holds = |n: u64, key: Option<&[u8; 32]>| {
+            known
+                .as_ref()
+                .is_some_and(|(b, dirty)| b.holds(dirty, n, key))
+        };
         let mut data = Vec::with_capacity(pages.len());
         let mut open = BTreeMap::new();
         for ((n, key), place) in pages.iter().zip(&places) {
@@ -1500,7 +1564,11 @@ impl Store {
                     what: format!("page {n:#x} lies outside RAM"),
                 });
             }
-            data.push(self.read_page(&name, (*n, key), place, &mut open)?);
+            data.push(if holds(*n, Some(key)) {
+                None
+            } else {
+                Some(self.read_page(&name, (*n, key), place, &mut open)?)
+            });
         }
         machine
             .set_state(&cp.state)
@@ -1514,20 +1582,29 @@ impl Store {
         for (n, dst) in ram.chunks_mut(PAGE).enumerate() {
             match listed.peek() {
                 Some((m, _)) if *m == n => {
-                    let (_, page) = listed.next().unwrap_or_default();
-                    dst.copy_from_slice(&page);
+                    if let Some((_, Some(page))) = listed.next() {
+                        dst.copy_from_slice(&page);
+                    }
                 }
                 // Read before writing: writing zeros would back every page of a fresh,
                 // untouched RAM.
                 _ => {
                     let never_backed = backed.as_ref().is_some_and(|b| b.get(n) == Some(&0));
-                    if !never_backed && dst.iter().any(|&b| b != 0) {
+                    if !never_backed && !holds(n as u64, None) && !is_zero(dst) {
                         dst.fill(0);
                     }
                 }
             }
         }
-        let restored = checkpoint_hash(&machine.state(), &page_keys(machine.ram().as_slice()));
+        // RAM's keys now are the listed ones — every listed page's bytes were checked
+        // against its key as read, and every other page is zero — less any listed page
+        // that is zero (never in a sound checkpoint; what `page_keys` would leave out),
+        // so they need no second hashing of every page (a parallel replay restores once
+        // per segment).
+        let zero = *blake3::hash(&[0u8; PAGE]).as_bytes();
+        let keys: Vec<(u64, [u8; 32])> =
+            pages.iter().filter(|(_, k)| *k != zero).copied().collect();
+        let restored = checkpoint_hash(&machine.state(), &keys);
         if restored.as_bytes() != &cp.state_hash {
             return Err(CheckpointError::Damaged {
                 checkpoint: name,
@@ -1538,6 +1615,11 @@ impl Store {
         // from this machine needs to hash only the pages written after this point, and can
         // list only what changed since this one.
         let dirty = machine.take_dirty_pages();
+        let after = RamKeys {
+            ram: dirty.ram,
+            epoch: dirty.epoch + 1,
+            pages: pages.clone(),
+        };
         *self.expect.lock().unwrap_or_else(|e| e.into_inner()) = Some((dirty.ram, dirty.epoch + 1));
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastRam {
             ram: dirty.ram,
@@ -1549,12 +1631,15 @@ impl Store {
                 depth: cp.depth,
             }),
         });
-        Ok(Restored {
-            position: cp.position,
-            log_index: cp.log_index,
-            log_chunk: cp.log_chunk,
-            name,
-        })
+        Ok((
+            Restored {
+                position: cp.position,
+                log_index: cp.log_index,
+                log_chunk: cp.log_chunk,
+                name,
+            },
+            after,
+        ))
     }
 
     /// Restore the latest checkpoint at or before `position` that restores cleanly; a

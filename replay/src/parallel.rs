@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use reprise_checkpoints::Store;
+use reprise_checkpoints::{RamKeys, Store};
 use reprise_cpu::{NoObserver, Observer};
 use reprise_devices::{Inputs, Machine, RunResult};
 use reprise_record::console::ConsoleDigest;
@@ -252,27 +252,33 @@ where
             let ctx = &ctx;
             let next = &next;
             let txs = &txs;
-            s.spawn(move || loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(tx) = txs.get(k) else {
-                    return;
-                };
-                // At most `jobs` segments past the head start before the head is done.
-                let guess = {
-                    let mut g = ctx.shared.lock();
-                    while !g.abort && k > g.head + jobs {
-                        g = ctx.shared.wait(g);
-                    }
-                    if g.abort {
+            s.spawn(move || {
+                // The machine of this thread's last segment, when it ended cleanly: the
+                // next segment restores its checkpoint over it rather than boot another
+                // (whose RAM the host would fault in and zero afresh).
+                let mut spare = None;
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(tx) = txs.get(k) else {
                         return;
-                    }
-                    g.ends[..k]
-                        .iter()
-                        .rev()
-                        .find_map(|e| e.clone())
-                        .unwrap_or_else(|| ctx.initial.clone())
-                };
-                ctx.run_segment(k, guess, tx);
+                    };
+                    // At most `jobs` segments past the head start before the head is done.
+                    let guess = {
+                        let mut g = ctx.shared.lock();
+                        while !g.abort && k > g.head + jobs {
+                            g = ctx.shared.wait(g);
+                        }
+                        if g.abort {
+                            return;
+                        }
+                        g.ends[..k]
+                            .iter()
+                            .rev()
+                            .find_map(|e| e.clone())
+                            .unwrap_or_else(|| ctx.initial.clone())
+                    };
+                    ctx.run_segment(k, guess, tx, &mut spare);
+                }
             });
         }
         let result = consume_in_order(&ctx, s, &mut rxs, &mut console, &mut consume, &mut stats);
@@ -287,6 +293,15 @@ where
     .map(|r| (r, stats))
 }
 
+/// A machine a segment ended with cleanly, kept by its thread for the next one: the
+/// replay, its console's capture, and its RAM's keys if a restore made it (so the next
+/// restore over it reads only the pages that differ).
+struct Spare {
+    booted: Booted,
+    cap: Capture,
+    keys: Option<RamKeys>,
+}
+
 /// What a worker needs.
 struct Ctx<'a, S, W> {
     prepared: &'a Prepared,
@@ -298,14 +313,20 @@ struct Ctx<'a, S, W> {
 }
 
 impl<S: Clone + PartialEq + Send + Sync, W> Ctx<'_, S, W> {
-    /// Replay segment `k` from state `guess`, sending its output to `tx`.
-    fn run_segment<C, U>(&self, k: usize, guess: S, tx: &Sender<Msg<C, S, U>>)
-    where
+    /// Replay segment `k` from state `guess`, sending its output to `tx`. `spare` is a
+    /// machine an earlier segment of this thread left (used if it can be, else dropped);
+    /// the segment leaves its own there when it ends cleanly.
+    fn run_segment<C, U>(
+        &self,
+        k: usize,
+        guess: S,
+        tx: &Sender<Msg<C, S, U>>,
+        spare: &mut Option<Spare>,
+    ) where
         W: Fn(&mut Segment<'_>, &S, &mut dyn FnMut(C) -> bool) -> (S, U),
     {
         let (from, to) = self.segments[k];
         let last = k + 1 == self.segments.len();
-        let cap = Capture::default();
         let mut warnings = Vec::new();
         // What the replayer had consumed when the segment started (nothing for the first:
         // its boot's records are its own).
@@ -319,7 +340,11 @@ impl<S: Clone + PartialEq + Send + Sync, W> Ctx<'_, S, W> {
                 warnings,
                 counts: counts_minus(now, start_counts.get()),
             };
-        let mut booted = match self.reach(from, &cap, &mut warnings) {
+        let Spare {
+            mut booted,
+            cap,
+            keys,
+        } = match self.reach(from, spare.take(), &mut warnings) {
             Ok(b) => b,
             Err(e) => {
                 let _ = tx.send(end(
@@ -408,19 +433,61 @@ impl<S: Clone + PartialEq + Send + Sync, W> Ctx<'_, S, W> {
             Ending::Reached
         };
         let now = booted.replayer.borrow().consumed();
+        if matches!(ending, Ending::Reached) {
+            *spare = Some(Spare { booted, cap, keys });
+        }
         let _ = tx.send(end(output, state, Some(summary), ending, warnings, now));
     }
 
-    /// A machine booted and brought to `from` (through the latest usable checkpoint).
+    /// A machine booted and brought to `from` (through the latest usable checkpoint), and
+    /// the capture of its console. `spare`, a machine an earlier segment left at or before
+    /// `from`, is used when the checkpoint at `from` restores over it cleanly and its log
+    /// is not past that checkpoint's; otherwise it is dropped and a machine booted afresh
+    /// (which reports any damaged checkpoint).
     fn reach(
         &self,
         from: u64,
-        cap: &Capture,
+        spare: Option<Spare>,
         warnings: &mut Vec<String>,
-    ) -> Result<Booted, ReplayError> {
+    ) -> Result<Spare, ReplayError> {
+        if let Some(Spare {
+            mut booted,
+            cap,
+            keys,
+        }) = spare.filter(|_| from > 0)
+        {
+            let restore = self
+                .store
+                .restore_over(&mut booted.machine, from, keys.as_ref());
+            if let Ok((restored, keys)) = restore {
+                let mut replayer = booted.replayer.borrow_mut();
+                let behind = replayer.consumed().total() <= restored.log_index;
+                let mut hint_warnings = Vec::new();
+                if behind
+                    && replayer.jump_to(
+                        restored.log_index,
+                        restored.log_chunk.map(crate::seek::chunk_start).as_ref(),
+                        &mut |w| hint_warnings.push(format!("checkpoint {}: {w}", restored.name)),
+                    )
+                {
+                    drop(replayer);
+                    warnings.extend(hint_warnings);
+                    return Ok(Spare {
+                        booted,
+                        cap,
+                        keys: Some(keys),
+                    });
+                }
+            }
+        }
+        let cap = Capture::default();
         let mut booted = boot(self.prepared, Box::new(cap.clone()))?;
         if from == 0 {
-            return Ok(booted);
+            return Ok(Spare {
+                booted,
+                cap,
+                keys: None,
+            });
         }
         let mut warn = |e: &reprise_checkpoints::CheckpointError| {
             warnings.push(format!("{e} (skipped; an earlier checkpoint was used)"))
@@ -451,7 +518,11 @@ impl<S: Clone + PartialEq + Send + Sync, W> Ctx<'_, S, W> {
         if booted.machine.instructions() < from {
             booted.machine.run_observed(&mut NoObserver, from);
         }
-        Ok(booted)
+        Ok(Spare {
+            booted,
+            cap,
+            keys: None,
+        })
     }
 
     /// The console digest at the end of segment `k`, which printed `own`: waits until the
@@ -531,7 +602,7 @@ where
                         let (tx, rx) = channel();
                         rxs[k] = rx;
                         let start = state.clone();
-                        scope.spawn(move || ctx.run_segment(k, start, &tx));
+                        scope.spawn(move || ctx.run_segment(k, start, &tx, &mut None));
                         continue;
                     }
                     let _ = console.write_all(&out);

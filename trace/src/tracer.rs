@@ -108,10 +108,12 @@ pub enum Filtered {
     },
     /// A context record the filters keep (boxed: accesses are the common item).
     Context(Box<Record>),
-    /// A call or return for the allocation labeler, which a segment's stage hands on
-    /// instead of running it ([`FilterStage::deferring_labels`]); the merging side
+    /// A call, return, interrupt or CR3 write as a segment's stage hands it on
+    /// ([`FilterStage::deferring_labels`]), unboxed: a Linux boot has tens of millions of
+    /// them, and a box per item, allocated on a segment's thread and freed on the merging
+    /// one, cost the allocator more than the rest of the item's way. The merging side
     /// resolves it in order ([`FilterStage::resolve`]).
-    Labeling(Box<Labeling>),
+    Control(Control),
     /// An access a segment's policy shadow decided to keep ([`FilterStage::with_shadow`]):
     /// recorded as it is, without asking the policy. (A plain `Access` from a segment with
     /// a shadow is one the shadow could not decide.)
@@ -126,21 +128,98 @@ pub enum Filtered {
     Settle(Box<Vec<(u64, u64)>>),
 }
 
-/// A call or a return handed on by a segment's filter stage so that the allocation labeler
-/// runs where the segments' output is merged, in order: its state (calls waiting for their
-/// return, live labels, caches named) then carries from one segment to the next exactly,
-/// as in a sequential replay.
+/// A call, return, interrupt or CR3 write handed on by a segment's filter stage, so that
+/// the allocation labeler runs where the segments' output is merged, in order: its state
+/// (calls waiting for their return, live labels, caches named) then carries from one
+/// segment to the next exactly, as in a sequential replay.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Labeling {
-    /// The call or return record.
-    pub record: Record,
+pub struct Control {
+    /// Its global position.
+    pub position: u64,
+    /// The CPU.
+    pub cpu: u32,
     /// Whether the filters kept the record itself (it goes on to the policy stage).
     pub kept: bool,
-    /// A call's registers, when the labeler watches its target (else not needed; boxed:
-    /// most calls and returns need none, and many wait in memory at once).
-    pub regs: Option<Box<[u64; 16]>>,
-    /// A return's RAX.
-    pub rax: u64,
+    /// What happened.
+    pub event: ControlEvent,
+}
+
+/// What a [`Control`] item reports: the record's event, with what the labeler needs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ControlEvent {
+    /// A call ([`Event::Call`]).
+    Call {
+        /// Address called.
+        target: u64,
+        /// Address the call returns to.
+        return_address: u64,
+        /// Stack pointer after the call pushed the return address.
+        stack: u64,
+        /// Its registers, when the labeler watches its target (else not needed; boxed:
+        /// most calls need none, and many wait in memory at once).
+        regs: Option<Box<[u64; 16]>>,
+    },
+    /// A return ([`Event::Return`]).
+    Return {
+        /// Address returned to.
+        target: u64,
+        /// Stack pointer before the return popped its address.
+        stack: u64,
+        /// Its RAX (the value returned).
+        rax: u64,
+    },
+    /// An interrupt or exception ([`Event::Interrupt`]).
+    Interrupt {
+        /// Vector number.
+        vector: u8,
+        /// How it was raised.
+        kind: InterruptKind,
+        /// Address of the interrupted instruction.
+        from: u64,
+        /// Address of the handler.
+        to: u64,
+    },
+    /// An address-space switch ([`Event::Cr3`]).
+    Cr3 {
+        /// The value written.
+        value: u64,
+    },
+}
+
+impl Control {
+    /// The trace record it stands for.
+    pub fn record(&self) -> Record {
+        let event = match self.event {
+            ControlEvent::Call {
+                target,
+                return_address,
+                stack,
+                ..
+            } => Event::Call {
+                target,
+                return_address,
+                stack,
+            },
+            ControlEvent::Return { target, stack, .. } => Event::Return { target, stack },
+            ControlEvent::Interrupt {
+                vector,
+                kind,
+                from,
+                to,
+            } => Event::Interrupt {
+                vector,
+                kind,
+                from,
+                to,
+            },
+            ControlEvent::Cr3 { value } => Event::Cr3 { value },
+        };
+        Record {
+            position: self.position,
+            cpu: self.cpu,
+            event,
+        }
+    }
 }
 
 /// Warnings kept in full; later ones are only counted.
@@ -160,10 +239,49 @@ pub struct FilterStage<F: Filter> {
     alloc: Option<AllocLabeler>,
     /// `--fetch`: the CPU reports an instruction fetch per instruction.
     fetches: bool,
-    /// Hand calls and returns on as [`Filtered::Labeling`] instead of running the labeler.
+    /// Hand calls, returns, interrupts and CR3 writes on as [`Filtered::Control`] items
+    /// instead of running the labeler.
     defer_labels: bool,
     /// The `movement` policy's shadow of a segment ([`FilterStage::with_shadow`]).
     shadow: Option<MovementShadow>,
+    /// Whether the labeler watches a call target, remembered for the targets seen last
+    /// ([`FilterStage::defer`]).
+    watched: WatchCache,
+}
+
+/// Targets of calls whose answer to [`AllocLabeler::watches`] is remembered: a small
+/// direct-mapped table, since a segment asks for every call (tens of millions in a Linux
+/// boot, to a few thousand functions) and the labeler answers with several map look-ups.
+/// Only a cache of a pure function: the answers are the labeler's.
+#[derive(Default)]
+struct WatchCache {
+    /// Per slot: target + 1 (0: empty) and the answer.
+    slots: Vec<(u64, bool)>,
+}
+
+impl WatchCache {
+    /// Slots in the table (a power of two).
+    const SLOTS: usize = 4096;
+
+    /// Whether `labels` watches calls to `target`.
+    #[inline]
+    fn watches(&mut self, labels: &AllocLabeler, target: u64) -> bool {
+        if self.slots.is_empty() {
+            self.slots = vec![(0, false); Self::SLOTS];
+        }
+        // Functions start at 16-byte boundaries as often as not: fold higher bits in.
+        let i = ((target >> 4) ^ (target >> 16)) as usize & (Self::SLOTS - 1);
+        let key = target.wrapping_add(1);
+        match self.slots.get_mut(i) {
+            Some(slot) if slot.0 == key && key != 0 => slot.1,
+            Some(slot) => {
+                let w = labels.watches(target);
+                *slot = (key, w);
+                w
+            }
+            None => labels.watches(target),
+        }
+    }
 }
 
 impl<F: Filter> FilterStage<F> {
@@ -181,6 +299,7 @@ impl<F: Filter> FilterStage<F> {
             fetches: false,
             defer_labels: false,
             shadow: None,
+            watched: WatchCache::default(),
         }
     }
 
@@ -201,10 +320,11 @@ impl<F: Filter> FilterStage<F> {
         }
     }
 
-    /// In a segment of a parallel replay: hand calls and returns on as
-    /// [`Filtered::Labeling`] items for the labeler of the merging side (set with
-    /// [`FilterStage::with_alloc_labels`], here used only to know which calls matter)
-    /// rather than label here, where the state left by earlier segments is unknown.
+    /// In a segment of a parallel replay: hand calls, returns, interrupts and CR3 writes
+    /// on as [`Filtered::Control`] items for the merging side (whose labeler, if any, is
+    /// the one of the sequence; this stage's, set with [`FilterStage::with_alloc_labels`],
+    /// is only used to know which calls matter) rather than label here, where the state
+    /// left by earlier segments is unknown.
     pub fn deferring_labels(mut self, on: bool) -> Self {
         self.defer_labels = on;
         self
@@ -216,37 +336,45 @@ impl<F: Filter> FilterStage<F> {
         self.alloc.as_ref().map(AllocLabeler::watcher)
     }
 
-    /// Resolve a call or return a segment handed on ([`FilterStage::deferring_labels`]):
-    /// the record itself if the segment's filters kept it, then the label or lock record
-    /// the labeler makes of it — what [`FilterStage::context_event`] gives in one go.
-    /// The label record goes through this stage's filters, whose on/off state may lag the
-    /// segment's: no filter changes state on, or drops, a label or lock record.
-    pub fn resolve(&mut self, l: Labeling, out: &mut impl Out) {
-        let Labeling {
-            record,
-            kept,
-            regs,
-            rax,
-        } = l;
-        let (position, cpu) = (record.position, record.cpu);
-        let label = match (&mut self.alloc, &record.event) {
+    /// Resolve a call, return, interrupt or CR3 write a segment handed on
+    /// ([`FilterStage::deferring_labels`]): the record itself if the segment's filters kept
+    /// it, then the label or lock record the labeler makes of it — what
+    /// [`FilterStage::context_event`] gives in one go. The label record goes through this
+    /// stage's filters, whose on/off state may lag the segment's: no filter changes state
+    /// on, or drops, a label or lock record.
+    pub fn resolve(&mut self, c: Control, out: &mut impl Out) {
+        let label = match (&mut self.alloc, &c.event) {
             (
                 Some(a),
-                &Event::Call {
+                &ControlEvent::Call {
                     target,
                     return_address,
                     stack,
+                    ref regs,
                 },
-            ) => regs.and_then(|r| a.call(cpu, target, return_address, stack, &r)),
-            (Some(a), &Event::Return { target, stack }) => a.ret(cpu, target, stack, rax),
+            ) => regs
+                .as_ref()
+                .and_then(|r| a.call(c.cpu, target, return_address, stack, r)),
+            (Some(a), &ControlEvent::Return { target, stack, rax }) => {
+                a.ret(c.cpu, target, stack, rax)
+            }
             _ => None,
         };
-        if kept {
-            out.item(Filtered::Context(Box::new(record)));
+        if c.kept {
+            out.context(&c.record());
         }
         if let Some(h) = label {
-            self.label(position, cpu, h, out);
+            self.label(c.position, c.cpu, h, out);
         }
+    }
+
+    /// [`FilterStage::resolve`] straight into `policy` (the records by reference: no copy).
+    pub fn resolve_into<P: CacheLinePolicy, S: Sink>(
+        &mut self,
+        c: Control,
+        policy: &mut PolicyStage<P, S>,
+    ) {
+        self.resolve(c, &mut Direct(policy));
     }
 
     /// Also trace instruction fetches (`--fetch`): one fetch access per instruction
@@ -433,11 +561,7 @@ impl<F: Filter> FilterStage<F> {
                 to,
             } => Event::Interrupt {
                 vector,
-                kind: match source {
-                    InterruptSource::External => InterruptKind::External,
-                    InterruptSource::Exception => InterruptKind::Exception,
-                    InterruptSource::Software => InterruptKind::Software,
-                },
+                kind: interrupt_kind(source),
                 from,
                 to,
             },
@@ -450,27 +574,8 @@ impl<F: Filter> FilterStage<F> {
             event,
         };
         if self.defer_labels {
-            if let Some(a) = &self.alloc {
-                let (regs, rax) = match *e {
-                    ContextEvent::Call { target, regs, .. } => {
-                        (a.watches(target).then(|| Box::new(regs)), 0)
-                    }
-                    ContextEvent::Return { rax, .. } => (None, rax),
-                    _ => {
-                        self.context(&r, out);
-                        return;
-                    }
-                };
-                self.filter.context(&r);
-                let kept = self.filter.keep_context(&r);
-                out.item(Filtered::Labeling(Box::new(Labeling {
-                    record: r,
-                    kept,
-                    regs,
-                    rax,
-                })));
-                return;
-            }
+            self.defer(r, e, out);
+            return;
         }
         self.context(&r, out);
         let label = match (&mut self.alloc, *e) {
@@ -490,6 +595,64 @@ impl<F: Filter> FilterStage<F> {
         };
         if let Some(h) = label {
             self.label(position, cpu, h, out);
+        }
+    }
+
+    /// [`FilterStage::context_event`] in a segment ([`FilterStage::deferring_labels`]):
+    /// the filters see the record, and it is handed on as a [`Filtered::Control`] item
+    /// when the merging side needs it — kept by the filters, or a return or watched call
+    /// for its labeler.
+    fn defer(&mut self, r: Record, e: &ContextEvent, out: &mut impl Out) {
+        self.filter.context(&r);
+        let kept = self.filter.keep_context(&r);
+        let labels = self.alloc.as_ref();
+        let watched = &mut self.watched;
+        let event = match *e {
+            ContextEvent::Call {
+                target,
+                return_address,
+                stack,
+                regs,
+            } => ControlEvent::Call {
+                target,
+                return_address,
+                stack,
+                regs: labels
+                    .is_some_and(|a| watched.watches(a, target))
+                    .then(|| Box::new(regs)),
+            },
+            ContextEvent::Return { target, stack, rax } => {
+                ControlEvent::Return { target, stack, rax }
+            }
+            ContextEvent::Interrupt {
+                vector,
+                source,
+                from,
+                to,
+            } => ControlEvent::Interrupt {
+                vector,
+                kind: interrupt_kind(source),
+                from,
+                to,
+            },
+            ContextEvent::Cr3 { value } => ControlEvent::Cr3 { value },
+        };
+        // What the merging side would do nothing with stays here: a dropped record that
+        // the labeler would not look at either (it labels only from watched calls, with
+        // their registers, and returns).
+        let needed = kept
+            || match &event {
+                ControlEvent::Call { regs, .. } => regs.is_some(),
+                ControlEvent::Return { .. } => labels.is_some(),
+                _ => false,
+            };
+        if needed {
+            out.item(Filtered::Control(Control {
+                position: r.position,
+                cpu: r.cpu,
+                kept,
+                event,
+            }));
         }
     }
 
@@ -532,6 +695,15 @@ impl<F: Filter> FilterStage<F> {
                 c.pc, c.kind, c.length, c.addr
             )),
         }
+    }
+}
+
+/// The trace's name for how an interrupt was raised.
+fn interrupt_kind(source: InterruptSource) -> InterruptKind {
+    match source {
+        InterruptSource::External => InterruptKind::External,
+        InterruptSource::Exception => InterruptKind::Exception,
+        InterruptSource::Software => InterruptKind::Software,
     }
 }
 
@@ -645,9 +817,9 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
         match item {
             Filtered::Context(r) => self.emit(*r),
             // Resolved by the filter stage before it comes here; never made otherwise.
-            Filtered::Labeling(l) => {
-                if l.kept {
-                    self.emit(l.record);
+            Filtered::Control(c) => {
+                if c.kept {
+                    self.emit(c.record());
                 }
             }
             Filtered::Kept { position, access } => {
@@ -1088,5 +1260,128 @@ mod tests {
             ]
         );
         assert_eq!(counts.seen, 5);
+    }
+
+    /// A segment's stage hands calls, returns, interrupts and CR3 writes on as unboxed
+    /// [`Filtered::Control`] items (dropping those nobody needs), and resolving them on the
+    /// merging side gives the records and labels a sequential tracer gives.
+    #[test]
+    fn deferred_control_items_resolve_as_the_sequential_tracer_does() {
+        use crate::alloc::SizeArg;
+        assert!(std::mem::size_of::<Filtered>() <= 64);
+        let labeler = || {
+            let mut l = AllocLabeler::new();
+            l.add_allocator(0x100, "kmalloc", SizeArg::Bytes(7), false);
+            l
+        };
+        let filter = || And(vec![Box::new(CpuSet::parse("0").unwrap())]);
+        let mut regs = [0u64; 16];
+        regs[7] = 40;
+        let events = [
+            (0, 3, ContextEvent::Cr3 { value: 0x5000 }),
+            (1, 4, ContextEvent::Cr3 { value: 0x6000 }),
+            (
+                0,
+                5,
+                ContextEvent::Call {
+                    target: 0x100,
+                    return_address: 0x50,
+                    stack: 0x8000,
+                    regs,
+                },
+            ),
+            (
+                1,
+                6,
+                ContextEvent::Call {
+                    target: 0x300,
+                    return_address: 0x60,
+                    stack: 0x9000,
+                    regs,
+                },
+            ),
+            (
+                0,
+                7,
+                ContextEvent::Interrupt {
+                    vector: 14,
+                    source: InterruptSource::Exception,
+                    from: 0x51,
+                    to: 0x900,
+                },
+            ),
+            (
+                1,
+                8,
+                ContextEvent::Return {
+                    target: 0x60,
+                    stack: 0x9000,
+                    rax: 1,
+                },
+            ),
+            (
+                0,
+                9,
+                ContextEvent::Return {
+                    target: 0x50,
+                    stack: 0x8000,
+                    rax: 0xa000,
+                },
+            ),
+        ];
+        for labels in [false, true] {
+            let policy = || parse_policy("all").unwrap();
+            let mut seq = Tracer::new(filter(), policy(), Vec::new(), false);
+            if labels {
+                seq = seq.with_alloc_labels(labeler());
+            }
+            let mut seg = FilterStage::new(filter(), None).deferring_labels(true);
+            let (mut merge, mut out) =
+                Tracer::new(filter(), policy(), Vec::new(), false).into_stages();
+            if labels {
+                seg = seg.with_alloc_labels(labeler().watcher());
+                merge = merge.with_alloc_labels(labeler());
+            }
+            seq.begin_quantum(100, 0);
+            seg.begin_quantum(100, 0);
+            let mut items = Vec::new();
+            for (cpu, retired, e) in &events {
+                Observer::context(&mut seq, *cpu, *retired, e);
+                seg.context_event(*cpu, *retired, e, &mut |f| items.push(f));
+            }
+            // Dropped and of no use to a labeler: CPU 1's CR3 write, and its call to an
+            // unwatched function; CPU 1's return crosses only for a labeler.
+            assert_eq!(items.len(), if labels { 5 } else { 4 });
+            for f in items {
+                match f {
+                    Filtered::Control(c) => merge.resolve_into(c, &mut out),
+                    other => panic!("{other:?}"),
+                }
+            }
+            let (want, _, _) = seq.finish().unwrap();
+            let (got, _) = out.finish().unwrap();
+            assert_eq!(got, want);
+            let names: Vec<&str> = got.iter().map(|r| r.event.type_name()).collect();
+            let mut expect = vec!["cr3", "call", "interrupt", "return"];
+            if labels {
+                expect.push("label");
+            }
+            assert_eq!(names, expect);
+        }
+    }
+
+    /// The remembered answers are the labeler's, also for targets sharing a slot and for
+    /// the one target whose key wraps to the empty mark.
+    #[test]
+    fn watch_cache_answers_as_the_labeler() {
+        use crate::alloc::SizeArg;
+        let mut l = AllocLabeler::new();
+        l.add_allocator(0x100, "kmalloc", SizeArg::Bytes(7), false);
+        l.add_free(u64::MAX, 7, false);
+        let mut c = WatchCache::default();
+        // 0x10110 falls in 0x100's slot.
+        for t in [0x100, 0x10110, 0x100, 0x10110, u64::MAX, 0, u64::MAX, 0x300] {
+            assert_eq!(c.watches(&l, t), l.watches(t), "{t:#x}");
+        }
     }
 }
