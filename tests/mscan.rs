@@ -3,12 +3,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use reprise_fixtures::fixture_path;
 use reprise_symbols::SymbolTable;
 use serde_json::Value;
-use support::{fresh, reprise, Run};
+use support::{fresh, p, record_linux_prefix, reprise, Run};
 
 /// Record fixture `name` on 4 CPUs into a fresh folder of its own for `test`. The spinlock fixture runs with a
 /// short quantum: with the default one, a waiting CPU spins for whole quanta and the
@@ -43,10 +43,6 @@ fn mscan(args: &[&str]) -> Run {
 
 fn json(r: &Run) -> Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"))
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("scratch paths are UTF-8")
 }
 
 /// The names of a report's lines.
@@ -282,24 +278,7 @@ fn linux_allocations_are_labelled_by_slab_cache() {
     else {
         return;
     };
-    let rec = fresh("mscan-linux-alloc-rec");
-    let a = reprise(&[
-        "record",
-        "-o",
-        p(&rec),
-        "--max-instructions",
-        LINUX_PREFIX,
-        "--mem",
-        "512M",
-        "--no-stdin",
-        "--kernel",
-        p(&g.kernel),
-        "--initrd",
-        p(&g.initramfs),
-        "--append",
-        reprise_fixtures::LINUX_CMDLINE,
-    ]);
-    assert_eq!(a.status, 124, "{a:?}");
+    let (rec, a) = record_linux_prefix(&g, "mscan-linux-alloc-rec", 1, LINUX_PREFIX);
     // The caches as `reprise symbols` finds them.
     let s = reprise(&["symbols", p(&rec)]);
     assert_eq!(s.status, 0, "{s:?}");

@@ -6,18 +6,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use reprise_fixtures::{linux_guest_for_test, LINUX_CMDLINE};
-use support::{fresh, reprise, write_file};
+use reprise_fixtures::linux_guest_for_test;
+use support::{fresh, p, record_linux_prefix, reprise, write_file};
 
 /// Instructions recorded: the second CPU has started and synchronized its TSC with the
 /// first (`check_tsc_warp`, whose lock word both CPUs hammer) well before this.
 const PREFIX: &str = "250000000";
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("scratch paths are UTF-8")
-}
 
 #[test]
 fn sharing_on_linux_names_source_lines_and_fields() {
@@ -35,26 +31,7 @@ fn sharing_on_linux_names_source_lines_and_fields() {
         );
         return;
     }
-    let rec = fresh("mscan-vmlinux-rec");
-    let r = reprise(&[
-        "record",
-        "-o",
-        p(&rec),
-        "--cpus",
-        "2",
-        "--max-instructions",
-        PREFIX,
-        "--mem",
-        "512M",
-        "--no-stdin",
-        "--kernel",
-        p(&g.kernel),
-        "--initrd",
-        p(&g.initramfs),
-        "--append",
-        LINUX_CMDLINE,
-    ]);
-    assert_eq!(r.status, 124, "{r:?}");
+    let (rec, _) = record_linux_prefix(&g, "mscan-vmlinux-rec", 2, PREFIX);
     // A System.map of the same build, when `nm` is there to make one.
     let map = std::process::Command::new("nm")
         .arg("-n")

@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::path::Path;
-
-use reprise_fixtures::{fixture_path, linux_guest_for_test, LINUX_CMDLINE};
-use support::{fresh, reprise, Run};
+use reprise_fixtures::{fixture_path, linux_guest_for_test};
+use support::{fresh, p, record_linux_prefix, reprise, Run};
 
 /// Instructions of the Linux boot recorded: enough for the kernel to be relocated and its
 /// slab caches set up, a fraction of the whole boot.
@@ -17,10 +15,6 @@ const LINUX_PREFIX: &str = "400000000";
 /// The notes `src/symcache.rs` writes on stderr.
 const READ: &str = "reprise: kernel symbols from the cache ";
 const WRITTEN: &str = "reprise: kernel symbols cached in ";
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
 
 fn read(r: &Run) -> bool {
     r.stderr.lines().any(|l| l.starts_with(READ))
@@ -39,24 +33,7 @@ fn linux_kernel_symbols_are_cached_in_the_recording() {
     let Some(g) = linux_guest_for_test("linux_kernel_symbols_are_cached_in_the_recording") else {
         return;
     };
-    let rec = fresh("symcache-linux-rec");
-    let r = reprise(&[
-        "record",
-        "-o",
-        p(&rec),
-        "--max-instructions",
-        LINUX_PREFIX,
-        "--mem",
-        "512M",
-        "--no-stdin",
-        "--kernel",
-        p(&g.kernel),
-        "--initrd",
-        p(&g.initramfs),
-        "--append",
-        LINUX_CMDLINE,
-    ]);
-    assert_eq!(r.status, 124, "{r:?}");
+    let (rec, _) = record_linux_prefix(&g, "symcache-linux-rec", 1, LINUX_PREFIX);
     let cache = rec.join("cache").join("kernel-symbols.bin");
     assert!(!cache.exists(), "recording writes no cache");
 

@@ -221,3 +221,41 @@ pub fn address_of(stdout: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {stdout}"));
     u64::from_str_radix(line.trim(), 16).unwrap()
 }
+
+/// A path as the `&str` argument the `reprise` runner takes (scratch paths are UTF-8).
+pub fn p(path: &Path) -> &str {
+    path.to_str().expect("scratch paths are UTF-8")
+}
+
+/// A fresh recording `name` of the first `instructions` instructions of the bundled Linux
+/// boot on `cpus` CPUs (the boot cut short: `record` ends with status 124), and what
+/// `record` said.
+pub fn record_linux_prefix(
+    g: &reprise_fixtures::LinuxGuest,
+    name: &str,
+    cpus: u32,
+    instructions: &str,
+) -> (PathBuf, Run) {
+    let rec = fresh(name);
+    let cpus = cpus.to_string();
+    let r = reprise(&[
+        "record",
+        "-o",
+        p(&rec),
+        "--cpus",
+        &cpus,
+        "--max-instructions",
+        instructions,
+        "--mem",
+        "512M",
+        "--no-stdin",
+        "--kernel",
+        p(&g.kernel),
+        "--initrd",
+        p(&g.initramfs),
+        "--append",
+        reprise_fixtures::LINUX_CMDLINE,
+    ]);
+    assert_eq!(r.status, 124, "{r:?}");
+    (rec, r)
+}
