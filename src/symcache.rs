@@ -343,6 +343,7 @@ fn store(path: &Path, key: &CacheKey, k: &KernelSymbols) -> Result<(), String> {
     bytes.extend_from_slice(&body);
     let folder = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    remove_stale_temporaries(path);
     // Per process: two runs writing at once each rename a whole file of their own.
     let tmp = path.with_extension(format!("bin.tmp-{}", std::process::id()));
     if let Err(e) = std::fs::write(&tmp, &bytes) {
@@ -353,6 +354,37 @@ fn store(path: &Path, key: &CacheKey, k: &KernelSymbols) -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
         format!("renaming {}: {e}", tmp.display())
     })
+}
+
+/// Removes the temporaries beside `path` (`NAME.tmp-PID`) that runs killed between
+/// writing and renaming left, when their process is gone; a live process's is its own
+/// write in progress, left alone. Where processes cannot be looked up (no `/proc`),
+/// nothing is removed.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(folder), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+    else {
+        return;
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!("{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A cache file's body.

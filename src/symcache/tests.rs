@@ -329,3 +329,23 @@ fn no_key_or_a_failure_caches_nothing() {
     assert!(notes.is_empty(), "{notes:?}");
     assert!(files_in(&s.0).is_empty());
 }
+
+/// A temporary a killed run left (its process gone) is removed by the next write; one of a
+/// live process (this one's own) is left alone, as are other files.
+#[test]
+fn a_dead_runs_temporary_is_removed_by_the_next_write() {
+    let s = Scratch::new("stale-tmp");
+    let folder = s.0.join(CACHE_DIR);
+    std::fs::create_dir_all(&folder).unwrap();
+    // PIDs never exceed 2^22 on Linux: this one cannot be running.
+    let dead = format!("{CACHE_FILE}.tmp-4294967295");
+    let live = format!("{CACHE_FILE}.tmp-1");
+    for name in [&dead, &live, &"notes.txt".to_string()] {
+        std::fs::write(folder.join(name), b"half").unwrap();
+    }
+    let (_, computed, _) = run(&folder.join(CACHE_FILE), &key());
+    assert!(computed);
+    let mut want = vec![CACHE_FILE.to_string(), live, "notes.txt".to_string()];
+    want.sort();
+    assert_eq!(files_in(&folder), want);
+}
