@@ -16,22 +16,28 @@ use support::{reprise, scratch_dir};
 fn recording() -> &'static PathBuf {
     static R: OnceLock<PathBuf> = OnceLock::new();
     R.get_or_init(|| {
-        let dir = scratch_dir().join("fs-segments");
-        let _ = std::fs::remove_dir_all(&dir);
-        let r = reprise(&[
-            "record",
-            "-o",
-            &dir.display().to_string(),
-            "--cpus",
-            "4",
-            "--checkpoint-every",
-            "50000",
-            &fixture_path("false-sharing").display().to_string(),
-        ]);
-        assert_eq!(r.status, 0, "{r:?}");
+        let (dir, r) = record_segments("fs-segments");
         assert!(r.stderr.contains(" 8 checkpoints"), "{r:?}");
         dir
     })
+}
+
+/// A fresh recording `name` as [`recording`] describes, and what `record` said.
+fn record_segments(name: &str) -> (PathBuf, support::Run) {
+    let dir = scratch_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = reprise(&[
+        "record",
+        "-o",
+        &dir.display().to_string(),
+        "--cpus",
+        "4",
+        "--checkpoint-every",
+        "50000",
+        &fixture_path("false-sharing").display().to_string(),
+    ]);
+    assert_eq!(r.status, 0, "{r:?}");
+    (dir, r)
 }
 
 /// `replay --trace` with `jobs` threads; the trace's and its index's bytes, the console
@@ -201,19 +207,8 @@ fn allocation_labels_across_segments_same_trace() {
 /// warning), and the trace is still the sequential one.
 #[test]
 fn damaged_checkpoint_same_trace() {
-    let dir = scratch_dir().join("fs-segments-damaged");
-    let _ = std::fs::remove_dir_all(&dir);
-    let r = reprise(&[
-        "record",
-        "-o",
-        &dir.display().to_string(),
-        "--cpus",
-        "4",
-        "--checkpoint-every",
-        "50000",
-        &fixture_path("false-sharing").display().to_string(),
-    ]);
-    assert_eq!(r.status, 0, "{r:?}");
+    // Its own copy: this test damages it.
+    let (dir, _) = record_segments("fs-segments-damaged");
     let one = traced(&dir, "damaged", 1, &["--policy", "movement"]);
     // The fourth checkpoint loses a byte in the middle.
     let ckpts = dir.join("checkpoints");

@@ -67,7 +67,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
-use reprise_devices::ram::DirtyPages;
+use reprise_devices::ram::{is_zero, DirtyPages};
 use reprise_devices::{Inputs, Machine, MachineState};
 use serde::{Deserialize, Serialize};
 
@@ -631,21 +631,6 @@ pub fn checkpoint_hash(state: &MachineState, pages: &[(u64, [u8; 32])]) -> blake
         list.update(key);
     }
     reprise_devices::machine::state_hash_of(state, &list.finalize())
-}
-
-/// Whether `page` is all zero bytes. OR-ing 64-byte blocks lets the compiler vectorize the
-/// test (a byte-wise `all` stopping at the first non-zero byte does not, and took a third
-/// as long as hashing the page); stopping after the first 256-byte stretch that is not
-/// zero keeps the test short for the pages that are not zero, most of the pages a
-/// checkpoint tests (the full test of every written page was ~5 % of a checkpoint's CPU).
-fn is_zero(page: &[u8]) -> bool {
-    let mut stretches = page.chunks_exact(256);
-    let zero = stretches.by_ref().all(|s| {
-        s.chunks_exact(64)
-            .fold(0u8, |acc, b| b.iter().fold(acc, |a, &x| a | x))
-            == 0
-    });
-    zero && stretches.remainder().iter().all(|&b| b == 0)
 }
 
 /// Whether LZ4 is likely to shrink `page` enough to be worth its time: at least 1/16 of

@@ -480,22 +480,6 @@ fn a_large_pack_of_incompressible_pages_restores() {
 }
 
 #[test]
-fn is_zero_sees_any_byte_anywhere() {
-    assert!(is_zero(&[0u8; PAGE]));
-    assert!(is_zero(&[0u8; 300]));
-    assert!(is_zero(&[]));
-    for len in [PAGE, 300, 64, 5] {
-        for at in [0, 1, 63, 64, 255, 256, 299, 4000, 4095] {
-            if at < len {
-                let mut page = vec![0u8; len];
-                page[at] = 0x10;
-                assert!(!is_zero(&page), "byte {at} of {len}");
-            }
-        }
-    }
-}
-
-#[test]
 fn lower_priority_makes_only_the_calling_thread_nicer() {
     let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
     let before = nice();

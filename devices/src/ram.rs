@@ -86,6 +86,22 @@ pub fn in_hole(pa: u64) -> bool {
     pa.wrapping_sub(HOLE_START) < HIGH_RAM_START - HOLE_START
 }
 
+/// Whether `page` is all zero bytes (checkpoints and the RAM hash skip zero pages).
+/// OR-ing 64-byte blocks lets the compiler vectorize the test (a byte-wise `all` stopping
+/// at the first non-zero byte does not, and took a third as long as hashing the page);
+/// stopping after the first 256-byte stretch that is not zero keeps the test short for the
+/// pages that are not zero, most of the pages a checkpoint tests (the full test of every
+/// written page was ~5 % of a checkpoint's CPU).
+pub fn is_zero(page: &[u8]) -> bool {
+    let mut stretches = page.chunks_exact(256);
+    let zero = stretches.by_ref().all(|s| {
+        s.chunks_exact(64)
+            .fold(0u8, |acc, b| b.iter().fold(acc, |a, &x| a | x))
+            == 0
+    });
+    zero && stretches.remainder().iter().all(|&b| b == 0)
+}
+
 /// The RAM ranges `(start, length)` of a machine with `bytes` of RAM, ascending.
 pub fn ram_ranges(bytes: u64) -> Vec<(u64, u64)> {
     let mut r = vec![(0, low_ram_bytes(bytes))];
@@ -449,5 +465,21 @@ mod tests {
         assert_eq!(d.count(), (4 * G + 4096) / DIRTY_PAGE);
         assert!(!d.contains(HOLE_START / DIRTY_PAGE));
         assert!(d.contains(HIGH_RAM_START / DIRTY_PAGE));
+    }
+
+    #[test]
+    fn is_zero_sees_any_byte_anywhere() {
+        assert!(is_zero(&[0u8; 4096]));
+        assert!(is_zero(&[0u8; 300]));
+        assert!(is_zero(&[]));
+        for len in [4096, 300, 64, 5] {
+            for at in [0, 1, 63, 64, 255, 256, 299, 4000, 4095] {
+                if at < len {
+                    let mut page = vec![0u8; len];
+                    page[at] = 0x10;
+                    assert!(!is_zero(&page), "byte {at} of {len}");
+                }
+            }
+        }
     }
 }

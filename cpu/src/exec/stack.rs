@@ -58,6 +58,19 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         Ok(())
     }
 
+    /// Push 8 bytes when that needs nothing but a TLB hit and RAM (64-bit code, where the
+    /// stack address is RSP itself; see [`Exec::write_quick`]): `false`, having done
+    /// nothing, otherwise, and then the caller pushes with [`Exec::push`].
+    #[inline(always)]
+    pub(crate) fn push_quick(&mut self, v: u64) -> bool {
+        let rsp = self.cpu.state.gpr[4].wrapping_sub(8);
+        if self.write_quick(rsp, 8, v) {
+            self.cpu.state.gpr[4] = rsp;
+            return true;
+        }
+        false
+    }
+
     /// Pop `size` bytes. RSP changes only if the read succeeds.
     #[inline(always)]
     pub fn pop(&mut self, size: usize) -> Result<u64, Exit> {

@@ -49,9 +49,6 @@ pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
     h.finalize()
 }
 
-/// All zeros, to compare a page against (`memcmp` is far quicker than a byte loop).
-static ZERO_PAGE: [u8; RAM_HASH_PAGE] = [0; RAM_HASH_PAGE];
-
 /// Pages per batch handed to blake3 at once.
 const BATCH_PAGES: usize = 64;
 
@@ -83,7 +80,7 @@ impl RecordHasher {
 
     /// Page number `number` with contents `bytes`, unless they are all zero.
     fn record(&mut self, number: u64, bytes: &[u8]) {
-        if bytes.is_empty() || bytes == &ZERO_PAGE[..bytes.len().min(RAM_HASH_PAGE)] {
+        if crate::ram::is_zero(bytes) {
             return;
         }
         if self.batch.len() + 8 + bytes.len() > self.batch.capacity() {

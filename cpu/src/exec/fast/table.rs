@@ -662,10 +662,19 @@ fn cmp_jcc<const K: u8, const IMM: bool, const S: usize, B: Bus, O: Observer>(
         // Observers see every instruction on its own.
         return Flow::Next;
     }
-    if !super::Fused::holds(o.cc, o.index, o.scale, f) {
+    fused_branch(x, super::Fused::holds(o.cc, o.index, o.scale, f), o.disp)
+}
+
+/// The Jcc half of a fused compare-and-branch, once the compare has set the flags: not
+/// taken, the pair ends (`Skip`); taken to a canonical target, both retire and the block
+/// ends there (`Pair`); a non-canonical target is the Jcc's #GP, so only the compare
+/// retires here and the Jcc runs through its own entry (`Next`).
+#[inline(always)]
+fn fused_branch<B: Bus, O: Observer>(x: &mut Exec<B, O>, taken: bool, offset: u64) -> Flow {
+    if !taken {
         return Flow::Skip;
     }
-    let target = x.block_rip.wrapping_add(o.disp);
+    let target = x.block_rip.wrapping_add(offset);
     if !crate::exec::control::is_canonical(target) {
         return Flow::Next;
     }
@@ -698,15 +707,7 @@ fn cmp_m_jcc<const K: u8, const F: u8, const S: usize, B: Bus, O: Observer>(
     };
     let (_, f) = super::alu::<K>(a, b, x.cpu.state.rflags, size);
     x.set_status(f);
-    if !M::holds(o.cc, sign_negate, f) {
-        return Flow::Skip;
-    }
-    let target = x.block_rip.wrapping_add(M::offset(o.imm));
-    if !crate::exec::control::is_canonical(target) {
-        return Flow::Next;
-    }
-    x.next_rip = target;
-    Flow::Pair
+    fused_branch(x, M::holds(o.cc, sign_negate, f), M::offset(o.imm))
 }
 
 /// [`cmp_m_jcc`]'s compare alone, when its read needs more than RAM through the TLB: the
@@ -743,9 +744,7 @@ fn jmp_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
 /// observer, a non-canonical target, or a store needing more takes [`call_rel_full`].
 fn call_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let target = x.block_rip.wrapping_add(d.ops.imm);
-    let rsp = x.cpu.state.gpr[4].wrapping_sub(8);
-    if crate::exec::control::is_canonical(target) && x.write_quick(rsp, 8, fall_through(x, d)) {
-        x.cpu.state.gpr[4] = rsp;
+    if crate::exec::control::is_canonical(target) && x.push_quick(fall_through(x, d)) {
         x.next_rip = target;
         return Flow::Jump;
     }
@@ -826,9 +825,7 @@ fn ret_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
 fn push_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     // Read first: `push rsp` pushes the value before the push.
     let v = x.cpu.state.gpr[d.ops.r0 as usize & 15];
-    let rsp = x.cpu.state.gpr[4].wrapping_sub(8);
-    if x.write_quick(rsp, 8, v) {
-        x.cpu.state.gpr[4] = rsp;
+    if x.push_quick(v) {
         Flow::Next
     } else {
         push_r_full(x, d)

@@ -506,6 +506,23 @@ mod fused {
         p
     }
 
+    /// Run `fast` and `slow` (the same program and state, fast paths on and off) for
+    /// `budget` instructions, then on to the end, checking after each step that their
+    /// states are the same, then that they stopped the same way (`what` names the case).
+    fn run_side_by_side(fast: &mut TestMachine, slow: &mut TestMachine, budget: u64, what: &str) {
+        let (mut ef, mut es) = (RunExit::Budget, RunExit::Budget);
+        // A budget, then the rest.
+        for step in [budget, 100] {
+            ef = fast.run(step);
+            es = slow.run(step);
+            assert_eq!(fast.cpu.state, slow.cpu.state, "{what}");
+            if !matches!(ef, RunExit::Budget) {
+                break;
+            }
+        }
+        assert_eq!(format!("{ef:?}"), format!("{es:?}"), "{what}");
+    }
+
     /// Machine `m` made to run `bytes` from the state of `seed`, with fast paths on or off
     /// (the machines are reused: building one clears 16 MiB).
     fn machine(m: &mut TestMachine, bytes: &[u8], fast: bool, rng: &mut Rng, seed: u64) {
@@ -547,17 +564,12 @@ mod fused {
                     for budget in [1u64, 2, 3, 100] {
                         machine(&mut fast, &bytes, true, &mut rng, seed);
                         machine(&mut slow, &bytes, false, &mut rng, seed);
-                        let (mut ef, mut es) = (RunExit::Budget, RunExit::Budget);
-                        // A budget, then the rest.
-                        for step in [budget, 100] {
-                            ef = fast.run(step);
-                            es = slow.run(step);
-                            assert_eq!(fast.cpu.state, slow.cpu.state, "{compare:x?} {cc}");
-                            if !matches!(ef, RunExit::Budget) {
-                                break;
-                            }
-                        }
-                        assert_eq!(format!("{ef:?}"), format!("{es:?}"), "{compare:x?} {cc}");
+                        run_side_by_side(
+                            &mut fast,
+                            &mut slow,
+                            budget,
+                            &format!("{compare:x?} {cc}"),
+                        );
                         // The UD2 comes after four instructions on the taken path, five on
                         // the other; it does not retire.
                         let s = &fast.cpu.state;
@@ -693,16 +705,7 @@ mod fused {
                             memory_machine(&mut fast, &bytes, true, &mut rng, seed, case);
                             memory_machine(&mut slow, &bytes, false, &mut rng, seed, case);
                             let what = format!("{compare:x?} cc {cc} case {case} seed {seed}");
-                            let (mut ef, mut es) = (RunExit::Budget, RunExit::Budget);
-                            for step in [budget, 100] {
-                                ef = fast.run(step);
-                                es = slow.run(step);
-                                assert_eq!(fast.cpu.state, slow.cpu.state, "{what}");
-                                if !matches!(ef, RunExit::Budget) {
-                                    break;
-                                }
-                            }
-                            assert_eq!(format!("{ef:?}"), format!("{es:?}"), "{what}");
+                            run_side_by_side(&mut fast, &mut slow, budget, &what);
                             assert!(fast.bus.ram == slow.bus.ram, "{what}");
                             let s = &fast.cpu.state;
                             let at = s.rip - CODE_BASE;
