@@ -256,7 +256,9 @@ pub fn open_vmlinux(path: &Path, running: &SymbolTable) -> anyhow::Result<Vmlinu
     Ok(v)
 }
 
-/// A recorded kernel's symbols, from its own kallsyms table in guest RAM.
+/// A recorded kernel's symbols, from its own kallsyms table in guest RAM. Serializable for
+/// the recording's symbol cache (`crate::symcache`).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KernelSymbols {
     /// The table, at run-time addresses (KASLR included).
     pub kallsyms: Kallsyms,

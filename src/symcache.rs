@@ -19,17 +19,11 @@
 //! with one line saying so. Files are written under a temporary name and renamed, so a run
 //! killed while writing never leaves a half file under the cache's name.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use reprise_record::container::{ContainerReader, Ending};
 use reprise_record::log::{hex, EndRecord, Event, LogRecord, LOG_KIND, LOG_VERSION};
 use reprise_record::manifest::Manifest;
-use reprise_symbols::kallsyms::KallsymsLayout;
-use reprise_symbols::nodes::NodeData;
-use reprise_symbols::slab::{SlabCache, SlabCaches};
-use reprise_symbols::{Kallsyms, Symbol, SymbolClass, SymbolTable};
-use reprise_trace::alloc::PageMap;
 use serde::{Deserialize, Serialize};
 
 use crate::symbols::{kernel_symbols_of_recording, KernelSymbols};
@@ -43,10 +37,11 @@ pub const CACHE_FILE: &str = "kernel-symbols.bin";
 /// The first bytes of a cache file.
 const MAGIC: &[u8; 16] = b"reprise symcache";
 
-/// The cache file's format version. Bump it whenever the layout of [`Stored`] changes: a
+/// The cache file's format version. Bump it whenever the serialized layout of
+/// [`KernelSymbols`] (or of the types it holds) changes: a
 /// file of another version is recomputed. (A change to the code that finds the symbols is
 /// caught by the key's build identity, [`build_identity`].)
-pub const CACHE_VERSION: u32 = 1;
+pub const CACHE_VERSION: u32 = 2;
 
 /// Header bytes: magic, version (u32 LE), body length (u64 LE), blake3 of the body.
 const HEADER: usize = 16 + 4 + 8 + 32;
@@ -282,12 +277,12 @@ fn load(path: &Path, key: &CacheKey) -> Result<Option<KernelSymbols>, String> {
         Err(e) => return Err(format!("unreadable: {e}")),
     };
     let body = check_header(&bytes)?;
-    let file: CacheFile =
+    let file: CacheFile<CacheKey, KernelSymbols> =
         postcard::from_bytes(body).map_err(|e| format!("undecodable body: {e}"))?;
     if let Some(why) = file.key.mismatch(key) {
         return Err(why);
     }
-    file.symbols.into_symbols().map(Some)
+    Ok(Some(file.symbols))
 }
 
 /// The body of the cache file `bytes`, once its header says it is whole and intact.
@@ -330,10 +325,7 @@ fn check_header(bytes: &[u8]) -> Result<&[u8], String> {
 /// Writes `k`, computed for `key`, to the cache file at `path` (its folder created): under
 /// a temporary name first, then renamed over `path`, so no reader ever sees half a file.
 fn store(path: &Path, key: &CacheKey, k: &KernelSymbols) -> Result<(), String> {
-    let file = CacheFile {
-        key: key.clone(),
-        symbols: Stored::of(k),
-    };
+    let file = CacheFile { key, symbols: k };
     let body = postcard::to_stdvec(&file).map_err(|e| format!("cannot encode: {e}"))?;
     let mut bytes = Vec::with_capacity(HEADER + body.len());
     bytes.extend_from_slice(MAGIC);
@@ -387,221 +379,16 @@ fn remove_stale_temporaries(path: &Path) {
     }
 }
 
-/// A cache file's body.
+/// A cache file's body: written from borrowed parts (`CacheFile<&CacheKey,
+/// &KernelSymbols>`), read into owned ones; both encode alike.
 #[derive(Debug, Serialize, Deserialize)]
-struct CacheFile {
-    /// What the symbols were computed for.
-    key: CacheKey,
-    /// The symbols.
-    symbols: Stored,
-}
-
-/// A [`Symbol`] as stored.
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct StoredSymbol {
-    name: String,
-    start: u64,
-    size: u64,
-    /// [`SymbolClass`]: 0 code, 1 data, 2 unknown.
-    class: u8,
-}
-
-/// The fields of a [`Kallsyms`] as stored.
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct StoredKallsyms {
-    /// The table, in its (sorted) order.
-    table: Vec<StoredSymbol>,
-    num_syms: u64,
-    relative_base: u64,
-    percpu: u64,
-    percpu_symbols: Vec<StoredSymbol>,
-    /// [`KallsymsLayout`]: 0 offsets first, 1 offsets last, 2 absolute.
-    layout: u8,
-    token_table_at: u64,
-}
-
-/// The slab caches ([`SlabCaches`]) as stored.
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct StoredSlab {
-    /// (map key, cache address, name, object size) in the map's order.
-    caches: Vec<(u64, u64, String, Option<u32>)>,
-    list_offset: u64,
-    name_offset: u64,
-    size_offset: Option<u64>,
-}
-
-/// The fields of a [`KernelSymbols`] as stored; [`PageMap`] and [`NodeData`] as tuples of
-/// their fields in declaration order.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Stored {
-    kallsyms: StoredKallsyms,
-    position: u64,
-    slide: Option<i64>,
-    warnings: Vec<String>,
-    find_seconds: f64,
-    percpu_bases: Vec<Option<u64>>,
-    slab: Result<StoredSlab, String>,
-    /// `vmemmap_base`, `page_offset_base`, `struct_page`, `frames`.
-    pages: Option<(u64, u64, u64, u64)>,
-    rodata: Option<(u64, Vec<u8>)>,
-    nodes: Vec<StoredNode>,
-}
-
-/// A [`NodeData`] as stored: `node`, `addr`, `bytes`, `zones`.
-type StoredNode = (u64, u64, u64, Option<(u64, u64)>);
-
-impl Stored {
-    /// The stored form of `k`.
-    fn of(k: &KernelSymbols) -> Stored {
-        let symbols = |t: &SymbolTable| -> Vec<StoredSymbol> {
-            t.iter()
-                .map(|s| StoredSymbol {
-                    name: s.name.clone(),
-                    start: s.start,
-                    size: s.size,
-                    class: match s.class {
-                        SymbolClass::Code => 0,
-                        SymbolClass::Data => 1,
-                        SymbolClass::Unknown => 2,
-                    },
-                })
-                .collect()
-        };
-        let ks = &k.kallsyms;
-        Stored {
-            kallsyms: StoredKallsyms {
-                table: symbols(&ks.table),
-                num_syms: ks.num_syms as u64,
-                relative_base: ks.relative_base,
-                percpu: ks.percpu as u64,
-                percpu_symbols: symbols(&ks.percpu_symbols),
-                layout: match ks.layout {
-                    KallsymsLayout::OffsetsFirst => 0,
-                    KallsymsLayout::OffsetsLast => 1,
-                    KallsymsLayout::Absolute => 2,
-                },
-                token_table_at: ks.token_table_at,
-            },
-            position: k.position,
-            slide: k.slide,
-            warnings: k.warnings.clone(),
-            find_seconds: k.find_seconds,
-            percpu_bases: k.percpu_bases.clone(),
-            slab: match &k.slab {
-                Ok(s) => Ok(StoredSlab {
-                    caches: s
-                        .caches
-                        .iter()
-                        .map(|(at, c)| (*at, c.addr, c.name.clone(), c.object_size))
-                        .collect(),
-                    list_offset: s.list_offset,
-                    name_offset: s.name_offset,
-                    size_offset: s.size_offset,
-                }),
-                Err(why) => Err(why.clone()),
-            },
-            pages: k
-                .pages
-                .map(|p| (p.vmemmap_base, p.page_offset_base, p.struct_page, p.frames)),
-            rodata: k.rodata.clone(),
-            nodes: k
-                .nodes
-                .iter()
-                .map(|n| (n.node, n.addr, n.bytes, n.zones))
-                .collect(),
-        }
-    }
-
-    /// The symbols stored, or why they cannot be (a field out of its range: a file that
-    /// passed its checksum yet was not written by this format).
-    fn into_symbols(self) -> Result<KernelSymbols, String> {
-        fn table(stored: Vec<StoredSymbol>) -> Result<SymbolTable, String> {
-            let mut t = SymbolTable::new();
-            for s in stored {
-                let class = match s.class {
-                    0 => SymbolClass::Code,
-                    1 => SymbolClass::Data,
-                    2 => SymbolClass::Unknown,
-                    c => return Err(format!("undecodable body: symbol class {c}")),
-                };
-                t.insert(Symbol {
-                    name: s.name,
-                    start: s.start,
-                    size: s.size,
-                    class,
-                });
-            }
-            // Stored in the table's own order: sorting again keeps it (a stable sort of a
-            // sorted, duplicate-free table).
-            t.finish();
-            Ok(t)
-        }
-        let count = |n: u64| usize::try_from(n).map_err(|_| format!("count {n} out of range"));
-        let ks = self.kallsyms;
-        let kallsyms = Kallsyms {
-            table: table(ks.table)?,
-            num_syms: count(ks.num_syms)?,
-            relative_base: ks.relative_base,
-            percpu: count(ks.percpu)?,
-            percpu_symbols: table(ks.percpu_symbols)?,
-            layout: match ks.layout {
-                0 => KallsymsLayout::OffsetsFirst,
-                1 => KallsymsLayout::OffsetsLast,
-                2 => KallsymsLayout::Absolute,
-                l => return Err(format!("undecodable body: kallsyms layout {l}")),
-            },
-            token_table_at: ks.token_table_at,
-        };
-        let slab = self.slab.map(|s| SlabCaches {
-            caches: s
-                .caches
-                .into_iter()
-                .map(|(at, addr, name, object_size)| {
-                    (
-                        at,
-                        SlabCache {
-                            addr,
-                            name,
-                            object_size,
-                        },
-                    )
-                })
-                .collect::<BTreeMap<_, _>>(),
-            list_offset: s.list_offset,
-            name_offset: s.name_offset,
-            size_offset: s.size_offset,
-        });
-        Ok(KernelSymbols {
-            kallsyms,
-            position: self.position,
-            slide: self.slide,
-            warnings: self.warnings,
-            find_seconds: self.find_seconds,
-            percpu_bases: self.percpu_bases,
-            slab,
-            pages: self
-                .pages
-                .map(
-                    |(vmemmap_base, page_offset_base, struct_page, frames)| PageMap {
-                        vmemmap_base,
-                        page_offset_base,
-                        struct_page,
-                        frames,
-                    },
-                ),
-            rodata: self.rodata,
-            nodes: self
-                .nodes
-                .into_iter()
-                .map(|(node, addr, bytes, zones)| NodeData {
-                    node,
-                    addr,
-                    bytes,
-                    zones,
-                })
-                .collect(),
-        })
-    }
+struct CacheFile<K, S> {
+    /// What the symbols were computed for: a [`CacheKey`].
+    key: K,
+    /// The symbols. Their types carry their own serde derives; a symbol table is sorted
+    /// again as it is loaded, so a file that passed its checksum can hold nothing that
+    /// would make lookups go wrong.
+    symbols: S,
 }
 
 #[cfg(test)]

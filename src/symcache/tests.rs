@@ -1,7 +1,13 @@
 //! Tests of the kernel-symbol cache: round trips, bad and foreign files, unwritable folders.
 
 use super::*;
+use reprise_symbols::kallsyms::KallsymsLayout;
+use reprise_symbols::nodes::NodeData;
+use reprise_symbols::slab::{SlabCache, SlabCaches};
+use reprise_symbols::{Kallsyms, Symbol, SymbolClass, SymbolTable};
+use reprise_trace::alloc::PageMap;
 use std::cell::Cell;
+use std::collections::BTreeMap;
 
 /// A scratch folder of its own for each test, removed when the test ends.
 struct Scratch(PathBuf);
@@ -122,9 +128,9 @@ fn key() -> CacheKey {
     }
 }
 
-/// One run through the cache at `path` for `key`: the symbols' stored form, whether
-/// they were computed, and the notes.
-fn run(path: &Path, key: &CacheKey) -> (Stored, bool, Vec<String>) {
+/// One run through the cache at `path` for `key`: the symbols, whether they were
+/// computed, and the notes.
+fn run(path: &Path, key: &CacheKey) -> (KernelSymbols, bool, Vec<String>) {
     let computed = Cell::new(false);
     let mut notes = Vec::new();
     let k = through_cache(path, Some(key), &mut notes, || {
@@ -132,7 +138,7 @@ fn run(path: &Path, key: &CacheKey) -> (Stored, bool, Vec<String>) {
         Ok(sample())
     })
     .unwrap();
-    (Stored::of(&k), computed.get(), notes)
+    (k, computed.get(), notes)
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -158,7 +164,7 @@ fn computed_once_then_read_back_identical() {
     assert!(!computed, "read from the cache");
     assert_eq!(notes, vec![format!("{READ_NOTE} {}", path.display())]);
     assert_eq!(first, second);
-    assert_eq!(first, Stored::of(&sample()));
+    assert_eq!(first, sample());
     // The table rebuilt from the file looks up as the original does.
     let k = load(&path, &key()).unwrap().unwrap();
     let hit = k.kallsyms.table.lookup(0xffff_ffff_8200_0010).unwrap();
@@ -208,7 +214,7 @@ fn a_bad_file_is_reported_recomputed_and_replaced() {
         std::fs::write(&path, &bytes).unwrap();
         let (stored, computed, notes) = run(&path, &key());
         assert!(computed, "{what}: recomputed");
-        assert_eq!(stored, Stored::of(&sample()), "{what}");
+        assert_eq!(stored, sample(), "{what}");
         assert_eq!(notes.len(), 2, "{what}: {notes:?}");
         let expected = format!("reprise: symbol cache {}: ", path.display());
         assert!(notes[0].starts_with(&expected), "{what}: {notes:?}");
@@ -267,15 +273,46 @@ fn the_build_identity_hashes_the_symbol_code() {
     assert_eq!(id, build_identity(), "stable within a build");
 }
 
-/// A stored field out of its range is refused, not turned into a wrong table.
+/// A stored field out of its range (a symbol class no build writes) is refused, not
+/// turned into a wrong table: the load reports the body undecodable.
 #[test]
 fn out_of_range_fields_are_refused() {
-    let mut bad = Stored::of(&sample());
-    bad.kallsyms.table[0].class = 3;
-    assert!(bad.into_symbols().err().unwrap().contains("symbol class 3"));
-    let mut bad = Stored::of(&sample());
-    bad.kallsyms.layout = 7;
-    assert!(bad.into_symbols().err().unwrap().contains("layout 7"));
+    /// A symbol as postcard encodes it, with the class as a bare number.
+    #[derive(Serialize)]
+    struct RawSymbol {
+        name: String,
+        start: u64,
+        size: u64,
+        class: u32,
+    }
+    let raw = |class| {
+        let s = RawSymbol {
+            name: "f".into(),
+            start: 0x1000,
+            size: 0,
+            class,
+        };
+        postcard::to_stdvec(&vec![s]).unwrap()
+    };
+    // The raw form encodes as a table does: class 1 reads back as data.
+    let t: SymbolTable = postcard::from_bytes(&raw(1)).unwrap();
+    assert_eq!(t.iter().next().unwrap().class, SymbolClass::Data);
+    assert!(postcard::from_bytes::<SymbolTable>(&raw(3)).is_err());
+}
+
+/// A stored table out of order (or with duplicates) is sorted as it is loaded, so lookups
+/// in a loaded table never depend on what the file held.
+#[test]
+fn a_stored_table_is_sorted_as_it_is_loaded() {
+    let unsorted = vec![
+        symbol("b", 0x2000, 0, SymbolClass::Code),
+        symbol("a", 0x1000, 0, SymbolClass::Code),
+        symbol("a", 0x1000, 0, SymbolClass::Code),
+    ];
+    let t: SymbolTable = postcard::from_bytes(&postcard::to_stdvec(&unsorted).unwrap()).unwrap();
+    let names: Vec<&str> = t.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(t.lookup(0x1004).unwrap().symbol.name, "a");
 }
 
 /// A folder where the cache cannot be written: the symbols as without a cache, one note.
@@ -288,7 +325,7 @@ fn an_unwritable_folder_works_without_the_cache() {
     for _ in 0..2 {
         let (stored, computed, notes) = run(&path, &key());
         assert!(computed);
-        assert_eq!(stored, Stored::of(&sample()));
+        assert_eq!(stored, sample());
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(
             notes[0].starts_with(&format!(
@@ -320,7 +357,7 @@ fn no_key_or_a_failure_caches_nothing() {
     let path = s.0.join(CACHE_FILE);
     let mut notes = Vec::new();
     let k = through_cache(&path, None, &mut notes, || Ok(sample())).unwrap();
-    assert_eq!(Stored::of(&k), Stored::of(&sample()));
+    assert_eq!(k, sample());
     assert!(notes.is_empty());
     let e = through_cache(&path, Some(&key()), &mut notes, || {
         anyhow::bail!("no kallsyms table")

@@ -118,7 +118,7 @@ pub fn class_of_type(kind: char) -> SymbolClass {
 pub(crate) const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
 
 /// Whether a symbol names code or data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum SymbolClass {
     /// A function or other code.
     Code,
@@ -129,7 +129,7 @@ pub enum SymbolClass {
 }
 
 /// One named address range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Symbol {
     /// The symbol's name.
     pub name: String,
@@ -161,11 +161,31 @@ impl std::fmt::Display for SymbolHit<'_> {
 }
 
 /// Symbols sorted by address, looked up by address or by name.
-#[derive(Debug, Clone, Default)]
+///
+/// Stored (serde) as its list of symbols; a stored list is sorted again on loading, so a
+/// loaded table keeps the order lookups rely on whatever the file held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SymbolTable {
     /// Sorted by `start` (then name) once `finish` has run.
     symbols: Vec<Symbol>,
     sorted: bool,
+}
+
+impl serde::Serialize for SymbolTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.symbols.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SymbolTable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut t = SymbolTable {
+            symbols: Vec::deserialize(d)?,
+            sorted: false,
+        };
+        t.finish();
+        Ok(t)
+    }
 }
 
 impl SymbolTable {

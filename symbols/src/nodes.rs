@@ -27,7 +27,7 @@ const SCAN_BYTES: usize = 32 * 1024;
 pub const FALLBACK_BYTES: u64 = 4096;
 
 /// One node's `pglist_data`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeData {
     /// Node number (its index in `node_data`).
     pub node: u64,

@@ -26,7 +26,7 @@ use crate::SymbolTable;
 pub type ReadVirt<'a> = dyn FnMut(u64, usize) -> Option<Vec<u8>> + 'a;
 
 /// One slab cache.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SlabCache {
     /// Address of its `struct kmem_cache`.
     pub addr: u64,
@@ -37,7 +37,7 @@ pub struct SlabCache {
 }
 
 /// The slab caches on the kernel's `slab_caches` list, and where their fields are.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SlabCaches {
     /// The caches by the address of their `struct kmem_cache`.
     pub caches: BTreeMap<u64, SlabCache>,

@@ -167,7 +167,7 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
 
 /// Where a Linux kernel keeps the `struct page` of each page frame, to turn the
 /// `struct page *` a page allocator returns into the pages' direct-map address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PageMap {
     /// `vmemmap_base`: the `struct page` of frame 0.
     pub vmemmap_base: u64,

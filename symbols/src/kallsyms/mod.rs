@@ -79,7 +79,7 @@ impl GuestMemory for (u64, &[u8]) {
 }
 
 /// Where the addresses of a kallsyms table are stored relative to its names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KallsymsLayout {
     /// `kallsyms_offsets` and `kallsyms_relative_base` before `kallsyms_num_syms` (to 6.3).
     OffsetsFirst,
@@ -90,7 +90,7 @@ pub enum KallsymsLayout {
 }
 
 /// A kernel symbol table read from kallsyms.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Kallsyms {
     /// The symbols, at the addresses the table holds: link-time addresses when read from an
     /// image, run-time (KASLR-relocated) ones when read from a running guest's memory.
