@@ -183,7 +183,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// registers.
     #[inline(always)]
     pub(crate) fn read_quick(&mut self, lin: u64, size: usize) -> Option<u64> {
-        let pa = self.quick_target(lin, size, Intent::Read)?;
+        let pa = self.quick_target(lin, size, false)?;
         ram_load(self.bus.ram(), pa, size)
     }
 
@@ -223,7 +223,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// the TLB, no device, no cached code on the page.
     #[inline(always)]
     fn write_quick_target(&mut self, lin: u64, size: usize) -> Option<u64> {
-        let pa = self.quick_target(lin, size, Intent::Write)?;
+        let pa = self.quick_target(lin, size, true)?;
         // A page past the code bitmap goes the full way (its test may call).
         if self.code.code_page_bit(pa >> 12) != Some(false) {
             return None;
@@ -231,29 +231,20 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         Some(pa)
     }
 
-    /// The physical address of an access of `size` bytes at `lin` with `intent` when the
-    /// TLB answers it alone and it lands in RAM: no observer, no page crossing, paging on,
-    /// an entry that permits it (for a write: a dirty page already reported written), no
-    /// device.
+    /// The physical address of an access of `size` bytes at `lin` (a store when `write`)
+    /// when the TLB's quick tags answer it alone ([`mmu::Tlb::quick`]): no observer, no page
+    /// crossing, an entry that permits it at the current privilege level (for a store: a
+    /// dirty page already reported written), a page of RAM no device claims.
     #[inline(always)]
-    fn quick_target(&mut self, lin: u64, size: usize, intent: Intent) -> Option<u64> {
-        if O::ENABLED || (lin & 0xfff) as usize + size > 0x1000 {
+    fn quick_target(&mut self, lin: u64, size: usize, write: bool) -> Option<u64> {
+        if O::ENABLED {
             return None;
         }
-        let s = &self.cpu.state;
-        if s.cr0 & cr0::PG == 0 {
-            return None;
-        }
-        let cpl = if s.cr0 & cr0::PE == 0 {
-            0
-        } else {
-            (s.seg[SegReg::Cs as usize].selector & 3) as u8
-        };
-        let pa = self.cpu.tlb.hit(s, lin, intent, cpl)?;
-        if self.bus.is_mmio(pa) {
-            return None;
-        }
-        Some(pa)
+        // Tags exist only while paging is on, so protected mode, where the CPL is CS's RPL
+        // (as `translate` takes it). The user set serves CPL 3 alone.
+        let rpl = (self.cpu.state.seg[SegReg::Cs as usize].selector & 3) as usize;
+        let user = (rpl + 1) >> 2;
+        self.cpu.tlb.quick(lin, size, user, write)
     }
 
     /// Read `size` (1, 2, 4 or 8) bytes at a linear address.
