@@ -2,10 +2,14 @@
 //! software TLB that is flushed where the SDM says (CR3 writes, INVLPG, CR0/CR4 paging bits).
 
 use crate::bus::{Bus, GuestPhysAddr};
+use crate::code_cache::CodePagesSeen;
 use crate::fault::Fault;
 use crate::state::{cr0, cr4, efer, CpuState};
 
 mod legacy;
+mod quick;
+
+use quick::QuickEntry;
 
 /// Why the CPU wants a translation; decides the permission checks and the #PF error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,38 +72,6 @@ struct TlbEntry {
     global: bool,
 }
 
-/// A quick tag that no access matches: keys have their low 12 bits clear.
-const NO_TAG: u64 = 1;
-
-/// What an ordinary load or store needs of a [`TlbEntry`], answered ahead of time for one
-/// privilege class (see [`Tlb::quick`]): a tag per access kind, equal to the virtual page's
-/// base address only when that access may go straight to RAM, and the distance from the
-/// virtual page to its physical one.
-///
-/// Derived from the entry of the same slot alone (never from the CPU's state), so it needs
-/// refreshing only where that entry changes; it allows nothing [`permits`] refuses.
-#[derive(Clone, Copy, Debug)]
-struct QuickEntry {
-    /// The page's base for a read that may go straight to RAM, else [`NO_TAG`].
-    read: u64,
-    /// The page's base for a store that may go straight to RAM (page writable at every
-    /// level, dirty and reported written), else [`NO_TAG`].
-    write: u64,
-    /// Physical page minus virtual page (wrapping): a hit's physical address is the linear
-    /// address plus this.
-    addend: u64,
-}
-
-impl Default for QuickEntry {
-    fn default() -> Self {
-        QuickEntry {
-            read: NO_TAG,
-            write: NO_TAG,
-            addend: 0,
-        }
-    }
-}
-
 /// The software TLB of one CPU. Not part of the architectural state: rebuilt on demand.
 #[derive(Clone)]
 pub struct Tlb {
@@ -110,8 +82,10 @@ pub struct Tlb {
     ///
     /// Valid only while paging is on, which holds because entries are filled only then and
     /// every change of CR0.PG flushes the TLB. Neither does CR0.WP matter: a store tag
-    /// needs the page writable, where WP changes nothing.
+    /// needs the page writable, where WP changes nothing. See `mmu/quick.rs`.
     quick: Box<[QuickEntry; 2 * TLB_ENTRIES]>,
+    /// How far the store tags have followed the code cache's new code pages.
+    code_seen: CodePagesSeen,
 }
 
 impl Default for Tlb {
@@ -119,6 +93,7 @@ impl Default for Tlb {
         Tlb {
             entries: Box::new([TlbEntry::default(); TLB_ENTRIES]),
             quick: Box::new([QuickEntry::default(); 2 * TLB_ENTRIES]),
+            code_seen: CodePagesSeen::default(),
         }
     }
 }
@@ -142,9 +117,7 @@ impl Tlb {
         for e in self.entries.iter_mut() {
             e.marked = false;
         }
-        for q in self.quick.iter_mut() {
-            q.write = NO_TAG;
-        }
+        self.drop_quick_writes();
     }
 
     /// Let stores hit `slot`'s entry from now on, reporting its page as written first.
@@ -170,56 +143,6 @@ impl Tlb {
                 self.quick[slot] = QuickEntry::default();
                 self.quick[TLB_ENTRIES + slot] = QuickEntry::default();
             }
-        }
-    }
-
-    /// Set `slot`'s quick tags from its entry (after the entry was filled or allowed
-    /// stores). A page that is not wholly RAM (a device's, or past the end of RAM) gets no
-    /// tag: its accesses take the full path, which asks the bus each time.
-    fn refresh_quick<B: Bus>(&mut self, bus: &mut B, slot: usize) {
-        let e = self.entries[slot];
-        let (mut sup, mut user) = (QuickEntry::default(), QuickEntry::default());
-        let in_ram = e
-            .phys
-            .checked_add(0x1000)
-            .is_some_and(|end| usize::try_from(end).is_ok_and(|end| end <= bus.ram().len()))
-            && !bus.is_mmio(e.phys)
-            && !bus.is_mmio(e.phys | 0xfff);
-        if e.tag != 0 && in_ram {
-            let base = (e.tag - 1) << 12;
-            let addend = e.phys.wrapping_sub(base);
-            let write = e.marked && e.writable;
-            sup = QuickEntry {
-                read: base,
-                write: if write { base } else { NO_TAG },
-                addend,
-            };
-            if e.user {
-                user = sup;
-            }
-        }
-        self.quick[slot] = sup;
-        self.quick[TLB_ENTRIES + slot] = user;
-    }
-
-    /// The physical address for an ordinary access of `size` (1 to 8) bytes at `lin` by
-    /// code at privilege class `user` (0 for CPL 0 to 2, 1 for CPL 3), a store when `write`,
-    /// when it may go straight to RAM: within one page, cached with the rights it needs (for
-    /// a store: a writable, dirty page already reported written), a page of RAM that no
-    /// device claims. Paging must be on. `None` when the full path must decide.
-    ///
-    /// One compare answers all of it: the key is the page of the access's last byte, which
-    /// equals the tag of the slot of its first byte only when both bytes are on the tagged
-    /// page (neighbouring pages have different slots).
-    #[inline(always)]
-    pub(crate) fn quick(&self, lin: u64, size: usize, user: usize, write: bool) -> Option<u64> {
-        let slot = (user * TLB_ENTRIES + (lin >> 12) as usize % TLB_ENTRIES) % (2 * TLB_ENTRIES);
-        let q = &self.quick[slot];
-        let tag = if write { q.write } else { q.read };
-        if lin.wrapping_add(size as u64 - 1) & !0xfff == tag {
-            Some(lin.wrapping_add(q.addend))
-        } else {
-            None
         }
     }
 }

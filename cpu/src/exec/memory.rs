@@ -83,10 +83,13 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         };
         if s.cr0 & cr0::PG != 0 {
             if let Some(pa) = self.cpu.tlb.hit(s, lin, intent, cpl) {
+                if intent == Intent::Write {
+                    self.cpu.tlb.note_write(lin, cpl, self.code);
+                }
                 return Ok(pa);
             }
         }
-        mmu::translate_slow(
+        let pa = mmu::translate_slow(
             &self.cpu.state,
             &mut self.cpu.tlb,
             self.bus,
@@ -94,7 +97,12 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
             intent,
             cpl,
         )
-        .map_err(Exit::Fault)
+        .map_err(Exit::Fault)?;
+        if intent == Intent::Write {
+            // The store tags the TLB may grant now (a store to the page is allowed).
+            self.cpu.tlb.note_write(lin, cpl, self.code);
+        }
+        Ok(pa)
     }
 
     /// Translate a linear address at a given privilege level (0 for implicit supervisor
@@ -220,15 +228,10 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
 
     /// The physical address for a write of `size` bytes at `lin` when it needs nothing but a
     /// TLB hit and RAM: no observer, no page crossing, write permission and a dirty page in
-    /// the TLB, no device, no cached code on the page.
+    /// the TLB, no device, no cached code on the page (the TLB's store tags say all that).
     #[inline(always)]
     fn write_quick_target(&mut self, lin: u64, size: usize) -> Option<u64> {
-        let pa = self.quick_target(lin, size, true)?;
-        // A page past the code bitmap goes the full way (its test may call).
-        if self.code.code_page_bit(pa >> 12) != Some(false) {
-            return None;
-        }
-        Some(pa)
+        self.quick_target(lin, size, true)
     }
 
     /// The physical address of an access of `size` bytes at `lin` (a store when `write`)
