@@ -176,3 +176,252 @@ impl Tlb {
         self.code_seen = record.now();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{CpuClock, GuestPhysAddr, RandomSource};
+    use crate::code_cache::Block;
+    use crate::mmu::{pte, translate_slow, Intent};
+    use crate::state::{cr0, cr4, efer, CpuState};
+    use crate::testing::FlatBus;
+
+    /// The physical page a device claims.
+    const MMIO: u64 = 0x20_0000;
+    /// Virtual pages of the test mappings (see `machine`) and their physical pages.
+    const USER_RW: u64 = 0x40_0000;
+    const SUP_RW: u64 = 0x40_1000;
+    const USER_RO: u64 = 0x40_2000;
+    const DEVICE: u64 = 0x40_3000;
+    const CODE: u64 = 0x40_4000;
+
+    /// Flat RAM with one device page, noting the pages reported written (data pages only).
+    struct TestBus {
+        flat: FlatBus,
+        written: Vec<u64>,
+    }
+
+    impl Bus for TestBus {
+        fn ram(&mut self) -> &mut [u8] {
+            self.flat.ram()
+        }
+        fn mark_written(&mut self, pa: GuestPhysAddr) {
+            // Not the page tables' pages (the walker reports its accessed and dirty bits).
+            if pa >= 0x10_0000 {
+                self.written.push(pa >> 12);
+            }
+        }
+        fn is_mmio(&self, pa: GuestPhysAddr) -> bool {
+            pa >> 12 == MMIO >> 12
+        }
+        fn mmio_read(&mut self, _clock: CpuClock, _pa: GuestPhysAddr, _size: u8) -> u64 {
+            0
+        }
+        fn mmio_write(&mut self, _clock: CpuClock, _pa: GuestPhysAddr, _size: u8, _value: u64) {}
+        fn io_in(&mut self, clock: CpuClock, port: u16, size: u8) -> u32 {
+            self.flat.io_in(clock, port, size)
+        }
+        fn io_out(&mut self, clock: CpuClock, port: u16, size: u8, value: u32) {
+            self.flat.io_out(clock, port, size, value)
+        }
+        fn random(&mut self, clock: CpuClock, source: RandomSource) -> Option<u64> {
+            self.flat.random(clock, source)
+        }
+        fn tsc(&mut self, clock: CpuClock) -> u64 {
+            self.flat.tsc(clock)
+        }
+        fn wants_exit(&self) -> bool {
+            false
+        }
+    }
+
+    /// 4-level paging with CR0.WP set and five 4 KiB mappings: a user page and a supervisor
+    /// page (both writable), a read-only user page, the device page and a page for code.
+    fn machine() -> (CpuState, TestBus) {
+        let mut ram = vec![0u8; 0x40_0000];
+        let mut put = |pa: u64, v: u64| {
+            ram[pa as usize..pa as usize + 8].copy_from_slice(&v.to_le_bytes());
+        };
+        let up = pte::P | pte::RW | pte::US;
+        put(0x1000, 0x2000 | up);
+        put(0x2000, 0x3000 | up);
+        put(0x3000 + 2 * 8, 0x4000 | up); // 0x40_0000..0x60_0000
+        put(0x4000, 0x10_0000 | up);
+        put(0x4000 + 8, 0x10_1000 | pte::P | pte::RW);
+        put(0x4000 + 2 * 8, 0x10_2000 | pte::P | pte::US);
+        put(0x4000 + 3 * 8, MMIO | up);
+        put(0x4000 + 4 * 8, 0x10_4000 | up);
+        let mut s = CpuState {
+            cr0: cr0::PE | cr0::PG | cr0::WP,
+            cr3: 0x1000,
+            cr4: cr4::PAE,
+            ..CpuState::default()
+        };
+        s.msr.efer = efer::LME | efer::LMA;
+        let mut flat = FlatBus::new(0);
+        flat.ram = ram;
+        let bus = TestBus {
+            flat,
+            written: Vec::new(),
+        };
+        (s, bus)
+    }
+
+    /// A translation the full way, as `Exec::translate` makes it (stores note the TLB).
+    fn full(
+        t: (&CpuState, &mut Tlb, &mut TestBus, &CodeCache),
+        lin: u64,
+        intent: Intent,
+        cpl: u8,
+    ) -> Option<u64> {
+        let (s, tlb, bus, code) = t;
+        let pa = translate_slow(s, tlb, bus, lin, intent, cpl).ok()?;
+        if intent == Intent::Write {
+            tlb.note_write(lin, cpl, code);
+        }
+        Some(pa)
+    }
+
+    /// The quick answers for an 8-byte access at `lin`: (supervisor read, user read,
+    /// supervisor store, user store).
+    fn answers(tlb: &Tlb, lin: u64) -> [Option<u64>; 4] {
+        [
+            tlb.quick(lin, 8, 0, false),
+            tlb.quick(lin, 8, 1, false),
+            tlb.quick(lin, 8, 0, true),
+            tlb.quick(lin, 8, 1, true),
+        ]
+    }
+
+    #[test]
+    fn tags_allow_what_the_entry_permits_at_each_privilege_class() {
+        let (s, mut bus) = machine();
+        let code = CodeCache::new(0x40_0000);
+        let mut tlb = Tlb::default();
+        let pa = 0x10_0010;
+        // Filled by a read: reads at either class, no stores (not yet reported written).
+        assert_eq!(
+            full(
+                (&s, &mut tlb, &mut bus, &code),
+                USER_RW + 0x10,
+                Intent::Read,
+                0
+            ),
+            Some(pa)
+        );
+        assert_eq!(
+            answers(&tlb, USER_RW + 0x10),
+            [Some(pa), Some(pa), None, None]
+        );
+        // A store through the full path reports the page and grants store tags.
+        full((&s, &mut tlb, &mut bus, &code), USER_RW, Intent::Write, 3);
+        assert_eq!(bus.written, vec![0x100]);
+        assert_eq!(answers(&tlb, USER_RW + 0x10), [Some(pa); 4]);
+        // Within the page up to its last byte; an access crossing its end never.
+        assert_eq!(tlb.quick(USER_RW + 0xff8, 8, 0, false), Some(0x10_0ff8));
+        assert_eq!(tlb.quick(USER_RW + 0xffc, 8, 0, false), None);
+        assert_eq!(tlb.quick(USER_RW + 0xfff, 2, 1, true), None);
+        assert_eq!(tlb.quick(USER_RW + 0xfff, 1, 1, true), Some(0x10_0fff));
+
+        // A supervisor page: nothing for CPL 3.
+        full((&s, &mut tlb, &mut bus, &code), SUP_RW, Intent::Write, 0);
+        let sup = Some(0x10_1000);
+        assert_eq!(answers(&tlb, SUP_RW), [sup, None, sup, None]);
+
+        // A read-only user page: reads only, even after a store was tried.
+        assert_eq!(
+            full((&s, &mut tlb, &mut bus, &code), USER_RO, Intent::Read, 3),
+            Some(0x10_2000)
+        );
+        assert_eq!(
+            full((&s, &mut tlb, &mut bus, &code), USER_RO, Intent::Write, 0),
+            None
+        );
+        tlb.note_write(USER_RO, 0, &code);
+        let ro = Some(0x10_2000);
+        assert_eq!(answers(&tlb, USER_RO), [ro, ro, None, None]);
+
+        // Flushes drop them all.
+        tlb.flush_page(SUP_RW);
+        assert_eq!(answers(&tlb, SUP_RW), [None; 4]);
+        assert_eq!(answers(&tlb, USER_RW), [None; 4]);
+        full((&s, &mut tlb, &mut bus, &code), USER_RW, Intent::Write, 0);
+        tlb.flush(false);
+        assert_eq!(answers(&tlb, USER_RW), [None; 4]);
+    }
+
+    #[test]
+    fn a_device_page_gets_no_tag() {
+        let (s, mut bus) = machine();
+        let code = CodeCache::new(0x40_0000);
+        let mut tlb = Tlb::default();
+        assert_eq!(
+            full((&s, &mut tlb, &mut bus, &code), DEVICE, Intent::Write, 0),
+            Some(MMIO)
+        );
+        assert_eq!(answers(&tlb, DEVICE), [None; 4]);
+        // The translation itself is cached as before.
+        assert_eq!(tlb.hit(&s, DEVICE + 8, Intent::Read, 0), Some(MMIO + 8));
+    }
+
+    #[test]
+    fn forgetting_written_pages_drops_store_tags_until_the_next_report() {
+        let (s, mut bus) = machine();
+        let code = CodeCache::new(0x40_0000);
+        let mut tlb = Tlb::default();
+        full((&s, &mut tlb, &mut bus, &code), USER_RW, Intent::Write, 0);
+        tlb.forget_written_pages();
+        let pa = Some(0x10_0000);
+        assert_eq!(answers(&tlb, USER_RW), [pa, pa, None, None]);
+        full((&s, &mut tlb, &mut bus, &code), USER_RW, Intent::Write, 0);
+        assert_eq!(bus.written, vec![0x100, 0x100]);
+        assert_eq!(answers(&tlb, USER_RW), [pa; 4]);
+    }
+
+    /// Cache an empty block on physical page `page`.
+    fn decode_on(code: &mut CodeCache, page: u64) {
+        let block = Block {
+            insns: Box::new([]),
+            full_at: 0,
+        };
+        code.insert(page << 12, 64, block, [page, page]);
+    }
+
+    #[test]
+    fn a_page_that_becomes_a_code_page_loses_its_store_tags_in_every_tlb() {
+        let (s, mut bus) = machine();
+        let mut code = CodeCache::new(0x40_0000);
+        let (mut a, mut b) = (Tlb::default(), Tlb::default());
+        for tlb in [&mut a, &mut b] {
+            tlb.sync_code_pages(&code);
+            full((&s, &mut *tlb, &mut bus, &code), CODE, Intent::Write, 0);
+            full((&s, &mut *tlb, &mut bus, &code), USER_RW, Intent::Write, 0);
+        }
+        let pa = Some(0x10_4000);
+        assert_eq!(answers(&a, CODE), [pa; 4]);
+
+        decode_on(&mut code, 0x104);
+        a.sync_code_pages(&code);
+        assert_eq!(answers(&a, CODE), [pa, pa, None, None]);
+        // Other pages keep theirs.
+        assert_eq!(answers(&a, USER_RW), [Some(0x10_0000); 4]);
+        // While the page holds code, a store the full way grants nothing.
+        a.note_write(CODE, 0, &code);
+        assert_eq!(answers(&a, CODE), [pa, pa, None, None]);
+        // Written (its blocks dropped), it may have them again.
+        code.invalidate_page(0x104);
+        a.note_write(CODE, 0, &code);
+        assert_eq!(answers(&a, CODE), [pa; 4]);
+
+        // A TLB that fell further behind than the record reaches drops every store tag.
+        for page in 0x200..0x220 {
+            decode_on(&mut code, page);
+        }
+        b.sync_code_pages(&code);
+        assert_eq!(answers(&b, CODE), [pa, pa, None, None]);
+        assert_eq!(answers(&b, USER_RW)[2..], [None, None]);
+        // So does one that followed another code cache.
+        a.sync_code_pages(&CodeCache::new(0x40_0000));
+        assert_eq!(answers(&a, CODE)[2..], [None, None]);
+    }
+}
