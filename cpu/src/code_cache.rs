@@ -37,6 +37,10 @@ use iced_x86::{Code, Instruction};
 
 use crate::exec::Group;
 
+mod new_pages;
+
+pub(crate) use new_pages::{CodePagesSeen, NewCodePages};
+
 /// One decoded instruction: what the run loop and the fast handlers read, packed into 32
 /// bytes. The full iced [`Instruction`] that the out-of-line paths need (generic handlers,
 /// the run-time SSE families, op statistics) is kept apart, in the cache's store of full
@@ -207,6 +211,8 @@ pub struct CodeCache {
     page_blocks: IntMap<u64, Vec<BlockKey>>,
     /// One bit per 4 KiB physical page of RAM: set while cached code comes from it.
     code_pages: Vec<u64>,
+    /// The pages that became code pages, for the TLBs' quick store tags.
+    new_pages: NewCodePages,
     /// Handler group of every iced `Code`, indexed by `Code as usize`.
     groups: Vec<Group>,
     /// Decode the fast forms (see `exec/fast.rs`); off only to test them.
@@ -256,6 +262,7 @@ impl CodeCache {
             .into_boxed_slice(),
             page_blocks: IntMap::default(),
             code_pages: vec![0; pages.div_ceil(64) + 1],
+            new_pages: NewCodePages::new(),
             groups: crate::exec::group_table(),
             fast_paths: true,
             breakpoints: Vec::new(),
@@ -504,6 +511,9 @@ impl CodeCache {
             if i == 1 && page == pages[0] {
                 break;
             }
+            if !self.is_code_page(page) {
+                self.new_pages.note(page);
+            }
             let keys = self.page_blocks.entry(page).or_default();
             if !keys.contains(&key) {
                 keys.push(key);
@@ -548,6 +558,12 @@ impl CodeCache {
         self.code_pages
             .get(p / 64)
             .map(|w| w & (1 << (p % 64)) != 0)
+    }
+
+    /// The record of the pages that became code pages (see [`NewCodePages`]).
+    #[inline(always)]
+    pub(crate) fn new_code_pages(&self) -> &NewCodePages {
+        &self.new_pages
     }
 
     /// Drop every block that uses physical page `page` (it was written).

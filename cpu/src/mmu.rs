@@ -2,10 +2,14 @@
 //! software TLB that is flushed where the SDM says (CR3 writes, INVLPG, CR0/CR4 paging bits).
 
 use crate::bus::{Bus, GuestPhysAddr};
+use crate::code_cache::CodePagesSeen;
 use crate::fault::Fault;
 use crate::state::{cr0, cr4, efer, CpuState};
 
 mod legacy;
+mod quick;
+
+use quick::QuickEntry;
 
 /// Why the CPU wants a translation; decides the permission checks and the #PF error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +46,8 @@ mod pf {
 }
 
 const TLB_ENTRIES: usize = 1024;
+// Slots are picked by masking (`%` of a power of two).
+const _: () = assert!(TLB_ENTRIES.is_power_of_two());
 
 /// One cached translation of a 4 KiB virtual page.
 #[derive(Clone, Copy, Debug, Default)]
@@ -70,12 +76,24 @@ struct TlbEntry {
 #[derive(Clone)]
 pub struct Tlb {
     entries: Box<[TlbEntry; TLB_ENTRIES]>,
+    /// The quick tags of each entry: the first `TLB_ENTRIES` for supervisor accesses (CPL
+    /// 0 to 2), the rest for user accesses (CPL 3). Two sets, so that a change of privilege
+    /// level (every system call and interrupt) needs no re-tagging.
+    ///
+    /// Valid only while paging is on, which holds because entries are filled only then and
+    /// every change of CR0.PG flushes the TLB. Neither does CR0.WP matter: a store tag
+    /// needs the page writable, where WP changes nothing. See `mmu/quick.rs`.
+    quick: Box<[QuickEntry; 2 * TLB_ENTRIES]>,
+    /// How far the store tags have followed the code cache's new code pages.
+    code_seen: CodePagesSeen,
 }
 
 impl Default for Tlb {
     fn default() -> Self {
         Tlb {
             entries: Box::new([TlbEntry::default(); TLB_ENTRIES]),
+            quick: Box::new([QuickEntry::default(); 2 * TLB_ENTRIES]),
+            code_seen: CodePagesSeen::default(),
         }
     }
 }
@@ -83,9 +101,11 @@ impl Default for Tlb {
 impl Tlb {
     /// Forget every translation (CR3 write with global pages kept when `keep_global`).
     pub fn flush(&mut self, keep_global: bool) {
-        for e in self.entries.iter_mut() {
+        for (slot, e) in self.entries.iter_mut().enumerate() {
             if !(keep_global && e.global) {
                 *e = TlbEntry::default();
+                self.quick[slot] = QuickEntry::default();
+                self.quick[TLB_ENTRIES + slot] = QuickEntry::default();
             }
         }
     }
@@ -97,6 +117,7 @@ impl Tlb {
         for e in self.entries.iter_mut() {
             e.marked = false;
         }
+        self.drop_quick_writes();
     }
 
     /// Let stores hit `slot`'s entry from now on, reporting its page as written first.
@@ -116,9 +137,11 @@ impl Tlb {
         // bookkeeping, so INVLPG simply drops every slot mapping the same 2 MiB region.
         let vpn = vaddr >> 12;
         let region = vpn >> 9;
-        for e in self.entries.iter_mut() {
+        for (slot, e) in self.entries.iter_mut().enumerate() {
             if e.tag != 0 && ((e.tag - 1) >> 9) == region {
                 *e = TlbEntry::default();
+                self.quick[slot] = QuickEntry::default();
+                self.quick[TLB_ENTRIES + slot] = QuickEntry::default();
             }
         }
     }
@@ -177,6 +200,7 @@ pub(crate) fn translate_slow<B: Bus>(
         cached.marked = cached.dirty;
         if e.tag == vpn.wrapping_add(1) && permits(s, &cached, intent, cpl) {
             tlb.install_writable(bus, slot);
+            tlb.refresh_quick(bus, slot);
             return Ok(cached.phys | (vaddr & 0xfff));
         }
     }
@@ -185,6 +209,7 @@ pub(crate) fn translate_slow<B: Bus>(
     if intent == Intent::Write {
         tlb.install_writable(bus, slot);
     }
+    tlb.refresh_quick(bus, slot);
     Ok(e.phys | (vaddr & 0xfff))
 }
 

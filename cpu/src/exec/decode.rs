@@ -171,6 +171,8 @@ impl Cpu {
             pages,
         );
         code.link(prev, pa, bitness, id);
+        // The block's pages may have just become code pages: no quick store may reach them.
+        self.tlb.sync_code_pages(code);
         self.last_block = id;
         match code.take(id) {
             Some(b) => Ok((id, b, pa)),

@@ -69,6 +69,65 @@ fn ram_store(ram: &mut [u8], pa: u64, size: usize, value: u64) -> bool {
     true
 }
 
+/// The `size` (1, 2, 4 or 8) bytes of RAM at `pa`, for the quick paths: one range check
+/// (an add and a compare; the quick tags were made for pages inside RAM, so it always
+/// passes unless RAM shrank since), where [`ram_load`]'s two steps cost twice that.
+#[inline(always)]
+fn quick_bytes(ram: &mut [u8], pa: u64, size: usize) -> Option<&mut [u8]> {
+    let i = usize::try_from(pa).ok()?;
+    ram.get_mut(i..i.checked_add(size)?)
+}
+
+/// [`ram_load`] of the `size` bytes [`quick_bytes`] found.
+#[inline(always)]
+fn load_bytes(at: &[u8], size: usize) -> u64 {
+    // Matched on `size`, the caller's constant, not on the slice's length: each arm is then
+    // one load whose chunk test folds away (a copy of a run-time length is a `memcpy` call).
+    match size {
+        8 => at.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b)),
+        4 => at
+            .first_chunk::<4>()
+            .map_or(0, |b| u32::from_le_bytes(*b) as u64),
+        1 => at.first().map_or(0, |&b| b as u64),
+        2 => at
+            .first_chunk::<2>()
+            .map_or(0, |b| u16::from_le_bytes(*b) as u64),
+        _ => at.iter().rev().fold(0u64, |v, &b| (v << 8) | u64::from(b)),
+    }
+}
+
+/// [`ram_store`] into the `size` bytes [`quick_bytes`] found (as in [`load_bytes`]).
+#[inline(always)]
+fn store_bytes(at: &mut [u8], size: usize, value: u64) {
+    match size {
+        8 => {
+            if let Some(b) = at.first_chunk_mut::<8>() {
+                *b = value.to_le_bytes();
+            }
+        }
+        4 => {
+            if let Some(b) = at.first_chunk_mut::<4>() {
+                *b = (value as u32).to_le_bytes();
+            }
+        }
+        1 => {
+            if let Some(b) = at.first_mut() {
+                *b = value as u8;
+            }
+        }
+        2 => {
+            if let Some(b) = at.first_chunk_mut::<2>() {
+                *b = (value as u16).to_le_bytes();
+            }
+        }
+        _ => {
+            for (k, b) in at.iter_mut().take(8).enumerate() {
+                *b = (value >> (k * 8)) as u8;
+            }
+        }
+    }
+}
+
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// Translate a linear address for this instruction at the current privilege level.
     #[inline(always)]
@@ -83,10 +142,13 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         };
         if s.cr0 & cr0::PG != 0 {
             if let Some(pa) = self.cpu.tlb.hit(s, lin, intent, cpl) {
+                if intent == Intent::Write {
+                    self.cpu.tlb.note_write(lin, cpl, self.code);
+                }
                 return Ok(pa);
             }
         }
-        mmu::translate_slow(
+        let pa = mmu::translate_slow(
             &self.cpu.state,
             &mut self.cpu.tlb,
             self.bus,
@@ -94,7 +156,12 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
             intent,
             cpl,
         )
-        .map_err(Exit::Fault)
+        .map_err(Exit::Fault)?;
+        if intent == Intent::Write {
+            // The store tags the TLB may grant now (a store to the page is allowed).
+            self.cpu.tlb.note_write(lin, cpl, self.code);
+        }
+        Ok(pa)
     }
 
     /// Translate a linear address at a given privilege level (0 for implicit supervisor
@@ -183,8 +250,8 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// registers.
     #[inline(always)]
     pub(crate) fn read_quick(&mut self, lin: u64, size: usize) -> Option<u64> {
-        let pa = self.quick_target(lin, size, Intent::Read)?;
-        ram_load(self.bus.ram(), pa, size)
+        let pa = self.quick_target(lin, size, false)?;
+        Some(load_bytes(quick_bytes(self.bus.ram(), pa, size)?, size))
     }
 
     /// A write that needs nothing but a TLB hit and RAM (see [`Exec::read_quick`]): `false`,
@@ -192,8 +259,14 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// the caller does it with [`Exec::write`].
     #[inline(always)]
     pub(crate) fn write_quick(&mut self, lin: u64, size: usize, value: u64) -> bool {
-        match self.write_quick_target(lin, size) {
-            Some(pa) => ram_store(self.bus.ram(), pa, size, value),
+        let Some(pa) = self.write_quick_target(lin, size) else {
+            return false;
+        };
+        match quick_bytes(self.bus.ram(), pa, size) {
+            Some(at) => {
+                store_bytes(at, size, value);
+                true
+            }
             None => false,
         }
     }
@@ -212,48 +285,38 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         let Some(pa) = self.write_quick_target(lin, size) else {
             return false;
         };
-        match ram_load(self.bus.ram(), pa, size) {
-            Some(v) => ram_store(self.bus.ram(), pa, size, f(v)),
+        match quick_bytes(self.bus.ram(), pa, size) {
+            Some(at) => {
+                let v = f(load_bytes(at, size));
+                store_bytes(at, size, v);
+                true
+            }
             None => false,
         }
     }
 
     /// The physical address for a write of `size` bytes at `lin` when it needs nothing but a
     /// TLB hit and RAM: no observer, no page crossing, write permission and a dirty page in
-    /// the TLB, no device, no cached code on the page.
+    /// the TLB, no device, no cached code on the page (the TLB's store tags say all that).
     #[inline(always)]
     fn write_quick_target(&mut self, lin: u64, size: usize) -> Option<u64> {
-        let pa = self.quick_target(lin, size, Intent::Write)?;
-        // A page past the code bitmap goes the full way (its test may call).
-        if self.code.code_page_bit(pa >> 12) != Some(false) {
-            return None;
-        }
-        Some(pa)
+        self.quick_target(lin, size, true)
     }
 
-    /// The physical address of an access of `size` bytes at `lin` with `intent` when the
-    /// TLB answers it alone and it lands in RAM: no observer, no page crossing, paging on,
-    /// an entry that permits it (for a write: a dirty page already reported written), no
-    /// device.
+    /// The physical address of an access of `size` bytes at `lin` (a store when `write`)
+    /// when the TLB's quick tags answer it alone ([`mmu::Tlb::quick`]): no observer, no page
+    /// crossing, an entry that permits it at the current privilege level (for a store: a
+    /// dirty page already reported written), a page of RAM no device claims.
     #[inline(always)]
-    fn quick_target(&mut self, lin: u64, size: usize, intent: Intent) -> Option<u64> {
-        if O::ENABLED || (lin & 0xfff) as usize + size > 0x1000 {
+    fn quick_target(&mut self, lin: u64, size: usize, write: bool) -> Option<u64> {
+        if O::ENABLED {
             return None;
         }
-        let s = &self.cpu.state;
-        if s.cr0 & cr0::PG == 0 {
-            return None;
-        }
-        let cpl = if s.cr0 & cr0::PE == 0 {
-            0
-        } else {
-            (s.seg[SegReg::Cs as usize].selector & 3) as u8
-        };
-        let pa = self.cpu.tlb.hit(s, lin, intent, cpl)?;
-        if self.bus.is_mmio(pa) {
-            return None;
-        }
-        Some(pa)
+        // Tags exist only while paging is on, so protected mode, where the CPL is CS's RPL
+        // (as `translate` takes it). The user set serves CPL 3 alone.
+        let rpl = (self.cpu.state.seg[SegReg::Cs as usize].selector & 3) as usize;
+        let user = (rpl + 1) >> 2;
+        self.cpu.tlb.quick(lin, size, user, write)
     }
 
     /// Read `size` (1, 2, 4 or 8) bytes at a linear address.

@@ -225,6 +225,8 @@ impl Cpu {
         budget: u64,
     ) -> RunExit {
         let end = self.state.retired + budget;
+        // Other CPUs may have decoded blocks on pages this CPU's TLB lets stores reach.
+        self.tlb.sync_code_pages(code);
         // The mode and CPL change only through instructions of the EXIT-checked groups (system
         // instructions, INT n), exception delivery, or from outside between runs: compute
         // them again only after those.
