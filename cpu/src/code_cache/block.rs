@@ -89,6 +89,27 @@ impl BlockRef {
         }
     }
 
+    /// Ask the host to bring the headers of the block's linked successors into its cache
+    /// (each shares its line with its block's first instruction): the run loop reads one of
+    /// them when the block ends, and issuing the loads at its start hides their latency
+    /// behind the block's instructions. No effect on anything but timing.
+    ///
+    /// # Safety
+    /// As for [`BlockRef::insns`].
+    #[inline(always)]
+    pub(crate) unsafe fn prefetch_successors(self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: the header lives (caller's guarantee); a prefetch never faults.
+            unsafe {
+                let links = (*self.0.as_ptr()).links;
+                _mm_prefetch::<_MM_HINT_T0>(links[0].cast::<i8>());
+                _mm_prefetch::<_MM_HINT_T0>(links[1].cast::<i8>());
+            }
+        }
+    }
+
     /// The block's slot in the cache (its id while it is live; after it is dropped, the
     /// id names no block or another one).
     ///

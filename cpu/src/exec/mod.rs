@@ -357,7 +357,10 @@ impl Cpu {
             // The budget bounds the instructions run, so the loop needs no check of its own.
             let left = end.saturating_sub(retired);
             // SAFETY: every block this loop reaches lives until it returns (see above).
-            let all = unsafe { block.insns() };
+            let all = unsafe {
+                block.prefetch_successors();
+                block.insns()
+            };
             let insns = &all[..all.len().min(left as usize)];
             x.retired = retired;
             x.pos0 = insns.as_ptr() as usize;
