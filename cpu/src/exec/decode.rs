@@ -5,7 +5,7 @@ use iced_x86::{Code, Decoder, DecoderOptions, Formatter, Instruction, IntelForma
 
 use super::{fast, Cpu, Group};
 use crate::bus::Bus;
-use crate::code_cache::{check, Block, BlockId, CodeCache, DecodedInsn};
+use crate::code_cache::{check, BlockId, BlockRef, CodeCache, DecodedInsn};
 use crate::fault::{Exit, Fault, StopReason};
 use crate::mmu::Intent;
 use crate::state::CpuMode;
@@ -17,7 +17,7 @@ const MAX_BLOCK_INSNS: usize = 64;
 const _: () = assert!(MAX_BLOCK_INSNS <= 256);
 
 impl Cpu {
-    /// Find or decode the block at the current RIP and check it out of the cache. The links
+    /// Find or decode the block at the current RIP (with its physical address). The links
     /// of the block fetched last (`last_block`) are tried first; it learns the block found
     /// as a successor, which becomes the block fetched last.
     ///
@@ -31,7 +31,7 @@ impl Cpu {
         code: &mut CodeCache,
         mode: CpuMode,
         cpl: u8,
-    ) -> Result<(BlockId, Block, u64), Exit> {
+    ) -> Result<(BlockRef, u64), Exit> {
         if !code.breakpoints().is_empty() {
             self.note_breakpoints(bus, code, mode, cpl);
         }
@@ -39,10 +39,12 @@ impl Cpu {
         let rip = self.fetch_address(mode);
         let pa = crate::mmu::translate(&self.state, &mut self.tlb, bus, rip, Intent::Execute, cpl)?;
         let bitness = mode.bitness();
-        if code.chaining_allowed() {
-            if let Some((id, b)) = code.take_chained(prev, pa, bitness) {
-                self.last_block = id;
-                return Ok((id, b, pa));
+        if let (true, Some(p)) = (code.chaining_allowed(), code.block(prev)) {
+            // SAFETY: `p` is live in the cache now.
+            if let Some(b) = unsafe { code.follow(p, pa, bitness) } {
+                // SAFETY: just got from the cache.
+                self.last_block = unsafe { b.id() };
+                return Ok((b, pa));
             }
         }
         self.fetch_block_slow(bus, code, mode, cpl, prev, rip, pa)
@@ -61,12 +63,17 @@ impl Cpu {
         prev: BlockId,
         rip: u64,
         pa: u64,
-    ) -> Result<(BlockId, Block, u64), Exit> {
+    ) -> Result<(BlockRef, u64), Exit> {
         let bitness = mode.bitness();
-        if let Some((id, b)) = code.take_and_link(prev, pa, bitness) {
-            self.last_block = id;
-            return Ok((id, b, pa));
+        // SAFETY: `code.block` gives a block live in the cache now.
+        if let Some(b) = unsafe { code.find_and_link(code.block(prev), pa, bitness) } {
+            // SAFETY: just got from the cache.
+            self.last_block = unsafe { b.id() };
+            return Ok((b, pa));
         }
+        // Blocks dropped since the last reclaim may be freed now: this CPU executes none,
+        // nor does any other (all run on this thread, one `Cpu::run` at a time).
+        code.reclaim();
         // Gather the bytes from here to the end of the page, plus up to 15 bytes of the next
         // page when it is mapped (an instruction may straddle the boundary).
         let in_page = 0x1000 - (pa & 0xfff) as usize;
@@ -158,24 +165,20 @@ impl Cpu {
         // between blocks): the decoded code is many times the size of the guest's, and the
         // host's caches hold more of it the denser it lies.
         fast::fuse(&mut insns);
-        let exact: Box<[DecodedInsn]> = insns.drain(..).collect();
         let full_at = code.store_full(&mut full);
+        let id = code.insert(pa, bitness, &insns, full_at, pages);
         code.return_scratch((insns, full));
-        let id = code.insert(
-            pa,
-            bitness,
-            Block {
-                insns: exact,
-                full_at,
-            },
-            pages,
-        );
-        code.link(prev, pa, bitness, id);
         // The block's pages may have just become code pages: no quick store may reach them.
         self.tlb.sync_code_pages(code);
         self.last_block = id;
-        match code.take(id) {
-            Some(b) => Ok((id, b, pa)),
+        let new = code.block(id);
+        if let (Some(p), Some(n)) = (code.block(prev), new) {
+            // SAFETY: both live in the cache now (`prev` may be the new block itself, when
+            // the previous one was dropped and its slot reused: a harmless link).
+            unsafe { code.link(p, n) };
+        }
+        match new {
+            Some(b) => Ok((b, pa)),
             // Just inserted, so it is there; say so rather than panic if it were not.
             None => Err(Exit::Stop(Box::new(StopReason::Unsupported {
                 cpu: self.index,
@@ -214,11 +217,10 @@ impl Cpu {
                 crate::mmu::translate(&self.state, &mut self.tlb, bus, lin, Intent::Execute, cpl)
                     .ok()
                     .and_then(|pa| code.lookup(pa, mode.bitness()))
-                    .and_then(|id| {
-                        let b = code.take(id)?;
-                        let n: u64 = b.insns.iter().map(|d| u64::from(d.len)).sum();
-                        code.put_back(id, b);
-                        Some(n)
+                    .and_then(|id| code.block(id))
+                    .map(|b| {
+                        // SAFETY: live in the cache, and read before anything else happens.
+                        unsafe { b.insns() }.iter().map(|d| u64::from(d.len)).sum()
                     });
             let len = match len {
                 Some(n) => Some(n),
@@ -250,10 +252,9 @@ impl Cpu {
         if hit {
             code.note_breakpoint_hit();
         }
-        let (id, b, _) = fetched.ok()?;
-        let n: u64 = b.insns.iter().map(|d| u64::from(d.len)).sum();
-        code.put_back(id, b);
-        Some(n)
+        let (b, _) = fetched.ok()?;
+        // SAFETY: just fetched, and read before anything else happens.
+        Some(unsafe { b.insns() }.iter().map(|d| u64::from(d.len)).sum())
     }
 
     /// The linear address of the next instruction (CS base applies outside 64-bit mode).

@@ -108,7 +108,7 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
         retired,
         pos: 0,
         pos0: 0,
-        full_at: u32::MAX,
+        block: u32::MAX,
     };
     let s = &x.cpu.state;
     let result = if s.cr0 & cr0::PE == 0 {

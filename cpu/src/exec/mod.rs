@@ -13,7 +13,7 @@
 use iced_x86::Instruction;
 
 use crate::bus::{Bus, CpuClock};
-use crate::code_cache::{check, Block, BlockId, CodeCache, DecodedInsn};
+use crate::code_cache::{check, BlockRef, CodeCache, DecodedInsn};
 use crate::cpuid::CpuidProfile;
 use crate::fault::{vector, ExecResult, Exit, Fault, StopReason};
 use crate::mmu::{Intent, Tlb};
@@ -121,10 +121,10 @@ pub struct Exec<'a, B: Bus, O: Observer> {
     pub pos: usize,
     /// Host address of the record counted by `retired` (the first of the run's slice).
     pub pos0: usize,
-    /// Where the full instructions of the executing block start in the code cache's store
-    /// ([`Block::full_at`]), for the handlers that run out of line ([`slow`]); `u32::MAX`
-    /// outside the run loop.
-    pub full_at: u32,
+    /// The slot of the executing block in the code cache, whose full instructions the
+    /// handlers that run out of line ([`slow`]) read ([`CodeCache::full_insn`]);
+    /// `BlockId::MAX` outside the run loop.
+    pub block: crate::code_cache::BlockId,
 }
 
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
@@ -242,7 +242,7 @@ impl Cpu {
             if bus.wants_exit() {
                 return RunExit::BusExit;
             }
-            let (id, block, pa) = match self.fetch_block(bus, code, mode, cpl) {
+            let (block, pa) = match self.fetch_block(bus, code, mode, cpl) {
                 Ok(b) => b,
                 Err(Exit::Fault(f)) => {
                     let rip = self.state.rip;
@@ -255,11 +255,14 @@ impl Cpu {
                 Err(Exit::Stop(s)) => return RunExit::Stop(s),
             };
             // 64-bit code gets its own copy of the loop, with no instruction-pointer wrapping.
-            // `run_block` gives the block back to the cache (maybe after others it chained to).
-            let result = if mode == CpuMode::Long64 {
-                self.run_block::<true, B, O>(bus, obs, code, mode, cpl, (id, block), pa, end)
-            } else {
-                self.run_block::<false, B, O>(bus, obs, code, mode, cpl, (id, block), pa, end)
+            // SAFETY: the block was just fetched from the cache, and `run_block` holds it
+            // (and those it chains to) only until it returns.
+            let result = unsafe {
+                if mode == CpuMode::Long64 {
+                    self.run_block::<true, B, O>(bus, obs, code, mode, cpl, block, pa, end)
+                } else {
+                    self.run_block::<false, B, O>(bus, obs, code, mode, cpl, block, pa, end)
+                }
             };
             match result {
                 Ok(false) => {}
@@ -287,20 +290,27 @@ impl Cpu {
     /// An instruction's exit comes back with the instruction's address; otherwise the result
     /// says whether an instruction that may change the mode or CPL ran (an EXIT-checked group,
     /// or one that asked to leave the loop). `LONG` says the mode is 64-bit.
+    ///
+    /// Blocks run in place, in the code cache's allocations (see `code_cache::block`).
+    ///
+    /// # Safety
+    /// `block` comes from `code` and was not reclaimed since. (Nothing in here reclaims:
+    /// handlers and device writes may drop blocks, the executing one included, which only
+    /// retires them; so every block this loop reaches stays allocated until it returns.)
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn run_block<const LONG: bool, B: Bus, O: Observer>(
+    unsafe fn run_block<const LONG: bool, B: Bus, O: Observer>(
         &mut self,
         bus: &mut B,
         obs: &mut O,
         code: &mut CodeCache,
         mode: CpuMode,
         cpl: u8,
-        checked_out: (BlockId, Block),
+        block: BlockRef,
         pa: u64,
         end: u64,
     ) -> Result<bool, (Exit, u64)> {
-        let (mut id, mut block) = checked_out;
+        let mut block = block;
         let mut pa = pa;
         let mut x = Exec {
             cpu: self,
@@ -318,7 +328,8 @@ impl Cpu {
             retired: 0,
             pos: 0,
             pos0: 0,
-            full_at: block.full_at,
+            // SAFETY: `block` lives (the caller's guarantee).
+            block: unsafe { block.id() },
         };
         let mut start = x.cpu.state.rip;
         x.block_rip = start;
@@ -347,7 +358,12 @@ impl Cpu {
         'chain: loop {
             // The budget bounds the instructions run, so the loop needs no check of its own.
             let left = end.saturating_sub(retired);
-            let insns = &block.insns[..block.insns.len().min(left as usize)];
+            // SAFETY: every block this loop reaches lives until it returns (see above).
+            let all = unsafe {
+                block.prefetch_successors();
+                block.insns()
+            };
+            let insns = &all[..all.len().min(left as usize)];
             x.retired = retired;
             x.pos0 = insns.as_ptr() as usize;
             // Outside 64-bit mode the instruction pointer wraps at the code size.
@@ -374,7 +390,7 @@ impl Cpu {
                         }
                     }
                     #[cfg(feature = "op-stats")]
-                    fast::stats::note(d, x.code.full_insn(block.full_at, d.idx));
+                    fast::stats::note(d, x.code.full_insn(x.block, d.idx));
                     let flow = handlers[d.handler as usize](&mut x, d);
                     if flow == fast::Flow::Next {
                         continue;
@@ -455,24 +471,27 @@ impl Cpu {
                 break;
             }
             let bitness = mode.bitness();
-            let found = match x.code.take_chained(id, next_pa, bitness) {
-                Some(f) => Some(f),
-                None => x.code.take_and_link(id, next_pa, bitness),
+            // SAFETY: `block` lives (it is this loop's); the blocks found do too.
+            let found = unsafe {
+                match x.code.follow(block, next_pa, bitness) {
+                    Some(f) => Some(f),
+                    None => x.code.find_and_link(Some(block), next_pa, bitness),
+                }
             };
             // Not cached: the outer loop decodes it.
-            let Some((next_id, next)) = found else {
+            let Some(next) = found else {
                 break;
             };
-            x.code.put_back(id, std::mem::replace(&mut block, next));
-            id = next_id;
-            x.cpu.last_block = id;
+            block = next;
             pa = next_pa;
             start = rip;
             start_lin = rip;
             x.block_rip = start;
-            x.full_at = block.full_at;
+            // SAFETY: as above.
+            x.block = unsafe { block.id() };
         }
-        x.code.put_back(id, block);
+        // The hint for the outer loop's next fetch (`fetch_block`).
+        x.cpu.last_block = x.block;
         // The instruction pointer and the count are committed once per block: fast forms
         // never read the former (generic handlers get it set, see `slow`); after a fault it
         // names the faulting instruction.
@@ -583,8 +602,7 @@ fn generic<B: Bus, O: Observer>(
 /// Report the fetch of the instruction `off` bytes into the executing block (whose first
 /// byte is at linear `start_lin`, physical `pa`), `len` bytes long, as one fetch access per
 /// page it touches, as data accesses are reported. The block's second page (the code
-/// cache's [`CodeCache::second_page`] of the block fetched last, which is the executing one)
-/// is the one an instruction straddling its page boundary continues in.
+/// cache's [`CodeCache::second_page`] of the executing block) is the one an instruction straddling its page boundary continues in.
 #[inline(never)]
 fn report_fetch<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
@@ -595,7 +613,7 @@ fn report_fetch<B: Bus, O: Observer>(
 ) {
     let lin = start_lin.wrapping_add(off);
     let in_page = (pa & 0xfff).wrapping_add(off);
-    let second = x.code.second_page(x.cpu.last_block).unwrap_or(pa >> 12);
+    let second = x.code.second_page(x.block).unwrap_or(pa >> 12);
     let phys = |k: u64| {
         let at = in_page.wrapping_add(k);
         if at < 0x1000 {
@@ -677,7 +695,7 @@ fn slow_exec<B: Bus, O: Observer>(
     use fast::Op;
     // It reads the full instruction, kept apart from the hot records (copied
     // out of the cache, which the handler may write to).
-    let Some(insn) = x.code.full_insn(x.full_at, d.idx) else {
+    let Some(insn) = x.code.full_insn(x.block, d.idx) else {
         return Err(x.unsupported("an instruction without its full decoding".into()));
     };
     let i = &insn;

@@ -405,7 +405,7 @@ fn condition_bits_match_condition() {
             retired: 0,
             pos: 0,
             pos0: 0,
-            full_at: u32::MAX,
+            block: u32::MAX,
         };
         for cc in ccs {
             assert_eq!(

@@ -1229,7 +1229,7 @@ fn software_interrupt_checks_gate_dpl_in_protected_mode() {
             retired: 0,
             pos: 0,
             pos0: 0,
-            full_at: u32::MAX,
+            block: u32::MAX,
         };
         let r = software_interrupt(&mut x, 0x80);
         (r, x.next_rip)

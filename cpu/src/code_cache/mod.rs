@@ -12,23 +12,30 @@
 //! Self-modifying code: every physical page that holds cached code has its bit set in
 //! `code_pages`; a write to such a page (by any CPU or device) drops every block on it.
 //!
-//! Lookups are on the hot path (one per executed block), so blocks live in a slab addressed
-//! by [`BlockId`], with a direct-mapped jump table in front of the hash map, and the run loop
-//! *checks a block out* of the cache while it executes it ([`CodeCache::take`] /
-//! [`CodeCache::put_back`]) instead of sharing it through reference counting: a checked-out
-//! block that a write invalidates meanwhile is simply dropped when it is put back.
+//! Lookups are on the hot path (one per executed block), so blocks are addressed by
+//! [`BlockId`] in a slab of slots, with a direct-mapped jump table in front of the hash map.
+//! Each block lives in an allocation of its own (a header and its instructions, see
+//! [`block`]) that the run loop executes in place: an invalidated block is retired rather
+//! than freed, and freed only between runs ([`CodeCache::reclaim`]), so a block keeps its
+//! instructions while a CPU executes it even if a write drops it meanwhile.
 //!
-//! Block chaining: each slot remembers the last two blocks that ran right after its block
-//! (their key and id). The run loop asks for the next block through the one that just ran
-//! ([`CodeCache::take_chained`]), which touches only that slot (still in the host's cache)
-//! and the successor's slot, skipping the jump table. A link is only a hint: it is used
-//! when the successor's slot still holds a live block under exactly the key looked up, which
-//! is the block [`CodeCache::lookup`] would have found (a key has one live slot at most), so
-//! a link can never outlive its target. In 64-bit code the run loop follows links (or the
-//! ordinary lookup, [`CodeCache::take_and_link`]) from one block to the next without leaving
-//! its innermost loop, after the same checks the outer loop makes between blocks (budget, bus
-//! exit, breakpoints, the fetch translation); only a block that needs decoding, a fault or
+//! Block chaining: each block's header remembers the last two blocks that ran right after it
+//! (pointers to their headers). The run loop asks for the next block through the one that
+//! just ran ([`CodeCache::follow`]), which reads only the successor's header, in the same
+//! host cache line as the successor's first instruction, skipping the jump table and the
+//! slab. A link is only a hint: it is followed when its target is live under exactly the key
+//! looked up, which is the block [`CodeCache::lookup`] would have found (a key has one live
+//! block at most). In 64-bit code the run loop follows links (or the ordinary lookup,
+//! [`CodeCache::find_and_link`]) from one block to the next without leaving its innermost
+//! loop, after the same checks the outer loop makes between blocks (budget, bus exit,
+//! breakpoints, the fetch translation); only a block that needs decoding, a fault or
 //! anything EXIT-checked sends it back to the outer loop.
+
+mod block;
+
+pub use block::BlockRef;
+use block::Header;
+use std::ptr::NonNull;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -44,12 +51,12 @@ pub(crate) use new_pages::{CodePagesSeen, NewCodePages};
 /// One decoded instruction: what the run loop and the fast handlers read, packed into 32
 /// bytes. The full iced [`Instruction`] that the out-of-line paths need (generic handlers,
 /// the run-time SSE families, op statistics) is kept apart, in the cache's store of full
-/// instructions at the block's [`Block::full_at`] plus [`DecodedInsn::idx`], so the hot
+/// instructions at the block's entry plus [`DecodedInsn::idx`], so the hot
 /// records of a block lie densely in the host's caches (the group is not kept either: the
 /// op names the generic handler).
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct DecodedInsn {
-    /// Its position in its block, so its full instruction's too (from [`Block::full_at`]);
+    /// Its position in its block, so its full instruction's too ([`CodeCache::full_insn`]);
     /// blocks hold at most 64 instructions, so it fits.
     pub idx: u8,
     /// How it is executed: a fast form, or its group's handler.
@@ -80,21 +87,6 @@ pub mod check {
     pub const EXIT: u8 = 1;
     /// A conditional branch inside a block: when taken, the block ends there.
     pub const BRANCH: u8 = 2;
-}
-
-/// A run of decoded instructions starting at one physical address.
-///
-/// Held by value in its slot (checking it out moves its two fields, not a pointer to them):
-/// the run loop then reaches the instructions through one pointer, with no `Box<Block>` to
-/// load first, and each block is one allocation of exactly its instructions.
-#[derive(Debug)]
-pub struct Block {
-    /// The instructions in order, as the run loop reads them.
-    pub insns: Box<[DecodedInsn]>,
-    /// Where the same instructions as iced decoded them (at address 0) start in the code
-    /// cache's store of full instructions ([`CodeCache::full_insn`]), in the same order: read
-    /// only out of line, through [`DecodedInsn::idx`].
-    pub full_at: u32,
 }
 
 /// The key of a block: physical address and code size (16, 32 or 64).
@@ -131,39 +123,20 @@ impl Hasher for IntHasher {
 
 type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
-/// One slab entry: one host cache line (64 bytes, aligned), since the run loop touches the
-/// slot of every block it enters (checking the key, checking the block out and back in) and
-/// a slot straddling two lines costs a second miss in a boot whose decoded code is far larger
-/// than the host's caches. Hence the packed keys ([`pack`]) and the liveness folded into
-/// `key`.
+/// One slab entry: where a block is and the key it is cached under.
 #[derive(Debug)]
-#[repr(align(64))]
 struct Slot {
-    /// The packed key the block was cached under; [`DEAD`] once invalidated or while the
-    /// slot is free; [`UNPACKED`] for a live block whose key does not pack.
+    /// The packed key the block was cached under (as in its header, read here so that a
+    /// jump-table hit need not read the block); [`DEAD`] while the slot is free;
+    /// [`UNPACKED`] for a live block whose key does not pack.
     key: u64,
-    /// The block; `None` while it is checked out by a running CPU (or the slot is free).
-    block: Option<Block>,
-    /// The packed keys of the blocks that ran right after this one, most recent first
-    /// ([`DEAD`]: none); hints, checked on use.
-    link_keys: [u64; 2],
-    /// Where those successors were cached when the links were made.
-    link_ids: [BlockId; 2],
+    /// The block; `None` while the slot is free.
+    block: Option<NonNull<Header>>,
 }
 
-// The point of the layout above: exactly one cache line.
-const _: () = assert!(std::mem::size_of::<Slot>() == 64);
-
-impl Slot {
-    /// Whether the slot holds a cached block (checked out or not).
-    #[inline(always)]
-    fn live(&self) -> bool {
-        self.key != DEAD
-    }
-}
-
-/// A slot key meaning "no block" (never the packing of a key: its code-size byte is 0xff).
-const DEAD: u64 = u64::MAX;
+/// A slot or header key meaning "no block" (never the packing of a key: its code-size byte
+/// is 0xff).
+pub(super) const DEAD: u64 = u64::MAX;
 
 /// The slot key of a live block whose key does not pack: it matches no packed key, so such
 /// a block is found through the index only and never through a link.
@@ -230,6 +203,10 @@ pub struct CodeCache {
     /// indexed by [`BlockId`]: read only to report instruction fetches, so kept out of the
     /// slots, whose every byte is taken.
     second_pages: Vec<u64>,
+    /// Where the full instructions of each slot's block start in `full` (see
+    /// [`CodeCache::full_insn`]), indexed by [`BlockId`]: read only out of line, so kept out
+    /// of the blocks' headers, whose room is taken.
+    full_ats: Vec<u32>,
     /// The full instructions of every block, kept apart from the blocks' hot records: in one
     /// store rather than one allocation per block, whose allocations would otherwise lie
     /// between the blocks' hot records (measured: that cost more than the smaller records
@@ -238,10 +215,38 @@ pub struct CodeCache {
     full: Vec<Instruction>,
     /// The store's length at which [`CodeCache::store_full`] compacts it next.
     full_limit: usize,
+    /// Blocks dropped since the last [`CodeCache::reclaim`], whose allocations wait for it
+    /// (a run loop may still be executing one).
+    retired: Vec<NonNull<Header>>,
+}
+
+// SAFETY: the cache owns every block allocation its slots and retired list name (nothing
+// else frees or writes them; `BlockRef`s handed out are used only by the run loop on the
+// thread that holds `&mut CodeCache`), so moving it to another thread moves them all.
+unsafe impl Send for CodeCache {}
+
+impl Drop for CodeCache {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(h) = slot.block.take() {
+                // SAFETY: a live block, allocated by this cache, freed once; no run loop
+                // can hold it while the cache is dropped.
+                unsafe { block::free(h) };
+            }
+        }
+        for h in self.retired.drain(..) {
+            // SAFETY: as above, for a retired block (in no slot, so not freed above).
+            unsafe { block::free(h) };
+        }
+    }
 }
 
 /// The least length of the full-instruction store before it is compacted.
 const FULL_MIN_LIMIT: usize = 1 << 16;
+
+/// The least number of retired blocks [`CodeCache::reclaim`] frees at once (it walks every
+/// live block, so it waits for a number of them that pays for the walk).
+const RECLAIM_MIN: usize = 1024;
 
 impl CodeCache {
     /// A cache for a machine with `ram_bytes` of RAM.
@@ -269,8 +274,10 @@ impl CodeCache {
             breakpoint_hit: false,
             scratch: (Vec::new(), Vec::new()),
             second_pages: Vec::new(),
+            full_ats: Vec::new(),
             full: Vec::new(),
             full_limit: FULL_MIN_LIMIT,
+            retired: Vec::new(),
         }
     }
 
@@ -312,97 +319,119 @@ impl CodeCache {
         Some(id)
     }
 
+    /// The live block in slot `id`, if any.
+    #[inline(always)]
+    pub(crate) fn block(&self, id: BlockId) -> Option<BlockRef> {
+        self.slots.get(id as usize)?.block.map(BlockRef)
+    }
+
     /// Whether the run loop may find the next block through the links of the previous one
-    /// ([`CodeCache::take_chained`]) instead of the ordinary lookup: false while something
-    /// must see every block entry.
+    /// ([`CodeCache::follow`]) instead of the ordinary lookup: false while something must
+    /// see every block entry.
     #[inline(always)]
     pub fn chaining_allowed(&self) -> bool {
         self.breakpoints.is_empty()
     }
 
-    /// Check out the block cached under (`pa`, `bitness`) if block `prev` (the one that ran
-    /// last) remembers it as a successor and it is still cached there, not checked out. The
-    /// same block [`CodeCache::lookup`] and [`CodeCache::take`] would give; `None` means
-    /// "ask them" (no link, a stale one, or an unknown `prev`).
+    /// The block cached under (`pa`, `bitness`) if block `prev` (the one that ran last)
+    /// remembers it as a successor: the same block [`CodeCache::lookup`] would give. `None`
+    /// means "ask it" (no link, or a stale one).
+    ///
+    /// # Safety
+    /// `prev` comes from this cache and was not reclaimed since (see [`block`]): a
+    /// `BlockRef` got during the current `Cpu::run_block` call.
     #[inline(always)]
-    pub fn take_chained(
-        &mut self,
-        prev: BlockId,
-        pa: u64,
-        bitness: u32,
-    ) -> Option<(BlockId, Block)> {
+    pub(crate) unsafe fn follow(&self, prev: BlockRef, pa: u64, bitness: u32) -> Option<BlockRef> {
         let key = pack((pa, bitness))?;
-        let from = self.slots.get(prev as usize)?;
-        let id = if from.link_keys[0] == key {
-            from.link_ids[0]
-        } else if from.link_keys[1] == key {
-            from.link_ids[1]
-        } else {
-            return None;
-        };
-        let slot = self.slots.get_mut(id as usize)?;
-        // A dead slot's key is DEAD, which no packed key equals.
-        if slot.key == key {
-            slot.block.take().map(|b| (id, b))
-        } else {
-            None
+        // SAFETY: `prev` lives (caller's guarantee); its links name live or retired blocks,
+        // or `NO_BLOCK`, never freed ones (`reclaim` redirects links to retired blocks
+        // before freeing them), so each target's header can be read.
+        unsafe {
+            let links = (*prev.0.as_ptr()).links;
+            for l in links {
+                // A retired block's key is DEAD, which no packed key equals, as is
+                // NO_BLOCK's: a match is a live block under exactly `key`.
+                if (*l).key == key {
+                    return Some(BlockRef(NonNull::new_unchecked(l.cast_mut())));
+                }
+            }
         }
+        None
     }
 
-    /// Remember that the block cached under (`pa`, `bitness`) at `next` ran right after
-    /// block `prev` (for [`CodeCache::take_chained`]). No effect if `prev` names no slot.
+    /// Remember that `next` ran right after block `prev` (for [`CodeCache::follow`]).
+    ///
+    /// # Safety
+    /// `prev` and `next` come from this cache and were not reclaimed since.
     #[inline]
-    pub fn link(&mut self, prev: BlockId, pa: u64, bitness: u32, next: BlockId) {
-        let Some(key) = pack((pa, bitness)) else {
-            return;
-        };
-        if let Some(slot) = self.slots.get_mut(prev as usize) {
-            slot.link_keys[1] = slot.link_keys[0];
-            slot.link_ids[1] = slot.link_ids[0];
-            slot.link_keys[0] = key;
-            slot.link_ids[0] = next;
+    pub(crate) unsafe fn link(&mut self, prev: BlockRef, next: BlockRef) {
+        // SAFETY: `prev` lives (caller's guarantee) and nothing else refers to its header
+        // now; `next` is live, so the link names no freed memory.
+        unsafe {
+            let h = prev.0.as_ptr();
+            if (*h).links[0] != next.0.as_ptr().cast_const() {
+                (*h).links[1] = (*h).links[0];
+                (*h).links[0] = next.0.as_ptr();
+            }
         }
     }
 
-    /// [`CodeCache::take_chained`]'s fallback: check out the block cached under (`pa`,
-    /// `bitness`) found through the ordinary lookup, and make it a successor of `prev` (the
-    /// block that ran last). `None` when it is not cached (it needs decoding) or is
-    /// checked out. Out of line: the run loop's common case is a link hit.
+    /// [`CodeCache::follow`]'s fallback: the block cached under (`pa`, `bitness`) found
+    /// through the ordinary lookup, made a successor of `prev` (the block that ran last, if
+    /// known). `None` when it is not cached (it needs decoding). Out of line: the run loop's
+    /// common case is a link hit.
+    ///
+    /// # Safety
+    /// As for [`CodeCache::follow`] (for `prev`, when given).
     #[inline(never)]
-    pub fn take_and_link(
+    pub(crate) unsafe fn find_and_link(
         &mut self,
-        prev: BlockId,
+        prev: Option<BlockRef>,
         pa: u64,
         bitness: u32,
-    ) -> Option<(BlockId, Block)> {
+    ) -> Option<BlockRef> {
         let id = self.lookup(pa, bitness)?;
-        let b = self.take(id)?;
-        self.link(prev, pa, bitness, id);
-        Some((id, b))
-    }
-
-    /// Check a cached block out to execute it; give it back with [`CodeCache::put_back`].
-    /// `None` if `id` names no block that is cached and not already checked out.
-    #[inline(always)]
-    pub fn take(&mut self, id: BlockId) -> Option<Block> {
-        let slot = self.slots.get_mut(id as usize)?;
-        if !slot.live() {
-            return None;
+        let next = self.block(id)?;
+        if let Some(prev) = prev {
+            // SAFETY: `prev` as guaranteed by the caller; `next` is live.
+            unsafe { self.link(prev, next) };
         }
-        slot.block.take()
+        Some(next)
     }
 
-    /// Return a block checked out with [`CodeCache::take`]. If its code was written while it
-    /// was out, it is dropped instead.
-    #[inline(always)]
-    pub fn put_back(&mut self, id: BlockId, block: Block) {
-        if let Some(slot) = self.slots.get_mut(id as usize) {
-            if slot.live() {
-                slot.block = Some(block);
-            } else if slot.block.is_none() {
-                // Invalidated while out: the slot waited for its block to come back.
-                self.free.push(id);
+    /// Free the blocks dropped since the last call, if there are enough of them to be worth
+    /// the walk over every live block that this takes (each live block's links to them are
+    /// redirected first).
+    ///
+    /// Call it only where no `BlockRef` is held (in `Cpu::run`'s outer loop, between
+    /// blocks): it frees the blocks that a run loop might still be executing otherwise.
+    #[inline]
+    pub(crate) fn reclaim(&mut self) {
+        if self.retired.len() >= (self.index.len() / 4).max(RECLAIM_MIN) {
+            self.reclaim_now();
+        }
+    }
+
+    /// [`CodeCache::reclaim`], whatever the number of retired blocks.
+    #[cold]
+    fn reclaim_now(&mut self) {
+        for slot in &self.slots {
+            let Some(h) = slot.block else { continue };
+            // SAFETY: a live block; its links name live or retired blocks or NO_BLOCK (none
+            // freed yet), whose keys can be read; no run loop holds a header now.
+            unsafe {
+                let h = h.as_ptr();
+                for k in 0..2 {
+                    if (*(*h).links[k]).key == DEAD {
+                        (*h).links[k] = block::no_block();
+                    }
+                }
             }
+        }
+        for h in self.retired.drain(..) {
+            // SAFETY: retired (in no slot), so no lookup returns it, and no live block links
+            // to it any more (above); no run loop holds it (the caller's guarantee).
+            unsafe { block::free(h) };
         }
     }
 
@@ -422,8 +451,9 @@ impl CodeCache {
     }
 
     /// Store the full instructions of a block about to be inserted; returns where they start
-    /// (its [`Block::full_at`]). Called when decoding, between blocks: no block is checked
-    /// out then, so the store may be compacted first (moving the blocks' instructions).
+    /// (to give [`CodeCache::insert`]). Called when decoding, between blocks: no run loop
+    /// executes a block then, so the store may be compacted first (moving the blocks'
+    /// instructions).
     pub fn store_full(&mut self, insns: &mut Vec<Instruction>) -> u32 {
         if self.full.len() >= self.full_limit {
             self.compact_full();
@@ -436,33 +466,34 @@ impl CodeCache {
     }
 
     /// Drop the full instructions of dropped blocks, moving the cached blocks' own to the
-    /// front. Not done while a block is checked out (its `full_at` could not be updated):
-    /// a slot without its block is then neither free nor waiting for it.
+    /// front. Called when decoding, between blocks, so no run
+    /// loop executes a block whose instructions move; retired blocks keep theirs, which they
+    /// never read again (they never run again).
     #[cold]
     fn compact_full(&mut self) {
-        let empty = self.slots.iter().filter(|s| s.block.is_none()).count();
-        if empty == self.free.len() {
-            let mut kept = Vec::new();
-            for slot in &mut self.slots {
-                if let Some(b) = &mut slot.block {
-                    let start = b.full_at as usize;
-                    let at = u32::try_from(kept.len()).unwrap_or(u32::MAX);
-                    if let Some(run) = self.full.get(start..start + b.insns.len()) {
-                        kept.extend_from_slice(run);
-                    }
-                    b.full_at = at;
-                }
+        let mut kept = Vec::new();
+        for (slot, at) in self.slots.iter().zip(self.full_ats.iter_mut()) {
+            let Some(h) = slot.block else { continue };
+            // SAFETY: a live block of this cache.
+            let len = unsafe { (*h.as_ptr()).len } as usize;
+            let start = *at as usize;
+            *at = u32::try_from(kept.len()).unwrap_or(u32::MAX);
+            if let Some(run) = self.full.get(start..start + len) {
+                kept.extend_from_slice(run);
             }
-            self.full = kept;
         }
+        self.full = kept;
         self.full_limit = (self.full.len() * 2).max(FULL_MIN_LIMIT);
     }
 
-    /// The full instruction `idx` of the block whose instructions start at `at` in the
-    /// store (its [`Block::full_at`]), copied out so the caller keeps no borrow of the cache.
-    /// `None` past the store (as for `u32::MAX`, the "no block" of `Exec::full_at`).
+    /// The full instruction `idx` of the block in slot `id`, copied out so the caller
+    /// keeps no borrow of the cache. `None` for an id that never held a block (as
+    /// `BlockId::MAX`, the "no block" of `Exec::block`). A block dropped while it runs
+    /// keeps its slot's entry until the slot is reused, by a decode, which no run loop
+    /// makes while it executes a block.
     #[inline]
-    pub fn full_insn(&self, at: u32, idx: u8) -> Option<Instruction> {
+    pub fn full_insn(&self, id: BlockId, idx: u8) -> Option<Instruction> {
+        let at = *self.full_ats.get(id as usize)?;
         let k = (at as usize).checked_add(usize::from(idx))?;
         self.full.get(k).copied()
     }
@@ -474,31 +505,38 @@ impl CodeCache {
         self.second_pages.get(id as usize).copied()
     }
 
-    /// Cache a block whose bytes come from physical pages `pages` (page numbers: one, or
-    /// two if its last instruction straddles a page boundary, else twice the same) and
-    /// return its id.
-    pub fn insert(&mut self, pa: u64, bitness: u32, block: Block, pages: [u64; 2]) -> BlockId {
+    /// Cache a block of the instructions `insns`, whose full instructions are in the store
+    /// at `full_at` ([`CodeCache::store_full`]) and whose bytes come from physical pages
+    /// `pages` (page numbers: one, or two if its last instruction straddles a page boundary,
+    /// else twice the same), and return its id.
+    pub fn insert(
+        &mut self,
+        pa: u64,
+        bitness: u32,
+        insns: &[DecodedInsn],
+        full_at: u32,
+        pages: [u64; 2],
+    ) -> BlockId {
         let key = (pa, bitness);
         if self.index.contains_key(&key) {
             // Decoded again while cached (cannot happen through the run loop, which looks up
             // first): replace the old block.
             self.remove(key);
         }
-        let slot = Slot {
-            key: pack(key).unwrap_or(UNPACKED),
-            block: Some(block),
-            link_keys: [DEAD; 2],
-            link_ids: [BlockId::MAX; 2],
-        };
+        let packed = pack(key).unwrap_or(UNPACKED);
         let id = match self.free.pop() {
-            Some(id) => {
-                self.slots[id as usize] = slot;
-                id
-            }
+            Some(id) => id,
             None => {
-                self.slots.push(slot);
+                self.slots.push(Slot {
+                    key: DEAD,
+                    block: None,
+                });
                 (self.slots.len() - 1) as BlockId
             }
+        };
+        self.slots[id as usize] = Slot {
+            key: packed,
+            block: Some(block::allocate(packed, id, insns)),
         };
         self.index.insert(key, id);
         self.jump[jump_index(key)] = JumpEntry { key, id };
@@ -507,6 +545,10 @@ impl CodeCache {
             self.second_pages.resize(at + 1, 0);
         }
         self.second_pages[at] = pages[1];
+        if self.full_ats.len() <= at {
+            self.full_ats.resize(at + 1, u32::MAX);
+        }
+        self.full_ats[at] = full_at;
         for (i, &page) in pages.iter().enumerate() {
             if i == 1 && page == pages[0] {
                 break;
@@ -533,10 +575,15 @@ impl CodeCache {
         };
         if let Some(slot) = self.slots.get_mut(id as usize) {
             slot.key = DEAD;
-            if slot.block.take().is_some() {
-                self.free.push(id);
+            if let Some(h) = slot.block.take() {
+                // Retired, not freed: a run loop may be executing it (see `block`). Its key
+                // makes every link to it stale.
+                // SAFETY: a live block of this cache; the run loop reads its header only
+                // between instructions, never while this runs.
+                unsafe { (*h.as_ptr()).key = DEAD };
+                self.retired.push(h);
             }
-            // Otherwise the block is checked out; `put_back` frees the slot.
+            self.free.push(id);
         }
     }
 
@@ -636,112 +683,4 @@ impl CodeCache {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An empty block.
-    fn block() -> Block {
-        Block {
-            insns: Box::new([]),
-            full_at: 0,
-        }
-    }
-
-    /// Compacting the full-instruction store keeps each cached block's instructions (and
-    /// where its block finds them), and drops those of dropped blocks.
-    #[test]
-    fn compaction_keeps_live_instructions() {
-        let mut c = CodeCache::new(1 << 20);
-        let one = |c: &mut CodeCache, tag: u64| {
-            let mut insn = Instruction::default();
-            insn.set_ip(tag);
-            let full_at = c.store_full(&mut vec![insn]);
-            let d = DecodedInsn {
-                idx: 0,
-                op: crate::exec::fast::Op::Nop,
-                ops: Default::default(),
-                len: 1,
-                locked: false,
-                check: 0,
-                off: 0,
-                handler: 0,
-            };
-            Block {
-                insns: Box::new([d]),
-                full_at,
-            }
-        };
-        let b = one(&mut c, 7);
-        let a = c.insert(0x1000, 64, b, [1, 1]);
-        // Decode the block at 0x2000 again and again: each replaces the last.
-        for k in 0..(FULL_MIN_LIMIT as u64 * 3) {
-            let b = one(&mut c, 100 + k);
-            c.insert(0x2000, 64, b, [2, 2]);
-        }
-        assert!(c.full.len() < FULL_MIN_LIMIT * 2);
-        let b = c.take(a).expect("block a is cached");
-        assert_eq!(c.full_insn(b.full_at, 0).map(|i| i.ip()), Some(7));
-        let id = c.lookup(0x2000, 64).expect("block at 0x2000 is cached");
-        let last = c.take(id).expect("and not checked out");
-        let want = 100 + FULL_MIN_LIMIT as u64 * 3 - 1;
-        assert_eq!(c.full_insn(last.full_at, 0).map(|i| i.ip()), Some(want));
-    }
-
-    /// A link leads to its successor only while that successor is cached under the key the
-    /// link was made for: not after the successor's page is written, and not once its slot
-    /// holds another block.
-    #[test]
-    fn links_never_outlive_their_target() {
-        let mut c = CodeCache::new(1 << 20);
-        let a = c.insert(0x1000, 64, block(), [1, 1]);
-        let b = c.insert(0x2000, 64, block(), [2, 2]);
-        assert!(c.chaining_allowed());
-        // No link yet: the run loop must ask the ordinary lookup.
-        assert!(c.take_chained(a, 0x2000, 64).is_none());
-        c.link(a, 0x2000, 64, b);
-        let (id, blk) = c.take_chained(a, 0x2000, 64).expect("linked");
-        assert_eq!(id, b);
-        // Checked out: not handed out twice.
-        assert!(c.take_chained(a, 0x2000, 64).is_none());
-        c.put_back(id, blk);
-        // Another code size at the same address is another block.
-        assert!(c.take_chained(a, 0x2000, 32).is_none());
-        // The successor's page is written: the link is dead.
-        c.invalidate_page(2);
-        assert!(c.take_chained(a, 0x2000, 64).is_none());
-        // Its slot is reused for a block elsewhere: still dead, and no link leads there.
-        let d = c.insert(0x3000, 64, block(), [3, 3]);
-        assert_eq!(d, b);
-        assert!(c.take_chained(a, 0x2000, 64).is_none());
-        assert!(c.take_chained(a, 0x3000, 64).is_none());
-        // Decoded again at the old key (in a new slot): found through the ordinary lookup,
-        // then through a fresh link.
-        let e = c.insert(0x2000, 64, block(), [2, 2]);
-        assert_eq!(c.lookup(0x2000, 64), Some(e));
-        c.link(a, 0x2000, 64, e);
-        let (id, blk) = c.take_chained(a, 0x2000, 64).expect("linked again");
-        assert_eq!(id, e);
-        c.put_back(id, blk);
-        // Two successors are remembered (a conditional branch's two exits).
-        c.link(a, 0x3000, 64, d);
-        for (pa, want) in [(0x2000, e), (0x3000, d)] {
-            let (id, blk) = c.take_chained(a, pa, 64).expect("both links kept");
-            assert_eq!(id, want);
-            c.put_back(id, blk);
-        }
-        // Everything dropped: no link survives.
-        c.clear();
-        assert!(c.take_chained(a, 0x3000, 64).is_none());
-        assert!(c.take_chained(a, 0x2000, 64).is_none());
-    }
-
-    /// A previous block that is unknown (none ran yet, or an id past the slab) has no links.
-    #[test]
-    fn unknown_previous_block_has_no_links() {
-        let mut c = CodeCache::new(1 << 20);
-        let a = c.insert(0x1000, 64, block(), [1, 1]);
-        c.link(BlockId::MAX, 0x1000, 64, a);
-        assert!(c.take_chained(BlockId::MAX, 0x1000, 64).is_none());
-        assert!(c.take_chained(a + 1, 0x1000, 64).is_none());
-    }
-}
+mod tests;

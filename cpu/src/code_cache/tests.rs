@@ -1,0 +1,145 @@
+//! Tests of the code cache: the full-instruction store, links, retiring and reclaiming.
+
+use super::*;
+
+/// One instruction whose full instruction (stored now) carries `tag` as its address.
+fn tagged(c: &mut CodeCache, tag: u64) -> (DecodedInsn, u32) {
+    let mut insn = Instruction::default();
+    insn.set_ip(tag);
+    let full_at = c.store_full(&mut vec![insn]);
+    let d = DecodedInsn {
+        idx: 0,
+        op: crate::exec::fast::Op::Nop,
+        ops: Default::default(),
+        len: 1,
+        locked: false,
+        check: 0,
+        off: 0,
+        handler: 0,
+    };
+    (d, full_at)
+}
+
+/// Cache an empty block at `pa` (page `pa >> 12`) and return it.
+fn empty(c: &mut CodeCache, pa: u64) -> BlockRef {
+    let id = c.insert(pa, 64, &[], 0, [pa >> 12, pa >> 12]);
+    c.block(id).expect("just inserted")
+}
+
+/// Compacting the full-instruction store keeps each cached block's instructions (and
+/// where its block finds them), and drops those of dropped blocks.
+#[test]
+fn compaction_keeps_live_instructions() {
+    let mut c = CodeCache::new(1 << 20);
+    let (d, at) = tagged(&mut c, 7);
+    let a = c.insert(0x1000, 64, &[d], at, [1, 1]);
+    // Decode the block at 0x2000 again and again: each replaces the last.
+    for k in 0..(FULL_MIN_LIMIT as u64 * 3) {
+        let (d, at) = tagged(&mut c, 100 + k);
+        c.insert(0x2000, 64, &[d], at, [2, 2]);
+        c.reclaim();
+    }
+    assert!(c.full.len() < FULL_MIN_LIMIT * 2);
+    // Retired blocks were freed along the way, not all kept until the end.
+    assert!(c.retired.len() <= RECLAIM_MIN);
+    assert_eq!(c.full_insn(a, 0).map(|i| i.ip()), Some(7));
+    let id = c.lookup(0x2000, 64).expect("block at 0x2000 is cached");
+    let last = c.block(id).expect("live");
+    let want = 100 + FULL_MIN_LIMIT as u64 * 3 - 1;
+    assert_eq!(c.full_insn(id, 0).map(|i| i.ip()), Some(want));
+    // SAFETY: got from the cache just now, no reclaim since.
+    unsafe {
+        assert_eq!(last.insns().len(), 1);
+        assert_eq!(last.id(), id);
+    }
+}
+
+/// A link leads to its successor only while that successor is cached under the key the
+/// link was made for: not after the successor's page is written, and not once its slot
+/// holds another block; and a block dropped while it runs keeps its instructions until it
+/// is reclaimed.
+#[test]
+fn links_never_outlive_their_target() {
+    let mut c = CodeCache::new(1 << 20);
+    let a = empty(&mut c, 0x1000);
+    let b = empty(&mut c, 0x2000);
+    assert!(c.chaining_allowed());
+    // SAFETY (every `unsafe` below): the blocks come from `c`, and every `reclaim` is
+    // followed by getting them again.
+    unsafe {
+        // No link yet: the run loop must ask the ordinary lookup.
+        assert!(c.follow(a, 0x2000, 64).is_none());
+        assert_eq!(c.find_and_link(Some(a), 0x2000, 64), Some(b));
+        assert_eq!(c.follow(a, 0x2000, 64), Some(b));
+        // Another code size at the same address is another block.
+        assert!(c.follow(a, 0x2000, 32).is_none());
+        // The successor's page is written: the link is dead, though the block still
+        // holds its (here no) instructions.
+        c.invalidate_page(2);
+        assert!(c.follow(a, 0x2000, 64).is_none());
+        assert!(c.find_and_link(Some(a), 0x2000, 64).is_none());
+        assert_eq!(b.insns().len(), 0);
+        // Its slot is reused for a block elsewhere: still dead, and no link leads there.
+        let d = empty(&mut c, 0x3000);
+        assert!(c.follow(a, 0x2000, 64).is_none());
+        assert!(c.follow(a, 0x3000, 64).is_none());
+        // Decoded again at the old key: found through the ordinary lookup, then through a
+        // fresh link.
+        let e = empty(&mut c, 0x2000);
+        assert_eq!(c.find_and_link(Some(a), 0x2000, 64), Some(e));
+        assert_eq!(c.follow(a, 0x2000, 64), Some(e));
+        // Two successors are remembered (a conditional branch's two exits).
+        assert_eq!(c.find_and_link(Some(a), 0x3000, 64), Some(d));
+        assert_eq!(c.follow(a, 0x2000, 64), Some(e));
+        assert_eq!(c.follow(a, 0x3000, 64), Some(d));
+        // Following a link again does not push the other one out.
+        c.link(a, d);
+        assert_eq!(c.follow(a, 0x2000, 64), Some(e));
+        // A reclaim frees the dropped block and keeps the live links.
+        c.reclaim_now();
+        assert!(c.retired.is_empty());
+        assert_eq!(c.follow(a, 0x2000, 64), Some(e));
+        assert_eq!(c.follow(a, 0x3000, 64), Some(d));
+        // Everything dropped: no link survives, before or after the reclaim.
+        c.clear();
+        assert!(c.follow(a, 0x3000, 64).is_none());
+        assert!(c.follow(a, 0x2000, 64).is_none());
+        c.reclaim_now();
+        let a = empty(&mut c, 0x1000);
+        assert!(c.follow(a, 0x2000, 64).is_none());
+    }
+}
+
+/// A link made to a block that is dropped and reclaimed is redirected, so the live block
+/// that made it no longer names freed memory (a debug build under Miri or a sanitizer
+/// would catch the read otherwise).
+#[test]
+fn reclaim_redirects_links_to_freed_blocks() {
+    let mut c = CodeCache::new(1 << 20);
+    let a = empty(&mut c, 0x1000);
+    let b = empty(&mut c, 0x2000);
+    // SAFETY: the blocks come from `c`; `a` stays live through the reclaim.
+    unsafe {
+        c.link(a, b);
+        c.invalidate_page(2);
+        c.reclaim_now();
+        for l in (*a.0.as_ptr()).links {
+            assert_eq!(l, block::no_block());
+        }
+        assert!(c.follow(a, 0x2000, 64).is_none());
+    }
+}
+
+/// An unknown previous block (none ran yet) makes no link.
+#[test]
+fn unknown_previous_block_has_no_links() {
+    let mut c = CodeCache::new(1 << 20);
+    let a = empty(&mut c, 0x1000);
+    // SAFETY: from `c`, no reclaim since.
+    unsafe {
+        assert_eq!(c.find_and_link(None, 0x1000, 64), Some(a));
+        assert!(c.follow(a, 0x1000, 64).is_none());
+    }
+    assert!(c.block(BlockId::MAX).is_none());
+    assert!(c.block(1).is_none());
+}
