@@ -41,6 +41,10 @@ pub trait Bus {
 
     /// Whether a physical address inside the RAM range is claimed by a device instead
     /// (for example the LAPIC page). Addresses beyond RAM are always device space.
+    ///
+    /// Devices claim whole 4 KiB pages: the CPU's TLB asks about a page's first and last
+    /// bytes when it caches the page's translation, and then sends the page's ordinary loads
+    /// and stores straight to [`Bus::ram`] without asking again.
     fn is_mmio(&self, pa: GuestPhysAddr) -> bool;
 
     /// A read of `size` (1, 2, 4 or 8) bytes of device memory.
