@@ -55,10 +55,10 @@ pub struct Cpu {
     /// A PAUSE retired in the current [`Cpu::run`], which returns [`RunExit::Paused`] after
     /// it. Never set between runs, so not part of the state.
     pause_requested: bool,
-    /// The block fetched last ([`crate::code_cache::BlockId::MAX`] for none): a hint for
-    /// finding the next one through its links, checked on use, so not part of the state.
-    /// Kept here rather than in a local of the run loop, where one more live value cost
-    /// more than chaining saved (it reshaped the register use of the whole loop).
+    /// The slot of the block that ran last ([`crate::code_cache::BlockId::MAX`] for none),
+    /// set when the run loop leaves it: a hint for the outer loop's next fetch, which tries
+    /// that block's links first; checked on use (the slot may have been freed or reused
+    /// since), so not part of the state.
     last_block: crate::code_cache::BlockId,
 }
 
