@@ -181,7 +181,6 @@ impl Tlb {
 mod tests {
     use super::*;
     use crate::bus::{CpuClock, GuestPhysAddr, RandomSource};
-    use crate::code_cache::Block;
     use crate::mmu::{pte, translate_slow, Intent};
     use crate::state::{cr0, cr4, efer, CpuState};
     use crate::testing::FlatBus;
@@ -380,11 +379,7 @@ mod tests {
 
     /// Cache an empty block on physical page `page`.
     fn decode_on(code: &mut CodeCache, page: u64) {
-        let block = Block {
-            insns: Box::new([]),
-            full_at: 0,
-        };
-        code.insert(page << 12, 64, block, [page, page]);
+        code.insert(page << 12, 64, &[], 0, [page, page]);
     }
 
     #[test]
