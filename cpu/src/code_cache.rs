@@ -232,6 +232,12 @@ pub struct CodeCache {
     full: Vec<Instruction>,
     /// The store's length at which [`CodeCache::store_full`] compacts it next.
     full_limit: usize,
+    /// Compile runs of register-only instructions into host code (`crate::native`); off
+    /// only to test the handlers alone.
+    native_on: bool,
+    /// The compiled runs. Kept when blocks are dropped (a block decoded again gets new
+    /// code; the old code stays, unreachable, until the cache is dropped).
+    natives: crate::native::Natives,
 }
 
 /// The least length of the full-instruction store before it is compacted.
@@ -264,6 +270,8 @@ impl CodeCache {
             second_pages: Vec::new(),
             full: Vec::new(),
             full_limit: FULL_MIN_LIMIT,
+            native_on: true,
+            natives: crate::native::Natives::default(),
         }
     }
 
@@ -279,6 +287,33 @@ impl CodeCache {
     #[inline(always)]
     pub fn fast_paths(&self) -> bool {
         self.fast_paths
+    }
+
+    /// Compile runs of register-only instructions of blocks decoded from now on into host
+    /// code (the default) or not. Only tests turn it off, to compare both paths. Drops every
+    /// cached block.
+    pub fn set_native(&mut self, on: bool) {
+        self.clear();
+        self.native_on = on;
+    }
+
+    /// Compile the runs of register-only instructions of a freshly decoded block of 64-bit
+    /// code (`insns`, their full decodings `full`), if on (see `crate::native`).
+    pub(crate) fn compile_native(&mut self, insns: &mut [DecodedInsn], full: &[Instruction]) {
+        if self.native_on && self.fast_paths {
+            crate::native::compile(insns, full, &mut self.natives);
+        }
+    }
+
+    /// The compiled run numbered `n` (see `crate::native::word`).
+    #[inline(always)]
+    pub(crate) fn native(&self, n: u32) -> Option<crate::native::NativeFn> {
+        self.natives.get(n)
+    }
+
+    /// Native code statistics: (runs compiled, guest instructions in them, host code bytes).
+    pub fn native_stats(&self) -> (usize, u64, usize) {
+        self.natives.stats()
     }
 
     /// The handler group of an instruction code.
