@@ -168,7 +168,10 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
         return None;
     }
     // Implicit-register forms (CBW/CWDE/CDQE are MOVSX to the accumulator) do not rename.
-    if matches!(i.mnemonic(), Mnemonic::Cbw | Mnemonic::Cwde | Mnemonic::Cdqe) {
+    if matches!(
+        i.mnemonic(),
+        Mnemonic::Cbw | Mnemonic::Cwde | Mnemonic::Cdqe
+    ) {
         return None;
     }
     let bit = |r: u8| -> u16 {
@@ -196,8 +199,8 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
             }
             (e.reads, e.writes) = (bit(o.base) | bit(o.index), r0);
         }
-        AddRR | SubRR | AdcRR | SbbRR | AndRR | OrRR | XorRR | CmpRR | TestRR
-        | AddRI | SubRI | AdcRI | SbbRI | AndRI | OrRI | XorRI | CmpRI | TestRI
+        AddRR | SubRR | AdcRR | SbbRR | AndRR | OrRR | XorRR | CmpRR | TestRR | AddRI | SubRI
+        | AdcRI | SbbRI | AndRI | OrRI | XorRI | CmpRI | TestRI
             if wide =>
         {
             let ri = matches!(
@@ -312,11 +315,7 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
     if cfg!(feature = "op-stats") || natives.exhausted {
         return;
     }
-    let effects: Vec<Option<Effect>> = insns
-        .iter()
-        .zip(full)
-        .map(|(d, i)| effect(d, i))
-        .collect();
+    let effects: Vec<Option<Effect>> = insns.iter().zip(full).map(|(d, i)| effect(d, i)).collect();
     for (s, p, plan) in stretches(&effects) {
         let (mut regs, mut load, mut store) = (0u16, 0u16, 0u16);
         // Registers written in full so far (every whitelisted write but SETcc's is at
