@@ -264,6 +264,8 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
             (e.reads, e.writes) = (r0, r0);
             e.flags_in = condition_flags(i.condition_code());
         }
+        // NOPs, ENDBR64 and prefetches do nothing (no code is emitted for them).
+        Nop => {}
         _ => return None,
     }
     Some(e)
@@ -329,7 +331,14 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
             }
             store |= e.writes;
         }
-        let Some(code) = emit::emit(&full[s..p], regs, load, store, &plan) else {
+        // No code for the NOPs (a prefetch's operand is never touched).
+        let body: Vec<Instruction> = insns[s..p]
+            .iter()
+            .zip(&full[s..p])
+            .filter(|(d, _)| d.op != Op::Nop)
+            .map(|(_, i)| *i)
+            .collect();
+        let Some(code) = emit::emit(&body, regs, load, store, &plan) else {
             continue;
         };
         let Some(n) = natives.add(&code) else {

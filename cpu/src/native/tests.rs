@@ -25,7 +25,7 @@ const R8: [AsmRegister8; 16] = [
 ];
 
 /// Number of instruction forms [`put`] knows.
-const FORMS: u8 = 34;
+const FORMS: u8 = 35;
 
 /// Assemble form `f` with registers `a`, `b`, `c` (0..16) and immediate `imm`: every
 /// whitelisted op at its sizes, plus a few that are not (a memory load, ROL) to cut runs.
@@ -86,6 +86,11 @@ fn put(
         30 => x.shl(R32[a], 1u32),
         31 => x.add(R64[a], i32v),
         32 => x.rol(R64[a], sh64),
+        33 => match imm % 3 {
+            0 => x.nop(),
+            1 => x.nop_1(dword_ptr(R64[b] + 8)),
+            _ => x.prefetcht0(byte_ptr(R64[b])),
+        },
         _ => x.mov(R64[a], qword_ptr(0x20_0000u64)),
     }
 }
@@ -333,4 +338,23 @@ fn whitelist() {
         wl[..8],
         [true, false, false, false, false, false, false, false]
     );
+}
+
+/// The native entry is MOVZX's own, which no MOVZX reaches: its source sizes (1 and 2
+/// bytes) have the sized entries, at every destination size.
+#[test]
+fn movzx_never_uses_the_native_entry() {
+    use crate::exec::fast::{handler_index, Op, Operands};
+    for op in [Op::MovzxRR, Op::MovzxRM] {
+        for size in [2u8, 4, 8] {
+            for from in [1u64, 2] {
+                let o = Operands {
+                    size,
+                    imm: from,
+                    ..Operands::default()
+                };
+                assert_ne!(handler_index(op, &o), super::HANDLER);
+            }
+        }
+    }
 }
