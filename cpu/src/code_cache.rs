@@ -236,7 +236,8 @@ pub struct CodeCache {
     /// only to test the handlers alone.
     native_on: bool,
     /// The compiled runs. Kept when blocks are dropped (a block decoded again gets new
-    /// code; the old code stays, unreachable, until the cache is dropped).
+    /// code; the old code stays, unreachable, until everything is dropped: see
+    /// [`CodeCache::clear`]).
     natives: crate::native::Natives,
 }
 
@@ -609,6 +610,12 @@ impl CodeCache {
         }
         self.page_blocks.clear();
         self.code_pages.iter_mut().for_each(|w| *w = 0);
+        // No block left that runs native code, unless one is checked out (a slot without
+        // its block that is not free): then start the native code over.
+        let empty = self.slots.iter().filter(|s| s.block.is_none()).count();
+        if empty == self.free.len() {
+            self.natives.reset();
+        }
     }
 
     /// Watch the instruction-pointer values `addrs` (empty: stop watching). While any are

@@ -48,6 +48,12 @@ impl Arena {
         })
     }
 
+    /// Reuse the arena from its start. Only once no function placed so far can be called
+    /// again (see `Natives::reset`): the next ones overwrite them.
+    pub(crate) fn reset(&mut self) {
+        self.used = 0;
+    }
+
     /// Bytes used so far.
     pub(crate) fn used(&self) -> usize {
         self.used
@@ -66,9 +72,9 @@ impl Arena {
         if end > self.size || code.is_empty() {
             return None;
         }
-        // SAFETY: `at..end` lies inside the mapping (checked above) and was never handed
-        // out, so no function placed earlier (which may be running on this thread's stack
-        // frames above, but never concurrently: the arena is not shared) is overwritten.
+        // SAFETY: `at..end` lies inside the mapping (checked above) and was not handed out
+        // since the last reset, so no function that can still be called is overwritten (and
+        // none is running: placing happens while decoding, and native code calls nothing).
         let f = unsafe {
             let dst = self.base.add(at);
             std::ptr::copy_nonoverlapping(code.as_ptr(), dst, code.len());

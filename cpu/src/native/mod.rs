@@ -78,6 +78,17 @@ impl Natives {
         )
     }
 
+    /// Forget every compiled stretch and reuse the arena from its start. The caller makes
+    /// sure that no record naming one is left (every block dropped, none checked out).
+    pub(crate) fn reset(&mut self) {
+        self.fns.clear();
+        self.compiled_insns = 0;
+        self.exhausted = false;
+        if let Some(a) = &mut self.arena {
+            a.reset();
+        }
+    }
+
     /// Place `code` and number it; `None` when there is no room.
     fn add(&mut self, code: &[u8]) -> Option<u32> {
         if self.exhausted {
