@@ -72,6 +72,7 @@ fn rename(i: &Instruction, map: &[Register; 16]) -> Option<Instruction> {
         at_size(h, r)
     };
     let mut n = *i;
+    n.set_code(general_form(i.code()));
     for k in 0..i.op_count() {
         match i.op_kind(k) {
             OpKind::Register => {
@@ -104,6 +105,32 @@ fn rename(i: &Instruction, map: &[Register; 16]) -> Option<Instruction> {
         }
     }
     Some(n)
+}
+
+/// The ModRM form of an accumulator-only encoding (`add eax, imm32` and the like), whose
+/// register is then free to rename; any other code unchanged. Both take the same immediate.
+fn general_form(c: Code) -> Code {
+    match c {
+        Code::Add_EAX_imm32 => Code::Add_rm32_imm32,
+        Code::Add_RAX_imm32 => Code::Add_rm64_imm32,
+        Code::Or_EAX_imm32 => Code::Or_rm32_imm32,
+        Code::Or_RAX_imm32 => Code::Or_rm64_imm32,
+        Code::Adc_EAX_imm32 => Code::Adc_rm32_imm32,
+        Code::Adc_RAX_imm32 => Code::Adc_rm64_imm32,
+        Code::Sbb_EAX_imm32 => Code::Sbb_rm32_imm32,
+        Code::Sbb_RAX_imm32 => Code::Sbb_rm64_imm32,
+        Code::And_EAX_imm32 => Code::And_rm32_imm32,
+        Code::And_RAX_imm32 => Code::And_rm64_imm32,
+        Code::Sub_EAX_imm32 => Code::Sub_rm32_imm32,
+        Code::Sub_RAX_imm32 => Code::Sub_rm64_imm32,
+        Code::Xor_EAX_imm32 => Code::Xor_rm32_imm32,
+        Code::Xor_RAX_imm32 => Code::Xor_rm64_imm32,
+        Code::Cmp_EAX_imm32 => Code::Cmp_rm32_imm32,
+        Code::Cmp_RAX_imm32 => Code::Cmp_rm64_imm32,
+        Code::Test_EAX_imm32 => Code::Test_rm32_imm32,
+        Code::Test_RAX_imm32 => Code::Test_rm64_imm32,
+        other => other,
+    }
 }
 
 /// An encoder for one function.
