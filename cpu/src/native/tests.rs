@@ -273,32 +273,49 @@ fn add(r: u8) -> Option<Effect> {
 #[test]
 fn stretch_cut_rules() {
     // Not whitelisted in the middle: two stretches around it.
-    let s = stretches(&[mv(0, 1), mv(1, 2), None, mv(2, 3), mv(3, 4)]);
+    let s = stretches(&[
+        mv(0, 1),
+        mv(1, 2),
+        mv(1, 3),
+        None,
+        mv(2, 3),
+        mv(3, 4),
+        mv(4, 5),
+    ]);
     let spans: Vec<_> = s.iter().map(|&(a, b, _)| (a, b)).collect();
-    assert_eq!(spans, [(0, 2), (3, 5)]);
-    // A lone whitelisted instruction is no stretch.
-    assert!(stretches(&[mv(0, 1), None, mv(1, 2)]).is_empty());
+    assert_eq!(spans, [(0, 3), (4, 7)]);
+    // Runs shorter than MIN_LEN are no stretch.
+    assert!(stretches(&[mv(0, 1), mv(1, 2), None, mv(1, 2)]).is_empty());
     // IMUL's SF and PF escape at the end: cut before it (the IMUL runs alone).
-    let s = stretches(&[mv(0, 1), mv(1, 2), imul(2)]);
-    assert_eq!((s[0].0, s[0].1), (0, 2));
+    let s = stretches(&[mv(0, 1), mv(1, 2), mv(2, 3), imul(2)]);
+    assert_eq!((s[0].0, s[0].1), (0, 3));
     // ...unless a later ADD defines them.
     let s = stretches(&[mv(0, 1), imul(1), add(2)]);
     assert_eq!((s[0].0, s[0].1), (0, 3));
     assert_eq!(s[0].2.written, STATUS);
     assert_eq!(s[0].2.cleared, 0);
-    // A reader of an undefined flag (SETcc of SF after IMUL) cuts before the IMUL.
+    // A reader of an undefined flag (SETcc of SF after IMUL) cuts before the IMUL, which
+    // runs alone; the next stretch starts at the reader.
     let sets = fx(1 << 5, 1 << 5, SF, 0, 0, 0);
-    let s = stretches(&[mv(0, 1), mv(1, 2), imul(1), sets, add(3)]);
+    let s = stretches(&[
+        mv(0, 1),
+        mv(1, 2),
+        mv(2, 3),
+        imul(1),
+        sets,
+        add(3),
+        mv(3, 4),
+    ]);
     let spans: Vec<_> = s.iter().map(|&(a, b, _)| (a, b)).collect();
-    assert_eq!(spans, [(0, 2), (3, 5)]);
+    assert_eq!(spans, [(0, 3), (4, 7)]);
     // An escaping AF whose interpreter value is 0 (a logic op) is cleared on exit.
     let and = fx(1 << 1, 1 << 1, 0, STATUS & !AF, AF, AF);
-    let s = stretches(&[mv(0, 1), and]);
+    let s = stretches(&[mv(0, 1), mv(1, 2), and]);
     assert_eq!(s[0].2.cleared, AF);
     assert_eq!(s[0].2.written, STATUS);
     // A flag read before written is loaded on entry.
     let adc = fx(1 << 2, 1 << 2, CF, STATUS, 0, 0);
-    let s = stretches(&[adc, mv(0, 1)]);
+    let s = stretches(&[adc, mv(0, 1), mv(1, 2)]);
     assert_eq!(s[0].2.need_in, CF);
     // 14 registers: the run ends before the instruction that needs the 14th.
     let many: Vec<_> = (0..14).map(|r| mv(r, r)).collect();
