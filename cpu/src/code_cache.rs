@@ -63,7 +63,8 @@ pub struct DecodedInsn {
     /// when something needs it (a generic handler, a fault, an observer).
     pub off: u16,
     /// Its entry in the run loop's handler table (`exec::fast::handler_index` of its op and
-    /// operand size).
+    /// operand size), or the native entry for the first record of a native stretch
+    /// (`crate::native`, which keeps its op and operands but for one unused field).
     pub handler: u8,
 }
 
