@@ -22,6 +22,7 @@ pub mod exec;
 pub mod fault;
 pub mod flags;
 pub mod mmu;
+mod native;
 pub mod observer;
 pub mod state;
 pub mod testing;

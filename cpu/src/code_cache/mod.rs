@@ -74,7 +74,8 @@ pub struct DecodedInsn {
     /// when something needs it (a generic handler, a fault, an observer).
     pub off: u16,
     /// Its entry in the run loop's handler table (`exec::fast::handler_index` of its op and
-    /// operand size).
+    /// operand size), or the native entry for the first record of a native stretch
+    /// (`crate::native`, which keeps its op and operands but for one unused field).
     pub handler: u8,
 }
 
@@ -218,6 +219,13 @@ pub struct CodeCache {
     /// Blocks dropped since the last [`CodeCache::reclaim`], whose allocations wait for it
     /// (a run loop may still be executing one).
     retired: Vec<NonNull<Header>>,
+    /// Compile runs of register-only instructions into host code (`crate::native`); off
+    /// only to test the handlers alone.
+    native_on: bool,
+    /// The compiled runs. Kept when blocks are dropped (a block decoded again gets new
+    /// code; the old code stays, unreachable, until everything is dropped: see
+    /// [`CodeCache::clear`]).
+    natives: crate::native::Natives,
 }
 
 // SAFETY: the cache owns every block allocation its slots and retired list name (nothing
@@ -278,6 +286,8 @@ impl CodeCache {
             full: Vec::new(),
             full_limit: FULL_MIN_LIMIT,
             retired: Vec::new(),
+            native_on: true,
+            natives: crate::native::Natives::default(),
         }
     }
 
@@ -293,6 +303,33 @@ impl CodeCache {
     #[inline(always)]
     pub fn fast_paths(&self) -> bool {
         self.fast_paths
+    }
+
+    /// Compile runs of register-only instructions of blocks decoded from now on into host
+    /// code (the default) or not. Only tests turn it off, to compare both paths. Drops every
+    /// cached block.
+    pub fn set_native(&mut self, on: bool) {
+        self.clear();
+        self.native_on = on;
+    }
+
+    /// Compile the runs of register-only instructions of a freshly decoded block of 64-bit
+    /// code (`insns`, their full decodings `full`), if on (see `crate::native`).
+    pub(crate) fn compile_native(&mut self, insns: &mut [DecodedInsn], full: &[Instruction]) {
+        if self.native_on && self.fast_paths {
+            crate::native::compile(insns, full, &mut self.natives);
+        }
+    }
+
+    /// The compiled run numbered `n` (see `crate::native::word`).
+    #[inline(always)]
+    pub(crate) fn native(&self, n: u32) -> Option<crate::native::NativeFn> {
+        self.natives.get(n)
+    }
+
+    /// Native code statistics: (runs compiled, guest instructions in them, host code bytes).
+    pub fn native_stats(&self) -> (usize, u64, usize) {
+        self.natives.stats()
     }
 
     /// The handler group of an instruction code.
@@ -637,6 +674,11 @@ impl CodeCache {
         }
         self.page_blocks.clear();
         self.code_pages.iter_mut().for_each(|w| *w = 0);
+        // Start the native code over: every block is dropped now (no lookup or link reaches
+        // one), and none is running, since the run loop holds `&mut CodeCache` while it
+        // executes a block and this takes it too; so no record naming a compiled stretch
+        // can run again.
+        self.natives.reset();
     }
 
     /// Watch the instruction-pointer values `addrs` (empty: stop watching). While any are

@@ -165,6 +165,9 @@ impl Cpu {
         // between blocks): the decoded code is many times the size of the guest's, and the
         // host's caches hold more of it the denser it lies.
         fast::fuse(&mut insns);
+        if bitness == 64 {
+            code.compile_native(&mut insns, &full);
+        }
         let full_at = code.store_full(&mut full);
         let id = code.insert(pa, bitness, &insns, full_at, pages);
         code.return_scratch((insns, full));

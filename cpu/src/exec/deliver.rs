@@ -109,6 +109,8 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
         pos: 0,
         pos0: 0,
         block: u32::MAX,
+        pos_end: 0,
+        skip: 0,
     };
     let s = &x.cpu.state;
     let result = if s.cr0 & cr0::PE == 0 {

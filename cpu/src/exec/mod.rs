@@ -125,6 +125,13 @@ pub struct Exec<'a, B: Bus, O: Observer> {
     /// handlers that run out of line ([`slow`]) read ([`CodeCache::full_insn`]);
     /// `BlockId::MAX` outside the run loop.
     pub block: crate::code_cache::BlockId,
+    /// Host address just past the last record of the run loop's slice (0 outside the run
+    /// loop): a native stretch (`crate::native`) runs whole only if it ends by then, that
+    /// is, before the budget does.
+    pub pos_end: usize,
+    /// The records after a native stretch's first that it retired with it, for the run
+    /// loop to step over ([`fast::Flow::Stretch`]).
+    pub skip: usize,
 }
 
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
@@ -330,6 +337,8 @@ impl Cpu {
             pos0: 0,
             // SAFETY: `block` lives (the caller's guarantee).
             block: unsafe { block.id() },
+            pos_end: 0,
+            skip: 0,
         };
         let mut start = x.cpu.state.rip;
         x.block_rip = start;
@@ -366,6 +375,7 @@ impl Cpu {
             let insns = &all[..all.len().min(left as usize)];
             x.retired = retired;
             x.pos0 = insns.as_ptr() as usize;
+            x.pos_end = insns.as_ptr_range().end as usize;
             // Outside 64-bit mode the instruction pointer wraps at the code size.
             let at = |x: &Exec<B, O>, off: u64| {
                 let ip = start.wrapping_add(off);
@@ -408,6 +418,11 @@ impl Cpu {
                             rip = x.next_rip;
                             result = Ok(true);
                             break 'chain;
+                        }
+                        fast::Flow::Stretch => {
+                            // A native stretch ran this record and `skip` more (all within
+                            // the slice: the handler checked).
+                            it.nth(x.skip.wrapping_sub(1));
                         }
                         fast::Flow::Pair | fast::Flow::Skip => {
                             // A compare fused with the Jcc after it (`fast::fuse`): both

@@ -55,6 +55,9 @@ pub(crate) enum Flow {
     /// and goes on after the Jcc (or, when the budget ends before it, counts the compare
     /// only and ends the block there).
     Skip,
+    /// A native stretch (`crate::native`) retired this record and the `Exec::skip` records
+    /// after it, all within the run loop's slice: the loop steps over them.
+    Stretch,
 }
 
 /// A handler: executes the instruction `d` (whose op selected it) in context `x`.
@@ -204,6 +207,8 @@ impl<B: Bus, O: Observer> Table<B, O> {
         t[FUSED_TEST_MI8] = cmp_m_jcc::<{ k::TEST }, { form::MI }, 1, B, O>;
         t[FUSED_CMP_RM8] = cmp_m_jcc::<{ k::CMP }, { form::RM }, 1, B, O>;
         t[FUSED_CMP_MR] = cmp_m_jcc::<{ k::CMP }, { form::MR }, 0, B, O>;
+        // The first record of a native stretch, in MOVZX's unused entry.
+        t[crate::native::HANDLER as usize] = native::<B, O>;
         t
     }
 }
@@ -860,6 +865,38 @@ fn pop_r<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
 fn pop_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let r = super::pop_r(x, &d.ops);
     mem_done(x, d, r)
+}
+
+/// The first record of a native stretch (`crate::native`): its host function runs the
+/// whole stretch, unless an observer must see each instruction or the budget ends inside
+/// it (the slice ends before its last record); then the record runs through its own op's
+/// handler, and the stretch's other records follow one by one as usual.
+fn native<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let w = crate::native::word(d);
+    let n = crate::native::length(w);
+    let end = (d as *const DecodedInsn as usize)
+        .wrapping_add(n.wrapping_mul(std::mem::size_of::<DecodedInsn>()));
+    if !O::ENABLED && n >= 2 && end <= x.pos_end {
+        if let Some(f) = x.code.native(crate::native::number(w)) {
+            let s = &mut x.cpu.state;
+            f(&mut s.gpr, &mut s.rflags);
+            x.skip = n - 1;
+            return Flow::Stretch;
+        }
+    }
+    native_alone(x, d)
+}
+
+/// [`native`]'s first record alone, through the handler of its op (whose operands it
+/// keeps: the stretch's word is in a field the op does not read).
+#[inline(never)]
+fn native_alone<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let h = index(d.op, &d.ops);
+    if h == crate::native::HANDLER {
+        // Not a whitelisted op: cannot happen, but never recurse.
+        return crate::exec::slow(x, d);
+    }
+    handlers::<B, O>()[h as usize](x, d)
 }
 
 fn nop<B: Bus, O: Observer>(_x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {

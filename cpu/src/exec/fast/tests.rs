@@ -406,6 +406,8 @@ fn condition_bits_match_condition() {
             pos: 0,
             pos0: 0,
             block: u32::MAX,
+            pos_end: 0,
+            skip: 0,
         };
         for cc in ccs {
             assert_eq!(

@@ -1230,6 +1230,8 @@ fn software_interrupt_checks_gate_dpl_in_protected_mode() {
             pos: 0,
             pos0: 0,
             block: u32::MAX,
+            pos_end: 0,
+            skip: 0,
         };
         let r = software_interrupt(&mut x, 0x80);
         (r, x.next_rip)

@@ -1,0 +1,403 @@
+//! Native stretches: runs of register-only instructions executed as host code.
+//!
+//! Compiled code spends most of its instructions in short arithmetic stretches between
+//! memory accesses (the Linux boot's bignum loops: 27 register-only instructions in a row).
+//! The run loop pays a dispatch for each (load the handler, call it, look at the flow);
+//! here, when a block is decoded, each stretch of at least three consecutive *whitelisted*
+//! instructions of 64-bit code ([`effect`]) is compiled into one host function
+//! ([`emit`]): the guest instructions themselves with renamed registers, between loads and
+//! stores of the guest registers. The stretch's first record gets the handler
+//! `exec::fast::table`'s `native`, which calls the function and tells the run loop to step
+//! over the stretch's other records (they keep their own handlers and operands, and the
+//! first keeps its op and operands too: see [`word`]).
+//!
+//! Bit-exactness with the interpreter: the whitelist holds only operations that cannot fault
+//! or touch memory, at operand sizes whose host result is the architectural one (32- and
+//! 64-bit, and the byte writes of SETcc and byte/word sources of MOVZX/MOVSX). A status flag
+//! the SDM leaves *undefined* (IMUL's SF ZF AF PF, a shift's AF and, but for a count of 1,
+//! OF, the logic operations' AF) may differ between hosts, so it may not reach the guest: an
+//! instruction is only part of a stretch if a later instruction of the stretch defines each
+//! such flag before any instruction of the stretch reads it, or if the interpreter's value
+//! for it is the constant 0 (then the epilogue clears it): see [`Plan::of`].
+//!
+//! Where single instructions must be seen, the stretch is not run as a whole: with an
+//! observer the first record runs through its own handler (and the others follow one by
+//! one), as it does when the budget ends inside the stretch (the run loop's slice then ends
+//! before the stretch's last record). Interrupts are taken between blocks and breakpoints are
+//! looked for at block entries, so neither can fall inside a stretch; the trap flag's
+//! single-step is not modelled.
+
+use iced_x86::{ConditionCode, Instruction, Mnemonic};
+
+use crate::code_cache::DecodedInsn;
+use crate::exec::fast::{handler_index, Op, Operands, NO_REG, RIP};
+use crate::state::rflags::{AF, CF, OF, PF, SF, STATUS, ZF};
+
+mod arena;
+mod emit;
+#[cfg(test)]
+mod tests;
+
+/// A compiled stretch: `rdi` = the guest's 16 general-purpose registers, `rsi` = its
+/// RFLAGS. It reads and writes nothing else.
+pub(crate) type NativeFn = extern "sysv64" fn(&mut [u64; 16], &mut u64);
+
+/// The table entry of a stretch's first record (see `exec::fast::table`): MOVZX's own entry,
+/// which no MOVZX uses (its two source sizes have the sized entries).
+pub(crate) const HANDLER: u8 = Op::MovzxRR as u8;
+
+/// The shortest stretch worth a function call: the call, register loads and stores and the
+/// flags' merge cost more than two dispatches (whole-boot replay, interleaved: 3.93-4.02 s
+/// user with 3 against 4.15-4.22 s with 2, 4 pairs; 4 was no better than 3).
+const MIN_LEN: usize = 3;
+
+/// The compiled stretches of a code cache and the memory holding them.
+#[derive(Default)]
+pub(crate) struct Natives {
+    /// The executable memory (made on first use; `None` before, or if the host refused).
+    arena: Option<arena::Arena>,
+    /// The host refused the mapping, or it is full: compile nothing more.
+    exhausted: bool,
+    /// Every compiled stretch, by the number its first record holds ([`word`]).
+    fns: Vec<NativeFn>,
+    /// Guest instructions inside compiled stretches (statistics).
+    compiled_insns: u64,
+}
+
+impl Natives {
+    /// The stretch numbered `n`.
+    #[inline(always)]
+    pub(crate) fn get(&self, n: u32) -> Option<NativeFn> {
+        self.fns.get(n as usize).copied()
+    }
+
+    /// (stretches compiled, guest instructions in them, arena bytes used).
+    pub(crate) fn stats(&self) -> (usize, u64, usize) {
+        (
+            self.fns.len(),
+            self.compiled_insns,
+            self.arena.as_ref().map_or(0, |a| a.used()),
+        )
+    }
+
+    /// Forget every compiled stretch and reuse the arena from its start. The caller makes
+    /// sure that no record naming one is left (every block dropped, none checked out).
+    pub(crate) fn reset(&mut self) {
+        self.fns.clear();
+        self.compiled_insns = 0;
+        self.exhausted = false;
+        if let Some(a) = &mut self.arena {
+            a.reset();
+        }
+    }
+
+    /// Place `code` and number it; `None` when there is no room.
+    fn add(&mut self, code: &[u8]) -> Option<u32> {
+        if self.exhausted {
+            return None;
+        }
+        if self.arena.is_none() {
+            self.arena = arena::Arena::new(arena::ARENA_BYTES);
+        }
+        let n = u32::try_from(self.fns.len()).ok()?;
+        match self.arena.as_mut().and_then(|a| a.place(code)) {
+            Some(f) => {
+                self.fns.push(f);
+                Some(n)
+            }
+            None => {
+                self.exhausted = true;
+                None
+            }
+        }
+    }
+}
+
+/// The field of a stretch's first record that holds its [`word`]: `imm` for LEA (whose
+/// other fields all address), `disp` for every other whitelisted form (none has a memory
+/// operand).
+#[inline(always)]
+pub(crate) fn word(d: &DecodedInsn) -> u64 {
+    if d.op == Op::Lea {
+        d.ops.imm
+    } else {
+        d.ops.disp
+    }
+}
+
+/// The stretch's number in [`Natives`] from its word.
+#[inline(always)]
+pub(crate) fn number(w: u64) -> u32 {
+    w as u32
+}
+
+/// The stretch's length in records from its word.
+#[inline(always)]
+pub(crate) fn length(w: u64) -> usize {
+    (w >> 32) as u8 as usize
+}
+
+/// What one whitelisted instruction does to the guest registers (bit `n` = register `n`)
+/// and status flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Effect {
+    /// Registers read (including the old value a partial write keeps).
+    reads: u16,
+    /// Registers written.
+    writes: u16,
+    /// Status flags read.
+    flags_in: u64,
+    /// Status flags set to their architectural value.
+    defines: u64,
+    /// Status flags left undefined.
+    undefines: u64,
+    /// Of those, the ones the interpreter sets to 0.
+    zero: u64,
+}
+
+/// The status flags condition `cc` (iced's [`ConditionCode`]) reads.
+fn condition_flags(cc: ConditionCode) -> u64 {
+    use ConditionCode as C;
+    match cc {
+        C::o | C::no => OF,
+        C::b | C::ae => CF,
+        C::e | C::ne => ZF,
+        C::be | C::a => CF | ZF,
+        C::s | C::ns => SF,
+        C::p | C::np => PF,
+        C::l | C::ge => SF | OF,
+        C::le | C::g => ZF | SF | OF,
+        C::None => 0,
+    }
+}
+
+/// What instruction `d` (fast form; `i` its full decoding) does, if it may be part of a
+/// stretch: a whitelisted op of 64-bit code, not fused with a branch, at a size whose host
+/// result is the architectural one, with operands the emitter can rename.
+pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
+    let o: &Operands = &d.ops;
+    // Fused compares (and any record whose handler is not its op's own) are not plain.
+    if d.locked || d.handler != handler_index(d.op, o) || d.check != 0 {
+        return None;
+    }
+    // Implicit-register forms (CBW/CWDE/CDQE are MOVSX to the accumulator) do not rename.
+    if matches!(
+        i.mnemonic(),
+        Mnemonic::Cbw | Mnemonic::Cwde | Mnemonic::Cdqe
+    ) {
+        return None;
+    }
+    let bit = |r: u8| -> u16 {
+        if r < 16 {
+            1 << r
+        } else {
+            0
+        }
+    };
+    let wide = matches!(o.size, 4 | 8);
+    let (r0, r1) = (bit(o.r0), bit(o.r1));
+    let imm32 = |v: u64| o.size == 4 || v as i64 == v as i32 as i64;
+    let mut e = Effect::default();
+    use Op::*;
+    match d.op {
+        MovRR if wide => (e.reads, e.writes) = (r1, r0),
+        MovRI if wide => e.writes = r0,
+        MovzxRR | MovsxRR if wide => (e.reads, e.writes) = (r1, r0),
+        Lea if wide => {
+            if o.base == RIP || (o.base == NO_REG && o.index == NO_REG) || o.seg != 0 {
+                return None;
+            }
+            if o.disp as i64 != o.disp as i32 as i64 {
+                return None;
+            }
+            (e.reads, e.writes) = (bit(o.base) | bit(o.index), r0);
+        }
+        AddRR | SubRR | AdcRR | SbbRR | AndRR | OrRR | XorRR | CmpRR | TestRR | AddRI | SubRI
+        | AdcRI | SbbRI | AndRI | OrRI | XorRI | CmpRI | TestRI
+            if wide =>
+        {
+            let ri = matches!(
+                d.op,
+                AddRI | SubRI | AdcRI | SbbRI | AndRI | OrRI | XorRI | CmpRI | TestRI
+            );
+            if ri && !imm32(o.imm) {
+                return None;
+            }
+            e.reads = r0 | if ri { 0 } else { r1 };
+            if !matches!(d.op, CmpRR | CmpRI | TestRR | TestRI) {
+                e.writes = r0;
+            }
+            if matches!(d.op, AdcRR | AdcRI | SbbRR | SbbRI) {
+                e.flags_in = CF;
+            }
+            if matches!(
+                d.op,
+                AndRR | OrRR | XorRR | TestRR | AndRI | OrRI | XorRI | TestRI
+            ) {
+                (e.defines, e.undefines, e.zero) = (STATUS & !AF, AF, AF);
+            } else {
+                e.defines = STATUS;
+            }
+        }
+        IncR | DecR if wide => {
+            (e.reads, e.writes, e.defines) = (r0, r0, STATUS & !CF);
+        }
+        NegR if wide => (e.reads, e.writes, e.defines) = (r0, r0, STATUS),
+        NotR if wide => (e.reads, e.writes) = (r0, r0),
+        ShlRI | ShrRI | SarRI if wide => {
+            let c = o.imm & if o.size == 8 { 63 } else { 31 };
+            // A zero count changes no flag (and is never worth compiling).
+            if c == 0 {
+                return None;
+            }
+            (e.reads, e.writes) = (r0, r0);
+            e.defines = CF | PF | ZF | SF | if c == 1 { OF } else { 0 };
+            e.undefines = AF | if c == 1 { 0 } else { OF };
+            // The interpreter's OF for a multi-bit SAR is 0; SHL's and SHR's depend on the
+            // operand.
+            e.zero = AF | if d.op == SarRI { OF } else { 0 };
+        }
+        ImulRR | ImulRRI if wide => {
+            if d.op == ImulRRI {
+                if !imm32(o.imm) {
+                    return None;
+                }
+                e.reads = r1;
+            } else {
+                e.reads = r0 | r1;
+            }
+            e.writes = r0;
+            (e.defines, e.undefines, e.zero) = (CF | OF, SF | ZF | AF | PF, ZF | AF);
+        }
+        CmovRR if wide => {
+            (e.reads, e.writes) = (r0 | r1, r0);
+            e.flags_in = condition_flags(i.condition_code());
+        }
+        SetccR if o.size == 1 => {
+            (e.reads, e.writes) = (r0, r0);
+            e.flags_in = condition_flags(i.condition_code());
+        }
+        // NOPs, ENDBR64 and prefetches do nothing (no code is emitted for them).
+        Nop => {}
+        _ => return None,
+    }
+    Some(e)
+}
+
+/// How a stretch treats the status flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Flags read before the stretch writes them: loaded from the guest on entry.
+    need_in: u64,
+    /// Flags the stretch writes: merged into the guest's RFLAGS on exit.
+    written: u64,
+    /// Of those, flags last left undefined by an instruction whose interpreter value is 0:
+    /// cleared on exit.
+    cleared: u64,
+}
+
+impl Plan {
+    /// The plan of a stretch of instructions with effects `effects`, or `None` if an
+    /// undefined flag could reach the guest: read inside the stretch while undefined, or
+    /// left undefined at its end with an interpreter value other than 0.
+    pub(crate) fn of(effects: &[Effect]) -> Option<Plan> {
+        let mut p = Plan::default();
+        // Flags whose current host value is undefined, and those of them the interpreter
+        // would have set to 0.
+        let (mut pending, mut zero) = (0, 0);
+        for e in effects {
+            if e.flags_in & pending != 0 {
+                return None;
+            }
+            p.need_in |= e.flags_in & !p.written;
+            let touched = e.defines | e.undefines;
+            pending = (pending & !touched) | e.undefines;
+            zero = (zero & !touched) | e.zero;
+            p.written |= touched;
+        }
+        if pending & !zero != 0 {
+            return None;
+        }
+        p.cleared = pending;
+        Some(p)
+    }
+}
+
+/// Compile the stretches of a freshly decoded block of 64-bit code (`insns`, their full
+/// decodings `full`) into `natives`, marking each stretch's first record. Blocks whose
+/// instructions must each be dispatched (op statistics) get none.
+pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: &mut Natives) {
+    if cfg!(feature = "op-stats") || natives.exhausted {
+        return;
+    }
+    let effects: Vec<Option<Effect>> = insns.iter().zip(full).map(|(d, i)| effect(d, i)).collect();
+    for (s, p, plan) in stretches(&effects) {
+        let (mut regs, mut load, mut store) = (0u16, 0u16, 0u16);
+        // Registers written in full so far (every whitelisted write but SETcc's is at
+        // least 32 bits wide): a register is loaded if read before that.
+        let mut defined = 0u16;
+        for (e, d) in effects[s..p].iter().flatten().zip(&insns[s..p]) {
+            regs |= e.reads | e.writes;
+            load |= e.reads & !defined;
+            if d.op != Op::SetccR {
+                defined |= e.writes;
+            }
+            store |= e.writes;
+        }
+        // No code for the NOPs (a prefetch's operand is never touched).
+        let body: Vec<Instruction> = insns[s..p]
+            .iter()
+            .zip(&full[s..p])
+            .filter(|(d, _)| d.op != Op::Nop)
+            .map(|(_, i)| *i)
+            .collect();
+        let Some(code) = emit::emit(&body, regs, load, store, &plan) else {
+            continue;
+        };
+        let Some(n) = natives.add(&code) else {
+            return;
+        };
+        natives.compiled_insns += (p - s) as u64;
+        let d = &mut insns[s];
+        let w = u64::from(n) | ((p - s) as u64) << 32;
+        if d.op == Op::Lea {
+            d.ops.imm = w;
+        } else {
+            d.ops.disp = w;
+        }
+        d.handler = HANDLER;
+    }
+}
+
+/// The stretches of a block with per-instruction effects `effects` (`None`: not
+/// whitelisted), as (first, end, plan): greedily from the front, each the longest run of
+/// whitelisted instructions from its first that needs no more host registers than there are
+/// and whose flags have a [`Plan`], of at least [`MIN_LEN`] instructions.
+pub(crate) fn stretches(effects: &[Option<Effect>]) -> Vec<(usize, usize, Plan)> {
+    let mut out = Vec::new();
+    let mut s = 0;
+    while s < effects.len() {
+        let mut e = s;
+        let mut regs = 0u16;
+        while let Some(Some(ef)) = effects.get(e) {
+            let r = regs | ef.reads | ef.writes;
+            if r.count_ones() > emit::MAX_REGS {
+                break;
+            }
+            regs = r;
+            e += 1;
+        }
+        let found = (s + MIN_LEN..=e).rev().find_map(|p| {
+            let es: Vec<Effect> = effects[s..p].iter().flatten().copied().collect();
+            Plan::of(&es).map(|plan| (p, plan))
+        });
+        match found {
+            Some((p, plan)) => {
+                out.push((s, p, plan));
+                s = p;
+            }
+            None => s += 1,
+        }
+    }
+    out
+}

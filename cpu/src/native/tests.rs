@@ -1,0 +1,383 @@
+//! Native stretches against the interpreter: random runs of whitelisted instructions from
+//! random register and flag states must end in bit-identical states (every register and
+//! every RFLAGS bit) with native code on and off, run whole and one instruction at a time
+//! (the budget ending inside every stretch); plus the stretch finder's cut rules.
+
+use iced_x86::code_asm::*;
+use proptest::prelude::*;
+
+use super::{effect, stretches, Effect, Plan};
+use crate::exec::RunExit;
+use crate::state::rflags::{AF, CF, FIXED, OF, PF, SF, STATUS, ZF};
+use crate::testing::TestMachine;
+
+const R64: [AsmRegister64; 16] = [
+    rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15,
+];
+const R32: [AsmRegister32; 16] = [
+    eax, ecx, edx, ebx, esp, ebp, esi, edi, r8d, r9d, r10d, r11d, r12d, r13d, r14d, r15d,
+];
+const R16: [AsmRegister16; 16] = [
+    ax, cx, dx, bx, sp, bp, si, di, r8w, r9w, r10w, r11w, r12w, r13w, r14w, r15w,
+];
+const R8: [AsmRegister8; 16] = [
+    al, cl, dl, bl, spl, bpl, sil, dil, r8b, r9b, r10b, r11b, r12b, r13b, r14b, r15b,
+];
+
+/// Number of instruction forms [`put`] knows.
+const FORMS: u8 = 35;
+
+/// Assemble form `f` with registers `a`, `b`, `c` (0..16) and immediate `imm`: every
+/// whitelisted op at its sizes, plus a few that are not (a memory load, ROL) to cut runs.
+fn put(
+    x: &mut CodeAssembler,
+    f: u8,
+    a: usize,
+    b: usize,
+    c: usize,
+    imm: u64,
+) -> Result<(), IcedError> {
+    let i32v = imm as i32;
+    // RSP is no index register.
+    let c = if c == 4 { 12 } else { c };
+    let sh64 = (imm % 63 + 1) as u32;
+    let sh32 = (imm % 31 + 1) as u32;
+    match f {
+        0 => x.mov(R64[a], R64[b]),
+        1 => x.mov(R32[a], R32[b]),
+        2 => x.mov(R64[a], imm),
+        3 => x.mov(R32[a], imm as u32),
+        4 => x.add(R64[a], R64[b]),
+        5 => x.adc(R64[a], R64[b]),
+        6 => x.sub(R32[a], R32[b]),
+        7 => x.sbb(R64[a], i32v),
+        8 => x.and(R64[a], R64[b]),
+        9 => x.or(R32[a], i32v),
+        10 => x.xor(R64[a], R64[b]),
+        11 => x.cmp(R64[a], R64[b]),
+        12 => x.test(R32[a], R32[b]),
+        13 => x.inc(R64[a]),
+        14 => x.dec(R32[a]),
+        15 => x.neg(R64[a]),
+        16 => x.not(R32[a]),
+        17 => x.shl(R64[a], sh64),
+        18 => x.shr(R32[a], sh32),
+        19 => x.sar(R64[a], sh64),
+        20 => x.imul_2(R64[a], R64[b]),
+        21 => x.imul_3(R32[a], R32[b], i32v),
+        22 => x.lea(R64[a], qword_ptr(R64[b] + R64[c] * 4 + (i32v >> 8))),
+        23 => x.lea(R32[a], dword_ptr(R64[c] * 8 + 0x10)),
+        24 => x.movzx(R32[a], R8[b]),
+        25 => x.movsx(R64[a], R16[b]),
+        26 => x.movsxd(R64[a], R32[b]),
+        27 => match imm % 4 {
+            0 => x.cmovb(R64[a], R64[b]),
+            1 => x.cmovl(R32[a], R32[b]),
+            2 => x.cmovbe(R64[a], R64[b]),
+            _ => x.cmovo(R32[a], R32[b]),
+        },
+        28 => match imm % 4 {
+            0 => x.setae(R8[a]),
+            1 => x.setg(R8[a]),
+            2 => x.setp(R8[a]),
+            _ => x.sets(R8[a]),
+        },
+        29 => x.cmp(R32[a], i32v),
+        30 => x.shl(R32[a], 1u32),
+        31 => x.add(R64[a], i32v),
+        32 => x.rol(R64[a], sh64),
+        33 => match imm % 3 {
+            0 => x.nop(),
+            1 => x.nop_1(dword_ptr(R64[b] + 8)),
+            _ => x.prefetcht0(byte_ptr(R64[b])),
+        },
+        _ => x.mov(R64[a], qword_ptr(0x20_0000u64)),
+    }
+}
+
+/// A machine running `prog` then HLT, from registers `gpr` and status flags `flags`, with
+/// native stretches on or off.
+fn machine(
+    prog: &[(u8, usize, usize, usize, u64)],
+    gpr: &[u64; 16],
+    flags: u64,
+    native: bool,
+) -> TestMachine {
+    let mut m = TestMachine::assemble(|x| {
+        for &(f, a, b, c, imm) in prog {
+            put(x, f, a, b, c, imm)?;
+        }
+        x.hlt()
+    });
+    m.code.set_native(native);
+    m.cpu.state.gpr = *gpr;
+    m.cpu.state.rflags = FIXED | (flags & STATUS);
+    m
+}
+
+fn program() -> impl Strategy<Value = Vec<(u8, usize, usize, usize, u64)>> {
+    proptest::collection::vec(
+        (0..FORMS, 0..16usize, 0..16usize, 0..16usize, any::<u64>()),
+        1..40,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Whole runs: native on and off end in the same state.
+    #[test]
+    fn stretches_match_the_handlers(prog in program(), gpr in any::<[u64; 16]>(), flags in any::<u64>()) {
+        let mut on = machine(&prog, &gpr, flags, true);
+        let mut off = machine(&prog, &gpr, flags, false);
+        prop_assert_eq!(on.run(1000), RunExit::Halted);
+        prop_assert_eq!(off.run(1000), RunExit::Halted);
+        prop_assert_eq!(&on.cpu.state, &off.cpu.state);
+    }
+
+    /// One instruction at a time (every budget ends inside any stretch): the same state after
+    /// every step, and after the whole run.
+    #[test]
+    fn budget_cuts_inside_stretches(prog in program(), gpr in any::<[u64; 16]>(), flags in any::<u64>()) {
+        let mut on = machine(&prog, &gpr, flags, true);
+        let mut off = machine(&prog, &gpr, flags, false);
+        for _ in 0..=prog.len() {
+            let a = on.run(1);
+            let b = off.run(1);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(&on.cpu.state, &off.cpu.state);
+            if a == RunExit::Halted {
+                break;
+            }
+        }
+        // And with budgets of three, which cut some stretches and not others.
+        let mut on = machine(&prog, &gpr, flags, true);
+        let mut off = machine(&prog, &gpr, flags, false);
+        for _ in 0..=prog.len() {
+            let a = on.run(3);
+            prop_assert_eq!(&a, &off.run(3));
+            prop_assert_eq!(&on.cpu.state, &off.cpu.state);
+            if a == RunExit::Halted {
+                break;
+            }
+        }
+    }
+}
+
+/// The bignum loop body of the Linux boot (mpihelp_submul_1) compiles into stretches and
+/// gives the interpreter's result.
+#[test]
+fn bignum_loop_body() {
+    let body = |x: &mut CodeAssembler| {
+        x.lea(rdi, qword_ptr(rax * 8))?;
+        x.mov(rdx, rcx)?;
+        x.mov(ecx, ecx)?;
+        x.shr(rdx, 32)?;
+        x.mov(rax, rcx)?;
+        x.imul_2(rax, r9)?;
+        x.mov(r13, rdx)?;
+        x.imul_2(r13, r9)?;
+        x.imul_2(rcx, r10)?;
+        x.imul_2(rdx, r10)?;
+        x.mov(r14, rax)?;
+        x.mov(eax, eax)?;
+        x.shr(r14, 32)?;
+        x.add(rcx, r13)?;
+        x.add(rcx, r14)?;
+        x.mov(r14, rdx)?;
+        x.add(rdx, rbp)?;
+        x.cmp(rcx, r13)?;
+        x.mov(r13, rcx)?;
+        x.cmovae(rdx, r14)?;
+        x.add(rax, rsi)?;
+        x.shl(r13, 32)?;
+        x.add(rax, r13)?;
+        x.cmp(rax, rsi)?;
+        x.setb(sil)?;
+        x.add(rdi, r11)?;
+        x.shr(rcx, 32)?;
+        x.movzx(esi, sil)?;
+        x.sub(r13, rax)?;
+        x.adc(rsi, rcx)?;
+        // Accumulator-only encodings are renamed through their ModRM forms.
+        x.add(rax, 0x1234_5678)?;
+        x.and(eax, 0x7654_3210)?;
+        x.cmp(rax, 0x1000_0000)?;
+        x.sbb(eax, 0x0fff_0000)?;
+        x.hlt()
+    };
+    let gpr = [
+        0x0123_4567_89ab_cdef,
+        0xfedc_ba98_7654_3210,
+        7,
+        0,
+        0x80_0000,
+        0xffff_ffff,
+        0x8000_0000_0000_0001,
+        3,
+        5,
+        0x1234_5678,
+        0x9abc_def0,
+        0x40,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let mut on = TestMachine::assemble(body);
+    let mut off = TestMachine::assemble(body);
+    off.code.set_native(false);
+    for m in [&mut on, &mut off] {
+        m.cpu.state.gpr = gpr;
+    }
+    assert_eq!(on.run(100), RunExit::Halted);
+    assert_eq!(off.run(100), RunExit::Halted);
+    assert_eq!(on.cpu.state, off.cpu.state);
+    assert_eq!(on.cpu.state.retired, 35);
+    // One stretch: the last SHR's undefined OF and AF are defined by the SUB after it.
+    let (runs, insns, bytes) = on.code.native_stats();
+    assert_eq!((runs, insns), (1, 34));
+    assert!(bytes > 0);
+    assert_eq!(off.code.native_stats().0, 0);
+}
+
+/// An effect writing register `w` from register `r` and flags as given.
+fn fx(r: u16, w: u16, flags_in: u64, defines: u64, undefines: u64, zero: u64) -> Option<Effect> {
+    Some(Effect {
+        reads: r,
+        writes: w,
+        flags_in,
+        defines,
+        undefines,
+        zero,
+    })
+}
+
+/// A plain move (no flags).
+fn mv(r: u8, w: u8) -> Option<Effect> {
+    fx(1 << r, 1 << w, 0, 0, 0, 0)
+}
+
+/// An IMUL (CF OF defined, SF ZF AF PF undefined; the interpreter's ZF and AF are 0).
+fn imul(r: u8) -> Option<Effect> {
+    fx(1 << r, 1 << r, 0, CF | OF, SF | ZF | AF | PF, ZF | AF)
+}
+
+/// An ADD (every status flag defined).
+fn add(r: u8) -> Option<Effect> {
+    fx(1 << r, 1 << r, 0, STATUS, 0, 0)
+}
+
+/// The cut rules: a non-whitelisted instruction, undefined flags read or escaping, too many
+/// registers, runs shorter than two.
+#[test]
+fn stretch_cut_rules() {
+    // Not whitelisted in the middle: two stretches around it.
+    let s = stretches(&[
+        mv(0, 1),
+        mv(1, 2),
+        mv(1, 3),
+        None,
+        mv(2, 3),
+        mv(3, 4),
+        mv(4, 5),
+    ]);
+    let spans: Vec<_> = s.iter().map(|&(a, b, _)| (a, b)).collect();
+    assert_eq!(spans, [(0, 3), (4, 7)]);
+    // Runs shorter than MIN_LEN are no stretch.
+    assert!(stretches(&[mv(0, 1), mv(1, 2), None, mv(1, 2)]).is_empty());
+    // IMUL's SF and PF escape at the end: cut before it (the IMUL runs alone).
+    let s = stretches(&[mv(0, 1), mv(1, 2), mv(2, 3), imul(2)]);
+    assert_eq!((s[0].0, s[0].1), (0, 3));
+    // ...unless a later ADD defines them.
+    let s = stretches(&[mv(0, 1), imul(1), add(2)]);
+    assert_eq!((s[0].0, s[0].1), (0, 3));
+    assert_eq!(s[0].2.written, STATUS);
+    assert_eq!(s[0].2.cleared, 0);
+    // A reader of an undefined flag (SETcc of SF after IMUL) cuts before the IMUL, which
+    // runs alone; the next stretch starts at the reader.
+    let sets = fx(1 << 5, 1 << 5, SF, 0, 0, 0);
+    let s = stretches(&[
+        mv(0, 1),
+        mv(1, 2),
+        mv(2, 3),
+        imul(1),
+        sets,
+        add(3),
+        mv(3, 4),
+    ]);
+    let spans: Vec<_> = s.iter().map(|&(a, b, _)| (a, b)).collect();
+    assert_eq!(spans, [(0, 3), (4, 7)]);
+    // An escaping AF whose interpreter value is 0 (a logic op) is cleared on exit.
+    let and = fx(1 << 1, 1 << 1, 0, STATUS & !AF, AF, AF);
+    let s = stretches(&[mv(0, 1), mv(1, 2), and]);
+    assert_eq!(s[0].2.cleared, AF);
+    assert_eq!(s[0].2.written, STATUS);
+    // A flag read before written is loaded on entry.
+    let adc = fx(1 << 2, 1 << 2, CF, STATUS, 0, 0);
+    let s = stretches(&[adc, mv(0, 1), mv(1, 2)]);
+    assert_eq!(s[0].2.need_in, CF);
+    // 14 registers: the run ends before the instruction that needs the 14th.
+    let many: Vec<_> = (0..14).map(|r| mv(r, r)).collect();
+    let s = stretches(&many);
+    assert_eq!((s[0].0, s[0].1), (0, 13));
+    // Plans alone.
+    assert_eq!(Plan::of(&[]), Some(Plan::default()));
+}
+
+/// Fused compares, LOCK-free memory forms and implicit-register forms are not whitelisted;
+/// register forms are.
+#[test]
+fn whitelist() {
+    let m = TestMachine::assemble(|x| {
+        x.add(rax, rbx)?;
+        x.cmp(rax, rbx)?;
+        x.jne(0x10_0000u64)?;
+        x.mov(rax, qword_ptr(rbx))?;
+        x.cdqe()?;
+        x.shl(rax, 0u32)?;
+        x.add(ax, bx)?;
+        x.lea(rax, qword_ptr(0x1234u64))?;
+        x.hlt()
+    });
+    let mut m = m;
+    m.code.set_native(false);
+    assert_eq!(m.run(1), RunExit::Budget);
+    let id = m
+        .code
+        .lookup(crate::testing::CODE_BASE, 64)
+        .expect("decoded");
+    let b = m.code.block(id).expect("cached");
+    // SAFETY: the block lives in the cache, which nothing changes while it is read here.
+    let insns = unsafe { b.insns() };
+    let wl: Vec<bool> = insns
+        .iter()
+        .map(|d| {
+            let i = m.code.full_insn(id, d.idx).expect("full");
+            effect(d, &i).is_some()
+        })
+        .collect();
+    assert_eq!(
+        wl[..8],
+        [true, false, false, false, false, false, false, false]
+    );
+}
+
+/// The native entry is MOVZX's own, which no MOVZX reaches: its source sizes (1 and 2
+/// bytes) have the sized entries, at every destination size.
+#[test]
+fn movzx_never_uses_the_native_entry() {
+    use crate::exec::fast::{handler_index, Op, Operands};
+    for op in [Op::MovzxRR, Op::MovzxRM] {
+        for size in [2u8, 4, 8] {
+            for from in [1u64, 2] {
+                let o = Operands {
+                    size,
+                    imm: from,
+                    ..Operands::default()
+                };
+                assert_ne!(handler_index(op, &o), super::HANDLER);
+            }
+        }
+    }
+}
