@@ -126,8 +126,8 @@ pub struct Exec<'a, B: Bus, O: Observer> {
     /// `BlockId::MAX` outside the run loop.
     pub block: crate::code_cache::BlockId,
     /// Host address just past the last record of the run loop's slice (0 outside the run
-    /// loop): a native stretch (`crate::native`) runs whole only if it ends by then, that
-    /// is, before the budget does.
+    /// loop; 0 when every instruction's fetch is reported): a native stretch
+    /// (`crate::native`) runs whole only if it ends by then, that is, before the budget does.
     pub pos_end: usize,
     /// The records after a native stretch's first that it retired with it, for the run
     /// loop to step over ([`fast::Flow::Stretch`]).
@@ -375,7 +375,14 @@ impl Cpu {
             let insns = &all[..all.len().min(left as usize)];
             x.retired = retired;
             x.pos0 = insns.as_ptr() as usize;
-            x.pos_end = insns.as_ptr_range().end as usize;
+            // An observer sees nothing of a native stretch but its fetches (a stretch neither
+            // reads nor writes memory nor changes context): with `--fetch`, as for op
+            // statistics, stretches run one record at a time (a slice that "ends" at once).
+            x.pos_end = if fetch || cfg!(feature = "op-stats") {
+                0
+            } else {
+                insns.as_ptr_range().end as usize
+            };
             // Outside 64-bit mode the instruction pointer wraps at the code size.
             let at = |x: &Exec<B, O>, off: u64| {
                 let ip = start.wrapping_add(off);

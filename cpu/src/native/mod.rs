@@ -20,10 +20,12 @@
 //! such flag before any instruction of the stretch reads it, or if the interpreter's value
 //! for it is the constant 0 (then the epilogue clears it): see [`Plan::of`].
 //!
-//! Where single instructions must be seen, the stretch is not run as a whole: with an
-//! observer the first record runs through its own handler (and the others follow one by
-//! one), as it does when the budget ends inside the stretch (the run loop's slice then ends
-//! before the stretch's last record). Interrupts are taken between blocks and breakpoints are
+//! Where single instructions must be seen, the stretch is not run as a whole: when an
+//! observer wants every instruction's fetch (`--fetch`) the first record runs through its own
+//! handler (and the others follow one by one), as it does when the budget ends inside the
+//! stretch (the run loop's slice then ends before the stretch's last record). Other
+//! observers see nothing of a stretch anyway (no memory access, no control transfer, no
+//! device), so traced replays run stretches whole too. Interrupts are taken between blocks and breakpoints are
 //! looked for at block entries, so neither can fall inside a stretch; the trap flag's
 //! single-step is not modelled.
 

@@ -164,6 +164,65 @@ proptest! {
     }
 }
 
+/// An observer that keeps every access, and asks for every instruction's fetch when
+/// `fetches` (as a traced replay's `--fetch`).
+#[derive(Default)]
+struct Watcher {
+    fetches: bool,
+    accesses: Vec<crate::observer::Access>,
+}
+
+impl crate::observer::Observer for Watcher {
+    const ENABLED: bool = true;
+    fn access(&mut self, access: &crate::observer::Access) {
+        self.accesses.push(*access);
+    }
+    fn begin_slice(&mut self, _cpu: u32, _global: u64, _retired: u64) {}
+    fn context(&mut self, _cpu: u32, _retired: u64, _event: &crate::observer::ContextEvent) {}
+    fn hypercall(&mut self, _cpu: u32, _retired: u64, _call: &crate::observer::Hypercall<'_>) {}
+    fn console(&mut self, _cpu: u32, _retired: u64, _bytes: &[u8]) {}
+    fn device_write(&mut self, _cpu: u32, _retired: u64, _write: &crate::observer::DeviceWrite) {}
+    fn wants_fetches(&self) -> bool {
+        self.fetches
+    }
+}
+
+/// Run `m` under `obs` to HLT (at most `max` instructions per call, as a traced replay's
+/// slices).
+fn run_watched(m: &mut TestMachine, obs: &mut Watcher, max: u64) -> RunExit {
+    loop {
+        match m.cpu.run(&mut m.bus, obs, &mut m.code, max) {
+            RunExit::Budget => {}
+            exit => return exit,
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Under an observer (a traced replay) stretches run whole, and the observer sees
+    /// exactly what it sees with native code off: every access with its count and
+    /// address, and with `--fetch` every instruction's fetch; the states agree too.
+    #[test]
+    fn observers_see_the_same_with_stretches(
+        prog in program(),
+        gpr in any::<[u64; 16]>(),
+        flags in any::<u64>(),
+        fetches in any::<bool>(),
+        max in 1..8u64,
+    ) {
+        let mut on = machine(&prog, &gpr, flags, true);
+        let mut off = machine(&prog, &gpr, flags, false);
+        let mut seen_on = Watcher { fetches, ..Watcher::default() };
+        let mut seen_off = Watcher { fetches, ..Watcher::default() };
+        prop_assert_eq!(run_watched(&mut on, &mut seen_on, max), RunExit::Halted);
+        prop_assert_eq!(run_watched(&mut off, &mut seen_off, max), RunExit::Halted);
+        prop_assert_eq!(&on.cpu.state, &off.cpu.state);
+        prop_assert_eq!(&seen_on.accesses, &seen_off.accesses);
+    }
+}
+
 /// The bignum loop body of the Linux boot (mpihelp_submul_1) compiles into stretches and
 /// gives the interpreter's result.
 #[test]

@@ -868,15 +868,15 @@ fn pop_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow 
 }
 
 /// The first record of a native stretch (`crate::native`): its host function runs the
-/// whole stretch, unless an observer must see each instruction or the budget ends inside
-/// it (the slice ends before its last record); then the record runs through its own op's
+/// whole stretch, unless each instruction must be seen (an observer's `--fetch`, op
+/// statistics) or the budget ends inside it (`Exec::pos_end` says both); then the record runs through its own op's
 /// handler, and the stretch's other records follow one by one as usual.
 fn native<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let w = crate::native::word(d);
     let n = crate::native::length(w);
     let end = (d as *const DecodedInsn as usize)
         .wrapping_add(n.wrapping_mul(std::mem::size_of::<DecodedInsn>()));
-    if !O::ENABLED && n >= 2 && end <= x.pos_end {
+    if n >= 2 && end <= x.pos_end {
         if let Some(f) = x.code.native(crate::native::number(w)) {
             let s = &mut x.cpu.state;
             f(&mut s.gpr, &mut s.rflags);
