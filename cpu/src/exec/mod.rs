@@ -376,9 +376,9 @@ impl Cpu {
             x.retired = retired;
             x.pos0 = insns.as_ptr() as usize;
             // An observer sees nothing of a native stretch but its fetches (a stretch neither
-            // reads nor writes memory nor changes context): with `--fetch`, as for op
-            // statistics, stretches run one record at a time (a slice that "ends" at once).
-            x.pos_end = if fetch || cfg!(feature = "op-stats") {
+            // reads nor writes memory nor changes context): with `--fetch` stretches run one
+            // record at a time (a slice that "ends" at once). (Op statistics compile none.)
+            x.pos_end = if fetch {
                 0
             } else {
                 insns.as_ptr_range().end as usize

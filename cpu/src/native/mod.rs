@@ -329,7 +329,8 @@ impl Plan {
 /// decodings `full`) into `natives`, marking each stretch's first record. Blocks whose
 /// instructions must each be dispatched (op statistics) get none.
 pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: &mut Natives) {
-    if cfg!(feature = "op-stats") || natives.exhausted {
+    // The code is x86-64 host code: another host interprets everything.
+    if cfg!(feature = "op-stats") || !cfg!(target_arch = "x86_64") || natives.exhausted {
         return;
     }
     let effects: Vec<Option<Effect>> = insns.iter().zip(full).map(|(d, i)| effect(d, i)).collect();

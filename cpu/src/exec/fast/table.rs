@@ -868,8 +868,8 @@ fn pop_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow 
 }
 
 /// The first record of a native stretch (`crate::native`): its host function runs the
-/// whole stretch, unless each instruction must be seen (an observer's `--fetch`, op
-/// statistics) or the budget ends inside it (`Exec::pos_end` says both); then the record runs through its own op's
+/// whole stretch, unless each instruction's fetch must be seen (an observer's `--fetch`) or
+/// the budget ends inside it (`Exec::pos_end` says both); then the record runs through its own op's
 /// handler, and the stretch's other records follow one by one as usual.
 fn native<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let w = crate::native::word(d);
