@@ -77,6 +77,8 @@ impl Bus for FlatBus {
 pub struct RecordingObserver {
     /// The accesses, in order.
     pub accesses: Vec<Access>,
+    /// Ask for every instruction's fetch (as a traced replay's `--fetch`).
+    pub fetches: bool,
 }
 
 impl Observer for RecordingObserver {
@@ -90,7 +92,7 @@ impl Observer for RecordingObserver {
     fn console(&mut self, _cpu: u32, _retired: u64, _bytes: &[u8]) {}
     fn device_write(&mut self, _cpu: u32, _retired: u64, _write: &crate::observer::DeviceWrite) {}
     fn wants_fetches(&self) -> bool {
-        false
+        self.fetches
     }
 }
 

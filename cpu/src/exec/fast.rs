@@ -381,6 +381,22 @@ pub(crate) fn mem_operand(i: &Instruction, o: &mut Operands) -> Option<()> {
     Some(())
 }
 
+/// Whether an operand of kind `k` is an immediate (of any width and extension), as the
+/// fast forms and the native stretches' re-encoding take them.
+pub(crate) fn is_immediate(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+    )
+}
+
 /// The fast form of an instruction of 64-bit code claimed by `group`, or its group's generic
 /// op with default operands. `start` is the instruction's offset from its block's first
 /// instruction: a fast form's RIP-relative displacement and branch offset are made relative
@@ -625,19 +641,6 @@ fn two_operand_form(i: &Instruction, o: &mut Operands) -> Option<Form> {
     if i.op_count() != 2 {
         return None;
     }
-    let is_imm = |k: OpKind| {
-        matches!(
-            k,
-            OpKind::Immediate8
-                | OpKind::Immediate16
-                | OpKind::Immediate32
-                | OpKind::Immediate64
-                | OpKind::Immediate8to16
-                | OpKind::Immediate8to32
-                | OpKind::Immediate8to64
-                | OpKind::Immediate32to64
-        )
-    };
     match (i.op0_kind(), i.op1_kind()) {
         (OpKind::Register, OpKind::Register) => {
             let (r0, s0) = reg(i.op0_register())?;
@@ -648,7 +651,7 @@ fn two_operand_form(i: &Instruction, o: &mut Operands) -> Option<Form> {
             (o.r0, o.r1, o.size) = (r0, r1, s0);
             Some(Form::RR)
         }
-        (OpKind::Register, k) if is_imm(k) => {
+        (OpKind::Register, k) if is_immediate(k) => {
             let (r0, s0) = reg(i.op0_register())?;
             (o.r0, o.size, o.imm) = (r0, s0, i.immediate(1));
             Some(Form::RI)
@@ -671,7 +674,7 @@ fn two_operand_form(i: &Instruction, o: &mut Operands) -> Option<Form> {
             (o.r1, o.size) = (r1, s1);
             Some(Form::MR)
         }
-        (OpKind::Memory, k) if is_imm(k) => {
+        (OpKind::Memory, k) if is_immediate(k) => {
             let size = i.memory_size().size();
             if !matches!(size, 1 | 2 | 4 | 8) {
                 return None;

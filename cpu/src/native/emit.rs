@@ -93,14 +93,7 @@ fn rename(i: &Instruction, map: &[Register; 16]) -> Option<Instruction> {
                     n.set_memory_index(host(i.memory_index())?);
                 }
             }
-            OpKind::Immediate8
-            | OpKind::Immediate16
-            | OpKind::Immediate32
-            | OpKind::Immediate64
-            | OpKind::Immediate8to16
-            | OpKind::Immediate8to32
-            | OpKind::Immediate8to64
-            | OpKind::Immediate32to64 => {}
+            k if crate::exec::fast::is_immediate(k) => {}
             _ => return None,
         }
     }

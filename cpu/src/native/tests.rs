@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::{effect, stretches, Effect, Plan};
 use crate::exec::RunExit;
 use crate::state::rflags::{AF, CF, FIXED, OF, PF, SF, STATUS, ZF};
-use crate::testing::TestMachine;
+use crate::testing::{RecordingObserver, TestMachine};
 
 const R64: [AsmRegister64; 16] = [
     rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15,
@@ -164,32 +164,9 @@ proptest! {
     }
 }
 
-/// An observer that keeps every access, and asks for every instruction's fetch when
-/// `fetches` (as a traced replay's `--fetch`).
-#[derive(Default)]
-struct Watcher {
-    fetches: bool,
-    accesses: Vec<crate::observer::Access>,
-}
-
-impl crate::observer::Observer for Watcher {
-    const ENABLED: bool = true;
-    fn access(&mut self, access: &crate::observer::Access) {
-        self.accesses.push(*access);
-    }
-    fn begin_slice(&mut self, _cpu: u32, _global: u64, _retired: u64) {}
-    fn context(&mut self, _cpu: u32, _retired: u64, _event: &crate::observer::ContextEvent) {}
-    fn hypercall(&mut self, _cpu: u32, _retired: u64, _call: &crate::observer::Hypercall<'_>) {}
-    fn console(&mut self, _cpu: u32, _retired: u64, _bytes: &[u8]) {}
-    fn device_write(&mut self, _cpu: u32, _retired: u64, _write: &crate::observer::DeviceWrite) {}
-    fn wants_fetches(&self) -> bool {
-        self.fetches
-    }
-}
-
 /// Run `m` under `obs` to HLT (at most `max` instructions per call, as a traced replay's
 /// slices).
-fn run_watched(m: &mut TestMachine, obs: &mut Watcher, max: u64) -> RunExit {
+fn run_watched(m: &mut TestMachine, obs: &mut RecordingObserver, max: u64) -> RunExit {
     loop {
         match m.cpu.run(&mut m.bus, obs, &mut m.code, max) {
             RunExit::Budget => {}
@@ -214,8 +191,8 @@ proptest! {
     ) {
         let mut on = machine(&prog, &gpr, flags, true);
         let mut off = machine(&prog, &gpr, flags, false);
-        let mut seen_on = Watcher { fetches, ..Watcher::default() };
-        let mut seen_off = Watcher { fetches, ..Watcher::default() };
+        let mut seen_on = RecordingObserver { fetches, ..RecordingObserver::default() };
+        let mut seen_off = RecordingObserver { fetches, ..RecordingObserver::default() };
         prop_assert_eq!(run_watched(&mut on, &mut seen_on, max), RunExit::Halted);
         prop_assert_eq!(run_watched(&mut off, &mut seen_off, max), RunExit::Halted);
         prop_assert_eq!(&on.cpu.state, &off.cpu.state);
