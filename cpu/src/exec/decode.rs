@@ -160,15 +160,15 @@ impl Cpu {
                 break;
             }
         }
-        // One allocation of exactly the block's instructions (a vector grown by pushes would
-        // leave up to half its capacity unused, and the freed smaller buffers as holes
-        // between blocks): the decoded code is many times the size of the guest's, and the
-        // host's caches hold more of it the denser it lies.
         fast::fuse(&mut insns);
         if bitness == 64 {
             code.compile_native(&mut insns, &full);
         }
         let full_at = code.store_full(&mut full);
+        // `insert` makes one allocation of exactly the block's header and instructions (a
+        // vector grown by pushes would leave up to half its capacity unused, and the freed
+        // smaller buffers as holes between blocks): the decoded code is many times the size
+        // of the guest's, and the host's caches hold more of it the denser it lies.
         let id = code.insert(pa, bitness, &insns, full_at, pages);
         code.return_scratch((insns, full));
         // The block's pages may have just become code pages: no quick store may reach them.

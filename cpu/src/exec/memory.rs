@@ -8,81 +8,22 @@ use crate::mmu::{self, Intent};
 use crate::observer::{Access, AccessKind, Observer};
 use crate::state::{cr0, SegReg};
 
-/// Load `size` bytes of RAM at physical address `pa` (little-endian), or `None` when the
-/// range is not inside `ram`.
-///
-/// Each usual width is one fixed-size load: a copy of a run-time length into a buffer
-/// (what this replaced) compiled to a call to `memcpy` on every guest load whose size the
-/// compiler could not see, a few percent of a Linux boot.
+/// The `size` (1, 2, 4 or 8) bytes of RAM at physical address `pa`, or `None` when the
+/// range is not inside `ram`: one range check (an add and a compare).
 #[inline(always)]
-fn ram_load(ram: &[u8], pa: u64, size: usize) -> Option<u64> {
-    let at = ram.get(usize::try_from(pa).ok()?..)?;
-    Some(match size {
-        8 => u64::from_le_bytes(*at.first_chunk::<8>()?),
-        4 => u32::from_le_bytes(*at.first_chunk::<4>()?) as u64,
-        1 => *at.first()? as u64,
-        2 => u16::from_le_bytes(*at.first_chunk::<2>()?) as u64,
-        _ => {
-            // Other widths (none of the usual callers): byte by byte, at most 8.
-            let bytes = at.get(..size.min(8))?;
-            bytes
-                .iter()
-                .rev()
-                .fold(0u64, |v, &b| (v << 8) | u64::from(b))
-        }
-    })
-}
-
-/// Store the low `size` bytes of `value` into RAM at physical address `pa`
-/// (little-endian); `false`, storing nothing, when the range is not inside `ram`.
-/// Fixed-size stores for the usual widths, as in [`ram_load`].
-#[inline(always)]
-fn ram_store(ram: &mut [u8], pa: u64, size: usize, value: u64) -> bool {
-    let Some(at) = usize::try_from(pa).ok().and_then(|i| ram.get_mut(i..)) else {
-        return false;
-    };
-    match size {
-        8 => match at.first_chunk_mut::<8>() {
-            Some(b) => *b = value.to_le_bytes(),
-            None => return false,
-        },
-        4 => match at.first_chunk_mut::<4>() {
-            Some(b) => *b = (value as u32).to_le_bytes(),
-            None => return false,
-        },
-        1 => match at.first_mut() {
-            Some(b) => *b = value as u8,
-            None => return false,
-        },
-        2 => match at.first_chunk_mut::<2>() {
-            Some(b) => *b = (value as u16).to_le_bytes(),
-            None => return false,
-        },
-        _ => {
-            let n = size.min(8);
-            match at.get_mut(..n) {
-                Some(b) => b.copy_from_slice(&value.to_le_bytes()[..n]),
-                None => return false,
-            }
-        }
-    }
-    true
-}
-
-/// The `size` (1, 2, 4 or 8) bytes of RAM at `pa`, for the quick paths: one range check
-/// (an add and a compare; the quick tags were made for pages inside RAM, so it always
-/// passes unless RAM shrank since), where [`ram_load`]'s two steps cost twice that.
-#[inline(always)]
-fn quick_bytes(ram: &mut [u8], pa: u64, size: usize) -> Option<&mut [u8]> {
+fn ram_bytes(ram: &mut [u8], pa: u64, size: usize) -> Option<&mut [u8]> {
     let i = usize::try_from(pa).ok()?;
     ram.get_mut(i..i.checked_add(size)?)
 }
 
-/// [`ram_load`] of the `size` bytes [`quick_bytes`] found.
+/// The little-endian value of the `size` bytes `at` ([`ram_bytes`]).
+///
+/// Matched on `size`, the caller's constant, not on the slice's length: each usual width is
+/// then one fixed-size load whose chunk test folds away (a copy of a run-time length into a
+/// buffer compiled to a call to `memcpy` on every guest load whose size the compiler could
+/// not see, a few percent of a Linux boot).
 #[inline(always)]
 fn load_bytes(at: &[u8], size: usize) -> u64 {
-    // Matched on `size`, the caller's constant, not on the slice's length: each arm is then
-    // one load whose chunk test folds away (a copy of a run-time length is a `memcpy` call).
     match size {
         8 => at.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b)),
         4 => at
@@ -96,7 +37,8 @@ fn load_bytes(at: &[u8], size: usize) -> u64 {
     }
 }
 
-/// [`ram_store`] into the `size` bytes [`quick_bytes`] found (as in [`load_bytes`]).
+/// Store the low `size` bytes of `value` into `at` ([`ram_bytes`]), little-endian (as in
+/// [`load_bytes`]).
 #[inline(always)]
 fn store_bytes(at: &mut [u8], size: usize, value: u64) {
     match size {
@@ -125,6 +67,26 @@ fn store_bytes(at: &mut [u8], size: usize, value: u64) {
                 *b = (value >> (k * 8)) as u8;
             }
         }
+    }
+}
+
+/// Load `size` bytes of RAM at physical address `pa`, or `None` when the range is not
+/// inside `ram`.
+#[inline(always)]
+fn ram_load(ram: &mut [u8], pa: u64, size: usize) -> Option<u64> {
+    Some(load_bytes(ram_bytes(ram, pa, size)?, size))
+}
+
+/// Store the low `size` bytes of `value` into RAM at physical address `pa`; `false`,
+/// storing nothing, when the range is not inside `ram`.
+#[inline(always)]
+fn ram_store(ram: &mut [u8], pa: u64, size: usize, value: u64) -> bool {
+    match ram_bytes(ram, pa, size) {
+        Some(at) => {
+            store_bytes(at, size, value);
+            true
+        }
+        None => false,
     }
 }
 
@@ -251,7 +213,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     #[inline(always)]
     pub(crate) fn read_quick(&mut self, lin: u64, size: usize) -> Option<u64> {
         let pa = self.quick_target(lin, size, false)?;
-        Some(load_bytes(quick_bytes(self.bus.ram(), pa, size)?, size))
+        ram_load(self.bus.ram(), pa, size)
     }
 
     /// A write that needs nothing but a TLB hit and RAM (see [`Exec::read_quick`]): `false`,
@@ -259,14 +221,8 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// the caller does it with [`Exec::write`].
     #[inline(always)]
     pub(crate) fn write_quick(&mut self, lin: u64, size: usize, value: u64) -> bool {
-        let Some(pa) = self.write_quick_target(lin, size) else {
-            return false;
-        };
-        match quick_bytes(self.bus.ram(), pa, size) {
-            Some(at) => {
-                store_bytes(at, size, value);
-                true
-            }
+        match self.write_quick_target(lin, size) {
+            Some(pa) => ram_store(self.bus.ram(), pa, size, value),
             None => false,
         }
     }
@@ -285,7 +241,7 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         let Some(pa) = self.write_quick_target(lin, size) else {
             return false;
         };
-        match quick_bytes(self.bus.ram(), pa, size) {
+        match ram_bytes(self.bus.ram(), pa, size) {
             Some(at) => {
                 let v = f(load_bytes(at, size));
                 store_bytes(at, size, v);
