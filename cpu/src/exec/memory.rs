@@ -102,23 +102,23 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         } else {
             (s.seg[SegReg::Cs as usize].selector & 3) as u8
         };
-        if s.cr0 & cr0::PG != 0 {
-            if let Some(pa) = self.cpu.tlb.hit(s, lin, intent, cpl) {
-                if intent == Intent::Write {
-                    self.cpu.tlb.note_write(lin, cpl, self.code);
-                }
-                return Ok(pa);
-            }
-        }
-        let pa = mmu::translate_slow(
-            &self.cpu.state,
-            &mut self.cpu.tlb,
-            self.bus,
-            lin,
-            intent,
-            cpl,
-        )
-        .map_err(Exit::Fault)?;
+        let hit = if s.cr0 & cr0::PG != 0 {
+            self.cpu.tlb.hit(s, lin, intent, cpl)
+        } else {
+            None
+        };
+        let pa = match hit {
+            Some(pa) => pa,
+            None => mmu::translate_slow(
+                &self.cpu.state,
+                &mut self.cpu.tlb,
+                self.bus,
+                lin,
+                intent,
+                cpl,
+            )
+            .map_err(Exit::Fault)?,
+        };
         if intent == Intent::Write {
             // The store tags the TLB may grant now (a store to the page is allowed).
             self.cpu.tlb.note_write(lin, cpl, self.code);
