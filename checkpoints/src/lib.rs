@@ -24,7 +24,8 @@
 //! stored as LZ4 blocks of literals instead, which any LZ4 decoder reads
 //! (`worth_compressing`). A large pack is written with `O_DIRECT`, bypassing the page cache:
 //! copying it into fresh page-cache pages cost about as much as compressing it
-//! (`write_pack`); and the buffers pages are copied and packed into are kept from one
+//! (`PackFile`), and a megabyte at a time as it is assembled, so it never needs a buffer
+//! its size (`Packer`); the buffers pages are copied and packed into are kept from one
 //! checkpoint to the next rather than allocated anew (`Buffers`).
 //!
 //! Page lists as deltas: a booted Linux guest has ~19k non-zero pages, so a full list is
@@ -60,16 +61,21 @@
 //! the copy.
 #![warn(missing_docs)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use reprise_devices::ram::{is_zero, DirtyPages};
 use reprise_devices::{Inputs, Machine, MachineState};
 use serde::{Deserialize, Serialize};
+
+mod pack;
+#[cfg(test)]
+use pack::{push_stored, worth_compressing, write_pack, DIRECT_ALIGN, DIRECT_MIN};
+use pack::{KeyMap, Packer};
 
 /// Bytes per stored page.
 pub const PAGE: usize = 4096;
@@ -299,7 +305,7 @@ struct Known {
     /// into `pages` (so that pages stored by an earlier process are not stored again).
     indexed: bool,
     /// Key → where its bytes are. Only looked up, never iterated.
-    pages: HashMap<[u8; 32], Place>,
+    pages: KeyMap<Place>,
 }
 
 /// What [`Store::write`] did.
@@ -504,87 +510,6 @@ impl Copies {
     }
 }
 
-/// The new pack of a checkpoint being written, assembled while its pages are hashed: a
-/// page whose key the store lacks is packed right after hashing, while its bytes are
-/// still in the CPU's caches (packing them in a second pass read every new page from
-/// memory again). Dropping it gives its buffer back to the store (see [`Buffers`]).
-struct Packer {
-    /// The pack's bytes start at `start`, aligned for [`write_pack`].
-    buf: Vec<u8>,
-    start: usize,
-    /// Key → (offset, length) of the pages in the pack.
-    fresh: HashMap<[u8; 32], (u64, u32)>,
-    /// The pack's name, as pages come in: the hash of what it holds, page by page (key,
-    /// offset, length), rather than of its bytes, which would hash every byte written
-    /// once more (~4 % of a checkpoint's CPU). A pack found under that name holds these
-    /// pages at these places (or is damaged, which restoring detects page by page), so it
-    /// is as good as the one that would be written.
-    namer: blake3::Hasher,
-    /// LZ4's output for one page.
-    scratch: Vec<u8>,
-    home: Arc<Mutex<Buffers>>,
-}
-
-impl Packer {
-    /// A packer for at most `pages` new pages, with the store's spare pack buffer.
-    fn new(home: &Arc<Mutex<Buffers>>, pages: usize) -> Packer {
-        let most = lz4_flex::block::get_maximum_output_size(PAGE);
-        let mut buf = std::mem::take(&mut home.lock().unwrap_or_else(|e| e.into_inner()).pack);
-        buf.clear();
-        // Room for every page at its largest up front, so the buffer never moves while
-        // the pack is assembled and its bytes can start at an address `write_pack` can
-        // hand to the device directly. Only reserved: untouched room costs no memory. If
-        // even that is refused, the pack is simply written through the page cache.
-        let _ = buf.try_reserve(pages.saturating_mul(most).saturating_add(DIRECT_ALIGN));
-        let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
-        buf.resize(start, 0);
-        let mut namer = blake3::Hasher::new();
-        namer.update(b"reprise checkpoint pack: (key, offset, length) of each page\n");
-        Packer {
-            buf,
-            start,
-            fresh: HashMap::new(),
-            namer,
-            scratch: vec![0u8; most],
-            home: home.clone(),
-        }
-    }
-
-    /// Pack `page` (whose key is `key`) unless the store (`known`) or the pack holds it.
-    fn offer(&mut self, known: &Known, key: &[u8; 32], page: &[u8]) {
-        if known.pages.contains_key(key) || self.fresh.contains_key(key) {
-            return;
-        }
-        let offset = (self.buf.len() - self.start) as u64;
-        let compressed = worth_compressing(page)
-            .then(|| lz4_flex::block::compress_into(page, &mut self.scratch).ok())
-            .flatten();
-        match compressed {
-            Some(size) => self.buf.extend_from_slice(&self.scratch[..size]),
-            None => push_stored(&mut self.buf, page),
-        }
-        // At most a page and a few bytes.
-        let len = ((self.buf.len() - self.start) as u64 - offset) as u32;
-        self.fresh.insert(*key, (offset, len));
-        self.namer.update(key);
-        self.namer.update(&offset.to_le_bytes());
-        self.namer.update(&len.to_le_bytes());
-    }
-
-    /// The pack's bytes so far.
-    fn bytes(&self) -> &[u8] {
-        self.buf.get(self.start..).unwrap_or_default()
-    }
-}
-
-impl Drop for Packer {
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
-        let used = buf.len();
-        self.home.lock().unwrap_or_else(|e| e.into_inner()).pack = trimmed(buf, used);
-    }
-}
-
 /// What a checkpoint needs of a machine, copied out of it by [`Store::snapshot`] on the
 /// machine's thread; [`Store::write`] (on any thread) turns it into the checkpoint.
 #[derive(Debug)]
@@ -624,65 +549,24 @@ impl Snapshot {
 /// that saving reads RAM once; restoring recomputes it from the restored machine's state
 /// and the keys its pages were checked against as they were read (RAM's keys, as every
 /// other page is zeroed), so it still proves the restored machine is the one saved.
+///
+/// The list goes to blake3 a batch of entries per `update` (the same bytes, so the same
+/// hash): with an `update` per number and per key (and the state serialized straight into
+/// the hasher) this took ~0.9 ms per checkpoint of a booted Linux guest (~19k pages), more
+/// than the rest of a small checkpoint's write.
 pub fn checkpoint_hash(state: &MachineState, pages: &[(u64, [u8; 32])]) -> blake3::Hash {
+    const ENTRY: usize = 8 + 32;
+    const BATCH: usize = 128;
     let mut list = blake3::Hasher::new();
-    for (n, key) in pages {
-        list.update(&n.to_le_bytes());
-        list.update(key);
+    let mut batch = [0u8; ENTRY * BATCH];
+    for group in pages.chunks(BATCH) {
+        for ((n, key), out) in group.iter().zip(batch.chunks_exact_mut(ENTRY)) {
+            out[..8].copy_from_slice(&n.to_le_bytes());
+            out[8..].copy_from_slice(key);
+        }
+        list.update(&batch[..group.len() * ENTRY]);
     }
     reprise_devices::machine::state_hash_of(state, &list.finalize())
-}
-
-/// Whether LZ4 is likely to shrink `page` enough to be worth its time: at least 1/16 of
-/// its 8-byte words are zero or repeat the word before.
-///
-/// Measured on the ~25k distinct pages a 1-CPU Linux boot stores: pages below that line
-/// (x86 code, compressed data, tables of pointers) took LZ4 about 70 % of its time and
-/// shrank only to ~80 %; storing them as they are (an LZ4 block of literals, see
-/// [`push_stored`]) cut LZ4's time from 0.086 s to 0.026 s for a store 22 % larger
-/// (72 MB instead of 59 MB), written without a page-cache copy ([`write_pack`]). The test
-/// itself is one pass over the page, a small fraction of compressing it.
-fn worth_compressing(page: &[u8]) -> bool {
-    const ENOUGH: usize = PAGE / 8 / 16;
-    let word = |b: &[u8]| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(b);
-        u64::from_ne_bytes(w)
-    };
-    let mut alike = 0;
-    let mut previous = u64::MAX;
-    // Block by block with no branch inside one, stopping as soon as enough words were
-    // seen (a page worth compressing usually shows it early).
-    for block in page.chunks_exact(64) {
-        let mut here = 0;
-        for w in block.chunks_exact(8) {
-            let x = word(w);
-            here += usize::from((x == 0) | (x == previous));
-            previous = x;
-        }
-        alike += here;
-        if alike >= ENOUGH {
-            return true;
-        }
-    }
-    false
-}
-
-/// Append `data` to `out` as an LZ4 block that holds it as literals only (the block
-/// format's one-sequence form: a token, the length's continuation bytes, the bytes), which
-/// every LZ4 block decoder reads back; for data not worth compressing.
-fn push_stored(out: &mut Vec<u8>, data: &[u8]) {
-    let len = data.len();
-    out.push((len.min(15) as u8) << 4);
-    if len >= 15 {
-        let mut rest = len - 15;
-        while rest >= 255 {
-            out.push(255);
-            rest -= 255;
-        }
-        out.push(rest as u8);
-    }
-    out.extend_from_slice(data);
 }
 
 /// `(page number, blake3 of its bytes)` of every non-zero page of `ram`, in address order.
@@ -820,60 +704,6 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(data).map_err(io_err(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))
-}
-
-/// Alignment (of memory, file offset and length) that writes bypassing the page cache
-/// need: the largest logical block size of common devices.
-const DIRECT_ALIGN: usize = 4096;
-/// Packs smaller than this are written through the page cache only.
-const DIRECT_MIN: usize = 256 << 10;
-
-/// Write pack `data` to `path` as [`write_atomic`] does, but with its bulk (the
-/// [`DIRECT_ALIGN`]-aligned part of a large pack whose bytes start at an aligned address)
-/// written with `O_DIRECT`, straight from `data` to the device.
-///
-/// Why: a buffered write copies every byte into newly allocated page-cache pages, and on
-/// a virtual machine first touching memory the guest had given back is dear: measured on
-/// a 1-CPU Linux boot (58 MB of packs), the copy alone took 0.09–0.15 s of the writer's
-/// CPU, about a third of all checkpointing, while a direct write of the same bytes costs
-/// ~0.01 s (the data still reaches the file; the kernel just does not keep a copy, so a
-/// seek soon after recording reads the packs from the device). The rest (a tail shorter
-/// than [`DIRECT_ALIGN`]) is written through the page cache; when the file system refuses
-/// `O_DIRECT` (tmpfs on older kernels, some network file systems) or a direct write fails,
-/// the whole pack is written through the page cache, so the result is always the same
-/// file.
-fn write_pack(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let aligned = data.as_ptr().align_offset(DIRECT_ALIGN) == 0;
-    let direct_len = if aligned && data.len() >= DIRECT_MIN {
-        data.len() - data.len() % DIRECT_ALIGN
-    } else {
-        0
-    };
-    let mut done = 0;
-    if direct_len > 0 {
-        let direct = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&tmp);
-        if let Ok(f) = direct {
-            if f.write_all_at(&data[..direct_len], 0).is_ok() {
-                done = direct_len;
-            }
-        }
-    }
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(done == 0)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all_at(&data[done..], done as u64)
-        .map_err(io_err(&tmp))?;
     drop(f);
     fs::rename(&tmp, path).map_err(io_err(path))
 }
@@ -1103,7 +933,12 @@ impl Store {
         // writes to the store).
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         self.index_existing(&mut known);
-        let mut packer = Packer::new(&self.buffers, snap.copies.numbers.len());
+        let tmp = pages_dir.join(format!(
+            "{}.tmp{}",
+            name.trim_end_matches(&format!(".{EXT}")),
+            std::process::id()
+        ));
+        let mut packer = Packer::new(&self.buffers, tmp, snap.copies.numbers.len());
         let mut hash = |page: &[u8]| {
             let key = *blake3::hash(page).as_bytes();
             packer.offer(&known, &key, page);
@@ -1239,15 +1074,13 @@ impl Store {
             }
         }
         stats.new_pages = packer.fresh.len() as u64;
-        let bytes = packer.bytes();
-        if !bytes.is_empty() {
-            let name = *packer.namer.finalize().as_bytes();
+        if !packer.is_empty() {
+            let name = packer.name();
             let path = self.pack_path(&name);
             // Named by its page list: a pack that exists holds these pages at these places
             // (or is damaged, which restoring detects), so it is never rewritten.
-            if !path.exists() {
-                write_pack(&path, bytes)?;
-                stats.bytes_written += bytes.len() as u64;
+            if packer.finish(&path)? {
+                stats.bytes_written += packer.len();
             }
             packs[NEW as usize] = name;
             for (key, (offset, len)) in packer.fresh.drain() {
