@@ -222,6 +222,8 @@ pub(crate) struct Packer {
     namer: blake3::Hasher,
     /// LZ4's output for one page.
     scratch: Vec<u8>,
+    /// LZ4's hash table, cleared for each page rather than allocated anew (the same output).
+    table: lz4_flex::block::CompressTable,
     home: Arc<Mutex<Buffers>>,
 }
 
@@ -252,6 +254,7 @@ impl Packer {
             fresh,
             namer,
             scratch: vec![0u8; most],
+            table: lz4_flex::block::CompressTable::small(),
             home: home.clone(),
         }
     }
@@ -264,7 +267,10 @@ impl Packer {
         let before = self.buf.len();
         let offset = self.flushed + (before - self.start) as u64;
         let compressed = worth_compressing(page)
-            .then(|| lz4_flex::block::compress_into(page, &mut self.scratch).ok())
+            .then(|| {
+                lz4_flex::block::compress_into_with_table(page, &mut self.scratch, &mut self.table)
+                    .ok()
+            })
             .flatten();
         match compressed {
             Some(size) => self.buf.extend_from_slice(&self.scratch[..size]),
