@@ -122,15 +122,17 @@ impl PackFile {
                 }
             }
         }
-        if self.plain.is_none() {
-            let f = self.options().open(&self.tmp).map_err(io_err(&self.tmp))?;
-            self.created = true;
-            self.plain = Some(f);
-        }
-        let Some(f) = &self.plain else {
-            unreachable!("opened above")
+        let plain = match self.plain.take() {
+            Some(f) => f,
+            None => {
+                let f = self.options().open(&self.tmp).map_err(io_err(&self.tmp))?;
+                self.created = true;
+                f
+            }
         };
-        f.write_all_at(data, offset).map_err(io_err(&self.tmp))
+        let written = plain.write_all_at(data, offset).map_err(io_err(&self.tmp));
+        self.plain = Some(plain);
+        written
     }
 
     /// Write `data` at `offset`, its [`DIRECT_ALIGN`]-aligned bulk with `O_DIRECT` when
