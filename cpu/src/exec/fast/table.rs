@@ -26,6 +26,7 @@ use crate::exec::{sse, Exec};
 use crate::fault::{ExecResult, Exit};
 use crate::flags::cc;
 use crate::observer::Observer;
+use crate::state::SegReg;
 
 use super::{kind as k, shift_kind as sk, unary_kind as uk, Op, Operands};
 
@@ -876,12 +877,34 @@ fn native<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let n = crate::native::length(w);
     let end = (d as *const DecodedInsn as usize)
         .wrapping_add(n.wrapping_mul(std::mem::size_of::<DecodedInsn>()));
-    if n >= 2 && end <= x.pos_end {
+    // A stretch with memory accesses would hide them from an observer: records one by one.
+    let memory = crate::native::has_memory(w);
+    if n >= 2 && end <= x.pos_end && !(O::ENABLED && memory) {
         if let Some(f) = x.code.native(crate::native::number(w)) {
-            let s = &mut x.cpu.state;
-            f(&mut s.gpr, &mut s.rflags);
-            x.skip = n - 1;
-            return Flow::Stretch;
+            let mut ctx = crate::native::Ctx {
+                rflags: x.cpu.state.rflags,
+                ..Default::default()
+            };
+            if memory {
+                // The quick tags of the privilege class, as `Exec::quick_target` picks
+                // them (CS's RPL: tags exist only with paging, so in protected mode).
+                let rpl = (x.cpu.state.seg[SegReg::Cs as usize].selector & 3) as usize;
+                ctx.quick = x.cpu.tlb.quick_set((rpl + 1) >> 2);
+                let ram = x.bus.ram();
+                (ctx.ram, ctx.ram_len) = (ram.as_mut_ptr() as usize, ram.len());
+            }
+            let k = f(&mut x.cpu.state.gpr, &mut ctx) as usize;
+            x.cpu.state.rflags = ctx.rflags;
+            // `k` records retired: the rest of the stretch, from the access that needs the
+            // full way (a side exit), runs record by record.
+            return match k {
+                0 => native_alone(x, d),
+                1 => Flow::Next,
+                _ => {
+                    x.skip = k.min(n) - 1;
+                    Flow::Stretch
+                }
+            };
         }
     }
     native_alone(x, d)
