@@ -98,6 +98,9 @@ pub(super) struct Access {
     /// path (committed: later merges need only the flags written after it) and on the side
     /// exit alike. (Restoring the host's flags whole with POPFQ cost more than the access.)
     pub(super) flags: Plan,
+    /// Of `flags.written`, those that no instruction before the next access (or the end)
+    /// writes again: the hit path commits only these (the next commit covers the others).
+    pub(super) commit: u64,
     /// The host flags that instructions after it read (restored after the lookup).
     pub(super) restore: u64,
 }
@@ -415,13 +418,10 @@ fn access(o: &mut Out, a: &Access, map: &[Register; 16]) -> Option<Vec<u64>> {
         LIN,
         MemoryOperand::with_base_displ(RSI, CTX_RAM),
     )?;
-    if a.flags.written != 0 {
-        // Commit: rflags = rflags & !written | saved & written & !cleared (RFLAGS and the
+    if a.commit != 0 {
+        // Commit: rflags = rflags & !commit | saved & commit & !cleared (RFLAGS and the
         // saved host flags have the same layout).
-        let (keep, put) = (
-            !(a.flags.written as i32),
-            (a.flags.written & !a.flags.cleared) as i32,
-        );
+        let (keep, put) = (!(a.commit as i32), (a.commit & !a.flags.cleared) as i32);
         o.load(ENTRY, RSP, 0)?;
         o.ri(Code::And_rm64_imm32, ENTRY, put)?;
         o.load(KEY, RSI, 0)?;

@@ -41,12 +41,13 @@ mod emit;
 mod tests;
 
 /// A compiled stretch: `rdi` = the guest's 16 general-purpose registers, `rsi` = its
-/// [`Ctx`]. It returns the number of records it retired: all of the stretch's, or, when a
+/// RFLAGS, which for a stretch with memory accesses is the first field of a [`Ctx`] (a
+/// register-only stretch reads nothing past it: its caller passes RFLAGS itself). It returns the number of records it retired: all of the stretch's, or, when a
 /// memory access needs more than a quick-tag hit in RAM (a side exit), the index of that
 /// access's record, with the registers and flags as they are before it. Register-only
 /// stretches read and write nothing but the registers and `Ctx::rflags`; memory stretches
 /// also read the quick tags and read and write guest RAM, through `Ctx`'s addresses.
-pub(crate) type NativeFn = extern "sysv64" fn(&mut [u64; 16], &mut Ctx) -> u64;
+pub(crate) type NativeFn = extern "sysv64" fn(&mut [u64; 16], *mut u64) -> u64;
 
 /// What a stretch works on besides the registers (offsets fixed: the host code reads them).
 #[derive(Clone, Copy, Debug, Default)]
@@ -63,9 +64,15 @@ pub(crate) struct Ctx {
     pub(crate) ram_len: usize,
 }
 
-/// The table entry of a stretch's first record (see `exec::fast::table`): MOVZX's own entry,
-/// which no MOVZX uses (its two source sizes have the sized entries).
+/// The table entry of a stretch's first record whose [`word`] is in `disp` (see
+/// `exec::fast::table`): MOVZX's own entry, which no MOVZX uses (its two source sizes have
+/// the sized entries).
 pub(crate) const HANDLER: u8 = Op::MovzxRR as u8;
+
+/// The table entry of a stretch's first record whose [`word`] is in `imm`: MOVZX's own
+/// entry for memory sources, as unused (the entry says where the word is, so the handler
+/// looks at no op).
+pub(crate) const HANDLER_IMM: u8 = Op::MovzxRM as u8;
 
 /// The shortest stretch worth a function call: the call, register loads and stores and the
 /// flags' merge cost more than two dispatches (whole-boot replay, interleaved: 3.93-4.02 s
@@ -138,9 +145,10 @@ impl Natives {
 /// register loads and stores (whose other fields all address; they have no immediate),
 /// `disp` for every other whitelisted form (none has a memory operand). A store of an
 /// immediate, which uses both, never starts a stretch.
+/// Its first record's handler is [`HANDLER_IMM`] when `imm` holds it, else [`HANDLER`].
 #[inline(always)]
-pub(crate) fn word(d: &DecodedInsn) -> u64 {
-    if uses_imm_for_word(d.op) {
+pub(crate) fn word<const IMM: bool>(d: &DecodedInsn) -> u64 {
+    if IMM {
         d.ops.imm
     } else {
         d.ops.disp
@@ -148,7 +156,6 @@ pub(crate) fn word(d: &DecodedInsn) -> u64 {
 }
 
 /// Whether a stretch starting with `op` keeps its word in `imm` (see [`word`]).
-#[inline(always)]
 fn uses_imm_for_word(op: Op) -> bool {
     matches!(op, Op::Lea | Op::MovRM | Op::MovMR)
 }
@@ -470,6 +477,7 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
                         mem,
                         exit_store: store,
                         flags,
+                        commit: 0,
                         restore: 0,
                     }),
                 ));
@@ -500,18 +508,22 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
         let w = u64::from(n) | ((p - s) as u64) << 32 | if memory { MEMORY } else { 0 };
         if uses_imm_for_word(d.op) {
             d.ops.imm = w;
+            d.handler = HANDLER_IMM;
         } else {
             d.ops.disp = w;
+            d.handler = HANDLER;
         }
-        d.handler = HANDLER;
     }
 }
 
 /// Work out, for each memory access of a stretch (`steps` by record, `effs` the records'
 /// effects), which status flags instructions after it read from the host's flags (before
-/// defining them): its TLB lookup clobbers them, so its host code restores those.
+/// defining them): its TLB lookup clobbers them, so its host code restores those; and which
+/// flags its hit path commits (see `emit::Access::commit`).
 fn flag_liveness(steps: &mut [(usize, emit::Step)], effs: &[Effect]) {
     let mut live = 0;
+    // Flags written after the record, up to the next access.
+    let mut later = 0;
     // Steps are in record order: `steps[..next]` are those of records up to `k`.
     let mut next = steps.len();
     for (k, e) in effs.iter().enumerate().rev() {
@@ -520,10 +532,13 @@ fn flag_liveness(steps: &mut [(usize, emit::Step)], effs: &[Effect]) {
             if let emit::Step::Access(a) = &mut steps[next].1 {
                 // An access changes no guest flag.
                 a.restore = live;
+                a.commit = a.flags.written & !later;
+                later = 0;
                 continue;
             }
         }
         live = (live & !(e.defines | e.undefines)) | e.flags_in;
+        later |= e.defines | e.undefines;
     }
 }
 
@@ -575,6 +590,8 @@ fn longest(effects: &[Option<Effect>], s: usize, memory: bool) -> Option<(usize,
     let mut e = s;
     let mut regs = 0u16;
     let mut has = false;
+    // The effects of `s..e`.
+    let mut es: Vec<Effect> = Vec::new();
     while let Some(Some(ef)) = effects.get(e) {
         if ef.mem.is_some() && !memory {
             break;
@@ -589,17 +606,14 @@ fn longest(effects: &[Option<Effect>], s: usize, memory: bool) -> Option<(usize,
         if r.count_ones() > max {
             break;
         }
-        if ef.mem.is_some() {
-            let before: Vec<Effect> = effects[s..e].iter().flatten().copied().collect();
-            if Plan::of(&before).is_none() {
-                break;
-            }
+        if ef.mem.is_some() && Plan::of(&es).is_none() {
+            break;
         }
         (regs, has) = (r, m);
+        es.push(*ef);
         e += 1;
     }
-    (s + MIN_LEN..=e).rev().find_map(|p| {
-        let es: Vec<Effect> = effects[s..p].iter().flatten().copied().collect();
-        Plan::of(&es).map(|plan| (p, plan))
-    })
+    (s + MIN_LEN..=e)
+        .rev()
+        .find_map(|p| Plan::of(&es[..p - s]).map(|plan| (p, plan)))
 }

@@ -605,7 +605,7 @@ fn whitelist() {
     );
 }
 
-/// The native entry is MOVZX's own, which no MOVZX reaches: its source sizes (1 and 2
+/// The native entries are MOVZX's own, which no MOVZX reaches: its source sizes (1 and 2
 /// bytes) have the sized entries, at every destination size.
 #[test]
 fn movzx_never_uses_the_native_entry() {
@@ -619,6 +619,7 @@ fn movzx_never_uses_the_native_entry() {
                     ..Operands::default()
                 };
                 assert_ne!(handler_index(op, &o), super::HANDLER);
+                assert_ne!(handler_index(op, &o), super::HANDLER_IMM);
             }
         }
     }
