@@ -10,6 +10,7 @@ mod legacy;
 mod quick;
 
 use quick::QuickEntry;
+pub(crate) use quick::QuickLayout;
 
 /// Why the CPU wants a translation; decides the permission checks and the #PF error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

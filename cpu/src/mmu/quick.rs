@@ -26,8 +26,12 @@ use crate::code_cache::CodeCache;
 pub(super) const NO_TAG: u64 = 1;
 
 /// What an ordinary load or store needs of a [`TlbEntry`] at one privilege class.
+///
+/// `repr(C)`: native stretches (`crate::native`) read the fields at fixed offsets
+/// ([`QuickLayout`]).
 #[derive(Clone, Copy, Debug)]
-pub(super) struct QuickEntry {
+#[repr(C)]
+pub(crate) struct QuickEntry {
     /// The page's base for a read that may go straight to RAM, else [`NO_TAG`].
     pub(super) read: u64,
     /// The page's base for a store that may go straight to RAM, else [`NO_TAG`].
@@ -45,6 +49,23 @@ impl Default for QuickEntry {
             addend: 0,
         }
     }
+}
+
+/// Where host code finds a quick tag (native stretches inline [`Tlb::quick`]): the entry of
+/// linear address `lin` in a set is at `set + ((lin >> 12) & MASK) * SIZE`.
+pub(crate) struct QuickLayout;
+
+impl QuickLayout {
+    /// The mask of the page number that picks the entry in a set.
+    pub(crate) const MASK: u64 = TLB_ENTRIES as u64 - 1;
+    /// Bytes per entry.
+    pub(crate) const SIZE: u64 = std::mem::size_of::<QuickEntry>() as u64;
+    /// Offset of the read tag.
+    pub(crate) const READ: i64 = std::mem::offset_of!(QuickEntry, read) as i64;
+    /// Offset of the store tag.
+    pub(crate) const WRITE: i64 = std::mem::offset_of!(QuickEntry, write) as i64;
+    /// Offset of the addend.
+    pub(crate) const ADDEND: i64 = std::mem::offset_of!(QuickEntry, addend) as i64;
 }
 
 /// The quick-tag slot of linear address `lin` in set `user` (0: CPL 0 to 2, 1: CPL 3).
@@ -71,6 +92,14 @@ impl Tlb {
         } else {
             None
         }
+    }
+
+    /// The host address of quick-tag set `user` (0: CPL 0 to 2, 1: CPL 3), laid out as
+    /// [`QuickLayout`] says, for native stretches to look up as [`Tlb::quick`] does. Valid
+    /// as long as the TLB (the set lives in a box that is never reallocated).
+    #[inline(always)]
+    pub(crate) fn quick_set(&self, user: usize) -> usize {
+        self.quick[(user & 1) * TLB_ENTRIES..].as_ptr() as usize
     }
 
     /// Set `slot`'s read tags and addend from its entry (just filled, or just allowed

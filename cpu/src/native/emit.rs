@@ -12,9 +12,10 @@
 use iced_x86::{Code, Encoder, Instruction, MemoryOperand, OpKind, Register};
 
 use crate::exec::operand::gpr_slot;
+use crate::mmu::QuickLayout;
 use crate::state::rflags::{CF, OF};
 
-use super::Plan;
+use super::{Ctx, Mem, MemKind, Plan};
 
 /// Host registers that hold guest registers, in the order they are handed out.
 const HOST: [Register; 13] = [
@@ -33,11 +34,83 @@ const HOST: [Register; 13] = [
     Register::R15,
 ];
 
-/// Where the callee-saved registers start in [`HOST`].
-const CALLEE_SAVED: usize = 7;
+/// Host registers that hold guest registers in a stretch with memory accesses: [`HOST`]
+/// but the three that the accesses' TLB lookups use ([`LIN`], [`ENTRY`], [`KEY`]).
+const HOST_MEMORY: [Register; 10] = [
+    Register::RAX,
+    Register::RCX,
+    Register::RDX,
+    Register::R8,
+    Register::RBX,
+    Register::RBP,
+    Register::R12,
+    Register::R13,
+    Register::R14,
+    Register::R15,
+];
+
+/// Scratch of a memory access: its linear address, then its host address.
+const LIN: Register = Register::R11;
+/// Scratch of a memory access: the address of its quick-tag entry.
+const ENTRY: Register = Register::R10;
+/// Scratch of a memory access: the page of its last byte, then its end.
+const KEY: Register = Register::R9;
+
+/// Whether host register `r` is callee-saved (the prologue saves it when used).
+fn callee_saved(r: Register) -> bool {
+    use Register::*;
+    matches!(r, RBX | RBP | R12 | R13 | R14 | R15)
+}
 
 /// The most guest registers one stretch may use.
 pub(super) const MAX_REGS: u32 = HOST.len() as u32;
+
+/// The most guest registers one stretch with memory accesses may use.
+pub(super) const MAX_REGS_MEMORY: u32 = HOST_MEMORY.len() as u32;
+
+// The entry's address is computed as `set + (slot * 3) * 8`.
+const _: () = assert!(QuickLayout::SIZE == 24);
+
+/// Offsets of [`Ctx`]'s fields.
+const CTX_QUICK: i64 = std::mem::offset_of!(Ctx, quick) as i64;
+const CTX_RAM: i64 = std::mem::offset_of!(Ctx, ram) as i64;
+const CTX_RAM_LEN: i64 = std::mem::offset_of!(Ctx, ram_len) as i64;
+const _: () = assert!(std::mem::offset_of!(Ctx, rflags) == 0);
+
+/// One step of a stretch's host code.
+pub(super) enum Step {
+    /// A register-only instruction, re-encoded with renamed registers.
+    Insn(Instruction),
+    /// A load or store through the quick tags.
+    Access(Access),
+}
+
+/// A memory access of a stretch and what its side exit needs.
+pub(super) struct Access {
+    /// Its record's index in the stretch: the side exit's return value.
+    pub(super) record: u32,
+    /// The access.
+    pub(super) mem: Mem,
+    /// Guest registers written before it (stored on a side exit).
+    pub(super) exit_store: u16,
+    /// The flags the instructions since the previous access (or the start) wrote: merged
+    /// into the guest's RFLAGS from the host's flags saved before the lookup, on the hit
+    /// path (committed: later merges need only the flags written after it) and on the side
+    /// exit alike. (Restoring the host's flags whole with POPFQ cost more than the access.)
+    pub(super) flags: Plan,
+    /// Of `flags.written`, those that no instruction before the next access (or the end)
+    /// writes again: the hit path commits only these (the next commit covers the others).
+    pub(super) commit: u64,
+    /// The host flags that instructions after it read (restored after the lookup).
+    pub(super) restore: u64,
+}
+
+impl Access {
+    /// Whether the host flags must be saved before the lookup.
+    fn save(&self) -> bool {
+        self.flags.written != 0 || self.restore != 0
+    }
+}
 
 /// The host register (64-bit `host`, as [`HOST`] lists them) at the size and kind of guest
 /// register `r` (no AH..BH).
@@ -126,12 +199,17 @@ fn general_form(c: Code) -> Code {
     }
 }
 
-/// An encoder for one function.
-struct Out(Encoder);
+/// An encoder for one function, with the offset of the next instruction.
+struct Out {
+    enc: Encoder,
+    pos: u64,
+}
 
 impl Out {
     fn put(&mut self, i: Option<Instruction>) -> Option<()> {
-        self.0.encode(&i?, 0).ok().map(|_| ())
+        let n = self.enc.encode(&i?, self.pos).ok()?;
+        self.pos += n as u64;
+        Some(())
     }
     fn op0(&mut self, code: Code) -> Option<()> {
         self.put(Some(Instruction::with(code)))
@@ -145,40 +223,75 @@ impl Out {
     fn ri(&mut self, code: Code, a: Register, imm: i32) -> Option<()> {
         self.put(Instruction::with2(code, a, imm).ok())
     }
+    fn rm(&mut self, code: Code, r: Register, m: MemoryOperand) -> Option<()> {
+        self.put(Instruction::with2(code, r, m).ok())
+    }
     fn load(&mut self, r: Register, base: Register, disp: i64) -> Option<()> {
-        let m = MemoryOperand::with_base_displ(base, disp);
-        self.put(Instruction::with2(Code::Mov_r64_rm64, r, m).ok())
+        self.rm(
+            Code::Mov_r64_rm64,
+            r,
+            MemoryOperand::with_base_displ(base, disp),
+        )
     }
     fn store(&mut self, base: Register, disp: i64, r: Register) -> Option<()> {
         let m = MemoryOperand::with_base_displ(base, disp);
         self.put(Instruction::with2(Code::Mov_rm64_r64, m, r).ok())
     }
+    /// A conditional jump with a 32-bit offset to be patched: the offset's position.
+    fn jcc(&mut self, code: Code) -> Option<u64> {
+        let at = self.pos;
+        self.put(Instruction::with_branch(code, at + 6).ok())?;
+        (self.pos == at + 6).then_some(at + 2)
+    }
 }
 
-/// The host function of a stretch: instructions `insns` (whitelisted, see `super::effect`),
-/// which use the guest registers in mask `regs`, must load those in `load` (read before
-/// written in full) and store those in `store` (written), with status flags handled as
-/// `plan` says. `None` if the stretch needs more host registers than there are or an
+/// `[base + index * scale + disp]` in host registers.
+fn address(base: Register, index: Register, scale: u32, disp: i64) -> MemoryOperand {
+    let size = if disp == 0 { 0 } else { 1 };
+    MemoryOperand::new(base, index, scale, disp, size, false, Register::None)
+}
+
+/// The 32-bit register of 64-bit host register `r`.
+fn low32(r: Register) -> Option<Register> {
+    Register::try_from(Register::EAX as usize + (r as usize - Register::RAX as usize)).ok()
+}
+
+/// The host function of a stretch of `len` records: `steps` (whitelisted instructions,
+/// see `super::effect`, and memory accesses), which use the guest registers in mask `regs`,
+/// must load those in `load` (read before written in full) and store those in `store`
+/// (written), with status flags handled as `plan` says (`end`: the flags written after the
+/// last access, merged at the end). `None` if the stretch needs more host registers than there are or an
 /// instruction does not encode.
 pub(super) fn emit(
-    insns: &[Instruction],
+    steps: &[Step],
+    len: usize,
     regs: u16,
     load: u16,
     store: u16,
     plan: &Plan,
+    end: &Plan,
 ) -> Option<Vec<u8>> {
-    use Register::{AH, AL, EAX, ECX, RAX, RCX, RDI, RSI};
+    use Register::{AH, AL, EAX, RDI, RSI};
+    let memory = steps.iter().any(|st| matches!(st, Step::Access(_)));
+    let pool: &[Register] = if memory { &HOST_MEMORY } else { &HOST };
     let mut map = [Register::None; 16];
     let mut k = 0;
     for (g, m) in map.iter_mut().enumerate() {
         if regs >> g & 1 != 0 {
-            *m = *HOST.get(k)?;
+            *m = *pool.get(k)?;
             k += 1;
         }
     }
-    let saved = &HOST[CALLEE_SAVED..k.max(CALLEE_SAVED)];
-    let mut o = Out(Encoder::new(64));
-    for &r in saved {
+    let saved: Vec<Register> = pool[..k]
+        .iter()
+        .copied()
+        .filter(|&r| callee_saved(r))
+        .collect();
+    let mut o = Out {
+        enc: Encoder::new(64),
+        pos: 0,
+    };
+    for &r in &saved {
         o.op1(Code::Push_r64, r)?;
     }
     // The guest's status flags the stretch reads before writing them, into the host's
@@ -191,13 +304,13 @@ pub(super) fn emit(
     } else if plan.need_in != 0 {
         if plan.need_in & OF != 0 {
             // OF from the overflow of 127 + (0 or 1).
-            o.put(Instruction::with2(Code::Mov_r32_rm32, EAX, flags).ok())?;
+            o.rm(Code::Mov_r32_rm32, EAX, flags)?;
             o.ri(Code::Shr_rm32_imm8, EAX, 11)?;
             o.ri(Code::And_rm32_imm32, EAX, 1)?;
             o.ri(Code::Add_rm8_imm8, AL, 0x7f)?;
         }
         // SF ZF AF PF CF from RFLAGS' low byte.
-        o.put(Instruction::with2(Code::Mov_r8_rm8, AH, flags).ok())?;
+        o.rm(Code::Mov_r8_rm8, AH, flags)?;
         o.op0(Code::Sahf)?;
     }
     for (g, &h) in map.iter().enumerate() {
@@ -205,9 +318,173 @@ pub(super) fn emit(
             o.load(h, RDI, 8 * g as i64)?;
         }
     }
-    for i in insns {
-        o.put(rename(i, &map))?;
+    // Each access's jumps to its side exit (offset positions), to patch once it is placed.
+    let mut misses: Vec<(Vec<u64>, &Access)> = Vec::new();
+    for st in steps {
+        match st {
+            Step::Insn(i) => o.put(rename(i, &map))?,
+            Step::Access(a) => misses.push((access(&mut o, a, &map)?, a)),
+        }
     }
+    finish(&mut o, &map, store, end, len as u32, &saved)?;
+    let mut patches = Vec::new();
+    for (jumps, a) in misses {
+        for j in jumps {
+            patches.push((j, o.pos));
+        }
+        if a.save() {
+            o.op0(Code::Popfq)?;
+        }
+        finish(&mut o, &map, a.exit_store, &a.flags, a.record, &saved)?;
+    }
+    let mut code = o.enc.take_buffer();
+    for (at, target) in patches {
+        let rel = i32::try_from(target as i64 - (at as i64 + 4)).ok()?;
+        code.get_mut(at as usize..at as usize + 4)?
+            .copy_from_slice(&rel.to_le_bytes());
+    }
+    Some(code)
+}
+
+/// The host code of access `a` (guest registers in `map`): the quick-tag lookup of
+/// `mmu::Tlb::quick`, inlined, then the load or store. Returns the positions of the jumps
+/// to its side exit (taken, with the host flags pushed if `a.save`, when the tag does not
+/// match or the access is not inside RAM).
+fn access(o: &mut Out, a: &Access, map: &[Register; 16]) -> Option<Vec<u64>> {
+    use Register::{RSI, RSP};
+    let m = &a.mem;
+    let host = |r: u8| -> Option<Register> {
+        if r >= 16 {
+            return Some(Register::None);
+        }
+        let h = map[r as usize];
+        (h != Register::None).then_some(h)
+    };
+    let (base, index) = (host(m.base)?, host(m.index)?);
+    let disp = i64::from(m.disp);
+    let size = i64::from(m.size);
+    // The linear address (no flags changed yet).
+    if base == Register::None && index == Register::None {
+        o.ri(Code::Mov_rm64_imm32, LIN, m.disp)?;
+    } else {
+        o.rm(
+            Code::Lea_r64_m,
+            LIN,
+            address(base, index, 1 << m.scale, disp),
+        )?;
+    }
+    if a.save() {
+        o.op0(Code::Pushfq)?;
+    }
+    // The entry: set + ((lin >> 12) & MASK) * 24.
+    o.rr(Code::Mov_r64_rm64, ENTRY, LIN)?;
+    o.ri(Code::Shr_rm64_imm8, ENTRY, 12)?;
+    o.ri(Code::And_rm64_imm32, ENTRY, QuickLayout::MASK as i32)?;
+    o.rm(Code::Lea_r64_m, ENTRY, address(ENTRY, ENTRY, 2, 0))?;
+    o.load(KEY, RSI, CTX_QUICK)?;
+    o.rm(Code::Lea_r64_m, ENTRY, address(KEY, ENTRY, 8, 0))?;
+    // The page of the last byte against the tag (a page crossing never matches).
+    o.rm(
+        Code::Lea_r64_m,
+        KEY,
+        address(LIN, Register::None, 1, size - 1),
+    )?;
+    o.ri(Code::And_rm64_imm32, KEY, -0x1000)?;
+    let tag = match m.kind {
+        MemKind::Load(_) => QuickLayout::READ,
+        _ => QuickLayout::WRITE,
+    };
+    o.rm(
+        Code::Cmp_r64_rm64,
+        KEY,
+        MemoryOperand::with_base_displ(ENTRY, tag),
+    )?;
+    let miss_tag = o.jcc(Code::Jne_rel32_64)?;
+    // The physical address, inside RAM.
+    o.rm(
+        Code::Add_r64_rm64,
+        LIN,
+        MemoryOperand::with_base_displ(ENTRY, QuickLayout::ADDEND),
+    )?;
+    o.rm(Code::Lea_r64_m, KEY, address(LIN, Register::None, 1, size))?;
+    o.rm(
+        Code::Cmp_r64_rm64,
+        KEY,
+        MemoryOperand::with_base_displ(RSI, CTX_RAM_LEN),
+    )?;
+    let miss_ram = o.jcc(Code::Ja_rel32_64)?;
+    o.rm(
+        Code::Add_r64_rm64,
+        LIN,
+        MemoryOperand::with_base_displ(RSI, CTX_RAM),
+    )?;
+    if a.commit != 0 {
+        // Commit: rflags = rflags & !commit | saved & commit & !cleared (RFLAGS and the
+        // saved host flags have the same layout).
+        let (keep, put) = (!(a.commit as i32), (a.commit & !a.flags.cleared) as i32);
+        o.load(ENTRY, RSP, 0)?;
+        o.ri(Code::And_rm64_imm32, ENTRY, put)?;
+        o.load(KEY, RSI, 0)?;
+        o.ri(Code::And_rm64_imm32, KEY, keep)?;
+        o.rr(Code::Or_r64_rm64, KEY, ENTRY)?;
+        o.store(RSI, 0, KEY)?;
+    }
+    if a.save() {
+        let pop = MemoryOperand::with_base_displ(RSP, 8);
+        if a.restore == 0 {
+            o.rm(Code::Lea_r64_m, RSP, pop)?;
+        } else if a.restore & !CF == 0 {
+            let top = MemoryOperand::with_base(RSP);
+            o.put(Instruction::with2(Code::Bt_rm64_imm8, top, 0).ok())?;
+            o.rm(Code::Lea_r64_m, RSP, pop)?;
+        } else {
+            o.op0(Code::Popfq)?;
+        }
+    }
+    let at = MemoryOperand::with_base(LIN);
+    let wide = m.size == 8;
+    match m.kind {
+        MemKind::Load(r) => {
+            let h = host(r)?;
+            if wide {
+                o.rm(Code::Mov_r64_rm64, h, at)?;
+            } else {
+                o.rm(Code::Mov_r32_rm32, low32(h)?, at)?;
+            }
+        }
+        MemKind::Store(r) => {
+            let h = host(r)?;
+            let i = if wide {
+                Instruction::with2(Code::Mov_rm64_r64, at, h)
+            } else {
+                Instruction::with2(Code::Mov_rm32_r32, at, low32(h)?)
+            };
+            o.put(i.ok())?;
+        }
+        MemKind::StoreImm(v) => {
+            let i = if wide {
+                Instruction::with2(Code::Mov_rm64_imm32, at, v as i32)
+            } else {
+                Instruction::with2(Code::Mov_rm32_imm32, at, v as u32)
+            };
+            o.put(i.ok())?;
+        }
+    }
+    Some(vec![miss_tag, miss_ram])
+}
+
+/// The end of the function: store the guest registers in `store`, merge the status flags
+/// as `plan` says, return `records` (the records retired), restoring the callee-saved
+/// registers `saved`.
+fn finish(
+    o: &mut Out,
+    map: &[Register; 16],
+    store: u16,
+    plan: &Plan,
+    records: u32,
+    saved: &[Register],
+) -> Option<()> {
+    use Register::{AH, AL, EAX, ECX, RAX, RCX, RDI, RSI};
     for (g, &h) in map.iter().enumerate() {
         if store >> g & 1 != 0 {
             o.store(RDI, 8 * g as i64, h)?;
@@ -237,9 +514,9 @@ pub(super) fn emit(
         o.rr(Code::Or_r64_rm64, RAX, RCX)?;
         o.store(RSI, 0, RAX)?;
     }
+    o.put(Instruction::with2(Code::Mov_r32_imm32, EAX, records).ok())?;
     for &r in saved.iter().rev() {
         o.op1(Code::Pop_r64, r)?;
     }
-    o.op0(Code::Retnq)?;
-    Some(o.0.take_buffer())
+    o.op0(Code::Retnq)
 }

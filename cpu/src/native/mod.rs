@@ -41,12 +41,38 @@ mod emit;
 mod tests;
 
 /// A compiled stretch: `rdi` = the guest's 16 general-purpose registers, `rsi` = its
-/// RFLAGS. It reads and writes nothing else.
-pub(crate) type NativeFn = extern "sysv64" fn(&mut [u64; 16], &mut u64);
+/// RFLAGS, which for a stretch with memory accesses is the first field of a [`Ctx`] (a
+/// register-only stretch reads nothing past it: its caller passes RFLAGS itself). It returns the number of records it retired: all of the stretch's, or, when a
+/// memory access needs more than a quick-tag hit in RAM (a side exit), the index of that
+/// access's record, with the registers and flags as they are before it. Register-only
+/// stretches read and write nothing but the registers and `Ctx::rflags`; memory stretches
+/// also read the quick tags and read and write guest RAM, through `Ctx`'s addresses.
+pub(crate) type NativeFn = extern "sysv64" fn(&mut [u64; 16], *mut u64) -> u64;
 
-/// The table entry of a stretch's first record (see `exec::fast::table`): MOVZX's own entry,
-/// which no MOVZX uses (its two source sizes have the sized entries).
+/// What a stretch works on besides the registers (offsets fixed: the host code reads them).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub(crate) struct Ctx {
+    /// The guest's RFLAGS, read and merged into as the stretch's flags say.
+    pub(crate) rflags: u64,
+    /// Host address of the quick-tag set of the CPU's privilege class
+    /// ([`crate::mmu::Tlb::quick_set`]); memory stretches only.
+    pub(crate) quick: usize,
+    /// Host address of guest RAM (physical address 0); memory stretches only.
+    pub(crate) ram: usize,
+    /// Bytes of guest RAM; memory stretches only.
+    pub(crate) ram_len: usize,
+}
+
+/// The table entry of a stretch's first record whose [`word`] is in `disp` (see
+/// `exec::fast::table`): MOVZX's own entry, which no MOVZX uses (its two source sizes have
+/// the sized entries).
 pub(crate) const HANDLER: u8 = Op::MovzxRR as u8;
+
+/// The table entry of a stretch's first record whose [`word`] is in `imm`: MOVZX's own
+/// entry for memory sources, as unused (the entry says where the word is, so the handler
+/// looks at no op).
+pub(crate) const HANDLER_IMM: u8 = Op::MovzxRM as u8;
 
 /// The shortest stretch worth a function call: the call, register loads and stores and the
 /// flags' merge cost more than two dispatches (whole-boot replay, interleaved: 3.93-4.02 s
@@ -115,16 +141,33 @@ impl Natives {
     }
 }
 
-/// The field of a stretch's first record that holds its [`word`]: `imm` for LEA (whose
-/// other fields all address), `disp` for every other whitelisted form (none has a memory
-/// operand).
+/// The field of a stretch's first record that holds its [`word`]: `imm` for LEA and the
+/// register loads and stores (whose other fields all address; they have no immediate),
+/// `disp` for every other whitelisted form (none has a memory operand). A store of an
+/// immediate, which uses both, never starts a stretch.
+/// Its first record's handler is [`HANDLER_IMM`] when `imm` holds it, else [`HANDLER`].
 #[inline(always)]
-pub(crate) fn word(d: &DecodedInsn) -> u64 {
-    if d.op == Op::Lea {
+pub(crate) fn word<const IMM: bool>(d: &DecodedInsn) -> u64 {
+    if IMM {
         d.ops.imm
     } else {
         d.ops.disp
     }
+}
+
+/// Whether a stretch starting with `op` keeps its word in `imm` (see [`word`]).
+fn uses_imm_for_word(op: Op) -> bool {
+    matches!(op, Op::Lea | Op::MovRM | Op::MovMR)
+}
+
+/// The word's bit saying that the stretch accesses memory.
+const MEMORY: u64 = 1 << 40;
+
+/// Whether the stretch accesses memory, from its word: such a stretch may not run under an
+/// observer (which sees every access), and needs the TLB and RAM in its [`Ctx`].
+#[inline(always)]
+pub(crate) fn has_memory(w: u64) -> bool {
+    w & MEMORY != 0
 }
 
 /// The stretch's number in [`Natives`] from its word.
@@ -155,6 +198,38 @@ pub(crate) struct Effect {
     undefines: u64,
     /// Of those, the ones the interpreter sets to 0.
     zero: u64,
+    /// The memory access, for a load or store.
+    mem: Option<Mem>,
+}
+
+/// A plain load or store in a stretch: MOV r, m / MOV m, r / MOV m, imm of 4 or 8 bytes at
+/// `[base + index << scale + disp]` (64-bit addressing, no segment base).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mem {
+    /// What is moved.
+    pub(crate) kind: MemKind,
+    /// Bytes accessed: 4 or 8.
+    pub(crate) size: u8,
+    /// Base register, or [`NO_REG`].
+    pub(crate) base: u8,
+    /// Index register, or [`NO_REG`].
+    pub(crate) index: u8,
+    /// Scale of the index as a shift.
+    pub(crate) scale: u8,
+    /// Displacement (sign-extended to 64 bits by the address computation).
+    pub(crate) disp: i32,
+}
+
+/// The direction of a [`Mem`] access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MemKind {
+    /// Into this register (a 4-byte load zero-extends).
+    Load(u8),
+    /// From this register.
+    Store(u8),
+    /// This immediate (as the record holds it: a 64-bit store's is sign-extended from 32
+    /// bits).
+    StoreImm(u64),
 }
 
 /// The status flags condition `cc` (iced's [`ConditionCode`]) reads.
@@ -279,6 +354,41 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
             (e.reads, e.writes) = (r0, r0);
             e.flags_in = condition_flags(i.condition_code());
         }
+        MovRM | MovMR | MovMI if wide => {
+            // Flat 64-bit addressing only (no FS/GS base, no RIP: the block's address is not
+            // the record's), with a displacement the host's addressing takes.
+            if o.base == RIP || o.seg != 0 || o.disp as i64 != o.disp as i32 as i64 {
+                return None;
+            }
+            let kind = match d.op {
+                MovRM => {
+                    e.writes = r0;
+                    MemKind::Load(o.r0)
+                }
+                MovMR => {
+                    e.reads = r1;
+                    MemKind::Store(o.r1)
+                }
+                _ => {
+                    if !imm32(o.imm) {
+                        return None;
+                    }
+                    MemKind::StoreImm(o.imm)
+                }
+            };
+            if o.r0 >= 16 && d.op == MovRM || o.r1 >= 16 && d.op == MovMR {
+                return None;
+            }
+            e.reads |= bit(o.base) | bit(o.index);
+            e.mem = Some(Mem {
+                kind,
+                size: o.size,
+                base: o.base,
+                index: o.index,
+                scale: o.scale,
+                disp: o.disp as i32,
+            });
+        }
         // NOPs, ENDBR64 and prefetches do nothing (no code is emitted for them).
         Nop => {}
         _ => return None,
@@ -335,11 +445,45 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
     }
     let effects: Vec<Option<Effect>> = insns.iter().zip(full).map(|(d, i)| effect(d, i)).collect();
     for (s, p, plan) in stretches(&effects) {
+        let effs: Vec<Effect> = effects[s..p].iter().flatten().copied().collect();
+        if effs.len() != p - s {
+            continue;
+        }
         let (mut regs, mut load, mut store) = (0u16, 0u16, 0u16);
         // Registers written in full so far (every whitelisted write but SETcc's is at
         // least 32 bits wide): a register is loaded if read before that.
         let mut defined = 0u16;
-        for (e, d) in effects[s..p].iter().flatten().zip(&insns[s..p]) {
+        // The steps of the host code, by record (no code for the NOPs: a prefetch's
+        // operand is never touched).
+        let mut steps: Vec<(usize, emit::Step)> = Vec::new();
+        let mut complete = true;
+        // Where the flags were last committed to the guest's RFLAGS (each access commits
+        // those written before it: see `emit::Access::flags`).
+        let mut committed = 0;
+        for (k, (e, d)) in effs.iter().zip(&insns[s..p]).enumerate() {
+            if let Some(mem) = e.mem {
+                // A side exit here leaves the registers written so far and the flags as
+                // the instructions before it set them (`stretches` made sure they can:
+                // a plan of all of them has one of those since the last commit too).
+                let Some(flags) = Plan::of(&effs[committed..k]) else {
+                    complete = false;
+                    break;
+                };
+                committed = k;
+                steps.push((
+                    k,
+                    emit::Step::Access(emit::Access {
+                        record: k as u32,
+                        mem,
+                        exit_store: store,
+                        flags,
+                        commit: 0,
+                        restore: 0,
+                    }),
+                ));
+            } else if d.op != Op::Nop {
+                steps.push((k, emit::Step::Insn(full[s + k])));
+            }
             regs |= e.reads | e.writes;
             load |= e.reads & !defined;
             if d.op != Op::SetccR {
@@ -347,14 +491,13 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
             }
             store |= e.writes;
         }
-        // No code for the NOPs (a prefetch's operand is never touched).
-        let body: Vec<Instruction> = insns[s..p]
-            .iter()
-            .zip(&full[s..p])
-            .filter(|(d, _)| d.op != Op::Nop)
-            .map(|(_, i)| *i)
-            .collect();
-        let Some(code) = emit::emit(&body, regs, load, store, &plan) else {
+        let Some(end) = Plan::of(&effs[committed..]).filter(|_| complete) else {
+            continue;
+        };
+        flag_liveness(&mut steps, &effs);
+        let memory = effs.iter().any(|e| e.mem.is_some());
+        let steps: Vec<emit::Step> = steps.into_iter().map(|(_, st)| st).collect();
+        let Some(code) = emit::emit(&steps, p - s, regs, load, store, &plan, &end) else {
             continue;
         };
         let Some(n) = natives.add(&code) else {
@@ -362,38 +505,61 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
         };
         natives.compiled_insns += (p - s) as u64;
         let d = &mut insns[s];
-        let w = u64::from(n) | ((p - s) as u64) << 32;
-        if d.op == Op::Lea {
+        let w = u64::from(n) | ((p - s) as u64) << 32 | if memory { MEMORY } else { 0 };
+        if uses_imm_for_word(d.op) {
             d.ops.imm = w;
+            d.handler = HANDLER_IMM;
         } else {
             d.ops.disp = w;
+            d.handler = HANDLER;
         }
-        d.handler = HANDLER;
+    }
+}
+
+/// Work out, for each memory access of a stretch (`steps` by record, `effs` the records'
+/// effects), which status flags instructions after it read from the host's flags (before
+/// defining them): its TLB lookup clobbers them, so its host code restores those; and which
+/// flags its hit path commits (see `emit::Access::commit`).
+fn flag_liveness(steps: &mut [(usize, emit::Step)], effs: &[Effect]) {
+    let mut live = 0;
+    // Flags written after the record, up to the next access.
+    let mut later = 0;
+    // Steps are in record order: `steps[..next]` are those of records up to `k`.
+    let mut next = steps.len();
+    for (k, e) in effs.iter().enumerate().rev() {
+        if next > 0 && steps[next - 1].0 == k {
+            next -= 1;
+            if let emit::Step::Access(a) = &mut steps[next].1 {
+                // An access changes no guest flag.
+                a.restore = live;
+                a.commit = a.flags.written & !later;
+                later = 0;
+                continue;
+            }
+        }
+        live = (live & !(e.defines | e.undefines)) | e.flags_in;
+        later |= e.defines | e.undefines;
     }
 }
 
 /// The stretches of a block with per-instruction effects `effects` (`None`: not
 /// whitelisted), as (first, end, plan): greedily from the front, each the longest run of
 /// whitelisted instructions from its first that needs no more host registers than there are
-/// and whose flags have a [`Plan`], of at least [`MIN_LEN`] instructions.
+/// and whose flags have a [`Plan`], of at least [`MIN_LEN`] instructions. A memory access
+/// is only part of one if the flags before it have a plan too (for its side exit), and a
+/// store of an immediate never starts one (see [`word`]).
 pub(crate) fn stretches(effects: &[Option<Effect>]) -> Vec<(usize, usize, Plan)> {
     let mut out = Vec::new();
     let mut s = 0;
     while s < effects.len() {
-        let mut e = s;
-        let mut regs = 0u16;
-        while let Some(Some(ef)) = effects.get(e) {
-            let r = regs | ef.reads | ef.writes;
-            if r.count_ones() > emit::MAX_REGS {
-                break;
-            }
-            regs = r;
-            e += 1;
-        }
-        let found = (s + MIN_LEN..=e).rev().find_map(|p| {
-            let es: Vec<Effect> = effects[s..p].iter().flatten().copied().collect();
-            Plan::of(&es).map(|plan| (p, plan))
-        });
+        // With memory accesses if it holds enough else to pay for them (an access costs the
+        // host about what the interpreter's quick path does), else without.
+        let found = longest(effects, s, true)
+            .filter(|&(p, _)| {
+                let others = effects[s..p].iter().flatten().filter(|e| e.mem.is_none());
+                others.count() >= MIN_OTHERS
+            })
+            .or_else(|| longest(effects, s, false));
         match found {
             Some((p, plan)) => {
                 out.push((s, p, plan));
@@ -403,4 +569,51 @@ pub(crate) fn stretches(effects: &[Option<Effect>]) -> Vec<(usize, usize, Plan)>
         }
     }
     out
+}
+
+/// The fewest instructions other than memory accesses in a stretch with accesses.
+const MIN_OTHERS: usize = 3;
+
+/// The end and plan of the longest stretch from `s` (see [`stretches`]), with memory
+/// accesses if `memory`.
+fn longest(effects: &[Option<Effect>], s: usize, memory: bool) -> Option<(usize, Plan)> {
+    if let Some(Some(Effect {
+        mem: Some(Mem {
+            kind: MemKind::StoreImm(_),
+            ..
+        }),
+        ..
+    })) = effects.get(s)
+    {
+        return None;
+    }
+    let mut e = s;
+    let mut regs = 0u16;
+    let mut has = false;
+    // The effects of `s..e`.
+    let mut es: Vec<Effect> = Vec::new();
+    while let Some(Some(ef)) = effects.get(e) {
+        if ef.mem.is_some() && !memory {
+            break;
+        }
+        let r = regs | ef.reads | ef.writes;
+        let m = has || ef.mem.is_some();
+        let max = if m {
+            emit::MAX_REGS_MEMORY
+        } else {
+            emit::MAX_REGS
+        };
+        if r.count_ones() > max {
+            break;
+        }
+        if ef.mem.is_some() && Plan::of(&es).is_none() {
+            break;
+        }
+        (regs, has) = (r, m);
+        es.push(*ef);
+        e += 1;
+    }
+    (s + MIN_LEN..=e)
+        .rev()
+        .find_map(|p| Plan::of(&es[..p - s]).map(|plan| (p, plan)))
 }

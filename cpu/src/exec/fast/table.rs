@@ -26,6 +26,7 @@ use crate::exec::{sse, Exec};
 use crate::fault::{ExecResult, Exit};
 use crate::flags::cc;
 use crate::observer::Observer;
+use crate::state::SegReg;
 
 use super::{kind as k, shift_kind as sk, unary_kind as uk, Op, Operands};
 
@@ -208,7 +209,8 @@ impl<B: Bus, O: Observer> Table<B, O> {
         t[FUSED_CMP_RM8] = cmp_m_jcc::<{ k::CMP }, { form::RM }, 1, B, O>;
         t[FUSED_CMP_MR] = cmp_m_jcc::<{ k::CMP }, { form::MR }, 0, B, O>;
         // The first record of a native stretch, in MOVZX's unused entry.
-        t[crate::native::HANDLER as usize] = native::<B, O>;
+        t[crate::native::HANDLER as usize] = native::<false, B, O>;
+        t[crate::native::HANDLER_IMM as usize] = native::<true, B, O>;
         t
     }
 }
@@ -871,17 +873,48 @@ fn pop_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow 
 /// whole stretch, unless each instruction's fetch must be seen (an observer's `--fetch`) or
 /// the budget ends inside it (`Exec::pos_end` says both); then the record runs through its own op's
 /// handler, and the stretch's other records follow one by one as usual.
-fn native<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
-    let w = crate::native::word(d);
+fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    let w = crate::native::word::<IMM>(d);
     let n = crate::native::length(w);
     let end = (d as *const DecodedInsn as usize)
         .wrapping_add(n.wrapping_mul(std::mem::size_of::<DecodedInsn>()));
-    if n >= 2 && end <= x.pos_end {
+    // A stretch with memory accesses would hide them from an observer: records one by one.
+    let memory = crate::native::has_memory(w);
+    if n >= 2 && end <= x.pos_end && !(O::ENABLED && memory) {
         if let Some(f) = x.code.native(crate::native::number(w)) {
-            let s = &mut x.cpu.state;
-            f(&mut s.gpr, &mut s.rflags);
-            x.skip = n - 1;
-            return Flow::Stretch;
+            let k = if memory {
+                // The quick tags of the privilege class, as `Exec::quick_target` picks
+                // them (CS's RPL: tags exist only with paging, so in protected mode).
+                let rpl = (x.cpu.state.seg[SegReg::Cs as usize].selector & 3) as usize;
+                let ram = x.bus.ram();
+                let mut ctx = crate::native::Ctx {
+                    rflags: x.cpu.state.rflags,
+                    quick: x.cpu.tlb.quick_set((rpl + 1) >> 2),
+                    ram: ram.as_mut_ptr() as usize,
+                    ram_len: ram.len(),
+                };
+                // The whole context escapes (the host code reads all its fields).
+                let k = f(&mut x.cpu.state.gpr, std::ptr::addr_of_mut!(ctx).cast());
+                x.cpu.state.rflags = ctx.rflags;
+                k as usize
+            } else {
+                let s = &mut x.cpu.state;
+                f(&mut s.gpr, &mut s.rflags) as usize
+            };
+            // `k` records retired: the rest of the stretch, from the access that needs the
+            // full way (a side exit), runs record by record.
+            if k >= n {
+                x.skip = n - 1;
+                return Flow::Stretch;
+            }
+            return match k {
+                0 => native_alone(x, d),
+                1 => Flow::Next,
+                _ => {
+                    x.skip = k - 1;
+                    Flow::Stretch
+                }
+            };
         }
     }
     native_alone(x, d)
@@ -892,7 +925,7 @@ fn native<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
 #[inline(never)]
 fn native_alone<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let h = index(d.op, &d.ops);
-    if h == crate::native::HANDLER {
+    if h == crate::native::HANDLER || h == crate::native::HANDLER_IMM {
         // Not a whitelisted op: cannot happen, but never recurse.
         return crate::exec::slow(x, d);
     }
