@@ -793,6 +793,16 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
     /// Judge one access (one line's piece) at `position`; record it if kept.
     #[inline]
     pub fn access(&mut self, position: u64, access: &Access) {
+        match self.policy.quick_keep(access) {
+            Some(false) => {}
+            Some(true) => self.record_access(position, access, Outcome::default().note),
+            None => self.judge(position, access),
+        }
+    }
+
+    /// [`Self::access`] of an access the policy has no quick verdict on.
+    #[inline(never)]
+    fn judge(&mut self, position: u64, access: &Access) {
         let o = self.policy.observe(access);
         if o.keep {
             self.record_access(position, access, o.note);

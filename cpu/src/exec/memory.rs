@@ -206,25 +206,40 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
 
     /// A read of `size` (1, 2, 4 or 8) bytes at `lin` that needs nothing but a TLB hit and
     /// RAM, as nearly every one does: its value, or `None`, having done nothing, when it needs
-    /// more (a page crossing, a TLB miss or a check the TLB cannot answer, a device, an
-    /// observer), and then the caller does it with [`Exec::read`], which does the same steps
+    /// more (a page crossing, a TLB miss or a check the TLB cannot answer, a device), and
+    /// then the caller does it with [`Exec::read`], which does the same steps
     /// and the rest. A handler whose common path is this calls nothing there, so saves no
     /// registers.
+    ///
+    /// An observer is told of the read as [`Exec::read`] tells it (after the access, with
+    /// the same fields): a traced replay takes the quick path too.
     #[inline(always)]
     pub(crate) fn read_quick(&mut self, lin: u64, size: usize) -> Option<u64> {
         let pa = self.quick_target(lin, size, false)?;
-        ram_load(self.bus.ram(), pa, size)
+        let v = ram_load(self.bus.ram(), pa, size)?;
+        if O::ENABLED {
+            self.report(lin, pa, size, AccessKind::Read, v);
+        }
+        Some(v)
     }
 
     /// A write that needs nothing but a TLB hit and RAM (see [`Exec::read_quick`]): `false`,
     /// having done nothing, when it needs more (also a page holding cached code), and then
-    /// the caller does it with [`Exec::write`].
+    /// the caller does it with [`Exec::write`]. An observer is told of the write as
+    /// [`Exec::write`] tells it.
     #[inline(always)]
     pub(crate) fn write_quick(&mut self, lin: u64, size: usize, value: u64) -> bool {
-        match self.write_quick_target(lin, size) {
-            Some(pa) => ram_store(self.bus.ram(), pa, size, value),
-            None => false,
+        let Some(pa) = self.write_quick_target(lin, size) else {
+            return false;
+        };
+        if !ram_store(self.bus.ram(), pa, size, value) {
+            return false;
         }
+        if O::ENABLED {
+            let v = value & crate::flags::mask(size);
+            self.report(lin, pa, size, AccessKind::Write, v);
+        }
+        true
     }
 
     /// A read-modify-write of `size` bytes at `lin` that needs nothing but a TLB hit and RAM
@@ -245,6 +260,11 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
             Some(at) => {
                 let v = f(load_bytes(at, size));
                 store_bytes(at, size, v);
+                if O::ENABLED {
+                    // One read-modify-write access, as `write_rmw` reports it.
+                    let v = v & crate::flags::mask(size);
+                    self.report(lin, pa, size, AccessKind::ReadModifyWrite, v);
+                }
                 true
             }
             None => false,
@@ -260,14 +280,12 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     }
 
     /// The physical address of an access of `size` bytes at `lin` (a store when `write`)
-    /// when the TLB's quick tags answer it alone ([`mmu::Tlb::quick`]): no observer, no page
-    /// crossing, an entry that permits it at the current privilege level (for a store: a
-    /// dirty page already reported written), a page of RAM no device claims.
+    /// when the TLB's quick tags answer it alone ([`mmu::Tlb::quick`]): no page crossing,
+    /// an entry that permits it at the current privilege level (for a store: a dirty page
+    /// already reported written), a page of RAM no device claims. (The quick paths report
+    /// to an observer themselves.)
     #[inline(always)]
     fn quick_target(&mut self, lin: u64, size: usize, write: bool) -> Option<u64> {
-        if O::ENABLED {
-            return None;
-        }
         // Tags exist only while paging is on, so protected mode, where the CPL is CS's RPL
         // (as `translate` takes it). The user set serves CPL 3 alone.
         let rpl = (self.cpu.state.seg[SegReg::Cs as usize].selector & 3) as usize;

@@ -117,6 +117,18 @@ impl LineTable {
         b
     }
 
+    /// The word offset of `line`'s words when its page already has a block in the
+    /// directory (nearly every access): no allocation, nothing out of line.
+    #[inline(always)]
+    fn known_at(&self, line: u64) -> Option<usize> {
+        let page = line >> self.lines_log;
+        let within = (line & ((1u64 << self.lines_log) - 1)) as usize * self.stride;
+        match self.near.get(page as usize) {
+            Some(&b) if b != 0 => Some((b as usize - 1) * self.block + within),
+            _ => None,
+        }
+    }
+
     /// Make room for CPU `cpu` (the lines' words widen, one word per 64 CPUs).
     #[inline(always)]
     fn fit(&mut self, cpu: u32) {
@@ -217,6 +229,40 @@ impl Movement {
             keep,
             ..Outcome::default()
         }
+    }
+}
+
+impl Movement {
+    /// Whether `a` is kept, judged the quick way when it can be: an access within one line
+    /// by a CPU below 64 to a page the table already has, with one
+    /// word per line — every access of a traced 1-CPU boot but a page's first. `None`,
+    /// having changed nothing, otherwise: then [`CacheLinePolicy::observe`] judges it.
+    ///
+    /// Inlined into the tracer's per-access path, this is the rule of [`Self::one_line`]
+    /// without the call, the policy dispatch and the general cases around it.
+    #[inline(always)]
+    pub fn quick_keep(&mut self, a: &Access) -> Option<bool> {
+        let cpu = a.cpu;
+        let line = a.paddr >> self.shift;
+        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1) >> self.shift;
+        if self.lines.stride != 1 || cpu >= 64 || line != last {
+            return None;
+        }
+        let at = self.lines.known_at(line)?;
+        let w = self.lines.words.get_mut(at)?;
+        let bit = 1u64 << cpu;
+        let write = matches!(
+            field(&a.kind),
+            AccessKind::Write | AccessKind::ReadModifyWrite
+        );
+        let before = *w;
+        let keep = if write {
+            before != bit
+        } else {
+            before & bit == 0
+        };
+        *w = if write { bit } else { before | bit };
+        Some(keep)
     }
 }
 
@@ -356,6 +402,11 @@ impl CacheLinePolicy for Movement {
 
     fn describe(&self) -> String {
         format!("movement:line={}", self.line)
+    }
+
+    #[inline(always)]
+    fn quick_keep(&mut self, a: &Access) -> Option<bool> {
+        Movement::quick_keep(self, a)
     }
 
     fn as_movement(&self) -> Option<&Movement> {
