@@ -108,26 +108,28 @@ fn approx_size(r: &Record) -> usize {
 }
 
 /// The postcard bytes of an `Item::Record` whose event is a call, return, interrupt or CR3
-/// write, built without serde, front to back in a fixed buffer: the record's head (item
-/// tag, position delta, CPU, `WireEvent::Other` tag), then the event's variant index and
-/// fields.
+/// write, built without serde, front to back: the record's head (item tag, position delta,
+/// CPU, `WireEvent::Other` tag), then the event's variant index and fields.
 ///
 /// postcard writes an enum's variant index and every integer wider than a byte as an
 /// unsigned LEB128 varint, a `u8` as itself; the test `fast_encoding_is_postcards` holds
 /// this to `postcard::to_stdvec` on every event kind.
 ///
-/// The buffer is handed to the container whole ([`ContainerWriter::push_encoded_in`]): a
-/// copy of a fixed size is a few vector moves, where a copy of the record's own length
-/// was a call to `memcpy` (two per record, with the head written in front of the fields
-/// afterwards), for the tens of millions of calls and returns of a Linux boot.
-struct Encoded {
-    buf: [u8; Encoded::LEN],
+/// The bytes are written straight into the container's buffer
+/// ([`ContainerWriter::push_encoded_with`]), for the tens of millions of calls and returns
+/// of a Linux boot: building them in a buffer of their own and copying them over cost two
+/// calls to `memcpy` per record, or (as one fixed-size copy) a stall of the copy's wide
+/// loads on the byte stores just made.
+struct Encoded<'a> {
+    buf: &'a mut [u8; ENCODED_LEN],
     end: usize,
 }
 
-impl Encoded {
-    /// Room: head ≤ 1 + 10 + 5 + 1 bytes, event ≤ 1 + 3 varints of 10 bytes.
-    const LEN: usize = 64;
+/// Room for an [`Encoded`] record: head ≤ 1 + 10 + 5 + 1 bytes, event ≤ 1 + 3 varints of
+/// 10 bytes.
+const ENCODED_LEN: usize = 64;
+
+impl Encoded<'_> {
     /// `Item::Record`.
     const ITEM_RECORD: u8 = 1;
     /// `WireEvent::Other`.
@@ -153,13 +155,11 @@ impl Encoded {
         )
     }
 
-    /// The record of `event` (one [`Self::handles`]) at position delta `dpos` on `cpu`.
+    /// Write the record of `event` (one [`Self::handles`]) at position delta `dpos` on
+    /// `cpu` into `buf`; its length (0 for an event not handled).
     #[inline]
-    fn new(dpos: u64, cpu: u32, event: &Event) -> Self {
-        let mut e = Encoded {
-            buf: [0; Self::LEN],
-            end: 0,
-        };
+    fn write(buf: &mut [u8; ENCODED_LEN], dpos: u64, cpu: u32, event: &Event) -> usize {
+        let mut e = Encoded { buf, end: 0 };
         e.varint(Self::ITEM_RECORD as u64);
         e.varint(dpos);
         e.varint(cpu as u64);
@@ -202,10 +202,9 @@ impl Encoded {
                 e.varint(4);
                 e.varint(value);
             }
-            // Not one this encoder handles (the caller asked `handles`): nothing is pushed.
-            _ => e.end = 0,
+            _ => return 0,
         }
-        e
+        e.end
     }
 }
 
@@ -288,8 +287,8 @@ impl TraceWriter {
             // Calls, returns, interrupts and CR3 writes are most records (a Linux boot has
             // tens of millions): encoded here in one pass, the bytes postcard would give.
             let dpos = self.delta.advance(r.position)?;
-            let fast = Encoded::new(dpos, r.cpu, &r.event);
-            self.out.push_encoded_in(&fast.buf, fast.end)?;
+            self.out
+                .push_encoded_with(|buf| Encoded::write(buf, dpos, r.cpu, &r.event))?;
         } else {
             let w = self.delta.encode(r)?;
             self.out.push(&Item::Record(w))?;
@@ -575,8 +574,14 @@ mod tests {
             let mut slow_delta = delta;
             let want = postcard::to_stdvec(&Item::Record(slow_delta.encode(&r).unwrap())).unwrap();
             assert!(Encoded::handles(&r.event), "{r:?}");
-            let fast = Encoded::new(delta.advance(r.position).unwrap(), r.cpu, &r.event);
-            assert_eq!(&fast.buf[..fast.end], &want[..], "{r:?}");
+            let mut buf = [0u8; ENCODED_LEN];
+            let n = Encoded::write(
+                &mut buf,
+                delta.advance(r.position).unwrap(),
+                r.cpu,
+                &r.event,
+            );
+            assert_eq!(&buf[..n], &want[..], "{r:?}");
             assert_eq!(delta, slow_delta);
         }
         for r in records(40) {

@@ -475,30 +475,73 @@ impl<F: Filter> FilterStage<F> {
         }
     }
 
+    /// [`Self::access`] in a segment with a shadow ([`Self::with_shadow`]), its common case
+    /// inline: an access within one line that the shadow drops ([`MovementShadow::drops`])
+    /// is counted, filtered and dropped here, with no call; anything else goes the whole
+    /// way, out of line. The same items either way.
+    #[inline(always)]
+    pub fn access_shadowed(&mut self, a: &Access, out: &mut impl Out) {
+        let Some(line) = self.line else {
+            return self.access_cold(a, out);
+        };
+        if self.shadow.is_none() || crosses_line(a, line) {
+            return self.access_cold(a, out);
+        }
+        self.seen += 1;
+        let position = self.position_of(a.retired);
+        if !self.filter.keep(position, a) {
+            return;
+        }
+        self.filtered_in += 1;
+        if self.shadow.as_ref().is_some_and(|s| s.drops(a)) {
+            return;
+        }
+        self.judged_cold(position, a, out);
+    }
+
+    /// [`Self::access`], out of line.
+    #[inline(never)]
+    fn access_cold(&mut self, a: &Access, out: &mut impl Out) {
+        self.access(a, out)
+    }
+
+    /// [`Self::judged`], out of line.
+    #[inline(never)]
+    fn judged_cold(&mut self, position: u64, p: &Access, out: &mut impl Out) {
+        self.judged(position, p, out)
+    }
+
     /// One line piece of an access at `position`: passed on if the filters keep it.
     #[inline(always)]
     fn piece(&mut self, position: u64, p: &Access, out: &mut impl Out) {
         if self.filter.keep(position, p) {
             self.filtered_in += 1;
-            if let Some(s) = &mut self.shadow {
-                match s.judge(p) {
-                    Verdict::Drop => return,
-                    Verdict::Keep => {
-                        out.item(Filtered::Kept {
-                            position,
-                            access: *p,
-                        });
-                        return;
-                    }
-                    Verdict::Ask => {}
-                    Verdict::Off => self.settle(out),
-                }
-            }
-            out.item(Filtered::Access {
-                position,
-                access: *p,
-            });
+            self.judged(position, p, out);
         }
+    }
+
+    /// A line piece the filters kept (and counted): judged by the shadow if there is one,
+    /// and passed on unless dropped.
+    #[inline(always)]
+    fn judged(&mut self, position: u64, p: &Access, out: &mut impl Out) {
+        if let Some(s) = &mut self.shadow {
+            match s.judge(p) {
+                Verdict::Drop => return,
+                Verdict::Keep => {
+                    out.item(Filtered::Kept {
+                        position,
+                        access: *p,
+                    });
+                    return;
+                }
+                Verdict::Ask => {}
+                Verdict::Off => self.settle(out),
+            }
+        }
+        out.item(Filtered::Access {
+            position,
+            access: *p,
+        });
     }
 
     /// Console output: a console record at its instruction's position.
@@ -791,7 +834,7 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
     }
 
     /// Judge one access (one line's piece) at `position`; record it if kept.
-    #[inline]
+    #[inline(always)]
     pub fn access(&mut self, position: u64, access: &Access) {
         match self.policy.quick_keep(access) {
             Some(false) => {}
@@ -954,6 +997,16 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
     }
 }
 
+impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
+    /// [`Observer::access`] of an access that crosses a line (or with a shadow): split and
+    /// handed on the general way, out of line (the common path then needs no stack frame).
+    #[inline(never)]
+    fn access_cold(&mut self, a: &Access) {
+        let policy = &mut self.policy;
+        self.stage.access(a, &mut Direct(policy));
+    }
+}
+
 impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
     const ENABLED: bool = true;
 
@@ -988,8 +1041,7 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
             }
             return;
         }
-        let policy = &mut self.policy;
-        self.stage.access(a, &mut Direct(policy));
+        self.access_cold(a);
     }
 
     fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]) {
@@ -1100,9 +1152,10 @@ impl<F: Filter> Observer for SegmentTracer<'_, F> {
         self.flush_if_full();
     }
 
+    #[inline]
     fn access(&mut self, a: &Access) {
         let chunk = &mut self.chunk;
-        self.stage.access(a, &mut |f| chunk.push(f));
+        self.stage.access_shadowed(a, &mut |f| chunk.push(f));
         self.flush_if_full();
     }
 

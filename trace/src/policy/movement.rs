@@ -373,6 +373,34 @@ impl MovementShadow {
         }
     }
 
+    /// Whether [`Self::judge`] would drop `a` — which changes nothing in the shadow, so
+    /// this is that verdict alone, asked without changing anything: the common case of
+    /// a segment's per-access path (a CPU that holds the line reads it again, or writes
+    /// a line known to be its alone), inlined there. `false` says only "not this way".
+    #[inline(always)]
+    pub fn drops(&self, a: &Access) -> bool {
+        let line = a.paddr >> self.shift;
+        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1) >> self.shift;
+        if a.cpu >= 63 || line != last {
+            return false;
+        }
+        let Some(w) = self
+            .lines
+            .known_at(line)
+            .and_then(|at| self.lines.words.get(at))
+        else {
+            return false;
+        };
+        let bit = 1u64 << a.cpu;
+        match field(&a.kind) {
+            // `judge`: a read by a CPU known to hold the line.
+            AccessKind::Read | AccessKind::Fetch => *w & bit != 0,
+            // `judge`: a write to a line whose set is known to be exactly {writer} (the
+            // set stays {writer}, known).
+            AccessKind::Write | AccessKind::ReadModifyWrite => *w == bit | KNOWN,
+        }
+    }
+
     /// The lines whose holder set is known, as (line number, holders), in table order
     /// (which depends only on the accesses judged).
     pub fn known(&self) -> Vec<(u64, u64)> {
