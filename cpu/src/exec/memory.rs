@@ -188,7 +188,8 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         self.stop_after = true;
     }
 
-    fn report(&mut self, lin: u64, pa: u64, size: usize, kind: AccessKind, value: u64) {
+    /// Tell the observer of an access this instruction made (after making it).
+    pub(crate) fn report(&mut self, lin: u64, pa: u64, size: usize, kind: AccessKind, value: u64) {
         let access = Access {
             cpu: self.cpu.index,
             retired: self.retired(),
