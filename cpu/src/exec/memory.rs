@@ -476,3 +476,84 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         self.write(lin.wrapping_add(8), 8, (value >> 64) as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::exec::RunExit;
+    use crate::observer::{Access, AccessKind};
+    use crate::testing::{RecordingObserver, TestMachine, STACK_TOP};
+    use iced_x86::code_asm::*;
+
+    /// Under an observer the fast handlers' accesses go the full way the first time a page
+    /// is seen (a TLB miss; a first store) and the quick way after (the TLB's quick tags):
+    /// either way each is reported once, after it is made, with its address, size, kind
+    /// and value, at its instruction's count — as a hand model of the program says.
+    #[test]
+    fn quick_and_full_accesses_report_alike() {
+        let mut m = TestMachine::assemble(|a| {
+            a.mov(rsi, 0x20_0000u64)?; // 0
+            a.mov(rax, qword_ptr(rsi))?; // 1: read, TLB miss (full)
+            a.mov(rax, qword_ptr(rsi + 8))?; // 2: read (quick)
+            a.mov(qword_ptr(rsi + 16), rax)?; // 3: first store to the page (full)
+            a.mov(qword_ptr(rsi + 24), rax)?; // 4: store (quick)
+            a.add(qword_ptr(rsi + 32), rax)?; // 5: read-modify-write (quick)
+            a.movzx(ecx, byte_ptr(rsi + 40))?; // 6: one-byte read (quick)
+            a.mov(dword_ptr(rsi + 44), 0x1234_5678)?; // 7: store of an immediate (quick)
+            a.push(rax)?; // 8: stack store
+            a.push(rcx)?; // 9: stack store
+            a.pop(rdx)?; // 10: stack read
+            a.cmp(qword_ptr(rsi + 8), rax)?; // 11: read (quick), alone
+            a.hlt()
+        });
+        let words: [u64; 6] = [
+            0x1111_2222_3333_4444,
+            0x0102_0304_0506_0708,
+            0,
+            0,
+            0x10,
+            0xab,
+        ];
+        for (k, w) in words.iter().enumerate() {
+            m.bus.ram[0x20_0000 + 8 * k..0x20_0008 + 8 * k].copy_from_slice(&w.to_le_bytes());
+        }
+        let mut obs = RecordingObserver::default();
+        let exit = loop {
+            match m.cpu.run(&mut m.bus, &mut obs, &mut m.code, 1000) {
+                RunExit::Budget => {}
+                exit => break exit,
+            }
+        };
+        assert_eq!(exit, RunExit::Halted);
+        let (r, w, rmw) = (
+            AccessKind::Read,
+            AccessKind::Write,
+            AccessKind::ReadModifyWrite,
+        );
+        let loaded = words[1];
+        let want: Vec<(u64, AccessKind, u64, u8, u64)> = vec![
+            (1, r, 0x20_0000, 8, words[0]),
+            (2, r, 0x20_0008, 8, loaded),
+            (3, w, 0x20_0010, 8, loaded),
+            (4, w, 0x20_0018, 8, loaded),
+            (5, rmw, 0x20_0020, 8, words[4].wrapping_add(loaded)),
+            (6, r, 0x20_0028, 1, 0xab),
+            (7, w, 0x20_002c, 4, 0x1234_5678),
+            (8, w, STACK_TOP - 8, 8, loaded),
+            (9, w, STACK_TOP - 16, 8, 0xab),
+            (10, r, STACK_TOP - 16, 8, 0xab),
+            (11, r, 0x20_0008, 8, loaded),
+        ];
+        let got: Vec<(u64, AccessKind, u64, u8, u64)> = obs
+            .accesses
+            .iter()
+            .map(|a: &Access| {
+                assert_eq!(a.vaddr, a.paddr, "identity mapping");
+                assert!(a.cpl == 0 && !a.locked && a.cpu == 0);
+                (a.retired, a.kind, a.paddr, a.size, a.value)
+            })
+            .collect();
+        assert_eq!(got, want);
+        // Each access names its own instruction: addresses go up with the count.
+        assert!(obs.accesses.windows(2).all(|p| p[0].pc < p[1].pc));
+    }
+}

@@ -760,6 +760,40 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// The quick verdicts are the full ones: `quick_keep`, when it answers, keeps what
+        /// `observe` keeps and leaves the same state (and changes nothing when it does not
+        /// answer); a shadow `drops` exactly what `judge` drops, and asking changes nothing.
+        #[test]
+        fn quick_verdicts_match_the_full_ones(
+            ncpu in prop_oneof![1u32..=4, 60u32..=70],
+            raw in proptest::collection::vec((any::<u32>(), 0u64..0x3000, 1u8..=8, kind()), 1..400),
+        ) {
+            let mut quick = Movement::new(64);
+            let mut full = Movement::new(64);
+            let mut shadow = Movement::new(64).shadow();
+            for &(c, addr, size, k) in &raw {
+                let a = acc(c % ncpu, addr, size, k);
+                let want = full.observe(&a).keep;
+                let unasked = quick.lines.clone();
+                let got = match quick.quick_keep(&a) {
+                    Some(keep) => keep,
+                    None => {
+                        prop_assert_eq!(&quick.lines, &unasked);
+                        quick.observe(&a).keep
+                    }
+                };
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(&quick.lines, &full.lines);
+                let before = shadow.lines.clone();
+                let drops = shadow.drops(&a);
+                prop_assert_eq!(&shadow.lines, &before);
+                let verdict = shadow.judge(&a);
+                prop_assert_eq!(drops, verdict == Verdict::Drop, "{:?}", a);
+            }
+        }
+    }
+
     #[test]
     fn shadows_hand_over_beyond_cpu_62_and_across_lines() {
         let mut s = Movement::new(64).shadow();
