@@ -32,6 +32,13 @@ pub trait Filter {
     /// accesses that follow it. Filters that depend on guest context change state here.
     fn context(&mut self, _r: &Record) {}
 
+    /// Whether [`Filter::context`] or [`Filter::keep_context`] may do anything: `false`
+    /// promises that they change nothing and keep every record, so a caller may skip
+    /// building records for them (a Linux boot has tens of millions of calls and returns).
+    fn sees_context(&self) -> bool {
+        true
+    }
+
     /// Keep the context record `r` in the trace? (Called after [`Filter::context`].) Most
     /// filters keep every context record; `--cpu` drops other CPUs' control flow.
     fn keep_context(&mut self, _r: &Record) -> bool {
@@ -416,6 +423,12 @@ impl Filter for And {
             keep &= f.keep_context(r);
         }
         keep
+    }
+
+    #[inline]
+    fn sees_context(&self) -> bool {
+        // No filter: nothing to see (conservatively, any filter may).
+        !self.0.is_empty()
     }
 
     fn describe(&self) -> String {

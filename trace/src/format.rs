@@ -108,35 +108,32 @@ fn approx_size(r: &Record) -> usize {
 }
 
 /// The postcard bytes of an `Item::Record` whose event is a call, return, interrupt or CR3
-/// write, built without serde: the event's fields first (their length is not known until
-/// then), then the record's head (item tag, position delta, CPU, event tags) in front.
+/// write, built without serde, front to back: the record's head (item tag, position delta,
+/// CPU, `WireEvent::Other` tag), then the event's variant index and fields.
 ///
 /// postcard writes an enum's variant index and every integer wider than a byte as an
 /// unsigned LEB128 varint, a `u8` as itself; the test `fast_encoding_is_postcards` holds
 /// this to `postcard::to_stdvec` on every event kind.
-struct Encoded {
-    /// The head is written backwards from `HEAD`, the event's fields forwards from it.
-    buf: [u8; Encoded::LEN],
-    start: usize,
+///
+/// The bytes are written straight into the container's buffer
+/// ([`ContainerWriter::push_encoded_with`]), for the tens of millions of calls and returns
+/// of a Linux boot: building them in a buffer of their own and copying them over cost two
+/// calls to `memcpy` per record, or (as one fixed-size copy) a stall of the copy's wide
+/// loads on the byte stores just made.
+struct Encoded<'a> {
+    buf: &'a mut [u8; ENCODED_LEN],
     end: usize,
 }
 
-impl Encoded {
-    /// Room: head ≤ 1 + 10 + 5 + 1 + 1 bytes, fields ≤ 3 varints of 10 bytes.
-    const LEN: usize = 64;
-    const HEAD: usize = 24;
+/// Room for an [`Encoded`] record: head ≤ 1 + 10 + 5 + 1 bytes, event ≤ 1 + 3 varints of
+/// 10 bytes.
+const ENCODED_LEN: usize = 64;
+
+impl Encoded<'_> {
     /// `Item::Record`.
     const ITEM_RECORD: u8 = 1;
     /// `WireEvent::Other`.
     const WIRE_OTHER: u8 = 1;
-
-    fn new() -> Self {
-        Encoded {
-            buf: [0; Self::LEN],
-            start: Self::HEAD,
-            end: Self::HEAD,
-        }
-    }
 
     #[inline(always)]
     fn varint(&mut self, mut v: u64) {
@@ -149,25 +146,40 @@ impl Encoded {
         self.end += 1;
     }
 
-    /// Encode the event's variant index and fields if it is one this encoder handles.
+    /// Whether this encoder handles `event` (a call, return, interrupt or CR3 write).
     #[inline]
-    fn control_flow(&mut self, r: &Record) -> bool {
+    fn handles(event: &Event) -> bool {
+        matches!(
+            event,
+            Event::Call { .. } | Event::Return { .. } | Event::Interrupt { .. } | Event::Cr3 { .. }
+        )
+    }
+
+    /// Write the record of `event` (one [`Self::handles`]) at position delta `dpos` on
+    /// `cpu` into `buf`; its length (0 for an event not handled).
+    #[inline]
+    fn write(buf: &mut [u8; ENCODED_LEN], dpos: u64, cpu: u32, event: &Event) -> usize {
+        let mut e = Encoded { buf, end: 0 };
+        e.varint(Self::ITEM_RECORD as u64);
+        e.varint(dpos);
+        e.varint(cpu as u64);
+        e.varint(Self::WIRE_OTHER as u64);
         // Variant indices of `Event`, in declaration order.
-        match r.event {
+        match *event {
             Event::Call {
                 target,
                 return_address,
                 stack,
             } => {
-                self.varint(1);
-                self.varint(target);
-                self.varint(return_address);
-                self.varint(stack);
+                e.varint(1);
+                e.varint(target);
+                e.varint(return_address);
+                e.varint(stack);
             }
             Event::Return { target, stack } => {
-                self.varint(2);
-                self.varint(target);
-                self.varint(stack);
+                e.varint(2);
+                e.varint(target);
+                e.varint(stack);
             }
             Event::Interrupt {
                 vector,
@@ -175,51 +187,24 @@ impl Encoded {
                 from,
                 to,
             } => {
-                self.varint(3);
-                self.buf[self.end] = vector;
-                self.end += 1;
-                self.varint(match kind {
+                e.varint(3);
+                e.buf[e.end] = vector;
+                e.end += 1;
+                e.varint(match kind {
                     InterruptKind::External => 0,
                     InterruptKind::Exception => 1,
                     InterruptKind::Software => 2,
                 });
-                self.varint(from);
-                self.varint(to);
+                e.varint(from);
+                e.varint(to);
             }
             Event::Cr3 { value } => {
-                self.varint(4);
-                self.varint(value);
+                e.varint(4);
+                e.varint(value);
             }
-            _ => return false,
+            _ => return 0,
         }
-        true
-    }
-
-    /// Put the record's head in front of the event: item tag, position delta, CPU, and
-    /// the `WireEvent::Other` tag.
-    #[inline]
-    fn finish(&mut self, dpos: u64, cpu: u32) {
-        let mut head = [0u8; 20];
-        let mut n = 0;
-        let mut put = |mut v: u64| {
-            while v >= 0x80 {
-                head[n] = v as u8 | 0x80;
-                n += 1;
-                v >>= 7;
-            }
-            head[n] = v as u8;
-            n += 1;
-        };
-        put(Self::ITEM_RECORD as u64);
-        put(dpos);
-        put(cpu as u64);
-        put(Self::WIRE_OTHER as u64);
-        self.start = Self::HEAD - n;
-        self.buf[self.start..Self::HEAD].copy_from_slice(&head[..n]);
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        e.end
     }
 }
 
@@ -298,13 +283,12 @@ impl TraceWriter {
             }
             .into());
         }
-        let mut fast = Encoded::new();
-        if fast.control_flow(r) {
+        if Encoded::handles(&r.event) {
             // Calls, returns, interrupts and CR3 writes are most records (a Linux boot has
             // tens of millions): encoded here in one pass, the bytes postcard would give.
             let dpos = self.delta.advance(r.position)?;
-            fast.finish(dpos, r.cpu);
-            self.out.push_encoded(fast.bytes())?;
+            self.out
+                .push_encoded_with(|buf| Encoded::write(buf, dpos, r.cpu, &r.event))?;
         } else {
             let w = self.delta.encode(r)?;
             self.out.push(&Item::Record(w))?;
@@ -589,10 +573,15 @@ mod tests {
                 .unwrap();
             let mut slow_delta = delta;
             let want = postcard::to_stdvec(&Item::Record(slow_delta.encode(&r).unwrap())).unwrap();
-            let mut fast = Encoded::new();
-            assert!(fast.control_flow(&r), "{r:?}");
-            fast.finish(delta.advance(r.position).unwrap(), r.cpu);
-            assert_eq!(fast.bytes(), &want[..], "{r:?}");
+            assert!(Encoded::handles(&r.event), "{r:?}");
+            let mut buf = [0u8; ENCODED_LEN];
+            let n = Encoded::write(
+                &mut buf,
+                delta.advance(r.position).unwrap(),
+                r.cpu,
+                &r.event,
+            );
+            assert_eq!(&buf[..n], &want[..], "{r:?}");
             assert_eq!(delta, slow_delta);
         }
         for r in records(40) {
@@ -603,7 +592,7 @@ mod tests {
                     | Event::Interrupt { .. }
                     | Event::Cr3 { .. }
             );
-            assert_eq!(Encoded::new().control_flow(&r), handled, "{r:?}");
+            assert_eq!(Encoded::handles(&r.event), handled, "{r:?}");
         }
     }
 

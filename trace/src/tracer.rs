@@ -29,7 +29,7 @@ use crate::filter::Filter;
 use crate::format::{TraceError, TraceWriter};
 use crate::hypercall::decode;
 use crate::policy::movement::{MovementShadow, Verdict};
-use crate::policy::{split_lines, CacheLinePolicy, Outcome};
+use crate::policy::{field, split_lines, CacheLinePolicy, Outcome};
 use crate::record::{AccessEvent, Event, InterruptKind, Record};
 
 /// Where trace records go.
@@ -475,30 +475,73 @@ impl<F: Filter> FilterStage<F> {
         }
     }
 
+    /// [`Self::access`] in a segment with a shadow ([`Self::with_shadow`]), its common case
+    /// inline: an access within one line that the shadow drops ([`MovementShadow::drops`])
+    /// is counted, filtered and dropped here, with no call; anything else goes the whole
+    /// way, out of line. The same items either way.
+    #[inline(always)]
+    pub fn access_shadowed(&mut self, a: &Access, out: &mut impl Out) {
+        let Some(line) = self.line else {
+            return self.access_cold(a, out);
+        };
+        if self.shadow.is_none() || crosses_line(a, line) {
+            return self.access_cold(a, out);
+        }
+        self.seen += 1;
+        let position = self.position_of(a.retired);
+        if !self.filter.keep(position, a) {
+            return;
+        }
+        self.filtered_in += 1;
+        if self.shadow.as_ref().is_some_and(|s| s.drops(a)) {
+            return;
+        }
+        self.judged_cold(position, a, out);
+    }
+
+    /// [`Self::access`], out of line.
+    #[inline(never)]
+    fn access_cold(&mut self, a: &Access, out: &mut impl Out) {
+        self.access(a, out)
+    }
+
+    /// [`Self::judged`], out of line.
+    #[inline(never)]
+    fn judged_cold(&mut self, position: u64, p: &Access, out: &mut impl Out) {
+        self.judged(position, p, out)
+    }
+
     /// One line piece of an access at `position`: passed on if the filters keep it.
     #[inline(always)]
     fn piece(&mut self, position: u64, p: &Access, out: &mut impl Out) {
         if self.filter.keep(position, p) {
             self.filtered_in += 1;
-            if let Some(s) = &mut self.shadow {
-                match s.judge(p) {
-                    Verdict::Drop => return,
-                    Verdict::Keep => {
-                        out.item(Filtered::Kept {
-                            position,
-                            access: *p,
-                        });
-                        return;
-                    }
-                    Verdict::Ask => {}
-                    Verdict::Off => self.settle(out),
-                }
-            }
-            out.item(Filtered::Access {
-                position,
-                access: *p,
-            });
+            self.judged(position, p, out);
         }
+    }
+
+    /// A line piece the filters kept (and counted): judged by the shadow if there is one,
+    /// and passed on unless dropped.
+    #[inline(always)]
+    fn judged(&mut self, position: u64, p: &Access, out: &mut impl Out) {
+        if let Some(s) = &mut self.shadow {
+            match s.judge(p) {
+                Verdict::Drop => return,
+                Verdict::Keep => {
+                    out.item(Filtered::Kept {
+                        position,
+                        access: *p,
+                    });
+                    return;
+                }
+                Verdict::Ask => {}
+                Verdict::Off => self.settle(out),
+            }
+        }
+        out.item(Filtered::Access {
+            position,
+            access: *p,
+        });
     }
 
     /// Console output: a console record at its instruction's position.
@@ -542,53 +585,29 @@ impl<F: Filter> FilterStage<F> {
 
     /// A call, return, interrupt or CR3 write.
     pub fn context_event(&mut self, cpu: u32, retired: u64, e: &ContextEvent, out: &mut impl Out) {
-        let event = match *e {
-            ContextEvent::Call {
-                target,
-                return_address,
-                stack,
-                ..
-            } => Event::Call {
-                target,
-                return_address,
-                stack,
-            },
-            ContextEvent::Return { target, stack, .. } => Event::Return { target, stack },
-            ContextEvent::Interrupt {
-                vector,
-                source,
-                from,
-                to,
-            } => Event::Interrupt {
-                vector,
-                kind: interrupt_kind(source),
-                from,
-                to,
-            },
-            ContextEvent::Cr3 { value } => Event::Cr3 { value },
-        };
         let position = self.position_of(retired);
+        if self.defer_labels {
+            self.defer(position, cpu, e, out);
+            return;
+        }
         let r = Record {
             position,
             cpu,
-            event,
+            event: event_of(e),
         };
-        if self.defer_labels {
-            self.defer(r, e, out);
-            return;
-        }
         self.context(&r, out);
-        let label = match (&mut self.alloc, *e) {
+        // By reference: a call's event holds its sixteen registers.
+        let label = match (&mut self.alloc, e) {
             (
                 Some(l),
-                ContextEvent::Call {
+                &ContextEvent::Call {
                     target,
                     return_address,
                     stack,
-                    regs,
+                    ref regs,
                 },
-            ) => l.call(cpu, target, return_address, stack, &regs),
-            (Some(l), ContextEvent::Return { target, stack, rax }) => {
+            ) => l.call(cpu, target, return_address, stack, regs),
+            (Some(l), &ContextEvent::Return { target, stack, rax }) => {
                 l.ret(cpu, target, stack, rax)
             }
             _ => None,
@@ -601,30 +620,47 @@ impl<F: Filter> FilterStage<F> {
     /// [`FilterStage::context_event`] in a segment ([`FilterStage::deferring_labels`]):
     /// the filters see the record, and it is handed on as a [`Filtered::Control`] item
     /// when the merging side needs it — kept by the filters, or a return or watched call
-    /// for its labeler.
-    fn defer(&mut self, r: Record, e: &ContextEvent, out: &mut impl Out) {
-        self.filter.context(&r);
-        let kept = self.filter.keep_context(&r);
+    /// for its labeler. (Filters that ignore context records, [`Filter::sees_context`],
+    /// keep them all: no record is built for them.)
+    fn defer(&mut self, position: u64, cpu: u32, e: &ContextEvent, out: &mut impl Out) {
+        let kept = if self.filter.sees_context() {
+            let r = Record {
+                position,
+                cpu,
+                event: event_of(e),
+            };
+            self.filter.context(&r);
+            self.filter.keep_context(&r)
+        } else {
+            true
+        };
         let labels = self.alloc.as_ref();
         let watched = &mut self.watched;
-        let event = match *e {
+        // Each field loaded on its own (`field`), and the registers only when needed: see
+        // `event_of`.
+        let event = match e {
             ContextEvent::Call {
                 target,
                 return_address,
                 stack,
                 regs,
-            } => ControlEvent::Call {
-                target,
-                return_address,
-                stack,
-                regs: labels
-                    .is_some_and(|a| watched.watches(a, target))
-                    .then(|| Box::new(regs)),
-            },
-            ContextEvent::Return { target, stack, rax } => {
-                ControlEvent::Return { target, stack, rax }
+            } => {
+                let target = field(target);
+                ControlEvent::Call {
+                    target,
+                    return_address: field(return_address),
+                    stack: field(stack),
+                    regs: labels
+                        .is_some_and(|a| watched.watches(a, target))
+                        .then(|| Box::new(*regs)),
+                }
             }
-            ContextEvent::Interrupt {
+            ContextEvent::Return { target, stack, rax } => ControlEvent::Return {
+                target: field(target),
+                stack: field(stack),
+                rax: field(rax),
+            },
+            &ContextEvent::Interrupt {
                 vector,
                 source,
                 from,
@@ -635,7 +671,7 @@ impl<F: Filter> FilterStage<F> {
                 from,
                 to,
             },
-            ContextEvent::Cr3 { value } => ControlEvent::Cr3 { value },
+            &ContextEvent::Cr3 { value } => ControlEvent::Cr3 { value },
         };
         // What the merging side would do nothing with stays here: a dropped record that
         // the labeler would not look at either (it labels only from watched calls, with
@@ -648,8 +684,8 @@ impl<F: Filter> FilterStage<F> {
             };
         if needed {
             out.item(Filtered::Control(Control {
-                position: r.position,
-                cpu: r.cpu,
+                position,
+                cpu,
                 kept,
                 event,
             }));
@@ -695,6 +731,45 @@ impl<F: Filter> FilterStage<F> {
                 c.pc, c.kind, c.length, c.addr
             )),
         }
+    }
+}
+
+/// The trace event of a call, return, interrupt or CR3 write.
+///
+/// Each field is loaded on its own ([`field`]): the CPU has just stored them one by one,
+/// and a load of two neighbouring fields as one wide word (which the compiler likes to
+/// make) waits until those stores reach the cache instead of taking their values from
+/// the store buffer — a good part of the cost of each of the tens of millions of calls
+/// and returns of a traced Linux boot.
+#[inline(always)]
+fn event_of(e: &ContextEvent) -> Event {
+    match e {
+        ContextEvent::Call {
+            target,
+            return_address,
+            stack,
+            ..
+        } => Event::Call {
+            target: field(target),
+            return_address: field(return_address),
+            stack: field(stack),
+        },
+        ContextEvent::Return { target, stack, .. } => Event::Return {
+            target: field(target),
+            stack: field(stack),
+        },
+        &ContextEvent::Interrupt {
+            vector,
+            source,
+            from,
+            to,
+        } => Event::Interrupt {
+            vector,
+            kind: interrupt_kind(source),
+            from,
+            to,
+        },
+        &ContextEvent::Cr3 { value } => Event::Cr3 { value },
     }
 }
 
@@ -791,8 +866,18 @@ impl<P: CacheLinePolicy, S: Sink> PolicyStage<P, S> {
     }
 
     /// Judge one access (one line's piece) at `position`; record it if kept.
-    #[inline]
+    #[inline(always)]
     pub fn access(&mut self, position: u64, access: &Access) {
+        match self.policy.quick_keep(access) {
+            Some(false) => {}
+            Some(true) => self.record_access(position, access, Outcome::default().note),
+            None => self.judge(position, access),
+        }
+    }
+
+    /// [`Self::access`] of an access the policy has no quick verdict on.
+    #[inline(never)]
+    fn judge(&mut self, position: u64, access: &Access) {
         let o = self.policy.observe(access);
         if o.keep {
             self.record_access(position, access, o.note);
@@ -944,6 +1029,16 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
     }
 }
 
+impl<F: Filter, P: CacheLinePolicy, S: Sink> Tracer<F, P, S> {
+    /// [`Observer::access`] of an access that crosses a line (or with a shadow): split and
+    /// handed on the general way, out of line (the common path then needs no stack frame).
+    #[inline(never)]
+    fn access_cold(&mut self, a: &Access) {
+        let policy = &mut self.policy;
+        self.stage.access(a, &mut Direct(policy));
+    }
+}
+
 impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
     const ENABLED: bool = true;
 
@@ -978,8 +1073,7 @@ impl<F: Filter, P: CacheLinePolicy, S: Sink> Observer for Tracer<F, P, S> {
             }
             return;
         }
-        let policy = &mut self.policy;
-        self.stage.access(a, &mut Direct(policy));
+        self.access_cold(a);
     }
 
     fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]) {
@@ -1090,9 +1184,10 @@ impl<F: Filter> Observer for SegmentTracer<'_, F> {
         self.flush_if_full();
     }
 
+    #[inline]
     fn access(&mut self, a: &Access) {
         let chunk = &mut self.chunk;
-        self.stage.access(a, &mut |f| chunk.push(f));
+        self.stage.access_shadowed(a, &mut |f| chunk.push(f));
         self.flush_if_full();
     }
 

@@ -188,7 +188,8 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         self.stop_after = true;
     }
 
-    fn report(&mut self, lin: u64, pa: u64, size: usize, kind: AccessKind, value: u64) {
+    /// Tell the observer of an access this instruction made (after making it).
+    pub(crate) fn report(&mut self, lin: u64, pa: u64, size: usize, kind: AccessKind, value: u64) {
         let access = Access {
             cpu: self.cpu.index,
             retired: self.retired(),
@@ -206,25 +207,40 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
 
     /// A read of `size` (1, 2, 4 or 8) bytes at `lin` that needs nothing but a TLB hit and
     /// RAM, as nearly every one does: its value, or `None`, having done nothing, when it needs
-    /// more (a page crossing, a TLB miss or a check the TLB cannot answer, a device, an
-    /// observer), and then the caller does it with [`Exec::read`], which does the same steps
+    /// more (a page crossing, a TLB miss or a check the TLB cannot answer, a device), and
+    /// then the caller does it with [`Exec::read`], which does the same steps
     /// and the rest. A handler whose common path is this calls nothing there, so saves no
     /// registers.
+    ///
+    /// An observer is told of the read as [`Exec::read`] tells it (after the access, with
+    /// the same fields): a traced replay takes the quick path too.
     #[inline(always)]
     pub(crate) fn read_quick(&mut self, lin: u64, size: usize) -> Option<u64> {
         let pa = self.quick_target(lin, size, false)?;
-        ram_load(self.bus.ram(), pa, size)
+        let v = ram_load(self.bus.ram(), pa, size)?;
+        if O::ENABLED {
+            self.report(lin, pa, size, AccessKind::Read, v);
+        }
+        Some(v)
     }
 
     /// A write that needs nothing but a TLB hit and RAM (see [`Exec::read_quick`]): `false`,
     /// having done nothing, when it needs more (also a page holding cached code), and then
-    /// the caller does it with [`Exec::write`].
+    /// the caller does it with [`Exec::write`]. An observer is told of the write as
+    /// [`Exec::write`] tells it.
     #[inline(always)]
     pub(crate) fn write_quick(&mut self, lin: u64, size: usize, value: u64) -> bool {
-        match self.write_quick_target(lin, size) {
-            Some(pa) => ram_store(self.bus.ram(), pa, size, value),
-            None => false,
+        let Some(pa) = self.write_quick_target(lin, size) else {
+            return false;
+        };
+        if !ram_store(self.bus.ram(), pa, size, value) {
+            return false;
         }
+        if O::ENABLED {
+            let v = value & crate::flags::mask(size);
+            self.report(lin, pa, size, AccessKind::Write, v);
+        }
+        true
     }
 
     /// A read-modify-write of `size` bytes at `lin` that needs nothing but a TLB hit and RAM
@@ -245,6 +261,11 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
             Some(at) => {
                 let v = f(load_bytes(at, size));
                 store_bytes(at, size, v);
+                if O::ENABLED {
+                    // One read-modify-write access, as `write_rmw` reports it.
+                    let v = v & crate::flags::mask(size);
+                    self.report(lin, pa, size, AccessKind::ReadModifyWrite, v);
+                }
                 true
             }
             None => false,
@@ -260,14 +281,12 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     }
 
     /// The physical address of an access of `size` bytes at `lin` (a store when `write`)
-    /// when the TLB's quick tags answer it alone ([`mmu::Tlb::quick`]): no observer, no page
-    /// crossing, an entry that permits it at the current privilege level (for a store: a
-    /// dirty page already reported written), a page of RAM no device claims.
+    /// when the TLB's quick tags answer it alone ([`mmu::Tlb::quick`]): no page crossing,
+    /// an entry that permits it at the current privilege level (for a store: a dirty page
+    /// already reported written), a page of RAM no device claims. (The quick paths report
+    /// to an observer themselves.)
     #[inline(always)]
     fn quick_target(&mut self, lin: u64, size: usize, write: bool) -> Option<u64> {
-        if O::ENABLED {
-            return None;
-        }
         // Tags exist only while paging is on, so protected mode, where the CPL is CS's RPL
         // (as `translate` takes it). The user set serves CPL 3 alone.
         let rpl = (self.cpu.state.seg[SegReg::Cs as usize].selector & 3) as usize;
@@ -455,5 +474,86 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
         self.check_span(lin, 16, Intent::Write)?;
         self.write(lin, 8, value as u64)?;
         self.write(lin.wrapping_add(8), 8, (value >> 64) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::exec::RunExit;
+    use crate::observer::{Access, AccessKind};
+    use crate::testing::{RecordingObserver, TestMachine, STACK_TOP};
+    use iced_x86::code_asm::*;
+
+    /// Under an observer the fast handlers' accesses go the full way the first time a page
+    /// is seen (a TLB miss; a first store) and the quick way after (the TLB's quick tags):
+    /// either way each is reported once, after it is made, with its address, size, kind
+    /// and value, at its instruction's count — as a hand model of the program says.
+    #[test]
+    fn quick_and_full_accesses_report_alike() {
+        let mut m = TestMachine::assemble(|a| {
+            a.mov(rsi, 0x20_0000u64)?; // 0
+            a.mov(rax, qword_ptr(rsi))?; // 1: read, TLB miss (full)
+            a.mov(rax, qword_ptr(rsi + 8))?; // 2: read (quick)
+            a.mov(qword_ptr(rsi + 16), rax)?; // 3: first store to the page (full)
+            a.mov(qword_ptr(rsi + 24), rax)?; // 4: store (quick)
+            a.add(qword_ptr(rsi + 32), rax)?; // 5: read-modify-write (quick)
+            a.movzx(ecx, byte_ptr(rsi + 40))?; // 6: one-byte read (quick)
+            a.mov(dword_ptr(rsi + 44), 0x1234_5678)?; // 7: store of an immediate (quick)
+            a.push(rax)?; // 8: stack store
+            a.push(rcx)?; // 9: stack store
+            a.pop(rdx)?; // 10: stack read
+            a.cmp(qword_ptr(rsi + 8), rax)?; // 11: read (quick), alone
+            a.hlt()
+        });
+        let words: [u64; 6] = [
+            0x1111_2222_3333_4444,
+            0x0102_0304_0506_0708,
+            0,
+            0,
+            0x10,
+            0xab,
+        ];
+        for (k, w) in words.iter().enumerate() {
+            m.bus.ram[0x20_0000 + 8 * k..0x20_0008 + 8 * k].copy_from_slice(&w.to_le_bytes());
+        }
+        let mut obs = RecordingObserver::default();
+        let exit = loop {
+            match m.cpu.run(&mut m.bus, &mut obs, &mut m.code, 1000) {
+                RunExit::Budget => {}
+                exit => break exit,
+            }
+        };
+        assert_eq!(exit, RunExit::Halted);
+        let (r, w, rmw) = (
+            AccessKind::Read,
+            AccessKind::Write,
+            AccessKind::ReadModifyWrite,
+        );
+        let loaded = words[1];
+        let want: Vec<(u64, AccessKind, u64, u8, u64)> = vec![
+            (1, r, 0x20_0000, 8, words[0]),
+            (2, r, 0x20_0008, 8, loaded),
+            (3, w, 0x20_0010, 8, loaded),
+            (4, w, 0x20_0018, 8, loaded),
+            (5, rmw, 0x20_0020, 8, words[4].wrapping_add(loaded)),
+            (6, r, 0x20_0028, 1, 0xab),
+            (7, w, 0x20_002c, 4, 0x1234_5678),
+            (8, w, STACK_TOP - 8, 8, loaded),
+            (9, w, STACK_TOP - 16, 8, 0xab),
+            (10, r, STACK_TOP - 16, 8, 0xab),
+            (11, r, 0x20_0008, 8, loaded),
+        ];
+        let got: Vec<(u64, AccessKind, u64, u8, u64)> = obs
+            .accesses
+            .iter()
+            .map(|a: &Access| {
+                assert_eq!(a.vaddr, a.paddr, "identity mapping");
+                assert!(a.cpl == 0 && !a.locked && a.cpu == 0);
+                (a.retired, a.kind, a.paddr, a.size, a.value)
+            })
+            .collect();
+        assert_eq!(got, want);
+        // Each access names its own instruction: addresses go up with the count.
+        assert!(obs.accesses.windows(2).all(|p| p[0].pc < p[1].pc));
     }
 }

@@ -151,9 +151,10 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
     let src_seg = i.memory_segment();
     let mut si = x.gpr(sreg);
     let mut di = x.gpr(dreg);
-    // REP MOVS/STOS moving upwards can go a page-sized run at a time when nobody watches
-    // the individual accesses; the result, and where a step ends, are the same.
-    let bulk_ok = !O::ENABLED && rep && !x.flag(DF) && matches!(op, Op::Movs | Op::Stos);
+    // REP MOVS/STOS moving upwards can go a page-sized run at a time; the result, and
+    // where a step ends, are the same (an observer is told of each element's accesses
+    // afterwards, in the element path's order).
+    let bulk_ok = rep && !x.flag(DF) && matches!(op, Op::Movs | Op::Stos);
     let mut done = 0u64;
     let result = loop {
         if bulk_ok {
@@ -240,8 +241,14 @@ fn room(
 /// The fast path of REP MOVS/STOS with DF = 0: up to `limit` elements that lie wholly in
 /// one RAM page at the source and at the destination, done directly on RAM. Returns how
 /// many elements were done; 0 means "take the element-by-element path" (an element
-/// straddles a page, a translation faults, or the memory is not plain RAM), which then
-/// raises any fault in the architectural order.
+/// straddles a page, a translation faults, or the memory is not plain RAM; with an
+/// observer, also a copy whose source and destination overlap), which then raises any
+/// fault in the architectural order.
+///
+/// An observer is told of every element's accesses after the copy, as the element path
+/// tells it (the source read, then the destination write, element by element, with the
+/// same addresses and values): the source does not overlap the destination, so its bytes
+/// are still the ones read.
 #[allow(clippy::too_many_arguments)]
 fn bulk<B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
@@ -284,6 +291,10 @@ fn bulk<B: Bus, O: Observer>(
     if !plain_ram(x, dst_pa) || src_pa.is_some_and(|pa| !plain_ram(x, pa)) {
         return 0;
     }
+    let overlap = src_pa.is_some_and(|s| dst_pa < s + len as u64 && s < dst_pa + len as u64);
+    if O::ENABLED && overlap {
+        return 0;
+    }
     let page = dst_pa >> 12;
     if x.code.is_code_page(page) {
         x.code.invalidate_page(page);
@@ -301,7 +312,7 @@ fn bulk<B: Bus, O: Observer>(
         Some(spa) => {
             let s = spa as usize;
             let ram = x.bus.ram();
-            if d >= s + len || d + len <= s {
+            if !overlap {
                 ram.copy_within(s..s + len, d);
             } else {
                 // Overlapping: copy element by element, upwards, as the instruction does.
@@ -315,7 +326,58 @@ fn bulk<B: Bus, O: Observer>(
             }
         }
     }
+    if O::ENABLED {
+        report_bulk(
+            x,
+            size,
+            n,
+            src_pa.map(|pa| (x.linear(src_seg, si), pa)),
+            dst_lin,
+            dst_pa,
+        );
+    }
     n
+}
+
+/// Tell the observer of the `n` elements of `size` bytes [`bulk`] just did, as
+/// [`element`] would have: for MOVS (`src` = the source's linear and physical address) the
+/// read of each source element then the write of its value; for STOS the write of the
+/// accumulator. The source of a MOVS did not overlap its destination, so it still holds
+/// the values read.
+#[inline(never)]
+fn report_bulk<B: Bus, O: Observer>(
+    x: &mut Exec<B, O>,
+    size: usize,
+    n: u64,
+    src: Option<(u64, u64)>,
+    dst_lin: u64,
+    dst_pa: u64,
+) {
+    use crate::observer::AccessKind;
+    let stored = x.gpr(accumulator(size)) & mask(size);
+    for k in 0..n {
+        let off = k * size as u64;
+        let v = match src {
+            Some((lin, pa)) => {
+                let at = (pa + off) as usize;
+                let v = x.bus.ram().get(at..at + size).map_or(0, |b| {
+                    b.iter()
+                        .rev()
+                        .fold(0u64, |v, &byte| (v << 8) | u64::from(byte))
+                });
+                x.report(lin.wrapping_add(off), pa + off, size, AccessKind::Read, v);
+                v
+            }
+            None => stored,
+        };
+        x.report(
+            dst_lin.wrapping_add(off),
+            dst_pa + off,
+            size,
+            AccessKind::Write,
+            v,
+        );
+    }
 }
 
 /// Process one element at source offset `si` and destination offset `di`.
@@ -571,8 +633,9 @@ mod tests {
         assert_eq!(s.cr2, 0x40_0000);
     }
 
-    /// Run the same program with no observer (REP MOVS/STOS take the bulk path) and with a
-    /// recording observer (element by element): the machines must end identical.
+    /// Run the same program with no observer and with a recording observer (REP MOVS/STOS
+    /// take the bulk path both ways, except an observed copy whose source and destination
+    /// overlap, which goes element by element): the machines must end identical.
     fn bulk_matches_elementwise(f: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>) {
         use crate::testing::RecordingObserver;
         let setup = |m: &mut TestMachine| {
@@ -621,6 +684,93 @@ mod tests {
             a.rep().stosd()?;
             a.hlt()
         });
+    }
+
+    /// Under an observer, REP MOVS/STOS runs (bulk runs within pages, an element that
+    /// straddles a page on the element path) report what the element path reports: per
+    /// element the source read then the destination write, split at pages, each piece with
+    /// its bytes' value, all at the instruction's count and address.
+    #[test]
+    fn observed_bulk_reports_every_element() {
+        use crate::observer::{Access, AccessKind};
+        use crate::testing::RecordingObserver;
+        let mut m = TestMachine::assemble(|a| {
+            a.mov(rsi, 0x20_0fe4u64)?;
+            a.mov(rdi, 0x30_0000u64)?;
+            a.mov(ecx, 0x40)?;
+            a.rep().movsq()?;
+            a.mov(rdi, 0x30_1ffdu64)?;
+            a.mov(eax, 0x1234_abcd)?;
+            a.mov(ecx, 7)?;
+            a.rep().stosw()?;
+            a.hlt()
+        });
+        let initial: Vec<u8> = (0..0x3000).map(|k| (k * 13 + 5) as u8).collect();
+        m.bus.ram[0x20_0000..0x20_3000].copy_from_slice(&initial);
+        let mut obs = RecordingObserver::default();
+        loop {
+            match m.cpu.run(&mut m.bus, &mut obs, &mut m.code, 1000) {
+                RunExit::Budget => {}
+                exit => {
+                    assert_eq!(exit, RunExit::Halted);
+                    break;
+                }
+            }
+        }
+        // The element path's pieces: an access split where it crosses a page.
+        let pieces = |addr: u64, size: u64| {
+            let first = (0x1000 - (addr & 0xfff)).min(size);
+            let mut v = vec![(addr, first)];
+            if first < size {
+                v.push((addr + first, size - first));
+            }
+            v
+        };
+        let src_value = |addr: u64, n: u64| {
+            let at = (addr - 0x20_0000) as usize;
+            initial[at..at + n as usize]
+                .iter()
+                .rev()
+                .fold(0u64, |v, &b| (v << 8) | u64::from(b))
+        };
+        let mut want = Vec::new();
+        for k in 0..0x40u64 {
+            let (s, d) = (0x20_0fe4 + 8 * k, 0x30_0000 + 8 * k);
+            for (a, n) in pieces(s, 8) {
+                want.push((AccessKind::Read, a, n, src_value(a, n)));
+            }
+            for (a, n) in pieces(d, 8) {
+                want.push((AccessKind::Write, a, n, src_value(s + (a - d), n)));
+            }
+        }
+        for k in 0..7u64 {
+            for (a, n) in pieces(0x30_1ffd + 2 * k, 2) {
+                let shift = 8 * (a - (0x30_1ffd + 2 * k));
+                want.push((
+                    AccessKind::Write,
+                    a,
+                    n,
+                    (0xabcd >> shift) & ((1 << (8 * n)) - 1),
+                ));
+            }
+        }
+        let got: Vec<(AccessKind, u64, u64, u64)> = obs
+            .accesses
+            .iter()
+            .map(|a: &Access| {
+                assert_eq!(a.vaddr, a.paddr, "identity mapping");
+                (a.kind, a.paddr, u64::from(a.size), a.value)
+            })
+            .collect();
+        assert_eq!(got, want);
+        // Each instruction's accesses carry its count and address.
+        let movs: Vec<&Access> = obs.accesses.iter().filter(|a| a.retired == 3).collect();
+        let stos: Vec<&Access> = obs.accesses.iter().filter(|a| a.retired == 7).collect();
+        assert_eq!(movs.len() + stos.len(), obs.accesses.len());
+        assert!(movs
+            .iter()
+            .all(|a| a.pc == movs[0].pc && a.cpl == 0 && !a.locked));
+        assert!(stos.iter().all(|a| a.pc == stos[0].pc && a.pc > movs[0].pc));
     }
 
     #[test]

@@ -67,6 +67,16 @@ pub trait CacheLinePolicy {
     /// The policy in `--policy` syntax (for the trace header).
     fn describe(&self) -> String;
 
+    /// Judge one access the quick way, if this policy has one for it: `Some(keep)` when
+    /// [`Self::observe`] would have kept it (`keep`) with an empty note and the same change
+    /// of state; `None`, having changed nothing, when [`Self::observe`] must judge it.
+    /// The tracer asks this first on its per-access path, inlined: the common case then
+    /// costs no call.
+    #[inline(always)]
+    fn quick_keep(&mut self, _a: &Access) -> Option<bool> {
+        None
+    }
+
     /// The `movement` policy, if this is one (a parallel replay judges its accesses in the
     /// segments' threads: [`movement::MovementShadow`]).
     fn as_movement(&self) -> Option<&Movement> {
@@ -159,6 +169,14 @@ impl CacheLinePolicy for Policy {
             Policy::Mesi(p) => p.observe(a),
             Policy::FirstTouch(p) => p.observe(a),
             Policy::Sample(p) => p.observe(a),
+        }
+    }
+
+    #[inline(always)]
+    fn quick_keep(&mut self, a: &Access) -> Option<bool> {
+        match self {
+            Policy::Movement(p) => p.quick_keep(a),
+            _ => None,
         }
     }
 

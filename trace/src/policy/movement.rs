@@ -117,6 +117,18 @@ impl LineTable {
         b
     }
 
+    /// The word offset of `line`'s words when its page already has a block in the
+    /// directory (nearly every access): no allocation, nothing out of line.
+    #[inline(always)]
+    fn known_at(&self, line: u64) -> Option<usize> {
+        let page = line >> self.lines_log;
+        let within = (line & ((1u64 << self.lines_log) - 1)) as usize * self.stride;
+        match self.near.get(page as usize) {
+            Some(&b) if b != 0 => Some((b as usize - 1) * self.block + within),
+            _ => None,
+        }
+    }
+
     /// Make room for CPU `cpu` (the lines' words widen, one word per 64 CPUs).
     #[inline(always)]
     fn fit(&mut self, cpu: u32) {
@@ -217,6 +229,40 @@ impl Movement {
             keep,
             ..Outcome::default()
         }
+    }
+}
+
+impl Movement {
+    /// Whether `a` is kept, judged the quick way when it can be: an access within one line
+    /// by a CPU below 64 to a page the table already has, with one
+    /// word per line — every access of a traced 1-CPU boot but a page's first. `None`,
+    /// having changed nothing, otherwise: then [`CacheLinePolicy::observe`] judges it.
+    ///
+    /// Inlined into the tracer's per-access path, this is the rule of [`Self::one_line`]
+    /// without the call, the policy dispatch and the general cases around it.
+    #[inline(always)]
+    pub fn quick_keep(&mut self, a: &Access) -> Option<bool> {
+        let cpu = a.cpu;
+        let line = a.paddr >> self.shift;
+        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1) >> self.shift;
+        if self.lines.stride != 1 || cpu >= 64 || line != last {
+            return None;
+        }
+        let at = self.lines.known_at(line)?;
+        let w = self.lines.words.get_mut(at)?;
+        let bit = 1u64 << cpu;
+        let write = matches!(
+            field(&a.kind),
+            AccessKind::Write | AccessKind::ReadModifyWrite
+        );
+        let before = *w;
+        let keep = if write {
+            before != bit
+        } else {
+            before & bit == 0
+        };
+        *w = if write { bit } else { before | bit };
+        Some(keep)
     }
 }
 
@@ -327,6 +373,34 @@ impl MovementShadow {
         }
     }
 
+    /// Whether [`Self::judge`] would drop `a` — which changes nothing in the shadow, so
+    /// this is that verdict alone, asked without changing anything: the common case of
+    /// a segment's per-access path (a CPU that holds the line reads it again, or writes
+    /// a line known to be its alone), inlined there. `false` says only "not this way".
+    #[inline(always)]
+    pub fn drops(&self, a: &Access) -> bool {
+        let line = a.paddr >> self.shift;
+        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1) >> self.shift;
+        if a.cpu >= 63 || line != last {
+            return false;
+        }
+        let Some(w) = self
+            .lines
+            .known_at(line)
+            .and_then(|at| self.lines.words.get(at))
+        else {
+            return false;
+        };
+        let bit = 1u64 << a.cpu;
+        match field(&a.kind) {
+            // `judge`: a read by a CPU known to hold the line.
+            AccessKind::Read | AccessKind::Fetch => *w & bit != 0,
+            // `judge`: a write to a line whose set is known to be exactly {writer} (the
+            // set stays {writer}, known).
+            AccessKind::Write | AccessKind::ReadModifyWrite => *w == bit | KNOWN,
+        }
+    }
+
     /// The lines whose holder set is known, as (line number, holders), in table order
     /// (which depends only on the accesses judged).
     pub fn known(&self) -> Vec<(u64, u64)> {
@@ -356,6 +430,11 @@ impl CacheLinePolicy for Movement {
 
     fn describe(&self) -> String {
         format!("movement:line={}", self.line)
+    }
+
+    #[inline(always)]
+    fn quick_keep(&mut self, a: &Access) -> Option<bool> {
+        Movement::quick_keep(self, a)
     }
 
     fn as_movement(&self) -> Option<&Movement> {
@@ -678,6 +757,40 @@ mod tests {
                 }
             }
             prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest! {
+        /// The quick verdicts are the full ones: `quick_keep`, when it answers, keeps what
+        /// `observe` keeps and leaves the same state (and changes nothing when it does not
+        /// answer); a shadow `drops` exactly what `judge` drops, and asking changes nothing.
+        #[test]
+        fn quick_verdicts_match_the_full_ones(
+            ncpu in prop_oneof![1u32..=4, 60u32..=70],
+            raw in proptest::collection::vec((any::<u32>(), 0u64..0x3000, 1u8..=8, kind()), 1..400),
+        ) {
+            let mut quick = Movement::new(64);
+            let mut full = Movement::new(64);
+            let mut shadow = Movement::new(64).shadow();
+            for &(c, addr, size, k) in &raw {
+                let a = acc(c % ncpu, addr, size, k);
+                let want = full.observe(&a).keep;
+                let unasked = quick.lines.clone();
+                let got = match quick.quick_keep(&a) {
+                    Some(keep) => keep,
+                    None => {
+                        prop_assert_eq!(&quick.lines, &unasked);
+                        quick.observe(&a).keep
+                    }
+                };
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(&quick.lines, &full.lines);
+                let before = shadow.lines.clone();
+                let drops = shadow.drops(&a);
+                prop_assert_eq!(&shadow.lines, &before);
+                let verdict = shadow.judge(&a);
+                prop_assert_eq!(drops, verdict == Verdict::Drop, "{:?}", a);
+            }
         }
     }
 

@@ -693,9 +693,10 @@ fn fused_branch<B: Bus, O: Observer>(x: &mut Exec<B, O>, taken: bool, offset: u6
 /// fused with the Jcc after it (`fast::fuse`; the Jcc's condition and offset are packed as
 /// `fast::MemoryFused` says): when the read is a TLB hit in RAM, sets the flags exactly as
 /// the compare alone does, then decides the branch from them. When the read needs more
-/// (a page crossing, no TLB entry, a device, an observer: `Exec::read_quick`), or the
-/// target is not canonical (the Jcc's #GP), it is the compare alone, through the same
-/// steps as its own handler, and the Jcc runs through its own entry.
+/// (a page crossing, no TLB entry, a device: `Exec::read_quick`), or the target is not
+/// canonical (the Jcc's #GP), it is the compare alone, through the same steps as its own
+/// handler, and the Jcc runs through its own entry. With an observer it is the compare
+/// alone too (the quick read, reported), and the Jcc runs through its own entry.
 fn cmp_m_jcc<const K: u8, const F: u8, const S: usize, B: Bus, O: Observer>(
     x: &mut Exec<B, O>,
     d: &DecodedInsn,
@@ -714,6 +715,10 @@ fn cmp_m_jcc<const K: u8, const F: u8, const S: usize, B: Bus, O: Observer>(
     };
     let (_, f) = super::alu::<K>(a, b, x.cpu.state.rflags, size);
     x.set_status(f);
+    if O::ENABLED {
+        // Observers see every instruction on its own (as in `cmp_jcc`).
+        return Flow::Next;
+    }
     fused_branch(x, M::holds(o.cc, sign_negate, f), M::offset(o.imm))
 }
 
@@ -751,7 +756,9 @@ fn jmp_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
 /// observer, a non-canonical target, or a store needing more takes [`call_rel_full`].
 fn call_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let target = x.block_rip.wrapping_add(d.ops.imm);
-    if crate::exec::control::is_canonical(target) && x.push_quick(fall_through(x, d)) {
+    // An observer is told of the call itself too: only the full way does that.
+    if !O::ENABLED && crate::exec::control::is_canonical(target) && x.push_quick(fall_through(x, d))
+    {
         x.next_rip = target;
         return Flow::Jump;
     }
@@ -800,6 +807,10 @@ fn rare<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
 /// the stack address is RSP). An observer, a non-canonical target or a load needing more
 /// takes [`ret_full`].
 fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
+    if O::ENABLED {
+        // An observer is told of the return itself too: only the full way does that.
+        return ret_full(x, d);
+    }
     let rsp = x.cpu.state.gpr[4];
     if let Some(t) = x.read_quick(rsp, 8) {
         if crate::exec::control::is_canonical(t) {
