@@ -1,0 +1,121 @@
+//! The filter stage of one segment of a replay split into segments, as its observer.
+
+use super::*;
+
+/// Items handed on per chunk by a [`SegmentTracer`].
+pub const CHUNK_ITEMS: usize = 1 << 14;
+
+/// The filter stage as the observer of one segment of a replay split into segments: it
+/// collects [`Filtered`] items in chunks of [`CHUNK_ITEMS`] and hands each full chunk to
+/// `out` (which returns false once nobody wants more: later items are then dropped).
+pub struct SegmentTracer<'a, F: Filter> {
+    stage: FilterStage<F>,
+    chunk: Vec<Filtered>,
+    out: Box<dyn FnMut(Vec<Filtered>) -> bool + 'a>,
+    open: bool,
+    /// Where emptied chunks come back from, to be filled again ([`SegmentTracer::with_spares`]).
+    spares: Option<Box<dyn FnMut() -> Option<Vec<Filtered>> + 'a>>,
+}
+
+impl<'a, F: Filter> SegmentTracer<'a, F> {
+    /// A segment's observer around `stage`.
+    pub fn new(stage: FilterStage<F>, out: Box<dyn FnMut(Vec<Filtered>) -> bool + 'a>) -> Self {
+        SegmentTracer {
+            stage,
+            chunk: Vec::with_capacity(CHUNK_ITEMS),
+            out,
+            open: true,
+            spares: None,
+        }
+    }
+
+    /// Take the next chunk to fill from `spares` (an empty vector the consumer is done
+    /// with) when it has one, rather than allocating: chunks are large, and allocating them
+    /// in one thread and freeing them in another costs the allocator dearly.
+    pub fn with_spares(mut self, spares: Box<dyn FnMut() -> Option<Vec<Filtered>> + 'a>) -> Self {
+        self.spares = Some(spares);
+        self
+    }
+
+    fn flush_if_full(&mut self) {
+        if self.chunk.len() >= CHUNK_ITEMS {
+            self.flush();
+        }
+    }
+
+    /// Hand on what is collected.
+    pub fn flush(&mut self) {
+        if self.chunk.is_empty() {
+            return;
+        }
+        let next = self
+            .spares
+            .as_mut()
+            .and_then(|f| f())
+            .map(|mut v| {
+                v.clear();
+                v
+            })
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK_ITEMS));
+        let full = std::mem::replace(&mut self.chunk, next);
+        if self.open {
+            self.open = (self.out)(full);
+        }
+    }
+
+    /// Hand on the last items and give back the stage (its counts, warnings and the
+    /// filters' state at the segment's end).
+    pub fn finish(mut self) -> FilterStage<F> {
+        let chunk = &mut self.chunk;
+        self.stage.settle(&mut |f| chunk.push(f));
+        self.flush();
+        self.stage
+    }
+}
+
+impl<F: Filter> Observer for SegmentTracer<'_, F> {
+    const ENABLED: bool = true;
+
+    fn begin_slice(&mut self, _cpu: u32, global: u64, retired: u64) {
+        self.stage.begin_quantum(global, retired);
+    }
+
+    fn context(&mut self, cpu: u32, retired: u64, e: &ContextEvent) {
+        let chunk = &mut self.chunk;
+        self.stage
+            .context_event(cpu, retired, e, &mut |f| chunk.push(f));
+        self.flush_if_full();
+    }
+
+    fn hypercall(&mut self, cpu: u32, retired: u64, c: &HypercallCall<'_>) {
+        let chunk = &mut self.chunk;
+        self.stage
+            .hypercall(cpu, retired, c, &mut |f| chunk.push(f));
+        self.flush_if_full();
+    }
+
+    #[inline]
+    fn access(&mut self, a: &Access) {
+        let chunk = &mut self.chunk;
+        self.stage.access_shadowed(a, &mut |f| chunk.push(f));
+        self.flush_if_full();
+    }
+
+    fn console(&mut self, cpu: u32, retired: u64, bytes: &[u8]) {
+        let chunk = &mut self.chunk;
+        self.stage
+            .console(cpu, retired, bytes, &mut |f| chunk.push(f));
+        self.flush_if_full();
+    }
+
+    fn device_write(&mut self, cpu: u32, retired: u64, w: &DeviceWrite) {
+        let chunk = &mut self.chunk;
+        self.stage
+            .device_write(cpu, retired, w, &mut |f| chunk.push(f));
+        self.flush_if_full();
+    }
+
+    fn wants_fetches(&self) -> bool {
+        self.stage.fetches
+    }
+}
