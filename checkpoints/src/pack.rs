@@ -413,6 +413,7 @@ pub(crate) fn push_stored(out: &mut Vec<u8>, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::noise;
 
     /// The test as it was written first (a word carried from step to step), to check the
     /// faster one decides every page the same way.
@@ -427,19 +428,6 @@ mod tests {
             }
         }
         alike >= PAGE / 8 / 16
-    }
-
-    /// Deterministic pseudo-random bytes.
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     #[test]

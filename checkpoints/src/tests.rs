@@ -414,7 +414,7 @@ fn a_background_writer_reports_a_failed_write() {
 }
 
 /// Pseudo-random bytes (xorshift), so that LZ4 cannot shrink them.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
