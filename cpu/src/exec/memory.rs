@@ -73,7 +73,7 @@ fn store_bytes(at: &mut [u8], size: usize, value: u64) {
 /// Load `size` bytes of RAM at physical address `pa`, or `None` when the range is not
 /// inside `ram`.
 #[inline(always)]
-fn ram_load(ram: &mut [u8], pa: u64, size: usize) -> Option<u64> {
+pub(super) fn ram_load(ram: &mut [u8], pa: u64, size: usize) -> Option<u64> {
     Some(load_bytes(ram_bytes(ram, pa, size)?, size))
 }
 
@@ -287,11 +287,17 @@ impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// to an observer themselves.)
     #[inline(always)]
     fn quick_target(&mut self, lin: u64, size: usize, write: bool) -> Option<u64> {
-        // Tags exist only while paging is on, so protected mode, where the CPL is CS's RPL
-        // (as `translate` takes it). The user set serves CPL 3 alone.
+        let class = self.quick_class();
+        self.cpu.tlb.quick(lin, size, class, write)
+    }
+
+    /// The TLB's quick-tag set for the current privilege level: 1 (the user set) at CPL 3,
+    /// else 0. Tags exist only while paging is on, so in protected mode, where the CPL is
+    /// CS's RPL (as `translate` takes it). Shared by the quick paths and native stretches.
+    #[inline(always)]
+    pub(crate) fn quick_class(&self) -> usize {
         let rpl = (self.cpu.state.seg[SegReg::Cs as usize].selector & 3) as usize;
-        let user = (rpl + 1) >> 2;
-        self.cpu.tlb.quick(lin, size, user, write)
+        (rpl + 1) >> 2
     }
 
     /// Read `size` (1, 2, 4 or 8) bytes at a linear address.

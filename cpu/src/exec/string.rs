@@ -359,12 +359,7 @@ fn report_bulk<B: Bus, O: Observer>(
         let off = k * size as u64;
         let v = match src {
             Some((lin, pa)) => {
-                let at = (pa + off) as usize;
-                let v = x.bus.ram().get(at..at + size).map_or(0, |b| {
-                    b.iter()
-                        .rev()
-                        .fold(0u64, |v, &byte| (v << 8) | u64::from(byte))
-                });
+                let v = super::memory::ram_load(x.bus.ram(), pa + off, size).unwrap_or(0);
                 x.report(lin.wrapping_add(off), pa + off, size, AccessKind::Read, v);
                 v
             }

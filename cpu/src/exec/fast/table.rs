@@ -26,7 +26,6 @@ use crate::exec::{sse, Exec};
 use crate::fault::{ExecResult, Exit};
 use crate::flags::cc;
 use crate::observer::Observer;
-use crate::state::SegReg;
 
 use super::{kind as k, shift_kind as sk, unary_kind as uk, Op, Operands};
 
@@ -894,13 +893,11 @@ fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedI
     if n >= 2 && end <= x.pos_end && !(O::ENABLED && memory) {
         if let Some(f) = x.code.native(crate::native::number(w)) {
             let k = if memory {
-                // The quick tags of the privilege class, as `Exec::quick_target` picks
-                // them (CS's RPL: tags exist only with paging, so in protected mode).
-                let rpl = (x.cpu.state.seg[SegReg::Cs as usize].selector & 3) as usize;
+                let class = x.quick_class();
                 let ram = x.bus.ram();
                 let mut ctx = crate::native::Ctx {
                     rflags: x.cpu.state.rflags,
-                    quick: x.cpu.tlb.quick_set((rpl + 1) >> 2),
+                    quick: x.cpu.tlb.quick_set(class),
                     ram: ram.as_mut_ptr() as usize,
                     ram_len: ram.len(),
                 };
