@@ -390,6 +390,75 @@ fn a_background_writer_writes_the_same_checkpoints() {
     }
 }
 
+/// Snapshots are written after the machine has run on and written the pages they lent
+/// (the way the background writer may find them): the checkpoints are the ones written
+/// at once, file for file, and restore the machine as it was.
+#[test]
+fn a_snapshot_written_after_the_machine_wrote_its_pages_holds_them_as_they_were() {
+    let (_scratch_now, now) = temp_store("lend-now");
+    let (_scratch_later, later) = temp_store("lend-later");
+    let (mut a, mut b) = (machine(), machine());
+    for m in [&mut a, &mut b] {
+        scribble(m, 1, 100);
+    }
+    let mut hashes = Vec::new();
+    for k in 1..=4u64 {
+        for m in [&mut a, &mut b] {
+            m.cpus_mut()[0].state.retired = k * 100;
+            m.ram_mut().write_u64(0x10_0000 + k * 0x1000, k);
+            m.ram_mut().write_u64(0x2000 * k + 8, k << 8);
+        }
+        hashes.push((k * 100, a.state_hash()));
+        now.save(&mut a, k, None).unwrap();
+        let snap = later.snapshot(&mut b, k, None);
+        // The machine runs on: it rewrites the lent pages (and some others), zeroes one.
+        for p in 0..16u64 {
+            b.ram_mut().write_u64(0x2000 * p + 8, 0xdead_0000 + p);
+        }
+        b.ram_mut().write_u64(0x10_0000 + k * 0x1000, 0);
+        later.write(snap).unwrap();
+        // Back to the same RAM as `a`, for the next round.
+        for p in 0..16u64 {
+            let v = a.ram().read_u64(0x2000 * p + 8).unwrap();
+            b.ram_mut().write_u64(0x2000 * p + 8, v);
+        }
+        b.ram_mut().write_u64(0x10_0000 + k * 0x1000, k);
+    }
+    let files = |store: &Store| {
+        let mut names: Vec<_> = walk(store.dir());
+        names.sort();
+        names
+            .into_iter()
+            .map(|p| {
+                (
+                    p.strip_prefix(store.dir()).unwrap().to_path_buf(),
+                    fs::read(&p).unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(files(&now) == files(&later));
+    for (p, hash) in hashes {
+        let mut fresh = machine();
+        later.restore(&mut fresh, p).unwrap();
+        assert_eq!(fresh.state_hash(), hash, "at {p}");
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[test]
 fn a_background_writer_reports_a_failed_write() {
     let (_scratch_store, store) = temp_store("writer-fail");

@@ -30,6 +30,7 @@ pub mod fw_cfg;
 pub mod inputs;
 pub mod ioapic;
 pub mod lapic;
+pub mod lend;
 pub mod machine;
 pub mod pci;
 pub mod pic;

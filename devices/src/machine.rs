@@ -399,6 +399,13 @@ impl<I: Inputs> Machine<I> {
         self.board.ram.take_dirty()
     }
 
+    /// Lend RAM pages, as they are now, to a reader on another thread without copying
+    /// them (see [`crate::ram::GuestRam::lend`]); call it right after
+    /// [`Machine::take_dirty_pages`]. Nothing the guest sees changes.
+    pub fn lend_ram_pages(&mut self, pages: Vec<u64>) -> std::sync::Arc<crate::lend::Lend> {
+        self.board.ram.lend(pages)
+    }
+
     /// The CPUs, by index.
     pub fn cpus(&self) -> &[Cpu] {
         &self.cpus

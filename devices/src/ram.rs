@@ -21,8 +21,15 @@
 //! RAM); the CPUs, which write through [`GuestRam::cpu_slice`] on every store, mark a page
 //! when their TLB first allows writes to it after a `take_dirty` (see
 //! `reprise_cpu::Bus::mark_written`), so an ordinary store costs nothing extra.
+//!
+//! Every writer marks a page *before* it writes it, which is what lets RAM lend pages to
+//! a checkpoint writer on another thread without copying them ([`GuestRam::lend`],
+//! [`crate::lend`]): marking is where a lent page is given back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::lend::Lend;
 
 use memmap2::MmapMut;
 
@@ -130,6 +137,10 @@ pub struct GuestRam {
     id: u64,
     /// How many times [`GuestRam::take_dirty`] has been called.
     epoch: u64,
+    /// Pages lent to a checkpoint writer ([`GuestRam::lend`]) that it may not have read
+    /// yet: every write path reclaims a page before writing it (from
+    /// [`GuestRam::mark_written`], or all pages where it cannot know which).
+    lent: Option<Arc<Lend>>,
 }
 
 /// The pages written during one stretch of a machine's life: from the previous
@@ -173,6 +184,13 @@ impl DirtyPages {
     /// How many pages are marked.
     pub fn count(&self) -> u64 {
         self.bits.iter().map(|w| w.count_ones() as u64).sum()
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // A reader may still hold lent pages: copy them out before the mapping goes.
+        self.reclaim_all();
     }
 }
 
@@ -222,6 +240,7 @@ impl GuestRam {
             dirty: Vec::new(),
             id: NEXT_RAM_ID.fetch_add(1, Ordering::Relaxed),
             epoch: 0,
+            lent: None,
         };
         ram.mark_all();
         Ok(ram)
@@ -276,6 +295,9 @@ impl GuestRam {
     #[inline]
     pub fn mark_written(&mut self, pa: u64) {
         let page = pa / DIRTY_PAGE;
+        if self.lent.is_some() {
+            self.reclaim(page);
+        }
         if let Some(w) = usize::try_from(page / 64)
             .ok()
             .and_then(|w| self.dirty.get_mut(w))
@@ -295,8 +317,44 @@ impl GuestRam {
         }
     }
 
+    /// Give lent page `page` back before it is written (see [`crate::lend`]), and drop
+    /// the lend once every page is back.
+    #[cold]
+    #[inline(never)]
+    fn reclaim(&mut self, page: u64) {
+        if self.lent.as_ref().is_some_and(|l| l.reclaim(page)) {
+            self.lent = None;
+        }
+    }
+
+    /// Give every lent page back (before writing anywhere, or unmapping).
+    fn reclaim_all(&mut self) {
+        if let Some(lent) = self.lent.take() {
+            lent.reclaim_all();
+        }
+    }
+
+    /// Lend `pages` (page numbers, ascending) to a reader on another thread, as they are
+    /// now, without copying them: the reader takes each with [`Lend::with_page`], and a
+    /// page written before the reader took it is copied aside first (see
+    /// [`crate::lend`]). Pages of an earlier lend not taken yet are copied aside now.
+    /// Call it right after [`GuestRam::take_dirty`], so that every page's next write is
+    /// reported first.
+    pub fn lend(&mut self, pages: Vec<u64>) -> Arc<Lend> {
+        self.reclaim_all();
+        // SAFETY: the mapping lives as long as `self`, whose drop reclaims every page
+        // first; every writer of RAM reports its page first (`mark_written`, or
+        // `mark_all`), which reclaims it.
+        let lend = Arc::new(unsafe { Lend::new(self.map.as_ptr(), self.map.len(), pages) });
+        if lend.left() > 0 {
+            self.lent = Some(lend.clone());
+        }
+        lend
+    }
+
     /// Mark every page of RAM (the hole's pages, which nothing writes, stay clear).
     fn mark_all(&mut self) {
+        self.reclaim_all();
         self.dirty = every_page(self.len() / DIRTY_PAGE);
         if self.len() > HIGH_RAM_START {
             for page in HOLE_START / DIRTY_PAGE..HIGH_RAM_START / DIRTY_PAGE {

@@ -148,10 +148,10 @@ pub fn record<I: Inputs + 'static>(
     // at its limit and the next continues identically, so the recording does not depend
     // on the interval. The log index stored is the number of records logged so far, which
     // is what a replay has consumed at the same position.
-    // The machine's thread only copies what a checkpoint needs; hashing, compressing
-    // and writing happen on the writer's thread (nothing flows back into the machine, so
-    // the recording is the same). Two snapshots may wait: enough to absorb a slow write
-    // without holding many page copies.
+    // The machine's thread only snapshots what a checkpoint needs (its pages lent, not
+    // copied); hashing, compressing and writing happen on the writer's thread (nothing
+    // flows back into the machine, so the recording is the same). Two snapshots may
+    // wait: enough to absorb a slow write without holding many page copies.
     let store = reprise_checkpoints::Store::new(&dir.checkpoints());
     let mut writer = reprise_checkpoints::Writer::new(store, 2);
     let mut checkpoints = 0;
