@@ -28,6 +28,7 @@
 //! reader reads it: no data race. Nothing of this reaches the guest: which side copies a
 //! page changes where the reader finds the same bytes, nothing else.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -56,8 +57,9 @@ pub struct Lend {
     pages: Vec<u64>,
     /// One state per page of the mapping (see the module's note).
     state: Box<[AtomicU8]>,
-    /// Pages the owner copied before writing them, taken by the reader.
-    copies: Mutex<Vec<(u64, Box<[u8]>)>>,
+    /// Pages the owner copied before writing them, by number, taken by the reader. (Many
+    /// when the reader falls behind, or all that are left when the owner lends again.)
+    copies: Mutex<BTreeMap<u64, Box<[u8]>>>,
     /// Lent pages not yet given back (neither read by the reader nor copied by the owner).
     left: AtomicUsize,
 }
@@ -69,6 +71,25 @@ pub struct Lend {
 unsafe impl Send for Lend {}
 // SAFETY: as for `Send`; every shared field is accessed through atomics or the mutex.
 unsafe impl Sync for Lend {}
+
+/// Pages the reader took ([`Lend::with_pages`]); dropping it gives back those read in
+/// place.
+struct Release<'a> {
+    lend: &'a Lend,
+    ns: &'a [u64],
+    taken: Vec<Taken>,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        for (&n, t) in self.ns.iter().zip(&self.taken) {
+            if let (Taken::InPlace, Some(state)) = (t, self.lend.state(n)) {
+                state.store(IDLE, Ordering::Release);
+                self.lend.left.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
 
 /// How the reader took a page.
 enum Taken {
@@ -108,7 +129,7 @@ impl Lend {
             left: AtomicUsize::new(pages.len()),
             pages,
             state,
-            copies: Mutex::new(Vec::new()),
+            copies: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -150,10 +171,14 @@ impl Lend {
     /// already. The pages read in place stay the reader's until `f` returns: keep `ns`
     /// short, as the owner waits for one it writes meanwhile.
     pub fn with_pages<R>(&self, ns: &[u64], f: impl FnOnce(&[Option<&[u8]>]) -> R) -> R {
-        let taken: Vec<Taken> = ns.iter().map(|&n| self.take(n)).collect();
+        let taken = Release {
+            lend: self,
+            ns,
+            taken: ns.iter().map(|&n| self.take(n)).collect(),
+        };
         let views: Vec<Option<&[u8]>> = ns
             .iter()
-            .zip(&taken)
+            .zip(&taken.taken)
             .map(|(&n, t)| match t {
                 // SAFETY: READING: the owner waits before writing this page.
                 Taken::InPlace => Some(unsafe { self.page(n) }),
@@ -161,14 +186,9 @@ impl Lend {
                 Taken::Not => None,
             })
             .collect();
-        let r = f(&views);
-        for (&n, t) in ns.iter().zip(&taken) {
-            if let (Taken::InPlace, Some(state)) = (t, self.state(n)) {
-                state.store(IDLE, Ordering::Release);
-                self.left.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        r
+        // Dropping `taken` gives the pages read in place back (also if `f` panics, so the
+        // owner never waits for them forever).
+        f(&views)
     }
 
     /// The reader's side: take page `n` (see [`Lend::with_pages`]).
@@ -181,11 +201,14 @@ impl Lend {
                 Ok(_) => return Taken::InPlace,
                 Err(COPYING) => std::hint::spin_loop(),
                 Err(COPIED) => {
-                    let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
-                    let Some(i) = copies.iter().position(|(m, _)| *m == n) else {
+                    let copy = self
+                        .copies
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&n);
+                    let Some(copy) = copy else {
                         return Taken::Not;
                     };
-                    let copy = copies.swap_remove(i).1;
                     state.store(IDLE, Ordering::Release);
                     return Taken::Copy(copy);
                 }
@@ -225,7 +248,7 @@ impl Lend {
                         self.copies
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .push((n, copy));
+                            .insert(n, copy);
                         state.store(COPIED, Ordering::Release);
                         self.left.fetch_sub(1, Ordering::AcqRel);
                         break;
@@ -322,6 +345,20 @@ mod tests {
             }
             assert_eq!(read(&lend, 8), Some(vec![9; P as usize]), "case {how}");
         }
+    }
+
+    #[test]
+    fn a_reader_that_panics_gives_its_pages_back() {
+        let mut ram = ram();
+        let lend = ram.lend(vec![1, 2]);
+        let reader = lend.clone();
+        let r = std::thread::spawn(move || reader.with_pages(&[1, 2], |_| panic!("a bug")));
+        assert!(r.join().is_err());
+        // Taken (and read in place): the owner writes without waiting or copying.
+        ram.write_u64(P, 5);
+        ram.write_u64(2 * P, 5);
+        assert_eq!(lend.left(), 0);
+        assert!(lend.copies.lock().unwrap().is_empty());
     }
 
     #[test]
