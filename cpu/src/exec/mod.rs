@@ -33,6 +33,7 @@ mod misc;
 mod muldiv;
 pub mod operand;
 mod shift;
+mod single_step;
 mod sse;
 mod stack;
 mod string;
@@ -60,6 +61,9 @@ pub struct Cpu {
     /// that block's links first; checked on use (the slot may have been freed or reused
     /// since), so not part of the state.
     last_block: crate::code_cache::BlockId,
+    /// How the instruction being single-stepped bends the trap rule (`single_step.rs`): set
+    /// by its handler, consumed when it completes, so not part of the state.
+    step_rule: single_step::StepRule,
 }
 
 /// Why [`Cpu::run`] returned.
@@ -208,6 +212,7 @@ impl Cpu {
             tlb: Tlb::default(),
             pause_requested: false,
             last_block: crate::code_cache::BlockId::MAX,
+            step_rule: single_step::StepRule::Trap,
         }
     }
 
@@ -249,6 +254,23 @@ impl Cpu {
             if bus.wants_exit() {
                 return RunExit::BusExit;
             }
+            // The trap flag: one instruction at a time, each followed by its #DB
+            // (`single_step.rs`). TF changes only through instructions that end their block
+            // (POPF setting it stops the block, IRET and SYSRET are system instructions),
+            // event delivery, or from outside, so looking here, before each block, is enough.
+            let stepping = self.state.rflags & crate::state::rflags::TF != 0;
+            // An SS load's held trap (see `single_step.rs`), seen before the block clears the
+            // shadow.
+            let held = stepping && self.state.interrupt_shadow;
+            let block_end = if stepping {
+                self.step_rule = single_step::StepRule::Trap;
+                // Each instruction clears RF as it begins (SDM "RF flag"), which matters only
+                // to the RFLAGS image the #DB after it pushes.
+                self.state.rflags &= !crate::state::rflags::RF;
+                self.state.retired + 1
+            } else {
+                end
+            };
             let (block, pa) = match self.fetch_block(bus, code, mode, cpl) {
                 Ok(b) => b,
                 Err(Exit::Fault(f)) => {
@@ -266,11 +288,19 @@ impl Cpu {
             // (and those it chains to) only until it returns.
             let result = unsafe {
                 if mode == CpuMode::Long64 {
-                    self.run_block::<true, B, O>(bus, obs, code, mode, cpl, block, pa, end)
+                    self.run_block::<true, B, O>(bus, obs, code, mode, cpl, block, pa, block_end)
                 } else {
-                    self.run_block::<false, B, O>(bus, obs, code, mode, cpl, block, pa, end)
+                    self.run_block::<false, B, O>(bus, obs, code, mode, cpl, block, pa, block_end)
                 }
             };
+            // The stepped instruction completed (a fault raises its exception instead), or an
+            // unstepped handler left a rule: SYSRET may have loaded TF, which traps at once.
+            if result.is_ok() && (stepping || self.step_rule != single_step::StepRule::Trap) {
+                if let Err(stop) = self.single_step_done(bus, obs, code, stepping, held) {
+                    return RunExit::Stop(stop);
+                }
+                (mode, cpl) = (self.state.mode(), self.state.cpl());
+            }
             match result {
                 Ok(false) => {}
                 Ok(true) => {

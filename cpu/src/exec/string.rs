@@ -7,6 +7,8 @@
 //! then restarts where it stopped. One execution does at most [`MAX_ITERATIONS`] elements;
 //! if more remain, RIP stays on the instruction and the next step continues it. That keeps a
 //! step bounded and gives interrupts a deterministic point to arrive between elements.
+//! With the trap flag set an execution does one element, so the single-step #DB follows
+//! each (`single_step.rs`).
 
 use iced_x86::{Code, Instruction, OpKind, Register};
 
@@ -15,7 +17,7 @@ use crate::exec::Exec;
 use crate::fault::{ExecResult, Exit};
 use crate::flags::{mask, sub};
 use crate::observer::Observer;
-use crate::state::rflags::{DF, ZF};
+use crate::state::rflags::{DF, TF, ZF};
 
 /// The most elements one execution of a repeated string instruction processes.
 pub const MAX_ITERATIONS: u64 = 4096;
@@ -154,7 +156,11 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
     // REP MOVS/STOS moving upwards can go a page-sized run at a time; the result, and
     // where a step ends, are the same (an observer is told of each element's accesses
     // afterwards, in the element path's order).
-    let bulk_ok = rep && !x.flag(DF) && matches!(op, Op::Movs | Op::Stos);
+    // Single-stepped (TF), a repeated instruction traps after each element
+    // (`single_step.rs`): one element per execution.
+    let stepped = x.flag(TF);
+    let max = if stepped { 1 } else { MAX_ITERATIONS };
+    let bulk_ok = rep && !stepped && !x.flag(DF) && matches!(op, Op::Movs | Op::Stos);
     let mut done = 0u64;
     let result = loop {
         if bulk_ok {
@@ -201,9 +207,12 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
                 break Ok(());
             }
         }
-        if done >= MAX_ITERATIONS {
+        if done >= max {
             // Not finished: run this instruction again at the next step.
             x.next_rip = x.rip;
+            if stepped {
+                x.cpu.step_rule = crate::exec::single_step::StepRule::MidString;
+            }
             break Ok(());
         }
     };
