@@ -60,7 +60,7 @@ fn split_views(size: usize) -> Option<Views> {
     }
     // SAFETY: `fd` is a memory file of ours; mappings at addresses the kernel picks touch
     // no existing memory; each result is checked, and a half-made pair is unmapped.
-    let views = unsafe {
+    unsafe {
         let map = |prot| {
             let p = libc::mmap(std::ptr::null_mut(), size, prot, libc::MAP_SHARED, fd, 0);
             (p != libc::MAP_FAILED && !p.is_null()).then_some(p)
@@ -85,8 +85,7 @@ fn split_views(size: usize) -> Option<Views> {
         // The mappings keep the file alive.
         libc::close(fd);
         views
-    };
-    views
+    }
 }
 
 /// Map `size` anonymous bytes, read-execute (made writable only while code is copied in).
