@@ -254,23 +254,22 @@ impl Cpu {
             if bus.wants_exit() {
                 return RunExit::BusExit;
             }
-            // The trap flag: one instruction at a time, each followed by its #DB
-            // (`single_step.rs`). TF changes only through instructions that end their block
-            // (POPF setting it stops the block, IRET and SYSRET are system instructions),
-            // event delivery, or from outside, so looking here, before each block, is enough.
-            let stepping = self.state.rflags & crate::state::rflags::TF != 0;
-            // An SS load's held trap (see `single_step.rs`), seen before the block clears the
-            // shadow.
-            let held = stepping && self.state.interrupt_shadow;
-            let block_end = if stepping {
-                self.step_rule = single_step::StepRule::Trap;
-                // Each instruction clears RF as it begins (SDM "RF flag"), which matters only
-                // to the RFLAGS image the #DB after it pushes.
-                self.state.rflags &= !crate::state::rflags::RF;
-                self.state.retired + 1
-            } else {
-                end
-            };
+            // The trap flag: one instruction at a time, each followed by its #DB, on a path of
+            // its own (`single_step.rs`), so that the block loop below keeps nothing more live.
+            // TF changes only through instructions that end their block (POPF setting it
+            // stops the block, IRET and SYSRET are system instructions), event delivery, or
+            // from outside, so looking here, before each block, is enough.
+            if self.state.rflags & crate::state::rflags::TF != 0 {
+                if let Err(stop) = self.step(bus, obs, code, mode, cpl) {
+                    return RunExit::Stop(stop);
+                }
+                if self.pause_requested {
+                    self.pause_requested = false;
+                    return RunExit::Paused;
+                }
+                (mode, cpl) = (self.state.mode(), self.state.cpl());
+                continue;
+            }
             let (block, pa) = match self.fetch_block(bus, code, mode, cpl) {
                 Ok(b) => b,
                 Err(Exit::Fault(f)) => {
@@ -288,22 +287,21 @@ impl Cpu {
             // (and those it chains to) only until it returns.
             let result = unsafe {
                 if mode == CpuMode::Long64 {
-                    self.run_block::<true, B, O>(bus, obs, code, mode, cpl, block, pa, block_end)
+                    self.run_block::<true, B, O>(bus, obs, code, mode, cpl, block, pa, end)
                 } else {
-                    self.run_block::<false, B, O>(bus, obs, code, mode, cpl, block, pa, block_end)
+                    self.run_block::<false, B, O>(bus, obs, code, mode, cpl, block, pa, end)
                 }
             };
-            // The stepped instruction completed (a fault raises its exception instead), or an
-            // unstepped handler left a rule: SYSRET may have loaded TF, which traps at once.
-            if result.is_ok() && (stepping || self.step_rule != single_step::StepRule::Trap) {
-                if let Err(stop) = self.single_step_done(bus, obs, code, stepping, held) {
-                    return RunExit::Stop(stop);
-                }
-                (mode, cpl) = (self.state.mode(), self.state.cpl());
-            }
             match result {
                 Ok(false) => {}
                 Ok(true) => {
+                    // A handler left a single-step rule (only instructions that end the block
+                    // with this result do): a SYSRET that loaded TF traps at once.
+                    if self.step_rule != single_step::StepRule::Trap {
+                        if let Err(stop) = self.single_step_done(bus, obs, code, false, false) {
+                            return RunExit::Stop(stop);
+                        }
+                    }
                     if self.pause_requested {
                         self.pause_requested = false;
                         return RunExit::Paused;

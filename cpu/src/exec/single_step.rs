@@ -2,9 +2,10 @@
 //! instruction that begins with RFLAGS.TF set raises #DB (vector 1) as a trap once it
 //! completes, with DR6.BS set and the next instruction's address pushed.
 //!
-//! While TF is set, [`crate::exec::Cpu::run`] executes one instruction per block run (a budget
-//! of one: no chained blocks, fused pairs, native stretches, and REP string instructions do
-//! one element per execution, see `string.rs`), then decides here whether it traps. The
+//! While TF is set, [`crate::exec::Cpu::run`] hands each instruction to `Cpu::step`, which
+//! runs a block with a budget of one (no chained blocks, fused pairs or native stretches; REP
+//! string instructions do one element per execution, see `string/mod.rs`), then decides
+//! whether it traps. The
 //! instructions that set TF (POPF, IRET, SYSRET) end their block, so the instruction after
 //! them is the first one stepped; the #DB is not raised after them, as the SDM says,
 //! because the decision uses TF as it was when the instruction began.
@@ -30,9 +31,9 @@
 use crate::bus::Bus;
 use crate::code_cache::CodeCache;
 use crate::exec::Cpu;
-use crate::fault::{vector, Fault, StopReason};
+use crate::fault::{vector, Exit, Fault, StopReason};
 use crate::observer::Observer;
-use crate::state::rflags;
+use crate::state::{rflags, CpuMode};
 
 /// DR6.BS: the debug exception was a single-step trap.
 pub const DR6_BS: u64 = 1 << 14;
@@ -55,11 +56,53 @@ pub(crate) enum StepRule {
 }
 
 impl Cpu {
+    /// Execute the one instruction at RIP, which begins with TF set, and raise what follows
+    /// it: its fault, or its single-step #DB as the rules say. The block runs with a budget
+    /// of one through the run loop's general copy (no chaining: stepping is never hot).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn step<B: Bus, O: Observer>(
+        &mut self,
+        bus: &mut B,
+        obs: &mut O,
+        code: &mut CodeCache,
+        mode: CpuMode,
+        cpl: u8,
+    ) -> Result<(), Box<StopReason>> {
+        // An SS load's held trap, seen before the block clears the shadow.
+        let held = self.state.interrupt_shadow;
+        self.step_rule = StepRule::Trap;
+        // Each instruction clears RF as it begins (SDM "RF flag"), which matters only to the
+        // RFLAGS image the #DB after it pushes.
+        self.state.rflags &= !rflags::RF;
+        let end = self.state.retired + 1;
+        let (block, pa) = match self.fetch_block(bus, code, mode, cpl) {
+            Ok(b) => b,
+            Err(Exit::Fault(f)) => {
+                let rip = self.state.rip;
+                return self.raise(bus, obs, code, f, rip);
+            }
+            Err(Exit::Stop(s)) => return Err(s),
+        };
+        // SAFETY: the block was just fetched from the cache, and `run_block` holds it only
+        // until it returns.
+        let result =
+            unsafe { self.run_block::<false, B, O>(bus, obs, code, mode, cpl, block, pa, end) };
+        match result {
+            // Completed: the #DB, unless its rule says otherwise.
+            Ok(_) => self.single_step_done(bus, obs, code, true, held),
+            Err((Exit::Fault(f), rip)) => self.raise(bus, obs, code, f, rip),
+            Err((Exit::Stop(s), _)) => Err(s),
+        }
+    }
+
     /// A block run ended with its instructions completed. If it was a stepped instruction
     /// (`stepped`: it began with TF set, or with an SS load's trap held: `held`), raise its
     /// single-step #DB if its rule says so; an unstepped one traps only if it was a SYSRET
     /// that loaded TF. Delivery clears TF (the pushed RFLAGS keeps it), so the handler runs
     /// unstepped. The rule is consumed either way.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn single_step_done<B: Bus, O: Observer>(
         &mut self,
         bus: &mut B,
