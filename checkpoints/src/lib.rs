@@ -79,6 +79,7 @@ use serde::{Deserialize, Serialize};
 
 mod keys;
 mod pack;
+mod stale;
 #[cfg(test)]
 use pack::{push_stored, worth_compressing, write_pack, DIRECT_ALIGN, DIRECT_MIN};
 use pack::{KeyMap, Packer};
@@ -896,6 +897,11 @@ impl Store {
         // The store's pages stay locked until the new ones are in (only this thread
         // writes to the store).
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.indexed {
+            // This process's first write here: clear what killed writers left.
+            stale::remove_stale_temporaries(&self.dir);
+            stale::remove_stale_temporaries(&pages_dir);
+        }
         self.index_existing(&mut known);
         let tmp = pages_dir.join(format!(
             "{}.tmp{}",
@@ -1486,10 +1492,16 @@ impl Store {
     }
 
     /// Bytes the store occupies: `(checkpoint files, pack files, number of pack files)`.
+    /// Temporaries (a write in progress, or left by a killed writer) are not counted.
     pub fn size(&self) -> (u64, u64, u64) {
         let sum = |dir: &Path| -> (u64, u64) {
             fs::read_dir(dir).map_or((0, 0), |rd| {
                 rd.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_none_or(|n| stale::temporary_pid(n).is_none())
+                    })
                     .filter_map(|e| e.metadata().ok())
                     .filter(|m| m.is_file())
                     .fold((0, 0), |(b, n), m| (b + m.len(), n + 1))

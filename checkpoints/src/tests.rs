@@ -253,6 +253,50 @@ fn new_pages_of_a_checkpoint_go_into_one_pack_and_a_new_store_finds_them() {
     assert_eq!(n.ram().read_u64(0x40_1000), Some(42));
 }
 
+/// A recorder killed mid-checkpoint leaves `pages/<position>.tmp<pid>` (and maybe
+/// `<position>.tmp<pid>`): readers pass over them, and the next process writing a
+/// checkpoint into the folder removes them, but not a live writer's.
+#[test]
+fn a_killed_writers_temporaries_are_ignored_then_removed() {
+    let (_scratch_store, store) = temp_store("stale");
+    let mut m = machine();
+    scribble(&mut m, 1, 100);
+    store.save(&mut m, 0, None).unwrap();
+    let size = store.size();
+    // A pid above the kernel's maximum: no process has it. PID 1 always runs.
+    let dead = 999_999_999u32;
+    let pages = store.dir().join("pages");
+    let stale_pack = pages.join(format!("00000000000000000200.tmp{dead}"));
+    let stale_file = store.dir().join(format!("00000000000000000200.tmp{dead}"));
+    let live_pack = pages.join("00000000000000000300.tmp1");
+    for f in [&stale_pack, &stale_file, &live_pack] {
+        fs::write(f, vec![0xa5u8; 5000]).unwrap();
+    }
+    // Readers see only the checkpoint and its pack.
+    assert_eq!(store.positions(), vec![100]);
+    assert_eq!(store.size(), size);
+    let mut n = machine();
+    store.restore(&mut n, 100).unwrap();
+    // This store has written here already: its next write leaves them (cleaning is once
+    // per process and store).
+    m.cpus_mut()[0].state.retired = 200;
+    store.save(&mut m, 0, None).unwrap();
+    assert!(stale_pack.exists());
+    // The next process's first write removes the stale ones.
+    let again = Store::new(store.dir());
+    m.ram_mut().write_u64(0x40_0000, 42);
+    m.cpus_mut()[0].state.retired = 300;
+    again.save(&mut m, 0, None).unwrap();
+    if Path::new("/proc/self").exists() {
+        assert!(!stale_pack.exists());
+        assert!(!stale_file.exists());
+    }
+    assert!(live_pack.exists());
+    assert_eq!(again.positions(), vec![100, 200, 300]);
+    again.restore(&mut n, 300).unwrap();
+    assert_eq!(n.ram().read_u64(0x40_0000), Some(42));
+}
+
 /// A machine saved `n` times with one page changed (and every fifth time one page zeroed)
 /// between checkpoints; returns the state hash at each position (100, 200, ...).
 fn chain_of(store: &Store, n: u64) -> (Machine<ScriptedInputs>, Vec<(u64, [u8; 32])>) {

@@ -33,6 +33,7 @@ mod misc;
 mod muldiv;
 pub mod operand;
 mod shift;
+mod single_step;
 mod sse;
 mod stack;
 mod string;
@@ -60,6 +61,9 @@ pub struct Cpu {
     /// that block's links first; checked on use (the slot may have been freed or reused
     /// since), so not part of the state.
     last_block: crate::code_cache::BlockId,
+    /// How the instruction being single-stepped bends the trap rule (`single_step.rs`): set
+    /// by its handler, consumed when it completes, so not part of the state.
+    step_rule: single_step::StepRule,
 }
 
 /// Why [`Cpu::run`] returned.
@@ -208,6 +212,7 @@ impl Cpu {
             tlb: Tlb::default(),
             pause_requested: false,
             last_block: crate::code_cache::BlockId::MAX,
+            step_rule: single_step::StepRule::Trap,
         }
     }
 
@@ -249,6 +254,22 @@ impl Cpu {
             if bus.wants_exit() {
                 return RunExit::BusExit;
             }
+            // The trap flag: one instruction at a time, each followed by its #DB, on a path of
+            // its own (`single_step.rs`), so that the block loop below keeps nothing more live.
+            // TF changes only through instructions that end their block (POPF setting it
+            // stops the block, IRET and SYSRET are system instructions), event delivery, or
+            // from outside, so looking here, before each block, is enough.
+            if self.state.rflags & crate::state::rflags::TF != 0 {
+                if let Err(stop) = self.step(bus, obs, code, mode, cpl) {
+                    return RunExit::Stop(stop);
+                }
+                if self.pause_requested {
+                    self.pause_requested = false;
+                    return RunExit::Paused;
+                }
+                (mode, cpl) = (self.state.mode(), self.state.cpl());
+                continue;
+            }
             let (block, pa) = match self.fetch_block(bus, code, mode, cpl) {
                 Ok(b) => b,
                 Err(Exit::Fault(f)) => {
@@ -274,6 +295,13 @@ impl Cpu {
             match result {
                 Ok(false) => {}
                 Ok(true) => {
+                    // A handler left a single-step rule (only instructions that end the block
+                    // with this result do): a SYSRET that loaded TF traps at once.
+                    if self.step_rule != single_step::StepRule::Trap {
+                        if let Err(stop) = self.single_step_done(bus, obs, code, false, false) {
+                            return RunExit::Stop(stop);
+                        }
+                    }
                     if self.pause_requested {
                         self.pause_requested = false;
                         return RunExit::Paused;

@@ -241,6 +241,11 @@ fn popf<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> ExecResult 
         writable &= 0xffff;
     }
     x.cpu.state.rflags = ((old & !writable) | (v & writable) | FIXED) & !RF;
+    // With TF set the next instruction is single-stepped: leave the block, so that the run
+    // loop steps it (`single_step.rs`).
+    if x.cpu.state.rflags & TF != 0 {
+        x.stop_after = true;
+    }
     Ok(())
 }
 

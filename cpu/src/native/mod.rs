@@ -26,8 +26,9 @@
 //! stretch (the run loop's slice then ends before the stretch's last record). Other
 //! observers see nothing of a stretch anyway (no memory access, no control transfer, no
 //! device), so traced replays run stretches whole too. Interrupts are taken between blocks and breakpoints are
-//! looked for at block entries, so neither can fall inside a stretch; the trap flag's
-//! single-step is not modelled.
+//! looked for at block entries, so neither can fall inside a stretch; with the trap flag set
+//! the run loop gives every block a budget of one instruction (`exec/single_step.rs`), so a
+//! stretch never runs whole then either.
 
 use iced_x86::{ConditionCode, Instruction, Mnemonic};
 

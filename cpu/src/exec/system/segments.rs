@@ -28,6 +28,8 @@ fn commit<B: Bus, O: Observer>(x: &mut Exec<B, O>, reg: SegReg, seg: crate::stat
     x.cpu.state.seg[reg as usize] = seg;
     if reg == SegReg::Ss {
         x.cpu.state.interrupt_shadow = true;
+        // A single-step trap is held until after the next instruction too.
+        x.cpu.step_rule = crate::exec::single_step::StepRule::Suppress;
     }
 }
 

@@ -7,6 +7,7 @@ use iced_x86::{Code, Instruction};
 use super::tables::require_cpl0;
 use crate::bus::Bus;
 use crate::exec::control::is_canonical;
+use crate::exec::single_step::StepRule;
 use crate::exec::Exec;
 use crate::fault::{ExecResult, Fault};
 use crate::observer::Observer;
@@ -50,6 +51,8 @@ pub(super) fn syscall<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> ExecResult {
     s.seg[SegReg::Cs as usize] = flat(selector & 0xfffc, CODE64_DPL0);
     s.seg[SegReg::Ss as usize] = flat(selector.wrapping_add(8) & 0xfffc, DATA_DPL0);
     x.next_rip = s.msr.lstar;
+    // Single-stepped, it traps only if the mask left TF set.
+    x.cpu.step_rule = StepRule::FromNewFlags;
     Ok(())
 }
 
@@ -77,6 +80,8 @@ pub(super) fn sysret<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -
     s.seg[SegReg::Cs as usize] = flat(cs_sel | 3, cs_attrs);
     s.seg[SegReg::Ss as usize] = flat(base.wrapping_add(8) | 3, DATA_DPL0 | DPL3);
     x.next_rip = rip;
+    // It traps (in user mode, after it) if it loaded TF set, whatever TF was before.
+    x.cpu.step_rule = StepRule::FromNewFlags;
     Ok(())
 }
 
