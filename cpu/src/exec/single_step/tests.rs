@@ -382,7 +382,7 @@ fn mov_ss_holds_the_trap_for_one_instruction() {
             ev(1, ends[10]),
         ])
     );
-    assert!(handler >= HANDLERS && handler < HANDLERS + 0x1000);
+    assert!((HANDLERS..HANDLERS + 0x1000).contains(&handler));
 }
 
 /// SYSCALL decides from TF after its RFLAGS mask: masked, the kernel's entry is not
