@@ -221,6 +221,10 @@ pub(crate) struct Effect {
     /// handler of the stretch's first record computes and checks the target as the Jcc's
     /// own handler does, so the host code never needs the block's address.
     branch: Option<ConditionCode>,
+    /// A Jcc or a compare fused with the Jcc after it: left out of stretches, these cost
+    /// the interpreter little (a fused pair is one dispatch), so they only lengthen a
+    /// stretch that is worth its call without them (see [`weight`]).
+    cheap: bool,
 }
 
 /// A plain load or store in a stretch: MOV r, m / MOV m, r / MOV m, imm of 4 or 8 bytes, or
@@ -306,6 +310,7 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
     if d.locked || !plain || d.check != check {
         return None;
     }
+    let cheap = d.handler != handler_index(d.op, o) || is_jcc(d.op);
     // Implicit-register forms (CBW/CWDE/CDQE are MOVSX to the accumulator) do not rename.
     if matches!(
         i.mnemonic(),
@@ -323,7 +328,10 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
     let wide = matches!(o.size, 4 | 8);
     let (r0, r1) = (bit(o.r0), bit(o.r1));
     let imm32 = |v: u64| o.size == 4 || v as i64 == v as i32 as i64;
-    let mut e = Effect::default();
+    let mut e = Effect {
+        cheap,
+        ..Effect::default()
+    };
     use Op::*;
     match d.op {
         MovRR if wide => (e.reads, e.writes) = (r1, r0),
@@ -657,7 +665,10 @@ pub(crate) fn stretches(effects: &[Option<Effect>]) -> Vec<(usize, usize, Plan)>
         // host about what the interpreter's quick path does), else without.
         let found = longest(effects, s, true)
             .filter(|&(p, _)| {
-                let others = effects[s..p].iter().flatten().filter(|e| e.mem.is_none());
+                let others = effects[s..p]
+                    .iter()
+                    .flatten()
+                    .filter(|e| e.mem.is_none() && !e.cheap);
                 others.count() >= MIN_OTHERS
             })
             .or_else(|| longest(effects, s, false));
@@ -722,5 +733,14 @@ fn longest(effects: &[Option<Effect>], s: usize, memory: bool) -> Option<(usize,
     }
     (s + MIN_LEN..=e)
         .rev()
+        .filter(|&p| weight(&es[..p - s]) >= MIN_LEN)
         .find_map(|p| Plan::of(&es[..p - s]).map(|plan| (p, plan)))
+}
+
+/// The instructions of a stretch that pay for its call: all but the cheap ones (a
+/// trailing Jcc and a compare fused with it; with them counted, stretches of two
+/// instructions and a Jcc, or of one and a fused pair, cost more host instructions than
+/// they save: see [`Effect::cheap`]).
+fn weight(es: &[Effect]) -> usize {
+    es.iter().filter(|e| !e.cheap).count()
 }

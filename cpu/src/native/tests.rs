@@ -596,7 +596,34 @@ fn fx(r: u16, w: u16, flags_in: u64, defines: u64, undefines: u64, zero: u64) ->
         zero,
         mem: None,
         branch: None,
+        cheap: false,
     })
+}
+
+/// A Jcc on ZF.
+fn je() -> Option<Effect> {
+    Some(Effect {
+        flags_in: ZF,
+        branch: Some(iced_x86::ConditionCode::e),
+        cheap: true,
+        ..Effect::default()
+    })
+}
+
+/// A Jcc ends a stretch but does not count towards its length: two moves and a Jcc are
+/// no stretch, three moves and a Jcc are one of four.
+#[test]
+fn branches_end_stretches_and_do_not_pay() {
+    let v = |n: usize| [vec![mv(0, 1); n], vec![je(), mv(2, 3)]].concat();
+    assert!(stretches(&v(2)).is_empty());
+    let found: Vec<(usize, usize)> = stretches(&v(3)).iter().map(|&(s, p, _)| (s, p)).collect();
+    assert_eq!(found, vec![(0, 4)]);
+    // Nothing follows a branch in a stretch.
+    let found: Vec<(usize, usize)> = stretches(&[v(3), vec![mv(2, 3); 3]].concat())
+        .iter()
+        .map(|&(s, p, _)| (s, p))
+        .collect();
+    assert_eq!(found, vec![(0, 4), (4, 8)]);
 }
 
 /// A plain move (no flags).
