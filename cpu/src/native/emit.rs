@@ -107,7 +107,7 @@ pub(super) struct Access {
 
 impl Access {
     /// Whether the host flags must be saved before the lookup.
-    fn save(&self) -> bool {
+    pub(super) fn save(&self) -> bool {
         self.flags.written != 0 || self.restore != 0
     }
 }

@@ -472,6 +472,43 @@ fn memory_loop() {
     assert!(runs >= 1 && insns >= 8, "{runs} {insns}");
 }
 
+/// A PUSH or POP joins a stretch only where its lookup need not save the host's flags:
+/// after a flag-writing ADD it does not (the stretch is dropped), with the ADD after both
+/// it does; either way the result is the interpreter's.
+#[test]
+fn stack_accesses_only_without_flag_saves() {
+    let insns = |push_first: bool| {
+        let body = |x: &mut CodeAssembler| {
+            x.mov(rsp, 0x40_1000u64)?;
+            if !push_first {
+                x.add(rax, rbx)?;
+            }
+            x.push(rcx)?;
+            x.mov(rdx, rsi)?;
+            x.mov(rdi, r8)?;
+            x.pop(r9)?;
+            if push_first {
+                x.add(rax, rbx)?;
+            }
+            x.mov(r10, rdx)?;
+            x.hlt()
+        };
+        let mut on = TestMachine::assemble(body);
+        let mut off = TestMachine::assemble(body);
+        off.code.set_native(false);
+        for m in [&mut on, &mut off] {
+            m.cpu.state.gpr[0] = 3;
+            m.cpu.state.gpr[3] = u64::MAX;
+            m.cpu.state.gpr[1] = 0x1234;
+            assert_eq!(m.run(100), RunExit::Halted);
+        }
+        assert_eq!(on.cpu.state, off.cpu.state);
+        on.code.native_stats().1
+    };
+    assert_eq!(insns(false), 0);
+    assert_eq!(insns(true), 7);
+}
+
 /// Run `m` under `obs` to HLT (at most `max` instructions per call, as a traced replay's
 /// slices).
 fn run_watched(m: &mut TestMachine, obs: &mut RecordingObserver, max: u64) -> RunExit {
