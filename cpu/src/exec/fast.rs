@@ -564,7 +564,7 @@ impl Fused {
 }
 
 /// Whether `op` is one of the conditional jumps.
-fn is_jcc(op: Op) -> bool {
+pub(crate) fn is_jcc(op: Op) -> bool {
     use Op::*;
     matches!(
         op,
@@ -1026,7 +1026,7 @@ mod run;
 mod table;
 pub(crate) use rare::rare;
 pub(crate) use run::*;
-pub(crate) use table::{handlers, index as handler_index, park, Flow};
+pub(crate) use table::{fused_index, handlers, index as handler_index, park, Flow};
 
 #[cfg(feature = "op-stats")]
 pub mod stats;

@@ -459,6 +459,11 @@ impl Cpu {
                             // the slice: the handler checked).
                             it.nth(x.skip.wrapping_sub(1));
                         }
+                        fast::Flow::StretchJump => {
+                            // The same, its last record a branch taken to `next_rip`.
+                            it.nth(x.skip.wrapping_sub(1));
+                            break 'block x.next_rip;
+                        }
                         fast::Flow::Pair | fast::Flow::Skip => {
                             // A compare fused with the Jcc after it (`fast::fuse`): both
                             // retired, unless the budget ends between them (the Jcc is then

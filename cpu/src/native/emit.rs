@@ -9,7 +9,7 @@
 //! ones, which the prologue saves on the host stack (used for nothing else: guest RSP is a
 //! renamed register like any other).
 
-use iced_x86::{Code, Encoder, Instruction, MemoryOperand, OpKind, Register};
+use iced_x86::{Code, ConditionCode, Encoder, Instruction, MemoryOperand, OpKind, Register};
 
 use crate::exec::operand::gpr_slot;
 use crate::mmu::QuickLayout;
@@ -107,7 +107,7 @@ pub(super) struct Access {
 
 impl Access {
     /// Whether the host flags must be saved before the lookup.
-    fn save(&self) -> bool {
+    pub(super) fn save(&self) -> bool {
         self.flags.written != 0 || self.restore != 0
     }
 }
@@ -256,11 +256,20 @@ fn low32(r: Register) -> Option<Register> {
     Register::try_from(Register::EAX as usize + (r as usize - Register::RAX as usize)).ok()
 }
 
+/// How the main path of a stretch's host code ends.
+pub(super) struct Ending {
+    /// The flags written after the last access (or in the whole stretch, without one):
+    /// merged into the guest's RFLAGS at the end.
+    pub(super) flags: Plan,
+    /// The condition of the conditional branch that is the stretch's last record, if it is
+    /// one: reported as [`super::TAKEN`].
+    pub(super) branch: Option<ConditionCode>,
+}
+
 /// The host function of a stretch of `len` records: `steps` (whitelisted instructions,
 /// see `super::effect`, and memory accesses), which use the guest registers in mask `regs`,
 /// must load those in `load` (read before written in full) and store those in `store`
-/// (written), with status flags handled as `plan` says (`end`: the flags written after the
-/// last access, merged at the end). `None` if the stretch needs more host registers than there are or an
+/// (written), with status flags handled as `plan` says, ending as `end` says. `None` if the stretch needs more host registers than there are or an
 /// instruction does not encode.
 pub(super) fn emit(
     steps: &[Step],
@@ -269,7 +278,7 @@ pub(super) fn emit(
     load: u16,
     store: u16,
     plan: &Plan,
-    end: &Plan,
+    end: &Ending,
 ) -> Option<Vec<u8>> {
     use Register::{AH, AL, EAX, RDI, RSI};
     let memory = steps.iter().any(|st| matches!(st, Step::Access(_)));
@@ -326,7 +335,9 @@ pub(super) fn emit(
             Step::Access(a) => misses.push((access(&mut o, a, &map)?, a)),
         }
     }
-    finish(&mut o, &map, store, end, len as u32, &saved)?;
+    finish(
+        &mut o, &map, store, &end.flags, len as u32, end.branch, &saved,
+    )?;
     let mut patches = Vec::new();
     for (jumps, a) in misses {
         for j in jumps {
@@ -335,7 +346,7 @@ pub(super) fn emit(
         if a.save() {
             o.op0(Code::Popfq)?;
         }
-        finish(&mut o, &map, a.exit_store, &a.flags, a.record, &saved)?;
+        finish(&mut o, &map, a.exit_store, &a.flags, a.record, None, &saved)?;
     }
     let mut code = o.enc.take_buffer();
     for (at, target) in patches {
@@ -391,7 +402,7 @@ fn access(o: &mut Out, a: &Access, map: &[Register; 16]) -> Option<Vec<u64>> {
     )?;
     o.ri(Code::And_rm64_imm32, KEY, -0x1000)?;
     let tag = match m.kind {
-        MemKind::Load(_) => QuickLayout::READ,
+        MemKind::Load(_) | MemKind::Extend { .. } => QuickLayout::READ,
         _ => QuickLayout::WRITE,
     };
     o.rm(
@@ -452,6 +463,20 @@ fn access(o: &mut Out, a: &Access, map: &[Register; 16]) -> Option<Vec<u64>> {
                 o.rm(Code::Mov_r32_rm32, low32(h)?, at)?;
             }
         }
+        MemKind::Extend { reg, signed, wide } => {
+            let h = host(reg)?;
+            let code = match (signed, wide, m.size) {
+                // A 32-bit write zero-extends: MOVZX to 64 bits is MOVZX to 32.
+                (false, _, 1) => Code::Movzx_r32_rm8,
+                (false, _, _) => Code::Movzx_r32_rm16,
+                (true, false, 1) => Code::Movsx_r32_rm8,
+                (true, false, _) => Code::Movsx_r32_rm16,
+                (true, true, 1) => Code::Movsx_r64_rm8,
+                (true, true, _) => Code::Movsx_r64_rm16,
+            };
+            let to = if wide && signed { h } else { low32(h)? };
+            o.rm(code, to, at)?;
+        }
         MemKind::Store(r) => {
             let h = host(r)?;
             let i = if wide {
@@ -470,25 +495,38 @@ fn access(o: &mut Out, a: &Access, map: &[Register; 16]) -> Option<Vec<u64>> {
             o.put(i.ok())?;
         }
     }
+    if m.rsp_add != 0 {
+        // PUSH's or POP's RSP update, after the access (LEA: the flags stay).
+        let rsp = host(4)?;
+        let to = MemoryOperand::with_base_displ(rsp, i64::from(m.rsp_add));
+        o.rm(Code::Lea_r64_m, rsp, to)?;
+    }
     Some(vec![miss_tag, miss_ram])
 }
 
 /// The end of the function: store the guest registers in `store`, merge the status flags
-/// as `plan` says, return `records` (the records retired), restoring the callee-saved
-/// registers `saved`.
+/// as `plan` says, return `records` (the records retired) plus [`super::TAKEN`] if condition
+/// `branch` holds, restoring the callee-saved registers `saved`.
 fn finish(
     o: &mut Out,
     map: &[Register; 16],
     store: u16,
     plan: &Plan,
     records: u32,
+    branch: Option<ConditionCode>,
     saved: &[Register],
 ) -> Option<()> {
-    use Register::{AH, AL, EAX, ECX, RAX, RCX, RDI, RSI};
+    use Register::{AH, AL, DIL, EAX, ECX, EDI, RAX, RCX, RDI, RSI};
     for (g, &h) in map.iter().enumerate() {
         if store >> g & 1 != 0 {
             o.store(RDI, 8 * g as i64, h)?;
         }
+    }
+    if let Some(cc) = branch {
+        // The condition on the host's flags, which are the guest's here (the stores above
+        // change none); RDI is free once the registers are stored.
+        o.put(Instruction::with1(setcc(cc)?, DIL).ok())?;
+        o.rr(Code::Movzx_r32_rm8, EDI, DIL)?;
     }
     if plan.written != 0 {
         // rflags = rflags & !written | host & written & !cleared, the host's flags read
@@ -515,8 +553,37 @@ fn finish(
         o.store(RSI, 0, RAX)?;
     }
     o.put(Instruction::with2(Code::Mov_r32_imm32, EAX, records).ok())?;
+    if branch.is_some() {
+        const _: () = assert!(super::TAKEN == 1 << 16);
+        o.ri(Code::Shl_rm32_imm8, EDI, 16)?;
+        o.rr(Code::Or_r32_rm32, EAX, EDI)?;
+    }
     for &r in saved.iter().rev() {
         o.op1(Code::Pop_r64, r)?;
     }
     o.op0(Code::Retnq)
+}
+
+/// The SETcc of condition `cc`.
+fn setcc(cc: ConditionCode) -> Option<Code> {
+    use ConditionCode as C;
+    Some(match cc {
+        C::o => Code::Seto_rm8,
+        C::no => Code::Setno_rm8,
+        C::b => Code::Setb_rm8,
+        C::ae => Code::Setae_rm8,
+        C::e => Code::Sete_rm8,
+        C::ne => Code::Setne_rm8,
+        C::be => Code::Setbe_rm8,
+        C::a => Code::Seta_rm8,
+        C::s => Code::Sets_rm8,
+        C::ns => Code::Setns_rm8,
+        C::p => Code::Setp_rm8,
+        C::np => Code::Setnp_rm8,
+        C::l => Code::Setl_rm8,
+        C::ge => Code::Setge_rm8,
+        C::le => Code::Setle_rm8,
+        C::g => Code::Setg_rm8,
+        C::None => return None,
+    })
 }

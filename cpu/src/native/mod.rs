@@ -11,6 +11,13 @@
 //! over the stretch's other records (they keep their own handlers and operands, and the
 //! first keeps its op and operands too: see [`word`]).
 //!
+//! Besides register operations a stretch may hold plain loads and stores (MOV with flat
+//! addressing, PUSH and POP r64), each through an inline quick-tag lookup that leaves the
+//! stretch (a side exit) when it needs more than a hit in RAM, and it may end with a
+//! conditional branch (a Jcc, also one fused with the compare before it), whose condition
+//! the host code reports and whose target the handler checks and takes as the Jcc's own
+//! handler does ([`TAKEN`]).
+//!
 //! Bit-exactness with the interpreter: the whitelist holds only operations that cannot fault
 //! or touch memory, at operand sizes whose host result is the architectural one (32- and
 //! 64-bit, and the byte writes of SETcc and byte/word sources of MOVZX/MOVSX). A status flag
@@ -24,16 +31,17 @@
 //! observer wants every instruction's fetch (`--fetch`) the first record runs through its own
 //! handler (and the others follow one by one), as it does when the budget ends inside the
 //! stretch (the run loop's slice then ends before the stretch's last record). Other
-//! observers see nothing of a stretch anyway (no memory access, no control transfer, no
-//! device), so traced replays run stretches whole too. Interrupts are taken between blocks and breakpoints are
-//! looked for at block entries, so neither can fall inside a stretch; with the trap flag set
-//! the run loop gives every block a budget of one instruction (`exec/single_step.rs`), so a
-//! stretch never runs whole then either.
+//! observers see nothing of a register-only stretch anyway (no memory access, no device;
+//! observers are told of no branch), so traced replays run those whole too; a stretch with
+//! memory accesses runs record by record under any observer. Interrupts are taken between
+//! blocks and breakpoints are looked for at block entries, so neither can fall inside a
+//! stretch; with the trap flag set the run loop gives every block a budget of one
+//! instruction (`exec/single_step.rs`), so a stretch never runs whole then either.
 
 use iced_x86::{ConditionCode, Instruction, Mnemonic};
 
 use crate::code_cache::DecodedInsn;
-use crate::exec::fast::{handler_index, Op, Operands, NO_REG, RIP};
+use crate::exec::fast::{fused_index, handler_index, is_jcc, Op, Operands, NO_REG, RIP};
 use crate::state::rflags::{AF, CF, OF, PF, SF, STATUS, ZF};
 
 mod arena;
@@ -47,7 +55,9 @@ mod tests;
 /// memory access needs more than a quick-tag hit in RAM (a side exit), the index of that
 /// access's record, with the registers and flags as they are before it. Register-only
 /// stretches read and write nothing but the registers and `Ctx::rflags`; memory stretches
-/// also read the quick tags and read and write guest RAM, through `Ctx`'s addresses.
+/// also read the quick tags and read and write guest RAM, through `Ctx`'s addresses. A
+/// stretch that ends with a conditional branch adds [`TAKEN`] when it retired all its
+/// records and the branch is taken.
 pub(crate) type NativeFn = extern "sysv64" fn(&mut [u64; 16], *mut u64) -> u64;
 
 /// What a stretch works on besides the registers (offsets fixed: the host code reads them).
@@ -142,10 +152,12 @@ impl Natives {
     }
 }
 
-/// The field of a stretch's first record that holds its [`word`]: `imm` for LEA and the
-/// register loads and stores (whose other fields all address; they have no immediate),
+/// The field of a stretch's first record that holds its [`word`]: `imm` for LEA, the
+/// register loads and stores (whose other fields all address; they have no immediate) and
+/// PUSH and POP (which read only `r0`),
 /// `disp` for every other whitelisted form (none has a memory operand). A store of an
-/// immediate, which uses both, never starts a stretch.
+/// immediate and a MOVZX / MOVSX load (its source size in `imm`), which use both, never
+/// start a stretch.
 /// Its first record's handler is [`HANDLER_IMM`] when `imm` holds it, else [`HANDLER`].
 #[inline(always)]
 pub(crate) fn word<const IMM: bool>(d: &DecodedInsn) -> u64 {
@@ -158,8 +170,12 @@ pub(crate) fn word<const IMM: bool>(d: &DecodedInsn) -> u64 {
 
 /// Whether a stretch starting with `op` keeps its word in `imm` (see [`word`]).
 fn uses_imm_for_word(op: Op) -> bool {
-    matches!(op, Op::Lea | Op::MovRM | Op::MovMR)
+    matches!(op, Op::Lea | Op::MovRM | Op::MovMR | Op::PushR | Op::PopR)
 }
+
+/// The bit of a stretch's return value saying that its last record, a conditional branch,
+/// is taken (the caller checks and sets the target: see [`Effect::branch`]).
+pub(crate) const TAKEN: u64 = 1 << 16;
 
 /// The word's bit saying that the stretch accesses memory.
 const MEMORY: u64 = 1 << 40;
@@ -201,15 +217,26 @@ pub(crate) struct Effect {
     zero: u64,
     /// The memory access, for a load or store.
     mem: Option<Mem>,
+    /// A conditional branch (Jcc rel of 64-bit code), with its condition: it ends the
+    /// stretch, whose host code computes the condition and reports it ([`TAKEN`]); the
+    /// handler of the stretch's first record computes and checks the target as the Jcc's
+    /// own handler does, so the host code never needs the block's address.
+    branch: Option<ConditionCode>,
+    /// A Jcc or a compare fused with the Jcc after it: left out of stretches, these cost
+    /// the interpreter little (a fused pair is one dispatch), so they only lengthen a
+    /// stretch that is worth its call without them (see [`weight`]).
+    cheap: bool,
 }
 
-/// A plain load or store in a stretch: MOV r, m / MOV m, r / MOV m, imm of 4 or 8 bytes at
-/// `[base + index << scale + disp]` (64-bit addressing, no segment base).
+/// A plain load or store in a stretch: MOV r, m / MOV m, r / MOV m, imm of 4 or 8 bytes, or
+/// MOVZX / MOVSX r, m of 1 or 2, at
+/// `[base + index << scale + disp]` (64-bit addressing, no segment base), or the stack access
+/// of PUSH r64 (a store at `[rsp - 8]`) or POP r64 (a load at `[rsp]`), with its RSP update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Mem {
     /// What is moved.
     pub(crate) kind: MemKind,
-    /// Bytes accessed: 4 or 8.
+    /// Bytes accessed: 4 or 8 (1 or 2 for [`MemKind::Extend`]).
     pub(crate) size: u8,
     /// Base register, or [`NO_REG`].
     pub(crate) base: u8,
@@ -219,6 +246,9 @@ pub(crate) struct Mem {
     pub(crate) scale: u8,
     /// Displacement (sign-extended to 64 bits by the address computation).
     pub(crate) disp: i32,
+    /// Added to RSP once the access is done: -8 for PUSH, 8 for POP (but for `pop rsp`,
+    /// whose load is RSP's new value), else 0.
+    pub(crate) rsp_add: i8,
 }
 
 /// The direction of a [`Mem`] access.
@@ -231,6 +261,16 @@ pub(crate) enum MemKind {
     /// This immediate (as the record holds it: a 64-bit store's is sign-extended from 32
     /// bits).
     StoreImm(u64),
+    /// Into this register, zero- or (`signed`) sign-extended to 32 or (`wide`) 64 bits
+    /// (MOVZX / MOVSX: a 32-bit write zero-extends the rest).
+    Extend {
+        /// The destination register.
+        reg: u8,
+        /// MOVSX rather than MOVZX.
+        signed: bool,
+        /// A 64-bit destination.
+        wide: bool,
+    },
 }
 
 /// The status flags condition `cc` (iced's [`ConditionCode`]) reads.
@@ -254,10 +294,24 @@ fn condition_flags(cc: ConditionCode) -> u64 {
 /// result is the architectural one, with operands the emitter can rename.
 pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
     let o: &Operands = &d.ops;
-    // Fused compares (and any record whose handler is not its op's own) are not plain.
-    if d.locked || d.handler != handler_index(d.op, o) || d.check != 0 {
+    // Records whose handler is not their op's own are not plain, but for a register compare
+    // fused with the Jcc after it (`exec::fast::fuse`): its fusion took only fields that
+    // the compare does not read (condition, offset), and its record runs whole through the
+    // fused handler whenever the stretch does not (budget, observer with fetches).
+    let plain = d.handler == handler_index(d.op, o)
+        || (matches!(d.op, Op::CmpRR | Op::CmpRI | Op::TestRR | Op::TestRI)
+            && fused_index(d.op, o) == Some(d.handler));
+    // A conditional branch inside a block is checked (a taken one ends the block there);
+    // the stretch's handler does the same (`Flow::StretchJump`).
+    let check = if is_jcc(d.op) {
+        crate::code_cache::check::BRANCH
+    } else {
+        0
+    };
+    if d.locked || !plain || d.check != check {
         return None;
     }
+    let cheap = d.handler != handler_index(d.op, o) || is_jcc(d.op);
     // Implicit-register forms (CBW/CWDE/CDQE are MOVSX to the accumulator) do not rename.
     if matches!(
         i.mnemonic(),
@@ -275,7 +329,10 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
     let wide = matches!(o.size, 4 | 8);
     let (r0, r1) = (bit(o.r0), bit(o.r1));
     let imm32 = |v: u64| o.size == 4 || v as i64 == v as i32 as i64;
-    let mut e = Effect::default();
+    let mut e = Effect {
+        cheap,
+        ..Effect::default()
+    };
     use Op::*;
     match d.op {
         MovRR if wide => (e.reads, e.writes) = (r1, r0),
@@ -355,16 +412,29 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
             (e.reads, e.writes) = (r0, r0);
             e.flags_in = condition_flags(i.condition_code());
         }
-        MovRM | MovMR | MovMI if wide => {
+        MovRM | MovMR | MovMI | MovzxRM | MovsxRM if wide => {
             // Flat 64-bit addressing only (no FS/GS base, no RIP: the block's address is not
             // the record's), with a displacement the host's addressing takes.
             if o.base == RIP || o.seg != 0 || o.disp as i64 != o.disp as i32 as i64 {
+                return None;
+            }
+            // MOVZX / MOVSX hold their source's size in `imm` (MOVSXD has its own).
+            let extend = matches!(d.op, MovzxRM | MovsxRM);
+            if extend && !matches!(o.imm, 1 | 2) {
                 return None;
             }
             let kind = match d.op {
                 MovRM => {
                     e.writes = r0;
                     MemKind::Load(o.r0)
+                }
+                MovzxRM | MovsxRM => {
+                    e.writes = r0;
+                    MemKind::Extend {
+                        reg: o.r0,
+                        signed: d.op == MovsxRM,
+                        wide: o.size == 8,
+                    }
                 }
                 MovMR => {
                     e.reads = r1;
@@ -377,21 +447,54 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
                     MemKind::StoreImm(o.imm)
                 }
             };
-            if o.r0 >= 16 && d.op == MovRM || o.r1 >= 16 && d.op == MovMR {
+            if o.r0 >= 16 && matches!(d.op, MovRM | MovzxRM | MovsxRM)
+                || o.r1 >= 16 && d.op == MovMR
+            {
                 return None;
             }
             e.reads |= bit(o.base) | bit(o.index);
             e.mem = Some(Mem {
                 kind,
-                size: o.size,
+                size: if extend { o.imm as u8 } else { o.size },
                 base: o.base,
                 index: o.index,
                 scale: o.scale,
                 disp: o.disp as i32,
+                rsp_add: 0,
+            });
+        }
+        // The stack of 64-bit code is flat (SS has no base there), as the handlers' quick
+        // paths take it: the address is RSP itself.
+        PushR | PopR if o.r0 < 16 => {
+            let push = d.op == PushR;
+            e.reads = bit(4) | if push { r0 } else { 0 };
+            e.writes = bit(4) | if push { 0 } else { r0 };
+            e.mem = Some(Mem {
+                kind: if push {
+                    MemKind::Store(o.r0)
+                } else {
+                    MemKind::Load(o.r0)
+                },
+                size: 8,
+                base: 4,
+                index: NO_REG,
+                scale: 0,
+                disp: if push { -8 } else { 0 },
+                rsp_add: match (push, o.r0) {
+                    (true, _) => -8,
+                    (false, 4) => 0,
+                    (false, _) => 8,
+                },
             });
         }
         // NOPs, ENDBR64 and prefetches do nothing (no code is emitted for them).
         Nop => {}
+        // A conditional branch: only its condition is host code (see `Effect::branch`).
+        op if is_jcc(op) => {
+            let cc = i.condition_code();
+            e.flags_in = condition_flags(cc);
+            e.branch = Some(cc);
+        }
         _ => return None,
     }
     Some(e)
@@ -482,6 +585,8 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
                         restore: 0,
                     }),
                 ));
+            } else if e.branch.is_some() {
+                // Last (see `longest`): its condition is taken at the end, in `emit`.
             } else if d.op != Op::Nop {
                 steps.push((k, emit::Step::Insn(full[s + k])));
             }
@@ -496,8 +601,24 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
             continue;
         };
         flag_liveness(&mut steps, &effs);
+        // A PUSH or POP that must save the host's flags around its lookup (flags written
+        // before it, or read after it) costs more than its dispatch saves: no stretch.
+        // (Whole-boot replay, interleaved: with such stacks accesses 3-5% slower than
+        // without stack accesses, which were 2% slower than this, 5 of 6 pairs each;
+        // dropping MOV accesses that need POPFQ too lost 5 of 6.)
+        let stack_saves = steps.iter().any(|(_, st)| match st {
+            emit::Step::Access(a) => a.mem.rsp_add != 0 && a.save(),
+            emit::Step::Insn(_) => false,
+        });
+        if stack_saves {
+            continue;
+        }
         let memory = effs.iter().any(|e| e.mem.is_some());
         let steps: Vec<emit::Step> = steps.into_iter().map(|(_, st)| st).collect();
+        let end = emit::Ending {
+            flags: end,
+            branch: effs.last().and_then(|e| e.branch),
+        };
         let Some(code) = emit::emit(&steps, p - s, regs, load, store, &plan, &end) else {
             continue;
         };
@@ -548,7 +669,7 @@ fn flag_liveness(steps: &mut [(usize, emit::Step)], effs: &[Effect]) {
 /// whitelisted instructions from its first that needs no more host registers than there are
 /// and whose flags have a [`Plan`], of at least [`MIN_LEN`] instructions. A memory access
 /// is only part of one if the flags before it have a plan too (for its side exit), and a
-/// store of an immediate never starts one (see [`word`]).
+/// store of an immediate or a MOVZX / MOVSX load never starts one (see [`word`]).
 pub(crate) fn stretches(effects: &[Option<Effect>]) -> Vec<(usize, usize, Plan)> {
     let mut out = Vec::new();
     let mut s = 0;
@@ -557,7 +678,10 @@ pub(crate) fn stretches(effects: &[Option<Effect>]) -> Vec<(usize, usize, Plan)>
         // host about what the interpreter's quick path does), else without.
         let found = longest(effects, s, true)
             .filter(|&(p, _)| {
-                let others = effects[s..p].iter().flatten().filter(|e| e.mem.is_none());
+                let others = effects[s..p]
+                    .iter()
+                    .flatten()
+                    .filter(|e| e.mem.is_none() && !e.cheap);
                 others.count() >= MIN_OTHERS
             })
             .or_else(|| longest(effects, s, false));
@@ -578,11 +702,13 @@ const MIN_OTHERS: usize = 3;
 /// The end and plan of the longest stretch from `s` (see [`stretches`]), with memory
 /// accesses if `memory`.
 fn longest(effects: &[Option<Effect>], s: usize, memory: bool) -> Option<(usize, Plan)> {
+    // Both fields a word could go in hold operands here (see `word`).
     if let Some(Some(Effect {
-        mem: Some(Mem {
-            kind: MemKind::StoreImm(_),
-            ..
-        }),
+        mem:
+            Some(Mem {
+                kind: MemKind::StoreImm(_) | MemKind::Extend { .. },
+                ..
+            }),
         ..
     })) = effects.get(s)
     {
@@ -613,8 +739,21 @@ fn longest(effects: &[Option<Effect>], s: usize, memory: bool) -> Option<(usize,
         (regs, has) = (r, m);
         es.push(*ef);
         e += 1;
+        // A branch ends the stretch (its host code reports the condition at the end).
+        if ef.branch.is_some() {
+            break;
+        }
     }
     (s + MIN_LEN..=e)
         .rev()
+        .filter(|&p| weight(&es[..p - s]) >= MIN_LEN)
         .find_map(|p| Plan::of(&es[..p - s]).map(|plan| (p, plan)))
+}
+
+/// The instructions of a stretch that pay for its call: all but the cheap ones (a
+/// trailing Jcc and a compare fused with it; with them counted, stretches of two
+/// instructions and a Jcc, or of one and a fused pair, cost more host instructions than
+/// they save: see [`Effect::cheap`]).
+fn weight(es: &[Effect]) -> usize {
+    es.iter().filter(|e| !e.cheap).count()
 }

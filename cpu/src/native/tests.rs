@@ -104,15 +104,105 @@ fn put(
             x.mov(R32[c], (imm >> 8) as u32 & 0x7f8)?;
             x.mov(R64[a], qword_ptr(R64[c] * 2 + 0x40_0000))
         }
-        _ => {
+        42 => {
             x.mov(R32[c], (imm >> 8) as u32 & 0xff8)?;
             x.mov(qword_ptr(R64[c] + 0x40_1000), R64[b])
+        }
+        // Extending loads of bytes and words.
+        43 => match imm >> 4 & 3 {
+            0 => x.movzx(R32[a], byte_ptr(target(imm))),
+            1 => x.movzx(R64[a], word_ptr(target(imm))),
+            2 => x.movsx(R32[a], word_ptr(target(imm))),
+            _ => x.movsx(R64[a], byte_ptr(target(imm))),
+        },
+        // Pushes and pops with RSP first set in a data page, or at a page's start (a push
+        // then crosses into the page before: a side exit), or by `pop rsp` to anything.
+        STACK => {
+            let top = if imm & 0x100 == 0 {
+                0x40_0800 + ((imm >> 9) as u32 & 0x3f8)
+            } else {
+                0x40_1004u32
+            };
+            x.mov(esp, top)?;
+            match imm % 5 {
+                0 => {
+                    x.push(R64[b])?;
+                    x.push(R64[c])
+                }
+                1 => {
+                    x.pop(R64[a])?;
+                    x.pop(R64[c])
+                }
+                2 => {
+                    x.push(R64[b])?;
+                    x.pop(R64[a])
+                }
+                3 => {
+                    x.push(rsp)?;
+                    x.pop(R64[a])
+                }
+                _ => {
+                    x.pop(rsp)?;
+                    x.push(R64[b])
+                }
+            }
+        }
+        // A conditional branch (alone, or after a compare it fuses with) over an ADD.
+        _ => {
+            if f != JCC {
+                if imm & 0x10 == 0 {
+                    x.cmp(R64[a], R64[b])?;
+                } else {
+                    x.test(R32[a], i32v)?;
+                }
+            }
+            let mut over = x.create_label();
+            jcc(x, imm % 16, over)?;
+            x.add(R64[c], R64[b])?;
+            x.set_label(&mut over)
         }
     }
 }
 
+/// Form of [`put`]: a Jcc; `JCC + 1`: a compare and a Jcc.
+const JCC: u8 = 50;
+
+/// Form of [`put`]: pushes and pops (memory programs only).
+const STACK: u8 = JCC + 2;
+
+/// Jcc number `n` (0..16, iced's condition order from JO) to `to`.
+fn jcc(x: &mut CodeAssembler, n: u64, to: CodeLabel) -> Result<(), IcedError> {
+    match n {
+        0 => x.jo(to),
+        1 => x.jno(to),
+        2 => x.jb(to),
+        3 => x.jae(to),
+        4 => x.je(to),
+        5 => x.jne(to),
+        6 => x.jbe(to),
+        7 => x.ja(to),
+        8 => x.js(to),
+        9 => x.jns(to),
+        10 => x.jp(to),
+        11 => x.jnp(to),
+        12 => x.jl(to),
+        13 => x.jge(to),
+        14 => x.jle(to),
+        _ => x.jg(to),
+    }
+}
+
+/// Forms `0..n` of [`put`] and the forms from [`JCC`] on (drawn as `n` and up).
+fn with_branches(f: u8, n: u8) -> u8 {
+    if f >= n {
+        JCC + (f - n)
+    } else {
+        f
+    }
+}
+
 /// Forms with memory operands: [`put`]'s 35 and above.
-const MEM_FORMS: u8 = 43;
+const MEM_FORMS: u8 = 44;
 
 /// An address of a memory form, from its immediate: mostly in two data pages (where the
 /// quick tags hit once the TLB knows them), else one that needs a side exit: a page
@@ -155,9 +245,21 @@ fn machine(
 
 fn program() -> impl Strategy<Value = Vec<(u8, usize, usize, usize, u64)>> {
     proptest::collection::vec(
-        (0..FORMS, 0..16usize, 0..16usize, 0..16usize, any::<u64>()),
+        (
+            0..FORMS + 2,
+            0..16usize,
+            0..16usize,
+            0..16usize,
+            any::<u64>(),
+        ),
         1..40,
     )
+    .prop_map(|mut prog| {
+        for op in prog.iter_mut() {
+            op.0 = with_branches(op.0, FORMS);
+        }
+        prog
+    })
 }
 
 proptest! {
@@ -261,7 +363,7 @@ fn touched(m: &TestMachine) -> Vec<u8> {
 fn mem_program() -> impl Strategy<Value = Vec<(u8, usize, usize, usize, u64)>> {
     proptest::collection::vec(
         (
-            0..MEM_FORMS,
+            0..MEM_FORMS + 3,
             0..16usize,
             0..16usize,
             0..16usize,
@@ -272,6 +374,7 @@ fn mem_program() -> impl Strategy<Value = Vec<(u8, usize, usize, usize, u64)>> {
     .prop_map(|mut prog| {
         // Keep RSP: faults push onto the stack.
         for (f, a, _, c, _) in prog.iter_mut() {
+            *f = with_branches(*f, MEM_FORMS);
             if *f >= 35 && *a == 4 {
                 *a = 0;
             }
@@ -367,6 +470,43 @@ fn memory_loop() {
     assert!(on.bus.ram[0x40_0000..0x40_2000] == off.bus.ram[0x40_0000..0x40_2000]);
     let (runs, insns, _) = on.code.native_stats();
     assert!(runs >= 1 && insns >= 8, "{runs} {insns}");
+}
+
+/// A PUSH or POP joins a stretch only where its lookup need not save the host's flags:
+/// after a flag-writing ADD it does not (the stretch is dropped), with the ADD after both
+/// it does; either way the result is the interpreter's.
+#[test]
+fn stack_accesses_only_without_flag_saves() {
+    let insns = |push_first: bool| {
+        let body = |x: &mut CodeAssembler| {
+            x.mov(rsp, 0x40_1000u64)?;
+            if !push_first {
+                x.add(rax, rbx)?;
+            }
+            x.push(rcx)?;
+            x.mov(rdx, rsi)?;
+            x.mov(rdi, r8)?;
+            x.pop(r9)?;
+            if push_first {
+                x.add(rax, rbx)?;
+            }
+            x.mov(r10, rdx)?;
+            x.hlt()
+        };
+        let mut on = TestMachine::assemble(body);
+        let mut off = TestMachine::assemble(body);
+        off.code.set_native(false);
+        for m in [&mut on, &mut off] {
+            m.cpu.state.gpr[0] = 3;
+            m.cpu.state.gpr[3] = u64::MAX;
+            m.cpu.state.gpr[1] = 0x1234;
+            assert_eq!(m.run(100), RunExit::Halted);
+        }
+        assert_eq!(on.cpu.state, off.cpu.state);
+        on.code.native_stats().1
+    };
+    assert_eq!(insns(false), 0);
+    assert_eq!(insns(true), 7);
 }
 
 /// Run `m` under `obs` to HLT (at most `max` instructions per call, as a traced replay's
@@ -492,7 +632,35 @@ fn fx(r: u16, w: u16, flags_in: u64, defines: u64, undefines: u64, zero: u64) ->
         undefines,
         zero,
         mem: None,
+        branch: None,
+        cheap: false,
     })
+}
+
+/// A Jcc on ZF.
+fn je() -> Option<Effect> {
+    Some(Effect {
+        flags_in: ZF,
+        branch: Some(iced_x86::ConditionCode::e),
+        cheap: true,
+        ..Effect::default()
+    })
+}
+
+/// A Jcc ends a stretch but does not count towards its length: two moves and a Jcc are
+/// no stretch, three moves and a Jcc are one of four.
+#[test]
+fn branches_end_stretches_and_do_not_pay() {
+    let v = |n: usize| [vec![mv(0, 1); n], vec![je(), mv(2, 3)]].concat();
+    assert!(stretches(&v(2)).is_empty());
+    let found: Vec<(usize, usize)> = stretches(&v(3)).iter().map(|&(s, p, _)| (s, p)).collect();
+    assert_eq!(found, vec![(0, 4)]);
+    // Nothing follows a branch in a stretch.
+    let found: Vec<(usize, usize)> = stretches(&[v(3), vec![mv(2, 3); 3]].concat())
+        .iter()
+        .map(|&(s, p, _)| (s, p))
+        .collect();
+    assert_eq!(found, vec![(0, 4), (4, 8)]);
 }
 
 /// A plain move (no flags).
@@ -567,8 +735,8 @@ fn stretch_cut_rules() {
     assert_eq!(Plan::of(&[]), Some(Plan::default()));
 }
 
-/// Fused compares, 16-bit forms and implicit-register forms are not whitelisted; register
-/// forms and plain loads are.
+/// 16-bit forms and implicit-register forms are not whitelisted; register forms, plain
+/// loads, conditional branches and register compares fused with them are.
 #[test]
 fn whitelist() {
     let m = TestMachine::assemble(|x| {
@@ -601,7 +769,7 @@ fn whitelist() {
         .collect();
     assert_eq!(
         wl[..8],
-        [true, false, false, true, false, false, false, false]
+        [true, true, true, true, false, false, false, false]
     );
 }
 

@@ -58,6 +58,10 @@ pub(crate) enum Flow {
     /// A native stretch (`crate::native`) retired this record and the `Exec::skip` records
     /// after it, all within the run loop's slice: the loop steps over them.
     Stretch,
+    /// A native stretch retired this record and the `Exec::skip` records after it, the last
+    /// a conditional branch taken to `Exec::next_rip`: the loop steps over them and leaves
+    /// the block there.
+    StretchJump,
 }
 
 /// A handler: executes the instruction `d` (whose op selected it) in context `x`.
@@ -909,12 +913,30 @@ fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedI
                 let s = &mut x.cpu.state;
                 f(&mut s.gpr, &mut s.rflags) as usize
             };
+            let taken = k as u64 & crate::native::TAKEN != 0;
+            let mut k = k & (crate::native::TAKEN as usize - 1);
+            if k >= n {
+                if !taken {
+                    x.skip = n - 1;
+                    return Flow::Stretch;
+                }
+                // SAFETY: the stretch's `n` records are consecutive in the block's slice,
+                // all before `x.pos_end` (checked above): its last record, the branch, is
+                // one of them.
+                let jcc = unsafe { &*(d as *const DecodedInsn).add(n - 1) };
+                match super::rel_target(x, &jcc.ops) {
+                    Ok(t) => {
+                        x.next_rip = t;
+                        x.skip = n - 1;
+                        return Flow::StretchJump;
+                    }
+                    // A target that is not canonical is the Jcc's #GP: everything before it
+                    // retired, and it runs through its own handler.
+                    Err(_) => k = n - 1,
+                }
+            }
             // `k` records retired: the rest of the stretch, from the access that needs the
             // full way (a side exit), runs record by record.
-            if k >= n {
-                x.skip = n - 1;
-                return Flow::Stretch;
-            }
             return match k {
                 0 => native_alone(x, d),
                 1 => Flow::Next,
