@@ -8,19 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reprise_fixtures::{fixture_path, linux_guest_for_test, LINUX_CMDLINE};
-use support::{guest, rec_path, record, reprise, run_image, write_file, Run};
+use support::{final_state, guest, rec_path, record, reprise, run_image, write_file, Run};
 
 fn replay(rec: &Path) -> Run {
     reprise(&["replay".as_ref(), rec.as_os_str()])
-}
-
-/// The final state hash a record or replay summary names.
-fn final_state(r: &Run) -> String {
-    let at = r
-        .stderr
-        .find("final state ")
-        .unwrap_or_else(|| panic!("no final state in {r:?}"));
-    r.stderr[at + 12..at + 12 + 64].to_string()
 }
 
 /// Record with `--clock host`, replay, and check both agree.

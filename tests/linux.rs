@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 
 use reprise_fixtures::{linux_guest_for_test, LinuxGuest, LINUX_CMDLINE};
-use support::{reprise, scratch_dir, Run};
+use support::{final_state, reprise, scratch_dir, Run};
 
 /// The workload's result lines, the same for every CPU count up to `jobs`.
 const JOB_LINES: [&str; 2] = [
@@ -62,15 +62,6 @@ fn check_boot(r: &Run, cpus: u32) {
         let lines: Vec<&str> = r.stdout.lines().filter(|l| l.contains(bad)).collect();
         assert!(lines.is_empty(), "kernel log has {bad:?}: {lines:#?}");
     }
-}
-
-/// The final state hash a record or replay summary names.
-fn final_state(r: &Run) -> String {
-    let at = r
-        .stderr
-        .find("final state ")
-        .unwrap_or_else(|| panic!("no final state in {r:?}"));
-    r.stderr[at + 12..at + 12 + 64].to_string()
 }
 
 #[test]

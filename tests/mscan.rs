@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use reprise_fixtures::fixture_path;
 use reprise_symbols::SymbolTable;
 use serde_json::Value;
-use support::{fresh, p, record_linux_prefix, reprise, Run};
+use support::{final_state, fresh, p, record_linux_prefix, reprise, Run};
 
 /// Record fixture `name` on 4 CPUs into a fresh folder of its own for `test`. The spinlock fixture runs with a
 /// short quantum: with the default one, a waiting CPU spins for whole quanta and the
@@ -257,15 +257,6 @@ fn bad_options_are_errors_not_panics() {
 /// Instructions of the Linux recording below: past the slab allocator's start, the first
 /// forks (task_struct) and a good part of the boot's allocations, at a fraction of a boot.
 const LINUX_PREFIX: &str = "400000000";
-
-/// The final state hash a record or replay summary names.
-fn final_state(r: &Run) -> String {
-    let at = r
-        .stderr
-        .find("final state ")
-        .unwrap_or_else(|| panic!("no final state in {r:?}"));
-    r.stderr[at + 12..at + 12 + 64].to_string()
-}
 
 /// `--label-alloc linux` on a Linux recording (Debian's kernel, no debug package, 1 CPU,
 /// a bounded prefix of the boot): the labels name slab caches read from the guest's RAM

@@ -9,22 +9,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reprise_fixtures::fixture_path;
-use support::{rec_path, record, reprise, scratch_dir, Run};
+use support::{final_state, rec_path, record, reprise, scratch_dir, Run};
 
 /// `reprise replay REC OPTIONS...`.
 fn replay(rec: &Path, options: &[&str]) -> Run {
     let mut args: Vec<std::ffi::OsString> = vec!["replay".into(), rec.into()];
     args.extend(options.iter().map(|s| s.into()));
     reprise(&args)
-}
-
-/// The final state hash a record or replay summary names.
-fn final_state(r: &Run) -> String {
-    let at = r
-        .stderr
-        .find("final state ")
-        .unwrap_or_else(|| panic!("no final state in {r:?}"));
-    r.stderr[at + 12..at + 12 + 64].to_string()
 }
 
 fn assert_no_panic(r: &Run) {

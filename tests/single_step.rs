@@ -4,16 +4,7 @@
 
 mod support;
 
-use support::{guest, rec_path, record, reprise, run_image, write_file, Run};
-
-/// The final state hash a record or replay summary names.
-fn final_state(r: &Run) -> String {
-    let at = r
-        .stderr
-        .find("final state ")
-        .unwrap_or_else(|| panic!("no final state in {r:?}"));
-    r.stderr[at + 12..at + 12 + 64].to_string()
-}
+use support::{final_state, guest, rec_path, record, reprise, run_image, write_file};
 
 /// Instructions stepped by [`stepper`]'s body: MOV, 50 × (ADD, DEC, JNZ), three MOVs, five
 /// elements of REP MOVSB (a #DB each), and the PUSHFQ, AND, POPFQ that clear TF.

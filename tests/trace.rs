@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use reprise_fixtures::fixture_path;
-use support::{fresh, reprise, scratch_dir, Run};
+use support::{final_state, fresh, reprise, scratch_dir, Run};
 
 /// Record fixture `name` with `options` into a fresh folder.
 fn record(name: &str, options: &[&str]) -> PathBuf {
@@ -34,14 +34,6 @@ fn trace(args: &[&str]) -> Run {
     let r = reprise(args);
     assert!(!r.stderr.contains("panicked"), "{r:?}");
     r
-}
-
-fn final_state(r: &Run) -> String {
-    let at = r
-        .stderr
-        .find("final state ")
-        .unwrap_or_else(|| panic!("no final state in {r:?}"));
-    r.stderr[at + 12..at + 12 + 64].to_string()
 }
 
 /// Replays with and without `--trace` (for two policies) agree on the console, the status

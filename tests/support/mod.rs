@@ -98,6 +98,15 @@ impl Run {
     }
 }
 
+/// The final state hash a record or replay summary names.
+pub fn final_state(r: &Run) -> String {
+    let at = r
+        .stderr
+        .find("final state ")
+        .unwrap_or_else(|| panic!("no final state in {r:?}"));
+    r.stderr[at + 12..at + 12 + 64].to_string()
+}
+
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

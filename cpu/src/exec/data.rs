@@ -287,7 +287,7 @@ fn read_quietly<B: Bus, O: Observer>(
 }
 
 /// The accumulator register of a given width.
-fn accumulator(size: usize) -> Register {
+pub(super) fn accumulator(size: usize) -> Register {
     match size {
         1 => Register::AL,
         2 => Register::AX,

@@ -13,6 +13,7 @@
 use iced_x86::{Code, Instruction, OpKind, Register};
 
 use crate::bus::Bus;
+use crate::exec::data::accumulator;
 use crate::exec::Exec;
 use crate::fault::{ExecResult, Exit};
 use crate::flags::{mask, sub};
@@ -104,15 +105,6 @@ fn registers(asize: usize) -> (Register, Register, Register) {
         2 => (Register::CX, Register::SI, Register::DI),
         4 => (Register::ECX, Register::ESI, Register::EDI),
         _ => (Register::RCX, Register::RSI, Register::RDI),
-    }
-}
-
-fn accumulator(size: usize) -> Register {
-    match size {
-        1 => Register::AL,
-        2 => Register::AX,
-        4 => Register::EAX,
-        _ => Register::RAX,
     }
 }
 
