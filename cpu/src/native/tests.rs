@@ -792,3 +792,48 @@ fn movzx_never_uses_the_native_entry() {
         }
     }
 }
+
+/// A stretch ending in a taken Jcc whose target is not canonical: the records before the
+/// Jcc retire natively, the compare-and-branch then runs through its own handler and
+/// raises the #GP, exactly as with native code off. The code sits in the last bytes of the
+/// lower canonical half (virtual 2 MiB page 0x7fff_ffe0_0000 mapped onto physical 0).
+#[test]
+fn a_stretch_branching_out_of_the_canonical_half_faults_like_the_interpreter() {
+    const VIRT: u64 = 0x7fff_ffff_ff00;
+    const PDPT: u64 = 0x9000;
+    const PD: u64 = 0xa000;
+    let mut x = CodeAssembler::new(64).unwrap();
+    x.mov(eax, 1).unwrap();
+    x.mov(ebx, 2).unwrap();
+    x.add(eax, ebx).unwrap();
+    x.cmp(eax, 3).unwrap();
+    x.je(0x8000_0000_0040u64).unwrap();
+    x.hlt().unwrap();
+    let code = x.assemble(VIRT).unwrap();
+    let run = |native: bool| {
+        let mut m = TestMachine::with_code(&[0xf4]);
+        let put = |ram: &mut [u8], at: u64, v: u64| {
+            ram[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+        };
+        // PML4[255] -> PDPT[511] -> PD[511]: a 2 MiB page at physical 0.
+        put(&mut m.bus.ram, crate::testing::PML4 + 255 * 8, PDPT | 3);
+        put(&mut m.bus.ram, PDPT + 511 * 8, PD | 3);
+        put(&mut m.bus.ram, PD + 511 * 8, 0x83);
+        let at = (VIRT & 0x1f_ffff) as usize;
+        m.bus.ram[at..at + code.len()].copy_from_slice(&code);
+        m.cpu.state.rip = VIRT;
+        m.cpu.flush_tlb();
+        m.code.set_native(native);
+        let exit = m.run(100);
+        let runs = m.code.native_stats().0;
+        (exit, m.cpu.state.clone(), runs)
+    };
+    let (on_exit, on, runs) = run(true);
+    let (off_exit, off, _) = run(false);
+    assert!(runs >= 1, "the stretch did not run natively");
+    assert_eq!(on_exit, off_exit);
+    assert_eq!(on, off);
+    // The MOVs and the ADD retired; the branch did not (its #GP has no IDT to go to).
+    assert_eq!(on.gpr[0], 3);
+    assert_ne!(on.rip, 0x8000_0000_0040);
+}
