@@ -667,7 +667,7 @@ fn hex(bytes: &[u8]) -> String {
 /// restoring and the checkpoint is skipped (an fsync per checkpoint cost more than the
 /// rest of taking it).
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CheckpointError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = stale::temporary_path(path);
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(data).map_err(io_err(&tmp))?;
     drop(f);
@@ -903,11 +903,7 @@ impl Store {
             stale::remove_stale_temporaries(&pages_dir);
         }
         self.index_existing(&mut known);
-        let tmp = pages_dir.join(format!(
-            "{}.tmp{}",
-            name.trim_end_matches(&format!(".{EXT}")),
-            std::process::id()
-        ));
+        let tmp = stale::temporary_path(&pages_dir.join(&name));
         let mut packer = Packer::new(&self.buffers, tmp, lent.len());
         // Each lent page once, in address order: its key (`None` if zero), packed if new
         // (in address order too, so the pack is the same whichever way keys are computed).

@@ -9,7 +9,13 @@
 //! in progress (another replay adding checkpoints to the same recording), left alone.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The temporary this process writes `path` under first, `<stem>.tmp<pid>` beside it
+/// (renamed over `path` once whole): the one name [`temporary_pid`] reads back.
+pub(crate) fn temporary_path(path: &Path) -> PathBuf {
+    path.with_extension(format!("tmp{}", std::process::id()))
+}
 
 /// The process id in a temporary's file name `<stem>.tmp<pid>`, or `None` if `name` is not
 /// one (checkpoint files, packs and anything else).
