@@ -9,7 +9,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::{io_err, Buffers, CheckpointError, Known, PAGE};
+use crate::error::io_err;
+use crate::write::{trimmed, Buffers};
+use crate::{CheckpointError, Known, PAGE};
 
 /// A map keyed by page keys (blake3 hashes).
 pub(crate) type KeyMap<V> = std::collections::HashMap<[u8; 32], V, BuildHasherDefault<KeyHasher>>;
@@ -346,7 +348,7 @@ impl Drop for Packer {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         let used = buf.len();
-        self.home.lock().unwrap_or_else(|e| e.into_inner()).pack = crate::trimmed(buf, used);
+        self.home.lock().unwrap_or_else(|e| e.into_inner()).pack = trimmed(buf, used);
     }
 }
 
@@ -538,5 +540,62 @@ mod tests {
                 .len()
                 > 64
         );
+    }
+
+    #[test]
+    fn write_pack_gives_the_same_file_whichever_way_it_writes() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
+        let data = noise(7, DIRECT_MIN + 3 * DIRECT_ALIGN + 123);
+        // At an aligned address (the direct path, with a buffered tail), at an unaligned one
+        // (buffered only), and a small pack (buffered only).
+        let mut room = vec![0u8; data.len() + 2 * DIRECT_ALIGN];
+        let at = room.as_ptr().align_offset(DIRECT_ALIGN);
+        room[at..at + data.len()].copy_from_slice(&data);
+        room[at + 1..at + 1 + data.len()].copy_from_slice(&data);
+        let cases: [(&str, &[u8]); 3] = [
+            ("aligned", &room[at..at + data.len()]),
+            ("unaligned", &room[at + 1..at + 1 + data.len()]),
+            ("small", &data[..5000]),
+        ];
+        for (name, bytes) in cases {
+            let path = dir.join(name);
+            // Also over a stale temporary file left by a killed writer.
+            fs::write(
+                path.with_extension(format!("tmp{}", std::process::id())),
+                [1u8; 9],
+            )
+            .unwrap();
+            write_pack(&path, bytes).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), bytes, "{name}");
+        }
+    }
+
+    #[test]
+    fn stored_blocks_decode_to_their_bytes() {
+        for len in [0, 1, 14, 15, 16, 269, 270, 271, 524, 525, PAGE] {
+            let data = noise(len as u64, len);
+            let mut out = vec![9u8];
+            push_stored(&mut out, &data);
+            assert_eq!(
+                lz4_flex::block::decompress(&out[1..], len).expect("decodes"),
+                data,
+                "{len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn pages_with_zero_or_repeated_words_are_compressed_others_stored() {
+        assert!(!worth_compressing(&noise(5, PAGE)));
+        assert!(worth_compressing(&[0u8; PAGE]));
+        assert!(worth_compressing(&[0xffu8; PAGE]));
+        // 32 zero words among noise are enough, 31 are not.
+        let mut page = noise(6, PAGE);
+        page[..31 * 8].fill(0);
+        page[31 * 8] = 1;
+        assert!(!worth_compressing(&page));
+        page[..32 * 8].fill(0);
+        assert!(worth_compressing(&page));
     }
 }

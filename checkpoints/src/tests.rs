@@ -1,7 +1,7 @@
 //! Store tests on a machine whose state is set by hand (no guest needs to run).
 
 use super::*;
-use reprise_devices::{MachineConfig, ScriptedInputs};
+use reprise_devices::{Machine, MachineConfig, ScriptedInputs};
 
 fn machine() -> Machine<ScriptedInputs> {
     Machine::new(
@@ -195,33 +195,6 @@ fn the_dirty_check_catches_a_write_that_escaped_the_bitmap() {
     m.ram_mut().cpu_slice()[0x3_4567] = 1;
     m.cpus_mut()[0].state.retired = 1;
     assert_eq!(unchecked.save(&mut m, 0, None).unwrap().pages, before);
-}
-
-#[test]
-fn update_keys_merges_like_a_full_pass() {
-    let mut ram = vec![0u8; 16 * PAGE];
-    for p in [1usize, 3, 4, 9, 15] {
-        ram[p * PAGE] = p as u8;
-    }
-    let before = page_keys(&ram);
-    // Pages 0 (new), 3 (changed), 4 (zeroed), 15 (changed, last) written; 9 untouched.
-    ram[0] = 1;
-    ram[3 * PAGE + 1] = 7;
-    ram[4 * PAGE] = 0;
-    ram[15 * PAGE + 9] = 2;
-    let mut bits = vec![0u64; 1];
-    for p in [0u64, 3, 4, 15, 70] {
-        // Page 70 lies beyond this RAM: ignored.
-        if p < 64 {
-            bits[0] |= 1 << p;
-        }
-    }
-    let dirty = DirtyPages {
-        ram: 1,
-        epoch: 0,
-        bits,
-    };
-    assert_eq!(update_keys(&ram, &before, &dirty), page_keys(&ram));
 }
 
 #[test]
@@ -540,35 +513,6 @@ pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
 }
 
 #[test]
-fn write_pack_gives_the_same_file_whichever_way_it_writes() {
-    let scratch = tempfile::tempdir().unwrap();
-    let dir = scratch.path();
-    let data = noise(7, DIRECT_MIN + 3 * DIRECT_ALIGN + 123);
-    // At an aligned address (the direct path, with a buffered tail), at an unaligned one
-    // (buffered only), and a small pack (buffered only).
-    let mut room = vec![0u8; data.len() + 2 * DIRECT_ALIGN];
-    let at = room.as_ptr().align_offset(DIRECT_ALIGN);
-    room[at..at + data.len()].copy_from_slice(&data);
-    room[at + 1..at + 1 + data.len()].copy_from_slice(&data);
-    let cases: [(&str, &[u8]); 3] = [
-        ("aligned", &room[at..at + data.len()]),
-        ("unaligned", &room[at + 1..at + 1 + data.len()]),
-        ("small", &data[..5000]),
-    ];
-    for (name, bytes) in cases {
-        let path = dir.join(name);
-        // Also over a stale temporary file left by a killed writer.
-        fs::write(
-            path.with_extension(format!("tmp{}", std::process::id())),
-            [1u8; 9],
-        )
-        .unwrap();
-        write_pack(&path, bytes).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), bytes, "{name}");
-    }
-}
-
-#[test]
 fn a_large_pack_of_incompressible_pages_restores() {
     let (_scratch_store, store) = temp_store("large");
     let mut m = machine();
@@ -590,49 +534,6 @@ fn a_large_pack_of_incompressible_pages_restores() {
         Store::new(store.dir()).restore(&mut n, position).unwrap();
         assert_eq!(n.state_hash(), want);
     }
-}
-
-#[test]
-fn lower_priority_makes_only_the_calling_thread_nicer() {
-    let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-    let before = nice();
-    let (was, now) = std::thread::spawn(move || {
-        let was = nice();
-        lower_priority();
-        (was, nice())
-    })
-    .join()
-    .unwrap();
-    assert_eq!(now, (was + WRITER_NICENESS).min(19));
-    assert_eq!(nice(), before, "the calling thread only");
-}
-
-#[test]
-fn stored_blocks_decode_to_their_bytes() {
-    for len in [0, 1, 14, 15, 16, 269, 270, 271, 524, 525, PAGE] {
-        let data = noise(len as u64, len);
-        let mut out = vec![9u8];
-        push_stored(&mut out, &data);
-        assert_eq!(
-            lz4_flex::block::decompress(&out[1..], len).expect("decodes"),
-            data,
-            "{len} bytes"
-        );
-    }
-}
-
-#[test]
-fn pages_with_zero_or_repeated_words_are_compressed_others_stored() {
-    assert!(!worth_compressing(&noise(5, PAGE)));
-    assert!(worth_compressing(&[0u8; PAGE]));
-    assert!(worth_compressing(&[0xffu8; PAGE]));
-    // 32 zero words among noise are enough, 31 are not.
-    let mut page = noise(6, PAGE);
-    page[..31 * 8].fill(0);
-    page[31 * 8] = 1;
-    assert!(!worth_compressing(&page));
-    page[..32 * 8].fill(0);
-    assert!(worth_compressing(&page));
 }
 
 /// A restore over a machine an earlier restore left (with the keys it gave) reads only the
