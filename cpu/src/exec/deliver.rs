@@ -535,7 +535,7 @@ pub(crate) fn software_interrupt<B: Bus, O: Observer>(x: &mut Exec<B, O>, vec: u
     x.next_rip = x.cpu.state.rip;
     x.stop_after = true;
     // The entry cleared TF: a single-stepped INT n is not followed by a #DB.
-    x.cpu.step_rule = crate::exec::single_step::StepRule::Suppress;
+    x.bend_step_rule(crate::exec::single_step::StepRule::Suppress);
     Ok(())
 }
 

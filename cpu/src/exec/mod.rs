@@ -62,7 +62,8 @@ pub struct Cpu {
     /// since), so not part of the state.
     last_block: crate::code_cache::BlockId,
     /// How the instruction being single-stepped bends the trap rule (`single_step.rs`): set
-    /// by its handler, consumed when it completes, so not part of the state.
+    /// by its handler ([`Exec::bend_step_rule`], which ends the block), taken as that block
+    /// returns, so never kept between instructions and not part of the state.
     step_rule: single_step::StepRule,
 }
 
@@ -295,10 +296,13 @@ impl Cpu {
             match result {
                 Ok(false) => {}
                 Ok(true) => {
-                    // A handler left a single-step rule (only instructions that end the block
-                    // with this result do): a SYSRET that loaded TF traps at once.
+                    // The block's last instruction bent the single-step rule
+                    // (`Exec::bend_step_rule` ends the block with this result, so no other arm
+                    // can see one): take it; unstepped, only a SYSRET that loaded TF traps.
                     if self.step_rule != single_step::StepRule::Trap {
-                        if let Err(stop) = self.single_step_done(bus, obs, code, false, false) {
+                        let rule = std::mem::take(&mut self.step_rule);
+                        if let Err(stop) = self.single_step_done(bus, obs, code, rule, false, false)
+                        {
                             return RunExit::Stop(stop);
                         }
                     }

@@ -30,7 +30,7 @@
 
 use crate::bus::Bus;
 use crate::code_cache::CodeCache;
-use crate::exec::Cpu;
+use crate::exec::{Cpu, Exec};
 use crate::fault::{vector, Exit, Fault, StopReason};
 use crate::observer::Observer;
 use crate::state::{rflags, CpuMode};
@@ -38,8 +38,11 @@ use crate::state::{rflags, CpuMode};
 /// DR6.BS: the debug exception was a single-step trap.
 pub const DR6_BS: u64 = 1 << 14;
 
-/// How the instruction being stepped bends the single-step rule; set by its handler, read by
-/// the run loop once it completes (so never kept between runs, and not part of the state).
+/// How the instruction being stepped bends the single-step rule. Set by its handler through
+/// [`Exec::bend_step_rule`], which ends the block after it; taken (back to [`StepRule::Trap`])
+/// as that block returns, by [`Cpu::step`] on every path or by [`Cpu::run`]'s arm for a block
+/// that ended that way. So it never outlives the instruction that set it: never kept between
+/// instructions or runs, and not part of the state (checkpoints need not see it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum StepRule {
     /// The ordinary rule: the #DB follows the instruction.
@@ -71,7 +74,6 @@ impl Cpu {
     ) -> Result<(), Box<StopReason>> {
         // An SS load's held trap, seen before the block clears the shadow.
         let held = self.state.interrupt_shadow;
-        self.step_rule = StepRule::Trap;
         // Each instruction clears RF as it begins (SDM "RF flag"), which matters only to the
         // RFLAGS image the #DB after it pushes.
         self.state.rflags &= !rflags::RF;
@@ -88,19 +90,23 @@ impl Cpu {
         // until it returns.
         let result =
             unsafe { self.run_block::<false, B, O>(bus, obs, code, mode, cpl, block, pa, end) };
+        // The instruction's rule, taken whatever it did (a rule is set only by an instruction
+        // that completes, but the Trap left behind must not depend on that).
+        let rule = std::mem::take(&mut self.step_rule);
         match result {
             // Completed: the #DB, unless its rule says otherwise.
-            Ok(_) => self.single_step_done(bus, obs, code, true, held),
+            Ok(_) => self.single_step_done(bus, obs, code, rule, true, held),
             Err((Exit::Fault(f), rip)) => self.raise(bus, obs, code, f, rip),
             Err((Exit::Stop(s), _)) => Err(s),
         }
     }
 
-    /// A block run ended with its instructions completed. If it was a stepped instruction
-    /// (`stepped`: it began with TF set, or with an SS load's trap held: `held`), raise its
-    /// single-step #DB if its rule says so; an unstepped one traps only if it was a SYSRET
-    /// that loaded TF. Delivery clears TF (the pushed RFLAGS keeps it), so the handler runs
-    /// unstepped. The rule is consumed either way.
+    /// A block run ended with its instructions completed, the last of which bent the
+    /// single-step rule to `rule` (taken from [`Cpu::step_rule`] by the caller). If it was a
+    /// stepped instruction (`stepped`: it began with TF set, or with an SS load's trap held:
+    /// `held`), raise its single-step #DB if its rule says so; an unstepped one traps only if
+    /// it was a SYSRET that loaded TF. Delivery clears TF (the pushed RFLAGS keeps it), so
+    /// the handler runs unstepped.
     #[cold]
     #[inline(never)]
     pub(crate) fn single_step_done<B: Bus, O: Observer>(
@@ -108,10 +114,10 @@ impl Cpu {
         bus: &mut B,
         obs: &mut O,
         code: &mut CodeCache,
+        rule: StepRule,
         stepped: bool,
         held: bool,
     ) -> Result<(), Box<StopReason>> {
-        let rule = std::mem::take(&mut self.step_rule);
         let tf_now = self.state.rflags & rflags::TF != 0;
         let trap = if stepped {
             held || match rule {
@@ -138,6 +144,18 @@ impl Cpu {
             self.state.rflags = (self.state.rflags & !rflags::RF) | rf;
         }
         r
+    }
+}
+
+impl<B: Bus, O: Observer> Exec<'_, B, O> {
+    /// Bend the single-step rule for this instruction (see [`StepRule`]): its handler's last
+    /// act, once nothing can fault any more. It also ends the block after the instruction
+    /// (`stop_after`), so the block returns `Ok(true)` right after it and the run loop takes
+    /// the rule there, before anything else runs: whatever the instruction's group (checked
+    /// or not, ending its block or not), the rule cannot outlive it.
+    pub(crate) fn bend_step_rule(&mut self, rule: StepRule) {
+        self.cpu.step_rule = rule;
+        self.stop_after = true;
     }
 }
 

@@ -451,3 +451,72 @@ fn sysret_loading_tf_traps_right_after_it() {
     assert_eq!(log_tf_rf(&m), vec![with_tf(db(user))]);
     assert_eq!(m.cpu.state.tr.base, TSS);
 }
+
+/// Every instruction that bends the single-step rule (MOV SS, INT3, INT n, a REP string
+/// instruction stopped between elements, SYSCALL), stepped or not, leaves it taken by the
+/// time a run returns, whatever the budget: the rule is not part of the state, so one left
+/// at the end of a run would be lost by a checkpoint taken there. Run in slices of every
+/// size, the machine also ends as the whole run leaves it.
+#[test]
+fn a_bent_step_rule_never_outlives_its_instruction() {
+    const SRC: u64 = 0x20_0000;
+    const DST: u64 = 0x20_1000;
+    let body = |a: &mut CodeAssembler| -> Result<(), IcedError> {
+        a.mov(eax, ss)?;
+        a.mov(rsi, SRC)?;
+        a.mov(rdi, DST)?;
+        a.mov(ss, eax)?;
+        a.int3()?;
+        a.int(0x40)?;
+        a.mov(ecx, 3)?;
+        a.rep().movsb()?;
+        tf_on(a)?;
+        a.mov(ss, eax)?;
+        a.nop()?;
+        a.int3()?;
+        a.int(0x40)?;
+        a.mov(ecx, 3)?;
+        a.rep().movsb()?;
+        a.syscall()
+    };
+    // SYSCALL enters the kernel at the instruction after it, with TF left set by its mask.
+    let entry = *ends_of(body).last().unwrap();
+    let program = move |a: &mut CodeAssembler| {
+        body(a)?;
+        a.nop()?;
+        tf_off(a)?;
+        a.hlt()
+    };
+    let start = |m: &mut TestMachine| {
+        m.cpu.state.msr.star = 8 << 32;
+        m.cpu.state.msr.lstar = entry;
+        m.cpu.state.msr.sfmask = 0;
+        m.cpu.state.msr.efer |= crate::state::efer::SCE;
+    };
+    let mut whole = machine(program);
+    start(&mut whole);
+    assert_eq!(whole.run(10_000), RunExit::Halted);
+    assert_eq!(whole.cpu.step_rule, super::StepRule::Trap);
+    // The stepped part trapped after its instructions (MOV SS held one), so it ran.
+    assert!(log(&whole).iter().filter(|e| e.vector == 1).count() >= 10);
+    for slice in 1..=8 {
+        let mut m = machine(program);
+        start(&mut m);
+        loop {
+            let exit = m.run(slice);
+            assert_eq!(
+                m.cpu.step_rule,
+                super::StepRule::Trap,
+                "slice {slice}, at {}",
+                m.cpu.state.retired
+            );
+            match exit {
+                RunExit::Budget => {}
+                RunExit::Halted => break,
+                other => panic!("slice {slice}: {other:?}"),
+            }
+        }
+        assert_eq!(m.cpu.state, whole.cpu.state, "slice {slice}");
+        assert!(m.bus.ram == whole.bus.ram, "slice {slice}");
+    }
+}

@@ -206,7 +206,7 @@ pub(crate) fn exec<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -> 
             // Not finished: run this instruction again at the next step.
             x.next_rip = x.rip;
             if stepped {
-                x.cpu.step_rule = crate::exec::single_step::StepRule::MidString;
+                x.bend_step_rule(crate::exec::single_step::StepRule::MidString);
             }
             break Ok(());
         }

@@ -29,7 +29,7 @@ fn commit<B: Bus, O: Observer>(x: &mut Exec<B, O>, reg: SegReg, seg: crate::stat
     if reg == SegReg::Ss {
         x.cpu.state.interrupt_shadow = true;
         // A single-step trap is held until after the next instruction too.
-        x.cpu.step_rule = crate::exec::single_step::StepRule::Suppress;
+        x.bend_step_rule(crate::exec::single_step::StepRule::Suppress);
     }
 }
 

@@ -52,7 +52,7 @@ pub(super) fn syscall<B: Bus, O: Observer>(x: &mut Exec<B, O>) -> ExecResult {
     s.seg[SegReg::Ss as usize] = flat(selector.wrapping_add(8) & 0xfffc, DATA_DPL0);
     x.next_rip = s.msr.lstar;
     // Single-stepped, it traps only if the mask left TF set.
-    x.cpu.step_rule = StepRule::FromNewFlags;
+    x.bend_step_rule(StepRule::FromNewFlags);
     Ok(())
 }
 
@@ -81,7 +81,7 @@ pub(super) fn sysret<B: Bus, O: Observer>(x: &mut Exec<B, O>, i: &Instruction) -
     s.seg[SegReg::Ss as usize] = flat(base.wrapping_add(8) | 3, DATA_DPL0 | DPL3);
     x.next_rip = rip;
     // It traps (in user mode, after it) if it loaded TF set, whatever TF was before.
-    x.cpu.step_rule = StepRule::FromNewFlags;
+    x.bend_step_rule(StepRule::FromNewFlags);
     Ok(())
 }
 
