@@ -92,7 +92,7 @@ fn linux_guest(
     images: &[PathBuf],
 ) -> (SymbolTable, Option<KernelHeap>, Vec<(String, u64, u64)>) {
     match crate::symcache::kernel_symbols(rec, None, images) {
-        Ok(k) => {
+        Ok((k, _)) => {
             for w in &k.warnings {
                 eprintln!("reprise: kernel symbols: {w}");
             }

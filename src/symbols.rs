@@ -7,7 +7,8 @@
 //!   checked to be its build, moved by its KASLR slide and merged into its symbols;
 //! - a recording folder: kallsyms read from the guest's RAM at `--at` (default: the end), so
 //!   at run-time (KASLR) addresses; the slide from the recorded kernel image is printed. At
-//!   the end they come from the recording's cache once computed (`crate::symcache`).
+//!   the end they come from the recording's cache once computed (`crate::symcache`), the
+//!   slide too, and its line then says so (and whether the image is still readable).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -431,6 +432,26 @@ pub fn kernel_symbols_of_recording(
     })
 }
 
+/// The stderr line giving the recorded kernel's KASLR `slide` (`None`: no line), saying
+/// where it comes from: measured by this run against the recorded kernel image, or read
+/// from the symbol cache (`origin`), where an earlier run stored what it measured, in
+/// which case the line also says if the image is no longer readable (`image_now`), so that
+/// a slide printed without an image is not taken for one read from it.
+fn slide_note(
+    slide: Option<i64>,
+    origin: crate::symcache::Origin,
+    image_now: bool,
+) -> Option<String> {
+    use crate::symcache::Origin;
+    let slide = slide?;
+    let from = match (origin, image_now) {
+        (Origin::Computed, _) => "from the recorded kernel image",
+        (Origin::Cache, true) => "from the symbol cache (measured against the recorded kernel image)",
+        (Origin::Cache, false) => "from the symbol cache (measured against the recorded kernel image when the cache was written; the image is no longer readable)",
+    };
+    Some(format!("reprise: KASLR slide {from}: {slide:+#x}"))
+}
+
 /// [`kernel_symbols_of_recording`] for the command, reporting on stderr.
 fn from_recording(dir: &Path, at: &str, images: &[PathBuf]) -> anyhow::Result<SymbolTable> {
     let at = if at == "end" {
@@ -438,7 +459,7 @@ fn from_recording(dir: &Path, at: &str, images: &[PathBuf]) -> anyhow::Result<Sy
     } else {
         Some(parse_count(at).map_err(|e| anyhow::anyhow!("--at: {e}"))?)
     };
-    let ks = crate::symcache::kernel_symbols(dir, at, images)?;
+    let (ks, origin) = crate::symcache::kernel_symbols(dir, at, images)?;
     let k = &ks.kallsyms;
     eprintln!(
         "reprise: kallsyms in guest RAM at physical {:#x} (instruction {}): {} symbols, _text at {:#x} (run time), found in {:.3} s",
@@ -451,8 +472,14 @@ fn from_recording(dir: &Path, at: &str, images: &[PathBuf]) -> anyhow::Result<Sy
     for w in &ks.warnings {
         eprintln!("reprise: warning: {w}");
     }
-    if let Some(slide) = ks.slide {
-        eprintln!("reprise: KASLR slide from the recorded kernel image: {slide:+#x}");
+    // Whether the recorded kernel image is readable now: a slide from the cache was
+    // measured when the cache was written, perhaps against an image gone since.
+    let image_now = reprise_record::manifest::Manifest::read(dir)
+        .ok()
+        .and_then(|m| kernel_path(&m, images))
+        .is_some();
+    if let Some(line) = slide_note(ks.slide, origin, image_now) {
+        eprintln!("{line}");
     }
     let bases: Vec<String> = ks
         .percpu_bases
@@ -511,4 +538,38 @@ fn kernel_path(
         .or(boot.images.get(k).map(|i| &i.path))
         .cloned()
         .filter(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slide_note;
+    use crate::symcache::Origin;
+
+    /// The slide line says where the slide comes from: never "from the recorded kernel
+    /// image" when it was read from the cache, and the cache's says when the image is gone.
+    #[test]
+    fn the_slide_line_says_where_the_slide_comes_from() {
+        let slide = Some(0x1c00_0000);
+        assert_eq!(
+            slide_note(slide, Origin::Computed, true).as_deref(),
+            Some("reprise: KASLR slide from the recorded kernel image: +0x1c000000")
+        );
+        let cached = slide_note(slide, Origin::Cache, true).unwrap();
+        assert!(
+            cached.starts_with("reprise: KASLR slide from the symbol cache (")
+                && cached.ends_with("): +0x1c000000")
+                && !cached.contains("no longer"),
+            "{cached}"
+        );
+        let gone = slide_note(slide, Origin::Cache, false).unwrap();
+        assert!(
+            gone.starts_with("reprise: KASLR slide from the symbol cache (")
+                && gone.contains("the image is no longer readable")
+                && gone.ends_with("): +0x1c000000"),
+            "{gone}"
+        );
+        for origin in [Origin::Computed, Origin::Cache] {
+            assert_eq!(slide_note(None, origin, false), None);
+        }
+    }
 }

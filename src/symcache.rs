@@ -185,14 +185,25 @@ pub fn cache_path(dir: &Path) -> PathBuf {
     dir.join(CACHE_DIR).join(CACHE_FILE)
 }
 
+/// Where [`kernel_symbols`] got a recording's kernel symbols.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Computed by this run, from the recording (and its kernel image, for the slide).
+    Computed,
+    /// Read from the recording's cache: computed by an earlier run, with what it found
+    /// then (the kernel image may be gone since).
+    Cache,
+}
+
 /// [`kernel_symbols_of_recording`] through the recording's cache: read from it when it
 /// holds them for this recording, `at` (`None`: the end) and `images`; otherwise computed
-/// and, at the end, written to it. Reports on stderr what the cache did.
+/// and, at the end, written to it. Reports on stderr what the cache did; returns where the
+/// symbols came from with them.
 pub fn kernel_symbols(
     dir: &Path,
     at: Option<u64>,
     images: &[PathBuf],
-) -> anyhow::Result<KernelSymbols> {
+) -> anyhow::Result<(KernelSymbols, Origin)> {
     let key = CacheKey::of(dir, images).filter(|k| at.is_none_or(|p| p == k.position));
     let mut notes = Vec::new();
     let result = through_cache(&cache_path(dir), key.as_ref(), &mut notes, || {
@@ -212,14 +223,14 @@ fn through_cache(
     key: Option<&CacheKey>,
     notes: &mut Vec<String>,
     compute: impl FnOnce() -> anyhow::Result<KernelSymbols>,
-) -> anyhow::Result<KernelSymbols> {
+) -> anyhow::Result<(KernelSymbols, Origin)> {
     let Some(key) = key else {
-        return compute();
+        return compute().map(|k| (k, Origin::Computed));
     };
     match load(path, key) {
         Ok(Some(k)) => {
             notes.push(format!("{READ_NOTE} {}", path.display()));
-            return Ok(k);
+            return Ok((k, Origin::Cache));
         }
         Ok(None) => {}
         Err(why) => notes.push(format!(
@@ -235,7 +246,7 @@ fn through_cache(
         )),
         Err(why) => notes.push(format!("{UNCACHED_NOTE} {}: {why}", path.display())),
     }
-    Ok(k)
+    Ok((k, Origin::Computed))
 }
 
 /// One line for `reprise info` on the recording in `dir`'s symbol cache: its size and

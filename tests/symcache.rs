@@ -24,6 +24,16 @@ fn written(r: &Run) -> bool {
     r.stderr.lines().any(|l| l.starts_with(WRITTEN))
 }
 
+/// The KASLR slide of `reprise symbols`'s line that says it comes `from` (the words after
+/// "KASLR slide ", up to the value).
+fn slide_from(r: &Run, from: &str) -> Option<String> {
+    r.stderr.lines().find_map(|l| {
+        l.strip_prefix("reprise: KASLR slide ")?
+            .strip_prefix(from)
+            .map(str::to_owned)
+    })
+}
+
 /// A Linux prefix recording: `symbols` computes and caches, then reads the cache with the
 /// same table; a traced replay and a live `mscan` give byte-identical output from the cache
 /// and from a recomputation after a truncated cache file (named on stderr and replaced);
@@ -47,6 +57,14 @@ fn linux_kernel_symbols_are_cached_in_the_recording() {
     assert_eq!(second.status, 0, "{second:?}");
     assert!(read(&second) && !written(&second), "{}", second.stderr);
     assert!(first.stdout == second.stdout, "same table from the cache");
+    // The slide: measured against the kernel image, then said to come from the cache.
+    let measured = slide_from(&first, "from the recorded kernel image: ");
+    assert!(measured.is_some(), "{}", first.stderr);
+    let cached = slide_from(
+        &second,
+        "from the symbol cache (measured against the recorded kernel image): ",
+    );
+    assert_eq!(cached, measured, "{}", second.stderr);
     let slab_line = |r: &Run| {
         r.stderr
             .lines()
@@ -130,6 +148,50 @@ fn linux_kernel_symbols_are_cached_in_the_recording() {
         "{info:?}"
     );
     assert!(info.stdout.contains("for this recording"), "{info:?}");
+}
+
+/// A slide read from the cache once the recorded kernel image is gone says so: it is the
+/// one measured while the image was there, never printed as if read from it now.
+#[test]
+fn a_cached_slide_says_so_once_the_kernel_image_is_gone() {
+    let Some(g) = linux_guest_for_test("a_cached_slide_says_so_once_the_kernel_image_is_gone")
+    else {
+        return;
+    };
+    let kernel = fresh("symcache-gone-vmlinuz");
+    std::fs::copy(&g.kernel, &kernel).unwrap();
+    let guest = reprise_fixtures::LinuxGuest {
+        kernel: kernel.clone(),
+        initramfs: g.initramfs.clone(),
+        versions: g.versions.clone(),
+    };
+    let (rec, _) = record_linux_prefix(&guest, "symcache-gone-rec", 1, LINUX_PREFIX);
+    let first = reprise(&["symbols", p(&rec), "--name", "start_kernel"]);
+    assert_eq!(first.status, 0, "{first:?}");
+    assert!(written(&first), "{}", first.stderr);
+    let measured = slide_from(&first, "from the recorded kernel image: ");
+    assert!(measured.is_some(), "{}", first.stderr);
+    std::fs::remove_file(&kernel).unwrap();
+    let second = reprise(&["symbols", p(&rec), "--name", "start_kernel"]);
+    assert_eq!(second.status, 0, "{second:?}");
+    assert!(read(&second), "{}", second.stderr);
+    assert!(
+        first.stdout == second.stdout,
+        "the same look-up from the cache"
+    );
+    let gone = slide_from(
+        &second,
+        "from the symbol cache (measured against the recorded kernel image when the cache \
+         was written; the image is no longer readable): ",
+    );
+    assert_eq!(gone, measured, "{}", second.stderr);
+    assert!(
+        !second
+            .stderr
+            .contains("KASLR slide from the recorded kernel image"),
+        "{}",
+        second.stderr
+    );
 }
 
 /// A bare-protocol recording's symbols come from its ELF image: no kernel symbols are read

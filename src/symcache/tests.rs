@@ -133,11 +133,13 @@ fn key() -> CacheKey {
 fn run(path: &Path, key: &CacheKey) -> (KernelSymbols, bool, Vec<String>) {
     let computed = Cell::new(false);
     let mut notes = Vec::new();
-    let k = through_cache(path, Some(key), &mut notes, || {
+    let (k, origin) = through_cache(path, Some(key), &mut notes, || {
         computed.set(true);
         Ok(sample())
     })
     .unwrap();
+    // Said to come from the cache exactly when it was not computed.
+    assert_eq!(origin == Origin::Computed, computed.get());
     (k, computed.get(), notes)
 }
 
@@ -356,8 +358,9 @@ fn no_key_or_a_failure_caches_nothing() {
     let s = Scratch::new("no-key");
     let path = s.0.join(CACHE_FILE);
     let mut notes = Vec::new();
-    let k = through_cache(&path, None, &mut notes, || Ok(sample())).unwrap();
+    let (k, origin) = through_cache(&path, None, &mut notes, || Ok(sample())).unwrap();
     assert_eq!(k, sample());
+    assert_eq!(origin, Origin::Computed);
     assert!(notes.is_empty());
     let e = through_cache(&path, Some(&key()), &mut notes, || {
         anyhow::bail!("no kallsyms table")
