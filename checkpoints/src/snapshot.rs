@@ -1,5 +1,5 @@
 //! The first step of taking a checkpoint, on the machine's thread: [`Store::snapshot`]
-//! copies the machine's state and lends it the pages written since the previous one
+//! copies the machine's state and has it lend the pages written since the previous one
 //! ([`reprise_devices::lend`]), copying none; [`Store::write`] does the rest, on any
 //! thread.
 
