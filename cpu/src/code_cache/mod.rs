@@ -222,6 +222,9 @@ pub struct CodeCache {
     /// Compile runs of register-only instructions into host code (`crate::native`); off
     /// only to test the handlers alone.
     native_on: bool,
+    /// The entry of a block of 64-bit code at which its stretches are compiled (see
+    /// [`CodeCache::set_native_threshold`]); 0: when it is decoded.
+    native_threshold: u16,
     /// The compiled runs. Kept when blocks are dropped (a block decoded again gets new
     /// code; the old code stays, unreachable, until everything is dropped: see
     /// [`CodeCache::clear`]).
@@ -256,6 +259,12 @@ const FULL_MIN_LIMIT: usize = 1 << 16;
 /// live block, so it waits for a number of them that pays for the walk).
 const RECLAIM_MIN: usize = 1024;
 
+/// The default of [`CodeCache::set_native_threshold`]: most blocks of a boot run a few times
+/// only (whole-boot replay: of the 21 802 blocks with stretches, 7 312 ran once and 13 659
+/// fewer than 16 times, while compiling took ~18 us a block, 7% of the replay), and the
+/// stretches of a block that runs often pay for their compilation many times over.
+pub const NATIVE_THRESHOLD: u16 = 64;
+
 impl CodeCache {
     /// A cache for a machine with `ram_bytes` of RAM.
     pub fn new(ram_bytes: u64) -> CodeCache {
@@ -287,6 +296,7 @@ impl CodeCache {
             full_limit: FULL_MIN_LIMIT,
             retired: Vec::new(),
             native_on: true,
+            native_threshold: NATIVE_THRESHOLD,
             natives: crate::native::Natives::default(),
         }
     }
@@ -313,10 +323,53 @@ impl CodeCache {
         self.native_on = on;
     }
 
+    /// Compile a block's stretches when it is entered for the `n`th time (the default,
+    /// [`NATIVE_THRESHOLD`], spares the blocks that run a few times only the cost of
+    /// compiling), or when it is decoded (`n` = 0; tests, so that every block they run gets
+    /// its stretches). Native and interpreted execution are bit-exact, so when a block gets
+    /// its stretches changes nothing but host time. Applies to blocks decoded from now on.
+    pub fn set_native_threshold(&mut self, n: u16) {
+        self.native_threshold = n;
+    }
+
+    /// Whether stretches are compiled for blocks of code size `bitness` at all.
+    fn native_wanted(&self, bitness: u32) -> bool {
+        self.native_on && self.fast_paths && bitness == 64
+    }
+
     /// Compile the runs of register-only instructions of a freshly decoded block of 64-bit
-    /// code (`insns`, their full decodings `full`), if on (see `crate::native`).
+    /// code (`insns`, their full decodings `full`), if on (see `crate::native`) and due at
+    /// decode (else [`CodeCache::insert`] leaves it pending).
     pub(crate) fn compile_native(&mut self, insns: &mut [DecodedInsn], full: &[Instruction]) {
-        if self.native_on && self.fast_paths {
+        if self.native_wanted(64) && self.native_threshold == 0 {
+            crate::native::compile(insns, full, &mut self.natives);
+        }
+    }
+
+    /// Compile the stretches of block `b`, whose entry count reached the threshold
+    /// ([`BlockRef::enter`]), in place: its records' handlers and words change before it
+    /// runs. A block dropped meanwhile is left as it is (its full instructions may be gone).
+    ///
+    /// # Safety
+    /// `b` comes from this cache and was not reclaimed since, and no slice of its
+    /// instructions is in use (the run loop calls this before it executes the block).
+    #[cold]
+    #[inline(never)]
+    pub(crate) unsafe fn compile_pending(&mut self, b: BlockRef) {
+        // SAFETY: the block lives (caller's guarantee).
+        let id = unsafe { b.id() };
+        let live = self
+            .slots
+            .get(id as usize)
+            .is_some_and(|s| s.block == Some(b.0));
+        let Some(&at) = self.full_ats.get(id as usize).filter(|_| live) else {
+            return;
+        };
+        // SAFETY: as guaranteed by the caller; the records are the block's own (live, so its
+        // full instructions are in the store at `at`).
+        let insns = unsafe { b.insns_mut() };
+        let at = at as usize;
+        if let Some(full) = self.full.get(at..at + insns.len()) {
             crate::native::compile(insns, full, &mut self.natives);
         }
     }
@@ -571,9 +624,14 @@ impl CodeCache {
                 (self.slots.len() - 1) as BlockId
             }
         };
+        let countdown = if self.native_wanted(bitness) && !insns.is_empty() {
+            self.native_threshold
+        } else {
+            0
+        };
         self.slots[id as usize] = Slot {
             key: packed,
-            block: Some(block::allocate(packed, id, insns)),
+            block: Some(block::allocate(packed, id, insns, countdown)),
         };
         self.index.insert(key, id);
         self.jump[jump_index(key)] = JumpEntry { key, id };
