@@ -14,7 +14,8 @@
 //! `Cpu::run`'s outer loop, where no run loop holds a [`BlockRef`] (all CPUs run on one
 //! thread, one `run` at a time, and a `BlockRef` never outlives the `run_block` call that
 //! got it), and before freeing it points every live block's links at retired blocks to
-//! [`NO_BLOCK`], so no link ever names freed memory.
+//! [`NO_BLOCK`] (and the cache's jump-table entries naming them to no block), so neither a link
+//! nor a jump entry ever names freed memory.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::ptr::NonNull;

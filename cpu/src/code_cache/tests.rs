@@ -130,6 +130,28 @@ fn reclaim_redirects_links_to_freed_blocks() {
     }
 }
 
+/// The jump table hands out a block through its header: a dropped block is not found
+/// through its entry (its key is dead), the block decoded again under the same key is, and
+/// once the dropped one is reclaimed no entry names its freed memory.
+#[test]
+fn jump_entries_follow_blocks_through_drops_and_reclaims() {
+    let mut c = CodeCache::new(1 << 20);
+    let a = empty(&mut c, 0x1000);
+    let j = jump_index((0x1000, 64));
+    assert_eq!(c.jump[j].block, a.0.as_ptr().cast_const());
+    c.invalidate_page(1);
+    assert_eq!(c.lookup(0x1000, 64), None);
+    let b = empty(&mut c, 0x1000);
+    assert_eq!(c.find(0x1000, 64), Some(b));
+    // Dropped again, and reclaimed with `a`: the entry that named `b` names no block.
+    c.invalidate_page(1);
+    c.reclaim_now();
+    assert_eq!(c.jump[j].block, block::no_block());
+    assert_eq!(c.lookup(0x1000, 64), None);
+    let d = empty(&mut c, 0x1000);
+    assert_eq!(c.find(0x1000, 64), Some(d));
+}
+
 /// An unknown previous block (none ran yet) makes no link.
 #[test]
 fn unknown_previous_block_has_no_links() {
