@@ -44,7 +44,10 @@ use iced_x86::{Code, Instruction};
 
 use crate::exec::Group;
 
+mod lazy;
 mod new_pages;
+
+pub use lazy::NATIVE_THRESHOLD;
 
 pub(crate) use new_pages::{CodePagesSeen, NewCodePages};
 
@@ -244,9 +247,10 @@ pub struct CodeCache {
     natives: crate::native::Natives,
 }
 
-// SAFETY: the cache owns every block allocation its slots, jump table and retired list name (nothing
-// else frees or writes them; `BlockRef`s handed out are used only by the run loop on the
-// thread that holds `&mut CodeCache`), so moving it to another thread moves them all.
+// SAFETY: the cache owns every block allocation its slots, jump table and retired list
+// name (nothing else frees or writes them; `BlockRef`s handed out are used only by the run
+// loop on the thread that holds `&mut CodeCache`), so moving it to another thread moves
+// them all.
 unsafe impl Send for CodeCache {}
 
 impl Drop for CodeCache {
@@ -271,12 +275,6 @@ const FULL_MIN_LIMIT: usize = 1 << 16;
 /// The least number of retired blocks [`CodeCache::reclaim`] frees at once (it walks every
 /// live block, so it waits for a number of them that pays for the walk).
 const RECLAIM_MIN: usize = 1024;
-
-/// The default of [`CodeCache::set_native_threshold`]: most blocks of a boot run a few times
-/// only (whole-boot replay: of the 21 802 blocks with stretches, 7 312 ran once and 13 659
-/// fewer than 16 times, while compiling took ~18 us a block, 7% of the replay), and the
-/// stretches of a block that runs often pay for their compilation many times over.
-pub const NATIVE_THRESHOLD: u16 = 64;
 
 impl CodeCache {
     /// A cache for a machine with `ram_bytes` of RAM.
@@ -329,53 +327,11 @@ impl CodeCache {
         self.native_on = on;
     }
 
-    /// Compile a block's stretches when it is entered for the `n`th time (the default,
-    /// [`NATIVE_THRESHOLD`], spares the blocks that run a few times only the cost of
-    /// compiling), or when it is decoded (`n` = 0; tests, so that every block they run gets
-    /// its stretches). Native and interpreted execution are bit-exact, so when a block gets
-    /// its stretches changes nothing but host time. Applies to blocks decoded from now on.
-    pub fn set_native_threshold(&mut self, n: u16) {
-        self.native_threshold = n;
-    }
-
-    /// Whether stretches are compiled for blocks of code size `bitness` at all.
-    fn native_wanted(&self, bitness: u32) -> bool {
-        self.native_on && self.fast_paths && bitness == 64
-    }
-
     /// Compile the runs of register-only instructions of a freshly decoded block of 64-bit
     /// code (`insns`, their full decodings `full`), if on (see `crate::native`) and due at
     /// decode (else [`CodeCache::insert`] leaves it pending).
     pub(crate) fn compile_native(&mut self, insns: &mut [DecodedInsn], full: &[Instruction]) {
         if self.native_wanted(64) && self.native_threshold == 0 {
-            crate::native::compile(insns, full, &mut self.natives);
-        }
-    }
-
-    /// Compile the stretches of block `b`, whose entry count reached the threshold
-    /// ([`BlockRef::enter`]), in place: its records' handlers and words change before it
-    /// runs. A block dropped meanwhile is left as it is (its full instructions may be gone).
-    ///
-    /// # Safety
-    /// `b` comes from this cache and was not reclaimed since, and no slice of its
-    /// instructions is in use (the run loop calls this before it executes the block).
-    #[cold]
-    #[inline(never)]
-    pub(crate) unsafe fn compile_pending(&mut self, b: BlockRef) {
-        // SAFETY: the block lives (caller's guarantee).
-        let id = unsafe { b.id() };
-        let live = self
-            .slots
-            .get(id as usize)
-            .is_some_and(|s| s.block == Some(b.0));
-        let Some(&at) = self.full_ats.get(id as usize).filter(|_| live) else {
-            return;
-        };
-        // SAFETY: as guaranteed by the caller; the records are the block's own (live, so its
-        // full instructions are in the store at `at`).
-        let insns = unsafe { b.insns_mut() };
-        let at = at as usize;
-        if let Some(full) = self.full.get(at..at + insns.len()) {
             crate::native::compile(insns, full, &mut self.natives);
         }
     }
