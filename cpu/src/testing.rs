@@ -171,14 +171,17 @@ pub const CODE_BASE: u64 = 0x10_0000;
 pub const STACK_TOP: u64 = 0x80_0000;
 
 impl TestMachine {
-    /// A machine with 16 MiB of RAM running `code` (raw bytes) at [`CODE_BASE`].
+    /// A machine with 16 MiB of RAM running `code` (raw bytes) at [`CODE_BASE`], whose
+    /// blocks get their native stretches when decoded (threshold 0).
     pub fn with_code(code: &[u8]) -> TestMachine {
         let mut bus = FlatBus::new(16 << 20);
         write_boot_tables(&mut bus.ram);
         bus.ram[CODE_BASE as usize..CODE_BASE as usize + code.len()].copy_from_slice(code);
         let mut cpu = Cpu::new(0, CpuidProfile::default());
         setup_long_mode(&mut cpu, CODE_BASE, STACK_TOP);
-        let code = CodeCache::new(bus.ram.len() as u64);
+        let mut code = CodeCache::new(bus.ram.len() as u64);
+        // Stretches compiled at decode, so that code run once exercises them too.
+        code.set_native_threshold(0);
         TestMachine { cpu, bus, code }
     }
 

@@ -14,7 +14,8 @@
 //! `Cpu::run`'s outer loop, where no run loop holds a [`BlockRef`] (all CPUs run on one
 //! thread, one `run` at a time, and a `BlockRef` never outlives the `run_block` call that
 //! got it), and before freeing it points every live block's links at retired blocks to
-//! [`NO_BLOCK`], so no link ever names freed memory.
+//! [`NO_BLOCK`] (and the cache's jump-table entries naming them to no block), so neither a link
+//! nor a jump entry ever names freed memory.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::ptr::NonNull;
@@ -32,8 +33,11 @@ pub(super) struct Header {
     pub(super) links: [*const Header; 2],
     /// The block's slot in the cache's slab (as long as it is live).
     pub(super) id: u32,
-    /// The number of instructions after the header.
-    pub(super) len: u32,
+    /// The number of instructions after the header (at most 64).
+    pub(super) len: u16,
+    /// Entries left before the block's native stretches are compiled (see
+    /// [`BlockRef::enter`]); 0 when nothing is pending (compiled, or nothing to compile).
+    pub(super) countdown: u16,
 }
 
 /// Bytes before the first instruction: the header, half a cache line.
@@ -53,6 +57,7 @@ pub(super) static NO_BLOCK: Header = Header {
     links: [std::ptr::null(); 2],
     id: u32::MAX,
     len: 0,
+    countdown: 0,
 };
 
 // SAFETY: `NO_BLOCK` is immutable and its null links are never followed (its key matches
@@ -89,6 +94,21 @@ impl BlockRef {
         }
     }
 
+    /// The block's instructions, to change in place (compiling its stretches late).
+    ///
+    /// # Safety
+    /// As for [`BlockRef::insns`], and no slice of them is in use (the run loop holds one
+    /// only while it executes the block).
+    #[inline]
+    pub(super) unsafe fn insns_mut<'a>(self) -> &'a mut [DecodedInsn] {
+        let h = self.0.as_ptr();
+        // SAFETY: as for `insns`; nothing else refers to them now (caller's guarantee).
+        unsafe {
+            let first = h.cast::<u8>().add(HEADER_BYTES).cast::<DecodedInsn>();
+            std::slice::from_raw_parts_mut(first, (*h).len as usize)
+        }
+    }
+
     /// Ask the host to bring the headers of the block's linked successors into its cache
     /// (each shares its line with its block's first instruction): the run loop reads one of
     /// them when the block ends, and issuing the loads at its start hides their latency
@@ -107,6 +127,27 @@ impl BlockRef {
                 _mm_prefetch::<_MM_HINT_T0>(links[0].cast::<i8>());
                 _mm_prefetch::<_MM_HINT_T0>(links[1].cast::<i8>());
             }
+        }
+    }
+
+    /// Count an entry into the block: true when its native stretches are now due to be
+    /// compiled ([`super::CodeCache::compile_pending`]), which happens once, at the entry
+    /// given to [`super::CodeCache::insert`]. Blocks with nothing pending pay a load and a
+    /// branch on a header line the run loop reads anyway.
+    ///
+    /// # Safety
+    /// As for [`BlockRef::insns`]; no one else is accessing the header (the run loop calls it
+    /// between blocks).
+    #[inline(always)]
+    pub(crate) unsafe fn enter(self) -> bool {
+        // SAFETY: the header lives and is ours to write (caller's guarantee).
+        unsafe {
+            let h = self.0.as_ptr();
+            if (*h).countdown == 0 {
+                return false;
+            }
+            (*h).countdown -= 1;
+            (*h).countdown == 0
         }
     }
 
@@ -134,8 +175,14 @@ fn layout(n: usize) -> Layout {
     }
 }
 
-/// A new allocation holding `insns` under packed key `key` in slot `id`, with no links.
-pub(super) fn allocate(key: u64, id: u32, insns: &[DecodedInsn]) -> NonNull<Header> {
+/// A new allocation holding `insns` under packed key `key` in slot `id`, with no links,
+/// whose stretches are compiled at entry `countdown` (0: none pending).
+pub(super) fn allocate(
+    key: u64,
+    id: u32,
+    insns: &[DecodedInsn],
+    countdown: u16,
+) -> NonNull<Header> {
     let l = layout(insns.len());
     // SAFETY: the layout has a non-zero size (the header).
     let p = unsafe { alloc(l) }.cast::<Header>();
@@ -149,7 +196,8 @@ pub(super) fn allocate(key: u64, id: u32, insns: &[DecodedInsn]) -> NonNull<Head
             key,
             links: [no_block(); 2],
             id,
-            len: insns.len() as u32,
+            len: insns.len() as u16,
+            countdown,
         });
         let first = p.cast::<u8>().add(HEADER_BYTES).cast::<DecodedInsn>();
         std::ptr::copy_nonoverlapping(insns.as_ptr(), first, insns.len());

@@ -44,7 +44,10 @@ use iced_x86::{Code, Instruction};
 
 use crate::exec::Group;
 
+mod lazy;
 mod new_pages;
+
+pub use lazy::NATIVE_THRESHOLD;
 
 pub(crate) use new_pages::{CodePagesSeen, NewCodePages};
 
@@ -157,11 +160,24 @@ fn pack(key: BlockKey) -> Option<u64> {
 /// Entries of the direct-mapped jump table (a power of two).
 const JUMP_ENTRIES: usize = 16384;
 
-/// A jump-table entry: a hint that `key` is cached at `id`, checked against the slot.
+/// A jump-table entry: a hint that the block cached under packed key `key` is `block`,
+/// checked against the block's own header, as a link is (so a hit reads the header, which
+/// shares its line with the first instruction the caller executes next, rather than the
+/// block's slot: one host cache miss less). `block` names a live or retired block or
+/// [`block::NO_BLOCK`], never a freed one ([`CodeCache::reclaim_now`] redirects entries
+/// naming retired blocks first).
 #[derive(Clone, Copy, Debug)]
 struct JumpEntry {
-    key: BlockKey,
-    id: BlockId,
+    key: u64,
+    block: *const Header,
+}
+
+/// The jump-table entry that leads nowhere.
+fn no_jump() -> JumpEntry {
+    JumpEntry {
+        key: DEAD,
+        block: block::no_block(),
+    }
 }
 
 /// The jump-table index of a block key.
@@ -222,15 +238,19 @@ pub struct CodeCache {
     /// Compile runs of register-only instructions into host code (`crate::native`); off
     /// only to test the handlers alone.
     native_on: bool,
+    /// The entry of a block of 64-bit code at which its stretches are compiled (see
+    /// [`CodeCache::set_native_threshold`]); 0: when it is decoded.
+    native_threshold: u16,
     /// The compiled runs. Kept when blocks are dropped (a block decoded again gets new
     /// code; the old code stays, unreachable, until everything is dropped: see
     /// [`CodeCache::clear`]).
     natives: crate::native::Natives,
 }
 
-// SAFETY: the cache owns every block allocation its slots and retired list name (nothing
-// else frees or writes them; `BlockRef`s handed out are used only by the run loop on the
-// thread that holds `&mut CodeCache`), so moving it to another thread moves them all.
+// SAFETY: the cache owns every block allocation its slots, jump table and retired list
+// name (nothing else frees or writes them; `BlockRef`s handed out are used only by the run
+// loop on the thread that holds `&mut CodeCache`), so moving it to another thread moves
+// them all.
 unsafe impl Send for CodeCache {}
 
 impl Drop for CodeCache {
@@ -264,15 +284,8 @@ impl CodeCache {
             slots: Vec::new(),
             free: Vec::new(),
             index: IntMap::default(),
-            // An entry naming no slot: every lookup through it misses.
-            jump: vec![
-                JumpEntry {
-                    key: (u64::MAX, 0),
-                    id: BlockId::MAX,
-                };
-                JUMP_ENTRIES
-            ]
-            .into_boxed_slice(),
+            // Entries naming no block: every lookup through them misses.
+            jump: vec![no_jump(); JUMP_ENTRIES].into_boxed_slice(),
             page_blocks: IntMap::default(),
             code_pages: vec![0; pages.div_ceil(64) + 1],
             new_pages: NewCodePages::new(),
@@ -287,6 +300,7 @@ impl CodeCache {
             full_limit: FULL_MIN_LIMIT,
             retired: Vec::new(),
             native_on: true,
+            native_threshold: NATIVE_THRESHOLD,
             natives: crate::native::Natives::default(),
         }
     }
@@ -314,9 +328,10 @@ impl CodeCache {
     }
 
     /// Compile the runs of register-only instructions of a freshly decoded block of 64-bit
-    /// code (`insns`, their full decodings `full`), if on (see `crate::native`).
+    /// code (`insns`, their full decodings `full`), if on (see `crate::native`) and due at
+    /// decode (else [`CodeCache::insert`] leaves it pending).
     pub(crate) fn compile_native(&mut self, insns: &mut [DecodedInsn], full: &[Instruction]) {
-        if self.native_on && self.fast_paths {
+        if self.native_wanted(64) && self.native_threshold == 0 {
             crate::native::compile(insns, full, &mut self.natives);
         }
     }
@@ -341,19 +356,40 @@ impl CodeCache {
     /// The block starting at physical address `pa` in the given code size, if cached.
     #[inline(always)]
     pub fn lookup(&mut self, pa: u64, bitness: u32) -> Option<BlockId> {
+        let b = self.find(pa, bitness)?;
+        // SAFETY: just found live in the cache.
+        Some(unsafe { b.id() })
+    }
+
+    /// The live block cached under (`pa`, `bitness`), through the jump table or the index
+    /// (whose answer the jump table then remembers).
+    #[inline(always)]
+    fn find(&mut self, pa: u64, bitness: u32) -> Option<BlockRef> {
         let key = (pa, bitness);
+        let Some(packed) = pack(key) else {
+            // Never a fetch's key (see `pack`): the index alone.
+            let id = *self.index.get(&key)?;
+            return self.block(id);
+        };
         let j = jump_index(key);
         let hint = self.jump[j];
-        if hint.key == key {
-            if let (Some(slot), Some(packed)) = (self.slots.get(hint.id as usize), pack(key)) {
-                if slot.key == packed {
-                    return Some(hint.id);
-                }
-            }
+        // SAFETY: an entry names a live or retired block or NO_BLOCK, never a freed one (see
+        // `JumpEntry`), so its header can be read; a live block's header holds its packed
+        // key, a retired one's and NO_BLOCK's DEAD, which no packed key equals: a match is
+        // the live block under exactly `key`.
+        if hint.key == packed && unsafe { (*hint.block).key } == packed {
+            // SAFETY: as just said, a live block (so not null).
+            return Some(BlockRef(unsafe {
+                NonNull::new_unchecked(hint.block.cast_mut())
+            }));
         }
         let id = *self.index.get(&key)?;
-        self.jump[j] = JumpEntry { key, id };
-        Some(id)
+        let b = self.block(id)?;
+        self.jump[j] = JumpEntry {
+            key: packed,
+            block: b.0.as_ptr(),
+        };
+        Some(b)
     }
 
     /// The live block in slot `id`, if any.
@@ -427,8 +463,7 @@ impl CodeCache {
         pa: u64,
         bitness: u32,
     ) -> Option<BlockRef> {
-        let id = self.lookup(pa, bitness)?;
-        let next = self.block(id)?;
+        let next = self.find(pa, bitness)?;
         if let Some(prev) = prev {
             // SAFETY: `prev` as guaranteed by the caller; `next` is live.
             unsafe { self.link(prev, next) };
@@ -465,9 +500,16 @@ impl CodeCache {
                 }
             }
         }
+        for e in self.jump.iter_mut() {
+            // SAFETY: as above: entries name live or retired blocks or NO_BLOCK.
+            if unsafe { (*e.block).key } == DEAD {
+                *e = no_jump();
+            }
+        }
         for h in self.retired.drain(..) {
             // SAFETY: retired (in no slot), so no lookup returns it, and no live block links
-            // to it any more (above); no run loop holds it (the caller's guarantee).
+            // to it nor jump entry names it any more (above); no run loop holds it (the
+            // caller's guarantee).
             unsafe { block::free(h) };
         }
     }
@@ -571,12 +613,22 @@ impl CodeCache {
                 (self.slots.len() - 1) as BlockId
             }
         };
+        let countdown = if self.native_wanted(bitness) && !insns.is_empty() {
+            self.native_threshold
+        } else {
+            0
+        };
         self.slots[id as usize] = Slot {
             key: packed,
-            block: Some(block::allocate(packed, id, insns)),
+            block: Some(block::allocate(packed, id, insns, countdown)),
         };
         self.index.insert(key, id);
-        self.jump[jump_index(key)] = JumpEntry { key, id };
+        if let (Some(p), Some(b)) = (pack(key), self.slots[id as usize].block) {
+            self.jump[jump_index(key)] = JumpEntry {
+                key: p,
+                block: b.as_ptr(),
+            };
+        }
         let at = id as usize;
         if self.second_pages.len() <= at {
             self.second_pages.resize(at + 1, 0);

@@ -130,6 +130,28 @@ fn reclaim_redirects_links_to_freed_blocks() {
     }
 }
 
+/// The jump table hands out a block through its header: a dropped block is not found
+/// through its entry (its key is dead), the block decoded again under the same key is, and
+/// once the dropped one is reclaimed no entry names its freed memory.
+#[test]
+fn jump_entries_follow_blocks_through_drops_and_reclaims() {
+    let mut c = CodeCache::new(1 << 20);
+    let a = empty(&mut c, 0x1000);
+    let j = jump_index((0x1000, 64));
+    assert_eq!(c.jump[j].block, a.0.as_ptr().cast_const());
+    c.invalidate_page(1);
+    assert_eq!(c.lookup(0x1000, 64), None);
+    let b = empty(&mut c, 0x1000);
+    assert_eq!(c.find(0x1000, 64), Some(b));
+    // Dropped again, and reclaimed with `a`: the entry that named `b` names no block.
+    c.invalidate_page(1);
+    c.reclaim_now();
+    assert_eq!(c.jump[j].block, block::no_block());
+    assert_eq!(c.lookup(0x1000, 64), None);
+    let d = empty(&mut c, 0x1000);
+    assert_eq!(c.find(0x1000, 64), Some(d));
+}
+
 /// An unknown previous block (none ran yet) makes no link.
 #[test]
 fn unknown_previous_block_has_no_links() {
@@ -142,4 +164,119 @@ fn unknown_previous_block_has_no_links() {
     }
     assert!(c.block(BlockId::MAX).is_none());
     assert!(c.block(1).is_none());
+}
+
+/// Lazily compiled stretches (see [`CodeCache::set_native_threshold`]).
+mod lazy {
+    use iced_x86::code_asm::*;
+
+    use crate::exec::RunExit;
+    use crate::testing::{TestMachine, CODE_BASE};
+
+    /// A loop of register-only instructions run `n` times, then a block run once.
+    fn looping(n: u32) -> TestMachine {
+        TestMachine::assemble(|x| {
+            let mut top = x.create_label();
+            x.mov(ecx, n)?;
+            x.mov(ebx, 0x1234_5678u32)?;
+            x.set_label(&mut top)?;
+            x.add(rax, rbx)?;
+            x.xor(rdx, rax)?;
+            x.shl(rbx, 3)?;
+            x.add(rbx, rcx)?;
+            x.sub(ecx, 1)?;
+            x.jne(top)?;
+            x.lea(rsi, qword_ptr(rax + rbx * 2 + 8))?;
+            x.xor(rsi, rdx)?;
+            x.add(rdi, rsi)?;
+            x.hlt()
+        })
+    }
+
+    /// A loop block gets its stretches at its `threshold`th entry, not before, while the
+    /// blocks run once never do; every threshold ends in the state of native code off.
+    #[test]
+    fn a_block_becomes_native_after_its_threshold_of_entries() {
+        let run = |native: bool, threshold: u16| {
+            let mut m = looping(10);
+            m.code.set_native(native);
+            m.code.set_native_threshold(threshold);
+            assert_eq!(m.run(1000), RunExit::Halted);
+            (m.cpu.state.clone(), m.code.native_stats().0)
+        };
+        let (off, none) = run(false, 0);
+        assert_eq!(none, 0);
+        let (eager, all) = run(true, 0);
+        // The loop's block (entered 9 times at `top`) and the two run once each.
+        assert!(all >= 2, "{all}");
+        let (lazy, some) = run(true, 3);
+        assert!(some >= 1 && some < all, "{some} of {all}");
+        let (late, never) = run(true, 10);
+        assert_eq!(never, 0);
+        assert_eq!(eager, off);
+        assert_eq!(lazy, off);
+        assert_eq!(late, off);
+    }
+
+    /// Code that rewrites an instruction of a block that got its stretches late (and again
+    /// after each rewrite: the new block counts its entries afresh) runs as with native code
+    /// off, on the new instruction each time.
+    #[test]
+    fn a_lazily_compiled_block_is_dropped_when_its_code_is_written() {
+        let run = |native: bool| {
+            let mut m = TestMachine::assemble(|x| {
+                let mut outer = x.create_label();
+                let mut inner = x.create_label();
+                x.mov(r9d, 3)?;
+                x.set_label(&mut outer)?;
+                x.lea(rsi, ptr(inner))?;
+                x.mov(ecx, 5)?;
+                x.set_label(&mut inner)?;
+                // B8 imm32: the immediate is at `inner + 1`.
+                x.mov(eax, 0x1111u32)?;
+                x.add(ebx, eax)?;
+                x.xor(edx, ebx)?;
+                x.add(edx, 7)?;
+                x.sub(ecx, 1)?;
+                x.jne(inner)?;
+                x.add(r8d, 0x101)?;
+                x.mov(dword_ptr(rsi + 1), r8d)?;
+                x.sub(r9d, 1)?;
+                x.jne(outer)?;
+                x.hlt()
+            });
+            m.code.set_native(native);
+            m.code.set_native_threshold(3);
+            assert_eq!(m.run(1000), RunExit::Halted);
+            (m.cpu.state.clone(), m.code.native_stats().0)
+        };
+        let (on, runs) = run(true);
+        let (off, _) = run(false);
+        // Compiled once in each of the three passes.
+        assert!(runs >= 3, "{runs}");
+        assert_eq!(on, off);
+        // The third pass ran the immediate the second wrote (2 * 0x101).
+        assert_eq!(on.gpr[0], 0x202);
+    }
+
+    /// A block dropped before its entries reach the threshold is never compiled, even if
+    /// asked (its full instructions may be gone); a live one is.
+    #[test]
+    fn a_dropped_block_is_not_compiled_late() {
+        for drop in [true, false] {
+            let mut m = looping(1);
+            m.code.set_native_threshold(100);
+            assert_eq!(m.run(1000), RunExit::Halted);
+            let id = m.code.lookup(CODE_BASE, 64).expect("decoded");
+            let b = m.code.block(id).expect("cached");
+            if drop {
+                m.code.invalidate_page(CODE_BASE >> 12);
+            }
+            assert_eq!(m.code.native_stats().0, 0);
+            // SAFETY: `b` was not reclaimed (nothing decoded since); no slice of its
+            // records is in use.
+            unsafe { m.code.compile_pending(b) };
+            assert_eq!(m.code.native_stats().0 == 0, drop);
+        }
+    }
 }

@@ -74,11 +74,9 @@ impl Cpu {
         // Blocks dropped since the last reclaim may be freed now: this CPU executes none,
         // nor does any other (all run on this thread, one `Cpu::run` at a time).
         code.reclaim();
-        // Gather the bytes from here to the end of the page, plus up to 15 bytes of the next
-        // page when it is mapped (an instruction may straddle the boundary).
+        // The bytes from here to the end of the page, plus 15 bytes of the next page when it
+        // is mapped (an instruction may straddle the boundary).
         let in_page = 0x1000 - (pa & 0xfff) as usize;
-        let mut bytes = Vec::with_capacity(in_page + 15);
-        read_code(bus, pa, in_page, &mut bytes);
         let next_lin = rip.wrapping_add(in_page as u64);
         let next_pa = crate::mmu::translate(
             &self.state,
@@ -89,10 +87,18 @@ impl Cpu {
             cpl,
         )
         .ok();
-        if let Some(npa) = next_pa {
-            read_code(bus, npa, 15, &mut bytes);
-        }
-        let mut decoder = Decoder::with_ip(bitness, &bytes, 0, DecoderOptions::NONE);
+        let gathered;
+        let bytes = match code_in_place(bus.ram(), pa, in_page, next_pa) {
+            Some(b) => b,
+            None => {
+                gathered = gather_code(bus, pa, in_page, next_pa);
+                &gathered[..]
+            }
+        };
+        let mut decoder = Decoder::with_ip(bitness, bytes, 0, DecoderOptions::NONE);
+        // An undefined first instruction (`Some`), and whether it runs into an unmapped
+        // page; handled once the decoder (which borrows the bus's RAM) is done.
+        let mut undefined = None;
         let (mut insns, mut full) = code.take_scratch();
         let mut pages = [pa >> 12, pa >> 12];
         while insns.len() < MAX_BLOCK_INSNS {
@@ -105,13 +111,7 @@ impl Cpu {
             let len = insn.len();
             if insn.is_invalid() {
                 if insns.is_empty() {
-                    code.return_scratch((insns, full));
-                    if start + 15 > bytes.len() && next_pa.is_none() {
-                        // The instruction runs into an unmapped page: fetch fault there.
-                        self.mmu_fetch_fault(bus, next_lin)?;
-                    }
-                    // A genuinely undefined opcode: the guest gets #UD.
-                    return Err(Exit::Fault(Fault::INVALID_OPCODE));
+                    undefined = Some(start + 15 > bytes.len() && next_pa.is_none());
                 }
                 break;
             }
@@ -159,6 +159,15 @@ impl Cpu {
             if ends_block || start + len >= in_page {
                 break;
             }
+        }
+        if let Some(unmapped) = undefined {
+            code.return_scratch((insns, full));
+            if unmapped {
+                // The instruction runs into an unmapped page: fetch fault there.
+                self.mmu_fetch_fault(bus, next_lin)?;
+            }
+            // A genuinely undefined opcode: the guest gets #UD.
+            return Err(Exit::Fault(Fault::INVALID_OPCODE));
         }
         fast::fuse(&mut insns);
         if bitness == 64 {
@@ -337,6 +346,32 @@ fn breakpoint_distance(bps: &[u64], rip: u64, bitness: u32) -> Option<u64> {
     }
 }
 
+/// The bytes a block at physical address `pa` is decoded from, read in place in RAM: the
+/// `in_page` bytes to the end of its page, and the first 15 of the next page when it is
+/// mapped (`next_pa`) and physically follows. `None` when they do not all lie in RAM so (the
+/// next page elsewhere, or past the end of RAM): [`gather_code`] then copies them. Decoding
+/// in place spares each decode a page-sized copy and allocation.
+fn code_in_place(ram: &[u8], pa: u64, in_page: usize, next_pa: Option<u64>) -> Option<&[u8]> {
+    let start = usize::try_from(pa).ok()?;
+    let len = match next_pa {
+        None => in_page,
+        Some(npa) if npa == pa.wrapping_add(in_page as u64) => in_page + 15,
+        Some(_) => return None,
+    };
+    ram.get(start..start.checked_add(len)?)
+}
+
+/// The bytes of [`code_in_place`] copied together: the page's, then the next page's (when
+/// mapped, wherever it is); device memory and memory past RAM read as 0xff.
+fn gather_code<B: Bus>(bus: &mut B, pa: u64, in_page: usize, next_pa: Option<u64>) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(in_page + 15);
+    read_code(bus, pa, in_page, &mut bytes);
+    if let Some(npa) = next_pa {
+        read_code(bus, npa, 15, &mut bytes);
+    }
+    bytes
+}
+
 /// Copy `n` bytes of physical memory (RAM only; device memory reads as 0xff) to `out`.
 fn read_code<B: Bus>(bus: &mut B, pa: u64, n: usize, out: &mut Vec<u8>) {
     let ram = bus.ram();
@@ -400,7 +435,108 @@ fn may_call_bus(group: Group) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::breakpoint_distance;
+    use super::{breakpoint_distance, code_in_place};
+    use crate::exec::RunExit;
+    use crate::testing::{TestMachine, CODE_BASE};
+    use iced_x86::code_asm::*;
+
+    /// The bytes decoded in place: to the end of the page, plus 15 of the next page only
+    /// when it is mapped and physically follows, all in RAM; else none (they are gathered).
+    #[test]
+    fn code_is_read_in_place_only_where_it_lies_together_in_ram() {
+        let ram: Vec<u8> = (0..0x3000u32).map(|k| k as u8).collect();
+        let at =
+            |b: Option<&[u8]>| b.map(|b| (b.as_ptr() as usize - ram.as_ptr() as usize, b.len()));
+        assert_eq!(
+            at(code_in_place(&ram, 0x1ff0, 0x10, None)),
+            Some((0x1ff0, 0x10))
+        );
+        assert_eq!(
+            at(code_in_place(&ram, 0x1ff0, 0x10, Some(0x2000))),
+            Some((0x1ff0, 0x1f))
+        );
+        // The next page elsewhere, or past the end of RAM.
+        assert_eq!(at(code_in_place(&ram, 0x1ff0, 0x10, Some(0x1000))), None);
+        assert_eq!(
+            at(code_in_place(&ram, 0x2ff0, 0x10, None)),
+            Some((0x2ff0, 0x10))
+        );
+        assert_eq!(at(code_in_place(&ram, 0x2ff0, 0x10, Some(0x3000))), None);
+        assert_eq!(at(code_in_place(&ram, 0x3000, 0x1000, None)), None);
+        assert_eq!(at(code_in_place(&ram, u64::MAX - 3, 0x4, None)), None);
+    }
+
+    /// A machine running `f`'s code from virtual (and physical) address `at`.
+    fn at(at: u64, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> TestMachine {
+        let mut a = CodeAssembler::new(64).expect("64-bit assembler");
+        f(&mut a).expect("assembling test code");
+        let bytes = a.assemble(at).expect("assembling test code");
+        let mut m = TestMachine::with_code(&[0xf4]);
+        let end = (at as usize + bytes.len()).min(m.bus.ram.len());
+        m.bus.ram[at as usize..end].copy_from_slice(&bytes[..end - at as usize]);
+        m.cpu.state.rip = at;
+        m
+    }
+
+    /// A block whose 10-byte MOV straddles into the next page, which physically follows:
+    /// decoded in place, across the boundary.
+    #[test]
+    fn a_block_straddling_into_the_following_page() {
+        let mut m = at(CODE_BASE + 0xffb, |x| {
+            x.mov(rax, 0x1122_3344_5566_7788u64)?;
+            x.add(rax, rbx)?;
+            x.hlt()
+        });
+        m.cpu.state.gpr[3] = 1;
+        assert_eq!(m.run(10), RunExit::Halted);
+        assert_eq!(m.cpu.state.gpr[0], 0x1122_3344_5566_7789);
+    }
+
+    /// A block straddling into a virtual page mapped elsewhere in RAM: the instruction's
+    /// last bytes come from where that page is, not from the physically following page.
+    #[test]
+    fn a_block_straddling_into_a_page_mapped_elsewhere() {
+        const BOUNDARY: u64 = 0x20_0000;
+        const ELSEWHERE: u64 = 0xa0_0000;
+        let code = {
+            let mut a = CodeAssembler::new(64).expect("64-bit assembler");
+            a.mov(rax, 0x1122_3344_5566_7788u64).expect("mov");
+            a.hlt().expect("hlt");
+            a.assemble(BOUNDARY - 4).expect("assembling test code")
+        };
+        let mut m = TestMachine::with_code(&[0xf4]);
+        // The second 2 MiB page (PD[1] of the boot tables) onto ELSEWHERE.
+        let pd1 = 0x3000 + 8;
+        m.bus.ram[pd1..pd1 + 8].copy_from_slice(&(ELSEWHERE | 0x83).to_le_bytes());
+        let b = BOUNDARY as usize;
+        m.bus.ram[b - 4..b].copy_from_slice(&code[..4]);
+        m.bus.ram[ELSEWHERE as usize..ELSEWHERE as usize + code.len() - 4]
+            .copy_from_slice(&code[4..]);
+        // What follows physically: a different immediate and no HLT.
+        m.bus.ram[b..b + 16].fill(0x99);
+        m.cpu.state.rip = BOUNDARY - 4;
+        m.cpu.flush_tlb();
+        assert_eq!(m.run(10), RunExit::Halted);
+        assert_eq!(m.cpu.state.gpr[0], 0x1122_3344_5566_7788);
+    }
+
+    /// A block at the end of RAM: it decodes to RAM's last byte; an instruction running past
+    /// it reads 0xff there, as device memory does.
+    #[test]
+    fn a_block_at_the_end_of_ram() {
+        let ram_end = 16u64 << 20;
+        let mut m = at(ram_end - 8, |x| {
+            x.mov(eax, 5u32)?;
+            x.add(eax, eax)?;
+            x.hlt()
+        });
+        assert_eq!(m.run(10), RunExit::Halted);
+        assert_eq!(m.cpu.state.gpr[0], 10);
+        // B8 imm32 with the immediate's last byte past RAM.
+        let mut m = at(ram_end - 4, |x| x.mov(eax, 0x0033_2211u32));
+        assert_eq!(m.run(1), RunExit::Budget);
+        assert_eq!(m.cpu.state.gpr[0], 0xff33_2211);
+    }
 
     #[test]
     fn breakpoint_distances_wrap_outside_64_bit_code() {

@@ -399,6 +399,14 @@ impl Cpu {
         'chain: loop {
             // The budget bounds the instructions run, so the loop needs no check of its own.
             let left = end.saturating_sub(retired);
+            // A block's native stretches are compiled once it has been entered often enough
+            // (`CodeCache::set_native_threshold`): the cold path, taken once a block.
+            // SAFETY: every block this loop reaches lives until it returns (see above), and
+            // no slice of its records is in use before the one taken next.
+            if unsafe { block.enter() } {
+                // SAFETY: as just said.
+                unsafe { x.code.compile_pending(block) };
+            }
             // SAFETY: every block this loop reaches lives until it returns (see above).
             let all = unsafe {
                 block.prefetch_successors();

@@ -3,10 +3,11 @@
 //! Compiled code spends most of its instructions in short arithmetic stretches between
 //! memory accesses (the Linux boot's bignum loops: 27 register-only instructions in a row).
 //! The run loop pays a dispatch for each (load the handler, call it, look at the flow);
-//! here, when a block is decoded, each stretch of at least three consecutive *whitelisted*
-//! instructions of 64-bit code ([`effect`]) is compiled into one host function
-//! ([`emit`]): the guest instructions themselves with renamed registers, between loads and
-//! stores of the guest registers. The stretch's first record gets the handler
+//! here, once a block has been entered often enough (`CodeCache::set_native_threshold`: 64
+//! times by default, when it is decoded in the tests), each stretch of at least three
+//! consecutive *whitelisted* instructions of 64-bit code ([`effect`]) is compiled into one
+//! host function ([`emit`]): the guest instructions themselves with renamed registers,
+//! between loads and stores of the guest registers. The stretch's first record gets the handler
 //! `exec::fast::table`'s `native`, which calls the function and tells the run loop to step
 //! over the stretch's other records (they keep their own handlers and operands, and the
 //! first keeps its op and operands too: see [`word`]).

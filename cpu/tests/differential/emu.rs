@@ -205,6 +205,8 @@ pub fn run_emulator(code: &[u8], input: &Regs, scratch: &[u8]) -> EmuOutcome {
     cpu.state.mxcsr = input.mxcsr as u32;
     cpu.state.xmm = input.xmm;
     let mut cache = CodeCache::new(RAM as u64);
+    // Native stretches at decode: each test runs once.
+    cache.set_native_threshold(0);
     let mut obs = RecordingObserver::default();
     let hlt = TEST + code.len() as u64 - 1;
     let mut steps = Vec::new();

@@ -75,6 +75,8 @@ impl Machine {
     fn new(fast: bool) -> Machine {
         let mut code = CodeCache::new(RAM as u64);
         code.set_fast_paths(fast);
+        // Native stretches at decode: each test runs once.
+        code.set_native_threshold(0);
         Machine {
             cpu: Cpu::new(0, CpuidProfile::default()),
             bus: FlatBus::new(RAM),
