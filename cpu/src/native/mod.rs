@@ -41,7 +41,9 @@
 use iced_x86::{ConditionCode, Instruction, Mnemonic};
 
 use crate::code_cache::DecodedInsn;
-use crate::exec::fast::{fused_index, handler_index, is_jcc, Op, Operands, NO_REG, RIP};
+use crate::exec::fast::{
+    fused_index, fused_memory_index, handler_index, is_jcc, Op, Operands, NO_REG, RIP,
+};
 use crate::state::rflags::{AF, CF, OF, PF, SF, STATUS, ZF};
 
 mod arena;
@@ -170,7 +172,24 @@ pub(crate) fn word<const IMM: bool>(d: &DecodedInsn) -> u64 {
 
 /// Whether a stretch starting with `op` keeps its word in `imm` (see [`word`]).
 fn uses_imm_for_word(op: Op) -> bool {
-    matches!(op, Op::Lea | Op::MovRM | Op::MovMR | Op::PushR | Op::PopR)
+    use Op::*;
+    matches!(
+        op,
+        Lea | MovRM
+            | MovMR
+            | PushR
+            | PopR
+            | AddRM
+            | SubRM
+            | AdcRM
+            | SbbRM
+            | AndRM
+            | OrRM
+            | XorRM
+            | CmpRM
+            | CmpMR
+            | TestMR
+    )
 }
 
 /// The bit of a stretch's return value saying that its last record, a conditional branch,
@@ -261,6 +280,15 @@ pub(crate) enum MemKind {
     /// This immediate (as the record holds it: a 64-bit store's is sign-extended from 32
     /// bits).
     StoreImm(u64),
+    /// An arithmetic operation or compare with a memory source (ADD/OR/ADC/SBB/AND/SUB/XOR/
+    /// CMP r, m, CMP/TEST m, r and m, imm): a read, then the instruction itself on the
+    /// renamed registers with its memory operand at the read's host address (`emit`
+    /// re-encodes it from the full decoding). `imm`: the record holds an immediate (so
+    /// both fields a word could go in hold operands: see [`word`]).
+    Alu {
+        /// The record holds an immediate.
+        imm: bool,
+    },
     /// Into this register, zero- or (`signed`) sign-extended to 32 or (`wide`) 64 bits
     /// (MOVZX / MOVSX: a 32-bit write zero-extends the rest).
     Extend {
@@ -300,7 +328,8 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
     // fused handler whenever the stretch does not (budget, observer with fetches).
     let plain = d.handler == handler_index(d.op, o)
         || (matches!(d.op, Op::CmpRR | Op::CmpRI | Op::TestRR | Op::TestRI)
-            && fused_index(d.op, o) == Some(d.handler));
+            && fused_index(d.op, o) == Some(d.handler))
+        || (d.op == Op::CmpMR && fused_memory_index(d.op, o) == Some(d.handler));
     // A conditional branch inside a block is checked (a taken one ends the block there);
     // the stretch's handler does the same (`Flow::StretchJump`).
     let check = if is_jcc(d.op) {
@@ -463,6 +492,48 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
                 rsp_add: 0,
             });
         }
+        // Arithmetic and compares reading memory: the flags of their register forms, and a
+        // read through the quick tags as their handlers' quick paths do (CMP and TEST
+        // never write; a fused CMP m, r keeps its memory operand and `r1`, but `r0` and
+        // `imm` hold its Jcc: `exec::fast::MemoryFused`).
+        AddRM | SubRM | AdcRM | SbbRM | AndRM | OrRM | XorRM | CmpRM | CmpMR | TestMR | CmpMI
+        | TestMI
+            if wide =>
+        {
+            if o.base == RIP || o.seg != 0 || o.disp as i64 != o.disp as i32 as i64 {
+                return None;
+            }
+            let reg = match d.op {
+                CmpMR | TestMR => o.r1,
+                CmpMI | TestMI => NO_REG,
+                _ => o.r0,
+            };
+            let imm = matches!(d.op, CmpMI | TestMI);
+            if imm && !imm32(o.imm) || !imm && reg >= 16 {
+                return None;
+            }
+            e.reads = bit(reg) | bit(o.base) | bit(o.index);
+            if matches!(d.op, AddRM | SubRM | AdcRM | SbbRM | AndRM | OrRM | XorRM) {
+                e.writes = bit(reg);
+            }
+            if matches!(d.op, AdcRM | SbbRM) {
+                e.flags_in = CF;
+            }
+            if matches!(d.op, AndRM | OrRM | XorRM | TestMR | TestMI) {
+                (e.defines, e.undefines, e.zero) = (STATUS & !AF, AF, AF);
+            } else {
+                e.defines = STATUS;
+            }
+            e.mem = Some(Mem {
+                kind: MemKind::Alu { imm },
+                size: o.size,
+                base: o.base,
+                index: o.index,
+                scale: o.scale,
+                disp: o.disp as i32,
+                rsp_add: 0,
+            });
+        }
         // The stack of 64-bit code is flat (SS has no base there), as the handlers' quick
         // paths take it: the address is RSP itself.
         PushR | PopR if o.r0 < 16 => {
@@ -579,6 +650,7 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
                     emit::Step::Access(emit::Access {
                         record: k as u32,
                         mem,
+                        alu: matches!(mem.kind, MemKind::Alu { .. }).then(|| full[s + k]),
                         exit_store: store,
                         flags,
                         commit: 0,
@@ -652,9 +724,12 @@ fn flag_liveness(steps: &mut [(usize, emit::Step)], effs: &[Effect]) {
         if next > 0 && steps[next - 1].0 == k {
             next -= 1;
             if let emit::Step::Access(a) = &mut steps[next].1 {
-                // An access changes no guest flag.
+                // The lookup changes no guest flag; an arithmetic access's own operation
+                // (after the lookup) reads and writes them as its effect says.
+                let own = e.defines | e.undefines;
+                live = (live & !own) | e.flags_in;
                 a.restore = live;
-                a.commit = a.flags.written & !later;
+                a.commit = a.flags.written & !(later | own);
                 later = 0;
                 continue;
             }
@@ -703,16 +778,21 @@ const MIN_OTHERS: usize = 3;
 /// accesses if `memory`.
 fn longest(effects: &[Option<Effect>], s: usize, memory: bool) -> Option<(usize, Plan)> {
     // Both fields a word could go in hold operands here (see `word`).
+    // (A fused compare with a memory operand holds its Jcc in `imm`.)
     if let Some(Some(Effect {
-        mem:
-            Some(Mem {
-                kind: MemKind::StoreImm(_) | MemKind::Extend { .. },
-                ..
-            }),
+        mem: Some(m),
+        cheap,
         ..
     })) = effects.get(s)
     {
-        return None;
+        if *cheap
+            || matches!(
+                m.kind,
+                MemKind::StoreImm(_) | MemKind::Extend { .. } | MemKind::Alu { imm: true }
+            )
+        {
+            return None;
+        }
     }
     let mut e = s;
     let mut regs = 0u16;

@@ -115,6 +115,53 @@ fn put(
             2 => x.movsx(R32[a], word_ptr(target(imm))),
             _ => x.movsx(R64[a], byte_ptr(target(imm))),
         },
+        // Arithmetic with a memory source.
+        44 => {
+            let m = target(imm);
+            match imm >> 4 & 7 {
+                0 => x.add(R64[a], qword_ptr(m)),
+                1 => x.sub(R32[a], dword_ptr(m)),
+                2 => x.adc(R64[a], qword_ptr(m)),
+                3 => x.sbb(R32[a], dword_ptr(m)),
+                4 => x.and(R64[a], qword_ptr(m)),
+                5 => x.or(R32[a], dword_ptr(m)),
+                6 => x.xor(R64[a], qword_ptr(m)),
+                _ => x.cmp(R32[a], dword_ptr(m)),
+            }
+        }
+        // Compares of memory with a register or an immediate, absolute or register-addressed.
+        45 => {
+            let m = target(imm);
+            match imm >> 4 & 7 {
+                0 => x.cmp(qword_ptr(m), R64[b]),
+                1 => x.test(dword_ptr(m), R32[b]),
+                2 => x.cmp(qword_ptr(m), i32v >> 8),
+                3 => x.test(dword_ptr(m), imm as u32 >> 8),
+                4 => x.cmp(dword_ptr(m), R32[b]),
+                5 => x.test(qword_ptr(m), R64[b]),
+                6 => {
+                    x.mov(R32[c], (imm >> 8) as u32 & 0x7f8)?;
+                    x.add(R64[a], qword_ptr(R64[c] * 2 + 0x40_0000))
+                }
+                _ => {
+                    x.mov(R32[c], (imm >> 8) as u32 & 0xff8)?;
+                    x.cmp(qword_ptr(R64[c] + 0x40_1000), R64[b])
+                }
+            }
+        }
+        // A compare of memory fused with the Jcc after it, over an ADD.
+        46 => {
+            let m = target(imm);
+            if imm & 0x10 == 0 {
+                x.cmp(qword_ptr(m), R64[b])?;
+            } else {
+                x.cmp(dword_ptr(m), R32[b])?;
+            }
+            let mut over = x.create_label();
+            jcc(x, imm >> 20 & 15, over)?;
+            x.add(R64[c], R64[b])?;
+            x.set_label(&mut over)
+        }
         // Pushes and pops with RSP first set in a data page, or at a page's start (a push
         // then crosses into the page before: a side exit), or by `pop rsp` to anything.
         STACK => {
@@ -202,7 +249,7 @@ fn with_branches(f: u8, n: u8) -> u8 {
 }
 
 /// Forms with memory operands: [`put`]'s 35 and above.
-const MEM_FORMS: u8 = 44;
+const MEM_FORMS: u8 = 47;
 
 /// An address of a memory form, from its immediate: mostly in two data pages (where the
 /// quick tags hit once the TLB knows them), else one that needs a side exit: a page
@@ -429,6 +476,52 @@ proptest! {
         prop_assert_eq!(&on.cpu.state, &off.cpu.state);
         prop_assert_eq!(&seen_on.accesses, &seen_off.accesses);
     }
+}
+
+/// A loop of arithmetic with memory sources and a memory compare fused with its Jcc is one
+/// stretch, from its first record to its branch, and ends as the interpreter does.
+#[test]
+fn arithmetic_memory_loop() {
+    let body = |x: &mut CodeAssembler| {
+        let mut top = x.create_label();
+        x.set_label(&mut top)?;
+        x.mov(rax, qword_ptr(rsi + rcx * 8))?;
+        x.add(rax, qword_ptr(rsi + rcx * 8 + 8))?;
+        x.adc(rbx, rax)?;
+        x.sbb(edx, dword_ptr(rsi + rcx * 8 + 16))?;
+        x.xor(r8, qword_ptr(rsi + rcx * 8 + 24))?;
+        x.test(qword_ptr(rsi + rcx * 8), r8)?;
+        x.setne(r9b)?;
+        x.add(rcx, 1)?;
+        x.cmp(qword_ptr(rdi), rcx)?;
+        x.jne(top)?;
+        x.hlt()
+    };
+    let mut on = TestMachine::assemble(body);
+    let mut off = TestMachine::assemble(body);
+    off.code.set_native(false);
+    for m in [&mut on, &mut off] {
+        for (k, b) in m.bus.ram[0x40_0000..0x40_1000].iter_mut().enumerate() {
+            *b = (k as u8).wrapping_mul(91) ^ 0xc3;
+        }
+        m.bus.ram[0x40_1000..0x40_1008].copy_from_slice(&100u64.to_le_bytes());
+        m.cpu.state.gpr[6] = 0x40_0000;
+        m.cpu.state.gpr[7] = 0x40_1000;
+    }
+    assert_eq!(on.run(10_000), RunExit::Halted);
+    assert_eq!(off.run(10_000), RunExit::Halted);
+    assert_eq!(on.cpu.state, off.cpu.state);
+    let id = on
+        .code
+        .lookup(crate::testing::CODE_BASE, 64)
+        .expect("decoded");
+    let b = on.code.block(id).expect("cached");
+    // SAFETY: the block lives in the cache, which nothing changes while it is read here.
+    let first = unsafe { b.insns() }[0];
+    assert_eq!(first.handler, super::HANDLER_IMM);
+    let w = super::word::<true>(&first);
+    assert_eq!(super::length(w), 10);
+    assert!(super::has_memory(w));
 }
 
 /// A loop of loads, arithmetic and stores (the shape of the kernel's bignum loops) runs its
