@@ -99,23 +99,18 @@ pub(crate) struct Natives {
     arena: Option<arena::Arena>,
     /// The host refused the mapping, or it is full: compile nothing more.
     exhausted: bool,
-    /// Every compiled stretch, by the number its first record holds ([`word`]).
-    fns: Vec<NativeFn>,
+    /// Stretches compiled (statistics: a stretch's first record holds its function's
+    /// address itself, see [`function`]).
+    count: usize,
     /// Guest instructions inside compiled stretches (statistics).
     compiled_insns: u64,
 }
 
 impl Natives {
-    /// The stretch numbered `n`.
-    #[inline(always)]
-    pub(crate) fn get(&self, n: u32) -> Option<NativeFn> {
-        self.fns.get(n as usize).copied()
-    }
-
     /// (stretches compiled, guest instructions in them, arena bytes used).
     pub(crate) fn stats(&self) -> (usize, u64, usize) {
         (
-            self.fns.len(),
+            self.count,
             self.compiled_insns,
             self.arena.as_ref().map_or(0, |a| a.used()),
         )
@@ -124,7 +119,7 @@ impl Natives {
     /// Forget every compiled stretch and reuse the arena from its start. The caller makes
     /// sure that no record naming one is left (every block dropped, none checked out).
     pub(crate) fn reset(&mut self) {
-        self.fns.clear();
+        self.count = 0;
         self.compiled_insns = 0;
         self.exhausted = false;
         if let Some(a) = &mut self.arena {
@@ -132,21 +127,22 @@ impl Natives {
         }
     }
 
-    /// Place `code` and number it; `None` when there is no room.
-    fn add(&mut self, code: &[u8]) -> Option<u32> {
+    /// Place `code`: its function's address, which fits in [`FUNCTION`]; `None` when
+    /// there is no room (or, never on x86-64 hosts' user space, a wider address).
+    fn add(&mut self, code: &[u8]) -> Option<u64> {
         if self.exhausted {
             return None;
         }
         if self.arena.is_none() {
             self.arena = arena::Arena::new(arena::ARENA_BYTES);
         }
-        let n = u32::try_from(self.fns.len()).ok()?;
         match self.arena.as_mut().and_then(|a| a.place(code)) {
-            Some(f) => {
-                self.fns.push(f);
-                Some(n)
+            Some(f) if (f as usize as u64) & !FUNCTION == 0 => {
+                self.count += 1;
+                Some(f as usize as u64)
             }
-            None => {
+            // The arena is one mapping: once one address is too wide, all are.
+            _ => {
                 self.exhausted = true;
                 None
             }
@@ -197,7 +193,11 @@ fn uses_imm_for_word(op: Op) -> bool {
 pub(crate) const TAKEN: u64 = 1 << 16;
 
 /// The word's bit saying that the stretch accesses memory.
-const MEMORY: u64 = 1 << 40;
+const MEMORY: u64 = 1 << 56;
+
+/// The word's bits holding the host address of the stretch's function (user-space
+/// addresses of x86-64 hosts have 47 bits; a function placed elsewhere is not used).
+const FUNCTION: u64 = (1 << 48) - 1;
 
 /// Whether the stretch accesses memory, from its word: such a stretch may not run under an
 /// observer (which sees every access), and needs the TLB and RAM in its [`Ctx`].
@@ -206,16 +206,24 @@ pub(crate) fn has_memory(w: u64) -> bool {
     w & MEMORY != 0
 }
 
-/// The stretch's number in [`Natives`] from its word.
+/// The stretch's function from its word: its address is in the word itself, so a call
+/// needs no table lookup.
+///
+/// # Safety
+/// `w` is the word [`compile`] put in a record of a block of the code cache whose
+/// [`Natives`] placed the function, and that record is still in the cache (so the arena
+/// was not reset since: see [`Natives::reset`]).
 #[inline(always)]
-pub(crate) fn number(w: u64) -> u32 {
-    w as u32
+pub(crate) unsafe fn function(w: u64) -> NativeFn {
+    // SAFETY: the address is that of a function `Natives::add` placed with this signature,
+    // still mapped and unchanged (the caller's guarantee).
+    unsafe { std::mem::transmute::<usize, NativeFn>((w & FUNCTION) as usize) }
 }
 
 /// The stretch's length in records from its word.
 #[inline(always)]
 pub(crate) fn length(w: u64) -> usize {
-    (w >> 32) as u8 as usize
+    (w >> 48) as u8 as usize
 }
 
 /// What one whitelisted instruction does to the guest registers (bit `n` = register `n`)
@@ -694,12 +702,12 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
         let Some(code) = emit::emit(&steps, p - s, regs, load, store, &plan, &end) else {
             continue;
         };
-        let Some(n) = natives.add(&code) else {
+        let Some(f) = natives.add(&code) else {
             return;
         };
         natives.compiled_insns += (p - s) as u64;
         let d = &mut insns[s];
-        let w = u64::from(n) | ((p - s) as u64) << 32 | if memory { MEMORY } else { 0 };
+        let w = f | ((p - s) as u64) << 48 | if memory { MEMORY } else { 0 };
         if uses_imm_for_word(d.op) {
             d.ops.imm = w;
             d.handler = HANDLER_IMM;

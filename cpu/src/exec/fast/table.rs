@@ -895,7 +895,10 @@ fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedI
     // A stretch with memory accesses would hide them from an observer: records one by one.
     let memory = crate::native::has_memory(w);
     if n >= 2 && end <= x.pos_end && !(O::ENABLED && memory) {
-        if let Some(f) = x.code.native(crate::native::number(w)) {
+        // SAFETY: `d` is a record of a block of the cache, which the run loop is executing
+        // (the arena is reset only with every block dropped).
+        {
+            let f = unsafe { crate::native::function(w) };
             let k = if memory {
                 // The run loop prepared the rest of the context (`Exec::native`).
                 debug_assert_eq!(x.native.quick, x.cpu.tlb.quick_set(x.quick_class()));
