@@ -127,7 +127,7 @@ impl Natives {
         }
     }
 
-    /// Place `code`: its function's address, which fits in [`FUNCTION`]; `None` when
+    /// Place `code`: its function's address, which fits above [`FUNCTION_SHIFT`]; `None` when
     /// there is no room (or, never on x86-64 hosts' user space, a wider address).
     fn add(&mut self, code: &[u8]) -> Option<u64> {
         if self.exhausted {
@@ -137,7 +137,7 @@ impl Natives {
             self.arena = arena::Arena::new(arena::ARENA_BYTES);
         }
         match self.arena.as_mut().and_then(|a| a.place(code)) {
-            Some(f) if (f as usize as u64) & !FUNCTION == 0 => {
+            Some(f) if (f as usize as u64) >> (64 - FUNCTION_SHIFT) == 0 => {
                 self.count += 1;
                 Some(f as usize as u64)
             }
@@ -192,12 +192,13 @@ fn uses_imm_for_word(op: Op) -> bool {
 /// is taken (the caller checks and sets the target: see [`Effect::branch`]).
 pub(crate) const TAKEN: u64 = 1 << 16;
 
-/// The word's bit saying that the stretch accesses memory.
-const MEMORY: u64 = 1 << 56;
+/// The word's bit saying that the stretch accesses memory (bits 8 to 15 hold its length,
+/// bits 16 and up its function's address: taken with one shift, no mask).
+const MEMORY: u64 = 1;
 
-/// The word's bits holding the host address of the stretch's function (user-space
-/// addresses of x86-64 hosts have 47 bits; a function placed elsewhere is not used).
-const FUNCTION: u64 = (1 << 48) - 1;
+/// Where the word holds the host address of the stretch's function (user-space addresses
+/// of x86-64 hosts have 47 bits; a function placed higher is not used).
+const FUNCTION_SHIFT: u32 = 16;
 
 /// Whether the stretch accesses memory, from its word: such a stretch may not run under an
 /// observer (which sees every access), and needs the TLB and RAM in its [`Ctx`].
@@ -217,13 +218,13 @@ pub(crate) fn has_memory(w: u64) -> bool {
 pub(crate) unsafe fn function(w: u64) -> NativeFn {
     // SAFETY: the address is that of a function `Natives::add` placed with this signature,
     // still mapped and unchanged (the caller's guarantee).
-    unsafe { std::mem::transmute::<usize, NativeFn>((w & FUNCTION) as usize) }
+    unsafe { std::mem::transmute::<usize, NativeFn>((w >> FUNCTION_SHIFT) as usize) }
 }
 
 /// The stretch's length in records from its word.
 #[inline(always)]
 pub(crate) fn length(w: u64) -> usize {
-    (w >> 48) as u8 as usize
+    (w >> 8) as u8 as usize
 }
 
 /// What one whitelisted instruction does to the guest registers (bit `n` = register `n`)
@@ -707,7 +708,7 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
         };
         natives.compiled_insns += (p - s) as u64;
         let d = &mut insns[s];
-        let w = f | ((p - s) as u64) << 48 | if memory { MEMORY } else { 0 };
+        let w = f << FUNCTION_SHIFT | ((p - s) as u64) << 8 | if memory { MEMORY } else { 0 };
         if uses_imm_for_word(d.op) {
             d.ops.imm = w;
             d.handler = HANDLER_IMM;
