@@ -336,12 +336,6 @@ impl CodeCache {
         }
     }
 
-    /// The compiled run numbered `n` (see `crate::native::word`).
-    #[inline(always)]
-    pub(crate) fn native(&self, n: u32) -> Option<crate::native::NativeFn> {
-        self.natives.get(n)
-    }
-
     /// Native code statistics: (runs compiled, guest instructions in them, host code bytes).
     pub fn native_stats(&self) -> (usize, u64, usize) {
         self.natives.stats()

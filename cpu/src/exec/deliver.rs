@@ -111,6 +111,7 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
         block: u32::MAX,
         pos_end: 0,
         skip: 0,
+        native: crate::native::Ctx::default(),
     };
     let s = &x.cpu.state;
     let result = if s.cr0 & cr0::PE == 0 {

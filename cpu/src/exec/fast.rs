@@ -1026,7 +1026,9 @@ mod run;
 mod table;
 pub(crate) use rare::rare;
 pub(crate) use run::*;
-pub(crate) use table::{fused_index, handlers, index as handler_index, park, Flow};
+pub(crate) use table::{
+    fused_index, fused_memory_index, handlers, index as handler_index, park, Flow,
+};
 
 #[cfg(feature = "op-stats")]
 pub mod stats;

@@ -137,6 +137,12 @@ pub struct Exec<'a, B: Bus, O: Observer> {
     /// The records after a native stretch's first that it retired with it, for the run
     /// loop to step over ([`fast::Flow::Stretch`]).
     pub skip: usize,
+    /// What a native stretch with memory accesses works on besides the registers, prepared
+    /// once per run of the run loop (its quick-tag set and RAM cannot change within one:
+    /// the CPL changes only with a control transfer that leaves the run loop, RAM is
+    /// mapped once and the TLB's tag sets never move); a stretch's handler puts RFLAGS in
+    /// and takes them out. Default (unused) outside the run loop, where no stretch runs.
+    pub(crate) native: crate::native::Ctx,
 }
 
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
@@ -371,7 +377,19 @@ impl Cpu {
             block: unsafe { block.id() },
             pos_end: 0,
             skip: 0,
+            native: crate::native::Ctx::default(),
         };
+        if LONG {
+            // Native stretches run in 64-bit code only.
+            let quick = x.cpu.tlb.quick_set(x.quick_class());
+            let ram = x.bus.ram();
+            x.native = crate::native::Ctx {
+                rflags: 0,
+                quick,
+                ram: ram.as_mut_ptr() as usize,
+                ram_len: ram.len(),
+            };
+        }
         let mut start = x.cpu.state.rip;
         x.block_rip = start;
         // An STI or SS-load shadow covers only the instruction after it: clear it before the

@@ -91,6 +91,9 @@ pub(super) struct Access {
     pub(super) record: u32,
     /// The access.
     pub(super) mem: Mem,
+    /// For an arithmetic access ([`MemKind::Alu`]), the guest instruction (full decoding):
+    /// re-encoded after the lookup with renamed registers and the read's host address.
+    pub(super) alu: Option<Instruction>,
     /// Guest registers written before it (stored on a side exit).
     pub(super) exit_store: u16,
     /// The flags the instructions since the previous access (or the start) wrote: merged
@@ -170,6 +173,41 @@ fn rename(i: &Instruction, map: &[Register; 16]) -> Option<Instruction> {
             _ => return None,
         }
     }
+    Some(n)
+}
+
+/// Guest instruction `i`, whose one memory operand is its only one not a register or an
+/// immediate, with its general-purpose registers renamed through `map` and the memory
+/// operand at `[at]` (the host address of the access: no segment, index or displacement).
+fn rename_memory(i: &Instruction, map: &[Register; 16], at: Register) -> Option<Instruction> {
+    let mut n = *i;
+    for k in 0..i.op_count() {
+        match i.op_kind(k) {
+            OpKind::Register => {
+                let r = i.op_register(k);
+                let s = gpr_slot(r)?;
+                let h = map[s.index];
+                if h == Register::None {
+                    return None;
+                }
+                let r = at_size(h, r)?;
+                match k {
+                    0 => n.set_op0_register(r),
+                    1 => n.set_op1_register(r),
+                    _ => return None,
+                }
+            }
+            OpKind::Memory => {}
+            k if crate::exec::fast::is_immediate(k) => {}
+            _ => return None,
+        }
+    }
+    n.set_segment_prefix(Register::None);
+    n.set_memory_base(at);
+    n.set_memory_index(Register::None);
+    n.set_memory_index_scale(1);
+    n.set_memory_displacement64(0);
+    n.set_memory_displ_size(0);
     Some(n)
 }
 
@@ -402,7 +440,7 @@ fn access(o: &mut Out, a: &Access, map: &[Register; 16]) -> Option<Vec<u64>> {
     )?;
     o.ri(Code::And_rm64_imm32, KEY, -0x1000)?;
     let tag = match m.kind {
-        MemKind::Load(_) | MemKind::Extend { .. } => QuickLayout::READ,
+        MemKind::Load(_) | MemKind::Extend { .. } | MemKind::Alu { .. } => QuickLayout::READ,
         _ => QuickLayout::WRITE,
     };
     o.rm(
@@ -486,6 +524,7 @@ fn access(o: &mut Out, a: &Access, map: &[Register; 16]) -> Option<Vec<u64>> {
             };
             o.put(i.ok())?;
         }
+        MemKind::Alu { .. } => o.put(rename_memory(a.alu.as_ref()?, map, LIN))?,
         MemKind::StoreImm(v) => {
             let i = if wide {
                 Instruction::with2(Code::Mov_rm64_imm32, at, v as i32)

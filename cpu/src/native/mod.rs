@@ -13,8 +13,10 @@
 //! first keeps its op and operands too: see [`word`]).
 //!
 //! Besides register operations a stretch may hold plain loads and stores (MOV with flat
-//! addressing, PUSH and POP r64), each through an inline quick-tag lookup that leaves the
-//! stretch (a side exit) when it needs more than a hit in RAM, and it may end with a
+//! addressing, PUSH and POP r64) and arithmetic reading memory (ALU r, m, CMP and TEST of
+//! memory, also a CMP m, r fused with its Jcc: [`MemKind::Alu`]), each through an inline
+//! quick-tag lookup that leaves the stretch (a side exit) when it needs more than a hit in
+//! RAM, and it may end with a
 //! conditional branch (a Jcc, also one fused with the compare before it), whose condition
 //! the host code reports and whose target the handler checks and takes as the Jcc's own
 //! handler does ([`TAKEN`]).
@@ -39,16 +41,18 @@
 //! stretch; with the trap flag set the run loop gives every block a budget of one
 //! instruction (`exec/single_step.rs`), so a stretch never runs whole then either.
 
-use iced_x86::{ConditionCode, Instruction, Mnemonic};
+use iced_x86::{ConditionCode, Instruction};
 
 use crate::code_cache::DecodedInsn;
-use crate::exec::fast::{fused_index, handler_index, is_jcc, Op, Operands, NO_REG, RIP};
-use crate::state::rflags::{AF, CF, OF, PF, SF, STATUS, ZF};
+use crate::exec::fast::Op;
 
 mod arena;
 mod emit;
 #[cfg(test)]
 mod tests;
+mod whitelist;
+
+pub(crate) use whitelist::effect;
 
 /// A compiled stretch: `rdi` = the guest's 16 general-purpose registers, `rsi` = its
 /// RFLAGS, which for a stretch with memory accesses is the first field of a [`Ctx`] (a
@@ -98,23 +102,18 @@ pub(crate) struct Natives {
     arena: Option<arena::Arena>,
     /// The host refused the mapping, or it is full: compile nothing more.
     exhausted: bool,
-    /// Every compiled stretch, by the number its first record holds ([`word`]).
-    fns: Vec<NativeFn>,
+    /// Stretches compiled (statistics: a stretch's first record holds its function's
+    /// address itself, see [`function`]).
+    count: usize,
     /// Guest instructions inside compiled stretches (statistics).
     compiled_insns: u64,
 }
 
 impl Natives {
-    /// The stretch numbered `n`.
-    #[inline(always)]
-    pub(crate) fn get(&self, n: u32) -> Option<NativeFn> {
-        self.fns.get(n as usize).copied()
-    }
-
     /// (stretches compiled, guest instructions in them, arena bytes used).
     pub(crate) fn stats(&self) -> (usize, u64, usize) {
         (
-            self.fns.len(),
+            self.count,
             self.compiled_insns,
             self.arena.as_ref().map_or(0, |a| a.used()),
         )
@@ -123,7 +122,7 @@ impl Natives {
     /// Forget every compiled stretch and reuse the arena from its start. The caller makes
     /// sure that no record naming one is left (every block dropped, none checked out).
     pub(crate) fn reset(&mut self) {
-        self.fns.clear();
+        self.count = 0;
         self.compiled_insns = 0;
         self.exhausted = false;
         if let Some(a) = &mut self.arena {
@@ -131,21 +130,22 @@ impl Natives {
         }
     }
 
-    /// Place `code` and number it; `None` when there is no room.
-    fn add(&mut self, code: &[u8]) -> Option<u32> {
+    /// Place `code`: its function's address, which fits above [`FUNCTION_SHIFT`]; `None` when
+    /// there is no room (or, never on x86-64 hosts' user space, a wider address).
+    fn add(&mut self, code: &[u8]) -> Option<u64> {
         if self.exhausted {
             return None;
         }
         if self.arena.is_none() {
             self.arena = arena::Arena::new(arena::ARENA_BYTES);
         }
-        let n = u32::try_from(self.fns.len()).ok()?;
         match self.arena.as_mut().and_then(|a| a.place(code)) {
-            Some(f) => {
-                self.fns.push(f);
-                Some(n)
+            Some(f) if (f as usize as u64) >> (64 - FUNCTION_SHIFT) == 0 => {
+                self.count += 1;
+                Some(f as usize as u64)
             }
-            None => {
+            // The arena is one mapping: once one address is too wide, all are.
+            _ => {
                 self.exhausted = true;
                 None
             }
@@ -154,11 +154,12 @@ impl Natives {
 }
 
 /// The field of a stretch's first record that holds its [`word`]: `imm` for LEA, the
-/// register loads and stores (whose other fields all address; they have no immediate) and
-/// PUSH and POP (which read only `r0`),
-/// `disp` for every other whitelisted form (none has a memory operand). A store of an
-/// immediate and a MOVZX / MOVSX load (its source size in `imm`), which use both, never
-/// start a stretch.
+/// register loads and stores and the arithmetic with a memory source and no immediate
+/// (whose other fields all address or name registers) and PUSH and POP (which read only
+/// `r0`), `disp` for every other whitelisted form (none has a memory operand). A store of an
+/// immediate, a compare of memory with an immediate, a MOVZX / MOVSX load (its source size
+/// in `imm`), which use both, and a compare of memory fused with its Jcc (whose `imm` holds
+/// the Jcc) never start a stretch.
 /// Its first record's handler is [`HANDLER_IMM`] when `imm` holds it, else [`HANDLER`].
 #[inline(always)]
 pub(crate) fn word<const IMM: bool>(d: &DecodedInsn) -> u64 {
@@ -171,15 +172,37 @@ pub(crate) fn word<const IMM: bool>(d: &DecodedInsn) -> u64 {
 
 /// Whether a stretch starting with `op` keeps its word in `imm` (see [`word`]).
 fn uses_imm_for_word(op: Op) -> bool {
-    matches!(op, Op::Lea | Op::MovRM | Op::MovMR | Op::PushR | Op::PopR)
+    use Op::*;
+    matches!(
+        op,
+        Lea | MovRM
+            | MovMR
+            | PushR
+            | PopR
+            | AddRM
+            | SubRM
+            | AdcRM
+            | SbbRM
+            | AndRM
+            | OrRM
+            | XorRM
+            | CmpRM
+            | CmpMR
+            | TestMR
+    )
 }
 
 /// The bit of a stretch's return value saying that its last record, a conditional branch,
 /// is taken (the caller checks and sets the target: see [`Effect::branch`]).
 pub(crate) const TAKEN: u64 = 1 << 16;
 
-/// The word's bit saying that the stretch accesses memory.
-const MEMORY: u64 = 1 << 40;
+/// The word's bit saying that the stretch accesses memory (bits 8 to 15 hold its length,
+/// bits 16 and up its function's address: taken with one shift, no mask).
+const MEMORY: u64 = 1;
+
+/// Where the word holds the host address of the stretch's function (user-space addresses
+/// of x86-64 hosts have 47 bits; a function placed higher is not used).
+const FUNCTION_SHIFT: u32 = 16;
 
 /// Whether the stretch accesses memory, from its word: such a stretch may not run under an
 /// observer (which sees every access), and needs the TLB and RAM in its [`Ctx`].
@@ -188,16 +211,24 @@ pub(crate) fn has_memory(w: u64) -> bool {
     w & MEMORY != 0
 }
 
-/// The stretch's number in [`Natives`] from its word.
+/// The stretch's function from its word: its address is in the word itself, so a call
+/// needs no table lookup.
+///
+/// # Safety
+/// `w` is the word [`compile`] put in a record of a block of the code cache whose
+/// [`Natives`] placed the function, and that record is still in the cache (so the arena
+/// was not reset since: see [`Natives::reset`]).
 #[inline(always)]
-pub(crate) fn number(w: u64) -> u32 {
-    w as u32
+pub(crate) unsafe fn function(w: u64) -> NativeFn {
+    // SAFETY: the address is that of a function `Natives::add` placed with this signature,
+    // still mapped and unchanged (the caller's guarantee).
+    unsafe { std::mem::transmute::<usize, NativeFn>((w >> FUNCTION_SHIFT) as usize) }
 }
 
 /// The stretch's length in records from its word.
 #[inline(always)]
 pub(crate) fn length(w: u64) -> usize {
-    (w >> 32) as u8 as usize
+    (w >> 8) as u8 as usize
 }
 
 /// What one whitelisted instruction does to the guest registers (bit `n` = register `n`)
@@ -230,7 +261,7 @@ pub(crate) struct Effect {
 }
 
 /// A plain load or store in a stretch: MOV r, m / MOV m, r / MOV m, imm of 4 or 8 bytes, or
-/// MOVZX / MOVSX r, m of 1 or 2, at
+/// MOVZX / MOVSX r, m of 1 or 2, or the read of an arithmetic operation of 4 or 8 bytes, at
 /// `[base + index << scale + disp]` (64-bit addressing, no segment base), or the stack access
 /// of PUSH r64 (a store at `[rsp - 8]`) or POP r64 (a load at `[rsp]`), with its RSP update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,9 +270,9 @@ pub(crate) struct Mem {
     pub(crate) kind: MemKind,
     /// Bytes accessed: 4 or 8 (1 or 2 for [`MemKind::Extend`]).
     pub(crate) size: u8,
-    /// Base register, or [`NO_REG`].
+    /// Base register, or [`NO_REG`](crate::exec::fast::NO_REG).
     pub(crate) base: u8,
-    /// Index register, or [`NO_REG`].
+    /// Index register, or [`NO_REG`](crate::exec::fast::NO_REG).
     pub(crate) index: u8,
     /// Scale of the index as a shift.
     pub(crate) scale: u8,
@@ -262,6 +293,15 @@ pub(crate) enum MemKind {
     /// This immediate (as the record holds it: a 64-bit store's is sign-extended from 32
     /// bits).
     StoreImm(u64),
+    /// An arithmetic operation or compare with a memory source (ADD/OR/ADC/SBB/AND/SUB/XOR/
+    /// CMP r, m, CMP/TEST m, r and m, imm): a read, then the instruction itself on the
+    /// renamed registers with its memory operand at the read's host address (`emit`
+    /// re-encodes it from the full decoding). `imm`: the record holds an immediate (so
+    /// both fields a word could go in hold operands: see [`word`]).
+    Alu {
+        /// The record holds an immediate.
+        imm: bool,
+    },
     /// Into this register, zero- or (`signed`) sign-extended to 32 or (`wide`) 64 bits
     /// (MOVZX / MOVSX: a 32-bit write zero-extends the rest).
     Extend {
@@ -272,233 +312,6 @@ pub(crate) enum MemKind {
         /// A 64-bit destination.
         wide: bool,
     },
-}
-
-/// The status flags condition `cc` (iced's [`ConditionCode`]) reads.
-fn condition_flags(cc: ConditionCode) -> u64 {
-    use ConditionCode as C;
-    match cc {
-        C::o | C::no => OF,
-        C::b | C::ae => CF,
-        C::e | C::ne => ZF,
-        C::be | C::a => CF | ZF,
-        C::s | C::ns => SF,
-        C::p | C::np => PF,
-        C::l | C::ge => SF | OF,
-        C::le | C::g => ZF | SF | OF,
-        C::None => 0,
-    }
-}
-
-/// What instruction `d` (fast form; `i` its full decoding) does, if it may be part of a
-/// stretch: a whitelisted op of 64-bit code, not fused with a branch, at a size whose host
-/// result is the architectural one, with operands the emitter can rename.
-pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
-    let o: &Operands = &d.ops;
-    // Records whose handler is not their op's own are not plain, but for a register compare
-    // fused with the Jcc after it (`exec::fast::fuse`): its fusion took only fields that
-    // the compare does not read (condition, offset), and its record runs whole through the
-    // fused handler whenever the stretch does not (budget, observer with fetches).
-    let plain = d.handler == handler_index(d.op, o)
-        || (matches!(d.op, Op::CmpRR | Op::CmpRI | Op::TestRR | Op::TestRI)
-            && fused_index(d.op, o) == Some(d.handler));
-    // A conditional branch inside a block is checked (a taken one ends the block there);
-    // the stretch's handler does the same (`Flow::StretchJump`).
-    let check = if is_jcc(d.op) {
-        crate::code_cache::check::BRANCH
-    } else {
-        0
-    };
-    if d.locked || !plain || d.check != check {
-        return None;
-    }
-    let cheap = d.handler != handler_index(d.op, o) || is_jcc(d.op);
-    // Implicit-register forms (CBW/CWDE/CDQE are MOVSX to the accumulator) do not rename.
-    if matches!(
-        i.mnemonic(),
-        Mnemonic::Cbw | Mnemonic::Cwde | Mnemonic::Cdqe
-    ) {
-        return None;
-    }
-    let bit = |r: u8| -> u16 {
-        if r < 16 {
-            1 << r
-        } else {
-            0
-        }
-    };
-    let wide = matches!(o.size, 4 | 8);
-    let (r0, r1) = (bit(o.r0), bit(o.r1));
-    let imm32 = |v: u64| o.size == 4 || v as i64 == v as i32 as i64;
-    let mut e = Effect {
-        cheap,
-        ..Effect::default()
-    };
-    use Op::*;
-    match d.op {
-        MovRR if wide => (e.reads, e.writes) = (r1, r0),
-        MovRI if wide => e.writes = r0,
-        MovzxRR | MovsxRR if wide => (e.reads, e.writes) = (r1, r0),
-        Lea if wide => {
-            if o.base == RIP || (o.base == NO_REG && o.index == NO_REG) || o.seg != 0 {
-                return None;
-            }
-            if o.disp as i64 != o.disp as i32 as i64 {
-                return None;
-            }
-            (e.reads, e.writes) = (bit(o.base) | bit(o.index), r0);
-        }
-        AddRR | SubRR | AdcRR | SbbRR | AndRR | OrRR | XorRR | CmpRR | TestRR | AddRI | SubRI
-        | AdcRI | SbbRI | AndRI | OrRI | XorRI | CmpRI | TestRI
-            if wide =>
-        {
-            let ri = matches!(
-                d.op,
-                AddRI | SubRI | AdcRI | SbbRI | AndRI | OrRI | XorRI | CmpRI | TestRI
-            );
-            if ri && !imm32(o.imm) {
-                return None;
-            }
-            e.reads = r0 | if ri { 0 } else { r1 };
-            if !matches!(d.op, CmpRR | CmpRI | TestRR | TestRI) {
-                e.writes = r0;
-            }
-            if matches!(d.op, AdcRR | AdcRI | SbbRR | SbbRI) {
-                e.flags_in = CF;
-            }
-            if matches!(
-                d.op,
-                AndRR | OrRR | XorRR | TestRR | AndRI | OrRI | XorRI | TestRI
-            ) {
-                (e.defines, e.undefines, e.zero) = (STATUS & !AF, AF, AF);
-            } else {
-                e.defines = STATUS;
-            }
-        }
-        IncR | DecR if wide => {
-            (e.reads, e.writes, e.defines) = (r0, r0, STATUS & !CF);
-        }
-        NegR if wide => (e.reads, e.writes, e.defines) = (r0, r0, STATUS),
-        NotR if wide => (e.reads, e.writes) = (r0, r0),
-        ShlRI | ShrRI | SarRI if wide => {
-            let c = o.imm & if o.size == 8 { 63 } else { 31 };
-            // A zero count changes no flag (and is never worth compiling).
-            if c == 0 {
-                return None;
-            }
-            (e.reads, e.writes) = (r0, r0);
-            e.defines = CF | PF | ZF | SF | if c == 1 { OF } else { 0 };
-            e.undefines = AF | if c == 1 { 0 } else { OF };
-            // The interpreter's OF for a multi-bit SAR is 0; SHL's and SHR's depend on the
-            // operand.
-            e.zero = AF | if d.op == SarRI { OF } else { 0 };
-        }
-        ImulRR | ImulRRI if wide => {
-            if d.op == ImulRRI {
-                if !imm32(o.imm) {
-                    return None;
-                }
-                e.reads = r1;
-            } else {
-                e.reads = r0 | r1;
-            }
-            e.writes = r0;
-            (e.defines, e.undefines, e.zero) = (CF | OF, SF | ZF | AF | PF, ZF | AF);
-        }
-        CmovRR if wide => {
-            (e.reads, e.writes) = (r0 | r1, r0);
-            e.flags_in = condition_flags(i.condition_code());
-        }
-        SetccR if o.size == 1 => {
-            (e.reads, e.writes) = (r0, r0);
-            e.flags_in = condition_flags(i.condition_code());
-        }
-        MovRM | MovMR | MovMI | MovzxRM | MovsxRM if wide => {
-            // Flat 64-bit addressing only (no FS/GS base, no RIP: the block's address is not
-            // the record's), with a displacement the host's addressing takes.
-            if o.base == RIP || o.seg != 0 || o.disp as i64 != o.disp as i32 as i64 {
-                return None;
-            }
-            // MOVZX / MOVSX hold their source's size in `imm` (MOVSXD has its own).
-            let extend = matches!(d.op, MovzxRM | MovsxRM);
-            if extend && !matches!(o.imm, 1 | 2) {
-                return None;
-            }
-            let kind = match d.op {
-                MovRM => {
-                    e.writes = r0;
-                    MemKind::Load(o.r0)
-                }
-                MovzxRM | MovsxRM => {
-                    e.writes = r0;
-                    MemKind::Extend {
-                        reg: o.r0,
-                        signed: d.op == MovsxRM,
-                        wide: o.size == 8,
-                    }
-                }
-                MovMR => {
-                    e.reads = r1;
-                    MemKind::Store(o.r1)
-                }
-                _ => {
-                    if !imm32(o.imm) {
-                        return None;
-                    }
-                    MemKind::StoreImm(o.imm)
-                }
-            };
-            if o.r0 >= 16 && matches!(d.op, MovRM | MovzxRM | MovsxRM)
-                || o.r1 >= 16 && d.op == MovMR
-            {
-                return None;
-            }
-            e.reads |= bit(o.base) | bit(o.index);
-            e.mem = Some(Mem {
-                kind,
-                size: if extend { o.imm as u8 } else { o.size },
-                base: o.base,
-                index: o.index,
-                scale: o.scale,
-                disp: o.disp as i32,
-                rsp_add: 0,
-            });
-        }
-        // The stack of 64-bit code is flat (SS has no base there), as the handlers' quick
-        // paths take it: the address is RSP itself.
-        PushR | PopR if o.r0 < 16 => {
-            let push = d.op == PushR;
-            e.reads = bit(4) | if push { r0 } else { 0 };
-            e.writes = bit(4) | if push { 0 } else { r0 };
-            e.mem = Some(Mem {
-                kind: if push {
-                    MemKind::Store(o.r0)
-                } else {
-                    MemKind::Load(o.r0)
-                },
-                size: 8,
-                base: 4,
-                index: NO_REG,
-                scale: 0,
-                disp: if push { -8 } else { 0 },
-                rsp_add: match (push, o.r0) {
-                    (true, _) => -8,
-                    (false, 4) => 0,
-                    (false, _) => 8,
-                },
-            });
-        }
-        // NOPs, ENDBR64 and prefetches do nothing (no code is emitted for them).
-        Nop => {}
-        // A conditional branch: only its condition is host code (see `Effect::branch`).
-        op if is_jcc(op) => {
-            let cc = i.condition_code();
-            e.flags_in = condition_flags(cc);
-            e.branch = Some(cc);
-        }
-        _ => return None,
-    }
-    Some(e)
 }
 
 /// How a stretch treats the status flags.
@@ -580,6 +393,7 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
                     emit::Step::Access(emit::Access {
                         record: k as u32,
                         mem,
+                        alu: matches!(mem.kind, MemKind::Alu { .. }).then(|| full[s + k]),
                         exit_store: store,
                         flags,
                         commit: 0,
@@ -623,12 +437,12 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
         let Some(code) = emit::emit(&steps, p - s, regs, load, store, &plan, &end) else {
             continue;
         };
-        let Some(n) = natives.add(&code) else {
+        let Some(f) = natives.add(&code) else {
             return;
         };
         natives.compiled_insns += (p - s) as u64;
         let d = &mut insns[s];
-        let w = u64::from(n) | ((p - s) as u64) << 32 | if memory { MEMORY } else { 0 };
+        let w = f << FUNCTION_SHIFT | ((p - s) as u64) << 8 | if memory { MEMORY } else { 0 };
         if uses_imm_for_word(d.op) {
             d.ops.imm = w;
             d.handler = HANDLER_IMM;
@@ -653,9 +467,12 @@ fn flag_liveness(steps: &mut [(usize, emit::Step)], effs: &[Effect]) {
         if next > 0 && steps[next - 1].0 == k {
             next -= 1;
             if let emit::Step::Access(a) = &mut steps[next].1 {
-                // An access changes no guest flag.
+                // The lookup changes no guest flag; an arithmetic access's own operation
+                // (after the lookup) reads and writes them as its effect says.
+                let own = e.defines | e.undefines;
+                live = (live & !own) | e.flags_in;
                 a.restore = live;
-                a.commit = a.flags.written & !later;
+                a.commit = a.flags.written & !(later | own);
                 later = 0;
                 continue;
             }
@@ -704,16 +521,21 @@ const MIN_OTHERS: usize = 3;
 /// accesses if `memory`.
 fn longest(effects: &[Option<Effect>], s: usize, memory: bool) -> Option<(usize, Plan)> {
     // Both fields a word could go in hold operands here (see `word`).
+    // (A fused compare with a memory operand holds its Jcc in `imm`.)
     if let Some(Some(Effect {
-        mem:
-            Some(Mem {
-                kind: MemKind::StoreImm(_) | MemKind::Extend { .. },
-                ..
-            }),
+        mem: Some(m),
+        cheap,
         ..
     })) = effects.get(s)
     {
-        return None;
+        if *cheap
+            || matches!(
+                m.kind,
+                MemKind::StoreImm(_) | MemKind::Extend { .. } | MemKind::Alu { imm: true }
+            )
+        {
+            return None;
+        }
     }
     let mut e = s;
     let mut regs = 0u16;

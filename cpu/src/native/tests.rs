@@ -11,6 +11,8 @@ use crate::exec::RunExit;
 use crate::state::rflags::{AF, CF, FIXED, OF, PF, SF, STATUS, ZF};
 use crate::testing::{RecordingObserver, TestMachine};
 
+mod memory;
+
 const R64: [AsmRegister64; 16] = [
     rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15,
 ];
@@ -115,6 +117,53 @@ fn put(
             2 => x.movsx(R32[a], word_ptr(target(imm))),
             _ => x.movsx(R64[a], byte_ptr(target(imm))),
         },
+        // Arithmetic with a memory source.
+        44 => {
+            let m = target(imm);
+            match imm >> 4 & 7 {
+                0 => x.add(R64[a], qword_ptr(m)),
+                1 => x.sub(R32[a], dword_ptr(m)),
+                2 => x.adc(R64[a], qword_ptr(m)),
+                3 => x.sbb(R32[a], dword_ptr(m)),
+                4 => x.and(R64[a], qword_ptr(m)),
+                5 => x.or(R32[a], dword_ptr(m)),
+                6 => x.xor(R64[a], qword_ptr(m)),
+                _ => x.cmp(R32[a], dword_ptr(m)),
+            }
+        }
+        // Compares of memory with a register or an immediate, absolute or register-addressed.
+        45 => {
+            let m = target(imm);
+            match imm >> 4 & 7 {
+                0 => x.cmp(qword_ptr(m), R64[b]),
+                1 => x.test(dword_ptr(m), R32[b]),
+                2 => x.cmp(qword_ptr(m), i32v >> 8),
+                3 => x.test(dword_ptr(m), imm as u32 >> 8),
+                4 => x.cmp(dword_ptr(m), R32[b]),
+                5 => x.test(qword_ptr(m), R64[b]),
+                6 => {
+                    x.mov(R32[c], (imm >> 8) as u32 & 0x7f8)?;
+                    x.add(R64[a], qword_ptr(R64[c] * 2 + 0x40_0000))
+                }
+                _ => {
+                    x.mov(R32[c], (imm >> 8) as u32 & 0xff8)?;
+                    x.cmp(qword_ptr(R64[c] + 0x40_1000), R64[b])
+                }
+            }
+        }
+        // A compare of memory fused with the Jcc after it, over an ADD.
+        46 => {
+            let m = target(imm);
+            if imm & 0x10 == 0 {
+                x.cmp(qword_ptr(m), R64[b])?;
+            } else {
+                x.cmp(dword_ptr(m), R32[b])?;
+            }
+            let mut over = x.create_label();
+            jcc(x, imm >> 20 & 15, over)?;
+            x.add(R64[c], R64[b])?;
+            x.set_label(&mut over)
+        }
         // Pushes and pops with RSP first set in a data page, or at a page's start (a push
         // then crosses into the page before: a side exit), or by `pop rsp` to anything.
         STACK => {
@@ -202,7 +251,7 @@ fn with_branches(f: u8, n: u8) -> u8 {
 }
 
 /// Forms with memory operands: [`put`]'s 35 and above.
-const MEM_FORMS: u8 = 44;
+const MEM_FORMS: u8 = 47;
 
 /// An address of a memory form, from its immediate: mostly in two data pages (where the
 /// quick tags hit once the TLB knows them), else one that needs a side exit: a page
@@ -302,211 +351,6 @@ proptest! {
             }
         }
     }
-}
-
-/// A machine for memory programs: [`machine`]'s, running `prog` twice (the second time
-/// the TLB knows the pages, so the quick tags hit), with the 2 MiB page at 0x60_0000
-/// read-only and the one at 0xa0_0000 not present, and the data pages filled.
-fn mem_machine(
-    prog: &[(u8, usize, usize, usize, u64)],
-    gpr: &[u64; 16],
-    flags: u64,
-    native: bool,
-) -> TestMachine {
-    let mut m = TestMachine::assemble(|x| {
-        // Warm-up (see below): the TLB learns the readable pages.
-        for page in WARM {
-            x.mov(rax, qword_ptr(page))?;
-        }
-        for _ in 0..2 {
-            for &(f, a, b, c, imm) in prog {
-                put(x, f, a, b, c, imm)?;
-            }
-        }
-        x.hlt()
-    });
-    m.code.set_native(native);
-    m.cpu.state.gpr = *gpr;
-    m.cpu.state.rflags = FIXED | (flags & STATUS);
-    let pd = 0x3000;
-    m.bus.ram[pd + 3 * 8..pd + 4 * 8].copy_from_slice(&(0x60_0000u64 | 0x81).to_le_bytes());
-    m.bus.ram[pd + 5 * 8..pd + 6 * 8].copy_from_slice(&0u64.to_le_bytes());
-    for (k, b) in m.bus.ram[0x40_0000..0x40_2000].iter_mut().enumerate() {
-        *b = (k as u8).wrapping_mul(37) ^ 0x5a;
-    }
-    assert_eq!(m.run(WARM.len() as u64), RunExit::Budget);
-    m.cpu.state.gpr = *gpr;
-    m.cpu.state.rflags = FIXED | (flags & STATUS);
-    m
-}
-
-/// Pages [`mem_machine`]'s warm-up reads, so that the first stores there meet read tags.
-const WARM: [u64; 6] = [
-    0x40_0000,
-    0x9f_f000,
-    0x40_1000,
-    0x60_0000,
-    0x200_0000,
-    crate::testing::CODE_BASE + 0x800,
-];
-
-/// The RAM that memory programs may change.
-fn touched(m: &TestMachine) -> Vec<u8> {
-    let code = crate::testing::CODE_BASE as usize;
-    [
-        &m.bus.ram[0x40_0000..0x40_2000],
-        &m.bus.ram[code..code + 0x2000],
-    ]
-    .concat()
-}
-
-fn mem_program() -> impl Strategy<Value = Vec<(u8, usize, usize, usize, u64)>> {
-    proptest::collection::vec(
-        (
-            0..MEM_FORMS + 3,
-            0..16usize,
-            0..16usize,
-            0..16usize,
-            any::<u64>(),
-        ),
-        1..30,
-    )
-    .prop_map(|mut prog| {
-        // Keep RSP: faults push onto the stack.
-        for (f, a, _, c, _) in prog.iter_mut() {
-            *f = with_branches(*f, MEM_FORMS);
-            if *f >= 35 && *a == 4 {
-                *a = 0;
-            }
-            if *f >= 41 && *c == 4 {
-                *c = 12;
-            }
-        }
-        prog
-    })
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
-
-    /// Memory stretches: native on and off end in the same state and RAM, run whole and
-    /// with budgets ending inside stretches, with TLB misses, page crossings, stores to
-    /// read-only and code pages, and faults forcing side exits.
-    #[test]
-    fn memory_stretches_match_the_handlers(
-        prog in mem_program(),
-        gpr in any::<[u64; 16]>(),
-        flags in any::<u64>(),
-        step in prop_oneof![Just(1000u64), Just(1), Just(3), Just(7)],
-    ) {
-        let mut on = mem_machine(&prog, &gpr, flags, true);
-        let mut off = mem_machine(&prog, &gpr, flags, false);
-        for _ in 0..=2 * prog.len() + 2 {
-            let a = on.run(step);
-            prop_assert_eq!(&a, &off.run(step));
-            prop_assert_eq!(&on.cpu.state, &off.cpu.state);
-            prop_assert!(touched(&on) == touched(&off));
-            if a != RunExit::Budget {
-                break;
-            }
-        }
-    }
-
-    /// Under an observer memory stretches run record by record: the same accesses.
-    #[test]
-    fn observers_see_every_access_of_memory_stretches(
-        prog in mem_program(),
-        gpr in any::<[u64; 16]>(),
-        flags in any::<u64>(),
-    ) {
-        let mut on = mem_machine(&prog, &gpr, flags, true);
-        let mut off = mem_machine(&prog, &gpr, flags, false);
-        let mut seen_on = RecordingObserver::default();
-        let mut seen_off = RecordingObserver::default();
-        let a = on.cpu.run(&mut on.bus, &mut seen_on, &mut on.code, 1000);
-        let b = off.cpu.run(&mut off.bus, &mut seen_off, &mut off.code, 1000);
-        prop_assert_eq!(a, b);
-        prop_assert_eq!(&on.cpu.state, &off.cpu.state);
-        prop_assert_eq!(&seen_on.accesses, &seen_off.accesses);
-    }
-}
-
-/// A loop of loads, arithmetic and stores (the shape of the kernel's bignum loops) runs its
-/// body natively once the TLB knows the pages: same state and memory as the interpreter,
-/// and the stretch has memory accesses.
-#[test]
-fn memory_loop() {
-    let body = |x: &mut CodeAssembler| {
-        let mut top = x.create_label();
-        x.mov(rsi, 0x40_0000u64)?;
-        x.mov(rdi, 0x40_1000u64)?;
-        x.mov(ecx, 0u32)?;
-        x.set_label(&mut top)?;
-        x.mov(rax, qword_ptr(rsi + rcx * 8))?;
-        x.add(rax, rdx)?;
-        x.mov(rbx, qword_ptr(rsi + rcx * 8 + 8))?;
-        x.adc(rbx, rax)?;
-        x.mov(qword_ptr(rdi + rcx * 8), rbx)?;
-        x.setb(dl)?;
-        x.imul_2(rbx, rax)?;
-        x.mov(dword_ptr(rdi + rcx * 8 + 0x400), ebx)?;
-        x.add(rdx, 1)?;
-        x.add(rcx, 1)?;
-        x.cmp(rcx, 100)?;
-        x.jne(top)?;
-        x.hlt()
-    };
-    let mut on = TestMachine::assemble(body);
-    let mut off = TestMachine::assemble(body);
-    off.code.set_native(false);
-    for m in [&mut on, &mut off] {
-        for (k, b) in m.bus.ram[0x40_0000..0x40_1000].iter_mut().enumerate() {
-            *b = (k as u8).wrapping_mul(91) ^ 0xc3;
-        }
-    }
-    assert_eq!(on.run(10_000), RunExit::Halted);
-    assert_eq!(off.run(10_000), RunExit::Halted);
-    assert_eq!(on.cpu.state, off.cpu.state);
-    assert!(on.bus.ram[0x40_0000..0x40_2000] == off.bus.ram[0x40_0000..0x40_2000]);
-    let (runs, insns, _) = on.code.native_stats();
-    assert!(runs >= 1 && insns >= 8, "{runs} {insns}");
-}
-
-/// A PUSH or POP joins a stretch only where its lookup need not save the host's flags:
-/// after a flag-writing ADD it does not (the stretch is dropped), with the ADD after both
-/// it does; either way the result is the interpreter's.
-#[test]
-fn stack_accesses_only_without_flag_saves() {
-    let insns = |push_first: bool| {
-        let body = |x: &mut CodeAssembler| {
-            x.mov(rsp, 0x40_1000u64)?;
-            if !push_first {
-                x.add(rax, rbx)?;
-            }
-            x.push(rcx)?;
-            x.mov(rdx, rsi)?;
-            x.mov(rdi, r8)?;
-            x.pop(r9)?;
-            if push_first {
-                x.add(rax, rbx)?;
-            }
-            x.mov(r10, rdx)?;
-            x.hlt()
-        };
-        let mut on = TestMachine::assemble(body);
-        let mut off = TestMachine::assemble(body);
-        off.code.set_native(false);
-        for m in [&mut on, &mut off] {
-            m.cpu.state.gpr[0] = 3;
-            m.cpu.state.gpr[3] = u64::MAX;
-            m.cpu.state.gpr[1] = 0x1234;
-            assert_eq!(m.run(100), RunExit::Halted);
-        }
-        assert_eq!(on.cpu.state, off.cpu.state);
-        on.code.native_stats().1
-    };
-    assert_eq!(insns(false), 0);
-    assert_eq!(insns(true), 7);
 }
 
 /// Run `m` under `obs` to HLT (at most `max` instructions per call, as a traced replay's

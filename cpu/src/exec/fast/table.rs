@@ -895,19 +895,18 @@ fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedI
     // A stretch with memory accesses would hide them from an observer: records one by one.
     let memory = crate::native::has_memory(w);
     if n >= 2 && end <= x.pos_end && !(O::ENABLED && memory) {
-        if let Some(f) = x.code.native(crate::native::number(w)) {
+        // SAFETY: `d` is a record of a block of the cache, which the run loop is executing
+        // (the arena is reset only with every block dropped).
+        {
+            let f = unsafe { crate::native::function(w) };
             let k = if memory {
-                let class = x.quick_class();
-                let ram = x.bus.ram();
-                let mut ctx = crate::native::Ctx {
-                    rflags: x.cpu.state.rflags,
-                    quick: x.cpu.tlb.quick_set(class),
-                    ram: ram.as_mut_ptr() as usize,
-                    ram_len: ram.len(),
-                };
+                // The run loop prepared the rest of the context (`Exec::native`).
+                debug_assert_eq!(x.native.quick, x.cpu.tlb.quick_set(x.quick_class()));
+                let ctx = &mut x.native;
+                ctx.rflags = x.cpu.state.rflags;
                 // The whole context escapes (the host code reads all its fields).
-                let k = f(&mut x.cpu.state.gpr, std::ptr::addr_of_mut!(ctx).cast());
-                x.cpu.state.rflags = ctx.rflags;
+                let k = f(&mut x.cpu.state.gpr, std::ptr::addr_of_mut!(*ctx).cast());
+                x.cpu.state.rflags = x.native.rflags;
                 k as usize
             } else {
                 let s = &mut x.cpu.state;

@@ -410,6 +410,7 @@ fn condition_bits_match_condition() {
             block: u32::MAX,
             pos_end: 0,
             skip: 0,
+            native: crate::native::Ctx::default(),
         };
         for cc in ccs {
             assert_eq!(

@@ -1232,6 +1232,7 @@ fn software_interrupt_checks_gate_dpl_in_protected_mode() {
             block: u32::MAX,
             pos_end: 0,
             skip: 0,
+            native: crate::native::Ctx::default(),
         };
         let r = software_interrupt(&mut x, 0x80);
         (r, x.next_rip)
