@@ -1386,3 +1386,59 @@ fn init_and_startup_ipi() {
     assert_eq!(m.cpu.state.gpr[0] & 0xffff, 0x9a00);
     assert_eq!(m.cpu.state.rip, 3);
 }
+
+/// An IRETQ to CPL 3 whose target is the instruction right after it: the rest of its block
+/// must run at the new privilege, so the user code's read of a supervisor-only page (which
+/// the kernel read just before, leaving its supervisor quick tags) faults with #PF — also
+/// when that read starts a native stretch, whose quick-tag set is chosen once per run of
+/// the run loop for its CPL.
+#[test]
+fn iretq_to_user_mode_at_the_next_instruction_runs_it_at_cpl_3() {
+    let kernel = asm(64, CODE_BASE, |a| {
+        let mut user = a.create_label();
+        a.mov(r8, 0x20_0000u64)?;
+        a.mov(rax, qword_ptr(r8))?;
+        a.push(0x2b)?;
+        a.push(0x50_0000)?;
+        a.push(0x2)?;
+        a.push(0x33)?;
+        a.lea(rax, qword_ptr(user))?;
+        a.push(rax)?;
+        a.iretq()?;
+        a.set_label(&mut user)?;
+        // A stretch with a memory access at its start.
+        a.mov(rbx, qword_ptr(r8))?;
+        a.add(rbx, rcx)?;
+        a.mov(rdx, rbx)?;
+        a.add(rdx, 1)?;
+        a.mov(rsi, rdx)?;
+        a.hlt()
+    });
+    let mut m = TestMachine::with_code(&kernel);
+    identity_map_user(&mut m);
+    // 0x200000..0x400000 (the data and the #PF handler) for the supervisor only.
+    let pde = get_u64(&m, 0x3008);
+    put_u64(&mut m, 0x3008, pde & !4);
+    linux_like_gdt(&mut m);
+    m.cpu.state.seg[SegReg::Cs as usize].selector = 0x10;
+    m.cpu.state.seg[SegReg::Ss as usize].selector = 0x18;
+    put_u64(&mut m, 0x20_0000, 0x1234);
+    put(&mut m, 0x30_0000, &[0xf4]);
+    gate64(&mut m, 14, 0x30_0000, 0x10, 0, 0, 0xe);
+    put_u64(&mut m, TSS + 4, 0x70_0000);
+    m.cpu.state.tr = Segment {
+        selector: 0x40,
+        base: TSS,
+        limit: 0x67,
+        attrs: 0x8b,
+    };
+    run_to_halt(&mut m);
+    let s = &m.cpu.state;
+    assert_eq!(s.rip, 0x30_0001, "halted in the #PF handler");
+    assert_eq!(s.cr2, 0x20_0000);
+    assert_eq!(s.gpr[3], 0, "the faulting read loaded nothing");
+    // The frame: error code (user read of a present page), then the user RIP and CS.
+    let top = s.gpr[4];
+    assert_eq!(get_u64(&m, top), 0b101, "error code U|P");
+    assert_eq!(get_u64(&m, top + 16), 0x33);
+}
