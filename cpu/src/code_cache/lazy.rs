@@ -1,6 +1,7 @@
 //! Native stretches compiled late: a block of 64-bit code gets its stretches when it has
 //! been entered [`NATIVE_THRESHOLD`] times (a countdown in its header, see
-//! `BlockRef::enter`), so that code run a few times only never pays for compiling.
+//! `BlockRef::enter`), so that code run a few times only never pays for compiling. Also the
+//! flush that makes room when the native arena is full.
 
 use super::{BlockRef, CodeCache};
 
@@ -52,5 +53,36 @@ impl CodeCache {
         if let Some(full) = self.full.get(at..at + insns.len()) {
             crate::native::compile(insns, full, &mut self.natives);
         }
+    }
+
+    /// The native arena is full: drop every block and free them all, so that no record
+    /// naming a compiled stretch is left, and reuse the arena from its start, so that
+    /// compiling goes on (blocks are decoded again as they run, and compiled as usual). The
+    /// guest sees nothing of it: blocks are host-side only, and every hint that names a block
+    /// is checked before use (a CPU's last block by its slot, links and jump-table entries
+    /// by the block's key, TLB quick store tags by the code-page record, which only grows).
+    /// Only where [`CodeCache::reclaim`] may be called.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn flush_natives(&mut self) {
+        // `clear` retires every block and resets the arena (see there for why none of the
+        // old records can run again); freeing the retired blocks now redirects every jump
+        // entry naming one and frees all their records.
+        self.clear();
+        self.reclaim_now();
+    }
+
+    /// Times the native arena was full and started over since the cache was made
+    /// (statistics; see [`CodeCache::reclaim`]).
+    pub fn native_flushes(&self) -> u64 {
+        self.natives.flushes()
+    }
+
+    /// Give the native arena `bytes` rather than its default, so a test fills it soon.
+    /// Drops every cached block.
+    #[cfg(test)]
+    pub(crate) fn set_native_arena_bytes(&mut self, bytes: usize) {
+        self.clear();
+        self.natives.set_arena_bytes(bytes);
     }
 }

@@ -243,7 +243,7 @@ pub struct CodeCache {
     native_threshold: u16,
     /// The compiled runs. Kept when blocks are dropped (a block decoded again gets new
     /// code; the old code stays, unreachable, until everything is dropped: see
-    /// [`CodeCache::clear`]).
+    /// [`CodeCache::clear`], which [`CodeCache::reclaim`] calls when the arena is full).
     natives: crate::native::Natives,
 }
 
@@ -336,7 +336,8 @@ impl CodeCache {
         }
     }
 
-    /// Native code statistics: (runs compiled, guest instructions in them, host code bytes).
+    /// Native code statistics: (runs compiled, guest instructions in them: both since the
+    /// cache was made; host code bytes in the arena now).
     pub fn native_stats(&self) -> (usize, u64, usize) {
         self.natives.stats()
     }
@@ -467,13 +468,16 @@ impl CodeCache {
 
     /// Free the blocks dropped since the last call, if there are enough of them to be worth
     /// the walk over every live block that this takes (each live block's links to them are
-    /// redirected first).
+    /// redirected first). When the native arena is full, drop every block first and start
+    /// the arena over (`CodeCache::flush_natives`).
     ///
     /// Call it only where no `BlockRef` is held (in `Cpu::run`'s outer loop, between
     /// blocks): it frees the blocks that a run loop might still be executing otherwise.
     #[inline]
     pub(crate) fn reclaim(&mut self) {
-        if self.retired.len() >= (self.index.len() / 4).max(RECLAIM_MIN) {
+        if self.natives.wants_flush() {
+            self.flush_natives();
+        } else if self.retired.len() >= (self.index.len() / 4).max(RECLAIM_MIN) {
             self.reclaim_now();
         }
     }

@@ -279,4 +279,57 @@ mod lazy {
             assert_eq!(m.code.native_stats().0 == 0, drop);
         }
     }
+
+    /// More distinct code than the native arena holds: when it fills, the cache is flushed
+    /// at the next decode and compiling goes on, and the program ends as with native code
+    /// off (or a roomy arena).
+    #[test]
+    fn a_full_arena_is_flushed_and_compiling_goes_on() {
+        /// Blocks in the chain, times the chain runs, bytes of the small arena.
+        const BLOCKS: u32 = 200;
+        const PASSES: u32 = 3;
+        const SMALL: usize = 2048;
+        let run = |native: bool, arena: Option<usize>| {
+            let mut m = TestMachine::assemble(|x| {
+                let mut top = x.create_label();
+                x.mov(r9d, PASSES)?;
+                x.mov(ebx, 0x1234_5678u32)?;
+                x.set_label(&mut top)?;
+                // A chain of blocks, each a stretch of its own (distinct immediates) ended
+                // by a jump to the next.
+                for i in 0..BLOCKS {
+                    let mut next = x.create_label();
+                    x.xor(rdx, rax)?;
+                    x.shl(rbx, 3)?;
+                    x.add(rbx, rdx)?;
+                    x.add(rax, 7 * i as i32 + 1)?;
+                    x.jmp(next)?;
+                    x.set_label(&mut next)?;
+                }
+                x.sub(r9d, 1)?;
+                x.jne(top)?;
+                x.hlt()
+            });
+            m.code.set_native(native);
+            if let Some(bytes) = arena {
+                m.code.set_native_arena_bytes(bytes);
+            }
+            m.code.set_native_threshold(0);
+            assert_eq!(m.run(100_000), RunExit::Halted);
+            let (runs, _, _) = m.code.native_stats();
+            (m.cpu.state.clone(), runs, m.code.native_flushes())
+        };
+        let (off, _, _) = run(false, None);
+        let (roomy, all, none) = run(true, None);
+        assert_eq!(none, 0);
+        // Every block's stretch compiled once (then found cached on the next passes).
+        assert!(all >= BLOCKS as usize, "{all}");
+        let (small, runs, flushes) = run(true, Some(SMALL));
+        // Functions start 16 bytes apart at least, so the small arena holds at most
+        // SMALL / 16 of them: more compiled means compiling went on after it filled.
+        assert!(runs > SMALL / 16, "{runs} stretches, {flushes} flushes");
+        assert!(flushes >= 1);
+        assert_eq!(roomy, off);
+        assert_eq!(small, off);
+    }
 }

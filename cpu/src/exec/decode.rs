@@ -71,8 +71,9 @@ impl Cpu {
             self.last_block = unsafe { b.id() };
             return Ok((b, pa));
         }
-        // Blocks dropped since the last reclaim may be freed now: this CPU executes none,
-        // nor does any other (all run on this thread, one `Cpu::run` at a time).
+        // Blocks dropped since the last reclaim may be freed now, and every block dropped if
+        // the native arena is full: this CPU executes none, nor does any other (a machine's
+        // CPUs share its one cache and run on one thread, one `Cpu::run` at a time).
         code.reclaim();
         // The bytes from here to the end of the page, plus 15 bytes of the next page when it
         // is mapped (an instruction may straddle the boundary).

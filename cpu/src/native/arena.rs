@@ -1,6 +1,7 @@
-//! Executable memory for native stretches: one region, filled from the start and never
-//! reused (a block decoded again gets new code; the old code stays until the code cache is
-//! dropped). The only `unsafe` code of the native path lives here.
+//! Executable memory for native stretches: one region, filled from the start (a block
+//! decoded again gets new code; the old code stays) and reused from its start only once the
+//! code cache has dropped every block (when it is full, or the cache is cleared). The only
+//! `unsafe` code of the native path lives here.
 //!
 //! No page of it is ever writable and executable at once (W^X): an exploit that gets a
 //! host write primitive cannot plant code where it will run. The region is a memory file
@@ -14,10 +15,21 @@
 
 use super::NativeFn;
 
-/// Bytes reserved for native code per code cache. The mapping is made lazily, and the host
-/// commits only the pages written; when it is full, stretches are no longer compiled (their
-/// instructions keep running through their handlers).
+/// Bytes reserved for native code per code cache by default. The mapping is made lazily, and
+/// the host commits only the pages written; when it is full, the code cache is flushed at its
+/// next safe point and the arena reused from its start (see `Natives::add`).
 pub(crate) const ARENA_BYTES: usize = 32 << 20;
+
+/// Why [`Arena::place`] placed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Not enough room left: the arena fills up (it may take the code once reset).
+    Full,
+    /// The code would not fit even in the empty arena (or is empty).
+    TooBig,
+    /// The host refused to change a page's protection: place nothing more, ever.
+    Broken,
+}
 
 /// How the arena's pages are kept from being writable and executable at once.
 enum Views {
@@ -36,6 +48,9 @@ pub(crate) struct Arena {
     size: usize,
     /// Bytes handed out so far.
     used: usize,
+    /// A page was left writable (see [`Arena::place`]): nothing may be placed any more, not
+    /// even after a reset.
+    broken: bool,
 }
 
 // SAFETY: the arena owns its mappings exclusively (nothing else holds their addresses);
@@ -113,6 +128,7 @@ impl Arena {
             views,
             size,
             used: 0,
+            broken: false,
         })
     }
 
@@ -129,17 +145,24 @@ impl Arena {
 
     /// Copy `code` (a complete function of [`NativeFn`]'s signature, as `emit` produces it)
     /// into the arena and return it as a callable function; `None` when the arena is full
-    /// (or, in the fallback, when the host refuses to change a page's protection).
+    /// (or too small, or, in the fallback, the host refuses to change a page's protection:
+    /// the [`Refusal`] says which).
     ///
     /// Callers must hand in only code from `super::emit::emit`: a function that follows the
     /// System V calling convention, preserves the callee-saved registers and the direction
     /// flag, and reads and writes only the 16 registers and the flags word it is given.
-    pub(crate) fn place(&mut self, code: &[u8]) -> Option<NativeFn> {
+    pub(crate) fn place(&mut self, code: &[u8]) -> Result<NativeFn, Refusal> {
+        if self.broken {
+            return Err(Refusal::Broken);
+        }
+        if code.is_empty() || code.len() > self.size {
+            return Err(Refusal::TooBig);
+        }
         // Functions start on 16-byte boundaries (the host fetches them in such chunks).
         let at = self.used.next_multiple_of(16);
-        let end = at.checked_add(code.len())?;
-        if end > self.size || code.is_empty() {
-            return None;
+        let end = at.checked_add(code.len()).ok_or(Refusal::Full)?;
+        if end > self.size {
+            return Err(Refusal::Full);
         }
         // SAFETY: `at..end` lies inside the mappings (checked above) and was not handed out
         // since the last reset, so no function that can still be called is overwritten (and
@@ -157,13 +180,14 @@ impl Arena {
                     let len = end.next_multiple_of(page).min(self.size) - first;
                     let pages = base.add(first).cast();
                     if libc::mprotect(pages, len, libc::PROT_READ | libc::PROT_WRITE) != 0 {
-                        return None;
+                        self.broken = true;
+                        return Err(Refusal::Broken);
                     }
                     std::ptr::copy_nonoverlapping(code.as_ptr(), base.add(at), code.len());
                     if libc::mprotect(pages, len, libc::PROT_READ | libc::PROT_EXEC) != 0 {
                         // Left writable: run nothing from it (nor place more).
-                        self.used = self.size;
-                        return None;
+                        self.broken = true;
+                        return Err(Refusal::Broken);
                     }
                     base.add(at)
                 }
@@ -175,7 +199,7 @@ impl Arena {
             std::mem::transmute::<*mut u8, NativeFn>(run_at)
         };
         self.used = end;
-        Some(f)
+        Ok(f)
     }
 
     /// Whether code is written through a view of its own (the memory file), rather than by
@@ -257,6 +281,16 @@ mod tests {
         let f = a.place(&sub).expect("room");
         assert_eq!(f as usize, placed[0] as usize);
         assert_eq!(add(f, 40, 2), 38);
+        // Filled up: refused as full, while code larger than the whole arena is refused as
+        // too big; both are placed nothing.
+        while a.place(&ADD).is_ok() {}
+        assert_eq!(a.place(&ADD).err(), Some(Refusal::Full));
+        assert_eq!(
+            a.place(&vec![0xc3; a.size + 1]).err(),
+            Some(Refusal::TooBig)
+        );
+        a.reset();
+        assert!(a.place(&ADD).is_ok());
     }
 
     #[test]
@@ -273,6 +307,7 @@ mod tests {
             views: flipped_view(1 << 16).expect("a mapping"),
             size: 1 << 16,
             used: 0,
+            broken: false,
         };
         check(a);
     }

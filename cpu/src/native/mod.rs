@@ -96,21 +96,42 @@ pub(crate) const HANDLER_IMM: u8 = Op::MovzxRM as u8;
 const MIN_LEN: usize = 3;
 
 /// The compiled stretches of a code cache and the memory holding them.
-#[derive(Default)]
 pub(crate) struct Natives {
     /// The executable memory (made on first use; `None` before, or if the host refused).
     arena: Option<arena::Arena>,
-    /// The host refused the mapping, or it is full: compile nothing more.
+    /// Bytes of the arena when it is made ([`arena::ARENA_BYTES`] but in tests).
+    arena_bytes: usize,
+    /// The host refused the mapping or a page's protection, or gave an address too wide:
+    /// compile nothing more, ever.
     exhausted: bool,
-    /// Stretches compiled (statistics: a stretch's first record holds its function's
-    /// address itself, see [`function`]).
+    /// The arena is full: compile nothing more until the code cache has dropped every block
+    /// and called [`Natives::reset`] (see `CodeCache::reclaim`), which makes room again.
+    full: bool,
+    /// Times the arena was found full and started over (statistics).
+    flushes: u64,
+    /// Stretches compiled since the cache was made (statistics: a stretch's first record
+    /// holds its function's address itself, see [`function`]).
     count: usize,
     /// Guest instructions inside compiled stretches (statistics).
     compiled_insns: u64,
 }
 
+impl Default for Natives {
+    fn default() -> Natives {
+        Natives {
+            arena: None,
+            arena_bytes: arena::ARENA_BYTES,
+            exhausted: false,
+            full: false,
+            flushes: 0,
+            count: 0,
+            compiled_insns: 0,
+        }
+    }
+}
+
 impl Natives {
-    /// (stretches compiled, guest instructions in them, arena bytes used).
+    /// (stretches compiled, guest instructions in them, arena bytes used now).
     pub(crate) fn stats(&self) -> (usize, u64, usize) {
         (
             self.count,
@@ -119,36 +140,74 @@ impl Natives {
         )
     }
 
-    /// Forget every compiled stretch and reuse the arena from its start. The caller makes
-    /// sure that no record naming one is left (every block dropped, none checked out).
+    /// Times the arena was found full and reused from its start.
+    pub(crate) fn flushes(&self) -> u64 {
+        self.flushes
+    }
+
+    /// Whether the arena is full, so the code cache should drop every block and
+    /// [`Natives::reset`] to compile again.
+    pub(crate) fn wants_flush(&self) -> bool {
+        self.full
+    }
+
+    /// Whether nothing can be placed now (see `exhausted` and `full`).
+    fn refusing(&self) -> bool {
+        self.exhausted || self.full
+    }
+
+    /// Forget every compiled stretch and reuse the arena from its start (statistics are
+    /// kept). The caller makes sure that no record naming one is left (every block dropped,
+    /// none checked out).
     pub(crate) fn reset(&mut self) {
-        self.count = 0;
-        self.compiled_insns = 0;
-        self.exhausted = false;
+        if std::mem::take(&mut self.full) {
+            self.flushes += 1;
+        }
         if let Some(a) = &mut self.arena {
             a.reset();
         }
     }
 
+    /// Make the arena `bytes` long (tests: a small one fills up soon). Like
+    /// [`Natives::reset`], only once no record naming a stretch is left.
+    #[cfg(test)]
+    pub(crate) fn set_arena_bytes(&mut self, bytes: usize) {
+        self.reset();
+        self.arena = None;
+        self.arena_bytes = bytes;
+    }
+
     /// Place `code`: its function's address, which fits above [`FUNCTION_SHIFT`]; `None` when
-    /// there is no room (or, never on x86-64 hosts' user space, a wider address).
+    /// there is no room (then [`Natives::wants_flush`] says so if a flush makes some), or the
+    /// host refused (or, never on x86-64 hosts' user space, gave a wider address).
     fn add(&mut self, code: &[u8]) -> Option<u64> {
-        if self.exhausted {
+        if self.refusing() {
             return None;
         }
         if self.arena.is_none() {
-            self.arena = arena::Arena::new(arena::ARENA_BYTES);
+            self.arena = arena::Arena::new(self.arena_bytes);
         }
-        match self.arena.as_mut().and_then(|a| a.place(code)) {
-            Some(f) if (f as usize as u64) >> (64 - FUNCTION_SHIFT) == 0 => {
+        let Some(a) = self.arena.as_mut() else {
+            self.exhausted = true;
+            return None;
+        };
+        match a.place(code) {
+            Ok(f) if (f as usize as u64) >> (64 - FUNCTION_SHIFT) == 0 => {
                 self.count += 1;
                 Some(f as usize as u64)
             }
             // The arena is one mapping: once one address is too wide, all are.
-            _ => {
+            Ok(_) | Err(arena::Refusal::Broken) => {
                 self.exhausted = true;
                 None
             }
+            // Room again once the cache has dropped every block (at its next safe point).
+            Err(arena::Refusal::Full) => {
+                self.full = true;
+                None
+            }
+            // Only this stretch: it would not fit even in an empty arena.
+            Err(arena::Refusal::TooBig) => None,
         }
     }
 }
@@ -358,7 +417,7 @@ impl Plan {
 /// instructions must each be dispatched (op statistics) get none.
 pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: &mut Natives) {
     // The code is x86-64 host code: another host interprets everything.
-    if cfg!(feature = "op-stats") || !cfg!(target_arch = "x86_64") || natives.exhausted {
+    if cfg!(feature = "op-stats") || !cfg!(target_arch = "x86_64") || natives.refusing() {
         return;
     }
     let effects: Vec<Option<Effect>> = insns.iter().zip(full).map(|(d, i)| effect(d, i)).collect();
@@ -438,7 +497,11 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
             continue;
         };
         let Some(f) = natives.add(&code) else {
-            return;
+            // Full or refused: no more now. Else only this stretch was too big.
+            if natives.refusing() {
+                return;
+            }
+            continue;
         };
         natives.compiled_insns += (p - s) as u64;
         let d = &mut insns[s];

@@ -896,7 +896,8 @@ fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedI
     let memory = crate::native::has_memory(w);
     if n >= 2 && end <= x.pos_end && !(O::ENABLED && memory) {
         // SAFETY: `d` is a record of a block of the cache, which the run loop is executing
-        // (the arena is reset only with every block dropped).
+        // (the arena is reset only with every block dropped, between blocks: see
+        // `CodeCache::reclaim`).
         {
             let f = unsafe { crate::native::function(w) };
             let k = if memory {
