@@ -537,6 +537,21 @@ fn linux_like_gdt(m: &mut TestMachine) {
     );
 }
 
+/// A kernel handler for vector `vec` that halts (at 0x30_0000, through a 64-bit interrupt
+/// gate with [`linux_like_gdt`]'s kernel CS), and the TSS (RSP0 0x70_0000) it takes its stack
+/// from when raised at CPL 3.
+fn halting_kernel_handler(m: &mut TestMachine, vec: u8) {
+    put(m, 0x30_0000, &[0xf4]);
+    gate64(m, vec, 0x30_0000, 0x10, 0, 0, 0xe);
+    put_u64(m, TSS + 4, 0x70_0000);
+    m.cpu.state.tr = Segment {
+        selector: 0x40,
+        base: TSS,
+        limit: 0x67,
+        attrs: 0x8b,
+    };
+}
+
 /// A user-mode round trip: IRETQ to CPL 3, SYSCALL back to the kernel (SWAPGS, GS-relative
 /// load), SYSRETQ to user mode, a second SYSCALL that ends the test.
 #[test]
@@ -639,15 +654,7 @@ fn sysret_to_compatibility_mode() {
     linux_like_gdt(&mut m);
     // CPL 3 cannot HLT: the #GP handler halts instead.
     put(&mut m, user, &[0x90, 0xf4]);
-    put(&mut m, 0x30_0000, &[0xf4]);
-    gate64(&mut m, 13, 0x30_0000, 0x10, 0, 0, 0xe);
-    put_u64(&mut m, TSS + 4, 0x70_0000);
-    m.cpu.state.tr = Segment {
-        selector: 0x40,
-        base: TSS,
-        limit: 0x67,
-        attrs: 0x8b,
-    };
+    halting_kernel_handler(&mut m, 13);
     run_to_halt(&mut m);
     // The frame of the #GP raised by HLT at CPL 3 in compatibility mode.
     let top = m.cpu.state.gpr[4];
@@ -1339,15 +1346,7 @@ fn far_return_to_user_mode() {
     m.cpu.state.seg[SegReg::Ss as usize].selector = 0x18;
     m.cpu.state.seg[SegReg::Ds as usize].selector = 0x18;
     put(&mut m, user, &[0xf4]);
-    put(&mut m, 0x30_0000, &[0xf4]);
-    gate64(&mut m, 13, 0x30_0000, 0x10, 0, 0, 0xe);
-    put_u64(&mut m, TSS + 4, 0x70_0000);
-    m.cpu.state.tr = Segment {
-        selector: 0x40,
-        base: TSS,
-        limit: 0x67,
-        attrs: 0x8b,
-    };
+    halting_kernel_handler(&mut m, 13);
     run_to_halt(&mut m);
     let top = m.cpu.state.gpr[4];
     assert_eq!(top, 0x70_0000 - 48);
@@ -1423,15 +1422,7 @@ fn iretq_to_user_mode_at_the_next_instruction_runs_it_at_cpl_3() {
     m.cpu.state.seg[SegReg::Cs as usize].selector = 0x10;
     m.cpu.state.seg[SegReg::Ss as usize].selector = 0x18;
     put_u64(&mut m, 0x20_0000, 0x1234);
-    put(&mut m, 0x30_0000, &[0xf4]);
-    gate64(&mut m, 14, 0x30_0000, 0x10, 0, 0, 0xe);
-    put_u64(&mut m, TSS + 4, 0x70_0000);
-    m.cpu.state.tr = Segment {
-        selector: 0x40,
-        base: TSS,
-        limit: 0x67,
-        attrs: 0x8b,
-    };
+    halting_kernel_handler(&mut m, 14);
     run_to_halt(&mut m);
     let s = &m.cpu.state;
     assert_eq!(s.rip, 0x30_0001, "halted in the #PF handler");

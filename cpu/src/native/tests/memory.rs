@@ -132,6 +132,22 @@ proptest! {
     }
 }
 
+/// The machines of a native on/off comparison of `body`: native on, then off, each with the
+/// page at 0x40_0000 filled with the same pattern.
+fn on_and_off(
+    body: impl Fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> [TestMachine; 2] {
+    let mut on = TestMachine::assemble(&body);
+    let mut off = TestMachine::assemble(&body);
+    off.code.set_native(false);
+    for m in [&mut on, &mut off] {
+        for (k, b) in m.bus.ram[0x40_0000..0x40_1000].iter_mut().enumerate() {
+            *b = (k as u8).wrapping_mul(91) ^ 0xc3;
+        }
+    }
+    [on, off]
+}
+
 /// A loop of arithmetic with memory sources and a memory compare fused with its Jcc is one
 /// stretch, from its first record to its branch, and ends as the interpreter does.
 #[test]
@@ -151,13 +167,8 @@ fn arithmetic_memory_loop() {
         x.jne(top)?;
         x.hlt()
     };
-    let mut on = TestMachine::assemble(body);
-    let mut off = TestMachine::assemble(body);
-    off.code.set_native(false);
+    let [mut on, mut off] = on_and_off(body);
     for m in [&mut on, &mut off] {
-        for (k, b) in m.bus.ram[0x40_0000..0x40_1000].iter_mut().enumerate() {
-            *b = (k as u8).wrapping_mul(91) ^ 0xc3;
-        }
         m.bus.ram[0x40_1000..0x40_1008].copy_from_slice(&100u64.to_le_bytes());
         m.cpu.state.gpr[6] = 0x40_0000;
         m.cpu.state.gpr[7] = 0x40_1000;
@@ -203,14 +214,7 @@ fn memory_loop() {
         x.jne(top)?;
         x.hlt()
     };
-    let mut on = TestMachine::assemble(body);
-    let mut off = TestMachine::assemble(body);
-    off.code.set_native(false);
-    for m in [&mut on, &mut off] {
-        for (k, b) in m.bus.ram[0x40_0000..0x40_1000].iter_mut().enumerate() {
-            *b = (k as u8).wrapping_mul(91) ^ 0xc3;
-        }
-    }
+    let [mut on, mut off] = on_and_off(body);
     assert_eq!(on.run(10_000), RunExit::Halted);
     assert_eq!(off.run(10_000), RunExit::Halted);
     assert_eq!(on.cpu.state, off.cpu.state);
