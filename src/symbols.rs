@@ -221,9 +221,10 @@ pub fn merge_system_map(path: &Path, running: &mut SymbolTable) -> anyhow::Resul
         .map_err(|why| anyhow::anyhow!("--system-map {}: {why}", path.display()))?;
     let added = m.merge_into(running);
     eprintln!(
-        "reprise: System.map {}: {} symbols; the same build as the kernel's, KASLR slide {slide:+#x}; {added} symbols the kernel's kallsyms lacks added",
+        "reprise: System.map {}: {} symbols; the same build as the kernel's, KASLR slide {}; {added} symbols the kernel's kallsyms lacks added",
         path.display(),
-        m.table.len()
+        m.table.len(),
+        signed_hex(slide)
     );
     Ok(added)
 }
@@ -247,12 +248,13 @@ pub fn open_vmlinux(path: &Path, running: &SymbolTable) -> anyhow::Result<Vmlinu
         .match_running(running)
         .map_err(|why| anyhow::anyhow!("--vmlinux {}: {why}", path.display()))?;
     eprintln!(
-        "reprise: vmlinux {}: {} symbols, DWARF of {} variables and {} named types, opened in {:.3} s; matches the recorded kernel, KASLR slide {slide:+#x}",
+        "reprise: vmlinux {}: {} symbols, DWARF of {} variables and {} named types, opened in {:.3} s; matches the recorded kernel, KASLR slide {}",
         path.display(),
         v.table.len(),
         v.debug.variable_count(),
         v.debug.type_count(),
-        v.load_seconds
+        v.load_seconds,
+        signed_hex(slide)
     );
     Ok(v)
 }
@@ -449,7 +451,17 @@ fn slide_note(
         (Origin::Cache, true) => "from the symbol cache (measured against the recorded kernel image)",
         (Origin::Cache, false) => "from the symbol cache (measured against the recorded kernel image when the cache was written; the image is no longer readable)",
     };
-    Some(format!("reprise: KASLR slide {from}: {slide:+#x}"))
+    Some(format!(
+        "reprise: KASLR slide {from}: {}",
+        signed_hex(slide)
+    ))
+}
+
+/// `value` in hex with its sign (`+0x1000`, `-0x1000`): `{:+#x}` prints a negative `i64`
+/// as its two's complement, which reads as a huge forward slide.
+fn signed_hex(value: i64) -> String {
+    let sign = if value < 0 { '-' } else { '+' };
+    format!("{sign}{:#x}", value.unsigned_abs())
 }
 
 /// [`kernel_symbols_of_recording`] for the command, reporting on stderr.
@@ -542,8 +554,17 @@ fn kernel_path(
 
 #[cfg(test)]
 mod tests {
-    use super::slide_note;
+    use super::{signed_hex, slide_note};
     use crate::symcache::Origin;
+
+    /// A slide is printed with its sign, a backward one too (not as its two's complement).
+    #[test]
+    fn slides_print_with_their_sign() {
+        assert_eq!(signed_hex(0x1c00_0000), "+0x1c000000");
+        assert_eq!(signed_hex(0), "+0x0");
+        assert_eq!(signed_hex(-0x20_0000), "-0x200000");
+        assert_eq!(signed_hex(i64::MIN), "-0x8000000000000000");
+    }
 
     /// The slide line says where the slide comes from: never "from the recorded kernel
     /// image" when it was read from the cache, and the cache's says when the image is gone.

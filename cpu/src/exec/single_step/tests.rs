@@ -177,8 +177,8 @@ fn popf_steps_every_instruction_until_it_clears_tf() {
     let mut m = machine(program);
     assert_eq!(m.run(1000), RunExit::Halted);
     // The instructions 3..=8 (mov, add, nop, pushfq, and, popfq) each trap, with TF set in
-    // the pushed RFLAGS (the POPF clearing TF included: TF was set when it began).
-    // The POPF clearing TF traps (TF was set when it began), with TF clear in the image.
+    // the pushed RFLAGS, except the POPF clearing TF: it traps too (TF was set when it
+    // began), but with TF already clear in the image it pushes.
     let want = tf_cleared_at_end(ends[3..9].iter().map(|&r| with_tf(db(r))).collect());
     assert_eq!(log_tf_rf(&m), want);
     assert_eq!(m.cpu.state.gpr[0], 3);
