@@ -179,7 +179,7 @@ fn the_dirty_check_catches_a_write_that_escaped_the_bitmap() {
     scribble(&mut m, 1, 100);
     store.save(&mut m, 0, None).unwrap();
     // The CPU's path: not marked by itself (a CPU marks through its TLB).
-    m.ram_mut().cpu_slice()[0x3_4567] = 1;
+    m.ram_mut().cpu_window().get_mut(0x3_4567, 1).unwrap()[0] = 1;
     m.cpus_mut()[0].state.retired = 200;
     match store.save(&mut m, 0, None) {
         Err(CheckpointError::DirtyMissed { position, pages }) => {
@@ -192,7 +192,7 @@ fn the_dirty_check_catches_a_write_that_escaped_the_bitmap() {
     let unchecked = unchecked.check_dirty(false);
     let mut m = machine();
     let before = unchecked.save(&mut m, 0, None).unwrap().pages;
-    m.ram_mut().cpu_slice()[0x3_4567] = 1;
+    m.ram_mut().cpu_window().get_mut(0x3_4567, 1).unwrap()[0] = 1;
     m.cpus_mut()[0].state.retired = 1;
     assert_eq!(unchecked.save(&mut m, 0, None).unwrap().pages, before);
 }

@@ -27,9 +27,9 @@ pub struct CpuClock {
 
 /// The machine as seen by a CPU.
 pub trait Bus {
-    /// Guest RAM, one contiguous slice; physical address `pa` is RAM at index `pa` when
-    /// `pa < ram().len()` and [`Bus::is_mmio`] says no.
-    fn ram(&mut self) -> &mut [u8];
+    /// Guest RAM, one contiguous range; physical address `pa` is RAM at byte `pa` of the
+    /// window when `pa < ram().len()` and [`Bus::is_mmio`] says no.
+    fn ram(&mut self) -> crate::RamWindow<'_>;
 
     /// Note that the RAM page holding `pa` is about to be written through [`Bus::ram`], for
     /// a machine that tracks written pages (checkpoints store only those). The CPU calls it

@@ -24,6 +24,7 @@ pub mod flags;
 pub mod mmu;
 mod native;
 pub mod observer;
+pub mod ram_window;
 pub mod state;
 pub mod testing;
 pub mod x87env;
@@ -34,6 +35,7 @@ pub use cpuid::CpuidProfile;
 pub use exec::{format_insn, implemented_codes, Cpu, Exec, Group, RunExit};
 pub use fault::{Exit, Fault, StopReason};
 pub use observer::{Access, AccessKind, ContextEvent, InterruptSource, NoObserver, Observer};
+pub use ram_window::RamWindow;
 pub use state::{CpuMode, CpuState, Segment};
 
 /// Where executed instructions went so far (feature `op-stats`): see `exec::fast::stats`.

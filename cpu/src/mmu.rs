@@ -273,25 +273,20 @@ fn permits(s: &CpuState, e: &TlbEntry, intent: Intent, cpl: u8) -> bool {
 /// Where a page walk reads page-table entries and writes back accessed/dirty bits: the
 /// CPU's bus, or plain RAM for a look at a stopped machine ([`peek_translate`]).
 trait PageTableMemory {
-    /// Guest RAM, to read entries from.
-    fn tables(&mut self) -> &[u8];
+    /// The `width` bytes of RAM at `pa` (an entry), or `None` outside RAM.
+    fn entry(&mut self, pa: u64, width: usize) -> Option<&[u8]>;
     /// Write `bytes` at `pa` (an entry with its accessed or dirty bit set).
     fn update(&mut self, pa: u64, bytes: &[u8]);
 }
 
 impl<B: Bus> PageTableMemory for B {
-    fn tables(&mut self) -> &[u8] {
-        self.ram()
+    fn entry(&mut self, pa: u64, width: usize) -> Option<&[u8]> {
+        self.ram().into_slice(pa, width)
     }
 
     fn update(&mut self, pa: u64, bytes: &[u8]) {
         self.mark_written(pa);
-        let ram = self.ram();
-        let Ok(i) = usize::try_from(pa) else { return };
-        if let Some(b) = i
-            .checked_add(bytes.len())
-            .and_then(|end| ram.get_mut(i..end))
-        {
+        if let Some(b) = self.ram().into_slice_mut(pa, bytes.len()) {
             b.copy_from_slice(bytes);
         }
     }
@@ -301,8 +296,9 @@ impl<B: Bus> PageTableMemory for B {
 struct ReadOnlyRam<'a>(&'a [u8]);
 
 impl PageTableMemory for ReadOnlyRam<'_> {
-    fn tables(&mut self) -> &[u8] {
-        self.0
+    fn entry(&mut self, pa: u64, width: usize) -> Option<&[u8]> {
+        let i = usize::try_from(pa).ok()?;
+        self.0.get(i..i.checked_add(width)?)
     }
 
     fn update(&mut self, _pa: u64, _bytes: &[u8]) {}
@@ -310,8 +306,7 @@ impl PageTableMemory for ReadOnlyRam<'_> {
 
 /// Read a page-table entry of `width` (4 or 8) bytes; `None` outside RAM.
 fn read_entry<M: PageTableMemory>(mem: &mut M, pa: u64, width: usize) -> Option<u64> {
-    let i = usize::try_from(pa).ok()?;
-    let bytes = mem.tables().get(i..i.checked_add(width)?)?;
+    let bytes = mem.entry(pa, width)?;
     let mut buf = [0u8; 8];
     buf[..width].copy_from_slice(bytes);
     Some(u64::from_le_bytes(buf))

@@ -38,8 +38,8 @@ impl FlatBus {
 }
 
 impl Bus for FlatBus {
-    fn ram(&mut self) -> &mut [u8] {
-        &mut self.ram
+    fn ram(&mut self) -> crate::RamWindow<'_> {
+        crate::RamWindow::from_slice(&mut self.ram)
     }
     fn is_mmio(&self, _pa: GuestPhysAddr) -> bool {
         false

@@ -306,7 +306,7 @@ mod tests {
         ram.write_u64(2 * P, 0xdead);
         ram.get_mut(3 * P - 2, 4).unwrap().fill(0xcc); // pages 2 and 3
         ram.mark_written(4 * P + 7);
-        ram.cpu_slice()[4 * P as usize + 7] = 0xaa;
+        ram.cpu_window().get_mut(4 * P + 7, 1).unwrap()[0] = 0xaa;
         // Page 5 is read before it is written: in place.
         assert_eq!(read(&lend, 5), Some(vec![6; P as usize]));
         ram.write_u64(5 * P, 1);
@@ -398,7 +398,7 @@ mod tests {
             for k in 0..512u64 {
                 let n = (k * 7 + round) % 512;
                 ram.mark_written(n * P);
-                ram.cpu_slice()[(n * P) as usize..][..P as usize].fill(0);
+                ram.cpu_window().get_mut(n * P, P as usize).unwrap().fill(0);
             }
             reader.join().unwrap();
             assert_eq!(lend.left(), 0);

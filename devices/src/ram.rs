@@ -18,20 +18,24 @@
 //! last [`GuestRam::take_dirty`], so that a checkpoint hashes and stores only those. Every
 //! writer marks what it writes: the writing methods here mark their range (and
 //! [`GuestRam::as_mut_slice`], which cannot know what its caller will write, marks all of
-//! RAM); the CPUs, which write through [`GuestRam::cpu_slice`] on every store, mark a page
+//! RAM); the CPUs, which write through [`GuestRam::cpu_window`] on every store, mark a page
 //! when their TLB first allows writes to it after a `take_dirty` (see
 //! `reprise_cpu::Bus::mark_written`), so an ordinary store costs nothing extra.
 //!
 //! Every writer marks a page *before* it writes it, which is what lets RAM lend pages to
 //! a checkpoint writer on another thread without copying them ([`GuestRam::lend`],
-//! [`crate::lend`]): marking is where a lent page is given back.
+//! [`crate::lend`]): marking is where a lent page is given back. For the same reason RAM
+//! is held as a raw mapping and no reference over all of it is handed out while pages
+//! may be lent: only over the bytes a writer asked for, after marking them.
 
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::lend::Lend;
+use reprise_cpu::RamWindow;
 
-use memmap2::MmapMut;
+use memmap2::{MmapMut, MmapRaw};
 
 /// Smallest RAM a machine may have: the loader's reserved low 64 KiB, a 1 MiB-linked image
 /// and the per-CPU stacks must fit.
@@ -127,7 +131,11 @@ static NEXT_RAM_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Guest physical memory, addressed from 0 (see the module's note on the hole).
 pub struct GuestRam {
-    map: MmapMut,
+    /// The mapping, reached only through its base pointer: the pages lent to a
+    /// checkpoint writer are read on its thread while the CPU runs, so RAM hands out
+    /// references over the bytes asked for, never a lasting one over all of it while a
+    /// lend is out (see [`reprise_cpu::RamWindow`]).
+    map: MmapRaw,
     /// The RAM size asked for (the mapping is larger when RAM goes above the hole).
     bytes: u64,
     /// One bit per page: written (or possibly written) since the last
@@ -235,7 +243,7 @@ impl GuestRam {
         let map =
             MmapMut::map_anon(len).map_err(|source| RamError::Allocation { bytes, source })?;
         let mut ram = GuestRam {
-            map,
+            map: MmapRaw::from(map),
             bytes,
             dirty: Vec::new(),
             id: NEXT_RAM_ID.fetch_add(1, Ordering::Relaxed),
@@ -264,30 +272,41 @@ impl GuestRam {
 
     /// Always false: RAM has at least [`MIN_RAM_BYTES`] (for clippy's `len` rule).
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     /// All of RAM, read-only.
     #[inline(always)]
     pub fn as_slice(&self) -> &[u8] {
-        &self.map
+        // SAFETY: the mapping lives as long as `self`; while the slice lives RAM is
+        // borrowed, so nothing writes it (a lend's reader only reads).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
     }
 
     /// All of RAM for writing. Marks every page dirty, since the caller may write
     /// anywhere; writers that know their range use [`GuestRam::get_mut`] or
     /// [`GuestRam::write`] instead.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // Every lent page comes back first, so the slice is RAM's alone.
         self.mark_all();
-        &mut self.map
+        // SAFETY: the mapping lives as long as `self`, borrowed mutably for the slice's
+        // life; nothing is lent (`mark_all` took every page back).
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr(), self.map.len()) }
     }
 
     /// All of RAM for a CPU, without marking anything: the CPU reports the pages it
     /// writes through [`GuestRam::mark_written`] (once per page and per stretch, from its
-    /// TLB). Anything else writing through this slice would escape the dirty bitmap and
-    /// make checkpoints wrong.
+    /// TLB) before writing them, which takes them back from a lend. Anything else writing
+    /// through the window would escape the dirty bitmap and make checkpoints wrong.
     #[inline(always)]
-    pub fn cpu_slice(&mut self) -> &mut [u8] {
-        &mut self.map
+    pub fn cpu_window(&mut self) -> RamWindow<'_> {
+        // SAFETY: a successful mapping is never at address 0. The mapping lives as long as
+        // `self`, borrowed mutably for the window's life; a lend's reader only reads, and
+        // only pages not reported written since they were lent.
+        unsafe {
+            let base = NonNull::new_unchecked(self.map.as_mut_ptr());
+            RamWindow::from_raw(base, self.map.len())
+        }
     }
 
     /// Note that the page holding physical address `pa` may be written. Addresses outside
@@ -384,15 +403,21 @@ impl GuestRam {
     /// or in the hole).
     pub fn get(&self, addr: u64, len: u64) -> Option<&[u8]> {
         let (start, end) = self.range(addr, len)?;
-        self.map.get(start..end)
+        Some(&self.as_slice()[start..end])
     }
 
     /// The bytes `[addr, addr + len)` for writing (marked dirty), or `None` if any is
     /// outside RAM.
     pub fn get_mut(&mut self, addr: u64, len: u64) -> Option<&mut [u8]> {
         let (start, end) = self.range(addr, len)?;
+        // Takes the range's pages back from a lend.
         self.mark_range(addr, len);
-        self.map.get_mut(start..end)
+        // SAFETY: in bounds (`range`); the mapping lives as long as `self`, borrowed
+        // mutably for the slice's life; its pages are not lent (`mark_range`). A slice of
+        // the bytes asked for only: other pages may be lent.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), end - start)
+        })
     }
 
     /// Copy `data` to guest physical address `addr`; `false` (nothing written) if it does
@@ -485,7 +510,7 @@ mod tests {
         assert_eq!(d.iter().collect::<Vec<_>>(), vec![1, 2, 5, 9, 10, 11, 514]);
         assert_eq!(d.ram, ram.take_dirty().ram);
 
-        ram.cpu_slice()[0x7000] = 1; // the CPU's path marks nothing by itself
+        ram.cpu_window().get_mut(0x7000, 1).unwrap()[0] = 1; // the CPU's path marks nothing by itself
         assert_eq!(ram.take_dirty().count(), 0);
         let _ = ram.as_mut_slice();
         assert_eq!(ram.take_dirty().count(), 515);

@@ -273,9 +273,8 @@ fn read_quietly<B: Bus, O: Observer>(
         let pa = crate::mmu::translate_quiet(&x.cpu.state, &x.cpu.tlb, x.bus, at, cpl)
             .map_err(|_| HypercallUnreadable::Unmapped { at })?;
         let ram_bytes = (!x.bus.is_mmio(pa))
-            .then(|| usize::try_from(pa).ok())
-            .flatten()
-            .and_then(|i| x.bus.ram().get(i..i.checked_add(n)?));
+            .then_some(pa)
+            .and_then(|pa| x.bus.ram().into_slice(pa, n));
         match ram_bytes {
             // A page never straddles RAM and MMIO in our machines, so one check per piece.
             Some(b) => out.extend_from_slice(b),

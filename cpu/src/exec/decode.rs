@@ -8,6 +8,7 @@ use crate::bus::Bus;
 use crate::code_cache::{check, BlockId, BlockRef, CodeCache, DecodedInsn};
 use crate::fault::{Exit, Fault, StopReason};
 use crate::mmu::Intent;
+use crate::ram_window::RamWindow;
 use crate::state::CpuMode;
 
 /// Bytes decoded per block at most (one page plus a straddling instruction).
@@ -352,14 +353,18 @@ fn breakpoint_distance(bps: &[u64], rip: u64, bitness: u32) -> Option<u64> {
 /// mapped (`next_pa`) and physically follows. `None` when they do not all lie in RAM so (the
 /// next page elsewhere, or past the end of RAM): [`gather_code`] then copies them. Decoding
 /// in place spares each decode a page-sized copy and allocation.
-fn code_in_place(ram: &[u8], pa: u64, in_page: usize, next_pa: Option<u64>) -> Option<&[u8]> {
-    let start = usize::try_from(pa).ok()?;
+fn code_in_place(
+    ram: RamWindow<'_>,
+    pa: u64,
+    in_page: usize,
+    next_pa: Option<u64>,
+) -> Option<&[u8]> {
     let len = match next_pa {
         None => in_page,
         Some(npa) if npa == pa.wrapping_add(in_page as u64) => in_page + 15,
         Some(_) => return None,
     };
-    ram.get(start..start.checked_add(len)?)
+    ram.into_slice(pa, len)
 }
 
 /// The bytes of [`code_in_place`] copied together: the page's, then the next page's (when
@@ -376,9 +381,9 @@ fn gather_code<B: Bus>(bus: &mut B, pa: u64, in_page: usize, next_pa: Option<u64
 /// Copy `n` bytes of physical memory (RAM only; device memory reads as 0xff) to `out`.
 fn read_code<B: Bus>(bus: &mut B, pa: u64, n: usize, out: &mut Vec<u8>) {
     let ram = bus.ram();
-    let start = pa as usize;
-    let avail = ram.len().saturating_sub(start).min(n);
-    out.extend_from_slice(&ram[start.min(ram.len())..start.min(ram.len()) + avail]);
+    let start = usize::try_from(pa).unwrap_or(usize::MAX).min(ram.len());
+    let avail = (ram.len() - start).min(n);
+    out.extend_from_slice(ram.get(start as u64, avail).unwrap_or_default());
     out.resize(out.len() + (n - avail), 0xff);
 }
 
@@ -438,6 +443,7 @@ fn may_call_bus(group: Group) -> bool {
 mod tests {
     use super::{breakpoint_distance, code_in_place};
     use crate::exec::RunExit;
+    use crate::ram_window::RamWindow;
     use crate::testing::{TestMachine, CODE_BASE};
     use iced_x86::code_asm::*;
 
@@ -445,26 +451,20 @@ mod tests {
     /// when it is mapped and physically follows, all in RAM; else none (they are gathered).
     #[test]
     fn code_is_read_in_place_only_where_it_lies_together_in_ram() {
-        let ram: Vec<u8> = (0..0x3000u32).map(|k| k as u8).collect();
-        let at =
-            |b: Option<&[u8]>| b.map(|b| (b.as_ptr() as usize - ram.as_ptr() as usize, b.len()));
-        assert_eq!(
-            at(code_in_place(&ram, 0x1ff0, 0x10, None)),
-            Some((0x1ff0, 0x10))
-        );
-        assert_eq!(
-            at(code_in_place(&ram, 0x1ff0, 0x10, Some(0x2000))),
-            Some((0x1ff0, 0x1f))
-        );
+        let mut ram: Vec<u8> = (0..0x3000u32).map(|k| k as u8).collect();
+        let base = ram.as_ptr() as usize;
+        let mut place = |pa: u64, in_page: usize, next_pa: Option<u64>| {
+            code_in_place(RamWindow::from_slice(&mut ram), pa, in_page, next_pa)
+                .map(|b| (b.as_ptr() as usize - base, b.len()))
+        };
+        assert_eq!(place(0x1ff0, 0x10, None), Some((0x1ff0, 0x10)));
+        assert_eq!(place(0x1ff0, 0x10, Some(0x2000)), Some((0x1ff0, 0x1f)));
         // The next page elsewhere, or past the end of RAM.
-        assert_eq!(at(code_in_place(&ram, 0x1ff0, 0x10, Some(0x1000))), None);
-        assert_eq!(
-            at(code_in_place(&ram, 0x2ff0, 0x10, None)),
-            Some((0x2ff0, 0x10))
-        );
-        assert_eq!(at(code_in_place(&ram, 0x2ff0, 0x10, Some(0x3000))), None);
-        assert_eq!(at(code_in_place(&ram, 0x3000, 0x1000, None)), None);
-        assert_eq!(at(code_in_place(&ram, u64::MAX - 3, 0x4, None)), None);
+        assert_eq!(place(0x1ff0, 0x10, Some(0x1000)), None);
+        assert_eq!(place(0x2ff0, 0x10, None), Some((0x2ff0, 0x10)));
+        assert_eq!(place(0x2ff0, 0x10, Some(0x3000)), None);
+        assert_eq!(place(0x3000, 0x1000, None), None);
+        assert_eq!(place(u64::MAX - 3, 0x4, None), None);
     }
 
     /// A machine running `f`'s code from virtual (and physical) address `at`.

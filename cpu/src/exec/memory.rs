@@ -6,14 +6,14 @@ use crate::exec::Exec;
 use crate::fault::Exit;
 use crate::mmu::{self, Intent};
 use crate::observer::{Access, AccessKind, Observer};
+use crate::ram_window::RamWindow;
 use crate::state::{cr0, SegReg};
 
 /// The `size` (1, 2, 4 or 8) bytes of RAM at physical address `pa`, or `None` when the
 /// range is not inside `ram`: one range check (an add and a compare).
 #[inline(always)]
-fn ram_bytes(ram: &mut [u8], pa: u64, size: usize) -> Option<&mut [u8]> {
-    let i = usize::try_from(pa).ok()?;
-    ram.get_mut(i..i.checked_add(size)?)
+fn ram_bytes(ram: RamWindow<'_>, pa: u64, size: usize) -> Option<&mut [u8]> {
+    ram.into_slice_mut(pa, size)
 }
 
 /// The little-endian value of the `size` bytes `at` ([`ram_bytes`]).
@@ -73,14 +73,14 @@ fn store_bytes(at: &mut [u8], size: usize, value: u64) {
 /// Load `size` bytes of RAM at physical address `pa`, or `None` when the range is not
 /// inside `ram`.
 #[inline(always)]
-pub(super) fn ram_load(ram: &mut [u8], pa: u64, size: usize) -> Option<u64> {
-    Some(load_bytes(ram_bytes(ram, pa, size)?, size))
+pub(super) fn ram_load(ram: RamWindow<'_>, pa: u64, size: usize) -> Option<u64> {
+    Some(load_bytes(ram.into_slice(pa, size)?, size))
 }
 
 /// Store the low `size` bytes of `value` into RAM at physical address `pa`; `false`,
 /// storing nothing, when the range is not inside `ram`.
 #[inline(always)]
-fn ram_store(ram: &mut [u8], pa: u64, size: usize, value: u64) -> bool {
+fn ram_store(ram: RamWindow<'_>, pa: u64, size: usize, value: u64) -> bool {
     match ram_bytes(ram, pa, size) {
         Some(at) => {
             store_bytes(at, size, value);

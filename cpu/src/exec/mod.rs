@@ -1159,7 +1159,7 @@ mod count_tests {
     }
 
     impl Bus for ClockBus {
-        fn ram(&mut self) -> &mut [u8] {
+        fn ram(&mut self) -> crate::RamWindow<'_> {
             self.flat.ram()
         }
         fn is_mmio(&self, pa: GuestPhysAddr) -> bool {

@@ -230,7 +230,7 @@ mod tests {
     }
 
     impl Bus for TestBus {
-        fn ram(&mut self) -> &mut [u8] {
+        fn ram(&mut self) -> crate::RamWindow<'_> {
             self.flat.ram()
         }
         fn mark_written(&mut self, pa: GuestPhysAddr) {

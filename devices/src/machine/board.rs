@@ -113,9 +113,9 @@ impl<I: Inputs> Board<I> {
 
 impl<I: Inputs> Bus for Board<I> {
     #[inline(always)]
-    fn ram(&mut self) -> &mut [u8] {
+    fn ram(&mut self) -> reprise_cpu::RamWindow<'_> {
         // The CPU reports the pages it writes through `mark_written`.
-        self.ram.cpu_slice()
+        self.ram.cpu_window()
     }
 
     #[inline(always)]

@@ -88,28 +88,24 @@ pub(super) fn bulk<B: Bus, O: Observer>(
         x.code.invalidate_page(page);
         x.code_modified = true;
     }
-    let d = dst_pa as usize;
     match src_pa {
         None => {
             let v = x.gpr(accumulator(size)).to_le_bytes();
-            let ram = x.bus.ram();
-            for chunk in ram[d..d + len].chunks_exact_mut(size) {
-                chunk.copy_from_slice(&v[..size]);
+            if let Some(dst) = x.bus.ram().into_slice_mut(dst_pa, len) {
+                for chunk in dst.chunks_exact_mut(size) {
+                    chunk.copy_from_slice(&v[..size]);
+                }
             }
         }
         Some(spa) => {
-            let s = spa as usize;
-            let ram = x.bus.ram();
+            let mut ram = x.bus.ram();
             if !overlap {
-                ram.copy_within(s..s + len, d);
+                ram.copy_within(spa, dst_pa, len);
             } else {
                 // Overlapping: copy element by element, upwards, as the instruction does.
-                for k in 0..n as usize {
-                    let mut e = [0u8; 8];
-                    let from = s + k * size;
-                    e[..size].copy_from_slice(&ram[from..from + size]);
-                    let to = d + k * size;
-                    ram[to..to + size].copy_from_slice(&e[..size]);
+                for k in 0..n {
+                    let off = k * size as u64;
+                    ram.copy_within(spa + off, dst_pa + off, size);
                 }
             }
         }
