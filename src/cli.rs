@@ -178,6 +178,13 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
 
+    /// With --jobs above 1: cut the replay into at most N segments, joined between the
+    /// checkpoints nearest to even shares (0: one segment per checkpoint; default: two per
+    /// thread, since each segment restores a checkpoint and starts cold). The trace is the
+    /// same either way.
+    #[arg(long, value_name = "N")]
+    pub segments: Option<usize>,
+
     /// Trace only these CPUs, e.g. 0,2-3.
     #[arg(long, value_name = "SET")]
     pub cpu: Option<String>,

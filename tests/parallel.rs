@@ -55,6 +55,9 @@ fn traced(rec: &Path, name: &str, jobs: usize, options: &[&str]) -> (Vec<u8>, Ve
         trace.display().to_string(),
         "--jobs".into(),
         jobs.to_string(),
+        // One segment per checkpoint: the boundaries are what is tested.
+        "--segments".into(),
+        "0".into(),
     ];
     args.extend(options.iter().map(|s| s.to_string()));
     let r = reprise(&args);
@@ -140,6 +143,8 @@ fn mscan_live_same_report() {
             "--no-progress",
             "--jobs",
             jobs,
+            "--segments",
+            "0",
         ];
         args.extend_from_slice(extra);
         let r = reprise(&args);
@@ -151,6 +156,38 @@ fn mscan_live_same_report() {
         assert!(one.contains("lines"), "{one}");
         assert_eq!(one, run("2", extra), "{extra:?}");
         assert_eq!(one, run("4", extra), "{extra:?}");
+    }
+}
+
+/// Without `--segments`, a parallel replay joins neighbouring segments (two per thread)
+/// and `--segments N` caps them at N: the trace is the same whatever the cut.
+#[test]
+fn joined_segments_same_trace() {
+    let rec = recording();
+    let (one, one_idx, one_out) = traced(rec, "joined", 1, &["--policy", "movement"]);
+    for (jobs, segments, expect) in [(2, None, 4), (2, Some("3"), 3), (4, Some("1"), 1)] {
+        let trace = scratch_dir().join(format!("joined-{jobs}-{segments:?}.trace"));
+        let index = PathBuf::from(format!("{}.idx", trace.display()));
+        let _ = std::fs::remove_file(&trace);
+        let _ = std::fs::remove_file(&index);
+        let (t, j) = (trace.display().to_string(), jobs.to_string());
+        let mut args = vec!["replay", rec.to_str().unwrap(), "--trace", &t, "--jobs", &j];
+        args.extend_from_slice(&["--policy", "movement"]);
+        if let Some(n) = segments {
+            args.extend_from_slice(&["--segments", n]);
+        }
+        let r = reprise(&args);
+        assert_eq!(r.status, 0, "{r:?}");
+        assert!(r.stderr.contains("identical to the recording"), "{r:?}");
+        let said = format!("replayed in {expect} segments");
+        assert!(r.stderr.contains(&said), "{r:?}");
+        assert!(
+            std::fs::read(&trace).expect("the trace") == one,
+            "{jobs} {segments:?}"
+        );
+        assert!(std::fs::read(&index).unwrap_or_default() == one_idx);
+        let console = one_out.rsplit_once('\n').map(|(c, _)| c);
+        assert_eq!(console, Some(r.stdout.as_str()), "the console differs");
     }
 }
 
@@ -181,7 +218,7 @@ fn allocation_labels_across_segments_same_trace() {
             let t = trace.display().to_string();
             let mut args = vec!["replay", dir.to_str().unwrap(), "--trace", &t];
             let j = jobs.to_string();
-            args.extend_from_slice(&["--jobs", &j]);
+            args.extend_from_slice(&["--jobs", &j, "--segments", "0"]);
             args.extend_from_slice(&options);
             let r = reprise(&args);
             assert_eq!(r.status, 0, "{r:?}");

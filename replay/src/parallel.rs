@@ -185,7 +185,48 @@ fn plan(store: &Store, limit: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Replay `setup` in segments on `jobs` threads (0: one per core). `work` runs on a worker
+/// Segments per thread a replay is cut into by default ([`replay_segments`]'s `most`):
+/// each segment costs a checkpoint restore and a cold start (its code cache, its policy
+/// shadow), while two per thread still let a thread that finishes early take more.
+pub const SEGMENTS_PER_JOB: usize = 2;
+
+/// `segments` (consecutive, covering one run) joined into at most `most` (at least one),
+/// of about equal length: the cuts kept are the checkpoints nearest to even shares of the
+/// run, so every segment still starts at a checkpoint.
+fn coarsen(segments: Vec<(u64, u64)>, most: usize) -> Vec<(u64, u64)> {
+    let most = most.max(1);
+    if segments.len() <= most {
+        return segments;
+    }
+    let (Some(&(start, _)), Some(&(_, end))) = (segments.first(), segments.last()) else {
+        return segments;
+    };
+    let span = u128::from(end.saturating_sub(start));
+    let mut cuts: Vec<u64> = Vec::with_capacity(most);
+    for i in 1..most {
+        let ideal = start + (span * i as u128 / most as u128) as u64;
+        let nearest = segments[1..]
+            .iter()
+            .map(|&(s, _)| s)
+            .min_by_key(|&s| s.abs_diff(ideal));
+        if let Some(c) = nearest {
+            if cuts.last().is_none_or(|&l| c > l) {
+                cuts.push(c);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    let mut from = start;
+    for c in cuts {
+        out.push((from, c));
+        from = c;
+    }
+    out.push((from, end));
+    out
+}
+
+/// Replay `setup` in segments on `jobs` threads (0: one per core), at most `most` of them
+/// (neighbours joined: see [`SEGMENTS_PER_JOB`]; `None`: one per checkpoint). `work` runs on a worker
 /// thread for each segment: it gets the segment (to [`Segment::run`] with its observer),
 /// the state the segment starts from, and a function taking chunks of output (false:
 /// nobody wants more); it returns the state at the segment's end and a summary.
@@ -195,6 +236,7 @@ pub fn replay_segments<C, S, U, W, K>(
     setup: &ReplaySetup,
     mut console: Box<dyn Write>,
     jobs: usize,
+    most: Option<usize>,
     initial: S,
     work: W,
     mut consume: K,
@@ -208,13 +250,18 @@ where
 {
     let prepared = prepare(setup)?;
     let store = Store::new(&prepared.checkpoints);
-    let segments = plan(&store, prepared.limit);
-    let n = segments.len();
     let jobs = match jobs {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         j => j,
     }
-    .clamp(1, n.max(1));
+    .max(1);
+    let segments = plan(&store, prepared.limit);
+    let segments = match most {
+        Some(m) => coarsen(segments, m),
+        None => segments,
+    };
+    let n = segments.len();
+    let jobs = jobs.clamp(1, n.max(1));
     let shared = Shared {
         flow: Mutex::new(Flow {
             head: 0,
@@ -642,5 +689,29 @@ mod tests {
         let store = Store::new(&dir);
         assert_eq!(plan(&store, 100), vec![(0, 100)]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn coarsening_keeps_the_checkpoints_nearest_to_even_shares() {
+        let at = |cuts: &[u64], end: u64| -> Vec<(u64, u64)> {
+            let mut b = vec![0];
+            b.extend_from_slice(cuts);
+            b.push(end);
+            b.windows(2).map(|w| (w[0], w[1])).collect()
+        };
+        // The Linux boot: 15 segments, a checkpoint every 100 M instructions.
+        let cuts: Vec<u64> = (1..15).map(|k| k * 100).collect();
+        let natural = at(&cuts, 1467);
+        assert_eq!(coarsen(natural.clone(), 4), at(&[400, 700, 1100], 1467));
+        assert_eq!(coarsen(natural.clone(), 2), at(&[700], 1467));
+        assert_eq!(coarsen(natural.clone(), 1), at(&[], 1467));
+        assert_eq!(coarsen(natural.clone(), 0), at(&[], 1467));
+        assert_eq!(coarsen(natural.clone(), 15), natural);
+        assert_eq!(coarsen(natural.clone(), 99), natural);
+        // Uneven checkpoints: no cut twice, every segment starts at one.
+        let uneven = at(&[10, 11, 12, 900], 1000);
+        assert_eq!(coarsen(uneven.clone(), 3), at(&[12, 900], 1000));
+        // Both even shares nearest to the same checkpoint: one cut, two segments.
+        assert_eq!(coarsen(at(&[1, 2, 3], 1000), 3), at(&[3], 1000));
     }
 }
