@@ -189,3 +189,57 @@ impl LineBits {
 
 /// No line (the `last` of a CPU that has none).
 pub(super) const NO_LINE: u64 = u64::MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shadow against a plain LRU list (front = least recent), on a long stream of
+    /// uses, hinted uses (right and wrong hints) and removals over a few lines, with
+    /// capacities small enough that stale uses pile up and get compacted.
+    #[test]
+    fn the_shadow_is_an_lru_list() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for capacity in [1usize, 2, 3, 8] {
+            let mut s = Shadow::new(capacity);
+            let mut list: Vec<u64> = Vec::new();
+            let mut hints: Vec<u32> = vec![NIL; 24];
+            for _ in 0..20_000 {
+                let r = next();
+                let line = r % 24;
+                match (r >> 8) % 8 {
+                    0 => {
+                        s.remove(line);
+                        list.retain(|&l| l != line);
+                    }
+                    k => {
+                        let slot = if k < 4 {
+                            s.access(line)
+                        } else {
+                            s.touch(line, hints[line as usize])
+                        };
+                        hints[line as usize] = slot;
+                        list.retain(|&l| l != line);
+                        if list.len() >= capacity {
+                            list.remove(0);
+                        }
+                        list.push(line);
+                    }
+                }
+                for l in 0..24 {
+                    assert_eq!(
+                        s.contains(l),
+                        list.contains(&l),
+                        "line {l}, capacity {capacity}"
+                    );
+                }
+            }
+        }
+    }
+}
