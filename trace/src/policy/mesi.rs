@@ -26,9 +26,14 @@ use std::collections::BTreeMap;
 use reprise_cpu::observer::{Access, AccessKind};
 use serde::{Deserialize, Serialize};
 
-use super::hash::FastMap;
-use super::{check_line, parse_size, per_line, CacheLinePolicy, Outcome};
+use super::{check_line, field, parse_size, per_line, CacheLinePolicy, Outcome};
 use crate::record::{MissClass, Note};
+
+mod cache;
+mod shadow;
+
+use cache::Cache;
+use shadow::{LineBits, Shadow, NIL, NO_LINE};
 
 /// Which way of a full set makes room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,331 +164,6 @@ pub enum State {
     Shared,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct Way {
-    line: u64,
-    stamp: u64,
-    state: State,
-    /// Where the line probably sits in its CPU's shadow (checked before use: see
-    /// [`Shadow::touch`]); unused in the last-level cache.
-    node: u32,
-}
-
-/// A set-associative cache of line numbers: the ways of every set in one array (`assoc`
-/// slots per set, the first `lens[set]` in use), so a lookup scans a few adjacent entries.
-///
-/// The slots of a set keep the order a vector would (`swap_remove`, then `push`): random
-/// replacement picks a victim by index, so the order is part of the model's behaviour.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Cache {
-    ways: Vec<Way>,
-    lens: Vec<u32>,
-    assoc: usize,
-    sets: u64,
-}
-
-impl Cache {
-    fn new(size: u64, assoc: u64, line: u64) -> Self {
-        let sets = (size / (assoc * line)).max(1);
-        let assoc = assoc as usize;
-        let empty = Way {
-            line: 0,
-            stamp: 0,
-            state: State::Shared,
-            node: NIL,
-        };
-        Cache {
-            ways: vec![empty; sets as usize * assoc],
-            lens: vec![0; sets as usize],
-            assoc,
-            sets,
-        }
-    }
-
-    /// The set of `line` and the slots of that set in use.
-    #[inline]
-    fn slots(&self, line: u64) -> (usize, std::ops::Range<usize>) {
-        let s = if self.sets.is_power_of_two() {
-            (line & (self.sets - 1)) as usize
-        } else {
-            (line % self.sets) as usize
-        };
-        let base = s * self.assoc;
-        (s, base..base + self.lens[s] as usize)
-    }
-
-    #[inline]
-    fn find(&mut self, line: u64) -> Option<&mut Way> {
-        let i = self.position(line)?;
-        Some(&mut self.ways[i])
-    }
-
-    /// The index in `ways` of `line`'s way, if the cache holds it.
-    #[inline]
-    fn position(&self, line: u64) -> Option<usize> {
-        let (_, r) = self.slots(line);
-        let start = r.start;
-        self.ways[r]
-            .iter()
-            .position(|w| w.line == line)
-            .map(|i| start + i)
-    }
-
-    /// Take slot `i` of set `s` out, moving the set's last slot into it.
-    fn take(&mut self, s: usize, i: usize) -> Way {
-        let base = s * self.assoc;
-        let last = base + self.lens[s] as usize - 1;
-        let w = self.ways[base + i];
-        self.ways[base + i] = self.ways[last];
-        self.lens[s] -= 1;
-        w
-    }
-
-    fn remove(&mut self, line: u64) -> Option<Way> {
-        let (s, r) = self.slots(line);
-        let i = self.ways[r].iter().position(|w| w.line == line)?;
-        Some(self.take(s, i))
-    }
-
-    /// Insert a line that is absent; returns the evicted way, if the set was full.
-    #[allow(clippy::too_many_arguments)]
-    fn insert(
-        &mut self,
-        line: u64,
-        state: State,
-        stamp: u64,
-        node: u32,
-        rng: &mut u64,
-        repl: Replacement,
-    ) -> Option<Way> {
-        let (s, r) = self.slots(line);
-        let len = r.len();
-        let mut victim = None;
-        if len >= self.assoc {
-            let i = match repl {
-                // LRU and FIFO differ only in when stamps move (on use, or on fill).
-                Replacement::Lru | Replacement::Fifo => self.ways[r]
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, w)| w.stamp)
-                    .map_or(0, |(i, _)| i),
-                Replacement::Random => (xorshift(rng) % len as u64) as usize,
-            };
-            victim = Some(self.take(s, i));
-        }
-        let at = s * self.assoc + self.lens[s] as usize;
-        self.ways[at] = Way {
-            line,
-            stamp,
-            state,
-            node,
-        };
-        self.lens[s] += 1;
-        victim
-    }
-
-    /// Every way in use.
-    fn iter(&self) -> impl Iterator<Item = &Way> + '_ {
-        self.lens.iter().enumerate().flat_map(move |(s, &n)| {
-            let base = s * self.assoc;
-            self.ways[base..base + n as usize].iter()
-        })
-    }
-}
-
-fn xorshift(s: &mut u64) -> u64 {
-    let mut x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *s = x;
-    x
-}
-
-/// No slot (the end of the shadow's recency list).
-const NIL: u32 = u32::MAX;
-
-/// One entry of the shadow's recency list.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct Node {
-    line: u64,
-    /// Less recently used neighbour.
-    older: u32,
-    /// More recently used neighbour.
-    newer: u32,
-}
-
-/// A fully associative LRU cache of line numbers (the conflict/capacity referee).
-///
-/// Touched on every access, so every operation is O(1): a map from line to a slot of a
-/// doubly linked recency list kept in an array (oldest at `oldest`, newest at `newest`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Shadow {
-    capacity: usize,
-    slots: FastMap<u64, u32>,
-    nodes: Vec<Node>,
-    /// Slots of `nodes` not in the list.
-    free: Vec<u32>,
-    oldest: u32,
-    newest: u32,
-}
-
-impl Shadow {
-    fn new(capacity: usize) -> Self {
-        Shadow {
-            capacity,
-            oldest: NIL,
-            newest: NIL,
-            ..Shadow::default()
-        }
-    }
-
-    fn contains(&self, line: u64) -> bool {
-        self.slots.contains_key(&line)
-    }
-
-    /// Take slot `i` out of the recency list (it stays allocated).
-    fn unlink(&mut self, i: u32) {
-        let Node { older, newer, .. } = self.nodes[i as usize];
-        match older {
-            NIL => self.oldest = newer,
-            o => self.nodes[o as usize].newer = newer,
-        }
-        match newer {
-            NIL => self.newest = older,
-            n => self.nodes[n as usize].older = older,
-        }
-    }
-
-    /// Put slot `i` at the most recent end of the list.
-    fn link_newest(&mut self, i: u32) {
-        self.nodes[i as usize].older = self.newest;
-        self.nodes[i as usize].newer = NIL;
-        match self.newest {
-            NIL => self.oldest = i,
-            n => self.nodes[n as usize].newer = i,
-        }
-        self.newest = i;
-    }
-
-    fn remove(&mut self, line: u64) {
-        if let Some(i) = self.slots.remove(&line) {
-            self.unlink(i);
-            self.free(i);
-        }
-    }
-
-    /// Slot `i`, out of the list, becomes free. Its line is cleared so that no hint
-    /// ([`Shadow::touch`]) can take it for the line it held.
-    fn free(&mut self, i: u32) {
-        self.nodes[i as usize].line = NO_LINE;
-        self.free.push(i);
-    }
-
-    /// [`Shadow::access`] for a line that `hint` says is at that slot, as its cache way
-    /// remembers: a slot holds a line only while that line is in the shadow (a freed slot
-    /// holds [`NO_LINE`], a reused one its new line), so a hint that names `line` is
-    /// right, and the map lookup is skipped. Returns the line's slot.
-    #[inline]
-    fn touch(&mut self, line: u64, hint: u32) -> u32 {
-        match self.nodes.get(hint as usize) {
-            // `NO_LINE` itself (line size 1, address 2^64 - 1: only a made-up trace has
-            // it) must not match a freed slot.
-            Some(n) if n.line == line && line != NO_LINE => {
-                if self.newest != hint {
-                    self.unlink(hint);
-                    self.link_newest(hint);
-                }
-                hint
-            }
-            _ => self.access(line),
-        }
-    }
-
-    /// `line` is used now: it becomes the most recent, evicting the least recent line if
-    /// it was absent and the cache is full. Returns the line's slot.
-    fn access(&mut self, line: u64) -> u32 {
-        if let Some(&i) = self.slots.get(&line) {
-            if self.newest != i {
-                self.unlink(i);
-                self.link_newest(i);
-            }
-            return i;
-        }
-        if self.slots.len() >= self.capacity && self.oldest != NIL {
-            let i = self.oldest;
-            let old = self.nodes[i as usize].line;
-            self.slots.remove(&old);
-            self.unlink(i);
-            self.free(i);
-        }
-        let node = Node {
-            line,
-            older: NIL,
-            newer: NIL,
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.nodes[i as usize] = node;
-                i
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
-        };
-        self.slots.insert(line, i);
-        self.link_newest(i);
-        i
-    }
-}
-
-/// Lines per chunk of a [`LineBits`] (a chunk is 64 words of 64 bits).
-const CHUNK_LINES: u64 = 4096;
-
-/// A set of line numbers as bitmaps of 4096 lines, found by chunk number: a guest's lines
-/// cluster (RAM, a few device windows), so this is a few bits per line where a tree of
-/// line numbers was tens of bytes and a dozen pointer hops.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct LineBits {
-    chunks: FastMap<u64, Box<[u64]>>,
-}
-
-impl LineBits {
-    #[inline]
-    fn split(line: u64) -> (u64, usize, u64) {
-        let within = line % CHUNK_LINES;
-        (
-            line / CHUNK_LINES,
-            (within / 64) as usize,
-            1 << (within % 64),
-        )
-    }
-
-    fn contains(&self, line: u64) -> bool {
-        let (c, w, bit) = Self::split(line);
-        self.chunks.get(&c).is_some_and(|b| b[w] & bit != 0)
-    }
-
-    fn insert(&mut self, line: u64) {
-        let (c, w, bit) = Self::split(line);
-        self.chunks
-            .entry(c)
-            .or_insert_with(|| vec![0u64; (CHUNK_LINES / 64) as usize].into_boxed_slice())[w] |=
-            bit;
-    }
-
-    fn remove(&mut self, line: u64) {
-        let (c, w, bit) = Self::split(line);
-        if let Some(b) = self.chunks.get_mut(&c) {
-            b[w] &= !bit;
-        }
-    }
-}
-
-/// No line (the `last` of a CPU that has none).
-const NO_LINE: u64 = u64::MAX;
-
 /// One CPU's private cache and the bookkeeping for classifying its misses.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Private {
@@ -573,7 +253,10 @@ impl Mesi {
         let c = a.cpu as usize;
         // Line sizes are powers of two (checked when parsed).
         let line = a.paddr >> self.config.line.trailing_zeros();
-        let write = matches!(a.kind, AccessKind::Write | AccessKind::ReadModifyWrite);
+        let write = matches!(
+            field(&a.kind),
+            AccessKind::Write | AccessKind::ReadModifyWrite
+        );
         if let Some(p) = self.cpus.get(c) {
             if p.last == line && line != NO_LINE && (p.last_modified || !write) {
                 // The hit that changes nothing (see `Private::last`); the clock need not
@@ -596,7 +279,7 @@ impl Mesi {
         let repl = self.config.repl;
         let mut note = Note::default();
 
-        let at = self.cpus[c].cache.position(line);
+        let at = self.cpus[c].cache.locate(line);
         let hit = at.map(|i| {
             let w = &mut self.cpus[c].cache.ways[i];
             if repl == Replacement::Lru {
@@ -711,13 +394,70 @@ impl Mesi {
     }
 }
 
+impl Mesi {
+    /// The repeat of a CPU's last line that changes nothing (see `Private::last`), judged
+    /// inline in the tracer's path: `Some(false)`, or `None` having changed nothing.
+    #[inline(always)]
+    pub fn quick_keep(&mut self, a: &Access) -> Option<bool> {
+        let line_size = self.config.line;
+        // Byte fields one at a time: see `field`.
+        if (a.paddr & (line_size - 1)) + (field(&a.size).max(1) as u64) > line_size {
+            return None;
+        }
+        let line = a.paddr >> line_size.trailing_zeros();
+        let p = self.cpus.get(a.cpu as usize)?;
+        let write = matches!(
+            field(&a.kind),
+            AccessKind::Write | AccessKind::ReadModifyWrite
+        );
+        if p.last == line && line != NO_LINE && (p.last_modified || !write) {
+            return Some(false);
+        }
+        self.quiet_hit(a.cpu as usize, line, write).then_some(false)
+    }
+
+    /// [`Mesi::line_access`] of a hit that needs no other cache (a read, or a write to a
+    /// Modified or Exclusive copy), out of line: does what that would do and returns true,
+    /// or returns false having changed nothing. Such a hit is kept by no policy rule (it
+    /// misses nothing and invalidates nothing), so it needs no note either.
+    #[inline(never)]
+    fn quiet_hit(&mut self, c: usize, line: u64, write: bool) -> bool {
+        let Some(p) = self.cpus.get_mut(c) else {
+            return false;
+        };
+        let Some(i) = p.cache.locate(line) else {
+            return false;
+        };
+        let w = &mut p.cache.ways[i];
+        if write && w.state == State::Shared {
+            return false;
+        }
+        self.clock += 1;
+        if self.config.repl == Replacement::Lru {
+            w.stamp = self.clock;
+        }
+        w.node = p.shadow.touch(line, w.node);
+        p.last = line;
+        p.last_modified = write || w.state == State::Modified;
+        if write {
+            w.state = State::Modified;
+        }
+        true
+    }
+}
+
 impl CacheLinePolicy for Mesi {
+    #[inline(always)]
+    fn quick_keep(&mut self, a: &Access) -> Option<bool> {
+        Mesi::quick_keep(self, a)
+    }
+
     fn observe(&mut self, a: &Access) -> Outcome {
         let line = self.config.line;
         // Nearly every access lies in one line (the tracer splits at this line size
         // already): judge it as it is. The model reads only its CPU, address and kind,
         // which the one piece would share with it.
-        if (a.paddr & (line - 1)) + (a.size.max(1) as u64) <= line {
+        if (a.paddr & (line - 1)) + (field(&a.size).max(1) as u64) <= line {
             return self.one_line(a);
         }
         per_line(a, line, |p| self.one_line(p))
@@ -733,368 +473,4 @@ impl CacheLinePolicy for Mesi {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// A plain reference: per CPU, sets as lists in LRU order (front = least recent), a
-    /// fully associative LRU list, and lists of lines seen and invalidated.
-    struct Reference {
-        sets: u64,
-        assoc: usize,
-        capacity: usize,
-        llc: Option<(u64, usize)>,
-        llc_sets: Vec<Vec<u64>>,
-        cpus: Vec<RefCpu>,
-    }
-
-    #[derive(Default, Clone)]
-    struct RefCpu {
-        sets: Vec<Vec<(u64, State)>>,
-        full: Vec<u64>,
-        seen: Vec<u64>,
-        invalidated: Vec<u64>,
-    }
-
-    impl Reference {
-        fn step(&mut self, c: usize, line: u64, write: bool) -> (bool, Note) {
-            while self.cpus.len() <= c {
-                self.cpus.push(RefCpu {
-                    sets: vec![Vec::new(); self.sets as usize],
-                    ..RefCpu::default()
-                });
-            }
-            let s = (line % self.sets) as usize;
-            let mut note = Note::default();
-            let mut others = false;
-            for (d, p) in self.cpus.iter_mut().enumerate() {
-                if d == c {
-                    continue;
-                }
-                let set = &mut p.sets[s];
-                if let Some(i) = set.iter().position(|e| e.0 == line) {
-                    others = true;
-                    if set[i].1 == State::Modified {
-                        note.writebacks += 1;
-                    }
-                    if write {
-                        set.remove(i);
-                        note.invalidations += 1;
-                        p.invalidated.push(line);
-                        p.full.retain(|&l| l != line);
-                    } else {
-                        set[i].1 = State::Shared;
-                    }
-                }
-            }
-            let p = &mut self.cpus[c];
-            let touch_full = |p: &mut RefCpu, cap: usize| {
-                p.full.retain(|&l| l != line);
-                if p.full.len() >= cap {
-                    p.full.remove(0);
-                }
-                p.full.push(line);
-            };
-            if let Some(i) = p.sets[s].iter().position(|e| e.0 == line) {
-                let (l, st) = p.sets[s].remove(i);
-                p.sets[s].push((l, if write { State::Modified } else { st }));
-                touch_full(p, self.capacity);
-                return (note.invalidations > 0, note);
-            }
-            note.miss = Some(if p.invalidated.contains(&line) {
-                MissClass::Coherence
-            } else if !p.seen.contains(&line) {
-                MissClass::Cold
-            } else if p.full.contains(&line) {
-                MissClass::Conflict
-            } else {
-                MissClass::Capacity
-            });
-            touch_full(p, self.capacity);
-            p.seen.push(line);
-            p.invalidated.retain(|&l| l != line);
-            if p.sets[s].len() >= self.assoc && p.sets[s].remove(0).1 == State::Modified {
-                note.writebacks += 1;
-            }
-            let st = if write {
-                State::Modified
-            } else if others {
-                State::Shared
-            } else {
-                State::Exclusive
-            };
-            p.sets[s].push((line, st));
-            if let Some((sets, assoc)) = self.llc {
-                let set = &mut self.llc_sets[(line % sets) as usize];
-                let hit = match set.iter().position(|&l| l == line) {
-                    Some(i) => {
-                        set.remove(i);
-                        true
-                    }
-                    None => {
-                        if set.len() >= assoc {
-                            set.remove(0);
-                        }
-                        false
-                    }
-                };
-                set.push(line);
-                note.llc_hit = Some(hit);
-            }
-            (true, note)
-        }
-    }
-
-    fn kind() -> impl Strategy<Value = AccessKind> {
-        prop_oneof![
-            Just(AccessKind::Read),
-            Just(AccessKind::Write),
-            Just(AccessKind::ReadModifyWrite),
-            Just(AccessKind::Fetch)
-        ]
-    }
-
-    fn acc(cpu: u32, paddr: u64, kind: AccessKind) -> Access {
-        Access {
-            cpu,
-            retired: 0,
-            pc: 0,
-            vaddr: paddr,
-            paddr,
-            size: 1,
-            kind,
-            locked: false,
-            cpl: 0,
-            value: 0,
-        }
-    }
-
-    /// Run `stream` (CPU, line number, kind) through the model and the reference, access
-    /// by access, checking the verdicts and MESI's invariant.
-    fn against_reference(
-        sets_log: u32,
-        assoc: u64,
-        line_log: u32,
-        llc: Option<(u32, u64)>,
-        stream: &[(u32, u64, AccessKind)],
-    ) -> Result<(), TestCaseError> {
-        let line = 1u64 << line_log;
-        let sets = 1u64 << sets_log;
-        let config = MesiConfig {
-            size: sets * assoc * line,
-            assoc,
-            line,
-            llc: llc.map(|(s, a)| (1u64 << s) * a * line),
-            llc_assoc: llc.map_or(16, |(_, a)| a),
-            repl: Replacement::Lru,
-            seed: 1,
-        };
-        let mut m = Mesi::new(config);
-        let mut r = Reference {
-            sets,
-            assoc: assoc as usize,
-            capacity: (sets * assoc) as usize,
-            llc: llc.map(|(s, a)| (1u64 << s, a as usize)),
-            llc_sets: vec![Vec::new(); llc.map_or(0, |(s, _)| 1usize << s)],
-            cpus: Vec::new(),
-        };
-        for (n, &(c, l, k)) in stream.iter().enumerate() {
-            let o = m.observe(&acc(c, l * line, k));
-            let write = matches!(k, AccessKind::Write | AccessKind::ReadModifyWrite);
-            let (keep, note) = r.step(c as usize, l, write);
-            prop_assert_eq!((o.keep, o.note), (keep, note), "access {}", n);
-            if let Err(e) = m.check_invariant() {
-                return Err(TestCaseError::fail(format!("after access {n}: {e}")));
-            }
-        }
-        Ok(())
-    }
-
-    proptest! {
-        #[test]
-        fn matches_the_reference_and_keeps_the_invariant(
-            ncpu in 1u32..=8,
-            sets_log in 0u32..3,
-            assoc in 1u64..4,
-            line_log in 0u32..7,
-            llc in proptest::option::of((0u32..3, 1u64..4)),
-            raw in proptest::collection::vec((any::<u32>(), 0u64..48, kind()), 1..400),
-        ) {
-            let stream: Vec<(u32, u64, AccessKind)> =
-                raw.iter().map(|&(c, l, k)| (c % ncpu, l, k)).collect();
-            against_reference(sets_log, assoc, line_log, llc, &stream)?;
-        }
-
-        /// Runs of accesses to a CPU's last line (the shortcut), few lines per set (the
-        /// shadow's hints go stale and slots get reused), up to 16 CPUs.
-        #[test]
-        fn repeats_and_many_cpus_match_the_reference(
-            ncpu in 1u32..=16,
-            sets_log in 0u32..2,
-            assoc in 1u64..3,
-            llc in proptest::option::of((0u32..2, 1u64..3)),
-            raw in proptest::collection::vec((any::<u32>(), 0u64..6, kind(), 1usize..5), 1..200),
-        ) {
-            let mut stream = Vec::new();
-            for &(c, l, k, run) in &raw {
-                for _ in 0..run {
-                    stream.push((c % ncpu, l, k));
-                }
-            }
-            against_reference(sets_log, assoc, 6, llc, &stream)?;
-        }
-
-        #[test]
-        fn fifo_and_random_keep_the_invariant(
-            random in any::<bool>(),
-            raw in proptest::collection::vec((0u32..6, 0u64..40, kind()), 1..400),
-        ) {
-            let repl = if random { Replacement::Random } else { Replacement::Fifo };
-            let config = MesiConfig { size: 256, assoc: 2, line: 32, llc: None, llc_assoc: 16, repl, seed: 5 };
-            let mut m = Mesi::new(config);
-            let mut twin = m.clone();
-            for &(c, l, k) in &raw {
-                let o = m.observe(&acc(c, l * 32, k));
-                prop_assert!(m.check_invariant().is_ok());
-                // Replacement is deterministic: the same stream gives the same verdicts.
-                prop_assert_eq!(o, twin.observe(&acc(c, l * 32, k)));
-            }
-        }
-    }
-
-    /// Outcome of one access, as (miss, writebacks, invalidations, keep).
-    fn step(
-        m: &mut Mesi,
-        cpu: u32,
-        addr: u64,
-        k: AccessKind,
-    ) -> (Option<MissClass>, u32, u32, bool) {
-        let o = m.observe(&acc(cpu, addr, k));
-        (o.note.miss, o.note.writebacks, o.note.invalidations, o.keep)
-    }
-
-    #[test]
-    fn lru_evicts_the_least_recent_way_of_the_set() {
-        // 2 sets of 2 ways, 64-byte lines: lines 0, 2, 4 share set 0.
-        let mut m = Mesi::new(MesiConfig::parse("size=256,assoc=2,line=64").unwrap());
-        let r = AccessKind::Read;
-        step(&mut m, 0, 0, r);
-        step(&mut m, 0, 128, r);
-        step(&mut m, 0, 64, r); // set 1: does not disturb set 0
-        step(&mut m, 0, 0, r); // line 0 is now the newer of set 0
-        step(&mut m, 0, 256, r); // evicts line 2, not line 0
-        assert_eq!(m.states(0), vec![Some(State::Exclusive)]);
-        assert_eq!(m.states(2), vec![None]);
-        assert_eq!(m.states(4), vec![Some(State::Exclusive)]);
-        // Line 2 was evicted by a line of its own set while a 4-line fully associative
-        // cache would still hold it: a conflict miss.
-        assert_eq!(step(&mut m, 0, 128, r).0, Some(MissClass::Conflict));
-        // A written line evicted is written back.
-        let mut m = Mesi::new(MesiConfig::parse("size=64,assoc=1,line=64").unwrap());
-        step(&mut m, 0, 0, AccessKind::Write);
-        assert_eq!(step(&mut m, 0, 64, r), (Some(MissClass::Cold), 1, 0, true));
-    }
-
-    #[test]
-    fn writes_invalidate_every_other_copy_and_repeats_see_it() {
-        let mut m = Mesi::new(MesiConfig::parse("size=1K,assoc=2,line=64").unwrap());
-        let (r, w) = (AccessKind::Read, AccessKind::Write);
-        for cpu in 0..4 {
-            step(&mut m, cpu, 0x40, r);
-        }
-        assert_eq!(m.states(1), vec![Some(State::Shared); 4]);
-        // CPU 3 writes its Shared copy: a hit that invalidates three copies (kept).
-        assert_eq!(step(&mut m, 3, 0x48, w), (None, 0, 3, true));
-        // CPU 3 again, the same line: a hit that changes nothing.
-        assert_eq!(step(&mut m, 3, 0x50, w), (None, 0, 0, false));
-        // CPU 0 reads: its copy was invalidated (coherence), CPU 3's Modified copy is
-        // written back and both share.
-        assert_eq!(
-            step(&mut m, 0, 0x40, r),
-            (Some(MissClass::Coherence), 1, 0, true)
-        );
-        assert_eq!(
-            m.states(1),
-            vec![Some(State::Shared), None, None, Some(State::Shared)]
-        );
-        // CPU 3 writes the line it accessed last, now Shared: not a repeat that changes
-        // nothing, it invalidates CPU 0's copy.
-        assert_eq!(step(&mut m, 3, 0x40, w), (None, 0, 1, true));
-        // CPU 0 repeats its last line, which is gone: a coherence miss again.
-        assert_eq!(step(&mut m, 0, 0x40, r).0, Some(MissClass::Coherence));
-        // Reading an Exclusive line, then writing it: a silent upgrade (nothing kept).
-        assert_eq!(step(&mut m, 5, 0x1000, r).0, Some(MissClass::Cold));
-        assert_eq!(step(&mut m, 5, 0x1008, w), (None, 0, 0, false));
-        assert_eq!(m.states(0x40)[5], Some(State::Modified));
-        assert!(m.check_invariant().is_ok());
-    }
-
-    #[test]
-    fn the_highest_line_is_a_line_like_any_other() {
-        // Line size 1: the last address is line 2^64 - 1, the model's "no line" mark.
-        let mut m = Mesi::new(MesiConfig::parse("size=4,assoc=2,line=1").unwrap());
-        let (r, w) = (AccessKind::Read, AccessKind::Write);
-        assert_eq!(step(&mut m, 0, u64::MAX, r).0, Some(MissClass::Cold));
-        assert_eq!(step(&mut m, 0, u64::MAX, r), (None, 0, 0, false));
-        assert_eq!(step(&mut m, 1, u64::MAX, w).2, 1);
-        for a in 0..8 {
-            step(&mut m, 1, a, r);
-        }
-        assert_eq!(step(&mut m, 1, u64::MAX, r).0, Some(MissClass::Capacity));
-        assert!(m.check_invariant().is_ok());
-    }
-
-    #[test]
-    fn classifies_each_kind_of_miss() {
-        let config = MesiConfig::parse("size=128,assoc=1,line=64").unwrap();
-        let mut m = Mesi::new(config);
-        let miss = |m: &mut Mesi, c, a, k| m.observe(&acc(c, a, k)).note.miss;
-        assert_eq!(miss(&mut m, 0, 0, AccessKind::Read), Some(MissClass::Cold));
-        assert_eq!(miss(&mut m, 0, 0, AccessKind::Read), None);
-        // Lines 0 and 2 map to set 0 of a 2-set direct-mapped cache; a 2-line fully
-        // associative cache would hold both.
-        assert_eq!(
-            miss(&mut m, 0, 128, AccessKind::Read),
-            Some(MissClass::Cold)
-        );
-        assert_eq!(
-            miss(&mut m, 0, 0, AccessKind::Read),
-            Some(MissClass::Conflict)
-        );
-        assert_eq!(miss(&mut m, 0, 64, AccessKind::Read), Some(MissClass::Cold));
-        assert_eq!(
-            miss(&mut m, 0, 192, AccessKind::Read),
-            Some(MissClass::Cold)
-        );
-        // Now lines 1 and 3 were used last; line 2 is out of both caches.
-        assert_eq!(
-            miss(&mut m, 0, 128, AccessKind::Read),
-            Some(MissClass::Capacity)
-        );
-        // CPU 1 writes line 2: CPU 0's copy is invalidated.
-        let o = m.observe(&acc(1, 128, AccessKind::Write));
-        assert_eq!(
-            (o.note.miss, o.note.invalidations),
-            (Some(MissClass::Cold), 1)
-        );
-        assert_eq!(
-            miss(&mut m, 0, 128, AccessKind::Read),
-            Some(MissClass::Coherence)
-        );
-        assert_eq!(m.states(2), vec![Some(State::Shared), Some(State::Shared)]);
-    }
-
-    #[test]
-    fn the_state_serializes() {
-        let mut m = Mesi::new(MesiConfig::parse("size=1K,assoc=2,line=64,repl=random").unwrap());
-        for i in 0..100u64 {
-            m.observe(&acc((i % 3) as u32, i * 40, AccessKind::Write));
-        }
-        let bytes = postcard::to_stdvec(&m).unwrap();
-        let mut back: Mesi = postcard::from_bytes(&bytes).unwrap();
-        for i in 0..100u64 {
-            let a = acc((i % 4) as u32, i * 24, AccessKind::Read);
-            assert_eq!(m.observe(&a), back.observe(&a));
-        }
-    }
-}
+mod tests;

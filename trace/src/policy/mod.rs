@@ -176,6 +176,7 @@ impl CacheLinePolicy for Policy {
     fn quick_keep(&mut self, a: &Access) -> Option<bool> {
         match self {
             Policy::Movement(p) => p.quick_keep(a),
+            Policy::Mesi(p) => p.quick_keep(a),
             _ => None,
         }
     }
