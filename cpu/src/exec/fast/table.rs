@@ -895,6 +895,19 @@ fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedI
     // A stretch with memory accesses would hide them from an observer: records one by one.
     let memory = crate::native::has_memory(w);
     if n >= 2 && end <= x.pos_end && !(O::ENABLED && memory) {
+        // SAFETY: the stretch's `n` records are consecutive in the block's slice, all before
+        // `x.pos_end` (checked above): its last record is one of them.
+        let last = unsafe { &*(d as *const DecodedInsn).add(n - 1) };
+        if w & crate::native::CALL_END != 0 {
+            // CALL checks its target before pushing (as `call_rel`): with a target that is
+            // not canonical the stretch runs record by record and the CALL faults.
+            let target = x.block_rip.wrapping_add(last.ops.imm);
+            if !crate::exec::control::is_canonical(target) {
+                return native_alone(x, d);
+            }
+            x.native.value = fall_through(x, last);
+            x.next_rip = target;
+        }
         // SAFETY: `d` is a record of a block of the cache, which the run loop is executing
         // (the arena is reset only with every block dropped, between blocks: see
         // `CodeCache::reclaim`).
@@ -916,23 +929,36 @@ fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedI
             let taken = k as u64 & crate::native::TAKEN != 0;
             let mut k = k & (crate::native::TAKEN as usize - 1);
             if k >= n {
-                if !taken {
-                    x.skip = n - 1;
-                    return Flow::Stretch;
-                }
-                // SAFETY: the stretch's `n` records are consecutive in the block's slice,
-                // all before `x.pos_end` (checked above): its last record, the branch, is
-                // one of them.
-                let jcc = unsafe { &*(d as *const DecodedInsn).add(n - 1) };
-                match super::rel_target(x, &jcc.ops) {
-                    Ok(t) => {
+                if w & (crate::native::CALL_END | crate::native::RET_END) != 0 {
+                    if w & crate::native::CALL_END != 0 {
+                        // Pushed, RSP written; `next_rip` is the checked target.
+                        x.skip = n - 1;
+                        return Flow::StretchJump;
+                    }
+                    // RET's return address, checked as `ret` does: a target that is not
+                    // canonical is its #GP (RSP unchanged), through its own handler.
+                    let t = x.native.value;
+                    if crate::exec::control::is_canonical(t) {
+                        x.cpu.state.gpr[4] = x.cpu.state.gpr[4].wrapping_add(8);
                         x.next_rip = t;
                         x.skip = n - 1;
                         return Flow::StretchJump;
                     }
-                    // A target that is not canonical is the Jcc's #GP: everything before it
-                    // retired, and it runs through its own handler.
-                    Err(_) => k = n - 1,
+                    k = n - 1;
+                } else if !taken {
+                    x.skip = n - 1;
+                    return Flow::Stretch;
+                } else {
+                    match super::rel_target(x, &last.ops) {
+                        Ok(t) => {
+                            x.next_rip = t;
+                            x.skip = n - 1;
+                            return Flow::StretchJump;
+                        }
+                        // A target that is not canonical is the Jcc's #GP: everything
+                        // before it retired, and it runs through its own handler.
+                        Err(_) => k = n - 1,
+                    }
                 }
             }
             // `k` records retired: the rest of the stretch, from the access that needs the
