@@ -19,7 +19,11 @@
 //! RAM, and it may end with a
 //! conditional branch (a Jcc, also one fused with the compare before it), whose condition
 //! the host code reports and whose target the handler checks and takes as the Jcc's own
-//! handler does ([`TAKEN`]).
+//! handler does ([`TAKEN`]), or with CALL rel32 or RET ([`StackEnd`]), whose stack access
+//! the host code makes through the quick tags after storing the registers and merging the
+//! flags, and whose target the handler checks as their own handlers do (`CALL_END`,
+//! `RET_END`; observers, which are told of calls and returns, never see such a stretch run
+//! whole).
 //!
 //! Bit-exactness with the interpreter: the whitelist holds only operations that cannot fault
 //! or touch memory, at operand sizes whose host result is the architectural one (32- and
