@@ -388,6 +388,7 @@ impl Cpu {
                 quick,
                 ram: ram.as_mut_ptr() as usize,
                 ram_len: ram.len(),
+                value: 0,
             };
         }
         let mut start = x.cpu.state.rip;

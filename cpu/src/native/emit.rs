@@ -15,7 +15,7 @@ use crate::exec::operand::gpr_slot;
 use crate::mmu::QuickLayout;
 use crate::state::rflags::{CF, OF};
 
-use super::{Ctx, Mem, MemKind, Plan};
+use super::{Ctx, Mem, MemKind, Plan, StackEnd};
 
 /// Host registers that hold guest registers, in the order they are handed out.
 const HOST: [Register; 13] = [
@@ -75,6 +75,7 @@ const _: () = assert!(QuickLayout::SIZE == 24);
 const CTX_QUICK: i64 = std::mem::offset_of!(Ctx, quick) as i64;
 const CTX_RAM: i64 = std::mem::offset_of!(Ctx, ram) as i64;
 const CTX_RAM_LEN: i64 = std::mem::offset_of!(Ctx, ram_len) as i64;
+const CTX_VALUE: i64 = std::mem::offset_of!(Ctx, value) as i64;
 const _: () = assert!(std::mem::offset_of!(Ctx, rflags) == 0);
 
 /// One step of a stretch's host code.
@@ -302,6 +303,8 @@ pub(super) struct Ending {
     /// The condition of the conditional branch that is the stretch's last record, if it is
     /// one: reported as [`super::TAKEN`].
     pub(super) branch: Option<ConditionCode>,
+    /// The CALL or RET that is the stretch's last record, if it is one (see [`stack_end`]).
+    pub(super) stack: Option<StackEnd>,
 }
 
 /// The host function of a stretch of `len` records: `steps` (whitelisted instructions,
@@ -319,7 +322,7 @@ pub(super) fn emit(
     end: &Ending,
 ) -> Option<Vec<u8>> {
     use Register::{AH, AL, EAX, RDI, RSI};
-    let memory = steps.iter().any(|st| matches!(st, Step::Access(_)));
+    let memory = steps.iter().any(|st| matches!(st, Step::Access(_))) || end.stack.is_some();
     let pool: &[Register] = if memory { &HOST_MEMORY } else { &HOST };
     let mut map = [Register::None; 16];
     let mut k = 0;
@@ -373,10 +376,17 @@ pub(super) fn emit(
             Step::Access(a) => misses.push((access(&mut o, a, &map)?, a)),
         }
     }
-    finish(
-        &mut o, &map, store, &end.flags, len as u32, end.branch, &saved,
-    )?;
     let mut patches = Vec::new();
+    match end.stack {
+        Some(kind) => {
+            let (jumps, exit) =
+                stack_end(&mut o, &map, store, &end.flags, len as u32, kind, &saved)?;
+            patches.extend(jumps.into_iter().map(|j| (j, exit)));
+        }
+        None => finish(
+            &mut o, &map, store, &end.flags, len as u32, end.branch, &saved,
+        )?,
+    }
     for (jumps, a) in misses {
         for j in jumps {
             patches.push((j, o.pos));
@@ -425,48 +435,11 @@ fn access(o: &mut Out, a: &Access, map: &[Register; 16]) -> Option<Vec<u64>> {
     if a.save() {
         o.op0(Code::Pushfq)?;
     }
-    // The entry: set + ((lin >> 12) & MASK) * 24.
-    o.rr(Code::Mov_r64_rm64, ENTRY, LIN)?;
-    o.ri(Code::Shr_rm64_imm8, ENTRY, 12)?;
-    o.ri(Code::And_rm64_imm32, ENTRY, QuickLayout::MASK as i32)?;
-    o.rm(Code::Lea_r64_m, ENTRY, address(ENTRY, ENTRY, 2, 0))?;
-    o.load(KEY, RSI, CTX_QUICK)?;
-    o.rm(Code::Lea_r64_m, ENTRY, address(KEY, ENTRY, 8, 0))?;
-    // The page of the last byte against the tag (a page crossing never matches).
-    o.rm(
-        Code::Lea_r64_m,
-        KEY,
-        address(LIN, Register::None, 1, size - 1),
-    )?;
-    o.ri(Code::And_rm64_imm32, KEY, -0x1000)?;
     let tag = match m.kind {
         MemKind::Load(_) | MemKind::Extend { .. } | MemKind::Alu { .. } => QuickLayout::READ,
         _ => QuickLayout::WRITE,
     };
-    o.rm(
-        Code::Cmp_r64_rm64,
-        KEY,
-        MemoryOperand::with_base_displ(ENTRY, tag),
-    )?;
-    let miss_tag = o.jcc(Code::Jne_rel32_64)?;
-    // The physical address, inside RAM.
-    o.rm(
-        Code::Add_r64_rm64,
-        LIN,
-        MemoryOperand::with_base_displ(ENTRY, QuickLayout::ADDEND),
-    )?;
-    o.rm(Code::Lea_r64_m, KEY, address(LIN, Register::None, 1, size))?;
-    o.rm(
-        Code::Cmp_r64_rm64,
-        KEY,
-        MemoryOperand::with_base_displ(RSI, CTX_RAM_LEN),
-    )?;
-    let miss_ram = o.jcc(Code::Ja_rel32_64)?;
-    o.rm(
-        Code::Add_r64_rm64,
-        LIN,
-        MemoryOperand::with_base_displ(RSI, CTX_RAM),
-    )?;
+    let jumps = lookup(o, size, tag)?;
     if a.commit != 0 {
         // Commit: rflags = rflags & !commit | saved & commit & !cleared (RFLAGS and the
         // saved host flags have the same layout).
@@ -540,6 +513,53 @@ fn access(o: &mut Out, a: &Access, map: &[Register; 16]) -> Option<Vec<u64>> {
         let to = MemoryOperand::with_base_displ(rsp, i64::from(m.rsp_add));
         o.rm(Code::Lea_r64_m, rsp, to)?;
     }
+    Some(jumps)
+}
+
+/// The quick-tag lookup of `mmu::Tlb::quick`, inlined, for an access of `size` bytes at the
+/// linear address in [`LIN`], against the entry's tag at offset `tag` (read or write): on a
+/// hit [`LIN`] holds the access's host address; returns the positions of the jumps taken
+/// when the tag does not match or the access is not inside RAM. Changes the host's flags.
+fn lookup(o: &mut Out, size: i64, tag: i64) -> Option<Vec<u64>> {
+    use Register::RSI;
+    // The entry: set + ((lin >> 12) & MASK) * 24.
+    o.rr(Code::Mov_r64_rm64, ENTRY, LIN)?;
+    o.ri(Code::Shr_rm64_imm8, ENTRY, 12)?;
+    o.ri(Code::And_rm64_imm32, ENTRY, QuickLayout::MASK as i32)?;
+    o.rm(Code::Lea_r64_m, ENTRY, address(ENTRY, ENTRY, 2, 0))?;
+    o.load(KEY, RSI, CTX_QUICK)?;
+    o.rm(Code::Lea_r64_m, ENTRY, address(KEY, ENTRY, 8, 0))?;
+    // The page of the last byte against the tag (a page crossing never matches).
+    o.rm(
+        Code::Lea_r64_m,
+        KEY,
+        address(LIN, Register::None, 1, size - 1),
+    )?;
+    o.ri(Code::And_rm64_imm32, KEY, -0x1000)?;
+    o.rm(
+        Code::Cmp_r64_rm64,
+        KEY,
+        MemoryOperand::with_base_displ(ENTRY, tag),
+    )?;
+    let miss_tag = o.jcc(Code::Jne_rel32_64)?;
+    // The physical address, inside RAM.
+    o.rm(
+        Code::Add_r64_rm64,
+        LIN,
+        MemoryOperand::with_base_displ(ENTRY, QuickLayout::ADDEND),
+    )?;
+    o.rm(Code::Lea_r64_m, KEY, address(LIN, Register::None, 1, size))?;
+    o.rm(
+        Code::Cmp_r64_rm64,
+        KEY,
+        MemoryOperand::with_base_displ(RSI, CTX_RAM_LEN),
+    )?;
+    let miss_ram = o.jcc(Code::Ja_rel32_64)?;
+    o.rm(
+        Code::Add_r64_rm64,
+        LIN,
+        MemoryOperand::with_base_displ(RSI, CTX_RAM),
+    )?;
     Some(vec![miss_tag, miss_ram])
 }
 
@@ -555,18 +575,110 @@ fn finish(
     branch: Option<ConditionCode>,
     saved: &[Register],
 ) -> Option<()> {
-    use Register::{AH, AL, DIL, EAX, ECX, EDI, RAX, RCX, RDI, RSI};
-    for (g, &h) in map.iter().enumerate() {
-        if store >> g & 1 != 0 {
-            o.store(RDI, 8 * g as i64, h)?;
-        }
-    }
+    use Register::{DIL, EAX, EDI};
+    store_registers(o, map, store)?;
     if let Some(cc) = branch {
         // The condition on the host's flags, which are the guest's here (the stores above
         // change none); RDI is free once the registers are stored.
         o.put(Instruction::with1(setcc(cc)?, DIL).ok())?;
         o.rr(Code::Movzx_r32_rm8, EDI, DIL)?;
     }
+    merge_flags(o, plan)?;
+    o.put(Instruction::with2(Code::Mov_r32_imm32, EAX, records).ok())?;
+    if branch.is_some() {
+        const _: () = assert!(super::TAKEN == 1 << 16);
+        o.ri(Code::Shl_rm32_imm8, EDI, 16)?;
+        o.rr(Code::Or_r32_rm32, EAX, EDI)?;
+    }
+    leave(o, saved)
+}
+
+/// Store the guest registers in `store` from their host registers (`map`).
+fn store_registers(o: &mut Out, map: &[Register; 16], store: u16) -> Option<()> {
+    for (g, &h) in map.iter().enumerate() {
+        if store >> g & 1 != 0 {
+            o.store(Register::RDI, 8 * g as i64, h)?;
+        }
+    }
+    Some(())
+}
+
+/// Restore the callee-saved registers `saved` and return.
+fn leave(o: &mut Out, saved: &[Register]) -> Option<()> {
+    for &r in saved.iter().rev() {
+        o.op1(Code::Pop_r64, r)?;
+    }
+    o.op0(Code::Retnq)
+}
+
+/// The end of a stretch whose last record (number `records - 1`) is a CALL or RET
+/// (`kind`): store the guest registers in `store`, merge the status flags as `plan` says
+/// (the host's flags are then free for the lookup: no PUSHFQ), then the stack access
+/// through the quick tags as [`access`] does it, with RSP read from the stored registers.
+/// CALL stores [`Ctx::value`] at RSP - 8 and writes RSP back; RET loads [`Ctx::value`]
+/// from RSP (the handler moves RSP). Returns `records` on a hit; the jumps of a miss go to
+/// the returned position, which returns `records - 1` (every register and flag is the
+/// guest's already: the record runs through its own handler).
+fn stack_end(
+    o: &mut Out,
+    map: &[Register; 16],
+    store: u16,
+    plan: &Plan,
+    records: u32,
+    kind: StackEnd,
+    saved: &[Register],
+) -> Option<(Vec<u64>, u64)> {
+    use Register::{EAX, RDI, RSI};
+    store_registers(o, map, store)?;
+    merge_flags(o, plan)?;
+    let rsp = 8 * 4;
+    o.load(LIN, RDI, rsp)?;
+    if kind == StackEnd::Call {
+        o.rm(
+            Code::Lea_r64_m,
+            LIN,
+            MemoryOperand::with_base_displ(LIN, -8),
+        )?;
+    }
+    let jumps = lookup(
+        o,
+        8,
+        if kind == StackEnd::Ret {
+            QuickLayout::READ
+        } else {
+            QuickLayout::WRITE
+        },
+    )?;
+    let at = MemoryOperand::with_base(LIN);
+    match kind {
+        StackEnd::Call => {
+            o.load(KEY, RSI, CTX_VALUE)?;
+            o.put(Instruction::with2(Code::Mov_rm64_r64, at, KEY).ok())?;
+            o.load(KEY, RDI, rsp)?;
+            o.rm(
+                Code::Lea_r64_m,
+                KEY,
+                MemoryOperand::with_base_displ(KEY, -8),
+            )?;
+            o.store(RDI, rsp, KEY)?;
+        }
+        StackEnd::Ret => {
+            o.rm(Code::Mov_r64_rm64, KEY, at)?;
+            o.store(RSI, CTX_VALUE, KEY)?;
+        }
+    }
+    o.put(Instruction::with2(Code::Mov_r32_imm32, EAX, records).ok())?;
+    leave(o, saved)?;
+    let exit = o.pos;
+    o.put(Instruction::with2(Code::Mov_r32_imm32, EAX, records - 1).ok())?;
+    leave(o, saved)?;
+    Some((jumps, exit))
+}
+
+/// Merge the host's status flags into the guest's RFLAGS as `plan` says (clobbers RAX and
+/// RCX, so after the guest registers are stored).
+fn merge_flags(o: &mut Out, plan: &Plan) -> Option<()> {
+    use Register::{AH, AL, EAX, ECX, RAX, RCX, RSI};
     if plan.written != 0 {
         // rflags = rflags & !written | host & written & !cleared, the host's flags read
         // with LAHF (SF ZF AF PF CF) and SETO (the MOVs and stores above changed none; the
@@ -591,16 +703,7 @@ fn finish(
         o.rr(Code::Or_r64_rm64, RAX, RCX)?;
         o.store(RSI, 0, RAX)?;
     }
-    o.put(Instruction::with2(Code::Mov_r32_imm32, EAX, records).ok())?;
-    if branch.is_some() {
-        const _: () = assert!(super::TAKEN == 1 << 16);
-        o.ri(Code::Shl_rm32_imm8, EDI, 16)?;
-        o.rr(Code::Or_r32_rm32, EAX, EDI)?;
-    }
-    for &r in saved.iter().rev() {
-        o.op1(Code::Pop_r64, r)?;
-    }
-    o.op0(Code::Retnq)
+    Some(())
 }
 
 /// The SETcc of condition `cc`.

@@ -19,7 +19,11 @@
 //! RAM, and it may end with a
 //! conditional branch (a Jcc, also one fused with the compare before it), whose condition
 //! the host code reports and whose target the handler checks and takes as the Jcc's own
-//! handler does ([`TAKEN`]).
+//! handler does ([`TAKEN`]), or with CALL rel32 or RET ([`StackEnd`]), whose stack access
+//! the host code makes through the quick tags after storing the registers and merging the
+//! flags, and whose target the handler checks as their own handlers do (`CALL_END`,
+//! `RET_END`; observers, which are told of calls and returns, never see such a stretch run
+//! whole).
 //!
 //! Bit-exactness with the interpreter: the whitelist holds only operations that cannot fault
 //! or touch memory, at operand sizes whose host result is the architectural one (32- and
@@ -78,6 +82,9 @@ pub(crate) struct Ctx {
     pub(crate) ram: usize,
     /// Bytes of guest RAM; memory stretches only.
     pub(crate) ram_len: usize,
+    /// A stretch ending in CALL ([`StackEnd::Call`]): the return address to push, put here
+    /// by the handler; one ending in RET: the return address it popped.
+    pub(crate) value: u64,
 }
 
 /// The table entry of a stretch's first record whose [`word`] is in `disp` (see
@@ -259,6 +266,14 @@ pub(crate) const TAKEN: u64 = 1 << 16;
 /// bits 16 and up its function's address: taken with one shift, no mask).
 const MEMORY: u64 = 1;
 
+/// The word's bit saying that the stretch ends with CALL rel32 ([`StackEnd::Call`]): the
+/// handler checks the target and puts the return address in [`Ctx::value`] before the call.
+pub(crate) const CALL_END: u64 = 2;
+
+/// The word's bit saying that the stretch ends with RET ([`StackEnd::Ret`]): the handler
+/// checks the target the host code left in [`Ctx::value`] and pops it.
+pub(crate) const RET_END: u64 = 4;
+
 /// Where the word holds the host address of the stretch's function (user-space addresses
 /// of x86-64 hosts have 47 bits; a function placed higher is not used).
 const FUNCTION_SHIFT: u32 = 16;
@@ -313,10 +328,27 @@ pub(crate) struct Effect {
     /// handler of the stretch's first record computes and checks the target as the Jcc's
     /// own handler does, so the host code never needs the block's address.
     branch: Option<ConditionCode>,
+    /// CALL rel32 or RET, the last record of its block: it ends the stretch, whose host code
+    /// does its stack access through the quick tags once the registers are stored and the
+    /// flags merged (a miss returns the record's index, so it runs through its own
+    /// handler); the handler of the stretch's first record checks CALL's target before the
+    /// call and RET's after it, as their own handlers do (see [`CALL_END`]).
+    stack: Option<StackEnd>,
     /// A Jcc or a compare fused with the Jcc after it: left out of stretches, these cost
     /// the interpreter little (a fused pair is one dispatch), so they only lengthen a
     /// stretch that is worth its call without them (see [`weight`]).
     cheap: bool,
+}
+
+/// The control transfer that ends a stretch with a stack access ([`Effect::stack`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StackEnd {
+    /// CALL rel32: stores [`Ctx::value`] (the return address, which the handler puts
+    /// there: the host code never knows the block's address) at RSP - 8 and writes RSP.
+    Call,
+    /// RET: loads the return address into [`Ctx::value`] and leaves RSP alone (the handler
+    /// adds 8 once it has checked the target is canonical).
+    Ret,
 }
 
 /// A plain load or store in a stretch: MOV r, m / MOV m, r / MOV m, imm of 4 or 8 bytes, or
@@ -459,8 +491,9 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
                         restore: 0,
                     }),
                 ));
-            } else if e.branch.is_some() {
-                // Last (see `longest`): its condition is taken at the end, in `emit`.
+            } else if e.branch.is_some() || e.stack.is_some() {
+                // Last (see `longest`): its condition is taken, or its stack accessed, at
+                // the end, in `emit`.
             } else if d.op != Op::Nop {
                 steps.push((k, emit::Step::Insn(full[s + k])));
             }
@@ -487,11 +520,13 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
         if stack_saves {
             continue;
         }
-        let memory = effs.iter().any(|e| e.mem.is_some());
+        let stack = effs.last().and_then(|e| e.stack);
+        let memory = effs.iter().any(|e| e.mem.is_some()) || stack.is_some();
         let steps: Vec<emit::Step> = steps.into_iter().map(|(_, st)| st).collect();
         let end = emit::Ending {
             flags: end,
             branch: effs.last().and_then(|e| e.branch),
+            stack,
         };
         let Some(code) = emit::emit(&steps, p - s, regs, load, store, &plan, &end) else {
             continue;
@@ -505,7 +540,14 @@ pub(crate) fn compile(insns: &mut [DecodedInsn], full: &[Instruction], natives: 
         };
         natives.compiled_insns += (p - s) as u64;
         let d = &mut insns[s];
-        let w = f << FUNCTION_SHIFT | ((p - s) as u64) << 8 | if memory { MEMORY } else { 0 };
+        let w = f << FUNCTION_SHIFT
+            | ((p - s) as u64) << 8
+            | if memory { MEMORY } else { 0 }
+            | match stack {
+                Some(StackEnd::Call) => CALL_END,
+                Some(StackEnd::Ret) => RET_END,
+                None => 0,
+            };
         if uses_imm_for_word(d.op) {
             d.ops.imm = w;
             d.handler = HANDLER_IMM;
@@ -562,7 +604,7 @@ pub(crate) fn stretches(effects: &[Option<Effect>]) -> Vec<(usize, usize, Plan)>
                 let others = effects[s..p]
                     .iter()
                     .flatten()
-                    .filter(|e| e.mem.is_none() && !e.cheap);
+                    .filter(|e| e.mem.is_none() && e.stack.is_none() && !e.cheap);
                 others.count() >= MIN_OTHERS
             })
             .or_else(|| longest(effects, s, false));
@@ -606,11 +648,13 @@ fn longest(effects: &[Option<Effect>], s: usize, memory: bool) -> Option<(usize,
     // The effects of `s..e`.
     let mut es: Vec<Effect> = Vec::new();
     while let Some(Some(ef)) = effects.get(e) {
-        if ef.mem.is_some() && !memory {
+        // A CALL or RET ending accesses memory too (and needs the lookup's registers).
+        let access = ef.mem.is_some() || ef.stack.is_some();
+        if access && !memory {
             break;
         }
         let r = regs | ef.reads | ef.writes;
-        let m = has || ef.mem.is_some();
+        let m = has || access;
         let max = if m {
             emit::MAX_REGS_MEMORY
         } else {
@@ -625,8 +669,9 @@ fn longest(effects: &[Option<Effect>], s: usize, memory: bool) -> Option<(usize,
         (regs, has) = (r, m);
         es.push(*ef);
         e += 1;
-        // A branch ends the stretch (its host code reports the condition at the end).
-        if ef.branch.is_some() {
+        // A branch ends the stretch (its host code reports the condition at the end, or
+        // does the CALL's or RET's stack access).
+        if ef.branch.is_some() || ef.stack.is_some() {
             break;
         }
     }

@@ -196,6 +196,57 @@ fn put(
                 }
             }
         }
+        // CALL and RET ending stretches, with RSP first set in a data page, at a page's
+        // start (the push crosses into the page before), in a page whose quick tags miss
+        // for stores, a read-only page or one that is not present.
+        CALLS => {
+            let top: u32 = match imm >> 8 & 7 {
+                0..=3 => 0x40_0800 + ((imm >> 12) as u32 & 0x3f8),
+                4 => 0x40_1004,
+                5 => 0x200_0800,
+                6 => 0x60_0800,
+                _ => 0xa0_0800,
+            };
+            x.mov(esp, top)?;
+            match imm % 3 {
+                // A call to the next instruction.
+                0 => {
+                    let mut next = x.create_label();
+                    x.mov(R64[a], R64[b])?;
+                    x.add(R64[a], i32v)?;
+                    x.xor(R64[c], R64[b])?;
+                    x.call(next)?;
+                    x.set_label(&mut next)
+                }
+                // A call to a body ending in RET, which returns to a jump past it.
+                1 => {
+                    let (mut body, mut after) = (x.create_label(), x.create_label());
+                    x.call(body)?;
+                    x.jmp(after)?;
+                    x.set_label(&mut body)?;
+                    x.sub(R64[a], R64[b])?;
+                    x.lea(R64[c], qword_ptr(R64[a] + 8))?;
+                    x.adc(R64[c], i32v)?;
+                    x.ret()?;
+                    x.set_label(&mut after)
+                }
+                // A RET to an address that is not canonical (#GP at the RET), stored by a
+                // block before it (the store teaches the TLB the page, so that the RET's
+                // read can hit).
+                _ => {
+                    let mut next = x.create_label();
+                    x.mov(R64[a], 0x8000_0000_0000_0000 | (imm & 0xffff))?;
+                    x.mov(qword_ptr(u64::from(top - 8)), R64[a])?;
+                    x.jmp(next)?;
+                    x.set_label(&mut next)?;
+                    x.mov(esp, top - 8)?;
+                    x.mov(R64[c], R64[b])?;
+                    x.add(R64[c], i32v)?;
+                    x.shl(R64[c], 1u32)?;
+                    x.ret()
+                }
+            }
+        }
         // A conditional branch (alone, or after a compare it fuses with) over an ADD.
         _ => {
             if f != JCC {
@@ -218,6 +269,9 @@ const JCC: u8 = 50;
 
 /// Form of [`put`]: pushes and pops (memory programs only).
 const STACK: u8 = JCC + 2;
+
+/// Form of [`put`]: CALL and RET (memory programs only).
+const CALLS: u8 = JCC + 3;
 
 /// Jcc number `n` (0..16, iced's condition order from JO) to `to`.
 fn jcc(x: &mut CodeAssembler, n: u64, to: CodeLabel) -> Result<(), IcedError> {
@@ -477,6 +531,7 @@ fn fx(r: u16, w: u16, flags_in: u64, defines: u64, undefines: u64, zero: u64) ->
         zero,
         mem: None,
         branch: None,
+        stack: None,
         cheap: false,
     })
 }

@@ -4,7 +4,7 @@
 
 use iced_x86::{ConditionCode, Instruction, Mnemonic};
 
-use super::{Effect, Mem, MemKind};
+use super::{Effect, Mem, MemKind, StackEnd};
 use crate::code_cache::DecodedInsn;
 use crate::exec::fast::{
     fused_index, fused_memory_index, handler_index, is_jcc, Op, Operands, NO_REG, RIP,
@@ -270,6 +270,11 @@ pub(crate) fn effect(d: &DecodedInsn, i: &Instruction) -> Option<Effect> {
         }
         // NOPs, ENDBR64 and prefetches do nothing (no code is emitted for them).
         Nop => {}
+        // CALL rel32 and RET (near, 64-bit operand size: the only forms the fast ops take) end
+        // a stretch with their stack access: see `Effect::stack`. The stack of 64-bit code
+        // is flat, as for PUSH and POP.
+        CallRel if i.code() == iced_x86::Code::Call_rel32_64 => e.stack = Some(StackEnd::Call),
+        Ret if i.code() == iced_x86::Code::Retnq => e.stack = Some(StackEnd::Ret),
         // A conditional branch: only its condition is host code (see `Effect::branch`).
         op if is_jcc(op) => {
             let cc = i.condition_code();

@@ -889,6 +889,9 @@ fn pop_r_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow 
 /// handler, and the stretch's other records follow one by one as usual.
 fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     let w = crate::native::word::<IMM>(d);
+    if w & (crate::native::CALL_END | crate::native::RET_END) != 0 {
+        return native_stack(x, d, w);
+    }
     let n = crate::native::length(w);
     let end = (d as *const DecodedInsn as usize)
         .wrapping_add(n.wrapping_mul(std::mem::size_of::<DecodedInsn>()));
@@ -948,6 +951,73 @@ fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedI
         }
     }
     native_alone(x, d)
+}
+
+/// [`native`] for a stretch ending with CALL rel32 or RET (word `w`), out of line so that
+/// the other stretches pay one test for it: CALL's target is checked before the call (as
+/// `call_rel` does before its push), RET's after it (as `ret` does before moving RSP).
+#[inline(never)]
+fn native_stack<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn, w: u64) -> Flow {
+    let n = crate::native::length(w);
+    let end = (d as *const DecodedInsn as usize)
+        .wrapping_add(n.wrapping_mul(std::mem::size_of::<DecodedInsn>()));
+    // Memory stretches (the stack access): records one by one under an observer, which is
+    // told of calls and returns too.
+    if n < 2 || end > x.pos_end || O::ENABLED {
+        return native_alone(x, d);
+    }
+    // SAFETY: the stretch's `n` records are consecutive in the block's slice, all before
+    // `x.pos_end` (checked above): its last record, the CALL or RET, is one of them.
+    let last = unsafe { &*(d as *const DecodedInsn).add(n - 1) };
+    let call = w & crate::native::CALL_END != 0;
+    if call {
+        // With a target that is not canonical the stretch runs record by record and the
+        // CALL faults before its push.
+        let target = x.block_rip.wrapping_add(last.ops.imm);
+        if !crate::exec::control::is_canonical(target) {
+            return native_alone(x, d);
+        }
+        x.native.value = fall_through(x, last);
+        x.next_rip = target;
+    }
+    // SAFETY: `d` is a record of a block of the cache, which the run loop is executing
+    // (the arena is reset only with every block dropped, between blocks: see
+    // `CodeCache::reclaim`).
+    let f = unsafe { crate::native::function(w) };
+    // The run loop prepared the rest of the context (`Exec::native`).
+    debug_assert_eq!(x.native.quick, x.cpu.tlb.quick_set(x.quick_class()));
+    let ctx = &mut x.native;
+    ctx.rflags = x.cpu.state.rflags;
+    // The whole context escapes (the host code reads all its fields).
+    let mut k = f(&mut x.cpu.state.gpr, std::ptr::addr_of_mut!(*ctx).cast()) as usize;
+    x.cpu.state.rflags = x.native.rflags;
+    if k >= n {
+        if call {
+            // Pushed, RSP written; `next_rip` is the checked target.
+            x.skip = n - 1;
+            return Flow::StretchJump;
+        }
+        // RET's return address: a target that is not canonical is its #GP (RSP unchanged),
+        // through its own handler.
+        let t = x.native.value;
+        if crate::exec::control::is_canonical(t) {
+            x.cpu.state.gpr[4] = x.cpu.state.gpr[4].wrapping_add(8);
+            x.next_rip = t;
+            x.skip = n - 1;
+            return Flow::StretchJump;
+        }
+        k = n - 1;
+    }
+    // `k` records retired: the rest, from the access that needs the full way (a side exit)
+    // or the RET that faults, runs record by record.
+    match k {
+        0 => native_alone(x, d),
+        1 => Flow::Next,
+        _ => {
+            x.skip = k - 1;
+            Flow::Stretch
+        }
+    }
 }
 
 /// [`native`]'s first record alone, through the handler of its op (whose operands it
