@@ -520,6 +520,7 @@ impl Filters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::kind;
     use proptest::prelude::*;
 
     fn access(cpu: u32, vaddr: u64, size: u8, kind: AccessKind, cpl: u8, pc: u64) -> Access {
@@ -589,15 +590,6 @@ mod tests {
         assert!(f.keep(2, &a));
         f.context(&rec(Hypercall::Disable { name: "x".into() }));
         assert!(!f.keep(3, &a));
-    }
-
-    fn kind() -> impl Strategy<Value = AccessKind> {
-        prop_oneof![
-            Just(AccessKind::Read),
-            Just(AccessKind::Write),
-            Just(AccessKind::ReadModifyWrite),
-            Just(AccessKind::Fetch)
-        ]
     }
 
     /// One filter from a small random description, so two independent copies can be built.

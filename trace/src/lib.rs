@@ -30,3 +30,20 @@ pub mod policy;
 pub mod record;
 pub mod stats;
 pub mod tracer;
+
+/// What several modules' tests share.
+#[cfg(test)]
+mod test_support {
+    use proptest::prelude::*;
+    use reprise_cpu::AccessKind;
+
+    /// Any kind of access, for random access streams.
+    pub(crate) fn kind() -> impl Strategy<Value = AccessKind> {
+        prop_oneof![
+            Just(AccessKind::Read),
+            Just(AccessKind::Write),
+            Just(AccessKind::ReadModifyWrite),
+            Just(AccessKind::Fetch)
+        ]
+    }
+}

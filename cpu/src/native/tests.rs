@@ -692,102 +692,96 @@ fn movzx_never_uses_the_native_entry() {
     }
 }
 
+/// Where the canonical-edge tests put their code: the last bytes of the lower canonical
+/// half (virtual 2 MiB page 0x7fff_ffe0_0000 mapped onto physical 0).
+const EDGE: u64 = 0x7fff_ffff_ff00;
+
+/// A machine that ran (100 instructions at most, native code `native`) the code `f`
+/// assembles at [`EDGE`].
+fn run_at_the_canonical_edge(
+    f: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+    native: bool,
+) -> (RunExit, TestMachine) {
+    const PDPT: u64 = 0x9000;
+    const PD: u64 = 0xa000;
+    let mut x = CodeAssembler::new(64).unwrap();
+    f(&mut x).unwrap();
+    let code = x.assemble(EDGE).unwrap();
+    let mut m = TestMachine::with_code(&[0xf4]);
+    let put = |ram: &mut [u8], at: u64, v: u64| {
+        ram[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+    };
+    // PML4[255] -> PDPT[511] -> PD[511]: a 2 MiB page at physical 0.
+    put(&mut m.bus.ram, crate::testing::PML4 + 255 * 8, PDPT | 3);
+    put(&mut m.bus.ram, PDPT + 511 * 8, PD | 3);
+    put(&mut m.bus.ram, PD + 511 * 8, 0x83);
+    let at = (EDGE & 0x1f_ffff) as usize;
+    m.bus.ram[at..at + code.len()].copy_from_slice(&code);
+    m.cpu.state.rip = EDGE;
+    m.cpu.flush_tlb();
+    m.code.set_native(native);
+    (m.run(100), m)
+}
+
 /// A stretch ending in a CALL rel32 whose target is not canonical: the CALL faults (#GP)
 /// before its push, as with native code off; the stretch before it runs record by record
 /// (its target is checked before the host code runs; mutation-checked: without the check
-/// the CALL pushes). The code sits where the Jcc's test puts it, at the end of the lower
-/// canonical half.
+/// the CALL pushes).
 #[test]
 fn a_stretch_calling_out_of_the_canonical_half_faults_like_the_interpreter() {
-    const VIRT: u64 = 0x7fff_ffff_ff00;
-    const PDPT: u64 = 0x9000;
-    const PD: u64 = 0xa000;
     const STACK: u64 = 0x40_0800;
-    let mut x = CodeAssembler::new(64).unwrap();
-    // A store in a block before teaches the TLB the stack's page (the push would hit).
-    let mut next = x.create_label();
-    x.mov(qword_ptr(STACK - 16), 0).unwrap();
-    x.jmp(next).unwrap();
-    x.set_label(&mut next).unwrap();
-    x.mov(rsp, STACK).unwrap();
-    x.mov(eax, 1).unwrap();
-    x.mov(ebx, 2).unwrap();
-    x.add(eax, ebx).unwrap();
-    x.call(0x8000_0000_0040u64).unwrap();
-    x.hlt().unwrap();
-    let code = x.assemble(VIRT).unwrap();
-    let run = |native: bool| {
-        let mut m = TestMachine::with_code(&[0xf4]);
-        let put = |ram: &mut [u8], at: u64, v: u64| {
-            ram[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
-        };
-        // PML4[255] -> PDPT[511] -> PD[511]: a 2 MiB page at physical 0.
-        put(&mut m.bus.ram, crate::testing::PML4 + 255 * 8, PDPT | 3);
-        put(&mut m.bus.ram, PDPT + 511 * 8, PD | 3);
-        put(&mut m.bus.ram, PD + 511 * 8, 0x83);
-        let at = (VIRT & 0x1f_ffff) as usize;
-        m.bus.ram[at..at + code.len()].copy_from_slice(&code);
-        m.cpu.state.rip = VIRT;
-        m.cpu.flush_tlb();
-        m.code.set_native(native);
-        let exit = m.run(100);
-        let compiled = m.code.native_stats().1;
-        let stack = m.bus.ram[STACK as usize - 8..STACK as usize].to_vec();
-        (exit, m.cpu.state.clone(), compiled, stack)
+    let code = |x: &mut CodeAssembler| {
+        // A store in a block before teaches the TLB the stack's page (the push would hit).
+        let mut next = x.create_label();
+        x.mov(qword_ptr(STACK - 16), 0)?;
+        x.jmp(next)?;
+        x.set_label(&mut next)?;
+        x.mov(rsp, STACK)?;
+        x.mov(eax, 1)?;
+        x.mov(ebx, 2)?;
+        x.add(eax, ebx)?;
+        x.call(0x8000_0000_0040u64)?;
+        x.hlt()
     };
-    let (on_exit, on, compiled, on_stack) = run(true);
-    let (off_exit, off, _, off_stack) = run(false);
-    assert_eq!(compiled, 5, "the stretch to the CALL was not compiled");
+    let (on_exit, on) = run_at_the_canonical_edge(code, true);
+    let (off_exit, off) = run_at_the_canonical_edge(code, false);
+    let stack = |m: &TestMachine| m.bus.ram[STACK as usize - 8..STACK as usize].to_vec();
+    assert_eq!(
+        on.code.native_stats().1,
+        5,
+        "the stretch to the CALL was not compiled"
+    );
     assert_eq!(on_exit, off_exit);
-    assert_eq!(on, off);
+    assert_eq!(on.cpu.state, off.cpu.state);
     // Everything before the CALL retired; the CALL did not, and pushed nothing.
-    assert_eq!(on.gpr[0], 3);
-    assert_eq!(on.gpr[4], STACK);
-    assert_eq!(on_stack, vec![0; 8]);
-    assert_eq!(on_stack, off_stack);
+    assert_eq!(on.cpu.state.gpr[0], 3);
+    assert_eq!(on.cpu.state.gpr[4], STACK);
+    assert_eq!(stack(&on), vec![0; 8]);
+    assert_eq!(stack(&on), stack(&off));
 }
 
 /// A stretch ending in a taken Jcc whose target is not canonical: the records before the
 /// Jcc retire natively, the compare-and-branch then runs through its own handler and
-/// raises the #GP, exactly as with native code off. The code sits in the last bytes of the
-/// lower canonical half (virtual 2 MiB page 0x7fff_ffe0_0000 mapped onto physical 0).
+/// raises the #GP, exactly as with native code off.
 #[test]
 fn a_stretch_branching_out_of_the_canonical_half_faults_like_the_interpreter() {
-    const VIRT: u64 = 0x7fff_ffff_ff00;
-    const PDPT: u64 = 0x9000;
-    const PD: u64 = 0xa000;
-    let mut x = CodeAssembler::new(64).unwrap();
-    x.mov(eax, 1).unwrap();
-    x.mov(ebx, 2).unwrap();
-    x.add(eax, ebx).unwrap();
-    x.cmp(eax, 3).unwrap();
-    x.je(0x8000_0000_0040u64).unwrap();
-    x.hlt().unwrap();
-    let code = x.assemble(VIRT).unwrap();
-    let run = |native: bool| {
-        let mut m = TestMachine::with_code(&[0xf4]);
-        let put = |ram: &mut [u8], at: u64, v: u64| {
-            ram[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
-        };
-        // PML4[255] -> PDPT[511] -> PD[511]: a 2 MiB page at physical 0.
-        put(&mut m.bus.ram, crate::testing::PML4 + 255 * 8, PDPT | 3);
-        put(&mut m.bus.ram, PDPT + 511 * 8, PD | 3);
-        put(&mut m.bus.ram, PD + 511 * 8, 0x83);
-        let at = (VIRT & 0x1f_ffff) as usize;
-        m.bus.ram[at..at + code.len()].copy_from_slice(&code);
-        m.cpu.state.rip = VIRT;
-        m.cpu.flush_tlb();
-        m.code.set_native(native);
-        let exit = m.run(100);
-        let runs = m.code.native_stats().0;
-        (exit, m.cpu.state.clone(), runs)
+    let code = |x: &mut CodeAssembler| {
+        x.mov(eax, 1)?;
+        x.mov(ebx, 2)?;
+        x.add(eax, ebx)?;
+        x.cmp(eax, 3)?;
+        x.je(0x8000_0000_0040u64)?;
+        x.hlt()
     };
-    let (on_exit, on, runs) = run(true);
-    let (off_exit, off, _) = run(false);
-    assert!(runs >= 1, "the stretch did not run natively");
+    let (on_exit, on) = run_at_the_canonical_edge(code, true);
+    let (off_exit, off) = run_at_the_canonical_edge(code, false);
+    assert!(
+        on.code.native_stats().0 >= 1,
+        "the stretch was not compiled"
+    );
     assert_eq!(on_exit, off_exit);
-    assert_eq!(on, off);
+    assert_eq!(on.cpu.state, off.cpu.state);
     // The MOVs and the ADD retired; the branch did not (its #GP has no IDT to go to).
-    assert_eq!(on.gpr[0], 3);
-    assert_ne!(on.rip, 0x8000_0000_0040);
+    assert_eq!(on.cpu.state.gpr[0], 3);
+    assert_ne!(on.cpu.state.rip, 0x8000_0000_0040);
 }

@@ -449,6 +449,7 @@ impl CacheLinePolicy for Movement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::kind;
     use proptest::prelude::*;
 
     fn acc(cpu: u32, paddr: u64, size: u8, kind: AccessKind) -> Access {
@@ -487,15 +488,6 @@ mod tests {
             });
         }
         out
-    }
-
-    fn kind() -> impl Strategy<Value = AccessKind> {
-        prop_oneof![
-            Just(AccessKind::Read),
-            Just(AccessKind::Write),
-            Just(AccessKind::ReadModifyWrite),
-            Just(AccessKind::Fetch)
-        ]
     }
 
     proptest! {

@@ -2,6 +2,7 @@
 //! judged as `observe` does and as the tracer does (quick verdicts first).
 
 use super::*;
+use crate::test_support::kind;
 use proptest::prelude::*;
 
 /// A plain reference: per CPU, sets as lists in LRU order (front = least recent), a
@@ -110,15 +111,6 @@ impl Reference {
         }
         (true, note)
     }
-}
-
-fn kind() -> impl Strategy<Value = AccessKind> {
-    prop_oneof![
-        Just(AccessKind::Read),
-        Just(AccessKind::Write),
-        Just(AccessKind::ReadModifyWrite),
-        Just(AccessKind::Fetch)
-    ]
 }
 
 fn acc(cpu: u32, paddr: u64, kind: AccessKind) -> Access {
