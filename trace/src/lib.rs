@@ -35,7 +35,23 @@ pub mod tracer;
 #[cfg(test)]
 mod test_support {
     use proptest::prelude::*;
-    use reprise_cpu::AccessKind;
+    use reprise_cpu::{Access, AccessKind};
+
+    /// An access of `size` bytes by CPU `cpu` at physical (and virtual) address `paddr`.
+    pub(crate) fn acc(cpu: u32, paddr: u64, size: u8, kind: AccessKind) -> Access {
+        Access {
+            cpu,
+            retired: 0,
+            pc: 0,
+            vaddr: paddr,
+            paddr,
+            size,
+            kind,
+            locked: false,
+            cpl: 0,
+            value: 0,
+        }
+    }
 
     /// Any kind of access, for random access streams.
     pub(crate) fn kind() -> impl Strategy<Value = AccessKind> {

@@ -274,6 +274,13 @@ impl Mesi {
             let p = self.private();
             self.cpus.push(p);
         }
+        // A hit that needs no other cache: what the tracer's quick verdict does too.
+        if self.quiet_hit(c, line, write) {
+            return Outcome {
+                keep: false,
+                note: Note::default(),
+            };
+        }
         self.clock += 1;
         let now = self.clock;
         let repl = self.config.repl;
@@ -289,14 +296,9 @@ impl Mesi {
         });
         // MESI's invariant (an M or E copy is the only one) means a hit needs the other
         // caches only when it writes a Shared line: a read hit changes nothing elsewhere
-        // (no other copy is Modified), and a write hit on M or E has no copies to drop.
-        // Skipping the snoop there saves a set scan per other CPU on nearly every access.
-        let needs_snoop = match hit {
-            None => true,
-            Some(State::Shared) => write,
-            Some(_) => false,
-        };
-        let others_had = needs_snoop && self.snoop(c, line, write, &mut note);
+        // (no other copy is Modified), and a write hit on M or E has no copies to drop
+        // (those hits took `quiet_hit` above). So here a hit is a write to a Shared copy.
+        let others_had = self.snoop(c, line, write, &mut note);
         let p = &mut self.cpus[c];
         p.last = line;
         match hit {

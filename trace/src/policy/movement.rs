@@ -449,23 +449,8 @@ impl CacheLinePolicy for Movement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::kind;
+    use crate::test_support::{acc, kind};
     use proptest::prelude::*;
-
-    fn acc(cpu: u32, paddr: u64, size: u8, kind: AccessKind) -> Access {
-        Access {
-            cpu,
-            retired: 0,
-            pc: 0,
-            vaddr: paddr,
-            paddr,
-            size,
-            kind,
-            locked: false,
-            cpl: 0,
-            value: 0,
-        }
-    }
 
     /// The reference model, from the definition in words and the full history: CPU p "may
     /// hold" line L iff p accessed L and no other CPU wrote L after p's last access.

@@ -113,19 +113,9 @@ impl Reference {
     }
 }
 
+/// A one-byte access (the model looks at the line only).
 fn acc(cpu: u32, paddr: u64, kind: AccessKind) -> Access {
-    Access {
-        cpu,
-        retired: 0,
-        pc: 0,
-        vaddr: paddr,
-        paddr,
-        size: 1,
-        kind,
-        locked: false,
-        cpl: 0,
-        value: 0,
-    }
+    crate::test_support::acc(cpu, paddr, 1, kind)
 }
 
 /// What the tracer does with an access: the policy's quick verdict if it has one (an
