@@ -904,14 +904,7 @@ fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedI
         {
             let f = unsafe { crate::native::function(w) };
             let k = if memory {
-                // The run loop prepared the rest of the context (`Exec::native`).
-                debug_assert_eq!(x.native.quick, x.cpu.tlb.quick_set(x.quick_class()));
-                let ctx = &mut x.native;
-                ctx.rflags = x.cpu.state.rflags;
-                // The whole context escapes (the host code reads all its fields).
-                let k = f(&mut x.cpu.state.gpr, std::ptr::addr_of_mut!(*ctx).cast());
-                x.cpu.state.rflags = x.native.rflags;
-                k as usize
+                with_memory(x, f)
             } else {
                 let s = &mut x.cpu.state;
                 f(&mut s.gpr, &mut s.rflags) as usize
@@ -938,19 +931,38 @@ fn native<const IMM: bool, B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedI
                     Err(_) => k = n - 1,
                 }
             }
-            // `k` records retired: the rest of the stretch, from the access that needs the
-            // full way (a side exit), runs record by record.
-            return match k {
-                0 => native_alone(x, d),
-                1 => Flow::Next,
-                _ => {
-                    x.skip = k - 1;
-                    Flow::Stretch
-                }
-            };
+            return partly(x, d, k);
         }
     }
     native_alone(x, d)
+}
+
+/// Call a memory stretch's function `f`: the run loop prepared the context but for the
+/// flags (`Exec::native`). Returns what `f` returns.
+#[inline(always)]
+fn with_memory<B: Bus, O: Observer>(x: &mut Exec<B, O>, f: crate::native::NativeFn) -> usize {
+    debug_assert_eq!(x.native.quick, x.cpu.tlb.quick_set(x.quick_class()));
+    let ctx = &mut x.native;
+    ctx.rflags = x.cpu.state.rflags;
+    // The whole context escapes (the host code reads all its fields).
+    let k = f(&mut x.cpu.state.gpr, std::ptr::addr_of_mut!(*ctx).cast());
+    x.cpu.state.rflags = x.native.rflags;
+    k as usize
+}
+
+/// After `k` records of the stretch at `d` retired natively: the rest, from the access that
+/// needs the full way (a side exit) or the control transfer that faults, runs record by
+/// record.
+#[inline(always)]
+fn partly<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn, k: usize) -> Flow {
+    match k {
+        0 => native_alone(x, d),
+        1 => Flow::Next,
+        _ => {
+            x.skip = k - 1;
+            Flow::Stretch
+        }
+    }
 }
 
 /// [`native`] for a stretch ending with CALL rel32 or RET (word `w`), out of line so that
@@ -973,10 +985,9 @@ fn native_stack<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn, w: u64
     if call {
         // With a target that is not canonical the stretch runs record by record and the
         // CALL faults before its push.
-        let target = x.block_rip.wrapping_add(last.ops.imm);
-        if !crate::exec::control::is_canonical(target) {
+        let Ok(target) = super::rel_target(x, &last.ops) else {
             return native_alone(x, d);
-        }
+        };
         x.native.value = fall_through(x, last);
         x.next_rip = target;
     }
@@ -984,13 +995,7 @@ fn native_stack<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn, w: u64
     // (the arena is reset only with every block dropped, between blocks: see
     // `CodeCache::reclaim`).
     let f = unsafe { crate::native::function(w) };
-    // The run loop prepared the rest of the context (`Exec::native`).
-    debug_assert_eq!(x.native.quick, x.cpu.tlb.quick_set(x.quick_class()));
-    let ctx = &mut x.native;
-    ctx.rflags = x.cpu.state.rflags;
-    // The whole context escapes (the host code reads all its fields).
-    let mut k = f(&mut x.cpu.state.gpr, std::ptr::addr_of_mut!(*ctx).cast()) as usize;
-    x.cpu.state.rflags = x.native.rflags;
+    let mut k = with_memory(x, f);
     if k >= n {
         if call {
             // Pushed, RSP written; `next_rip` is the checked target.
@@ -1008,16 +1013,7 @@ fn native_stack<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn, w: u64
         }
         k = n - 1;
     }
-    // `k` records retired: the rest, from the access that needs the full way (a side exit)
-    // or the RET that faults, runs record by record.
-    match k {
-        0 => native_alone(x, d),
-        1 => Flow::Next,
-        _ => {
-            x.skip = k - 1;
-            Flow::Stretch
-        }
-    }
+    partly(x, d, k)
 }
 
 /// [`native`]'s first record alone, through the handler of its op (whose operands it
