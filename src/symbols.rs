@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use reprise_replay::seek::{boot, read_mem, seek as seek_to, MemAddr};
+use reprise_replay::seek::{boot, read_all, seek as seek_to, MemAddr};
 use reprise_symbols::slab::{self, SlabCaches};
 use reprise_symbols::{kallsyms, DebugInfo, Kallsyms, SymbolTable, SystemMap, Vmlinux};
 use reprise_trace::alloc::PageMap;
@@ -356,18 +356,17 @@ pub fn kernel_symbols_of_recording(
                     addr: sym.start.wrapping_add(8 * c as u64),
                     cpu: 0,
                 };
-                let bytes: Option<Vec<u8>> = read_mem(&r.machine, at, 8).into_iter().collect();
-                let base = u64::from_le_bytes(bytes?.try_into().ok()?);
+                let base = u64::from_le_bytes(read_all(&r.machine, at, 8)?.try_into().ok()?);
                 // Before the per-CPU areas are set up the entries are 0.
                 (base != 0).then_some(base)
             })
             .collect(),
         None => vec![None; ncpus],
     };
-    // Everything below reads through CPU 0's page tables, without touching them.
+    // Everything below reads through CPU 0's page tables, without touching them (a page
+    // at a time: rodata is megabytes).
     let mut read = |addr: u64, len: usize| -> Option<Vec<u8>> {
-        let at = MemAddr::Virt { addr, cpu: 0 };
-        read_mem(&r.machine, at, len as u64).into_iter().collect()
+        read_all(&r.machine, MemAddr::Virt { addr, cpu: 0 }, len as u64)
     };
     let slab = slab::find(&k.table, &mut read);
     let var = |name: &str| -> Option<u64> {
@@ -405,7 +404,6 @@ pub fn kernel_symbols_of_recording(
         }
         _ => None,
     };
-    // At most 64 MiB: a kernel's read-only data is a few MiB.
     let rodata = match (
         k.table.by_name("__start_rodata"),
         k.table.by_name("__end_rodata"),

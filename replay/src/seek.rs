@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use reprise_checkpoints::{CheckpointError, LogChunk, SaveStats, Store};
 use reprise_cpu::state::GPR_NAMES;
-use reprise_devices::{Machine, RunOutcome};
+use reprise_devices::{GuestRam, Machine, RunOutcome};
 use reprise_record::boot::boot_machine;
 use reprise_record::container::{ChunkStart, ContainerReader, Ending};
 use reprise_record::folder::{load_images, RecordingDir};
@@ -308,15 +308,78 @@ pub fn translate(m: &Machine<Replayer>, cpu: u32, lin: u64) -> Option<u64> {
 
 /// Read `len` bytes at `at`; `None` for a byte that is unmapped or outside RAM.
 pub fn read_mem(m: &Machine<Replayer>, at: MemAddr, len: u64) -> Vec<Option<u8>> {
-    (0..len)
-        .map(|k| {
-            let phys = match at {
-                MemAddr::Phys(a) => Some(a.wrapping_add(k)),
-                MemAddr::Virt { addr, cpu } => translate(m, cpu, addr.wrapping_add(k)),
-            }?;
-            m.ram().get(phys, 1).map(|b| b[0])
-        })
-        .collect()
+    bytes_at(m.ram(), at, len, |cpu, lin| translate(m, cpu, lin))
+}
+
+/// Read `len` bytes at `at`, all or nothing: `None` when any of them is unmapped or outside
+/// RAM. The same bytes as [`read_mem`] (collected), without an `Option` per byte: the way
+/// to copy megabytes (a kernel's read-only data) out of a stopped machine.
+pub fn read_all(m: &Machine<Replayer>, at: MemAddr, len: u64) -> Option<Vec<u8>> {
+    all_at(m.ram(), at, len, |cpu, lin| translate(m, cpu, lin))
+}
+
+/// [`read_mem`] over `ram`, virtual addresses translated by `translate(cpu, linear)`.
+fn bytes_at(
+    ram: &GuestRam,
+    at: MemAddr,
+    len: u64,
+    translate: impl Fn(u32, u64) -> Option<u64>,
+) -> Vec<Option<u8>> {
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    read_runs(ram, at, len, translate, |run, n| match run {
+        Some(bytes) => out.extend(bytes.iter().map(|&b| Some(b))),
+        None => out.extend(std::iter::repeat_n(None, n)),
+    });
+    out
+}
+
+/// [`read_all`] over `ram`, virtual addresses translated by `translate(cpu, linear)`.
+fn all_at(
+    ram: &GuestRam,
+    at: MemAddr,
+    len: u64,
+    translate: impl Fn(u32, u64) -> Option<u64>,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(usize::try_from(len).ok()?);
+    let mut whole = true;
+    read_runs(ram, at, len, translate, |run, _| match run {
+        Some(bytes) if whole => out.extend_from_slice(bytes),
+        _ => whole = false,
+    });
+    whole.then_some(out)
+}
+
+/// Walks `len` bytes at `at` in runs that stay within one 4 KiB page, giving `each` every
+/// run in order: its bytes, or `None` and its length when it cannot be read.
+///
+/// One translation per page instead of one per byte, with the same answer: every paging
+/// mode (and none) maps a 4 KiB-aligned page onto one 4 KiB-aligned frame (a large page's
+/// frames are contiguous), so a page's bytes sit at its first byte's frame plus their
+/// offset; RAM's end and its hole are 4 KiB-aligned, so a frame is readable whole or not
+/// at all; and 2^64 is a multiple of 4 KiB, so an address that wraps does so between runs.
+fn read_runs(
+    ram: &GuestRam,
+    at: MemAddr,
+    len: u64,
+    translate: impl Fn(u32, u64) -> Option<u64>,
+    mut each: impl FnMut(Option<&[u8]>, usize),
+) {
+    const PAGE: u64 = 4096;
+    let (start, cpu) = match at {
+        MemAddr::Phys(a) => (a, None),
+        MemAddr::Virt { addr, cpu } => (addr, Some(cpu)),
+    };
+    let mut k = 0u64;
+    while k < len {
+        let first = start.wrapping_add(k);
+        let n = (PAGE - first % PAGE).min(len - k);
+        let phys = match cpu {
+            None => Some(first),
+            Some(cpu) => translate(cpu, first),
+        };
+        each(phys.and_then(|p| ram.get(p, n)), n as usize);
+        k += n;
+    }
 }
 
 /// The machine's state as `seek` prints it: every CPU's registers, mode, and instruction at
@@ -444,3 +507,6 @@ fn json_escape(s: &str) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests;
