@@ -404,6 +404,7 @@ pub fn kernel_symbols_of_recording(
         }
         _ => None,
     };
+    // At most 64 MiB: a kernel's read-only data is a few MiB.
     let rodata = match (
         k.table.by_name("__start_rodata"),
         k.table.by_name("__end_rodata"),
