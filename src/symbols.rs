@@ -417,8 +417,8 @@ pub fn kernel_symbols_of_recording(
     let nodes = reprise_symbols::nodes::find(&k.table, &mut read);
     let manifest = reprise_record::manifest::Manifest::read(dir)?;
     let slide = kernel_path(&manifest, images)
-        .and_then(|kernel| SymbolTable::kallsyms_from_image(&kernel).ok())
-        .map(|img| k.relative_base.wrapping_sub(img.relative_base) as i64);
+        .and_then(|kernel| SymbolTable::kallsyms_base_of_image(&kernel).ok())
+        .map(|link| k.relative_base.wrapping_sub(link) as i64);
     Ok(KernelSymbols {
         kallsyms: k,
         position: report.reached,

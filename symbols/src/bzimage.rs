@@ -14,6 +14,9 @@ use crate::SymbolError;
 /// without bound (a real vmlinux is well under 100 MiB).
 const MAX_KERNEL: usize = 512 << 20;
 
+/// The most an LZ4 legacy block decompresses to.
+const LZ4_BLOCK: usize = 8 << 20;
+
 /// Offset of `setup_sects` in the boot sector.
 const SETUP_SECTS: usize = 0x1f1;
 /// Offset of the "HdrS" signature.
@@ -141,7 +144,13 @@ pub fn vmlinux(image: &[u8], origin: &str) -> Result<Vec<u8>, SymbolError> {
         .unwrap_or(0);
     // The compressed stream without the appended size (xz rejects data after its stream).
     let body = &payload[..payload.len().saturating_sub(4)];
-    let mut out = Vec::with_capacity(size_hint);
+    // LZ4 decompresses its last block into a whole block's room too: have it already, so
+    // that the output is not moved (copied whole) to make it.
+    let room = match format {
+        Compression::Lz4Legacy => LZ4_BLOCK,
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(size_hint + room);
     let fail = |what: &str, e: &dyn std::fmt::Display| bad(origin, format!("{what}: {e}"));
     match format {
         Compression::None => out.extend_from_slice(payload),
@@ -196,9 +205,8 @@ pub fn section_range(elf: &[u8], name: &str) -> Option<std::ops::Range<u64>> {
 /// the magic of a concatenated stream, may follow the last block.
 fn lz4_legacy(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     const MAGIC: u32 = 0x184c_2102;
-    const BLOCK: usize = 8 << 20;
+    const BLOCK: usize = LZ4_BLOCK;
     let mut at = 4;
-    let mut block = vec![0u8; BLOCK];
     while at < payload.len() {
         // Four bytes or fewer left: the appended uncompressed size (or padding).
         if payload.len() - at <= 4 {
@@ -214,12 +222,17 @@ fn lz4_legacy(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
             .checked_add(size)
             .and_then(|end| payload.get(at..end))
             .ok_or_else(|| format!("LZ4 block of {size} bytes at {at:#x} runs past the payload"))?;
-        let n = lz4_flex::block::decompress_into(data, &mut block)
+        // Straight into the output's tail (room for a whole block, cut to what it held):
+        // through a separate block buffer, the copy and that buffer's pages cost twice
+        // the decompression itself.
+        let done = out.len();
+        out.resize(done + BLOCK, 0);
+        let n = lz4_flex::block::decompress_into(data, &mut out[done..])
             .map_err(|e| format!("LZ4 block at {at:#x}: {e}"))?;
-        if out.len() + n > MAX_KERNEL {
+        out.truncate(done + n);
+        if out.len() > MAX_KERNEL {
             return Err(format!("kernel larger than {MAX_KERNEL} bytes"));
         }
-        out.extend_from_slice(&block[..n]);
         at += size;
     }
     Ok(())
@@ -329,5 +342,24 @@ mod tests {
         // A truncated stream is an error, not a panic.
         let mut out = Vec::new();
         assert!(lz4_legacy(&stream[..stream.len() - 100], &mut out).is_err());
+    }
+
+    /// Several blocks, the first a whole 8 MiB, each decompressed onto the end of the
+    /// output: the whole data, in order, also from an output with no room reserved.
+    #[test]
+    fn lz4_legacy_blocks_follow_each_other() {
+        let data: Vec<u8> = (0..LZ4_BLOCK + 300_000)
+            .map(|i| (i % 253) as u8 ^ (i >> 16) as u8)
+            .collect();
+        let mut stream = 0x184c_2102u32.to_le_bytes().to_vec();
+        for part in data.chunks(LZ4_BLOCK) {
+            let block = lz4_flex::block::compress(part);
+            stream.extend_from_slice(&(block.len() as u32).to_le_bytes());
+            stream.extend_from_slice(&block);
+        }
+        stream.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        let mut out = Vec::new();
+        lz4_legacy(&stream, &mut out).unwrap();
+        assert!(out == data, "{} bytes out of {}", out.len(), data.len());
     }
 }

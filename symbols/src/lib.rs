@@ -266,6 +266,15 @@ impl SymbolTable {
         Self::kallsyms_from_image_bytes(&bytes, &path.display().to_string())
     }
 
+    /// The link-time `_text` (`kallsyms_relative_base`) of the kallsyms table of the kernel
+    /// image at `path`: [`SymbolTable::kallsyms_from_image`]'s `relative_base`, without
+    /// building the table (for the KASLR slide of a recorded kernel).
+    pub fn kallsyms_base_of_image(path: &Path) -> Result<u64, SymbolError> {
+        let bytes = crate::read_file(path)?;
+        let origin = path.display().to_string();
+        kallsyms::find_relative_base(&bzimage::vmlinux(&bytes, &origin)?, 0, &origin)
+    }
+
     /// [`SymbolTable::kallsyms_from_image`] on an image in memory; `origin` names it in errors.
     pub fn kallsyms_from_image_bytes(bytes: &[u8], origin: &str) -> Result<Kallsyms, SymbolError> {
         let elf = bzimage::vmlinux(bytes, origin)?;

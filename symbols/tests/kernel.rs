@@ -24,6 +24,13 @@ fn kallsyms_from_the_debian_kernel() {
     );
     assert!(k.table.len() > 50_000, "{} symbols", k.table.len());
 
+    // The base alone (for the KASLR slide) is the table's.
+    let path = std::path::Path::new(&guest.kernel);
+    assert_eq!(
+        SymbolTable::kallsyms_base_of_image(path).unwrap(),
+        k.relative_base
+    );
+
     let elf = bzimage::vmlinux(&image, "vmlinuz").unwrap();
     let text = bzimage::section_range(&elf, ".text").expect(".text");
     let init = bzimage::section_range(&elf, ".init.text").expect(".init.text");

@@ -10,6 +10,22 @@ pub(super) struct Scan<'a> {
     pub(super) base: u64,
 }
 
+/// A table whose arrays were found and checked, before its names are expanded.
+pub(super) struct Located<'a> {
+    /// Where its names are and how many.
+    pub(super) names: Names,
+    /// The 256 tokens.
+    pub(super) tokens: Vec<&'a [u8]>,
+    /// Where its addresses were.
+    pub(super) layout: KallsymsLayout,
+    /// `kallsyms_relative_base` (0 for absolute addresses).
+    pub(super) relative_base: u64,
+    /// The addresses (see [`Scan::decode`]).
+    pub(super) addrs: Vec<i64>,
+    /// Offset of the token table.
+    pub(super) table: usize,
+}
+
 /// The names region once found.
 pub(super) struct Names {
     /// Offset of `kallsyms_num_syms`.
@@ -48,6 +64,21 @@ impl Scan<'_> {
     /// Tries a table whose token 0x30 ("0") starts at `hit`.
     /// On failure, says how far it got (a stage number) and why it stopped.
     pub(super) fn parse_at(&self, hit: usize) -> Result<Kallsyms, (u32, String)> {
+        let t = self.locate_at(hit)?;
+        Ok(self.decode(
+            &t.names,
+            &t.tokens,
+            t.layout,
+            t.relative_base,
+            &t.addrs,
+            t.table,
+        ))
+    }
+
+    /// [`Self::parse_at`] up to its last check, without expanding the names: the table's
+    /// arrays when every check passed (so `parse_at` succeeds on the same `hit`, with the
+    /// same relative base).
+    pub(super) fn locate_at(&self, hit: usize) -> Result<Located<'_>, (u32, String)> {
         let at = |stage: u32| move |e: String| (stage, e);
         let one = self.token_one(hit).map_err(at(1))?;
         let (mut tokens, offsets, table_end) = self.tokens_from_one(one).map_err(at(2))?;
@@ -65,7 +96,14 @@ impl Scan<'_> {
             ));
         }
         let (layout, relative_base, addrs) = self.addresses(&names, index).map_err(at(7))?;
-        Ok(self.decode(&names, &tokens, layout, relative_base, &addrs, table))
+        Ok(Located {
+            names,
+            tokens,
+            layout,
+            relative_base,
+            addrs,
+            table,
+        })
     }
 
     /// Walks back 0x2f tokens from the "0" token to token 1. Token 0 cannot be found this

@@ -140,7 +140,15 @@ const MAX_CANDIDATES: usize = 4096;
 /// alignment of the arrays is relative to addresses; an image file keeps its segments'
 /// offsets congruent to their addresses, so `base` 0 works for a file).
 pub fn find(bytes: &[u8], base: u64, origin: &str) -> Result<Kallsyms, SymbolError> {
-    search(bytes, base, origin, false).map(|mut all| all.swap_remove(0))
+    search(bytes, base, origin, false, Scan::parse_at).map(|mut all| all.swap_remove(0))
+}
+
+/// The `relative_base` (`_text`) of the table [`find`] finds in `bytes`, or its error: the
+/// same search and checks, without expanding the names into symbols. For the KASLR slide,
+/// which needs nothing else of a kernel image's table.
+pub fn find_relative_base(bytes: &[u8], base: u64, origin: &str) -> Result<u64, SymbolError> {
+    let relative_base = |scan: &Scan, hit| scan.locate_at(hit).map(|t| t.relative_base);
+    search(bytes, base, origin, false, relative_base).map(|all| all[0])
 }
 
 /// Every kallsyms table in `bytes`, in address order (at least one, or an error).
@@ -150,7 +158,7 @@ pub fn find(bytes: &[u8], base: u64, origin: &str) -> Result<Kallsyms, SymbolErr
 /// relocations there; the buffer's copy, with link-time addresses, may survive. See
 /// [`find_running`].
 pub fn find_all(bytes: &[u8], base: u64, origin: &str) -> Result<Vec<Kallsyms>, SymbolError> {
-    search(bytes, base, origin, true)
+    search(bytes, base, origin, true, Scan::parse_at)
 }
 
 /// The table of the running kernel in guest RAM: of several (see [`find_all`]), the one
@@ -173,7 +181,14 @@ pub fn find_running(
     Ok((best, n))
 }
 
-fn search(bytes: &[u8], base: u64, origin: &str, all: bool) -> Result<Vec<Kallsyms>, SymbolError> {
+/// The tables `parse` makes of the candidates in `bytes` (the first only, unless `all`).
+fn search<'b, T>(
+    bytes: &'b [u8],
+    base: u64,
+    origin: &str,
+    all: bool,
+    parse: impl Fn(&Scan<'b>, usize) -> Result<T, (u32, String)>,
+) -> Result<Vec<T>, SymbolError> {
     let mut why = String::from("no token table (no run of one-digit tokens)");
     let mut depth = 0;
     let mut from = 0;
@@ -191,7 +206,7 @@ fn search(bytes: &[u8], base: u64, origin: &str, all: bool) -> Result<Vec<Kallsy
         };
         from = hit + 1;
         let scan = Scan { bytes, base };
-        match scan.parse_at(hit) {
+        match parse(&scan, hit) {
             Ok(k) => {
                 found.push(k);
                 if !all {

@@ -270,3 +270,39 @@ fn truncated_tables_are_errors() {
     }
     assert!(find(&bad, 0, "bad").is_err());
 }
+
+/// The relative base alone is the one of the table `find` decodes, or the same error:
+/// for every layout, and for a table damaged at every byte in turn.
+#[test]
+fn the_relative_base_alone_is_finds() {
+    let rb = 0xffff_ffff_8100_0000;
+    let owned: Vec<(String, u64)> = (0..300)
+        .map(|i| (format!("Tf{i}"), rb + 8 * i as u64))
+        .collect();
+    let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let same = |bytes: &[u8]| match (find(bytes, 0, "t"), find_relative_base(bytes, 0, "t")) {
+        (Ok(k), Ok(base)) => assert_eq!(k.relative_base, base),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        (a, b) => panic!("find: {a:?}, the base alone: {b:?}"),
+    };
+    for layout in [
+        KallsymsLayout::OffsetsFirst,
+        KallsymsLayout::OffsetsLast,
+        KallsymsLayout::Absolute,
+    ] {
+        let bytes = synthetic_layout(&names, rb, false, layout);
+        assert!(find_relative_base(&bytes, 0, "t").is_ok());
+        same(&bytes);
+    }
+    let bytes = synthetic(&names, rb);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for at in 0..bytes.len() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut bad = bytes.clone();
+        bad[at] = seed as u8;
+        same(&bad);
+        same(&bad[..at]);
+    }
+}
