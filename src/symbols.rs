@@ -324,7 +324,7 @@ pub fn kernel_symbols_of_recording(
         .ok_or_else(|| anyhow::anyhow!("guest RAM is not readable as one range"))?;
     let origin = format!("guest RAM at instruction {}", report.reached);
     let found = Instant::now();
-    let (k, copies) = kallsyms::find_running(bytes, 0, &origin)?;
+    let (k, copies) = kallsyms::find_running_in(bytes, 0, &origin, &maybe_written(bytes))?;
     let find_seconds = found.elapsed().as_secs_f64();
     let mut warnings = Vec::new();
     if copies > 1 {
@@ -431,6 +431,31 @@ pub fn kernel_symbols_of_recording(
         rodata,
         nodes,
     })
+}
+
+/// The ranges of guest RAM `ram` (from guest-physical 0) that may hold something other
+/// than zeros: all of it, but for the pages the host has never backed
+/// ([`reprise_devices::machine::backed_pages`]), which were never written. The kallsyms
+/// search skips the others: reading them would only fault in zero pages, most of a booted
+/// 512 MiB guest's RAM.
+fn maybe_written(ram: &[u8]) -> Vec<std::ops::Range<usize>> {
+    const PAGE: usize = reprise_devices::machine::RAM_HASH_PAGE;
+    let Some(backed) = reprise_devices::machine::backed_pages(ram) else {
+        return std::iter::once(0..ram.len()).collect();
+    };
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    for (n, _) in backed.iter().enumerate().filter(|(_, b)| **b != 0) {
+        match ranges.last_mut() {
+            Some(last) if last.end == n * PAGE => last.end += PAGE,
+            _ => ranges.push(n * PAGE..(n + 1) * PAGE),
+        }
+    }
+    // A tail shorter than a page, not covered by the page flags, is searched as it is.
+    let covered = backed.len() * PAGE;
+    if covered < ram.len() {
+        ranges.push(covered..ram.len());
+    }
+    ranges
 }
 
 /// The stderr line giving the recorded kernel's KASLR `slide` (`None`: no line), saying

@@ -140,7 +140,15 @@ const MAX_CANDIDATES: usize = 4096;
 /// alignment of the arrays is relative to addresses; an image file keeps its segments'
 /// offsets congruent to their addresses, so `base` 0 works for a file).
 pub fn find(bytes: &[u8], base: u64, origin: &str) -> Result<Kallsyms, SymbolError> {
-    search(bytes, base, origin, false, Scan::parse_at).map(|mut all| all.swap_remove(0))
+    search(
+        bytes,
+        base,
+        origin,
+        false,
+        std::slice::from_ref(&(0..bytes.len())),
+        Scan::parse_at,
+    )
+    .map(|mut all| all.swap_remove(0))
 }
 
 /// The `relative_base` (`_text`) of the table [`find`] finds in `bytes`, or its error: the
@@ -148,7 +156,15 @@ pub fn find(bytes: &[u8], base: u64, origin: &str) -> Result<Kallsyms, SymbolErr
 /// which needs nothing else of a kernel image's table.
 pub fn find_relative_base(bytes: &[u8], base: u64, origin: &str) -> Result<u64, SymbolError> {
     let relative_base = |scan: &Scan, hit| scan.locate_at(hit).map(|t| t.relative_base);
-    search(bytes, base, origin, false, relative_base).map(|all| all[0])
+    search(
+        bytes,
+        base,
+        origin,
+        false,
+        std::slice::from_ref(&(0..bytes.len())),
+        relative_base,
+    )
+    .map(|all| all[0])
 }
 
 /// Every kallsyms table in `bytes`, in address order (at least one, or an error).
@@ -158,7 +174,14 @@ pub fn find_relative_base(bytes: &[u8], base: u64, origin: &str) -> Result<u64, 
 /// relocations there; the buffer's copy, with link-time addresses, may survive. See
 /// [`find_running`].
 pub fn find_all(bytes: &[u8], base: u64, origin: &str) -> Result<Vec<Kallsyms>, SymbolError> {
-    search(bytes, base, origin, true, Scan::parse_at)
+    search(
+        bytes,
+        base,
+        origin,
+        true,
+        std::slice::from_ref(&(0..bytes.len())),
+        Scan::parse_at,
+    )
 }
 
 /// The table of the running kernel in guest RAM: of several (see [`find_all`]), the one
@@ -169,7 +192,25 @@ pub fn find_running(
     base: u64,
     origin: &str,
 ) -> Result<(Kallsyms, usize), SymbolError> {
-    let all = find_all(bytes, base, origin)?;
+    find_running_in(bytes, base, origin, std::slice::from_ref(&(0..bytes.len())))
+}
+
+/// [`find_running`] where the zero bytes of `bytes` are known: its answer, looking for the
+/// tables' digit runs only in `written` (offsets in `bytes`, ascending), outside of which
+/// every byte must be zero — guest RAM that was never written, which a search would only
+/// read to fault it in.
+///
+/// The same answer, because a digit run starts with a non-zero byte (`'0'`) and so starts
+/// in `written`; it may end past a range by its final NUL, so each range is searched for
+/// runs starting in it however far they reach. The tables themselves are read from all
+/// of `bytes`.
+pub fn find_running_in(
+    bytes: &[u8],
+    base: u64,
+    origin: &str,
+    written: &[std::ops::Range<usize>],
+) -> Result<(Kallsyms, usize), SymbolError> {
+    let all = search(bytes, base, origin, true, written, Scan::parse_at)?;
     let n = all.len();
     let best = all
         .into_iter()
@@ -181,44 +222,59 @@ pub fn find_running(
     Ok((best, n))
 }
 
-/// The tables `parse` makes of the candidates in `bytes` (the first only, unless `all`).
+/// The tables `parse` makes of the candidates in `bytes` (the first only, unless `all`),
+/// whose digit runs start in one of the ranges of `within` (offsets, ascending).
 fn search<'b, T>(
     bytes: &'b [u8],
     base: u64,
     origin: &str,
     all: bool,
+    within: &[std::ops::Range<usize>],
     parse: impl Fn(&Scan<'b>, usize) -> Result<T, (u32, String)>,
 ) -> Result<Vec<T>, SymbolError> {
     let mut why = String::from("no token table (no run of one-digit tokens)");
     let mut depth = 0;
-    let mut from = 0;
     let mut found = Vec::new();
     // A vectorized search: the byte-at-a-time one was most of the cost of reading a
     // booted kernel's symbols (tens of MB of RAM scanned for the digit run).
     let digits = memchr::memmem::Finder::new(DIGITS);
-    for _ in 0..MAX_CANDIDATES {
-        let Some(hit) = bytes
-            .get(from..)
-            .and_then(|rest| digits.find(rest))
-            .map(|h| h + from)
-        else {
-            break;
-        };
-        from = hit + 1;
-        let scan = Scan { bytes, base };
-        match parse(&scan, hit) {
-            Ok(k) => {
-                found.push(k);
-                if !all {
-                    break;
+    // Each candidate once, in address order, even were ranges to overlap.
+    let mut from = 0;
+    let mut tried = 0;
+    'ranges: for range in within {
+        let end = range.end.min(bytes.len());
+        // A run starting in the range may end past it.
+        let reach = end.saturating_add(DIGITS.len() - 1).min(bytes.len());
+        loop {
+            if tried == MAX_CANDIDATES {
+                break 'ranges;
+            }
+            let at = from.max(range.start);
+            let Some(hit) = bytes
+                .get(at..reach)
+                .and_then(|rest| digits.find(rest))
+                .map(|h| h + at)
+                .filter(|&h| h < end)
+            else {
+                break;
+            };
+            from = hit + 1;
+            tried += 1;
+            let scan = Scan { bytes, base };
+            match parse(&scan, hit) {
+                Ok(k) => {
+                    found.push(k);
+                    if !all {
+                        break 'ranges;
+                    }
                 }
+                // Report the candidate that got furthest: the others are mere digit runs.
+                Err((stage, e)) if stage >= depth => {
+                    depth = stage;
+                    why = e;
+                }
+                Err(_) => {}
             }
-            // Report the candidate that got furthest: the others are mere digit runs.
-            Err((stage, e)) if stage >= depth => {
-                depth = stage;
-                why = e;
-            }
-            Err(_) => {}
         }
     }
     if found.is_empty() {

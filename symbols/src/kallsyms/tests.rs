@@ -306,3 +306,61 @@ fn the_relative_base_alone_is_finds() {
         same(&bad[..at]);
     }
 }
+
+/// Searching only the pages that are not all zero gives what searching everything gives:
+/// tables (a relocated and a stale copy) at page offsets that put their digit runs at
+/// page edges, and a lone digit run whose final NUL is the first byte of a zero page.
+#[test]
+fn searching_the_written_pages_finds_what_searching_all_does() {
+    const PAGE: usize = 4096;
+    let link = 0xffff_ffff_8100_0000u64;
+    let table = |rb: u64| {
+        let owned: Vec<(String, u64)> = (0..300)
+            .map(|i| (format!("Tf{i}"), rb + 8 * i as u64))
+            .collect();
+        let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        synthetic(&names, rb)
+    };
+    let a = table(link + 0x1f80_0000);
+    let b = table(link);
+    let digits_in = |t: &[u8]| memchr::memmem::find(t, DIGITS).unwrap();
+    let written = |ram: &[u8]| -> Vec<std::ops::Range<usize>> {
+        let mut r: Vec<std::ops::Range<usize>> = Vec::new();
+        for (n, page) in ram.chunks(PAGE).enumerate() {
+            if page.iter().any(|&x| x != 0) {
+                match r.last_mut() {
+                    Some(last) if last.end == n * PAGE => last.end = n * PAGE + page.len(),
+                    _ => r.push(n * PAGE..n * PAGE + page.len()),
+                }
+            }
+        }
+        r
+    };
+    for shift in [0, 1, 2, 7, 10, 18, 19, 20] {
+        let mut ram = vec![0u8; 16 * PAGE];
+        // The stale copy's digit run ends up to 7 bytes (its alignment) short of `shift`
+        // bytes before a page edge, or across it.
+        let at_b = (3 * PAGE - shift - digits_in(&b) - DIGITS.len()) & !7;
+        ram[at_b..at_b + b.len()].copy_from_slice(&b);
+        let at_a = 9 * PAGE + 8 * shift;
+        ram[at_a..at_a + a.len()].copy_from_slice(&a);
+        // A digit run alone whose NUL opens an all-zero page.
+        let lone = 15 * PAGE - (DIGITS.len() - 1);
+        ram[lone..lone + DIGITS.len()].copy_from_slice(DIGITS);
+        assert!(ram[15 * PAGE..].iter().all(|&x| x == 0));
+        let ranges = written(&ram);
+        assert!(ranges.iter().all(|r| r.start % PAGE == 0));
+        let all = find_running(&ram, 0, "ram").unwrap();
+        let some = find_running_in(&ram, 0, "ram", &ranges).unwrap();
+        assert_eq!(all, some, "shift {shift}");
+        assert_eq!(all.1, 2);
+        // Nothing but the lone run: the same error.
+        let mut lone_only = vec![0u8; 16 * PAGE];
+        lone_only[lone..lone + DIGITS.len()].copy_from_slice(DIGITS);
+        let e = |r: Result<(Kallsyms, usize), SymbolError>| r.unwrap_err().to_string();
+        assert_eq!(
+            e(find_running(&lone_only, 0, "l")),
+            e(find_running_in(&lone_only, 0, "l", &written(&lone_only)))
+        );
+    }
+}
