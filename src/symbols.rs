@@ -283,6 +283,7 @@ pub struct KernelSymbols {
     pub pages: Option<PageMap>,
     /// A copy of the kernel's read-only data (`__start_rodata`..`__end_rodata`: address and
     /// bytes), where the name strings of slab caches created at run time live.
+    #[serde(with = "rodata_bytes")]
     pub rodata: Option<(u64, Vec<u8>)>,
     /// The memory nodes' `pglist_data` (`node_data[N]`), where the zone locks live.
     pub nodes: Vec<reprise_symbols::nodes::NodeData>,
@@ -458,6 +459,66 @@ fn maybe_written(ram: &[u8]) -> Vec<std::ops::Range<usize>> {
     ranges
 }
 
+/// [`KernelSymbols::rodata`]'s megabytes stored as one byte string rather than a sequence
+/// of `u8`s, each a call of its own (most of the cost of storing and loading the cache). The
+/// cache's encoding, postcard, writes both alike (the length, then the bytes), so files are
+/// the same either way.
+mod rodata_bytes {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::{Deserialize, Serialize, Serializer};
+
+    /// Bytes serialized as a byte string.
+    struct Bytes<'a>(&'a [u8]);
+
+    impl Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    /// Bytes deserialized from a byte string (or a sequence of `u8`s, for formats that
+    /// write one).
+    struct ByteBuf(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Bytes;
+            impl<'de> Visitor<'de> for Bytes {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
+                    let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                    while let Some(b) = seq.next_element()? {
+                        v.push(b);
+                    }
+                    Ok(ByteBuf(v))
+                }
+            }
+            d.deserialize_byte_buf(Bytes)
+        }
+    }
+
+    /// Serializes the field.
+    pub fn serialize<S: Serializer>(v: &Option<(u64, Vec<u8>)>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().map(|(at, b)| (*at, Bytes(b))).serialize(s)
+    }
+
+    /// Deserializes the field.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<(u64, Vec<u8>)>, D::Error> {
+        Ok(Option::<(u64, ByteBuf)>::deserialize(d)?.map(|(at, b)| (at, b.0)))
+    }
+}
+
 /// The stderr line giving the recorded kernel's KASLR `slide` (`None`: no line), saying
 /// where it comes from: measured by this run against the recorded kernel image, or read
 /// from the symbol cache (`origin`), where an earlier run stored what it measured, in
@@ -580,6 +641,31 @@ fn kernel_path(
 mod tests {
     use super::{signed_hex, slide_note};
     use crate::symcache::Origin;
+
+    /// The rodata field is stored as postcard stores a plain `Option<(u64, Vec<u8>)>`
+    /// (cache files of either build read alike), and reads back as it was.
+    #[test]
+    fn rodata_is_stored_as_a_plain_byte_vector_would_be() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Fast(#[serde(with = "super::rodata_bytes")] Option<(u64, Vec<u8>)>);
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Plain(Option<(u64, Vec<u8>)>);
+        let bytes: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        for v in [
+            None,
+            Some((0xffff_ffff_8200_0000, bytes)),
+            Some((1, Vec::new())),
+        ] {
+            let fast = postcard::to_stdvec(&Fast(v.clone())).unwrap();
+            assert_eq!(fast, postcard::to_stdvec(&Plain(v.clone())).unwrap());
+            assert_eq!(
+                postcard::from_bytes::<Fast>(&fast).unwrap(),
+                Fast(v.clone())
+            );
+            // A reader of either kind reads the other's.
+            assert_eq!(postcard::from_bytes::<Plain>(&fast).unwrap(), Plain(v));
+        }
+    }
 
     /// A slide is printed with its sign, a backward one too (not as its two's complement).
     #[test]
