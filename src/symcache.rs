@@ -2,8 +2,9 @@
 //!
 //! Reading a recorded kernel's symbols ([`kernel_symbols_of_recording`]: restore the last
 //! checkpoint, replay to the end, scan RAM for kallsyms, the slab caches, the page array,
-//! rodata and the memory nodes) costs about 1.5 s of CPU on the 1-CPU Debian boot, and the
-//! answer never changes for a given recording. Every traced replay and live `mscan` of a
+//! rodata and the memory nodes) costs about 0.6 s of CPU on the 1-CPU Debian boot (three
+//! quarters of it the restore and the replay), and the answer never changes for a given
+//! recording. Every traced replay and live `mscan` of a
 //! Linux recording needs it, so the first one to compute it writes it to
 //! `REC/cache/kernel-symbols.bin` ([`CACHE_FILE`]) and later ones read it back.
 //!
