@@ -3,7 +3,7 @@
 use super::*;
 use reprise_devices::{Machine, MachineConfig, ScriptedInputs};
 
-fn machine() -> Machine<ScriptedInputs> {
+pub(crate) fn machine() -> Machine<ScriptedInputs> {
     Machine::new(
         MachineConfig::new(2, 16 << 20),
         ScriptedInputs::new(),
