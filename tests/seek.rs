@@ -74,6 +74,14 @@ fn seek_uses_the_nearest_checkpoint_and_end_works() {
     let e = reprise(&["seek", &dir.display().to_string(), "--at", "end"]);
     assert_eq!(e.status, 0, "{e:?}");
     assert!(e.stdout.starts_with(&format!("position {end},")), "{e:?}");
+    // The end has a checkpoint of its own (`checkpoint` makes one, as `record` does):
+    // restored, with nothing to replay, and the same machine as a straight replay's.
+    assert!(
+        e.stderr
+            .contains(&format!("(instruction {end}): 0 instructions replayed")),
+        "{e:?}"
+    );
+    same_as_straight_replay(dir, *end, false);
 }
 
 #[test]
@@ -151,7 +159,8 @@ fn checkpoints_taken_while_recording_resume_exactly() {
         &fixture_path("smp-counter").display().to_string(),
     ]);
     assert_eq!(r.stdout, "total=400000\n", "{r:?}");
-    assert!(r.stderr.contains(" 11 checkpoints"), "{r:?}");
+    // Every 70,000 instructions, and one at the end.
+    assert!(r.stderr.contains(" 12 checkpoints"), "{r:?}");
     let p = reprise(&["replay", &d]);
     assert!(p.stderr.contains("identical to the recording"), "{p:?}");
     for at in [70_000, 123_457, 419_999, 790_001] {
@@ -226,11 +235,13 @@ fn a_checkpoint_jumps_to_its_log_chunk_and_a_wrong_offset_falls_back_with_a_warn
     ]);
     assert_eq!(r.status, 0, "{r:?}");
     let store = reprise_checkpoints::Store::new(&dir.join("checkpoints"));
-    // The latest checkpoint whose log chunk is not the first: a jump skips chunks.
+    // The latest checkpoint whose log chunk is not the first (a jump skips chunks), but
+    // for the one at the end, with nothing after it to replay.
     let cp = store
         .positions()
         .into_iter()
         .rev()
+        .skip(1)
         .map(|p| store.load(p).unwrap())
         .find(|c| c.log_chunk.is_some_and(|l| l.chunk > 0))
         .expect("a checkpoint past the log's first chunk");

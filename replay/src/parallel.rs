@@ -168,12 +168,14 @@ pub fn checkpoint_count(dir: &std::path::Path) -> usize {
     Store::new(&rec.checkpoints()).positions().len()
 }
 
-/// The segments of a replay to `limit` cut at the checkpoints in `store`.
-fn plan(store: &Store, limit: u64) -> Vec<(u64, u64)> {
-    let mut cuts: Vec<u64> = store
-        .positions()
+/// The segments of a replay to `limit` cut at the checkpoints at `positions` (ascending)
+/// before `ended`, where the recorded run ended: the recorder's checkpoint there holds the
+/// end state for what reads it, and a segment from it would replay nothing.
+fn plan(positions: Vec<u64>, limit: u64, ended: Option<u64>) -> Vec<(u64, u64)> {
+    let before = limit.min(ended.unwrap_or(u64::MAX));
+    let mut cuts: Vec<u64> = positions
         .into_iter()
-        .filter(|&c| c > 0 && c < limit)
+        .filter(|&c| c > 0 && c < before)
         .collect();
     cuts.dedup();
     let mut bounds = vec![0u64];
@@ -255,7 +257,7 @@ where
         j => j,
     }
     .max(1);
-    let segments = plan(&store, prepared.limit);
+    let segments = plan(store.positions(), prepared.limit, prepared.ended);
     let segments = match most {
         Some(m) => coarsen(segments, m),
         None => segments,
@@ -685,10 +687,17 @@ mod tests {
 
     #[test]
     fn segments_cover_the_run_cut_at_checkpoints() {
-        let dir = std::env::temp_dir().join(format!("reprise-plan-{}", std::process::id()));
-        let store = Store::new(&dir);
-        assert_eq!(plan(&store, 100), vec![(0, 100)]);
-        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(plan(vec![], 100, None), vec![(0, 100)]);
+        assert_eq!(
+            plan(vec![0, 30, 60], 100, None),
+            vec![(0, 30), (30, 60), (60, 100)]
+        );
+        // The recorder's checkpoint at the end cuts nothing (the replay's limit is one
+        // past the end, to catch a replay that would run on).
+        assert_eq!(
+            plan(vec![30, 60, 99], 100, Some(99)),
+            vec![(0, 30), (30, 60), (60, 100)]
+        );
     }
 
     #[test]

@@ -222,7 +222,9 @@ pub fn seek(r: &mut Replay, target: u64, use_checkpoints: bool) -> Result<SeekRe
 
 /// Replay `r` from the start and save a checkpoint at every multiple of `every`
 /// instructions (exact positions: a run stops exactly at its limit and resumes from there
-/// identically, scheduler state included). Calls `progress` after each.
+/// identically, scheduler state included), and one where the run ends, as `record` does
+/// (what reads the end state restores it rather than replaying to it). Calls `progress`
+/// after each.
 pub fn add_checkpoints(
     r: &mut Replay,
     every: u64,
@@ -230,20 +232,28 @@ pub fn add_checkpoints(
 ) -> Result<u64, SeekError> {
     let every = every.max(1);
     let mut made = 0;
+    let mut saved_at = 0;
     let mut next = every;
     loop {
         let result = r.machine.run(next);
-        if r.machine.inputs().stop().is_some() || result.outcome != RunOutcome::InstructionLimit {
+        if r.machine.inputs().stop().is_some() {
             return Ok(made);
         }
-        if r.end.is_some_and(|e| next >= e) {
+        let at = r.machine.instructions();
+        let ended =
+            result.outcome != RunOutcome::InstructionLimit || r.end.is_some_and(|e| at >= e);
+        if ended && (r.end != Some(at) || at == saved_at) {
             return Ok(made);
         }
         let index = r.machine.inputs().consumed().total();
         let chunk = r.machine.inputs().log_chunk().map(log_chunk);
         let stats = r.store.save(&mut r.machine, index, chunk)?;
         made += 1;
-        progress(next, &stats);
+        progress(at, &stats);
+        if ended {
+            return Ok(made);
+        }
+        saved_at = at;
         next = next.saturating_add(every);
     }
 }

@@ -179,6 +179,9 @@ pub(crate) struct Prepared {
     pub(crate) scan: LogScan,
     /// Where the replay must stop (global instruction count).
     pub(crate) limit: u64,
+    /// Where the recorded run ended, when the log is complete (the recorder keeps a
+    /// checkpoint there, for reading the end state).
+    pub(crate) ended: Option<u64>,
 }
 
 /// Read and check the recording of `setup`.
@@ -193,6 +196,11 @@ pub(crate) fn prepare(setup: &ReplaySetup) -> Result<Prepared, ReplayError> {
     // Where the replay must stop: where the recorded run ended (one instruction later, so
     // that a replay that would run on is caught), or where the intact log ends.
     let recorded_max = manifest.machine.max_instructions.unwrap_or(u64::MAX);
+    let ended = scan
+        .end
+        .as_ref()
+        .filter(|_| scan.is_complete())
+        .map(|end| end.state.cpus.iter().map(|c| c.retired).sum::<u64>());
     let limit = match (&scan.end, scan.is_complete()) {
         (Some(end), true) => {
             let at: u64 = end.state.cpus.iter().map(|c| c.retired).sum();
@@ -212,6 +220,7 @@ pub(crate) fn prepare(setup: &ReplaySetup) -> Result<Prepared, ReplayError> {
         checkpoints: rec.checkpoints(),
         scan,
         limit,
+        ended,
     })
 }
 
