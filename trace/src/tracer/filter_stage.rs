@@ -27,6 +27,9 @@ pub struct FilterStage<F: Filter> {
     /// Whether the labeler watches a call target, remembered for the targets seen last
     /// ([`FilterStage::defer`]).
     watched: WatchCache,
+    /// Emptied boxes for watched calls' registers, filled again rather than allocated
+    /// ([`FilterStage::give_regs_boxes`]).
+    spare_regs: Vec<Box<[u64; 16]>>,
 }
 
 /// Targets of calls whose answer to [`AllocLabeler::watches`] is remembered: a small
@@ -80,6 +83,7 @@ impl<F: Filter> FilterStage<F> {
             defer_labels: false,
             shadow: None,
             watched: WatchCache::default(),
+            spare_regs: Vec::new(),
         }
     }
 
@@ -122,7 +126,10 @@ impl<F: Filter> FilterStage<F> {
     /// [`FilterStage::context_event`] gives in one go. The label record goes through this
     /// stage's filters, whose on/off state may lag the segment's: no filter changes state
     /// on, or drops, a label or lock record.
-    pub fn resolve(&mut self, c: Control, out: &mut impl Out) {
+    ///
+    /// Gives back the box of the call's registers, if it had one, to be filled again by a
+    /// segment ([`FilterStage::give_regs_boxes`]).
+    pub fn resolve(&mut self, c: Control, out: &mut impl Out) -> Option<RegsBox> {
         let label = match (&mut self.alloc, &c.event) {
             (
                 Some(a),
@@ -146,6 +153,10 @@ impl<F: Filter> FilterStage<F> {
         if let Some(h) = label {
             self.label(c.position, c.cpu, h, out);
         }
+        match c.event {
+            ControlEvent::Call { regs, .. } => regs,
+            _ => None,
+        }
     }
 
     /// [`FilterStage::resolve`] straight into `policy` (the records by reference: no copy).
@@ -153,8 +164,24 @@ impl<F: Filter> FilterStage<F> {
         &mut self,
         c: Control,
         policy: &mut PolicyStage<P, S>,
-    ) {
-        self.resolve(c, &mut Direct(policy));
+    ) -> Option<RegsBox> {
+        self.resolve(c, &mut Direct(policy))
+    }
+
+    /// Boxes the merging side is done with ([`FilterStage::resolve`]), for this (a
+    /// segment's) stage to put watched calls' registers in rather than allocate new ones.
+    ///
+    /// Why: a Linux boot hands on about a million watched calls (lock functions mostly);
+    /// a box allocated on a segment's thread and freed on the merging one took the
+    /// allocator's slow path at both ends (a cross-arena free, a malloc whose per-thread
+    /// cache is always empty).
+    pub fn give_regs_boxes(&mut self, boxes: &mut Vec<RegsBox>) {
+        self.spare_regs.append(boxes);
+    }
+
+    /// How many emptied register boxes this stage holds ([`FilterStage::give_regs_boxes`]).
+    pub fn spare_regs_boxes(&self) -> usize {
+        self.spare_regs.len()
     }
 
     /// Also trace instruction fetches (`--fetch`): one fetch access per instruction
@@ -416,6 +443,7 @@ impl<F: Filter> FilterStage<F> {
         };
         let labels = self.alloc.as_ref();
         let watched = &mut self.watched;
+        let spare = &mut self.spare_regs;
         // Each field loaded on its own (`field`), and the registers only when needed: see
         // `event_of`.
         let event = match e {
@@ -430,9 +458,15 @@ impl<F: Filter> FilterStage<F> {
                     target,
                     return_address: field(return_address),
                     stack: field(stack),
-                    regs: labels
-                        .is_some_and(|a| watched.watches(a, target))
-                        .then(|| Box::new(*regs)),
+                    regs: labels.is_some_and(|a| watched.watches(a, target)).then(|| {
+                        match spare.pop() {
+                            Some(mut b) => {
+                                *b = *regs;
+                                b
+                            }
+                            None => Box::new(*regs),
+                        }
+                    }),
                 }
             }
             ContextEvent::Return { target, stack, rax } => ControlEvent::Return {
