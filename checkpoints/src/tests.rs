@@ -3,7 +3,7 @@
 use super::*;
 use reprise_devices::{Machine, MachineConfig, ScriptedInputs};
 
-fn machine() -> Machine<ScriptedInputs> {
+pub(crate) fn machine() -> Machine<ScriptedInputs> {
     Machine::new(
         MachineConfig::new(2, 16 << 20),
         ScriptedInputs::new(),
@@ -14,7 +14,7 @@ fn machine() -> Machine<ScriptedInputs> {
 
 /// A store in a fresh scratch directory, removed when the returned guard drops (also when
 /// the test fails).
-fn temp_store(name: &str) -> (tempfile::TempDir, Store) {
+pub(crate) fn temp_store(name: &str) -> (tempfile::TempDir, Store) {
     let scratch = tempfile::Builder::new()
         .prefix(&format!("reprise-ckpt-{name}-"))
         .tempdir()
