@@ -28,8 +28,10 @@ pub struct FilterStage<F: Filter> {
     /// ([`FilterStage::defer`]).
     watched: WatchCache,
     /// Emptied boxes for watched calls' registers, filled again rather than allocated
-    /// ([`FilterStage::give_regs_boxes`]).
-    spare_regs: Vec<Box<[u64; 16]>>,
+    /// ([`FilterStage::give_regs_boxes`]). (The boxes themselves, not their contents: the
+    /// point is to reuse their allocations.)
+    #[allow(clippy::vec_box)]
+    spare_regs: Vec<RegsBox>,
 }
 
 /// Targets of calls whose answer to [`AllocLabeler::watches`] is remembered: a small

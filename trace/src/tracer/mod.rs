@@ -397,4 +397,4 @@ mod tests;
 use filter_stage::crosses_line;
 pub use filter_stage::FilterStage;
 pub use policy_stage::PolicyStage;
-pub use segment::{SegmentTracer, CHUNK_ITEMS};
+pub use segment::{RegsSource, SegmentTracer, CHUNK_ITEMS};

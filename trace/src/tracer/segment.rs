@@ -17,9 +17,13 @@ pub struct SegmentTracer<'a, F: Filter> {
     spares: Option<Box<dyn FnMut() -> Option<Vec<Filtered>> + 'a>>,
     /// Where emptied register boxes come back from ([`SegmentTracer::with_regs_boxes`]),
     /// and the vector they are passed to the stage in.
-    regs_boxes: Option<Box<dyn FnMut(&mut Vec<RegsBox>) + 'a>>,
+    regs_boxes: Option<RegsSource<'a>>,
     boxes: Vec<RegsBox>,
 }
+
+/// Where a [`SegmentTracer`] gets emptied register boxes from: it appends what it has to
+/// the vector it is given ([`SegmentTracer::with_regs_boxes`]).
+pub type RegsSource<'a> = Box<dyn FnMut(&mut Vec<RegsBox>) + 'a>;
 
 /// A segment's stage asks for more emptied register boxes when it holds fewer than this.
 const LOW_REGS_BOXES: usize = CHUNK_ITEMS / 4;
@@ -49,7 +53,7 @@ impl<'a, F: Filter> SegmentTracer<'a, F> {
     /// Take emptied register boxes from `more` (which appends what it has to the vector it
     /// is given) whenever a chunk is handed on and the stage runs low, for watched calls'
     /// registers ([`FilterStage::give_regs_boxes`]).
-    pub fn with_regs_boxes(mut self, more: Box<dyn FnMut(&mut Vec<RegsBox>) + 'a>) -> Self {
+    pub fn with_regs_boxes(mut self, more: RegsSource<'a>) -> Self {
         self.regs_boxes = Some(more);
         self
     }
