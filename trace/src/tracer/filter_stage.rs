@@ -201,6 +201,8 @@ impl<F: Filter> FilterStage<F> {
     /// Also label allocations through breakpoints on allocator functions.
     pub fn with_alloc_labels(mut self, labeler: AllocLabeler) -> Self {
         self.alloc = (!labeler.is_empty()).then_some(labeler);
+        // The answers remembered were another labeler's.
+        self.watched = WatchCache::default();
         self
     }
 
@@ -405,7 +407,9 @@ impl<F: Filter> FilterStage<F> {
             event: event_of(e),
         };
         self.context(&r, out);
-        // By reference: a call's event holds its sixteen registers.
+        // By reference: a call's event holds its sixteen registers. A call to a function
+        // the labeler does not watch changes nothing in it: asked of the cache of answers
+        // first (one probe instead of the labeler's four map look-ups, for every call).
         let label = match (&mut self.alloc, e) {
             (
                 Some(l),
@@ -415,7 +419,10 @@ impl<F: Filter> FilterStage<F> {
                     stack,
                     ref regs,
                 },
-            ) => l.call(cpu, target, return_address, stack, regs),
+            ) => match self.watched.watches(l, target) {
+                true => l.call(cpu, target, return_address, stack, regs),
+                false => None,
+            },
             (Some(l), &ContextEvent::Return { target, stack, rax }) => {
                 l.ret(cpu, target, stack, rax)
             }
