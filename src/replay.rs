@@ -11,7 +11,7 @@ use reprise_replay::{
 };
 use reprise_trace::filter::{And, Filter};
 use reprise_trace::policy::CacheLinePolicy;
-use reprise_trace::tracer::{FilterStage, Filtered, SegmentTracer, Sink, Tracer};
+use reprise_trace::tracer::{FilterStage, Filtered, RegsBox, SegmentTracer, Sink, Tracer};
 
 use crate::cli::{ReplayArgs, TraceArgs};
 use crate::status;
@@ -176,6 +176,10 @@ pub fn note_segments(stats: &SegmentStats) {
 /// Emptied chunks kept for the segments' threads to fill again.
 const SPARE_CHUNKS: usize = 16;
 
+/// Emptied register boxes of watched calls kept for the segments' threads to fill again
+/// (128 bytes each): past this, the merging side frees them.
+const SPARE_REGS_BOXES: usize = 1 << 15;
+
 /// A traced replay in segments between checkpoints on `jobs` threads: each segment runs
 /// the filter stage of `tracer` (a fresh copy of the filters of `args`, started from the
 /// state the previous segment ended in), and the policy stage takes the segments' output
@@ -208,6 +212,10 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
     let (mut asked, mut decided) = (0u64, 0u64);
     // Emptied chunks go back to the segments' threads to be filled again.
     let spares: std::sync::Mutex<Vec<Vec<Filtered>>> = std::sync::Mutex::new(Vec::new());
+    // And so do the boxes of watched calls' registers (see `FilterStage::give_regs_boxes`),
+    // gathered here a chunk at a time.
+    let spare_regs: std::sync::Mutex<Vec<RegsBox>> = std::sync::Mutex::new(Vec::new());
+    let mut done_regs: Vec<RegsBox> = Vec::new();
     let work =
         |seg: &mut Segment<'_>, start: &Vec<u64>, emit: &mut dyn FnMut(Vec<Filtered>) -> bool| {
             // The options parsed once already; a copy parses the same.
@@ -223,8 +231,14 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
                 seg_stage = seg_stage.with_alloc_labels(w.clone());
             }
             let take_spare = || spares.lock().ok().and_then(|mut v| v.pop());
-            let mut obs =
-                SegmentTracer::new(seg_stage, Box::new(emit)).with_spares(Box::new(take_spare));
+            let take_regs = |to: &mut Vec<RegsBox>| {
+                if let Ok(mut v) = spare_regs.lock() {
+                    to.append(&mut v);
+                }
+            };
+            let mut obs = SegmentTracer::new(seg_stage, Box::new(emit))
+                .with_spares(Box::new(take_spare))
+                .with_regs_boxes(Box::new(take_regs));
             seg.run(&mut obs);
             let done = obs.finish();
             let mut end = Vec::new();
@@ -247,7 +261,11 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
             }
             for f in items.drain(..) {
                 match f {
-                    Filtered::Control(c) => stage.resolve_into(c, &mut policy),
+                    Filtered::Control(c) => {
+                        if let Some(b) = stage.resolve_into(c, &mut policy) {
+                            done_regs.push(b);
+                        }
+                    }
                     f => {
                         match f {
                             Filtered::Access { .. } => asked += 1,
@@ -262,6 +280,14 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
                 if v.len() < SPARE_CHUNKS {
                     v.push(items);
                 }
+            }
+            if !done_regs.is_empty() {
+                if let Ok(mut v) = spare_regs.lock() {
+                    let room = SPARE_REGS_BOXES.saturating_sub(v.len());
+                    done_regs.truncate(room);
+                    v.append(&mut done_regs);
+                }
+                done_regs.clear();
             }
         }
         Piece::End((seen, filtered_in, warnings, malformed)) => {

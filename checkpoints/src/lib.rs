@@ -84,6 +84,7 @@ mod file;
 mod keys;
 mod pack;
 mod page_list;
+mod page_reader;
 mod restore;
 mod snapshot;
 mod stale;

@@ -1,17 +1,14 @@
 //! Reading checkpoints back: a checkpoint's page list resolved through its chain of
 //! bases, its pages read and checked, and the machine restored from them.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::os::unix::fs::FileExt;
-
 use reprise_devices::ram::is_zero;
 use reprise_devices::{Inputs, Machine};
 
 use crate::page_list::{checkpoint_hash, PageKeys};
+use crate::page_reader::PageReader;
 use crate::{
-    checkpoint_name, hex, Checkpoint, CheckpointError, LastRam, Link, LogChunk, Place, Store,
-    MAX_CHAIN, PAGE,
+    checkpoint_name, Checkpoint, CheckpointError, LastRam, Link, LogChunk, Place, Store, MAX_CHAIN,
+    PAGE,
 };
 
 /// A checkpoint that was restored.
@@ -228,54 +225,13 @@ impl Store {
         self.resolve(position).map(|r| r.pages)
     }
 
-    /// Read page `n` of checkpoint `name` from `pack` (opened once per restore, in
-    /// `open`) and check it against its key.
-    fn read_page(
-        &self,
-        name: &str,
-        (n, key): (u64, &[u8; 32]),
-        place: &Place,
-        open: &mut BTreeMap<[u8; 32], fs::File>,
-    ) -> Result<Vec<u8>, CheckpointError> {
-        let damaged = |what: String| CheckpointError::Damaged {
-            checkpoint: name.to_string(),
-            what: format!("page {n:#x} ({}): {what}", hex(key)),
-        };
-        let pack = &place.pack;
-        let file = match open.entry(*pack) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let path = self.pack_path(pack);
-                let f = fs::File::open(&path)
-                    .map_err(|e| damaged(format!("{}: {e}", path.display())))?;
-                e.insert(f)
-            }
-        };
-        // A compressed page is never much larger than the page (a sane bound for a
-        // damaged length).
-        if place.len as usize > 2 * PAGE {
-            return Err(damaged(format!(
-                "stored length {} is impossible",
-                place.len
-            )));
-        }
-        let mut z = vec![0u8; place.len as usize];
-        file.read_exact_at(&mut z, place.offset)
-            .map_err(|e| damaged(format!("pack {}: {e}", hex(pack))))?;
-        let mut page = vec![0u8; PAGE];
-        let size =
-            lz4_flex::block::decompress_into(&z, &mut page).map_err(|e| damaged(e.to_string()))?;
-        if size != PAGE || blake3::hash(&page).as_bytes() != key {
-            return Err(damaged("fails its hash".into()));
-        }
-        Ok(page)
-    }
-
     /// Restore the checkpoint at `position` into `machine` (built with the same
-    /// configuration). Its page list is resolved through its bases, and every page is read
-    /// and checked before the machine is touched; the restored machine's state hash is
-    /// checked after. On error the machine may have been changed only in the last case,
-    /// and must then be restored again.
+    /// configuration). Its page list is resolved through its bases (before the machine is
+    /// touched), every page is read straight into RAM and checked there against its key,
+    /// and the restored machine's state hash is checked after. On an error found once the
+    /// pages are being read (a damaged page, a state that does not fit, the final hash),
+    /// the machine may have been changed, and must be restored again (every page a restore
+    /// changes is marked written, so nothing later trusts RAM's old keys).
     pub fn restore<I: Inputs>(
         &self,
         machine: &mut Machine<I>,
@@ -324,20 +280,49 @@ impl Store {
                 .as_ref()
                 .is_some_and(|(b, dirty)| b.holds(dirty, n, key))
         };
-        let mut data = Vec::with_capacity(pages.len());
-        let mut open = BTreeMap::new();
-        for ((n, key), place) in pages.iter().zip(&places) {
-            if (n + 1) * PAGE as u64 > cp.ram_bytes {
+        // Every listed page inside RAM (in address order: those outside are at the end),
+        // and those of them to read.
+        let inside = pages.partition_point(|(n, _)| (n + 1) * PAGE as u64 <= cp.ram_bytes);
+        let todo: Vec<usize> = (0..inside)
+            .filter(|&i| {
+                let (n, key) = &pages[i];
+                !holds(*n, Some(key))
+            })
+            .collect();
+        let backed = reprise_devices::machine::backed_pages(machine.ram().as_slice());
+        // (Marks every page written: see `restore`'s promise on error.)
+        let ram = machine.ram_mut().as_mut_slice();
+        let reader = PageReader {
+            store: self,
+            name: &name,
+            pages: &pages,
+            places: &places,
+        };
+        let read = reader.read_into(&todo, ram);
+        // The first damaged page in address order, or else the first page outside RAM: the
+        // error a reading in address order meets first.
+        match (read, pages.get(inside)) {
+            (Err((_, e)), _) => return Err(e),
+            (Ok(()), Some((n, _))) => {
                 return Err(CheckpointError::Damaged {
                     checkpoint: name,
                     what: format!("page {n:#x} lies outside RAM"),
-                });
+                })
             }
-            data.push(if holds(*n, Some(key)) {
-                None
-            } else {
-                Some(self.read_page(&name, (*n, key), place, &mut open)?)
-            });
+            (Ok(()), None) => {}
+        }
+        let mut listed = pages.iter().map(|(n, _)| *n as usize).peekable();
+        for (n, dst) in ram.chunks_mut(PAGE).enumerate() {
+            if listed.peek() == Some(&n) {
+                listed.next();
+                continue;
+            }
+            // Read before writing: writing zeros would back every page of a fresh,
+            // untouched RAM.
+            let never_backed = backed.as_ref().is_some_and(|b| b.get(n) == Some(&0));
+            if !never_backed && !holds(n as u64, None) && !is_zero(dst) {
+                dst.fill(0);
+            }
         }
         machine
             .set_state(&cp.state)
@@ -345,26 +330,6 @@ impl Store {
                 checkpoint: name.clone(),
                 what: e.to_string(),
             })?;
-        let backed = reprise_devices::machine::backed_pages(machine.ram().as_slice());
-        let ram = machine.ram_mut().as_mut_slice();
-        let mut listed = pages.iter().map(|(n, _)| *n as usize).zip(data).peekable();
-        for (n, dst) in ram.chunks_mut(PAGE).enumerate() {
-            match listed.peek() {
-                Some((m, _)) if *m == n => {
-                    if let Some((_, Some(page))) = listed.next() {
-                        dst.copy_from_slice(&page);
-                    }
-                }
-                // Read before writing: writing zeros would back every page of a fresh,
-                // untouched RAM.
-                _ => {
-                    let never_backed = backed.as_ref().is_some_and(|b| b.get(n) == Some(&0));
-                    if !never_backed && !holds(n as u64, None) && !is_zero(dst) {
-                        dst.fill(0);
-                    }
-                }
-            }
-        }
         // RAM's keys now are the listed ones — every listed page's bytes were checked
         // against its key as read, and every other page is zero — less any listed page
         // that is zero (never in a sound checkpoint; what `page_keys` would leave out),

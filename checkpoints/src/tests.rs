@@ -14,7 +14,7 @@ pub(crate) fn machine() -> Machine<ScriptedInputs> {
 
 /// A store in a fresh scratch directory, removed when the returned guard drops (also when
 /// the test fails).
-fn temp_store(name: &str) -> (tempfile::TempDir, Store) {
+pub(crate) fn temp_store(name: &str) -> (tempfile::TempDir, Store) {
     let scratch = tempfile::Builder::new()
         .prefix(&format!("reprise-ckpt-{name}-"))
         .tempdir()

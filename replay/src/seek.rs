@@ -159,9 +159,9 @@ pub fn seek(r: &mut Replay, target: u64, use_checkpoints: bool) -> Result<SeekRe
     let mut warnings = Vec::new();
     let mut checkpoint = None;
     if use_checkpoints {
-        // Latest first. A restore that fails its final state-hash check has already
-        // changed the machine, but the next restore overwrites all of it (state and every
-        // page); if none succeeds the machine is booted afresh. The log is skipped only
+        // Latest first. A restore that fails (a damaged page, its final state-hash check)
+        // may have changed the machine, but the next restore overwrites all of it (state
+        // and every page); if none succeeds the machine is booted afresh. The log is skipped only
         // once a restore succeeded (it has consumed just the RTC record until then).
         let mut candidates = r.store.positions();
         candidates.retain(|&p| p <= target);

@@ -128,6 +128,10 @@ pub enum Filtered {
     Settle(Box<Vec<(u64, u64)>>),
 }
 
+/// The registers of a watched call as a segment hands them on ([`ControlEvent::Call`]);
+/// the merging side gives the box back for reuse ([`FilterStage::resolve`]).
+pub type RegsBox = Box<[u64; 16]>;
+
 /// A call, return, interrupt or CR3 write handed on by a segment's filter stage, so that
 /// the allocation labeler runs where the segments' output is merged, in order: its state
 /// (calls waiting for their return, live labels, caches named) then carries from one
@@ -157,7 +161,7 @@ pub enum ControlEvent {
         stack: u64,
         /// Its registers, when the labeler watches its target (else not needed; boxed:
         /// most calls need none, and many wait in memory at once).
-        regs: Option<Box<[u64; 16]>>,
+        regs: Option<RegsBox>,
     },
     /// A return ([`Event::Return`]).
     Return {
@@ -393,4 +397,4 @@ mod tests;
 use filter_stage::crosses_line;
 pub use filter_stage::FilterStage;
 pub use policy_stage::PolicyStage;
-pub use segment::{SegmentTracer, CHUNK_ITEMS};
+pub use segment::{RegsSource, SegmentTracer, CHUNK_ITEMS};

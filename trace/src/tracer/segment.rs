@@ -15,7 +15,18 @@ pub struct SegmentTracer<'a, F: Filter> {
     open: bool,
     /// Where emptied chunks come back from, to be filled again ([`SegmentTracer::with_spares`]).
     spares: Option<Box<dyn FnMut() -> Option<Vec<Filtered>> + 'a>>,
+    /// Where emptied register boxes come back from ([`SegmentTracer::with_regs_boxes`]),
+    /// and the vector they are passed to the stage in.
+    regs_boxes: Option<RegsSource<'a>>,
+    boxes: Vec<RegsBox>,
 }
+
+/// Where a [`SegmentTracer`] gets emptied register boxes from: it appends what it has to
+/// the vector it is given ([`SegmentTracer::with_regs_boxes`]).
+pub type RegsSource<'a> = Box<dyn FnMut(&mut Vec<RegsBox>) + 'a>;
+
+/// A segment's stage asks for more emptied register boxes when it holds fewer than this.
+const LOW_REGS_BOXES: usize = CHUNK_ITEMS / 4;
 
 impl<'a, F: Filter> SegmentTracer<'a, F> {
     /// A segment's observer around `stage`.
@@ -26,6 +37,8 @@ impl<'a, F: Filter> SegmentTracer<'a, F> {
             out,
             open: true,
             spares: None,
+            regs_boxes: None,
+            boxes: Vec::new(),
         }
     }
 
@@ -34,6 +47,14 @@ impl<'a, F: Filter> SegmentTracer<'a, F> {
     /// in one thread and freeing them in another costs the allocator dearly.
     pub fn with_spares(mut self, spares: Box<dyn FnMut() -> Option<Vec<Filtered>> + 'a>) -> Self {
         self.spares = Some(spares);
+        self
+    }
+
+    /// Take emptied register boxes from `more` (which appends what it has to the vector it
+    /// is given) whenever a chunk is handed on and the stage runs low, for watched calls'
+    /// registers ([`FilterStage::give_regs_boxes`]).
+    pub fn with_regs_boxes(mut self, more: RegsSource<'a>) -> Self {
+        self.regs_boxes = Some(more);
         self
     }
 
@@ -60,6 +81,12 @@ impl<'a, F: Filter> SegmentTracer<'a, F> {
         let full = std::mem::replace(&mut self.chunk, next);
         if self.open {
             self.open = (self.out)(full);
+        }
+        if let Some(more) = self.regs_boxes.as_mut() {
+            if self.stage.spare_regs_boxes() < LOW_REGS_BOXES {
+                more(&mut self.boxes);
+                self.stage.give_regs_boxes(&mut self.boxes);
+            }
         }
     }
 

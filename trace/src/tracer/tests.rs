@@ -216,31 +216,54 @@ fn deferred_control_items_resolve_as_the_sequential_tracer_does() {
         if labels {
             seq = seq.with_alloc_labels(labeler());
         }
-        let mut seg = FilterStage::new(filter(), None).deferring_labels(true);
-        let (mut merge, mut out) = Tracer::new(filter(), policy(), Vec::new(), false).into_stages();
-        if labels {
-            seg = seg.with_alloc_labels(labeler().watcher());
-            merge = merge.with_alloc_labels(labeler());
-        }
+        // The events through a segment's stage (given `boxes` for the registers) and
+        // resolved on a merging side: its records and the register boxes it gave back.
+        let segment = |boxes: &mut Vec<RegsBox>| {
+            let mut seg = FilterStage::new(filter(), None).deferring_labels(true);
+            let (mut merge, mut out) =
+                Tracer::new(filter(), policy(), Vec::new(), false).into_stages();
+            if labels {
+                seg = seg.with_alloc_labels(labeler().watcher());
+                merge = merge.with_alloc_labels(labeler());
+            }
+            seg.give_regs_boxes(boxes);
+            seg.begin_quantum(100, 0);
+            let mut items = Vec::new();
+            for (cpu, retired, e) in &events {
+                seg.context_event(*cpu, *retired, e, &mut |f| items.push(f));
+            }
+            assert_eq!(seg.spare_regs_boxes(), 0);
+            // Dropped and of no use to a labeler: CPU 1's CR3 write, and its call to an
+            // unwatched function; CPU 1's return crosses only for a labeler.
+            assert_eq!(items.len(), if labels { 5 } else { 4 });
+            let mut back = Vec::new();
+            for f in items {
+                match f {
+                    Filtered::Control(c) => back.extend(merge.resolve_into(c, &mut out)),
+                    other => panic!("{other:?}"),
+                }
+            }
+            (out.finish().unwrap().0, back)
+        };
         seq.begin_quantum(100, 0);
-        seg.begin_quantum(100, 0);
-        let mut items = Vec::new();
         for (cpu, retired, e) in &events {
             Observer::context(&mut seq, *cpu, *retired, e);
-            seg.context_event(*cpu, *retired, e, &mut |f| items.push(f));
-        }
-        // Dropped and of no use to a labeler: CPU 1's CR3 write, and its call to an
-        // unwatched function; CPU 1's return crosses only for a labeler.
-        assert_eq!(items.len(), if labels { 5 } else { 4 });
-        for f in items {
-            match f {
-                Filtered::Control(c) => merge.resolve_into(c, &mut out),
-                other => panic!("{other:?}"),
-            }
         }
         let (want, _, _) = seq.finish().unwrap();
-        let (got, _) = out.finish().unwrap();
+        let (got, mut back) = segment(&mut Vec::new());
         assert_eq!(got, want);
+        // The watched call's registers come back in their box, and a stage given that box
+        // (holding other values) fills it again: the same records.
+        assert_eq!(back.len(), usize::from(labels));
+        for b in &mut back {
+            assert_eq!(**b, regs);
+            b.fill(0xdead);
+        }
+        let given: Vec<*const [u64; 16]> = back.iter().map(|b| &**b as *const _).collect();
+        let (again, back) = segment(&mut back);
+        assert_eq!(again, want);
+        let reused: Vec<*const [u64; 16]> = back.iter().map(|b| &**b as *const _).collect();
+        assert_eq!(reused, given);
         let names: Vec<&str> = got.iter().map(|r| r.event.type_name()).collect();
         let mut expect = vec!["cr3", "call", "interrupt", "return"];
         if labels {
