@@ -1,10 +1,10 @@
 //! The kernel symbols of a Linux recording, cached in the recording's folder.
 //!
-//! Reading a recorded kernel's symbols ([`kernel_symbols_of_recording`]: restore the last
-//! checkpoint, replay to the end, scan RAM for kallsyms, the slab caches, the page array,
-//! rodata and the memory nodes) costs about 0.6 s of CPU on the 1-CPU Debian boot (three
-//! quarters of it the restore and the replay), and the answer never changes for a given
-//! recording. Every traced replay and live `mscan` of a
+//! Reading a recorded kernel's symbols ([`kernel_symbols_of_recording`]: restore the
+//! checkpoint at the end, scan RAM for kallsyms, the slab caches, the page array, rodata and
+//! the memory nodes) costs about 0.2 s of CPU on the 1-CPU Debian boot (0.6 s for a
+//! recording with no checkpoint at its end, replayed from the last one), and the answer
+//! never changes for a given recording. Every traced replay and live `mscan` of a
 //! Linux recording needs it, so the first one to compute it writes it to
 //! `REC/cache/kernel-symbols.bin` ([`CACHE_FILE`]) and later ones read it back.
 //!
