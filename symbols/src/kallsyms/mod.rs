@@ -140,15 +140,7 @@ const MAX_CANDIDATES: usize = 4096;
 /// alignment of the arrays is relative to addresses; an image file keeps its segments'
 /// offsets congruent to their addresses, so `base` 0 works for a file).
 pub fn find(bytes: &[u8], base: u64, origin: &str) -> Result<Kallsyms, SymbolError> {
-    search(
-        bytes,
-        base,
-        origin,
-        false,
-        std::slice::from_ref(&(0..bytes.len())),
-        Scan::parse_at,
-    )
-    .map(|mut all| all.swap_remove(0))
+    first(bytes, base, origin, Scan::parse_at)
 }
 
 /// The `relative_base` (`_text`) of the table [`find`] finds in `bytes`, or its error: the
@@ -156,15 +148,18 @@ pub fn find(bytes: &[u8], base: u64, origin: &str) -> Result<Kallsyms, SymbolErr
 /// which needs nothing else of a kernel image's table.
 pub fn find_relative_base(bytes: &[u8], base: u64, origin: &str) -> Result<u64, SymbolError> {
     let relative_base = |scan: &Scan, hit| scan.locate_at(hit).map(|t| t.relative_base);
-    search(
-        bytes,
-        base,
-        origin,
-        false,
-        std::slice::from_ref(&(0..bytes.len())),
-        relative_base,
-    )
-    .map(|all| all[0])
+    first(bytes, base, origin, relative_base)
+}
+
+/// What `parse` makes of the first table [`search`] finds anywhere in `bytes`.
+fn first<'b, T>(
+    bytes: &'b [u8],
+    base: u64,
+    origin: &str,
+    parse: impl Fn(&Scan<'b>, usize) -> Result<T, (u32, String)>,
+) -> Result<T, SymbolError> {
+    let whole = [0..bytes.len()];
+    search(bytes, base, origin, false, &whole, parse).map(|mut all| all.swap_remove(0))
 }
 
 /// Every kallsyms table in `bytes`, in address order (at least one, or an error).
