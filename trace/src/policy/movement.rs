@@ -379,8 +379,15 @@ impl MovementShadow {
     /// a line known to be its alone), inlined there. `false` says only "not this way".
     #[inline(always)]
     pub fn drops(&self, a: &Access) -> bool {
+        self.drops_sized(a, field(&a.size))
+    }
+
+    /// [`Self::drops`] with `a`'s size already loaded (`size`, which must be `a.size`):
+    /// the per-access path loads it once for its own line test and this one.
+    #[inline(always)]
+    pub fn drops_sized(&self, a: &Access, size: u8) -> bool {
         let line = a.paddr >> self.shift;
-        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1) >> self.shift;
+        let last = a.paddr.wrapping_add(size.max(1) as u64 - 1) >> self.shift;
         if a.cpu >= 63 || line != last {
             return false;
         }

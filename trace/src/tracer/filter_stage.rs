@@ -299,7 +299,9 @@ impl<F: Filter> FilterStage<F> {
         let Some(line) = self.line else {
             return self.access_cold(a, out);
         };
-        if self.shadow.is_none() || crosses_line(a, line) {
+        // The size loaded once, for the crossing test and the shadow's verdict alike.
+        let size = crate::policy::field(&a.size);
+        if self.shadow.is_none() || crosses_line_sized(a.paddr, size, line) {
             return self.access_cold(a, out);
         }
         self.seen += 1;
@@ -613,9 +615,14 @@ fn interrupt_kind(source: InterruptSource) -> InterruptKind {
 /// [`split_lines`] would reshape (size 0): such accesses take the general path.
 #[inline(always)]
 pub(super) fn crosses_line(a: &Access, line: u64) -> bool {
-    let size = crate::policy::field(&a.size);
-    let last = a.paddr.wrapping_add(size as u64).wrapping_sub(1);
-    size == 0 || (a.paddr ^ last) & !(line - 1) != 0 || last < a.paddr
+    crosses_line_sized(a.paddr, crate::policy::field(&a.size), line)
+}
+
+/// [`crosses_line`] of an access at `paddr` of `size` bytes (the size already loaded).
+#[inline(always)]
+fn crosses_line_sized(paddr: u64, size: u8, line: u64) -> bool {
+    let last = paddr.wrapping_add(size as u64).wrapping_sub(1);
+    size == 0 || (paddr ^ last) & !(line - 1) != 0 || last < paddr
 }
 
 #[cfg(test)]
