@@ -25,6 +25,9 @@ use std::collections::BTreeMap;
 
 use super::{field, per_line, CacheLinePolicy, Outcome};
 
+mod shadow_lines;
+use shadow_lines::ShadowLines;
+
 /// Physical pages (4 KiB) below this are found through a flat directory (4 GiB of address
 /// space: at most 4 MiB of directory); pages above it (rare: high MMIO) through a tree.
 const DIRECT_PAGES: u64 = 1 << 20;
@@ -129,6 +132,17 @@ impl LineTable {
         }
     }
 
+    /// The word offset of `line`'s words if its page has a block (in the directory or
+    /// not); `None` if it has none.
+    fn find(&self, line: u64) -> Option<usize> {
+        if let Some(at) = self.known_at(line) {
+            return Some(at);
+        }
+        let within = (line & ((1u64 << self.lines_log) - 1)) as usize * self.stride;
+        let b = *self.far.get(&(line >> self.lines_log))?;
+        Some(b * self.block + within)
+    }
+
     /// Make room for CPU `cpu` (the lines' words widen, one word per 64 CPUs).
     #[inline(always)]
     fn fit(&mut self, cpu: u32) {
@@ -156,6 +170,7 @@ impl LineTable {
 
     /// Every touched line as (line number, its words), in block order then address order
     /// (which depends only on the accesses seen).
+    #[cfg(test)]
     fn lines(&self) -> impl Iterator<Item = (u64, &[u64])> + '_ {
         let per = 1usize << self.lines_log;
         self.words
@@ -286,9 +301,15 @@ impl Movement {
     /// A shadow of this policy for one segment of a parallel replay, which starts with no
     /// knowledge of the lines (see [`MovementShadow`]).
     pub fn shadow(&self) -> MovementShadow {
+        self.shadow_with_direct(shadow_lines::DIRECT_LINES)
+    }
+
+    /// [`Self::shadow`] with at most `most` directly indexed lines (tests: a small
+    /// direct range, to judge lines on both sides of it).
+    fn shadow_with_direct(&self, most: u64) -> MovementShadow {
         MovementShadow {
             shift: self.shift,
-            lines: LineTable::new(self.shift, 1),
+            lines: ShadowLines::new(self.shift, most),
         }
     }
 }
@@ -324,7 +345,7 @@ pub enum Verdict {
 pub struct MovementShadow {
     shift: u32,
     /// Per line: holder bits 0-62, bit 63 set when the set is known.
-    lines: LineTable,
+    lines: ShadowLines,
 }
 
 /// Bit 63 of a shadow line's word: its holder set is known.
@@ -340,8 +361,7 @@ impl MovementShadow {
             return Verdict::Off;
         }
         let bit = 1u64 << a.cpu;
-        let at = self.lines.at(line);
-        let w = &mut self.lines.words[at];
+        let w = self.lines.get_mut(line);
         match field(&a.kind) {
             AccessKind::Read | AccessKind::Fetch => {
                 if *w & bit != 0 {
@@ -386,36 +406,42 @@ impl MovementShadow {
     /// the per-access path loads it once for its own line test and this one.
     #[inline(always)]
     pub fn drops_sized(&self, a: &Access, size: u8) -> bool {
+        self.drops_with(a, size, |line| Some(self.lines.get(line)))
+    }
+
+    /// [`Self::drops_sized`] for an access to a line with a direct word (one load, no call:
+    /// see `ShadowLines`); `false` for any other line, whose verdict this does not say.
+    #[inline(always)]
+    pub fn drops_direct(&self, a: &Access, size: u8) -> bool {
+        self.drops_with(a, size, |line| self.lines.direct(line))
+    }
+
+    /// Whether `a` is dropped, given its line's word from `word` (`None`: not this way).
+    #[inline(always)]
+    fn drops_with(&self, a: &Access, size: u8, word: impl Fn(u64) -> Option<u64>) -> bool {
         let line = a.paddr >> self.shift;
         let last = a.paddr.wrapping_add(size.max(1) as u64 - 1) >> self.shift;
         if a.cpu >= 63 || line != last {
             return false;
         }
-        let Some(w) = self
-            .lines
-            .known_at(line)
-            .and_then(|at| self.lines.words.get(at))
-        else {
+        // A line never judged has the word 0, which drops nothing.
+        let Some(w) = word(line) else {
             return false;
         };
         let bit = 1u64 << a.cpu;
         match field(&a.kind) {
             // `judge`: a read by a CPU known to hold the line.
-            AccessKind::Read | AccessKind::Fetch => *w & bit != 0,
+            AccessKind::Read | AccessKind::Fetch => w & bit != 0,
             // `judge`: a write to a line whose set is known to be exactly {writer} (the
             // set stays {writer}, known).
-            AccessKind::Write | AccessKind::ReadModifyWrite => *w == bit | KNOWN,
+            AccessKind::Write | AccessKind::ReadModifyWrite => w == bit | KNOWN,
         }
     }
 
     /// The lines whose holder set is known, as (line number, holders), in table order
     /// (which depends only on the accesses judged).
     pub fn known(&self) -> Vec<(u64, u64)> {
-        self.lines
-            .lines()
-            .filter(|(_, w)| w[0] & KNOWN != 0)
-            .map(|(line, w)| (line, w[0] & !KNOWN))
-            .collect()
+        self.lines.known()
     }
 }
 
@@ -717,8 +743,12 @@ mod tests {
         fn shadows_of_segments_judge_as_one_policy(
             raw in proptest::collection::vec((0u32..5, 0u64..24, kind()), 1..400),
             cuts in proptest::collection::vec(0usize..400, 0..6),
+            // Lines in the shadow's direct words, its table, or both (64: page 0 direct).
+            direct in prop_oneof![Just(0u64), Just(64), Just(shadow_lines::DIRECT_LINES)],
         ) {
-            let accs: Vec<Access> = raw.iter().map(|&(c, l, k)| acc(c, l * 64, 8, k)).collect();
+            // 12 lines in each of pages 0 and 1.
+            let at = |l: u64| (l % 12) * 64 + (l / 12) * 0x1000;
+            let accs: Vec<Access> = raw.iter().map(|&(c, l, k)| acc(c, at(l), 8, k)).collect();
             let mut one = Movement::new(64);
             let want: Vec<bool> = accs.iter().map(|a| one.observe(a).keep).collect();
             let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(accs.len())).collect();
@@ -728,7 +758,7 @@ mod tests {
             let mut real = Movement::new(64);
             let mut got = Vec::new();
             for w in bounds.windows(2) {
-                let mut shadow = real.shadow();
+                let mut shadow = real.shadow_with_direct(direct);
                 for a in &accs[w[0]..w[1]] {
                     got.push(match shadow.judge(a) {
                         Verdict::Keep => true,
@@ -755,7 +785,8 @@ mod tests {
         ) {
             let mut quick = Movement::new(64);
             let mut full = Movement::new(64);
-            let mut shadow = Movement::new(64).shadow();
+            // Lines 0-63 direct, the rest (to 0x3000) in the shadow's table.
+            let mut shadow = Movement::new(64).shadow_with_direct(64);
             for &(c, addr, size, k) in &raw {
                 let a = acc(c % ncpu, addr, size, k);
                 let want = full.observe(&a).keep;
@@ -771,6 +802,9 @@ mod tests {
                 prop_assert_eq!(&quick.lines, &full.lines);
                 let before = shadow.lines.clone();
                 let drops = shadow.drops(&a);
+                // The direct-only answer is the same for direct lines, `false` for others.
+                let direct = shadow.drops_direct(&a, a.size);
+                prop_assert_eq!(direct, drops && shadow.lines.direct(a.paddr >> 6).is_some());
                 prop_assert_eq!(&shadow.lines, &before);
                 let verdict = shadow.judge(&a);
                 prop_assert_eq!(drops, verdict == Verdict::Drop, "{:?}", a);
