@@ -9,7 +9,8 @@
 //! zeroed allocation of address space that the host backs only where lines are touched,
 //! made at the first change (a fresh shadow, cloned for every segment, holds none).
 
-use super::{LineTable, KNOWN, PAGE_BITS};
+use super::shadow::KNOWN;
+use super::{LineTable, PAGE_BITS};
 
 /// Physical addresses the direct words cover at most: the low 4 GiB (RAM, on a PC).
 const DIRECT_BYTES: u64 = 1 << 32;
