@@ -39,6 +39,12 @@ pub trait Filter {
         true
     }
 
+    /// Whether [`Filter::keep`] keeps every access and changes nothing: `true` lets a
+    /// caller skip asking it (and computing the position it takes) on its hottest path.
+    fn keeps_every_access(&self) -> bool {
+        false
+    }
+
     /// Keep the context record `r` in the trace? (Called after [`Filter::context`].) Most
     /// filters keep every context record; `--cpu` drops other CPUs' control flow.
     fn keep_context(&mut self, _r: &Record) -> bool {
@@ -429,6 +435,12 @@ impl Filter for And {
     fn sees_context(&self) -> bool {
         // No filter: nothing to see (conservatively, any filter may).
         !self.0.is_empty()
+    }
+
+    #[inline]
+    fn keeps_every_access(&self) -> bool {
+        // No filter: everything is kept (conservatively, any filter may drop).
+        self.0.is_empty()
     }
 
     fn describe(&self) -> String {

@@ -25,6 +25,10 @@ use std::collections::BTreeMap;
 
 use super::{field, per_line, CacheLinePolicy, Outcome};
 
+mod shadow;
+mod shadow_lines;
+pub use shadow::{MovementShadow, Verdict};
+
 /// Physical pages (4 KiB) below this are found through a flat directory (4 GiB of address
 /// space: at most 4 MiB of directory); pages above it (rare: high MMIO) through a tree.
 const DIRECT_PAGES: u64 = 1 << 20;
@@ -129,6 +133,17 @@ impl LineTable {
         }
     }
 
+    /// The word offset of `line`'s words if its page has a block (in the directory or
+    /// not); `None` if it has none.
+    fn find(&self, line: u64) -> Option<usize> {
+        if let Some(at) = self.known_at(line) {
+            return Some(at);
+        }
+        let within = (line & ((1u64 << self.lines_log) - 1)) as usize * self.stride;
+        let b = *self.far.get(&(line >> self.lines_log))?;
+        Some(b * self.block + within)
+    }
+
     /// Make room for CPU `cpu` (the lines' words widen, one word per 64 CPUs).
     #[inline(always)]
     fn fit(&mut self, cpu: u32) {
@@ -156,6 +171,7 @@ impl LineTable {
 
     /// Every touched line as (line number, its words), in block order then address order
     /// (which depends only on the accesses seen).
+    #[cfg(test)]
     fn lines(&self) -> impl Iterator<Item = (u64, &[u64])> + '_ {
         let per = 1usize << self.lines_log;
         self.words
@@ -263,152 +279,6 @@ impl Movement {
         };
         *w = if write { bit } else { before | bit };
         Some(keep)
-    }
-}
-
-// ---- Judging in the segments of a parallel replay (issue 6) ----
-
-impl Movement {
-    /// Set the holders of line number `line` to `holders` (CPU c is bit c; CPUs below 63):
-    /// where a segment of a parallel replay left a line it wrote ([`MovementShadow`]).
-    /// An empty set is ignored (no line the shadow knows has one).
-    pub fn set_holders(&mut self, line: u64, holders: u64) {
-        if holders == 0 {
-            return;
-        }
-        self.lines.fit(63 - holders.leading_zeros());
-        let at = self.lines.at(line);
-        let words = &mut self.lines.words[at..at + self.lines.stride];
-        words.iter_mut().for_each(|w| *w = 0);
-        words[0] = holders;
-    }
-
-    /// A shadow of this policy for one segment of a parallel replay, which starts with no
-    /// knowledge of the lines (see [`MovementShadow`]).
-    pub fn shadow(&self) -> MovementShadow {
-        MovementShadow {
-            shift: self.shift,
-            lines: LineTable::new(self.shift, 1),
-        }
-    }
-}
-
-/// What a segment's shadow says of one access.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Kept, whatever the state before the segment.
-    Keep,
-    /// Dropped, whatever the state before the segment.
-    Drop,
-    /// Depends on the state before the segment: the merging side asks the real policy.
-    Ask,
-    /// Beyond what the shadow handles (a CPU number above 62, an access over two lines):
-    /// hand over what it knows ([`MovementShadow::known`]) and ask the real policy from now
-    /// on.
-    Off,
-}
-
-/// `movement` run inside one segment of a parallel replay, from an unknown start state.
-///
-/// For each line it keeps the CPUs known to hold it and whether the whole set is known.
-/// A read by a CPU known to hold the line is dropped and one on a known line is judged;
-/// a write makes the set known ({writer}), and is kept for sure when another CPU is known
-/// to hold the line. Everything else (a first read of an unknown line by a CPU, a write to
-/// a line only the writer is known to hold) depends on the start state: those accesses
-/// go to the merging side's real policy, in order — and only those touch an unknown line,
-/// so the real policy's state of such a line is right when it is asked. At the segment's
-/// end the lines the shadow knows are handed over ([`Movement::set_holders`]): the real
-/// policy then is where a sequential replay would have left it. Decided drops never leave
-/// the segment's thread, which is what makes the parallel replay pay.
-#[derive(Clone, Debug)]
-pub struct MovementShadow {
-    shift: u32,
-    /// Per line: holder bits 0-62, bit 63 set when the set is known.
-    lines: LineTable,
-}
-
-/// Bit 63 of a shadow line's word: its holder set is known.
-const KNOWN: u64 = 1 << 63;
-
-impl MovementShadow {
-    /// Judge one access (which should lie in one line).
-    #[inline]
-    pub fn judge(&mut self, a: &Access) -> Verdict {
-        let line = a.paddr >> self.shift;
-        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1) >> self.shift;
-        if a.cpu >= 63 || line != last {
-            return Verdict::Off;
-        }
-        let bit = 1u64 << a.cpu;
-        let at = self.lines.at(line);
-        let w = &mut self.lines.words[at];
-        match field(&a.kind) {
-            AccessKind::Read | AccessKind::Fetch => {
-                if *w & bit != 0 {
-                    Verdict::Drop
-                } else {
-                    *w |= bit;
-                    if *w & KNOWN != 0 {
-                        Verdict::Keep
-                    } else {
-                        Verdict::Ask
-                    }
-                }
-            }
-            AccessKind::Write | AccessKind::ReadModifyWrite => {
-                let before = *w;
-                *w = bit | KNOWN;
-                if before & KNOWN != 0 {
-                    if before & !KNOWN == bit {
-                        Verdict::Drop
-                    } else {
-                        Verdict::Keep
-                    }
-                } else if before & !bit != 0 {
-                    Verdict::Keep
-                } else {
-                    Verdict::Ask
-                }
-            }
-        }
-    }
-
-    /// Whether [`Self::judge`] would drop `a` — which changes nothing in the shadow, so
-    /// this is that verdict alone, asked without changing anything: the common case of
-    /// a segment's per-access path (a CPU that holds the line reads it again, or writes
-    /// a line known to be its alone), inlined there. `false` says only "not this way".
-    #[inline(always)]
-    pub fn drops(&self, a: &Access) -> bool {
-        let line = a.paddr >> self.shift;
-        let last = a.paddr.wrapping_add(field(&a.size).max(1) as u64 - 1) >> self.shift;
-        if a.cpu >= 63 || line != last {
-            return false;
-        }
-        let Some(w) = self
-            .lines
-            .known_at(line)
-            .and_then(|at| self.lines.words.get(at))
-        else {
-            return false;
-        };
-        let bit = 1u64 << a.cpu;
-        match field(&a.kind) {
-            // `judge`: a read by a CPU known to hold the line.
-            AccessKind::Read | AccessKind::Fetch => *w & bit != 0,
-            // `judge`: a write to a line whose set is known to be exactly {writer} (the
-            // set stays {writer}, known).
-            AccessKind::Write | AccessKind::ReadModifyWrite => *w == bit | KNOWN,
-        }
-    }
-
-    /// The lines whose holder set is known, as (line number, holders), in table order
-    /// (which depends only on the accesses judged).
-    pub fn known(&self) -> Vec<(u64, u64)> {
-        self.lines
-            .lines()
-            .filter(|(_, w)| w[0] & KNOWN != 0)
-            .map(|(line, w)| (line, w[0] & !KNOWN))
-            .collect()
     }
 }
 
@@ -710,8 +580,12 @@ mod tests {
         fn shadows_of_segments_judge_as_one_policy(
             raw in proptest::collection::vec((0u32..5, 0u64..24, kind()), 1..400),
             cuts in proptest::collection::vec(0usize..400, 0..6),
+            // Lines in the shadow's direct words, its table, or both (64: page 0 direct).
+            direct in prop_oneof![Just(0u64), Just(64), Just(shadow_lines::DIRECT_LINES)],
         ) {
-            let accs: Vec<Access> = raw.iter().map(|&(c, l, k)| acc(c, l * 64, 8, k)).collect();
+            // 12 lines in each of pages 0 and 1.
+            let at = |l: u64| (l % 12) * 64 + (l / 12) * 0x1000;
+            let accs: Vec<Access> = raw.iter().map(|&(c, l, k)| acc(c, at(l), 8, k)).collect();
             let mut one = Movement::new(64);
             let want: Vec<bool> = accs.iter().map(|a| one.observe(a).keep).collect();
             let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(accs.len())).collect();
@@ -721,7 +595,7 @@ mod tests {
             let mut real = Movement::new(64);
             let mut got = Vec::new();
             for w in bounds.windows(2) {
-                let mut shadow = real.shadow();
+                let mut shadow = real.shadow_with_direct(direct);
                 for a in &accs[w[0]..w[1]] {
                     got.push(match shadow.judge(a) {
                         Verdict::Keep => true,
@@ -748,7 +622,8 @@ mod tests {
         ) {
             let mut quick = Movement::new(64);
             let mut full = Movement::new(64);
-            let mut shadow = Movement::new(64).shadow();
+            // Lines 0-63 direct, the rest (to 0x3000) in the shadow's table.
+            let mut shadow = Movement::new(64).shadow_with_direct(64);
             for &(c, addr, size, k) in &raw {
                 let a = acc(c % ncpu, addr, size, k);
                 let want = full.observe(&a).keep;
@@ -764,6 +639,9 @@ mod tests {
                 prop_assert_eq!(&quick.lines, &full.lines);
                 let before = shadow.lines.clone();
                 let drops = shadow.drops(&a);
+                // The direct-only answer is the same for direct lines, `false` for others.
+                let direct = shadow.drops_direct(&a, a.size);
+                prop_assert_eq!(direct, drops && shadow.lines.direct(a.paddr >> 6).is_some());
                 prop_assert_eq!(&shadow.lines, &before);
                 let verdict = shadow.judge(&a);
                 prop_assert_eq!(drops, verdict == Verdict::Drop, "{:?}", a);
