@@ -39,6 +39,12 @@ use crate::session::{boot, conclude, prepare, Booted, Prepared};
 use crate::{ReplayError, ReplayReport, ReplaySetup};
 
 /// Chunks of segments other than the one being consumed that may wait in memory at once.
+///
+/// Why not fewer: a thread running ahead of the merged segment can only go on while its
+/// output fits here, and one segment of the default cut of a Linux boot hands on ~425
+/// chunks (calls and returns mostly: they are trace records, so they cross anyway). 64
+/// saved ~230 MB of peak RSS, ~50 k minor faults and ~0.1 s system time on the whole
+/// boot, but would leave that thread waiting for most of each segment on an idle machine.
 pub const BUFFERED_CHUNKS: usize = 256;
 
 /// One segment of the replay, handed to the caller's work function on a worker thread.
