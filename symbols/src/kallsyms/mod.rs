@@ -158,8 +158,9 @@ fn first<'b, T>(
     origin: &str,
     parse: impl Fn(&Scan<'b>, usize) -> Result<T, (u32, String)>,
 ) -> Result<T, SymbolError> {
-    let whole = [0..bytes.len()];
-    search(bytes, base, origin, false, &whole, parse).map(|mut all| all.swap_remove(0))
+    let whole = 0..bytes.len();
+    let within = std::slice::from_ref(&whole);
+    search(bytes, base, origin, false, within, parse).map(|mut all| all.swap_remove(0))
 }
 
 /// Every kallsyms table in `bytes`, in address order (at least one, or an error).

@@ -177,7 +177,7 @@ mod tests {
     #[test]
     fn words_and_listing_match_a_tree() {
         use std::collections::BTreeMap;
-        let mut seed = 0x5eed_0f_acc15u64;
+        let mut seed = 0x05ee_d0fa_cc15_u64;
         let mut next = move || {
             seed = seed
                 .wrapping_mul(6364136223846793005)
