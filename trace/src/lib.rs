@@ -53,6 +53,18 @@ mod test_support {
         }
     }
 
+    /// A small deterministic stream of pseudo-random numbers from `seed` (a 64-bit LCG),
+    /// each the state's bits from `shift` up: for long random streams in tests where a
+    /// proptest case would be too slow.
+    pub(crate) fn lcg(mut seed: u64, shift: u32) -> impl FnMut() -> u64 {
+        move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> shift
+        }
+    }
+
     /// Any kind of access, for random access streams.
     pub(crate) fn kind() -> impl Strategy<Value = AccessKind> {
         prop_oneof![

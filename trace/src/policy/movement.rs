@@ -376,17 +376,11 @@ mod tests {
         use std::collections::{BTreeMap, BTreeSet};
         let mut m = Movement::new(64);
         let mut sets: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
-        let mut seed = 0x1234_5678_9abc_def0u64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed >> 33
-        };
+        let mut next = crate::test_support::lcg(0x1234_5678_9abc_def0u64, 33);
         for n in 0..200_000u64 {
             let cpu = (next() % if n < 100_000 { 8 } else { 130 }) as u32;
             let line = next() % 50_000;
-            let kind = if next() % 3 == 0 {
+            let kind = if next().is_multiple_of(3) {
                 AccessKind::Write
             } else {
                 AccessKind::Read
@@ -414,13 +408,7 @@ mod tests {
     #[test]
     fn lines_anywhere_match_a_tree_of_sets() {
         use std::collections::{BTreeMap, BTreeSet};
-        let mut seed = 0x0bad_cafe_1234_5678u64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed >> 17
-        };
+        let mut next = crate::test_support::lcg(0x0bad_cafe_1234_5678u64, 17);
         for line_log in [0u32, 3, 6, 11, 12] {
             let mut m = Movement::new(1 << line_log);
             let mut sets: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
@@ -436,7 +424,7 @@ mod tests {
                 let base = bases[(next() % bases.len() as u64) as usize];
                 let paddr = base.wrapping_add(next() % 0x4000);
                 let paddr = paddr & !((1u64 << line_log) - 1);
-                let write = next() % 3 == 0;
+                let write = next().is_multiple_of(3);
                 let kind = if write {
                     AccessKind::Write
                 } else {

@@ -664,13 +664,7 @@ mod tests {
     fn the_quick_drop_is_the_whole_path() {
         use crate::policy::Movement;
         use crate::test_support::acc;
-        let mut seed = 0x0acc_1500_5eedu64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed >> 20
-        };
+        let mut next = crate::test_support::lcg(0x0acc_1500_5eedu64, 20);
         let accesses: Vec<Access> = (0..20_000)
             .map(|_| {
                 let base = [0u64, 0x7000, 1 << 33][(next() % 3) as usize];

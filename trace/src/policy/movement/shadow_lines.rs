@@ -177,13 +177,7 @@ mod tests {
     #[test]
     fn words_and_listing_match_a_tree() {
         use std::collections::BTreeMap;
-        let mut seed = 0x05ee_d0fa_cc15_u64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed >> 17
-        };
+        let mut next = crate::test_support::lcg(0x05ee_d0fa_cc15_u64, 17);
         for (shift, most) in [(6u32, DIRECT_LINES), (6, 100), (0, 5000), (12, 3), (3, 0)] {
             let mut s = ShadowLines::new(shift, most);
             let mut words: BTreeMap<u64, u64> = BTreeMap::new();
@@ -203,7 +197,7 @@ mod tests {
                     assert_eq!(s.get(line), words.get(&line).copied().unwrap_or(0));
                     continue;
                 }
-                let v = next() | (if next() % 2 == 0 { KNOWN } else { 0 }) | 1;
+                let v = next() | (if next().is_multiple_of(2) { KNOWN } else { 0 }) | 1;
                 *s.get_mut(line) = v;
                 if !order.contains(&(line >> lines_log)) {
                     order.push(line >> lines_log);
