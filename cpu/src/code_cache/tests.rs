@@ -54,6 +54,62 @@ fn compaction_keeps_live_instructions() {
     }
 }
 
+/// Compaction moves runs of several instructions in place, whatever the order of their
+/// blocks' slots (freed slots are reused, so slot order is not store order): every cached
+/// block still finds each of its instructions, and the store keeps its allocation rather
+/// than being made anew.
+#[test]
+fn compaction_in_place_keeps_every_run() {
+    let mut c = CodeCache::new(1 << 20);
+    // Page -> (tag of its block's first instruction, instructions).
+    let mut want: std::collections::BTreeMap<u64, (u64, usize)> = Default::default();
+    let mut compactions = 0;
+    for k in 0..(FULL_MIN_LIMIT as u64) {
+        let page = 1 + (k * 7919) % 97;
+        let n = 1 + (k % 13) as usize;
+        let tag = 1_000 * k;
+        let mut full: Vec<Instruction> = (0..n as u64)
+            .map(|i| {
+                let mut insn = Instruction::default();
+                insn.set_ip(tag + i);
+                insn
+            })
+            .collect();
+        let (compacts, cap) = (c.full.len() >= c.full_limit, c.full.capacity());
+        let at = c.store_full(&mut full);
+        if compacts {
+            compactions += 1;
+            assert!(c.full.capacity() >= cap, "the store was made anew");
+        }
+        let insns: Vec<DecodedInsn> = (0..n)
+            .map(|i| DecodedInsn {
+                idx: i as u8,
+                op: crate::exec::fast::Op::Nop,
+                ops: Default::default(),
+                len: 1,
+                locked: false,
+                check: 0,
+                off: 0,
+                handler: 0,
+            })
+            .collect();
+        c.insert(page << 12, 64, &insns, at, [page, page]);
+        want.insert(page, (tag, n));
+        c.reclaim();
+    }
+    assert!(compactions > 2, "{compactions}");
+    for (&page, &(tag, n)) in &want {
+        let id = c.lookup(page << 12, 64).expect("cached");
+        for i in 0..n {
+            assert_eq!(
+                c.full_insn(id, i as u8).map(|x| x.ip()),
+                Some(tag + i as u64),
+                "page {page}, instruction {i}"
+            );
+        }
+    }
+}
+
 /// A link leads to its successor only while that successor is cached under the key the
 /// link was made for: not after the successor's page is written, and not once its slot
 /// holds another block; and a block dropped while it runs keeps its instructions until it
