@@ -7,8 +7,13 @@ fn tagged(c: &mut CodeCache, tag: u64) -> (DecodedInsn, u32) {
     let mut insn = Instruction::default();
     insn.set_ip(tag);
     let full_at = c.store_full(&mut vec![insn]);
-    let d = DecodedInsn {
-        idx: 0,
+    (nop(0), full_at)
+}
+
+/// A one-byte NOP, the `idx`th instruction of its block.
+fn nop(idx: u8) -> DecodedInsn {
+    DecodedInsn {
+        idx,
         op: crate::exec::fast::Op::Nop,
         ops: Default::default(),
         len: 1,
@@ -16,8 +21,7 @@ fn tagged(c: &mut CodeCache, tag: u64) -> (DecodedInsn, u32) {
         check: 0,
         off: 0,
         handler: 0,
-    };
-    (d, full_at)
+    }
 }
 
 /// Cache an empty block at `pa` (page `pa >> 12`) and return it.
@@ -81,18 +85,7 @@ fn compaction_in_place_keeps_every_run() {
             compactions += 1;
             assert!(c.full.capacity() >= cap, "the store was made anew");
         }
-        let insns: Vec<DecodedInsn> = (0..n)
-            .map(|i| DecodedInsn {
-                idx: i as u8,
-                op: crate::exec::fast::Op::Nop,
-                ops: Default::default(),
-                len: 1,
-                locked: false,
-                check: 0,
-                off: 0,
-                handler: 0,
-            })
-            .collect();
+        let insns: Vec<DecodedInsn> = (0..n as u8).map(nop).collect();
         c.insert(page << 12, 64, &insns, at, [page, page]);
         want.insert(page, (tag, n));
         c.reclaim();

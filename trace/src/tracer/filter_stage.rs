@@ -452,10 +452,9 @@ impl<F: Filter> FilterStage<F> {
                     stack,
                     ref regs,
                 },
-            ) => match self.watched.watches(l, target) {
-                true => l.call(cpu, target, return_address, stack, regs),
-                false => None,
-            },
+            ) if self.watched.watches(l, target) => {
+                l.call(cpu, target, return_address, stack, regs)
+            }
             (Some(l), &ContextEvent::Return { target, stack, rax }) => {
                 l.ret(cpu, target, stack, rax)
             }
