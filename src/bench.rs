@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::BenchArgs;
+use crate::report::ErrorReport;
 use crate::status;
 
 /// The line the Linux fixture's /init prints when its workload is done.
@@ -131,7 +132,7 @@ pub fn bench(args: &BenchArgs) -> i32 {
     match bench_inner(args) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("reprise: bench: {e:#}");
+            eprintln!("reprise: bench: {}", ErrorReport(&e));
             status::ERROR
         }
     }
@@ -439,7 +440,7 @@ fn run_rounds(configs: &[Config], rounds: u32) -> Vec<Row> {
                     }
                 }
                 Err(e) => {
-                    let e = format!("failed: {e:#}");
+                    let e = format!("failed: {}", ErrorReport(&e));
                     eprintln!("reprise: bench: {name}: {e}");
                     samples[i] = Err(e);
                 }

@@ -7,6 +7,7 @@ use reprise_replay::bisect::{bisect as search, linear_scan, machine_at, BisectOp
 use reprise_replay::seek::describe_state;
 
 use crate::cli::BisectArgs;
+use crate::report::ErrorReport;
 use crate::status;
 
 /// The end of `reprise bisect --help`.
@@ -29,11 +30,11 @@ pub fn bisect(args: &BisectArgs) -> i32 {
     match inner(args) {
         Ok(code) => code,
         Err(e) if crate::interrupt::requested() => {
-            eprintln!("reprise: interrupted: {e:#}");
+            eprintln!("reprise: interrupted: {}", ErrorReport(&e));
             status::INTERRUPTED
         }
         Err(e) => {
-            eprintln!("reprise: {e:#}");
+            eprintln!("reprise: {}", ErrorReport(&e));
             status::ERROR
         }
     }

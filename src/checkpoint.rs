@@ -5,6 +5,7 @@ use std::time::Instant;
 use reprise_replay::seek::{add_checkpoints, boot};
 
 use crate::cli::CheckpointArgs;
+use crate::report::ErrorReport;
 use crate::status;
 
 /// Run the command; returns the process exit status.
@@ -13,7 +14,7 @@ pub fn checkpoint(args: &CheckpointArgs) -> i32 {
         Ok(()) if crate::interrupt::requested() => status::INTERRUPTED,
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("reprise: {e:#}");
+            eprintln!("reprise: {}", ErrorReport(&e));
             status::ERROR
         }
     }

@@ -6,6 +6,7 @@ use reprise_record::manifest::Manifest;
 use reprise_record::scan::LogScan;
 
 use crate::cli::InfoArgs;
+use crate::report::ErrorReport;
 use crate::run::size_text;
 use crate::status;
 
@@ -14,7 +15,7 @@ pub fn info(args: &InfoArgs) -> i32 {
     match info_inner(args) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("reprise: {e:#}");
+            eprintln!("reprise: {}", ErrorReport(&e));
             status::ERROR
         }
     }

@@ -13,6 +13,7 @@ mod mscan;
 mod progress;
 mod record;
 mod replay;
+mod report;
 mod run;
 mod seek;
 mod status;

@@ -20,6 +20,7 @@ use reprise_trace::tracer::{Sink, Tracer};
 
 use crate::cli::MscanArgs;
 use crate::progress::Progress;
+use crate::report::ErrorReport;
 use crate::status;
 
 /// Run the command; returns the process exit status.
@@ -27,7 +28,7 @@ pub fn mscan(args: &MscanArgs) -> i32 {
     match mscan_inner(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("reprise: {e:#}");
+            eprintln!("reprise: {}", ErrorReport(&e));
             status::ERROR
         }
     }
@@ -121,7 +122,11 @@ fn linux_guest(
             (k.table_with_percpu(), Some(heap), ranges)
         }
         Err(e) => {
-            eprintln!("reprise: no kernel symbols from {}: {e:#}", rec.display());
+            eprintln!(
+                "reprise: no kernel symbols from {}: {}",
+                rec.display(),
+                ErrorReport(&e)
+            );
             (SymbolTable::new(), None, Vec::new())
         }
     }

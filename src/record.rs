@@ -10,6 +10,7 @@ use reprise_record::manifest::{Clock, MachineOptions};
 use reprise_record::session::{record as record_session, RecordSetup};
 
 use crate::cli::{ClockArg, RecordArgs};
+use crate::report::ErrorReport;
 use crate::run::{host_inputs, machine_config, report};
 use crate::status;
 
@@ -18,7 +19,7 @@ pub fn record(args: &RecordArgs) -> i32 {
     match record_inner(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("reprise: {e:#}");
+            eprintln!("reprise: {}", ErrorReport(&e));
             status::ERROR
         }
     }

@@ -14,6 +14,7 @@ use reprise_trace::policy::CacheLinePolicy;
 use reprise_trace::tracer::{FilterStage, Filtered, RegsBox, SegmentTracer, Sink, Tracer};
 
 use crate::cli::{ReplayArgs, TraceArgs};
+use crate::report::ErrorReport;
 use crate::status;
 use crate::trace;
 
@@ -22,7 +23,7 @@ pub fn replay(args: &ReplayArgs) -> i32 {
     match replay_inner(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("reprise: {e:#}");
+            eprintln!("reprise: {}", ErrorReport(&e));
             status::ERROR
         }
     }

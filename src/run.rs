@@ -8,6 +8,7 @@ use reprise_devices::machine::ConfigError;
 use reprise_devices::{HostInputs, Inputs, Machine, MachineConfig, RunOutcome, RunResult};
 
 use crate::cli::{ClockArg, MachineArgs, RunArgs};
+use crate::report::ErrorReport;
 use crate::status;
 
 /// Run the command; returns the process exit status.
@@ -15,7 +16,7 @@ pub fn run(args: &RunArgs) -> i32 {
     match run_inner(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("reprise: {e:#}");
+            eprintln!("reprise: {}", ErrorReport(&e));
             status::ERROR
         }
     }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use reprise_replay::seek::{boot, describe_state, seek as seek_to, MemAddr};
 
 use crate::cli::{parse_count, SeekArgs};
+use crate::report::ErrorReport;
 use crate::status;
 
 /// Run the command; returns the process exit status.
@@ -13,7 +14,7 @@ pub fn seek(args: &SeekArgs) -> i32 {
     match inner(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("reprise: {e:#}");
+            eprintln!("reprise: {}", ErrorReport(&e));
             status::ERROR
         }
     }

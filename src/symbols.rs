@@ -20,6 +20,7 @@ use reprise_symbols::{kallsyms, DebugInfo, Kallsyms, SymbolTable, SystemMap, Vml
 use reprise_trace::alloc::PageMap;
 
 use crate::cli::parse_count;
+use crate::report::ErrorReport;
 use crate::status;
 
 /// `reprise symbols` options.
@@ -69,7 +70,7 @@ pub fn symbols(args: &SymbolsArgs) -> i32 {
     match inner(args) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("reprise: {e:#}");
+            eprintln!("reprise: {}", ErrorReport(&e));
             status::ERROR
         }
     }

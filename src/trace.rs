@@ -15,6 +15,7 @@ use reprise_trace::stats::Stats;
 use reprise_trace::tracer::Tracer;
 
 use crate::cli::{TraceArgs, TraceCommand, TracePrintArgs, TraceStatsArgs};
+use crate::report::ErrorReport;
 use crate::status;
 
 /// The tracer `replay --trace` hands the machine.
@@ -193,7 +194,7 @@ pub fn trace(cmd: &TraceCommand) -> i32 {
     match r {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("reprise: {e:#}");
+            eprintln!("reprise: {}", ErrorReport(&e));
             status::ERROR
         }
     }

@@ -135,6 +135,8 @@ fn files_that_are_not_kernels_are_refused_clearly() {
     let r = reprise(&["run", "--kernel", "/nonexistent/vmlinuz"]);
     assert_eq!(r.status, 1, "{r:?}");
     assert!(r.stderr.contains("/nonexistent/vmlinuz"), "{r:?}");
+    // The operating system's reason is said once, not once per error in the chain.
+    assert_eq!(r.stderr.matches("(os error 2)").count(), 1, "{r:?}");
     // An image with --kernel, --initrd or --append is a usage error.
     for bad in [
         &["run", "--initrd", "x", "image.elf"][..],
