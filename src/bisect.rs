@@ -67,7 +67,7 @@ fn inner(args: &BisectArgs) -> anyhow::Result<i32> {
     let code = match outcome.found {
         Some(pos) => {
             let mut r = machine_at(&args.rec, &args.images, pos)?;
-            let state = describe_state(&mut r.machine, None, args.json);
+            let state = describe_state(&mut r.machine, r.ram_hash, None, args.json);
             if args.json {
                 writeln!(
                     out,

@@ -59,7 +59,7 @@ fn inner(args: &SeekArgs) -> anyhow::Result<i32> {
     for w in &report.warnings {
         eprintln!("reprise: warning: {w}");
     }
-    let text = describe_state(&mut r.machine, mem, args.json);
+    let text = describe_state(&mut r.machine, r.ram_hash, mem, args.json);
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;

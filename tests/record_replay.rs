@@ -625,3 +625,83 @@ fn current_format_version() -> String {
         reprise_record::manifest::FORMAT_VERSION
     )
 }
+
+/// A recording of format version 3 (made before version 4: its end record's RAM hash is by
+/// page bytes, `RamHashKind::Pages`) still replays identically and `seek` prints its final
+/// state hash; the same end record read as version 4 (RAM hash by page keys) is a
+/// difference, so the version decides how the end is checked. The version-3 recording is
+/// made from one of this build by rewriting its manifest's version and its end record's
+/// hashes (no checkpoints, whose log places the rewritten log would not keep).
+#[test]
+fn a_format_3_recording_is_checked_with_its_own_ram_hash() {
+    use reprise_record::container::{ContainerReader, ContainerWriter};
+    use reprise_record::log::{hex, Event, LogRecord, LOG_FILE, LOG_KIND, LOG_VERSION};
+    let rec = rec_path("format3");
+    let a = record(&rec, &["--checkpoint-every", "0"], &fixture_path("hello"));
+    assert_eq!(a.status, 0, "{a:?}");
+    let b = replay(&rec, &[]);
+    assert!(b.stderr.contains("replay identical"), "{b:?}");
+    assert_eq!(final_state(&a), final_state(&b));
+    // The machine at the end, by an in-process replay, hashed the version-3 way.
+    let mut r = reprise_replay::seek::boot(&rec, &[]).unwrap();
+    let end = r.end.unwrap();
+    reprise_replay::seek::seek(&mut r, end, false).unwrap();
+    let pages = r.machine.ram_hash();
+    assert_ne!(
+        pages,
+        r.machine
+            .ram_hash_as(reprise_devices::machine::RamHashKind::PageKeys)
+    );
+    // Version 3 in the manifest, the end record unchanged: its hashes are read as by page
+    // bytes, so the replay reports the RAM as different.
+    let manifest = rec.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace(&current_format_version(), "\"format_version\": 3"),
+    )
+    .unwrap();
+    let c = replay(&rec, &[]);
+    assert_no_panic(&c);
+    assert!(!c.stderr.contains("replay identical"), "{c:?}");
+    // The end record's hashes rewritten by page bytes: identical again.
+    let log = rec.join(LOG_FILE);
+    let mut reader = ContainerReader::<LogRecord>::open(&log, LOG_KIND, LOG_VERSION).unwrap();
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record() {
+        records.push(record.unwrap());
+    }
+    let state_hash = match &mut records.last_mut().unwrap().event {
+        Event::End(e) => {
+            e.ram_hash = *pages.as_bytes();
+            e.state_hash = *reprise_devices::machine::state_hash_of(&e.state, &pages).as_bytes();
+            e.state_hash
+        }
+        other => panic!("the last record is {other:?}"),
+    };
+    drop(reader);
+    std::fs::remove_file(&log).unwrap();
+    let mut writer = ContainerWriter::create(&log, LOG_KIND, LOG_VERSION).unwrap();
+    for record in &records {
+        writer.push(record).unwrap();
+    }
+    writer.finish().unwrap();
+    let d = replay(&rec, &[]);
+    assert!(d.stderr.contains("replay identical"), "{d:?}");
+    assert_eq!(final_state(&d), hex(&state_hash));
+    assert_eq!(d.stdout, a.stdout);
+    let s = reprise(&[
+        "seek".as_ref(),
+        rec.as_os_str(),
+        "--at".as_ref(),
+        "end".as_ref(),
+    ]);
+    assert_eq!(s.status, 0, "{s:?}");
+    assert!(
+        s.stdout
+            .contains(&format!("state hash {}", hex(&state_hash))),
+        "{s:?}"
+    );
+    let i = reprise(&["info".as_ref(), rec.as_os_str()]);
+    assert!(i.stdout.contains(&hex(&state_hash)), "{i:?}");
+}

@@ -27,7 +27,7 @@
 //! (`PackFile`), and a megabyte at a time as it is assembled, so it never needs a buffer
 //! its size (`Packer`); the buffer pages are packed into is kept from one checkpoint to
 //! the next rather than allocated anew (`Buffers`). Page keys are computed several pages
-//! side by side (`keys`): one page alone fills only 4 of AVX-512's 16 lanes.
+//! side by side (`reprise_devices::machine::keys`): one page alone fills only 4 of AVX-512's 16 lanes.
 //!
 //! Page lists as deltas: a booted Linux guest has ~19k non-zero pages, so a full list is
 //! ~0.8 MB, most of it the same from one checkpoint to the next. A checkpoint file
@@ -68,8 +68,7 @@
 //! `page_list` (page keys, how they change over a stretch, the state hash), `snapshot`
 //! and `write` (the two steps of taking a checkpoint), `writer` (the second step on a
 //! thread of its own), `restore` (page lists resolved through their bases, pages read and
-//! checked, the machine restored), `pack` and `keys` (pack files; page keys computed side
-//! by side), `stale` (temporaries left by killed writers), `error`.
+//! checked, the machine restored), `pack` (pack files), `stale` (temporaries left by killed writers), `error`.
 //!
 //! [`MachineState`]: reprise_devices::MachineState
 //! [`Machine::take_dirty_pages`]: reprise_devices::Machine::take_dirty_pages
@@ -81,7 +80,6 @@ use std::sync::{Arc, Mutex};
 
 mod error;
 mod file;
-mod keys;
 mod pack;
 mod page_list;
 mod page_reader;
@@ -97,7 +95,7 @@ pub use page_list::{checkpoint_hash, page_keys, update_keys};
 pub use restore::{RamKeys, Restored};
 pub use snapshot::Snapshot;
 pub use write::SaveStats;
-pub use writer::Writer;
+pub use writer::{PendingRamHash, Writer};
 
 use pack::KeyMap;
 use write::Buffers;

@@ -11,32 +11,20 @@ use crate::PAGE;
 pub(crate) type PageKeys = Vec<(u64, [u8; 32])>;
 
 /// The hash a checkpoint carries of the machine it holds: blake3 of the serialized state,
-/// then of every listed page's number (u64 little-endian) and key, in address order.
+/// then of every listed page's number (u64 little-endian) and key, in address order: the
+/// machine's state hash with RAM hashed by page keys
+/// ([`RamHashKind::PageKeys`](reprise_devices::machine::RamHashKind)), the one a recording's
+/// end record holds since format 4.
 ///
 /// Built from the page keys (the hashes of the page bytes) rather than from RAM itself so
 /// that saving reads RAM once; restoring recomputes it from the restored machine's state
 /// and the keys its pages were checked against as they were read (RAM's keys, as every
 /// other page is zeroed), so it still proves the restored machine is the one saved.
-///
-/// The list goes to blake3 a batch of entries per `update` (the same bytes, so the same
-/// hash): with an `update` per number and per key (and the state serialized straight into
-/// the hasher) this took ~0.9 ms per checkpoint of a booted Linux guest (~19k pages), more
-/// than the rest of a small checkpoint's write. Batches of 128 entries (5 KiB) still took
-/// ~0.35 ms: blake3 hashes its 1 KiB chunks side by side only within one `update`, and 5
-/// chunks fill few of its lanes; batches of 40 KiB fill them all (~0.1 ms).
 pub fn checkpoint_hash(state: &MachineState, pages: &[(u64, [u8; 32])]) -> blake3::Hash {
-    const ENTRY: usize = 8 + 32;
-    const BATCH: usize = 1024;
-    let mut list = blake3::Hasher::new();
-    let mut batch = vec![0u8; ENTRY * BATCH];
-    for group in pages.chunks(BATCH) {
-        for ((n, key), out) in group.iter().zip(batch.chunks_exact_mut(ENTRY)) {
-            out[..8].copy_from_slice(&n.to_le_bytes());
-            out[8..].copy_from_slice(key);
-        }
-        list.update(&batch[..group.len() * ENTRY]);
-    }
-    reprise_devices::machine::state_hash_of(state, &list.finalize())
+    reprise_devices::machine::state_hash_of(
+        state,
+        &reprise_devices::machine::ram_hash_of_keys(pages),
+    )
 }
 
 /// `(page number, blake3 of its bytes)` of every non-zero page of `ram`, in address order.

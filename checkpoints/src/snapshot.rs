@@ -33,6 +33,10 @@ pub struct Snapshot {
     pub(crate) lent: LentPages,
     /// With the dirty check: the keys of all of RAM, from RAM itself.
     pub(crate) check: Option<Vec<(u64, [u8; 32])>>,
+    /// Where to send RAM's hash by page keys at `position`
+    /// ([`ram_hash_of_keys`](reprise_devices::machine::ram_hash_of_keys)) as soon as the
+    /// keys are known (see [`Writer::save_hashed`](crate::Writer::save_hashed)).
+    pub(crate) ram_hash_to: Option<std::sync::mpsc::Sender<blake3::Hash>>,
 }
 
 impl Snapshot {
@@ -126,6 +130,7 @@ impl Store {
             full: !incremental,
             lent,
             check,
+            ram_hash_to: None,
         }
     }
 }

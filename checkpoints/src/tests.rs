@@ -573,3 +573,55 @@ fn a_restore_over_a_restored_machine_reads_only_what_differs() {
     // Keys of an earlier stretch: not trusted, so the damaged pages are read and refused.
     assert!(store.restore_over(&mut m, 500, Some(&keys)).is_err());
 }
+
+/// [`Writer::save_hashed`] sends the RAM hash by page keys of the machine it saved, the
+/// same as computed from RAM, for a first (whole RAM) and an incremental checkpoint; the
+/// machine has RAM above 4 GiB, whose last page is written, and the checkpoint's state
+/// hash is the machine's state hash by page keys.
+#[test]
+fn the_writer_sends_the_ram_hash_by_page_keys() {
+    use reprise_devices::machine::RamHashKind;
+    use reprise_devices::ram::{ram_span, HIGH_RAM_START, HOLE_START};
+    let bytes = HOLE_START + (8 << 20);
+    let mut m = Machine::new(
+        MachineConfig::new(1, bytes),
+        ScriptedInputs::new(),
+        Box::new(std::io::sink()),
+    )
+    .expect("machine");
+    let last = ram_span(bytes) - 8;
+    for (addr, v) in [
+        (0x1000, 1),
+        (0x7000, 5),
+        (HIGH_RAM_START + 0x3000, 2),
+        (last, 3),
+    ] {
+        assert!(m.ram_mut().write_u64(addr, v), "{addr:#x}");
+    }
+    m.cpus_mut()[0].state.retired = 100;
+    let (_scratch, store) = temp_store("hashed");
+    let mut w = Writer::new(store.clone(), 2);
+    let first = w.save_hashed(&mut m, 0, None).unwrap().wait().unwrap();
+    assert_eq!(first, m.ram_hash_as(RamHashKind::PageKeys));
+    let state_at_100 = m.state_hash_as(RamHashKind::PageKeys);
+    // A page zeroed, one changed, one new in high RAM: only those are hashed again.
+    m.ram_mut().write_u64(0x1000, 0);
+    m.ram_mut().write_u64(last, 4);
+    m.ram_mut().write_u64(HIGH_RAM_START + 0x5000, 9);
+    m.cpus_mut()[0].state.retired = 200;
+    let second = w.save_hashed(&mut m, 0, None).unwrap().wait().unwrap();
+    assert_eq!(second, m.ram_hash_as(RamHashKind::PageKeys));
+    assert_ne!(second, first);
+    let state_at_200 = m.state_hash_as(RamHashKind::PageKeys);
+    let (written, totals) = w.finish().unwrap();
+    assert_eq!(written, 2);
+    assert!(totals.hashed < 10, "{totals:?}");
+    assert_eq!(
+        &store.load(100).unwrap().state_hash,
+        state_at_100.as_bytes()
+    );
+    assert_eq!(
+        &store.load(200).unwrap().state_hash,
+        state_at_200.as_bytes()
+    );
+}

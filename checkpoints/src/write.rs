@@ -6,15 +6,16 @@
 use std::collections::BTreeMap;
 use std::fs;
 
+use reprise_devices::machine::{keys, ram_hash_of_keys, state_hash_of};
 use reprise_devices::ram::is_zero;
 
 use crate::error::io_err;
 use crate::pack::Packer;
-use crate::page_list::{checkpoint_hash, differing_pages, key_delta, merge_written};
+use crate::page_list::{differing_pages, key_delta, merge_written};
 use crate::snapshot::Snapshot;
 use crate::{
-    checkpoint_name, keys, stale, BaseRef, Checkpoint, CheckpointError, Known, LastRam, Link,
-    PagePlace, Place, Store, CHAIN_LIMIT, FORMAT_VERSION,
+    checkpoint_name, stale, BaseRef, Checkpoint, CheckpointError, Known, LastRam, Link, PagePlace,
+    Place, Store, CHAIN_LIMIT, FORMAT_VERSION,
 };
 
 /// What [`Store::write`] did.
@@ -204,7 +205,14 @@ impl Store {
             }
         }
         stats.pages = pages.len() as u64;
-        let state_hash = *checkpoint_hash(&snap.state, &pages).as_bytes();
+        // `checkpoint_hash`, with the RAM hash by page keys kept for whoever asked for it.
+        let ram_hash = ram_hash_of_keys(&pages);
+        if let Some(to) = &snap.ram_hash_to {
+            // Sent before the pages are stored: the asker waits for the keys only. One
+            // that stopped waiting is no error.
+            let _ = to.send(ram_hash);
+        }
+        let state_hash = *state_hash_of(&snap.state, &ram_hash).as_bytes();
         let next_epoch = snap.epoch + 1;
         if let Ok(existing) = self.resolve(snap.position) {
             if existing.cp.state_hash == state_hash && existing.cp.ram_bytes == snap.ram_bytes {

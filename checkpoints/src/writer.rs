@@ -56,6 +56,20 @@ pub struct Writer {
     state: Arc<Mutex<WriterState>>,
 }
 
+/// The RAM hash a checkpoint's write will send ([`Writer::save_hashed`]).
+#[derive(Debug)]
+pub struct PendingRamHash(mpsc::Receiver<blake3::Hash>);
+
+impl PendingRamHash {
+    /// Wait for the hash: `None` if the checkpoint's write failed or was skipped (an
+    /// earlier write failed) before its keys were known; the caller then computes it from
+    /// RAM ([`reprise_devices::machine::ram_keys_hash`]), and the failure itself is
+    /// reported by [`Writer::finish`].
+    pub fn wait(self) -> Option<blake3::Hash> {
+        self.0.recv().ok()
+    }
+}
+
 impl Writer {
     /// A writer into `store`, holding at most `queue` snapshots besides the one being
     /// written.
@@ -123,8 +137,20 @@ impl Writer {
         log_index: u64,
         log_chunk: Option<LogChunk>,
     ) -> Result<(), CheckpointError> {
+        self.queue(machine, log_index, log_chunk, None)
+    }
+
+    /// [`Writer::save`], the write sending RAM's hash by page keys to `ram_hash_to`.
+    fn queue<I: Inputs>(
+        &mut self,
+        machine: &mut Machine<I>,
+        log_index: u64,
+        log_chunk: Option<LogChunk>,
+        ram_hash_to: Option<mpsc::Sender<blake3::Hash>>,
+    ) -> Result<(), CheckpointError> {
         self.take_error()?;
-        let snap = self.store.snapshot(machine, log_index, log_chunk);
+        let mut snap = self.store.snapshot(machine, log_index, log_chunk);
+        snap.ram_hash_to = ram_hash_to;
         let Some(queue) = &self.queue else {
             let stats = self.store.write(snap)?;
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,6 +167,22 @@ impl Writer {
             });
         }
         Ok(())
+    }
+
+    /// [`Writer::save`], and the hash of `machine`'s RAM by page keys
+    /// ([`RamHashKind::PageKeys`](reprise_devices::machine::RamHashKind)) once the writer
+    /// has the checkpoint's keys: mostly the previous checkpoint's, only the pages written
+    /// since are hashed, so this costs the machine's thread no pass over RAM. The hash is sent
+    /// as soon as the keys are known, before the new pages are stored.
+    pub fn save_hashed<I: Inputs>(
+        &mut self,
+        machine: &mut Machine<I>,
+        log_index: u64,
+        log_chunk: Option<LogChunk>,
+    ) -> Result<PendingRamHash, CheckpointError> {
+        let (to, from) = mpsc::channel();
+        self.queue(machine, log_index, log_chunk, Some(to))?;
+        Ok(PendingRamHash(from))
     }
 
     /// Wait for every queued checkpoint to be written: how many were and what they did

@@ -50,11 +50,15 @@ use crate::uart::{Uart, UartState};
 
 mod board;
 mod hash;
+pub mod keys;
 
 use board::Board;
 #[cfg(test)]
 use hash::pagemap_pages;
-pub use hash::{backed_pages, ram_hash, state_hash_of, RAM_HASH_PAGE};
+pub use hash::{
+    backed_pages, ram_hash, ram_hash_of_keys, ram_keys_hash, state_hash_of, RamHashKind,
+    RAM_HASH_PAGE,
+};
 
 /// Base port of the COM1 UART.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -870,6 +874,16 @@ impl<I: Inputs> Machine<I> {
     /// A blake3 hash of the contents of RAM (see [`ram_hash`]).
     pub fn ram_hash(&self) -> blake3::Hash {
         ram_hash(self.board.ram.as_slice())
+    }
+
+    /// [`Machine::state_hash`] with the RAM hash of definition `kind`.
+    pub fn state_hash_as(&self, kind: RamHashKind) -> blake3::Hash {
+        state_hash_of(&self.state(), &self.ram_hash_as(kind))
+    }
+
+    /// The RAM hash of definition `kind` (see [`RamHashKind`]).
+    pub fn ram_hash_as(&self, kind: RamHashKind) -> blake3::Hash {
+        kind.of(self.board.ram.as_slice())
     }
 
     /// The disassembled instruction at CPU `cpu`'s RIP (for reports), or why there is none.

@@ -597,14 +597,35 @@ fn the_ram_hash_depends_on_contents_only() {
         h.finalize()
     };
     assert_eq!(fresh, read_all);
+    // So does the hash by page keys (the machine's RAM is page-aligned: the host's
+    // residency shortcut applies).
+    let keys_read_all = {
+        let mut h = blake3::Hasher::new();
+        for (p, page) in ram.chunks(RAM_HASH_PAGE).enumerate() {
+            if page.iter().any(|&b| b != 0) {
+                h.update(&(p as u64).to_le_bytes());
+                h.update(blake3::hash(page).as_bytes());
+            }
+        }
+        h.finalize()
+    };
+    let fresh_keys = m.ram_hash_as(RamHashKind::PageKeys);
+    assert_eq!(fresh_keys, keys_read_all);
+    assert_eq!(m.ram_hash_as(RamHashKind::Pages), fresh);
+    assert_eq!(
+        m.state_hash_as(RamHashKind::PageKeys),
+        state_hash_of(&m.state(), &fresh_keys)
+    );
     if let Some(b) = pagemap_pages(ram) {
         assert!(b.len() == ram.len() / RAM_HASH_PAGE);
     }
     // Touching a page with zeros changes nothing; a byte does.
     m.ram_mut().as_mut_slice()[0x30_0000] = 0;
     assert_eq!(m.ram_hash(), fresh);
+    assert_eq!(m.ram_hash_as(RamHashKind::PageKeys), fresh_keys);
     m.ram_mut().as_mut_slice()[0x30_0000] = 1;
     assert_ne!(m.ram_hash(), fresh);
+    assert_ne!(m.ram_hash_as(RamHashKind::PageKeys), fresh_keys);
 }
 
 /// PAUSE ends the CPU's turn: each CPU runs `mov; pause` and the next one takes over right

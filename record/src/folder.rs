@@ -49,13 +49,15 @@ pub enum RecordingError {
         supported: u32,
     },
     /// The recording was made by an older reprise whose format this build no longer reads.
-    #[error("{path}: recording format version {found} was written by an older reprise; this one reads version {supported} only: record it again (or replay it with the reprise that made it)")]
+    #[error("{path}: recording format version {found} was written by an older reprise; this one reads versions {oldest} to {supported} only: record it again (or replay it with the reprise that made it)")]
     OldVersion {
         /// The manifest.
         path: PathBuf,
         /// The version it states.
         found: u64,
-        /// The version this build reads.
+        /// The oldest version this build reads.
+        oldest: u32,
+        /// The newest version this build reads.
         supported: u32,
     },
     /// The manifest says it is a recording but cannot be understood.
@@ -272,6 +274,7 @@ pub fn load_images(
 mod tests {
     use super::*;
     use crate::manifest::{Boot, Clock, MachineOptions, FORMAT_NAME, FORMAT_VERSION};
+    use reprise_devices::machine::RamHashKind;
 
     /// The path `name` in a fresh temporary directory, which the returned guard removes
     /// when the test ends.
@@ -374,6 +377,18 @@ mod tests {
         let old = Manifest::read(&dir).unwrap_err();
         assert!(matches!(old, RecordingError::OldVersion { found: 1, .. }));
         assert!(old.to_string().contains("older reprise"), "{old}");
+        assert!(old.to_string().contains("versions 3 to"), "{old}");
+        // Version 3 is still read: its end record's RAM hash is by page bytes; this
+        // build's is by page keys.
+        assert_eq!(m.ram_hash_kind(), RamHashKind::PageKeys);
+        std::fs::write(
+            dir.join(MANIFEST_FILE),
+            text.replace(&current, "\"format_version\": 3"),
+        )
+        .unwrap();
+        let v3 = Manifest::read(&dir).unwrap();
+        assert_eq!(v3.format_version, 3);
+        assert_eq!(v3.ram_hash_kind(), RamHashKind::Pages);
         std::fs::write(dir.join(MANIFEST_FILE), b"not json").unwrap();
         assert!(matches!(
             Manifest::read(&dir),

@@ -21,7 +21,7 @@
 //! hundred bytes per million instructions (see `reprise info`).
 
 use reprise_cpu::{CpuState, RandomSource};
-use reprise_devices::machine::state_hash_of;
+use reprise_devices::machine::{state_hash_of, RamHashKind};
 use reprise_devices::{Inputs, Machine, MachineState, Position, RunOutcome};
 use serde::{Deserialize, Serialize};
 
@@ -226,24 +226,37 @@ pub struct EndRecord {
     pub outcome: Outcome,
     /// The whole machine state except RAM (every CPU, the devices, the scheduler).
     pub state: MachineState,
-    /// [`Machine::ram_hash`] at the end.
+    /// The RAM hash at the end, of the definition the recording's format version names
+    /// ([`Manifest::ram_hash_kind`](crate::manifest::Manifest::ram_hash_kind)).
     pub ram_hash: [u8; 32],
-    /// [`Machine::state_hash`] at the end.
+    /// [`Machine::state_hash_as`] at the end, with that RAM hash.
     pub state_hash: [u8; 32],
     /// What the guest wrote on its console.
     pub console: ConsoleDigest,
 }
 
 impl EndRecord {
-    /// The end record of `machine`, which has just ended with `outcome`.
+    /// The end record of `machine`, which has just ended with `outcome`, its RAM hashed by
+    /// definition `kind`.
     pub fn of<I: Inputs>(
         machine: &Machine<I>,
         outcome: &RunOutcome,
         console: ConsoleDigest,
+        kind: RamHashKind,
+    ) -> EndRecord {
+        EndRecord::with_ram_hash(machine, outcome, console, machine.ram_hash_as(kind))
+    }
+
+    /// The end record of `machine`, which has just ended with `outcome`, whose RAM hash
+    /// `ram_hash` is already known (from the end checkpoint's page keys).
+    pub fn with_ram_hash<I: Inputs>(
+        machine: &Machine<I>,
+        outcome: &RunOutcome,
+        console: ConsoleDigest,
+        ram_hash: blake3::Hash,
     ) -> EndRecord {
         let state = machine.state();
-        let ram_hash = machine.ram_hash();
-        // Machine::state_hash, without hashing RAM twice.
+        // Machine::state_hash_as, without hashing RAM twice.
         let state_hash = state_hash_of(&state, &ram_hash);
         EndRecord {
             outcome: outcome.into(),

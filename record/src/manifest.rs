@@ -3,7 +3,7 @@
 //! ```json
 //! {
 //!   "format": "reprise-recording",
-//!   "format_version": 3,
+//!   "format_version": 4,
 //!   "tool": "reprise 0.1.0",
 //!   "machine": { "cpus": 4, "ram_bytes": 268435456, "quantum": 10000, "exit_code": "Plain",
 //!                "max_instructions": null, "serial_input": true },
@@ -24,6 +24,7 @@
 use std::path::{Path, PathBuf};
 
 use reprise_cpu::CpuidProfile;
+use reprise_devices::machine::RamHashKind;
 use reprise_devices::{ExitCodeStyle, MachineConfig};
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +40,15 @@ pub const FORMAT_NAME: &str = "reprise-recording";
 /// outcomes; a version-1 log does not decode with this build's types.
 /// Version 3: the CPU state gained the x87 instruction/data pointers and last opcode, and
 /// keeps the x87 registers in physical order.
-pub const FORMAT_VERSION: u32 = 3;
+/// Version 4: the end record's RAM hash (and so its state hash) is over page keys
+/// ([`RamHashKind::PageKeys`]), which `record` takes from the end checkpoint instead of
+/// reading all of RAM again; everything else is as in version 3, which this build still
+/// reads (its end record is checked with [`RamHashKind::Pages`]). An older reprise refuses
+/// a version-4 recording as newer than it understands rather than report a false
+/// divergence at its end.
+pub const FORMAT_VERSION: u32 = 4;
+/// The oldest recording format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 3;
 /// The default sync interval: one sync record per million instructions. Measured on
 /// `compute`: well under 1% of the run time, and about a hundred bytes of log per million
 /// instructions.
@@ -188,10 +197,11 @@ impl Manifest {
                     supported: FORMAT_VERSION,
                 })
             }
-            Some(v) if v < FORMAT_VERSION as u64 => {
+            Some(v) if v < OLDEST_FORMAT_VERSION as u64 => {
                 return Err(RecordingError::OldVersion {
                     path,
                     found: v,
+                    oldest: OLDEST_FORMAT_VERSION,
                     supported: FORMAT_VERSION,
                 })
             }
@@ -209,6 +219,12 @@ impl Manifest {
         })
     }
 
+    /// The definition of the RAM hash in the recording's end record (and so of its final
+    /// state hash): by page bytes up to format version 3, by page keys from version 4.
+    pub fn ram_hash_kind(&self) -> RamHashKind {
+        ram_hash_kind(self.format_version)
+    }
+
     /// Write `dir/manifest.json` atomically (a temporary file renamed into place).
     pub fn write(&self, dir: &Path) -> Result<(), RecordingError> {
         let path = dir.join(MANIFEST_FILE);
@@ -224,5 +240,14 @@ impl Manifest {
             source,
         })?;
         std::fs::rename(&tmp, &path).map_err(|source| RecordingError::Io { path, source })
+    }
+}
+
+/// The RAM hash definition of recording format `version` (see [`FORMAT_VERSION`]).
+pub fn ram_hash_kind(version: u32) -> RamHashKind {
+    if version <= 3 {
+        RamHashKind::Pages
+    } else {
+        RamHashKind::PageKeys
     }
 }

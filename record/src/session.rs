@@ -10,8 +10,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use reprise_checkpoints::PendingRamHash;
 use reprise_cpu::CpuidProfile;
-use reprise_devices::machine::ConfigError;
+use reprise_devices::machine::{ConfigError, RamHashKind};
 use reprise_devices::{Inputs, Machine, RunOutcome, RunResult};
 
 use crate::boot::{boot_machine, read_boot, BootError, BootSpec};
@@ -76,7 +77,7 @@ pub struct RecordReport {
     pub result: RunResult,
     /// What the log holds.
     pub log: LogStats,
-    /// The final [`Machine::state_hash`].
+    /// The final state hash ([`Machine::state_hash_as`] of the format's RAM hash).
     pub state_hash: [u8; 32],
     /// What the guest printed.
     pub console: ConsoleDigest,
@@ -168,7 +169,7 @@ pub fn record<I: Inputs + 'static>(
         if r.outcome != RunOutcome::InstructionLimit || next >= limit {
             break r;
         }
-        checkpoints += save_checkpoint(&mut machine, &recorder, &mut writer)?;
+        checkpoints += u64::from(save_checkpoint(&mut machine, &recorder, &mut writer)?.is_some());
         saved_at = next;
     };
     // One more checkpoint at the end (when there are checkpoints at all): whatever reads
@@ -177,12 +178,24 @@ pub fn record<I: Inputs + 'static>(
     // interval's checkpoint with cold caches (~0.35 s of a 1-CPU Linux boot). It costs the
     // pages written since that checkpoint. A replay still runs to the end record from an
     // earlier one: segments are cut only at checkpoints before the end.
+    // Its write also hands back the end record's RAM hash (by page keys): the writer has
+    // the keys of every page, mostly the previous checkpoint's, so the machine's thread
+    // need not read all of RAM again (~0.015 s of a Linux boot's ~100 MB).
+    let mut end_hash = None;
     if setup.checkpoint_every > 0 && machine.instructions() > saved_at {
-        checkpoints += save_checkpoint(&mut machine, &recorder, &mut writer)?;
+        end_hash = save_checkpoint(&mut machine, &recorder, &mut writer)?;
+        checkpoints += u64::from(end_hash.is_some());
     }
     let _ = machine.serial_output().flush();
     let console = digester.digest();
-    let mut end = EndRecord::of(&machine, &result.outcome, console);
+    let kind = manifest.ram_hash_kind();
+    let ram_hash = end_hash
+        .filter(|_| kind == RamHashKind::PageKeys)
+        .and_then(PendingRamHash::wait)
+        // No end checkpoint (none asked for, or the recorder failed), or its write failed
+        // (reported by `writer.finish` below): from RAM.
+        .unwrap_or_else(|| machine.ram_hash_as(kind));
+    let mut end = EndRecord::with_ram_hash(&machine, &result.outcome, console, ram_hash);
     // An interrupted run ended where the recorder saw the interruption: say so, with
     // which poll it was, so that a replay stops at exactly the same point.
     let mut interrupted = None;
@@ -209,18 +222,19 @@ pub fn record<I: Inputs + 'static>(
 }
 
 /// Queue a checkpoint of `machine` at its position with the log's place there, unless the
-/// recorder has failed (its log would not match): how many were queued (0 or 1).
+/// recorder has failed (its log would not match): the RAM hash its write will send, or
+/// `None` if none was queued.
 fn save_checkpoint<I: Inputs>(
     machine: &mut Machine<Box<dyn Inputs>>,
     recorder: &RefCell<Recorder<I>>,
     writer: &mut reprise_checkpoints::Writer,
-) -> Result<u64, RecordError> {
+) -> Result<Option<PendingRamHash>, RecordError> {
     let (failed, logged, chunk) = {
         let r = recorder.borrow();
         (r.error().is_some(), r.counts().total(), r.log_chunk())
     };
     if failed {
-        return Ok(0);
+        return Ok(None);
     }
     let chunk = chunk.map(|c| reprise_checkpoints::LogChunk {
         offset: c.offset,
@@ -228,6 +242,5 @@ fn save_checkpoint<I: Inputs>(
         records: c.records,
         chain: c.chain,
     });
-    writer.save(machine, logged, chunk)?;
-    Ok(1)
+    Ok(Some(writer.save_hashed(machine, logged, chunk)?))
 }

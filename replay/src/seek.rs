@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use reprise_checkpoints::{CheckpointError, LogChunk, SaveStats, Store};
 use reprise_cpu::state::GPR_NAMES;
+use reprise_devices::machine::RamHashKind;
 use reprise_devices::{GuestRam, Machine, RunOutcome};
 use reprise_record::boot::boot_machine;
 use reprise_record::container::{ChunkStart, ContainerReader, Ending};
@@ -31,6 +32,9 @@ pub struct Replay {
     pub store: Store,
     /// Where the recording ends (global instruction count), when its log says.
     pub end: Option<u64>,
+    /// The recording's definition of the RAM hash (its format version's), by which
+    /// `seek` prints state hashes: the end's is then the end record's.
+    pub ram_hash: RamHashKind,
     dir: PathBuf,
     images: Vec<PathBuf>,
     console: ConsoleFactory,
@@ -77,6 +81,7 @@ pub fn boot_with_console(
         machine,
         store: Store::new(&rec.checkpoints()),
         end,
+        ram_hash: manifest.ram_hash_kind(),
         dir: dir.to_path_buf(),
         images: images.to_vec(),
         console,
@@ -392,15 +397,17 @@ fn read_runs(
     }
 }
 
-/// The machine's state as `seek` prints it: every CPU's registers, mode, and instruction at
-/// its pc, then the memory asked for; text, or JSON.
+/// The machine's state as `seek` prints it: its state hash (RAM hashed by `kind`, the
+/// recording's [`Replay::ram_hash`]), every CPU's registers, mode, and instruction at its
+/// pc, then the memory asked for; text, or JSON.
 pub fn describe_state(
     m: &mut Machine<Replayer>,
+    kind: RamHashKind,
     mem: Option<(MemAddr, u64)>,
     json: bool,
 ) -> String {
     let position = m.instructions();
-    let hash = m.state_hash().to_hex();
+    let hash = m.state_hash_as(kind).to_hex();
     let n = m.cpus().len() as u32;
     let mut cpus = Vec::new();
     for c in 0..n {

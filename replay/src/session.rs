@@ -270,7 +270,13 @@ pub(crate) fn conclude(
     let replayer = &b.replayer;
     let scan = &p.scan;
     let _ = machine.serial_output().flush();
-    let replayed_end = EndRecord::of(machine, &result.outcome, console);
+    // Hashed as the recording's end record was (by its format version).
+    let replayed_end = EndRecord::of(
+        machine,
+        &result.outcome,
+        console,
+        p.manifest.ram_hash_kind(),
+    );
     let state_hash = replayed_end.state_hash;
     let global = result.total();
 

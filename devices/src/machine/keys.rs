@@ -16,10 +16,10 @@
 use blake3::platform::Platform;
 use blake3::IncrementCounter;
 
-use crate::PAGE;
+use super::hash::RAM_HASH_PAGE as PAGE;
 
 /// Pages hashed together: the widest SIMD degree blake3 has (AVX-512's 16 lanes).
-pub(crate) const LANES: usize = 16;
+pub const LANES: usize = 16;
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = PAGE / CHUNK;
@@ -49,7 +49,7 @@ fn platform() -> Platform {
 
 /// `out[i] = blake3(pages[i])` for up to [`LANES`] pages of [`PAGE`] bytes each (other
 /// lengths are hashed one by one).
-pub(crate) fn page_keys(pages: &[&[u8]], out: &mut [[u8; 32]]) {
+pub fn page_keys(pages: &[&[u8]], out: &mut [[u8; 32]]) {
     let n = pages.len().min(out.len());
     if n > LANES || pages.iter().any(|p| p.len() != PAGE) {
         for (page, key) in pages.iter().zip(out.iter_mut()) {
@@ -124,7 +124,19 @@ pub(crate) fn page_keys(pages: &[&[u8]], out: &mut [[u8; 32]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::noise;
+
+    /// `len` bytes of xorshift noise from `seed`.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
 
     #[test]
     fn keys_of_several_pages_are_blake3_of_each() {
