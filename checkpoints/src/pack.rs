@@ -259,6 +259,11 @@ impl Packer {
             buf.resize(room, 0);
         }
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        if buf.len() < start {
+            // The room was refused (and the buffer may have none): `buf[..start]` must
+            // exist all the same.
+            buf.resize(start, 0);
+        }
         let mut namer = blake3::Hasher::new();
         namer.update(b"reprise checkpoint pack: (key, offset, length) of each page\n");
         // Sized for this checkpoint, not kept for the next: a map kept from a checkpoint
