@@ -211,9 +211,13 @@ pub(crate) fn write_pack(path: &Path, data: &[u8]) -> Result<(), CheckpointError
 /// memory again). Its bytes go to the pack's temporary file [`FLUSH`] bytes at a time.
 /// Dropping it gives its buffer back to the store (see [`Buffers`]).
 pub(crate) struct Packer {
-    /// The pack's unwritten bytes start at `start`, aligned for `O_DIRECT`.
+    /// The pack's unwritten bytes: `buf[start..end]`, `start` aligned for `O_DIRECT`. The
+    /// bytes after `end` are initialized too (the buffer is zeroed once when it grows and
+    /// kept from one checkpoint to the next), so that LZ4 compresses straight into them:
+    /// through a page-sized scratch buffer, every compressed page was copied once more.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     /// Bytes of the pack already in its file (a multiple of [`DIRECT_ALIGN`]).
     flushed: u64,
     /// The pack's temporary file.
@@ -232,8 +236,6 @@ pub(crate) struct Packer {
     /// bytes, so the same name, but one `update` per batch rather than per page (blake3's
     /// fixed cost per call, and its SIMD lanes filled only by long inputs).
     entries: Vec<u8>,
-    /// LZ4's output for one page.
-    scratch: Vec<u8>,
     /// LZ4's hash table, cleared for each page rather than allocated anew (the same output).
     table: lz4_flex::block::CompressTable,
     home: Arc<Mutex<Buffers>>,
@@ -245,28 +247,39 @@ impl Packer {
     pub(crate) fn new(home: &Arc<Mutex<Buffers>>, tmp: PathBuf, pages: usize) -> Packer {
         let most = lz4_flex::block::get_maximum_output_size(PAGE);
         let mut buf = std::mem::take(&mut home.lock().unwrap_or_else(|e| e.into_inner()).pack);
-        buf.clear();
         // Room for a flush's worth and one page more, so the buffer never moves while the
         // pack is assembled and its bytes start at an address the device can take directly.
-        // If even that is refused, the pack is simply written through the page cache.
-        let room = pages.saturating_mul(most).min(FLUSH + most);
-        let _ = buf.try_reserve(room.saturating_add(DIRECT_ALIGN));
+        // If even that is refused, the buffer grows as pages come (see `offer`) and the
+        // pack may be written through the page cache.
+        let room = pages
+            .saturating_mul(most)
+            .min(FLUSH + most)
+            .saturating_add(DIRECT_ALIGN);
+        if buf.len() < room && buf.try_reserve_exact(room - buf.len()).is_ok() {
+            buf.resize(room, 0);
+        }
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
-        buf.resize(start, 0);
+        if buf.len() < start {
+            // The room was refused (and the buffer may have none): `buf[..start]` must
+            // exist all the same.
+            buf.resize(start, 0);
+        }
         let mut namer = blake3::Hasher::new();
         namer.update(b"reprise checkpoint pack: (key, offset, length) of each page\n");
+        // Sized for this checkpoint, not kept for the next: a map kept from a checkpoint
+        // that added many pages made every look-up of the small ones after it a cache miss.
         let mut fresh = KeyMap::default();
         fresh.reserve(pages.min(1 << 16));
         Packer {
             buf,
             start,
+            end: start,
             flushed: 0,
             file: PackFile::new(tmp),
             error: None,
             fresh,
             namer,
             entries: Vec::with_capacity(NAME_BATCH),
-            scratch: vec![0u8; most],
             table: lz4_flex::block::CompressTable::small(),
             home: home.clone(),
         }
@@ -277,20 +290,26 @@ impl Packer {
         if known.pages.contains_key(key) || self.fresh.contains_key(key) {
             return;
         }
-        let before = self.buf.len();
+        let most = lz4_flex::block::get_maximum_output_size(page.len());
+        if self.buf.len() - self.end < most {
+            // Only if the room `new` asked for was refused (it holds a flush and a page).
+            self.buf.resize(self.end + most, 0);
+        }
+        let before = self.end;
         let offset = self.flushed + (before - self.start) as u64;
+        let out = &mut self.buf[before..];
         let compressed = worth_compressing(page)
             .then(|| {
-                lz4_flex::block::compress_into_with_table(page, &mut self.scratch, &mut self.table)
-                    .ok()
+                lz4_flex::block::compress_into_with_table(page, &mut *out, &mut self.table).ok()
             })
             .flatten();
-        match compressed {
-            Some(size) => self.buf.extend_from_slice(&self.scratch[..size]),
-            None => push_stored(&mut self.buf, page),
-        }
         // At most a page and a few bytes.
-        let len = (self.buf.len() - before) as u32;
+        let len = match compressed {
+            Some(size) => size,
+            None => put_stored(out, page),
+        };
+        self.end += len;
+        let len = len as u32;
         self.fresh.insert(*key, (offset, len));
         self.entries.extend_from_slice(key);
         self.entries.extend_from_slice(&offset.to_le_bytes());
@@ -299,7 +318,7 @@ impl Packer {
             self.namer.update(&self.entries);
             self.entries.clear();
         }
-        if self.buf.len() - self.start >= FLUSH {
+        if self.end - self.start >= FLUSH {
             self.flush();
         }
     }
@@ -310,7 +329,7 @@ impl Packer {
         if self.error.is_some() {
             return;
         }
-        let pending = &self.buf[self.start..];
+        let pending = &self.buf[self.start..self.end];
         let bulk = pending.len() - pending.len() % DIRECT_ALIGN;
         let direct = pending.as_ptr().align_offset(DIRECT_ALIGN) == 0;
         if let Err(e) = self.file.write_at(&pending[..bulk], self.flushed, direct) {
@@ -318,8 +337,9 @@ impl Packer {
             return;
         }
         self.flushed += bulk as u64;
-        self.buf.copy_within(self.start + bulk.., self.start);
-        self.buf.truncate(self.buf.len() - bulk);
+        self.buf
+            .copy_within(self.start + bulk..self.end, self.start);
+        self.end -= bulk;
     }
 
     /// Whether no page went into the pack.
@@ -329,7 +349,7 @@ impl Packer {
 
     /// The pack's length in bytes.
     pub(crate) fn len(&self) -> u64 {
-        self.flushed + (self.buf.len() - self.start) as u64
+        self.flushed + (self.end - self.start) as u64
     }
 
     /// The pack's name (the hash of its page list).
@@ -352,16 +372,20 @@ impl Packer {
             return Ok(false);
         }
         let direct = self.len() >= DIRECT_MIN as u64;
-        file.write_tail(&self.buf[self.start..], self.flushed, direct)?;
+        file.write_tail(&self.buf[self.start..self.end], self.flushed, direct)?;
         file.finish(path)
     }
 }
 
 impl Drop for Packer {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
-        let used = buf.len();
-        self.home.lock().unwrap_or_else(|e| e.into_inner()).pack = trimmed(buf, used);
+        let mut buf = std::mem::take(&mut self.buf);
+        // Kept initialized (see `buf`), unless far larger than a flush and a page needs.
+        let used = FLUSH + lz4_flex::block::get_maximum_output_size(PAGE) + DIRECT_ALIGN;
+        if buf.len() > used {
+            buf = trimmed(buf, used);
+        }
+        self.home.lock().unwrap_or_else(|e| e.into_inner()).pack = buf;
     }
 }
 
@@ -372,10 +396,32 @@ impl Drop for Packer {
 /// Measured on the ~25k distinct pages a 1-CPU Linux boot stores: pages below that line
 /// (x86 code, compressed data, tables of pointers) took LZ4 about 70 % of its time and
 /// shrank only to ~80 %; storing them as they are (an LZ4 block of literals, see
-/// [`push_stored`]) cut LZ4's time from 0.086 s to 0.026 s for a store 22 % larger
+/// [`put_stored`]) cut LZ4's time from 0.086 s to 0.026 s for a store 22 % larger
 /// (72 MB instead of 59 MB), written without a page-cache copy ([`write_pack`]). The test
 /// itself is one pass over the page, a small fraction of compressing it.
+///
+/// Compiled for AVX2 too and picked at run time where the CPU has it (the same answer):
+/// the comparisons of the baseline build go 16 bytes at a time, and this test over every
+/// new page was ~3 % of the checkpoint writer's CPU.
 pub(crate) fn worth_compressing(page: &[u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, just checked.
+        return unsafe { worth_compressing_avx2(page) };
+    }
+    worth_compressing_here(page)
+}
+
+/// [`worth_compressing`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn worth_compressing_avx2(page: &[u8]) -> bool {
+    worth_compressing_here(page)
+}
+
+/// [`worth_compressing`], inlined into each caller to be compiled for its target features.
+#[inline(always)]
+fn worth_compressing_here(page: &[u8]) -> bool {
     const ENOUGH: usize = PAGE / 8 / 16;
     let page = &page[..page.len() / 64 * 64];
     let word = |b: &[u8]| {
@@ -391,16 +437,16 @@ pub(crate) fn worth_compressing(page: &[u8]) -> bool {
     // Each word against the one before it, read from memory rather than carried from the
     // previous step, so that the compiler can compare several at once (a carried word
     // made this a third of the cost of hashing the page); 512 bytes between checks for
-    // enough (a page worth compressing usually shows it early).
+    // enough (a page worth compressing usually shows it early). A plain loop rather than
+    // an iterator's `sum`, which the compiler left out of line, compiled for the baseline
+    // only whatever the caller's target features.
     for (now, before) in page[8..].chunks(512).zip(page.chunks(512)) {
-        alike += now
-            .chunks_exact(8)
-            .zip(before.chunks_exact(8))
-            .map(|(n, b)| {
-                let n = word(n);
-                usize::from((n == 0) | (n == word(b)))
-            })
-            .sum::<usize>();
+        let mut count = 0usize;
+        for (n, b) in now.chunks_exact(8).zip(before.chunks_exact(8)) {
+            let n = word(n);
+            count += usize::from((n == 0) | (n == word(b)));
+        }
+        alike += count;
         if alike >= ENOUGH {
             return true;
         }
@@ -408,27 +454,49 @@ pub(crate) fn worth_compressing(page: &[u8]) -> bool {
     false
 }
 
-/// Append `data` to `out` as an LZ4 block that holds it as literals only (the block
-/// format's one-sequence form: a token, the length's continuation bytes, the bytes), which
-/// every LZ4 block decoder reads back; for data not worth compressing.
-pub(crate) fn push_stored(out: &mut Vec<u8>, data: &[u8]) {
+/// Write `data` at the start of `out` as an LZ4 block that holds it as literals only (the
+/// block format's one-sequence form: a token, the length's continuation bytes, the
+/// bytes), which every LZ4 block decoder reads back; for data not worth compressing.
+/// Returns the bytes written. `out` must have room for
+/// [`lz4_flex::block::get_maximum_output_size`] of `data`'s length.
+pub(crate) fn put_stored(out: &mut [u8], data: &[u8]) -> usize {
     let len = data.len();
-    out.push((len.min(15) as u8) << 4);
+    out[0] = (len.min(15) as u8) << 4;
+    let mut at = 1;
     if len >= 15 {
         let mut rest = len - 15;
         while rest >= 255 {
-            out.push(255);
+            out[at] = 255;
+            at += 1;
             rest -= 255;
         }
-        out.push(rest as u8);
+        out[at] = rest as u8;
+        at += 1;
     }
-    out.extend_from_slice(data);
+    out[at..at + len].copy_from_slice(data);
+    at + len
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tests::noise;
+
+    /// Append `data` to `out` as a stored block, written the way it was before blocks were
+    /// written in place ([`put_stored`] is checked against it).
+    fn push_stored(out: &mut Vec<u8>, data: &[u8]) {
+        let len = data.len();
+        out.push((len.min(15) as u8) << 4);
+        if len >= 15 {
+            let mut rest = len - 15;
+            while rest >= 255 {
+                out.push(255);
+                rest -= 255;
+            }
+            out.push(rest as u8);
+        }
+        out.extend_from_slice(data);
+    }
 
     /// The test as it was written first (a word carried from step to step), to check the
     /// faster one decides every page the same way.
@@ -614,6 +682,10 @@ mod tests {
             let data = noise(len as u64, len);
             let mut out = vec![9u8];
             push_stored(&mut out, &data);
+            // Written in place: the same bytes.
+            let mut room = vec![7u8; lz4_flex::block::get_maximum_output_size(len) + 3];
+            let n = put_stored(&mut room, &data);
+            assert_eq!(&room[..n], &out[1..], "{len} bytes in place");
             assert_eq!(
                 lz4_flex::block::decompress(&out[1..], len).expect("decodes"),
                 data,

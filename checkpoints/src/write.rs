@@ -11,7 +11,7 @@ use reprise_devices::ram::is_zero;
 
 use crate::error::io_err;
 use crate::pack::Packer;
-use crate::page_list::{differing_pages, key_delta, merge_written};
+use crate::page_list::{differing_pages, key_delta, merge_written_into, Delta};
 use crate::snapshot::Snapshot;
 use crate::{
     checkpoint_name, stale, BaseRef, Checkpoint, CheckpointError, Known, LastRam, Link, PagePlace,
@@ -50,18 +50,30 @@ impl SaveStats {
 /// Freshly allocated memory is dear: every 4 KiB of it takes a page fault and a zeroing
 /// in the host kernel the first time it is written. Reusing the buffer of the previous
 /// checkpoint makes packing write into memory already mapped.
+///
+/// The same goes for the writer's other large scratch, read and written in order: the keys
+/// of the lent pages, and the page list the keys are merged into (the previous
+/// checkpoint's list, once replaced, is the next one's output). At a 1-CPU Linux boot's
+/// first checkpoint these are megabytes each, and freeing them unmapped them again. (Not
+/// the map of a pack's new pages: looked up at random, it is best as small as the
+/// checkpoint allows.)
 #[derive(Debug, Default)]
 pub(crate) struct Buffers {
     /// The buffer a new pack is assembled in.
     pub(crate) pack: Vec<u8>,
+    /// The keys of the lent pages, in address order (`None` if zero), empty.
+    pub(crate) written: Vec<(u64, Option<[u8; 32]>)>,
+    /// A page list to merge the next checkpoint's keys into, empty.
+    pub(crate) list: Vec<(u64, [u8; 32])>,
 }
 
-/// Keep a buffer that held `used` bytes for the next checkpoint, giving most of it back
-/// first if it is far larger than that: a first checkpoint (all of RAM) or a burst of
+/// Keep a buffer that held `used` elements for the next checkpoint, giving most of it
+/// back first if it is far larger than that: a first checkpoint (all of RAM) or a burst of
 /// writes must not pin that much memory for the rest of the run.
-pub(crate) fn trimmed(mut buf: Vec<u8>, used: usize) -> Vec<u8> {
-    const SLACK: usize = 16 << 20;
-    if buf.capacity() > used.saturating_mul(2).saturating_add(SLACK) {
+pub(crate) fn trimmed<T>(mut buf: Vec<T>, used: usize) -> Vec<T> {
+    const SLACK_BYTES: usize = 16 << 20;
+    let slack = SLACK_BYTES / std::mem::size_of::<T>().max(1);
+    if buf.capacity() > used.saturating_mul(2).saturating_add(slack) {
         buf.truncate(used);
         buf.shrink_to(used);
     }
@@ -131,11 +143,16 @@ impl Store {
         self.index_existing(&mut known);
         let tmp = stale::temporary_path(&pages_dir.join(&name));
         let mut packer = Packer::new(&self.buffers, tmp, lent.len());
+        let (mut written, mut list) = {
+            let mut b = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+            (std::mem::take(&mut b.written), std::mem::take(&mut b.list))
+        };
+        written.clear();
+        written.reserve(lent.len());
         // Each lent page once, in address order: its key (`None` if zero), packed if new
         // (in address order too, so the pack is the same whichever way keys are computed).
         // Pages are taken a few at a time, so that their keys are computed side by side.
         let mut missing = None;
-        let mut written: Vec<(u64, Option<[u8; 32]>)> = Vec::with_capacity(lent.len());
         for group in lent.chunks(keys::LANES) {
             snap.lent.0.with_pages(group, |bytes| {
                 let mut nonzero: [&[u8]; keys::LANES] = [&[]; keys::LANES];
@@ -168,15 +185,19 @@ impl Store {
                 }
             });
         }
+        // The changes from the previous checkpoint's keys, when found while merging.
+        let mut delta = None;
         let pages = if snap.full {
-            written
-                .into_iter()
-                .filter_map(|(n, key)| Some((n, key?)))
-                .collect()
+            list.clear();
+            list.extend(written.iter().filter_map(|&(n, key)| Some((n, key?))));
+            list
         } else {
             match &last {
                 Some(l) if l.ram == snap.ram && l.next_epoch == snap.epoch => {
-                    merge_written(&l.pages, written.into_iter())
+                    let mut d = Delta::default();
+                    merge_written_into(&l.pages, written.iter().copied(), &mut list, &mut d);
+                    delta = Some(d);
+                    list
                 }
                 _ => {
                     return Err(CheckpointError::Damaged {
@@ -186,6 +207,12 @@ impl Store {
                 }
             }
         };
+        // Kept for the next checkpoint (see `Buffers`).
+        let used = written.len();
+        self.buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .written = trimmed(written, used);
         if snap.full {
             // As counted when the machine copied only the non-zero pages.
             stats.hashed = pages.len() as u64;
@@ -226,6 +253,7 @@ impl Store {
                         depth: existing.cp.depth,
                     }),
                 });
+                self.keep_list(last);
                 return Ok(stats);
             }
         }
@@ -238,7 +266,11 @@ impl Store {
         });
         let (listed, zeroed, depth, base) = match base {
             Some((link, before)) => {
-                let (changed, zeroed) = key_delta(before, &pages);
+                // `before` is the list the merge started from, if there was a merge.
+                let (changed, zeroed) = match delta {
+                    Some(d) => (d.changed, d.zeroed),
+                    None => key_delta(before, &pages),
+                };
                 let base = BaseRef {
                     position: link.position,
                     file_hash: link.file_hash,
@@ -277,7 +309,17 @@ impl Store {
                 depth,
             }),
         });
+        self.keep_list(last);
         Ok(stats)
+    }
+
+    /// Keep the page list of the checkpoint before (replaced now) as the next one's output
+    /// (see [`Buffers`]).
+    fn keep_list(&self, last: Option<LastRam>) {
+        if let Some(old) = last {
+            let used = old.pages.len();
+            self.buffers.lock().unwrap_or_else(|e| e.into_inner()).list = trimmed(old.pages, used);
+        }
     }
 
     /// The places of every page of `pages` (keys the store holds, or that `packer` took
@@ -324,6 +366,7 @@ impl Store {
                 stats.bytes_written += packer.len();
             }
             packs[NEW as usize] = name;
+            known.pages.reserve(packer.fresh.len());
             for (key, (offset, len)) in packer.fresh.drain() {
                 known.pages.insert(
                     key,

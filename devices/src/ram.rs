@@ -98,17 +98,26 @@ pub fn in_hole(pa: u64) -> bool {
 }
 
 /// Whether `page` is all zero bytes (checkpoints and the RAM hash skip zero pages).
-/// OR-ing 64-byte blocks lets the compiler vectorize the test (a byte-wise `all` stopping
-/// at the first non-zero byte does not, and took a third as long as hashing the page);
-/// stopping after the first 256-byte stretch that is not zero keeps the test short for the
-/// pages that are not zero, most of the pages a checkpoint tests (the full test of every
-/// written page was ~5 % of a checkpoint's CPU).
+/// Each 256-byte stretch is OR-ed into eight 64-bit lanes, which the compiler turns into
+/// a few vector ORs and one test per stretch (a byte-wise `all` stopping at the first
+/// non-zero byte does not vectorize, and took a third as long as hashing the page; OR-ing
+/// bytes into one byte per 64-byte block, as this did before, reduced the vector to a byte
+/// at every block: twice the time of the lanes on a page in the CPU's caches); stopping
+/// after the first stretch that is not zero keeps the test short for the pages that are
+/// not zero, most of the pages a checkpoint tests (the full test of every written page was
+/// ~5 % of a checkpoint's CPU).
 pub fn is_zero(page: &[u8]) -> bool {
     let mut stretches = page.chunks_exact(256);
     let zero = stretches.by_ref().all(|s| {
-        s.chunks_exact(64)
-            .fold(0u8, |acc, b| b.iter().fold(acc, |a, &x| a | x))
-            == 0
+        let mut lanes = [0u64; 8];
+        for block in s.chunks_exact(64) {
+            for (lane, word) in lanes.iter_mut().zip(block.chunks_exact(8)) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(word);
+                *lane |= u64::from_ne_bytes(w);
+            }
+        }
+        lanes.iter().fold(0, |a, &x| a | x) == 0
     });
     zero && stretches.remainder().iter().all(|&b| b == 0)
 }
