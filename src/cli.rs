@@ -419,11 +419,15 @@ Writes the folder REC: manifest.json (the machine, the boot image's blake3 hash,
 The guest's serial port (COM1) is connected to stdin and stdout as with `run`; reprise's own messages go to stderr. The exit status is that of `run`.";
 
 /// Default instructions between checkpoints while recording: a seek then replays at most
-/// this many instructions (about 0.7 s at the ~145M instructions/s of a 1-CPU Linux boot),
-/// and each checkpoint costs a hash of every non-zero page of the guest (~0.1 s for the
-/// ~80 MiB a booted 512 MiB Linux guest holds). At 20M the 73 checkpoints of that boot
-/// took 7 s on top of a 10 s run; at 100M, 14 take about a seventh of that.
-pub const DEFAULT_CHECKPOINT_EVERY: u64 = 100_000_000;
+/// this many instructions (~0.6 s at a replay's ~430 M instructions/s; `reprise
+/// checkpoint --every` adds more to a recording later). Each checkpoint stores the pages
+/// written since the one before, and the first all of the guest's (~80 MiB of a booted
+/// 512 MiB Linux guest), on a thread of its own. Measured on the 1-CPU Linux boot (1.47 G
+/// instructions): at 100M, 15 checkpoints cost that thread ~0.116 s of CPU (3.2 % of the
+/// run) and 72 MB of store; at 250M, 6 cost ~0.080 s and 50 MB (pages rewritten between two
+/// checkpoints are stored once instead of at each), bringing `record` within 3 % of `run`.
+/// (At 20M, 73 checkpoints once took 7 s on top of a 10 s run.)
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 250_000_000;
 
 /// Options of `reprise record`.
 #[derive(Debug, Args)]
