@@ -193,10 +193,22 @@ fn plan(positions: Vec<u64>, limit: u64, ended: Option<u64>) -> Vec<(u64, u64)> 
         .collect()
 }
 
-/// Segments per thread a replay is cut into by default ([`replay_segments`]'s `most`):
+/// Segments per thread a replay is cut into at most by default ([`Segmenting::Auto`]):
 /// each segment costs a checkpoint restore and a cold start (its code cache, its policy
 /// shadow), while two per thread still let a thread that finishes early take more.
 pub const SEGMENTS_PER_JOB: usize = 2;
+
+/// How [`replay_segments`] cuts a replay (every segment starts at a checkpoint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segmenting {
+    /// One segment per checkpoint.
+    EveryCheckpoint,
+    /// At most this many, of about equal length ([`even_shares`]): the user's choice.
+    AtMost(usize),
+    /// Between one per thread and [`SEGMENTS_PER_JOB`] per thread, whichever count's
+    /// segments finish first ([`coarsen`]).
+    Auto,
+}
 
 /// `segments` (consecutive, covering one run) joined into at most `most` (at least one)
 /// for `jobs` threads: of the joinings into `jobs` to `most` segments ([`even_shares`]),
@@ -268,8 +280,8 @@ fn even_shares(segments: &[(u64, u64)], most: usize) -> Vec<(u64, u64)> {
     out
 }
 
-/// Replay `setup` in segments on `jobs` threads (0: one per core), at most `most` of them
-/// (neighbours joined: see [`SEGMENTS_PER_JOB`]; `None`: one per checkpoint). `work` runs on a worker
+/// Replay `setup` in segments on `jobs` threads (0: one per core), cut as `segmenting`
+/// says (neighbouring checkpoints' segments joined, or one per checkpoint). `work` runs on a worker
 /// thread for each segment: it gets the segment (to [`Segment::run`] with its observer),
 /// the state the segment starts from, and a function taking chunks of output (false:
 /// nobody wants more); it returns the state at the segment's end and a summary.
@@ -279,7 +291,7 @@ pub fn replay_segments<C, S, U, W, K>(
     setup: &ReplaySetup,
     mut console: Box<dyn Write>,
     jobs: usize,
-    most: Option<usize>,
+    segmenting: Segmenting,
     initial: S,
     work: W,
     mut consume: K,
@@ -299,9 +311,10 @@ where
     }
     .max(1);
     let segments = plan(store.positions(), prepared.limit, prepared.ended);
-    let segments = match most {
-        Some(m) => coarsen(segments, jobs, m),
-        None => segments,
+    let segments = match segmenting {
+        Segmenting::EveryCheckpoint => segments,
+        Segmenting::AtMost(most) => even_shares(&segments, most),
+        Segmenting::Auto => coarsen(segments, jobs, jobs.saturating_mul(SEGMENTS_PER_JOB)),
     };
     let n = segments.len();
     let jobs = jobs.clamp(1, n.max(1));
