@@ -31,26 +31,8 @@ pub const RAM_HASH_PAGE: usize = 4096;
 /// That is only a shortcut: the hash depends on the contents alone, and anywhere the
 /// shortcut is unavailable every page is read.
 pub fn ram_hash(ram: &[u8]) -> blake3::Hash {
-    let pages = ram.len() / RAM_HASH_PAGE;
     let mut h = RecordHasher::default();
-    match backed_pages(ram) {
-        Some(backed) => {
-            // Mostly zero bytes: skip them eight pages at a time.
-            for (k, group) in backed.chunks(8).enumerate() {
-                if group.iter().all(|&b| b == 0) {
-                    continue;
-                }
-                for (j, &b) in group.iter().enumerate() {
-                    if b != 0 && k * 8 + j < pages {
-                        h.page(ram, k * 8 + j);
-                    }
-                }
-            }
-        }
-        None => (0..pages).for_each(|p| h.page(ram, p)),
-    }
-    // A partial last page (RAM is page-aligned, but stay total).
-    h.record(pages as u64, &ram[pages * RAM_HASH_PAGE..]);
+    for_each_nonzero_page(ram, |n, bytes| h.record(n, bytes));
     h.finalize()
 }
 
@@ -218,11 +200,6 @@ impl Default for RecordHasher {
 }
 
 impl RecordHasher {
-    /// Page `p` of `ram`, if it holds a non-zero byte.
-    fn page(&mut self, ram: &[u8], p: usize) {
-        self.record(p as u64, &ram[p * RAM_HASH_PAGE..(p + 1) * RAM_HASH_PAGE]);
-    }
-
     /// Page number `number` with contents `bytes`, unless they are all zero.
     fn record(&mut self, number: u64, bytes: &[u8]) {
         if crate::ram::is_zero(bytes) {
