@@ -328,3 +328,42 @@ fn ret_to_a_non_canonical_address_faults() {
         on.cpu.state.gpr[1].wrapping_add(5) << 1
     );
 }
+
+/// A function of stack accesses around a single register move (a prologue and an
+/// epilogue: `push; push; mov; pop; pop; ret`) is one stretch ending in its RET (it has
+/// one instruction besides its accesses, `MIN_OTHERS`), and runs as the interpreter runs it:
+/// same state and stack.
+#[test]
+fn stack_function_is_one_stretch() {
+    let body = |x: &mut CodeAssembler| {
+        let (mut top, mut func) = (x.create_label(), x.create_label());
+        x.mov(rsp, 0x40_0800u64)?;
+        x.mov(ecx, 0u32)?;
+        x.set_label(&mut top)?;
+        x.lea(rax, qword_ptr(rcx + 5))?;
+        x.call(func)?;
+        x.add(rcx, 1)?;
+        x.cmp(rcx, 50)?;
+        x.jne(top)?;
+        x.hlt()?;
+        x.set_label(&mut func)?;
+        x.push(rbx)?;
+        x.push(rbp)?;
+        x.mov(rbp, rax)?;
+        x.pop(rbp)?;
+        x.pop(rbx)?;
+        x.ret()
+    };
+    let [mut on, mut off] = on_and_off(body);
+    for m in [&mut on, &mut off] {
+        m.cpu.state.gpr[3] = 0x1111;
+        m.cpu.state.gpr[5] = 0x2222;
+        assert_eq!(m.run(10_000), RunExit::Halted);
+    }
+    assert_eq!(on.cpu.state, off.cpu.state);
+    assert!(on.bus.ram[0x40_0000..0x40_1000] == off.bus.ram[0x40_0000..0x40_1000]);
+    // The first block's four records (to its CALL) and the function's six at least; with
+    // `MIN_OTHERS` at 3 the function stays interpreted (4 in all).
+    let (_, insns, _) = on.code.native_stats();
+    assert!(insns >= 4 + 6, "{insns}");
+}
