@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use reprise_record::log::{hex, Outcome};
-use reprise_replay::parallel::{replay_segments, Piece, Segment, SegmentStats, Segmenting};
+use reprise_replay::parallel::{replay_segments, Piece, Segment, SegmentStats, SEGMENTS_PER_JOB};
 use reprise_replay::{
     replay as replay_session, replay_observed, ReplayReport, ReplaySetup, Verdict,
 };
@@ -296,13 +296,12 @@ pub fn traced_in_segments<P: CacheLinePolicy, S: Sink>(
         }
     };
     // Fewer, longer segments than checkpoints unless asked (`--segments`).
-    let segmenting = match args.segments {
-        Some(0) => Segmenting::EveryCheckpoint,
-        Some(m) => Segmenting::AtMost(m),
-        None => Segmenting::Auto,
+    let most = match args.segments {
+        Some(0) => None,
+        Some(m) => Some(m),
+        None => Some(jobs.saturating_mul(SEGMENTS_PER_JOB)),
     };
-    let (report, mut stats) =
-        replay_segments(setup, console, jobs, segmenting, initial, work, consume)?;
+    let (report, mut stats) = replay_segments(setup, console, jobs, most, initial, work, consume)?;
     if shadow.is_some() {
         let (_, filtered_in) = stage.counts();
         stats.notes.push(format!(

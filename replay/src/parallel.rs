@@ -193,68 +193,28 @@ fn plan(positions: Vec<u64>, limit: u64, ended: Option<u64>) -> Vec<(u64, u64)> 
         .collect()
 }
 
-/// Segments per thread a replay is cut into at most by default ([`Segmenting::Auto`]):
+/// Segments per thread a replay is cut into by default ([`replay_segments`]'s `most`):
 /// each segment costs a checkpoint restore and a cold start (its code cache, its policy
 /// shadow), while two per thread still let a thread that finishes early take more.
-pub const SEGMENTS_PER_JOB: usize = 2;
-
-/// How [`replay_segments`] cuts a replay (every segment starts at a checkpoint).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Segmenting {
-    /// One segment per checkpoint.
-    EveryCheckpoint,
-    /// At most this many, of about equal length ([`even_shares`]): the user's choice.
-    AtMost(usize),
-    /// Between one per thread and [`SEGMENTS_PER_JOB`] per thread, whichever count's
-    /// segments finish first ([`coarsen`]).
-    Auto,
-}
-
-/// `segments` (consecutive, covering one run) joined into at most `most` (at least one)
-/// for `jobs` threads: of the joinings into `jobs` to `most` segments ([`even_shares`]),
-/// the one whose segments, handed out in order to the first free thread, finish first
-/// counted in instructions; a tie goes to more segments, so that a thread that finishes
-/// early can take more where instructions cost unevenly.
 ///
-/// Why not always `most`: checkpoints far apart leave even shares far from the ideal.
-/// With one every 250 M instructions, four segments of the 1.47 G-instruction boot for two
-/// threads were 250, 500, 250 and 467 M: one thread ran 967 M while two segments of 750 and
-/// 717 M finish at 750 M.
-fn coarsen(segments: Vec<(u64, u64)>, jobs: usize, most: usize) -> Vec<(u64, u64)> {
-    let most = most.max(1);
-    let jobs = jobs.clamp(1, most);
-    let mut best: Option<(u64, Vec<(u64, u64)>)> = None;
-    for k in jobs..=most {
-        let joined = even_shares(&segments, k);
-        let finish = finish_in_order(&joined, jobs);
-        if best.as_ref().is_none_or(|(f, _)| finish <= *f) {
-            best = Some((finish, joined));
-        }
-    }
-    best.map_or(segments, |(_, joined)| joined)
-}
-
-/// When the last of `segments` (lengths in instructions) ends if each goes, in order, to
-/// whichever of `jobs` threads is free first.
-fn finish_in_order(segments: &[(u64, u64)], jobs: usize) -> u64 {
-    let mut free_at = vec![0u64; jobs.max(1)];
-    for &(from, to) in segments {
-        let first = free_at.iter_mut().min().expect("at least one thread");
-        *first += to.saturating_sub(from);
-    }
-    free_at.into_iter().max().unwrap_or(0)
-}
+/// Even when the checkpoints are far apart and the shares come out uneven, fewer segments
+/// do not do better: on the 1-CPU boot with a checkpoint every 250 M instructions, two
+/// threads' four even shares (250, 500, 250, 467 M) took 5.37–5.71 s of wall time where
+/// the two best-balanced segments (750, 717 M) took 5.87–6.46 s (3 of 3 runs): how long a
+/// segment takes is not its length (instructions cost unevenly through a boot), and a
+/// segment whose output runs ahead of the merger waits once it fills its chunk cap.
+pub const SEGMENTS_PER_JOB: usize = 2;
 
 /// `segments` (consecutive, covering one run) joined into at most `most` (at least one),
 /// of about equal length: the cuts kept are the checkpoints nearest to even shares of the
 /// run, so every segment still starts at a checkpoint.
-fn even_shares(segments: &[(u64, u64)], most: usize) -> Vec<(u64, u64)> {
+fn coarsen(segments: Vec<(u64, u64)>, most: usize) -> Vec<(u64, u64)> {
     let most = most.max(1);
     if segments.len() <= most {
-        return segments.to_vec();
+        return segments;
     }
     let (Some(&(start, _)), Some(&(_, end))) = (segments.first(), segments.last()) else {
-        return segments.to_vec();
+        return segments;
     };
     let span = u128::from(end.saturating_sub(start));
     let mut cuts: Vec<u64> = Vec::with_capacity(most);
@@ -280,8 +240,8 @@ fn even_shares(segments: &[(u64, u64)], most: usize) -> Vec<(u64, u64)> {
     out
 }
 
-/// Replay `setup` in segments on `jobs` threads (0: one per core), cut as `segmenting`
-/// says (neighbouring checkpoints' segments joined, or one per checkpoint). `work` runs on a worker
+/// Replay `setup` in segments on `jobs` threads (0: one per core), at most `most` of them
+/// (neighbours joined: see [`SEGMENTS_PER_JOB`]; `None`: one per checkpoint). `work` runs on a worker
 /// thread for each segment: it gets the segment (to [`Segment::run`] with its observer),
 /// the state the segment starts from, and a function taking chunks of output (false:
 /// nobody wants more); it returns the state at the segment's end and a summary.
@@ -291,7 +251,7 @@ pub fn replay_segments<C, S, U, W, K>(
     setup: &ReplaySetup,
     mut console: Box<dyn Write>,
     jobs: usize,
-    segmenting: Segmenting,
+    most: Option<usize>,
     initial: S,
     work: W,
     mut consume: K,
@@ -311,10 +271,9 @@ where
     }
     .max(1);
     let segments = plan(store.positions(), prepared.limit, prepared.ended);
-    let segments = match segmenting {
-        Segmenting::EveryCheckpoint => segments,
-        Segmenting::AtMost(most) => even_shares(&segments, most),
-        Segmenting::Auto => coarsen(segments, jobs, jobs.saturating_mul(SEGMENTS_PER_JOB)),
+    let segments = match most {
+        Some(m) => coarsen(segments, m),
+        None => segments,
     };
     let n = segments.len();
     let jobs = jobs.clamp(1, n.max(1));
@@ -765,47 +724,16 @@ mod tests {
         // The Linux boot: 15 segments, a checkpoint every 100 M instructions.
         let cuts: Vec<u64> = (1..15).map(|k| k * 100).collect();
         let natural = at(&cuts, 1467);
-        assert_eq!(even_shares(&natural, 4), at(&[400, 700, 1100], 1467));
-        assert_eq!(even_shares(&natural, 2), at(&[700], 1467));
-        assert_eq!(even_shares(&natural, 1), at(&[], 1467));
-        assert_eq!(even_shares(&natural, 0), at(&[], 1467));
-        assert_eq!(even_shares(&natural, 15), natural);
-        assert_eq!(even_shares(&natural, 99), natural);
+        assert_eq!(coarsen(natural.clone(), 4), at(&[400, 700, 1100], 1467));
+        assert_eq!(coarsen(natural.clone(), 2), at(&[700], 1467));
+        assert_eq!(coarsen(natural.clone(), 1), at(&[], 1467));
+        assert_eq!(coarsen(natural.clone(), 0), at(&[], 1467));
+        assert_eq!(coarsen(natural.clone(), 15), natural);
+        assert_eq!(coarsen(natural.clone(), 99), natural);
         // Uneven checkpoints: no cut twice, every segment starts at one.
         let uneven = at(&[10, 11, 12, 900], 1000);
-        assert_eq!(even_shares(&uneven, 3), at(&[12, 900], 1000));
+        assert_eq!(coarsen(uneven.clone(), 3), at(&[12, 900], 1000));
         // Both even shares nearest to the same checkpoint: one cut, two segments.
-        assert_eq!(even_shares(&at(&[1, 2, 3], 1000), 3), at(&[3], 1000));
-    }
-
-    #[test]
-    fn coarsening_picks_the_joining_that_finishes_first() {
-        let at = |cuts: &[u64], end: u64| -> Vec<(u64, u64)> {
-            let mut b = vec![0];
-            b.extend_from_slice(cuts);
-            b.push(end);
-            b.windows(2).map(|w| (w[0], w[1])).collect()
-        };
-        // A checkpoint every 100 M: four segments end as soon as two (767 M) and give a
-        // thread that finishes early more to take; three would end at 967 M.
-        let every_100: Vec<u64> = (1..15).map(|k| k * 100).collect();
-        let natural = at(&every_100, 1467);
-        assert_eq!(finish_in_order(&even_shares(&natural, 2), 2), 767);
-        assert_eq!(finish_in_order(&even_shares(&natural, 3), 2), 967);
-        assert_eq!(finish_in_order(&even_shares(&natural, 4), 2), 767);
-        assert_eq!(coarsen(natural.clone(), 2, 4), at(&[400, 700, 1100], 1467));
-        // Every 250 M: the even shares of four are 250, 500, 250 and 467 M (967 M on two
-        // threads); two segments end at 750 M.
-        let every_250: Vec<u64> = (1..6).map(|k| k * 250).collect();
-        let sparse = at(&every_250, 1467);
-        assert_eq!(finish_in_order(&even_shares(&sparse, 4), 2), 967);
-        assert_eq!(coarsen(sparse.clone(), 2, 4), at(&[750], 1467));
-        // One thread: as many segments as allowed (all finish together); more threads
-        // than allowed segments count as that many.
-        assert_eq!(coarsen(natural.clone(), 1, 2), even_shares(&natural, 2));
-        assert_eq!(coarsen(natural.clone(), 8, 3), even_shares(&natural, 3));
-        // Fewer checkpoints than threads: every segment.
-        assert_eq!(coarsen(sparse.clone(), 8, 16), sparse);
-        assert_eq!(finish_in_order(&[], 2), 0);
+        assert_eq!(coarsen(at(&[1, 2, 3], 1000), 3), at(&[3], 1000));
     }
 }
