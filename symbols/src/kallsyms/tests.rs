@@ -90,14 +90,24 @@ fn synthetic_layout(names: &[(&str, u64)], rb: u64, seqs: bool, layout: Kallsyms
     out
 }
 
+/// `count` synthetic symbols `{prefix}0`, `{prefix}1`, ... at `base`, `step` bytes apart.
+fn numbered_names(prefix: &str, count: u64, base: u64, step: u64) -> Vec<(String, u64)> {
+    (0..count)
+        .map(|i| (format!("{prefix}{i}"), base + step * i))
+        .collect()
+}
+
+/// `owned` with its names borrowed, as the table builders take them.
+fn borrowed(owned: &[(String, u64)]) -> Vec<(&str, u64)> {
+    owned.iter().map(|(n, a)| (n.as_str(), *a)).collect()
+}
+
 #[test]
 fn decodes_every_layout() {
     let rb = 0xffff_ffff_8100_0000;
     // An odd count, so that alignment padding shows.
-    let owned: Vec<(String, u64)> = (0..513)
-        .map(|i| (format!("tf{i}"), rb + 0x20 * i as u64))
-        .collect();
-    let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let owned = numbered_names("tf", 513, rb, 0x20);
+    let names = borrowed(&owned);
     for layout in [
         KallsymsLayout::OffsetsFirst,
         KallsymsLayout::OffsetsLast,
@@ -115,9 +125,7 @@ fn decodes_every_layout() {
 fn decodes_a_synthetic_table() {
     let rb = 0xffff_ffff_8100_0000;
     let mut names = Vec::new();
-    let owned: Vec<(String, u64)> = (0..600)
-        .map(|i| (format!("Tfunc_{i}"), rb + 0x10 * i as u64))
-        .collect();
+    let owned = numbered_names("Tfunc_", 600, rb, 0x10);
     for (n, a) in &owned {
         names.push((n.as_str(), *a));
     }
@@ -156,10 +164,8 @@ fn decodes_a_synthetic_table() {
 #[test]
 fn decodes_a_table_with_seqs_of_names() {
     let rb = 0xffff_ffff_8100_0000;
-    let owned: Vec<(String, u64)> = (0..1000)
-        .map(|i| (format!("tf{i}"), rb + 4 * i as u64))
-        .collect();
-    let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let owned = numbered_names("tf", 1000, rb, 4);
+    let names = borrowed(&owned);
     let k = find(&synthetic_with(&names, rb, true), 0, "s").unwrap();
     assert_eq!(k.table.len(), 1000);
     assert_eq!(
@@ -173,10 +179,8 @@ fn decodes_a_table_with_seqs_of_names() {
 #[test]
 fn damage_never_panics() {
     let rb = 0xffff_ffff_8100_0000;
-    let owned: Vec<(String, u64)> = (0..300)
-        .map(|i| (format!("Tf{i}"), rb + i as u64))
-        .collect();
-    let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let owned = numbered_names("Tf", 300, rb, 1);
+    let names = borrowed(&owned);
     let bytes = synthetic(&names, rb);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
@@ -200,10 +204,8 @@ fn prefers_the_relocated_copy() {
     let link = 0xffff_ffff_8100_0000u64;
     let slide = 0x1f80_0000u64;
     let table = |rb: u64| {
-        let owned: Vec<(String, u64)> = (0..300)
-            .map(|i| (format!("Tf{i}"), rb + 8 * i as u64))
-            .collect();
-        let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        let owned = numbered_names("Tf", 300, rb, 8);
+        let names = borrowed(&owned);
         synthetic(&names, rb)
     };
     // The relocated table first in memory, then a stale link-time copy, and the reverse.
@@ -254,10 +256,8 @@ fn per_cpu_variables_are_kept_apart() {
 #[test]
 fn truncated_tables_are_errors() {
     let rb = 0xffff_ffff_8100_0000;
-    let owned: Vec<(String, u64)> = (0..300)
-        .map(|i| (format!("Tf{i}"), rb + i as u64))
-        .collect();
-    let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let owned = numbered_names("Tf", 300, rb, 1);
+    let names = borrowed(&owned);
     let bytes = synthetic(&names, rb);
     for cut in [bytes.len() - 100, bytes.len() / 2, 100, 0] {
         let e = find(&bytes[..cut], 0, "cut").unwrap_err().to_string();
@@ -276,10 +276,8 @@ fn truncated_tables_are_errors() {
 #[test]
 fn the_relative_base_alone_is_finds() {
     let rb = 0xffff_ffff_8100_0000;
-    let owned: Vec<(String, u64)> = (0..300)
-        .map(|i| (format!("Tf{i}"), rb + 8 * i as u64))
-        .collect();
-    let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let owned = numbered_names("Tf", 300, rb, 8);
+    let names = borrowed(&owned);
     let same = |bytes: &[u8]| match (find(bytes, 0, "t"), find_relative_base(bytes, 0, "t")) {
         (Ok(k), Ok(base)) => assert_eq!(k.relative_base, base),
         (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
@@ -315,10 +313,8 @@ fn searching_the_written_pages_finds_what_searching_all_does() {
     const PAGE: usize = 4096;
     let link = 0xffff_ffff_8100_0000u64;
     let table = |rb: u64| {
-        let owned: Vec<(String, u64)> = (0..300)
-            .map(|i| (format!("Tf{i}"), rb + 8 * i as u64))
-            .collect();
-        let names: Vec<(&str, u64)> = owned.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        let owned = numbered_names("Tf", 300, rb, 8);
+        let names = borrowed(&owned);
         synthetic(&names, rb)
     };
     let a = table(link + 0x1f80_0000);
