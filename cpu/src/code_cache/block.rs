@@ -41,7 +41,7 @@ pub(super) struct Header {
 }
 
 /// Bytes before the first instruction: the header, half a cache line.
-const HEADER_BYTES: usize = 32;
+pub(super) const HEADER_BYTES: usize = 32;
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_BYTES);
 const _: () = assert!(HEADER_BYTES.is_multiple_of(std::mem::align_of::<DecodedInsn>()));
 // Header and first instruction fill one 64-byte line.

@@ -30,6 +30,10 @@
 //! loop, after the same checks the outer loop makes between blocks (budget, bus exit,
 //! breakpoints, the fetch translation); only a block that needs decoding, a fault or
 //! anything EXIT-checked sends it back to the outer loop.
+//!
+//! Returns: a block ending in a RET shared by many callers (Linux's return thunk) cannot
+//! keep its successors in two links, so a CALL rel32 record remembers the block its call
+//! returned to last, for the run loop's return predictor (`returns.rs`, `exec/ras.rs`).
 
 mod block;
 
@@ -46,6 +50,7 @@ use crate::exec::Group;
 
 mod lazy;
 mod new_pages;
+mod returns;
 
 pub use lazy::NATIVE_THRESHOLD;
 
@@ -197,6 +202,10 @@ pub struct CodeCache {
     index: IntMap<BlockKey, BlockId>,
     /// A small direct-mapped cache of `index`, hit by almost every lookup.
     jump: Box<[JumpEntry]>,
+    /// Changes whenever blocks are freed (see `returns.rs`).
+    epoch: u64,
+    /// The handler-table entry of CALL rel32, whose records keep return hints.
+    call_handler: u8,
     /// Keys of the blocks that use each physical page, so a write can drop them.
     page_blocks: IntMap<u64, Vec<BlockKey>>,
     /// One bit per 4 KiB physical page of RAM: set while cached code comes from it.
@@ -286,6 +295,8 @@ impl CodeCache {
             index: IntMap::default(),
             // Entries naming no block: every lookup through them misses.
             jump: vec![no_jump(); JUMP_ENTRIES].into_boxed_slice(),
+            epoch: returns::new_epoch(),
+            call_handler: returns::call_handler(),
             page_blocks: IntMap::default(),
             code_pages: vec![0; pages.div_ceil(64) + 1],
             new_pages: NewCodePages::new(),
@@ -504,6 +515,8 @@ impl CodeCache {
                 *e = no_jump();
             }
         }
+        self.clear_return_hints();
+        self.epoch = returns::new_epoch();
         for h in self.retired.drain(..) {
             // SAFETY: retired (in no slot), so no lookup returns it, and no live block links
             // to it nor jump entry names it any more (above); no run loop holds it (the

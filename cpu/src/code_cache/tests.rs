@@ -382,3 +382,39 @@ mod lazy {
         assert_eq!(small, off);
     }
 }
+
+/// A CALL record's return hint leads to its block while the block lives; once the block is
+/// dropped the hint no longer leads anywhere, a reclaim clears it (so it never names freed
+/// memory) and moves the epoch (so the run loop's predictor drops its slots); a record that
+/// is not CALL rel32's has no slot.
+#[test]
+fn return_hints_follow_blocks_through_drops_and_reclaims() {
+    let mut c = CodeCache::new(1 << 20);
+    let mut call = nop(0);
+    call.op = crate::exec::fast::Op::CallRel;
+    call.handler = c.call_handler;
+    let id = c.insert(0x1000, 64, &[call, nop(1)], 0, [1, 1]);
+    let a = c.block(id).expect("just inserted");
+    let b = empty(&mut c, 0x2000);
+    let epoch = c.epoch();
+    // SAFETY: the blocks come from `c`; `a` stays live throughout; the slot is used only
+    // within one epoch, except where the test checks the epoch moved.
+    unsafe {
+        let insns = a.insns();
+        assert_eq!(c.return_slot(a, &insns[1]), 0);
+        let slot = c.return_slot(a, &insns[0]);
+        assert_ne!(slot, 0);
+        assert!(c.follow_return(slot, 0x2000, 64).is_none());
+        c.set_return(slot, b);
+        assert_eq!(c.follow_return(slot, 0x2000, 64), Some(b));
+        assert!(c.follow_return(slot, 0x2000, 32).is_none());
+        assert!(c.follow_return(slot, 0x3000, 64).is_none());
+        assert_eq!(c.return_hints(), 1);
+        c.invalidate_page(2);
+        assert!(c.follow_return(slot, 0x2000, 64).is_none());
+        c.reclaim_now();
+        assert_ne!(c.epoch(), epoch);
+        assert_eq!(c.return_hints(), 0);
+        assert_eq!(a.insns()[0].ops.disp, 0);
+    }
+}

@@ -310,7 +310,8 @@ pub struct Operands {
     /// Segment with a base: 0 none, 1 FS, 2 GS.
     pub seg: u8,
     /// Displacement (for RIP-relative operands, relative to the address of the block's first
-    /// instruction: see [`classify`]).
+    /// instruction: see [`classify`]). CALL rel32, which has none, keeps its return hint
+    /// here at run time (`code_cache/returns.rs`).
     pub disp: u64,
     /// Immediate (as iced extends it), branch offset from the block's first instruction, or
     /// source size.

@@ -32,6 +32,7 @@ mod memory;
 mod misc;
 mod muldiv;
 pub mod operand;
+mod ras;
 mod shift;
 mod single_step;
 mod sse;
@@ -65,6 +66,8 @@ pub struct Cpu {
     /// by its handler ([`Exec::bend_step_rule`], which ends the block), taken as that block
     /// returns, so never kept between instructions and not part of the state.
     step_rule: single_step::StepRule,
+    /// The return predictor (`ras.rs`): hints only, checked on use, not part of the state.
+    ras: ras::Ras,
 }
 
 /// Why [`Cpu::run`] returned.
@@ -220,6 +223,7 @@ impl Cpu {
             pause_requested: false,
             last_block: crate::code_cache::BlockId::MAX,
             step_rule: single_step::StepRule::Trap,
+            ras: ras::Ras::default(),
         }
     }
 
@@ -380,6 +384,8 @@ impl Cpu {
             native: crate::native::Ctx::default(),
         };
         if LONG {
+            // Slots of the return predictor got before blocks were freed are dropped.
+            x.cpu.ras.sync(x.code.epoch());
             // Native stretches run in 64-bit code only.
             let quick = x.cpu.tlb.quick_set(x.quick_class());
             let ram = x.bus.ram();
@@ -479,6 +485,36 @@ impl Cpu {
                             // A taken branch leaves the block (maybe for its start).
                             break 'block x.next_rip;
                         }
+                        fast::Flow::Call => {
+                            // SAFETY: `d` is a record of `block`, which lives.
+                            let slot = unsafe { x.code.return_slot(block, d) };
+                            x.cpu
+                                .ras
+                                .push(at(&x, u64::from(d.off) + u64::from(d.len)), slot);
+                            break 'block x.next_rip;
+                        }
+                        fast::Flow::Ret => {
+                            x.cpu.ras.pop();
+                            break 'block x.next_rip;
+                        }
+                        fast::Flow::StretchCall => {
+                            // As StretchJump; the stretch's last record is the CALL.
+                            it.nth(x.skip.wrapping_sub(1));
+                            // SAFETY: the stretch's records are in the slice (the handler
+                            // checked), `skip` of them after `d`; all are `block`'s.
+                            let (last, slot) = unsafe {
+                                let last = &*(d as *const DecodedInsn).add(x.skip);
+                                (last, x.code.return_slot(block, last))
+                            };
+                            let ret = at(&x, u64::from(last.off) + u64::from(last.len));
+                            x.cpu.ras.push(ret, slot);
+                            break 'block x.next_rip;
+                        }
+                        fast::Flow::StretchRet => {
+                            it.nth(x.skip.wrapping_sub(1));
+                            x.cpu.ras.pop();
+                            break 'block x.next_rip;
+                        }
                         fast::Flow::Stop => {
                             retired += taken(&it);
                             rip = x.next_rip;
@@ -557,11 +593,12 @@ impl Cpu {
                 break;
             }
             let bitness = mode.bitness();
-            // SAFETY: `block` lives (it is this loop's); the blocks found do too.
+            // SAFETY: `block` lives (it is this loop's); the blocks found do too; the return
+            // predictor's slots were got under the cache's current epoch (`Ras::sync` above).
             let found = unsafe {
                 match x.code.follow(block, next_pa, bitness) {
                     Some(f) => Some(f),
-                    None => x.code.find_and_link(Some(block), next_pa, bitness),
+                    None => ras::find_after_miss(x.code, &mut x.cpu.ras, block, rip, next_pa),
                 }
             };
             // Not cached: the outer loop decodes it.

@@ -62,6 +62,16 @@ pub(crate) enum Flow {
     /// a conditional branch taken to `Exec::next_rip`: the loop steps over them and leaves
     /// the block there.
     StretchJump,
+    /// As [`Flow::Jump`], for a near CALL of 64-bit code: the run loop also pushes the
+    /// return address on the CPU's return predictor (`exec/ras.rs`).
+    Call,
+    /// As [`Flow::Jump`], for a near RET of 64-bit code: the run loop also pops the return
+    /// predictor, whose entry may name the block returned to.
+    Ret,
+    /// As [`Flow::StretchJump`], for a stretch ending with CALL rel32 (see [`Flow::Call`]).
+    StretchCall,
+    /// As [`Flow::StretchJump`], for a stretch ending with RET (see [`Flow::Ret`]).
+    StretchRet,
 }
 
 /// A handler: executes the instruction `d` (whose op selected it) in context `x`.
@@ -763,7 +773,7 @@ fn call_rel<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
     if !O::ENABLED && crate::exec::control::is_canonical(target) && x.push_quick(fall_through(x, d))
     {
         x.next_rip = target;
-        return Flow::Jump;
+        return Flow::Call;
     }
     call_rel_full(x, d)
 }
@@ -779,7 +789,7 @@ fn call_rel_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Fl
             if x.stop_after {
                 Flow::Stop
             } else {
-                Flow::Jump
+                Flow::Call
             }
         }
         Err(e) => park(x, e),
@@ -797,7 +807,11 @@ fn rare<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
             if x.stop_after {
                 Flow::Stop
             } else if next != fall {
-                Flow::Jump
+                if matches!(d.op, Op::CallR | Op::CallM) {
+                    Flow::Call
+                } else {
+                    Flow::Jump
+                }
             } else {
                 Flow::Next
             }
@@ -819,7 +833,7 @@ fn ret<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn) -> Flow {
         if crate::exec::control::is_canonical(t) {
             x.cpu.state.gpr[4] = rsp.wrapping_add(8);
             x.next_rip = t;
-            return Flow::Jump;
+            return Flow::Ret;
         }
     }
     ret_full(x, d)
@@ -834,7 +848,7 @@ fn ret_full<B: Bus, O: Observer>(x: &mut Exec<B, O>, _d: &DecodedInsn) -> Flow {
             if x.stop_after {
                 Flow::Stop
             } else {
-                Flow::Jump
+                Flow::Ret
             }
         }
         Err(e) => park(x, e),
@@ -1000,7 +1014,7 @@ fn native_stack<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn, w: u64
         if call {
             // Pushed, RSP written; `next_rip` is the checked target.
             x.skip = n - 1;
-            return Flow::StretchJump;
+            return Flow::StretchCall;
         }
         // RET's return address: a target that is not canonical is its #GP (RSP unchanged),
         // through its own handler.
@@ -1009,7 +1023,7 @@ fn native_stack<B: Bus, O: Observer>(x: &mut Exec<B, O>, d: &DecodedInsn, w: u64
             x.cpu.state.gpr[4] = x.cpu.state.gpr[4].wrapping_add(8);
             x.next_rip = t;
             x.skip = n - 1;
-            return Flow::StretchJump;
+            return Flow::StretchRet;
         }
         k = n - 1;
     }
