@@ -500,17 +500,7 @@ fn a_background_writer_reports_a_failed_write() {
 }
 
 /// Pseudo-random bytes (xorshift), so that LZ4 cannot shrink them.
-pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub(crate) use reprise_cpu::testing::noise;
 
 #[test]
 fn a_large_pack_of_incompressible_pages_restores() {

@@ -210,3 +210,17 @@ impl TestMachine {
         TestMachine::with_code(&bytes)
     }
 }
+
+/// `len` bytes of xorshift noise from `seed`: test data that is the same on every run and
+/// that compressors cannot shrink (used by the page-key and checkpoint tests too).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

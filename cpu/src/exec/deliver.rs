@@ -93,25 +93,11 @@ pub(crate) fn deliver_event<B: Bus, O: Observer>(
     let mode = cpu.state.mode();
     let retired = cpu.state.retired;
     let mut x = Exec {
-        cpu,
-        bus,
-        obs,
-        code,
         rip: ev.rip,
         next_rip: ev.rip,
-        mode,
-        locked: false,
-        code_modified: false,
-        stop_after: false,
         block_rip: ev.rip,
-        exit: None,
         retired,
-        pos: 0,
-        pos0: 0,
-        block: u32::MAX,
-        pos_end: 0,
-        skip: 0,
-        native: crate::native::Ctx::default(),
+        ..Exec::new(cpu, bus, obs, code, mode)
     };
     let s = &x.cpu.state;
     let result = if s.cr0 & cr0::PE == 0 {

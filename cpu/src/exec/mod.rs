@@ -149,6 +149,42 @@ pub struct Exec<'a, B: Bus, O: Observer> {
     pub(crate) native: crate::native::Ctx,
 }
 
+impl<'a, B: Bus, O: Observer> Exec<'a, B, O> {
+    /// The context of an instruction of `cpu` in `mode` outside any block: at address 0,
+    /// nothing retired before it, no block, no native stretch. The run loop and exception
+    /// delivery set what they know on top of it.
+    #[inline(always)]
+    pub(crate) fn new(
+        cpu: &'a mut Cpu,
+        bus: &'a mut B,
+        obs: &'a mut O,
+        code: &'a mut CodeCache,
+        mode: CpuMode,
+    ) -> Self {
+        Exec {
+            cpu,
+            bus,
+            obs,
+            code,
+            rip: 0,
+            next_rip: 0,
+            mode,
+            locked: false,
+            code_modified: false,
+            stop_after: false,
+            block_rip: 0,
+            exit: None,
+            retired: 0,
+            pos: 0,
+            pos0: 0,
+            block: crate::code_cache::BlockId::MAX,
+            pos_end: 0,
+            skip: 0,
+            native: crate::native::Ctx::default(),
+        }
+    }
+}
+
 impl<B: Bus, O: Observer> Exec<'_, B, O> {
     /// The clock of the executing CPU, for bus calls.
     #[inline(always)]

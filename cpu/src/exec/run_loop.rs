@@ -130,26 +130,9 @@ impl Cpu {
         let mut block = block;
         let mut pa = pa;
         let mut x = Exec {
-            cpu: self,
-            bus,
-            obs,
-            code,
-            rip: 0,
-            next_rip: 0,
-            mode,
-            locked: false,
-            code_modified: false,
-            stop_after: false,
-            block_rip: 0,
-            exit: None,
-            retired: 0,
-            pos: 0,
-            pos0: 0,
             // SAFETY: `block` lives (the caller's guarantee).
             block: unsafe { block.id() },
-            pos_end: 0,
-            skip: 0,
-            native: crate::native::Ctx::default(),
+            ..Exec::new(self, bus, obs, code, mode)
         };
         if LONG {
             // Slots of the return predictor got before blocks were freed are dropped.
@@ -254,15 +237,20 @@ impl Cpu {
                             break 'block x.next_rip;
                         }
                         fast::Flow::Call => {
-                            // SAFETY: `d` is a record of `block`, which lives.
-                            let slot = unsafe { x.code.return_slot(block, d) };
-                            x.cpu
-                                .ras
-                                .push(at(&x, u64::from(d.off) + u64::from(d.len)), slot);
+                            // The return predictor serves 64-bit code only (where the ring
+                            // was synced to the cache's epoch above).
+                            if LONG {
+                                // SAFETY: `d` is a record of `block`, which lives.
+                                let slot = unsafe { x.code.return_slot(block, d) };
+                                let ret = at(&x, u64::from(d.off) + u64::from(d.len));
+                                x.cpu.ras.push(ret, slot);
+                            }
                             break 'block x.next_rip;
                         }
                         fast::Flow::Ret => {
-                            x.cpu.ras.pop();
+                            if LONG {
+                                x.cpu.ras.pop();
+                            }
                             break 'block x.next_rip;
                         }
                         fast::Flow::StretchCall => {

@@ -125,18 +125,7 @@ pub fn page_keys(pages: &[&[u8]], out: &mut [[u8; 32]]) {
 mod tests {
     use super::*;
 
-    /// `len` bytes of xorshift noise from `seed`.
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use reprise_cpu::testing::noise;
 
     #[test]
     fn keys_of_several_pages_are_blake3_of_each() {

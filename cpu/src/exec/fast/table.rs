@@ -62,10 +62,10 @@ pub(crate) enum Flow {
     /// a conditional branch taken to `Exec::next_rip`: the loop steps over them and leaves
     /// the block there.
     StretchJump,
-    /// As [`Flow::Jump`], for a near CALL of 64-bit code: the run loop also pushes the
+    /// As [`Flow::Jump`], for a near CALL: in 64-bit code the run loop also pushes the
     /// return address on the CPU's return predictor (`exec/ras.rs`).
     Call,
-    /// As [`Flow::Jump`], for a near RET of 64-bit code: the run loop also pops the return
+    /// As [`Flow::Jump`], for a near RET: in 64-bit code the run loop also pops the return
     /// predictor, whose entry may name the block returned to.
     Ret,
     /// As [`Flow::StretchJump`], for a stretch ending with CALL rel32 (see [`Flow::Call`]).

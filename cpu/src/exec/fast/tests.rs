@@ -391,27 +391,13 @@ fn condition_bits_match_condition() {
             );
         m.cpu.state.rflags = rflags::FIXED | f;
         let mut obs = NoObserver;
-        let x = crate::exec::Exec {
-            cpu: &mut m.cpu,
-            bus: &mut m.bus,
-            obs: &mut obs,
-            code: &mut m.code,
-            rip: 0,
-            next_rip: 0,
-            mode: crate::state::CpuMode::Long64,
-            locked: false,
-            code_modified: false,
-            stop_after: false,
-            block_rip: 0,
-            exit: None,
-            retired: 0,
-            pos: 0,
-            pos0: 0,
-            block: u32::MAX,
-            pos_end: 0,
-            skip: 0,
-            native: crate::native::Ctx::default(),
-        };
+        let x = crate::exec::Exec::new(
+            &mut m.cpu,
+            &mut m.bus,
+            &mut obs,
+            &mut m.code,
+            crate::state::CpuMode::Long64,
+        );
         for cc in ccs {
             assert_eq!(
                 condition_bits(x.cpu.state.rflags, cc as u8),

@@ -1221,25 +1221,9 @@ fn software_interrupt_checks_gate_dpl_in_protected_mode() {
         let mut obs = NoObserver;
         let mode = m.cpu.state.mode();
         let mut x = Exec {
-            cpu: &mut m.cpu,
-            bus: &mut m.bus,
-            obs: &mut obs,
-            code: &mut m.code,
             rip: CODE_BASE,
             next_rip: CODE_BASE + 2,
-            mode,
-            locked: false,
-            code_modified: false,
-            stop_after: false,
-            block_rip: 0,
-            exit: None,
-            retired: 0,
-            pos: 0,
-            pos0: 0,
-            block: u32::MAX,
-            pos_end: 0,
-            skip: 0,
-            native: crate::native::Ctx::default(),
+            ..Exec::new(&mut m.cpu, &mut m.bus, &mut obs, &mut m.code, mode)
         };
         let r = software_interrupt(&mut x, 0x80);
         (r, x.next_rip)

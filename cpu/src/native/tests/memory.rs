@@ -260,35 +260,58 @@ fn stack_accesses_only_without_flag_saves() {
     assert_eq!(insns(true), 7);
 }
 
+/// 50 rounds (RCX counts them, the stack below 0x40_0800) of `round` then a CALL of a
+/// function whose body is `func` and a RET; HLT after the loop.
+fn calls_in_a_loop(
+    x: &mut CodeAssembler,
+    round: impl FnOnce(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+    func: impl FnOnce(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> Result<(), iced_x86::IcedError> {
+    let (mut top, mut function) = (x.create_label(), x.create_label());
+    x.mov(rsp, 0x40_0800u64)?;
+    x.mov(ecx, 0u32)?;
+    x.set_label(&mut top)?;
+    round(x)?;
+    x.call(function)?;
+    x.add(rcx, 1)?;
+    x.cmp(rcx, 50)?;
+    x.jne(top)?;
+    x.hlt()?;
+    x.set_label(&mut function)?;
+    func(x)?;
+    x.ret()
+}
+
+/// Native on and off ended in the same state with the same stack.
+fn assert_same_state_and_stack(on: &TestMachine, off: &TestMachine) {
+    assert_eq!(on.cpu.state, off.cpu.state);
+    assert!(on.bus.ram[0x40_0000..0x40_1000] == off.bus.ram[0x40_0000..0x40_1000]);
+}
+
 /// A loop calling a function: the stretches before the CALL end with it and the function's
 /// body ends with its RET (the CALL and RET are compiled), with the interpreter's state and
 /// stack.
 #[test]
 fn call_and_ret_end_stretches() {
     let body = |x: &mut CodeAssembler| {
-        let (mut top, mut func) = (x.create_label(), x.create_label());
-        x.mov(rsp, 0x40_0800u64)?;
-        x.mov(ecx, 0u32)?;
-        x.set_label(&mut top)?;
-        x.mov(rax, rcx)?;
-        x.add(rax, 7)?;
-        x.xor(rdx, rax)?;
-        x.call(func)?;
-        x.add(rcx, 1)?;
-        x.cmp(rcx, 50)?;
-        x.jne(top)?;
-        x.hlt()?;
-        x.set_label(&mut func)?;
-        x.imul_2(rdx, rax)?;
-        x.add(rbx, rdx)?;
-        x.sar(rbx, 3)?;
-        x.ret()
+        calls_in_a_loop(
+            x,
+            |x| {
+                x.mov(rax, rcx)?;
+                x.add(rax, 7)?;
+                x.xor(rdx, rax)
+            },
+            |x| {
+                x.imul_2(rdx, rax)?;
+                x.add(rbx, rdx)?;
+                x.sar(rbx, 3)
+            },
+        )
     };
     let [mut on, mut off] = on_and_off(body);
     assert_eq!(on.run(10_000), RunExit::Halted);
     assert_eq!(off.run(10_000), RunExit::Halted);
-    assert_eq!(on.cpu.state, off.cpu.state);
-    assert!(on.bus.ram[0x40_0000..0x40_1000] == off.bus.ram[0x40_0000..0x40_1000]);
+    assert_same_state_and_stack(&on, &off);
     // The first block (6 records to its CALL), the loop's (4) and the function (4, twice:
     // in its own block, and at the end of the block that returns to the loop's compare,
     // which goes on past the HLT).
@@ -336,23 +359,17 @@ fn ret_to_a_non_canonical_address_faults() {
 #[test]
 fn stack_function_is_one_stretch() {
     let body = |x: &mut CodeAssembler| {
-        let (mut top, mut func) = (x.create_label(), x.create_label());
-        x.mov(rsp, 0x40_0800u64)?;
-        x.mov(ecx, 0u32)?;
-        x.set_label(&mut top)?;
-        x.lea(rax, qword_ptr(rcx + 5))?;
-        x.call(func)?;
-        x.add(rcx, 1)?;
-        x.cmp(rcx, 50)?;
-        x.jne(top)?;
-        x.hlt()?;
-        x.set_label(&mut func)?;
-        x.push(rbx)?;
-        x.push(rbp)?;
-        x.mov(rbp, rax)?;
-        x.pop(rbp)?;
-        x.pop(rbx)?;
-        x.ret()
+        calls_in_a_loop(
+            x,
+            |x| x.lea(rax, qword_ptr(rcx + 5)),
+            |x| {
+                x.push(rbx)?;
+                x.push(rbp)?;
+                x.mov(rbp, rax)?;
+                x.pop(rbp)?;
+                x.pop(rbx)
+            },
+        )
     };
     let [mut on, mut off] = on_and_off(body);
     for m in [&mut on, &mut off] {
@@ -360,8 +377,7 @@ fn stack_function_is_one_stretch() {
         m.cpu.state.gpr[5] = 0x2222;
         assert_eq!(m.run(10_000), RunExit::Halted);
     }
-    assert_eq!(on.cpu.state, off.cpu.state);
-    assert!(on.bus.ram[0x40_0000..0x40_1000] == off.bus.ram[0x40_0000..0x40_1000]);
+    assert_same_state_and_stack(&on, &off);
     // The first block's four records (to its CALL) and the function's six at least; with
     // `MIN_OTHERS` at 3 the function stays interpreted (4 in all).
     let (_, insns, _) = on.code.native_stats();
