@@ -118,7 +118,10 @@ fn linux_kernel_symbols_are_cached_in_the_recording() {
 
     // A live `mscan` naming lines by kernel symbols and allocation labels (the accesses of
     // the last 10 M instructions, to keep it short), with the cache (the one just
-    // rewritten) and without one.
+    // rewritten) and without one. The top 100 lines: which lines are hottest depends on
+    // the kernel's random slide (a fresh recording each run), and `node_data[0]` was seen
+    // at the edge of a top 30 (once only in 5 recordings, and missing from it in one CI
+    // run) but 2-3 times in every top 100.
     let mscan = [
         "mscan",
         "hot-lines",
@@ -126,7 +129,7 @@ fn linux_kernel_symbols_are_cached_in_the_recording() {
         "--window",
         "390000000..400000000",
         "--top",
-        "30",
+        "100",
     ];
     let c = reprise(&mscan);
     assert_eq!(c.status, 0, "{c:?}");
